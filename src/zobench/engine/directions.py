@@ -1,0 +1,64 @@
+"""Seeded random directions z: a pure function of (step seed, parameter id, element index).
+
+A ZO step never stores z. It keeps one integer seed and regenerates the same z as often as it
+needs (perturb, perturb the other way, update). That is MeZO's "in-place seed trick"
+(Malladi et al. 2023, Alg. 1), made independent of the global RNG and of the order in which
+parameters are visited: every parameter gets its own generator seeded with
+``mix_seed(step_seed, parameter_id)``.
+
+Definition of z for the torch backend: ``torch.randn`` (Gaussian) or ``torch.randint(0, 2)*2-1``
+(Rademacher) drawn in float32 from a ``torch.Generator`` on the parameter's device, seeded as
+above, then cast to the parameter's dtype when applied. CPU and CUDA generators are different
+algorithms (mt19937 vs Philox), so z is defined per device type; on one device type it is exact
+and repeatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+DISTRIBUTIONS = ("gaussian", "rademacher")
+
+
+def _splitmix64(x: int) -> int:
+    """One step of SplitMix64 (Steele et al. 2014): a bijective 64-bit mixer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers into one 63-bit seed; different tuples give unrelated seeds."""
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """The random direction of one ZO estimate: z = Direction(seed).sample(pid, param).
+
+    ``seed`` is the step seed (optimizers derive it from their own seed and step counter);
+    ``distribution`` is ``gaussian`` (z ~ N(0, I)) or ``rademacher`` (z ∈ {-1, +1}^d).
+    """
+
+    seed: int
+    distribution: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution={self.distribution!r}: allowed {', '.join(DISTRIBUTIONS)}")
+
+    def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
+        """z for parameter ``pid``, shaped like ``like``, float32, on ``like.device``."""
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(mix_seed(self.seed, pid))
+        if self.distribution == "gaussian":
+            return torch.randn(like.shape, generator=gen, device=like.device, dtype=torch.float32)
+        signs = torch.randint(0, 2, like.shape, generator=gen, device=like.device, dtype=torch.int8)
+        return signs.to(torch.float32).mul_(2).sub_(1)

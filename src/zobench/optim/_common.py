@@ -1,0 +1,84 @@
+"""Shared machinery of the ZO optimizers: stable parameter ids, per-step seeds, decay groups."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..engine import Direction, Engine, InPlaceEngine, mix_seed
+
+Closure = Callable[[], torch.Tensor]
+
+
+def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two param groups: matrices decay, vectors (biases, norm weights: ``p.ndim < 2``) don't.
+
+    This is the MeZO reference rule ("no decay on bias and layer norm") stated by shape rather than
+    by name, so it holds for every architecture.
+    """
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base of every zeroth-order method (DESIGN.md "Optimizer" contract).
+
+    * ``step(closure)``: ``closure()`` evaluates the loss of the current batch at the *current*
+      parameters, forward only; the method calls it under perturbations made by ``self.engine``.
+    * Each parameter gets a stable id (its index in the flat list of all groups) that seeds z.
+    * The step counter and the base seed live in ``param_groups`` and all other state in
+      ``self.state``, so ``state_dict()`` captures everything a bit-identical resume needs.
+    * Subclasses declare ``forward_passes_per_step``; the loop counts the real passes with a hook.
+    """
+
+    forward_passes_per_step: int = 0
+
+    def __init__(self, params, defaults: dict, engine: Engine | None = None, seed: int = 0) -> None:
+        defaults = {**defaults, "seed": int(seed), "step": 0}
+        super().__init__(params, defaults)
+        self.engine = engine if engine is not None else InPlaceEngine()
+        flat = [p for group in self.param_groups for p in group["params"]]
+        self._group_params = []
+        pid = 0
+        for group in self.param_groups:
+            entries = []
+            for p in group["params"]:
+                entries.append((pid, p))
+                pid += 1
+            self._group_params.append(entries)
+        self._all_params = [entry for entries in self._group_params for entry in entries]
+        if len({id(p) for p in flat}) != len(flat):
+            raise ValueError("a parameter appears in more than one param group")
+
+    # -- seeds ---------------------------------------------------------------------------------
+    def _advance(self) -> int:
+        """Increment the step counter (kept in every group) and return the new step number."""
+        step = self.param_groups[0]["step"] + 1
+        for group in self.param_groups:
+            group["step"] = step
+        return step
+
+    def direction(self, step: int, index: int = 0, distribution: str = "gaussian") -> Direction:
+        """Direction ``index`` of step ``step``: a pure function of (seed, step, index)."""
+        return Direction(mix_seed(self.param_groups[0]["seed"], step, index), distribution)
+
+    def _shared(self, key: str):
+        """A hyperparameter that must be equal across groups (e.g. ε: one perturbation per step)."""
+        values = {group[key] for group in self.param_groups}
+        if len(values) != 1:
+            raise ValueError(f"{key} must be the same in every param group, got {sorted(values)}")
+        return values.pop()
+
+    def _record(self, **scalars: float) -> None:
+        """Scalars of the last step (projected gradient, losses) for the loop to log."""
+        self.state["zo"] = {k: float(v) for k, v in scalars.items()}
+
+    @property
+    def last_step_info(self) -> dict:
+        return dict(self.state.get("zo", {}))

@@ -1,0 +1,21 @@
+"""Task registry: ``load_task(name)`` reads ``tasks/<name>.yaml``."""
+
+from __future__ import annotations
+
+from ..resources import tasks_dir
+from .data import Splits, build_splits, load_split, sample_subset
+from .spec import Rendered, TaskSpec
+
+__all__ = ["Rendered", "Splits", "TaskSpec", "available_tasks", "build_splits", "load_split",
+           "load_task", "sample_subset"]
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+
+
+def load_task(name: str) -> TaskSpec:
+    path = tasks_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"task={name!r}: no such task; available: {', '.join(available_tasks())}")
+    return TaskSpec.from_yaml(path)
