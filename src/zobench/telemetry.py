@@ -1,0 +1,182 @@
+"""What a run measures about itself: forward passes, peak memory, and where metrics go.
+
+* ``ForwardCounter``: a forward pre-hook on the model counts every call, per phase
+  (``train``, ``eval``, ``probe``), so no method and no logging path can under-report.
+* ``PeakMemory``: GPU max allocated (``torch.cuda.max_memory_allocated``), or on CPU the peak
+  resident set size of the process since the last ``reset()`` (Linux ``VmHWM``, reset through
+  ``/proc/self/clear_refs``; where that is unavailable, the lifetime ``ru_maxrss``).
+* ``JsonlLogger`` (always) and ``WandbLogger`` (``logger=wandb``) receive the same events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import netrc
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class ForwardCounter:
+    """Counts model forward calls per phase; ``with counter.phase("eval"): ...``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.counts: Counter[str] = Counter()
+        self.current = "train"
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.counts[self.current] += 1
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        previous, self.current = self.current, name
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def __getitem__(self, phase: str) -> int:
+        return self.counts[phase]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class PeakMemory:
+    """Peak memory since ``reset()``: CUDA max allocated, or CPU peak RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.source = "cuda_max_allocated" if self.device.type == "cuda" else "vmhwm"
+        if self.source == "vmhwm" and not self._clear_refs():
+            self.source = "ru_maxrss"  # cannot reset: lifetime peak (an upper bound)
+
+    @staticmethod
+    def _clear_refs() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        if self.source == "cuda_max_allocated":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.source == "vmhwm":
+            self._clear_refs()
+
+    def peak(self) -> int:
+        if self.source == "cuda_max_allocated":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.source == "vmhwm":
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _finite(value):
+    """JSON has no NaN/inf: they are written as null (and the run status says why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlLogger:
+    """Appends one JSON object per event to ``metrics.jsonl``, flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, event: dict) -> None:
+        self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
+        self._file.flush()
+
+    def summary(self, summary: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        self._file.close()
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto`` -> ``online`` when an API key is configured, else ``offline``."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+class WandbLogger:
+    """Mirrors events to W&B: train events as ``train/<key>``, eval events as ``<split>/<key>``."""
+
+    def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
+        import wandb
+
+        mode = wandb_mode(cfg.get("mode", "auto"))
+        self.run = wandb.init(
+            project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
+            tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config, mode=mode,
+        )
+        self.mode = mode
+
+    def log(self, event: dict) -> None:
+        prefix = event.get("split", "train") if event.get("event") == "eval" else "train"
+        data = {f"{prefix}/{k}": v for k, v in event.items()
+                if k not in ("event", "split", "step") and isinstance(v, (int, float)) and v is not None}
+        self.run.log(data, step=int(event["step"]))
+
+    def summary(self, summary: dict) -> None:
+        for key, value in summary.items():
+            self.run.summary[key] = value
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Progress:
+    """A tqdm bar over training steps showing loss, forward passes/s and the ETA."""
+
+    def __init__(self, total: int, initial: int = 0, forward_passes: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        # disable=None: a bar on a terminal, nothing in non-interactive logs (CI, Slurm)
+        self.bar = tqdm(total=total, initial=initial, unit="step", disable=None, file=sys.stderr,
+                        dynamic_ncols=True)
+        self._t0 = time.perf_counter()
+        self._passes0 = forward_passes
+
+    def update(self, loss: float, forward_passes: int) -> None:
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", fwd_per_s=f"{(forward_passes - self._passes0) / elapsed:.2f}",
+                             refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
