@@ -80,6 +80,9 @@ class VirtualEngine(Engine):
             self._handles.append(module.register_forward_pre_hook(self._swap_in))
             self._handles.append(module.register_forward_hook(self._swap_out, always_call=True))
         self._saved: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
+        # parameters currently swapped in: a parameter owned by nested modules (RoBERTa's
+        # lm_head.bias is lm_head.decoder.bias) must be perturbed once, by the outermost one
+        self._swapped: set[int] = set()
 
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         missing = [pid for pid, p in params if id(p) not in self._owned]
@@ -100,9 +103,10 @@ class VirtualEngine(Engine):
         saved = []
         for p in module.parameters(recurse=False):
             entry = self._active.get(id(p))
-            if entry is not None:
+            if entry is not None and id(p) not in self._swapped:
                 pid, direction, scale = entry
                 saved.append((p, p.data))
+                self._swapped.add(id(p))
                 p.data = perturbed_value(p.data, pid, direction, scale)
         if saved:
             self._saved.setdefault(id(module), []).append(saved)
@@ -112,6 +116,7 @@ class VirtualEngine(Engine):
         if stack:
             for p, original in stack.pop():
                 p.data = original
+                self._swapped.discard(id(p))
 
     def remove(self) -> None:
         """Detach the hooks (the model then runs exactly as before)."""
