@@ -145,12 +145,16 @@ class WandbLogger:
             tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config, mode=mode,
         )
         self.mode = mode
+        self._step = 0
 
     def log(self, event: dict) -> None:
         prefix = event.get("split", "train") if event.get("event") == "eval" else "train"
         data = {f"{prefix}/{k}": v for k, v in event.items()
-                if k not in ("event", "split", "step") and isinstance(v, (int, float)) and v is not None}
-        self.run.log(data, step=int(event["step"]))
+                if k not in ("event", "split") and isinstance(v, (int, float)) and v is not None}
+        # W&B drops rows whose step goes backwards; the test event carries the (earlier) best-dev
+        # step it evaluated, so it is logged at the current step with that step as a value
+        self._step = max(self._step, int(event["step"]))
+        self.run.log(data, step=self._step)
 
     def summary(self, summary: dict) -> None:
         for key, value in summary.items():

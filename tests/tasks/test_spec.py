@@ -1,0 +1,100 @@
+"""Task specs: exact prompt strings (MeZO Table 14), data loading, MeZO's sampling protocol."""
+
+import json
+
+import numpy as np
+import pytest
+
+from zobench.tasks import TaskSpec, available_tasks, build_splits, load_split, load_task, sample_subset
+
+SST2_ROW = {"sentence": "it 's a charming and often affecting journey . ", "label": 1, "idx": 0}
+RTE_ROW = {"premise": "No Weapons of Mass Destruction Found in Iraq Yet.",
+           "hypothesis": "Weapons of Mass Destruction Found in Iraq.", "idx": 0, "label": 1}
+
+
+def test_sst2_renders_exactly_as_mezo():
+    rendered = load_task("sst2").render(SST2_ROW)
+    assert rendered.prompt == "it 's a charming and often affecting journey . It was"
+    assert rendered.candidates == (" terrible", " great")
+    assert rendered.label == 1
+
+
+def test_rte_renders_exactly_as_mezo():
+    rendered = load_task("rte").render(RTE_ROW)
+    assert rendered.prompt == ('No Weapons of Mass Destruction Found in Iraq Yet.\nDoes this mean that '
+                               '"Weapons of Mass Destruction Found in Iraq." is true? Yes or No?\n')
+    assert rendered.candidates == ("Yes", "No")
+    assert rendered.label == 1
+
+
+def test_every_task_spec_parses_and_has_a_version():
+    assert {"sst2", "rte"} <= set(available_tasks())
+    for name in available_tasks():
+        spec = load_task(name)
+        assert spec.name == name and isinstance(spec.version, int)
+
+
+def test_unknown_task_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"task='sst3'.*available: .*sst2"):
+        load_task("sst3")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("prompt"), "missing keys"),
+    (lambda d: d.update(metric="bleu"), "metric='bleu'"),
+    (lambda d: d.update(colour="red"), "unknown keys"),
+    (lambda d: d.update(splits={"train": "train"}), "splits must name"),
+])
+def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
+    import yaml
+
+    raw = yaml.safe_load(load_task("sst2").source_file and open(load_task("sst2").source_file).read())
+    edit(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=message):
+        TaskSpec.from_yaml(path)
+
+
+def test_label_outside_the_candidates_is_refused():
+    with pytest.raises(ValueError, match="label 2 outside 0..1"):
+        load_task("sst2").render({**SST2_ROW, "label": 2})
+
+
+def test_mirror_split_loads_in_hub_schema(data_dir):
+    rows = load_split(load_task("rte"), "eval", data_dir)
+    assert len(rows) == 277
+    assert list(rows[0]) == ["premise", "hypothesis", "idx", "label"]
+
+
+def test_missing_mirror_file_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.dir: .*sst2/train\.jsonl not found"):
+        load_split(load_task("sst2"), "train", tmp_path)
+
+
+def test_hub_source_asks_datasets_for_the_specs_ids(monkeypatch):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or [SST2_ROW])
+    rows = load_split(load_task("sst2"), "eval", None)
+    assert calls == [(("glue", "sst2"), {"split": "validation"})]
+    assert rows == [SST2_ROW]
+
+
+def test_sampling_follows_mezos_protocol(data_dir):
+    spec = load_task("sst2")
+    splits = build_splits(spec, data_dir, num_train=100, num_dev=20, num_eval=50, seed=3, eval_seed=0)
+    pool = load_split(spec, "train", data_dir)
+    order = np.random.RandomState(3).permutation(len(pool))[:120]
+    assert splits.train == [pool[i] for i in order[:100]]
+    assert splits.dev == [pool[i] for i in order[100:]]  # dev = the last num_dev of the sample
+    valid = load_split(spec, "eval", data_dir)
+    assert splits.test == [valid[i] for i in np.random.RandomState(0).permutation(len(valid))[:50]]
+    # the test set does not depend on the training seed
+    assert build_splits(spec, data_dir, 100, 20, 50, seed=4).test == splits.test
+
+
+def test_small_pool_is_used_whole():
+    rows = [{"x": i} for i in range(5)]
+    assert sorted(r["x"] for r in sample_subset(rows, 10, 0)) == list(range(5))

@@ -1,0 +1,119 @@
+"""The loop end to end on a tiny random LM: run-dir contract, fixed losses, forward-pass counts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_config import compose_run
+from zobench.run import run
+
+SUMMARY_KEYS = {"task", "model", "optimizer", "tuning", "seed", "steps", "forward_passes", "dev_accuracy",
+                "test_accuracy", "peak_memory_bytes", "inference_peak_memory_bytes", "wall_s", "git_sha",
+                "zobench_version", "status"}
+SMOKE = ("model=tiny-llama", "logger=none", "data.num_train=32", "data.num_dev=16", "data.num_eval=24",
+         "train.batch_size=4", "train.eval_batch_size=8")
+
+# Losses of the 5-step smoke run below (tiny-llama, seed 0, torch 2.13.0 CPU). A change here means
+# the numbers of every run changed: data sampling, prompt, tokenisation, objective, z or update.
+EXPECTED_LOSSES = [0.6587902307510376, 0.7153600454330444, 0.6994508504867554, 0.6603426933288574,
+                   0.7040048241615295]
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    cfg = compose_run(*SMOKE, "train.steps=5", "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
+    summary = run(cfg, run_dir)
+    return run_dir, summary
+
+
+def test_five_step_smoke_run_has_fixed_losses(smoke_run):
+    run_dir, _ = smoke_run
+    losses = [e["loss"] for e in _events(run_dir) if e["event"] == "train"]
+    assert losses == pytest.approx(EXPECTED_LOSSES, rel=1e-6, abs=1e-7)
+
+
+def test_run_dir_contract(smoke_run):
+    run_dir, summary = smoke_run
+    assert SUMMARY_KEYS <= set(summary)
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["status"] == "completed" and summary["steps"] == 5
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["name"] == "tiny-llama" and config["train"]["steps"] == 5
+    assert "${" not in (run_dir / "config.yaml").read_text()  # resolved
+    for event in _events(run_dir):
+        assert {"step", "forward_passes"} <= set(event)
+        if event["event"] == "train":
+            assert {"loss", "lr", "wall_s"} <= set(event)
+        else:
+            assert event["event"] == "eval" and {"split", "accuracy"} <= set(event)
+    assert not (run_dir / "best").exists()
+
+
+def test_forward_passes_are_two_per_step_plus_eval_passes(smoke_run):
+    run_dir, summary = smoke_run
+    events = _events(run_dir)
+    for e in events:
+        if e["event"] == "train":
+            assert e["forward_passes"] == 2 * e["step"]
+    evals = [e for e in events if e["event"] == "eval"]
+    # dev (16 examples / batch 8) at steps 2, 4, 5 and test (24 / 8) once: 2+2+2+3 eval forwards
+    assert [e["forward_passes_eval"] for e in evals] == [2, 4, 6, 9]
+    assert summary["forward_passes"] == 10 and summary["forward_passes_eval"] == 9
+    assert summary["forward_passes_probe"] == 1
+    assert events[-1]["forward_passes_total"] == 10 + 9 + 1
+
+
+def test_best_dev_state_is_the_one_tested(smoke_run):
+    run_dir, summary = smoke_run
+    dev = {e["step"]: e["accuracy"] for e in _events(run_dir) if e.get("split") == "dev"}
+    best_step = max(dev, key=lambda s: (dev[s], -s))
+    assert summary["best_step"] == best_step and summary["dev_accuracy"] == dev[best_step]
+
+
+def test_memory_is_measured(smoke_run):
+    _, summary = smoke_run
+    assert summary["inference_peak_memory_bytes"] > 50 * 2**20
+    assert summary["peak_memory_bytes"] >= 0.9 * summary["inference_peak_memory_bytes"]
+
+
+def test_zero_shot_run(tmp_path, data_dir):
+    summary = run(compose_run(*SMOKE, "train.steps=0", f"data.dir={data_dir}"), tmp_path)
+    assert summary["forward_passes"] == 0 and summary["steps"] == 0 and summary["status"] == "completed"
+    assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["dev_accuracy"] <= 1
+
+
+def test_same_config_same_metrics(tmp_path, data_dir, smoke_run):
+    other = tmp_path / "again"
+    cfg = compose_run(*SMOKE, "train.steps=5", "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
+    run(cfg, other)
+    strip = lambda events: [{k: v for k, v in e.items() if k != "wall_s" and "memory" not in k} for e in events]
+    assert strip(_events(other)) == strip(_events(smoke_run[0]))
+
+
+def test_failed_run_leaves_a_failed_summary(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sst2/train.jsonl not found"):
+        run(compose_run(*SMOKE, "train.steps=2", f"data.dir={tmp_path / 'empty'}"), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "train.jsonl not found" in summary["error"]
+
+
+def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="model=roberta-large is a masked LM"):
+        run(compose_run("model=roberta-large", "logger=none", f"data.dir={data_dir}"), tmp_path)
+
+
+def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
+    run_dir = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "zobench", *SMOKE, "train.steps=2", f"data.dir={data_dir}",
+                    f"hydra.run.dir={run_dir}"], check=True, timeout=300, capture_output=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["forward_passes"] == 4

@@ -1,0 +1,108 @@
+"""Forward counter, peak memory, and a W&B offline run whose logged keys are read back."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from tests.test_config import compose_run
+from tests.test_run import SMOKE
+from zobench.run import redact, run
+from zobench.telemetry import ForwardCounter, JsonlLogger, PeakMemory, wandb_mode
+
+
+def test_forward_counter_counts_per_phase():
+    model = tiny_model("llama")
+    counter = ForwardCounter(model)
+    ids = torch.randint(0, 64, (1, 4))
+    model(input_ids=ids)
+    with counter.phase("eval"):
+        model(input_ids=ids)
+        model(input_ids=ids)
+    model(input_ids=ids)
+    assert (counter["train"], counter["eval"], counter.total) == (2, 2, 4)
+
+
+def test_cpu_peak_memory_resets():
+    memory = PeakMemory(torch.device("cpu"))
+    if memory.source != "vmhwm":
+        pytest.skip("peak RSS cannot be reset on this system")
+    memory.reset()
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB touched
+    peak_with = memory.peak()
+    del big
+    memory.reset()
+    assert peak_with - memory.peak() > 32 * 2**20
+
+
+def test_jsonl_writes_non_finite_as_null(tmp_path):
+    logger = JsonlLogger(tmp_path / "m.jsonl")
+    logger.log({"step": 1, "loss": float("nan")})
+    logger.finish()
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {"step": 1, "loss": None}
+
+
+def test_wandb_mode(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("auto") == "online"
+    assert wandb_mode("disabled") == "disabled"
+
+
+def test_secrets_are_redacted():
+    assert redact({"logger": {"api_key": "s3cret", "project": "p"}, "token": 1}) == \
+        {"logger": {"api_key": "<redacted>", "project": "p"}, "token": "<redacted>"}
+
+
+def read_wandb_records(path: Path):
+    """Decode a W&B transaction log (.wandb): a 7-byte header, then LevelDB-log records
+    (crc32c:4, length:2 LE, type:1 in 32 KiB blocks) holding wandb_internal_pb2.Record messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too short for a header: skip to the next block
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
+    # 4 steps, dev at 2 and 4: the test event (logged for the best-dev step, possibly 2) must
+    # still reach W&B, whose steps only go forward
+    cfg = compose_run(*[o for o in SMOKE if o != "logger=none"], "logger=wandb", "train.steps=4",
+                      "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, "expected one offline W&B run in the run dir"
+    history, summary_keys, config_keys = set(), {}, set()
+    for record in read_wandb_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind == "summary":
+            summary_keys.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "run":
+            config_keys |= {item.key for item in record.run.config.update}
+    assert {"train/loss", "train/forward_passes", "train/projected_grad", "dev/accuracy", "test/accuracy",
+            "dev/forward_passes_eval"} <= history
+    assert summary_keys["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert summary_keys["status"] == "completed" and summary_keys["forward_passes"] == 8
+    assert {"model", "task", "optimizer", "train"} <= config_keys
