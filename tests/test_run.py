@@ -111,6 +111,15 @@ def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
         run(compose_run("model=roberta-large", "logger=none", f"data.dir={data_dir}"), tmp_path)
 
 
+def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
+    """The README's default config (SmolLM2-135M from its GGUF package), shortened."""
+    cfg = compose_run("logger=none", "data.num_train=16", "data.num_dev=8", "data.num_eval=16",
+                      "train.steps=2", "train.batch_size=4", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["model"] == "smollm2-135m" and summary["status"] == "completed"
+    assert summary["forward_passes"] == 4 and summary["engine"] == "auto/virtual"
+
+
 def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
     run_dir = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "zobench", *SMOKE, "train.steps=2", f"data.dir={data_dir}",

@@ -167,12 +167,13 @@ class WandbLogger:
 class Progress:
     """A tqdm bar over training steps showing loss, forward passes/s and the ETA."""
 
-    def __init__(self, total: int, initial: int = 0, forward_passes: int = 0) -> None:
+    def __init__(self, total: int, initial: int = 0, forward_passes: int = 0, file=None,
+                 disable: bool | None = None) -> None:
         from tqdm.auto import tqdm
 
         # disable=None: a bar on a terminal, nothing in non-interactive logs (CI, Slurm)
-        self.bar = tqdm(total=total, initial=initial, unit="step", disable=None, file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=initial, unit="step", disable=disable, file=file or sys.stderr,
+                        dynamic_ncols=True, mininterval=0)
         self._t0 = time.perf_counter()
         self._passes0 = forward_passes
 

@@ -35,5 +35,29 @@ def test_bad_model_config_names_the_key(key, value, message):
         load_model({**model_config("tiny-llama"), key: value})
 
 
-def test_dtype_names():
-    assert torch_dtype("float16") is torch.float16
+def test_dtype_names_and_aliases():
+    assert torch_dtype("float16") is torch_dtype("fp16") is torch.float16
+    assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype("fp32") is torch.float32
+
+
+def test_gguf_model_is_converted_once_and_equals_the_gguf_weights(tmp_path):
+    """The cached safetensors copy holds exactly the dequantised GGUF weights and loads fast."""
+    import importlib.util
+    import time
+
+    import transformers
+
+    cfg = model_config("smollm2-135m")
+    converted, tokenizer = load_model(cfg, cache_dir=str(tmp_path))
+    assert (tmp_path / "models" / "smollm2-135m" / "model.safetensors").is_file()
+    started = time.perf_counter()
+    cached, _ = load_model(cfg, cache_dir=str(tmp_path))
+    assert time.perf_counter() - started < 10
+    source = list(importlib.util.find_spec(cfg["package"]).submodule_search_locations)[0]
+    direct = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=cfg["file"], dtype=torch.float32)
+    reference = dict(direct.named_parameters())
+    for name, p in cached.named_parameters():
+        assert torch.equal(p, reference[name]), name
+    assert cached.lm_head.weight is cached.model.embed_tokens.weight  # ties survive the round trip
+    ids = tokenizer("a charming film It was", return_tensors="pt").input_ids
+    torch.testing.assert_close(cached(ids).logits, direct(ids).logits)

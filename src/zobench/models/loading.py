@@ -25,7 +25,8 @@ from ..resources import conf_dir
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SOURCES = ("hub", "gguf_package", "random")
 FAMILIES = ("causal", "masked")
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Regenerates results/mezo_smollm2_sst2/: zero-shot vs MeZO (200 steps) on SmolLM2-135M / SST-2,
+# 1000 train / 500 dev / 1000 test (MeZO's protocol; SST-2 validation has 872 rows, all used).
+# lr is picked on dev accuracy among the grid below (eps 1e-3 as in MeZO); test is read only
+# for the picked run. Run from the repository root with the venv active:
+#   ZOBENCH_DATA_DIR=../shared/data bash results/mezo_smollm2_sst2/run.sh
+set -euo pipefail
+out=results/mezo_smollm2_sst2/runs
+common="model=smollm2-135m task=sst2 logger=none seed=0"
+python -m zobench $common train.steps=0 hydra.run.dir=$out/zero_shot
+for lr in 1e-5 3e-5 1e-4; do
+  python -m zobench $common optimizer=mezo optimizer.lr=$lr optimizer.eps=1e-3 train.steps=200 \
+    train.eval_every=100 hydra.run.dir=$out/mezo_lr$lr
+done
+python results/mezo_smollm2_sst2/table.py $out > results/mezo_smollm2_sst2/README.md
