@@ -1,23 +1,71 @@
-"""``python -m zobench`` / ``zobench``: the Hydra entry point (nothing else lives here)."""
+"""``python -m zobench`` / ``zobench``: the Hydra entry point.
+
+Bad input (an unknown group option or key, a wrong value, a missing data file, an unreadable or
+mismatched checkpoint) ends with one line naming the key and what is allowed, exit code 2, and
+no traceback unless ``debug=true``. A run stopped by SIGTERM/SIGUSR1/SIGINT exits with 128+signal
+after checkpointing (start it again in the same run dir to resume).
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from .errors import ConfigError
 from .resources import conf_dir
+
+GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger", "experiment")
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> None:
+    print(f"zobench: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _precheck(args: list[str]) -> None:
+    """Group options and overrides checked before Hydra, whose own errors span many lines."""
+    if any(a.startswith("-") for a in args):  # --help, -m, --cfg ...: Hydra's business
+        return
+    overrides = [a for a in args if "=" in a]
+    for arg in overrides:
+        key, value = arg.lstrip("+~").split("=", 1)
+        if key in GROUPS and value not in ("null", ""):
+            allowed = sorted(p.stem for p in (conf_dir() / key).glob("*.yaml"))
+            if value not in allowed:
+                _fail(f"{key}={value}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _fail(f"{first} (overrides: {' '.join(overrides)})")
 
 
 def _app(cfg: DictConfig) -> None:
     from .run import run
 
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as err:
+        if cfg.get("debug", False) is True:
+            raise
+        _fail(str(err))
+    if summary.get("status") == "interrupted":
+        sys.exit(128 + int(signal.Signals[summary["signal"]]))
 
 
 def main() -> None:
+    _precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 
 

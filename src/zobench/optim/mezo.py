@@ -17,11 +17,15 @@ Deviations from the authors' code (princeton-nlp/MeZO, ``trainer.py``):
   drift; the authors' in-place +ε, -2ε, +ε sequence (``engine.mode=inplace``) changes the
   weights by a few ulps per step even with lr=0.
 * The returned (logged) loss is (ℓ+ + ℓ-)/2, an O(ε²) estimate of L(θ); the authors log ℓ+.
+* A non-finite projected gradient (NaN/inf loss) skips the update instead of writing NaN into
+  every weight; the loop's ``train.on_divergence`` policy decides whether the run goes on.
 * Weight decay is applied to parameters with ``ndim >= 2`` when the loop builds the groups
   (``decay_groups``); the authors exclude parameters whose name contains "bias"/"layer_norm".
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -68,8 +72,10 @@ class MeZO(ZOOptimizer):
         self.engine.restore(self._all_params)
 
         projected_grad = (loss_plus - loss_minus) / (2 * eps)
+        self._record(projected_grad=projected_grad, loss_plus=loss_plus, loss_minus=loss_minus)
+        if not math.isfinite(projected_grad):  # never write NaN/inf into the weights
+            return torch.tensor((loss_plus + loss_minus) / 2)
         for group, params in zip(self.param_groups, self._group_params):
             lr = group["lr"]
             self.engine.update(params, direction, coeff=-lr * projected_grad, decay=lr * group["weight_decay"])
-        self._record(projected_grad=projected_grad, loss_plus=loss_plus, loss_minus=loss_minus)
         return torch.tensor((loss_plus + loss_minus) / 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..resources import tasks_dir
 from .data import Splits, build_splits, load_split, sample_subset
 from .spec import Rendered, TaskSpec
@@ -17,5 +18,5 @@ def available_tasks() -> list[str]:
 def load_task(name: str) -> TaskSpec:
     path = tasks_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"task={name!r}: no such task; available: {', '.join(available_tasks())}")
+        raise ConfigError(f"task={name!r}: no such task; available: {', '.join(available_tasks())}")
     return TaskSpec.from_yaml(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataNotFoundError
 from .spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[
     if data_dir is not None:
         path = Path(data_dir) / spec.name / f"{hf_split}.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"data.dir: {path} not found (task {spec.name} reads its '{split}' pool from the "
                 f"'{hf_split}' split); point data.dir / ZOBENCH_DATA_DIR at a mirror that has it, "
                 "or unset it to load from the Hugging Face hub"

@@ -22,6 +22,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ..errors import ConfigError
+
 METRICS = ("accuracy",)
 REQUIRED = ("name", "version", "dataset", "splits", "label_field", "prompt", "candidates", "metric")
 
@@ -55,17 +57,17 @@ class TaskSpec:
     def from_yaml(cls, path: Path) -> "TaskSpec":
         raw = yaml.safe_load(Path(path).read_text())
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a task spec must be a mapping")
+            raise ConfigError(f"{path}: a task spec must be a mapping")
         missing = [k for k in REQUIRED if k not in raw]
         if missing:
-            raise ValueError(f"{path}: missing keys {missing}")
+            raise ConfigError(f"{path}: missing keys {missing}")
         unknown = sorted(set(raw) - set(REQUIRED) - {"description"})
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; allowed {list(REQUIRED) + ['description']}")
+            raise ConfigError(f"{path}: unknown keys {unknown}; allowed {list(REQUIRED) + ['description']}")
         if raw["metric"] not in METRICS:
-            raise ValueError(f"{path}: metric={raw['metric']!r}; allowed {', '.join(METRICS)}")
+            raise ConfigError(f"{path}: metric={raw['metric']!r}; allowed {', '.join(METRICS)}")
         if set(raw["splits"]) != {"train", "eval"}:
-            raise ValueError(f"{path}: splits must name exactly 'train' and 'eval'")
+            raise ConfigError(f"{path}: splits must name exactly 'train' and 'eval'")
         return cls(**{**raw, "candidates": tuple(raw["candidates"]), "source_file": str(path)})
 
     @cached_property
@@ -76,5 +78,5 @@ class TaskSpec:
         prompt, candidates = self._templates
         label = int(example[self.label_field])
         if not 0 <= label < len(candidates):
-            raise ValueError(f"task {self.name}: label {label} outside 0..{len(candidates) - 1}")
+            raise ConfigError(f"task {self.name}: label {label} outside 0..{len(candidates) - 1}")
         return Rendered(prompt.render(**example), tuple(c.render(**example) for c in candidates), label)

@@ -1,0 +1,79 @@
+"""Check a composed config before any work starts: every bad value is named with what is allowed."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+# keys that may change between a checkpoint and its resume (they do not change the numbers)
+RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "train.save_final", "logger",
+                  "device", "debug", "cache_dir", "data.dir", "train.eval_batch_size")
+
+DIVERGENCE_POLICIES = ("stop", "skip")
+
+
+def _get(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, throw_on_missing=False, default="__absent__")
+    if value == "__absent__":
+        raise ConfigError(f"{key} is missing from the config")
+    return value
+
+
+def _integer(cfg, key: str, minimum: int) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
+
+
+def _positive_number(cfg, key: str, zero_ok: bool = False) -> None:
+    value = _get(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if zero_ok else value > 0)
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected a number {'>= 0' if zero_ok else '> 0'}")
+
+
+def _choice(cfg, key: str, allowed) -> None:
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: allowed {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad key; types, ranges, choices and devices."""
+    from .engine import BACKENDS, MODES
+    from .models.loading import DTYPES, FAMILIES, SOURCES
+
+    _integer(cfg, "seed", 0)
+    _integer(cfg, "train.steps", 0)
+    for key in ("train.batch_size", "train.eval_every", "train.eval_batch_size", "train.log_every",
+                "task.max_length", "data.num_eval"):
+        _integer(cfg, key, 1)
+    for key in ("train.checkpoint_every", "data.num_dev", "data.seed", "data.eval_seed"):
+        _integer(cfg, key, 0)
+    _integer(cfg, "data.num_train", 1 if _get(cfg, "train.steps") > 0 else 0)
+    for key in ("train.keep_best", "train.save_final", "debug"):
+        if not isinstance(_get(cfg, key), bool):
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
+    _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
+    for key in ("lr", "eps"):
+        if key in cfg.optimizer:
+            _positive_number(cfg, f"optimizer.{key}")
+    if "weight_decay" in cfg.optimizer:
+        _positive_number(cfg, "optimizer.weight_decay", zero_ok=True)
+    _choice(cfg, "model.dtype", tuple(DTYPES))
+    _choice(cfg, "model.family", FAMILIES)
+    _choice(cfg, "model.source", SOURCES)
+    _choice(cfg, "engine.backend", BACKENDS)
+    _choice(cfg, "engine.mode", MODES)
+    device = _get(cfg, "device")
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
+        raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: no CUDA device is available here; use device=cpu or auto")
+    data_dir = _get(cfg, "data.dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ConfigError(f"data.dir={data_dir!r}: expected a path or null")

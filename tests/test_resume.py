@@ -1,0 +1,172 @@
+"""Runs that survive: SIGKILL at random steps, SIGTERM, divergence; resumed = uninterrupted."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_config import compose_run
+from tests.test_run import SMOKE
+from zobench.checkpoint import load_checkpoint, save_checkpoint
+from zobench.errors import CheckpointError
+from zobench.run import run
+
+VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # timing and RSS, not numbers
+
+
+def _cli(run_dir, data_dir, *extra):
+    return [sys.executable, "-m", "zobench", *SMOKE, "train.steps=8", "train.eval_every=2", "train.log_every=1",
+            "train.save_final=true", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def _stable(path: Path):
+    if path.suffix == ".json":
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in path.read_text().splitlines()]
+
+
+def _run_until(cmd, metrics: Path, step: int, sig) -> int:
+    """Start ``cmd``, send ``sig`` once the train event of ``step`` is in metrics.jsonl."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and any(f'"step": {step},' in l and '"train"' in l for l in metrics.read_text().splitlines()):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    return proc.wait(timeout=240)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """Uninterrupted runs, one per checkpoint period."""
+    out = {}
+    for every in (1, 3):
+        run_dir = tmp_path_factory.mktemp(f"reference{every}")
+        subprocess.run(_cli(run_dir, data_dir, f"train.checkpoint_every={every}"), check=True, timeout=300,
+                       capture_output=True)
+        out[every] = run_dir
+    return out
+
+
+def _assert_same_run(run_dir: Path, reference: Path):
+    assert _stable(run_dir / "summary.json") == _stable(reference / "summary.json")
+    assert _stable(run_dir / "metrics.jsonl") == _stable(reference / "metrics.jsonl")
+    final, expected = load_file(run_dir / "final/trainable.safetensors"), load_file(reference / "final/trainable.safetensors")
+    assert final.keys() == expected.keys()
+    for name in final:  # bit-identical parameters
+        assert torch.equal(final[name].view(torch.uint8), expected[name].view(torch.uint8)), name
+    assert not (run_dir / "checkpoint").exists() and not (run_dir / "best").exists()
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_dir, reference, every):
+    rng = random.Random(every)
+    checked = []
+    for trial, kill_step in enumerate(sorted(rng.sample(range(1, 8), 2))):
+        run_dir = tmp_path / f"kill{trial}"
+        cmd = _cli(run_dir, data_dir, f"train.checkpoint_every={every}")
+        assert _run_until(cmd, run_dir / "metrics.jsonl", kill_step, signal.SIGKILL) == -signal.SIGKILL
+        assert not (run_dir / "summary.json").exists() or \
+            json.loads((run_dir / "summary.json").read_text())["status"] != "completed"
+        saved = load_checkpoint(run_dir / "checkpoint")
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        if saved is not None:  # it resumed (a restart from scratch would end the same way, unseen)
+            assert f"resumed from step {saved[0]['step']}" in (run_dir / "__main__.log").read_text()
+            checked.append(saved[0]["step"])
+        _assert_same_run(run_dir, reference[every])
+    assert checked, "no kill landed after a checkpoint: the resume path went untested"
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference):
+    run_dir = tmp_path / "term"
+    cmd = _cli(run_dir, data_dir, "train.checkpoint_every=0")  # only the signal checkpoints
+    assert _run_until(cmd, run_dir / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    loop, _, _ = load_checkpoint(run_dir / "checkpoint")
+    assert loop["step"] >= 3
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    # checkpoint periods differ from the reference only in when checkpoints are written
+    assert _stable(run_dir / "metrics.jsonl") == _stable(reference[1] / "metrics.jsonl")
+    final, expected = load_file(run_dir / "final/trainable.safetensors"), load_file(reference[1] / "final/trainable.safetensors")
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+
+
+def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
+    before = (reference[1] / "metrics.jsonl").read_text()
+    out = subprocess.run(_cli(reference[1], data_dir, "train.checkpoint_every=1"), check=True, timeout=300,
+                         capture_output=True)
+    assert (reference[1] / "metrics.jsonl").read_text() == before
+
+
+def _nan_after(monkeypatch, calls_ok: int):
+    """Make the objective return NaN once, on call number ``calls_ok + 1`` (a forward of a step)."""
+    from zobench.models.objective import CandidateScorer
+
+    original, count = CandidateScorer.loss, {"n": 0}
+
+    def loss(self, batch):
+        count["n"] += 1
+        value = original(self, batch)
+        return torch.tensor(float("nan")) if count["n"] == calls_ok + 1 else value
+
+    monkeypatch.setattr(CandidateScorer, "loss", loss)
+
+
+def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, monkeypatch):
+    _nan_after(monkeypatch, calls_ok=1 + 2 * 2)  # the probe, steps 1-2; NaN in step 3
+    summary = run(compose_run(*SMOKE, "train.steps=6", "train.checkpoint_every=1", f"data.dir={data_dir}"),
+                  tmp_path)
+    assert summary["status"] == "diverged" and summary["steps"] == 3 and summary["test_accuracy"] is None
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "diverged"
+    events = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["step"] == 3 and events[-1]["projected_grad"] is None  # NaN is written as null
+    loop, tensors, _ = load_checkpoint(tmp_path / "checkpoint")
+    assert loop["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_skip_policy_drops_the_bad_step_and_finishes(tmp_path, data_dir, monkeypatch):
+    _nan_after(monkeypatch, calls_ok=1 + 2 * 2)
+    summary = run(compose_run(*SMOKE, "train.steps=5", "train.on_divergence=skip", "train.save_final=true",
+                              f"data.dir={data_dir}"), tmp_path)
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 1 and summary["forward_passes"] == 10
+    final = load_file(tmp_path / "final/trainable.safetensors")
+    assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_exploding_weights_are_never_checkpointed(tmp_path, data_dir):
+    summary = run(compose_run(*SMOKE, "train.steps=5", "train.checkpoint_every=1", "optimizer.lr=1e38",
+                              f"data.dir={data_dir}"), tmp_path)
+    assert summary["status"] == "diverged"
+    checkpoint = load_checkpoint(tmp_path / "checkpoint")
+    assert checkpoint is None or all(torch.isfinite(t).all() for t in checkpoint[1].values())
+
+
+def test_checkpoint_round_trip_and_atomic_pointer(tmp_path):
+    root = tmp_path / "checkpoint"
+    save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
+    save_checkpoint(root, 2, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []}, {"step": 2})
+    loop, tensors, _ = load_checkpoint(root)
+    assert loop == {"step": 2} and torch.equal(tensors["w"], torch.zeros(2))
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-000000002", "latest"]  # older ones removed
+    # a torn write (temp dir left by a kill) is ignored: the pointer still names a complete one
+    (root / ".ckpt-000000003.tmp").mkdir()
+    assert load_checkpoint(root)[0] == {"step": 2}
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    root = tmp_path / "checkpoint"
+    save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
+    (root / "ckpt-000000001" / "trainable.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"ckpt-000000001/trainable\.safetensors is unreadable"):
+        load_checkpoint(root)
