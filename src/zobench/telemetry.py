@@ -17,6 +17,8 @@ import math
 import netrc
 import os
 import resource
+import secrets
+import string
 import sys
 import time
 from collections import Counter
@@ -150,7 +152,8 @@ class WandbLogger:
         # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
         id_file = Path(run_dir) / "wandb_run_id"
         if not id_file.is_file():
-            id_file.write_text(wandb.util.generate_id())
+            alphabet = string.ascii_lowercase + string.digits
+            id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
         kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
                       tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
                       id=id_file.read_text().strip(), resume="allow")
