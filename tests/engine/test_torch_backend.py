@@ -98,9 +98,13 @@ def test_virtual_engine_puts_weights_back_when_forward_raises():
 
 
 def test_virtual_engine_refuses_parameters_of_another_model():
-    engine = VirtualEngine(tiny_model("llama"))
-    with pytest.raises(ValueError, match="not owned by any module"):
-        engine.perturb([(0, torch.nn.Parameter(torch.zeros(3)))], Direction(0), 1.0)
+    import gc
+
+    engine = VirtualEngine(tiny_model("llama"))  # the engine alone keeps the model alive
+    gc.collect()
+    for _ in range(200):  # fresh tensors must never pass for the model's (no id() reuse)
+        with pytest.raises(ValueError, match="not owned by any module"):
+            engine.perturb([(0, torch.nn.Parameter(torch.zeros(3)))], Direction(0), 1.0)
 
 
 def test_virtual_and_inplace_updates_agree():

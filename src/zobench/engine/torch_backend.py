@@ -69,6 +69,9 @@ class VirtualEngine(Engine):
     exact_restore = True
 
     def __init__(self, model: nn.Module) -> None:
+        # parameters are tracked by id(): holding the model keeps them alive, so an id can never
+        # be reused by another tensor while this engine exists
+        self.model = model
         self._active: dict[int, tuple[int, Direction, float]] = {}
         self._owned: set[int] = set()
         self._handles = []
