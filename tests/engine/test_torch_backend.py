@@ -98,13 +98,25 @@ def test_virtual_engine_puts_weights_back_when_forward_raises():
 
 
 def test_virtual_engine_refuses_parameters_of_another_model():
-    import gc
+    engine = VirtualEngine(tiny_model("llama"))
+    with pytest.raises(ValueError, match="not owned by any module"):
+        engine.perturb([(0, torch.nn.Parameter(torch.zeros(3)))], Direction(0), 1.0)
 
-    engine = VirtualEngine(tiny_model("llama"))  # the engine alone keeps the model alive
+
+def test_virtual_engine_keeps_its_model_alive():
+    """Ownership is tracked by id(): if the model could die, a new tensor could reuse an id."""
+    import gc
+    import weakref
+
+    model = tiny_model("llama")
+    alive = weakref.ref(model)
+    engine = VirtualEngine(model)
+    del model
     gc.collect()
-    for _ in range(200):  # fresh tensors must never pass for the model's (no id() reuse)
-        with pytest.raises(ValueError, match="not owned by any module"):
-            engine.perturb([(0, torch.nn.Parameter(torch.zeros(3)))], Direction(0), 1.0)
+    assert alive() is not None
+    del engine
+    gc.collect()
+    assert alive() is None
 
 
 def test_virtual_and_inplace_updates_agree():
