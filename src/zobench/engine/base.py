@@ -13,7 +13,9 @@ by the optimizer at construction (its index in the flat parameter list).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -28,6 +30,30 @@ class Engine(ABC):
 
     #: whether a step with lr=0 leaves every weight bit-identical in every dtype
     exact_restore: bool = False
+    #: seconds spent in engine work since the last reset (None: not measured); the benchmark
+    #: turns it on, because in virtual mode that work happens inside the model's forward
+    seconds: float | None = None
+    _sync = None
+
+    def enable_timing(self, sync=None) -> None:
+        """Accumulate engine seconds in ``self.seconds``; ``sync`` (e.g. torch.cuda.synchronize)
+        is called around each timed region so asynchronous devices are measured honestly."""
+        self.seconds, self._sync = 0.0, sync
+
+    @contextmanager
+    def _timed(self):
+        if self.seconds is None:
+            yield
+            return
+        if self._sync:
+            self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                self._sync()
+            self.seconds += time.perf_counter() - start
 
     @abstractmethod
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None: ...
@@ -42,8 +68,9 @@ class Engine(ABC):
         A zero coefficient is skipped rather than multiplied in, so lr=0 is an exact no-op
         (x + 0·z would turn a stored -0.0 into +0.0).
         """
-        for pid, p in params:
-            if decay != 0.0:
-                p.mul_(1.0 - decay)
-            if coeff != 0.0:
-                p.add_(direction.sample(pid, p).to(p.dtype), alpha=coeff)
+        with self._timed():
+            for pid, p in params:
+                if decay != 0.0:
+                    p.mul_(1.0 - decay)
+                if coeff != 0.0:
+                    p.add_(direction.sample(pid, p).to(p.dtype), alpha=coeff)

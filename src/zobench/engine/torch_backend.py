@@ -39,6 +39,10 @@ class InPlaceEngine(Engine):
 
     @torch.no_grad()
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
+        with self._timed():
+            self._perturb(params, direction, scale)
+
+    def _perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         for pid, p in params:
             current = self._applied.get(pid)
             if current is not None and current[1] != direction:
@@ -51,11 +55,12 @@ class InPlaceEngine(Engine):
 
     @torch.no_grad()
     def restore(self, params: ZOParams) -> None:
-        for pid, _ in params:
-            current = self._applied.pop(pid, None)
-            if current is not None:
-                p, direction, scale = current
-                self._move(pid, p, direction, -scale)
+        with self._timed():
+            for pid, _ in params:
+                current = self._applied.pop(pid, None)
+                if current is not None:
+                    p, direction, scale = current
+                    self._move(pid, p, direction, -scale)
 
     @staticmethod
     def _move(pid: int, p: torch.Tensor, direction: Direction, delta: float) -> None:
@@ -103,6 +108,10 @@ class VirtualEngine(Engine):
     def _swap_in(self, module: nn.Module, args) -> None:
         if not self._active:
             return
+        with self._timed():
+            self._swap_in_timed(module)
+
+    def _swap_in_timed(self, module: nn.Module) -> None:
         saved = []
         for p in module.parameters(recurse=False):
             entry = self._active.get(id(p))
@@ -117,9 +126,10 @@ class VirtualEngine(Engine):
     def _swap_out(self, module: nn.Module, args, output) -> None:
         stack = self._saved.get(id(module))
         if stack:
-            for p, original in stack.pop():
-                p.data = original
-                self._swapped.discard(id(p))
+            with self._timed():
+                for p, original in stack.pop():
+                    p.data = original
+                    self._swapped.discard(id(p))
 
     def remove(self) -> None:
         """Detach the hooks (the model then runs exactly as before)."""

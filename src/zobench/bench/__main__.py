@@ -1,0 +1,36 @@
+"""``python -m zobench.bench [overrides]``: writes <bench.out>/<name>.json and .md (see conf/bench.yaml)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ..resources import conf_dir
+
+
+def _app(cfg: DictConfig) -> None:
+    from . import markdown, run_benchmark
+
+    result = run_benchmark(cfg)
+    command = "python -m zobench.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result["command"] = command
+    name = cfg.bench.name or (f"{result['model']}_{result['task']}_bs{result['batch_size']}_{result['dtype']}_"
+                              f"{result['device_type']}")
+    out = Path(cfg.bench.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result, command))
+    print(markdown(result, command))
+
+
+def main() -> None:
+    hydra.main(version_base=None, config_path=str(conf_dir()), config_name="bench")(_app)()
+
+
+if __name__ == "__main__":
+    main()

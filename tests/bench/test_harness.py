@@ -1,0 +1,60 @@
+"""The benchmark compares like with like: same loss, and figures that add up."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.test_config import compose_run
+from zobench.bench.baseline import AuthorsMeZO, pairwise_loss
+from zobench.bench.harness import drift_after_lr0_steps
+from zobench.models import CandidateScorer, load_model
+from zobench.models.loading import model_config
+from zobench.tasks import build_splits, load_task
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir):
+    model, tokenizer = load_model(model_config("tiny-llama"))
+    scorer = CandidateScorer(model, tokenizer, 256, "cpu")
+    spec = load_task("rte")  # multi-token contexts, long prompts
+    batch = [scorer.encode(spec.render(ex)) for ex in build_splits(spec, data_dir, 6, 0, 1, seed=0).train]
+    return model, tokenizer, scorer, batch
+
+
+def test_the_authors_per_pair_loss_equals_zobenchs_shared_prefix_loss(setup):
+    model, tokenizer, scorer, batch = setup
+    torch.testing.assert_close(pairwise_loss(model, batch, tokenizer.pad_token_id, "cpu"), scorer.loss(batch),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_authors_step_restores_and_updates_like_mezo():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 4.0]))
+    opt = AuthorsMeZO([("w", p)], lr=0.0, eps=0.5)
+    loss = opt.step(lambda: (p * p).sum())
+    assert loss > 0 and opt.seconds > 0
+    assert torch.allclose(p, torch.tensor([1.0, -2.0, 4.0]), atol=1e-6)
+
+
+def test_drift_is_counted_for_both_in_place_implementations():
+    weights = [torch.randn(1000, dtype=torch.bfloat16) * 0.02]
+    for authors in (True, False):
+        drift = drift_after_lr0_steps([w.clone() for w in weights], steps=3, eps=1e-3, authors=authors)
+        assert drift["elements"] == 1000 and 0 < drift["changed_fraction"] <= 1 and drift["max_abs_drift"] > 0
+
+
+def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
+    subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "bench.repeats=1",
+                    "bench.numerics_steps=2", "bench.numerics_max_elements=5000", f"bench.out={tmp_path}",
+                    "bench.name=t", f"data.dir={data_dir}"], check=True, timeout=600, capture_output=True)
+    result = json.loads((tmp_path / "t.json").read_text())
+    for variant in ("zobench", "baseline"):
+        r = result[variant]
+        assert r["step_s"] == pytest.approx(r["forward_s"] + r["engine_s"] + r["other_s"])
+        assert r["forward_s"] > 0 and r["engine_s"] > 0 and r["peak_memory_bytes"] > 0
+    assert result["step_time_ratio"] == pytest.approx(result["zobench"]["step_s"] / result["baseline"]["step_s"])
+    assert result["command"].startswith("python -m zobench.bench model=tiny-llama")
+    assert "| zobench [auto/virtual] |" in (tmp_path / "t.md").read_text()
+    assert result["numerics"]["bfloat16"]["authors_inplace"]["changed_fraction"] > 0
