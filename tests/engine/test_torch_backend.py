@@ -138,3 +138,20 @@ def test_build_engine_validates_its_options():
         build_engine("cuda", "inplace")
     with pytest.raises(ValueError, match="engine.mode='lazy'"):
         build_engine("torch", "lazy")
+
+
+def test_virtual_mode_generates_each_parameters_z_once_per_evaluation(monkeypatch):
+    """The tied embedding / LM head is one parameter used by two modules: one z, not two."""
+    model = tiny_model("llama")  # tie_word_embeddings=True
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    params = list(enumerate(p for _, p in model.named_parameters()))
+    calls = []
+    original = Direction.sample
+    monkeypatch.setattr(Direction, "sample", lambda self, pid, like: calls.append(pid) or original(self, pid, like))
+    engine = VirtualEngine(model)
+    for scale in (1e-3, -1e-3):
+        calls.clear()
+        engine.perturb(params, Direction(7), scale)
+        model(input_ids=torch.randint(0, 64, (2, 5)))
+        assert sorted(calls) == [pid for pid, _ in params]
+    engine.restore(params)

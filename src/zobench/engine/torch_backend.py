@@ -80,14 +80,21 @@ class VirtualEngine(Engine):
         self._active: dict[int, tuple[int, Direction, float]] = {}
         self._owned: set[int] = set()
         self._handles = []
+        owners: dict[int, int] = {}
         for module in model.modules():
             own = list(module.parameters(recurse=False))
             if not own:
                 continue
+            for p in own:
+                owners[id(p)] = owners.get(id(p), 0) + 1
             self._owned.update(id(p) for p in own)
             self._handles.append(module.register_forward_pre_hook(self._swap_in))
             self._handles.append(module.register_forward_hook(self._swap_out, always_call=True))
         self._saved: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
+        # tied parameters (embedding = LM head) are used by several modules in one forward: their
+        # perturbed value is computed once per evaluation and reused (the same z, the same bits)
+        self._tied = {pid for pid, count in owners.items() if count > 1}
+        self._tied_cache: dict[int, torch.Tensor] = {}
         # parameters currently swapped in: a parameter owned by nested modules (RoBERTa's
         # lm_head.bias is lm_head.decoder.bias) must be perturbed once, by the outermost one
         self._swapped: set[int] = set()
@@ -100,9 +107,11 @@ class VirtualEngine(Engine):
                 "model the engine was built for; use engine.mode=inplace or build the engine on that model"
             )
         self._active = {id(p): (pid, direction, scale) for pid, p in params}
+        self._tied_cache = {}
 
     def restore(self, params: ZOParams) -> None:
         self._active = {}
+        self._tied_cache = {}
 
     @torch.no_grad()
     def _swap_in(self, module: nn.Module, args) -> None:
@@ -119,7 +128,12 @@ class VirtualEngine(Engine):
                 pid, direction, scale = entry
                 saved.append((p, p.data))
                 self._swapped.add(id(p))
-                p.data = perturbed_value(p.data, pid, direction, scale)
+                if id(p) in self._tied:
+                    if id(p) not in self._tied_cache:
+                        self._tied_cache[id(p)] = perturbed_value(p.data, pid, direction, scale)
+                    p.data = self._tied_cache[id(p)]
+                else:
+                    p.data = perturbed_value(p.data, pid, direction, scale)
         if saved:
             self._saved.setdefault(id(module), []).append(saved)
 
