@@ -155,3 +155,27 @@ def test_virtual_mode_generates_each_parameters_z_once_per_evaluation(monkeypatc
         model(input_ids=torch.randint(0, 64, (2, 5)))
         assert sorted(calls) == [pid for pid, _ in params]
     engine.restore(params)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_restore_and_update_is_bit_identical_to_the_pair_with_one_z_less(dtype, monkeypatch):
+    weights = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)).to(dtype) * 0.02
+    direction = Direction(11)
+    results, samples = [], []
+    original = Direction.sample
+    monkeypatch.setattr(Direction, "sample", lambda self, pid, like: samples.append(pid) or original(self, pid, like))
+    for fused in (False, True):
+        p = weights.clone()
+        engine = InPlaceEngine()
+        engine.perturb([(0, p)], direction, 1e-3)
+        engine.perturb([(0, p)], direction, -1e-3)
+        samples.clear()
+        if fused:
+            engine.restore_and_update([(0, p)], direction, coeff=-0.05, decay=0.01)
+        else:
+            engine.restore([(0, p)])
+            engine.update([(0, p)], direction, coeff=-0.05, decay=0.01)
+        results.append((p, len(samples)))
+    (unfused, n_unfused), (fused, n_fused) = results
+    assert torch.equal(unfused.view(torch.uint8), fused.view(torch.uint8))
+    assert (n_unfused, n_fused) == (2, 1)

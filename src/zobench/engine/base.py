@@ -5,7 +5,9 @@ A ZO optimizer never touches weights itself. It asks the engine to
 * ``perturb(params, direction, scale)``: make the next forward evaluate L(θ + scale·z);
 * ``restore(params)``: make the next forward evaluate L(θ) again;
 * ``update(params, direction, coeff, decay)``: θ ← (1 - decay)·θ + coeff·z  (the only write
-  to the weights; ``decay`` = lr·weight_decay, ``coeff`` = -lr·g for SGD-like methods).
+  to the weights; ``decay`` = lr·weight_decay, ``coeff`` = -lr·g for SGD-like methods);
+* ``restore_and_update(...)``: both, in one sweep when the update's direction is the one
+  applied (MeZO: 3 sweeps per step instead of 4).
 
 ``params`` is a list of ``(pid, tensor)``: ``pid`` is the stable parameter id that seeds z, fixed
 by the optimizer at construction (its index in the flat parameter list).
@@ -60,6 +62,11 @@ class Engine(ABC):
 
     @abstractmethod
     def restore(self, params: ZOParams) -> None: ...
+
+    def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
+        """``restore(params)`` then ``update(...)``; backends that move weights fuse the two."""
+        self.restore(params)
+        self.update(params, direction, coeff, decay)
 
     @torch.no_grad()
     def update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:

@@ -62,6 +62,27 @@ class InPlaceEngine(Engine):
                     p, direction, scale = current
                     self._move(pid, p, direction, -scale)
 
+    @torch.no_grad()
+    def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
+        """One sweep, one z per parameter: the same operations in the same order as
+        ``restore`` then ``update``, so the result is bit-identical to the unfused pair."""
+        with self._timed():
+            for pid, p in params:
+                current = self._applied.pop(pid, None)
+                if current is not None and current[1] != direction:  # a different z: not fusable
+                    self._move(pid, p, current[1], -current[2])
+                    current = None
+                undo = -current[2] if current is not None else 0.0
+                if undo == 0.0 and decay == 0.0 and coeff == 0.0:
+                    continue
+                z = direction.sample(pid, p).to(p.dtype)
+                if undo != 0.0:
+                    p.add_(z, alpha=undo)
+                if decay != 0.0:
+                    p.mul_(1.0 - decay)
+                if coeff != 0.0:
+                    p.add_(z, alpha=coeff)
+
     @staticmethod
     def _move(pid: int, p: torch.Tensor, direction: Direction, delta: float) -> None:
         if delta != 0.0:

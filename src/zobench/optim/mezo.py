@@ -69,13 +69,14 @@ class MeZO(ZOOptimizer):
         loss_plus = float(closure())
         self.engine.perturb(self._all_params, direction, -eps)
         loss_minus = float(closure())
-        self.engine.restore(self._all_params)
 
         projected_grad = (loss_plus - loss_minus) / (2 * eps)
         self._record(projected_grad=projected_grad, loss_plus=loss_plus, loss_minus=loss_minus)
         if not math.isfinite(projected_grad):  # never write NaN/inf into the weights
+            self.engine.restore(self._all_params)
             return torch.tensor((loss_plus + loss_minus) / 2)
         for group, params in zip(self.param_groups, self._group_params):
-            lr = group["lr"]
-            self.engine.update(params, direction, coeff=-lr * projected_grad, decay=lr * group["weight_decay"])
+            lr = group["lr"]  # restore θ-εz and step, one sweep: θ ← (1-ηλ)θ - ηg z
+            self.engine.restore_and_update(params, direction, coeff=-lr * projected_grad,
+                                           decay=lr * group["weight_decay"])
         return torch.tensor((loss_plus + loss_minus) / 2)
