@@ -305,17 +305,21 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
                 log.error("step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)",
                           step, info)
                 break
-        if not _all_finite(named):
+        evaluating = bool(dev) and (step % cfg.train.eval_every == 0 or step == steps)
+        checkpointing = stop.signum is not None or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
+        # weights are checked before anything is written from them (a blown-up weight that is not
+        # written shows up as a non-finite loss at the next step): a sweep only when needed
+        if (evaluating or checkpointing or step == steps) and not _all_finite(named):
             status = "diverged"
-            log.error("step %d: the weights hold NaN/inf; stopping without checkpointing them", step)
+            log.error("step %d: the weights hold NaN/inf; stopping without writing them", step)
             break
-        if dev and (step % cfg.train.eval_every == 0 or step == steps):
+        if evaluating:
             accuracy = evaluate("dev", dev, step)
             if loop["best_dev"] is None or accuracy > loop["best_dev"]:
                 loop["best_dev"], loop["best_step"] = accuracy, step
                 if cfg.train.keep_best and step != steps:
                     loop["best_file"] = _save_best(named, best_dir, step)
-        if stop.signum is not None or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+        if checkpointing:
             save(step)
             _remove_stale_best(best_dir, keep=loop["best_file"])
         if stop.signum is not None:
