@@ -33,7 +33,7 @@ def test_two_forward_passes_per_step_and_seeded_reproducibility():
     opt = MeZO([x], lr=0.1, eps=1e-3, seed=3)
     for _ in range(7):
         opt.step(closure)
-    assert len(calls) == 7 * MeZO.forward_passes_per_step == 14
+    assert len(calls) == 7 * opt.forward_passes_per_step == 7 * MeZO.forward_passes_per_step == 14
     y = torch.nn.Parameter(torch.ones(5))
     opt2 = MeZO([y], lr=0.1, eps=1e-3, seed=3)
     for _ in range(7):

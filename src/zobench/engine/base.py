@@ -63,6 +63,14 @@ class Engine(ABC):
     @abstractmethod
     def restore(self, params: ZOParams) -> None: ...
 
+    @torch.no_grad()
+    def foreach(self, params: ZOParams, direction: Direction, fn) -> None:
+        """``fn(pid, p, z)`` for every parameter, z (float32) regenerated from ``direction``: the
+        primitive of stateful updates (momentum, Adam moments, HiZOO's Σ). Call after ``restore``."""
+        with self._timed():
+            for pid, p in params:
+                fn(pid, p, direction.sample(pid, p))
+
     def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
         """``restore(params)`` then ``update(...)``; backends that move weights fuse the two."""
         self.restore(params)

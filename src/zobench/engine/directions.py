@@ -39,12 +39,15 @@ def mix_seed(*parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Direction:
     """The random direction of one ZO estimate: z = Direction(seed).sample(pid, param).
 
     ``seed`` is the step seed (optimizers derive it from their own seed and step counter);
     ``distribution`` is ``gaussian`` (z ~ N(0, I)) or ``rademacher`` (z ∈ {-1, +1}^d).
+    Engines tell directions apart by identity: a step reuses one object for all its sweeps.
+    Methods whose perturbation is a transform of z (HiZOO's z/√Σ, a sparsity mask) subclass
+    this and override ``sample``.
     """
 
     seed: int

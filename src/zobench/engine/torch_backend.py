@@ -45,7 +45,7 @@ class InPlaceEngine(Engine):
     def _perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         for pid, p in params:
             current = self._applied.get(pid)
-            if current is not None and current[1] != direction:
+            if current is not None and current[1] is not direction:
                 self._move(pid, p, current[1], -current[2])
                 current = None
             delta = scale - (current[2] if current is not None else 0.0)
@@ -69,7 +69,7 @@ class InPlaceEngine(Engine):
         with self._timed():
             for pid, p in params:
                 current = self._applied.pop(pid, None)
-                if current is not None and current[1] != direction:  # a different z: not fusable
+                if current is not None and current[1] is not direction:  # a different z: not fusable
                     self._move(pid, p, current[1], -current[2])
                     current = None
                 undo = -current[2] if current is not None else 0.0

@@ -7,6 +7,8 @@ Per step, with z ~ N(0, I) regenerated from the step seed (never stored):
     θ ← θ - η (g z + λ θ)                                            (λ only on decay groups)
 
 2 forward passes per step, no optimizer state. Memory: inference + the engine's working set.
+Variants (MeZO §2 and ZO-Bench): n-SPSA averages q directions, θ ← θ - (η/q) Σ_i g_i z_i
+(2q passes); one-sided uses g_i = (L(θ+εz_i) - L(θ))/ε with one shared L(θ) (q+1 passes).
 
 Deviations from the authors' code (princeton-nlp/MeZO, ``trainer.py``):
 
@@ -34,7 +36,9 @@ from ._common import Closure, ZOOptimizer
 
 
 class MeZO(ZOOptimizer):
-    """ZO-SGD with two-sided SPSA estimates, as in MeZO.
+    """ZO-SGD with SPSA estimates, as in MeZO; n-SPSA and one-sided estimates as options.
+
+    ``forward_passes_per_step``: 2 (the class default), 2q with n-SPSA, q+1 one-sided.
 
     Args:
         params: parameters or param groups (``weight_decay`` may differ per group).
@@ -42,6 +46,8 @@ class MeZO(ZOOptimizer):
         eps: perturbation scale ε (shared by all groups).
         weight_decay: λ (decoupled from g, applied as in the authors' code).
         distribution: ``gaussian`` (MeZO) or ``rademacher``.
+        num_directions: q, the n-SPSA estimate averages q directions (MeZO §2, 2q passes).
+        one_sided: g_i = (L(θ+εz_i) - L(θ))/ε, one shared L(θ) (q+1 passes).
         seed: base seed of this optimizer's direction stream.
         engine: perturbation engine; defaults to the in-place torch engine.
     """
@@ -49,34 +55,54 @@ class MeZO(ZOOptimizer):
     forward_passes_per_step = 2
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 distribution: str = "gaussian", seed: int = 0, engine: Engine | None = None) -> None:
+                 distribution: str = "gaussian", num_directions: int = 1, one_sided: bool = False,
+                 seed: int = 0, engine: Engine | None = None) -> None:
         if lr < 0:
             raise ValueError(f"lr={lr}: must be >= 0")
         if eps <= 0:
             raise ValueError(f"eps={eps}: must be > 0")
-        defaults = dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution)
+        if int(num_directions) < 1:
+            raise ValueError(f"num_directions={num_directions}: must be >= 1")
+        defaults = dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution,
+                        num_directions=int(num_directions), one_sided=bool(one_sided))
         super().__init__(params, defaults, engine=engine, seed=seed)
+        q = int(num_directions)
+        self.forward_passes_per_step = q + 1 if one_sided else 2 * q
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
             raise ValueError("MeZO.step needs a closure that returns the batch loss")
-        eps = self._shared("eps")
+        eps, q, one_sided = self._shared("eps"), self._shared("num_directions"), self._shared("one_sided")
         step = self._advance()
-        direction = self.direction(step, distribution=self._shared("distribution"))
+        distribution = self._shared("distribution")
+        loss_zero = float(closure()) if one_sided else None
+        estimates = []  # (direction, g, ℓ+, ℓ-)
+        for index in range(q):
+            direction = self.direction(step, index, distribution)
+            self.engine.perturb(self._all_params, direction, +eps)
+            loss_plus = float(closure())
+            if one_sided:
+                estimates.append((direction, (loss_plus - loss_zero) / eps, loss_plus, loss_zero))
+            else:
+                self.engine.perturb(self._all_params, direction, -eps)
+                loss_minus = float(closure())
+                estimates.append((direction, (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus))
 
-        self.engine.perturb(self._all_params, direction, +eps)
-        loss_plus = float(closure())
-        self.engine.perturb(self._all_params, direction, -eps)
-        loss_minus = float(closure())
-
-        projected_grad = (loss_plus - loss_minus) / (2 * eps)
-        self._record(projected_grad=projected_grad, loss_plus=loss_plus, loss_minus=loss_minus)
-        if not math.isfinite(projected_grad):  # never write NaN/inf into the weights
+        projected_grad = sum(g for _, g, _, _ in estimates) / q
+        self._record(projected_grad=projected_grad, loss_plus=estimates[-1][2], loss_minus=estimates[-1][3])
+        if not all(math.isfinite(g) for _, g, _, _ in estimates):  # never write NaN/inf into the weights
             self.engine.restore(self._all_params)
-            return torch.tensor((loss_plus + loss_minus) / 2)
-        for group, params in zip(self.param_groups, self._group_params):
-            lr = group["lr"]  # restore θ-εz and step, one sweep: θ ← (1-ηλ)θ - ηg z
-            self.engine.restore_and_update(params, direction, coeff=-lr * projected_grad,
-                                           decay=lr * group["weight_decay"])
-        return torch.tensor((loss_plus + loss_minus) / 2)
+            return torch.tensor(estimates[-1][2])
+        for index, (direction, g, _, _) in enumerate(estimates):
+            last = index == q - 1
+            for group, params in zip(self.param_groups, self._group_params):
+                lr = group["lr"]
+                decay = lr * group["weight_decay"] if index == 0 else 0.0
+                if last:  # restore θ±εz and step, one sweep: θ ← (1-ηλ)θ - (η/q) g z
+                    self.engine.restore_and_update(params, direction, coeff=-lr * g / q, decay=decay)
+                else:
+                    self.engine.update(params, direction, coeff=-lr * g / q, decay=decay)
+        if one_sided:
+            return torch.tensor(loss_zero)
+        return torch.tensor(sum(lp + lm for _, _, lp, lm in estimates) / (2 * q))
