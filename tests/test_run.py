@@ -126,3 +126,24 @@ def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
                     f"hydra.run.dir={run_dir}"], check=True, timeout=300, capture_output=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["forward_passes"] == 4
+
+
+def _optimizer_options():
+    from tests.test_config import _options
+
+    return _options("optimizer")
+
+
+@pytest.mark.parametrize("optimizer", _optimizer_options())
+def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_path, data_dir, optimizer):
+    from omegaconf import OmegaConf
+
+    from zobench.run import _import
+
+    cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2",
+                      f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    opt_cfg = OmegaConf.to_container(cfg.optimizer)
+    cls = _import(opt_cfg["_target_"])
+    declared = int(opt_cfg["num_directions"]) + 1 if optimizer == "fzoo" else cls.forward_passes_per_step
+    assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared

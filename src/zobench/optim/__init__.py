@@ -1,6 +1,13 @@
 """Zeroth-order optimizers, one file per method, each a ``torch.optim.Optimizer``."""
 
 from ._common import ZOOptimizer, decay_groups
+from .fzoo import FZOO
+from .hizoo import HiZOO
 from .mezo import MeZO
+from .sparse_mezo import SparseMeZO
+from .zo_adam import ZOAdam
+from .zo_sgd_momentum import ZOSGDMomentum
+from .zo_sgd_sign import ZOSGDSign
 
-__all__ = ["MeZO", "ZOOptimizer", "decay_groups"]
+__all__ = ["FZOO", "HiZOO", "MeZO", "SparseMeZO", "ZOAdam", "ZOOptimizer", "ZOSGDMomentum", "ZOSGDSign",
+           "decay_groups"]

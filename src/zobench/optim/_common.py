@@ -37,6 +37,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     """
 
     forward_passes_per_step: int = 0
+    #: parameter-sized float32 buffers kept per parameter (the honest memory overhead)
+    state_buffers_per_param: int = 0
 
     def __init__(self, params, defaults: dict, engine: Engine | None = None, seed: int = 0) -> None:
         defaults = {**defaults, "seed": int(seed), "step": 0}
@@ -73,6 +75,22 @@ class ZOOptimizer(torch.optim.Optimizer):
         if len(values) != 1:
             raise ValueError(f"{key} must be the same in every param group, got {sorted(values)}")
         return values.pop()
+
+    def _two_sided(self, closure: Closure, direction: Direction, eps: float) -> tuple[float, float, float]:
+        """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε; the engine is left at θ-εz
+        (``restore`` or ``restore_and_update`` next). Two forward passes."""
+        self.engine.perturb(self._all_params, direction, +eps)
+        loss_plus = float(closure())
+        self.engine.perturb(self._all_params, direction, -eps)
+        loss_minus = float(closure())
+        return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
+
+    def _param_state(self, p: torch.Tensor, key: str, dtype=torch.float32) -> torch.Tensor:
+        """A parameter-sized buffer in ``self.state`` (so ``state_dict`` saves it), zero-initialised."""
+        state = self.state[p]
+        if key not in state:
+            state[key] = torch.zeros_like(p, dtype=dtype)
+        return state[key]
 
     def _record(self, **scalars: float) -> None:
         """Scalars of the last step (projected gradient, losses) for the loop to log."""

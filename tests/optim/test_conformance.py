@@ -1,0 +1,188 @@
+"""The contract every ZO method meets (DESIGN.md "Optimizer"): converges on a quadratic and on a
+tiny MLP, uses exactly its declared forward passes, resumes bit-identically from its state_dict,
+does nothing with lr=0, respects weight-decay groups, and keeps the state it declares."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from zobench.engine import VirtualEngine
+from zobench.optim import FZOO, HiZOO, MeZO, SparseMeZO, ZOAdam, ZOSGDMomentum, ZOSGDSign, decay_groups
+
+# name -> (class, hyperparameters that converge on the quadratic below)
+METHODS = {
+    "mezo": (MeZO, dict(lr=0.02, eps=1e-3)),
+    "mezo_nspsa": (MeZO, dict(lr=0.02, eps=1e-3, num_directions=4)),
+    "mezo_one_sided": (MeZO, dict(lr=0.02, eps=1e-3, one_sided=True)),
+    "zo_sgd_momentum": (ZOSGDMomentum, dict(lr=0.005, eps=1e-3, momentum=0.8)),
+    "zo_sgd_sign": (ZOSGDSign, dict(lr=0.01, eps=1e-3)),
+    "zo_adam": (ZOAdam, dict(lr=0.02, eps=1e-3)),
+    "hizoo": (HiZOO, dict(lr=0.02, eps=1e-3, hessian_smooth=1e-3)),
+    # FZOO's σ ≈ ε‖∇L‖ makes its step η/ε along a normalised direction: η = ε/100 here
+    "fzoo": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4)),
+    "sparse_mezo": (SparseMeZO, dict(lr=0.02, eps=1e-3, sparsity=0.5)),
+}
+
+
+class Quadratic(nn.Module):
+    """L(x) = ½ Σ a_i (x_i - x*_i)², condition number 4. Half the weights are large and already at
+    their optimum, half are small and off it: fine-tuning's regime, and the one Sparse-MeZO is
+    built for (it never perturbs weights that stay large, so on a quadratic whose large weights
+    are wrong it stalls by design, not by a bug)."""
+
+    def __init__(self, dim: int = 20) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        large = (3 + torch.rand(dim // 2, generator=gen)) * torch.sign(torch.randn(dim // 2, generator=gen))
+        small_start, small_target = torch.randn(2, dim // 2, generator=gen) * 0.5
+        self.x = nn.Parameter(torch.stack([large, small_start]))
+        self.register_buffer("target", torch.stack([large, small_target]))
+        self.register_buffer("a", torch.linspace(0.5, 2.0, dim).view(2, dim // 2))
+
+    def forward(self):
+        return 0.5 * (self.a * (self.x - self.target) ** 2).sum()
+
+
+def _make(name, model, params=None, **override):
+    cls, kwargs = METHODS[name]
+    return cls(params if params is not None else model.parameters(), **{**kwargs, **override}, seed=1,
+               engine=VirtualEngine(model))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_converges_on_a_quadratic(name):
+    model = Quadratic()
+    opt = _make(name, model)
+    start = float(model().detach())
+    for _ in range(1500):
+        opt.step(model)
+    assert float(model()) < 0.02 * start
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_converges_on_a_tiny_mlp(name):
+    gen = torch.Generator().manual_seed(0)
+    inputs, teacher = torch.randn(64, 4, generator=gen), nn.Linear(4, 1)
+    torch.manual_seed(0)
+    targets = teacher(inputs).detach()
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).requires_grad_(False)
+
+    def loss():
+        return ((model(inputs) - targets) ** 2).mean()
+
+    opt = _make(name, model, lr=METHODS[name][1]["lr"] / 2)
+    start = float(loss())
+    for _ in range(800):
+        opt.step(loss)
+    assert float(loss()) < 0.5 * start
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forward_passes_per_step_are_as_declared(name):
+    model = Quadratic()
+    opt = _make(name, model)
+    calls = []
+    for _ in range(3):
+        opt.step(lambda: calls.append(1) or model())
+    assert len(calls) == 3 * opt.forward_passes_per_step
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip_resumes_bit_identically(name):
+    model = Quadratic()
+    opt = _make(name, model)
+    for _ in range(4):
+        opt.step(model)
+    saved_weights, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for _ in range(4):
+        opt.step(model)
+    reference = model.x.detach().clone()
+
+    resumed_model = Quadratic()
+    resumed_model.load_state_dict(saved_weights)
+    resumed = _make(name, resumed_model, lr=123.0)  # hyperparameters come back with the state
+    resumed.load_state_dict(saved_state)
+    for _ in range(4):
+        resumed.step(resumed_model)
+    assert torch.equal(resumed_model.x, reference)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_lr_zero_changes_no_weight(name):
+    model = Quadratic()
+    before = model.x.detach().clone()
+    opt = _make(name, model, lr=0.0)
+    for _ in range(5):
+        opt.step(model)
+    assert torch.equal(model.x.view(torch.int32), before.view(torch.int32))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_weight_decay_applies_only_to_decay_groups(name):
+    model = nn.Linear(6, 3)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    opt = _make(name, model, params=decay_groups(model.named_parameters(), 0.5), lr=0.1)
+    opt.step(lambda: model(torch.zeros(1, 6)).sum() * 0 + 1.0)  # constant loss: no gradient signal
+    torch.testing.assert_close(model.weight, w0 * (1 - 0.1 * 0.5), rtol=0, atol=1e-7)
+    assert torch.equal(model.bias, b0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_declared_state_is_the_state_kept(name):
+    model = Quadratic()
+    opt = _make(name, model)
+    opt.step(model)
+    kept = sum(t.numel() for state in opt.state.values() if isinstance(state, dict)
+               for t in state.values() if isinstance(t, torch.Tensor))
+    assert kept == opt.state_buffers_per_param * model.x.numel()
+
+
+def test_hizoo_hessian_really_moves_and_stays_float32():
+    """The authors' fp16 Σ with α=1e-8 never changes; ours must."""
+    model = Quadratic()
+    opt = _make("hizoo", model, hessian_smooth=1e-8)
+    opt.step(model)
+    sigma = opt.state[model.x]["hessian"]
+    assert sigma.dtype == torch.float32 and not torch.equal(sigma, torch.ones_like(sigma))
+    assert opt.last_step_info["curvature"] > 0
+
+
+def test_sparse_mezo_perturbs_only_small_weights_and_needs_exact_perturbation():
+    model = nn.Linear(10, 10, bias=False)
+    opt = _make("sparse_mezo", model, sparsity=0.75)
+    before = model.weight.detach().clone()
+    opt.step(lambda: model(torch.ones(1, 10)).pow(2).sum())
+    moved = model.weight != before
+    threshold = before.abs().flatten().kthvalue(25).values
+    assert moved.sum() == 25 and (before[moved].abs() <= threshold).all()
+    with pytest.raises(ValueError, match="needs engine.mode=virtual"):
+        SparseMeZO(model.parameters(), lr=0.1)
+
+
+def test_fzoo_step_is_normalised_by_the_loss_spread():
+    """Scaling the loss by c scales every ℓ_i - ℓ0 and σ by c: the step does not change."""
+    steps = []
+    for c in (1.0, 100.0):
+        model = Quadratic()
+        opt = _make("fzoo", model)
+        before = model.x.detach().clone()
+        opt.step(lambda: c * model())
+        steps.append(model.x.detach() - before)
+    # float32 losses near 16 differ by ~1e-3: their differences carry ~1e-3 relative rounding
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-2, atol=1e-8)
+    assert steps[0].abs().max() > 0
+
+
+def test_hizoo_hessian_update_follows_the_formula():
+    """Σ₁ = (1-α)Σ₀ + α c Σ₀⊙z² with Σ₀ = 1 and c = |ℓ+ + ℓ- - 2ℓ0| / 2ε²."""
+    from zobench.engine import Direction
+
+    model = Quadratic()
+    alpha = 0.3
+    opt = _make("hizoo", model, hessian_smooth=alpha)
+    opt.step(model)
+    c = opt.last_step_info["curvature"]
+    z = Direction(opt.direction(1).seed).sample(0, model.x)
+    torch.testing.assert_close(opt.state[model.x]["hessian"], (1 - alpha) + alpha * c * z * z)
