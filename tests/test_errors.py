@@ -14,7 +14,7 @@ from zobench.run import run
 
 BAD_INPUTS = [
     # (overrides, what the one line must say)
-    (["optimizer=foo"], "optimizer=foo: no such option; allowed: fzoo, hizoo, mezo, sparse_mezo, zo_adam"),
+    (["optimizer=foo"], "optimizer=foo: no such option; allowed: fzoo, hizoo, lozo, mezo, sparse_mezo, subzero, tezo"),
     (["model=gpt5"], "model=gpt5: no such option; allowed: llama3-8b"),
     (["task=sst3"], "task=sst3: no such option; allowed: rte, sst2"),
     (["engine=magic"], "engine=magic: no such option; allowed: auto, torch"),

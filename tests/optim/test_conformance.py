@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from zobench.engine import VirtualEngine
-from zobench.optim import FZOO, HiZOO, MeZO, SparseMeZO, ZOAdam, ZOSGDMomentum, ZOSGDSign, decay_groups
+from zobench.optim import (FZOO, LOZO, HiZOO, MeZO, SparseMeZO, SubZero, TeZO, ZOAdam, ZOSGDMomentum, ZOSGDSign,
+                           decay_groups)
 
 # name -> (class, hyperparameters that converge on the quadratic below)
 METHODS = {
@@ -23,6 +24,13 @@ METHODS = {
     # FZOO's σ ≈ ε‖∇L‖ makes its step η/ε along a normalised direction: η = ε/100 here
     "fzoo": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4)),
     "sparse_mezo": (SparseMeZO, dict(lr=0.02, eps=1e-3, sparsity=0.5)),
+    # low-rank methods: TeZO's fixed factors span `rank` directions per matrix (24 > 2×10 here);
+    # a random, non-orthogonal basis conditions the problem worse, hence the larger steps
+    "tezo": (TeZO, dict(lr=0.05, eps=1e-3, rank=24)),
+    "tezo_momentum": (TeZO, dict(lr=0.01, eps=1e-3, rank=24, variant="momentum", momentum=0.8)),
+    "tezo_adam": (TeZO, dict(lr=0.05, eps=1e-3, rank=24, variant="adam")),
+    "lozo": (LOZO, dict(lr=0.02, eps=1e-3, rank=2, lazy_steps=5)),
+    "subzero": (SubZero, dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)),
 }
 
 
@@ -131,12 +139,16 @@ def test_weight_decay_applies_only_to_decay_groups(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_declared_state_is_the_state_kept(name):
+    """Parameter-sized buffers are what costs memory: exactly the declared number of them, and
+    nothing else bigger than a few numbers per parameter tensor (TeZO's τ moments are r long)."""
     model = Quadratic()
     opt = _make(name, model)
     opt.step(model)
-    kept = sum(t.numel() for state in opt.state.values() if isinstance(state, dict)
-               for t in state.values() if isinstance(t, torch.Tensor))
-    assert kept == opt.state_buffers_per_param * model.x.numel()
+    tensors = [t for p, state in opt.state.items() if isinstance(p, torch.Tensor)
+               for t in state.values() if isinstance(t, torch.Tensor)]
+    full = [t for t in tensors if t.shape == model.x.shape]
+    assert len(full) == opt.state_buffers_per_param
+    assert all(t.numel() <= 32 for t in tensors if t.shape != model.x.shape)
 
 
 def test_hizoo_hessian_really_moves_and_stays_float32():

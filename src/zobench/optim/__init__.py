@@ -3,11 +3,14 @@
 from ._common import ZOOptimizer, decay_groups
 from .fzoo import FZOO
 from .hizoo import HiZOO
+from .lozo import LOZO
 from .mezo import MeZO
 from .sparse_mezo import SparseMeZO
+from .subzero import SubZero
+from .tezo import TeZO
 from .zo_adam import ZOAdam
 from .zo_sgd_momentum import ZOSGDMomentum
 from .zo_sgd_sign import ZOSGDSign
 
-__all__ = ["FZOO", "HiZOO", "MeZO", "SparseMeZO", "ZOAdam", "ZOOptimizer", "ZOSGDMomentum", "ZOSGDSign",
-           "decay_groups"]
+__all__ = ["FZOO", "HiZOO", "LOZO", "MeZO", "SparseMeZO", "SubZero", "TeZO", "ZOAdam", "ZOOptimizer",
+           "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]

@@ -1,0 +1,57 @@
+"""SubZero: random subspace zeroth-order optimisation (Yu et al., "SubZero: Random Subspace
+Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning", 2024).
+
+For each weight matrix, U ∈ R^{m×r} and V ∈ R^{n×r} with orthonormal columns (QR of Gaussian
+matrices), redrawn every ``refresh_steps`` steps; each step draws Z̃ ∈ R^{r×r} ~ N(0, I):
+
+    Z = √(mn)/r · U Z̃ Vᵀ,   g = (L(θ+εZ) - L(θ-εZ)) / 2ε,   θ ← (1 - ηλ) θ - η g Z
+
+(non-matrix parameters: Gaussian z). 2 forward passes per step, no state. The √(mn)/r factor gives
+Z's entries unit variance on average, so ε means what it means for MeZO (a stated choice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..engine import Engine
+from ._common import Closure, ZOOptimizer
+from ._lowrank import LowRankDirection, factor_seed, gaussian, rank_for
+
+
+class SubZero(ZOOptimizer):
+    forward_passes_per_step = 2
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, refresh_steps: int = 1000,
+                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
+        if int(rank) < 1 or int(refresh_steps) < 1:
+            raise ValueError(f"rank={rank}, refresh_steps={refresh_steps}: both must be >= 1")
+        super().__init__(params, dict(lr=lr, eps=eps, rank=int(rank), refresh_steps=int(refresh_steps),
+                                      weight_decay=weight_decay), engine=engine, seed=seed)
+
+    @torch.no_grad()
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+        step = self._advance()
+        base, rank = self.param_groups[0]["seed"], self._shared("rank")
+        period = (step - 1) // self._shared("refresh_steps")
+
+        def factors(pid, like):
+            m, n = like.shape
+            r = rank_for(like, rank)
+            u = torch.linalg.qr(gaussian(factor_seed(base, pid, 0, period), (m, r), like)).Q
+            v = torch.linalg.qr(gaussian(factor_seed(base, pid, 1, period), (n, r), like)).Q
+            core = gaussian(factor_seed(base, pid, 2, step), (r, r), like) * (math.sqrt(m * n) / r)
+            return u @ core, v
+
+        direction = LowRankDirection(self.direction(step).seed, factors=factors)
+        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
+        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
+        if not math.isfinite(g):
+            self.engine.restore(self._all_params)
+        else:
+            for group, params in zip(self.param_groups, self._group_params):
+                lr = group["lr"]
+                self.engine.restore_and_update(params, direction, coeff=-lr * g, decay=lr * group["weight_decay"])
+        return torch.tensor((loss_plus + loss_minus) / 2)
