@@ -147,3 +147,14 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
     cls = _import(opt_cfg["_target_"])
     declared = int(opt_cfg["num_directions"]) + 1 if optimizer == "fzoo" else cls.forward_passes_per_step
     assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared
+
+
+def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
+    """`python -m zobench -m ...`: Hydra's multirun, several runs in one process."""
+    subprocess.run([sys.executable, "-m", "zobench", "-m", *SMOKE, "train.steps=2", "optimizer=mezo,hizoo",
+                    f"data.dir={data_dir}", f"hydra.sweep.dir={tmp_path}"], check=True, timeout=600,
+                   capture_output=True)
+    summaries = {json.loads(p.read_text())["optimizer"]: json.loads(p.read_text())
+                 for p in tmp_path.glob("*/summary.json")}
+    assert {k: (s["status"], s["forward_passes"]) for k, s in summaries.items()} == \
+        {"mezo": ("completed", 4), "hizoo": ("completed", 6)}
