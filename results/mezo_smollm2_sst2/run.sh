@@ -6,6 +6,7 @@
 #   ZOBENCH_DATA_DIR=../shared/data bash results/mezo_smollm2_sst2/run.sh
 set -euo pipefail
 out=results/mezo_smollm2_sst2/runs
+rm -rf "$out"  # a completed run dir is never rerun: start from nothing
 common="model=smollm2-135m task=sst2 logger=none seed=0"
 python -m zobench $common train.steps=0 hydra.run.dir=$out/zero_shot
 for lr in 1e-5 3e-5 1e-4; do
