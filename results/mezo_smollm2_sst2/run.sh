@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates results/mezo_smollm2_sst2/: zero-shot vs MeZO (200 steps) on SmolLM2-135M / SST-2,
 # 1000 train / 500 dev / 1000 test (MeZO's protocol; SST-2 validation has 872 rows, all used).
-# lr is picked on dev accuracy among the grid below (eps 1e-3 as in MeZO); test is read only
-# for the picked run. Run from the repository root with the venv active:
+# lr is picked on dev accuracy alone among the grid below (eps 1e-3 as in MeZO); every run also
+# reports test accuracy, shown for transparency. Run from the repository root with the venv active:
 #   ZOBENCH_DATA_DIR=../shared/data bash results/mezo_smollm2_sst2/run.sh
 set -euo pipefail
 out=results/mezo_smollm2_sst2/runs
