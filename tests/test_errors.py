@@ -15,7 +15,7 @@ from zobench.run import run
 BAD_INPUTS = [
     # (overrides, what the one line must say)
     (["optimizer=foo"], "optimizer=foo: no such option; allowed: fzoo, hizoo, lozo, mezo, sparse_mezo, subzero, tezo"),
-    (["model=gpt5"], "model=gpt5: no such option; allowed: llama3-8b"),
+    (["model=gpt5"], "model=gpt5: no such option; allowed: llama3-8b, opt-1.3b"),
     (["task=sst3"], "task=sst3: no such option; allowed: rte, sst2"),
     (["engine=magic"], "engine=magic: no such option; allowed: auto, torch"),
     (["logger=tensorboard"], "logger=tensorboard: no such option; allowed: none, wandb"),
