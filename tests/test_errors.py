@@ -94,9 +94,9 @@ def _interrupted_run(run_dir, data_dir, monkeypatch):
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
-    result = _zobench(*SMOKE, "train.steps=4", "optimizer.lr=3e-5", f"data.dir={data_dir}",
+    result = _zobench(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}",
                       f"hydra.run.dir={tmp_path}")
-    _assert_bad_input(result, "holds a checkpoint of a different config (optimizer.lr: 1e-05 -> 3e-05)")
+    _assert_bad_input(result, "holds a checkpoint of a different config (optimizer.lr: 3e-05 -> 5e-05)")
     # changing a resumable key (more steps) is fine
     result = _zobench(*SMOKE, "train.steps=5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]

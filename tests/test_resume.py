@@ -1,7 +1,6 @@
 """Runs that survive: SIGKILL at random steps, SIGTERM, divergence; resumed = uninterrupted."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -103,7 +102,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference
 
 def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
     before = (reference[1] / "metrics.jsonl").read_text()
-    out = subprocess.run(_cli(reference[1], data_dir, "train.checkpoint_every=1"), check=True, timeout=300,
+    subprocess.run(_cli(reference[1], data_dir, "train.checkpoint_every=1"), check=True, timeout=300,
                          capture_output=True)
     assert (reference[1] / "metrics.jsonl").read_text() == before
 

@@ -11,7 +11,7 @@ from tests.conftest import tiny_model
 from tests.test_config import compose_run
 from tests.test_run import SMOKE
 from zobench.run import redact, run
-from zobench.telemetry import ForwardCounter, JsonlLogger, PeakMemory, Progress, wandb_mode
+from zobench.telemetry import ForwardCounter, JsonlLogger, Progress, wandb_mode
 
 
 def test_forward_counter_counts_per_phase():

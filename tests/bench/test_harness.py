@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from tests.test_config import compose_run
 from zobench.bench.baseline import AuthorsMeZO, pairwise_loss
 from zobench.bench.harness import drift_after_lr0_steps
 from zobench.models import CandidateScorer, load_model

@@ -1,6 +1,5 @@
 """Task specs: exact prompt strings (MeZO Table 14), data loading, MeZO's sampling protocol."""
 
-import json
 
 import numpy as np
 import pytest

@@ -15,7 +15,6 @@ parameters at a time (the largest is usually the embedding / LM head).
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 
 import torch
 from torch import nn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -84,6 +85,29 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.engine.perturb(self._all_params, direction, -eps)
         loss_minus = float(closure())
         return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
+
+    def _spsa_estimate(self, closure: Closure, distribution: str = "gaussian"):
+        """Advance the step, estimate g along a fresh z, put θ back, record the scalars:
+        ``(step, direction, g, ℓ+, ℓ-)``. The prologue of methods with their own update rule."""
+        step = self._advance()
+        direction = self.direction(step, distribution=distribution)
+        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
+        self.engine.restore(self._all_params)
+        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
+        return step, direction, g, loss_plus, loss_minus
+
+    def _spsa_sgd(self, closure: Closure, direction: Direction) -> torch.Tensor:
+        """One ZO-SGD step along ``direction`` (any z: masked, low-rank, ...): SPSA estimate g,
+        then θ ← (1 - ηλ) θ - η g z fused with the restore. Returns (ℓ+ + ℓ-)/2."""
+        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
+        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
+        if not math.isfinite(g):  # never write NaN/inf into the weights
+            self.engine.restore(self._all_params)
+        else:
+            for group, params in zip(self.param_groups, self._group_params):
+                lr = group["lr"]
+                self.engine.restore_and_update(params, direction, coeff=-lr * g, decay=lr * group["weight_decay"])
+        return torch.tensor((loss_plus + loss_minus) / 2)
 
     def _param_state(self, p: torch.Tensor, key: str, dtype=torch.float32) -> torch.Tensor:
         """A parameter-sized buffer in ``self.state`` (so ``state_dict`` saves it), zero-initialised."""

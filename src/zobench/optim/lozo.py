@@ -45,13 +45,4 @@ class LOZO(ZOOptimizer):
             v = gaussian(factor_seed(base, pid, 1, period), (like.shape[1], r), like)
             return u, v
 
-        direction = LowRankDirection(self.direction(step).seed, factors=factors)
-        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
-        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
-        if not math.isfinite(g):
-            self.engine.restore(self._all_params)
-        else:
-            for group, params in zip(self.param_groups, self._group_params):
-                lr = group["lr"]
-                self.engine.restore_and_update(params, direction, coeff=-lr * g, decay=lr * group["weight_decay"])
-        return torch.tensor((loss_plus + loss_minus) / 2)
+        return self._spsa_sgd(closure, LowRankDirection(self.direction(step).seed, factors=factors))

@@ -60,13 +60,4 @@ class SparseMeZO(ZOOptimizer):
         step = self._advance()
         sparsity = self._shared("sparsity")
         thresholds = {pid: magnitude_threshold(p, sparsity) for pid, p in self._all_params if p.ndim >= 2}
-        direction = MaskedDirection(self.direction(step).seed, thresholds=thresholds)
-        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
-        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
-        if not math.isfinite(g):
-            self.engine.restore(self._all_params)
-            return torch.tensor((loss_plus + loss_minus) / 2)
-        for group, params in zip(self.param_groups, self._group_params):
-            lr = group["lr"]
-            self.engine.restore_and_update(params, direction, coeff=-lr * g, decay=lr * group["weight_decay"])
-        return torch.tensor((loss_plus + loss_minus) / 2)
+        return self._spsa_sgd(closure, MaskedDirection(self.direction(step).seed, thresholds=thresholds))

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ..engine import Direction, Engine
+from ..engine import Engine
 from ._common import Closure, ZOOptimizer
 from ._lowrank import LowRankDirection, factor_seed, gaussian
 
@@ -66,19 +66,14 @@ class TeZO(ZOOptimizer):
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
         step = self._advance()
         perturbation = self._direction(step, lambda pid, like: self._tau(step, pid, like))
-        kappa, loss_plus, loss_minus = self._two_sided(closure, perturbation, self._shared("eps"))
-        self._record(projected_grad=kappa, loss_plus=loss_plus, loss_minus=loss_minus)
-        if not math.isfinite(kappa):
-            self.engine.restore(self._all_params)
-            return torch.tensor((loss_plus + loss_minus) / 2)
         variant = self._shared("variant")
         if variant == "plain":
-            for group, params in zip(self.param_groups, self._group_params):
-                lr = group["lr"]
-                self.engine.restore_and_update(params, perturbation, coeff=-lr * kappa,
-                                               decay=lr * group["weight_decay"])
-            return torch.tensor((loss_plus + loss_minus) / 2)
+            return self._spsa_sgd(closure, perturbation)
+        kappa, loss_plus, loss_minus = self._two_sided(closure, perturbation, self._shared("eps"))
         self.engine.restore(self._all_params)
+        self._record(projected_grad=kappa, loss_plus=loss_plus, loss_minus=loss_minus)
+        if not math.isfinite(kappa):
+            return torch.tensor((loss_plus + loss_minus) / 2)
         by_pid = dict(self._all_params)
 
         def tau_update(pid, like):  # the moment-based coefficient in τ space (r numbers)

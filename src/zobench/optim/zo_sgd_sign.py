@@ -25,11 +25,7 @@ class ZOSGDSign(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
-        step = self._advance()
-        direction = self.direction(step)
-        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
-        self.engine.restore(self._all_params)
-        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
+        step, direction, g, loss_plus, loss_minus = self._spsa_estimate(closure)
         if math.isfinite(g):
             sign_g = 0.0 if g == 0.0 else math.copysign(1.0, g)
             for group, params in zip(self.param_groups, self._group_params):
