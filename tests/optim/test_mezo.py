@@ -98,3 +98,12 @@ def test_invalid_hyperparameters_are_refused():
     opt = MeZO([{"params": [x], "eps": 1e-3}, {"params": [torch.nn.Parameter(torch.zeros(1))], "eps": 1e-2}])
     with pytest.raises(ValueError, match="eps must be the same"):
         opt.step(lambda: torch.tensor(0.0))
+
+
+def test_n_spsa_decay_multiplies_the_unperturbed_weights():
+    """With q directions in place, the decay must act on θ, not on θ still holding a -εz."""
+    x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 4.0, 0.5]))
+    opt = MeZO([{"params": [x], "weight_decay": 0.5}], lr=0.1, eps=0.25, num_directions=3,
+               distribution="rademacher", engine=InPlaceEngine())
+    opt.step(lambda: torch.tensor(1.0))  # constant loss: g = 0, only the decay acts
+    assert torch.equal(x.detach(), torch.tensor([1.0, -2.0, 4.0, 0.5]) * (1 - 0.1 * 0.5))

@@ -94,15 +94,14 @@ class MeZO(ZOOptimizer):
         if not all(math.isfinite(g) for _, g, _, _ in estimates):  # never write NaN/inf into the weights
             self.engine.restore(self._all_params)
             return torch.tensor(estimates[-1][2])
+        if q > 1:  # every update must see the unperturbed θ (the decay multiplies θ itself)
+            self.engine.restore(self._all_params)
         for index, (direction, g, _, _) in enumerate(estimates):
-            last = index == q - 1
             for group, params in zip(self.param_groups, self._group_params):
                 lr = group["lr"]
                 decay = lr * group["weight_decay"] if index == 0 else 0.0
-                if last:  # restore θ±εz and step, one sweep: θ ← (1-ηλ)θ - (η/q) g z
-                    self.engine.restore_and_update(params, direction, coeff=-lr * g / q, decay=decay)
-                else:
-                    self.engine.update(params, direction, coeff=-lr * g / q, decay=decay)
+                # q = 1: restore θ±εz and step in one sweep, θ ← (1-ηλ)θ - η g z
+                self.engine.restore_and_update(params, direction, coeff=-lr * g / q, decay=decay)
         if one_sided:
             return torch.tensor(loss_zero)
         return torch.tensor(sum(lp + lm for _, _, lp, lm in estimates) / (2 * q))
