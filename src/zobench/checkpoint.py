@@ -26,7 +26,8 @@ from .errors import CheckpointError
 POINTER = "latest"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
         f.write(text)
@@ -46,12 +47,12 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     tmp.mkdir()
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
-    _write_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
+    write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
     final = root / name
     if final.exists():  # the same step checkpointed again after a resume
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_atomic(root / POINTER, name)
+    write_text_atomic(root / POINTER, name)
     for old in root.glob("ckpt-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from .engine import build_engine, mix_seed
 from .errors import CheckpointError, ConfigError
 from .models import CandidateScorer, evaluate_accuracy, load_model
@@ -77,9 +77,7 @@ def git_sha() -> str | None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _flat(cfg: dict, prefix: str = "") -> dict:

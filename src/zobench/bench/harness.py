@@ -20,6 +20,7 @@ import torch
 from ..engine import InPlaceEngine, build_engine
 from ..models import CandidateScorer, load_model, torch_dtype
 from ..optim import MeZO, decay_groups
+from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
 from .baseline import AuthorsMeZO, pairwise_loss
@@ -109,8 +110,7 @@ def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, au
 
 
 def run_benchmark(cfg) -> dict:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.set_grad_enabled(False)
     b = cfg.bench
