@@ -19,7 +19,7 @@ BAD_INPUTS = [
     (["task=sst3"], "task=sst3: no such option; allowed: rte, sst2"),
     (["engine=magic"], "engine=magic: no such option; allowed: auto, torch"),
     (["logger=tensorboard"], "logger=tensorboard: no such option; allowed: none, wandb"),
-    (["tuning=lora"], "tuning=lora: no such option; allowed: full"),
+    (["tuning=dora"], "tuning=dora: no such option; allowed: full, lora, prefix"),
     (["train.stepz=5"], "train.stepz"),
     (["train.steps=abc"], "train.steps='abc': expected an integer >= 0"),
     (["train.steps=-5"], "train.steps=-5: expected an integer >= 0"),
@@ -40,7 +40,11 @@ BAD_INPUTS = [
     (["train.on_divergence=ignore"], "train.on_divergence='ignore': allowed stop, skip"),
     (["train.keep_best=maybe"], "train.keep_best='maybe': expected true or false"),
     (["data.dir=/nonexistent/mirror"], "data.dir: /nonexistent/mirror/sst2/train.jsonl not found"),
-    (["model=roberta-large"], "model=roberta-large is a masked LM; task=sst2 uses causal-LM candidate scoring"),
+    (["model=roberta-large"], "model=roberta-large is a masked LM; task=sst2 has prompts for causal LMs only"),
+    (["objective=bleu"], "objective='bleu': allowed loss, accuracy, f1"),
+    (["objective=f1"], "objective=f1: task metric is accuracy; allowed loss, accuracy"),
+    (["icl.demos=-1"], "icl.demos=-1: expected an integer >= 0"),
+    (["icl.demos=5000"], "icl.demos=5000 > data.num_train=32: demonstrations are drawn from the training examples"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["device=cuda"], "device=cuda: no CUDA device is available here"))
@@ -74,7 +78,7 @@ def test_debug_true_shows_the_traceback(tmp_path, data_dir):
 
 def _interrupted_run(run_dir, data_dir, monkeypatch):
     """A run that receives SIGUSR1 in its first step: checkpointed at step 1, status interrupted."""
-    from zobench.models.objective import CandidateScorer
+    from zobench.models import CandidateScorer
 
     original = CandidateScorer.loss
     calls = {"n": 0}

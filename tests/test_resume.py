@@ -109,7 +109,7 @@ def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
 
 def _nan_after(monkeypatch, calls_ok: int):
     """Make the objective return NaN once, on call number ``calls_ok + 1`` (a forward of a step)."""
-    from zobench.models.objective import CandidateScorer
+    from zobench.models import CandidateScorer
 
     original, count = CandidateScorer.loss, {"n": 0}
 

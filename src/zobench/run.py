@@ -35,7 +35,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from .engine import build_engine, mix_seed
 from .errors import CheckpointError, ConfigError
-from .models import CandidateScorer, evaluate_accuracy, load_model
+from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_loss
 from .optim import decay_groups
 from .tasks import build_splits, load_task
 from .telemetry import ForwardCounter, JsonlLogger, PeakMemory, Progress, WandbLogger
@@ -207,7 +207,7 @@ def _check_resumable(config: dict, saved_path: Path) -> None:
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoint, stop: StopRequest,
                         started: float, elapsed_before: float) -> dict:
     device = resolve_device(cfg.device)
-    torch.set_grad_enabled(False)  # zeroth order: no autograd anywhere in the loop
+    torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (FT baselines enable it per step)
 
     def emit(event: dict) -> None:
         for logger in loggers:
@@ -216,30 +216,42 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     def wall() -> float:
         return elapsed_before + time.perf_counter() - started
 
-    # data: MeZO's protocol
+    # data: the paper's protocol
     spec = load_task(cfg.task.name)
+    family = cfg.model.family
+    if family not in spec.families:
+        raise ConfigError(f"model={cfg.model.name} is a {family} LM; task={spec.name} has prompts for "
+                          f"{', '.join(spec.families)} LMs only")
     splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
-                          seed=cfg.data.seed, eval_seed=cfg.data.eval_seed)
-    if cfg.model.family != "causal":
-        raise ConfigError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} uses causal-LM "
-                          "candidate scoring, which needs model.family=causal")
+                          seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, **_protocol(cfg))
 
-    # model and objective
+    # model, tuning, objective
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
-    scorer = CandidateScorer(model, tokenizer, cfg.task.max_length, device)
-    train, dev, test = ([scorer.encode(spec.render(ex)) for ex in rows]
-                        for rows in (splits.train, splits.dev, splits.test))
-    counter = ForwardCounter(model)
+    model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), family, seed=cfg.seed)
+    objective = build_objective(spec, family, model, tokenizer, cfg.task.max_length, device)
+    if cfg.objective not in ("loss", objective.metric):
+        raise ConfigError(f"objective={cfg.objective}: task metric is {objective.metric}; allowed loss, {objective.metric}")
+    rendered = {name: [spec.render(ex, family=family) for ex in rows]
+                for name, rows in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
+    demos = rendered["train"][: cfg.icl.demos]
+    train, dev, test = ([objective.encode(with_demonstrations(r, demos, cfg.icl.separator)) for r in rendered[name]]
+                        for name in ("train", "dev", "test"))
+    counter = ForwardCounter(hf_model(model))  # one call per forward, whatever the wrapper or objective
     memory = PeakMemory(device)
 
-    # optimizer on the engine; tuning=full trains every parameter
-    named = list(model.named_parameters())
-    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
+    # optimizer: a ZO method on the engine, or a first-order torch optimizer (FT baselines)
+    named = trainable(model)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     opt_cfg.pop("name")
     optimizer_cls = _import(opt_cfg.pop("_target_"))
     weight_decay = opt_cfg.pop("weight_decay", 0.0)
-    optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
+    first_order = bool(opt_cfg.pop("first_order", False))
+    if first_order:
+        optimizer = optimizer_cls(decay_groups(named, weight_decay), **opt_cfg)
+    else:
+        engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
+        optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
+    metric = objective.metric
 
     # the loop's own state: all of it goes into a checkpoint
     loop = {"step": 0, "epoch": 0, "offset": 0, "counts": {}, "best_dev": None, "best_step": 0,
@@ -259,11 +271,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         return {"forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
                 "forward_passes_total": counter.total}
 
-    def evaluate(split: str, examples, step: int) -> float:
+    def evaluate(split: str, examples, step: int) -> dict:
         with counter.phase("eval"):
-            accuracy, _ = evaluate_accuracy(scorer, examples, cfg.train.eval_batch_size)
-        emit({"event": "eval", "split": split, "step": step, "accuracy": accuracy, **counts(), "wall_s": wall()})
-        return accuracy
+            values = objective.evaluate(examples, cfg.train.eval_batch_size)
+        emit({"event": "eval", "split": split, "step": step, **values, **counts(), "wall_s": wall()})
+        return values
 
     def save(step: int) -> None:
         loop.update(step=step, epoch=stream.epoch, offset=stream.offset, counts=dict(counter.counts),
@@ -274,22 +286,25 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         probe = [train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
         memory.reset()
         with counter.phase("probe"):
-            scorer.loss(probe)
+            objective.loss(probe)
         loop["inference_peak"] = memory.peak()
 
     steps = int(cfg.train.steps)
     status, step = "completed", loop["step"]
-    if steps == 0:  # zero-shot
-        loop["best_dev"] = evaluate("dev", dev, 0) if dev else None
+    if steps == 0:  # zero-shot / ICL
+        loop["best_dev"] = evaluate("dev", dev, 0)[metric] if dev else None
     progress = Progress(total=steps, initial=step, forward_passes=counter["train"])
     while step < steps:
         step += 1
         batch = [train[i] for i in stream.next()]
         memory.reset()
-        loss = float(optimizer.step(lambda: scorer.loss(batch)))
+        if first_order:
+            loss, info = _first_order_step(optimizer, objective, batch)
+        else:
+            loss = float(optimizer.step(lambda: zo_loss(objective, batch, cfg.objective)))
+            info = optimizer.last_step_info
         loop["train_peak"] = max(loop["train_peak"], memory.peak())
         progress.update(loss, counter["train"])
-        info = optimizer.last_step_info
         finite = math.isfinite(loss) and all(math.isfinite(v) for v in info.values())
         if step % cfg.train.log_every == 0 or step == steps or not finite:
             emit({"event": "train", "step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], **info,
@@ -312,9 +327,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
             log.error("step %d: the weights hold NaN/inf; stopping without writing them", step)
             break
         if evaluating:
-            accuracy = evaluate("dev", dev, step)
-            if loop["best_dev"] is None or accuracy > loop["best_dev"]:
-                loop["best_dev"], loop["best_step"] = accuracy, step
+            value = evaluate("dev", dev, step)[metric]
+            if loop["best_dev"] is None or value > loop["best_dev"]:
+                loop["best_dev"], loop["best_step"] = value, step
                 if cfg.train.keep_best and step != steps:
                     loop["best_file"] = _save_best(named, best_dir, step)
         if checkpointing:
@@ -328,7 +343,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     if status == "completed" and cfg.train.keep_best and loop["best_file"] and loop["best_step"] != steps:
         _copy_into(named, _load_tensors(best_dir / loop["best_file"]), best_dir)
     tested_step = loop["best_step"] if cfg.train.keep_best else steps
-    test_accuracy = evaluate("test", test, tested_step) if status == "completed" else None
+    tested = evaluate("test", test, tested_step) if status == "completed" else {metric: None}
     if status == "completed":
         if cfg.train.save_final:
             _save_tensors(named, run_dir / "final" / "trainable.safetensors")
@@ -336,7 +351,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     result = {
         "task_version": spec.version, "steps": step, "best_step": loop["best_step"],
         "forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
-        "forward_passes_probe": counter["probe"], "dev_accuracy": loop["best_dev"], "test_accuracy": test_accuracy,
+        "forward_passes_probe": counter["probe"], "metric": metric, f"dev_{metric}": loop["best_dev"],
+        **{f"test_{name}": value for name, value in tested.items()},
         "skipped_steps": loop["skipped_steps"], "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
         "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
         "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
@@ -345,6 +361,24 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     if status == "interrupted":
         result["signal"] = signal.Signals(stop.signum).name
     return result
+
+
+def _protocol(cfg: DictConfig) -> dict:
+    """The data protocol keys, for configs that have them (``data.protocol``, ``data.k``)."""
+    return {key: cfg.data[key] for key in ("protocol", "k") if key in cfg.data}
+
+
+def _first_order_step(optimizer, objective, batch) -> tuple[float, dict]:
+    """One backprop step (the FT baselines): loss, backward, update; a non-finite loss is not applied."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = objective.loss(batch)
+        if not torch.isfinite(loss):
+            return float(loss), {}
+        loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # gradients are parameter-sized: free them between steps
+    return float(loss), {}
 
 
 def _import(target: str):

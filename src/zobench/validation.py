@@ -46,6 +46,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad key; types, ranges, choices and devices."""
     from .engine import BACKENDS, MODES
     from .models.loading import DTYPES, FAMILIES, SOURCES
+    from .models.objective import ZO_OBJECTIVES
+    from .models.tuning import TUNINGS
 
     _integer(cfg, "seed", 0)
     _integer(cfg, "train.steps", 0)
@@ -59,6 +61,14 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
+    _choice(cfg, "objective", ZO_OBJECTIVES)
+    _integer(cfg, "icl.demos", 0)
+    if not isinstance(_get(cfg, "icl.separator"), str):
+        raise ConfigError(f"icl.separator={_get(cfg, 'icl.separator')!r}: expected a string")
+    _choice(cfg, "tuning.name", TUNINGS)
+    if _get(cfg, "icl.demos") > _get(cfg, "data.num_train"):
+        raise ConfigError(f"icl.demos={_get(cfg, 'icl.demos')} > data.num_train={_get(cfg, 'data.num_train')}: "
+                          "demonstrations are drawn from the training examples")
     for key in ("lr", "eps"):
         if key in cfg.optimizer:
             _positive_number(cfg, f"optimizer.{key}")

@@ -74,7 +74,15 @@ class TaskSpec:
     def _templates(self) -> tuple[jinja2.Template, tuple[jinja2.Template, ...]]:
         return _JINJA.from_string(self.prompt), tuple(_JINJA.from_string(c) for c in self.candidates)
 
-    def render(self, example: dict) -> Rendered:
+    @property
+    def families(self) -> tuple[str, ...]:
+        return ("causal",)
+
+    objective = "classification"
+
+    def render(self, example: dict, family: str = "causal") -> Rendered:
+        if family not in self.families:
+            raise ConfigError(f"task {self.name} has no {family}-LM prompt; it supports {', '.join(self.families)}")
         prompt, candidates = self._templates
         label = int(example[self.label_field])
         if not 0 <= label < len(candidates):

@@ -1,0 +1,186 @@
+"""Candidate scoring for causal LMs (MeZO's classification and LM objectives).
+
+For an example with prompt x and candidates c_1..c_K, the score of c_k is its mean token
+log-likelihood  s_k = (1/|c_k|) Σ_t log p(c_k,t | x, c_k,<t).  Prediction = argmax_k s_k (correct
+when it is one of the gold candidates: ReCoRD accepts every mention of the answer entity).
+Training loss, per task (``objective``):
+
+* ``classification``: cross-entropy of softmax(s) against the gold candidate (MeZO,
+  large_models/utils.py ``forward_wrap_with_option_len``, with its length normalisation);
+* ``lm``: the language-modelling loss on the gold continuation only,
+  -Σ_{examples, t} log p(c*_t | x, c*_<t) / Σ_examples |c*| (MeZO's non-classification tasks:
+  COPA, ReCoRD, SQuAD, DROP, where the HF loss averages over every labelled token of the batch).
+
+Tokenisation follows MeZO's ``encode_prompt``: prompt+candidate is tokenised as one string and the
+candidate is its last ``len(enc(prompt+cand)) - len(enc(prompt))`` tokens; over-long inputs keep
+the BOS token and the last ``max_length - 1`` tokens.
+
+Fast path: when every candidate of every example in a batch is one token and the contexts are
+identical (SST-2, RTE, most classification prompts), the prompt runs once and each candidate is
+read from the last position's logits: one sequence per example instead of one per candidate,
+and logits only at one position. Both paths run exactly one model forward per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..tasks import Rendered
+from .introspect import forward_options
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one example: per-candidate context and continuation, and the gold index."""
+
+    contexts: tuple[tuple[int, ...], ...]
+    options: tuple[tuple[int, ...], ...]
+    label: int
+    gold: tuple[int, ...] = ()  # every acceptable candidate; () means (label,)
+
+    @property
+    def gold_set(self) -> tuple[int, ...]:
+        return self.gold or (self.label,)
+
+    @property
+    def shared_single_token(self) -> bool:
+        return all(len(o) == 1 for o in self.options) and len(set(self.contexts)) == 1
+
+    @property
+    def length(self) -> int:
+        return max(len(c) + len(o) for c, o in zip(self.contexts, self.options))
+
+
+OBJECTIVES = ("classification", "lm")
+
+
+class CandidateScorer:
+    """Scores candidates with a causal LM; ``loss``, ``scores``, ``predict`` and ``evaluate``."""
+
+    metric = "accuracy"
+
+    def __init__(self, model, tokenizer, max_length: int, device: torch.device | str,
+                 objective: str = "classification") -> None:
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective={objective!r}: candidate scoring trains with {', '.join(OBJECTIVES)}")
+        self.objective = objective
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.device = torch.device(device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        probe = tokenizer.encode("a")
+        self.keeps_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+        self._takes_positions, self._takes_logits_to_keep = forward_options(model)
+
+    # -- encoding -----------------------------------------------------------------------------
+    def _truncate(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.max_length:
+            return ids
+        if self.keeps_bos:
+            return ids[:1] + ids[1:][-(self.max_length - 1):]
+        return ids[-self.max_length:]
+
+    def encode(self, example: Rendered) -> Encoded:
+        prompt_len = len(self.tokenizer.encode(example.prompt))
+        contexts, options = [], []
+        for candidate in example.candidates:
+            full = self.tokenizer.encode(example.prompt + candidate)
+            option_len = len(full) - prompt_len
+            if option_len <= 0:
+                raise ConfigError(f"candidate {candidate!r} adds no token to prompt {example.prompt[-60:]!r}")
+            if option_len >= self.max_length:
+                raise ConfigError(f"candidate {candidate!r} is longer than max_length={self.max_length}")
+            full = self._truncate(full)
+            contexts.append(tuple(full[:-option_len]))
+            options.append(tuple(full[-option_len:]))
+        return Encoded(tuple(contexts), tuple(options), example.label, tuple(getattr(example, "gold", ())))
+
+    # -- model call ---------------------------------------------------------------------------
+    def _forward(self, sequences: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
+        """Log-probabilities (float32) at the last ``keep`` positions of left-padded sequences."""
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+        kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        if self._takes_positions:  # left padding: positions count real tokens only
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs).logits[:, -keep:]
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def scores(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        """Mean log-likelihood per candidate, shape (B, K_max); missing candidates are -inf.
+
+        Differentiable when called with grad enabled (first-order baselines); the ZO loop runs
+        it under ``torch.no_grad``."""
+        k_max = max(len(e.options) for e in batch)
+        rows = []
+        if all(e.shared_single_token for e in batch):
+            logprobs = self._forward([e.contexts[0] for e in batch], keep=1)[:, 0].cpu()
+            for row, e in enumerate(batch):
+                rows.append(logprobs[row, torch.tensor([o[0] for o in e.options])])
+        else:
+            pairs = [(row, c, o) for row, e in enumerate(batch) for c, o in zip(e.contexts, e.options)]
+            per_pair = self._option_logprobs([(c, o) for _, c, o in pairs])
+            by_row = [[] for _ in batch]
+            for (row, _, _), token_logprobs in zip(pairs, per_pair):
+                by_row[row].append(token_logprobs.mean())
+            rows = [torch.stack(r) for r in by_row]
+        return torch.stack([F.pad(r, (0, k_max - len(r)), value=float("-inf")) for r in rows])
+
+    def _option_logprobs(self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[torch.Tensor]:
+        """log p of every option token given its context, one tensor per (context, option) pair."""
+        keep = max(len(o) for _, o in pairs) + 1
+        logprobs = self._forward([c + o for c, o in pairs], keep=keep).cpu()
+        out = []
+        for i, (_, option) in enumerate(pairs):
+            n = len(option)
+            # the token at position T-n+t is predicted by position T-n+t-1, kept index keep-n+t-1
+            positions = torch.arange(keep - n - 1, keep - 1)
+            out.append(logprobs[i, positions, torch.tensor(option)])
+        return out
+
+    def loss(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        if self.objective == "lm":
+            gold = self._option_logprobs([(e.contexts[e.label], e.options[e.label]) for e in batch])
+            return -torch.cat(gold).mean()
+        labels = torch.tensor([e.label for e in batch])
+        return F.cross_entropy(self.scores(batch), labels)
+
+    def predict(self, batch: Sequence[Encoded]) -> list[int]:
+        return self.scores(batch).argmax(dim=-1).tolist()
+
+    def batch_metric(self, batch: Sequence[Encoded]) -> float:
+        """Accuracy on one batch (the non-differentiable ZO objective ``objective=accuracy``)."""
+        return sum(int(p in e.gold_set) for p, e in zip(self.predict(batch), batch)) / len(batch)
+
+    def evaluate(self, examples: Sequence[Encoded], batch_size: int) -> dict:
+        accuracy, _ = evaluate_accuracy(self, examples, batch_size)
+        return {"accuracy": accuracy}
+
+
+def evaluate_accuracy(scorer: CandidateScorer, examples: Sequence[Encoded], batch_size: int) -> tuple[float, int]:
+    """Accuracy over ``examples`` and the number of model forwards it took.
+
+    Batches are formed from length-sorted examples (less padding); order does not change any
+    prediction.
+    """
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    correct = batches = 0
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start:start + batch_size]]
+        with torch.no_grad():
+            predictions = scorer.predict(chunk)
+        correct += sum(int(p in e.gold_set) for p, e in zip(predictions, chunk))
+        batches += 1
+    return (correct / len(examples) if examples else float("nan")), batches

@@ -1,0 +1,90 @@
+"""Generative QA with a causal LM (SQuAD, DROP): LM loss on the answer, greedy decoding to evaluate.
+
+Training loss (MeZO, non-classification tasks): the mean negative log-likelihood of the gold
+answer's tokens given the prompt, averaged over every answer token of the batch, exactly the
+``lm`` objective of candidate scoring with one candidate (the target).
+
+Evaluation: greedy decoding of at most ``max_new_tokens`` tokens after the prompt, the text cut at
+the first stop string (MeZO stops at a newline), scored by SQuAD's F1 and exact match against
+every reference answer (max over references). Prompts keep their last
+``max_length - max_new_tokens`` tokens (and BOS), so the answer always has room.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..tasks import Rendered
+from .causal import CandidateScorer, Encoded
+
+
+@dataclass(frozen=True)
+class GenerationEncoded(Encoded):
+    prompt_ids: tuple[int, ...] = ()
+    answers: tuple[str, ...] = ()
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids)
+
+
+class GenerationObjective(CandidateScorer):
+    """``loss`` on the target continuation; ``evaluate`` by greedy decoding → F1 / EM."""
+
+    metric = "f1"
+
+    def __init__(self, model, tokenizer, max_length: int, device, max_new_tokens: int, stop=("\n",)) -> None:
+        super().__init__(model, tokenizer, max_length, device, objective="lm")
+        self.max_new_tokens = int(max_new_tokens)
+        self.stop = tuple(stop)
+
+    def encode(self, example: Rendered) -> GenerationEncoded:
+        target = super().encode(example)  # context + target tokens for the loss
+        prompt = self.tokenizer.encode(example.prompt)
+        room = self.max_length - self.max_new_tokens
+        if len(prompt) > room:
+            prompt = prompt[:1] + prompt[1:][-(room - 1):] if self.keeps_bos else prompt[-room:]
+        return GenerationEncoded(target.contexts, target.options, target.label, (), tuple(prompt),
+                                 tuple(example.answers))
+
+    def cut(self, text: str) -> str:
+        for stop in self.stop:
+            text = text.split(stop)[0]
+        return text.strip()
+
+    def generate(self, batch: Sequence[GenerationEncoded]) -> list[str]:
+        """Greedy continuations (cut at the stop strings) of left-padded prompts."""
+        width = max(len(e.prompt_ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            ids[row, width - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
+            mask[row, width - len(e.prompt_ids):] = 1
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=self.pad_id, stop_strings=list(self.stop) or None,
+                                      tokenizer=self.tokenizer)
+        new = out[:, width:].cpu()
+        return [self.cut(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+
+    def batch_metric(self, batch: Sequence[GenerationEncoded]) -> float:
+        from ..tasks.metrics import squad_f1
+
+        return sum(squad_f1(p, e.answers) for p, e in zip(self.generate(batch), batch)) / len(batch)
+
+    def evaluate(self, examples: Sequence[GenerationEncoded], batch_size: int) -> dict:
+        from ..tasks.metrics import exact_match, squad_f1
+
+        order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+        f1 = em = 0.0
+        for start in range(0, len(order), batch_size):
+            chunk = [examples[i] for i in order[start:start + batch_size]]
+            for prediction, e in zip(self.generate(chunk), chunk):
+                f1 += squad_f1(prediction, e.answers)
+                em += exact_match(prediction, e.answers)
+        n = max(len(examples), 1)
+        return {"f1": f1 / n, "em": em / n} if examples else {"f1": float("nan"), "em": float("nan")}
