@@ -144,7 +144,12 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
     summary = run(cfg, tmp_path)
     opt_cfg = OmegaConf.to_container(cfg.optimizer)
     cls = _import(opt_cfg["_target_"])
-    declared = int(opt_cfg["num_directions"]) + 1 if optimizer == "fzoo" else cls.forward_passes_per_step
+    if opt_cfg.get("first_order"):
+        declared = 1  # backprop: one forward (and one backward) per step
+    elif optimizer == "fzoo":
+        declared = int(opt_cfg["num_directions"]) + 1
+    else:
+        declared = cls.forward_passes_per_step
     assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared
 
 
@@ -157,3 +162,53 @@ def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
                  for p in tmp_path.glob("*/summary.json")}
     assert {k: (s["status"], s["forward_passes"]) for k, s in summaries.items()} == \
         {"mezo": ("completed", 4), "hizoo": ("completed", 6)}
+
+
+@pytest.mark.parametrize("tuning", ["lora", "prefix"])
+def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path, data_dir, tuning):
+    from safetensors.torch import load_file
+
+    cfg = compose_run(*SMOKE, f"tuning={tuning}", "train.steps=3", "train.checkpoint_every=2", "train.save_final=true",
+                      "optimizer.lr=1e-2", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["tuning"] == tuning and summary["forward_passes"] == 6
+    saved = load_file(str(tmp_path / "final" / "trainable.safetensors"))
+    marker = "lora_" if tuning == "lora" else "prompt_encoder"
+    assert saved and all(marker in name for name in saved)
+
+
+def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
+    cfg = compose_run(*SMOKE, "optimizer=adam", "optimizer.lr=1e-2", "train.steps=12", "train.log_every=1",
+                      "data.num_train=4", "train.batch_size=4", "train.eval_every=12", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    losses = [e["loss"] for e in _events(tmp_path) if e["event"] == "train"]
+    assert summary["status"] == "completed" and summary["forward_passes"] == 12
+    assert losses[-1] < 0.5 * losses[0]  # one fixed batch of 4: backprop fits it
+
+
+def test_zo_on_the_batch_accuracy(tmp_path, data_dir):
+    """objective=accuracy: the ZO loss is minus the batch accuracy, a non-differentiable objective."""
+    cfg = compose_run(*SMOKE, "objective=accuracy", "train.steps=3", "train.log_every=1", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    losses = [e["loss"] for e in _events(tmp_path) if e["event"] == "train"]
+    assert summary["status"] == "completed"
+    assert all(-1 <= loss <= 0 and (loss * 4) == int(loss * 4) for loss in losses)  # batch of 4
+
+
+def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeypatch):
+    from zobench.models import CandidateScorer
+    from zobench.tasks import build_splits, load_task
+
+    seen = []
+    encode = CandidateScorer.encode
+    monkeypatch.setattr(CandidateScorer, "encode", lambda self, example: seen.append(example.prompt) or
+                        encode(self, example))
+    cfg = compose_run(*SMOKE, "train.steps=0", "icl.demos=4", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["forward_passes"] == 0
+    spec = load_task("sst2")
+    splits = build_splits(spec, data_dir, 32, 16, 24, seed=0)
+    shown = "\n\n".join((r.prompt + r.candidates[r.label]).strip() for r in map(spec.render, splits.train[:4]))
+    tested = [spec.render(r).prompt for r in splits.test]
+    assert len(seen) == 32 + 16 + 24
+    assert seen[-24:] == [shown + "\n\n" + prompt for prompt in tested]

@@ -99,7 +99,10 @@ def load_tokenizer(cfg, cache_dir: str | None = None):
     cache_dir = cache_dir or default_cache_dir()
     source = cfg["source"]
     if source == "random":
-        return load_tokenizer(model_config(cfg["tokenizer_from"]), cache_dir)
+        tokenizer = load_tokenizer(model_config(cfg["tokenizer_from"]), cache_dir)
+        if cfg.get("family") == "masked" and tokenizer.mask_token is None:
+            tokenizer.add_special_tokens({"mask_token": "<mask>"})  # a borrowed causal tokenizer has none
+        return tokenizer
     path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:

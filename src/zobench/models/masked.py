@@ -71,6 +71,10 @@ class MaskedScorer:
         self._selected: torch.Tensor | None = None
         mlm_head(model).register_forward_pre_hook(self._select_mask_states)
         self._word_ids: dict[str, int] = {}
+        # the special tokens around a text (<s> ... </s> for RoBERTa), read off an encoded mask
+        marker = tokenizer.encode(tokenizer.mask_token)
+        at = marker.index(tokenizer.mask_token_id)
+        self._prefix, self._suffix = marker[:at], marker[at + 1:]
 
     # -- encoding -----------------------------------------------------------------------------
     def _word(self, word: str) -> int:
@@ -87,17 +91,18 @@ class MaskedScorer:
             raise ConfigError(f"a masked-LM prompt needs exactly one {MASK_PLACEHOLDER}: {example.prompt[:80]!r}")
         before, after = example.prompt.split(MASK_PLACEHOLDER)
         tok = self.tokenizer
-        left = tok.encode(before, add_special_tokens=False) if before else []
+        # "It was <mask>.": the mask token absorbs the space before it (RoBERTa's <mask> strips left)
+        left = tok.encode(before.rstrip(" "), add_special_tokens=False) if before.strip() else []
         right = tok.encode(after, add_special_tokens=False) if after else []
-        room = self.max_length - 1 - tok.num_special_tokens_to_add()
+        room = self.max_length - 1 - len(self._prefix) - len(self._suffix)
         while len(left) + len(right) > room:  # drop from the far end of the longer side
             if len(left) >= len(right):
                 left = left[1:]
             else:
                 right = right[:-1]
-        ids = tok.build_inputs_with_special_tokens(left + [tok.mask_token_id] + right)
-        return MaskedEncoded(tuple(ids), ids.index(tok.mask_token_id), tuple(self._word(w) for w in example.candidates),
-                             example.label)
+        ids = self._prefix + left + [tok.mask_token_id] + right + self._suffix
+        return MaskedEncoded(tuple(ids), len(self._prefix) + len(left),
+                             tuple(self._word(w) for w in example.candidates), example.label)
 
     # -- model call ---------------------------------------------------------------------------
     def _select_mask_states(self, module, args):

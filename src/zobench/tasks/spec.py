@@ -38,6 +38,8 @@ class Rendered:
     prompt: str
     candidates: tuple[str, ...]
     label: int
+    gold: tuple[int, ...] = ()
+    answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
