@@ -16,7 +16,7 @@ BAD_INPUTS = [
     # (overrides, what the one line must say)
     (["optimizer=foo"], "optimizer=foo: no such option; allowed: fzoo, hizoo, lozo, mezo, sparse_mezo, subzero, tezo"),
     (["model=gpt5"], "model=gpt5: no such option; allowed: llama3-8b, opt-1.3b"),
-    (["task=sst3"], "task=sst3: no such option; allowed: rte, sst2"),
+    (["task=sst3"], "task=sst3: no such option; allowed: boolq, cb, copa, drop, mnli, multirc, record, rte, snli,"),
     (["engine=magic"], "engine=magic: no such option; allowed: auto, torch"),
     (["logger=tensorboard"], "logger=tensorboard: no such option; allowed: none, wandb"),
     (["tuning=lora"], "tuning=lora: no such option; allowed: full"),
@@ -33,6 +33,9 @@ BAD_INPUTS = [
     (["train.eval_every=0"], "train.eval_every=0: expected an integer >= 1"),
     (["data.num_eval=0"], "data.num_eval=0: expected an integer >= 1"),
     (["data.num_train=0"], "data.num_train=0: expected an integer >= 1"),
+    (["data.protocol=lmbff"], "data.protocol='lmbff': allowed mezo, kshot"),
+    (["data.k=0"], "data.k=0: expected an integer >= 1"),
+    (["data.protocol=kshot", "data.num_eval=-1"], "data.num_eval=-1: expected an integer >= 0"),
     (["seed=-1"], "seed=-1: expected an integer >= 0"),
     (["model.dtype=float8"], "model.dtype='float8': allowed float32, float16, bfloat16"),
     (["engine.mode=lazy"], "engine.mode='lazy': allowed inplace, virtual"),

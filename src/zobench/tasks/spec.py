@@ -122,11 +122,14 @@ class PromptFormat:
 
     def render(self, example: dict) -> tuple[str, tuple[str, ...]]:
         prompt, templates = self._compiled
-        if self.for_each:
-            cands = tuple(templates[0].render(**example, candidate=c) for c in field_path(example, self.for_each))
-        else:
-            cands = tuple(t.render(**example) for t in templates)
-        return prompt.render(**example), cands
+        try:
+            if self.for_each:
+                cands = tuple(templates[0].render(**example, candidate=c) for c in field_path(example, self.for_each))
+            else:
+                cands = tuple(t.render(**example) for t in templates)
+            return prompt.render(**example), cands
+        except (jinja2.UndefinedError, KeyError) as err:  # a field the template needs is missing or unexpected
+            raise ConfigError(f"example does not fit the template ({err}); fields: {', '.join(example)}") from err
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,10 @@ class TaskSpec:
     def render(self, example: dict, family: str = "causal") -> Rendered:
         if family not in self.formats:
             raise ConfigError(f"task {self.name}: no {family!r} prompt; this task has {', '.join(self.families)}")
-        prompt, candidates = self.formats[family].render(example)
+        try:
+            prompt, candidates = self.formats[family].render(example)
+        except ConfigError as err:
+            raise ConfigError(f"task {self.name} ({family} prompt): {err}") from err
         if family == "causal":
             prompt, candidates = _mezo_boundary(prompt, candidates)
         if self.answers_field:
