@@ -50,6 +50,8 @@ def test_unknown_task_lists_the_available_ones():
     (lambda d: d["causal"].update(candidates=[]), "causal.candidates: expected a non-empty list"),
     (lambda d: d["causal"].update(template="x"), "causal: expected exactly the keys prompt and candidates"),
     (lambda d: d.update(objective="generation"), "objective generation goes with answers_field"),
+    (lambda d: d["causal"].update(candidates={"for_each": "words", "template": "{{ candidate }}"}),
+     "gold_field goes with candidates: {for_each, template}"),
 ])
 def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
     import yaml

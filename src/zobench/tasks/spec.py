@@ -186,6 +186,8 @@ class TaskSpec:
             raise ConfigError(f"{path}: masked.prompt must contain {MASK} exactly once")
         if generative and (formats["causal"].for_each or len(formats["causal"].candidates) != 1):
             raise ConfigError(f"{path}: a generation task has exactly one candidate, its target")
+        if ("gold_field" in raw) != any(fmt.for_each for fmt in formats.values()):
+            raise ConfigError(f"{path}: gold_field goes with candidates: {{for_each, template}} (and only with it)")
         known = {k: raw[k] for k in REQUIRED + ("description", "generation", *GOLD_KEYS) if k in raw}
         return cls(**known, formats=formats, skip_labels=tuple(raw.get("skip_labels", ())),
                    source_file=str(path))
@@ -222,19 +224,13 @@ class TaskSpec:
     def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...]) -> Rendered:
         """ReCoRD: candidates are the entities; every answer is gold, the first one is trained on
         (MeZO run.py ``_convert``: ``candidates.index(correct_candidate[0])``)."""
-        pool = list(field_path(example, self._for_each_field()))
+        pool = list(field_path(example, next(f.for_each for f in self.formats.values() if f.for_each)))
         answers = list(field_path(example, self.gold_field))
         missing = [a for a in answers if a not in pool]
         if not answers or missing:
             raise ConfigError(f"task {self.name}: gold answers {missing or answers} not among the candidates")
         gold = tuple(pool.index(a) for a in answers)
         return Rendered(prompt, candidates, gold[0], gold=gold)
-
-    def _for_each_field(self) -> str:
-        for fmt in self.formats.values():
-            if fmt.for_each:
-                return fmt.for_each
-        raise ConfigError(f"task {self.name}: gold_field needs candidates: {{for_each: ...}}")
 
 
 def _mezo_boundary(prompt: str, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
