@@ -107,7 +107,7 @@ def test_failed_run_leaves_a_failed_summary(tmp_path):
 
 def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
     with pytest.raises(ValueError, match="model=roberta-large is a masked LM"):
-        run(compose_run("model=roberta-large", "logger=none", f"data.dir={data_dir}"), tmp_path)
+        run(compose_run("model=roberta-large", "task=copa", "logger=none", f"data.dir={data_dir}"), tmp_path)
 
 
 def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):

@@ -228,7 +228,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     # model, tuning, objective
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
     model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), family, seed=cfg.seed)
-    objective = build_objective(spec, family, model, tokenizer, cfg.task.max_length, device)
+    # masked LMs have their own length (LM-BFF 128 / 256) where a task serves both families
+    max_length = cfg.task.get("masked_max_length", cfg.task.max_length) if family == "masked" else cfg.task.max_length
+    objective = build_objective(spec, family, model, tokenizer, max_length, device)
     if cfg.objective not in ("loss", objective.metric):
         raise ConfigError(f"objective={cfg.objective}: task metric is {objective.metric}; allowed loss, {objective.metric}")
     rendered = {name: [spec.render(ex, family=family) for ex in rows]

@@ -48,15 +48,20 @@ def validate(cfg: DictConfig) -> None:
     from .models.loading import DTYPES, FAMILIES, SOURCES
     from .models.objective import ZO_OBJECTIVES
     from .models.tuning import TUNINGS
+    from .tasks.data import PROTOCOLS
 
     _integer(cfg, "seed", 0)
     _integer(cfg, "train.steps", 0)
     for key in ("train.batch_size", "train.eval_every", "train.eval_batch_size", "train.log_every",
-                "task.max_length", "data.num_eval"):
+                "task.max_length", "data.k"):
         _integer(cfg, key, 1)
+    _choice(cfg, "data.protocol", PROTOCOLS)
+    # kshot: num_eval 0 = LM-BFF's full test set; mezo samples num_eval >= 1 test examples
+    _integer(cfg, "data.num_eval", 0 if _get(cfg, "data.protocol") == "kshot" else 1)
     for key in ("train.checkpoint_every", "data.num_dev", "data.seed", "data.eval_seed"):
         _integer(cfg, key, 0)
-    _integer(cfg, "data.num_train", 1 if _get(cfg, "train.steps") > 0 else 0)
+    mezo_training = _get(cfg, "train.steps") > 0 and _get(cfg, "data.protocol") == "mezo"
+    _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
     for key in ("train.keep_best", "train.save_final", "debug"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")

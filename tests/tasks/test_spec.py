@@ -27,7 +27,8 @@ def test_rte_renders_exactly_as_mezo():
 
 
 def test_every_task_spec_parses_and_has_a_version():
-    assert {"sst2", "rte"} <= set(available_tasks())
+    assert set(available_tasks()) == {"sst2", "sst5", "snli", "mnli", "rte", "trec", "cb", "boolq", "wsc", "wic",
+                                      "multirc", "copa", "record", "squad", "drop"}
     for name in available_tasks():
         spec = load_task(name)
         assert spec.name == name and isinstance(spec.version, int)
@@ -39,19 +40,34 @@ def test_unknown_task_lists_the_available_ones():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("prompt"), "missing keys"),
+    (lambda d: [d.pop("causal"), d.pop("masked")], "no prompt family"),
     (lambda d: d.update(metric="bleu"), "metric='bleu'"),
+    (lambda d: d.update(objective="rl"), "objective='rl'"),
     (lambda d: d.update(colour="red"), "unknown keys"),
     (lambda d: d.update(splits={"train": "train"}), "splits must name"),
+    (lambda d: d.update(gold_field="answers"), "exactly one of label_field, gold_field, answers_field"),
+    (lambda d: d["masked"].update(prompt="{{ sentence }} It was"), "masked.prompt must contain <mask> exactly once"),
+    (lambda d: d["causal"].update(candidates=[]), "causal.candidates: expected a non-empty list"),
+    (lambda d: d["causal"].update(template="x"), "causal: expected exactly the keys prompt and candidates"),
+    (lambda d: d.update(objective="generation"), "objective generation goes with answers_field"),
+    (lambda d: d["causal"].update(candidates={"for_each": "words", "template": "{{ candidate }}"}),
+     "gold_field goes with candidates: {for_each, template}"),
 ])
 def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
     import yaml
 
-    raw = yaml.safe_load(load_task("sst2").source_file and open(load_task("sst2").source_file).read())
+    raw = yaml.safe_load(open(load_task("sst2").source_file).read())
     edit(raw)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=message):
+        TaskSpec.from_yaml(path)
+
+
+def test_invalid_yaml_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndescription: a: b\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML \(mapping values"):
         TaskSpec.from_yaml(path)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..resources import tasks_dir
-from .data import Splits, build_splits, load_split, sample_subset
+from .data import PROTOCOLS, Splits, build_splits, load_split, sample_subset
 from .spec import Rendered, TaskSpec
 
-__all__ = ["Rendered", "Splits", "TaskSpec", "available_tasks", "build_splits", "load_split",
+__all__ = ["PROTOCOLS", "Rendered", "Splits", "TaskSpec", "available_tasks", "build_splits", "load_split",
            "load_task", "sample_subset"]
 
 
@@ -19,4 +19,7 @@ def load_task(name: str) -> TaskSpec:
     path = tasks_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"task={name!r}: no such task; available: {', '.join(available_tasks())}")
-    return TaskSpec.from_yaml(path)
+    spec = TaskSpec.from_yaml(path)
+    if spec.name != name:
+        raise ConfigError(f"{path}: name={spec.name!r} differs from the file name {name!r}")
+    return spec

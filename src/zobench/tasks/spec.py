@@ -5,12 +5,28 @@ Spec keys (``tasks/<name>.yaml``):
 * ``name``, ``version`` (logged with every result), ``description``;
 * ``dataset``: ``{path, name}`` of the Hugging Face dataset (``load_dataset(path, name)``);
   the local mirror reads ``<data.dir>/<task>/<split>.jsonl`` in the same schema;
-* ``splits``: ``{train: <hf split>, eval: <hf split>}``: the pool the train/dev sets are
-  sampled from and the split the test set is sampled from (MeZO's protocol);
-* ``label_field``: the integer label of an example;
-* ``prompt``: a Jinja template over the example's fields; the candidate is appended to it;
-* ``candidates``: Jinja templates, candidate *i* being the answer for label *i*;
-* ``metric``: ``accuracy`` (candidate scoring).
+* ``splits``: ``{train: <hf split>, eval: <hf split>}``: the pool train/dev are drawn from and
+  the split the test set comes from;
+* ``objective``: the causal-LM training loss: ``classification`` (cross-entropy over the
+  candidates' scores), ``lm`` (NLL of the gold candidate's tokens) or ``generation`` (NLL of
+  the target continuation; evaluated by greedy decoding);
+* ``metric``: ``accuracy`` (candidate scoring) or ``f1`` (generation; ``em`` is reported too);
+* ``generation``: ``{max_new_tokens, stop}`` for generation tasks;
+* the gold answer, one of: ``label_field`` (integer label = candidate index), ``gold_field``
+  (a list of correct candidate strings, ReCoRD: the label is the first one, MeZO's training
+  target), ``answers_field`` (generation: the reference answers, a dotted path such as
+  ``answers.text``);
+* ``skip_labels``: label values whose rows are dropped when loading (SNLI's ``-1``: no gold);
+* one block per prompt family, ``causal`` and/or ``masked``:
+  ``{prompt: <Jinja template over the example's fields>, candidates: ...}`` where
+  ``candidates`` is a list of templates (candidate *i* answers label *i*) or
+  ``{for_each: <list field>, template: <template using `candidate`>}`` (ReCoRD's entities).
+
+Causal prompts follow MeZO's ``encode_prompt`` (large_models/utils.py): the text scored is
+``(prompt + candidate).lstrip().rstrip(" ")`` and the prompt is ``prompt.lstrip().rstrip(" ")``,
+so a space that ends the prompt template moves onto the candidate. Masked prompts hold the
+literal ``<mask>`` (exactly once) and no ``<s>``/``</s>``; their candidates are verbaliser words
+without the leading space (the objective adds it, as LM-BFF does).
 """
 
 from __future__ import annotations
@@ -24,22 +40,96 @@ import yaml
 
 from ..errors import ConfigError
 
-METRICS = ("accuracy",)
-REQUIRED = ("name", "version", "dataset", "splits", "label_field", "prompt", "candidates", "metric")
+FAMILIES = ("causal", "masked")
+OBJECTIVES = ("classification", "lm", "generation")
+METRICS = ("accuracy", "f1")
+MASK = "<mask>"
+REQUIRED = ("name", "version", "dataset", "splits", "objective", "metric")
+GOLD_KEYS = ("label_field", "gold_field", "answers_field")
+OPTIONAL = ("description", "generation", "skip_labels", *GOLD_KEYS, *FAMILIES)
+
+
+def lower_first_word(text: str) -> str:
+    """MeZO's CopaTemplate.capitalize: lower-case the first space-separated word unless it is "I"."""
+    words = text.split(" ")
+    if words[0] != "I":
+        words[0] = words[0].lower()
+    return " ".join(words)
+
 
 # keep_trailing_newline: prompts such as RTE's end in "\n" and the candidate follows it
 _JINJA = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
+_JINJA.filters["lower_first_word"] = lower_first_word
+
+
+def field_path(example: dict, path: str):
+    """``example["answers"]["text"]`` for ``path="answers.text"``."""
+    value = example
+    for key in path.split("."):
+        value = value[key]
+    return value
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """One example as the objective sees it: the prompt, candidate continuations, gold index."""
+    """One example as the objective sees it.
+
+    ``prompt``: causal: the context; masked: the input text with the literal ``<mask>``, without
+    special tokens. ``candidates``: causal: continuations appended to the prompt (leading spaces
+    included); masked: verbaliser words without leading space; generation: ``(gold target,)``.
+    ``label``: index of the training target. ``gold``: every acceptable candidate index (() means
+    ``(label,)``). ``answers``: generation: every reference answer (for F1 / EM).
+    """
 
     prompt: str
     candidates: tuple[str, ...]
     label: int
     gold: tuple[int, ...] = ()
     answers: tuple[str, ...] = ()
+
+    @property
+    def gold_indices(self) -> tuple[int, ...]:
+        return self.gold or (self.label,)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """One family's prompt template and candidates (fixed list or one per element of a field)."""
+
+    prompt: str
+    candidates: tuple[str, ...] = ()
+    for_each: str | None = None
+    template: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw, where: str) -> "PromptFormat":
+        if not isinstance(raw, dict) or set(raw) != {"prompt", "candidates"}:
+            raise ConfigError(f"{where}: expected exactly the keys prompt and candidates")
+        cands = raw["candidates"]
+        if isinstance(cands, dict):
+            if set(cands) != {"for_each", "template"}:
+                raise ConfigError(f"{where}.candidates: a mapping needs exactly for_each and template")
+            return cls(raw["prompt"], for_each=cands["for_each"], template=cands["template"])
+        if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
+            raise ConfigError(f"{where}.candidates: expected a non-empty list of strings or "
+                              "{for_each, template}")
+        return cls(raw["prompt"], candidates=tuple(cands))
+
+    @cached_property
+    def _compiled(self):
+        templates = (self.template,) if self.for_each else self.candidates
+        return _JINJA.from_string(self.prompt), tuple(_JINJA.from_string(t) for t in templates)
+
+    def render(self, example: dict) -> tuple[str, tuple[str, ...]]:
+        prompt, templates = self._compiled
+        try:
+            if self.for_each:
+                cands = tuple(templates[0].render(**example, candidate=c) for c in field_path(example, self.for_each))
+            else:
+                cands = tuple(t.render(**example) for t in templates)
+            return prompt.render(**example), cands
+        except (jinja2.UndefinedError, KeyError) as err:  # a field the template needs is missing or unexpected
+            raise ConfigError(f"example does not fit the template ({err}); fields: {', '.join(example)}") from err
 
 
 @dataclass(frozen=True)
@@ -48,45 +138,103 @@ class TaskSpec:
     version: int
     dataset: dict
     splits: dict
-    label_field: str
-    prompt: str
-    candidates: tuple[str, ...]
+    objective: str
     metric: str
+    formats: dict = field(default_factory=dict)  # family -> PromptFormat
+    label_field: str | None = None
+    gold_field: str | None = None
+    answers_field: str | None = None
+    skip_labels: tuple = ()
+    generation: dict = field(default_factory=dict)
     description: str = ""
     source_file: str = field(default="", compare=False)
 
     @classmethod
     def from_yaml(cls, path: Path) -> "TaskSpec":
-        raw = yaml.safe_load(Path(path).read_text())
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a task spec must be a mapping")
         missing = [k for k in REQUIRED if k not in raw]
         if missing:
             raise ConfigError(f"{path}: missing keys {missing}")
-        unknown = sorted(set(raw) - set(REQUIRED) - {"description"})
+        unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; allowed {list(REQUIRED) + ['description']}")
+            raise ConfigError(f"{path}: unknown keys {unknown}; allowed {list(REQUIRED) + list(OPTIONAL)}")
         if raw["metric"] not in METRICS:
             raise ConfigError(f"{path}: metric={raw['metric']!r}; allowed {', '.join(METRICS)}")
-        if set(raw["splits"]) != {"train", "eval"}:
+        if raw["objective"] not in OBJECTIVES:
+            raise ConfigError(f"{path}: objective={raw['objective']!r}; allowed {', '.join(OBJECTIVES)}")
+        if not isinstance(raw["splits"], dict) or set(raw["splits"]) != {"train", "eval"}:
             raise ConfigError(f"{path}: splits must name exactly 'train' and 'eval'")
-        return cls(**{**raw, "candidates": tuple(raw["candidates"]), "source_file": str(path)})
-
-    @cached_property
-    def _templates(self) -> tuple[jinja2.Template, tuple[jinja2.Template, ...]]:
-        return _JINJA.from_string(self.prompt), tuple(_JINJA.from_string(c) for c in self.candidates)
+        gold_keys = [k for k in GOLD_KEYS if k in raw]
+        if len(gold_keys) != 1:
+            raise ConfigError(f"{path}: exactly one of {', '.join(GOLD_KEYS)} is needed, got {gold_keys or 'none'}")
+        generative = raw["objective"] == "generation"
+        if generative != ("answers_field" in raw) or generative != (raw["metric"] == "f1"):
+            raise ConfigError(f"{path}: objective generation goes with answers_field and metric f1 "
+                              "(and only with them)")
+        if generative != ("generation" in raw):
+            raise ConfigError(f"{path}: generation: {{max_new_tokens, stop}} is required for (and only for) "
+                              "objective generation")
+        formats = {f: PromptFormat.from_raw(raw[f], f"{path}: {f}") for f in FAMILIES if f in raw}
+        if not formats:
+            raise ConfigError(f"{path}: no prompt family; give at least one of {', '.join(FAMILIES)}")
+        if "masked" in formats and formats["masked"].prompt.count(MASK) != 1:
+            raise ConfigError(f"{path}: masked.prompt must contain {MASK} exactly once")
+        if generative and (formats["causal"].for_each or len(formats["causal"].candidates) != 1):
+            raise ConfigError(f"{path}: a generation task has exactly one candidate, its target")
+        if ("gold_field" in raw) != any(fmt.for_each for fmt in formats.values()):
+            raise ConfigError(f"{path}: gold_field goes with candidates: {{for_each, template}} (and only with it)")
+        known = {k: raw[k] for k in REQUIRED + ("description", "generation", *GOLD_KEYS) if k in raw}
+        return cls(**known, formats=formats, skip_labels=tuple(raw.get("skip_labels", ())),
+                   source_file=str(path))
 
     @property
     def families(self) -> tuple[str, ...]:
-        return ("causal",)
+        return tuple(f for f in FAMILIES if f in self.formats)
 
-    objective = "classification"
+    def keep(self, example: dict) -> bool:
+        """False for rows without a gold label (``skip_labels``), e.g. the hub's SNLI label -1."""
+        return not (self.label_field and example[self.label_field] in self.skip_labels)
 
     def render(self, example: dict, family: str = "causal") -> Rendered:
-        if family not in self.families:
-            raise ConfigError(f"task {self.name} has no {family}-LM prompt; it supports {', '.join(self.families)}")
-        prompt, candidates = self._templates
+        if family not in self.formats:
+            raise ConfigError(f"task {self.name}: no {family!r} prompt; this task has {', '.join(self.families)}")
+        try:
+            prompt, candidates = self.formats[family].render(example)
+        except ConfigError as err:
+            raise ConfigError(f"task {self.name} ({family} prompt): {err}") from err
+        if family == "causal":
+            prompt, candidates = _mezo_boundary(prompt, candidates)
+        if self.answers_field:
+            answers = tuple(field_path(example, self.answers_field))
+            if not answers:
+                raise ConfigError(f"task {self.name}: example without reference answers ({self.answers_field})")
+            return Rendered(prompt, candidates, 0, answers=answers)
+        if self.gold_field:
+            return self._render_gold(example, prompt, candidates)
         label = int(example[self.label_field])
         if not 0 <= label < len(candidates):
             raise ConfigError(f"task {self.name}: label {label} outside 0..{len(candidates) - 1}")
-        return Rendered(prompt.render(**example), tuple(c.render(**example) for c in candidates), label)
+        return Rendered(prompt, candidates, label)
+
+    def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...]) -> Rendered:
+        """ReCoRD: candidates are the entities; every answer is gold, the first one is trained on
+        (MeZO run.py ``_convert``: ``candidates.index(correct_candidate[0])``)."""
+        pool = list(field_path(example, next(f.for_each for f in self.formats.values() if f.for_each)))
+        answers = list(field_path(example, self.gold_field))
+        missing = [a for a in answers if a not in pool]
+        if not answers or missing:
+            raise ConfigError(f"task {self.name}: gold answers {missing or answers} not among the candidates")
+        gold = tuple(pool.index(a) for a in answers)
+        return Rendered(prompt, candidates, gold[0], gold=gold)
+
+
+def _mezo_boundary(prompt: str, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """MeZO's ``encode_prompt``: the scored text is ``(prompt + candidate).lstrip().strip(" ")``
+    and the context is ``prompt`` stripped the same way, so the candidate is what lies between."""
+    context = prompt.lstrip().rstrip(" ")
+    return context, tuple((prompt + c).lstrip().rstrip(" ")[len(context):] for c in candidates)
