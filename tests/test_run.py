@@ -212,3 +212,24 @@ def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeyp
     tested = [spec.render(r).prompt for r in splits.test]
     assert len(seen) == 32 + 16 + 24
     assert seen[-24:] == [shown + "\n\n" + prompt for prompt in tested]
+
+
+def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
+    """RoBERTa's path (LM-BFF prompt, verbaliser at <mask>, k-shot split) on a random RobertaForMaskedLM."""
+    cfg = compose_run("model=tiny-roberta", "task=sst2", "logger=none", "data.protocol=kshot", "data.k=16",
+                      "data.seed=13", "data.num_eval=40", "train.steps=4", "train.batch_size=8", "train.eval_every=2",
+                      f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["forward_passes"] == 8
+    assert summary["num_train"] == 32 and summary["num_dev"] == 32 and summary["num_test"] == 40
+    assert summary["metric"] == "accuracy" and 0 <= summary["test_accuracy"] <= 1
+
+
+def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
+    cfg = compose_run(*SMOKE, "task=squad", "train.steps=0", "data.num_train=0", "data.num_dev=0",
+                      "data.num_eval=6", "train.eval_batch_size=3", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["metric"] == "f1"
+    assert 0 <= summary["test_f1"] <= 1 and 0 <= summary["test_em"] <= summary["test_f1"]
+    evals = [e for e in _events(tmp_path) if e["event"] == "eval"]
+    assert [e["split"] for e in evals] == ["test"] and {"f1", "em"} <= set(evals[0])

@@ -94,6 +94,8 @@ class BatchStream:
     position (epoch, offset) is all a checkpoint needs."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
+        if n <= 0:
+            raise ValueError("a batch stream needs at least one example")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch, self.offset = epoch, offset
         self._perm = self._permutation(epoch)
@@ -267,7 +269,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         log.info("resumed from step %d", loop["step"])
     best_dir = run_dir / "best"
     _remove_stale_best(best_dir, keep=loop["best_file"])
-    stream = BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
+    stream = (BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
+              if train else None)  # zero-shot / ICL evaluations may have no training examples
 
     def counts() -> dict:
         return {"forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
@@ -280,12 +283,15 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         return values
 
     def save(step: int) -> None:
-        loop.update(step=step, epoch=stream.epoch, offset=stream.offset, counts=dict(counter.counts),
+        loop.update(step=step, epoch=stream.epoch if stream else 0, offset=stream.offset if stream else 0,
+                    counts=dict(counter.counts),
                     metrics_offset=loggers[0].offset, elapsed=wall())
         save_checkpoint(run_dir / "checkpoint", step, dict(named), optimizer.state_dict(), loop)
 
     if loop["inference_peak"] is None:  # inference-only peak of one training batch (a counted "probe")
-        probe = [train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
+        # zero-shot runs may have no training examples: probe the first test batch instead
+        probe = ([train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
+                 if train else test[: cfg.train.batch_size])
         memory.reset()
         with counter.phase("probe"):
             objective.loss(probe)

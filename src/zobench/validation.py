@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train.batch_size", "train.eval_every", "train.eval_batch_size", "train.log_every",
                 "task.max_length", "data.k"):
         _integer(cfg, key, 1)
+    if "masked_max_length" in cfg.task:
+        _integer(cfg, "task.masked_max_length", 1)
     _choice(cfg, "data.protocol", PROTOCOLS)
     # kshot: num_eval 0 = LM-BFF's full test set; mezo samples num_eval >= 1 test examples
     _integer(cfg, "data.num_eval", 0 if _get(cfg, "data.protocol") == "kshot" else 1)
