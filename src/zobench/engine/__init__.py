@@ -22,7 +22,7 @@ BACKENDS = ("auto", "torch", "triton")
 MODES = ("inplace", "virtual")
 
 __all__ = ["BACKENDS", "DISTRIBUTIONS", "MODES", "Direction", "Engine", "InPlaceEngine",
-           "VirtualEngine", "ZOParams", "build_engine", "mix_seed"]
+           "VirtualEngine", "ZOParams", "build_engine", "mix_seed", "resolve_backend"]
 
 
 def _model_on_cuda(model: nn.Module | None) -> bool:

@@ -79,24 +79,39 @@ def _draw(key, offsets, GAUSSIAN: tl.constexpr):
 
 
 @triton.jit
-def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff,
-                  BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
+def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
+    """Store float32 ``x`` rounded to nearest even in the pointer's dtype.
+
+    Triton 3.9's interpreter truncates float32 → bfloat16 (``cast_impl`` ignores the rounding
+    mode) where compiled kernels and torch round to nearest even; under the interpreter the
+    bfloat16 rounding is done on the bits instead, so tests see what the GPU computes.
+    """
+    if MANUAL_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        tl.store(ptrs, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
+                  WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """θ ← keep·(θ + undo·z) + coeff·z in float32, one rounding to θ's dtype."""
     offsets, mask = _block(numel, BLOCK, WIDE)
     z = _draw(key, offsets, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
-    out = keep * (theta + undo * z) + coeff * z
-    tl.store(theta_ptr + offsets, out.to(theta_ptr.dtype.element_ty), mask=mask)
+    _store_rounded(theta_ptr + offsets, keep * (theta + undo * z) + coeff * z, mask, MANUAL_BF16)
 
 
 @triton.jit
-def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale,
-                           BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
+def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
+                           WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """out ← θ + scale·z (virtual mode's swap: θ is only read)."""
     offsets, mask = _block(numel, BLOCK, WIDE)
     z = _draw(key, offsets, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
-    tl.store(out_ptr + offsets, (theta + scale * z).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_rounded(out_ptr + offsets, theta + scale * z, mask, MANUAL_BF16)
 
 
 @triton.jit
@@ -108,11 +123,16 @@ def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, 
 
 # --- launchers -----------------------------------------------------------------------------------
 
-def _launch(kernel, numel: int, *args, distribution: str) -> None:
+def _launch(kernel, numel: int, *args, distribution: str, **constants) -> None:
     if distribution not in ("gaussian", "rademacher"):
         raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
     grid = (triton.cdiv(numel, BLOCK),)
-    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=distribution == "gaussian", WIDE=numel >= _INT32_ELEMENTS)
+    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=distribution == "gaussian", WIDE=numel >= _INT32_ELEMENTS,
+                 **constants)
+
+
+def _manual_bf16(out: torch.Tensor) -> bool:
+    return out.dtype == torch.bfloat16 and interpreted()
 
 
 def generate_z(key: int, like: torch.Tensor, distribution: str = "gaussian") -> torch.Tensor:
@@ -129,7 +149,7 @@ def sweep(p: torch.Tensor, key: int, distribution: str, undo: float = 0.0, keep:
     target = p if p.is_contiguous() else p.contiguous()
     if target.numel():
         _launch(_sweep_kernel, target.numel(), target, target.numel(), key, float(undo), float(keep),
-                float(coeff), distribution=distribution)
+                float(coeff), distribution=distribution, MANUAL_BF16=_manual_bf16(target))
     if target is not p:
         p.copy_(target)
 
@@ -140,7 +160,7 @@ def perturbed_copy(p: torch.Tensor, key: int, distribution: str, scale: float) -
     out = torch.empty(p.shape, dtype=p.dtype, device=p.device)
     if out.numel():
         _launch(_perturbed_copy_kernel, out.numel(), source, out, out.numel(), key, float(scale),
-                distribution=distribution)
+                distribution=distribution, MANUAL_BF16=_manual_bf16(out))
     return out
 
 
