@@ -7,8 +7,6 @@ imported only when asked for: Triton reads ``TRITON_INTERPRET`` when its kernels
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import nn
 
@@ -31,7 +29,12 @@ def _model_on_cuda(model: nn.Module | None) -> bool:
 
 
 def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether ``import triton`` works (installed, and loadable with this torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_backend(backend: str, model: nn.Module | None = None) -> str:
