@@ -1,37 +1,70 @@
 """Seeded perturbation and update engine (DESIGN.md "Engine").
 
 ``build_engine(backend, mode, model)`` returns the engine a config asks for; ``Direction`` is
-the seeded random direction every backend shares.
+the seeded random direction every backend shares. The Triton backend (``triton_backend``) is
+imported only when asked for: Triton reads ``TRITON_INTERPRET`` when its kernels are defined.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingPackageError
 
 from .base import Engine, ZOParams
 from .directions import DISTRIBUTIONS, Direction, mix_seed
 from .torch_backend import InPlaceEngine, VirtualEngine
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "triton")
 MODES = ("inplace", "virtual")
 
 __all__ = ["BACKENDS", "DISTRIBUTIONS", "MODES", "Direction", "Engine", "InPlaceEngine",
-           "VirtualEngine", "ZOParams", "build_engine", "mix_seed"]
+           "VirtualEngine", "ZOParams", "build_engine", "mix_seed", "resolve_backend"]
+
+
+def _model_on_cuda(model: nn.Module | None) -> bool:
+    param = next(model.parameters(), None) if model is not None else None
+    return param is not None and param.device.type == "cuda"
+
+
+def _triton_installed() -> bool:
+    """Whether ``import triton`` works (installed, and loadable with this torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, model: nn.Module | None = None) -> str:
+    """``auto`` → ``triton`` when the model is on CUDA and Triton is installed, else ``torch``."""
+    if backend != "auto":
+        return backend
+    return "triton" if _model_on_cuda(model) and _triton_installed() else "torch"
 
 
 def build_engine(backend: str, mode: str, model: nn.Module | None = None) -> Engine:
-    """The engine for ``engine.backend`` / ``engine.mode``.
-
-    ``auto`` resolves to the torch reference backend (the only one implemented so far).
-    """
+    """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``)."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
     if mode not in MODES:
         raise ConfigError(f"engine.mode={mode!r}: allowed {', '.join(MODES)}")
-    if mode == "inplace":
-        return InPlaceEngine()
-    if model is None:
+    if mode == "virtual" and model is None:
         raise ValueError("engine.mode=virtual needs the model whose modules it hooks")
-    return VirtualEngine(model)
+    if resolve_backend(backend, model) == "triton":
+        return _build_triton(mode, model)
+    return InPlaceEngine() if mode == "inplace" else VirtualEngine(model)
+
+
+def _build_triton(mode: str, model: nn.Module | None) -> Engine:
+    if not _triton_installed():
+        raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' "
+                                  "(or use engine=torch)")
+    from .triton_backend import TritonInPlaceEngine, TritonVirtualEngine, interpreted
+
+    on_cuda = _model_on_cuda(model) if model is not None else torch.cuda.is_available()
+    if not (on_cuda or interpreted()):
+        raise ConfigError("engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
+                          "kernels on CPU, slowly); use engine=torch or engine=auto")
+    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model)

@@ -11,11 +11,19 @@ Definition of z for the torch backend: ``torch.randn`` (Gaussian) or ``torch.ran
 above, then cast to the parameter's dtype when applied. CPU and CUDA generators are different
 algorithms (mt19937 vs Philox), so z is defined per device type; on one device type it is exact
 and repeatable.
+
+Other backends define z differently (the Triton backend: Philox keyed by the same seed, see
+``philox.py``). While such an engine works it installs its generator with ``z_source``, so the
+``Direction.sample`` of every subclass (HiZOO's z/√Σ, Sparse-MeZO's mask) transforms the z that
+backend's kernels generate, and one step never mixes two definitions of z.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,6 +47,22 @@ def mix_seed(*parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
+# generate(key, like, distribution) -> float32 z shaped like ``like``; None: the torch definition
+_Z_SOURCE: ContextVar[Callable | None] = ContextVar("zobench_z_source", default=None)
+
+
+@contextmanager
+def z_source(generate: Callable):
+    """Within the block, ``Direction.sample`` draws z with ``generate(mix_seed(seed, pid), like,
+    distribution)`` instead of torch's generator: how a backend with its own z keeps the
+    directions that transform z consistent with its kernels."""
+    token = _Z_SOURCE.set(generate)
+    try:
+        yield
+    finally:
+        _Z_SOURCE.reset(token)
+
+
 @dataclass(frozen=True, eq=False)
 class Direction:
     """The random direction of one ZO estimate: z = Direction(seed).sample(pid, param).
@@ -59,6 +83,9 @@ class Direction:
 
     def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
         """z for parameter ``pid``, shaped like ``like``, float32, on ``like.device``."""
+        generate = _Z_SOURCE.get()
+        if generate is not None:
+            return generate(mix_seed(self.seed, pid), like, self.distribution)
         gen = torch.Generator(device=like.device)
         gen.manual_seed(mix_seed(self.seed, pid))
         if self.distribution == "gaussian":

@@ -150,12 +150,16 @@ class VirtualEngine(Engine):
                 self._swapped.add(id(p))
                 if id(p) in self._tied:
                     if id(p) not in self._tied_cache:
-                        self._tied_cache[id(p)] = perturbed_value(p.data, pid, direction, scale)
+                        self._tied_cache[id(p)] = self._perturbed_value(p.data, pid, direction, scale)
                     p.data = self._tied_cache[id(p)]
                 else:
-                    p.data = perturbed_value(p.data, pid, direction, scale)
+                    p.data = self._perturbed_value(p.data, pid, direction, scale)
         if saved:
             self._saved.setdefault(id(module), []).append(saved)
+
+    def _perturbed_value(self, p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
+        """The tensor swapped in for θ (other backends compute it with their own kernel)."""
+        return perturbed_value(p, pid, direction, scale)
 
     def _swap_out(self, module: nn.Module, args, output) -> None:
         stack = self._saved.get(id(module))

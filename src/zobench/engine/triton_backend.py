@@ -1,0 +1,256 @@
+"""Triton backend: z generated inside fused kernels, never materialised (zobench issue 3).
+
+Every sweep over a parameter is one kernel that reads θ, draws z for its block from a
+counter-based generator and writes the result: no z tensor exists in memory, and a MeZO step
+(Malladi et al. 2023, Alg. 1) costs three sweeps, +εz, -2εz, and one fused restore+update
+
+    θ ← (1 - decay)·(θ + undo·z) + coeff·z        (undo = +ε, coeff = -η·g, decay = η·λ)
+
+instead of four (restore, then update). In virtual mode the weights are never written during the
+estimate: the forward pre-hook of each module runs a kernel that writes θ + scale·z into a fresh
+tensor swapped in for that module's forward, so z is generated per layer, on the fly, and the
+only memory beyond inference is one module's perturbed weights.
+
+Definition of z per backend (they differ; a run is reproducible on one backend):
+
+* torch backend: ``torch.randn`` / ``torch.randint`` from a ``torch.Generator`` seeded with
+  ``mix_seed(step_seed, pid)`` (``directions.py``); mt19937 on CPU, Philox on CUDA.
+* triton backend: Philox4x32-10 keyed by ``mix_seed(step_seed, pid)``, counter = element index,
+  then Triton's uniform and Box-Muller transforms (``tl.randn``) or the sign of the first word
+  (Rademacher). ``philox.philox_z`` is the same definition in pure torch; the kernels match it bit
+  for bit under ``TRITON_INTERPRET=1`` (tested), and to a few ulps of float32 log/cos on CUDA.
+
+Arithmetic: every kernel computes in float32 (θ upcast, z float32) and rounds once to θ's dtype;
+the torch backend casts z to θ's dtype first and rounds after each sweep. So the fused
+restore+update rounds once where the torch in-place engine rounds twice.
+
+Directions that transform z (HiZOO's z/√Σ, Sparse-MeZO's mask, low-rank Z = ABᵀ) override
+``Direction.sample``; the kernels only know the plain Gaussian / Rademacher z. For those the
+engine falls back to torch arithmetic on a materialised z, but keeps *this* backend's definition
+of z: while the engine works, ``directions.z_source`` makes ``Direction.sample`` draw its base z
+with the same Philox kernel, so a method that perturbs with a transformed z and updates with the
+plain one (HiZOO) sees one z, not two.
+
+Kernels need CUDA tensors, or ``TRITON_INTERPRET=1`` set before this module is imported (then
+they run on CPU tensors through Triton's interpreter: slow, for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .directions import Direction, mix_seed, z_source
+from .torch_backend import InPlaceEngine, VirtualEngine, perturbed_value
+
+BLOCK = 1024
+_INT32_ELEMENTS = 2**31  # beyond this the element index needs 64 bits (the counter's high word)
+
+
+def interpreted() -> bool:
+    """Whether the kernels were compiled for Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+@triton.jit
+def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    """Element indices of this program's block (int64 when the tensor needs it) and their mask."""
+    start = tl.program_id(0)
+    if WIDE:
+        start = start.to(tl.int64)
+    offsets = start * BLOCK + tl.arange(0, BLOCK)
+    return offsets, offsets < numel
+
+
+@triton.jit
+def _draw(key, offsets, GAUSSIAN: tl.constexpr):
+    """z at ``offsets``: Philox4x32-10(counter=offset, key) -> Box-Muller or sign (philox.py)."""
+    if GAUSSIAN:
+        z = tl.randn(key, offsets)
+    else:
+        bits = tl.randint(key, offsets).to(tl.int32, bitcast=True)
+        z = tl.where(bits < 0, -1.0, 1.0)
+    return z
+
+
+@triton.jit
+def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
+    """Store float32 ``x`` rounded to nearest even in the pointer's dtype.
+
+    Triton 3.9's interpreter truncates float32 → bfloat16 (``cast_impl`` ignores the rounding
+    mode) where compiled kernels and torch round to nearest even; under the interpreter the
+    bfloat16 rounding is done on the bits instead, so tests see what the GPU computes.
+    """
+    if MANUAL_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        tl.store(ptrs, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
+                  WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """θ ← keep·(θ + undo·z) + coeff·z in float32, one rounding to θ's dtype."""
+    offsets, mask = _block(numel, BLOCK, WIDE)
+    z = _draw(key, offsets, GAUSSIAN)
+    theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
+    _store_rounded(theta_ptr + offsets, keep * (theta + undo * z) + coeff * z, mask, MANUAL_BF16)
+
+
+@triton.jit
+def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
+                           WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """out ← θ + scale·z (virtual mode's swap: θ is only read)."""
+    offsets, mask = _block(numel, BLOCK, WIDE)
+    z = _draw(key, offsets, GAUSSIAN)
+    theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
+    _store_rounded(out_ptr + offsets, theta + scale * z, mask, MANUAL_BF16)
+
+
+@triton.jit
+def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
+    """out ← z (float32): for stateful updates (``foreach``), transforming directions, and tests."""
+    offsets, mask = _block(numel, BLOCK, WIDE)
+    tl.store(out_ptr + offsets, _draw(key, offsets, GAUSSIAN), mask=mask)
+
+
+# --- launchers -----------------------------------------------------------------------------------
+
+def _launch(kernel, numel: int, *args, distribution: str, **constants) -> None:
+    if distribution not in ("gaussian", "rademacher"):
+        raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
+    grid = (triton.cdiv(numel, BLOCK),)
+    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=distribution == "gaussian", WIDE=numel >= _INT32_ELEMENTS,
+                 **constants)
+
+
+def _manual_bf16(out: torch.Tensor) -> bool:
+    return out.dtype == torch.bfloat16 and interpreted()
+
+
+def generate_z(key: int, like: torch.Tensor, distribution: str = "gaussian") -> torch.Tensor:
+    """z (float32, shaped like ``like``) for the Philox key ``key`` = mix_seed(step_seed, pid)."""
+    out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+    if out.numel():
+        _launch(_z_kernel, out.numel(), out, out.numel(), key, distribution=distribution)
+    return out
+
+
+def sweep(p: torch.Tensor, key: int, distribution: str, undo: float = 0.0, keep: float = 1.0,
+          coeff: float = 0.0) -> None:
+    """In place: p ← keep·(p + undo·z) + coeff·z (float32 arithmetic, one rounding)."""
+    target = p if p.is_contiguous() else p.contiguous()
+    if target.numel():
+        _launch(_sweep_kernel, target.numel(), target, target.numel(), key, float(undo), float(keep),
+                float(coeff), distribution=distribution, MANUAL_BF16=_manual_bf16(target))
+    if target is not p:
+        p.copy_(target)
+
+
+def perturbed_copy(p: torch.Tensor, key: int, distribution: str, scale: float) -> torch.Tensor:
+    """A new tensor θ + scale·z; ``p`` is not written."""
+    source = p.contiguous()
+    out = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+    if out.numel():
+        _launch(_perturbed_copy_kernel, out.numel(), source, out, out.numel(), key, float(scale),
+                distribution=distribution, MANUAL_BF16=_manual_bf16(out))
+    return out
+
+
+def in_kernel(direction: Direction) -> bool:
+    """Whether the kernels generate this direction's z (a plain Gaussian / Rademacher z);
+    subclasses transform z in ``sample`` and take the torch path on a materialised z."""
+    return type(direction) is Direction
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+class _TritonSweeps:
+    """What both Triton engines share: the update sweep, ``foreach``, and this backend's z for
+    every ``Direction.sample`` made while the engine works."""
+
+    @staticmethod
+    def check_device(p: torch.Tensor) -> None:
+        if p.device.type != "cuda" and not interpreted():
+            raise ValueError(f"engine.backend=triton: a parameter is on {p.device.type}; the kernels need CUDA "
+                             "(or TRITON_INTERPRET=1 set before zobench.engine.triton_backend is imported)")
+
+    @torch.no_grad()
+    def update(self, params, direction: Direction, coeff: float, decay: float = 0.0) -> None:
+        """θ ← (1 - decay)·θ + coeff·z in one sweep; lr=0 (nothing to do) writes nothing."""
+        if coeff == 0.0 and decay == 0.0:
+            return
+        if not in_kernel(direction):
+            with z_source(generate_z):
+                return super().update(params, direction, coeff, decay)
+        with self._timed():
+            for pid, p in params:
+                self.check_device(p)
+                sweep(p, mix_seed(direction.seed, pid), direction.distribution, keep=1.0 - decay, coeff=coeff)
+
+    def foreach(self, params, direction: Direction, fn) -> None:
+        with z_source(generate_z):
+            super().foreach(params, direction, fn)
+
+
+class TritonInPlaceEngine(_TritonSweeps, InPlaceEngine):
+    """MeZO's in-place perturbation with fused Triton sweeps (3 per SPSA step)."""
+
+    exact_restore = False
+
+    def perturb(self, params, direction: Direction, scale: float) -> None:
+        with z_source(generate_z):
+            super().perturb(params, direction, scale)
+
+    def restore(self, params) -> None:
+        with z_source(generate_z):
+            super().restore(params)
+
+    def _move(self, pid: int, p: torch.Tensor, direction: Direction, delta: float) -> None:
+        if delta == 0.0:
+            return
+        if in_kernel(direction):
+            self.check_device(p)
+            sweep(p, mix_seed(direction.seed, pid), direction.distribution, coeff=delta)
+        else:
+            p.add_(direction.sample(pid, p).to(p.dtype), alpha=delta)
+
+    @torch.no_grad()
+    def restore_and_update(self, params, direction: Direction, coeff: float, decay: float = 0.0) -> None:
+        """θ ← (1 - decay)·(θ - s·z) + coeff·z in one sweep, s the scale currently applied."""
+        if not in_kernel(direction):
+            with z_source(generate_z):
+                return super().restore_and_update(params, direction, coeff, decay)
+        with self._timed(), z_source(generate_z):
+            for pid, p in params:
+                current = self._applied.pop(pid, None)
+                if current is not None and current[1] is not direction:  # a different z: not fusable
+                    self._move(pid, p, current[1], -current[2])
+                    current = None
+                undo = -current[2] if current is not None else 0.0
+                if undo == 0.0 and decay == 0.0 and coeff == 0.0:
+                    continue
+                self.check_device(p)
+                sweep(p, mix_seed(direction.seed, pid), direction.distribution, undo=undo,
+                      keep=1.0 - decay, coeff=coeff)
+
+
+class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
+    """Exact perturbation: each module's θ + scale·z is written by a kernel into a fresh tensor
+    for the duration of that module's forward (z generated per layer, never stored)."""
+
+    exact_restore = True
+
+    def _perturbed_value(self, p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
+        if in_kernel(direction):
+            self.check_device(p)
+            return perturbed_copy(p, mix_seed(direction.seed, pid), direction.distribution, scale)
+        with z_source(generate_z):
+            return perturbed_value(p, pid, direction, scale)

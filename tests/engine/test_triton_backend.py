@@ -1,0 +1,272 @@
+"""Triton backend on CPU through Triton's interpreter: the kernels' z is the documented Philox z
+(bit for bit against the pure-torch reference), the fused sweeps do the documented float32
+arithmetic, MeZO costs 3 sweeps per step, lr=0 is exact in virtual mode, and methods whose
+direction transforms z (HiZOO, Sparse-MeZO) perturb and update with this backend's one z."""
+
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+if "zobench.engine.triton_backend" not in sys.modules:
+    # Triton reads it when the kernels are defined, i.e. when triton_backend is first imported
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+
+from tests.conftest import tiny_model  # noqa: E402
+from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
+from zobench.engine import triton_backend as tb  # noqa: E402
+from zobench.engine.directions import z_source  # noqa: E402
+from zobench.engine.philox import philox_z  # noqa: E402
+from zobench.errors import ConfigError, MissingPackageError  # noqa: E402
+from zobench.optim import HiZOO, MeZO, SparseMeZO  # noqa: E402
+
+if not tb.interpreted():
+    pytest.skip("triton_backend was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DISTRIBUTIONS = ["gaussian", "rademacher"]
+
+
+def _reference(key, like, distribution):
+    return philox_z(key, like.numel(), distribution).view(like.shape)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.uint8)
+
+
+def _weights(shape, dtype, seed=0):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
+
+
+# --- the definition of z -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("key", [0, 7, 2**40 + 17, mix_seed(3, 5)])
+def test_kernel_z_is_the_reference_philox_z_bit_for_bit(distribution, key):
+    like = torch.empty(3, 1111)  # not a multiple of the block: the masked tail is covered
+    assert torch.equal(tb.generate_z(key, like, distribution), _reference(key, like, distribution))
+
+
+def test_z_has_the_moments_of_its_distribution():
+    gaussian = philox_z(mix_seed(1, 2), 200_000, "gaussian")
+    assert abs(float(gaussian.mean())) < 0.01 and abs(float(gaussian.std()) - 1) < 0.01
+    assert abs(float((gaussian ** 4).mean()) - 3) < 0.1  # kurtosis of a normal
+    signs = philox_z(mix_seed(1, 2), 200_000, "rademacher")
+    assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(float(signs.mean())) < 0.01
+    other = philox_z(mix_seed(1, 3), 200_000, "gaussian")  # another parameter: unrelated
+    assert abs(float((gaussian * other).mean())) < 0.01
+
+
+def test_z_source_makes_direction_sample_draw_the_kernel_z():
+    like = torch.empty(40, 30)
+    with z_source(tb.generate_z):
+        drawn = Direction(5, "rademacher").sample(3, like)
+    assert torch.equal(drawn, _reference(mix_seed(5, 3), like, "rademacher"))
+    assert not torch.equal(Direction(5, "rademacher").sample(3, like), drawn)  # outside: torch's z
+
+
+# --- the sweeps ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_fused_sweep_is_the_documented_float32_formula(dtype, distribution):
+    p = _weights((5, 333), dtype)
+    before, key = p.clone(), 99
+    tb.sweep(p, key, distribution, undo=1e-3, keep=0.99, coeff=-0.05)
+    z = _reference(key, p, distribution)
+    expected = (0.99 * (before.float() + 1e-3 * z) + -0.05 * z).to(dtype)
+    assert torch.equal(_bits(p), _bits(expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_perturbed_copy_leaves_theta_alone(dtype):
+    p = _weights((7, 129), dtype)
+    before = p.clone()
+    out = tb.perturbed_copy(p, 5, "gaussian", 1e-2)
+    assert torch.equal(_bits(p), _bits(before))
+    assert torch.equal(_bits(out), _bits((before.float() + 1e-2 * _reference(5, p, "gaussian")).to(dtype)))
+
+
+def test_non_contiguous_parameters_use_the_row_major_element_index():
+    base = _weights((6, 50), torch.float32)
+    transposed = base.clone().t()  # a (50, 6) view, not contiguous
+    tb.sweep(transposed, 3, "gaussian", coeff=0.5)
+    expected = base.t().contiguous() + 0.5 * _reference(3, transposed, "gaussian")
+    assert torch.equal(transposed, expected)
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inplace_engine_fuses_restore_and_update_into_one_sweep(dtype, monkeypatch):
+    """+ε, -2ε, then (1-decay)(θ+ε z) + coeff z: one kernel per parameter per sweep, 3 in all."""
+    p = _weights((4, 300), dtype)
+    theta = p.clone()
+    launches = []
+    original = tb._launch
+    monkeypatch.setattr(tb, "_launch", lambda kernel, *a, **k: launches.append(kernel) or original(kernel, *a, **k))
+    engine, direction, eps = tb.TritonInPlaceEngine(), Direction(11), 1e-3
+    engine.perturb([(0, p)], direction, eps)
+    engine.perturb([(0, p)], direction, -eps)
+    engine.restore_and_update([(0, p)], direction, coeff=-0.05, decay=0.01)
+    assert launches == [tb._sweep_kernel] * 3
+    z = _reference(mix_seed(11, 0), p, "gaussian")
+    plus = (theta.float() + eps * z).to(dtype)
+    minus = (plus.float() + -2 * eps * z).to(dtype)
+    expected = (0.99 * (minus.float() + eps * z) + -0.05 * z).to(dtype)
+    assert torch.equal(_bits(p), _bits(expected))
+
+
+def _closure(model, ids):
+    return lambda: model(input_ids=ids).logits.float().logsumexp(-1).mean()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_virtual_mode_lr0_leaves_every_weight_bit_identical(dtype):
+    model = tiny_model("llama", dtype)
+    snap = {n: p.clone() for n, p in model.named_parameters()}
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, weight_decay=0.1, engine=build_engine("triton", "virtual", model))
+    closure = _closure(model, torch.randint(0, 64, (2, 6)))
+    losses = [float(opt.step(closure)) for _ in range(2)]
+    assert losses[0] != float(closure())  # the perturbation reached the forward...
+    assert all(torch.equal(_bits(p), _bits(snap[n])) for n, p in model.named_parameters())  # ...and left
+
+
+def test_virtual_perturbation_equals_weights_moved_by_the_inplace_kernel():
+    """Every parameter (the tied embedding / LM head included) gets its Philox z, once."""
+    model = tiny_model("llama")
+    params = list(enumerate(model.parameters()))
+    closure = _closure(model, torch.randint(3, 60, (2, 7)))
+    direction = Direction(42)
+    virtual = tb.TritonVirtualEngine(model)
+    virtual.perturb(params, direction, 1e-2)
+    loss_virtual = closure()
+    virtual.restore(params)
+    virtual.remove()
+    clean = closure()
+    tb.TritonInPlaceEngine().perturb(params, direction, 1e-2)
+    assert torch.equal(loss_virtual, closure()) and not torch.equal(loss_virtual, clean)
+
+
+@pytest.mark.parametrize("mode", ["inplace", "virtual"])
+def test_a_mezo_step_is_the_analytic_update_with_the_kernel_z(mode):
+    """θ' = (1-ηλ)θ - η g z, g = (L(θ+εz) - L(θ-εz))/2ε, z the reference Philox z."""
+    gen = torch.Generator().manual_seed(0)
+    inputs, targets = torch.randn(16, 5, generator=gen), torch.randn(16, 2, generator=gen)
+    model = nn.Linear(5, 2).requires_grad_(False)
+    theta = [p.clone() for p in model.parameters()]
+    lr, eps, decay = 0.1, 1e-2, 0.5
+
+    def loss():
+        return ((model(inputs) - targets) ** 2).mean()
+
+    opt = MeZO([{"params": [model.weight], "weight_decay": decay}, {"params": [model.bias], "weight_decay": 0.0}],
+               lr=lr, eps=eps, seed=3, engine=build_engine("triton", mode, model))
+    opt.step(loss)
+    stepped = [p.clone() for p in model.parameters()]
+    seed = opt.direction(1).seed
+    zs = [_reference(mix_seed(seed, pid), t, "gaussian") for pid, t in enumerate(theta)]
+
+    def loss_at(scale):
+        with torch.no_grad():
+            for p, t, z in zip(model.parameters(), theta, zs):
+                p.copy_(t + scale * z)
+        return float(loss())
+
+    g = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    assert opt.last_step_info["projected_grad"] == pytest.approx(g, rel=1e-4)
+    g = opt.last_step_info["projected_grad"]
+    for t, z, p, lam in zip(theta, zs, stepped, (decay, 0.0)):
+        torch.testing.assert_close(p, (1 - lr * lam) * t - lr * g * z, rtol=0, atol=1e-6)
+
+
+def test_mezo_on_triton_is_reproducible_from_its_seed():
+    results = []
+    for _ in range(2):
+        model = tiny_model("llama")
+        opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, seed=4, engine=build_engine("triton", "virtual", model))
+        opt.step(_closure(model, torch.arange(12).view(2, 6)))
+        results.append([p.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_hizoo_perturbs_and_updates_with_the_same_kernel_z():
+    """HiZOO perturbs with z/√Σ (a Direction subclass: the torch path) and updates through
+    ``foreach`` with the plain Direction: both must be this backend's z (Σ = 1 at step 1)."""
+    gen = torch.Generator().manual_seed(1)
+    inputs, targets = torch.randn(16, 5, generator=gen), torch.randn(16, 2, generator=gen)
+    model = nn.Linear(5, 2).requires_grad_(False)
+    theta = [p.clone() for p in model.parameters()]
+    lr, eps = 0.1, 1e-2
+    opt = HiZOO(model.parameters(), lr=lr, eps=eps, hessian_smooth=0.1, seed=2,
+                engine=build_engine("triton", "virtual", model))
+    opt.step(lambda: ((model(inputs) - targets) ** 2).mean())
+    stepped = [p.clone() for p in model.parameters()]
+    seed = opt.direction(1).seed
+    zs = [_reference(mix_seed(seed, pid), t, "gaussian") for pid, t in enumerate(theta)]
+    with torch.no_grad():
+        for p, t, z in zip(model.parameters(), theta, zs):
+            p.copy_(torch.add(t, z, alpha=eps))
+        loss_plus = float(((model(inputs) - targets) ** 2).mean())
+        for p, t in zip(model.parameters(), theta):
+            p.copy_(t)
+    assert opt.last_step_info["loss_plus"] == loss_plus
+    g = opt.last_step_info["projected_grad"]
+    for t, z, p in zip(theta, zs, stepped):
+        torch.testing.assert_close(p, t - lr * g * z, rtol=0, atol=1e-6)
+
+
+def test_sparse_mezo_masks_the_kernel_z():
+    model = nn.Linear(40, 30).requires_grad_(False)
+    theta = model.weight.clone()
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(2))
+    opt = SparseMeZO(model.parameters(), lr=0.5, eps=1e-3, sparsity=0.75, seed=5,
+                     engine=build_engine("triton", "virtual", model))
+    opt.step(lambda: model(x).square().mean())
+    mask = theta.abs() <= theta.abs().flatten().kthvalue(300).values  # the 25% smallest move
+    z = _reference(mix_seed(opt.direction(1).seed, 0), theta, "gaussian")
+    g = opt.last_step_info["projected_grad"]
+    torch.testing.assert_close(model.weight, theta - 0.5 * g * z * mask, rtol=0, atol=1e-6)
+
+
+def test_foreach_hands_out_the_kernel_z():
+    p = torch.zeros(10, 10)
+    seen = []
+    tb.TritonInPlaceEngine().foreach([(4, p)], Direction(8, "rademacher"), lambda pid, q, z: seen.append(z))
+    assert torch.equal(seen[0], _reference(mix_seed(8, 4), p, "rademacher"))
+
+
+# --- selection -----------------------------------------------------------------------------------
+
+def test_build_engine_selects_the_triton_engines():
+    model = tiny_model("llama")
+    assert type(build_engine("triton", "inplace", model)) is tb.TritonInPlaceEngine
+    assert type(build_engine("triton", "virtual", model)) is tb.TritonVirtualEngine
+    assert resolve_backend("auto", model) == "torch"  # CPU: the interpreter is for tests only
+
+
+def test_auto_picks_triton_for_a_model_on_cuda(monkeypatch):
+    import zobench.engine as engine
+
+    monkeypatch.setattr(engine, "_model_on_cuda", lambda model: True)
+    assert resolve_backend("auto", nn.Linear(2, 2)) == "triton"
+    monkeypatch.setattr(engine, "_triton_installed", lambda: False)
+    assert resolve_backend("auto", nn.Linear(2, 2)) == "torch"
+
+
+def test_triton_off_cuda_without_the_interpreter_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ConfigError, match="engine.backend=triton needs the model on CUDA"):
+        build_engine("triton", "virtual", nn.Linear(2, 2))
+
+
+def test_triton_not_installed_is_a_missing_package_error(monkeypatch):
+    import zobench.engine as engine
+
+    monkeypatch.setattr(engine, "_triton_installed", lambda: False)
+    with pytest.raises(MissingPackageError, match="pip install 'triton"):
+        build_engine("triton", "inplace")
