@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
-from .engine import build_engine, mix_seed
+from .engine import build_engine, mix_seed, resolve_backend
 from .errors import CheckpointError, ConfigError
 from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_loss
 from .optim import decay_groups
@@ -364,7 +364,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         "skipped_steps": loop["skipped_steps"], "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
         "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
         "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
-        "device": str(device), "engine": f"{cfg.engine.backend}/{cfg.engine.mode}", "status": status,
+        "device": str(device),
+        "engine": "autograd" if first_order else f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}",
+        "status": status,
     }
     if status == "interrupted":
         result["signal"] = signal.Signals(stop.signum).name
