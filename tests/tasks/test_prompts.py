@@ -47,6 +47,24 @@ CASES = [
      {"text": "How far is it from Denver to Aspen ?", "coarse_label": 5, "fine_label": 40},
      Rendered("<mask>: How far is it from Denver to Aspen ?",
               ("Expression", "Entity", "Description", "Human", "Location", "Number"), 5)),
+    # zobench's own causal prompts for the LM-BFF-only tasks (tasks/<name>.yaml says why)
+    ("sst5", "causal",
+     {"text": "no movement , no yuks , not much of anything .", "label": 1, "label_text": "negative"},
+     Rendered("no movement , no yuks , not much of anything . It was",
+              (" terrible", " bad", " okay", " good", " great"), 1)),
+    ("snli", "causal",
+     {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0},
+     Rendered('Suppose A man sleeps. Can we infer that "A person rests."? Yes, No, or Maybe?\n',
+              ("Yes", "Maybe", "No"), 0)),
+    ("mnli", "causal",
+     {"premise": "Price caps may sound more attractive with every passing rate case.",
+      "hypothesis": "Rate cases make price caps sound more attractive.", "label": 2, "idx": 10627},
+     Rendered('Suppose Price caps may sound more attractive with every passing rate case. Can we infer that '
+              '"Rate cases make price caps sound more attractive."? Yes, No, or Maybe?\n', ("Yes", "Maybe", "No"), 2)),
+    ("trec", "causal",
+     {"text": "How far is it from Denver to Aspen ?", "coarse_label": 5, "fine_label": 40},
+     Rendered("Question: How far is it from Denver to Aspen ?\nType:",
+              (" Expression", " Entity", " Description", " Human", " Location", " Number"), 5)),
     ("cb", "causal",
      {"premise": "Valence the void-brain, Valence the virtuous valet. Did he think he was helping?",
       "hypothesis": "Valence was helping", "idx": 0, "label": 1},
@@ -130,8 +148,8 @@ def test_every_task_and_family_has_a_snapshot():
 def test_the_task_set_and_families_are_the_papers():
     families = {name: load_task(name).families for name in available_tasks()}
     assert families == {
-        **{name: ("causal", "masked") for name in ("sst2", "rte")},
-        **{name: ("masked",) for name in ("sst5", "snli", "mnli", "trec")},
+        # sst5 / snli / mnli / trec: LM-BFF masked prompts, plus zobench's own causal ones
+        **{name: ("causal", "masked") for name in ("sst2", "rte", "sst5", "snli", "mnli", "trec")},
         **{name: ("causal",) for name in ("cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop")},
     }
 
@@ -145,18 +163,22 @@ def test_objectives_and_metrics_are_the_papers():
     assert load_task("squad").generation == {"max_new_tokens": 50, "stop": ["\n"]}
 
 
+def _row(task):
+    return next(row for name, _, row, _ in CASES if name == task)
+
+
 def test_asking_for_a_family_the_task_lacks_is_refused():
     with pytest.raises(ValueError, match=r"task wsc: no 'masked' prompt; this task has causal"):
-        load_task("wsc").render(CASES[11][2], "masked")
+        load_task("wsc").render(_row("wsc"), "masked")
 
 
 def test_copa_with_an_unknown_question_type_is_refused():
-    row = {**CASES[14][2], "question": "purpose"}
+    row = {**_row("copa"), "question": "purpose"}
     with pytest.raises(ValueError, match=r"task copa \(causal prompt\): example does not fit .*purpose"):
         load_task("copa").render(row)
 
 
 def test_record_answer_missing_from_the_entities_is_refused():
-    row = {**CASES[16][2], "answers": ["Drogba"]}
+    row = {**_row("record"), "answers": ["Drogba"]}
     with pytest.raises(ValueError, match=r"gold answers \['Drogba'\] not among the candidates"):
         load_task("record").render(row)

