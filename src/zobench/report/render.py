@@ -66,7 +66,7 @@ def display_frame(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     })
     if spec.value == "test":  # the choice is worth showing only where there was one
         out["selected on dev"] = [s if s and n > 1 else DASH for s, n in zip(frame["selected"], frame["configs"])]
-    if frame["model"].eq(DASH).all():
+    if frame["model"].nunique() <= 1:  # one model (or none): it is in the title
         out = out.drop(columns="model")
     if spec.value == "peak_memory_gib" or (frame["task"] == "avg").all():
         out = out.drop(columns="task")
