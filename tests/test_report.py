@@ -188,3 +188,15 @@ def test_report_over_real_tiny_runs(tmp_path, data_dir):
     assert mezo.selected == f"optimizer.lr={configs[best]['optimizer']['lr']:g} optimizer.eps=0.001"
     assert mezo.configs == 2
     assert "curves" in written and "memory" in written
+
+
+def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
+    """results/mezo_smollm2_sst2/report/ is what the report makes of the committed run dirs (the
+    PNGs are regenerated too but not compared: their bytes depend on the matplotlib version)."""
+    results = REPO / "results" / "mezo_smollm2_sst2"
+    command = ("python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke "
+               "--out results/mezo_smollm2_sst2/report")
+    assert command in (results / "run.sh").read_text()
+    written = make_report([results / "runs"], "smoke", tmp_path, command)
+    for kind in ("md", "csv", "tex"):
+        assert written[kind].read_bytes() == (results / "report" / written[kind].name).read_bytes(), kind
