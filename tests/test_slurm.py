@@ -188,7 +188,7 @@ def test_two_job_sweep_completes(cluster, tmp_path, data_dir):
 
 def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir):
     sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
-    argv = smoke_sweep(sweep_dir, data_dir, "train.steps=200", "train.checkpoint_every=10", "train.eval_every=200")
+    argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=5", "train.eval_every=100")
     proc = submit(cluster, argv, tmp_path)
     wait_for(lambda: (run_dir / "checkpoint" / "latest").is_file(), 180, "a first checkpoint", cluster)
     (job_id, _), = cluster.jobs()
@@ -200,19 +200,20 @@ def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir
     proc.communicate(timeout=60)
     first = summary(run_dir)
     assert first.get("status") == "interrupted" and first["signal"] == "SIGTERM", first
-    assert 0 < first["steps"] < 200
+    assert 0 < first["steps"] < 100
 
     again = submit(cluster, argv, tmp_path)  # the same command, the same sweep dir
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
-    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["steps"] == 200
+    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["steps"] == 100
     log = (run_dir / "__main__.log").read_text()
     assert f"resumed from step {first['steps']}" in log, log[-2000:]
 
 
 def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir):
     sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
-    argv = smoke_sweep(sweep_dir, data_dir, "train.steps=200", "train.checkpoint_every=1000", "train.eval_every=200")
+    argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=1000", "train.eval_every=100",
+                      "train.log_every=5")
     proc = submit(cluster, argv, tmp_path)
     wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0, 180,
              "training to start", cluster)
@@ -222,7 +223,7 @@ def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, da
     out, _ = proc.communicate(timeout=300)  # the launcher waits through the requeue for the final result
     assert proc.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
     s = summary(run_dir)
-    assert s["status"] == "completed" and s["steps"] == 200, s
+    assert s["status"] == "completed" and s["steps"] == 100, s
     log = (run_dir / "__main__.log").read_text()
     assert "received SIGUSR2: checkpointing after this step" in log
     assert "resumed from step" in log, log[-2000:]
