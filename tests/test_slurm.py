@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +130,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return [tuple(line.split()) for line in out.splitlines() if line.strip()]
 
     def stop(self) -> None:
+        """Cancel what is left, let the jobs finish (a job step whose daemons vanish lingers), stop
+        the daemons, then end any process still carrying this cluster's SLURM_CONF."""
+        subprocess.run(["scancel", "--user", "root"], env=self.env, capture_output=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.jobs():
+            time.sleep(0.5)
         for proc in reversed(self.procs):
             proc.terminate()
         for proc in reversed(self.procs):
@@ -136,6 +143,24 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for pid in self._leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _leftover_pids(self) -> list[int]:
+        """Processes started by this cluster: they inherited its SLURM_CONF (slurmstepd, srun, jobs)."""
+        marker = f"SLURM_CONF={self.conf}".encode() + b"\0"
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "environ").read_bytes() + b"\0":
+                        pids.append(int(entry.name))
+                except OSError:  # gone, or not ours to read
+                    pass
+        return pids
 
 
 @pytest.fixture(scope="module")
