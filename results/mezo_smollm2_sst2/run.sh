@@ -14,3 +14,4 @@ for lr in 1e-5 3e-5 1e-4; do
     train.eval_every=100 hydra.run.dir=$out/mezo_lr$lr
 done
 python results/mezo_smollm2_sst2/table.py $out > results/mezo_smollm2_sst2/README.md
+python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke --out results/mezo_smollm2_sst2/report

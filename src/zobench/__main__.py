@@ -2,8 +2,10 @@
 
 Bad input (an unknown group option or key, a wrong value, a missing data file, an unreadable or
 mismatched checkpoint) ends with one line naming the key and what is allowed, exit code 2, and
-no traceback unless ``debug=true``. A run stopped by SIGTERM/SIGUSR1/SIGINT exits with 128+signal
-after checkpointing (start it again in the same run dir to resume).
+no traceback unless ``debug=true``. A run stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT exits with
+128+signal after checkpointing (start it again in the same run dir to resume). Under Slurm
+through hydra-submitit-launcher (``hydra/launcher=<profile>``), the signal is then handed to
+submitit's handler, which requeues the job: it starts again in the same run dir and resumes.
 """
 
 from __future__ import annotations
@@ -61,7 +63,19 @@ def _app(cfg: DictConfig) -> None:
             raise
         _fail(str(err))
     if summary.get("status") == "interrupted":
-        sys.exit(128 + int(signal.Signals[summary["signal"]]))
+        signum = int(signal.Signals[summary["signal"]])
+        _hand_over(signum)
+        sys.exit(128 + signum)
+
+
+def _hand_over(signum: int) -> None:
+    """Give a stop signal to the handler that was installed before the run's own, now that the
+    checkpoint is written: under submitit that is its SIGUSR2 handler, which dumps the job
+    (hydra-submitit-launcher's ``checkpoint`` resubmits the same job, hence the same run dir),
+    calls ``scontrol requeue`` and exits. Without one (SIG_DFL / SIG_IGN) nothing happens here."""
+    handler = signal.getsignal(signum)
+    if callable(handler) and handler is not signal.default_int_handler:  # not Python's KeyboardInterrupt
+        handler(signum, None)
 
 
 def main() -> None:

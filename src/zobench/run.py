@@ -8,7 +8,7 @@ train for ``train.steps`` (every step is ``optimizer.step(closure)``), evaluatin
 Files in the run dir (DESIGN.md "Run directory"): ``config.yaml`` (resolved, secrets redacted),
 ``metrics.jsonl`` (one event per line), ``summary.json`` (written once, at the end, atomically,
 with ``status`` completed / failed / diverged / interrupted), ``checkpoint/`` (every
-``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGINT). A run started in a dir that
+``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT). A run started in a dir that
 holds a checkpoint resumes from it and ends bit-identical to an uninterrupted run; a completed
 run dir is left as it is. The loop owns the clock, the budget and the evaluation schedule; the
 method only updates parameters (AlgoPerf's rule).
@@ -44,7 +44,9 @@ from .validation import RESUMABLE_KEYS, validate
 log = logging.getLogger(__name__)
 
 _SECRET = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# SIGUSR1: Slurm's usual preemption warning; SIGUSR2: submitit's (hydra-submitit-launcher), sent
+# signal_delay_s before the time limit or on preemption
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -116,7 +118,10 @@ class BatchStream:
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (Slurm preemption) / SIGINT: finish the step, checkpoint, stop."""
+    """SIGTERM / SIGUSR1 / SIGUSR2 (Slurm, submitit) / SIGINT: finish the step, checkpoint, stop.
+
+    The handlers installed before (submitit's requeue handler, for one) are restored on exit, so
+    the caller can hand the signal on once the checkpoint is safe (``__main__``)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
