@@ -231,6 +231,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
                           f"{', '.join(spec.families)} LMs only")
     splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
                           seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, **_protocol(cfg))
+    if cfg.train.steps > 0 and not splits.train:
+        raise ConfigError(f"task={spec.name}: no training examples are left once data.num_dev={cfg.data.num_dev} "
+                          "dev examples are taken from its training pool; lower data.num_dev")
 
     # model, tuning, objective
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)

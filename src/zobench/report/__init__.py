@@ -36,9 +36,10 @@ def table_runs(runs: Runs, spec: TableSpec) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else selected.iloc[0:0].assign(method=[])
 
 
-def make_report(roots: list[Path], table: str, out_dir: Path, command: str) -> dict[str, Path]:
-    """Write ``<table>.md/.tex/.csv`` and the PNG plots into ``out_dir``; returns what was written."""
-    spec = load_table(table)
+def make_report(roots: list[Path], table: str, out_dir: Path, command: str, smoke: bool = False) -> dict[str, Path]:
+    """Write ``<table>.md/.tex/.csv`` and the PNG plots into ``out_dir``; returns what was written.
+    ``smoke``: the table's smoke variant (``<table>_smoke.*``), for the runs of its smoke experiment."""
+    spec = load_table(table, smoke=smoke)
     runs = load_runs([Path(r) for r in roots])
     cells = compute_cells(runs.frame, spec)
     frame = comparison_frame(cells, spec)

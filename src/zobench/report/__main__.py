@@ -22,13 +22,15 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"a shipped table ({', '.join(available_tables())}) or a path to a table YAML")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <first dir>/report)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the table's smoke variant, for the runs of experiment=<table>_smoke")
     args = parser.parse_args(argv)
     out = args.out or args.dirs[0] / "report"
     command = "python -m zobench.report " + " ".join(shlex.quote(a) for a in argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            written = make_report(args.dirs, args.table, out, command)
+            written = make_report(args.dirs, args.table, out, command, smoke=args.smoke)
     except ConfigError as err:
         print(f"zobench: error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -72,6 +72,11 @@ def metric_name(summary: dict) -> str | None:
     return names[0] if names else None
 
 
+# config keys added after runs were first written, with the meaning they had before they existed
+# (a run dir from an older zobench did zero-shot without demonstrations, sampled data MeZO's way, ...)
+KEYS_ADDED_LATER = {"icl.demos": 0, "objective": "loss", "data.protocol": "mezo", "data.k": 16}
+
+
 def read_run(run_dir: Path) -> tuple[dict | None, str | None]:
     """One run dir → (row, None) when completed, else (None, reason it is left out)."""
     summary_path = run_dir / "summary.json"
@@ -85,7 +90,7 @@ def read_run(run_dir: Path) -> tuple[dict | None, str | None]:
         return None, f"status {summary.get('status')}"
     config_path = run_dir / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.is_file() else {}
-    row = flatten(config or {})
+    row = {**KEYS_ADDED_LATER, **flatten(config or {})}
     # the summary wins over the config for the shared names (task/model/... are strings there)
     row.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
     metric = metric_name(summary)

@@ -28,7 +28,10 @@ from ..errors import ConfigError
 VALUES = ("test", "peak_memory_gib")
 COLUMN_KEYS = ("task", "model")
 _KEYS = {"name", "title", "source", "notes", "select", "value", "column_key", "columns", "column_labels",
-         "average_over", "average_column", "search", "rows", "published"}
+         "average_over", "average_column", "search", "rows", "published", "smoke"}
+# what a table's ``smoke`` block may replace: the smoke runs use small models and the tasks the
+# local mirror can train on (conf/experiment/*_smoke.yaml), so their selection differs
+_SMOKE_KEYS = {"title", "select", "columns", "average_over", "notes"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ def available_tables() -> list[str]:
     return sorted(p.stem for p in tables_dir().glob("*.yaml"))
 
 
-def load_table(name_or_path: str) -> TableSpec:
-    """A shipped table by name (``mezo_table1``) or a table YAML by path."""
+def load_table(name_or_path: str, smoke: bool = False) -> TableSpec:
+    """A shipped table by name (``mezo_table1``) or a table YAML by path; ``smoke``: its smoke
+    variant (the ``smoke`` block's keys replace the table's; published cells of dropped columns go)."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = tables_dir() / f"{name_or_path}.yaml"
@@ -79,7 +83,24 @@ def load_table(name_or_path: str) -> TableSpec:
                               "or a path to a table YAML")
     elif not path.is_file():
         raise ConfigError(f"--table {name_or_path}: no such file")
-    return parse_table(yaml.safe_load(path.read_text()) or {}, where=str(path))
+    raw = yaml.safe_load(path.read_text()) or {}
+    return parse_table(smoke_variant(raw, str(path)) if smoke else raw, where=str(path))
+
+
+def smoke_variant(raw: dict, where: str) -> dict:
+    """The table as its smoke runs fill it: ``raw`` with its ``smoke`` block applied."""
+    block = raw.get("smoke")
+    if not isinstance(block, dict) or not block:
+        raise ConfigError(f"{where}: --smoke needs a `smoke` block (keys {', '.join(sorted(_SMOKE_KEYS))})")
+    unknown = sorted(set(block) - _SMOKE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: smoke: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SMOKE_KEYS))}")
+    out = {k: v for k, v in raw.items() if k != "smoke"}
+    out.update(block, name=f"{raw.get('name')}_smoke")
+    columns = set(map(str, out.get("columns") or ())) | {"avg"}
+    out["published"] = {row: {c: v for c, v in cells.items() if str(c) in columns}
+                        for row, cells in (raw.get("published") or {}).items()}
+    return out
 
 
 def parse_table(raw: dict, where: str = "<table>") -> TableSpec:
