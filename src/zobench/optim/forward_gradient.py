@@ -67,9 +67,10 @@ class ForwardGradient(ZOOptimizer):
         direction = self.direction(step)
         with self.engine.dual(self._all_params, direction):
             primal, tangent = fwAD.unpack_dual(closure())
-            loss = float(primal)
-            # no tangent: the loss does not depend on the perturbed parameters (e.g. constant)
-            derivative = 0.0 if tangent is None else float(tangent)
+            if tangent is None:  # a constant loss still has a (zero) tangent once a module ran
+                raise RuntimeError("forward gradient: the loss carries no tangent; the closure must evaluate "
+                                   "the model (parameters read outside their module's forward are not seen)")
+            loss, derivative = float(primal), float(tangent)
         self._record(projected_grad=derivative, loss=loss)
         if math.isfinite(derivative):  # never write NaN/inf into the weights
             for group, params in zip(self.param_groups, self._group_params):
