@@ -12,7 +12,10 @@ Batched evaluation (the paper's speed claim): when the engine can evaluate repli
 argument, the N perturbed losses come from ONE model call on the batch repeated N times, replica
 i at θ + εu_i: ``closure(replicas=N)`` must return the N losses as a tensor of shape (N,)
 (``replicas_per_call`` > 0 splits them into calls of that many replicas, to bound memory).
-Otherwise they are evaluated one after another. Both give the same losses up to rounding.
+Otherwise they are evaluated one after another. Both give the same losses up to rounding. The
+gain is GPU occupancy (N× the rows per kernel); z is still generated once per replica per module.
+Measured on CPU (2 threads, N=8, batch 4 × 32): SmolLM2-135M 32.9 s sequential vs 33.7 s batched
+(z generation dominates), tiny-llama ~2-6× faster batched (noisy, shared cores).
 
 FZOO-R (``reuse=true``, loss reuse): each step evaluates only N/2 new directions (N/2 + 1 passes)
 and reuses the N/2 differences ℓ_j - ℓ0 of the previous step with their directions (regenerated
