@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from zobench.engine import VirtualEngine
-from zobench.optim import (FZOO, LOZO, HiZOO, MeZO, SparseMeZO, SubZero, TeZO, ZOAdam, ZOSGDMomentum, ZOSGDSign,
-                           decay_groups)
+from zobench.optim import (FZOO, LOZO, ForwardGradient, HiZOO, MeZO, SparseMeZO, SubZero, TeZO, ZOAdam, ZOSGDCons,
+                           ZOSGDMomentum, ZOSGDSign, decay_groups)
 
 # name -> (class, hyperparameters that converge on the quadratic below)
 METHODS = {
@@ -19,10 +19,13 @@ METHODS = {
     "mezo_one_sided": (MeZO, dict(lr=0.02, eps=1e-3, one_sided=True)),
     "zo_sgd_momentum": (ZOSGDMomentum, dict(lr=0.005, eps=1e-3, momentum=0.8)),
     "zo_sgd_sign": (ZOSGDSign, dict(lr=0.01, eps=1e-3)),
+    "zo_sgd_cons": (ZOSGDCons, dict(lr=0.02, eps=1e-3)),
+    "forward_gradient": (ForwardGradient, dict(lr=0.02)),
     "zo_adam": (ZOAdam, dict(lr=0.02, eps=1e-3)),
     "hizoo": (HiZOO, dict(lr=0.02, eps=1e-3, hessian_smooth=1e-3)),
     # FZOO's σ ≈ ε‖∇L‖ makes its step η/ε along a normalised direction: η = ε/100 here
     "fzoo": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4)),
+    "fzoo_reuse": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4, reuse=True)),
     "sparse_mezo": (SparseMeZO, dict(lr=0.02, eps=1e-3, sparsity=0.5)),
     # low-rank methods: TeZO's fixed factors span `rank` directions per matrix (24 > 2×10 here);
     # a random, non-orthogonal basis conditions the problem worse, hence the larger steps

@@ -9,6 +9,13 @@ A ZO optimizer never touches weights itself. It asks the engine to
 * ``restore_and_update(...)``: both, in one sweep when the update's direction is the one
   applied (MeZO: 3 sweeps per step instead of 4).
 
+Optional capabilities (``supports_dual`` / ``replica_support``), for engines that see the model:
+
+* ``dual(params, direction)``: a context in which the forward evaluates θ as forward-mode dual
+  tensors (θ, z), so the loss carries the directional derivative ∇L·z as its tangent;
+* ``replicas(params, directions, scale)``: a context in which ONE forward whose batch is the
+  caller's batch repeated N times (replica-major) evaluates replica i at θ + scale·z_i.
+
 ``params`` is a list of ``(pid, tensor)``: ``pid`` is the stable parameter id that seeds z, fixed
 by the optimizer at construction (its index in the flat parameter list).
 """
@@ -36,6 +43,11 @@ class Engine(ABC):
     #: turns it on, because in virtual mode that work happens inside the model's forward
     seconds: float | None = None
     _sync = None
+    #: whether ``dual`` is implemented (forward-mode AD through the model's modules)
+    supports_dual: bool = False
+    #: how many replicas the next forward evaluates (N inside ``replicas``, else 1): the loop's
+    #: forward counter multiplies by it, since one batched call is N forward passes of the batch
+    replica_count: int = 1
 
     def enable_timing(self, sync=None) -> None:
         """Accumulate engine seconds in ``self.seconds``; ``sync`` (e.g. torch.cuda.synchronize)
@@ -62,6 +74,21 @@ class Engine(ABC):
 
     @abstractmethod
     def restore(self, params: ZOParams) -> None: ...
+
+    def dual(self, params: ZOParams, direction: Direction):
+        """Context manager: forwards inside it see θ as dual tensors with tangent z (see the
+        module docstring). Engines without access to the model's modules cannot do this."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward-mode (dual) evaluation; "
+                                  "use engine.mode=virtual")
+
+    def replica_support(self, params: ZOParams) -> str | None:
+        """None if ``replicas`` can evaluate perturbations of ``params``, else the reason it cannot."""
+        return f"{type(self).__name__} has no batched replica evaluation"
+
+    def replicas(self, params: ZOParams, directions: Sequence[Direction], scale: float):
+        """Context manager: one forward of the batch repeated ``len(directions)`` times evaluates
+        replica i at θ + scale·z_i (see the module docstring)."""
+        raise NotImplementedError(self.replica_support(params))
 
     @torch.no_grad()
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:

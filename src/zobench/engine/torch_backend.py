@@ -11,13 +11,39 @@ every module that owns trainable parameters swaps in θ + scale·z (computed wit
 arithmetic as in-place mode) for the duration of that module's forward and puts the original
 tensor back afterwards. Restoration is exact in every dtype; the extra memory is one module's
 parameters at a time (the largest is usually the embedding / LM head).
+
+The virtual engine's hooks also serve two other ways of evaluating the model:
+
+* ``dual``: forward-mode AD. The same pre-hook puts ``fwAD.make_dual(θ, z)`` in the module's
+  parameter slot instead of θ + εz, so the loss comes out as a dual number whose tangent is the
+  directional derivative ∇L(θ)·z (no backward, no stored graph: memory ≈ inference plus one
+  tangent per live activation). ``torch.no_grad`` does not disable forward AD;
+  ``torch.inference_mode`` does (refused with an error). Attention runs on SDPA's math kernel
+  inside ``dual`` (the fused CPU/CUDA kernels have no forward-AD formula).
+* ``replicas``: N perturbations in ONE forward. The caller repeats its batch N times
+  (replica-major: rows [iB, (i+1)B) are replica i) and every parametrised module computes replica
+  i with θ + εz_i: ``nn.Linear`` as y_i = x_i Wᵀ + b + ε(x_i Z_iᵀ + z_b,i) (the shared product
+  is one batched matmul; the perturbation term one matmul per replica), ``nn.Embedding`` as
+  W[ids_i] + ε Z_i[ids_i], any other module that owns parameters and has no parametrised
+  submodule by calling it once per replica on its slice with θ + εz_i swapped in
+  (``torch.func.functional_call``; norms, scaled embeddings, learned positions are cheap).
+  Modules that own parameters AND have parametrised submodules are not supported
+  (``replica_support`` says so; callers fall back to sequential evaluation). Assumption: every
+  parametrised module sees the batch as the leading dimension of its input (true of Hugging Face
+  models; a sequence-first module would mix replicas). The result equals N sequential
+  evaluations up to rounding (W x + ε Z x is not fl(W + εZ) x), not bit for bit.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Engine, ZOParams
 from .directions import Direction
@@ -118,6 +144,13 @@ class VirtualEngine(Engine):
         # parameters currently swapped in: a parameter owned by nested modules (RoBERTa's
         # lm_head.bias is lm_head.decoder.bias) must be perturbed once, by the outermost one
         self._swapped: set[int] = set()
+        # forward-mode evaluation: id(p) -> (pid, direction); parameter slots replaced per module
+        self._dual: dict[int, tuple[int, Direction]] = {}
+        self._dual_saved: dict[int, list[list[tuple[str, nn.Parameter]]]] = {}
+        # replica evaluation: the hooks of the current ``replicas`` context, and a guard against
+        # re-entering them while a module is re-run per replica
+        self._replica_handles = []
+        self._replaying = False
 
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         missing = [pid for pid, p in params if id(p) not in self._owned]
@@ -135,6 +168,10 @@ class VirtualEngine(Engine):
 
     @torch.no_grad()
     def _swap_in(self, module: nn.Module, args) -> None:
+        if self._dual:
+            with self._timed():
+                self._swap_in_dual(module)
+            return
         if not self._active:
             return
         with self._timed():
@@ -162,6 +199,10 @@ class VirtualEngine(Engine):
         return perturbed_value(p, pid, direction, scale)
 
     def _swap_out(self, module: nn.Module, args, output) -> None:
+        slots = self._dual_saved.get(id(module))
+        if slots:
+            for name, original in slots.pop():
+                module._parameters[name] = original
         stack = self._saved.get(id(module))
         if stack:
             with self._timed():
@@ -174,3 +215,166 @@ class VirtualEngine(Engine):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    # -- forward-mode (dual) evaluation -------------------------------------------------------
+    supports_dual = True
+
+    def _require_owned(self, params: ZOParams) -> None:
+        missing = [pid for pid, p in params if id(p) not in self._owned]
+        if missing:
+            raise ValueError(
+                f"engine.mode=virtual: parameters {missing[:5]} are not owned by any module of the "
+                "model the engine was built for; build the engine on that model"
+            )
+
+    @contextmanager
+    def dual(self, params: ZOParams, direction: Direction):
+        """Inside this context the model evaluates L at the dual point (θ, z): read the
+        directional derivative ∇L·z as ``fwAD.unpack_dual(loss).tangent`` before leaving it."""
+        self._require_owned(params)
+        if self._active:
+            raise RuntimeError("VirtualEngine.dual: a perturbation is active; restore() first")
+        self._dual = {id(p): (pid, direction) for pid, p in params}
+        self._tied_cache = {}
+        try:
+            with fwAD.dual_level(), sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            self._dual = {}
+            self._tied_cache = {}
+
+    def _swap_in_dual(self, module: nn.Module) -> None:
+        saved = []
+        for name, p in list(module._parameters.items()):
+            entry = self._dual.get(id(p)) if p is not None else None
+            if entry is None:
+                continue
+            # every owner swaps its own slot (a parameter shared by nested modules lives in
+            # several slots); tied parameters share one dual per evaluation, others are made per
+            # call so only one module's tangent is alive at a time
+            value = self._tied_cache.get(id(p))
+            if value is None:
+                pid, direction = entry
+                value = fwAD.make_dual(p.detach(), direction.sample(pid, p).to(p.dtype))
+                if fwAD.unpack_dual(value).tangent is None:
+                    raise RuntimeError("forward-mode AD is disabled here (torch.inference_mode?): "
+                                       "the closure must run under torch.no_grad, not inference_mode")
+                if id(p) in self._tied:
+                    self._tied_cache[id(p)] = value
+            saved.append((name, p))
+            module._parameters[name] = value
+        if saved:
+            self._dual_saved.setdefault(id(module), []).append(saved)
+
+    # -- batched replica evaluation -----------------------------------------------------------
+    def _replica_plan(self, params: ZOParams):
+        """[(module, kind, [(name, parameter, pid)])] for every module that must perturb some of
+        ``params``, or a string saying why a module cannot be evaluated per replica."""
+        wanted = {id(p): pid for pid, p in params}
+        plan = []
+        for qualname, module in self.model.named_modules():
+            own = [(n, p) for n, p in module._parameters.items() if p is not None and id(p) in wanted]
+            if not own:
+                continue
+            if type(module) is nn.Linear:
+                kind = "linear"
+            elif type(module) is nn.Embedding and module.max_norm is None:
+                kind = "embedding"
+            else:
+                below = {id(q) for child in module.children() for q in child.parameters()}
+                # a parameter also owned by a submodule is perturbed there (RoBERTa's
+                # lm_head.bias is lm_head.decoder.bias)
+                own = [(n, p) for n, p in own if id(p) not in below]
+                if not own:
+                    continue
+                if below:
+                    return (f"module {qualname or type(module).__name__} ({type(module).__name__}) owns "
+                            "parameters and has parametrised submodules")
+                kind = "generic"
+            plan.append((module, kind, [(n, p, wanted[id(p)]) for n, p in own]))
+        return plan
+
+    def replica_support(self, params: ZOParams) -> str | None:
+        missing = [pid for pid, p in params if id(p) not in self._owned]
+        if missing:
+            return f"parameters {missing[:5]} are not owned by any module of the model"
+        plan = self._replica_plan(params)
+        return plan if isinstance(plan, str) else None
+
+    @contextmanager
+    def replicas(self, params: ZOParams, directions: Sequence[Direction], scale: float):
+        """Inside this context one forward of the batch repeated ``len(directions)`` times
+        (replica-major) evaluates replica i at θ + scale·z_i; the closure returns N losses."""
+        plan = self._replica_plan(params)
+        if isinstance(plan, str):
+            raise ValueError(f"engine.mode=virtual cannot evaluate replicas: {plan}")
+        if self._active or self._dual:
+            raise RuntimeError("VirtualEngine.replicas: another evaluation is active; restore() first")
+        directions = list(directions)
+        hooks = {"linear": self._replica_linear, "embedding": self._replica_embedding,
+                 "generic": self._replica_generic}
+        for module, kind, entries in plan:
+            def hook(module, args, kwargs, output, _fn=hooks[kind], _entries=entries):
+                if self._replaying:
+                    return None
+                with torch.no_grad(), self._timed():
+                    return _fn(module, args, kwargs, output, _entries, directions, scale)
+            self._replica_handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        self.replica_count = len(directions)
+        try:
+            yield
+        finally:
+            for handle in self._replica_handles:
+                handle.remove()
+            self._replica_handles = []
+            self.replica_count = 1
+
+    @staticmethod
+    def _split(module: nn.Module, rows: int, n: int) -> None:
+        if rows % n:
+            raise ValueError(f"replicas: {type(module).__name__} got {rows} rows, not a multiple of the "
+                             f"{n} replicas; the closure must repeat its batch {n} times (replica-major)")
+
+    def _replica_linear(self, module, args, kwargs, output, entries, directions, scale):
+        x = args[0] if args else kwargs["input"]
+        n = len(directions)
+        self._split(module, x.shape[0], n)
+        for direction, xi, yi in zip(directions, x.chunk(n), output.chunk(n)):
+            for name, p, pid in entries:
+                z = direction.sample(pid, p).to(p.dtype)
+                # y_i += ε (x_i Z_iᵀ) or ε z_b,i: the perturbation's contribution, replica i only
+                yi.add_(F.linear(xi, z) if name == "weight" else z, alpha=scale)
+        return output
+
+    def _replica_embedding(self, module, args, kwargs, output, entries, directions, scale):
+        ids = args[0] if args else kwargs["input"]
+        n = len(directions)
+        self._split(module, ids.shape[0], n)
+        (_, p, pid), = entries
+        for direction, ids_i, yi in zip(directions, ids.chunk(n), output.chunk(n)):
+            yi.add_(F.embedding(ids_i, direction.sample(pid, p).to(p.dtype)), alpha=scale)
+        return output
+
+    def _replica_generic(self, module, args, kwargs, output, entries, directions, scale):
+        if not isinstance(output, torch.Tensor) or output.ndim == 0:
+            raise TypeError(f"replicas: {type(module).__name__} returns {type(output).__name__}, "
+                            "only modules returning one batch-shaped tensor can be evaluated per replica")
+        n, rows = len(directions), output.shape[0]
+        self._split(module, rows, n)
+
+        def piece(value, i):  # replica i's rows of every batch-shaped input, the rest unchanged
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
+                return value.chunk(n)[i]
+            return value
+
+        outputs = []
+        self._replaying = True
+        try:
+            for i, direction in enumerate(directions):
+                swapped = {name: perturbed_value(p, pid, direction, scale) for name, p, pid in entries}
+                outputs.append(torch.func.functional_call(
+                    module, swapped, tuple(piece(a, i) for a in args),
+                    {k: piece(v, i) for k, v in kwargs.items()}))
+        finally:
+            self._replaying = False
+        return torch.cat(outputs)

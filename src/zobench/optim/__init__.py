@@ -1,6 +1,7 @@
 """Zeroth-order optimizers, one file per method, each a ``torch.optim.Optimizer``."""
 
 from ._common import ZOOptimizer, decay_groups
+from .forward_gradient import ForwardGradient
 from .fzoo import FZOO
 from .hizoo import HiZOO
 from .lozo import LOZO
@@ -9,8 +10,9 @@ from .sparse_mezo import SparseMeZO
 from .subzero import SubZero
 from .tezo import TeZO
 from .zo_adam import ZOAdam
+from .zo_sgd_cons import ZOSGDCons
 from .zo_sgd_momentum import ZOSGDMomentum
 from .zo_sgd_sign import ZOSGDSign
 
-__all__ = ["FZOO", "HiZOO", "LOZO", "MeZO", "SparseMeZO", "SubZero", "TeZO", "ZOAdam", "ZOOptimizer",
-           "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]
+__all__ = ["FZOO", "ForwardGradient", "HiZOO", "LOZO", "MeZO", "SparseMeZO", "SubZero", "TeZO", "ZOAdam",
+           "ZOOptimizer", "ZOSGDCons", "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]

@@ -1,0 +1,87 @@
+"""ZO-SGD-Cons: zeroth-order SGD with a conservative (never worse on the batch) update (ZO-Bench:
+Zhang et al., "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning: A
+Benchmark", ICML 2024, §3 and Appendix; code ``ZO-Bench/ZO-LLM``, ``ZO_Conserv``).
+
+Per step, with z ~ N(0, I) regenerated from the step seed:
+
+    ℓ0 = L(θ),  ℓ+ = L(θ + εz),  ℓ- = L(θ - εz),  g = (ℓ+ - ℓ-) / 2ε          (SPSA)
+    ℓ↓ = L(θ - ηgz),  ℓ↑ = L(θ + ηgz)                                           (trial steps)
+    θ ← (1 - ηλ) θ + c z,   c = -ηg if ℓ↓ is the least of (ℓ↓, ℓ0, ℓ↑),
+                            c = 0   if ℓ0 is,   c = +ηg if ℓ↑ is
+
+i.e. the SGD step is taken, reversed or rejected, whichever gives the lowest loss on the batch.
+5 forward passes per step, no state. The trial points are evaluated as perturbations of θ
+through the engine (scale ∓ηg along the same z), so with ``engine.mode=virtual`` the weights are
+written once per step, and the accepted trial point is exactly the weights that get written.
+
+Deviations from the authors' code (``ZO_Conserv.step``):
+
+* The authors move the weights θ → θ-ηgz → θ+ηgz → (θ or θ-ηgz) in place with an inner torch SGD
+  optimizer (3 more parameter sweeps, ulp drift on a rejected step); here the trials are engine
+  perturbations and the chosen step is applied once.
+* Ties: the first minimum in the order (ℓ↓, ℓ0, ℓ↑) wins, so an equal loss keeps the SGD step,
+  then the current weights; the authors' nested comparisons break some ties toward θ+ηgz.
+* Weight decay λ (decoupled, decay groups only) is applied every step whatever the choice; the
+  authors' inner SGD has none. The step returns the loss of the chosen point (the authors' older
+  code returns ℓ↓, the newer the chosen one).
+* One learning rate for all groups (the trials are one perturbation of every parameter); the
+  loop's decay groups share it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..engine import Engine
+from ._common import Closure, ZOOptimizer
+
+
+class ZOSGDCons(ZOOptimizer):
+    """ZO-SGD with a conservative update: keep the best of θ - ηgz, θ, θ + ηgz on the batch.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group, ``lr`` may not).
+        lr: learning rate η.
+        eps: perturbation scale ε of the SPSA estimate.
+        weight_decay: λ, decoupled, applied after the choice.
+        seed: base seed of this optimizer's direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
+    forward_passes_per_step = 5
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
+                 seed: int = 0, engine: Engine | None = None) -> None:
+        if lr < 0:
+            raise ValueError(f"lr={lr}: must be >= 0")
+        if eps <= 0:
+            raise ValueError(f"eps={eps}: must be > 0")
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), engine=engine, seed=seed)
+
+    @torch.no_grad()
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+        lr = self._shared("lr")
+        step = self._advance()
+        direction = self.direction(step)
+        loss_zero = float(closure())
+        g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
+        if not math.isfinite(g):  # never write NaN/inf into the weights; no trial to make
+            self.engine.restore(self._all_params)
+            self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero)
+            return torch.tensor(loss_zero)
+        self.engine.perturb(self._all_params, direction, -lr * g)
+        loss_descent = float(closure())
+        self.engine.perturb(self._all_params, direction, +lr * g)
+        loss_ascent = float(closure())
+        # first minimum wins: the SGD step, then staying, then the reversed step
+        candidates = [(loss_descent, -lr * g), (loss_zero, 0.0), (loss_ascent, lr * g)]
+        choice = min(range(3), key=lambda i: candidates[i][0] if math.isfinite(candidates[i][0]) else math.inf)
+        chosen_loss, coeff = candidates[choice]
+        # choice: 0 the SGD step, 1 no step, 2 the reversed step
+        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero,
+                     loss_descent=loss_descent, loss_ascent=loss_ascent, choice=choice)
+        for group, params in zip(self.param_groups, self._group_params):
+            self.engine.restore_and_update(params, direction, coeff=coeff, decay=lr * group["weight_decay"])
+        return torch.tensor(chosen_loss)

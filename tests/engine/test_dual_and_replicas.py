@@ -1,0 +1,120 @@
+"""The virtual engine's two other evaluations: forward-mode duals (∇L·z in one forward) and
+batched replicas (N perturbations in one forward), each checked against the plain engine."""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from tests.conftest import TINY_ARCHS, tiny_model
+from zobench.engine import Direction, InPlaceEngine, VirtualEngine
+
+CAUSAL = [f for f, (kind, _) in TINY_ARCHS.items() if kind == "causal"]
+
+
+def _params(model):
+    return [(pid, p) for pid, p in enumerate(model.parameters())]
+
+
+def _loss(model, ids):
+    return model(input_ids=ids).logits.logsumexp(-1).mean()
+
+
+@pytest.mark.parametrize("family", list(TINY_ARCHS))
+def test_dual_tangent_is_the_directional_derivative(family):
+    """float64: tangent = autograd's ∇L·z, and = the central difference (L(θ+hz)-L(θ-hz))/2h.
+    Llama/Gemma compute their norms and rotary tables in float32 even in a float64 model, so the
+    difference quotient carries float32 noise there, and both derivatives float32 rounding."""
+    model = tiny_model(family, torch.float64)
+    fd_rel, ad_rel = (1e-3, 1e-6) if family in ("llama", "gemma3") else (1e-6, 1e-9)
+    params, direction = _params(model), Direction(7)
+    ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    engine = VirtualEngine(model)
+    with torch.no_grad(), engine.dual(params, direction):
+        primal, tangent = fwAD.unpack_dual(_loss(model, ids))
+        primal, tangent = float(primal), float(tangent)
+    with torch.no_grad():
+        assert primal == float(_loss(model, ids))  # the primal is the plain loss, bit for bit
+        h = 1e-6
+        engine.perturb(params, direction, h)
+        plus = float(_loss(model, ids))
+        engine.perturb(params, direction, -h)
+        minus = float(_loss(model, ids))
+        engine.restore(params)
+    assert tangent == pytest.approx((plus - minus) / (2 * h), rel=fd_rel, abs=1e-8)
+    model.requires_grad_(True)
+    grads = torch.autograd.grad(_loss(model, ids), [p for _, p in params], allow_unused=True)
+    expected = sum(float((g * direction.sample(pid, p).double()).sum())
+                   for (pid, p), g in zip(params, grads) if g is not None)
+    assert tangent == pytest.approx(expected, rel=ad_rel, abs=1e-12)
+
+
+def test_dual_leaves_the_parameters_in_their_slots_and_refuses_inference_mode():
+    model = tiny_model("llama")
+    before = {n: p for n, p in model.named_parameters()}
+    engine = VirtualEngine(model)
+    ids = torch.randint(0, 64, (1, 4))
+    with torch.no_grad(), engine.dual(_params(model), Direction(1)):
+        _loss(model, ids)
+    assert all(p is before[n] for n, p in model.named_parameters())
+    with pytest.raises(RuntimeError, match="inference_mode"):
+        with torch.inference_mode(), engine.dual(_params(model), Direction(1)):
+            _loss(model, ids)
+    assert all(p is before[n] for n, p in model.named_parameters())
+    with pytest.raises(NotImplementedError, match="engine.mode=virtual"):
+        InPlaceEngine().dual(_params(model), Direction(1))
+
+
+def _replica_losses(model, ids, n):
+    """Per-replica losses of the batch repeated n times (the closure contract for replicas)."""
+    logits = model(input_ids=ids.repeat(n, 1)).logits
+    return logits.logsumexp(-1).reshape(n, -1).mean(-1)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family):
+    model = tiny_model(family)
+    params, engine = _params(model), VirtualEngine(model)
+    assert engine.replica_support(params) is None
+    directions = [Direction(seed, "rademacher") for seed in range(5)]
+    ids = torch.randint(3, 64, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sequential = []
+        for direction in directions:
+            engine.perturb(params, direction, 1e-2)
+            sequential.append(float(_loss(model, ids)))
+        engine.restore(params)
+        with engine.replicas(params, directions, 1e-2):
+            assert engine.replica_count == 5
+            batched = _replica_losses(model, ids, 5)
+        assert engine.replica_count == 1
+        plain = float(_loss(model, ids))
+    torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
+    # the replicas differ from each other and from θ: the perturbation really acted per replica
+    assert len({round(v, 6) for v in sequential + [plain]}) == 6
+    # after the context, the model is the plain one again
+    assert float(_loss(model, ids)) == plain
+
+
+def test_replicas_refuse_what_they_cannot_evaluate():
+    class OwnsAndNests(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+            self.inner = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.inner(x) * self.scale
+
+    model = OwnsAndNests()
+    engine = VirtualEngine(model)
+    assert "parametrised submodules" in engine.replica_support(_params(model))
+    with pytest.raises(ValueError, match="parametrised submodules"):
+        with engine.replicas(_params(model), [Direction(0)], 1e-3):
+            pass
+    linear = nn.Linear(3, 2)
+    engine = VirtualEngine(linear)
+    with pytest.raises(ValueError, match="not a multiple"):
+        with torch.no_grad(), engine.replicas(_params(linear), [Direction(0), Direction(1)], 1e-3):
+            linear(torch.ones(3, 3))
+    assert "no batched replica" in InPlaceEngine().replica_support(_params(linear))
