@@ -233,3 +233,17 @@ def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
     assert 0 <= summary["test_f1"] <= 1 and 0 <= summary["test_em"] <= summary["test_f1"]
     evals = [e for e in _events(tmp_path) if e["event"] == "eval"]
     assert [e["split"] for e in evals] == ["test"] and {"f1", "em"} <= set(evals[0])
+
+
+def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
+    """FZOO's N perturbed losses from one replicated call (virtual engine) = N sequential calls,
+    and the loop's counter still counts N+1 forward passes per step."""
+    results = {}
+    for batched in (True, False):
+        run_dir = tmp_path / f"batched_{batched}"
+        cfg = compose_run(*SMOKE, "optimizer=fzoo", "optimizer.num_directions=4", f"optimizer.batched={batched}",
+                          "train.steps=3", "train.log_every=1", "train.eval_every=3", f"data.dir={data_dir}")
+        results[batched] = run(cfg, run_dir), [e for e in _events(run_dir) if e["event"] == "train"]
+    (summary_b, train_b), (summary_s, train_s) = results[True], results[False]
+    assert summary_b["forward_passes"] == summary_s["forward_passes"] == 3 * 5
+    assert [e["loss"] for e in train_b] == pytest.approx([e["loss"] for e in train_s], rel=1e-5)

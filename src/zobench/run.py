@@ -35,7 +35,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from .engine import build_engine, mix_seed, resolve_backend
 from .errors import CheckpointError, ConfigError
-from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_loss
+from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_closure
 from .optim import decay_groups
 from .tasks import build_splits, load_task
 from .telemetry import ForwardCounter, JsonlLogger, PeakMemory, Progress, WandbLogger
@@ -262,6 +262,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         optimizer = optimizer_cls(decay_groups(named, weight_decay), **opt_cfg)
     else:
         engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
+        counter.replicas = lambda: engine.replica_count  # a batched call evaluates several models
         optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
     metric = objective.metric
 
@@ -317,7 +318,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         if first_order:
             loss, info = _first_order_step(optimizer, objective, batch)
         else:
-            loss = float(optimizer.step(lambda: zo_loss(objective, batch, cfg.objective)))
+            loss = float(optimizer.step(zo_closure(objective, batch, cfg.objective)))
             info = optimizer.last_step_info
         loop["train_peak"] = max(loop["train_peak"], memory.peak())
         progress.update(loss, counter["train"])

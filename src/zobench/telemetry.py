@@ -30,15 +30,19 @@ log = logging.getLogger(__name__)
 
 
 class ForwardCounter:
-    """Counts model forward calls per phase; ``with counter.phase("eval"): ...``."""
+    """Counts model forward passes per phase; ``with counter.phase("eval"): ...``.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    ``replicas`` (a callable) says how many forward passes one call is: a batched evaluation of
+    N perturbed models (FZOO on the virtual engine) is one call but N forward passes."""
+
+    def __init__(self, model: torch.nn.Module, replicas=None) -> None:
         self.counts: Counter[str] = Counter()
         self.current = "train"
+        self.replicas = replicas or (lambda: 1)
         self._handle = model.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args) -> None:
-        self.counts[self.current] += 1
+        self.counts[self.current] += self.replicas()
 
     @contextlib.contextmanager
     def phase(self, name: str):

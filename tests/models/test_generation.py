@@ -65,3 +65,17 @@ def test_icl_prepends_stripped_demonstrations_as_mezo_does():
     assert shown.prompt == "good film It was great\n\nbad film It was terrible\n\nfine film It was"
     assert shown.candidates == (" terrible", " great") and shown.label == 1
     assert with_demonstrations(demos[0], []) is demos[0]
+
+
+def test_replicated_losses_equal_the_single_loss_when_nothing_is_perturbed(llama):
+    """``loss(batch, replicas=N)``: one call on the batch repeated N times, one loss per replica."""
+    model, tokenizer = llama
+    shared = [Rendered("good film It was", (" terrible", " great"), 1), Rendered("bad one It was", (" terrible", " great"), 0)]
+    multi = [Rendered("The cat sat on the", (" mat", " big red sofa"), 1), Rendered("Paris is in", (" France",), 0)]
+    for objective, examples in (("classification", shared), ("classification", multi), ("lm", multi)):
+        scorer = CandidateScorer(model, tokenizer, 64, "cpu", objective=objective)
+        batch = [scorer.encode(e) for e in examples]
+        with torch.no_grad():
+            single, replicated = scorer.loss(batch), scorer.loss(batch, replicas=3)
+        assert replicated.shape == (3,)
+        torch.testing.assert_close(replicated, single.repeat(3), rtol=1e-5, atol=1e-6)

@@ -68,3 +68,11 @@ def test_evaluate_reports_accuracy_of_the_argmax(roberta):
         predictions = scorer.predict(batch)
     expected = sum(p == e.label for p, e in zip(predictions, batch)) / len(batch)
     assert scorer.evaluate(batch, batch_size=2) == {"accuracy": pytest.approx(expected)}
+
+
+def test_replicated_losses_equal_the_single_loss(roberta):
+    scorer = MaskedScorer(*roberta, 32, "cpu")
+    batch = [scorer.encode(r) for r in _examples()]
+    with torch.no_grad():
+        single, replicated = scorer.loss(batch), scorer.loss(batch, replicas=2)
+    torch.testing.assert_close(replicated, single.repeat(2), rtol=1e-5, atol=1e-6)

@@ -102,14 +102,18 @@ class CandidateScorer:
         return Encoded(tuple(contexts), tuple(options), example.label, tuple(getattr(example, "gold", ())))
 
     # -- model call ---------------------------------------------------------------------------
-    def _forward(self, sequences: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
-        """Log-probabilities (float32) at the last ``keep`` positions of left-padded sequences."""
+    def _forward(self, sequences: Sequence[Sequence[int]], keep: int, replicas: int = 1) -> torch.Tensor:
+        """Log-probabilities (float32) at the last ``keep`` positions of left-padded sequences.
+
+        ``replicas`` > 1: the sequences are repeated replica-major in one model call (batched
+        FZOO: replica r sees the engine's r-th perturbation); rows come back in that order."""
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for row, seq in enumerate(sequences):
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
+        ids, mask = ids.repeat(replicas, 1), mask.repeat(replicas, 1)
         kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
         if self._takes_positions:  # left padding: positions count real tokens only
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
@@ -118,44 +122,56 @@ class CandidateScorer:
         logits = self.model(**kwargs).logits[:, -keep:]
         return F.log_softmax(logits.float(), dim=-1)
 
-    def scores(self, batch: Sequence[Encoded]) -> torch.Tensor:
-        """Mean log-likelihood per candidate, shape (B, K_max); missing candidates are -inf.
+    def scores(self, batch: Sequence[Encoded], replicas: int = 1) -> torch.Tensor:
+        """Mean log-likelihood per candidate, shape (B, K_max) (``replicas`` > 1: (R, B, K_max));
+        missing candidates are -inf.
 
         Differentiable when called with grad enabled (first-order baselines); the ZO loop runs
         it under ``torch.no_grad``."""
         k_max = max(len(e.options) for e in batch)
         rows = []
         if all(e.shared_single_token for e in batch):
-            logprobs = self._forward([e.contexts[0] for e in batch], keep=1)[:, 0].cpu()
-            for row, e in enumerate(batch):
-                rows.append(logprobs[row, torch.tensor([o[0] for o in e.options])])
+            logprobs = self._forward([e.contexts[0] for e in batch], keep=1, replicas=replicas)[:, 0].cpu()
+            for r in range(replicas):
+                for row, e in enumerate(batch):
+                    rows.append(logprobs[r * len(batch) + row, torch.tensor([o[0] for o in e.options])])
         else:
             pairs = [(row, c, o) for row, e in enumerate(batch) for c, o in zip(e.contexts, e.options)]
-            per_pair = self._option_logprobs([(c, o) for _, c, o in pairs])
-            by_row = [[] for _ in batch]
-            for (row, _, _), token_logprobs in zip(pairs, per_pair):
-                by_row[row].append(token_logprobs.mean())
-            rows = [torch.stack(r) for r in by_row]
-        return torch.stack([F.pad(r, (0, k_max - len(r)), value=float("-inf")) for r in rows])
+            per_pair = self._option_logprobs([(c, o) for _, c, o in pairs], replicas)
+            for r in range(replicas):
+                by_row = [[] for _ in batch]
+                for (row, _, _), token_logprobs in zip(pairs, per_pair[r * len(pairs):(r + 1) * len(pairs)]):
+                    by_row[row].append(token_logprobs.mean())
+                rows.extend(torch.stack(x) for x in by_row)
+        out = torch.stack([F.pad(x, (0, k_max - len(x)), value=float("-inf")) for x in rows])
+        return out if replicas == 1 else out.view(replicas, len(batch), k_max)
 
-    def _option_logprobs(self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[torch.Tensor]:
-        """log p of every option token given its context, one tensor per (context, option) pair."""
+    def _option_logprobs(self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+                         replicas: int = 1) -> list[torch.Tensor]:
+        """log p of every option token given its context, one tensor per (context, option) pair
+        (replica-major when ``replicas`` > 1)."""
         keep = max(len(o) for _, o in pairs) + 1
-        logprobs = self._forward([c + o for c, o in pairs], keep=keep).cpu()
+        logprobs = self._forward([c + o for c, o in pairs], keep=keep, replicas=replicas).cpu()
         out = []
-        for i, (_, option) in enumerate(pairs):
+        for i in range(replicas * len(pairs)):
+            option = pairs[i % len(pairs)][1]
             n = len(option)
             # the token at position T-n+t is predicted by position T-n+t-1, kept index keep-n+t-1
             positions = torch.arange(keep - n - 1, keep - 1)
             out.append(logprobs[i, positions, torch.tensor(option)])
         return out
 
-    def loss(self, batch: Sequence[Encoded]) -> torch.Tensor:
+    def loss(self, batch: Sequence[Encoded], replicas: int = 1) -> torch.Tensor:
+        """The training loss; ``replicas`` > 1: one loss per replica, shape (R,), from one call."""
         if self.objective == "lm":
-            gold = self._option_logprobs([(e.contexts[e.label], e.options[e.label]) for e in batch])
-            return -torch.cat(gold).mean()
+            gold = self._option_logprobs([(e.contexts[e.label], e.options[e.label]) for e in batch], replicas)
+            per_replica = [-torch.cat(gold[r * len(batch):(r + 1) * len(batch)]).mean() for r in range(replicas)]
+            return per_replica[0] if replicas == 1 else torch.stack(per_replica)
         labels = torch.tensor([e.label for e in batch])
-        return F.cross_entropy(self.scores(batch), labels)
+        scores = self.scores(batch, replicas)
+        if replicas == 1:
+            return F.cross_entropy(scores, labels)
+        return torch.stack([F.cross_entropy(scores[r], labels) for r in range(replicas)])
 
     def predict(self, batch: Sequence[Encoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()

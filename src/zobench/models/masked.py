@@ -111,26 +111,33 @@ class MaskedScorer:
         hidden = args[0]
         return (hidden[torch.arange(hidden.shape[0], device=hidden.device), self._selected].unsqueeze(1),) + args[1:]
 
-    def scores(self, batch: Sequence[MaskedEncoded]) -> torch.Tensor:
-        """Label-word logits at the mask, shape (B, K_max); missing labels are -inf."""
+    def scores(self, batch: Sequence[MaskedEncoded], replicas: int = 1) -> torch.Tensor:
+        """Label-word logits at the mask, shape (B, K_max) (``replicas`` > 1: the batch repeated
+        replica-major in one call, shape (R, B, K_max)); missing labels are -inf."""
         width = max(e.length for e in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, e in enumerate(batch):
             ids[row, : e.length] = torch.tensor(e.ids)
             mask[row, : e.length] = 1
-        self._selected = torch.tensor([e.mask_position for e in batch], device=self.device)
+        ids, mask = ids.repeat(replicas, 1), mask.repeat(replicas, 1)
+        self._selected = torch.tensor([e.mask_position for e in batch] * replicas, device=self.device)
         try:
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, 0]
         finally:
             self._selected = None
         logits = logits.float().cpu()
         k_max = max(len(e.words) for e in batch)
-        return torch.stack([F.pad(logits[row, torch.tensor(e.words)], (0, k_max - len(e.words)), value=float("-inf"))
-                            for row, e in enumerate(batch)])
+        out = torch.stack([F.pad(logits[i, torch.tensor(e.words)], (0, k_max - len(e.words)), value=float("-inf"))
+                           for i, e in enumerate(list(batch) * replicas)])
+        return out if replicas == 1 else out.view(replicas, len(batch), k_max)
 
-    def loss(self, batch: Sequence[MaskedEncoded]) -> torch.Tensor:
-        return F.cross_entropy(self.scores(batch), torch.tensor([e.label for e in batch]))
+    def loss(self, batch: Sequence[MaskedEncoded], replicas: int = 1) -> torch.Tensor:
+        labels = torch.tensor([e.label for e in batch])
+        scores = self.scores(batch, replicas)
+        if replicas == 1:
+            return F.cross_entropy(scores, labels)
+        return torch.stack([F.cross_entropy(scores[r], labels) for r in range(replicas)])
 
     def predict(self, batch: Sequence[MaskedEncoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()

@@ -55,6 +55,15 @@ def with_demonstrations(example: Rendered, demos: Sequence[Rendered], separator:
     return replace(example, prompt=(shown + separator + example.prompt).lstrip())
 
 
+def zo_closure(objective, batch, which: str):
+    """The closure a ZO method calls: the task loss (``closure(replicas=N)`` gives N losses from
+    one batched call, for methods that evaluate several perturbations at once), or minus the
+    batch accuracy / F1 (a non-differentiable objective; one evaluation per call)."""
+    if which == "loss":
+        return lambda replicas=1: objective.loss(batch, replicas=replicas)
+    return lambda: zo_loss(objective, batch, which)
+
+
 def zo_loss(objective, batch, which: str):
     """The scalar a ZO method minimises: the task loss, or minus the batch accuracy / F1."""
     import torch
