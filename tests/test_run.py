@@ -139,6 +139,8 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
 
     from zobench.run import _import
 
+    if optimizer == "linear_probe":
+        pytest.skip("linear probing takes no steps (test_linear_probing_run)")
     cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2",
                       f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
@@ -247,3 +249,24 @@ def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     (summary_b, train_b), (summary_s, train_s) = results[True], results[False]
     assert summary_b["forward_passes"] == summary_s["forward_passes"] == 3 * 5
     assert [e["loss"] for e in train_b] == pytest.approx([e["loss"] for e in train_s], rel=1e-5)
+
+
+def test_linear_probing_run(tmp_path, data_dir):
+    cfg = compose_run(*SMOKE, "optimizer=linear_probe", "train.steps=0", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["engine"] == "none" and summary["steps"] == 0
+    assert summary["forward_passes"] == 32 // 8  # feature extraction of 32 training examples, batch 8
+    assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["dev_accuracy"] <= 1
+
+
+def test_linear_probing_refuses_training_steps(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="optimizer=linear_probe fits a classifier .* set train.steps=0"):
+        run(compose_run(*SMOKE, "optimizer=linear_probe", "train.steps=5", f"data.dir={data_dir}"), tmp_path)
+
+
+@pytest.mark.parametrize("tuning, optimizer", [("lora", "hizoo"), ("prefix", "zo_adam"), ("lora", "adam")])
+def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
+    cfg = compose_run(*SMOKE, f"tuning={tuning}", f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2",
+                      "optimizer.lr=1e-3", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["tuning"] == tuning and summary["optimizer"] == optimizer

@@ -251,14 +251,23 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     counter = ForwardCounter(hf_model(model))  # one call per forward, whatever the wrapper or objective
     memory = PeakMemory(device)
 
-    # optimizer: a ZO method on the engine, or a first-order torch optimizer (FT baselines)
+    # optimizer: a ZO method on the engine, a first-order torch optimizer (FT baselines), or a
+    # linear probe fitted on the frozen model's features (LP baseline, no steps)
     named = trainable(model)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     opt_cfg.pop("name")
     optimizer_cls = _import(opt_cfg.pop("_target_"))
     weight_decay = opt_cfg.pop("weight_decay", 0.0)
     first_order = bool(opt_cfg.pop("first_order", False))
-    if first_order:
+    probing = bool(opt_cfg.pop("linear_probe", False))
+    if probing:
+        if cfg.train.steps != 0:
+            raise ConfigError(f"optimizer=linear_probe fits a classifier on frozen features and takes no steps; "
+                              f"set train.steps=0 (got {cfg.train.steps})")
+        with counter.phase("train"):  # the training examples' feature forwards are its training cost
+            objective = optimizer_cls(objective, train, cfg.train.eval_batch_size, seed=cfg.seed, **opt_cfg)
+        optimizer = None
+    elif first_order:
         optimizer = optimizer_cls(decay_groups(named, weight_decay), **opt_cfg)
     else:
         engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
@@ -374,7 +383,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
         "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
         "device": str(device),
-        "engine": "autograd" if first_order else f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}",
+        "engine": ("autograd" if first_order else "none" if probing
+                   else f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}"),
         "status": status,
     }
     if status == "interrupted":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..tasks import Rendered
-from .introspect import forward_options
+from .introspect import forward_options, hf_model
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,17 @@ class CandidateScorer:
 
     def predict(self, batch: Sequence[Encoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()
+
+    def features(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        """The LM head's input at the last context token, (B, hidden), float32 (linear probing)."""
+        captured = []
+        head = hf_model(self.model).get_output_embeddings()
+        handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0][:, -1]))
+        try:
+            self._forward([e.contexts[0] for e in batch], keep=1)
+        finally:
+            handle.remove()
+        return captured[0].float().cpu()
 
     def batch_metric(self, batch: Sequence[Encoded]) -> float:
         """Accuracy on one batch (the non-differentiable ZO objective ``objective=accuracy``)."""

@@ -109,7 +109,8 @@ class MaskedScorer:
         if self._selected is None:
             return None
         hidden = args[0]
-        return (hidden[torch.arange(hidden.shape[0], device=hidden.device), self._selected].unsqueeze(1),) + args[1:]
+        self._mask_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), self._selected]
+        return (self._mask_states.unsqueeze(1),) + args[1:]
 
     def scores(self, batch: Sequence[MaskedEncoded], replicas: int = 1) -> torch.Tensor:
         """Label-word logits at the mask, shape (B, K_max) (``replicas`` > 1: the batch repeated
@@ -131,6 +132,11 @@ class MaskedScorer:
         out = torch.stack([F.pad(logits[i, torch.tensor(e.words)], (0, k_max - len(e.words)), value=float("-inf"))
                            for i, e in enumerate(list(batch) * replicas)])
         return out if replicas == 1 else out.view(replicas, len(batch), k_max)
+
+    def features(self, batch: Sequence[MaskedEncoded]) -> torch.Tensor:
+        """The encoder's output at the mask, (B, hidden), float32 (linear probing)."""
+        self.scores(batch)
+        return self._mask_states.float().cpu()
 
     def loss(self, batch: Sequence[MaskedEncoded], replicas: int = 1) -> torch.Tensor:
         labels = torch.tensor([e.label for e in batch])
