@@ -200,3 +200,27 @@ def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
     written = make_report([results / "runs"], "smoke", tmp_path, command)
     for kind in ("md", "csv", "tex"):
         assert written[kind].read_bytes() == (results / "report" / written[kind].name).read_bytes(), kind
+
+
+SMOKE_TABLES = {  # table -> experiments whose runs feed it (results/tables_smoke/run.sh)
+    "mezo_table1": ["mezo_table1", "mezo_table1_baselines", "mezo_table1_lp", "mezo_table1_ft"],
+    "mezo_table18_k16": ["mezo_table18", "mezo_table18_lp"],
+    "mezo_table18_k512": ["mezo_table18_k512"],
+    "fzoo_averages": ["fzoo_averages"],
+    "sparse_mezo": ["sparse_mezo"],
+    "memory": ["memory"],
+}
+
+
+@pytest.mark.parametrize("table", sorted(SMOKE_TABLES))
+def test_committed_smoke_tables_are_reproduced_byte_for_byte(tmp_path, monkeypatch, table):
+    """results/tables_smoke/<table>/ is what the report makes of the committed smoke run dirs."""
+    monkeypatch.chdir(REPO)  # the run dirs are named relative to the repository root, as run.sh does
+    here = "results/tables_smoke"
+    dirs = [f"{here}/runs/{experiment}" for experiment in SMOKE_TABLES[table]]
+    command = f"python -m zobench.report {' '.join(dirs)} --table {table} --smoke --out {here}/{table}"
+    assert f"report {table} " + " ".join(f"$here/runs/{e}" for e in SMOKE_TABLES[table]) in \
+        (REPO / here / "run.sh").read_text()
+    written = make_report([Path(d) for d in dirs], table, tmp_path, command, smoke=True)
+    for kind in ("md", "csv", "tex"):
+        assert written[kind].read_bytes() == (REPO / here / table / written[kind].name).read_bytes(), kind

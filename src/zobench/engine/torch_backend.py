@@ -87,17 +87,23 @@ class InPlaceEngine(Engine):
                     p, direction, scale = current
                     self._move(pid, p, direction, -scale)
 
+    def _take_undo(self, pid: int, p: torch.Tensor, direction: Direction) -> float:
+        """Forget parameter ``pid``'s applied perturbation and return the scale that removes it
+        within a fused sweep along ``direction`` (a perturbation along another z is removed
+        here, by its own sweep: it cannot be fused)."""
+        current = self._applied.pop(pid, None)
+        if current is not None and current[1] is not direction:
+            self._move(pid, p, current[1], -current[2])
+            current = None
+        return -current[2] if current is not None else 0.0
+
     @torch.no_grad()
     def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
         """One sweep, one z per parameter: the same operations in the same order as
         ``restore`` then ``update``, so the result is bit-identical to the unfused pair."""
         with self._timed():
             for pid, p in params:
-                current = self._applied.pop(pid, None)
-                if current is not None and current[1] is not direction:  # a different z: not fusable
-                    self._move(pid, p, current[1], -current[2])
-                    current = None
-                undo = -current[2] if current is not None else 0.0
+                undo = self._take_undo(pid, p, direction)
                 if undo == 0.0 and decay == 0.0 and coeff == 0.0:
                     continue
                 z = direction.sample(pid, p).to(p.dtype)

@@ -230,11 +230,7 @@ class TritonInPlaceEngine(_TritonSweeps, InPlaceEngine):
                 return super().restore_and_update(params, direction, coeff, decay)
         with self._timed(), z_source(generate_z):
             for pid, p in params:
-                current = self._applied.pop(pid, None)
-                if current is not None and current[1] is not direction:  # a different z: not fusable
-                    self._move(pid, p, current[1], -current[2])
-                    current = None
-                undo = -current[2] if current is not None else 0.0
+                undo = self._take_undo(pid, p, direction)
                 if undo == 0.0 and decay == 0.0 and coeff == 0.0:
                     continue
                 self.check_device(p)
