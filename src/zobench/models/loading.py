@@ -2,7 +2,8 @@
 
 Sources:
 
-* ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet).
+* ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet);
+  ``device_map`` (e.g. ``auto``) spreads a model larger than one GPU over all of them.
 * ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; DESIGN.md "Models
   offline"). Dequantising takes 20-60 s, so the first load writes a safetensors copy to
   ``<cache_dir>/<name>/`` (atomically) and later loads read that in seconds.
@@ -152,8 +153,14 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         model = auto.from_config(config, dtype=dtype)
     else:
         path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
-        model = auto.from_pretrained(path, dtype=dtype)
-    model.to(device)
+        placement = cfg.get("device_map")
+        if placement and torch.device(device).type != "cuda":
+            raise ConfigError(f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
+                              "(set model.device_map=null)")
+        # device_map (accelerate): layers spread over every visible GPU, for models larger than one
+        model = auto.from_pretrained(path, dtype=dtype, **({"device_map": placement} if placement else {}))
+    if not getattr(model, "hf_device_map", None):
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
