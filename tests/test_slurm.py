@@ -200,15 +200,26 @@ def job_log(sweep_dir: Path) -> str:
     return "\n".join(p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*.err")))
 
 
-def test_two_job_sweep_completes(cluster, tmp_path, data_dir):
+def test_a_smoke_table_runs_through_the_cluster_and_reports(cluster, tmp_path, data_dir):
+    """A 2-job smoke sweep of a paper table (experiment=sparse_mezo_smoke, one task: MeZO and
+    Sparse-MeZO) through the submitit launcher, then its table from the run dirs."""
     sweep_dir = tmp_path / "sweep"
-    proc = submit(cluster, smoke_sweep(sweep_dir, data_dir, "train.steps=6", "seed=0,1"), tmp_path)
+    argv = [sys.executable, "-m", "zobench", "-m", "experiment=sparse_mezo_smoke", "hydra/launcher=local_slurm",
+            f"hydra.sweep.dir={sweep_dir}", "task=rte", "train.steps=6", "train.eval_every=3", f"data.dir={data_dir}"]
+    proc = submit(cluster, argv, tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
-    for job in ("0", "1"):
-        s = summary(sweep_dir / job)
-        assert s.get("status") == "completed" and s["steps"] == 6, (job, s)
-    assert {summary(sweep_dir / j)["seed"] for j in ("0", "1")} == {0, 1}
+    for optimizer in ("mezo", "sparse_mezo"):
+        s = summary(sweep_dir / "rte" / f"{optimizer}_high")
+        assert s.get("status") == "completed" and s["steps"] == 6 and s["optimizer"] == optimizer, (optimizer, s)
+    report = subprocess.run([sys.executable, "-m", "zobench.report", str(sweep_dir), "--table", "sparse_mezo",
+                             "--smoke", "--out", str(tmp_path / "report")], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert report.returncode == 0, report.stderr[-2000:]
+    cells = {tuple(c.strip() for c in line.split("|")[1:4]) for line in report.stdout.splitlines()
+             if line.startswith("| ")}
+    filled = {(method, task) for method, task, ours in cells if ours not in ("—", "ours (%)")}
+    assert filled == {("MeZO", "RTE"), ("Sparse-MeZO", "RTE")}, report.stdout
 
 
 def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir):
