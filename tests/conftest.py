@@ -9,7 +9,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()  # subprocesses run elsewhere
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from zobench.run import run
 BAD_INPUTS = [
     # (overrides, what the one line must say)
     (["optimizer=foo"], "optimizer=foo: no such option; allowed: adam, "),
-    (["model=gpt5"], "model=gpt5: no such option; allowed: gemma3-270m, llama3-8b, opt-1.3b"),
+    (["model=gpt5"], "model=gpt5: no such option; allowed: gemma3-270m, llama-7b, llama3-8b, opt-1.3b"),
     (["task=sst3"], "task=sst3: no such option; allowed: boolq, cb, copa, drop, mnli, multirc, record, rte, snli,"),
     (["engine=magic"], "engine=magic: no such option; allowed: auto, torch"),
     (["logger=tensorboard"], "logger=tensorboard: no such option; allowed: none, wandb"),

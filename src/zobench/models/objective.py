@@ -60,7 +60,8 @@ def zo_closure(objective, batch, which: str):
     one batched call, for methods that evaluate several perturbations at once), or minus the
     batch accuracy / F1 (a non-differentiable objective; one evaluation per call)."""
     if which == "loss":
-        return lambda replicas=1: objective.loss(batch, replicas=replicas)
+        # replicas=1 calls loss(batch) as any objective takes it; only batched methods pass N
+        return lambda replicas=1: objective.loss(batch) if replicas == 1 else objective.loss(batch, replicas=replicas)
     return lambda: zo_loss(objective, batch, which)
 
 
