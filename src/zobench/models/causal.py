@@ -59,6 +59,15 @@ class Encoded:
 OBJECTIVES = ("classification", "lm")
 
 
+def classification_loss(scores: torch.Tensor, batch) -> torch.Tensor:
+    """Cross-entropy of the candidate scores against the gold labels: scores (B, K) give a scalar,
+    replicated scores (R, B, K) one loss per replica, shape (R,)."""
+    labels = torch.tensor([e.label for e in batch])
+    if scores.dim() == 2:
+        return F.cross_entropy(scores, labels)
+    return torch.stack([F.cross_entropy(replica, labels) for replica in scores])
+
+
 class CandidateScorer:
     """Scores candidates with a causal LM; ``loss``, ``scores``, ``predict`` and ``evaluate``."""
 
@@ -167,11 +176,7 @@ class CandidateScorer:
             gold = self._option_logprobs([(e.contexts[e.label], e.options[e.label]) for e in batch], replicas)
             per_replica = [-torch.cat(gold[r * len(batch):(r + 1) * len(batch)]).mean() for r in range(replicas)]
             return per_replica[0] if replicas == 1 else torch.stack(per_replica)
-        labels = torch.tensor([e.label for e in batch])
-        scores = self.scores(batch, replicas)
-        if replicas == 1:
-            return F.cross_entropy(scores, labels)
-        return torch.stack([F.cross_entropy(scores[r], labels) for r in range(replicas)])
+        return classification_loss(self.scores(batch, replicas), batch)
 
     def predict(self, batch: Sequence[Encoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..tasks import Rendered
+from .causal import classification_loss, evaluate_accuracy
 from .introspect import hf_model
 
 MASK_PLACEHOLDER = "<mask>"
@@ -139,11 +140,7 @@ class MaskedScorer:
         return self._mask_states.float().cpu()
 
     def loss(self, batch: Sequence[MaskedEncoded], replicas: int = 1) -> torch.Tensor:
-        labels = torch.tensor([e.label for e in batch])
-        scores = self.scores(batch, replicas)
-        if replicas == 1:
-            return F.cross_entropy(scores, labels)
-        return torch.stack([F.cross_entropy(scores[r], labels) for r in range(replicas)])
+        return classification_loss(self.scores(batch, replicas), batch)
 
     def predict(self, batch: Sequence[MaskedEncoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()
@@ -152,7 +149,5 @@ class MaskedScorer:
         return sum(int(p == e.label) for p, e in zip(self.predict(batch), batch)) / len(batch)
 
     def evaluate(self, examples: Sequence[MaskedEncoded], batch_size: int) -> dict:
-        from .causal import evaluate_accuracy
-
         accuracy, _ = evaluate_accuracy(self, examples, batch_size)
         return {"accuracy": accuracy}
