@@ -270,3 +270,26 @@ def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
                       "optimizer.lr=1e-3", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["tuning"] == tuning and summary["optimizer"] == optimizer
+
+
+@pytest.mark.parametrize("optimizer, per_step", [("mezo", 2), ("hizoo", 3), ("fzoo", 9)])
+def test_forward_budget_gives_every_method_the_same_passes(tmp_path, data_dir, optimizer, per_step):
+    """train.forward_budget=36: 18 MeZO steps, 12 HiZOO steps, 4 FZOO (N=8) steps; dev evaluated
+    every 18 passes, i.e. at the same forward-pass counts whatever the method."""
+    cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.forward_budget=36", "train.eval_every_passes=18",
+                      "train.steps=1", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["forward_passes"] == 36
+    assert summary["steps"] == 36 // per_step
+    dev = [e for e in _events(tmp_path) if e["event"] == "eval" and e["split"] == "dev"]
+    assert [e["forward_passes"] for e in dev] == [18, 36]
+
+
+def test_forward_budget_is_refused_for_first_order_baselines(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="train.forward_budget counts a ZO method's forward passes"):
+        run(compose_run(*SMOKE, "optimizer=adam", "train.forward_budget=10", f"data.dir={data_dir}"), tmp_path)
+
+
+def test_eval_every_passes_needs_a_forward_budget(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="train.eval_every_passes needs train.forward_budget"):
+        run(compose_run(*SMOKE, "train.eval_every_passes=10", f"data.dir={data_dir}"), tmp_path)

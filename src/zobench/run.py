@@ -231,7 +231,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
                           f"{', '.join(spec.families)} LMs only")
     splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
                           seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, **_protocol(cfg))
-    if cfg.train.steps > 0 and not splits.train:
+    if (cfg.train.steps > 0 or cfg.train.get("forward_budget")) and not splits.train:
         raise ConfigError(f"task={spec.name}: no training examples are left once data.num_dev={cfg.data.num_dev} "
                           "dev examples are taken from its training pool; lower data.num_dev")
 
@@ -315,7 +315,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
             objective.loss(probe)
         loop["inference_peak"] = memory.peak()
 
-    steps = int(cfg.train.steps)
+    steps, eval_every = _schedule(cfg.train, optimizer, first_order or probing)
     status, step = "completed", loop["step"]
     if steps == 0:  # zero-shot / ICL
         loop["best_dev"] = evaluate("dev", dev, 0)[metric] if dev else None
@@ -344,7 +344,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
                 log.error("step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)",
                           step, info)
                 break
-        evaluating = bool(dev) and (step % cfg.train.eval_every == 0 or step == steps)
+        evaluating = bool(dev) and (step % eval_every == 0 or step == steps)
         checkpointing = stop.signum is not None or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
         # weights are checked before anything is written from them (a blown-up weight that is not
         # written shows up as a non-finite loss at the next step): a sweep only when needed
@@ -390,6 +390,23 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     if status == "interrupted":
         result["signal"] = signal.Signals(stop.signum).name
     return result
+
+
+def _schedule(train_cfg: DictConfig, optimizer, not_zo: bool) -> tuple[int, int]:
+    """``(steps, eval_every)``: from ``train.steps`` / ``train.eval_every``, or, with
+    ``train.forward_budget``, from the method's declared forward passes per step, so that methods
+    of 2 (MeZO), 3 (HiZOO) or N+1 (FZOO) passes per step get the same budget and, with
+    ``train.eval_every_passes``, dev evaluations at the same forward-pass counts."""
+    budget = train_cfg.get("forward_budget")
+    if not budget:
+        return int(train_cfg.steps), int(train_cfg.eval_every)
+    if not_zo:
+        raise ConfigError("train.forward_budget counts a ZO method's forward passes; first-order and "
+                          "linear-probe baselines take train.steps (set train.forward_budget=null)")
+    per_step = int(optimizer.forward_passes_per_step)
+    steps = max(1, int(budget) // per_step)
+    every = train_cfg.get("eval_every_passes")
+    return steps, max(1, int(every) // per_step) if every else int(train_cfg.eval_every)
 
 
 def _protocol(cfg: DictConfig) -> dict:

@@ -62,7 +62,13 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "data.num_eval", 0 if _get(cfg, "data.protocol") == "kshot" else 1)
     for key in ("train.checkpoint_every", "data.num_dev", "data.seed", "data.eval_seed"):
         _integer(cfg, key, 0)
-    mezo_training = _get(cfg, "train.steps") > 0 and _get(cfg, "data.protocol") == "mezo"
+    for key in ("train.forward_budget", "train.eval_every_passes"):
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            _integer(cfg, key, 1)
+    budgeted = OmegaConf.select(cfg, "train.forward_budget", default=None) is not None
+    if OmegaConf.select(cfg, "train.eval_every_passes", default=None) is not None and not budgeted:
+        raise ConfigError("train.eval_every_passes needs train.forward_budget (otherwise use train.eval_every)")
+    mezo_training = (_get(cfg, "train.steps") > 0 or budgeted) and _get(cfg, "data.protocol") == "mezo"
     _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
     for key in ("train.keep_best", "train.save_final", "debug"):
         if not isinstance(_get(cfg, key), bool):

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..engine import InPlaceEngine, build_engine
+from ..engine import build_engine
 from ..models import CandidateScorer, load_model, torch_dtype
 from ..optim import MeZO, decay_groups
 from ..run import resolve_device
@@ -85,9 +85,11 @@ def _inference_peak(loss_fn: Callable[[], torch.Tensor], memory: PeakMemory, syn
     return memory.peak()
 
 
-def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, authors: bool) -> dict:
+def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, authors: bool,
+                          backend: str = "torch") -> dict:
     """Perturb/restore ``steps`` times with lr=0 (no forward needed: the loss does not enter);
-    count the elements that no longer equal their start and the largest change."""
+    count the elements that no longer equal their start and the largest change. zobench's
+    in-place engine is the configured ``backend``'s (``auto`` resolves on the tensors' device)."""
     start = [p.clone() for p in params]
     if authors:
         named = [(f"p{i}", p) for i, p in enumerate(params)]
@@ -99,7 +101,8 @@ def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, au
             baseline._perturb(seed, 1)
             params = [p for _, p in baseline.named]  # the authors' sweeps replace the tensors
     else:
-        opt = MeZO(params, lr=0.0, eps=eps, engine=InPlaceEngine())
+        holder = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+        opt = MeZO(params, lr=0.0, eps=eps, engine=build_engine(backend, "inplace", holder))
         for _ in range(steps):
             opt.step(lambda: torch.tensor(0.0))
     changed = sum(int((p != s).sum()) for p, s in zip(params, start))
@@ -107,6 +110,16 @@ def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, au
     total = sum(p.numel() for p in params)
     return {"changed_elements": changed, "changed_fraction": changed / total, "max_abs_drift": max_abs,
             "elements": total}
+
+
+def virtual_lr0_drift(model, optimizer_step: Callable[[], None], steps: int) -> dict:
+    """Run ``steps`` real MeZO steps (forwards included) with lr=0 on the virtual engine and
+    compare every weight with its starting bits: the mode claims exact restoration."""
+    start = [p.detach().to("cpu", copy=True) for p in model.parameters()]
+    for _ in range(steps):
+        optimizer_step()
+    changed = sum(int((p.detach().cpu() != s).sum()) for p, s in zip(model.parameters(), start))
+    return {"steps": steps, "changed_elements": changed, "elements": sum(s.numel() for s in start)}
 
 
 def run_benchmark(cfg) -> dict:
@@ -149,6 +162,10 @@ def run_benchmark(cfg) -> dict:
     zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
     zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}"
     result["zobench"] = zobench
+    if b.numerics_steps and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
+        lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
+        result["virtual_lr0"] = {"dtype": cfg.model.dtype, **virtual_lr0_drift(
+            model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.numerics_steps))}
     if hasattr(engine, "remove"):
         engine.remove()
 
@@ -185,7 +202,8 @@ def run_benchmark(cfg) -> dict:
                 budget -= subset[-1].numel()
             numerics[dtype_name] = {
                 "authors_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, True),
-                "zobench_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, False),
+                "zobench_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, False,
+                                                         backend=cfg.engine.backend),
                 "zobench_virtual": "bit-identical by construction: weights are never written during an estimate "
                                    "(tests/engine/test_torch_backend.py checks lr=0 steps with real forwards)",
             }
@@ -225,4 +243,8 @@ def markdown(result: dict, command: str) -> str:
                 a, z = d["authors_inplace"], d["zobench_inplace"]
                 lines.append(f"| {dtype} | {a['changed_fraction']:.1%} / {a['max_abs_drift']:.2e} | "
                              f"{z['changed_fraction']:.1%} / {z['max_abs_drift']:.2e} | 0 (bit-identical) |")
+        if "virtual_lr0" in result:
+            v = result["virtual_lr0"]
+            lines += ["", f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
+                          f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed."]
     return "\n".join(lines) + "\n"

@@ -150,7 +150,10 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch)
         # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
         torch.manual_seed(int(cfg.get("init_seed", 0)))
-        model = auto.from_config(config, dtype=dtype)
+        # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU
+        # seconds (the weights then differ between devices; they are for timing and smoke runs)
+        with torch.device(device if torch.device(device).type == "cuda" else "cpu"):
+            model = auto.from_config(config, dtype=dtype)
     else:
         path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
         placement = cfg.get("device_map")

@@ -1,0 +1,156 @@
+"""Triton backend compiled for a real GPU (skipped without CUDA, and under the interpreter).
+
+The interpreter tests (test_triton_backend.py) pin the definition of z bit for bit; here the same
+kernels are compiled by Triton for the GPU, where ``tl.randn``'s log/cos are the device's: z must
+match the reference to float32 rounding, the sweeps must do the documented float32 arithmetic
+with one rounding, the 64-bit index path (tensors of 2^31+ elements) must draw the right z, and
+the engines must be exact where they claim it. Run it alone, on a GPU machine:
+
+    python -m pytest tests/engine/test_triton_cuda.py
+
+(test_triton_backend.py sets TRITON_INTERPRET=1 when it is imported first; in one session with
+it, these tests skip.)
+"""
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+
+from tests.conftest import tiny_model  # noqa: E402
+from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
+from zobench.engine import triton_backend as tb  # noqa: E402
+from zobench.engine.philox import MIN_UNIFORM, TWO_PI, philox4x32, philox_z, uniform  # noqa: E402
+from zobench.optim import MeZO  # noqa: E402
+
+if tb.interpreted():
+    pytest.skip("TRITON_INTERPRET=1: the kernels were built for the interpreter", allow_module_level=True)
+
+CUDA = torch.device("cuda")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ULP_OF_ONE = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _weights(shape, dtype, seed=0):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype).to(CUDA)
+
+
+def _within_one_ulp(out, ref, dtype):
+    """|out - ref| ≤ one unit in the last place of dtype at ref's magnitude (FMA contraction on
+    the GPU may move the float32 value before its single rounding to dtype)."""
+    ulp = ULP_OF_ONE[dtype] * torch.exp2(torch.floor(torch.log2(ref.float().abs().clamp_min(2.0**-14))))
+    return bool(((out.float() - ref.float()).abs() <= ulp).all())
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("key", [0, 2**40 + 17, mix_seed(3, 5)])
+def test_compiled_z_is_the_reference_z_to_float32_rounding(distribution, key):
+    like = torch.empty(3, 100_003, device=CUDA)
+    z = tb.generate_z(key, like, distribution).cpu().flatten()
+    ref = philox_z(key, like.numel(), distribution)
+    if distribution == "rademacher":
+        assert torch.equal(z, ref)  # integer bits only: no transcendental in the way
+    else:
+        # the device's log/cos against numpy's: a few float32 ulps, more near u → 0 (large |z|)
+        torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+def test_compiled_sweep_is_the_documented_float32_formula(dtype, distribution):
+    theta = _weights((257, 1031), dtype)
+    key, undo, keep, coeff = mix_seed(11, 2), 1e-3, 1 - 1e-4, -3e-4
+    z = tb.generate_z(key, theta, distribution)
+    expected = (keep * (theta.float() + undo * z) + coeff * z).to(dtype)
+    out = theta.clone()
+    tb.sweep(out, key, distribution, undo=undo, keep=keep, coeff=coeff)
+    assert _within_one_ulp(out, expected, dtype)
+    assert (out == expected).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_perturbed_copy_leaves_theta_alone(dtype):
+    theta = _weights((64, 333), dtype)
+    before = theta.clone()
+    key = mix_seed(5, 9)
+    out = tb.perturbed_copy(theta, key, "gaussian", 1e-2)
+    assert torch.equal(theta, before)
+    assert _within_one_ulp(out, (theta.float() + 1e-2 * tb.generate_z(key, theta, "gaussian")).to(dtype), dtype)
+
+
+def test_tensors_past_2_31_elements_draw_z_at_their_64_bit_index():
+    """The element index is the Philox counter; past 2^31 it needs the counter's high word."""
+    free, _ = torch.cuda.mem_get_info()
+    numel = 2**31 + 4096
+    if free < 3 * numel * 2 + 2**30:
+        pytest.skip("needs ~13 GB of free GPU memory")
+    theta = torch.zeros(numel, dtype=torch.bfloat16, device=CUDA)
+    key, scale = mix_seed(7, 1), 1.0
+    out = tb.perturbed_copy(theta, key, "rademacher", scale)
+    tail = torch.arange(numel - 4096, numel, dtype=torch.int64)
+    x0, _, _, _ = philox4x32(tail, key)
+    expected = torch.where(x0 >= 1 << 31, -1.0, 1.0).to(torch.bfloat16)
+    assert torch.equal(out[-4096:].cpu(), expected)
+    head = philox_z(key, 4096, "rademacher").to(torch.bfloat16)
+    assert torch.equal(out[:4096].cpu(), head)
+    del out
+    # and the Gaussian path at the same far offsets (float32 rounding of the device's log/cos)
+    z = tb.generate_z(key, theta, "gaussian")[-4096:].cpu()
+    x0, x1, _, _ = philox4x32(tail, key)
+    u0 = uniform(x0).clamp_min(MIN_UNIFORM)
+    ref = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(TWO_PI * uniform(x1))
+    torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+
+
+def _closure(model, ids):
+    def loss():
+        logits = model(input_ids=ids).logits.float()
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_virtual_mode_lr0_leaves_every_weight_bit_identical_on_the_gpu(dtype):
+    model = tiny_model("llama", dtype).to(CUDA)
+    snap = {n: p.clone() for n, p in model.named_parameters()}
+    opt = MeZO(model.parameters(), lr=0.0, eps=1e-3, engine=build_engine("triton", "virtual", model))
+    closure = _closure(model, torch.randint(0, 64, (2, 6), device=CUDA))
+    clean = float(closure())
+    losses = [float(opt.step(closure)) for _ in range(50)]
+    assert any(loss != clean for loss in losses)  # the perturbation reached the forward...
+    assert all(torch.equal(p, snap[n]) for n, p in model.named_parameters())  # ...and left nothing
+
+
+def test_virtual_and_inplace_kernels_perturb_alike_and_step_alike():
+    """Same Philox z in both modes: the perturbed loss and a MeZO step agree (fp32)."""
+    ids = torch.randint(3, 60, (2, 7), device=CUDA)
+    results = {}
+    for mode in ("virtual", "inplace"):
+        model = tiny_model("llama").to(CUDA)
+        opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, seed=2, engine=build_engine("triton", mode, model))
+        opt.step(_closure(model, ids))
+        results[mode] = (opt.last_step_info["projected_grad"], [p.clone() for p in model.parameters()])
+    (g_virtual, p_virtual), (g_inplace, p_inplace) = results["virtual"], results["inplace"]
+    assert g_virtual == pytest.approx(g_inplace, rel=1e-3, abs=1e-4)
+    for a, b in zip(p_virtual, p_inplace):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_triton_on_cuda():
+    model = tiny_model("llama").to(CUDA)
+    assert isinstance(build_engine("auto", "virtual", model), tb.TritonVirtualEngine)
+    assert isinstance(build_engine("auto", "inplace", model), tb.TritonInPlaceEngine)
+
+
+def test_engine_sweeps_the_documented_z_of_every_parameter():
+    model = tiny_model("llama", torch.bfloat16).to(CUDA)
+    params = list(enumerate(model.parameters()))
+    before = [p.clone() for _, p in params]
+    engine = build_engine("triton", "inplace", model)
+    direction = Direction(9)
+    engine.perturb(params, direction, 1e-2)
+    for (pid, p), b in zip(params, before):
+        expected = (b.float() + 1e-2 * tb.generate_z(mix_seed(9, pid), b, "gaussian")).to(torch.bfloat16)
+        assert _within_one_ulp(p, expected, torch.bfloat16)
