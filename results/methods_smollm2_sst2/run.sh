@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Regenerates results/methods_smollm2_sst2/: every method of zobench on SmolLM2-135M / SST-2 at one
+# forward-pass budget (issue 4's evidence). MeZO's protocol: 1000 train / 500 dev / 1000 test
+# (SST-2 validation has 872 rows, all used), batch 16, eps 1e-3, full fine-tuning in fp32, dev
+# evaluated every BUDGET/10 forward passes, the best-dev state tested. Every ZO method gets
+# BUDGET forward passes (train.forward_budget: steps = BUDGET // its passes per step); the
+# first-order baselines get FO_STEPS backprop steps; zero-shot, ICL (32 demonstrations, MeZO's) and
+# linear probing take no steps. Learning rates: a two-point grid per method, picked on dev alone
+# (table.py); the grid is scaled from MeZO's (the per-element step of each update rule made
+# comparable), see NOTES.md. Runs go JOBS at a time (each is one process; on a GPU they share it).
+#   ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh    # a GPU machine
+# On this repository's 2-core CPU a MeZO step of SmolLM2 takes ~4 s: BUDGET=4000 is ~2 h per run.
+set -euo pipefail
+here=results/methods_smollm2_sst2
+out=${OUT_DIR:-$here/runs}
+budget=${BUDGET:-4000}
+fo_steps=${FO_STEPS:-500}
+jobs=${JOBS:-1}
+python=${PYTHON:-python}
+common="model=smollm2-135m task=sst2 logger=none seed=0 train.checkpoint_every=0 train.log_every=10 ${EXTRA:-}"
+zo="train.forward_budget=$budget train.eval_every_passes=$((budget / 10))"
+mkdir -p "$out"
+# name | overrides (the order is the order of launch: the comparisons the issue asks about first)
+cat > "$out/plan.txt" <<PLAN
+mezo_lr1e-4|optimizer=mezo optimizer.lr=1e-4 $zo
+mezo_lr3e-5|optimizer=mezo optimizer.lr=3e-5 $zo
+hizoo_lr1e-4|optimizer=hizoo optimizer.lr=1e-4 $zo
+hizoo_lr3e-5|optimizer=hizoo optimizer.lr=3e-5 $zo
+fzoo_lr3e-6|optimizer=fzoo optimizer.lr=3e-6 $zo
+fzoo_lr1e-6|optimizer=fzoo optimizer.lr=1e-6 $zo
+fzoo_r_lr3e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-6 $zo
+fzoo_r_lr1e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-6 $zo
+zero_shot|train.steps=0
+icl_32|train.steps=0 icl.demos=32
+linear_probe|optimizer=linear_probe train.steps=0
+adam_ft_lr1e-5|optimizer=adam optimizer.lr=1e-5 train.steps=$fo_steps train.eval_every=$((fo_steps / 10))
+sgd_ft_lr1e-3|optimizer=sgd optimizer.lr=1e-3 train.steps=$fo_steps train.eval_every=$((fo_steps / 10))
+mezo_q4_lr1e-4|optimizer=mezo optimizer.num_directions=4 optimizer.lr=1e-4 $zo
+mezo_onesided_lr1e-4|optimizer=mezo optimizer.one_sided=true optimizer.lr=1e-4 $zo
+zo_sgd_momentum_lr1e-5|optimizer=zo_sgd_momentum optimizer.lr=1e-5 $zo
+zo_sgd_momentum_lr3e-6|optimizer=zo_sgd_momentum optimizer.lr=3e-6 $zo
+zo_sgd_sign_lr1e-4|optimizer=zo_sgd_sign optimizer.lr=1e-4 $zo
+zo_sgd_sign_lr3e-5|optimizer=zo_sgd_sign optimizer.lr=3e-5 $zo
+zo_sgd_cons_lr1e-4|optimizer=zo_sgd_cons optimizer.lr=1e-4 $zo
+zo_adam_lr1e-4|optimizer=zo_adam optimizer.lr=1e-4 $zo
+zo_adam_lr1e-5|optimizer=zo_adam optimizer.lr=1e-5 $zo
+sparse_mezo_lr3e-4|optimizer=sparse_mezo optimizer.lr=3e-4 $zo
+sparse_mezo_lr1e-4|optimizer=sparse_mezo optimizer.lr=1e-4 $zo
+tezo_lr1e-4|optimizer=tezo optimizer.lr=1e-4 $zo
+tezo_lr3e-5|optimizer=tezo optimizer.lr=3e-5 $zo
+tezo_m_lr1e-5|optimizer=tezo optimizer.variant=momentum optimizer.lr=1e-5 $zo
+tezo_adam_lr1e-4|optimizer=tezo optimizer.variant=adam optimizer.lr=1e-4 $zo
+tezo_adam_lr1e-5|optimizer=tezo optimizer.variant=adam optimizer.lr=1e-5 $zo
+lozo_lr1e-4|optimizer=lozo optimizer.lr=1e-4 $zo
+lozo_lr3e-5|optimizer=lozo optimizer.lr=3e-5 $zo
+subzero_lr1e-4|optimizer=subzero optimizer.lr=1e-4 $zo
+subzero_lr3e-5|optimizer=subzero optimizer.lr=3e-5 $zo
+forward_gradient_lr1e-4|optimizer=forward_gradient optimizer.lr=1e-4 $zo
+forward_gradient_lr3e-5|optimizer=forward_gradient optimizer.lr=3e-5 $zo
+PLAN
+launch() {  # one run; a completed run dir is kept (rerunning the script fills in what is missing)
+  local name=${1%%|*} overrides=${1#*|}
+  if grep -qs '"status": "completed"' "$out/$name/summary.json"; then return 0; fi
+  rm -rf "${out:?}/$name"
+  # shellcheck disable=SC2086
+  $python -m zobench $common $overrides hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1 \
+    || echo "run $name failed (see $out/$name.log)" >&2
+}
+export -f launch
+export out common python
+grep -v '^$' "$out/plan.txt" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
+[ -n "${NO_TABLE:-}" ] || $python $here/table.py "$out" > $here/README.md
