@@ -9,6 +9,7 @@ forward of the same batch. Optionally the numerics: the weight drift after N lr=
 
 from __future__ import annotations
 
+import logging
 import platform
 import statistics
 import time
@@ -24,6 +25,8 @@ from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
 from .baseline import AuthorsMeZO, pairwise_loss
+
+log = logging.getLogger(__name__)  # phase by phase, so that a stalled benchmark shows where
 
 
 class ForwardTimer:
@@ -66,6 +69,7 @@ def _measure(step: Callable[[], None], model, memory: PeakMemory, engine_seconds
             step()
             sync()
             step_s = time.perf_counter() - start
+            log.info("step %d/%d: %.3f s", i + 1, warmup + repeats, step_s)
             if i >= warmup:
                 engine_s = engine_seconds()
                 rows.append({"step_s": step_s, "forward_s": timer.seconds, "engine_s": engine_s,
@@ -130,6 +134,7 @@ def run_benchmark(cfg) -> dict:
 
     spec = load_task(cfg.task.name)
     splits = build_splits(spec, cfg.data.dir, b.batch_size, 0, 1, seed=cfg.data.seed)
+    log.info("loading %s on %s", cfg.model.name, device)
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
     scorer = CandidateScorer(model, tokenizer, cfg.task.max_length, device)
     batch = [scorer.encode(spec.render(ex)) for ex in splits.train][: b.batch_size]
@@ -152,6 +157,7 @@ def run_benchmark(cfg) -> dict:
     engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
     engine.enable_timing(sync if device.type == "cuda" else None)
     optimizer = MeZO(decay_groups(named, 0.0), lr=lr, eps=eps, engine=engine, seed=cfg.seed)
+    log.info("zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
     result["zobench_inference_peak_memory_bytes"] = _inference_peak(lambda: scorer.loss(batch), memory, sync)
 
     def reset_engine():
@@ -164,6 +170,7 @@ def run_benchmark(cfg) -> dict:
     result["zobench"] = zobench
     if b.numerics_steps and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
         lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
+        log.info("virtual engine: %d lr=0 steps with forwards", b.numerics_steps)
         result["virtual_lr0"] = {"dtype": cfg.model.dtype, **virtual_lr0_drift(
             model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.numerics_steps))}
     if hasattr(engine, "remove"):
@@ -171,6 +178,7 @@ def run_benchmark(cfg) -> dict:
 
     if b.baseline:  # the authors' step on the same model and batch
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        log.info("the authors' MeZO step (baseline)")
         authors = AuthorsMeZO(named, lr=lr, eps=eps)
 
         def closure():
@@ -190,6 +198,7 @@ def run_benchmark(cfg) -> dict:
         result["peak_memory_ratio"] = zobench["peak_memory_bytes"] / baseline["peak_memory_bytes"]
 
     if b.numerics_steps:
+        log.info("numerics: %d lr=0 perturb/restore sweeps per dtype", b.numerics_steps)
         numerics = {}
         for dtype_name in b.numerics_dtypes:
             dtype = torch_dtype(dtype_name)
