@@ -69,4 +69,7 @@ launch() {  # one run; a completed run dir is kept (rerunning the script fills i
 export -f launch
 export out common python
 grep -v '^$' "$out/plan.txt" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
-[ -n "${NO_TABLE:-}" ] || $python $here/table.py "$out" > $here/README.md
+if [ -z "${NO_TABLE:-}" ]; then
+  $python results/methods_smollm2_sst2/table.py "$out" > $here/README.md
+  $python results/methods_smollm2_sst2/table.py "$out" --plot $here/curves.png
+fi
