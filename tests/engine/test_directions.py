@@ -51,3 +51,57 @@ def test_mix_seed_separates_tuples():
     assert len(seeds) == 2500
     assert mix_seed(1, 2) != mix_seed(2, 1)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+# --- z drawn in chunks (no parameter-sized z on CPU) ---------------------------------------------
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    from zobench.engine import directions
+
+    monkeypatch.setattr(directions, "Z_CHUNK", 64)
+    return 64
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("numel", [127, 128, 129, 143, 144, 145, 200, 335, 336, 1000, 1001])
+def test_chunked_z_is_the_whole_z(small_chunks, distribution, numel):
+    """Chunks of torch's CPU generator concatenate to the one-draw z at every tail length; a
+    torch release that broke this would silently change every CPU run's z."""
+    direction = Direction(77, distribution)
+    like = torch.empty(numel)
+    pieces = list(direction.chunks(3, like))
+    assert pieces[0][0] == 0 and pieces[-1][1] == numel and (len(pieces) > 1 or numel < 2 * small_chunks)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert torch.equal(torch.cat([z for _, _, z in pieces]), direction.sample(3, like))
+
+
+def test_chunked_z_at_the_real_chunk_size():
+    like = torch.empty(2 * (1 << 20) + 5)  # two chunks, the second absorbing the 5-element tail
+    direction = Direction(5)
+    pieces = list(direction.chunks(0, like))
+    assert len(pieces) == 2 and torch.equal(torch.cat([z for _, _, z in pieces]), direction.sample(0, like))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_engines_sweep_a_large_parameter_without_a_whole_z(small_chunks, dtype, monkeypatch):
+    """In-place perturb, restore+update and the virtual θ + εz draw z in chunks, bit-identical
+    to the whole-z formula, and never ask for a parameter-sized z."""
+    from zobench.engine import InPlaceEngine
+    from zobench.engine.torch_backend import perturbed_value
+
+    theta = (torch.randn(40, 17, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
+    direction = Direction(9)
+    z = direction.sample(0, theta).to(dtype)
+    expected_perturbed = torch.add(theta, z, alpha=1e-3)
+    expected_step = expected_perturbed.clone().add_(z, alpha=-1e-3).mul_(1 - 1e-4).add_(z, alpha=-0.5)
+
+    whole = Direction.sample
+    monkeypatch.setattr(Direction, "sample", lambda self, pid, like: pytest.fail("a whole z was drawn"))
+    assert torch.equal(perturbed_value(theta, 0, direction, 1e-3), expected_perturbed)
+    engine, p = InPlaceEngine(), theta.clone()
+    engine.perturb([(0, p)], direction, 1e-3)
+    assert torch.equal(p, expected_perturbed)
+    engine.restore_and_update([(0, p)], direction, coeff=-0.5, decay=1e-4)
+    monkeypatch.setattr(Direction, "sample", whole)
+    assert torch.equal(p, expected_step)

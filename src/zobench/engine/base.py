@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from .directions import Direction
+from .directions import Direction, add_z_
 
 ZOParams = Sequence[tuple[int, torch.Tensor]]
 
@@ -115,4 +115,4 @@ class Engine(ABC):
                 if decay != 0.0:
                     p.mul_(1.0 - decay)
                 if coeff != 0.0:
-                    p.add_(direction.sample(pid, p).to(p.dtype), alpha=coeff)
+                    add_z_(p, pid, direction, coeff)  # z drawn in chunks where it can be

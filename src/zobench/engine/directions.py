@@ -88,7 +88,49 @@ class Direction:
             return generate(mix_seed(self.seed, pid), like, self.distribution)
         gen = torch.Generator(device=like.device)
         gen.manual_seed(mix_seed(self.seed, pid))
+        return self._draw(gen, like.shape, like.device)
+
+    def _draw(self, gen: torch.Generator, shape, device) -> torch.Tensor:
         if self.distribution == "gaussian":
-            return torch.randn(like.shape, generator=gen, device=like.device, dtype=torch.float32)
-        signs = torch.randint(0, 2, like.shape, generator=gen, device=like.device, dtype=torch.int8)
+            return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        signs = torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.int8)
         return signs.to(torch.float32).mul_(2).sub_(1)
+
+    def chunks(self, pid: int, like: torch.Tensor):
+        """``(start, stop, z_flat[start:stop])`` covering ``like``'s elements in row-major order:
+        the z of ``sample``, drawn Z_CHUNK elements at a time where that gives the same numbers,
+        so that sweeping a parameter needs 4 MB of z instead of a parameter-sized z.
+
+        torch's CPU generator fills a long normal / randint draw in order, so consecutive draws of
+        n₁, n₂, ... elements equal one draw of n₁ + n₂ + ... provided every piece but the last
+        is a multiple of 16 and the last is not shorter than 16 (its Box-Muller tail is redrawn):
+        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). On
+        CUDA (Philox offsets advance per launch) and for directions that transform z, z is drawn
+        whole, in one chunk.
+        """
+        n = like.numel()
+        if (type(self).sample is not Direction.sample or _Z_SOURCE.get() is not None
+                or like.device.type != "cpu" or n < 2 * Z_CHUNK):
+            yield 0, n, self.sample(pid, like).reshape(-1)
+            return
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(mix_seed(self.seed, pid))
+        start = 0
+        while start < n:
+            stop = n if n - start < Z_CHUNK + 16 else start + Z_CHUNK
+            yield start, stop, self._draw(gen, (stop - start,), like.device)
+            start = stop
+
+
+Z_CHUNK = 1 << 20  # elements of z drawn at a time on CPU (a multiple of 16: see Direction.chunks)
+
+
+def add_z_(p: torch.Tensor, pid: int, direction: Direction, alpha: float) -> None:
+    """p ← p + alpha·z (z cast to p's dtype first), z drawn a chunk at a time where the
+    direction allows it (``Direction.chunks``): no parameter-sized z on CPU."""
+    if not p.is_contiguous():
+        p.add_(direction.sample(pid, p).to(p.dtype), alpha=alpha)
+        return
+    flat = p.view(-1)
+    for start, stop, z in direction.chunks(pid, p):
+        flat[start:stop].add_(z.to(p.dtype), alpha=alpha)

@@ -46,12 +46,14 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Engine, ZOParams
-from .directions import Direction
+from .directions import Direction, add_z_
 
 
 def perturbed_value(p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
     """θ + scale·z in θ's dtype: the one formula both modes use, so they agree bit for bit."""
-    return torch.add(p, direction.sample(pid, p).to(p.dtype), alpha=scale)
+    out = p.clone(memory_format=torch.contiguous_format)
+    add_z_(out, pid, direction, scale)
+    return out
 
 
 class InPlaceEngine(Engine):
@@ -106,18 +108,22 @@ class InPlaceEngine(Engine):
                 undo = self._take_undo(pid, p, direction)
                 if undo == 0.0 and decay == 0.0 and coeff == 0.0:
                     continue
-                z = direction.sample(pid, p).to(p.dtype)
-                if undo != 0.0:
-                    p.add_(z, alpha=undo)
-                if decay != 0.0:
-                    p.mul_(1.0 - decay)
-                if coeff != 0.0:
-                    p.add_(z, alpha=coeff)
+                if not p.is_contiguous():  # rare: one whole z, the same operations
+                    pieces = [(p, direction.sample(pid, p).to(p.dtype))]
+                else:
+                    pieces = ((p.view(-1)[a:b], z.to(p.dtype)) for a, b, z in direction.chunks(pid, p))
+                for target, z in pieces:  # elementwise: chunk by chunk is bit-identical
+                    if undo != 0.0:
+                        target.add_(z, alpha=undo)
+                    if decay != 0.0:
+                        target.mul_(1.0 - decay)
+                    if coeff != 0.0:
+                        target.add_(z, alpha=coeff)
 
     @staticmethod
     def _move(pid: int, p: torch.Tensor, direction: Direction, delta: float) -> None:
         if delta != 0.0:
-            p.add_(direction.sample(pid, p).to(p.dtype), alpha=delta)
+            add_z_(p, pid, direction, delta)
 
 
 class VirtualEngine(Engine):
