@@ -46,7 +46,8 @@ def test_drift_is_counted_for_both_in_place_implementations():
 
 def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "bench.repeats=1",
-                    "bench.numerics_steps=2", "bench.numerics_max_elements=5000", f"bench.out={tmp_path}",
+                    "bench.numerics_steps=2", "bench.numerics_max_elements=5000", "bench.virtual_lr0_steps=3",
+                    f"bench.out={tmp_path}",
                     "bench.name=t", f"data.dir={data_dir}"], check=True, timeout=600, capture_output=True)
     result = json.loads((tmp_path / "t.json").read_text())
     for variant in ("zobench", "baseline"):
@@ -57,3 +58,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     assert result["command"].startswith("python -m zobench.bench model=tiny-llama")
     assert "| zobench [auto/virtual] |" in (tmp_path / "t.md").read_text()
     assert result["numerics"]["bfloat16"]["authors_inplace"]["changed_fraction"] > 0
+    # the virtual engine's lr=0 steps, forwards included, leave every weight as it was
+    assert result["virtual_lr0"] == {"dtype": "float32", "steps": 3, "changed_elements": 0,
+                                     "elements": result["parameters"]}
+    assert "Measured: 3 lr=0 MeZO steps" in (tmp_path / "t.md").read_text()

@@ -168,11 +168,11 @@ def run_benchmark(cfg) -> dict:
     zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
     zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}"
     result["zobench"] = zobench
-    if b.numerics_steps and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
+    if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
         lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
-        log.info("virtual engine: %d lr=0 steps with forwards", b.numerics_steps)
+        log.info("virtual engine: %d lr=0 steps with forwards", b.virtual_lr0_steps)
         result["virtual_lr0"] = {"dtype": cfg.model.dtype, **virtual_lr0_drift(
-            model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.numerics_steps))}
+            model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.virtual_lr0_steps))}
     if hasattr(engine, "remove"):
         engine.remove()
 
@@ -252,8 +252,8 @@ def markdown(result: dict, command: str) -> str:
                 a, z = d["authors_inplace"], d["zobench_inplace"]
                 lines.append(f"| {dtype} | {a['changed_fraction']:.1%} / {a['max_abs_drift']:.2e} | "
                              f"{z['changed_fraction']:.1%} / {z['max_abs_drift']:.2e} | 0 (bit-identical) |")
-        if "virtual_lr0" in result:
-            v = result["virtual_lr0"]
-            lines += ["", f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
-                          f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed."]
+    if "virtual_lr0" in result:
+        v = result["virtual_lr0"]
+        lines += ["", f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
+                      f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed."]
     return "\n".join(lines) + "\n"
