@@ -7,20 +7,22 @@ Definition (the same functions, in the same float32 arithmetic, as ``triton.lang
 Triton 3.x):
 
 * key ``k = mix_seed(step_seed, pid)`` (63 bits), split into the Philox key ``(k_lo, k_hi)``;
-* element ``e`` of the parameter (row-major index) is the Philox counter ``(e_lo, e_hi, 0, 0)``;
-* ``(x0, x1, x2, x3) = Philox4x32-10(counter, key)`` (Salmon et al., "Parallel random numbers:
-  as easy as 1, 2, 3", SC 2011; Triton's ``randint4x``);
-* Rademacher: ``z = -1`` if the top bit of ``x0`` is set, else ``+1``;
-* Gaussian: ``u_i = float32(x_i' ) · 4.6566127342e-10`` with ``x_i'`` the int32 view of
-  ``x_i`` folded onto ``[0, 2³¹)`` by bitwise not (Triton's ``uint_to_uniform_float``), then the
-  cosine branch of Box-Muller, ``z = sqrt(-2 log max(u0, 1e-7)) · cos(2π u1)``
-  (Box & Muller 1958; Triton's ``randn``).
+* element ``e`` of the parameter (row-major index) takes word ``e mod 4`` of Philox counter
+  ``c = e div 4``, ``(c_lo, c_hi, 0, 0)``: ``(x0, x1, x2, x3) = Philox4x32-10(counter, key)``
+  (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; Triton's
+  ``randint4x``), so one Philox evaluation serves four elements;
+* Rademacher: ``z = -1`` if the top bit of the element's word is set, else ``+1``;
+* Gaussian: ``u_i = float32(x_i') · 4.6566127342e-10`` with ``x_i'`` the int32 view of ``x_i``
+  folded onto ``[0, 2³¹)`` by bitwise not (Triton's ``uint_to_uniform_float``), then Box-Muller
+  on the pairs (u0, u1) and (u2, u3): with ``r = sqrt(-2 log max(u, 1e-7))`` and ``t = 2π u'``,
+  the four elements are ``r₀ cos t₀, r₀ sin t₀, r₁ cos t₁, r₁ sin t₁`` (Box & Muller 1958;
+  Triton's ``randn4x``).
 
 The 32-bit integer stream (and so the Rademacher z and the uniforms) is bit-exact on every device.
-The Gaussian z goes through float32 ``log`` and ``cos``, whose last bit depends on the math
+The Gaussian z goes through float32 ``log``, ``cos`` and ``sin``, whose last bit depends on the math
 library. This reference evaluates them with numpy, as Triton's interpreter does
 (``TRITON_INTERPRET=1``), so it matches the interpreted kernels bit for bit (tested); torch's own
-float32 ``log``/``cos`` differ from numpy's in the last ulp for about a third of the elements, and
+float32 ``log``/``cos``/``sin`` differ from numpy's in the last ulp for about a third of the elements, and
 compiled CUDA kernels use libdevice: there, agreement is to a few ulps. Regenerating z with the
 *same* implementation is always exact, and that is what the engine's perturb → restore → update
 cycle relies on.
@@ -76,16 +78,26 @@ def uniform(bits: torch.Tensor) -> torch.Tensor:
     return folded.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
 
 
+def philox_z_at(key: int, offsets: torch.Tensor, distribution: str) -> torch.Tensor:
+    """The Triton backend's z at the element indices ``offsets`` (int64, non-negative), float32."""
+    if distribution not in ("gaussian", "rademacher"):
+        raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
+    offsets = offsets.to(torch.int64).cpu()
+    lane = (offsets % 4).numpy()
+    words = philox4x32(offsets // 4, key)
+    if distribution == "rademacher":
+        word = np.choose(lane, [w.numpy() for w in words])
+        return torch.from_numpy(np.where(word >= 1 << 31, -1.0, 1.0).astype(np.float32))
+    # float32 throughout, numpy's log/cos/sin (the interpreter's): see the module docstring
+    u = [uniform(w).numpy() for w in words]
+    normals = []
+    for first, second in ((u[0], u[1]), (u[2], u[3])):
+        radius = np.sqrt(np.float32(-2.0) * np.log(np.maximum(np.float32(MIN_UNIFORM), first)))
+        angle = np.float32(TWO_PI) * second
+        normals += [radius * np.cos(angle), radius * np.sin(angle)]
+    return torch.from_numpy(np.choose(lane, normals).astype(np.float32))
+
+
 def philox_z(key: int, numel: int, distribution: str, device=None) -> torch.Tensor:
     """The Triton backend's z for a parameter of ``numel`` elements (flat, float32)."""
-    counter = torch.arange(numel, dtype=torch.int64, device=device)
-    x0, x1, _, _ = philox4x32(counter, key)
-    if distribution == "rademacher":
-        return torch.where(x0 >= 1 << 31, -1.0, 1.0).to(torch.float32)
-    if distribution != "gaussian":
-        raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
-    # float32 throughout, numpy's log/cos (the interpreter's): see the module docstring
-    u0 = np.maximum(np.float32(MIN_UNIFORM), uniform(x0).cpu().numpy())
-    theta = np.float32(TWO_PI) * uniform(x1).cpu().numpy()
-    radius = np.sqrt(np.float32(-2.0) * np.log(u0))
-    return torch.from_numpy(radius * np.cos(theta)).to(device)
+    return philox_z_at(key, torch.arange(numel, dtype=torch.int64), distribution).to(device)

@@ -15,10 +15,10 @@ Definition of z per backend (they differ; a run is reproducible on one backend):
 
 * torch backend: ``torch.randn`` / ``torch.randint`` from a ``torch.Generator`` seeded with
   ``mix_seed(step_seed, pid)`` (``directions.py``); mt19937 on CPU, Philox on CUDA.
-* triton backend: Philox4x32-10 keyed by ``mix_seed(step_seed, pid)``, counter = element index,
-  then Triton's uniform and Box-Muller transforms (``tl.randn``) or the sign of the first word
-  (Rademacher). ``philox.philox_z`` is the same definition in pure torch; the kernels match it bit
-  for bit under ``TRITON_INTERPRET=1`` (tested), and to a few ulps of float32 log/cos on CUDA.
+* triton backend: Philox4x32-10 keyed by ``mix_seed(step_seed, pid)``; element e takes word
+  e mod 4 of counter e div 4, through Triton's uniform and Box-Muller transforms on word pairs
+  (``tl.randn4x``: 4 normals per Philox evaluation) or the word's sign (Rademacher). ``philox.philox_z`` is the same definition in pure torch; the kernels match it bit
+  for bit under ``TRITON_INTERPRET=1`` (tested), and to a few ulps of float32 log/cos/sin on CUDA.
 
 Arithmetic: every kernel computes in float32 (θ upcast, z float32) and rounds once to θ's dtype;
 the torch backend casts z to θ's dtype first and rounds after each sweep. So the fused
@@ -59,23 +59,33 @@ def interpreted() -> bool:
 
 @triton.jit
 def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr):
-    """Element indices of this program's block (int64 when the tensor needs it) and their mask."""
+    """Element indices of this program's block (int64 when the tensor needs it), their mask, and
+    the block's first Philox counter (element index / 4)."""
     start = tl.program_id(0)
     if WIDE:
         start = start.to(tl.int64)
     offsets = start * BLOCK + tl.arange(0, BLOCK)
-    return offsets, offsets < numel
+    return offsets, offsets < numel, start * (BLOCK // 4)
 
 
 @triton.jit
-def _draw(key, offsets, GAUSSIAN: tl.constexpr):
-    """z at ``offsets``: Philox4x32-10(counter=offset, key) -> Box-Muller or sign (philox.py)."""
+def _sign(bits):
+    return tl.where(bits.to(tl.int32, bitcast=True) < 0, -1.0, 1.0)
+
+
+@triton.jit
+def _draw(key, first_counter, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr):
+    """z of the block's BLOCK elements: Philox4x32-10 at counters first_counter + 0..BLOCK/4-1,
+    each counter's 4 words serving 4 consecutive elements (Box-Muller on word pairs, or signs);
+    philox.py is the same definition in torch."""
+    counters = first_counter + tl.arange(0, BLOCK // 4)
     if GAUSSIAN:
-        z = tl.randn(key, offsets)
+        a, b, c, d = tl.randn4x(key, counters)
     else:
-        bits = tl.randint(key, offsets).to(tl.int32, bitcast=True)
-        z = tl.where(bits < 0, -1.0, 1.0)
-    return z
+        w0, w1, w2, w3 = tl.randint4x(key, counters)
+        a, b, c, d = _sign(w0), _sign(w1), _sign(w2), _sign(w3)
+    # [a0, b0, c0, d0, a1, b1, ...]: element 4k + j is word j of counter k
+    return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
 
 
 @triton.jit
@@ -98,8 +108,8 @@ def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
 def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
                   WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """θ ← keep·(θ + undo·z) + coeff·z in float32, one rounding to θ's dtype."""
-    offsets, mask = _block(numel, BLOCK, WIDE)
-    z = _draw(key, offsets, GAUSSIAN)
+    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
+    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
     _store_rounded(theta_ptr + offsets, keep * (theta + undo * z) + coeff * z, mask, MANUAL_BF16)
 
@@ -108,8 +118,8 @@ def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr,
 def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
                            WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """out ← θ + scale·z (virtual mode's swap: θ is only read)."""
-    offsets, mask = _block(numel, BLOCK, WIDE)
-    z = _draw(key, offsets, GAUSSIAN)
+    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
+    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
     _store_rounded(out_ptr + offsets, theta + scale * z, mask, MANUAL_BF16)
 
@@ -117,8 +127,8 @@ def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, BLOCK: tl.cons
 @triton.jit
 def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
     """out ← z (float32): for stateful updates (``foreach``), transforming directions, and tests."""
-    offsets, mask = _block(numel, BLOCK, WIDE)
-    tl.store(out_ptr + offsets, _draw(key, offsets, GAUSSIAN), mask=mask)
+    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
+    tl.store(out_ptr + offsets, _draw(key, first_counter, BLOCK, GAUSSIAN), mask=mask)
 
 
 # --- launchers -----------------------------------------------------------------------------------
