@@ -270,3 +270,48 @@ def test_triton_not_installed_is_a_missing_package_error(monkeypatch):
     monkeypatch.setattr(engine, "_triton_installed", lambda: False)
     with pytest.raises(MissingPackageError, match="pip install 'triton"):
         build_engine("triton", "inplace")
+
+
+# --- batched replicas and forward-mode duals measure along the kernels' z --------------------------
+
+def _logsumexp_loss(model, ids):
+    return model(input_ids=ids).logits.logsumexp(-1).mean()
+
+
+def test_batched_replicas_on_triton_measure_along_the_kernel_z():
+    """Batched FZOO evaluates N perturbations in one forward; on this backend they must be the
+    Philox z that the update sweeps then move along (torch's z there would make FZOO's update
+    unrelated to what it measured)."""
+    from tests.engine.test_dual_and_replicas import _replica_losses
+
+    model = tiny_model("llama")
+    params = list(enumerate(model.parameters()))
+    engine = build_engine("triton", "virtual", model)
+    directions = [Direction(seed, "rademacher") for seed in range(3)]
+    ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sequential = []
+        for direction in directions:
+            engine.perturb(params, direction, 1e-2)
+            sequential.append(float(_logsumexp_loss(model, ids)))
+        engine.restore(params)
+        with engine.replicas(params, directions, 1e-2):
+            batched = _replica_losses(model, ids, 3)
+    torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_mode_dual_on_triton_is_the_derivative_along_the_kernel_z():
+    import torch.autograd.forward_ad as fwAD
+
+    model = tiny_model("llama", torch.float64)
+    params = list(enumerate(model.parameters()))
+    engine = build_engine("triton", "virtual", model)
+    direction = Direction(5)
+    ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), engine.dual(params, direction):
+        _, tangent = fwAD.unpack_dual(_logsumexp_loss(model, ids))
+    model.requires_grad_(True)
+    grads = torch.autograd.grad(_logsumexp_loss(model, ids), [p for _, p in params], allow_unused=True)
+    along_kernel_z = sum(float((g * _reference(mix_seed(5, pid), p, "gaussian").double()).sum())
+                         for (pid, p), g in zip(params, grads) if g is not None)
+    assert float(tangent) == pytest.approx(along_kernel_z, rel=1e-6)

@@ -210,6 +210,11 @@ class VirtualEngine(Engine):
         """The tensor swapped in for θ (other backends compute it with their own kernel)."""
         return perturbed_value(p, pid, direction, scale)
 
+    def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:
+        """z for the dual and replica paths: this backend's z (others override it), so that what a
+        batched or forward-mode evaluation measures is along the z the update then moves along."""
+        return direction.sample(pid, p)
+
     def _swap_out(self, module: nn.Module, args, output) -> None:
         slots = self._dual_saved.get(id(module))
         if slots:
@@ -267,7 +272,7 @@ class VirtualEngine(Engine):
             value = self._tied_cache.get(id(p))
             if value is None:
                 pid, direction = entry
-                value = fwAD.make_dual(p.detach(), direction.sample(pid, p).to(p.dtype))
+                value = fwAD.make_dual(p.detach(), self._sample(direction, pid, p).to(p.dtype))
                 if fwAD.unpack_dual(value).tangent is None:
                     raise RuntimeError("forward-mode AD is disabled here (torch.inference_mode?): "
                                        "the closure must run under torch.no_grad, not inference_mode")
@@ -353,7 +358,7 @@ class VirtualEngine(Engine):
         self._split(module, x.shape[0], n)
         for direction, xi, yi in zip(directions, x.chunk(n), output.chunk(n)):
             for name, p, pid in entries:
-                z = direction.sample(pid, p).to(p.dtype)
+                z = self._sample(direction, pid, p).to(p.dtype)
                 # y_i += ε (x_i Z_iᵀ) or ε z_b,i: the perturbation's contribution, replica i only
                 yi.add_(F.linear(xi, z) if name == "weight" else z, alpha=scale)
         return output
@@ -364,7 +369,7 @@ class VirtualEngine(Engine):
         self._split(module, ids.shape[0], n)
         (_, p, pid), = entries
         for direction, ids_i, yi in zip(directions, ids.chunk(n), output.chunk(n)):
-            yi.add_(F.embedding(ids_i, direction.sample(pid, p).to(p.dtype)), alpha=scale)
+            yi.add_(F.embedding(ids_i, self._sample(direction, pid, p).to(p.dtype)), alpha=scale)
         return output
 
     def _replica_generic(self, module, args, kwargs, output, entries, directions, scale):
@@ -383,7 +388,7 @@ class VirtualEngine(Engine):
         self._replaying = True
         try:
             for i, direction in enumerate(directions):
-                swapped = {name: perturbed_value(p, pid, direction, scale) for name, p, pid in entries}
+                swapped = {name: self._perturbed_value(p, pid, direction, scale) for name, p, pid in entries}
                 outputs.append(torch.func.functional_call(
                     module, swapped, tuple(piece(a, i) for a in args),
                     {k: piece(v, i) for k, v in kwargs.items()}))

@@ -260,3 +260,13 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             return perturbed_copy(p, mix_seed(direction.seed, pid), direction.distribution, scale)
         with z_source(generate_z):
             return perturbed_value(p, pid, direction, scale)
+
+    def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:
+        """The Philox z of the kernels, for forward-mode (dual) and batched-replica evaluations:
+        without it those evaluations would measure along torch's z while the update sweeps move
+        along this backend's (batched FZOO and the forward gradient silently not learning)."""
+        if in_kernel(direction):
+            self.check_device(p)
+            return generate_z(mix_seed(direction.seed, pid), p, direction.distribution)
+        with z_source(generate_z):
+            return direction.sample(pid, p)
