@@ -21,6 +21,10 @@ FO = {"adam", "sgd"}
 
 def load(runs: Path) -> list[dict]:
     order = [line.split("|")[0] for line in (runs / "plan.txt").read_text().splitlines() if line.strip()]
+    # runs found invalid after the fact (void.txt: "name|why"): listed as void, compared with nothing
+    void_file = runs / "void.txt"
+    void = dict(line.split("|", 1) for line in void_file.read_text().splitlines() if line.strip()) \
+        if void_file.is_file() else {}
     rows = []
     for name in order:
         folder = runs / name
@@ -43,6 +47,7 @@ def load(runs: Path) -> list[dict]:
             "peak": summary["peak_memory_bytes"] if summary else (train[-1]["peak_memory_bytes"] if train else None),
             "budget": cfg["train"].get("forward_budget"), "dev": dev,
             "eval_only": cfg["train"]["steps"] == 0 and not cfg["train"].get("forward_budget"),
+            "void": void.get(name),
         })
     return rows
 
@@ -53,7 +58,7 @@ def fmt(x, spec=".3f"):
 
 def readme(runs: Path, rows: list[dict]) -> str:
     launched = [r for r in rows if r["launched"]]
-    zo = [r for r in launched if not r["first_order"] and not r["eval_only"]]
+    zo = [r for r in launched if not r["first_order"] and not r["eval_only"] and not r["void"]]
     budget = max((r["budget"] or 0) for r in zo) if zo else 0
     evals = max((len(r["dev"]) for r in zo), default=0)
     out = ["# Every method on SmolLM2-135M / SST-2 at one forward-pass budget", "",
@@ -74,6 +79,8 @@ def readme(runs: Path, rows: list[dict]) -> str:
     for r in launched:
         s = r["summary"]
         status = s["status"] if s else "stopped"
+        if r["void"]:
+            status = f"**void**: {r['void']}"
         # first-order runs are evaluated by steps, not at the ZO runs' forward-pass counts
         devs = ["-"] * evals if r["eval_only"] or r["first_order"] else \
             ([fmt(acc) for _, acc in r["dev"]] + ["-"] * evals)[:evals]
@@ -97,6 +104,7 @@ def readme(runs: Path, rows: list[dict]) -> str:
                 "| method | dev acc | run | forward passes | steps |", "|---|---|---|---|---|"]
         for method, runs_of in compared.items():
             if not runs_of:
+                out.append(f"| {method} | - | no valid run | - | - |")
                 continue
             acc, name, passes = max((r["dev"][k - 1][1], r["name"], r["dev"][k - 1][0]) for r in runs_of)
             per_step = next(r for r in runs_of if r["name"] == name)
@@ -113,7 +121,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in rows:
-        if not r["launched"] or r["first_order"] or not r["dev"]:
+        if not r["launched"] or r["first_order"] or not r["dev"] or r["void"]:
             continue
         if r["eval_only"]:
             ax.axhline(r["dev"][0][1], linestyle=":", color="black" if r["name"] == "zero_shot" else "grey",
