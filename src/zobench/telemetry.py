@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -29,6 +30,11 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# set while a model call continues a forward pass from its prompt's KV cache (prefix-shared
+# candidate scoring): the prompt call and its continuation count as one forward pass
+CONTINUATION: contextvars.ContextVar[bool] = contextvars.ContextVar("zobench_continuation", default=False)
+
+
 class ForwardCounter:
     """Counts model forward passes per phase; ``with counter.phase("eval"): ...``.
 
@@ -42,6 +48,8 @@ class ForwardCounter:
         self._handle = model.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args) -> None:
+        if CONTINUATION.get():  # the second half of one forward pass split at a KV cache
+            return
         self.counts[self.current] += self.replicas()
 
     @contextlib.contextmanager

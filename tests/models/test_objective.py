@@ -98,3 +98,77 @@ def test_real_tokenizer_prompt_and_candidates():
     assert e.shared_single_token
     assert tokenizer.decode(list(e.options[1])) == " great"
     assert tokenizer.decode(list(e.contexts[0])) == "a charming film It was"
+
+
+# --- prefix-shared scoring of multi-token candidates (KV cache) ----------------------------------
+
+@pytest.mark.parametrize("family", ["llama", "opt", "phi", "gemma3"])
+def test_prefix_shared_scores_equal_the_per_pair_forward(family):
+    """Contexts of different lengths (left padding), options of 1-4 tokens (right padding in the
+    continuation), a context longer than Gemma's sliding window: the same log-probabilities as
+    one (context + option) sequence per pair."""
+    scorer = CandidateScorer(tiny_model(family), CharTokenizer(), max_length=64, device="cpu")
+    prompts = ["the film was", "a long and winding prompt here", "x"]
+    encoded = [scorer.encode(Rendered(p, ("cat", "d", "dog!", "ok"), 0)) for p in prompts]
+    shared = scorer.scores(encoded)
+    scorer.share_prefix = False
+    per_pair = scorer.scores(encoded)
+    torch.testing.assert_close(shared, per_pair, rtol=1e-5, atol=1e-5)
+    for row, expected in zip(shared, _naive_scores(scorer.model, encoded)):
+        torch.testing.assert_close(row, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_shared_scoring_runs_each_context_once_and_counts_one_forward():
+    from zobench.telemetry import ForwardCounter
+
+    scorer = CandidateScorer(tiny_model("llama"), CharTokenizer(), max_length=64, device="cpu")
+    rows = []
+    handle = scorer.model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape),
+                                                    with_kwargs=True)
+    counter = ForwardCounter(scorer.model)
+    try:
+        encoded = [scorer.encode(Rendered(p, ("cat", "dog", "d"), 0)) for p in ["ab", "abcd"]]
+        scorer.scores(encoded)
+    finally:
+        handle.remove()
+        counter.remove()
+    # 2 contexts once, then 6 pairs continue from the cache with their options' last 2 tokens at most
+    assert rows == [torch.Size([2, 5]), torch.Size([6, 2])]
+    assert counter["train"] == 1
+
+
+def test_prefix_shared_scoring_is_used_only_where_contexts_repeat():
+    scorer = CandidateScorer(tiny_model("llama"), CharTokenizer(), max_length=64, device="cpu")
+    calls = []
+    handle = scorer.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        # the lm objective scores one (gold) option per example: nothing to share, one call
+        scorer._option_logprobs([((1, 5, 6), (7, 8)), ((1, 9), (10, 11, 12))])
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_prefix_shared_scoring_under_the_engines_perturbation_and_forward_mode():
+    """The prompt call and its continuation see the same perturbed weights (virtual engine), and
+    forward-mode tangents flow through the KV cache: loss and ∇L·z as on the per-pair path."""
+    import torch.autograd.forward_ad as fwAD
+
+    from zobench.engine import Direction, VirtualEngine
+
+    scorer = CandidateScorer(tiny_model("llama", torch.float64), CharTokenizer(), max_length=64, device="cpu")
+    encoded = [scorer.encode(Rendered(p, ("cat", "d", "dog!"), i % 3)) for i, p in enumerate(["ab", "abcdef", "q"])]
+    params = list(enumerate(scorer.model.parameters()))
+    engine = VirtualEngine(scorer.model)
+    results = {}
+    for share in (True, False):
+        scorer.share_prefix = share
+        with torch.no_grad():
+            engine.perturb(params, Direction(3), 1e-2)
+            perturbed = float(scorer.loss(encoded))
+            engine.restore(params)
+            with engine.dual(params, Direction(4)):
+                tangent = float(fwAD.unpack_dual(scorer.loss(encoded)).tangent)
+        results[share] = (perturbed, tangent)
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-10)
+    assert results[True][1] == pytest.approx(results[False][1], rel=1e-8)

@@ -18,7 +18,12 @@ the BOS token and the last ``max_length - 1`` tokens.
 Fast path: when every candidate of every example in a batch is one token and the contexts are
 identical (SST-2, RTE, most classification prompts), the prompt runs once and each candidate is
 read from the last position's logits: one sequence per example instead of one per candidate,
-and logits only at one position. Both paths run exactly one model forward per batch.
+and logits only at one position. Multi-token candidates (COPA, ReCoRD, TREC's labels) share
+their context through the KV cache: each distinct context runs once, and every candidate's
+remaining tokens continue from a copy of its cache rows (``_shared_option_logprobs``), with
+logits only at the candidates' positions (and their right padding). The ForwardCounter counts either path as one forward
+pass per batch (the continuation call is the second half of it); batched replicas (FZOO) take
+the one-sequence-per-pair path.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class CandidateScorer:
         probe = tokenizer.encode("a")
         self.keeps_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
         self._takes_positions, self._takes_logits_to_keep = forward_options(model)
+        # candidates sharing a context: run it once and continue each option from its KV cache
+        self.share_prefix = True
 
     # -- encoding -----------------------------------------------------------------------------
     def _truncate(self, ids: list[int]) -> list[int]:
@@ -159,6 +166,8 @@ class CandidateScorer:
                          replicas: int = 1) -> list[torch.Tensor]:
         """log p of every option token given its context, one tensor per (context, option) pair
         (replica-major when ``replicas`` > 1)."""
+        if replicas == 1 and self.share_prefix and len(set(c for c, _ in pairs)) < len(pairs):
+            return self._shared_option_logprobs(pairs)
         keep = max(len(o) for _, o in pairs) + 1
         logprobs = self._forward([c + o for c, o in pairs], keep=keep, replicas=replicas).cpu()
         out = []
@@ -169,6 +178,61 @@ class CandidateScorer:
             positions = torch.arange(keep - n - 1, keep - 1)
             out.append(logprobs[i, positions, torch.tensor(option)])
         return out
+
+    def _shared_option_logprobs(self, pairs) -> list[torch.Tensor]:
+        """``_option_logprobs`` with every distinct context run once: the contexts go through the
+        model (left-padded, logits at their last position only, which predict each option's
+        first token), their KV cache is gathered to one row per pair, and the options' remaining
+        tokens run on top of it (right-padded: causal attention keeps padding after the real
+        tokens out of them). Two model calls that are one forward pass of the pairs (the
+        ForwardCounter counts one); the same log-probabilities as the per-pair forward, to
+        float rounding (tests/models/test_causal.py)."""
+        from ..telemetry import CONTINUATION
+
+        contexts = list(dict.fromkeys(c for c, _ in pairs))
+        row_of = {c: i for i, c in enumerate(contexts)}
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, context in enumerate(contexts):
+            ids[row, width - len(context):] = torch.tensor(context, dtype=torch.long)
+            mask[row, width - len(context):] = 1
+        kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=True)
+        if self._takes_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # predicts each option's first token
+        rest = max(len(o) for _, o in pairs) - 1
+        later = None
+        if rest > 0:
+            rows = torch.tensor([row_of[c] for c, _ in pairs])
+            cache = out.past_key_values
+            cache.reorder_cache(rows.to(self.device))  # one cache row per pair (rows repeat)
+            cont = torch.full((len(pairs), rest), self.pad_id, dtype=torch.long)
+            cont_mask = torch.zeros((len(pairs), rest), dtype=torch.long)
+            for i, (_, option) in enumerate(pairs):
+                cont[i, : len(option) - 1] = torch.tensor(option[:-1], dtype=torch.long)
+                cont_mask[i, : len(option) - 1] = 1
+            full_mask = torch.cat([mask[rows], cont_mask], dim=1)
+            kwargs = dict(input_ids=cont.to(self.device), attention_mask=full_mask.to(self.device),
+                          past_key_values=cache, use_cache=True)
+            if self._takes_positions:
+                lengths = torch.tensor([len(c) for c, _ in pairs])
+                kwargs["position_ids"] = (lengths[:, None] + torch.arange(rest)).to(self.device)
+            token = CONTINUATION.set(True)
+            try:
+                later = F.log_softmax(self.model(**kwargs).logits.float(), dim=-1).cpu()
+            finally:
+                CONTINUATION.reset(token)
+        result = []
+        for i, (context, option) in enumerate(pairs):
+            values = [first[row_of[context], option[0]]]
+            if len(option) > 1:
+                values.append(later[i, torch.arange(len(option) - 1), torch.tensor(option[1:])])
+            result.append(torch.cat([values[0].view(1)] + values[1:]))
+        return result
 
     def loss(self, batch: Sequence[Encoded], replicas: int = 1) -> torch.Tensor:
         """The training loss; ``replicas`` > 1: one loss per replica, shape (R,), from one call."""

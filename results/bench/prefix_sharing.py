@@ -1,0 +1,55 @@
+"""Prefix-shared candidate scoring vs one sequence per (example, candidate): evaluation time and
+predictions on tasks with multi-token candidates, SmolLM2-135M, one process.
+
+    ZOBENCH_DATA_DIR=../shared/data python results/bench/prefix_sharing.py > results/bench/prefix_sharing.md
+"""
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from zobench.models import load_model, model_config
+from zobench.models.objective import build_objective
+from zobench.tasks import build_splits, load_task
+
+TASKS = {"copa": 64, "record": 16}  # task -> test examples scored
+REPEATS = 3
+
+torch.set_grad_enabled(False)
+model, tokenizer = load_model(model_config("smollm2-135m"), "cpu")
+print("# Prefix-shared candidate scoring vs one sequence per (example, candidate)\n")
+print("Command: `ZOBENCH_DATA_DIR=../shared/data python results/bench/prefix_sharing.py`\n")
+print(f"SmolLM2-135M fp32, {torch.get_num_threads()} CPU threads ({platform.processor() or 'cpu'}), torch "
+      f"{torch.__version__}; `objective.evaluate` on the first N test examples, eval batch 8, median of "
+      f"{REPEATS} runs each, both paths in one process.\n")
+print("| task | examples | candidates per example | mean tokens per context | per pair (s) | shared (s) | "
+      "speed-up | same predictions | max score difference |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, n in TASKS.items():
+    spec = load_task(name)
+    splits = build_splits(spec, os.environ.get("ZOBENCH_DATA_DIR"), 0, 0, n, seed=0)
+    objective = build_objective(spec, "causal", model, tokenizer, 2048, "cpu")
+    encoded = [objective.encode(spec.render(e)) for e in splits.test]
+    timings, scores = {}, {}
+    for share in (False, True):
+        objective.share_prefix = share
+        runs = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            objective.evaluate(encoded, 8)
+            runs.append(time.perf_counter() - start)
+        timings[share] = statistics.median(runs)
+        scores[share] = torch.cat([objective.scores(encoded[i:i + 8]).flatten() for i in range(0, len(encoded), 8)])
+    finite = torch.isfinite(scores[False])
+    objective.share_prefix = False
+    pred_pairs = [objective.predict(encoded[i:i + 8]) for i in range(0, len(encoded), 8)]
+    objective.share_prefix = True
+    pred_shared = [objective.predict(encoded[i:i + 8]) for i in range(0, len(encoded), 8)]
+    diff = float((scores[True][finite] - scores[False][finite]).abs().max())
+    cands = statistics.mean(len(e.options) for e in encoded)
+    ctx = statistics.mean(len(e.contexts[0]) for e in encoded)
+    print(f"| {name} | {len(encoded)} | {cands:.1f} | {ctx:.0f} | {timings[False]:.2f} | {timings[True]:.2f} | "
+          f"{timings[False] / timings[True]:.1f}× | {pred_pairs == pred_shared} | {diff:.1e} |")
