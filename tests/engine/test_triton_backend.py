@@ -16,6 +16,7 @@ if "zobench.engine.triton_backend" not in sys.modules:
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
 from tests.conftest import tiny_model  # noqa: E402
+from tests.engine.test_dual_and_replicas import _loss, _replica_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
 from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine.directions import z_source  # noqa: E402
@@ -274,16 +275,10 @@ def test_triton_not_installed_is_a_missing_package_error(monkeypatch):
 
 # --- batched replicas and forward-mode duals measure along the kernels' z --------------------------
 
-def _logsumexp_loss(model, ids):
-    return model(input_ids=ids).logits.logsumexp(-1).mean()
-
-
 def test_batched_replicas_on_triton_measure_along_the_kernel_z():
     """Batched FZOO evaluates N perturbations in one forward; on this backend they must be the
     Philox z that the update sweeps then move along (torch's z there would make FZOO's update
     unrelated to what it measured)."""
-    from tests.engine.test_dual_and_replicas import _replica_losses
-
     model = tiny_model("llama")
     params = list(enumerate(model.parameters()))
     engine = build_engine("triton", "virtual", model)
@@ -293,7 +288,7 @@ def test_batched_replicas_on_triton_measure_along_the_kernel_z():
         sequential = []
         for direction in directions:
             engine.perturb(params, direction, 1e-2)
-            sequential.append(float(_logsumexp_loss(model, ids)))
+            sequential.append(float(_loss(model, ids)))
         engine.restore(params)
         with engine.replicas(params, directions, 1e-2):
             batched = _replica_losses(model, ids, 3)
@@ -309,9 +304,9 @@ def test_forward_mode_dual_on_triton_is_the_derivative_along_the_kernel_z():
     direction = Direction(5)
     ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), engine.dual(params, direction):
-        _, tangent = fwAD.unpack_dual(_logsumexp_loss(model, ids))
+        _, tangent = fwAD.unpack_dual(_loss(model, ids))
     model.requires_grad_(True)
-    grads = torch.autograd.grad(_logsumexp_loss(model, ids), [p for _, p in params], allow_unused=True)
+    grads = torch.autograd.grad(_loss(model, ids), [p for _, p in params], allow_unused=True)
     along_kernel_z = sum(float((g * _reference(mix_seed(5, pid), p, "gaussian").double()).sum())
                          for (pid, p), g in zip(params, grads) if g is not None)
     assert float(tangent) == pytest.approx(along_kernel_z, rel=1e-6)
@@ -320,7 +315,6 @@ def test_forward_mode_dual_on_triton_is_the_derivative_along_the_kernel_z():
 def test_batched_fzoo_on_triton_steps_as_sequential_fzoo():
     """End to end: one FZOO step with the N directions in one batched forward equals the step
     with N sequential perturbed forwards, on this backend."""
-    from tests.engine.test_dual_and_replicas import _replica_losses
     from zobench.optim import FZOO
 
     ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(4))
@@ -329,7 +323,7 @@ def test_batched_fzoo_on_triton_steps_as_sequential_fzoo():
         model = tiny_model("llama")
 
         def closure(replicas=1, _model=model):
-            return _replica_losses(_model, ids, replicas) if replicas > 1 else _logsumexp_loss(_model, ids)
+            return _replica_losses(_model, ids, replicas) if replicas > 1 else _loss(_model, ids)
 
         opt = FZOO(model.parameters(), lr=1e-3, eps=1e-2, num_directions=3, batched=batched, seed=6,
                    engine=build_engine("triton", "virtual", model))

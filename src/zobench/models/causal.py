@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..telemetry import CONTINUATION
 from ..tasks import Rendered
 from .introspect import forward_options, hf_model
 
@@ -118,11 +119,10 @@ class CandidateScorer:
         return Encoded(tuple(contexts), tuple(options), example.label, tuple(getattr(example, "gold", ())))
 
     # -- model call ---------------------------------------------------------------------------
-    def _forward(self, sequences: Sequence[Sequence[int]], keep: int, replicas: int = 1) -> torch.Tensor:
-        """Log-probabilities (float32) at the last ``keep`` positions of left-padded sequences.
-
-        ``replicas`` > 1: the sequences are repeated replica-major in one model call (batched
-        FZOO: replica r sees the engine's r-th perturbation); rows come back in that order."""
+    def _left_padded(self, sequences: Sequence[Sequence[int]], replicas: int = 1) -> tuple[dict, torch.Tensor]:
+        """Model inputs for left-padded ``sequences`` (repeated replica-major ``replicas`` times):
+        input_ids, attention_mask and, where the model takes them, position ids that count real
+        tokens only; and the (CPU) attention mask."""
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -130,9 +130,18 @@ class CandidateScorer:
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
         ids, mask = ids.repeat(replicas, 1), mask.repeat(replicas, 1)
-        kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-        if self._takes_positions:  # left padding: positions count real tokens only
+        kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        if self._takes_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        return kwargs, mask
+
+    def _forward(self, sequences: Sequence[Sequence[int]], keep: int, replicas: int = 1) -> torch.Tensor:
+        """Log-probabilities (float32) at the last ``keep`` positions of left-padded sequences.
+
+        ``replicas`` > 1: the sequences are repeated replica-major in one model call (batched
+        FZOO: replica r sees the engine's r-th perturbation); rows come back in that order."""
+        kwargs, _ = self._left_padded(sequences, replicas)
+        kwargs["use_cache"] = False
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = keep
         logits = self.model(**kwargs).logits[:, -keep:]
@@ -186,20 +195,11 @@ class CandidateScorer:
         tokens run on top of it (right-padded: causal attention keeps padding after the real
         tokens out of them). Two model calls that are one forward pass of the pairs (the
         ForwardCounter counts one); the same log-probabilities as the per-pair forward, to
-        float rounding (tests/models/test_causal.py)."""
-        from ..telemetry import CONTINUATION
-
+        float rounding (tests/models/test_objective.py)."""
         contexts = list(dict.fromkeys(c for c, _ in pairs))
         row_of = {c: i for i, c in enumerate(contexts)}
-        width = max(len(c) for c in contexts)
-        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(contexts), width), dtype=torch.long)
-        for row, context in enumerate(contexts):
-            ids[row, width - len(context):] = torch.tensor(context, dtype=torch.long)
-            mask[row, width - len(context):] = 1
-        kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=True)
-        if self._takes_positions:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        kwargs, mask = self._left_padded(contexts)
+        kwargs["use_cache"] = True
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
