@@ -125,12 +125,19 @@ class Direction:
 Z_CHUNK = 1 << 20  # elements of z drawn at a time on CPU (a multiple of 16: see Direction.chunks)
 
 
-def add_z_(p: torch.Tensor, pid: int, direction: Direction, alpha: float) -> None:
-    """p ← p + alpha·z (z cast to p's dtype first), z drawn a chunk at a time where the
-    direction allows it (``Direction.chunks``): no parameter-sized z on CPU."""
+def z_pieces(p: torch.Tensor, pid: int, direction: Direction):
+    """``(view of p, z there in p's dtype)`` covering ``p``: chunk by chunk where the direction
+    allows it (``Direction.chunks``), else (a non-contiguous p) the whole p and its whole z.
+    Elementwise updates applied piece by piece equal the whole-tensor ones bit for bit."""
     if not p.is_contiguous():
-        p.add_(direction.sample(pid, p).to(p.dtype), alpha=alpha)
+        yield p, direction.sample(pid, p).to(p.dtype)
         return
     flat = p.view(-1)
     for start, stop, z in direction.chunks(pid, p):
-        flat[start:stop].add_(z.to(p.dtype), alpha=alpha)
+        yield flat[start:stop], z.to(p.dtype)
+
+
+def add_z_(p: torch.Tensor, pid: int, direction: Direction, alpha: float) -> None:
+    """p ← p + alpha·z (z cast to p's dtype first), with no parameter-sized z on CPU."""
+    for target, z in z_pieces(p, pid, direction):
+        target.add_(z, alpha=alpha)

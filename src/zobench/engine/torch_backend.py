@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Engine, ZOParams
-from .directions import Direction, add_z_
+from .directions import Direction, add_z_, z_pieces
 
 
 def perturbed_value(p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
@@ -108,11 +108,7 @@ class InPlaceEngine(Engine):
                 undo = self._take_undo(pid, p, direction)
                 if undo == 0.0 and decay == 0.0 and coeff == 0.0:
                     continue
-                if not p.is_contiguous():  # rare: one whole z, the same operations
-                    pieces = [(p, direction.sample(pid, p).to(p.dtype))]
-                else:
-                    pieces = ((p.view(-1)[a:b], z.to(p.dtype)) for a, b, z in direction.chunks(pid, p))
-                for target, z in pieces:  # elementwise: chunk by chunk is bit-identical
+                for target, z in z_pieces(p, pid, direction):  # elementwise: piece by piece is bit-identical
                     if undo != 0.0:
                         target.add_(z, alpha=undo)
                     if decay != 0.0:
