@@ -141,7 +141,8 @@ def test_build_engine_validates_its_options():
 
 
 def test_virtual_mode_generates_each_parameters_z_once_per_evaluation(monkeypatch):
-    """The tied embedding / LM head is one parameter used by two modules: one z, not two."""
+    """The tied embedding / LM head is one parameter used by two modules: one z, not two (below
+    the streaming threshold; a streamed tied weight is drawn at each use instead of kept whole)."""
     model = tiny_model("llama")  # tie_word_embeddings=True
     assert model.lm_head.weight is model.model.embed_tokens.weight
     params = list(enumerate(p for _, p in model.named_parameters()))
@@ -179,3 +180,107 @@ def test_fused_restore_and_update_is_bit_identical_to_the_pair_with_one_z_less(d
     (unfused, n_unfused), (fused, n_fused) = results
     assert torch.equal(unfused.view(torch.uint8), fused.view(torch.uint8))
     assert (n_unfused, n_fused) == (2, 1)
+
+
+# --- streamed weights: no parameter-sized θ + εz in virtual mode ------------------------------------
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Blocks of a few rows, so every tiny weight streams in many blocks."""
+    from zobench.engine import directions
+
+    monkeypatch.setattr(directions, "Z_CHUNK", 64)
+
+
+def _perturbed_losses(model, ids, direction, stream_elements):
+    params = list(enumerate(p for _, p in model.named_parameters()))
+    engine = VirtualEngine(model, stream_elements=stream_elements)
+    whole = []
+    original = engine._perturbed_value
+    engine._perturbed_value = lambda p, *a: whole.append(tuple(p.shape)) or original(p, *a)
+    losses = []
+    for scale in (1e-2, -1e-2):
+        engine.perturb(params, direction, scale)
+        losses.append(_closure(model, ids)())
+    engine.restore(params)
+    engine.remove()
+    return losses, whole
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("family", sorted(TINY_ARCHS))
+def test_streamed_weights_give_the_materialised_losses_without_materialising(family, distribution, small_chunks):
+    """Every 2-D weight streamed (embeddings, OPT's learned positions, Gemma's scaled embedding,
+    the tied LM head): the same losses as swapping in θ + εz whole, to float rounding, while no
+    2-D θ + εz is ever built whole and the stored weights are untouched."""
+    model = tiny_model(family)
+    snap = _snapshot(model)
+    ids = torch.randint(3, 60, (2, 7))
+    direction = Direction(42, distribution)
+    materialised, whole = _perturbed_losses(model, ids, direction, stream_elements=None)
+    assert any(len(shape) == 2 for shape in whole)
+    streamed, whole = _perturbed_losses(model, ids, direction, stream_elements=1)
+    assert [shape for shape in whole if len(shape) == 2] == []
+    for a, b in zip(streamed, materialised):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(streamed[0], streamed[1])
+    assert _bit_identical(model, snap)
+
+
+def test_streamed_embedding_rows_are_bit_identical(small_chunks):
+    model = tiny_model("llama")
+    params = list(enumerate(p for _, p in model.named_parameters()))
+    ids = torch.randint(0, 64, (3, 9))
+    rows = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, a, out: rows.append(out.clone()))
+    for stream_elements in (None, 1):
+        engine = VirtualEngine(model, stream_elements=stream_elements)
+        engine.perturb(params, Direction(3), 1e-2)
+        model(input_ids=ids)
+        engine.restore(params)
+        engine.remove()
+    hook.remove()
+    assert torch.equal(rows[0], rows[1])
+
+
+def test_streamed_embedding_refuses_an_id_out_of_range(small_chunks):
+    model = tiny_model("llama")
+    snap = _snapshot(model)
+    params = list(enumerate(model.parameters()))
+    engine = VirtualEngine(model, stream_elements=1)
+    engine.perturb(params, Direction(1), 0.1)
+    with pytest.raises(IndexError, match="out of range"):
+        model(input_ids=torch.full((1, 3), 64))
+    engine.restore(params)
+    assert _bit_identical(model, snap)
+
+
+def test_a_streamed_weight_used_outside_linear_and_embedding_is_materialised(small_chunks):
+    """A module that multiplies its weight by hand still sees θ + εz (the whole of it)."""
+    class HandMade(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(40, 8), requires_grad=False)
+
+        def forward(self, x):
+            return x @ self.weight.t()
+
+    model = HandMade()
+    x = torch.randn(3, 8)
+    params = [(0, model.weight)]
+    out = []
+    for stream_elements in (None, 1):
+        engine = VirtualEngine(model, stream_elements=stream_elements)
+        engine.perturb(params, Direction(9), 0.1)
+        out.append(model(x))
+        engine.restore(params)
+        engine.remove()
+    assert torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], x @ model.weight.t())
+
+
+def test_a_model_below_the_threshold_streams_nothing():
+    model = tiny_model("llama")  # 64 x 16 embedding: far below the default threshold
+    engine = VirtualEngine(model)
+    engine.perturb(list(enumerate(model.parameters())), Direction(1), 0.1)
+    assert engine._streamed == set()

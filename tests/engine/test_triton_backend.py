@@ -153,6 +153,45 @@ def test_virtual_perturbation_equals_weights_moved_by_the_inplace_kernel():
     assert torch.equal(loss_virtual, closure()) and not torch.equal(loss_virtual, clean)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_perturbed_rows_are_the_rows_of_the_whole_perturbed_copy(dtype):
+    """A streamed block's z depends only on its elements' indices: rows computed alone are the
+    rows of the whole θ + εz, bit for bit."""
+    p = _weights((300, 48), dtype)
+    key = mix_seed(5, 2)
+    whole = tb.perturbed_copy(p, key, "gaussian", 0.25)
+    rows = tb.row_block(48, multiple=tb.BLOCK)
+    assert rows * 48 % tb.BLOCK == 0
+    for first in range(0, 300, rows):
+        stop = min(first + rows, 300)
+        block = tb.perturbed_rows(p, key, "gaussian", 0.25, first, stop)
+        assert torch.equal(_bits(block), _bits(whole[first:stop]))
+    with pytest.raises(ValueError, match="does not start a kernel block"):
+        tb.perturbed_rows(p, key, "gaussian", 0.25, 1, 2)
+
+
+def test_streamed_weights_on_triton_give_the_materialised_loss(monkeypatch):
+    """Virtual mode streams the embedding / LM head in blocks of rows (the kernel with an element
+    offset) and never builds their θ + εz whole: the loss is the materialised one."""
+    from zobench.engine import directions
+
+    monkeypatch.setattr(directions, "Z_CHUNK", 1024)  # 64-row blocks of the 64 x 16 embedding
+    model = tiny_model("llama")
+    params = list(enumerate(model.parameters()))
+    closure = _closure(model, torch.randint(3, 60, (2, 7)))
+    losses, whole = [], []
+    for stream_elements in (None, 1):
+        engine = tb.TritonVirtualEngine(model, stream_elements=stream_elements)
+        original = engine._perturbed_value
+        engine._perturbed_value = lambda p, *a: whole.append((stream_elements, p.dim())) or original(p, *a)
+        engine.perturb(params, Direction(42), 1e-2)
+        losses.append(closure())
+        engine.restore(params)
+        engine.remove()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert (None, 2) in whole and (1, 2) not in whole
+
+
 @pytest.mark.parametrize("mode", ["inplace", "virtual"])
 def test_a_mezo_step_is_the_analytic_update_with_the_kernel_z(mode):
     """θ' = (1-ηλ)θ - η g z, g = (L(θ+εz) - L(θ-εz))/2ε, z the reference Philox z."""

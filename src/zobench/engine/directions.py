@@ -96,10 +96,17 @@ class Direction:
         signs = torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.int8)
         return signs.to(torch.float32).mul_(2).sub_(1)
 
-    def chunks(self, pid: int, like: torch.Tensor):
+    def chunkable(self, like: torch.Tensor) -> bool:
+        """Whether ``chunks`` can draw this direction's z for ``like`` piece by piece (torch's
+        CPU generator, plain z); otherwise it yields the whole z as one piece."""
+        return (type(self).sample is Direction.sample and _Z_SOURCE.get() is None
+                and like.device.type == "cpu")
+
+    def chunks(self, pid: int, like: torch.Tensor, size: int | None = None):
         """``(start, stop, z_flat[start:stop])`` covering ``like``'s elements in row-major order:
-        the z of ``sample``, drawn Z_CHUNK elements at a time where that gives the same numbers,
-        so that sweeping a parameter needs 4 MB of z instead of a parameter-sized z.
+        the z of ``sample``, drawn ``size`` (default Z_CHUNK, a multiple of 16) elements at a time
+        where that gives the same numbers, so that sweeping a parameter needs 4 MB of z instead of
+        a parameter-sized z.
 
         torch's CPU generator fills a long normal / randint draw in order, so consecutive draws of
         n₁, n₂, ... elements equal one draw of n₁ + n₂ + ... provided every piece but the last
@@ -108,16 +115,17 @@ class Direction:
         CUDA (Philox offsets advance per launch) and for directions that transform z, z is drawn
         whole, in one chunk.
         """
-        n = like.numel()
-        if (type(self).sample is not Direction.sample or _Z_SOURCE.get() is not None
-                or like.device.type != "cpu" or n < 2 * Z_CHUNK):
+        n, size = like.numel(), Z_CHUNK if size is None else int(size)
+        if size <= 0 or size % 16:
+            raise ValueError(f"chunks: size={size} must be a positive multiple of 16")
+        if not self.chunkable(like) or n < 2 * size:
             yield 0, n, self.sample(pid, like).reshape(-1)
             return
         gen = torch.Generator(device=like.device)
         gen.manual_seed(mix_seed(self.seed, pid))
         start = 0
         while start < n:
-            stop = n if n - start < Z_CHUNK + 16 else start + Z_CHUNK
+            stop = n if n - start < size + 16 else start + size
             yield start, stop, self._draw(gen, (stop - start,), like.device)
             start = stop
 

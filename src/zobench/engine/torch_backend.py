@@ -10,7 +10,19 @@ Virtual (exact): the stored weights are never modified during an estimate. A for
 every module that owns trainable parameters swaps in θ + scale·z (computed with the same
 arithmetic as in-place mode) for the duration of that module's forward and puts the original
 tensor back afterwards. Restoration is exact in every dtype; the extra memory is one module's
-parameters at a time (the largest is usually the embedding / LM head).
+parameters at a time.
+
+Large matrices are streamed instead of swapped: a 2-D weight of ``stream_elements`` elements or
+more (the embedding and LM head of a language model: 113 MB of SmolLM2's fp32 weights, 1 GB of
+Llama-3-8B's fp16 ones) is never materialised whole as θ + εz. While its module runs, a torch
+function mode catches the ``F.linear`` / ``F.embedding`` call on it and computes it one block of
+rows at a time from ``_perturbed_blocks`` (the same θ + εz arithmetic, ~4 MB at a time): the
+linear map column block by column block of its output, the lookup by gathering the rows its ids
+fall in. Any other use of a streamed weight (a module that multiplies it by hand) gets the whole
+θ + εz, as before. The lookup is bit-identical to the materialised path; the blocked matmul equals
+it to float rounding (BLAS may sum in another order for another shape). A tied weight (embedding =
+LM head) is streamed at each use, drawing its z twice per evaluation instead of keeping a
+parameter-sized copy alive between the two.
 
 The virtual engine's hooks also serve two other ways of evaluating the model:
 
@@ -36,6 +48,7 @@ The virtual engine's hooks also serve two other ways of evaluating the model:
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -44,9 +57,14 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from .base import Engine, ZOParams
-from .directions import Direction, add_z_, z_pieces
+from . import directions as _directions
+from .directions import Z_CHUNK, Direction, add_z_, z_pieces
+
+#: virtual mode streams 2-D weights of at least this many elements (see the module docstring)
+STREAM_ELEMENTS = 2 * Z_CHUNK
 
 
 def perturbed_value(p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
@@ -54,6 +72,39 @@ def perturbed_value(p: torch.Tensor, pid: int, direction: Direction, scale: floa
     out = p.clone(memory_format=torch.contiguous_format)
     add_z_(out, pid, direction, scale)
     return out
+
+
+def row_block(cols: int, multiple: int = 16) -> int:
+    """Rows per streamed block: about Z_CHUNK elements, rows·cols a multiple of ``multiple``
+    (16 for torch's CPU generator, see ``Direction.chunks``; the kernels' block for Triton)."""
+    step, target = multiple // math.gcd(cols, multiple), _directions.Z_CHUNK
+    return max(step, target // cols // step * step)
+
+
+class _StreamedWeights(TorchFunctionMode):
+    """Active while a module that owns a streamed weight runs: its ``F.linear`` / ``F.embedding``
+    call on that weight is computed block by block from the engine's perturbed blocks."""
+
+    def __init__(self, engine: "VirtualEngine") -> None:
+        super().__init__()
+        self.engine = engine
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        engine = self.engine
+        if func is F.linear and len(args) > 1 and engine._is_streamed(args[1]):
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return engine._streamed_linear(args[0], args[1], bias)
+        if (func is F.embedding and len(args) > 1 and engine._is_streamed(args[1])
+                and kwargs.get("max_norm") is None):  # max_norm renormalises rows in place: fall back
+            return engine._streamed_embedding(args[0], args[1])
+        if getattr(func, "__name__", "") == "__get__":  # .shape, .dtype, ... of the weight
+            return func(*args, **kwargs)
+        # any other use sees the whole θ + εz (correct; only not memory-lean)
+        swap = lambda a: engine._whole_value(a) if engine._is_streamed(a) else a  # noqa: E731
+        args = tuple(swap(a) for a in args)
+        kwargs = {k: swap(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
 
 
 class InPlaceEngine(Engine):
@@ -127,10 +178,14 @@ class VirtualEngine(Engine):
 
     exact_restore = True
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, stream_elements: int | None = STREAM_ELEMENTS) -> None:
         # parameters are tracked by id(): holding the model keeps them alive, so an id can never
         # be reused by another tensor while this engine exists
         self.model = model
+        #: 2-D weights of at least this many elements are streamed, never materialised (None: off)
+        self.stream_elements = stream_elements
+        self._streamed: set[int] = set()
+        self._stream_modes: dict[int, list[_StreamedWeights | None]] = {}
         self._active: dict[int, tuple[int, Direction, float]] = {}
         self._owned: set[int] = set()
         self._handles = []
@@ -168,11 +223,20 @@ class VirtualEngine(Engine):
                 "model the engine was built for; use engine.mode=inplace or build the engine on that model"
             )
         self._active = {id(p): (pid, direction, scale) for pid, p in params}
+        self._streamed = {id(p) for _, p in params if self._streams(p)}
         self._tied_cache = {}
 
     def restore(self, params: ZOParams) -> None:
         self._active = {}
+        self._streamed = set()
         self._tied_cache = {}
+
+    def _streams(self, p: torch.Tensor) -> bool:
+        return (self.stream_elements is not None and p.dim() == 2 and p.is_contiguous()
+                and p.numel() >= self.stream_elements)
+
+    def _is_streamed(self, value) -> bool:
+        return isinstance(value, torch.Tensor) and id(value) in self._streamed and id(value) in self._active
 
     @torch.no_grad()
     def _swap_in(self, module: nn.Module, args) -> None:
@@ -187,9 +251,12 @@ class VirtualEngine(Engine):
 
     def _swap_in_timed(self, module: nn.Module) -> None:
         saved = []
+        streams = False
         for p in module.parameters(recurse=False):
             entry = self._active.get(id(p))
-            if entry is not None and id(p) not in self._swapped:
+            if entry is not None and id(p) in self._streamed:
+                streams = True
+            elif entry is not None and id(p) not in self._swapped:
                 pid, direction, scale = entry
                 saved.append((p, p.data))
                 self._swapped.add(id(p))
@@ -201,6 +268,57 @@ class VirtualEngine(Engine):
                     p.data = self._perturbed_value(p.data, pid, direction, scale)
         if saved:
             self._saved.setdefault(id(module), []).append(saved)
+        mode = None
+        if streams:
+            mode = _StreamedWeights(self)
+            mode.__enter__()
+        self._stream_modes.setdefault(id(module), []).append(mode)
+
+    def _perturbed_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        """``(first row, stop row, θ[rows] + scale·z[rows])`` for consecutive blocks of rows of a
+        2-D ``p``, in order: the rows of ``_perturbed_value`` bit for bit, ~Z_CHUNK elements at a
+        time (one block, the whole matrix, for a direction whose z is drawn whole)."""
+        cols = p.shape[1]
+        flat = p.view(-1)
+        for start, stop, z in direction.chunks(pid, p, size=row_block(cols) * cols):
+            block = flat[start:stop].clone().add_(z.to(p.dtype), alpha=scale)
+            yield start // cols, stop // cols, block.view(-1, cols)
+
+    def _blocks_timed(self, weight: torch.Tensor):
+        """The perturbed blocks of a streamed weight; drawing them counts as engine time."""
+        pid, direction, scale = self._active[id(weight)]
+        blocks = self._perturbed_blocks(weight.detach(), pid, direction, scale)
+        while True:
+            with self._timed():
+                item = next(blocks, None)
+            if item is None:
+                return
+            yield item
+
+    def _streamed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        """F.linear(x, θ + εz, bias), one column block of the output at a time."""
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        for first, stop, block in self._blocks_timed(weight):
+            out[..., first:stop] = F.linear(x, block, None if bias is None else bias[first:stop])
+        return out
+
+    def _streamed_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """F.embedding(ids, θ + εz): each row gathered from the block it falls in."""
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= weight.shape[0]):
+            raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
+                             f"embedding of {weight.shape[0]} rows")
+        out = weight.new_empty(flat.shape[0], weight.shape[1])
+        for first, stop, block in self._blocks_timed(weight):
+            hit = ((flat >= first) & (flat < stop)).nonzero().squeeze(1)
+            if hit.numel():
+                out[hit] = block[flat[hit] - first]
+        return out.view(*ids.shape, weight.shape[1])
+
+    def _whole_value(self, weight: torch.Tensor) -> torch.Tensor:
+        pid, direction, scale = self._active[id(weight)]
+        with self._timed():
+            return self._perturbed_value(weight.detach(), pid, direction, scale)
 
     def _perturbed_value(self, p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
         """The tensor swapped in for θ (other backends compute it with their own kernel)."""
@@ -212,6 +330,11 @@ class VirtualEngine(Engine):
         return direction.sample(pid, p)
 
     def _swap_out(self, module: nn.Module, args, output) -> None:
+        modes = self._stream_modes.get(id(module))
+        if modes:
+            mode = modes.pop()
+            if mode is not None:
+                mode.__exit__(None, None, None)
         slots = self._dual_saved.get(id(module))
         if slots:
             for name, original in slots.pop():

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .directions import Direction, mix_seed, z_source
-from .torch_backend import InPlaceEngine, VirtualEngine, perturbed_value
+from .torch_backend import InPlaceEngine, VirtualEngine, perturbed_value, row_block
 
 BLOCK = 1024
 _INT32_ELEMENTS = 2**31  # beyond this the element index needs 64 bits (the counter's high word)
@@ -58,10 +58,10 @@ def interpreted() -> bool:
 # --- kernels -------------------------------------------------------------------------------------
 
 @triton.jit
-def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr):
+def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr, first_block=0):
     """Element indices of this program's block (int64 when the tensor needs it), their mask, and
-    the block's first Philox counter (element index / 4)."""
-    start = tl.program_id(0)
+    the block's first Philox counter (element index / 4); the grid starts at ``first_block``."""
+    start = tl.program_id(0) + first_block
     if WIDE:
         start = start.to(tl.int64)
     offsets = start * BLOCK + tl.arange(0, BLOCK)
@@ -115,13 +115,14 @@ def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr,
 
 
 @triton.jit
-def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
-                           WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
-    """out ← θ + scale·z (virtual mode's swap: θ is only read)."""
-    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
+def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, first_block, BLOCK: tl.constexpr,
+                           GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """out ← θ + scale·z over θ's elements [first_block·BLOCK, numel) (virtual mode's swap, whole
+    or one streamed block of rows: θ is only read)."""
+    offsets, mask, first_counter = _block(numel, BLOCK, WIDE, first_block)
     z = _draw(key, first_counter, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
-    _store_rounded(out_ptr + offsets, theta + scale * z, mask, MANUAL_BF16)
+    _store_rounded(out_ptr + (offsets - first_block * BLOCK), theta + scale * z, mask, MANUAL_BF16)
 
 
 @triton.jit
@@ -133,10 +134,11 @@ def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, 
 
 # --- launchers -----------------------------------------------------------------------------------
 
-def _launch(kernel, numel: int, *args, distribution: str, **constants) -> None:
+def _launch(kernel, numel: int, *args, distribution: str, first: int = 0, **constants) -> None:
+    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK)."""
     if distribution not in ("gaussian", "rademacher"):
         raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
-    grid = (triton.cdiv(numel, BLOCK),)
+    grid = (triton.cdiv(numel - first, BLOCK),)
     kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=distribution == "gaussian", WIDE=numel >= _INT32_ELEMENTS,
                  **constants)
 
@@ -169,7 +171,21 @@ def perturbed_copy(p: torch.Tensor, key: int, distribution: str, scale: float) -
     source = p.contiguous()
     out = torch.empty(p.shape, dtype=p.dtype, device=p.device)
     if out.numel():
-        _launch(_perturbed_copy_kernel, out.numel(), source, out, out.numel(), key, float(scale),
+        _launch(_perturbed_copy_kernel, out.numel(), source, out, out.numel(), key, float(scale), 0,
+                distribution=distribution, MANUAL_BF16=_manual_bf16(out))
+    return out
+
+
+def perturbed_rows(p: torch.Tensor, key: int, distribution: str, scale: float, first: int, stop: int) -> torch.Tensor:
+    """Rows [first, stop) of ``perturbed_copy(p, ...)`` for a contiguous 2-D ``p``, computed alone
+    (first·cols a multiple of BLOCK: the z of an element depends only on its index)."""
+    cols = p.shape[1]
+    start, end = first * cols, stop * cols
+    if start % BLOCK:
+        raise ValueError(f"perturbed_rows: row {first} does not start a kernel block of {BLOCK} elements")
+    out = torch.empty((stop - first, cols), dtype=p.dtype, device=p.device)
+    if out.numel():
+        _launch(_perturbed_copy_kernel, end, p, out, end, key, float(scale), start // BLOCK, first=start,
                 distribution=distribution, MANUAL_BF16=_manual_bf16(out))
     return out
 
@@ -260,6 +276,16 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             return perturbed_copy(p, mix_seed(direction.seed, pid), direction.distribution, scale)
         with z_source(generate_z):
             return perturbed_value(p, pid, direction, scale)
+
+    def _perturbed_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        if not in_kernel(direction):
+            yield 0, p.shape[0], self._perturbed_value(p, pid, direction, scale)
+            return
+        self.check_device(p)
+        rows, key = row_block(p.shape[1], multiple=BLOCK), mix_seed(direction.seed, pid)
+        for first in range(0, p.shape[0], rows):
+            stop = min(first + rows, p.shape[0])
+            yield first, stop, perturbed_rows(p, key, direction.distribution, scale, first, stop)
 
     def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:
         """The Philox z of the kernels, for forward-mode (dual) and batched-replica evaluations:
