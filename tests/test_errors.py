@@ -42,6 +42,7 @@ BAD_INPUTS = [
     (["device=tpu"], "device='tpu': allowed auto, cpu, cuda, cuda:N"),
     (["train.on_divergence=ignore"], "train.on_divergence='ignore': allowed stop, skip"),
     (["train.keep_best=maybe"], "train.keep_best='maybe': expected true or false"),
+    (["engine.paired=sometimes"], "engine.paired='sometimes': expected true or false"),
     (["data.dir=/nonexistent/mirror"], "data.dir: /nonexistent/mirror/sst2/train.jsonl not found"),
     (["model=roberta-large", "task=copa"], "model=roberta-large is a masked LM; task=copa has prompts for causal LMs only"),
     (["model=tiny-roberta", "task=copa"], "model=tiny-roberta is a masked LM; task=copa has prompts for causal LMs only"),

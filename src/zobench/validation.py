@@ -70,7 +70,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.eval_every_passes needs train.forward_budget (otherwise use train.eval_every)")
     mezo_training = (_get(cfg, "train.steps") > 0 or budgeted) and _get(cfg, "data.protocol") == "mezo"
     _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
-    for key in ("train.keep_best", "train.save_final", "debug"):
+    for key in ("train.keep_best", "train.save_final", "debug", "engine.paired"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)

@@ -1,5 +1,6 @@
-"""The virtual engine's two other evaluations: forward-mode duals (∇L·z in one forward) and
-batched replicas (N perturbations in one forward), each checked against the plain engine."""
+"""The virtual engine's other evaluations: forward-mode duals (∇L·z in one forward), batched
+replicas (N perturbations in one forward) and mirrored pairs (L(θ±εz) in one forward, one z),
+each checked against the plain engine."""
 
 import pytest
 import torch
@@ -118,3 +119,71 @@ def test_replicas_refuse_what_they_cannot_evaluate():
         with torch.no_grad(), engine.replicas(_params(linear), [Direction(0), Direction(1)], 1e-3):
             linear(torch.ones(3, 3))
     assert "no batched replica" in InPlaceEngine().replica_support(_params(linear))
+
+
+# --- mirrored pairs: SPSA's L(θ+εz), L(θ-εz) in one forward ----------------------------------------
+
+def _pair_losses(model, ids):
+    """Per-half losses of the batch repeated twice (the closure contract, replicas=2)."""
+    return _replica_losses(model, ids, 2)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("family", list(TINY_ARCHS))
+def test_a_mirrored_pair_equals_the_two_sequential_evaluations_with_one_z(family, distribution, stream, monkeypatch):
+    """Every family (OPT's learned positions and Gemma's scaled embedding are embedding
+    subclasses, RoBERTa's head a module of its own, the norms generic), its weights swapped whole
+    or streamed in blocks of rows: the two halves are L(θ+εz) and L(θ-εz) of the sequential
+    engine, each parameter's z is drawn once, not twice, and the weights are never written."""
+    from zobench.engine import directions
+
+    if stream:
+        monkeypatch.setattr(directions, "Z_CHUNK", 64)
+    model = tiny_model(family)
+    snapshot = {n: p.clone() for n, p in model.named_parameters()}
+    params, direction = _params(model), Direction(11, distribution)
+    engine = VirtualEngine(model, stream_elements=1 if stream else None)
+    assert engine.mirror_support(params) is None
+    ids = torch.randint(3, 60, (3, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sequential = []
+        for scale in (1e-2, -1e-2):
+            engine.perturb(params, direction, scale)
+            sequential.append(float(_loss(model, ids)))
+        engine.restore(params)
+        drawn = []
+        original = Direction.chunks
+        monkeypatch.setattr(Direction, "chunks", lambda self, pid, like, size=None: drawn.append(pid)
+                            or original(self, pid, like, size))
+        with engine.mirrored(params, direction, 1e-2):
+            assert engine.replica_count == 2
+            mirrored = _pair_losses(model, ids)
+        monkeypatch.setattr(Direction, "chunks", original)
+        assert engine.replica_count == 1
+    torch.testing.assert_close(mirrored, torch.tensor(sequential), rtol=1e-6, atol=1e-6)
+    assert sequential[0] != sequential[1]
+    # one z per parameter for both halves (a streamed tied embedding / LM head: one per use)
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    tied = [pid for pid, p in params if p is embedding and p is head] if stream else []
+    assert sorted(drawn) == sorted([pid for pid, _ in params] + tied)
+    assert all(torch.equal(p, snapshot[n]) for n, p in model.named_parameters())
+
+
+def test_mirrored_refuses_what_it_cannot_split():
+    class HandMadeEmbedding(nn.Embedding):
+        def forward(self, ids):
+            return self.weight[ids] * 2  # indexes the weight itself: no F.embedding to split
+
+    model = nn.Sequential(HandMadeEmbedding(10, 4), nn.Linear(4, 2))
+    engine = VirtualEngine(model)
+    with pytest.raises(RuntimeError, match="engine.paired=false"):
+        with torch.no_grad(), engine.mirrored(_params(model), Direction(0), 1e-3):
+            model(torch.ones(2, 3, dtype=torch.long))
+    linear = nn.Linear(3, 2)
+    engine = VirtualEngine(linear)
+    with pytest.raises(ValueError, match="replicas=2"):
+        with torch.no_grad(), engine.mirrored(_params(linear), Direction(0), 1e-3):
+            linear(torch.ones(3, 3))
+    assert VirtualEngine(linear, paired=False).mirror_support(_params(linear)) == "engine.paired=false"
+    assert "one perturbation per forward" in InPlaceEngine().mirror_support(_params(linear))

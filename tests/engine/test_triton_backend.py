@@ -160,7 +160,7 @@ def test_perturbed_rows_are_the_rows_of_the_whole_perturbed_copy(dtype):
     p = _weights((300, 48), dtype)
     key = mix_seed(5, 2)
     whole = tb.perturbed_copy(p, key, "gaussian", 0.25)
-    rows = tb.row_block(48, multiple=tb.BLOCK)
+    rows = tb.row_block(48, tb.BLOCK, 1)
     assert rows * 48 % tb.BLOCK == 0
     for first in range(0, 300, rows):
         stop = min(first + rows, 300)
@@ -173,9 +173,7 @@ def test_perturbed_rows_are_the_rows_of_the_whole_perturbed_copy(dtype):
 def test_streamed_weights_on_triton_give_the_materialised_loss(monkeypatch):
     """Virtual mode streams the embedding / LM head in blocks of rows (the kernel with an element
     offset) and never builds their θ + εz whole: the loss is the materialised one."""
-    from zobench.engine import directions
-
-    monkeypatch.setattr(directions, "Z_CHUNK", 1024)  # 64-row blocks of the 64 x 16 embedding
+    monkeypatch.setattr(tb, "STREAM_BLOCK_ELEMENTS", 1)  # 64-row blocks: the smallest the kernel's block allows
     model = tiny_model("llama")
     params = list(enumerate(model.parameters()))
     closure = _closure(model, torch.randint(3, 60, (2, 7)))
@@ -190,6 +188,38 @@ def test_streamed_weights_on_triton_give_the_materialised_loss(monkeypatch):
         engine.remove()
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     assert (None, 2) in whole and (1, 2) not in whole
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_pair_kernel_is_the_copy_kernel_at_plus_and_minus_scale(dtype):
+    """One z for both halves of a mirrored evaluation, and the bits of the two copies the
+    sequential evaluation would make; whole, and a block of rows alone."""
+    p = _weights((300, 48), dtype)
+    key = mix_seed(6, 1)
+    plus, minus = tb.perturbed_pair(p, key, "rademacher", 0.25)
+    assert torch.equal(_bits(plus), _bits(tb.perturbed_copy(p, key, "rademacher", 0.25)))
+    assert torch.equal(_bits(minus), _bits(tb.perturbed_copy(p, key, "rademacher", -0.25)))
+    rows_plus, rows_minus = tb.perturbed_pair(p, key, "rademacher", 0.25, 64, 128)
+    assert torch.equal(_bits(rows_plus), _bits(plus[64:128])) and torch.equal(_bits(rows_minus), _bits(minus[64:128]))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
+def test_a_mirrored_pair_on_triton_is_the_two_kernel_evaluations(stream, monkeypatch):
+    monkeypatch.setattr(tb, "STREAM_BLOCK_ELEMENTS", 1)
+    model = tiny_model("llama")
+    params = list(enumerate(model.parameters()))
+    ids = torch.randint(3, 60, (2, 7))
+    engine = tb.TritonVirtualEngine(model, stream_elements=1 if stream else None)
+    sequential = []
+    for scale in (1e-2, -1e-2):
+        engine.perturb(params, Direction(42), scale)
+        sequential.append(float(_closure(model, ids)()))
+    engine.restore(params)
+    with engine.mirrored(params, Direction(42), 1e-2):
+        logits = model(input_ids=ids.repeat(2, 1)).logits.float()
+    mirrored = logits.logsumexp(-1).reshape(2, -1).mean(-1)
+    torch.testing.assert_close(mirrored, torch.tensor(sequential), rtol=1e-6, atol=1e-6)
+    assert sequential[0] != sequential[1]
 
 
 @pytest.mark.parametrize("mode", ["inplace", "virtual"])

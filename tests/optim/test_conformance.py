@@ -101,6 +101,38 @@ def test_forward_passes_per_step_are_as_declared(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_batched_evaluations_give_the_one_at_a_time_steps(name):
+    """With a closure that takes ``replicas`` (the run loop's), the virtual engine evaluates SPSA's
+    ± pair in one call (``engine.paired``, the default) and FZOO its N directions: the same
+    steps as evaluating one perturbation per call, and the declared passes per step, counted
+    as the rows the calls evaluated."""
+    gen = torch.Generator().manual_seed(0)
+    inputs, targets = torch.randn(16, 4, generator=gen), torch.randn(16, 1, generator=gen)
+    weights = {}
+    for paired in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).requires_grad_(False)
+        calls = []
+
+        def loss(replicas=1):
+            calls.append(replicas)
+            per_replica = ((model(inputs.repeat(replicas, 1)) - targets.repeat(replicas, 1)) ** 2)
+            per_replica = per_replica.reshape(replicas, -1).mean(-1)
+            return per_replica[0] if replicas == 1 else per_replica
+
+        cls, kwargs = METHODS[name]
+        opt = cls(model.parameters(), **kwargs, seed=1, engine=VirtualEngine(model, paired=paired))
+        for _ in range(3):
+            opt.step(loss)
+        assert sum(calls) == 3 * opt.forward_passes_per_step
+        if name not in ("mezo_one_sided", "forward_gradient", "fzoo", "fzoo_reuse"):  # SPSA's ± pair
+            assert (2 in calls) == paired  # one call for the pair, or one call each
+        weights[paired] = [p.clone() for p in model.parameters()]
+    for a, b in zip(weights[True], weights[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_state_dict_round_trip_resumes_bit_identically(name):
     model = Quadratic()
     opt = _make(name, model)

@@ -154,7 +154,7 @@ def run_benchmark(cfg) -> dict:
     }
 
     # zobench: the run loop's objective and optimizer on the configured engine
-    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model)
+    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired)
     engine.enable_timing(sync if device.type == "cuda" else None)
     optimizer = MeZO(decay_groups(named, 0.0), lr=lr, eps=eps, engine=engine, seed=cfg.seed)
     log.info("zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
@@ -163,10 +163,13 @@ def run_benchmark(cfg) -> dict:
     def reset_engine():
         engine.seconds = 0.0
 
-    zobench = _measure(lambda: optimizer.step(lambda: scorer.loss(batch)), model, memory,
+    def closure(replicas=1):  # the run loop's closure (objective.zo_closure): it can batch the ± pair
+        return scorer.loss(batch, replicas=replicas)
+
+    zobench = _measure(lambda: optimizer.step(closure), model, memory,
                        lambda: engine.seconds, reset_engine, sync, b.warmup, b.repeats)
     zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
-    zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}"
+    zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}" + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "")
     result["zobench"] = zobench
     if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
         lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)

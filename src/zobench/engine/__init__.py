@@ -44,8 +44,9 @@ def resolve_backend(backend: str, model: nn.Module | None = None) -> str:
     return "triton" if _model_on_cuda(model) and _triton_installed() else "torch"
 
 
-def build_engine(backend: str, mode: str, model: nn.Module | None = None) -> Engine:
-    """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``)."""
+def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired: bool = True) -> Engine:
+    """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``);
+    ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
     if mode not in MODES:
@@ -53,11 +54,11 @@ def build_engine(backend: str, mode: str, model: nn.Module | None = None) -> Eng
     if mode == "virtual" and model is None:
         raise ValueError("engine.mode=virtual needs the model whose modules it hooks")
     if resolve_backend(backend, model) == "triton":
-        return _build_triton(mode, model)
-    return InPlaceEngine() if mode == "inplace" else VirtualEngine(model)
+        return _build_triton(mode, model, paired)
+    return InPlaceEngine() if mode == "inplace" else VirtualEngine(model, paired=paired)
 
 
-def _build_triton(mode: str, model: nn.Module | None) -> Engine:
+def _build_triton(mode: str, model: nn.Module | None, paired: bool = True) -> Engine:
     if not _triton_installed():
         raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' "
                                   "(or use engine=torch)")
@@ -67,4 +68,4 @@ def _build_triton(mode: str, model: nn.Module | None) -> Engine:
     if not (on_cuda or interpreted()):
         raise ConfigError("engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
                           "kernels on CPU, slowly); use engine=torch or engine=auto")
-    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model)
+    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model, paired=paired)

@@ -15,6 +15,9 @@ Optional capabilities (``supports_dual`` / ``replica_support``), for engines tha
   tensors (θ, z), so the loss carries the directional derivative ∇L·z as its tangent;
 * ``replicas(params, directions, scale)``: a context in which ONE forward whose batch is the
   caller's batch repeated N times (replica-major) evaluates replica i at θ + scale·z_i.
+* ``mirrored(params, direction, scale)`` (``mirror_support``): a context in which ONE forward of
+  the batch repeated twice evaluates θ + scale·z (first half) and θ - scale·z (second half),
+  each parameter's z drawn once for both: SPSA's two evaluations for the draws of one.
 
 ``params`` is a list of ``(pid, tensor)``: ``pid`` is the stable parameter id that seeds z, fixed
 by the optimizer at construction (its index in the flat parameter list).
@@ -89,6 +92,15 @@ class Engine(ABC):
         """Context manager: one forward of the batch repeated ``len(directions)`` times evaluates
         replica i at θ + scale·z_i (see the module docstring)."""
         raise NotImplementedError(self.replica_support(params))
+
+    def mirror_support(self, params: ZOParams) -> str | None:
+        """None if ``mirrored`` can evaluate ±perturbations of ``params``, else the reason."""
+        return f"{type(self).__name__} evaluates one perturbation per forward"
+
+    def mirrored(self, params: ZOParams, direction: Direction, scale: float):
+        """Context manager: one forward of the batch repeated twice evaluates θ + scale·z on the
+        first half and θ - scale·z on the second (see the module docstring)."""
+        raise NotImplementedError(self.mirror_support(params))
 
     @torch.no_grad()
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:

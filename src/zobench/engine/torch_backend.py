@@ -44,6 +44,15 @@ The virtual engine's hooks also serve two other ways of evaluating the model:
   parametrised module sees the batch as the leading dimension of its input (true of Hugging Face
   models; a sequence-first module would mix replicas). The result equals N sequential
   evaluations up to rounding (W x + ε Z x is not fl(W + εZ) x), not bit for bit.
+* ``mirrored``: SPSA's pair L(θ + εz), L(θ - εz) in ONE forward of the batch repeated twice
+  (rows [0, B) at +ε, [B, 2B) at -ε), each parameter's z drawn once for both halves: a MeZO
+  step then draws z twice (the pair, the update) instead of three times. Linear and embedding
+  layers (subclasses too: OPT's learned positions, Gemma's scaled embedding) have their
+  ``F.linear`` / ``F.embedding`` call split by a torch function mode, each half computed with its
+  own materialised (or streamed) fl(θ ± εz), the very values sequential evaluation swaps in;
+  other modules that own parameters run once per half with θ ± εz swapped in, as for replicas.
+  Same losses as the two sequential evaluations up to rounding (the rest of the model runs on a
+  batch of 2B rows); the activations are those of a 2B batch. ``paired=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -63,21 +72,32 @@ from .base import Engine, ZOParams
 from . import directions as _directions
 from .directions import Z_CHUNK, Direction, add_z_, z_pieces
 
-#: virtual mode streams 2-D weights of at least this many elements (see the module docstring)
-STREAM_ELEMENTS = 2 * Z_CHUNK
+#: virtual mode streams 2-D weights of at least this many elements (see the module docstring):
+#: 16 MB in float32, so a language model's embedding and LM head, and the layers of large models
+STREAM_ELEMENTS = 1 << 22
 
 
 def perturbed_value(p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
     """θ + scale·z in θ's dtype: the one formula both modes use, so they agree bit for bit."""
-    out = p.clone(memory_format=torch.contiguous_format)
-    add_z_(out, pid, direction, scale)
+    if not p.is_contiguous():
+        out = p.clone(memory_format=torch.contiguous_format)
+        add_z_(out, pid, direction, scale)
+        return out
+    # one pass per piece (read θ and z, write out) instead of a copy and then an in-place add:
+    # torch.add(θ, z, alpha) is the kernel of θ.add_(z, alpha), so the bits are in-place mode's
+    out = torch.empty_like(p)
+    flat, out_flat = p.view(-1), out.view(-1)
+    for start, stop, z in direction.chunks(pid, p):
+        torch.add(flat[start:stop], z.to(p.dtype), alpha=scale, out=out_flat[start:stop])
     return out
 
 
-def row_block(cols: int, multiple: int = 16) -> int:
-    """Rows per streamed block: about Z_CHUNK elements, rows·cols a multiple of ``multiple``
-    (16 for torch's CPU generator, see ``Direction.chunks``; the kernels' block for Triton)."""
-    step, target = multiple // math.gcd(cols, multiple), _directions.Z_CHUNK
+def row_block(cols: int, multiple: int = 16, target: int | None = None) -> int:
+    """Rows per streamed block: about ``target`` elements (default Z_CHUNK), rows·cols a multiple
+    of ``multiple`` (16 for torch's CPU generator, see ``Direction.chunks``; the kernels' block
+    for Triton)."""
+    step = multiple // math.gcd(cols, multiple)
+    target = _directions.Z_CHUNK if target is None else target
     return max(step, target // cols // step * step)
 
 
@@ -105,6 +125,31 @@ class _StreamedWeights(TorchFunctionMode):
         args = tuple(swap(a) for a in args)
         kwargs = {k: swap(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+
+class _MirroredWeights(TorchFunctionMode):
+    """Active while a linear / embedding layer runs inside ``VirtualEngine.mirrored``: its
+    ``F.linear`` / ``F.embedding`` call is split into the two halves of the batch, the first
+    computed at θ + εz and the second at θ - εz."""
+
+    def __init__(self, engine: "VirtualEngine", module: nn.Module) -> None:
+        super().__init__()
+        self.engine, self.module = engine, module
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        engine = self.engine
+        touched = any(engine._is_mirrored(a) for a in args) or any(engine._is_mirrored(v) for v in kwargs.values())
+        if not touched or getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)
+        if func is F.linear:
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return engine._mirrored_linear(args[0], args[1], bias)
+        if func is F.embedding and kwargs.get("max_norm") is None and not engine._is_mirrored(args[0]):
+            return engine._mirrored_embedding(args[0], args[1])
+        raise RuntimeError(f"mirrored evaluation: {type(self.module).__name__} uses its parameter in "
+                           f"{getattr(func, '__name__', func)}, which cannot be split by halves; "
+                           "set engine.paired=false")
 
 
 class InPlaceEngine(Engine):
@@ -178,10 +223,13 @@ class VirtualEngine(Engine):
 
     exact_restore = True
 
-    def __init__(self, model: nn.Module, stream_elements: int | None = STREAM_ELEMENTS) -> None:
+    def __init__(self, model: nn.Module, stream_elements: int | None = STREAM_ELEMENTS, paired: bool = True) -> None:
         # parameters are tracked by id(): holding the model keeps them alive, so an id can never
         # be reused by another tensor while this engine exists
         self.model = model
+        #: whether ``mirrored`` (SPSA's ± pair in one batched forward) is offered to optimizers
+        self.paired = bool(paired)
+        self._mirror: dict[int, tuple[int, Direction, float]] = {}
         #: 2-D weights of at least this many elements are streamed, never materialised (None: off)
         self.stream_elements = stream_elements
         self._streamed: set[int] = set()
@@ -280,8 +328,10 @@ class VirtualEngine(Engine):
         time (one block, the whole matrix, for a direction whose z is drawn whole)."""
         cols = p.shape[1]
         flat = p.view(-1)
-        for start, stop, z in direction.chunks(pid, p, size=row_block(cols) * cols):
-            block = flat[start:stop].clone().add_(z.to(p.dtype), alpha=scale)
+        # blocks of a multiple of 64 elements: torch's elementwise kernels round their scalar
+        # tail (bf16) differently from their vector loop, so this keeps every element's path
+        for start, stop, z in direction.chunks(pid, p, size=row_block(cols, 64) * cols):
+            block = torch.add(flat[start:stop], z.to(p.dtype), alpha=scale)
             yield start // cols, stop // cols, block.view(-1, cols)
 
     def _blocks_timed(self, weight: torch.Tensor):
@@ -510,6 +560,167 @@ class VirtualEngine(Engine):
                 swapped = {name: self._perturbed_value(p, pid, direction, scale) for name, p, pid in entries}
                 outputs.append(torch.func.functional_call(
                     module, swapped, tuple(piece(a, i) for a in args),
+                    {k: piece(v, i) for k, v in kwargs.items()}))
+        finally:
+            self._replaying = False
+        return torch.cat(outputs)
+
+    # -- mirrored (±) evaluation --------------------------------------------------------------
+    def mirror_support(self, params: ZOParams) -> str | None:
+        if not self.paired:
+            return "engine.paired=false"
+        return self.replica_support(params)
+
+    @contextmanager
+    def mirrored(self, params: ZOParams, direction: Direction, scale: float):
+        """Inside this context one forward of the batch repeated twice evaluates its first half at
+        θ + scale·z and its second at θ - scale·z; the closure returns the 2 losses."""
+        plan = self._replica_plan(params)
+        if isinstance(plan, str):
+            raise ValueError(f"engine.mode=virtual cannot evaluate a mirrored pair: {plan}")
+        if self._active or self._dual:
+            raise RuntimeError("VirtualEngine.mirrored: another evaluation is active; restore() first")
+        self._mirror = {id(p): (pid, direction, scale) for pid, p in params}
+        self._tied_cache = {}
+        handles, modes = [], []
+        for module, kind, entries in plan:
+            if type(module) is nn.Linear or (isinstance(module, nn.Embedding) and module.max_norm is None):
+                def enter(module, args, _modes=modes):
+                    mode = _MirroredWeights(self, module)
+                    mode.__enter__()
+                    _modes.append(mode)
+
+                def leave(module, args, output, _modes=modes):
+                    _modes.pop().__exit__(None, None, None)
+                    return None
+                handles.append(module.register_forward_pre_hook(enter))
+                handles.append(module.register_forward_hook(leave, always_call=True))
+            else:
+                def rerun(module, args, kwargs, output, _entries=entries):
+                    if self._replaying:
+                        return None
+                    return self._mirrored_generic(module, args, kwargs, output, _entries)
+                handles.append(module.register_forward_hook(rerun, with_kwargs=True))
+        self.replica_count = 2
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._mirror = {}
+            self._tied_cache = {}
+            self.replica_count = 1
+
+    def _is_mirrored(self, value) -> bool:
+        return isinstance(value, torch.Tensor) and id(value) in self._mirror
+
+    def _perturbed_pair(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        """(θ + scale·z, θ - scale·z) from one draw of z: the bits of ``_perturbed_value`` at
+        ±scale (the same torch.add per piece)."""
+        if not p.is_contiguous():
+            return self._perturbed_value(p, pid, direction, scale), self._perturbed_value(p, pid, direction, -scale)
+        plus, minus = torch.empty_like(p), torch.empty_like(p)
+        flat = p.view(-1)
+        for start, stop, z in direction.chunks(pid, p):
+            z = z.to(p.dtype)
+            torch.add(flat[start:stop], z, alpha=scale, out=plus.view(-1)[start:stop])
+            torch.add(flat[start:stop], z, alpha=-scale, out=minus.view(-1)[start:stop])
+        return plus, minus
+
+    def _perturbed_pair_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        """``(first row, stop row, θ[rows] + scale·z[rows], θ[rows] - scale·z[rows])`` block by
+        block (see ``_perturbed_blocks``), one z per block for both."""
+        cols = p.shape[1]
+        flat = p.view(-1)
+        for start, stop, z in direction.chunks(pid, p, size=row_block(cols, 64) * cols):
+            z = z.to(p.dtype)
+            yield (start // cols, stop // cols, torch.add(flat[start:stop], z, alpha=scale).view(-1, cols),
+                   torch.add(flat[start:stop], z, alpha=-scale).view(-1, cols))
+
+    def _pair(self, value):
+        """(value at +ε, value at -ε) for a mirrored parameter, (value, value) for anything else."""
+        if not self._is_mirrored(value):
+            return value, value
+        if id(value) in self._tied_cache:  # a tied weight's second use: the same pair
+            return self._tied_cache[id(value)]
+        pid, direction, scale = self._mirror[id(value)]
+        with self._timed():
+            pair = self._perturbed_pair(value.detach(), pid, direction, scale)
+        if id(value) in self._tied:
+            self._tied_cache[id(value)] = pair
+        return pair
+
+    def _pair_blocks_timed(self, weight: torch.Tensor):
+        pid, direction, scale = self._mirror[id(weight)]
+        blocks = self._perturbed_pair_blocks(weight.detach(), pid, direction, scale)
+        while True:
+            with self._timed():
+                item = next(blocks, None)
+            if item is None:
+                return
+            yield item
+
+    @staticmethod
+    def _halves(x: torch.Tensor) -> int:
+        if x.shape[0] % 2:
+            raise ValueError(f"mirrored evaluation: a layer got {x.shape[0]} rows, not the batch repeated "
+                             "twice; the closure must be called with replicas=2")
+        return x.shape[0] // 2
+
+    def _mirrored_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        n = self._halves(x)
+        halves = (x[:n], x[n:])
+        biases = self._pair(bias) if bias is not None else (None, None)
+        if self._is_mirrored(weight) and self._streams(weight):
+            out = x.new_empty(*x.shape[:-1], weight.shape[0])
+            outs = (out[:n], out[n:])
+            for first, stop, *blocks in self._pair_blocks_timed(weight):
+                for xi, oi, w, b in zip(halves, outs, blocks, biases):
+                    oi[..., first:stop] = F.linear(xi, w, None if b is None else b[first:stop])
+            return out
+        weights = self._pair(weight)
+        return torch.cat([F.linear(xi, w, b) for xi, w, b in zip(halves, weights, biases)])
+
+    def _mirrored_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n = self._halves(ids)
+        if not self._is_mirrored(weight):
+            return F.embedding(ids, weight)
+        if not self._streams(weight):
+            plus, minus = self._pair(weight)
+            return torch.cat([F.embedding(ids[:n], plus), F.embedding(ids[n:], minus)])
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= weight.shape[0]):
+            raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
+                             f"embedding of {weight.shape[0]} rows")
+        half = flat.numel() // 2
+        out = weight.new_empty(flat.shape[0], weight.shape[1])
+        for first, stop, plus, minus in self._pair_blocks_timed(weight):
+            for offset, block in ((0, plus), (half, minus)):
+                part = flat[offset:offset + half]
+                hit = ((part >= first) & (part < stop)).nonzero().squeeze(1)
+                if hit.numel():
+                    out[offset + hit] = block[part[hit] - first]
+        return out.view(*ids.shape, weight.shape[1])
+
+    def _mirrored_generic(self, module, args, kwargs, output, entries):
+        if not isinstance(output, torch.Tensor) or output.ndim == 0:
+            raise TypeError(f"mirrored evaluation: {type(module).__name__} returns {type(output).__name__}, "
+                            "only modules returning one batch-shaped tensor can be split by halves")
+        rows = output.shape[0]
+        n = self._halves(output)
+        pairs = {name: self._pair(p) for name, p, _ in entries}
+
+        def piece(value, i):
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
+                return value[i * n:(i + 1) * n]
+            return value
+
+        outputs = []
+        self._replaying = True
+        try:
+            for i in range(2):
+                outputs.append(torch.func.functional_call(
+                    module, {name: pair[i] for name, pair in pairs.items()}, tuple(piece(a, i) for a in args),
                     {k: piece(v, i) for k, v in kwargs.items()}))
         finally:
             self._replaying = False

@@ -47,6 +47,8 @@ from .directions import Direction, mix_seed, z_source
 from .torch_backend import InPlaceEngine, VirtualEngine, perturbed_value, row_block
 
 BLOCK = 1024
+#: elements per block of a streamed weight (virtual mode): 32 MB in fp16, few launches per matrix
+STREAM_BLOCK_ELEMENTS = 1 << 24
 _INT32_ELEMENTS = 2**31  # beyond this the element index needs 64 bits (the counter's high word)
 
 
@@ -126,6 +128,18 @@ def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, first_block, B
 
 
 @triton.jit
+def _perturbed_pair_kernel(theta_ptr, plus_ptr, minus_ptr, numel, key, scale, first_block, BLOCK: tl.constexpr,
+                           GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """plus ← θ + scale·z, minus ← θ - scale·z from one draw of z (mirrored evaluation), over θ's
+    elements [first_block·BLOCK, numel)."""
+    offsets, mask, first_counter = _block(numel, BLOCK, WIDE, first_block)
+    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
+    theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
+    _store_rounded(plus_ptr + (offsets - first_block * BLOCK), theta + scale * z, mask, MANUAL_BF16)
+    _store_rounded(minus_ptr + (offsets - first_block * BLOCK), theta + (-scale) * z, mask, MANUAL_BF16)
+
+
+@triton.jit
 def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
     """out ← z (float32): for stateful updates (``foreach``), transforming directions, and tests."""
     offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
@@ -188,6 +202,27 @@ def perturbed_rows(p: torch.Tensor, key: int, distribution: str, scale: float, f
         _launch(_perturbed_copy_kernel, end, p, out, end, key, float(scale), start // BLOCK, first=start,
                 distribution=distribution, MANUAL_BF16=_manual_bf16(out))
     return out
+
+
+def perturbed_pair(p: torch.Tensor, key: int, distribution: str, scale: float, first: int = 0,
+                   stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [first, stop) (default: all of ``p``, any shape) of ``perturbed_copy`` at +scale and
+    at -scale, z generated once for both."""
+    source = p.contiguous()
+    if first or stop is not None:
+        cols = p.shape[1]
+        stop = p.shape[0] if stop is None else stop
+        start, end, shape = first * cols, stop * cols, (stop - first, cols)
+        if start % BLOCK:
+            raise ValueError(f"perturbed_pair: row {first} does not start a kernel block of {BLOCK} elements")
+    else:
+        start, end, shape = 0, p.numel(), p.shape
+    plus = torch.empty(shape, dtype=p.dtype, device=p.device)
+    minus = torch.empty_like(plus)
+    if plus.numel():
+        _launch(_perturbed_pair_kernel, end, source, plus, minus, end, key, float(scale), start // BLOCK,
+                first=start, distribution=distribution, MANUAL_BF16=_manual_bf16(plus))
+    return plus, minus
 
 
 def in_kernel(direction: Direction) -> bool:
@@ -282,10 +317,26 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             yield 0, p.shape[0], self._perturbed_value(p, pid, direction, scale)
             return
         self.check_device(p)
-        rows, key = row_block(p.shape[1], multiple=BLOCK), mix_seed(direction.seed, pid)
+        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
         for first in range(0, p.shape[0], rows):
             stop = min(first + rows, p.shape[0])
             yield first, stop, perturbed_rows(p, key, direction.distribution, scale, first, stop)
+
+    def _perturbed_pair(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        if not in_kernel(direction):
+            return self._perturbed_value(p, pid, direction, scale), self._perturbed_value(p, pid, direction, -scale)
+        self.check_device(p)
+        return perturbed_pair(p, mix_seed(direction.seed, pid), direction.distribution, scale)
+
+    def _perturbed_pair_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        if not in_kernel(direction):
+            yield (0, p.shape[0], *self._perturbed_pair(p, pid, direction, scale))
+            return
+        self.check_device(p)
+        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
+        for first in range(0, p.shape[0], rows):
+            stop = min(first + rows, p.shape[0])
+            yield (first, stop, *perturbed_pair(p, key, direction.distribution, scale, first, stop))
 
     def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:
         """The Philox z of the kernels, for forward-mode (dual) and batched-replica evaluations:

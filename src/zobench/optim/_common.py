@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Iterable
 
@@ -11,6 +12,15 @@ from torch import nn
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
 
 Closure = Callable[[], torch.Tensor]
+
+
+def accepts_replicas(closure) -> bool:
+    """Whether ``closure`` takes a ``replicas`` argument (the batched-evaluation contract:
+    ``closure(replicas=N)`` evaluates the batch repeated N times and returns N losses)."""
+    try:
+        return "replicas" in inspect.signature(closure).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -78,13 +88,33 @@ class ZOOptimizer(torch.optim.Optimizer):
         return values.pop()
 
     def _two_sided(self, closure: Closure, direction: Direction, eps: float) -> tuple[float, float, float]:
-        """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε; the engine is left at θ-εz
-        (``restore`` or ``restore_and_update`` next). Two forward passes."""
-        self.engine.perturb(self._all_params, direction, +eps)
-        loss_plus = float(closure())
-        self.engine.perturb(self._all_params, direction, -eps)
-        loss_minus = float(closure())
+        """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε; the engine is left at θ-εz or,
+        after a mirrored pair, with nothing applied (``restore`` or ``restore_and_update`` next).
+        Two forward passes: one batched call of the pair when the engine and the closure can
+        (``Engine.mirrored``: z drawn once for both), else one after the other."""
+        if self._can_mirror(closure):
+            with self.engine.mirrored(self._all_params, direction, eps):
+                losses = torch.as_tensor(closure(replicas=2)).reshape(-1)
+            if losses.numel() != 2:
+                raise ValueError(f"closure(replicas=2) returned {losses.numel()} losses; it must return "
+                                 "one loss per replica, shape (2,)")
+            loss_plus, loss_minus = float(losses[0]), float(losses[1])
+        else:
+            self.engine.perturb(self._all_params, direction, +eps)
+            loss_plus = float(closure())
+            self.engine.perturb(self._all_params, direction, -eps)
+            loss_minus = float(closure())
         return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
+
+    def _can_mirror(self, closure: Closure) -> bool:
+        """Whether the ± pair can be one batched call (checked once per engine: the model's
+        modules do not change between steps)."""
+        if not accepts_replicas(closure):
+            return False
+        if getattr(self, "_mirror_engine", None) is not self.engine:
+            self._mirror_engine = self.engine
+            self._mirror_ok = self.engine.mirror_support(self._all_params) is None
+        return self._mirror_ok
 
     def _spsa_estimate(self, closure: Closure, distribution: str = "gaussian"):
         """Advance the step, estimate g along a fresh z, put θ back, record the scalars:

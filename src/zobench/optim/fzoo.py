@@ -39,7 +39,6 @@ built of supported modules.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import statistics
@@ -47,17 +46,9 @@ import statistics
 import torch
 
 from ..engine import Engine
-from ._common import Closure, ZOOptimizer
+from ._common import Closure, ZOOptimizer, accepts_replicas
 
 log = logging.getLogger(__name__)
-
-
-def accepts_replicas(closure) -> bool:
-    """Whether ``closure`` takes a ``replicas`` argument (the batched-evaluation contract)."""
-    try:
-        return "replicas" in inspect.signature(closure).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class FZOO(ZOOptimizer):

@@ -80,14 +80,12 @@ class MeZO(ZOOptimizer):
         estimates = []  # (direction, g, ℓ+, ℓ-)
         for index in range(q):
             direction = self.direction(step, index, distribution)
-            self.engine.perturb(self._all_params, direction, +eps)
-            loss_plus = float(closure())
             if one_sided:
+                self.engine.perturb(self._all_params, direction, +eps)
+                loss_plus = float(closure())
                 estimates.append((direction, (loss_plus - loss_zero) / eps, loss_plus, loss_zero))
             else:
-                self.engine.perturb(self._all_params, direction, -eps)
-                loss_minus = float(closure())
-                estimates.append((direction, (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus))
+                estimates.append((direction, *self._two_sided(closure, direction, eps)))
 
         projected_grad = sum(g for _, g, _, _ in estimates) / q
         self._record(projected_grad=projected_grad, loss_plus=estimates[-1][2], loss_minus=estimates[-1][3])
