@@ -172,3 +172,39 @@ def test_prefix_shared_scoring_under_the_engines_perturbation_and_forward_mode()
         results[share] = (perturbed, tangent)
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-10)
     assert results[True][1] == pytest.approx(results[False][1], rel=1e-8)
+
+
+@pytest.mark.parametrize("evaluation", ["mirrored", "replicas"])
+def test_prefix_shared_scoring_of_replicas_equals_the_per_pair_forward(evaluation):
+    """The batched evaluations (the ± pair, FZOO's directions) keep prefix sharing: replica r's
+    options continue from replica r's contexts, and each replica's loss is what the per-pair
+    path and the sequential evaluation give."""
+    from zobench.engine import Direction, VirtualEngine
+
+    scorer = CandidateScorer(tiny_model("llama"), CharTokenizer(), max_length=64, device="cpu")
+    encoded = [scorer.encode(Rendered(p, ("cat", "d", "dog!"), i % 3)) for i, p in enumerate(["ab", "abcdef", "q"])]
+    params = list(enumerate(scorer.model.parameters()))
+    engine = VirtualEngine(scorer.model)
+    directions = [Direction(3), Direction(5)]
+    losses, rows = {}, []
+    handle = scorer.model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]),
+                                                    with_kwargs=True)
+    for share in (True, False):
+        scorer.share_prefix = share
+        with torch.no_grad():
+            batched = (engine.mirrored(params, directions[0], 1e-2) if evaluation == "mirrored"
+                       else engine.replicas(params, directions, 1e-2))
+            with batched:
+                losses[share] = scorer.loss(encoded, replicas=2)
+    handle.remove()
+    assert rows == [2 * 3, 2 * 9, 2 * 9]  # shared: 3 contexts, then 9 continuations; per pair: 9 sequences
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-6)
+    sequential = []
+    with torch.no_grad():
+        for direction, scale in ((directions[0], 1e-2), (directions[0], -1e-2) if evaluation == "mirrored"
+                                 else (directions[1], 1e-2)):
+            engine.perturb(params, direction, scale)
+            sequential.append(scorer.loss(encoded))
+        engine.restore(params)
+    torch.testing.assert_close(losses[True], torch.stack(sequential), rtol=1e-5, atol=1e-6)
+    assert losses[True][0] != losses[True][1]

@@ -22,8 +22,8 @@ and logits only at one position. Multi-token candidates (COPA, ReCoRD, TREC's la
 their context through the KV cache: each distinct context runs once, and every candidate's
 remaining tokens continue from a copy of its cache rows (``_shared_option_logprobs``), with
 logits only at the candidates' positions (and their right padding). The ForwardCounter counts either path as one forward
-pass per batch (the continuation call is the second half of it); batched replicas (FZOO) take
-the one-sequence-per-pair path.
+pass per batch (the continuation call is the second half of it). Batched replicas (FZOO's
+directions, the mirrored ± pair) share prefixes too, replica-major in both calls.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ class CandidateScorer:
                          replicas: int = 1) -> list[torch.Tensor]:
         """log p of every option token given its context, one tensor per (context, option) pair
         (replica-major when ``replicas`` > 1)."""
-        if replicas == 1 and self.share_prefix and len(set(c for c, _ in pairs)) < len(pairs):
-            return self._shared_option_logprobs(pairs)
+        if self.share_prefix and len(set(c for c, _ in pairs)) < len(pairs):
+            return self._shared_option_logprobs(pairs, replicas)
         keep = max(len(o) for _, o in pairs) + 1
         logprobs = self._forward([c + o for c, o in pairs], keep=keep, replicas=replicas).cpu()
         out = []
@@ -188,17 +188,19 @@ class CandidateScorer:
             out.append(logprobs[i, positions, torch.tensor(option)])
         return out
 
-    def _shared_option_logprobs(self, pairs) -> list[torch.Tensor]:
+    def _shared_option_logprobs(self, pairs, replicas: int = 1) -> list[torch.Tensor]:
         """``_option_logprobs`` with every distinct context run once: the contexts go through the
         model (left-padded, logits at their last position only, which predict each option's
         first token), their KV cache is gathered to one row per pair, and the options' remaining
         tokens run on top of it (right-padded: causal attention keeps padding after the real
         tokens out of them). Two model calls that are one forward pass of the pairs (the
         ForwardCounter counts one); the same log-probabilities as the per-pair forward, to
-        float rounding (tests/models/test_objective.py)."""
+        float rounding (tests/models/test_objective.py). ``replicas`` > 1: both calls are
+        replica-major (replica r's pairs continue from replica r's contexts), results too."""
         contexts = list(dict.fromkeys(c for c, _ in pairs))
         row_of = {c: i for i, c in enumerate(contexts)}
-        kwargs, mask = self._left_padded(contexts)
+        n_ctx = len(contexts)
+        kwargs, mask = self._left_padded(contexts, replicas)
         kwargs["use_cache"] = True
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
@@ -207,7 +209,7 @@ class CandidateScorer:
         rest = max(len(o) for _, o in pairs) - 1
         later = None
         if rest > 0:
-            rows = torch.tensor([row_of[c] for c, _ in pairs])
+            rows = torch.tensor([r * n_ctx + row_of[c] for r in range(replicas) for c, _ in pairs])
             cache = out.past_key_values
             cache.reorder_cache(rows.to(self.device))  # one cache row per pair (rows repeat)
             cont = torch.full((len(pairs), rest), self.pad_id, dtype=torch.long)
@@ -215,11 +217,12 @@ class CandidateScorer:
             for i, (_, option) in enumerate(pairs):
                 cont[i, : len(option) - 1] = torch.tensor(option[:-1], dtype=torch.long)
                 cont_mask[i, : len(option) - 1] = 1
+            cont, cont_mask = cont.repeat(replicas, 1), cont_mask.repeat(replicas, 1)
             full_mask = torch.cat([mask[rows], cont_mask], dim=1)
             kwargs = dict(input_ids=cont.to(self.device), attention_mask=full_mask.to(self.device),
                           past_key_values=cache, use_cache=True)
             if self._takes_positions:
-                lengths = torch.tensor([len(c) for c, _ in pairs])
+                lengths = torch.tensor([len(c) for c, _ in pairs]).repeat(replicas)
                 kwargs["position_ids"] = (lengths[:, None] + torch.arange(rest)).to(self.device)
             token = CONTINUATION.set(True)
             try:
@@ -227,11 +230,12 @@ class CandidateScorer:
             finally:
                 CONTINUATION.reset(token)
         result = []
-        for i, (context, option) in enumerate(pairs):
-            values = [first[row_of[context], option[0]]]
-            if len(option) > 1:
-                values.append(later[i, torch.arange(len(option) - 1), torch.tensor(option[1:])])
-            result.append(torch.cat([values[0].view(1)] + values[1:]))
+        for r in range(replicas):
+            for i, (context, option) in enumerate(pairs):
+                values = [first[r * n_ctx + row_of[context], option[0]]]
+                if len(option) > 1:
+                    values.append(later[r * len(pairs) + i, torch.arange(len(option) - 1), torch.tensor(option[1:])])
+                result.append(torch.cat([values[0].view(1)] + values[1:]))
         return result
 
     def loss(self, batch: Sequence[Encoded], replicas: int = 1) -> torch.Tensor:
