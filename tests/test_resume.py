@@ -108,15 +108,17 @@ def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
 
 
 def _nan_after(monkeypatch, calls_ok: int):
-    """Make the objective return NaN once, on call number ``calls_ok + 1`` (a forward of a step)."""
+    """Make the objective return NaN once, in the call that evaluates forward pass number
+    ``calls_ok + 1`` (a call of the ± pair evaluates two)."""
     from zobench.models import CandidateScorer
 
     original, count = CandidateScorer.loss, {"n": 0}
 
-    def loss(self, batch):
-        count["n"] += 1
-        value = original(self, batch)
-        return torch.tensor(float("nan")) if count["n"] == calls_ok + 1 else value
+    def loss(self, batch, replicas=1):
+        first = count["n"] + 1
+        count["n"] += replicas
+        value = original(self, batch, replicas=replicas)
+        return torch.full_like(value, float("nan")) if first <= calls_ok + 1 <= count["n"] else value
 
     monkeypatch.setattr(CandidateScorer, "loss", loss)
 
