@@ -56,7 +56,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
         assert r["forward_s"] > 0 and r["engine_s"] > 0 and r["peak_memory_bytes"] > 0
     assert result["step_time_ratio"] == pytest.approx(result["zobench"]["step_s"] / result["baseline"]["step_s"])
     assert result["command"].startswith("python -m zobench.bench model=tiny-llama")
-    assert "| zobench [auto/virtual] |" in (tmp_path / "t.md").read_text()
+    assert "| zobench [auto/virtual+paired] |" in (tmp_path / "t.md").read_text()
     assert result["numerics"]["bfloat16"]["authors_inplace"]["changed_fraction"] > 0
     # the virtual engine's lr=0 steps, forwards included, leave every weight as it was
     assert result["virtual_lr0"] == {"dtype": "float32", "steps": 3, "changed_elements": 0,
