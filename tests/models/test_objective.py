@@ -208,3 +208,22 @@ def test_prefix_shared_scoring_of_replicas_equals_the_per_pair_forward(evaluatio
         engine.restore(params)
     torch.testing.assert_close(losses[True], torch.stack(sequential), rtol=1e-5, atol=1e-6)
     assert losses[True][0] != losses[True][1]
+
+
+def test_zo_closure_offers_replicas_only_when_the_objective_takes_them():
+    """A custom objective without ``replicas`` still trains: its closure is a plain one, so the
+    methods evaluate one perturbation per call instead of calling it with replicas=2."""
+    from zobench.models import zo_closure
+    from zobench.optim.fzoo import accepts_replicas
+
+    class Plain:
+        def loss(self, batch):
+            return torch.tensor(float(len(batch)))
+
+    class Batched(Plain):
+        def loss(self, batch, replicas=1):
+            return torch.full((replicas,), float(len(batch))) if replicas > 1 else torch.tensor(float(len(batch)))
+
+    plain, batched = zo_closure(Plain(), [1, 2], "loss"), zo_closure(Batched(), [1, 2], "loss")
+    assert not accepts_replicas(plain) and float(plain()) == 2.0
+    assert accepts_replicas(batched) and batched(replicas=2).tolist() == [2.0, 2.0]

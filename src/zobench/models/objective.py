@@ -58,8 +58,14 @@ def with_demonstrations(example: Rendered, demos: Sequence[Rendered], separator:
 def zo_closure(objective, batch, which: str):
     """The closure a ZO method calls: the task loss (``closure(replicas=N)`` gives N losses from
     one batched call, for methods that evaluate several perturbations at once), or minus the
-    batch accuracy / F1 (a non-differentiable objective; one evaluation per call)."""
+    batch accuracy / F1 (a non-differentiable objective; one evaluation per call). An objective
+    whose ``loss`` takes no ``replicas`` gets a plain closure: methods then evaluate one
+    perturbation per call."""
+    import inspect
+
     if which == "loss":
+        if "replicas" not in inspect.signature(objective.loss).parameters:
+            return lambda: objective.loss(batch)
         # replicas=1 calls loss(batch) as any objective takes it; only batched methods pass N
         return lambda replicas=1: objective.loss(batch) if replicas == 1 else objective.loss(batch, replicas=replicas)
     return lambda: zo_loss(objective, batch, which)
