@@ -9,6 +9,8 @@
 # (table.py); the grid is scaled from MeZO's (the per-element step of each update rule made
 # comparable), see NOTES.md. Runs go JOBS at a time (each is one process; on a GPU they share it).
 #   ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh    # a GPU machine
+# Environment: BUDGET, FO_STEPS, JOBS, OUT_DIR, ONLY (a regex of run names), EXTRA (overrides for
+# every run), FZOO_BATCHED, NO_TABLE, PYTHON.
 # On this repository's 2-core CPU a MeZO step of SmolLM2 takes ~4 s: BUDGET=4000 is ~2 h per run.
 set -euo pipefail
 here=results/methods_smollm2_sst2
@@ -17,6 +19,7 @@ budget=${BUDGET:-4000}
 fo_steps=${FO_STEPS:-500}
 jobs=${JOBS:-1}
 python=${PYTHON:-python}
+fzoo_batched=${FZOO_BATCHED:-true}  # false: FZOO's N directions one call each (same steps; cheaper on CPU)
 common="model=smollm2-135m task=sst2 logger=none seed=0 train.checkpoint_every=0 train.log_every=10 ${EXTRA:-}"
 zo="train.forward_budget=$budget train.eval_every_passes=$((budget / 10))"
 mkdir -p "$out"
@@ -26,10 +29,10 @@ mezo_lr1e-4|optimizer=mezo optimizer.lr=1e-4 $zo
 mezo_lr3e-5|optimizer=mezo optimizer.lr=3e-5 $zo
 hizoo_lr1e-4|optimizer=hizoo optimizer.lr=1e-4 $zo
 hizoo_lr3e-5|optimizer=hizoo optimizer.lr=3e-5 $zo
-fzoo_lr3e-6|optimizer=fzoo optimizer.lr=3e-6 $zo
-fzoo_lr1e-6|optimizer=fzoo optimizer.lr=1e-6 $zo
-fzoo_r_lr3e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-6 $zo
-fzoo_r_lr1e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-6 $zo
+fzoo_lr3e-6|optimizer=fzoo optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_lr1e-6|optimizer=fzoo optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr3e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr1e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
 zero_shot|train.steps=0
 icl_32|train.steps=0 icl.demos=32
 linear_probe|optimizer=linear_probe train.steps=0
@@ -68,7 +71,8 @@ launch() {  # one run; a completed run dir is kept (rerunning the script fills i
 }
 export -f launch
 export out common python
-grep -v '^$' "$out/plan.txt" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
+# ONLY (an extended regex of run names) runs part of the plan, e.g. ONLY='mezo_lr3e-5|fzoo_lr.*'
+grep -v '^$' "$out/plan.txt" | grep -E "^(${ONLY:-.*})\|" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
 if [ -z "${NO_TABLE:-}" ]; then
   $python results/methods_smollm2_sst2/table.py "$out" > $here/README.md
   $python results/methods_smollm2_sst2/table.py "$out" --plot $here/curves.png
