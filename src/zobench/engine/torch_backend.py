@@ -334,16 +334,26 @@ class VirtualEngine(Engine):
             block = torch.add(flat[start:stop], z.to(p.dtype), alpha=scale)
             yield start // cols, stop // cols, block.view(-1, cols)
 
-    def _blocks_timed(self, weight: torch.Tensor):
-        """The perturbed blocks of a streamed weight; drawing them counts as engine time."""
-        pid, direction, scale = self._active[id(weight)]
-        blocks = self._perturbed_blocks(weight.detach(), pid, direction, scale)
+    def _timed_items(self, items):
+        """Yield from the generator ``items``, timing the making of each item as engine time
+        (drawing z, building a block), not what the consumer does with it (the matmul)."""
         while True:
             with self._timed():
-                item = next(blocks, None)
+                item = next(items, None)
             if item is None:
                 return
             yield item
+
+    def _blocks_timed(self, weight: torch.Tensor):
+        """The perturbed blocks of a streamed weight (engine time: see ``_timed_items``)."""
+        return self._timed_items(self._perturbed_blocks(weight.detach(), *self._active[id(weight)]))
+
+    @staticmethod
+    def _check_ids(flat_ids: torch.Tensor, rows: int) -> None:
+        """F.embedding's index check, for the lookups computed block by block."""
+        if flat_ids.numel() and (int(flat_ids.min()) < 0 or int(flat_ids.max()) >= rows):
+            raise IndexError(f"index out of range in self: ids in [{int(flat_ids.min())}, {int(flat_ids.max())}], "
+                             f"embedding of {rows} rows")
 
     def _streamed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
         """F.linear(x, θ + εz, bias), one column block of the output at a time."""
@@ -355,9 +365,7 @@ class VirtualEngine(Engine):
     def _streamed_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """F.embedding(ids, θ + εz): each row gathered from the block it falls in."""
         flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= weight.shape[0]):
-            raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
-                             f"embedding of {weight.shape[0]} rows")
+        self._check_ids(flat, weight.shape[0])
         out = weight.new_empty(flat.shape[0], weight.shape[1])
         for first, stop, block in self._blocks_timed(weight):
             hit = ((flat >= first) & (flat < stop)).nonzero().squeeze(1)
@@ -651,14 +659,7 @@ class VirtualEngine(Engine):
         return pair
 
     def _pair_blocks_timed(self, weight: torch.Tensor):
-        pid, direction, scale = self._mirror[id(weight)]
-        blocks = self._perturbed_pair_blocks(weight.detach(), pid, direction, scale)
-        while True:
-            with self._timed():
-                item = next(blocks, None)
-            if item is None:
-                return
-            yield item
+        return self._timed_items(self._perturbed_pair_blocks(weight.detach(), *self._mirror[id(weight)]))
 
     @staticmethod
     def _halves(x: torch.Tensor) -> int:
@@ -689,9 +690,7 @@ class VirtualEngine(Engine):
             plus, minus = self._pair(weight)
             return torch.cat([F.embedding(ids[:n], plus), F.embedding(ids[n:], minus)])
         flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= weight.shape[0]):
-            raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
-                             f"embedding of {weight.shape[0]} rows")
+        self._check_ids(flat, weight.shape[0])
         half = flat.numel() // 2
         out = weight.new_empty(flat.shape[0], weight.shape[1])
         for first, stop, plus, minus in self._pair_blocks_timed(weight):
