@@ -70,7 +70,7 @@ from torch.overrides import TorchFunctionMode
 
 from .base import Engine, ZOParams
 from . import directions as _directions
-from .directions import Z_CHUNK, Direction, add_z_, z_pieces
+from .directions import Direction, add_z_, z_pieces
 
 #: virtual mode streams 2-D weights of at least this many elements (see the module docstring):
 #: 16 MB in float32, so a language model's embedding and LM head, and the layers of large models
