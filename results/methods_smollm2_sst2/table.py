@@ -3,6 +3,7 @@ accuracy against training forward passes.
 
     python results/methods_smollm2_sst2/table.py results/methods_smollm2_sst2/runs > results/methods_smollm2_sst2/README.md
     python results/methods_smollm2_sst2/table.py results/methods_smollm2_sst2/runs --plot results/methods_smollm2_sst2/curves.png
+    python results/methods_smollm2_sst2/table.py DIR --subset --command "..."   # runs of run.sh ONLY=...
 
 A run dir without summary.json was stopped before it finished: its dev evaluations so far are
 reported, and it has no test accuracy (the best-dev state is tested only at the end of a run).
@@ -10,6 +11,7 @@ reported, and it has no test accuracy (the best-dev state is tested only at the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -56,7 +58,14 @@ def fmt(x, spec=".3f"):
     return "-" if x is None else format(x, spec)
 
 
-def readme(runs: Path, rows: list[dict]) -> str:
+GPU_COMMAND = "ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh"
+
+
+def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: bool = False) -> str:
+    """The README of a runs dir; ``subset``: the runs were a chosen part of the plan (run.sh's
+    ONLY), so the runs not launched are not reported as missing."""
+    if subset:
+        rows = [r for r in rows if r["launched"]]
     launched = [r for r in rows if r["launched"]]
     zo = [r for r in launched if not r["first_order"] and not r["eval_only"] and not r["void"]]
     budget = max((r["budget"] or 0) for r in zo) if zo else 0
@@ -66,7 +75,7 @@ def readme(runs: Path, rows: list[dict]) -> str:
            "500 dev / 1000 test (SST-2 validation: 872, all used), batch 16, eps 1e-3, full fine-tuning, fp32; "
            f"every ZO method gets {budget} training forward passes (`train.forward_budget`), dev evaluated every "
            f"{budget // 10 if budget else '-'} passes, the best-dev state tested at the end. Command: "
-           "`ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh` (a GPU machine).", ""]
+           f"`{command}`{' (a GPU machine)' if command == GPU_COMMAND else ''}.", ""]
     unfinished = [r for r in launched if r["summary"] is None]
     missing = [r for r in rows if not r["launched"]]
     if unfinished or missing:
@@ -138,9 +147,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    runs_dir = Path(sys.argv[1])
-    loaded = load(runs_dir)
-    if "--plot" in sys.argv:
-        plot(loaded, Path(sys.argv[sys.argv.index("--plot") + 1]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the dev-accuracy curves to this image instead")
+    parser.add_argument("--command", default=GPU_COMMAND, help="the command that made the runs (for the README)")
+    parser.add_argument("--subset", action="store_true", help="the runs are a chosen part of the plan (run.sh ONLY)")
+    args = parser.parse_args()
+    loaded = load(args.runs_dir)
+    if args.plot:
+        plot(loaded, args.plot)
     else:
-        sys.stdout.write(readme(runs_dir, loaded))
+        sys.stdout.write(readme(args.runs_dir, loaded, args.command, args.subset))
