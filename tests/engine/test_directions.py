@@ -83,6 +83,35 @@ def test_chunked_z_at_the_real_chunk_size():
     assert len(pieces) == 2 and torch.equal(torch.cat([z for _, _, z in pieces]), direction.sample(0, like))
 
 
+def test_a_transformed_direction_is_drawn_in_chunks_too(small_chunks):
+    """A subclass that overrides ``transform`` (HiZOO's z/√Σ, Sparse-MeZO's mask) is transformed
+    piece by piece, equal to its whole ``sample``; a non-contiguous tensor gets one whole piece."""
+
+    class Scaled(Direction):
+        def transform(self, pid, like, start, stop, z):
+            return z.mul_(like.reshape(-1)[start:stop])
+
+    like = torch.linspace(-1, 1, 1000)
+    direction = Scaled(4)
+    pieces = list(direction.chunks(2, like))
+    assert len(pieces) > 1 and direction.chunkable(like)
+    assert torch.equal(torch.cat([z for _, _, z in pieces]), direction.sample(2, like))
+    assert torch.equal(direction.sample(2, like), Direction(4).sample(2, like) * like)
+    transposed = like.view(20, 50).t()
+    assert not direction.chunkable(transposed)
+    [(start, stop, z)] = direction.chunks(2, transposed)
+    assert (start, stop) == (0, 1000) and torch.equal(z, direction.sample(2, transposed).reshape(-1))
+
+
+def test_foreach_hands_out_pieces_of_a_non_contiguous_parameter(small_chunks):
+    """``Engine.foreach`` writes through to a transposed parameter (worked on as a contiguous copy)."""
+    from zobench.engine import InPlaceEngine
+
+    p = torch.zeros(50, 20).t()
+    InPlaceEngine().foreach([(0, p)], Direction(3), lambda pid, q, piece: piece.weights.add_(piece.z))
+    assert torch.equal(p, Direction(3).sample(0, p))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_engines_sweep_a_large_parameter_without_a_whole_z(small_chunks, dtype, monkeypatch):
     """In-place perturb, restore+update and the virtual θ + εz draw z in chunks, bit-identical

@@ -306,8 +306,9 @@ def test_sparse_mezo_masks_the_kernel_z():
 def test_foreach_hands_out_the_kernel_z():
     p = torch.zeros(10, 10)
     seen = []
-    tb.TritonInPlaceEngine().foreach([(4, p)], Direction(8, "rademacher"), lambda pid, q, z: seen.append(z))
-    assert torch.equal(seen[0], _reference(mix_seed(8, 4), p, "rademacher"))
+    tb.TritonInPlaceEngine().foreach([(4, p)], Direction(8, "rademacher"), lambda pid, q, piece: seen.append(piece))
+    assert len(seen) == 1 and (seen[0].start, seen[0].stop) == (0, 100)  # the kernels' z is drawn whole
+    assert torch.equal(seen[0].z, _reference(mix_seed(8, 4), p, "rademacher").view(-1))
 
 
 # --- selection -----------------------------------------------------------------------------------

@@ -3,12 +3,13 @@ tiny MLP, uses exactly its declared forward passes, resumes bit-identically from
 does nothing with lr=0, respects weight-decay groups, and keeps the state it declares."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from zobench.engine import VirtualEngine
+from zobench.engine import Direction, VirtualEngine, directions
 from zobench.optim import (FZOO, LOZO, ForwardGradient, HiZOO, MeZO, SparseMeZO, SubZero, TeZO, ZOAdam, ZOSGDCons,
                            ZOSGDMomentum, ZOSGDSign, decay_groups)
 
@@ -184,6 +185,45 @@ def test_declared_state_is_the_state_kept(name):
     full = [t for t in tensors if t.shape == model.x.shape]
     assert len(full) == opt.state_buffers_per_param
     assert all(t.numel() <= 32 for t in tensors if t.shape != model.x.shape)
+
+
+# methods whose perturbation is not elementwise in z (low-rank products; the forward gradient's
+# tangent is one whole tensor): they draw some z whole, by design
+WHOLE_Z = {"tezo", "tezo_momentum", "tezo_adam", "lozo", "subzero", "forward_gradient"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_z_drawn_in_pieces_gives_the_whole_tensor_steps(name, monkeypatch):
+    """On CPU the engine draws z Z_CHUNK elements at a time: in the perturbation, in the update
+    and in the stateful updates (``Engine.foreach`` hands them pieces, with the optimizer state
+    sliced alike). With 64-element chunks the steps and the state are bit-identical to drawing
+    every z whole, and an elementwise method never draws more than one chunk of z at once, so
+    no step holds a parameter-sized z or temporary."""
+    gen = torch.Generator().manual_seed(0)
+    inputs, targets = torch.randn(16, 40, generator=gen), torch.randn(16, 1, generator=gen)
+    draw = Direction._draw
+    results = {}
+    for chunk in (64, 1 << 20):
+        monkeypatch.setattr(directions, "Z_CHUNK", chunk)
+        sizes = []
+        monkeypatch.setattr(Direction, "_draw", lambda self, g, shape, device:
+                            sizes.append(math.prod(shape)) or draw(self, g, shape, device))
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 1)).requires_grad_(False)
+
+        def loss():
+            return ((model(inputs) - targets) ** 2).mean()
+
+        opt = _make(name, model, lr=METHODS[name][1]["lr"] / 2)
+        for _ in range(3):
+            opt.step(loss)
+        state = [t.clone() for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        results[chunk] = [p.clone() for p in model.parameters()], state, max(sizes, default=0)
+    (pieces, pieces_state, largest), (whole, whole_state, _) = results[64], results[1 << 20]
+    for a, b in zip(pieces + pieces_state, whole + whole_state, strict=True):
+        assert torch.equal(a, b)
+    if name not in WHOLE_Z:
+        assert largest < 64 + 16  # the last chunk absorbs a tail shorter than 16
 
 
 def test_hizoo_hessian_really_moves_and_stays_float32():

@@ -13,13 +13,13 @@ from torch import nn
 from ..errors import ConfigError, MissingPackageError
 
 from .base import Engine, ZOParams
-from .directions import DISTRIBUTIONS, Direction, mix_seed
+from .directions import DISTRIBUTIONS, Direction, Piece, mix_seed
 from .torch_backend import InPlaceEngine, VirtualEngine
 
 BACKENDS = ("auto", "torch", "triton")
 MODES = ("inplace", "virtual")
 
-__all__ = ["BACKENDS", "DISTRIBUTIONS", "MODES", "Direction", "Engine", "InPlaceEngine",
+__all__ = ["BACKENDS", "DISTRIBUTIONS", "MODES", "Direction", "Engine", "InPlaceEngine", "Piece",
            "VirtualEngine", "ZOParams", "build_engine", "mix_seed", "resolve_backend"]
 
 

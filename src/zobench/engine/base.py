@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from .directions import Direction, add_z_
+from .directions import Direction, Piece, add_z_
 
 ZOParams = Sequence[tuple[int, torch.Tensor]]
 
@@ -104,11 +104,20 @@ class Engine(ABC):
 
     @torch.no_grad()
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:
-        """``fn(pid, p, z)`` for every parameter, z (float32) regenerated from ``direction``: the
-        primitive of stateful updates (momentum, Adam moments, HiZOO's Σ). Call after ``restore``."""
+        """``fn(pid, p, piece)`` for every parameter ``p``, piece by piece (``Piece``: a flat view
+        of the weights and z there, regenerated from ``direction``): the primitive of stateful
+        updates (momentum, Adam moments, HiZOO's Σ), which slice their state with ``piece.of``.
+        The pieces are ``Direction.chunks`` (Z_CHUNK elements on CPU, else the whole parameter),
+        so an elementwise update applied per piece equals the whole-tensor one and never holds a
+        parameter-sized temporary. Call after ``restore``."""
         with self._timed():
             for pid, p in params:
-                fn(pid, p, direction.sample(pid, p))
+                work = p if p.is_contiguous() else p.contiguous()  # pieces are views of a flat tensor
+                flat = work.view(-1)
+                for start, stop, z in direction.chunks(pid, work):
+                    fn(pid, p, Piece(flat[start:stop], z, start, stop))
+                if work is not p:
+                    p.copy_(work)
 
     def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
         """``restore(params)`` then ``update(...)``; backends that move weights fuse the two."""

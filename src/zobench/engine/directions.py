@@ -70,8 +70,9 @@ class Direction:
     ``seed`` is the step seed (optimizers derive it from their own seed and step counter);
     ``distribution`` is ``gaussian`` (z ~ N(0, I)) or ``rademacher`` (z ∈ {-1, +1}^d).
     Engines tell directions apart by identity: a step reuses one object for all its sweeps.
-    Methods whose perturbation is a transform of z (HiZOO's z/√Σ, a sparsity mask) subclass
-    this and override ``sample``.
+    Methods whose perturbation is an elementwise transform of z (HiZOO's z/√Σ, a sparsity mask)
+    subclass this and override ``transform``, so their z is still drawn piece by piece
+    (``chunks``); one that is not elementwise (a low-rank product) overrides ``sample``.
     """
 
     seed: int
@@ -85,10 +86,19 @@ class Direction:
         """z for parameter ``pid``, shaped like ``like``, float32, on ``like.device``."""
         generate = _Z_SOURCE.get()
         if generate is not None:
-            return generate(mix_seed(self.seed, pid), like, self.distribution)
-        gen = torch.Generator(device=like.device)
-        gen.manual_seed(mix_seed(self.seed, pid))
-        return self._draw(gen, like.shape, like.device)
+            z = generate(mix_seed(self.seed, pid), like, self.distribution)
+        else:
+            gen = torch.Generator(device=like.device)
+            gen.manual_seed(mix_seed(self.seed, pid))
+            z = self._draw(gen, like.shape, like.device)
+        if type(self).transform is Direction.transform:
+            return z
+        return self.transform(pid, like, 0, like.numel(), z.view(-1)).view(like.shape)
+
+    def transform(self, pid: int, like: torch.Tensor, start: int, stop: int, z: torch.Tensor) -> torch.Tensor:
+        """This direction's perturbation on ``like``'s flat elements [start, stop), from the plain
+        z there (float32, flat; may be modified in place). Identity: the perturbation is z."""
+        return z
 
     def _draw(self, gen: torch.Generator, shape, device) -> torch.Tensor:
         if self.distribution == "gaussian":
@@ -100,7 +110,7 @@ class Direction:
         """Whether ``chunks`` can draw this direction's z for ``like`` piece by piece (torch's
         CPU generator, plain z); otherwise it yields the whole z as one piece."""
         return (type(self).sample is Direction.sample and _Z_SOURCE.get() is None
-                and like.device.type == "cpu")
+                and like.device.type == "cpu" and like.is_contiguous())
 
     def chunks(self, pid: int, like: torch.Tensor, size: int | None = None):
         """``(start, stop, z_flat[start:stop])`` covering ``like``'s elements in row-major order:
@@ -111,9 +121,10 @@ class Direction:
         torch's CPU generator fills a long normal / randint draw in order, so consecutive draws of
         n₁, n₂, ... elements equal one draw of n₁ + n₂ + ... provided every piece but the last
         is a multiple of 16 and the last is not shorter than 16 (its Box-Muller tail is redrawn):
-        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). On
-        CUDA (Philox offsets advance per launch) and for directions that transform z, z is drawn
-        whole, in one chunk.
+        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). Each
+        piece goes through ``transform``. On CUDA (Philox offsets advance per launch), for a
+        non-contiguous ``like`` and for directions that override ``sample``, z is drawn whole,
+        in one chunk.
         """
         n, size = like.numel(), Z_CHUNK if size is None else int(size)
         if size <= 0 or size % 16:
@@ -126,7 +137,7 @@ class Direction:
         start = 0
         while start < n:
             stop = n if n - start < size + 16 else start + size
-            yield start, stop, self._draw(gen, (stop - start,), like.device)
+            yield start, stop, self.transform(pid, like, start, stop, self._draw(gen, (stop - start,), like.device))
             start = stop
 
 
@@ -143,6 +154,22 @@ def z_pieces(p: torch.Tensor, pid: int, direction: Direction):
     flat = p.view(-1)
     for start, stop, z in direction.chunks(pid, p):
         yield flat[start:stop], z.to(p.dtype)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Elements [start, stop) of one flattened parameter and the direction's z there: what
+    ``Engine.foreach`` hands a stateful update, so that it needs no parameter-sized z or
+    temporary (each piece is at most ~Z_CHUNK elements on CPU)."""
+
+    weights: torch.Tensor  # flat view of the parameter's elements [start, stop): write the update here
+    z: torch.Tensor  # float32 perturbation on those elements (the update may modify it in place)
+    start: int
+    stop: int
+
+    def of(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The same elements of a parameter-shaped contiguous buffer (optimizer state)."""
+        return buffer.view(-1)[self.start:self.stop]
 
 
 def add_z_(p: torch.Tensor, pid: int, direction: Direction, alpha: float) -> None:

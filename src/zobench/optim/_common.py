@@ -143,7 +143,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         """A parameter-sized buffer in ``self.state`` (so ``state_dict`` saves it), zero-initialised."""
         state = self.state[p]
         if key not in state:
-            state[key] = torch.zeros_like(p, dtype=dtype)
+            # contiguous whatever p's layout: ``Piece.of`` slices it flat
+            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
         return state[key]
 
     def _record(self, **scalars: float) -> None:

@@ -18,7 +18,7 @@ no 4th, logging-only forward pass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -28,17 +28,14 @@ from ._common import Closure, ZOOptimizer
 
 @dataclass(frozen=True, eq=False)
 class HessianScaledDirection(Direction):
-    """u = z / √Σ, Σ looked up per parameter id."""
+    """u = z / √Σ, Σ looked up per parameter id (``sigma.get(pid)``; None: u = z)."""
 
-    inverse_sqrt: dict = field(default_factory=dict)
+    sigma: object = None
 
-    def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
-        z = super().sample(pid, like)
-        scale = self.inverse_sqrt.get(pid)
-        return z if scale is None else z.mul_(scale)
-
-    def base(self, pid: int, like: torch.Tensor) -> torch.Tensor:
-        return super().sample(pid, like)
+    def transform(self, pid: int, like: torch.Tensor, start: int, stop: int, z: torch.Tensor) -> torch.Tensor:
+        sigma = None if self.sigma is None else self.sigma.get(pid)
+        # Σ^(-1/2) of these elements only: no parameter-sized temporary
+        return z if sigma is None else z.mul_(sigma.view(-1)[start:stop].rsqrt())
 
 
 class HiZOO(ZOOptimizer):
@@ -55,7 +52,7 @@ class HiZOO(ZOOptimizer):
     def _sigma(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
         if "hessian" not in state:
-            state["hessian"] = torch.ones_like(p, dtype=torch.float32)
+            state["hessian"] = torch.ones_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
         return state["hessian"]
 
     @torch.no_grad()
@@ -63,9 +60,8 @@ class HiZOO(ZOOptimizer):
         eps, alpha = self._shared("eps"), self._shared("hessian_smooth")
         step = self._advance()
         seed = self.direction(step).seed
-        # Σ^(-1/2) as used by this step's perturbation (a parameter-sized temporary per parameter
-        # is avoided: the scale is computed from Σ when z is drawn)
-        direction = HessianScaledDirection(seed, inverse_sqrt=_LazyInverseSqrt(self))
+        # Σ as used by this step's perturbation; Σ^(-1/2) is computed piece by piece when z is drawn
+        direction = HessianScaledDirection(seed, sigma=_SigmaByPid(self))
         loss_zero = float(closure())
         g, loss_plus, loss_minus = self._two_sided(closure, direction, eps)
         self.engine.restore(self._all_params)
@@ -76,12 +72,12 @@ class HiZOO(ZOOptimizer):
             for group, params in zip(self.param_groups, self._group_params):
                 lr, decay = group["lr"], group["lr"] * group["weight_decay"]
 
-                def apply(pid, p, z):
-                    sigma = self._sigma(p)
+                def apply(pid, p, piece):
+                    sigma, z = piece.of(self._sigma(p)), piece.z
                     u = z * sigma.rsqrt()  # the u of this step's perturbation (old Σ)
                     if decay:
-                        p.mul_(1.0 - decay)
-                    p.add_(u.to(p.dtype), alpha=-lr * g)
+                        piece.weights.mul_(1.0 - decay)
+                    piece.weights.add_(u.to(p.dtype), alpha=-lr * g)
                     # Σ ← (1-α)Σ + α c Σ⊙z² = Σ ⊙ ((1-α) + α c z²), from the old Σ in one product
                     sigma.mul_(z.square_().mul_(alpha * curvature).add_(1 - alpha))
 
@@ -89,8 +85,8 @@ class HiZOO(ZOOptimizer):
         return torch.tensor(loss_zero)
 
 
-class _LazyInverseSqrt:
-    """pid → Σ^(-1/2) of that parameter, computed when the engine draws its z."""
+class _SigmaByPid:
+    """pid → Σ of that parameter (created at ones on first use)."""
 
     def __init__(self, optimizer: HiZOO) -> None:
         self._params = dict(optimizer._all_params)
@@ -98,4 +94,4 @@ class _LazyInverseSqrt:
 
     def get(self, pid: int):
         p = self._params.get(pid)
-        return None if p is None else self._optimizer._sigma(p).rsqrt()
+        return None if p is None else self._optimizer._sigma(p)

@@ -29,10 +29,10 @@ class MaskedDirection(Direction):
 
     thresholds: dict = field(default_factory=dict)
 
-    def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
-        z = super().sample(pid, like)
+    def transform(self, pid: int, like: torch.Tensor, start: int, stop: int, z: torch.Tensor) -> torch.Tensor:
         h = self.thresholds.get(pid)
-        return z if h is None else z.mul_(like.abs() <= h)
+        # the mask of these elements only, from the unperturbed θ (virtual mode): nothing stored
+        return z if h is None else z.mul_(like.reshape(-1)[start:stop].abs() <= h)
 
 
 def magnitude_threshold(p: torch.Tensor, sparsity: float) -> float:

@@ -38,15 +38,16 @@ class ZOAdam(ZOOptimizer):
                 decay = lr * group["weight_decay"]
                 correction1, correction2 = 1 - beta1 ** step, 1 - beta2 ** step
 
-                def apply(pid, p, z):
-                    m, v = self._param_state(p, "exp_avg"), self._param_state(p, "exp_avg_sq")
-                    grad = z.mul_(g)
+                def apply(pid, p, piece):
+                    m = piece.of(self._param_state(p, "exp_avg"))
+                    v = piece.of(self._param_state(p, "exp_avg_sq"))
+                    grad = piece.z.mul_(g)
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     update = (m / correction1).div_((v / correction2).sqrt_().add_(delta))
                     if decay:
-                        p.mul_(1.0 - decay)
-                    p.add_(update.to(p.dtype), alpha=-lr)
+                        piece.weights.mul_(1.0 - decay)
+                    piece.weights.add_(update.to(p.dtype), alpha=-lr)
 
                 self.engine.foreach(params, direction, apply)
         return torch.tensor((loss_plus + loss_minus) / 2)

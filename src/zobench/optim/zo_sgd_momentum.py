@@ -37,12 +37,12 @@ class ZOSGDMomentum(ZOOptimizer):
             for group, params in zip(self.param_groups, self._group_params):
                 lr, beta, decay = group["lr"], group["momentum"], group["lr"] * group["weight_decay"]
 
-                def apply(pid, p, z):
-                    m = self._param_state(p, "momentum")
-                    m.mul_(beta).add_(z, alpha=g)
+                def apply(pid, p, piece):
+                    m = piece.of(self._param_state(p, "momentum"))
+                    m.mul_(beta).add_(piece.z, alpha=g)
                     if decay:
-                        p.mul_(1.0 - decay)
-                    p.add_(m.to(p.dtype), alpha=-lr)
+                        piece.weights.mul_(1.0 - decay)
+                    piece.weights.add_(m.to(p.dtype), alpha=-lr)
 
                 self.engine.foreach(params, direction, apply)
         return torch.tensor((loss_plus + loss_minus) / 2)

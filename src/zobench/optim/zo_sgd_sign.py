@@ -34,10 +34,10 @@ class ZOSGDSign(ZOOptimizer):
                     self.engine.update(params, direction, coeff=0.0, decay=decay)
                     continue
 
-                def apply(pid, p, z):
+                def apply(pid, p, piece):
                     if decay:
-                        p.mul_(1.0 - decay)
-                    p.add_(torch.sign(z).to(p.dtype), alpha=-lr * sign_g)
+                        piece.weights.mul_(1.0 - decay)
+                    piece.weights.add_(piece.z.sign_().to(p.dtype), alpha=-lr * sign_g)
 
                 self.engine.foreach(params, direction, apply)
         return torch.tensor((loss_plus + loss_minus) / 2)
