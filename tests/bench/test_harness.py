@@ -62,3 +62,25 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     assert result["virtual_lr0"] == {"dtype": "float32", "steps": 3, "changed_elements": 0,
                                      "elements": result["parameters"]}
     assert "Measured: 3 lr=0 MeZO steps" in (tmp_path / "t.md").read_text()
+
+
+def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
+    """``optimizer=...`` picks zobench's step (HiZOO: 3 passes and its Σ); the baseline stays the
+    authors' MeZO and the Markdown says the ratios then compare methods."""
+    subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=hizoo", "bench.repeats=1",
+                    "bench.baseline=false", f"bench.out={tmp_path}", "bench.name=h", f"data.dir={data_dir}"],
+                   check=True, timeout=600, capture_output=True)
+    result = json.loads((tmp_path / "h.json").read_text())
+    z = result["zobench"]
+    assert (z["optimizer"], z["forward_passes_per_step"], z["state_buffers_per_param"]) == ("hizoo", 3, 1)
+    text = (tmp_path / "h.md").read_text()
+    assert text.startswith("# hizoo step benchmark") and "| zobench hizoo [auto/virtual+paired] |" in text
+    assert "compare methods, not implementations" in text
+
+
+def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
+    done = subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=adam",
+                           f"bench.out={tmp_path}", "bench.name=a", f"data.dir={data_dir}"],
+                          timeout=600, capture_output=True, text=True)
+    assert done.returncode != 0 and "optimizer=adam: the benchmark times zeroth-order steps" in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
