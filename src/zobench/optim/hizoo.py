@@ -69,17 +69,19 @@ class HiZOO(ZOOptimizer):
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero,
                      curvature=curvature)
         if math.isfinite(g) and math.isfinite(curvature):
+            keep = torch.tensor(1 - alpha, dtype=torch.float32)  # 0-dim: broadcast to every piece
             for group, params in zip(self.param_groups, self._group_params):
                 lr, decay = group["lr"], group["lr"] * group["weight_decay"]
 
                 def apply(pid, p, piece):
                     sigma, z = piece.of(self._sigma(p)), piece.z
-                    u = z * sigma.rsqrt()  # the u of this step's perturbation (old Σ)
+                    scratch = sigma.rsqrt()  # Σ^(-1/2) of the old Σ: u = z Σ^(-1/2), this step's perturbation
                     if decay:
                         piece.weights.mul_(1.0 - decay)
-                    piece.weights.add_(u.to(p.dtype), alpha=-lr * g)
+                    # θ ← θ - η g u in one pass (u formed in float32, rounded once into θ's dtype)
+                    piece.weights.addcmul_(scratch, z, value=-lr * g)
                     # Σ ← (1-α)Σ + α c Σ⊙z² = Σ ⊙ ((1-α) + α c z²), from the old Σ in one product
-                    sigma.mul_(z.square_().mul_(alpha * curvature).add_(1 - alpha))
+                    sigma.mul_(torch.addcmul(keep, z, z, value=alpha * curvature, out=scratch))
 
                 self.engine.foreach(params, Direction(seed), apply)
         return torch.tensor(loss_zero)

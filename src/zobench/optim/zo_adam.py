@@ -44,10 +44,11 @@ class ZOAdam(ZOOptimizer):
                     grad = piece.z.mul_(g)
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    update = (m / correction1).div_((v / correction2).sqrt_().add_(delta))
+                    denominator = (v / correction2).sqrt_().add_(delta)
                     if decay:
                         piece.weights.mul_(1.0 - decay)
-                    piece.weights.add_(update.to(p.dtype), alpha=-lr)
+                    # θ ← θ - η m̂ / (√v̂ + δ), m̂ = m / (1 - β1^t), in one pass
+                    piece.weights.addcdiv_(m, denominator, value=-lr / correction1)
 
                 self.engine.foreach(params, direction, apply)
         return torch.tensor((loss_plus + loss_minus) / 2)
