@@ -188,9 +188,10 @@ def test_declared_state_is_the_state_kept(name):
     assert all(t.numel() <= 32 for t in tensors if t.shape != model.x.shape)
 
 
-# methods whose perturbation is not elementwise in z (low-rank products; the forward gradient's
-# tangent is one whole tensor): they draw some z whole, by design
-WHOLE_Z = {"tezo", "tezo_momentum", "tezo_adam", "lozo", "subzero", "forward_gradient"}
+# the forward gradient's tangent is one whole tensor per parameter, by design (forward-mode AD);
+# the low-rank methods draw no z for matrices but form Z = ABᵀ a block of rows at a time (below)
+WHOLE_Z = {"forward_gradient"}
+LOW_RANK = {"tezo", "tezo_momentum", "tezo_adam", "lozo", "subzero"}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -198,8 +199,10 @@ def test_z_drawn_in_pieces_gives_the_whole_tensor_steps(name, monkeypatch):
     """On CPU the engine draws z Z_CHUNK elements at a time: in the perturbation, in the update
     and in the stateful updates (``Engine.foreach`` hands them pieces, with the optimizer state
     sliced alike). With 64-element chunks the steps and the state are bit-identical to drawing
-    every z whole, and an elementwise method never draws more than one chunk of z at once, so
-    no step holds a parameter-sized z or temporary."""
+    every z whole (not compared for the low-rank methods: Z = ABᵀ is a matmul per block of rows,
+    whose rounding depends on the block; at a fixed block size every use of Z has the same bits,
+    tested below), and an elementwise method never draws more than one chunk of z at once, so no
+    step holds a parameter-sized z or temporary."""
     gen = torch.Generator().manual_seed(0)
     inputs, targets = torch.randn(16, 40, generator=gen), torch.randn(16, 1, generator=gen)
     draw = Direction._draw
@@ -222,9 +225,43 @@ def test_z_drawn_in_pieces_gives_the_whole_tensor_steps(name, monkeypatch):
         results[chunk] = [p.clone() for p in model.parameters()], state, max(sizes, default=0)
     (pieces, pieces_state, largest), (whole, whole_state, _) = results[64], results[1 << 20]
     for a, b in zip(pieces + pieces_state, whole + whole_state, strict=True):
-        assert torch.equal(a, b)
+        if name not in LOW_RANK:  # their blocks of rows follow Z_CHUNK: other blocks, other rounding
+            assert torch.equal(a, b)
     if name not in WHOLE_Z:
         assert largest < 64 + 16  # the last chunk absorbs a tail shorter than 16
+
+
+@pytest.mark.parametrize("name", sorted(LOW_RANK))
+def test_low_rank_z_is_formed_a_block_of_rows_at_a_time(name, monkeypatch):
+    """Z = ABᵀ of a matrix is never formed whole on the engine's paths: the largest product is one
+    block of rows (~Z_CHUNK elements, a multiple of 64), and ``sample`` gives the same bits."""
+    monkeypatch.setattr(directions, "Z_CHUNK", 256)
+    products = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(a.shape[0] * b.shape[1])
+                        or matmul(a, b))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 1)).requires_grad_(False)
+    inputs = torch.randn(8, 40, generator=torch.Generator().manual_seed(1))
+    opt = _make(name, model, lr=1e-3)
+    for _ in range(2):
+        opt.step(lambda: model(inputs).square().mean())
+    # the 30×40 matrix (1200 elements) in blocks of 8 rows: 8·40 = 320, the least multiple of 64
+    assert products and max(products) == 320
+
+
+def test_low_rank_blocks_are_the_sampled_z_bit_for_bit(monkeypatch):
+    from zobench.optim._lowrank import LowRankDirection, gaussian
+
+    monkeypatch.setattr(directions, "Z_CHUNK", 256)
+    direction = LowRankDirection(3, factors=lambda pid, like: (gaussian(pid, (like.shape[0], 4), like),
+                                                               gaussian(pid + 1, (like.shape[1], 4), like)))
+    weight = torch.empty(300, 50)
+    pieces = list(direction.chunks(0, weight, size=64 * 50))  # a caller's size: the blocks stay the same
+    assert len(pieces) > 1 and all(start % 50 == 0 and stop % 50 == 0 for start, stop, _ in pieces)
+    assert torch.equal(torch.cat([z for _, _, z in pieces]), direction.sample(0, weight).view(-1))
+    a, b = direction.factors(0, weight)
+    torch.testing.assert_close(direction.sample(0, weight), a @ b.T)
 
 
 def test_hizoo_hessian_really_moves_and_stays_float32():

@@ -2,8 +2,8 @@
 
 A ``LowRankDirection`` gives every matrix parameter (ndim == 2) a perturbation Z = A Bᵀ of rank r
 built by the method's ``factors(pid, like) -> (A, B)`` from seeded draws, and every other
-parameter a plain Gaussian z. Factors are regenerated from seeds when needed, never stored, so the
-memory stays at inference (methods keep only r-dimensional state). Z is scaled so that its entries
+parameter a plain Gaussian z. Factors are regenerated from seeds when needed, never stored, and
+Z is formed a block of rows at a time, so the memory stays at inference (methods keep only r-dimensional state). Z is scaled so that its entries
 have unit variance, like a Gaussian z: ε and η keep their meaning across methods.
 """
 
@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..engine import Direction, mix_seed
+from ..engine.torch_backend import row_block
 
 
 def gaussian(seed: int, shape, like: torch.Tensor) -> torch.Tensor:
@@ -25,13 +26,32 @@ def gaussian(seed: int, shape, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class LowRankDirection(Direction):
+    """Z = A Bᵀ for matrices, built block of rows by block of rows (Z[rows] = A[rows] Bᵀ, ~Z_CHUNK
+    elements each), so that sweeps and the streamed forward never hold a matrix-sized Z. The
+    blocks are fixed by the matrix's shape, whatever piece size a caller asks for, and ``sample``
+    concatenates the same blocks: every use sees the same bits."""
+
     factors: Callable | None = field(default=None)
+
+    def _blocks(self, pid: int, like: torch.Tensor):
+        a, b = self.factors(pid, like)
+        rows, cols = like.shape
+        step = row_block(cols, 64)  # a multiple of 64 elements: see VirtualEngine._perturbed_blocks
+        for first in range(0, rows, step):
+            stop = min(rows, first + step)
+            yield first * cols, stop * cols, a[first:stop] @ b.T
 
     def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
         if like.ndim != 2 or self.factors is None:
             return super().sample(pid, like)
-        a, b = self.factors(pid, like)
-        return a @ b.T
+        return torch.cat([block for _, _, block in self._blocks(pid, like)])
+
+    def chunks(self, pid: int, like: torch.Tensor, size: int | None = None):
+        if like.ndim != 2 or self.factors is None or not like.is_contiguous():
+            yield from super().chunks(pid, like, size)
+            return
+        for start, stop, block in self._blocks(pid, like):
+            yield start, stop, block.reshape(-1)
 
 
 def rank_for(like: torch.Tensor, rank: int) -> int:
