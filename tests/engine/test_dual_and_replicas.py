@@ -72,11 +72,21 @@ def _replica_losses(model, ids, n):
     return logits.logsumexp(-1).reshape(n, -1).mean(-1)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
 @pytest.mark.parametrize("family", CAUSAL)
-def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family):
+def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family, stream, monkeypatch):
+    """Streamed (large) linear and embedding weights give each replica x_i(θ + εZ_i)ᵀ block by
+    block of rows, with no weight-sized Z_i: on Llama no replica draws a matrix's z whole."""
+    from zobench.engine import directions
+
+    if stream:
+        monkeypatch.setattr(directions, "Z_CHUNK", 64)
     model = tiny_model(family)
-    params, engine = _params(model), VirtualEngine(model)
+    params, engine = _params(model), VirtualEngine(model, stream_elements=1 if stream else None)
     assert engine.replica_support(params) is None
+    whole = []
+    sample = Direction.sample
+    monkeypatch.setattr(Direction, "sample", lambda self, pid, like: whole.append(like.ndim) or sample(self, pid, like))
     directions = [Direction(seed, "rademacher") for seed in range(5)]
     ids = torch.randint(3, 64, (3, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -85,10 +95,13 @@ def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family):
             engine.perturb(params, direction, 1e-2)
             sequential.append(float(_loss(model, ids)))
         engine.restore(params)
+        whole.clear()
         with engine.replicas(params, directions, 1e-2):
             assert engine.replica_count == 5
             batched = _replica_losses(model, ids, 5)
         assert engine.replica_count == 1
+        if stream and family == "llama":
+            assert 2 not in whole
         plain = float(_loss(model, ids))
     torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
     # the replicas differ from each other and from θ: the perturbation really acted per replica

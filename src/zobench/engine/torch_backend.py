@@ -355,19 +355,20 @@ class VirtualEngine(Engine):
             raise IndexError(f"index out of range in self: ids in [{int(flat_ids.min())}, {int(flat_ids.max())}], "
                              f"embedding of {rows} rows")
 
-    def _streamed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-        """F.linear(x, θ + εz, bias), one column block of the output at a time."""
-        out = x.new_empty(*x.shape[:-1], weight.shape[0])
-        for first, stop, block in self._blocks_timed(weight):
+    def _streamed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias, blocks=None, out=None) -> torch.Tensor:
+        """F.linear(x, θ + εz, bias), one column block of the output at a time (``blocks``: the
+        perturbed blocks, default the active perturbation's; ``out``: where to write)."""
+        out = x.new_empty(*x.shape[:-1], weight.shape[0]) if out is None else out
+        for first, stop, block in self._blocks_timed(weight) if blocks is None else blocks:
             out[..., first:stop] = F.linear(x, block, None if bias is None else bias[first:stop])
         return out
 
-    def _streamed_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _streamed_embedding(self, ids: torch.Tensor, weight: torch.Tensor, blocks=None) -> torch.Tensor:
         """F.embedding(ids, θ + εz): each row gathered from the block it falls in."""
         flat = ids.reshape(-1)
         self._check_ids(flat, weight.shape[0])
         out = weight.new_empty(flat.shape[0], weight.shape[1])
-        for first, stop, block in self._blocks_timed(weight):
+        for first, stop, block in self._blocks_timed(weight) if blocks is None else blocks:
             hit = ((flat >= first) & (flat < stop)).nonzero().squeeze(1)
             if hit.numel():
                 out[hit] = block[flat[hit] - first]
@@ -529,12 +530,21 @@ class VirtualEngine(Engine):
             raise ValueError(f"replicas: {type(module).__name__} got {rows} rows, not a multiple of the "
                              f"{n} replicas; the closure must repeat its batch {n} times (replica-major)")
 
+    def _replica_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
+        return self._timed_items(self._perturbed_blocks(p.detach(), pid, direction, scale))
+
     def _replica_linear(self, module, args, kwargs, output, entries, directions, scale):
         x = args[0] if args else kwargs["input"]
         n = len(directions)
         self._split(module, x.shape[0], n)
+        entries = sorted(entries, key=lambda entry: entry[0] != "weight")  # a rewrite of y_i comes first
         for direction, xi, yi in zip(directions, x.chunk(n), output.chunk(n)):
             for name, p, pid in entries:
+                if name == "weight" and self._streams(p):
+                    # a large weight: y_i rewritten as x_i (θ + εZ_i)ᵀ + b block by block of rows,
+                    # so that no weight-sized Z_i is drawn (the bias' perturbation is added next)
+                    self._streamed_linear(xi, p, module.bias, self._replica_blocks(p, pid, direction, scale), out=yi)
+                    continue
                 z = self._sample(direction, pid, p).to(p.dtype)
                 # y_i += ε (x_i Z_iᵀ) or ε z_b,i: the perturbation's contribution, replica i only
                 yi.add_(F.linear(xi, z) if name == "weight" else z, alpha=scale)
@@ -546,6 +556,9 @@ class VirtualEngine(Engine):
         self._split(module, ids.shape[0], n)
         (_, p, pid), = entries
         for direction, ids_i, yi in zip(directions, ids.chunk(n), output.chunk(n)):
+            if self._streams(p):  # gathered from the perturbed blocks: no weight-sized Z_i
+                yi.copy_(self._streamed_embedding(ids_i, p, self._replica_blocks(p, pid, direction, scale)))
+                continue
             yi.add_(F.embedding(ids_i, self._sample(direction, pid, p).to(p.dtype)), alpha=scale)
         return output
 
