@@ -152,6 +152,32 @@ class _MirroredWeights(TorchFunctionMode):
                            "set engine.paired=false")
 
 
+class _ReplicaWeights(TorchFunctionMode):
+    """Active while a linear / embedding layer runs inside ``VirtualEngine.replicas``: its
+    ``F.linear`` / ``F.embedding`` call is split into the N replicas' rows, replica i computed at
+    θ + εz_i (its own product only: no shared product plus a perturbation product)."""
+
+    def __init__(self, engine: "VirtualEngine", module: nn.Module) -> None:
+        super().__init__()
+        self.engine, self.module = engine, module
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        engine = self.engine
+        touched = (any(engine._is_replicated(a) for a in args)
+                   or any(engine._is_replicated(v) for v in kwargs.values()))
+        if not touched or getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)
+        if func is F.linear:
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return engine._replica_split_linear(args[0], args[1], bias)
+        if func is F.embedding and kwargs.get("max_norm") is None and not engine._is_replicated(args[0]):
+            return engine._replica_split_embedding(args[0], args[1])
+        raise RuntimeError(f"replicas: {type(self.module).__name__} uses its parameter in "
+                           f"{getattr(func, '__name__', func)}, which cannot be split by replica; "
+                           "evaluate one direction per call (FZOO: optimizer.batched=false)")
+
+
 class InPlaceEngine(Engine):
     """MeZO's in-place perturbation; usable without a model (any list of tensors)."""
 
@@ -262,6 +288,7 @@ class VirtualEngine(Engine):
         # re-entering them while a module is re-run per replica
         self._replica_handles = []
         self._replaying = False
+        self._replica: dict[int, tuple[int, Sequence[Direction], float]] = {}  # id(p) -> (pid, z_i's, ε)
 
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         missing = [pid for pid, p in params if id(p) not in self._owned]
@@ -506,14 +533,27 @@ class VirtualEngine(Engine):
         if self._active or self._dual:
             raise RuntimeError("VirtualEngine.replicas: another evaluation is active; restore() first")
         directions = list(directions)
-        hooks = {"linear": self._replica_linear, "embedding": self._replica_embedding,
-                 "generic": self._replica_generic}
+        self._replica = {id(p): (pid, directions, scale) for pid, p in params}
+        modes = []
         for module, kind, entries in plan:
-            def hook(module, args, kwargs, output, _fn=hooks[kind], _entries=entries):
+            if kind in ("linear", "embedding"):  # split by replica inside F.linear / F.embedding
+                def enter(module, args, _modes=modes):
+                    mode = _ReplicaWeights(self, module)
+                    mode.__enter__()
+                    _modes.append(mode)
+
+                def leave(module, args, output, _modes=modes):
+                    _modes.pop().__exit__(None, None, None)
+                    return None
+                self._replica_handles.append(module.register_forward_pre_hook(enter))
+                self._replica_handles.append(module.register_forward_hook(leave, always_call=True))
+                continue
+
+            def hook(module, args, kwargs, output, _entries=entries):  # re-run per replica
                 if self._replaying:
                     return None
                 with torch.no_grad(), self._timed():
-                    return _fn(module, args, kwargs, output, _entries, directions, scale)
+                    return self._replica_generic(module, args, kwargs, output, _entries, directions, scale)
             self._replica_handles.append(module.register_forward_hook(hook, with_kwargs=True))
         self.replica_count = len(directions)
         try:
@@ -522,6 +562,7 @@ class VirtualEngine(Engine):
             for handle in self._replica_handles:
                 handle.remove()
             self._replica_handles = []
+            self._replica = {}
             self.replica_count = 1
 
     @staticmethod
@@ -530,37 +571,48 @@ class VirtualEngine(Engine):
             raise ValueError(f"replicas: {type(module).__name__} got {rows} rows, not a multiple of the "
                              f"{n} replicas; the closure must repeat its batch {n} times (replica-major)")
 
-    def _replica_blocks(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
-        return self._timed_items(self._perturbed_blocks(p.detach(), pid, direction, scale))
+    def _is_replicated(self, value) -> bool:
+        return isinstance(value, torch.Tensor) and id(value) in self._replica
 
-    def _replica_linear(self, module, args, kwargs, output, entries, directions, scale):
-        x = args[0] if args else kwargs["input"]
-        n = len(directions)
-        self._split(module, x.shape[0], n)
-        entries = sorted(entries, key=lambda entry: entry[0] != "weight")  # a rewrite of y_i comes first
-        for direction, xi, yi in zip(directions, x.chunk(n), output.chunk(n)):
-            for name, p, pid in entries:
-                if name == "weight" and self._streams(p):
-                    # a large weight: y_i rewritten as x_i (θ + εZ_i)ᵀ + b block by block of rows,
-                    # so that no weight-sized Z_i is drawn (the bias' perturbation is added next)
-                    self._streamed_linear(xi, p, module.bias, self._replica_blocks(p, pid, direction, scale), out=yi)
-                    continue
-                z = self._sample(direction, pid, p).to(p.dtype)
-                # y_i += ε (x_i Z_iᵀ) or ε z_b,i: the perturbation's contribution, replica i only
-                yi.add_(F.linear(xi, z) if name == "weight" else z, alpha=scale)
-        return output
+    def _replica_rows(self, x: torch.Tensor) -> int:
+        n = len(next(iter(self._replica.values()))[1])
+        if x.shape[0] % n:
+            raise ValueError(f"replicas: a layer got {x.shape[0]} rows, not a multiple of the {n} replicas; "
+                             f"the closure must repeat its batch {n} times (replica-major)")
+        return n
 
-    def _replica_embedding(self, module, args, kwargs, output, entries, directions, scale):
-        ids = args[0] if args else kwargs["input"]
-        n = len(directions)
-        self._split(module, ids.shape[0], n)
-        (_, p, pid), = entries
-        for direction, ids_i, yi in zip(directions, ids.chunk(n), output.chunk(n)):
-            if self._streams(p):  # gathered from the perturbed blocks: no weight-sized Z_i
-                yi.copy_(self._streamed_embedding(ids_i, p, self._replica_blocks(p, pid, direction, scale)))
-                continue
-            yi.add_(F.embedding(ids_i, self._sample(direction, pid, p).to(p.dtype)), alpha=scale)
-        return output
+    def _replica_value(self, value, i: int):
+        """``value`` at θ + ε·z_i for a replica parameter, ``value`` itself for anything else."""
+        if not self._is_replicated(value):
+            return value
+        pid, directions, scale = self._replica[id(value)]
+        with self._timed():
+            return self._perturbed_value(value.detach(), pid, directions[i], scale)
+
+    def _replica_blocks(self, weight: torch.Tensor, i: int):
+        pid, directions, scale = self._replica[id(weight)]
+        return self._timed_items(self._perturbed_blocks(weight.detach(), pid, directions[i], scale))
+
+    def _replica_split_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        n = self._replica_rows(x)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        for i, (xi, oi) in enumerate(zip(x.chunk(n), out.chunk(n))):
+            b = None if bias is None else self._replica_value(bias, i)
+            if self._is_replicated(weight) and self._streams(weight):  # block by block of rows: no whole Z_i
+                self._streamed_linear(xi, weight, b, self._replica_blocks(weight, i), out=oi)
+            else:
+                oi.copy_(F.linear(xi, self._replica_value(weight, i), b))
+        return out
+
+    def _replica_split_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n = self._replica_rows(ids)
+        parts = []
+        for i, ids_i in enumerate(ids.chunk(n)):
+            if self._streams(weight):  # gathered from the perturbed blocks: no whole Z_i
+                parts.append(self._streamed_embedding(ids_i, weight, self._replica_blocks(weight, i)))
+            else:
+                parts.append(F.embedding(ids_i, self._replica_value(weight, i)))
+        return torch.cat(parts)
 
     def _replica_generic(self, module, args, kwargs, output, entries, directions, scale):
         if not isinstance(output, torch.Tensor) or output.ndim == 0:
