@@ -127,55 +127,45 @@ class _StreamedWeights(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _MirroredWeights(TorchFunctionMode):
-    """Active while a linear / embedding layer runs inside ``VirtualEngine.mirrored``: its
-    ``F.linear`` / ``F.embedding`` call is split into the two halves of the batch, the first
-    computed at θ + εz and the second at θ - εz."""
+class _SplitWeights(TorchFunctionMode):
+    """Active while a linear / embedding layer runs inside ``VirtualEngine.mirrored`` (the batch's
+    two halves at θ + εz and θ - εz) or ``VirtualEngine.replicas`` (its N replicas at θ + εz_i):
+    an ``F.linear`` / ``F.embedding`` call on a parameter being evaluated (``touches``) goes to
+    ``linear`` / ``embedding``, which compute each part of the batch at its own weights (its own
+    product only: no shared product plus a perturbation product)."""
 
-    def __init__(self, engine: "VirtualEngine", module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, touches, linear, embedding, refusal: str) -> None:
         super().__init__()
-        self.engine, self.module = engine, module
+        self.module, self.touches, self.linear, self.embedding, self.refusal = \
+            module, touches, linear, embedding, refusal
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        engine = self.engine
-        touched = any(engine._is_mirrored(a) for a in args) or any(engine._is_mirrored(v) for v in kwargs.values())
+        touched = any(self.touches(a) for a in args) or any(self.touches(v) for v in kwargs.values())
         if not touched or getattr(func, "__name__", "") == "__get__":
             return func(*args, **kwargs)
         if func is F.linear:
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            return engine._mirrored_linear(args[0], args[1], bias)
-        if func is F.embedding and kwargs.get("max_norm") is None and not engine._is_mirrored(args[0]):
-            return engine._mirrored_embedding(args[0], args[1])
-        raise RuntimeError(f"mirrored evaluation: {type(self.module).__name__} uses its parameter in "
-                           f"{getattr(func, '__name__', func)}, which cannot be split by halves; "
-                           "set engine.paired=false")
+            return self.linear(args[0], args[1], bias)
+        if func is F.embedding and kwargs.get("max_norm") is None and not self.touches(args[0]):
+            return self.embedding(args[0], args[1])
+        raise RuntimeError(f"{type(self.module).__name__} uses its parameter in "
+                           f"{getattr(func, '__name__', func)}, which {self.refusal}")
 
 
-class _ReplicaWeights(TorchFunctionMode):
-    """Active while a linear / embedding layer runs inside ``VirtualEngine.replicas``: its
-    ``F.linear`` / ``F.embedding`` call is split into the N replicas' rows, replica i computed at
-    θ + εz_i (its own product only: no shared product plus a perturbation product)."""
+def _hook_mode(module: nn.Module, make_mode) -> list:
+    """Hooks that keep ``make_mode(module)`` active while ``module`` runs (re-entrant)."""
+    modes = []
 
-    def __init__(self, engine: "VirtualEngine", module: nn.Module) -> None:
-        super().__init__()
-        self.engine, self.module = engine, module
+    def enter(module, args):
+        mode = make_mode(module)
+        mode.__enter__()
+        modes.append(mode)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        engine = self.engine
-        touched = (any(engine._is_replicated(a) for a in args)
-                   or any(engine._is_replicated(v) for v in kwargs.values()))
-        if not touched or getattr(func, "__name__", "") == "__get__":
-            return func(*args, **kwargs)
-        if func is F.linear:
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            return engine._replica_split_linear(args[0], args[1], bias)
-        if func is F.embedding and kwargs.get("max_norm") is None and not engine._is_replicated(args[0]):
-            return engine._replica_split_embedding(args[0], args[1])
-        raise RuntimeError(f"replicas: {type(self.module).__name__} uses its parameter in "
-                           f"{getattr(func, '__name__', func)}, which cannot be split by replica; "
-                           "evaluate one direction per call (FZOO: optimizer.batched=false)")
+    def leave(module, args, output):
+        modes.pop().__exit__(None, None, None)
+        return None
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
 
 
 class InPlaceEngine(Engine):
@@ -534,19 +524,12 @@ class VirtualEngine(Engine):
             raise RuntimeError("VirtualEngine.replicas: another evaluation is active; restore() first")
         directions = list(directions)
         self._replica = {id(p): (pid, directions, scale) for pid, p in params}
-        modes = []
         for module, kind, entries in plan:
             if kind in ("linear", "embedding"):  # split by replica inside F.linear / F.embedding
-                def enter(module, args, _modes=modes):
-                    mode = _ReplicaWeights(self, module)
-                    mode.__enter__()
-                    _modes.append(mode)
-
-                def leave(module, args, output, _modes=modes):
-                    _modes.pop().__exit__(None, None, None)
-                    return None
-                self._replica_handles.append(module.register_forward_pre_hook(enter))
-                self._replica_handles.append(module.register_forward_hook(leave, always_call=True))
+                self._replica_handles += _hook_mode(module, lambda m: _SplitWeights(
+                    m, self._is_replicated, self._replica_split_linear, self._replica_split_embedding,
+                    "cannot be split by replica in a batched evaluation; evaluate one direction per "
+                    "call (FZOO: optimizer.batched=false)"))
                 continue
 
             def hook(module, args, kwargs, output, _entries=entries):  # re-run per replica
@@ -655,19 +638,12 @@ class VirtualEngine(Engine):
             raise RuntimeError("VirtualEngine.mirrored: another evaluation is active; restore() first")
         self._mirror = {id(p): (pid, direction, scale) for pid, p in params}
         self._tied_cache = {}
-        handles, modes = [], []
+        handles = []
         for module, kind, entries in plan:
             if type(module) is nn.Linear or (isinstance(module, nn.Embedding) and module.max_norm is None):
-                def enter(module, args, _modes=modes):
-                    mode = _MirroredWeights(self, module)
-                    mode.__enter__()
-                    _modes.append(mode)
-
-                def leave(module, args, output, _modes=modes):
-                    _modes.pop().__exit__(None, None, None)
-                    return None
-                handles.append(module.register_forward_pre_hook(enter))
-                handles.append(module.register_forward_hook(leave, always_call=True))
+                handles += _hook_mode(module, lambda m: _SplitWeights(
+                    m, self._is_mirrored, self._mirrored_linear, self._mirrored_embedding,
+                    "cannot be split by halves in a mirrored evaluation; set engine.paired=false"))
             else:
                 def rerun(module, args, kwargs, output, _entries=entries):
                     if self._replaying:
