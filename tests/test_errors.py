@@ -43,6 +43,10 @@ BAD_INPUTS = [
     (["train.on_divergence=ignore"], "train.on_divergence='ignore': allowed stop, skip"),
     (["train.keep_best=maybe"], "train.keep_best='maybe': expected true or false"),
     (["engine.paired=sometimes"], "engine.paired='sometimes': expected true or false"),
+    (["engine.fused_linear=yes"], "engine.fused_linear='yes': expected true or false"),
+    (["engine=torch", "engine.fused_linear=true"],
+     "engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and engine.mode=virtual; "
+     "got engine.backend=torch, engine.mode=virtual"),
     (["data.dir=/nonexistent/mirror"], "data.dir: /nonexistent/mirror/sst2/train.jsonl not found"),
     (["model=roberta-large", "task=copa"], "model=roberta-large is a masked LM; task=copa has prompts for causal LMs only"),
     (["model=tiny-roberta", "task=copa"], "model=tiny-roberta is a masked LM; task=copa has prompts for causal LMs only"),

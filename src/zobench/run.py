@@ -270,7 +270,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     elif first_order:
         optimizer = optimizer_cls(decay_groups(named, weight_decay), **opt_cfg)
     else:
-        engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired)
+        engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
+                              fused_linear=cfg.engine.fused_linear)
         counter.replicas = lambda: engine.replica_count  # a batched call evaluates several models
         optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
     metric = objective.metric

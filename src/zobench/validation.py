@@ -70,7 +70,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.eval_every_passes needs train.forward_budget (otherwise use train.eval_every)")
     mezo_training = (_get(cfg, "train.steps") > 0 or budgeted) and _get(cfg, "data.protocol") == "mezo"
     _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
-    for key in ("train.keep_best", "train.save_final", "debug", "engine.paired"):
+    for key in ("train.keep_best", "train.save_final", "debug", "engine.paired",
+                "engine.fused_linear"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
@@ -92,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.source", SOURCES)
     _choice(cfg, "engine.backend", BACKENDS)
     _choice(cfg, "engine.mode", MODES)
+    if _get(cfg, "engine.fused_linear") and (_get(cfg, "engine.backend") == "torch" or _get(cfg, "engine.mode") != "virtual"):
+        raise ConfigError(f"engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and "
+                          f"engine.mode=virtual; got engine.backend={_get(cfg, 'engine.backend')}, "
+                          f"engine.mode={_get(cfg, 'engine.mode')}")
     device = _get(cfg, "device")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
         raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")

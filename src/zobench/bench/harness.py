@@ -174,7 +174,8 @@ def run_benchmark(cfg) -> dict:
     }
 
     # zobench: the run loop's objective and optimizer on the configured engine
-    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired)
+    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
+                          fused_linear=cfg.engine.fused_linear)
     engine.enable_timing(sync if device.type == "cuda" else None)
     optimizer = zo_optimizer(cfg.optimizer, named, engine, cfg.seed)
     log.info("zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
@@ -189,7 +190,8 @@ def run_benchmark(cfg) -> dict:
     zobench = _measure(lambda: optimizer.step(closure), model, memory,
                        lambda: engine.seconds, reset_engine, sync, b.warmup, b.repeats)
     zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
-    zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}" + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "")
+    zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}" + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "") \
+        + ("+fused" if cfg.engine.fused_linear else "")
     zobench["optimizer"] = cfg.optimizer.name
     zobench["forward_passes_per_step"] = int(optimizer.forward_passes_per_step)
     zobench["state_buffers_per_param"] = int(getattr(optimizer, "state_buffers_per_param", 0))

@@ -44,21 +44,28 @@ def resolve_backend(backend: str, model: nn.Module | None = None) -> str:
     return "triton" if _model_on_cuda(model) and _triton_installed() else "torch"
 
 
-def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired: bool = True) -> Engine:
+def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired: bool = True,
+                 fused_linear: bool = False) -> Engine:
     """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``);
-    ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward."""
+    ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward;
+    ``fused_linear`` (``engine.fused_linear``, Triton virtual mode only): linear layers perturb
+    their weight tiles inside the matmul, embeddings gather perturbed rows (``triton_fused``)."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
     if mode not in MODES:
         raise ConfigError(f"engine.mode={mode!r}: allowed {', '.join(MODES)}")
     if mode == "virtual" and model is None:
         raise ValueError("engine.mode=virtual needs the model whose modules it hooks")
-    if resolve_backend(backend, model) == "triton":
-        return _build_triton(mode, model, paired)
+    resolved = resolve_backend(backend, model)
+    if fused_linear and (resolved != "triton" or mode != "virtual"):
+        raise ConfigError(f"engine.fused_linear=true needs the Triton backend in virtual mode; got "
+                          f"engine.backend={backend} (resolved: {resolved}), engine.mode={mode}")
+    if resolved == "triton":
+        return _build_triton(mode, model, paired, fused_linear)
     return InPlaceEngine() if mode == "inplace" else VirtualEngine(model, paired=paired)
 
 
-def _build_triton(mode: str, model: nn.Module | None, paired: bool = True) -> Engine:
+def _build_triton(mode: str, model: nn.Module | None, paired: bool = True, fused_linear: bool = False) -> Engine:
     if not _triton_installed():
         raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' "
                                   "(or use engine=torch)")
@@ -68,4 +75,5 @@ def _build_triton(mode: str, model: nn.Module | None, paired: bool = True) -> En
     if not (on_cuda or interpreted()):
         raise ConfigError("engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
                           "kernels on CPU, slowly); use engine=torch or engine=auto")
-    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model, paired=paired)
+    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model, paired=paired,
+                                                                                     fused_linear=fused_linear)

@@ -34,16 +34,16 @@ The virtual engine's hooks also serve two other ways of evaluating the model:
   inside ``dual`` (the fused CPU/CUDA kernels have no forward-AD formula).
 * ``replicas``: N perturbations in ONE forward. The caller repeats its batch N times
   (replica-major: rows [iB, (i+1)B) are replica i) and every parametrised module computes replica
-  i with θ + εz_i: ``nn.Linear`` as y_i = x_i Wᵀ + b + ε(x_i Z_iᵀ + z_b,i) (the shared product
-  is one batched matmul; the perturbation term one matmul per replica), ``nn.Embedding`` as
-  W[ids_i] + ε Z_i[ids_i], any other module that owns parameters and has no parametrised
-  submodule by calling it once per replica on its slice with θ + εz_i swapped in
-  (``torch.func.functional_call``; norms, scaled embeddings, learned positions are cheap).
+  i with θ + εz_i: ``nn.Linear`` and ``nn.Embedding`` (subclasses too: OPT's learned positions,
+  Gemma's scaled embedding) have their ``F.linear`` / ``F.embedding`` call split by replica, each
+  slice computed at its own fl(θ + εz_i) (streamed for large weights), any other module that
+  owns parameters and has no parametrised submodule by calling it once per replica on its slice
+  with θ + εz_i swapped in (``torch.func.functional_call``; norms are cheap).
   Modules that own parameters AND have parametrised submodules are not supported
   (``replica_support`` says so; callers fall back to sequential evaluation). Assumption: every
   parametrised module sees the batch as the leading dimension of its input (true of Hugging Face
   models; a sequence-first module would mix replicas). The result equals N sequential
-  evaluations up to rounding (W x + ε Z x is not fl(W + εZ) x), not bit for bit.
+  evaluations up to rounding (the rest of the model runs on a batch of N·B rows), not bit for bit.
 * ``mirrored``: SPSA's pair L(θ + εz), L(θ - εz) in ONE forward of the batch repeated twice
   (rows [0, B) at +ε, [B, 2B) at -ε), each parameter's z drawn once for both halves: a MeZO
   step then draws z twice (the pair, the update) instead of three times. Linear and embedding
@@ -490,7 +490,7 @@ class VirtualEngine(Engine):
                 continue
             if type(module) is nn.Linear:
                 kind = "linear"
-            elif type(module) is nn.Embedding and module.max_norm is None:
+            elif isinstance(module, nn.Embedding) and module.max_norm is None:  # subclasses too (OPT's positions)
                 kind = "embedding"
             else:
                 below = {id(q) for child in module.children() for q in child.parameters()}

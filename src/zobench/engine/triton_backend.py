@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .directions import Direction, mix_seed, z_source
-from .torch_backend import InPlaceEngine, VirtualEngine, perturbed_value, row_block
+from .torch_backend import STREAM_ELEMENTS, InPlaceEngine, VirtualEngine, perturbed_value, row_block
 
 BLOCK = 1024
 #: elements per block of a streamed weight (virtual mode): 32 MB in fp16, few launches per matrix
@@ -301,9 +301,99 @@ class TritonInPlaceEngine(_TritonSweeps, InPlaceEngine):
 
 class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
     """Exact perturbation: each module's θ + scale·z is written by a kernel into a fresh tensor
-    for the duration of that module's forward (z generated per layer, never stored)."""
+    for the duration of that module's forward (z generated per layer, never stored).
+
+    ``fused_linear=True`` (``engine.fused_linear``): no θ + scale·z is written for 2-D weights
+    that ``triton_fused.fusable`` accepts; their ``F.linear`` calls run a GEMM that perturbs the
+    weight tiles in registers, their ``F.embedding`` calls gather only the looked-up rows
+    (``triton_fused``), for single, mirrored (±) and replica evaluations alike. Such weights are
+    handled like streamed ones: any other use of them gets the whole θ + scale·z."""
 
     exact_restore = True
+
+    def __init__(self, model, stream_elements=STREAM_ELEMENTS, paired: bool = True, fused_linear: bool = False) -> None:
+        super().__init__(model, stream_elements=stream_elements, paired=paired)
+        from . import triton_fused  # it builds on this module's kernels
+        self._fused_kernels = triton_fused
+        self.fused_linear = bool(fused_linear)
+
+    # -- fused linear / embedding (engine.fused_linear) -----------------------------------------
+    def _fuses(self, weight: torch.Tensor, direction: Direction) -> bool:
+        return self.fused_linear and in_kernel(direction) and self._fused_kernels.fusable(weight)
+
+    def _streams(self, p: torch.Tensor) -> bool:
+        return super()._streams(p) or (self.fused_linear and self._fused_kernels.fusable(p))
+
+    def _streamed_linear(self, x, weight, bias, blocks=None, out=None):
+        if blocks is None:
+            pid, direction, scale = self._active[id(weight)]
+            if self._fuses(weight, direction) and x.dtype == weight.dtype:
+                self.check_device(weight)
+                y = self._fused_kernels.perturbed_linear(x, weight.detach(), bias, mix_seed(direction.seed, pid),
+                                                         direction.distribution, scale)
+                return y if out is None else out.copy_(y)
+        return super()._streamed_linear(x, weight, bias, blocks, out)
+
+    def _streamed_embedding(self, ids, weight, blocks=None):
+        if blocks is None:
+            pid, direction, scale = self._active[id(weight)]
+            if self._fuses(weight, direction):
+                self.check_device(weight)
+                return self._fused_kernels.perturbed_gather(ids, weight.detach(), mix_seed(direction.seed, pid),
+                                                            direction.distribution, scale)
+        return super()._streamed_embedding(ids, weight, blocks)
+
+    def _mirrored_linear(self, x, weight, bias):
+        entry = self._mirror.get(id(weight))
+        if entry is None or not self._fuses(weight, entry[1]) or x.dtype != weight.dtype:
+            return super()._mirrored_linear(x, weight, bias)
+        pid, direction, scale = entry
+        self.check_device(weight)
+        n = self._halves(x)
+        plus_bias, minus_bias = self._pair(bias) if bias is not None else (None, None)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        plus, minus = self._fused_kernels.perturbed_linear(
+            x[:n], weight.detach(), plus_bias, mix_seed(direction.seed, pid), direction.distribution, scale,
+            x_minus=x[n:], bias_minus=minus_bias)
+        out[:n], out[n:] = plus, minus
+        return out
+
+    def _mirrored_embedding(self, ids, weight):
+        entry = self._mirror.get(id(weight))
+        if entry is None or not self._fuses(weight, entry[1]):
+            return super()._mirrored_embedding(ids, weight)
+        pid, direction, scale = entry
+        self.check_device(weight)
+        n, key = self._halves(ids), mix_seed(direction.seed, pid)
+        gather = self._fused_kernels.perturbed_gather
+        return torch.cat([gather(ids[:n], weight.detach(), key, direction.distribution, scale),
+                          gather(ids[n:], weight.detach(), key, direction.distribution, -scale)])
+
+    def _replica_split_linear(self, x, weight, bias):
+        entry = self._replica.get(id(weight))
+        if (entry is None or x.dtype != weight.dtype
+                or not all(self._fuses(weight, direction) for direction in entry[1])):
+            return super()._replica_split_linear(x, weight, bias)
+        pid, directions, scale = entry
+        self.check_device(weight)
+        n = self._replica_rows(x)
+        out = x.new_empty(*x.shape[:-1], weight.shape[0])
+        for i, (xi, oi) in enumerate(zip(x.chunk(n), out.chunk(n))):
+            b = None if bias is None else self._replica_value(bias, i)
+            oi.copy_(self._fused_kernels.perturbed_linear(xi, weight.detach(), b, mix_seed(directions[i].seed, pid),
+                                                          directions[i].distribution, scale))
+        return out
+
+    def _replica_split_embedding(self, ids, weight):
+        entry = self._replica.get(id(weight))
+        if entry is None or not all(self._fuses(weight, direction) for direction in entry[1]):
+            return super()._replica_split_embedding(ids, weight)
+        pid, directions, scale = entry
+        self.check_device(weight)
+        n = self._replica_rows(ids)
+        return torch.cat([self._fused_kernels.perturbed_gather(ids_i, weight.detach(), mix_seed(d.seed, pid),
+                                                               d.distribution, scale)
+                          for ids_i, d in zip(ids.chunk(n), directions)])
 
     def _perturbed_value(self, p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
         if in_kernel(direction):

@@ -1,0 +1,190 @@
+"""Perturbation inside the matmul: ``y = x·fl(W + s·Z)ᵀ + b`` with Z generated in the weight
+tiles of a Triton GEMM, and ``fl(W + s·Z)[ids]`` gathered row by row (``engine.fused_linear``).
+
+Why: the virtual engine otherwise writes θ + εz for each module (or each streamed block) into
+a fresh tensor and hands it to cuBLAS: per weight element that is a read of θ, a write and a
+second read of the copy, on top of generating z (OPT-30B on an H100: 72% of the step was the
+engine). Here each tile of W is loaded once, its z drawn in registers from the Philox counters of
+its elements, ``fl(W + s·Z)`` rounded to W's dtype exactly as ``triton_backend.perturbed_copy``
+rounds it, and fed to ``tl.dot``: the perturbed matrix never exists in memory, the weights are
+read once per output column block, and nothing is written but the output. The mirrored ± pair
+(``VirtualEngine.mirrored``) shares the tile's load and its z between both halves of the batch:
+two accumulators, ``x₊·fl(W + s·Z)ᵀ`` and ``x₋·fl(W − s·Z)ᵀ``.
+
+Embedding lookups never need the whole matrix: ``perturbed_gather`` reads only the looked-up rows
+and draws only their z (Philox is random access: element e's z is word e mod 4 of counter e div 4,
+whatever else is drawn), where streaming sweeps every row of the vocabulary to find them.
+
+Same z and same perturbed weights as the unfused Triton virtual engine (the definition in
+``philox.py``): the gather is bit-identical to gathering from ``perturbed_copy``; the matmul equals
+``F.linear(x, perturbed_copy(W), b)`` up to the order of the float32 accumulation (tested under
+the interpreter). fp32 inputs use IEEE fp32 products (no TF32), as torch does by default.
+
+Constraints (otherwise the engine takes the unfused path): W 2-D, contiguous, its row length a
+multiple of 4 (a tile row then starts on a Philox counter), x and W of one dtype among fp32, fp16,
+bf16. Tile sizes are fixed, not autotuned: they have not been measured on a GPU yet.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_backend import _INT32_ELEMENTS, _draw, interpreted
+
+BLOCK_N = 64
+BLOCK_K = 64
+GATHER_ROWS = 16
+GATHER_COLS = 128
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def fusable(weight: torch.Tensor) -> bool:
+    """Whether ``weight``'s linear map / lookup can take the fused kernels."""
+    return (weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 4 == 0
+            and weight.dtype in DTYPES and weight.numel() > 0)
+
+
+@triton.jit
+def _rounded(x, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """float32 ``x`` rounded to nearest even in ``dtype`` (see ``triton_backend._store_rounded``:
+    the interpreter truncates to bfloat16, so there the rounding is done on the bits)."""
+    if MANUAL_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_ptr, M, N, K, key, scale,
+                             HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GAUSSIAN: tl.constexpr,
+                             WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr, DOT_F32: tl.constexpr,
+                             PRECISION: tl.constexpr):
+    """out = x·fl(W + scale·Z)ᵀ (+ b); with PAIR also out2 = x2·fl(W - scale·Z)ᵀ (+ b2), from the
+    same tiles of W and Z. x, x2: [M, K]; W: [N, K] row-major; out, out2: [M, N]."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        rn = rn.to(tl.int64)
+    m_mask, n_mask = rm < M, rn < N
+    dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_mask = rk < K
+        x_mask = m_mask[:, None] & k_mask[None, :]
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        row_start = rn[:, None] * K + k0  # element index of the tile row's first element
+        w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_K)[None, :], mask=w_mask, other=0.0).to(tl.float32)
+        # K and k0 are multiples of 4: each tile row starts on a Philox counter
+        z = _draw(key, row_start // 4, BLOCK_K, GAUSSIAN)
+        plus = tl.where(w_mask, _rounded(w + scale * z, dtype, MANUAL_BF16), 0.0)
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
+        if DOT_F32:  # the interpreter's dot: see perturbed_linear
+            acc += tl.dot(x.to(tl.float32), tl.trans(plus.to(tl.float32)), input_precision=PRECISION)
+        else:
+            acc += tl.dot(x, tl.trans(plus.to(dtype)), input_precision=PRECISION)
+        if PAIR:
+            minus = tl.where(w_mask, _rounded(w + (-scale) * z, dtype, MANUAL_BF16), 0.0)
+            x2 = tl.load(x2_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
+            if DOT_F32:
+                acc2 += tl.dot(x2.to(tl.float32), tl.trans(minus.to(tl.float32)), input_precision=PRECISION)
+            else:
+                acc2 += tl.dot(x2, tl.trans(minus.to(dtype)), input_precision=PRECISION)
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    out_offsets = rm[:, None] * N + rn[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + out_offsets, _rounded(acc, dtype, MANUAL_BF16), mask=out_mask)
+    if PAIR:
+        if HAS_BIAS:
+            acc2 += tl.load(b2_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out2_ptr + out_offsets, _rounded(acc2, dtype, MANUAL_BF16), mask=out_mask)
+
+
+@triton.jit
+def _perturbed_gather_kernel(ids_ptr, w_ptr, out_ptr, T, COLS, key, scale, BLOCK_T: tl.constexpr,
+                             BLOCK_C: tl.constexpr, GAUSSIAN: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """out[t] = fl(W[ids[t]] + scale·Z[ids[t]]): only the looked-up rows are read and drawn."""
+    rt = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c0 = tl.program_id(1) * BLOCK_C
+    rc = c0 + tl.arange(0, BLOCK_C)
+    t_mask = rt < T
+    mask = t_mask[:, None] & (rc < COLS)[None, :]
+    row_start = tl.load(ids_ptr + rt, mask=t_mask, other=0).to(tl.int64)[:, None] * COLS + c0
+    w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_C)[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = _draw(key, row_start // 4, BLOCK_C, GAUSSIAN)
+    out = _rounded(w + scale * z, w_ptr.dtype.element_ty, MANUAL_BF16)
+    tl.store(out_ptr + rt.to(tl.int64)[:, None] * COLS + rc[None, :], out, mask=mask)
+
+
+def _check(weight: torch.Tensor, distribution: str) -> None:
+    if distribution not in ("gaussian", "rademacher"):
+        raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
+    if not fusable(weight):
+        raise ValueError(f"fused kernels need a contiguous 2-D fp32/fp16/bf16 weight with a row length "
+                         f"divisible by 4; got {tuple(weight.shape)} {weight.dtype}")
+
+
+def _block_m(rows: int) -> int:
+    """Rows of x per program: tl.dot needs at least 16; few rows (a batch's last positions) take
+    small tiles so the weights are not re-read for padding."""
+    return 16 if rows <= 16 else 32 if rows <= 32 else 64
+
+
+def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
+                     distribution: str, scale: float, x_minus: torch.Tensor | None = None,
+                     bias_minus: torch.Tensor | None = None):
+    """``F.linear(x, fl(W + scale·Z), bias)`` without forming ``fl(W + scale·Z)``; given
+    ``x_minus``, also ``F.linear(x_minus, fl(W - scale·Z), bias_minus)`` from the same tiles
+    (returns the pair). ``key`` = mix_seed(step_seed, pid), Z the Triton backend's z of W."""
+    _check(weight, distribution)
+    n, k = weight.shape
+    if x.shape[-1] != k or x.dtype != weight.dtype:
+        raise ValueError(f"perturbed_linear: x is {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+    pair = x_minus is not None
+    inputs = [x] + ([x_minus] if pair else [])
+    if pair and (x_minus.shape != x.shape or x_minus.dtype != x.dtype):
+        raise ValueError("perturbed_linear: x and x_minus differ in shape or dtype")
+    if pair and bias is not None and bias_minus is None:
+        raise ValueError("perturbed_linear: a pair with a bias needs bias_minus")
+    flat = [t.reshape(-1, k).contiguous() for t in inputs]
+    outs = [torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device) for _ in inputs]
+    m = flat[0].shape[0]
+    if m:
+        block_m = _block_m(m)
+        grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
+        biases = [bias, bias_minus if pair else None]
+        _perturbed_linear_kernel[grid](
+            flat[0], flat[-1], weight, biases[0] if bias is not None else weight,
+            biases[1] if pair and bias is not None else weight, outs[0], outs[-1], m, n, k, key, float(scale),
+            HAS_BIAS=bias is not None, PAIR=pair, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            GAUSSIAN=distribution == "gaussian", WIDE=weight.numel() >= _INT32_ELEMENTS,
+            MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted(),
+            # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
+            # there both operands are widened (exactly) to float32 first
+            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else "tf32")
+    return (outs[0], outs[1]) if pair else outs[0]
+
+
+def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribution: str,
+                     scale: float) -> torch.Tensor:
+    """``F.embedding(ids, fl(W + scale·Z))``, reading and drawing only the rows in ``ids``."""
+    _check(weight, distribution)
+    flat = ids.reshape(-1).contiguous()
+    rows, cols = weight.shape
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
+        raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
+                         f"embedding of {rows} rows")
+    out = torch.empty(flat.shape[0], cols, dtype=weight.dtype, device=weight.device)
+    if flat.numel():
+        grid = (triton.cdiv(flat.numel(), GATHER_ROWS), triton.cdiv(cols, GATHER_COLS))
+        _perturbed_gather_kernel[grid](flat, weight, out, flat.numel(), cols, key, float(scale),
+                                       BLOCK_T=GATHER_ROWS, BLOCK_C=GATHER_COLS,
+                                       GAUSSIAN=distribution == "gaussian",
+                                       MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted())
+    return out.view(*ids.shape, cols)
