@@ -14,3 +14,6 @@ $B bench.name=opt-30b-random_sst2_bs16_fp16_h100_virtual_unpaired model=opt-30b-
 # did not finish within 150 s in three tries (see README.md): the Triton virtual engine on OPT-1.3B
 $B bench.name=opt-1.3b-random_sst2_bs16_fp16_h100_virtual model=opt-1.3b-random engine.mode=virtual bench.numerics_steps=1000 bench.virtual_lr0_steps=1000
 $B bench.name=opt-1.3b-random_sst2_bs16_bf16_h100_virtual model=opt-1.3b-random model.dtype=bfloat16 engine.mode=virtual bench.numerics_steps=1000 bench.virtual_lr0_steps=1000 bench.numerics_dtypes=[bfloat16]
+# session 6: engine.fused_linear=true perturbs the weight tiles inside the matmul (no θ + εz written)
+$B bench.name=opt-30b-random_sst2_bs16_fp16_h100_virtual_fused model=opt-30b-random engine.mode=virtual engine.fused_linear=true
+$B bench.name=opt-1.3b-random_sst2_bs16_fp16_h100_virtual_fused model=opt-1.3b-random engine.mode=virtual engine.fused_linear=true

@@ -155,3 +155,43 @@ def test_engine_sweeps_the_documented_z_of_every_parameter():
     for (pid, p), b in zip(params, before):
         expected = (b.float() + 1e-2 * tb.generate_z(mix_seed(9, pid), b, "gaussian")).to(torch.bfloat16)
         assert _within_one_ulp(p, expected, torch.bfloat16)
+
+
+# --- perturbation inside the matmul (engine.fused_linear) ---------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_compiled_fused_linear_and_gather_match_the_perturbed_copy(dtype):
+    """The compiled GEMM multiplies by fl(W + sZ) with the copy kernel's bits (same z, same
+    rounding): close to cuBLAS on the materialised copy, and the pair's halves are the single
+    products; the gather is the lookup in that copy bit for bit."""
+    from zobench.engine import triton_fused as tf
+
+    weight = _weights((1000, 512), dtype)
+    bias = _weights((1000,), dtype, seed=1)
+    x = (torch.randn(3, 37, 512, generator=torch.Generator().manual_seed(2))).to(dtype).to(CUDA)
+    key = mix_seed(4, 2)
+    copy = tb.perturbed_copy(weight, key, "gaussian", 1e-2)
+    reference = torch.nn.functional.linear(x.float(), copy.float(), bias.float())
+    fused = tf.perturbed_linear(x, weight, bias, key, "gaussian", 1e-2)
+    torch.testing.assert_close(fused.float(), reference, rtol=4 * ULP_OF_ONE[dtype], atol=1e-3)
+    plus, minus = tf.perturbed_linear(x, weight, bias, key, "gaussian", 1e-2, x_minus=x, bias_minus=bias)
+    assert torch.equal(plus, fused)
+    torch.testing.assert_close(minus.float(), torch.nn.functional.linear(
+        x.float(), tb.perturbed_copy(weight, key, "gaussian", -1e-2).float(), bias.float()),
+        rtol=4 * ULP_OF_ONE[dtype], atol=1e-3)
+    ids = torch.randint(0, 1000, (4, 9), device=CUDA)
+    assert torch.equal(tf.perturbed_gather(ids, weight, key, "gaussian", 1e-2), copy[ids])
+
+
+def test_fused_engine_on_the_gpu_gives_the_unfused_losses():
+    model = tiny_model("opt", torch.float16).to(CUDA)
+    params = list(enumerate(model.parameters()))
+    ids = torch.randint(3, 60, (2, 7), device=CUDA)
+    losses = []
+    for fused in (False, True):
+        engine = build_engine("triton", "virtual", model, fused_linear=fused)
+        with torch.no_grad(), engine.mirrored(params, Direction(3), 1e-2):
+            logits = model(input_ids=ids.repeat(2, 1)).logits.float()
+        engine.remove()
+        losses.append(logits.logsumexp(-1).reshape(2, -1).mean(-1))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)

@@ -209,15 +209,15 @@ def run_benchmark(cfg) -> dict:
         log.info("the authors' MeZO step (baseline)")
         authors = AuthorsMeZO(named, lr=lr, eps=eps)
 
-        def closure():
+        def pairwise_closure():  # one full forward per (example, candidate) pair, as the authors do
             return pairwise_loss(model, batch, pad, device)
 
-        result["baseline_inference_peak_memory_bytes"] = _inference_peak(closure, memory, sync)
+        result["baseline_inference_peak_memory_bytes"] = _inference_peak(pairwise_closure, memory, sync)
 
         def reset_baseline():
             authors.seconds = 0.0
 
-        baseline = _measure(lambda: authors.step(closure, sync if device.type == "cuda" else None), model, memory,
+        baseline = _measure(lambda: authors.step(pairwise_closure, sync if device.type == "cuda" else None), model, memory,
                             lambda: authors.seconds, reset_baseline, sync, b.warmup, b.repeats)
         baseline["peak_over_inference"] = (baseline["peak_memory_bytes"]
                                            / result["baseline_inference_peak_memory_bytes"])
