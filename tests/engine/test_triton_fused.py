@@ -48,7 +48,7 @@ def _ulp(values, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-@pytest.mark.parametrize("rows", [1, 21, 40, 70])  # every x tile height, and masked tails
+@pytest.mark.parametrize("rows", [1, 21, 40, 70, 130])  # every x tile height, and masked tails
 def test_fused_linear_is_the_linear_map_of_the_perturbed_copy(dtype, distribution, rows):
     """y = x·fl(W + sZ)ᵀ + b with fl(W + sZ) the bits of ``perturbed_copy``: within one rounding
     of the exact product of those very operands (N=70, K=100: neither a multiple of a tile)."""

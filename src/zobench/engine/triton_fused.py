@@ -22,7 +22,10 @@ the interpreter). fp32 inputs use IEEE fp32 products (no TF32), as torch does by
 
 Constraints (otherwise the engine takes the unfused path): W 2-D, contiguous, its row length a
 multiple of 4 (a tile row then starts on a Philox counter), x and W of one dtype among fp32, fp16,
-bf16. Tile sizes are fixed, not autotuned: they have not been measured on a GPU yet.
+bf16. Tile sizes are fixed, not autotuned: they have not been measured on a GPU yet. Each program
+draws the z of its own weight tiles, so an element's z is drawn once per block of BLOCK_M rows of
+x (``_block_m``); whether that Philox work or the weight reads bound the kernel is what
+``results/bench/gpu.sh`` is to measure.
 """
 
 from __future__ import annotations
@@ -131,9 +134,10 @@ def _check(weight: torch.Tensor, distribution: str) -> None:
 
 
 def _block_m(rows: int) -> int:
-    """Rows of x per program: tl.dot needs at least 16; few rows (a batch's last positions) take
-    small tiles so the weights are not re-read for padding."""
-    return 16 if rows <= 16 else 32 if rows <= 32 else 64
+    """Rows of x per program. Each program draws the z of its weight tiles itself, so z is drawn
+    cdiv(rows, BLOCK_M) times per element: tall tiles for many rows (a training batch's tokens),
+    small ones for few (the last positions' logits), at least 16 (tl.dot's minimum)."""
+    return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 64 else 128
 
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
@@ -167,7 +171,8 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted(),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
-            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else "tf32")
+            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+            num_warps=8 if block_m == 128 else 4)
     return (outs[0], outs[1]) if pair else outs[0]
 
 
