@@ -68,7 +68,8 @@ def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_
                              PRECISION: tl.constexpr):
     """out = x·fl(W + scale·Z)ᵀ (+ b); with PAIR also out2 = x2·fl(W - scale·Z)ᵀ (+ b2), from the
     same tiles of W and Z. x, x2: [M, K]; W: [N, K] row-major; out, out2: [M, N]."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # row offsets of x and out in 64 bits: M·N passes 2³¹ for full-vocabulary logits of long batches
+    rm = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if WIDE:
         rn = rn.to(tl.int64)
