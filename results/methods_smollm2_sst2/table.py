@@ -124,26 +124,40 @@ def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: boo
     return "\n".join(out) + "\n"
 
 
+#: the curves' two panels: the full-space SPSA family (and the claims about FZOO and HiZOO), then the
+#: methods that change the direction's space or the update rule; MeZO is drawn in both as the reference
+PANELS = (("SPSA family", ("mezo", "hizoo", "fzoo", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_cons")),
+          ("other directions and update rules", ("mezo", "sparse_mezo", "tezo", "lozo", "subzero", "zo_adam",
+                                                 "forward_gradient")))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for r in rows:
-        if not r["launched"] or r["first_order"] or not r["dev"] or r["void"]:
-            continue
-        if r["eval_only"]:
-            ax.axhline(r["dev"][0][1], linestyle=":", color="black" if r["name"] == "zero_shot" else "grey",
-                       label=f"{r['name']} (no training)")
-            continue
-        passes, acc = zip(*r["dev"])
-        ax.plot(passes, acc, marker="o", markersize=3, label=r["name"] + ("" if r["summary"] else " (stopped)"))
-    ax.set_xlabel("training forward passes")
-    ax.set_ylabel("dev accuracy (500 examples)")
-    ax.set_title("SmolLM2-135M / SST-2: dev accuracy vs forward passes")
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), sharey=True)
+    for ax, (title, methods) in zip(axes, PANELS):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more runs per panel than tab10 has colours
+        for r in rows:
+            if not r["launched"] or r["first_order"] or not r["dev"] or r["void"]:
+                continue
+            if r["eval_only"]:
+                ax.axhline(r["dev"][0][1], linestyle=":", color="black" if r["name"] == "zero_shot" else "grey",
+                           label=f"{r['name']} (no training)")
+                continue
+            # the second panel takes plain MeZO (mezo_lr*) as its reference, not its variants
+            if r["method"] not in methods or (ax is axes[1] and r["method"] == "mezo"
+                                              and not r["name"].startswith("mezo_lr")):
+                continue
+            passes, acc = zip(*r["dev"])
+            ax.plot(passes, acc, marker="o", markersize=3, label=r["name"] + ("" if r["summary"] else " (stopped)"))
+        ax.set_xlabel("training forward passes")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("dev accuracy (500 examples)")
+    fig.suptitle("SmolLM2-135M / SST-2: dev accuracy vs forward passes")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
