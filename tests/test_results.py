@@ -17,3 +17,11 @@ def test_results_readme_is_regenerated_from_its_run_dirs(name):
     made = subprocess.run([sys.executable, f"results/{name}/table.py", f"results/{name}/runs"], cwd=REPO,
                           capture_output=True, text=True, check=True, timeout=120).stdout
     assert made == (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", TABLE_SCRIPTS)
+def test_results_plot_is_drawn_from_its_run_dirs(name, tmp_path):
+    image = tmp_path / "curves.png"
+    subprocess.run([sys.executable, f"results/{name}/table.py", f"results/{name}/runs", "--plot", str(image)],
+                   cwd=REPO, capture_output=True, text=True, check=True, timeout=120)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
