@@ -329,9 +329,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             pid, direction, scale = self._active[id(weight)]
             if self._fuses(weight, direction) and x.dtype == weight.dtype:
                 self.check_device(weight)
-                y = self._fused_kernels.perturbed_linear(x, weight.detach(), bias, mix_seed(direction.seed, pid),
-                                                         direction.distribution, scale)
-                return y if out is None else out.copy_(y)
+                return self._fused_kernels.perturbed_linear(x, weight.detach(), bias, mix_seed(direction.seed, pid),
+                                                            direction.distribution, scale, out=out)
         return super()._streamed_linear(x, weight, bias, blocks, out)
 
     def _streamed_embedding(self, ids, weight, blocks=None):
@@ -352,10 +351,9 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         n = self._halves(x)
         plus_bias, minus_bias = self._pair(bias) if bias is not None else (None, None)
         out = x.new_empty(*x.shape[:-1], weight.shape[0])
-        plus, minus = self._fused_kernels.perturbed_linear(
+        self._fused_kernels.perturbed_linear(
             x[:n], weight.detach(), plus_bias, mix_seed(direction.seed, pid), direction.distribution, scale,
-            x_minus=x[n:], bias_minus=minus_bias)
-        out[:n], out[n:] = plus, minus
+            x_minus=x[n:], bias_minus=minus_bias, out=out[:n], out_minus=out[n:])
         return out
 
     def _mirrored_embedding(self, ids, weight):
@@ -380,8 +378,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         out = x.new_empty(*x.shape[:-1], weight.shape[0])
         for i, (xi, oi) in enumerate(zip(x.chunk(n), out.chunk(n))):
             b = None if bias is None else self._replica_value(bias, i)
-            oi.copy_(self._fused_kernels.perturbed_linear(xi, weight.detach(), b, mix_seed(directions[i].seed, pid),
-                                                          directions[i].distribution, scale))
+            self._fused_kernels.perturbed_linear(xi, weight.detach(), b, mix_seed(directions[i].seed, pid),
+                                                 directions[i].distribution, scale, out=oi)
         return out
 
     def _replica_split_embedding(self, ids, weight):

@@ -143,10 +143,13 @@ def _block_m(rows: int) -> int:
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
                      distribution: str, scale: float, x_minus: torch.Tensor | None = None,
-                     bias_minus: torch.Tensor | None = None):
+                     bias_minus: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                     out_minus: torch.Tensor | None = None):
     """``F.linear(x, fl(W + scale·Z), bias)`` without forming ``fl(W + scale·Z)``; given
     ``x_minus``, also ``F.linear(x_minus, fl(W - scale·Z), bias_minus)`` from the same tiles
-    (returns the pair). ``key`` = mix_seed(step_seed, pid), Z the Triton backend's z of W."""
+    (returns the pair). ``key`` = mix_seed(step_seed, pid), Z the Triton backend's z of W.
+    ``out`` / ``out_minus``: contiguous tensors to write the results into (e.g. the two halves of
+    one batch), else new ones."""
     _check(weight, distribution)
     n, k = weight.shape
     if x.shape[-1] != k or x.dtype != weight.dtype:
@@ -158,7 +161,10 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if pair and bias is not None and bias_minus is None:
         raise ValueError("perturbed_linear: a pair with a bias needs bias_minus")
     flat = [t.reshape(-1, k).contiguous() for t in inputs]
-    outs = [torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device) for _ in inputs]
+    outs = [given if given is not None else torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+            for given, _ in zip((out, out_minus), inputs)]
+    if any(o.shape != (*x.shape[:-1], n) or o.dtype != x.dtype or not o.is_contiguous() for o in outs):
+        raise ValueError(f"perturbed_linear: out must be contiguous {x.dtype} of shape {(*x.shape[:-1], n)}")
     m = flat[0].shape[0]
     if m:
         block_m = _block_m(m)
