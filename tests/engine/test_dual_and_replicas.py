@@ -72,6 +72,17 @@ def _replica_losses(model, ids, n):
     return logits.logsumexp(-1).reshape(n, -1).mean(-1)
 
 
+def _sequential_losses(engine, params, model, ids, directions, scale=1e-2):
+    """The loss at θ + scale·z_i for each direction, one perturbed forward each (restored after)."""
+    with torch.no_grad():
+        losses = []
+        for direction in directions:
+            engine.perturb(params, direction, scale)
+            losses.append(float(_loss(model, ids)))
+        engine.restore(params)
+    return losses
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
 @pytest.mark.parametrize("family", CAUSAL)
 def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family, stream, monkeypatch):
@@ -89,12 +100,8 @@ def test_one_batched_forward_equals_n_sequential_perturbed_forwards(family, stre
     monkeypatch.setattr(Direction, "sample", lambda self, pid, like: whole.append(like.ndim) or sample(self, pid, like))
     directions = [Direction(seed, "rademacher") for seed in range(5)]
     ids = torch.randint(3, 64, (3, 7), generator=torch.Generator().manual_seed(1))
+    sequential = _sequential_losses(engine, params, model, ids, directions)
     with torch.no_grad():
-        sequential = []
-        for direction in directions:
-            engine.perturb(params, direction, 1e-2)
-            sequential.append(float(_loss(model, ids)))
-        engine.restore(params)
         whole.clear()
         with engine.replicas(params, directions, 1e-2):
             assert engine.replica_count == 5

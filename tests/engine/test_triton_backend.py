@@ -16,7 +16,7 @@ if "zobench.engine.triton_backend" not in sys.modules:
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
 from tests.conftest import tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses  # noqa: E402
+from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
 from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine.directions import z_source  # noqa: E402
@@ -354,14 +354,9 @@ def test_batched_replicas_on_triton_measure_along_the_kernel_z():
     engine = build_engine("triton", "virtual", model)
     directions = [Direction(seed, "rademacher") for seed in range(3)]
     ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        sequential = []
-        for direction in directions:
-            engine.perturb(params, direction, 1e-2)
-            sequential.append(float(_loss(model, ids)))
-        engine.restore(params)
-        with engine.replicas(params, directions, 1e-2):
-            batched = _replica_losses(model, ids, 3)
+    sequential = _sequential_losses(engine, params, model, ids, directions)
+    with torch.no_grad(), engine.replicas(params, directions, 1e-2):
+        batched = _replica_losses(model, ids, 3)
     torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ if "zobench.engine.triton_backend" not in sys.modules:
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
 from tests.conftest import TINY_ARCHS, tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses  # noqa: E402
+from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
 from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine import triton_fused as tf  # noqa: E402
@@ -157,15 +157,10 @@ def test_fused_replicas_equal_sequential_fused_evaluations(monkeypatch):
     engine = tb.TritonVirtualEngine(model, fused_linear=True)
     directions = [Direction(seed, "rademacher") for seed in range(3)]
     ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        sequential = []
-        for direction in directions:
-            engine.perturb(params, direction, 1e-2)
-            sequential.append(float(_loss(model, ids)))
-        engine.restore(params)
-        made = _no_weight_sized_copy(engine, monkeypatch)
-        with engine.replicas(params, directions, 1e-2):
-            batched = _replica_losses(model, ids, 3)
+    sequential = _sequential_losses(engine, params, model, ids, directions)
+    made = _no_weight_sized_copy(engine, monkeypatch)
+    with torch.no_grad(), engine.replicas(params, directions, 1e-2):
+        batched = _replica_losses(model, ids, 3)
     torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
     assert all(len(shape) == 1 for shape in made), made
 
