@@ -178,8 +178,11 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted(),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
-            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
-            num_warps=8 if block_m == 128 else 4)
+            # fp32 products as torch computes them (no TF32); other dtypes: the default
+            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else None,
+            num_warps=8 if block_m == 128 else 4,
+            # pipeline stages hold x, x₋ and W tiles in shared memory: fewer for the big ones
+            num_stages=2 if block_m == 128 or weight.dtype == torch.float32 else 3)
     return (outs[0], outs[1]) if pair else outs[0]
 
 
