@@ -37,12 +37,8 @@ def _tensor(shape, dtype, seed, std=1.0):
     return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std).to(dtype)
 
 
-def _one_rounding_from(reference, dtype):
-    """The float64 product rounded once to ``dtype``: the kernel must be within one ulp of it."""
-    return reference.to(dtype).to(torch.float64)
-
-
 def _ulp(values, dtype):
+    """One unit in the last place of ``dtype`` at ``values`` (the output's final rounding)."""
     return torch.finfo(dtype).eps * values.abs().clamp_min(torch.finfo(dtype).tiny)
 
 
