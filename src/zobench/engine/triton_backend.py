@@ -91,8 +91,8 @@ def _draw(key, first_counter, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr):
 
 
 @triton.jit
-def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
-    """Store float32 ``x`` rounded to nearest even in the pointer's dtype.
+def _rounded(x, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr):
+    """float32 ``x`` rounded to nearest even in ``dtype``.
 
     Triton 3.9's interpreter truncates float32 → bfloat16 (``cast_impl`` ignores the rounding
     mode) where compiled kernels and torch round to nearest even; under the interpreter the
@@ -101,9 +101,14 @@ def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
     if MANUAL_BF16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        tl.store(ptrs, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
-    else:
-        tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
+    """Store float32 ``x`` rounded to nearest even in the pointer's dtype (``_rounded``)."""
+    tl.store(ptrs, _rounded(x, ptrs.dtype.element_ty, MANUAL_BF16), mask=mask)
 
 
 @triton.jit
@@ -148,13 +153,18 @@ def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, 
 
 # --- launchers -----------------------------------------------------------------------------------
 
-def _launch(kernel, numel: int, *args, distribution: str, first: int = 0, **constants) -> None:
-    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK)."""
+def _gaussian(distribution: str) -> bool:
+    """The kernels' GAUSSIAN flag for ``distribution`` (checked: gaussian or rademacher)."""
     if distribution not in ("gaussian", "rademacher"):
         raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
+    return distribution == "gaussian"
+
+
+def _launch(kernel, numel: int, *args, distribution: str, first: int = 0, **constants) -> None:
+    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK)."""
+    gaussian = _gaussian(distribution)
     grid = (triton.cdiv(numel - first, BLOCK),)
-    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=distribution == "gaussian", WIDE=numel >= _INT32_ELEMENTS,
-                 **constants)
+    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=gaussian, WIDE=numel >= _INT32_ELEMENTS, **constants)
 
 
 def _manual_bf16(out: torch.Tensor) -> bool:

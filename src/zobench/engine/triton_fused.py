@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_backend import _INT32_ELEMENTS, _draw, interpreted
+from .triton_backend import _INT32_ELEMENTS, _draw, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
 
 BLOCK_N = 64
 BLOCK_K = 64
@@ -50,14 +50,14 @@ def fusable(weight: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _rounded(x, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr):
-    """float32 ``x`` rounded to nearest even in ``dtype`` (see ``triton_backend._store_rounded``:
-    the interpreter truncates to bfloat16, so there the rounding is done on the bits)."""
-    if MANUAL_BF16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(dtype)
+def _perturbed_product(x, w, z, w_mask, scale, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr,
+                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """x · fl(w + scale·z)ᵀ for one tile (float32), the perturbed tile rounded to ``dtype`` as
+    the copy kernel rounds it; masked weights count as 0."""
+    perturbed = tl.where(w_mask, _rounded(w + scale * z, dtype, MANUAL_BF16), 0.0)
+    if DOT_F32:  # the interpreter's dot: see perturbed_linear
+        return tl.dot(x.to(tl.float32), tl.trans(perturbed.to(tl.float32)), input_precision=PRECISION)
+    return tl.dot(x, tl.trans(perturbed.to(dtype)), input_precision=PRECISION)
 
 
 @triton.jit
@@ -86,28 +86,20 @@ def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_
         w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_K)[None, :], mask=w_mask, other=0.0).to(tl.float32)
         # K and k0 are multiples of 4: each tile row starts on a Philox counter
         z = _draw(key, row_start // 4, BLOCK_K, GAUSSIAN)
-        plus = tl.where(w_mask, _rounded(w + scale * z, dtype, MANUAL_BF16), 0.0)
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
-        if DOT_F32:  # the interpreter's dot: see perturbed_linear
-            acc += tl.dot(x.to(tl.float32), tl.trans(plus.to(tl.float32)), input_precision=PRECISION)
-        else:
-            acc += tl.dot(x, tl.trans(plus.to(dtype)), input_precision=PRECISION)
+        acc += _perturbed_product(x, w, z, w_mask, scale, dtype, MANUAL_BF16, DOT_F32, PRECISION)
         if PAIR:
-            minus = tl.where(w_mask, _rounded(w + (-scale) * z, dtype, MANUAL_BF16), 0.0)
             x2 = tl.load(x2_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
-            if DOT_F32:
-                acc2 += tl.dot(x2.to(tl.float32), tl.trans(minus.to(tl.float32)), input_precision=PRECISION)
-            else:
-                acc2 += tl.dot(x2, tl.trans(minus.to(dtype)), input_precision=PRECISION)
+            acc2 += _perturbed_product(x2, w, z, w_mask, -scale, dtype, MANUAL_BF16, DOT_F32, PRECISION)
     out_mask = m_mask[:, None] & n_mask[None, :]
     out_offsets = rm[:, None] * N + rn[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + out_offsets, _rounded(acc, dtype, MANUAL_BF16), mask=out_mask)
+    _store_rounded(out_ptr + out_offsets, acc, out_mask, MANUAL_BF16)
     if PAIR:
         if HAS_BIAS:
             acc2 += tl.load(b2_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out2_ptr + out_offsets, _rounded(acc2, dtype, MANUAL_BF16), mask=out_mask)
+        _store_rounded(out2_ptr + out_offsets, acc2, out_mask, MANUAL_BF16)
 
 
 @triton.jit
@@ -122,16 +114,16 @@ def _perturbed_gather_kernel(ids_ptr, w_ptr, out_ptr, T, COLS, key, scale, BLOCK
     row_start = tl.load(ids_ptr + rt, mask=t_mask, other=0).to(tl.int64)[:, None] * COLS + c0
     w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_C)[None, :], mask=mask, other=0.0).to(tl.float32)
     z = _draw(key, row_start // 4, BLOCK_C, GAUSSIAN)
-    out = _rounded(w + scale * z, w_ptr.dtype.element_ty, MANUAL_BF16)
-    tl.store(out_ptr + rt.to(tl.int64)[:, None] * COLS + rc[None, :], out, mask=mask)
+    _store_rounded(out_ptr + rt.to(tl.int64)[:, None] * COLS + rc[None, :], w + scale * z, mask, MANUAL_BF16)
 
 
-def _check(weight: torch.Tensor, distribution: str) -> None:
-    if distribution not in ("gaussian", "rademacher"):
-        raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
+def _check(weight: torch.Tensor, distribution: str) -> bool:
+    """Refuse what the kernels cannot take; the GAUSSIAN flag for ``distribution``."""
+    gaussian = _gaussian(distribution)
     if not fusable(weight):
         raise ValueError(f"fused kernels need a contiguous 2-D fp32/fp16/bf16 weight with a row length "
                          f"divisible by 4; got {tuple(weight.shape)} {weight.dtype}")
+    return gaussian
 
 
 def _block_m(rows: int) -> int:
@@ -150,7 +142,7 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (returns the pair). ``key`` = mix_seed(step_seed, pid), Z the Triton backend's z of W.
     ``out`` / ``out_minus``: contiguous tensors to write the results into (e.g. the two halves of
     one batch), else new ones."""
-    _check(weight, distribution)
+    gaussian = _check(weight, distribution)
     n, k = weight.shape
     if x.shape[-1] != k or x.dtype != weight.dtype:
         raise ValueError(f"perturbed_linear: x is {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
@@ -174,8 +166,7 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             flat[0], flat[-1], weight, biases[0] if bias is not None else weight,
             biases[1] if pair and bias is not None else weight, outs[0], outs[-1], m, n, k, key, float(scale),
             HAS_BIAS=bias is not None, PAIR=pair, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            GAUSSIAN=distribution == "gaussian", WIDE=weight.numel() >= _INT32_ELEMENTS,
-            MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted(),
+            GAUSSIAN=gaussian, WIDE=weight.numel() >= _INT32_ELEMENTS, MANUAL_BF16=_manual_bf16(weight),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
             # fp32 products as torch computes them (no TF32); other dtypes: the default
@@ -189,7 +180,7 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribution: str,
                      scale: float) -> torch.Tensor:
     """``F.embedding(ids, fl(W + scale·Z))``, reading and drawing only the rows in ``ids``."""
-    _check(weight, distribution)
+    gaussian = _check(weight, distribution)
     flat = ids.reshape(-1).contiguous()
     rows, cols = weight.shape
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
@@ -200,6 +191,5 @@ def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribu
         grid = (triton.cdiv(flat.numel(), GATHER_ROWS), triton.cdiv(cols, GATHER_COLS))
         _perturbed_gather_kernel[grid](flat, weight, out, flat.numel(), cols, key, float(scale),
                                        BLOCK_T=GATHER_ROWS, BLOCK_C=GATHER_COLS,
-                                       GAUSSIAN=distribution == "gaussian",
-                                       MANUAL_BF16=weight.dtype == torch.bfloat16 and interpreted())
+                                       GAUSSIAN=gaussian, MANUAL_BF16=_manual_bf16(weight))
     return out.view(*ids.shape, cols)
