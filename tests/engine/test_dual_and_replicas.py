@@ -72,11 +72,13 @@ def _replica_losses(model, ids, n):
     return logits.logsumexp(-1).reshape(n, -1).mean(-1)
 
 
-def _sequential_losses(engine, params, model, ids, directions, scale=1e-2):
-    """The loss at θ + scale·z_i for each direction, one perturbed forward each (restored after)."""
+def _sequential_losses(engine, params, model, ids, directions, scales=1e-2):
+    """The loss at θ + scale_i·z_i for each direction (``scales``: one for all, or one each), one
+    perturbed forward each, restored after."""
+    scales = [scales] * len(directions) if isinstance(scales, float) else list(scales)
     with torch.no_grad():
         losses = []
-        for direction in directions:
+        for direction, scale in zip(directions, scales, strict=True):
             engine.perturb(params, direction, scale)
             losses.append(float(_loss(model, ids)))
         engine.restore(params)
@@ -166,12 +168,8 @@ def test_a_mirrored_pair_equals_the_two_sequential_evaluations_with_one_z(family
     engine = VirtualEngine(model, stream_elements=1 if stream else None)
     assert engine.mirror_support(params) is None
     ids = torch.randint(3, 60, (3, 7), generator=torch.Generator().manual_seed(2))
+    sequential = _sequential_losses(engine, params, model, ids, [direction, direction], (1e-2, -1e-2))
     with torch.no_grad():
-        sequential = []
-        for scale in (1e-2, -1e-2):
-            engine.perturb(params, direction, scale)
-            sequential.append(float(_loss(model, ids)))
-        engine.restore(params)
         drawn = []
         original = Direction.chunks
         monkeypatch.setattr(Direction, "chunks", lambda self, pid, like, size=None: drawn.append(pid)

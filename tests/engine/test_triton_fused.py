@@ -129,14 +129,9 @@ def test_fused_engine_gives_the_unfused_losses_without_a_perturbed_matrix(family
     for fused in (False, True):
         engine = tb.TritonVirtualEngine(model, fused_linear=fused)
         made = _no_weight_sized_copy(engine, monkeypatch) if fused else []
-        with torch.no_grad():
-            single = []
-            for scale in (1e-2, -1e-2):
-                engine.perturb(params, direction, scale)
-                single.append(float(_loss(model, ids)))
-            engine.restore(params)
-            with engine.mirrored(params, direction, 1e-2):
-                mirrored = _replica_losses(model, ids, 2)
+        single = _sequential_losses(engine, params, model, ids, [direction, direction], (1e-2, -1e-2))
+        with torch.no_grad(), engine.mirrored(params, direction, 1e-2):
+            mirrored = _replica_losses(model, ids, 2)
         engine.remove()
         monkeypatch.undo()
         losses[fused] = (torch.tensor(single), mirrored)
