@@ -4,6 +4,7 @@ accuracy against training forward passes.
     python results/methods_smollm2_sst2/table.py results/methods_smollm2_sst2/runs > results/methods_smollm2_sst2/README.md
     python results/methods_smollm2_sst2/table.py results/methods_smollm2_sst2/runs --plot results/methods_smollm2_sst2/curves.png
     python results/methods_smollm2_sst2/table.py DIR --subset --command "..."   # runs of run.sh ONLY=...
+    python results/methods_smollm2_sst2/table.py DIR --subset --completed-only --command "..."  # while others run
 
 A run dir without summary.json was stopped before it finished: its dev evaluations so far are
 reported, and it has no test accuracy (the best-dev state is tested only at the end of a run).
@@ -58,6 +59,22 @@ def fmt(x, spec=".3f"):
     return "-" if x is None else format(x, spec)
 
 
+def half_width(accuracy: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of an accuracy measured on n examples,
+    1.96·√(p(1−p)/n): the sampling noise of the test set alone (one seed, so it leaves out the
+    run-to-run spread of the method, which adds to it)."""
+    return 1.96 * (accuracy * (1 - accuracy) / n) ** 0.5
+
+
+#: dev accuracies whose first crossing is reported (FZOO's claim is about passes to an accuracy)
+THRESHOLDS = (0.62, 0.65, 0.68, 0.70)
+
+
+def passes_to_reach(dev: list[tuple[int, float]], threshold: float) -> int | None:
+    """Training forward passes at the first dev evaluation with accuracy ≥ threshold (None: never)."""
+    return next((passes for passes, acc in dev if acc >= threshold), None)
+
+
 GPU_COMMAND = "ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh"
 
 
@@ -85,7 +102,7 @@ def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: boo
                 f"{len(missing)} planned run(s) never started; stopped runs show the dev accuracy reached so far "
                 "and have no test accuracy.", ""]
     header = ["run", "method", "lr", "status", "steps", "train fwd passes"] + \
-        [f"dev #{k + 1}" for k in range(evals)] + ["best dev", "test acc", "peak mem (MB)", "wall (s)"]
+        [f"dev #{k + 1}" for k in range(evals)] + ["best dev", "test acc", "± (95%)", "peak mem (MB)", "wall (s)"]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in launched:
         s = r["summary"]
@@ -97,10 +114,11 @@ def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: boo
             ([fmt(acc) for _, acc in r["dev"]] + ["-"] * evals)[:evals]
         best = s.get(f"dev_{s['metric']}") if s else (max(a for _, a in r["dev"]) if r["dev"] else None)
         test = s.get(f"test_{s['metric']}") if s else None
+        spread = fmt(half_width(test, s["num_test"])) if test is not None and s.get("num_test") else "-"
         lr = "-" if r["lr"] is None or r["eval_only"] else f"{r['lr']:g}"
         peak = fmt(r["peak"] / 2**20, ".0f") if r["peak"] else "-"
         out.append("| " + " | ".join([r["name"], r["method"] if not r["eval_only"] else "-", lr, status,
-                                      str(r["steps"]), str(r["passes"]), *devs, fmt(best), fmt(test), peak,
+                                      str(r["steps"]), str(r["passes"]), *devs, fmt(best), fmt(test), spread, peak,
                                       fmt(r["wall"], ".0f")]) + " |")
     if missing:
         out += ["", "Planned, never started: " + ", ".join(r["name"] for r in missing) + "."]
@@ -121,6 +139,17 @@ def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: boo
             per_step = next(r for r in runs_of if r["name"] == name)
             steps = passes * per_step["steps"] // per_step["passes"] if per_step["passes"] else 0
             out.append(f"| {method} | {acc:.3f} | {name} | {passes} | {steps} |")
+        # FZOO's claim is "MeZO's accuracy in ~3x fewer passes": when each run first reaches a level
+        claimed = [r for r in zo if r["dev"] and any(r["name"].startswith(f"{m}_lr") for m in (*compared, "fzoo_r"))]
+        num_dev = next((r["summary"]["num_dev"] for r in launched if r["summary"] and r["summary"].get("num_dev")), None)
+        noise = f"; one dev evaluation near 0.7 is itself ±{half_width(0.7, num_dev):.2f} at 95%" if num_dev else ""
+        out += ["", f"Training forward passes (steps) at the first dev evaluation reaching each accuracy (-: not within the "
+                    f"budget{noise}):", "",
+                "| run | " + " | ".join(f"dev ≥ {t:.2f}" for t in THRESHOLDS) + " |", "|---|" + "---|" * len(THRESHOLDS)]
+        for r in claimed:
+            reached = [passes_to_reach(r["dev"], t) for t in THRESHOLDS]
+            out.append(f"| {r['name']} | " + " | ".join(
+                "-" if p is None else f"{p} ({p * r['steps'] // r['passes']})" for p in reached) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -168,8 +197,12 @@ if __name__ == "__main__":
     parser.add_argument("--plot", type=Path, help="write the dev-accuracy curves to this image instead")
     parser.add_argument("--command", default=GPU_COMMAND, help="the command that made the runs (for the README)")
     parser.add_argument("--subset", action="store_true", help="the runs are a chosen part of the plan (run.sh ONLY)")
+    parser.add_argument("--completed-only", action="store_true",
+                        help="leave out the runs that have not completed (still running, stopped or failed)")
     args = parser.parse_args()
     loaded = load(args.runs_dir)
+    if args.completed_only:
+        loaded = [r for r in loaded if r["launched"] and r["summary"] and r["summary"]["status"] == "completed"]
     if args.plot:
         plot(loaded, args.plot)
     else:
