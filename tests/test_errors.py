@@ -53,6 +53,10 @@ BAD_INPUTS = [
     (["objective=bleu"], "objective='bleu': allowed loss, accuracy, f1"),
     (["objective=f1"], "objective=f1: task metric is accuracy; allowed loss, accuracy"),
     (["icl.demos=-1"], "icl.demos=-1: expected an integer >= 0"),
+    # the optimizers' own hyperparameter checks, named by their key
+    (["optimizer=zo_sgd_sign", "optimizer.sign=vector"], "optimizer.sign='vector': allowed scalar, elementwise"),
+    (["optimizer=tezo", "optimizer.variant=bogus"], "optimizer.variant='bogus': allowed plain, momentum, adam"),
+    (["optimizer=zo_sgd_momentum", "optimizer.momentum=1"], "optimizer.momentum=1: must be in [0, 1)"),
     (["icl.demos=5000"], "icl.demos=5000 > data.num_train=32: demonstrations are drawn from the training examples"),
 ]
 if not torch.cuda.is_available():

@@ -268,12 +268,13 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
             objective = optimizer_cls(objective, train, cfg.train.eval_batch_size, seed=cfg.seed, **opt_cfg)
         optimizer = None
     elif first_order:
-        optimizer = optimizer_cls(decay_groups(named, weight_decay), **opt_cfg)
+        optimizer = _build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), **opt_cfg)
     else:
         engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
                               fused_linear=cfg.engine.fused_linear)
         counter.replicas = lambda: engine.replica_count  # a batched call evaluates several models
-        optimizer = optimizer_cls(decay_groups(named, weight_decay), engine=engine, seed=cfg.seed, **opt_cfg)
+        optimizer = _build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), engine=engine,
+                                     seed=cfg.seed, **opt_cfg)
     metric = objective.metric
 
     # the loop's own state: all of it goes into a checkpoint
@@ -431,6 +432,18 @@ def _first_order_step(optimizer, objective, batch) -> tuple[float, dict]:
 def _import(target: str):
     module, _, name = target.rpartition(".")
     return getattr(__import__(module, fromlist=[name]), name)
+
+
+def _build_optimizer(cfg: DictConfig, optimizer_cls, params, **kwargs):
+    """The optimizer, its hyperparameter checks (ValueError, "key=value: why") turned into the
+    one-line config error of the key they name (optimizer.key=value: why)."""
+    try:
+        return optimizer_cls(params, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        named_key = re.match(r"\w+=", message) and message.split("=", 1)[0] in kwargs
+        raise ConfigError(f"optimizer.{message}" if named_key else f"optimizer={cfg.optimizer.name}: {message}") \
+            from None
 
 
 def _all_finite(named) -> bool:

@@ -21,6 +21,7 @@ METHODS = {
     "mezo_one_sided": (MeZO, dict(lr=0.02, eps=1e-3, one_sided=True)),
     "zo_sgd_momentum": (ZOSGDMomentum, dict(lr=0.005, eps=1e-3, momentum=0.8)),
     "zo_sgd_sign": (ZOSGDSign, dict(lr=0.01, eps=1e-3)),
+    "zo_sgd_sign_elementwise": (ZOSGDSign, dict(lr=0.01, eps=1e-3, sign="elementwise")),
     "zo_sgd_cons": (ZOSGDCons, dict(lr=0.02, eps=1e-3)),
     "forward_gradient": (ForwardGradient, dict(lr=0.02)),
     "zo_adam": (ZOAdam, dict(lr=0.02, eps=1e-3)),

@@ -11,7 +11,7 @@ from torch import nn
 from tests.conftest import tiny_model
 from tests.optim.test_conformance import Quadratic
 from zobench.engine import InPlaceEngine, VirtualEngine
-from zobench.optim import FZOO, ForwardGradient, ZOSGDCons
+from zobench.optim import FZOO, ForwardGradient, ZOSGDCons, ZOSGDSign
 
 
 def test_zo_sgd_cons_never_increases_the_batch_loss_and_lands_on_the_best_trial():
@@ -41,6 +41,22 @@ def test_zo_sgd_cons_applies_the_chosen_step(trials, choice, sign):
     assert opt.last_step_info["choice"] == choice
     z = opt.direction(1).sample(0, x)
     torch.testing.assert_close(x.detach(), x0 + sign * lr * (1.0 / (2 * eps)) * z)
+
+
+@pytest.mark.parametrize("sign", ["scalar", "elementwise"])
+@pytest.mark.parametrize("losses, sign_g", [((2.0, 1.0), 1.0), ((1.0, 3.0), -1.0), ((2.0, 2.0), 0.0)])
+def test_zo_sgd_sign_step_is_the_sign_of_g_times_z_or_sign_z(sign, losses, sign_g):
+    """Scripted ℓ+, ℓ-: scalar moves θ by -η sign(g) z (ZO-Bench's code, ALGORITHMS.md),
+    elementwise by -η sign(g) sign(z); g = 0 leaves θ to the weight decay alone."""
+    x = nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    lr, decay = 0.1, 0.5
+    opt = ZOSGDSign([x], lr=lr, eps=0.5, weight_decay=decay, sign=sign, seed=4)
+    x0 = x.detach().clone()
+    script = iter(losses)
+    assert float(opt.step(lambda: torch.tensor(next(script)))) == sum(losses) / 2
+    z = opt.direction(1).sample(0, x)
+    step = z if sign == "scalar" else z.sign()
+    torch.testing.assert_close(x.detach(), (1 - lr * decay) * x0 - lr * sign_g * step)
 
 
 def test_forward_gradient_uses_the_exact_directional_derivative():

@@ -126,17 +126,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
         return step, direction, g, loss_plus, loss_minus
 
-    def _spsa_sgd(self, closure: Closure, direction: Direction) -> torch.Tensor:
+    def _spsa_sgd(self, closure: Closure, direction: Direction, gain=None) -> torch.Tensor:
         """One ZO-SGD step along ``direction`` (any z: masked, low-rank, ...): SPSA estimate g,
-        then θ ← (1 - ηλ) θ - η g z fused with the restore. Returns (ℓ+ + ℓ-)/2."""
+        then θ ← (1 - ηλ) θ - η gain(g) z fused with the restore (gain: identity, or e.g. the
+        sign of g for ZO-SGD-Sign). Returns (ℓ+ + ℓ-)/2."""
         g, loss_plus, loss_minus = self._two_sided(closure, direction, self._shared("eps"))
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
         if not math.isfinite(g):  # never write NaN/inf into the weights
             self.engine.restore(self._all_params)
         else:
+            coeff = g if gain is None else gain(g)
             for group, params in zip(self.param_groups, self._group_params):
                 lr = group["lr"]
-                self.engine.restore_and_update(params, direction, coeff=-lr * g, decay=lr * group["weight_decay"])
+                self.engine.restore_and_update(params, direction, coeff=-lr * coeff, decay=lr * group["weight_decay"])
         return torch.tensor((loss_plus + loss_minus) / 2)
 
     def _param_state(self, p: torch.Tensor, key: str, dtype=torch.float32) -> torch.Tensor:
