@@ -42,8 +42,8 @@ mezo_q4_lr1e-4|optimizer=mezo optimizer.num_directions=4 optimizer.lr=1e-4 $zo
 mezo_onesided_lr1e-4|optimizer=mezo optimizer.one_sided=true optimizer.lr=1e-4 $zo
 zo_sgd_momentum_lr1e-5|optimizer=zo_sgd_momentum optimizer.lr=1e-5 $zo
 zo_sgd_momentum_lr3e-6|optimizer=zo_sgd_momentum optimizer.lr=3e-6 $zo
+zo_sgd_sign_lr1e-3|optimizer=zo_sgd_sign optimizer.lr=1e-3 $zo
 zo_sgd_sign_lr3e-4|optimizer=zo_sgd_sign optimizer.lr=3e-4 $zo
-zo_sgd_sign_lr1e-4|optimizer=zo_sgd_sign optimizer.lr=1e-4 $zo
 zo_sgd_sign_elementwise_lr1e-4|optimizer=zo_sgd_sign optimizer.sign=elementwise optimizer.lr=1e-4 $zo
 zo_sgd_sign_elementwise_lr3e-5|optimizer=zo_sgd_sign optimizer.sign=elementwise optimizer.lr=3e-5 $zo
 zo_sgd_cons_lr1e-4|optimizer=zo_sgd_cons optimizer.lr=1e-4 $zo
