@@ -126,7 +126,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
         return step, direction, g, loss_plus, loss_minus
 
-    def _spsa_sgd(self, closure: Closure, direction: Direction, gain=None) -> torch.Tensor:
+    def _spsa_sgd(self, closure: Closure, direction: Direction,
+                  gain: Callable[[float], float] | None = None) -> torch.Tensor:
         """One ZO-SGD step along ``direction`` (any z: masked, low-rank, ...): SPSA estimate g,
         then θ ← (1 - ηλ) θ - η gain(g) z fused with the restore (gain: identity, or e.g. the
         sign of g for ZO-SGD-Sign). Returns (ℓ+ + ℓ-)/2."""
