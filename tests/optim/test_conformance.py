@@ -26,16 +26,17 @@ METHODS = {
     "forward_gradient": (ForwardGradient, dict(lr=0.02)),
     "zo_adam": (ZOAdam, dict(lr=0.02, eps=1e-3)),
     "hizoo": (HiZOO, dict(lr=0.02, eps=1e-3, hessian_smooth=1e-3)),
-    # FZOO's σ ≈ ε‖∇L‖ makes its step η/ε along a normalised direction: η = ε/100 here
-    "fzoo": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4)),
-    "fzoo_reuse": (FZOO, dict(lr=1e-5, eps=1e-3, num_directions=4, reuse=True)),
+    # FZOO's σ ≈ ε‖∇L‖ makes its step ~η along a normalised direction (the authors' rule, no 1/ε)
+    "fzoo": (FZOO, dict(lr=1e-2, eps=1e-3, num_directions=4)),
+    "fzoo_reuse": (FZOO, dict(lr=1e-2, eps=1e-3, num_directions=4, reuse=True)),
     "sparse_mezo": (SparseMeZO, dict(lr=0.02, eps=1e-3, sparsity=0.5)),
     # low-rank methods: TeZO's fixed factors span `rank` directions per matrix (24 > 2×10 here);
-    # a random, non-orthogonal basis conditions the problem worse, hence the larger steps
-    "tezo": (TeZO, dict(lr=0.05, eps=1e-3, rank=24)),
-    "tezo_momentum": (TeZO, dict(lr=0.01, eps=1e-3, rank=24, variant="momentum", momentum=0.8)),
-    "tezo_adam": (TeZO, dict(lr=0.05, eps=1e-3, rank=24, variant="adam")),
-    "lozo": (LOZO, dict(lr=0.02, eps=1e-3, rank=2, lazy_steps=5)),
+    # a random, non-orthogonal basis conditions the problem worse, hence the larger steps. Z = U diag(τ) Vᵀ
+    # and LOZO's U Vᵀ have entries of variance r (no 1/√r, as the references): lr/r for SGD, lr/√r for Adam
+    "tezo": (TeZO, dict(lr=0.05 / 24, eps=1e-3, rank=24)),
+    "tezo_momentum": (TeZO, dict(lr=0.01 / 24, eps=1e-3, rank=24, variant="momentum", momentum=0.8)),
+    "tezo_adam": (TeZO, dict(lr=0.05 / 24 ** 0.5, eps=1e-3, rank=24, variant="adam")),
+    "lozo": (LOZO, dict(lr=0.01, eps=1e-3, rank=2, lazy_steps=5)),
     "subzero": (SubZero, dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)),
 }
 

@@ -139,7 +139,7 @@ def test_fzoo_batched_refuses_a_closure_that_returns_one_loss():
 
 def test_fzoo_r_update_sums_fresh_and_reused_directions():
     model = Quadratic()
-    eps, lr = 1e-3, 1e-4
+    eps, lr = 1e-3, 1e-1  # the authors' rule: no 1/ε, population std (std_ddof=0, the default)
     opt = FZOO(model.parameters(), lr=lr, eps=eps, num_directions=4, reuse=True, seed=2,
                engine=VirtualEngine(model))
     assert opt.forward_passes_per_step == 3
@@ -152,8 +152,8 @@ def test_fzoo_r_update_sums_fresh_and_reused_directions():
     differences = second["differences"] + first["differences"]
     directions = [opt.direction(2, i, "rademacher") for i in range(2)] + \
                  [opt.direction(1, i, "rademacher") for i in range(2)]
-    sigma = statistics.stdev(differences)
-    expected = before - sum(lr / (4 * sigma) * d / eps * u.sample(0, before) for d, u in zip(differences, directions))
+    sigma = statistics.pstdev(differences)
+    expected = before - sum(lr / (4 * sigma) * d * u.sample(0, before) for d, u in zip(differences, directions))
     torch.testing.assert_close(model.x.detach(), expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="even N >= 4"):
         FZOO(model.parameters(), num_directions=3, reuse=True)

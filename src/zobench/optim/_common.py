@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Callable, Iterable
 
 import torch
@@ -36,6 +37,38 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     return [g for g in groups if g["params"]]
 
 
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+#: kind -> (test, what is allowed): the hyperparameter checks every optimizer shares
+HYPERPARAMETER_KINDS = {
+    "nonnegative": (lambda v: _real(v) and v >= 0, "must be a finite number >= 0"),
+    "positive": (lambda v: _real(v) and v > 0, "must be a finite number > 0"),
+    "count": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
+    "natural": (lambda v: _integer(v) and v >= 0, "must be an integer >= 0"),
+    "fraction": (lambda v: _real(v) and 0 <= v < 1, "must be in [0, 1)"),
+    "unit": (lambda v: _real(v) and 0 <= v <= 1, "must be in [0, 1]"),
+    "betas": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v),
+              "must be two numbers in [0, 1)"),
+}
+
+
+def check_hyperparameters(kinds: dict[str, str], values: dict) -> None:
+    """Raise ``ValueError("key=value: what is allowed")`` for the first value in ``values`` whose
+    key ``kinds`` declares and whose value is not of that kind (run.py turns it into the one-line
+    ``optimizer.key=value`` config error)."""
+    for key, kind in kinds.items():
+        if key in values:
+            test, allowed = HYPERPARAMETER_KINDS[kind]
+            if not test(values[key]):
+                raise ValueError(f"{key}={values[key]!r}: {allowed}")
+
+
 class ZOOptimizer(torch.optim.Optimizer):
     """Base of every zeroth-order method (DESIGN.md "Optimizer" contract).
 
@@ -50,10 +83,26 @@ class ZOOptimizer(torch.optim.Optimizer):
     forward_passes_per_step: int = 0
     #: parameter-sized float32 buffers kept per parameter (the honest memory overhead)
     state_buffers_per_param: int = 0
+    #: hyperparameter -> kind (``HYPERPARAMETER_KINDS``), checked in ``__init__`` in the defaults and
+    #: in every param group. Subclasses declare only their own keys; the dicts of the MRO are merged.
+    hyperparameters: dict[str, str] = {"lr": "nonnegative", "eps": "positive", "weight_decay": "nonnegative"}
+
+    @classmethod
+    def hyperparameter_kinds(cls) -> dict[str, str]:
+        kinds: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            kinds.update(vars(klass).get("hyperparameters", {}))
+        return kinds
 
     def __init__(self, params, defaults: dict, engine: Engine | None = None, seed: int = 0) -> None:
+        kinds = self.hyperparameter_kinds()
+        check_hyperparameters(kinds, defaults)
+        if not _integer(seed):
+            raise ValueError(f"seed={seed!r}: must be an integer")
         defaults = {**defaults, "seed": int(seed), "step": 0}
         super().__init__(params, defaults)
+        for group in self.param_groups:  # a group may override a default (e.g. its own lr)
+            check_hyperparameters(kinds, group)
         self.engine = engine if engine is not None else InPlaceEngine()
         flat = [p for group in self.param_groups for p in group["params"]]
         self._group_params = []

@@ -56,8 +56,6 @@ class ForwardGradient(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, seed: int = 0,
                  engine: Engine | None = None) -> None:
-        if lr < 0:
-            raise ValueError(f"lr={lr}: must be >= 0")
         if engine is None or not engine.supports_dual:
             raise ValueError("the forward gradient evaluates the model on dual numbers inside its modules: "
                              "it needs engine.mode=virtual (VirtualEngine)")

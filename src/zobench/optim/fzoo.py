@@ -2,8 +2,15 @@
 normalised by the spread of the losses (Dang et al., "FZOO: Fast Zeroth-Order Optimizer for
 Fine-Tuning Large Language Models towards Adam-Scale Speed", 2025, arXiv 2506.09034).
 
-    u_i ∈ {-1, +1}^d (i = 1..N),  ℓ0 = L(θ),  ℓ_i = L(θ + ε u_i),  σ = std(ℓ_1 .. ℓ_N)
-    θ ← (1 - ηλ) θ - (η / (N σ)) Σ_i ((ℓ_i - ℓ0)/ε) u_i
+The authors' rule (DKmiyan/FZOO @d4f8a8b, trainer.py:757 σ, :760 the coefficients, :779 the update):
+
+    u_i ∈ {-1, +1}^d (i = 1..N),  ℓ0 = L(θ),  ℓ_i = L(θ + ε u_i),  σ = std(ℓ_1 .. ℓ_N)  (population)
+    θ ← (1 - ηλ) θ - (η / (N σ)) Σ_i (ℓ_i - ℓ0) u_i
+
+There is no 1/ε: since ℓ_i - ℓ0 ≈ ε u_iᵀ∇L and σ ≈ ε‖∇L‖, the step is normalised SGD,
+≈ (η/N) Σ_i (u_iᵀ∇L / ‖∇L‖) u_i, independent of ε, and the published learning rates (1e-5 with
+ε 1e-3 in fzoo.sh, 5e-5 with ε 1e-4 in the OPT-13B README) are calibrated to it. (Before issue 17
+zobench also divided by ε: its step at lr η is this rule's step at lr η/ε.)
 
 N+1 forward passes per step, no parameter-sized state.
 
@@ -27,11 +34,20 @@ step they came from are kept in ``self.state`` (a few numbers), so resumes are b
 The paper presents this variant; the public code leaves it inactive, and this reading of it
 (which half, how σ is pooled) is ours.
 
-Choices, stated: ``std_ddof=1`` (the paper's sample std; the authors' code uses the population
-std, ``std_ddof=0``); ``eps_in_lr=false`` divides by ε as the paper writes (the authors' code folds
-1/ε into the learning rate: ``eps_in_lr=true``). If σ = 0 (all ℓ_i equal) only weight decay acts.
+Options and choices, stated: ``std_ddof=0`` (default) is the authors' population std
+(``torch.std(..., unbiased=False)``, trainer.py:757); ``std_ddof=1`` the sample std the paper is
+reported to use (not verified). If σ = 0 (all ℓ_i equal; the reference divides by zero) only
+weight decay acts.
 
-Deviations from the authors' code: their parallel path (a patched OPT forward that stacks N
+Deviations from the authors' code:
+
+* weight decay λ (decoupled, decay groups only; default 0): the reference has none (trainer.py:779).
+* the learning rate follows the loop's schedule; the reference's ``_get_learning_rate`` returns the
+  constant ``args.learning_rate`` whatever the scheduler (trainer.py:225-230).
+* u_i comes from the engine's seeded Rademacher stream, not ``torch.manual_seed`` +
+  ``torch.randint`` on the global RNG (trainer.py:724-729), and ℓ0 is evaluated before the
+  perturbed losses (the reference evaluates it after, l.758: same θ, same value).
+* their parallel path (a patched OPT forward that stacks N
 perturbed weight copies) does not run in the public release; here the replicas are computed
 inside each layer from the shared weights (x Wᵀ + ε x U_iᵀ), with no weight copy, for any model
 built of supported modules.
@@ -59,8 +75,7 @@ class FZOO(ZOOptimizer):
         lr: learning rate η.
         eps: perturbation scale ε.
         num_directions: N (>= 2; even and >= 4 with ``reuse``).
-        std_ddof: 1 sample std (paper), 0 population std (authors' code).
-        eps_in_lr: fold 1/ε into η as the authors' code does.
+        std_ddof: 0 population std (authors' code, default), 1 sample std (paper, reportedly).
         weight_decay: λ (decoupled, decay groups only).
         batched: evaluate the N directions in one call when engine and closure allow it.
         replicas_per_call: at most this many replicas per batched call (0: all N at once).
@@ -69,24 +84,23 @@ class FZOO(ZOOptimizer):
         engine: perturbation engine; defaults to the in-place torch engine.
     """
 
-    def __init__(self, params, lr: float = 1e-5, eps: float = 1e-3, num_directions: int = 8, std_ddof: int = 1,
-                 eps_in_lr: bool = False, weight_decay: float = 0.0, batched: bool = True,
-                 replicas_per_call: int = 0, reuse: bool = False, seed: int = 0,
-                 engine: Engine | None = None) -> None:
+    hyperparameters = {"num_directions": "count", "replicas_per_call": "natural"}
+
+    def __init__(self, params, lr: float = 1e-5, eps: float = 1e-3, num_directions: int = 8, std_ddof: int = 0,
+                 weight_decay: float = 0.0, batched: bool = True, replicas_per_call: int = 0, reuse: bool = False,
+                 seed: int = 0, engine: Engine | None = None) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, num_directions=num_directions, std_ddof=std_ddof,
+                                      weight_decay=weight_decay, batched=bool(batched),
+                                      replicas_per_call=replicas_per_call, reuse=bool(reuse)),
+                         engine=engine, seed=seed)
         n = int(num_directions)
         if n < 2:
             raise ValueError(f"num_directions={num_directions}: FZOO needs >= 2 to estimate a spread")
         if reuse and (n < 4 or n % 2):
             raise ValueError(f"num_directions={num_directions}: FZOO-R (reuse=true) needs an even N >= 4 "
                              "(N/2 >= 2 fresh directions per step)")
-        if std_ddof not in (0, 1):
-            raise ValueError(f"std_ddof={std_ddof}: 0 (population) or 1 (sample)")
-        if int(replicas_per_call) < 0:
-            raise ValueError(f"replicas_per_call={replicas_per_call}: must be >= 0 (0: all directions at once)")
-        super().__init__(params, dict(lr=lr, eps=eps, num_directions=n, std_ddof=std_ddof,
-                                      eps_in_lr=bool(eps_in_lr), weight_decay=weight_decay, batched=bool(batched),
-                                      replicas_per_call=int(replicas_per_call), reuse=bool(reuse)),
-                         engine=engine, seed=seed)
+        if isinstance(std_ddof, bool) or std_ddof not in (0, 1):
+            raise ValueError(f"std_ddof={std_ddof!r}: 0 (population, the authors' code) or 1 (sample)")
         self.forward_passes_per_step = (n // 2 if reuse else n) + 1
         self._sequential_reason_logged = False
 
@@ -150,13 +164,12 @@ class FZOO(ZOOptimizer):
             if reuse:  # nothing non-finite may be reused by the next step either
                 self.state.pop("fzoo_reuse", None)
             return torch.tensor(loss_zero)
-        scale = 1.0 if self._shared("eps_in_lr") else 1.0 / eps
         count = len(directions)
         for index, (direction, difference) in enumerate(zip(directions, differences)):
             for group, params in zip(self.param_groups, self._group_params):
                 lr = group["lr"]
                 decay = lr * group["weight_decay"] if index == 0 else 0.0
-                # σ = 0 (all losses equal): no usable direction, only the decay acts
-                coeff = -lr / (count * spread) * difference * scale if spread > 0 else 0.0
+                # η/(Nσ) (ℓ_i - ℓ0), no 1/ε (trainer.py:760); σ = 0 (all losses equal): only the decay acts
+                coeff = -lr / (count * spread) * difference if spread > 0 else 0.0
                 self.engine.update(params, direction, coeff=coeff, decay=decay)
         return torch.tensor(loss_zero)

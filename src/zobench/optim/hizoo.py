@@ -1,18 +1,29 @@
 """HiZOO: diagonal-Hessian-informed zeroth-order optimisation (Zhao et al., "Second-Order
 Fine-Tuning without Pain for LLMs: A Hessian Informed Zeroth-Order Optimizer", ICLR 2025).
 
-Per step, Σ the diagonal Hessian estimate (initialised to ones), z ~ N(0, I), u = z / √Σ:
+The authors' rule (Yanjun-Zhao/HiZOO @4f99055, trainer.py:482-516): Σ the diagonal Hessian
+estimate (``Hessian_matrix``, initialised to ones, l.351), z ~ N(0, I):
 
-    ℓ0 = L(θ),  ℓ+ = L(θ + εu),  ℓ- = L(θ - εu)
-    Σ ← (1-α) Σ + α · |ℓ+ + ℓ- - 2ℓ0| / (2ε²) · Σ ⊙ z²
-    θ ← θ - η ( (ℓ+ - ℓ-)/(2ε) · u + λ θ )                      (u with the Σ of the perturbation)
+    ℓ0 = L(θ),  ℓ± = L(θ ± ε z/√Σ)                                            (l.491-499, l.479)
+    Σ' = (1-α) Σ + α · |ℓ+ + ℓ- - 2ℓ0| / (2ε²) · Σ ⊙ z²                        (l.507-510)
+    θ ← θ - η ( (ℓ+ - ℓ-)/(2ε) · z/√Σ' + λ θ )                                 (l.512-513)
+
+The update uses the NEW Σ' (the perturbation used the old Σ). Before issue 17 zobench updated
+with the old Σ; the two differ by the factor (1 - α + α c z²)^(-1/2) per element, ≈ 1 at the
+default α = 1e-8.
 
 3 forward passes per step. State: Σ, one float32 buffer per parameter
 (``state_buffers_per_param = 1``).
 
-Deviations from the authors' code: Σ is float32 (the reference keeps it in fp16 where, with
-α ≈ 1e-8, the update falls below fp16 resolution and Σ never moves, so HiZOO runs as MeZO);
-no 4th, logging-only forward pass.
+Deviations from the authors' code:
+
+* Σ is float32 (the reference keeps it in the parameter dtype, l.351, fp16 with --load_float16,
+  where with α ≈ 1e-8 the update falls below fp16 resolution and Σ never moves: HiZOO runs as MeZO).
+* No 4th, logging-only forward pass (l.515); the step returns ℓ0.
+* Weight decay goes to decay groups (``ndim >= 2``); the reference decays every parameter (l.513).
+* α is constant (``hessian_smooth``); the reference can schedule it (Hessian_smooth_scheduler,
+  l.356; constant in its scripts).
+* z comes from per-parameter seeded generators, not ``torch.manual_seed`` + ``torch.normal``.
 """
 
 from __future__ import annotations
@@ -41,11 +52,10 @@ class HessianScaledDirection(Direction):
 class HiZOO(ZOOptimizer):
     forward_passes_per_step = 3
     state_buffers_per_param = 1
+    hyperparameters = {"hessian_smooth": "unit"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, hessian_smooth: float = 1e-8,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        if not 0.0 <= hessian_smooth <= 1.0:
-            raise ValueError(f"hessian_smooth={hessian_smooth}: must be in [0, 1]")
         super().__init__(params, dict(lr=lr, eps=eps, hessian_smooth=hessian_smooth, weight_decay=weight_decay),
                          engine=engine, seed=seed)
 
@@ -75,13 +85,13 @@ class HiZOO(ZOOptimizer):
 
                 def apply(pid, p, piece):
                     sigma, z = piece.of(self._sigma(p)), piece.z
-                    scratch = sigma.rsqrt()  # Σ^(-1/2) of the old Σ: u = z Σ^(-1/2), this step's perturbation
+                    # Σ' = (1-α)Σ + α c Σ⊙z² = Σ ⊙ ((1-α) + α c z²), in one product (l.507-510)
+                    scratch = torch.addcmul(keep, z, z, value=alpha * curvature)
+                    sigma.mul_(scratch)
                     if decay:
                         piece.weights.mul_(1.0 - decay)
-                    # θ ← θ - η g u in one pass (u formed in float32, rounded once into θ's dtype)
-                    piece.weights.addcmul_(scratch, z, value=-lr * g)
-                    # Σ ← (1-α)Σ + α c Σ⊙z² = Σ ⊙ ((1-α) + α c z²), from the old Σ in one product
-                    sigma.mul_(torch.addcmul(keep, z, z, value=alpha * curvature, out=scratch))
+                    # θ ← θ - η g z/√Σ' with the NEW Σ' (l.512), u formed in float32, rounded once
+                    piece.weights.addcmul_(torch.rsqrt(sigma, out=scratch), z, value=-lr * g)
 
                 self.engine.foreach(params, Direction(seed), apply)
         return torch.tensor(loss_zero)

@@ -66,11 +66,10 @@ def magnitude_threshold(p: torch.Tensor, sparsity: float, chunk: int | None = No
 
 class SparseMeZO(ZOOptimizer):
     forward_passes_per_step = 2
+    hyperparameters = {"sparsity": "fraction"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, sparsity: float = 0.75,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity={sparsity}: must be in [0, 1)")
         if engine is None or isinstance(engine, InPlaceEngine):
             raise ValueError("Sparse-MeZO recomputes its mask from the unperturbed weights: it needs "
                              "engine.mode=virtual (VirtualEngine)")

@@ -23,12 +23,11 @@ from ._lowrank import LowRankDirection, factor_seed, gaussian, rank_for
 
 class SubZero(ZOOptimizer):
     forward_passes_per_step = 2
+    hyperparameters = {"rank": "count", "refresh_steps": "count"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, refresh_steps: int = 1000,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        if int(rank) < 1 or int(refresh_steps) < 1:
-            raise ValueError(f"rank={rank}, refresh_steps={refresh_steps}: both must be >= 1")
-        super().__init__(params, dict(lr=lr, eps=eps, rank=int(rank), refresh_steps=int(refresh_steps),
+        super().__init__(params, dict(lr=lr, eps=eps, rank=rank, refresh_steps=refresh_steps,
                                       weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()

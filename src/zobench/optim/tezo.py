@@ -4,17 +4,20 @@ Low-Rankness on the Temporal Dimension in the Zeroth-Order Optimization for Fine
 Each weight matrix W ∈ R^{m×n} gets factors U ∈ R^{m×r}, V ∈ R^{n×r}, drawn once (from the
 optimizer seed and the parameter id) and kept for the whole run; each step draws τ_t ~ N(0, I_r):
 
-    Z_t = U diag(τ_t) Vᵀ / √r,   κ = (L(θ+ρZ) - L(θ-ρZ)) / 2ρ,   W ← W - η κ Z_t
+    Z_t = U diag(τ_t) Vᵀ,   κ = (L(θ+ρZ) - L(θ-ρZ)) / 2ρ,   W ← W - η κ Z_t
     (non-matrix parameters: plain Gaussian z, MeZO's update)
 
 so the perturbations over time form a rank-r CP tensor. Variants keep moments on the
-r-dimensional τ only (that is the memory claim): TeZO-m, m ← β m + κ τ and Z = U diag(m) Vᵀ/√r;
+r-dimensional τ only (that is the memory claim): TeZO-m, m ← β m + κ τ and Z = U diag(m) Vᵀ;
 TeZO-Adam, Adam moments on κ τ. 2 forward passes per step; state: r numbers per matrix.
 
 Choices, stated (no public code): one CP rank r for every matrix (``rank``; it may exceed
 min(m, n): the r slices u_k v_kᵀ span an r-dimensional space of updates),
-U, V Gaussian (not orthonormalised), 1/√r scaling so entries of Z have unit variance; non-matrix
-parameters follow MeZO (with momentum / Adam not applied to them).
+U, V Gaussian N(0, 1) (not orthonormalised), Z = U diag(τ) Vᵀ with no normalisation, as the paper's
+formula writes it (Sun et al. 2025, Eq. for Z_t; ../shared/ALGORITHMS.md "TeZO"): entries of Z
+have variance r, so at a fixed η the step grows ∝ r (before issue 17 zobench divided Z by √r: its
+step at lr η is this rule's at lr η/r). Non-matrix parameters follow MeZO (with momentum / Adam not
+applied to them). No public code exists, so there is no reference transcription to match.
 """
 
 from __future__ import annotations
@@ -32,15 +35,14 @@ VARIANTS = ("plain", "momentum", "adam")
 
 class TeZO(ZOOptimizer):
     forward_passes_per_step = 2
+    hyperparameters = {"rank": "count", "momentum": "fraction", "betas": "betas", "adam_eps": "positive"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, variant: str = "plain",
                  momentum: float = 0.9, betas=(0.9, 0.999), adam_eps: float = 1e-8, weight_decay: float = 0.0,
                  seed: int = 0, engine: Engine | None = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: allowed {', '.join(VARIANTS)}")
-        if int(rank) < 1:
-            raise ValueError(f"rank={rank}: must be >= 1")
-        super().__init__(params, dict(lr=lr, eps=eps, rank=int(rank), variant=variant, momentum=momentum,
+        super().__init__(params, dict(lr=lr, eps=eps, rank=rank, variant=variant, momentum=momentum,
                                       betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay),
                          engine=engine, seed=seed)
 
@@ -55,10 +57,10 @@ class TeZO(ZOOptimizer):
         return gaussian(factor_seed(self.param_groups[0]["seed"], pid, 2, step), (r,), like)
 
     def _direction(self, step: int, coefficients) -> LowRankDirection:
-        """Z = U diag(c) Vᵀ / √r with c = coefficients(pid, like) (τ, or the τ-space update)."""
+        """Z = U diag(c) Vᵀ with c = coefficients(pid, like) (τ, or the τ-space update); no 1/√r."""
         def factors(pid, like):
-            u, v, r = self._uv(pid, like)
-            return u * (coefficients(pid, like) / math.sqrt(r)), v
+            u, v, _ = self._uv(pid, like)
+            return u * coefficients(pid, like), v
 
         return LowRankDirection(self.direction(step).seed, factors=factors)
 

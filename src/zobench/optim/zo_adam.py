@@ -23,6 +23,7 @@ from ._common import Closure, ZOOptimizer
 class ZOAdam(ZOOptimizer):
     forward_passes_per_step = 2
     state_buffers_per_param = 2
+    hyperparameters = {"betas": "betas", "adam_eps": "positive"}
 
     def __init__(self, params, lr: float = 1e-4, eps: float = 1e-3, betas=(0.9, 0.999), adam_eps: float = 1e-8,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:

@@ -54,10 +54,6 @@ class ZOSGDCons(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  seed: int = 0, engine: Engine | None = None) -> None:
-        if lr < 0:
-            raise ValueError(f"lr={lr}: must be >= 0")
-        if eps <= 0:
-            raise ValueError(f"eps={eps}: must be > 0")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()

@@ -22,11 +22,10 @@ from ._common import Closure, ZOOptimizer
 class ZOSGDMomentum(ZOOptimizer):
     forward_passes_per_step = 2
     state_buffers_per_param = 1
+    hyperparameters = {"momentum": "fraction"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum={momentum}: must be in [0, 1)")
         super().__init__(params, dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay),
                          engine=engine, seed=seed)
 
