@@ -115,8 +115,9 @@ def build_splits(spec: TaskSpec, data_dir, num_train: int, num_dev: int, num_eva
     """Train/dev/test rows of ``spec`` under ``protocol``.
 
     ``mezo``: ``num_train + num_dev`` examples sampled from the train pool with ``seed``, the last
-    ``num_dev`` forming dev; ``num_eval`` test examples sampled from the eval split with the fixed
-    ``eval_seed`` so every seed of a sweep is tested on the same examples. A pool smaller than
+    ``num_dev`` forming dev; ``num_eval`` test examples sampled from the eval split with
+    ``eval_seed`` (by default ``data.seed``: MeZO samples its test set with the train seed,
+    princeton-nlp/MeZO large_models/run.py:480; a fixed number tests every seed on the same rows). A pool smaller than
     asked for is used whole, with a warning. With ``num_train == num_dev == 0`` (zero-shot) the
     train pool is not loaded, so tasks whose mirror lacks a train split still evaluate.
 
