@@ -23,16 +23,31 @@ fzoo_batched=${FZOO_BATCHED:-true}  # false: FZOO's N directions one call each (
 common="model=smollm2-135m task=sst2 logger=none seed=0 train.checkpoint_every=0 train.log_every=10 ${EXTRA:-}"
 zo="train.forward_budget=$budget train.eval_every_passes=$((budget / 10))"
 mkdir -p "$out"
+# Issue 17 gave FZOO, LOZO and TeZO their authors' step scale; runs made before it are RECORDS below:
+# listed in plan.txt (so table.py reports the committed run dirs) but never launched, since their
+# overrides now mean a different step. The new lines give the same steps as the old ones:
+#   FZOO: the step no longer divides by eps (DKmiyan/FZOO trainer.py:760), so the old lr eta at
+#     eps 1e-3 is lr eta/eps = 1000*eta now (old 3e-6 -> 3e-3, 1e-6 -> 1e-3); sigma is now the
+#     population std (the old default: sample std), a step sqrt(8/7) = 1.07x larger at N=8.
+#   LOZO (rank 2) and TeZO (rank 8): Z lost its 1/sqrt(r) (optsuite/LOZO LOZOtrainer.py:711-716; the
+#     TeZO paper's formula), so g and the update direction both grow sqrt(r)x: the old lr eta is
+#     eta/r now (LOZO 1e-4 -> 5e-5, 3e-5 -> 1.5e-5; TeZO 1e-4 -> 1.25e-5, 3e-5 -> 3.75e-6, TeZO-m
+#     1e-5 -> 1.25e-6); TeZO-Adam normalises g, so only the direction's sqrt(r) counts: eta/sqrt(8)
+#     (1e-4 -> 3.5e-5, 1e-3 -> 3.5e-4). The perturbation at eps 1e-3 is sqrt(r)x larger than before.
+#   HiZOO now updates with the new Sigma (trainer.py:512): at alpha 1e-8 each element's step changes
+#     by (1 - alpha + alpha c z^2)^(-1/2) - 1 ~ -0.5e-8 c z^2, with c <= 1.1e4 logged in these runs:
+#     ~5e-5 z^2 (about 1e-4 typical, 2e-3 at |z| = 6), so its runs stand (not reproducible bit for bit).
+records='fzoo_lr3e-6|fzoo_lr1e-6|fzoo_r_lr3e-6|fzoo_r_lr1e-6|tezo_lr1e-4|tezo_lr3e-5|tezo_m_lr1e-5|tezo_adam_lr1e-4|tezo_adam_lr1e-3|lozo_lr1e-4|lozo_lr3e-5'
 # name | overrides (the order is the order of launch: the comparisons the issue asks about first)
 cat > "$out/plan.txt" <<PLAN
 mezo_lr1e-4|optimizer=mezo optimizer.lr=1e-4 $zo
 mezo_lr3e-5|optimizer=mezo optimizer.lr=3e-5 $zo
 hizoo_lr1e-4|optimizer=hizoo optimizer.lr=1e-4 $zo
 hizoo_lr3e-5|optimizer=hizoo optimizer.lr=3e-5 $zo
-fzoo_lr3e-6|optimizer=fzoo optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
-fzoo_lr1e-6|optimizer=fzoo optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
-fzoo_r_lr3e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
-fzoo_r_lr1e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_lr3e-3|optimizer=fzoo optimizer.lr=3e-3 optimizer.batched=$fzoo_batched $zo
+fzoo_lr1e-3|optimizer=fzoo optimizer.lr=1e-3 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr3e-3|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-3 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr1e-3|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-3 optimizer.batched=$fzoo_batched $zo
 zero_shot|train.steps=0
 icl_32|train.steps=0 icl.demos=32
 linear_probe|optimizer=linear_probe train.steps=0
@@ -51,6 +66,24 @@ zo_adam_lr1e-4|optimizer=zo_adam optimizer.lr=1e-4 $zo
 zo_adam_lr1e-3|optimizer=zo_adam optimizer.lr=1e-3 $zo
 sparse_mezo_lr3e-4|optimizer=sparse_mezo optimizer.lr=3e-4 $zo
 sparse_mezo_lr1e-4|optimizer=sparse_mezo optimizer.lr=1e-4 $zo
+tezo_lr1.25e-5|optimizer=tezo optimizer.lr=1.25e-5 $zo
+tezo_lr3.75e-6|optimizer=tezo optimizer.lr=3.75e-6 $zo
+tezo_m_lr1.25e-6|optimizer=tezo optimizer.variant=momentum optimizer.lr=1.25e-6 $zo
+tezo_adam_lr3.5e-5|optimizer=tezo optimizer.variant=adam optimizer.lr=3.5e-5 $zo
+tezo_adam_lr3.5e-4|optimizer=tezo optimizer.variant=adam optimizer.lr=3.5e-4 $zo
+lozo_lr5e-5|optimizer=lozo optimizer.lr=5e-5 $zo
+lozo_lr1.5e-5|optimizer=lozo optimizer.lr=1.5e-5 $zo
+subzero_lr1e-4|optimizer=subzero optimizer.lr=1e-4 $zo
+subzero_lr3e-5|optimizer=subzero optimizer.lr=3e-5 $zo
+forward_gradient_lr1e-4|optimizer=forward_gradient optimizer.lr=1e-4 $zo
+forward_gradient_lr3e-5|optimizer=forward_gradient optimizer.lr=3e-5 $zo
+PLAN
+# RECORDS (never launched): the runs made before issue 17, with the overrides they were made with
+cat >> "$out/plan.txt" <<PLAN
+fzoo_lr3e-6|optimizer=fzoo optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_lr1e-6|optimizer=fzoo optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr3e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=3e-6 optimizer.batched=$fzoo_batched $zo
+fzoo_r_lr1e-6|optimizer=fzoo optimizer.reuse=true optimizer.lr=1e-6 optimizer.batched=$fzoo_batched $zo
 tezo_lr1e-4|optimizer=tezo optimizer.lr=1e-4 $zo
 tezo_lr3e-5|optimizer=tezo optimizer.lr=3e-5 $zo
 tezo_m_lr1e-5|optimizer=tezo optimizer.variant=momentum optimizer.lr=1e-5 $zo
@@ -58,10 +91,6 @@ tezo_adam_lr1e-4|optimizer=tezo optimizer.variant=adam optimizer.lr=1e-4 $zo
 tezo_adam_lr1e-3|optimizer=tezo optimizer.variant=adam optimizer.lr=1e-3 $zo
 lozo_lr1e-4|optimizer=lozo optimizer.lr=1e-4 $zo
 lozo_lr3e-5|optimizer=lozo optimizer.lr=3e-5 $zo
-subzero_lr1e-4|optimizer=subzero optimizer.lr=1e-4 $zo
-subzero_lr3e-5|optimizer=subzero optimizer.lr=3e-5 $zo
-forward_gradient_lr1e-4|optimizer=forward_gradient optimizer.lr=1e-4 $zo
-forward_gradient_lr3e-5|optimizer=forward_gradient optimizer.lr=3e-5 $zo
 PLAN
 launch() {  # one run; a completed run dir is kept (rerunning the script fills in what is missing)
   local name=${1%%|*} overrides=${1#*|}
@@ -74,7 +103,7 @@ launch() {  # one run; a completed run dir is kept (rerunning the script fills i
 export -f launch
 export out common python
 # ONLY (an extended regex of run names) runs part of the plan, e.g. ONLY='mezo_lr3e-5|fzoo_lr.*'
-grep -v '^$' "$out/plan.txt" | grep -E "^(${ONLY:-.*})\|" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
+grep -v '^$' "$out/plan.txt" | grep -vE "^(${records})\|" | grep -E "^(${ONLY:-.*})\|" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
 if [ -z "${NO_TABLE:-}" ]; then
   $python results/methods_smollm2_sst2/table.py "$out" > $here/README.md
   $python results/methods_smollm2_sst2/table.py "$out" --plot $here/curves.png
