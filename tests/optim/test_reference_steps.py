@@ -1,0 +1,353 @@
+"""Each method with public code steps like its authors' code: a short transcription of the
+reference update (cited by repository, commit, file and line), applied at the same weights with
+the same z (taken from zobench's seeded Direction, standing in for the reference's
+``torch.manual_seed`` stream) on a tiny float64 model, gives zobench's step to rounding. Every
+step re-syncs the transcription to zobench's weights, so each comparison is one step.
+
+Plus the scale tests that follow from the math: FZOO's step does not depend on ε; LOZO's and
+TeZO's step grows ∝ r at a fixed η (entries of Z have variance r, as in the references).
+
+References (fetched 2026-12-02):
+  MeZO     princeton-nlp/MeZO @552cb1b    large_models/trainer.py
+  ZO-Bench ZO-Bench/ZO-LLM @bf210fa       zo-bench/trainer.py
+  HiZOO    Yanjun-Zhao/HiZOO @4f99055     trainer.py
+  FZOO     DKmiyan/FZOO @d4f8a8b          trainer.py
+  LOZO     optsuite/LOZO @5d1ade5         large_models/LOZOtrainer.py
+  SubZero  zimingyy/SubZero @cf6effd      large_models/trainer.py
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from zobench.engine import VirtualEngine
+from zobench.optim import (FZOO, LOZO, ForwardGradient, HiZOO, MeZO, SubZero, TeZO, ZOAdam, ZOSGDCons,
+                           ZOSGDMomentum, ZOSGDSign, decay_groups)
+from zobench.optim._lowrank import factor_seed, gaussian
+
+TOL = dict(rtol=1e-6, atol=1e-9)
+
+
+class Tiny:
+    """A float64 MLP (two weight matrices, two biases) with an MSE loss on fixed data:
+    ``closure()`` evaluates the model (zobench's side), ``loss_at(θ)`` a dict of weights (the
+    transcription's side, as the references' in-place ``param.data`` edits would)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double().requires_grad_(False)
+        self.x = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+        self.y = torch.randn(8, 2, generator=gen, dtype=torch.float64)
+
+    def closure(self):
+        return ((self.model(self.x) - self.y) ** 2).mean()
+
+    def loss_at(self, theta: dict) -> float:
+        return float(((functional_call(self.model, theta, (self.x,)) - self.y) ** 2).mean())
+
+    def theta(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+
+def _z(opt, direction) -> dict:
+    """z of every parameter, by name, from zobench's Direction (the engine's seeded draw)."""
+    names = {id(p): n for n, p in opt.tiny.model.named_parameters()}
+    return {names[id(p)]: direction.sample(pid, p).to(p.dtype) for pid, p in opt._all_params}
+
+
+def _shift(theta, z, scale):
+    return {n: theta[n] + scale * z[n] for n in theta}
+
+
+def _compare_steps(tiny, opt, reference, steps=3):
+    """Before each zobench step, the transcription steps from the same weights; then both agree."""
+    opt.tiny = tiny
+    for _ in range(steps):
+        step = opt.param_groups[0]["step"] + 1
+        expected = reference(tiny.theta(), step)
+        opt.step(tiny.closure)
+        for name, p in tiny.model.named_parameters():
+            torch.testing.assert_close(p, expected[name], **TOL, msg=f"step {step}, {name}")
+
+
+def _decays(name: str) -> bool:
+    # MeZO trainer.py:803 (and ZO-Bench's forward_grad, trainer.py:1418): no decay on these names
+    return "bias" not in name and "layer_norm" not in name and "layernorm" not in name
+
+
+# -- MeZO ------------------------------------------------------------------------------------------
+def test_mezo_is_the_reference_step():
+    """MeZO trainer.py:699-712 (θ + s·ε·z), :757-789 (ℓ+ at +ε, ℓ- at -ε, g = (ℓ+ - ℓ-)/2ε, l.780),
+    :791-806 (θ ← θ - η(g z + λθ), λ only where ``_decays``)."""
+    tiny, eps, lr, wd = Tiny(), 1e-3, 0.05, 0.1
+    opt = MeZO(decay_groups(tiny.model.named_parameters(), wd), lr=lr, eps=eps, seed=3,
+               engine=VirtualEngine(tiny.model))
+
+    def reference(theta, step):
+        z = _z(opt, opt.direction(step))
+        loss1 = tiny.loss_at(_shift(theta, z, eps))
+        loss2 = tiny.loss_at(_shift(theta, z, -eps))
+        g = (loss1 - loss2) / (2 * eps)
+        return {n: theta[n] - lr * (g * z[n] + (wd * theta[n] if _decays(n) else 0)) for n in theta}
+
+    _compare_steps(tiny, opt, reference)
+
+
+# -- ZO-Bench: ZO-SGD, -MMT, -Sign, ZO-Adam go through a torch optimizer with param.grad = ĝ ----------
+def _zo_bench_reference(tiny, opt, eps, torch_opt, grad_of):
+    """ZO-Bench trainer.py:1005-1084 (zo_step): two-sided g (l.1040-1043), then per parameter
+    ``param.grad = ĝ; self.optimizer.step()`` (l.1071-1073), the optimizer built at l.315-321
+    (SGD(lr, momentum) or Adam(lr)). ĝ = g z (l.1062) or sign(g) z for zo_sign_opt (l.1058)."""
+    params = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    optimizer = torch_opt(list(params.values()))
+
+    def reference(theta, step):
+        for n, p in params.items():
+            p.copy_(theta[n])
+        z = _z(opt, opt.direction(step))
+        g = (tiny.loss_at(_shift(theta, z, eps)) - tiny.loss_at(_shift(theta, z, -eps))) / (2 * eps)
+        for n, p in params.items():
+            p.grad = grad_of(g) * z[n]
+            optimizer.step()  # only this parameter has a grad
+            p.grad = None
+        return {n: p.clone() for n, p in params.items()}
+
+    return reference
+
+
+ZO_BENCH = {
+    # ZO-SGD: SGD(momentum=0) on g z is MeZO's step (run.py:81 momentum default 0.0)
+    "zo_sgd": (lambda m, **k: MeZO(m.parameters(), **k), dict(lr=0.05),
+               lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.0), lambda g: g),
+    "zo_sgd_momentum": (lambda m, **k: ZOSGDMomentum(m.parameters(), momentum=0.8, **k), dict(lr=0.05),
+                        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8), lambda g: g),
+    "zo_sgd_sign": (lambda m, **k: ZOSGDSign(m.parameters(), **k), dict(lr=0.01),
+                    lambda ps: torch.optim.SGD(ps, lr=0.01), lambda g: float(np.sign(g))),
+    "zo_adam": (lambda m, **k: ZOAdam(m.parameters(), **k), dict(lr=0.01),
+                lambda ps: torch.optim.Adam(ps, lr=0.01), lambda g: g),  # torch's Adam defaults, as l.316
+}
+
+
+@pytest.mark.parametrize("name", ZO_BENCH)
+def test_zo_bench_methods_are_the_reference_step(name):
+    make, kwargs, torch_opt, grad_of = ZO_BENCH[name]
+    tiny, eps = Tiny(), 1e-3
+    opt = make(tiny.model, eps=eps, seed=5, engine=VirtualEngine(tiny.model), **kwargs)
+    _compare_steps(tiny, opt, _zo_bench_reference(tiny, opt, eps, torch_opt, grad_of), steps=4)
+
+
+@pytest.mark.parametrize("lr", [0.3, 1.5])
+def test_zo_sgd_cons_is_the_reference_step(lr):
+    """ZO-Bench trainer.py:1251-1337 (zo_conserv_step): ℓ0 (l.1265), g two-sided (l.1271-1285),
+    ``update_params(sign)`` steps SGD by sign·g z (l.1288-1316): θ-ηgz → ℓ1 (l.1318-1319), then
+    θ+ηgz → ℓ2 (l.1321-1322); keep θ-ηgz if ℓ1 ≤ ℓ0 and ℓ1 < ℓ2, θ if ℓ1 > ℓ0 and ℓ0 < ℓ2,
+    else θ+ηgz (l.1326-1331). (zobench breaks exact ties differently: see zo_sgd_cons.py; the
+    losses here are never tied.) Over 12 steps lr 0.3 takes and rejects the SGD step, lr 1.5
+    rejects it and takes the reversed one: every branch is compared."""
+    tiny, eps = Tiny(), 1e-3
+    opt = ZOSGDCons(tiny.model.parameters(), lr=lr, eps=eps, seed=7, engine=VirtualEngine(tiny.model))
+    choices = []
+
+    def reference(theta, step):
+        z = _z(opt, opt.direction(step))
+        loss0 = tiny.loss_at(theta)
+        g = (tiny.loss_at(_shift(theta, z, eps)) - tiny.loss_at(_shift(theta, z, -eps))) / (2 * eps)
+        descent, ascent = _shift(theta, z, -lr * g), _shift(theta, z, lr * g)
+        loss1, loss2 = tiny.loss_at(descent), tiny.loss_at(ascent)
+        if loss1 > loss0:
+            chosen = theta if loss0 < loss2 else ascent
+        else:
+            chosen = descent if loss1 < loss2 else ascent
+        choices.append(0 if chosen is descent else 1 if chosen is theta else 2)
+        return chosen
+
+    _compare_steps(tiny, opt, reference, steps=12)
+    assert len(set(choices)) >= 2, choices
+
+
+def test_forward_gradient_is_the_reference_step():
+    """ZO-Bench trainer.py:1357-1424 (forward_grad_step): v = z per parameter (l.1378), the loss
+    and its jvp along v by ``torch.func.jvp`` of a functional call (l.1391-1395), then
+    θ ← θ - η(v·jvp + λθ), λ only where ``_decays`` (l.1409-1416)."""
+    tiny, lr, wd = Tiny(), 0.05, 0.1
+    opt = ForwardGradient(decay_groups(tiny.model.named_parameters(), wd), lr=lr, seed=9,
+                          engine=VirtualEngine(tiny.model))
+    names = [n for n, _ in tiny.model.named_parameters()]
+
+    def reference(theta, step):
+        z = _z(opt, opt.direction(step))
+
+        def f(params):
+            out = functional_call(tiny.model, dict(zip(names, params)), (tiny.x,))
+            return ((out - tiny.y) ** 2).mean()
+
+        _, tangent = jvp(f, ([theta[n] for n in names],), ([z[n] for n in names],))
+        return {n: theta[n] - lr * (z[n] * tangent + (wd * theta[n] if _decays(n) else 0)) for n in names}
+
+    _compare_steps(tiny, opt, reference)
+
+
+# -- HiZOO -----------------------------------------------------------------------------------------
+def test_hizoo_is_the_reference_step_with_the_new_hessian():
+    """HiZOO trainer.py:482-516: H = ones (l.351); ℓ0, then ℓ± at θ ± ε z/√H (l.475-479,
+    491-499); H' = (1-α)H + α|ℓ+ + ℓ- - 2ℓ0|·H z²/(2ε²) (l.507-510); θ ← θ - η((ℓ+ - ℓ-)/2ε ·
+    z/√H' + λθ) with the NEW H' (l.512-513). α = 0.5 so that H' ≠ H shows in the step."""
+    tiny, eps, lr, alpha = Tiny(), 1e-2, 0.05, 0.5
+    opt = HiZOO(tiny.model.parameters(), lr=lr, eps=eps, hessian_smooth=alpha, seed=11,
+                engine=VirtualEngine(tiny.model))
+    hessian = {n: torch.ones_like(p) for n, p in tiny.model.named_parameters()}
+    old_rule = []
+
+    def reference(theta, step):
+        z = _z(opt, opt.direction(step))
+        scaled = {n: z[n] / torch.sqrt(hessian[n]) for n in theta}
+        loss0 = tiny.loss_at(theta)
+        loss1, loss2 = tiny.loss_at(_shift(theta, scaled, eps)), tiny.loss_at(_shift(theta, scaled, -eps))
+        new = {}
+        for n in theta:
+            estimator = abs(loss1 + loss2 - 2 * loss0) * hessian[n] * z[n] * z[n] * alpha / (2 * eps * eps)
+            hessian[n] = (1 - alpha) * hessian[n] + estimator
+            new[n] = theta[n] - lr * (loss1 - loss2) / (2 * eps) * z[n] / torch.sqrt(hessian[n])
+        old_rule.append({n: theta[n] - lr * (loss1 - loss2) / (2 * eps) * scaled[n] for n in theta})
+        return new
+
+    _compare_steps(tiny, opt, reference)
+    # the old Σ's update (zobench before issue 17) is measurably another step
+    assert not torch.allclose(tiny.model[0].weight, old_rule[-1]["0.weight"], **TOL)
+
+
+# -- FZOO ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_fzoo_is_the_reference_step(ddof):
+    """FZOO trainer.py:732-779: N directions u_i ∈ {±1}^d (l.729), ℓ_i at θ + εu_i (l.748-755),
+    σ = std(ℓ_1..ℓ_N, unbiased=False) (l.757), ℓ0 at θ (l.758), c_i = (ℓ_i - ℓ0)/(Nσ) (l.760),
+    θ ← θ - η Σ_i c_i u_i (l.766-779): no 1/ε. ``std_ddof=1`` (the paper's sample std) swaps
+    l.757's estimator for the unbiased one, nothing else."""
+    tiny, eps, lr, n_dirs = Tiny(), 1e-3, 0.01, 4
+    opt = FZOO(tiny.model.parameters(), lr=lr, eps=eps, num_directions=n_dirs, std_ddof=ddof, seed=13,
+               engine=VirtualEngine(tiny.model))
+
+    def reference(theta, step):
+        us = [_z(opt, opt.direction(step, i, "rademacher")) for i in range(n_dirs)]
+        loss1s = torch.tensor([tiny.loss_at(_shift(theta, u, eps)) for u in us], dtype=torch.float64)
+        std = torch.std(loss1s, unbiased=bool(ddof))
+        loss0 = tiny.loss_at(theta)
+        projected_grad = (loss1s - loss0) / (n_dirs * std)
+        new = dict(theta)
+        for idx, u in enumerate(us):
+            new = {n: new[n] - lr * (projected_grad[idx] * u[n]) for n in new}
+        return new
+
+    _compare_steps(tiny, opt, reference)
+
+
+def test_fzoo_step_does_not_depend_on_eps():
+    """On a linear loss ℓ_i - ℓ0 = ε u_iᵀc and σ = ε·std(u_iᵀc) exactly, so the authors' step
+    η/(Nσ) Σ(ℓ_i - ℓ0)u_i has no ε in it (the old 1/ε rule moved 100× further at ε/100)."""
+    steps = []
+    for eps in (1e-2, 1e-4):
+        weight = nn.Parameter(torch.zeros(3, 4, dtype=torch.float64), requires_grad=False)
+        c = torch.linspace(-1, 1, 12, dtype=torch.float64).view(3, 4)
+        opt = FZOO([weight], lr=0.1, eps=eps, num_directions=8, seed=17)
+        opt.step(lambda: (c * weight).sum())
+        steps.append(weight.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-7, atol=1e-12)
+    assert 0.01 < float(steps[0].abs().max()) < 1  # a step of ~η per element, not η/ε
+
+
+# -- LOZO ------------------------------------------------------------------------------------------
+def test_lozo_is_the_reference_step_across_v_resamples():
+    """LOZOtrainer.py: a step counter from 0 (l.766-771); on matrices V ~ N(0,1)^{n×r} redrawn
+    when step % ν == 0 and kept otherwise (l.710-713), U ~ N(0,1)^{m×r} every step (l.715),
+    θ + s·ε·U Vᵀ (l.716; no 1/√r); vectors θ + s·ε·z (l.718-719); g two-sided (l.790); update
+    θ ← θ - η g U Vᵀ (l.812-814) with the perturbation's U (the reference redraws U from the
+    step seed without V, l.803-809, so on V-resample steps its U is V's numbers: zobench
+    does not copy that). U, V come from zobench's seeded factors (the torch.manual_seed stream's
+    stand-in); ν = 2 over 5 steps crosses two resamples."""
+    tiny, eps, lr, rank, lazy = Tiny(), 1e-3, 0.02, 2, 2
+    opt = LOZO(tiny.model.parameters(), lr=lr, eps=eps, rank=rank, lazy_steps=lazy, seed=19,
+               engine=VirtualEngine(tiny.model))
+    names = {id(p): n for n, p in tiny.model.named_parameters()}
+    pids = {names[id(p)]: (pid, p) for pid, p in opt._all_params}
+    v_kept, counter = {}, [-1]
+
+    def reference(theta, step):
+        counter[0] += 1
+        ref_step, base = counter[0], opt.param_groups[0]["seed"]
+        plain = _z(opt, opt.direction(step))
+        z = {}
+        for n, (pid, p) in pids.items():
+            if p.ndim < 2:
+                z[n] = plain[n]
+                continue
+            if ref_step % lazy == 0:
+                v_kept[n] = gaussian(factor_seed(base, pid, 1, ref_step // lazy), (p.shape[1], rank), p).double()
+            u = gaussian(factor_seed(base, pid, 0, step), (p.shape[0], rank), p).double()
+            z[n] = u @ v_kept[n].t()
+        g = (tiny.loss_at(_shift(theta, z, eps)) - tiny.loss_at(_shift(theta, z, -eps))) / (2 * eps)
+        return {n: theta[n] - lr * g * z[n] for n in theta}
+
+    _compare_steps(tiny, opt, reference, steps=5)
+
+
+# -- SubZero ---------------------------------------------------------------------------------------
+def test_subzero_is_the_reference_step_across_refreshes():
+    """SubZero large_models/trainer.py: per matrix U, V = QR of N(0,1)^{m×r}, N(0,1)^{n×r}
+    (fast_svd_method_v2, l.1195-1205), redrawn when global_step % update_interval == 0
+    (l.890-905); z0 ~ N(0,1)^{r×r} and Z = U z0 Vᵀ·√(mn/r²) (l.756-758), vectors plain z
+    (l.750-752); g two-sided (l.925-929); update through SGD: θ ← θ - η g Z (l.979-996)."""
+    tiny, eps, lr, rank, refresh = Tiny(), 1e-3, 0.02, 2, 2
+    opt = SubZero(tiny.model.parameters(), lr=lr, eps=eps, rank=rank, refresh_steps=refresh, seed=23,
+                  engine=VirtualEngine(tiny.model))
+    names = {id(p): n for n, p in tiny.model.named_parameters()}
+    pids = {names[id(p)]: (pid, p) for pid, p in opt._all_params}
+    bases, counter = {}, [-1]
+
+    def reference(theta, step):
+        counter[0] += 1
+        global_step, base = counter[0], opt.param_groups[0]["seed"]
+        plain = _z(opt, opt.direction(step))
+        z = {}
+        for n, (pid, p) in pids.items():
+            if p.ndim < 2:
+                z[n] = plain[n]
+                continue
+            if global_step % refresh == 0:
+                period = global_step // refresh
+                u = torch.linalg.qr(gaussian(factor_seed(base, pid, 0, period), (p.shape[0], rank), p)).Q
+                v = torch.linalg.qr(gaussian(factor_seed(base, pid, 1, period), (p.shape[1], rank), p)).Q
+                bases[n] = (u.double(), v.double().t())
+            u, vt = bases[n]
+            z0 = gaussian(factor_seed(base, pid, 2, step), (rank, rank), p).double()
+            z[n] = u @ z0 @ vt * math.sqrt(p.numel() / z0.numel())
+        g = (tiny.loss_at(_shift(theta, z, eps)) - tiny.loss_at(_shift(theta, z, -eps))) / (2 * eps)
+        return {n: theta[n] - lr * g * z[n] for n in theta}
+
+    _compare_steps(tiny, opt, reference, steps=5)
+
+
+# -- the step's scale in r (LOZO: the authors' code; TeZO: the paper's formula) ----------------------
+def _mean_projected_step(cls, rank, seeds=300, **kwargs):
+    """E[-Δ·C]/(η‖C‖²) over seeds for one step on the linear loss ⟨C, W⟩: g = ⟨C, Z⟩ exactly, so
+    this estimates E[⟨C, Z⟩²]/‖C‖² = r when Z's entries have variance r (1 if Z were U Vᵀ/√r)."""
+    c = torch.linspace(-1, 1, 30, dtype=torch.float64).view(6, 5)
+    total = 0.0
+    for seed in range(seeds):
+        weight = nn.Parameter(torch.zeros(6, 5, dtype=torch.float64), requires_grad=False)
+        opt = cls([weight], lr=1.0, eps=1e-3, rank=rank, seed=seed, **kwargs)
+        opt.step(lambda: (c * weight).sum())
+        total += float(-(weight * c).sum()) / float((c * c).sum())
+    return total / seeds
+
+
+@pytest.mark.parametrize("cls,kwargs", [(LOZO, dict(lazy_steps=1)), (TeZO, {})], ids=["lozo", "tezo"])
+def test_low_rank_step_grows_with_the_rank(cls, kwargs):
+    one, four = _mean_projected_step(cls, 1, **kwargs), _mean_projected_step(cls, 4, **kwargs)
+    assert 0.75 < one < 1.25, one
+    assert 3.0 < four < 5.0, four
+    assert 3.0 < four / one < 5.0
