@@ -10,7 +10,9 @@ Per step, with z ~ N(0, I) regenerated from the step seed (never stored):
 Variants (MeZO §2 and ZO-Bench): n-SPSA averages q directions, θ ← θ - (η/q) Σ_i g_i z_i
 (2q passes); one-sided uses g_i = (L(θ+εz_i) - L(θ))/ε with one shared L(θ) (q+1 passes).
 
-Deviations from the authors' code (princeton-nlp/MeZO, ``trainer.py``):
+The authors' step (princeton-nlp/MeZO @552cb1b, large_models/trainer.py): θ + s·ε·z in place
+(l.699-712; s = +1, -2, +1), g = (ℓ+ - ℓ-)/2ε (l.780), θ ← θ - η(g z + λθ) (l.791-806).
+Deviations from the authors' code:
 
 * z comes from a per-parameter generator seeded by (step seed, parameter id), not from
   ``torch.manual_seed`` + ``torch.normal`` on the global RNG, so it does not depend on parameter
@@ -22,7 +24,8 @@ Deviations from the authors' code (princeton-nlp/MeZO, ``trainer.py``):
 * A non-finite projected gradient (NaN/inf loss) skips the update instead of writing NaN into
   every weight; the loop's ``train.on_divergence`` policy decides whether the run goes on.
 * Weight decay is applied to parameters with ``ndim >= 2`` when the loop builds the groups
-  (``decay_groups``); the authors exclude parameters whose name contains "bias"/"layer_norm".
+  (``decay_groups``); the authors exclude parameters whose name contains "bias"/"layer_norm"
+  (l.803).
 """
 
 from __future__ import annotations

@@ -6,8 +6,17 @@ matrices), redrawn every ``refresh_steps`` steps; each step draws Z̃ ∈ R^{r×
 
     Z = √(mn)/r · U Z̃ Vᵀ,   g = (L(θ+εZ) - L(θ-εZ)) / 2ε,   θ ← (1 - ηλ) θ - η g Z
 
-(non-matrix parameters: Gaussian z). 2 forward passes per step, no state. The √(mn)/r factor gives
-Z's entries unit variance on average, so ε means what it means for MeZO (a stated choice).
+(non-matrix parameters: Gaussian z). 2 forward passes per step, no state. This is the authors'
+rule (zimingyy/SubZero @cf6effd, large_models/trainer.py): U, V from ``fast_svd_method_v2``
+(l.1195-1205), redrawn when global_step % update_interval == 0 (l.890-905), Z = U z0 Vᵀ·√(mn/r²)
+(l.756-758, l.987-989), θ ← θ - η g Z through SGD (l.991-992). The √(mn)/r factor gives Z's
+entries unit variance on average, so ε means what it means for MeZO. Defaults: rank 8 and a
+refresh every 2000 steps, the reference's run.py:94-95.
+
+Deviations from the authors' code: r is capped at min(m, n) (``rank_for``; the reference's
+r × r core would not fit a thinner matrix); U, V, z0 are float32 draws from per-parameter seeded
+generators, not the global ``torch.manual_seed`` stream; weight decay is decoupled, on decay groups
+(the reference passes none to its SGD in its scripts).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ class SubZero(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "refresh_steps": "count"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, refresh_steps: int = 1000,
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, refresh_steps: int = 2000,
                  weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
         super().__init__(params, dict(lr=lr, eps=eps, rank=rank, refresh_steps=refresh_steps,
                                       weight_decay=weight_decay), engine=engine, seed=seed)

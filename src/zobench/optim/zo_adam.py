@@ -8,6 +8,11 @@ Adam, Kingma & Ba 2015).
 2 forward passes per step. State: m and v, two float32 buffers per parameter: memory is
 inference + 2× the parameters in fp32 (``state_buffers_per_param = 2``), which is what MeZO's
 memory argument gives up; it is reported, not hidden.
+
+The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad = g z`` then
+``torch.optim.Adam(lr)`` (torch's defaults β = (0.9, 0.999), δ = 1e-8) steps each parameter
+(l.316, l.1062-1073): the rule above. Deviations: m and v are float32 whatever the parameter
+dtype; weight decay is decoupled (their Adam has none; the sweeps use 0).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ i.e. the SGD step is taken, reversed or rejected, whichever gives the lowest los
 through the engine (scale ∓ηg along the same z), so with ``engine.mode=virtual`` the weights are
 written once per step, and the accepted trial point is exactly the weights that get written.
 
-Deviations from the authors' code (``ZO_Conserv.step``):
+The authors' step: ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1251-1337 (``zo_conserv_step``;
+the branch order at l.1326-1331). Deviations from the authors' code:
 
 * The authors move the weights θ → θ-ηgz → θ+ηgz → (θ or θ-ηgz) in place with an inner torch SGD
   optimizer (3 more parameter sweeps, ulp drift on a rejected step); here the trials are engine
@@ -22,8 +23,8 @@ Deviations from the authors' code (``ZO_Conserv.step``):
 * Ties: the first minimum in the order (ℓ↓, ℓ0, ℓ↑) wins, so an equal loss keeps the SGD step,
   then the current weights; the authors' nested comparisons break some ties toward θ+ηgz.
 * Weight decay λ (decoupled, decay groups only) is applied every step whatever the choice; the
-  authors' inner SGD has none. The step returns the loss of the chosen point (the authors' older
-  code returns ℓ↓, the newer the chosen one).
+  authors' inner SGD has none. The step returns the loss of the chosen point (the authors' code at
+  @bf210fa returns ℓ↓, l.1337, whichever point it keeps).
 * One learning rate for all groups (the trials are one perturbation of every parameter); the
   loop's decay groups share it.
 """

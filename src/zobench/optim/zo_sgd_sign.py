@@ -8,8 +8,9 @@ ICML 2024).
 
 2 forward passes per step, no state.
 
-The default is ../shared/ALGORITHMS.md's rule and the one ZO-Bench's code runs (trainer.py,
-``zo_sign_opt``: ``np.sign(projected_grad) * z``, their "signOpt_orig"): MeZO's step with |g|
+The default is ../shared/ALGORITHMS.md's rule and the one ZO-Bench's code runs
+(ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1055-1058, ``zo_sign_opt``:
+``np.sign(projected_grad) * z`` stepped by SGD, l.1071-1073, their "signOpt_orig"): MeZO's step with |g|
 normalised away, so every step has length η‖z‖ whatever the loss difference, and η has to be
 ~|g| times MeZO's lr for steps of MeZO's size. "elementwise" is signSGD applied to the estimate
 g z (ZO-signSGD, Liu et al., ICLR 2019), which their code keeps as a commented-out alternative
