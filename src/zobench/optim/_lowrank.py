@@ -3,8 +3,9 @@
 A ``LowRankDirection`` gives every matrix parameter (ndim == 2) a perturbation Z = A Bᵀ of rank r
 built by the method's ``factors(pid, like) -> (A, B)`` from seeded draws, and every other
 parameter a plain Gaussian z. Factors are regenerated from seeds when needed, never stored, and
-Z is formed a block of rows at a time, so the memory stays at inference (methods keep only r-dimensional state). Z is scaled so that its entries
-have unit variance, like a Gaussian z: ε and η keep their meaning across methods.
+Z is formed a block of rows at a time, so the memory stays at inference (methods keep only r-dimensional state). Each method
+scales Z as its reference does: SubZero's entries have unit variance (√(mn)/r), LOZO's U Vᵀ and
+TeZO's U diag(τ) Vᵀ variance r (no 1/√r), so a paper's η and ε mean what they mean there.
 """
 
 from __future__ import annotations
