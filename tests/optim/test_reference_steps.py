@@ -260,6 +260,15 @@ def test_fzoo_step_does_not_depend_on_eps():
     assert 0.01 < float(steps[0].abs().max()) < 1  # a step of ~η per element, not η/ε
 
 
+def test_fzoo_with_equal_losses_only_decays():
+    """σ = 0 (every ℓ_i equal): the reference divides by zero (l.760) and writes NaN into every
+    weight; zobench takes no step along the directions, only the weight decay acts."""
+    weight = nn.Parameter(torch.ones(3, 4, dtype=torch.float64), requires_grad=False)
+    opt = FZOO([{"params": [weight], "weight_decay": 0.5}], lr=0.1, eps=1e-3, num_directions=4, seed=1)
+    opt.step(lambda: torch.tensor(2.0))
+    torch.testing.assert_close(weight.detach(), torch.full((3, 4), 1 - 0.1 * 0.5, dtype=torch.float64))
+
+
 # -- LOZO ------------------------------------------------------------------------------------------
 def test_lozo_is_the_reference_step_across_v_resamples():
     """LOZOtrainer.py: a step counter from 0 (l.766-771); on matrices V ~ N(0,1)^{n×r} redrawn
