@@ -285,9 +285,10 @@ def test_hizoo_perturbs_and_updates_with_the_same_kernel_z():
         for p, t in zip(model.parameters(), theta):
             p.copy_(t)
     assert opt.last_step_info["loss_plus"] == loss_plus
-    g = opt.last_step_info["projected_grad"]
+    g, curvature = opt.last_step_info["projected_grad"], opt.last_step_info["curvature"]
     for t, z, p in zip(theta, zs, stepped):
-        torch.testing.assert_close(p, t - lr * g * z, rtol=0, atol=1e-6)
+        new_sigma = (1 - 0.1) + 0.1 * curvature * z * z  # Σ' from Σ = 1: the update uses z/√Σ' (HiZOO l.512)
+        torch.testing.assert_close(p, t - lr * g * z / new_sigma.sqrt(), rtol=0, atol=1e-6)
 
 
 def test_sparse_mezo_masks_the_kernel_z():
