@@ -308,8 +308,9 @@ def test_lozo_is_the_reference_step_across_v_resamples():
 def test_subzero_is_the_reference_step_across_refreshes():
     """SubZero large_models/trainer.py: per matrix U, V = QR of N(0,1)^{m×r}, N(0,1)^{n×r}
     (fast_svd_method_v2, l.1195-1205), redrawn when global_step % update_interval == 0
-    (l.890-905); z0 ~ N(0,1)^{r×r} and Z = U z0 Vᵀ·√(mn/r²) (l.756-758), vectors plain z
-    (l.750-752); g two-sided (l.925-929); update through SGD: θ ← θ - η g Z (l.979-996)."""
+    (l.894-908); z0 ~ N(0,1)^{r×r} and Z = U z0 Vᵀ·√(mn/r²) (l.756-758), vectors plain z
+    (l.750-752); g two-sided (l.936-939); update through SGD(lr, momentum 0): θ ← θ - η g Z
+    (l.324-325, l.979-996)."""
     tiny, eps, lr, rank, refresh = Tiny(), 1e-3, 0.02, 2, 2
     opt = SubZero(tiny.model.parameters(), lr=lr, eps=eps, rank=rank, refresh_steps=refresh, seed=23,
                   engine=VirtualEngine(tiny.model))

@@ -8,8 +8,8 @@ matrices), redrawn every ``refresh_steps`` steps; each step draws Z̃ ∈ R^{r×
 
 (non-matrix parameters: Gaussian z). 2 forward passes per step, no state. This is the authors'
 rule (zimingyy/SubZero @cf6effd, large_models/trainer.py): U, V from ``fast_svd_method_v2``
-(l.1195-1205), redrawn when global_step % update_interval == 0 (l.890-905), Z = U z0 Vᵀ·√(mn/r²)
-(l.756-758, l.987-989), θ ← θ - η g Z through SGD (l.991-992). The √(mn)/r factor gives Z's
+(l.1195-1205), redrawn when global_step % update_interval == 0 (l.894-908), Z = U z0 Vᵀ·√(mn/r²)
+(l.756-758, l.987-989), θ ← θ - η g Z through SGD (l.324-325, l.995-996). The √(mn)/r factor gives Z's
 entries unit variance on average, so ε means what it means for MeZO. Defaults: rank 8 and a
 refresh every 2000 steps, the reference's run.py:94-95.
 
