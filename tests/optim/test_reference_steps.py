@@ -76,7 +76,7 @@ def _compare_steps(tiny, opt, reference, steps=3):
 
 
 def _decays(name: str) -> bool:
-    # MeZO trainer.py:803 (and ZO-Bench's forward_grad, trainer.py:1418): no decay on these names
+    # MeZO trainer.py:803 (and ZO-Bench's forward_grad, trainer.py:1409): no decay on these names
     return "bias" not in name and "layer_norm" not in name and "layernorm" not in name
 
 
@@ -100,9 +100,9 @@ def test_mezo_is_the_reference_step():
 
 # -- ZO-Bench: ZO-SGD, -MMT, -Sign, ZO-Adam go through a torch optimizer with param.grad = ĝ ----------
 def _zo_bench_reference(tiny, opt, eps, torch_opt, grad_of):
-    """ZO-Bench trainer.py:1005-1084 (zo_step): two-sided g (l.1040-1043), then per parameter
-    ``param.grad = ĝ; self.optimizer.step()`` (l.1071-1073), the optimizer built at l.315-321
-    (SGD(lr, momentum) or Adam(lr)). ĝ = g z (l.1062) or sign(g) z for zo_sign_opt (l.1058)."""
+    """ZO-Bench trainer.py:1005-1084 (zo_step): two-sided g (l.1036-1039), then per parameter
+    ``param.grad = ĝ; self.optimizer.step()`` (l.1072-1073), the optimizer built at l.315-321
+    (SGD(lr, momentum) or Adam(lr)). ĝ = g z (l.1063) or sign(g) z for zo_sign_opt (l.1058)."""
     params = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
     optimizer = torch_opt(list(params.values()))
 
@@ -143,10 +143,10 @@ def test_zo_bench_methods_are_the_reference_step(name):
 
 @pytest.mark.parametrize("lr", [0.3, 1.5])
 def test_zo_sgd_cons_is_the_reference_step(lr):
-    """ZO-Bench trainer.py:1251-1337 (zo_conserv_step): ℓ0 (l.1265), g two-sided (l.1271-1285),
-    ``update_params(sign)`` steps SGD by sign·g z (l.1288-1316): θ-ηgz → ℓ1 (l.1318-1319), then
-    θ+ηgz → ℓ2 (l.1321-1322); keep θ-ηgz if ℓ1 ≤ ℓ0 and ℓ1 < ℓ2, θ if ℓ1 > ℓ0 and ℓ0 < ℓ2,
-    else θ+ηgz (l.1326-1331). (zobench breaks exact ties differently: see zo_sgd_cons.py; the
+    """ZO-Bench trainer.py:1251-1337 (zo_conserv_step): ℓ0 (l.1266), g two-sided (l.1271-1285),
+    ``update_params(sign)`` steps SGD by sign·g z (l.1288-1316): θ-ηgz → ℓ1 (l.1319-1320), then
+    θ+ηgz → ℓ2 (l.1322-1323); keep θ-ηgz if ℓ1 ≤ ℓ0 and ℓ1 < ℓ2, θ if ℓ1 > ℓ0 and ℓ0 < ℓ2,
+    else θ+ηgz (l.1327-1332). (zobench breaks exact ties differently: see zo_sgd_cons.py; the
     losses here are never tied.) Over 12 steps lr 0.3 takes and rejects the SGD step, lr 1.5
     rejects it and takes the reversed one: every branch is compared."""
     tiny, eps = Tiny(), 1e-3
@@ -171,9 +171,9 @@ def test_zo_sgd_cons_is_the_reference_step(lr):
 
 
 def test_forward_gradient_is_the_reference_step():
-    """ZO-Bench trainer.py:1357-1424 (forward_grad_step): v = z per parameter (l.1378), the loss
-    and its jvp along v by ``torch.func.jvp`` of a functional call (l.1391-1395), then
-    θ ← θ - η(v·jvp + λθ), λ only where ``_decays`` (l.1409-1416)."""
+    """ZO-Bench trainer.py:1357-1424 (forward_grad_step): v = z per parameter (l.1380), the loss
+    and its jvp along v by ``torch.func.jvp`` of a functional call (l.1389-1396), then
+    θ ← θ - η(v·jvp + λθ), λ only where ``_decays`` (l.1409-1412)."""
     tiny, lr, wd = Tiny(), 0.05, 0.1
     opt = ForwardGradient(decay_groups(tiny.model.named_parameters(), wd), lr=lr, seed=9,
                           engine=VirtualEngine(tiny.model))

@@ -25,7 +25,7 @@ parameter slot for the duration of its forward.
 
 Deviations from the authors' code (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1357-1424,
 ``forward_grad_step``: ``torch.func.jvp`` over ``functional_call`` of the whole model, then
-θ ← θ - η(v·jvp + λθ), l.1409-1416): the same quantity, computed by the engine's per-module
+θ ← θ - η(v·jvp + λθ), l.1409-1412): the same quantity, computed by the engine's per-module
 swap, so z is the engine's seeded direction (regenerated for the update, never stored) and no
 copy of the parameter dict is built; weight decay is decoupled and applied to decay groups only.
 A non-finite derivative skips the update.

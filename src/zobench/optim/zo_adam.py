@@ -11,7 +11,7 @@ memory argument gives up; it is reported, not hidden.
 
 The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad = g z`` then
 ``torch.optim.Adam(lr)`` (torch's defaults β = (0.9, 0.999), δ = 1e-8) steps each parameter
-(l.316, l.1062-1073): the rule above. Deviations: m and v are float32 whatever the parameter
+(l.316, l.1063-1073): the rule above. Deviations: m and v are float32 whatever the parameter
 dtype; weight decay is decoupled (their Adam has none; the sweeps use 0).
 """
 

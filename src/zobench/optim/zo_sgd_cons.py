@@ -15,7 +15,7 @@ through the engine (scale ∓ηg along the same z), so with ``engine.mode=virtua
 written once per step, and the accepted trial point is exactly the weights that get written.
 
 The authors' step: ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1251-1337 (``zo_conserv_step``;
-the branch order at l.1326-1331). Deviations from the authors' code:
+the branch order at l.1327-1332). Deviations from the authors' code:
 
 * The authors move the weights θ → θ-ηgz → θ+ηgz → (θ or θ-ηgz) in place with an inner torch SGD
   optimizer (3 more parameter sweeps, ulp drift on a rejected step); here the trials are engine

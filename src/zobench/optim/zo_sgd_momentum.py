@@ -7,7 +7,7 @@ Optimization for Memory-Efficient LLM Fine-Tuning: A Benchmark", ICML 2024).
 parameters in fp32, reported as ``state_buffers_per_param = 1``).
 
 The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad = g z`` then
-``torch.optim.SGD(lr, momentum=β).step()`` per parameter (l.321, l.1062-1073), i.e. torch's
+``torch.optim.SGD(lr, momentum=β).step()`` per parameter (l.321, l.1063-1073), i.e. torch's
 heavy ball m ← β m + g z (no dampening), θ ← θ - η m: the rule above.
 
 Deviations from ZO-Bench's code: m is kept in float32 whatever the parameter dtype; weight decay is

@@ -10,7 +10,7 @@ ICML 2024).
 
 The default is ../shared/ALGORITHMS.md's rule and the one ZO-Bench's code runs
 (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1055-1058, ``zo_sign_opt``:
-``np.sign(projected_grad) * z`` stepped by SGD, l.1071-1073, their "signOpt_orig"): MeZO's step with |g|
+``np.sign(projected_grad) * z`` stepped by SGD, l.1072-1073, their "signOpt_orig"): MeZO's step with |g|
 normalised away, so every step has length η‖z‖ whatever the loss difference, and η has to be
 ~|g| times MeZO's lr for steps of MeZO's size. "elementwise" is signSGD applied to the estimate
 g z (ZO-signSGD, Liu et al., ICLR 2019), which their code keeps as a commented-out alternative
