@@ -17,7 +17,8 @@ Blocks come from parameter names (the optimizer takes ``named_parameters()``-sty
 ``(name, p)`` pairs, which torch keeps as ``param_names``): a name containing
 ``.layers.<i>.`` / ``.layer.<i>.`` / ``.h.<i>.`` / ``.blocks.<i>.`` belongs to block i (llama,
 OPT, phi, gemma3: ``layers``; RoBERTa: ``layer``; GPT-2: ``h``). Parameters given without names
-are one block each.
+are one block each. ``n_drop`` fixes the count; ``drop_rate`` (used when ``n_drop`` is None)
+states it as a fraction of the model's blocks, so one config fits models of any depth.
 
 No public code (WangFei-2019/LeZO holds only a README), so the rule is the paper's; the default
 ``n_drop`` is not published (the paper sweeps 0..40 of OPT-13B's 40 blocks): set it per model.
@@ -52,23 +53,27 @@ class LeZO(ZOOptimizer):
     Args:
         params: ``named_parameters()`` or groups of ``(name, p)`` pairs (blocks from the names);
             plain tensors make one block each.
-        n_drop: blocks left out per step (0 = MeZO; at most the number of blocks).
+        n_drop: blocks left out per step (0 = MeZO; at most the number of blocks); None: use
+            ``drop_rate``, the fraction of the blocks left out (rounded half up: 0.5 of 30 is 15).
         lr, eps, weight_decay, distribution, seed, engine: as MeZO's.
     """
 
     forward_passes_per_step = 2
     takes_names = True  # the loop passes (name, p) pairs
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, n_drop: int = 0, weight_decay: float = 0.0,
-                 distribution: str = "gaussian", seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, n_drop: int | None = None,
+                 drop_rate: float | None = 0.5, weight_decay: float = 0.0, distribution: str = "gaussian",
+                 seed: int = 0, engine: Engine | None = None) -> None:
         if lr < 0:
             raise ValueError(f"lr={lr}: must be >= 0")
         if eps <= 0:
             raise ValueError(f"eps={eps}: must be > 0")
-        if int(n_drop) != n_drop or n_drop < 0:
-            raise ValueError(f"n_drop={n_drop}: must be an integer >= 0")
-        super().__init__(params, dict(lr=lr, eps=eps, n_drop=int(n_drop), weight_decay=weight_decay,
-                                      distribution=distribution), engine=engine, seed=seed)
+        if n_drop is not None and (int(n_drop) != n_drop or n_drop < 0):
+            raise ValueError(f"n_drop={n_drop}: must be an integer >= 0 (or null, to use drop_rate)")
+        if n_drop is None and (drop_rate is None or not 0.0 <= drop_rate <= 1.0):
+            raise ValueError(f"drop_rate={drop_rate}: must be in [0, 1] when n_drop is null")
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution),
+                         engine=engine, seed=seed)
         self._block = {}  # pid -> block key (None: always perturbed)
         for group, entries in zip(self.param_groups, self._group_params):
             names = group.get("param_names")
@@ -76,8 +81,12 @@ class LeZO(ZOOptimizer):
                 self._block[pid] = block_of(names[index]) if names else f"param{pid}"
         self.blocks = sorted({b for b in self._block.values() if b is not None},
                              key=lambda b: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", b)])
+        if n_drop is None:  # a fraction of this model's blocks, rounded half up
+            n_drop = int(math.floor(drop_rate * len(self.blocks) + 0.5))
         if n_drop > len(self.blocks):
             raise ValueError(f"n_drop={n_drop}: must be at most the number of blocks ({len(self.blocks)})")
+        for group in self.param_groups:
+            group["n_drop"] = int(n_drop)
 
     def kept_blocks(self, step: int) -> set[str]:
         """The blocks perturbed at ``step``: all but ``n_drop``, chosen uniformly from a generator
