@@ -221,3 +221,24 @@ def test_mezo_svrg_swap_is_exact_in_pieces(monkeypatch):
 def test_hyperparameters_are_validated(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(nn.Linear(2, 2).parameters(), **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,overrides,steps,passes", [
+    # 2 per step + 4 per round after every 2nd step: 5 steps = 10 + 2 rounds·4 = 18 (6 would be 24)
+    ("dizo", ["optimizer.interval=2", "optimizer.projection_iters=2"], 5, 18),
+    # anchor ⌈8/4⌉ = 2 batches, 4 passes, at steps 1, 3, 5; inner steps 4: 5 steps = 12 + 8 = 20
+    ("mezo_svrg", ["optimizer.anchor_examples=8", "optimizer.q=2"], 5, 20),
+    ("lezo", [], 10, 20),
+])
+def test_the_loop_counts_and_budgets_the_new_methods_passes(tmp_path, data_dir, method, overrides, steps, passes):
+    """Through the loop: the extra batches come from its stream, its hook counts every forward,
+    and train.forward_budget=20 stops at the last step that fits."""
+    from tests.test_config import compose_run
+    from zobench.run import run
+
+    cfg = compose_run("model=tiny-llama", "logger=none", "data.num_train=32", "data.num_dev=16", "data.num_eval=24",
+                      "train.batch_size=4", "train.eval_batch_size=8", f"optimizer={method}", *overrides,
+                      "train.forward_budget=20", "train.eval_every_passes=10", f"data.dir={data_dir}")
+    summary = run(cfg, tmp_path)
+    assert (summary["status"], summary["steps"], summary["forward_passes"]) == ("completed", steps, passes)
