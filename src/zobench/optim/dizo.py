@@ -41,6 +41,7 @@ Deviations from the authors' code:
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -48,6 +49,7 @@ import torch
 from ..engine import Engine, directions, mix_seed
 from .mezo import MeZO
 
+log = logging.getLogger(__name__)
 _ROUND_SALT = 0xD120  # separates the rounds' scalar z from the steps' z streams
 DEFAULT_PROJECTED = ("k_proj.weight", "v_proj.weight", "self.key.weight", "self.value.weight", "lora_")
 
@@ -109,6 +111,9 @@ class DiZO(MeZO):
                 chosen = any(s in names[index] for s in patterns) if names else p.ndim >= 2
                 if chosen:
                     self._projected.append((pid, p))
+        if not self._projected:  # e.g. prefix tuning: no name matches, so no round has work
+            log.warning("DiZO: no trainable parameter matches optimizer.projected=%s; it runs as MeZO",
+                        list(patterns))
         self._sample = None  # the loop's fresh-batch closures (bind_data)
 
     def bind_data(self, sample, batch_size: int | None = None) -> None:
