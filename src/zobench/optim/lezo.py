@@ -109,6 +109,9 @@ class LeZO(ZOOptimizer):
         if accepts_replicas(closure) and self.engine.mirror_support(active) is None:
             with self.engine.mirrored(active, direction, eps):
                 losses = torch.as_tensor(closure(replicas=2)).reshape(-1)
+            if losses.numel() != 2:
+                raise ValueError(f"closure(replicas=2) returned {losses.numel()} losses; it must return "
+                                 "one loss per replica, shape (2,)")
             loss_plus, loss_minus = float(losses[0]), float(losses[1])
         else:
             self.engine.perturb(active, direction, +eps)
