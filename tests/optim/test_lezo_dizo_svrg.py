@@ -2,7 +2,6 @@
 reference transcriptions do not cover: block grouping on every model family, the loop's extra
 batches, exact forward-pass accounting for steps of unequal cost."""
 
-import math
 
 import pytest
 import torch
@@ -269,5 +268,6 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir, method, overri
     assert _run_until(cmd, resumed / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     assert _stable(resumed / "metrics.jsonl") == _stable(reference / "metrics.jsonl")
-    final, expected = load_file(resumed / "final/trainable.safetensors"), load_file(reference / "final/trainable.safetensors")
+    final = load_file(resumed / "final/trainable.safetensors")
+    expected = load_file(reference / "final/trainable.safetensors")
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)

@@ -13,7 +13,6 @@ to rounding.
 import copy
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

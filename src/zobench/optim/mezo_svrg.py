@@ -94,8 +94,9 @@ class MeZOSVRG(ZOOptimizer):
             raise ValueError(f"q={q}: must be an integer >= 1")
         if int(anchor_examples) != anchor_examples or anchor_examples < 1:
             raise ValueError(f"anchor_examples={anchor_examples}: must be an integer >= 1")
-        super().__init__(params, dict(lr=lr, anchor_lr=anchor_lr, eps=eps, q=int(q), anchor_examples=int(anchor_examples),
-                                      weight_decay=weight_decay, distribution=distribution), engine=engine, seed=seed)
+        defaults = dict(lr=lr, anchor_lr=anchor_lr, eps=eps, q=int(q), anchor_examples=int(anchor_examples),
+                        weight_decay=weight_decay, distribution=distribution)
+        super().__init__(params, defaults, engine=engine, seed=seed)
         self._sample, self._anchor_batches = None, 1
         self._update_average()
 
