@@ -209,6 +209,8 @@ SMOKE_TABLES = {  # table -> experiments whose runs feed it (results/tables_smok
     "fzoo_averages": ["fzoo_averages"],
     "sparse_mezo": ["sparse_mezo"],
     "memory": ["memory"],
+    "hizoo_roberta_k16": ["mezo_table18", "hizoo_roberta_k16"],
+    "tezo_opt13b": ["mezo_table1", "tezo_opt13b"],
 }
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from tests.test_config import compose_run
@@ -150,6 +151,12 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
         declared = 1  # backprop: one forward (and one backward) per step
     elif optimizer == "fzoo":
         declared = int(opt_cfg["num_directions"]) + 1
+    elif hasattr(cls, "forward_passes"):  # steps of unequal cost (DiZO's rounds, MeZO-SVRG's anchor)
+        kwargs = {k: v for k, v in opt_cfg.items() if k not in ("name", "_target_", "weight_decay")}
+        opt = cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+        if hasattr(opt, "bind_data"):
+            opt.bind_data(lambda: None, cfg.train.batch_size)
+        declared = opt.forward_passes(2) / 2
     else:
         declared = cls.forward_passes_per_step
     assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared

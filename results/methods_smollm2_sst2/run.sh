@@ -77,6 +77,12 @@ subzero_lr1e-4|optimizer=subzero optimizer.lr=1e-4 $zo
 subzero_lr3e-5|optimizer=subzero optimizer.lr=3e-5 $zo
 forward_gradient_lr1e-4|optimizer=forward_gradient optimizer.lr=1e-4 $zo
 forward_gradient_lr3e-5|optimizer=forward_gradient optimizer.lr=3e-5 $zo
+dizo_lr1e-4|optimizer=dizo optimizer.lr=1e-4 $zo
+dizo_lr3e-5|optimizer=dizo optimizer.lr=3e-5 $zo
+lezo_lr1e-4|optimizer=lezo optimizer.lr=1e-4 $zo
+lezo_lr3e-5|optimizer=lezo optimizer.lr=3e-5 $zo
+mezo_svrg_lr1e-4|optimizer=mezo_svrg optimizer.lr=1e-4 optimizer.q=4 optimizer.anchor_examples=128 $zo
+mezo_svrg_lr3e-5|optimizer=mezo_svrg optimizer.lr=3e-5 optimizer.q=4 optimizer.anchor_examples=128 $zo
 PLAN
 # RECORDS (never launched): the runs made before issue 17, with the overrides they were made with
 cat >> "$out/plan.txt" <<PLAN
@@ -92,6 +98,12 @@ tezo_adam_lr1e-3|optimizer=tezo optimizer.variant=adam optimizer.lr=1e-3 $zo
 lozo_lr1e-4|optimizer=lozo optimizer.lr=1e-4 $zo
 lozo_lr3e-5|optimizer=lozo optimizer.lr=3e-5 $zo
 PLAN
+# dizo / lezo / mezo_svrg learning rates: each steps like MeZO per element (DiZO's steps are MeZO's;
+# LeZO is MeZO on a block subset, drop_rate 0.5 = 15 of 30 blocks; MeZO-SVRG's inner and anchor
+# updates are SPSA directions of MeZO's scale, anchor_lr = lr), so they take MeZO's pair, 1e-4 (best
+# at 400 passes) and 3e-5 (the 200-step default). MeZO-SVRG's anchor is shrunk from the reference's
+# 512 examples to 128 (8 batches, 16 passes) and q from 2 to 4, so that at a few hundred passes it
+# still takes steps: (16 + 3·4)/4 = 7 passes per step on average instead of 34.
 launch() {  # one run; a completed run dir is kept (rerunning the script fills in what is missing)
   local name=${1%%|*} overrides=${1#*|}
   if grep -qs '"status": "completed"' "$out/$name/summary.json"; then return 0; fi

@@ -8,9 +8,9 @@
 set -euo pipefail
 here=results/tables_smoke
 rm -rf "$here/runs" "$here/mezo_table1" "$here/mezo_table18_k16" "$here/mezo_table18_k512" \
-  "$here/fzoo_averages" "$here/sparse_mezo" "$here/memory"
+  "$here/fzoo_averages" "$here/sparse_mezo" "$here/memory" "$here/hizoo_roberta_k16" "$here/tezo_opt13b"
 for experiment in mezo_table1 mezo_table1_baselines mezo_table1_lp mezo_table1_ft mezo_table18 mezo_table18_lp \
-                  mezo_table18_k512 fzoo_averages sparse_mezo memory; do
+                  mezo_table18_k512 fzoo_averages sparse_mezo memory hizoo_roberta_k16 tezo_opt13b; do
   python -m zobench -m experiment=${experiment}_smoke hydra.sweep.dir=$here/runs/$experiment
 done
 report() { table=$1; shift; python -m zobench.report "$@" --table $table --smoke --out $here/$table > /dev/null; }
@@ -20,3 +20,5 @@ report mezo_table18_k512 $here/runs/mezo_table18_k512
 report fzoo_averages $here/runs/fzoo_averages
 report sparse_mezo $here/runs/sparse_mezo
 report memory $here/runs/memory
+report hizoo_roberta_k16 $here/runs/mezo_table18 $here/runs/hizoo_roberta_k16
+report tezo_opt13b $here/runs/mezo_table1 $here/runs/tezo_opt13b

@@ -273,8 +273,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
                               fused_linear=cfg.engine.fused_linear)
         counter.replicas = lambda: engine.replica_count  # a batched call evaluates several models
-        optimizer = _build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), engine=engine,
-                                     seed=cfg.seed, **opt_cfg)
+        groups = decay_groups(named, weight_decay, names=getattr(optimizer_cls, "takes_names", False))
+        optimizer = _build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
     metric = objective.metric
 
     # the loop's own state: all of it goes into a checkpoint
@@ -291,6 +291,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     _remove_stale_best(best_dir, keep=loop["best_file"])
     stream = (BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
               if train else None)  # zero-shot / ICL evaluations may have no training examples
+    if stream is not None and hasattr(optimizer, "bind_data"):  # methods that take extra batches
+        # (DiZO's projection rounds, MeZO-SVRG's anchor) draw them from the loop's stream, so a
+        # resumed run sees the same batches; their forwards are counted like the step's
+        optimizer.bind_data(lambda: zo_closure(objective, [train[i] for i in stream.next()], cfg.objective),
+                            cfg.train.batch_size)
 
     def counts() -> dict:
         return {"forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
@@ -405,10 +410,15 @@ def _schedule(train_cfg: DictConfig, optimizer, not_zo: bool) -> tuple[int, int]
     if not_zo:
         raise ConfigError("train.forward_budget counts a ZO method's forward passes; first-order and "
                           "linear-probe baselines take train.steps (set train.forward_budget=null)")
-    per_step = int(optimizer.forward_passes_per_step)
-    steps = max(1, int(budget) // per_step)
+    exact = getattr(optimizer, "forward_passes", None)  # methods whose steps differ in cost
+    per_step = optimizer.forward_passes_per_step  # (DiZO, MeZO-SVRG): an average, not an int
+    steps = max(1, int(budget // per_step))
+    if exact is not None:  # the most steps whose exact passes fit the budget (at least one)
+        steps = 1
+        while exact(steps + 1) <= budget:
+            steps += 1
     every = train_cfg.get("eval_every_passes")
-    return steps, max(1, int(every) // per_step) if every else int(train_cfg.eval_every)
+    return steps, max(1, int(int(every) // per_step)) if every else int(train_cfg.eval_every)
 
 
 def _protocol(cfg: DictConfig) -> dict:

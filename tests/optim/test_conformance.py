@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from zobench.engine import Direction, VirtualEngine, directions
-from zobench.optim import (FZOO, LOZO, ForwardGradient, HiZOO, MeZO, SparseMeZO, SubZero, TeZO, ZOAdam, ZOSGDCons,
-                           ZOSGDMomentum, ZOSGDSign, decay_groups)
+from zobench.optim import (FZOO, LOZO, DiZO, ForwardGradient, HiZOO, LeZO, MeZO, MeZOSVRG, SparseMeZO, SubZero, TeZO,
+                           ZOAdam, ZOSGDCons, ZOSGDMomentum, ZOSGDSign, decay_groups)
 
 # name -> (class, hyperparameters that converge on the quadratic below)
 METHODS = {
@@ -38,7 +38,21 @@ METHODS = {
     "tezo_adam": (TeZO, dict(lr=0.05 / 24 ** 0.5, eps=1e-3, rank=24, variant="adam")),
     "lozo": (LOZO, dict(lr=0.01, eps=1e-3, rank=2, lazy_steps=5)),
     "subzero": (SubZero, dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)),
+    # a projection round every 3 steps (so the 3-step checks below include one); unnamed
+    # parameters: every matrix is projected
+    "dizo": (DiZO, dict(lr=0.02, eps=1e-3, interval=3, projection_iters=3)),
+    # unnamed parameters are one block each; the quadratic has one, so n_drop=0 here (the
+    # dropping itself: tests/optim/test_lezo_dizo_svrg.py, on named tiny models)
+    "lezo": (LeZO, dict(lr=0.02, eps=1e-3, n_drop=0)),
+    "mezo_svrg": (MeZOSVRG, dict(lr=0.02, eps=1e-3, q=2)),
 }
+
+
+def _declared_passes(opt, steps):
+    """Forward passes the method declares for ``steps`` steps: exact where its steps differ in
+    cost (``forward_passes``: DiZO's rounds, MeZO-SVRG's anchors), else per step × steps."""
+    exact = getattr(opt, "forward_passes", None)
+    return exact(steps) if exact is not None else steps * opt.forward_passes_per_step
 
 
 class Quadratic(nn.Module):
@@ -101,7 +115,7 @@ def test_forward_passes_per_step_are_as_declared(name):
     calls = []
     for _ in range(3):
         opt.step(lambda: calls.append(1) or model())
-    assert len(calls) == 3 * opt.forward_passes_per_step
+    assert len(calls) == _declared_passes(opt, 3)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -128,7 +142,7 @@ def test_batched_evaluations_give_the_one_at_a_time_steps(name):
         opt = cls(model.parameters(), **kwargs, seed=1, engine=VirtualEngine(model, paired=paired))
         for _ in range(3):
             opt.step(loss)
-        assert sum(calls) == 3 * opt.forward_passes_per_step
+        assert sum(calls) == _declared_passes(opt, 3)
         if name not in ("mezo_one_sided", "forward_gradient", "fzoo", "fzoo_reuse"):  # SPSA's ± pair
             assert (2 in calls) == paired  # one call for the pair, or one call each
         weights[paired] = [p.clone() for p in model.parameters()]
@@ -342,7 +356,7 @@ def test_works_with_lora_and_prefix_tuning(name, tuning):
     with torch.no_grad():
         for _ in range(2):
             assert math.isfinite(float(opt.step(loss)))
-    assert len(calls) == 2 * opt.forward_passes_per_step
+    assert len(calls) == _declared_passes(opt, 2)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     adapters = {n for n, _ in trainable(model)}
     # ZO-SGD-cons may keep θ when no trial step lowers the loss; every other method moves them all

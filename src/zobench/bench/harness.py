@@ -142,7 +142,9 @@ def zo_optimizer(opt_cfg, named, engine, seed: int):
         raise ConfigError(f"optimizer={name}: the benchmark times zeroth-order steps; "
                           "allowed: a ZO method of conf/optimizer (mezo, hizoo, fzoo, zo_adam, ...)")
     weight_decay = kwargs.pop("weight_decay", 0.0)
-    return get_class(kwargs.pop("_target_"))(decay_groups(named, weight_decay), engine=engine, seed=seed, **kwargs)
+    cls = get_class(kwargs.pop("_target_"))
+    groups = decay_groups(named, weight_decay, names=getattr(cls, "takes_names", False))  # LeZO's blocks
+    return cls(groups, engine=engine, seed=seed, **kwargs)
 
 
 def run_benchmark(cfg) -> dict:

@@ -1,11 +1,14 @@
 """Zeroth-order optimizers, one file per method, each a ``torch.optim.Optimizer``."""
 
 from ._common import ZOOptimizer, decay_groups
+from .dizo import DiZO
 from .forward_gradient import ForwardGradient
 from .fzoo import FZOO
 from .hizoo import HiZOO
+from .lezo import LeZO
 from .lozo import LOZO
 from .mezo import MeZO
+from .mezo_svrg import MeZOSVRG
 from .sparse_mezo import SparseMeZO
 from .subzero import SubZero
 from .tezo import TeZO
@@ -14,5 +17,5 @@ from .zo_sgd_cons import ZOSGDCons
 from .zo_sgd_momentum import ZOSGDMomentum
 from .zo_sgd_sign import ZOSGDSign
 
-__all__ = ["FZOO", "ForwardGradient", "HiZOO", "LOZO", "MeZO", "SparseMeZO", "SubZero", "TeZO", "ZOAdam",
-           "ZOOptimizer", "ZOSGDCons", "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]
+__all__ = ["DiZO", "FZOO", "ForwardGradient", "HiZOO", "LOZO", "LeZO", "MeZO", "MeZOSVRG", "SparseMeZO", "SubZero",
+           "TeZO", "ZOAdam", "ZOOptimizer", "ZOSGDCons", "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]

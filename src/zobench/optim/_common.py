@@ -24,15 +24,18 @@ def accepts_replicas(closure) -> bool:
         return False
 
 
-def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 names: bool = False) -> list[dict]:
     """Two param groups: matrices decay, vectors (biases, norm weights: ``p.ndim < 2``) don't.
 
     This is the MeZO reference rule ("no decay on bias and layer norm") stated by shape rather than
-    by name, so it holds for every architecture.
+    by name, so it holds for every architecture. ``names``: the groups hold ``(name, p)`` pairs,
+    which torch keeps as ``param_names`` (for methods that read the model's structure from the
+    names, ``takes_names``: LeZO's blocks, DiZO's projected matrices).
     """
     decay, no_decay = [], []
-    for _, p in named_params:
-        (decay if p.ndim >= 2 else no_decay).append(p)
+    for name, p in named_params:
+        (decay if p.ndim >= 2 else no_decay).append((name, p) if names else p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -1,0 +1,182 @@
+"""DiZO: divergence-driven zeroth-order optimisation (Tan et al., "Harmony in Divergence: Towards
+Fast, Accurate, and Memory-efficient Zeroth-order LLM Fine-tuning", arXiv 2502.03304, 2025;
+code: Skilteee/DiZO, ``large_models/trainer.py``).
+
+MeZO steps (``MeZO``'s rule, 2 passes), and every κ steps (``interval``; trainer.py:1408, after
+the step's update) a projection round over the projected matrices l, with θ0 the pre-trained
+weights, Δ_l = θ_l - θ0_l and t_l = ‖Δ_l‖_F:
+
+    γ_l ← t_l                                                      (each round, l.435-437, 566)
+    10 times (``projection_iters``, l.914), on a fresh batch each (l.569-573):
+        z_l ~ N(0, 1), clipped to |z_l| ≤ τ t_l / ε_p               (one scalar per matrix, l.399-400)
+        ℓ± = L(θ with θ_l = θ0_l + (γ_l ± ε_p z_l) Δ_l / (t_l + 1e-8) for all l)     (l.439-449)
+        g = (ℓ+ - ℓ-) / 2ε_p;  γ_l ← clip(γ_l - s t_l g z_l, (1-τ) t_l, (1+τ) t_l)   (l.452-457)
+    θ_l ← θ0_l + γ_l Δ_l / (t_l + 1e-8)                           (l.582 → l.264-278, 300-310)
+
+so each matrix's accumulated update Δ_l is rescaled by a factor in [1-τ, 1+τ] learnt by SPSA on
+the scalars γ. Passes: 2 per step plus 2·``projection_iters`` per round, 2 + 20/κ per step on
+average (``forward_passes_per_step`` is that average; ``forward_passes(steps)`` the exact count
+the loop uses for ``train.forward_budget``). State: θ0 of the projected matrices only
+(``state_buffers_per_param = 1`` for those; other parameters keep none).
+
+Projected matrices: parameters whose name contains one of ``projected`` (default: the
+attention key / value weights, as the reference projects OPT's k_proj and v_proj, l.899-906, plus
+``lora_`` factors, the reference's LoRA case, l.901); parameters given without names: every
+matrix. The round's batches come from the loop (``bind_data``); unbound (library use), the
+round re-evaluates the step's closure.
+
+Deviations from the authors' code:
+
+* The reference keeps every step's z in ``self.random_vector`` (l.1209): a parameter-sized
+  buffer; here z is regenerated from the seed as in MeZO.
+* Non-OPT full fine-tuning in the reference projects nothing (l.900-901: exclude_list is every
+  non-LoRA key) and OPT's embedding is frozen (l.906); here the names decide, for every family,
+  and nothing is frozen.
+* The scalar z_l of each round are drawn from a generator seeded by (seed, step, iteration),
+  not the global RNG; the γ ± ε_p z perturbation is formed directly instead of by +1, -2, +1
+  in-place moves of γ (l.439-451; equal up to an ulp of γ).
+* The projected weights are written in place for the round's evaluations and put back by the
+  inverse map, as in the reference (l.273-296): a few ulps of drift on those matrices per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..engine import Engine, directions, mix_seed
+from .mezo import MeZO
+
+log = logging.getLogger(__name__)
+_ROUND_SALT = 0xD120  # separates the rounds' scalar z from the steps' z streams
+DEFAULT_PROJECTED = ("k_proj.weight", "v_proj.weight", "self.key.weight", "self.value.weight", "lora_")
+
+
+def _distance(p: torch.Tensor, theta0: torch.Tensor) -> float:
+    """‖p - θ0‖_F, a Z_CHUNK-element piece at a time (no matrix-sized temporary)."""
+    a, b = p.reshape(-1), theta0.reshape(-1)
+    total = 0.0
+    for start in range(0, a.numel(), directions.Z_CHUNK):
+        stop = start + directions.Z_CHUNK
+        total += float((a[start:stop].float() - b[start:stop].float()).square().sum(dtype=torch.float64))
+    return math.sqrt(total)
+
+
+class DiZO(MeZO):
+    """MeZO plus DiZO's per-matrix projection rounds (module docstring).
+
+    Args:
+        params: ``named_parameters()``-style (names choose the projected matrices) or tensors.
+        lr, eps, weight_decay, distribution, seed, engine: MeZO's.
+        interval: κ, steps between projection rounds (reference default 50).
+        projection_iters: SPSA iterations per round (10).
+        projection_eps: ε_p, the perturbation of γ (0.1).
+        projection_lr: s, the step on γ, relative to t_l (2).
+        clip_range: τ, γ stays in [(1-τ)t, (1+τ)t] (0.2).
+        projected: name substrings of the projected matrices.
+    """
+
+    forward_passes_per_step = 2 + 2 * 10 / 50  # the defaults' average; the instance sets its own
+    state_buffers_per_param = 1
+    takes_names = True  # the loop passes (name, p) pairs
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
+                 interval: int = 50, projection_iters: int = 10, projection_eps: float = 0.1,
+                 projection_lr: float = 2.0, clip_range: float = 0.2, projected=DEFAULT_PROJECTED,
+                 distribution: str = "gaussian", seed: int = 0, engine: Engine | None = None) -> None:
+        if int(interval) != interval or interval < 1:
+            raise ValueError(f"interval={interval}: must be an integer >= 1")
+        if int(projection_iters) != projection_iters or projection_iters < 0:
+            raise ValueError(f"projection_iters={projection_iters}: must be an integer >= 0")
+        if projection_eps <= 0:
+            raise ValueError(f"projection_eps={projection_eps}: must be > 0")
+        if projection_lr < 0:
+            raise ValueError(f"projection_lr={projection_lr}: must be >= 0")
+        if not 0.0 <= clip_range < 0.5:  # γ ± ε_p z ≥ (1 - 2τ) t > 0: the inverse map exists
+            raise ValueError(f"clip_range={clip_range}: must be in [0, 0.5)")
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution,
+                         seed=seed, engine=engine)
+        for group in self.param_groups:
+            group.update(interval=int(interval), projection_iters=int(projection_iters),
+                         projection_eps=float(projection_eps), projection_lr=float(projection_lr),
+                         clip_range=float(clip_range))
+        self.forward_passes_per_step = 2 + 2 * int(projection_iters) / int(interval)
+        patterns = tuple(projected)
+        self._projected = []  # (pid, p) of the projected matrices
+        for group, entries in zip(self.param_groups, self._group_params):
+            names = group.get("param_names")
+            for index, (pid, p) in enumerate(entries):
+                chosen = any(s in names[index] for s in patterns) if names else p.ndim >= 2
+                if chosen:
+                    self._projected.append((pid, p))
+        if not self._projected:  # e.g. prefix tuning: no name matches, so no round has work
+            log.warning("DiZO: no trainable parameter matches optimizer.projected=%s; it runs as MeZO",
+                        list(patterns))
+        self._sample = None  # the loop's fresh-batch closures (bind_data)
+
+    def bind_data(self, sample, batch_size: int | None = None) -> None:
+        """``sample()`` returns a closure over the next training batch (the loop's stream): the
+        projection rounds take one per iteration, as the reference's dataloader (l.569-573)."""
+        self._sample = sample
+
+    def forward_passes(self, steps: int) -> int:
+        """Exact forward passes of steps 1..``steps``: 2 each, plus a round every κ-th step."""
+        return 2 * steps + 2 * self._shared("projection_iters") * (steps // self._shared("interval"))
+
+    def _anchor(self, p: torch.Tensor) -> torch.Tensor:
+        """θ0 of a projected matrix: its value at the first step (the pre-trained weights)."""
+        state = self.state[p]
+        if "theta0" not in state:
+            state["theta0"] = p.detach().clone(memory_format=torch.contiguous_format)
+        return state["theta0"]
+
+    @torch.no_grad()
+    def step(self, closure) -> torch.Tensor:  # type: ignore[override]
+        for _, p in self._projected:  # θ0 before the first update
+            self._anchor(p)
+        loss = super().step(closure)
+        step = self.param_groups[0]["step"]
+        if step % self._shared("interval") == 0 and self._projected:
+            self._projection_round(closure, step)
+        return loss
+
+    def _projection_round(self, closure, step: int) -> None:
+        eps_p, s, tau = self._shared("projection_eps"), self._shared("projection_lr"), self._shared("clip_range")
+        layers = [(p, self._anchor(p)) for _, p in self._projected]
+        t = [_distance(p, theta0) for p, theta0 in layers]
+        gamma = list(t)
+        for it in range(self._shared("projection_iters")):
+            evaluate = self._sample() if self._sample is not None else closure
+            gen = torch.Generator().manual_seed(mix_seed(self.param_groups[0]["seed"], step, _ROUND_SALT, it))
+            z = torch.randn(len(layers), generator=gen, dtype=torch.float64).tolist()
+            z = [min(max(zl, -tau / eps_p * tl), tau / eps_p * tl) for zl, tl in zip(z, t)]
+            loss_plus = self._evaluate_scaled(evaluate, layers, t, [g + eps_p * zl for g, zl in zip(gamma, z)])
+            loss_minus = self._evaluate_scaled(evaluate, layers, t, [g - eps_p * zl for g, zl in zip(gamma, z)])
+            grad = (loss_plus - loss_minus) / (2 * eps_p)
+            if not math.isfinite(grad):
+                continue  # a non-finite evaluation leaves γ as it is
+            gamma = [min(max(g - s * tl * grad * zl, (1 - tau) * tl), (1 + tau) * tl)
+                     for g, tl, zl in zip(gamma, t, z)]
+        # θ_l ← θ0_l + γ_l Δ_l / (‖Δ_l‖ + 1e-8), the norm of the current Δ (reference l.300-310)
+        for (p, theta0), g in zip(layers, gamma):
+            norm = _distance(p, theta0)
+            if norm > 0:
+                p.sub_(theta0).mul_(g / (norm + 1e-8)).add_(theta0)
+        self._record(**self.last_step_info, projection_scale=sum(gamma) / max(sum(t), 1e-30))
+
+    @staticmethod
+    def _evaluate_scaled(closure, layers, t, gamma) -> float:
+        """L with every projected θ_l = θ0_l + γ_l Δ_l / (t_l + 1e-8), written in place and put
+        back by the inverse map (reference l.273-296); matrices with Δ = 0 are left alone."""
+        ratios = [g / (tl + 1e-8) for g, tl in zip(gamma, t)]
+        for (p, theta0), tl, r in zip(layers, t, ratios):
+            if tl > 0:
+                p.sub_(theta0).mul_(r).add_(theta0)
+        try:
+            return float(closure())
+        finally:
+            for (p, theta0), tl, r in zip(layers, t, ratios):
+                if tl > 0:
+                    p.sub_(theta0).div_(r).add_(theta0)
