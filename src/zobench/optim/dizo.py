@@ -47,6 +47,7 @@ import math
 import torch
 
 from ..engine import Engine, directions, mix_seed
+from ._common import check_hyperparameters
 from .mezo import MeZO
 
 log = logging.getLogger(__name__)
@@ -81,20 +82,17 @@ class DiZO(MeZO):
     forward_passes_per_step = 2 + 2 * 10 / 50  # the defaults' average; the instance sets its own
     state_buffers_per_param = 1
     takes_names = True  # the loop passes (name, p) pairs
+    hyperparameters = {"interval": "count", "projection_iters": "natural", "projection_eps": "positive",
+                       "projection_lr": "nonnegative", "clip_range": "unit"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  interval: int = 50, projection_iters: int = 10, projection_eps: float = 0.1,
                  projection_lr: float = 2.0, clip_range: float = 0.2, projected=DEFAULT_PROJECTED,
                  distribution: str = "gaussian", seed: int = 0, engine: Engine | None = None) -> None:
-        if int(interval) != interval or interval < 1:
-            raise ValueError(f"interval={interval}: must be an integer >= 1")
-        if int(projection_iters) != projection_iters or projection_iters < 0:
-            raise ValueError(f"projection_iters={projection_iters}: must be an integer >= 0")
-        if projection_eps <= 0:
-            raise ValueError(f"projection_eps={projection_eps}: must be > 0")
-        if projection_lr < 0:
-            raise ValueError(f"projection_lr={projection_lr}: must be >= 0")
-        if not 0.0 <= clip_range < 0.5:  # γ ± ε_p z ≥ (1 - 2τ) t > 0: the inverse map exists
+        check_hyperparameters(self.hyperparameters, dict(
+            interval=interval, projection_iters=projection_iters, projection_eps=projection_eps,
+            projection_lr=projection_lr, clip_range=clip_range))
+        if not clip_range < 0.5:  # γ ± ε_p z ≥ (1 - 2τ) t > 0: the inverse map exists
             raise ValueError(f"clip_range={clip_range}: must be in [0, 0.5)")
         super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution,
                          seed=seed, engine=engine)

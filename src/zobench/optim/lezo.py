@@ -33,7 +33,7 @@ import re
 import torch
 
 from ..engine import Engine, mix_seed
-from ._common import Closure, ZOOptimizer, accepts_replicas
+from ._common import Closure, ZOOptimizer, accepts_replicas, check_hyperparameters
 
 #: a transformer block's index in a parameter name: ``model.layers.3.mlp...``, ``encoder.layer.3...``
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -60,18 +60,14 @@ class LeZO(ZOOptimizer):
 
     forward_passes_per_step = 2
     takes_names = True  # the loop passes (name, p) pairs
+    hyperparameters = {"n_drop": "natural", "drop_rate": "unit"}
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, n_drop: int | None = None,
                  drop_rate: float | None = 0.5, weight_decay: float = 0.0, distribution: str = "gaussian",
                  seed: int = 0, engine: Engine | None = None) -> None:
-        if lr < 0:
-            raise ValueError(f"lr={lr}: must be >= 0")
-        if eps <= 0:
-            raise ValueError(f"eps={eps}: must be > 0")
-        if n_drop is not None and (int(n_drop) != n_drop or n_drop < 0):
-            raise ValueError(f"n_drop={n_drop}: must be an integer >= 0 (or null, to use drop_rate)")
-        if n_drop is None and (drop_rate is None or not 0.0 <= drop_rate <= 1.0):
-            raise ValueError(f"drop_rate={drop_rate}: must be in [0, 1] when n_drop is null")
+        # n_drop wins; drop_rate is read only when n_drop is null
+        check_hyperparameters(self.hyperparameters,
+                              {"n_drop": n_drop} if n_drop is not None else {"drop_rate": drop_rate})
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution),
                          engine=engine, seed=seed)
         self._block = {}  # pid -> block key (None: always perturbed)

@@ -80,21 +80,13 @@ class MeZOSVRG(ZOOptimizer):
 
     forward_passes_per_step = (2 + 4) / 2  # unbound, q=2: the instance updates it in bind_data
     state_buffers_per_param = 1
+    hyperparameters = {"anchor_lr": "nonnegative", "q": "count", "anchor_examples": "count"}
 
     def __init__(self, params, lr: float = 1e-6, anchor_lr: float | None = None, eps: float = 1e-3, q: int = 2,
                  anchor_examples: int = 512, weight_decay: float = 0.0, distribution: str = "gaussian",
                  seed: int = 0, engine: Engine | None = None) -> None:
         anchor_lr = lr if anchor_lr is None else anchor_lr
-        for key, value in (("lr", lr), ("anchor_lr", anchor_lr)):
-            if value < 0:
-                raise ValueError(f"{key}={value}: must be >= 0")
-        if eps <= 0:
-            raise ValueError(f"eps={eps}: must be > 0")
-        if int(q) != q or q < 1:
-            raise ValueError(f"q={q}: must be an integer >= 1")
-        if int(anchor_examples) != anchor_examples or anchor_examples < 1:
-            raise ValueError(f"anchor_examples={anchor_examples}: must be an integer >= 1")
-        defaults = dict(lr=lr, anchor_lr=anchor_lr, eps=eps, q=int(q), anchor_examples=int(anchor_examples),
+        defaults = dict(lr=lr, anchor_lr=anchor_lr, eps=eps, q=q, anchor_examples=anchor_examples,
                         weight_decay=weight_decay, distribution=distribution)
         super().__init__(params, defaults, engine=engine, seed=seed)
         self._sample, self._anchor_batches = None, 1
