@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -62,6 +63,23 @@ def test_every_swept_value_composes_and_validates(experiment):
             seen = OmegaConf.select(cfg, f"{key}.name") if key in ("task", "model", "optimizer", "tuning") else \
                 OmegaConf.select(cfg, key)
             assert str(seen) == value or seen == float(value), (key, value, seen)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_sweeps_into_multirun_experiment_named_by_overrides(experiment):
+    """The sweep layout is conf/config.yaml's alone (an experiment file that sets its own would
+    drift from the README), and it resolves without HydraConfig (the launcher makes the sweep dir
+    before any job: a `${hydra:...}` there crashed every documented paper-table command)."""
+    import zobench.sweeps  # noqa: F401  (registers the resolvers, as python -m zobench does)
+
+    assert "sweep" not in (yaml.safe_load((conf_dir() / "experiment" / f"{experiment}.yaml").read_text())
+                           .get("hydra") or {})
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.sweep.dir == f"multirun/{experiment}"
+    OmegaConf.update(cfg, "hydra.job.override_dirname", "lr_step=high,task=rte", force_add=True)
+    OmegaConf.update(cfg, "hydra.job.num", 0, force_add=True)  # what the launcher sets per job
+    assert cfg.hydra.sweep.subdir == "lr_step=high,task=rte"
 
 
 def test_mezo_table1_grid_is_the_papers():

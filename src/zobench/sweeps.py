@@ -76,12 +76,18 @@ def _metric(summary: dict, split: str) -> str:
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    """Folders under ``sweep_dir`` holding a run's config.yaml (report.runs.find_run_dirs' rule,
+    without importing the report's plotting stack at the end of every sweep)."""
+    skip = {".hydra", "checkpoint", "wandb", ".submitit", "best", "final"}
+    found = {p.parent for p in sweep_dir.rglob("config.yaml") if not skip & set(p.relative_to(sweep_dir).parts[:-1])}
+    return sorted(found)
+
+
 def summary_table(sweep_dir: Path) -> list[str]:
     """One line per run dir under ``sweep_dir``: status, best dev, test, training forward passes, dir."""
-    from .report.runs import find_run_dirs
-
     rows = [("status", "best dev", "test", "passes", "run dir")]
-    for run_dir in find_run_dirs([sweep_dir]) if sweep_dir.is_dir() else []:
+    for run_dir in _run_dirs(sweep_dir):
         path = run_dir / "summary.json"
         try:
             summary = json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
