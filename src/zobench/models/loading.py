@@ -108,15 +108,24 @@ def _hub_ids(cfg) -> list[tuple[str, str]]:
 
 def check_sources(cfg) -> None:
     """Before a run starts: every hub model and hub dataset it needs is reachable or cached;
-    otherwise one :class:`HubUnavailableError` naming it and the ways out (in seconds)."""
+    otherwise one :class:`HubUnavailableError` naming it and the ways out (in seconds). A config
+    that is wrong anyway is reported as such first (validation, a task without prompts for the
+    model's family), whatever the hub."""
+    from ..tasks import load_task
+    from ..validation import validate
+
+    validate(cfg)
+    spec = load_task(cfg.task.name)
+    if cfg.model.family not in spec.families:
+        raise ConfigError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} has prompts for "
+                          f"{', '.join(spec.families)} LMs only")
     for name, hub_id in _hub_ids(cfg.model):
         if not _hub_cached(hub_id) and not hub_available():
             raise HubUnavailableError(f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; "
                                       f"{_why_offline()}; {OFFLINE_HELP}")
     if cfg.data.dir is None:
-        from ..tasks import load_split, load_task
+        from ..tasks import load_split
 
-        spec = load_task(cfg.task.name)
         for split in spec.splits:  # loads (and keeps) the rows: a failure here comes before any log
             load_split(spec, split, None)
 
