@@ -6,6 +6,12 @@ no traceback unless ``debug=true``. A run stopped by SIGTERM/SIGUSR1/SIGUSR2/SIG
 128+signal after checkpointing (start it again in the same run dir to resume). Under Slurm
 through hydra-submitit-launcher (``hydra/launcher=<profile>``), the signal is then handed to
 submitit's handler, which requeues the job: it starts again in the same run dir and resumes.
+
+Unknown keys, also added with ``+``, are refused with the closest valid ones (difflib) before
+Hydra starts; a hub model or dataset that cannot be fetched is refused before the run writes
+anything (``models.loading.check_sources``). Every run ends with one closing line (run dir,
+status, best dev and test metric, forward passes, peak memory, wall time); sweep layout and the
+end-of-sweep table: ``zobench.sweeps``.
 """
 
 from __future__ import annotations
