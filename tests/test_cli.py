@@ -44,7 +44,8 @@ def test_run_folders_are_named_by_overrides_and_never_nest():
 def test_sweep_summary_names_the_experiments_report_command():
     assert report_command("sparse_mezo_smoke", "multirun/sparse_mezo_smoke") == \
         "python -m zobench.report multirun/sparse_mezo_smoke --table sparse_mezo --smoke"
-    assert report_command("sparse_mezo_smoke", "/tmp/s") == "python -m zobench.report /tmp/s --table sparse_mezo --smoke"
+    assert report_command("sparse_mezo_smoke", "/tmp/s") == \
+        "python -m zobench.report /tmp/s --table sparse_mezo --smoke"
     assert report_command(None, "multirun/x").startswith("python -m zobench.report multirun/x --table")
 
 
@@ -128,7 +129,8 @@ def test_a_plain_sweep_lands_in_override_folders_and_ends_with_its_table(tmp_pat
     sweep, = (tmp_path / "multirun").iterdir()  # multirun/<time>/
     common = "data.num_dev=8,data.num_eval=8,data.num_train=8,model=tiny-llama,"
     names = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
-    assert names == [f"{common}optimizer.lr={lr},train.batch_size=4,train.steps=2" for lr in ("1e-05", "3e-05")]  # Hydra writes floats so
+    # Hydra's sweep writes the floats as 1e-05
+    assert names == [f"{common}optimizer.lr={lr},train.batch_size=4,train.steps=2" for lr in ("1e-05", "3e-05")]
     closing = [line for line in result.stdout.splitlines() if line.startswith(f"zobench: {sweep}/")]
     assert len(closing) == 2 and all(": completed; best dev accuracy" in line and "test accuracy" in line
                                       and "4 forward passes" in line for line in closing), result.stdout

