@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -64,6 +65,23 @@ def test_every_swept_value_composes_and_validates(experiment):
             assert str(seen) == value or seen == float(value), (key, value, seen)
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_sweeps_into_multirun_experiment_named_by_overrides(experiment):
+    """The sweep layout is conf/config.yaml's alone (an experiment file that sets its own would
+    drift from the README), and it resolves without HydraConfig (the launcher makes the sweep dir
+    before any job: a `${hydra:...}` there crashed every documented paper-table command)."""
+    import zobench.sweeps  # noqa: F401  (registers the resolvers, as python -m zobench does)
+
+    assert "sweep" not in (yaml.safe_load((conf_dir() / "experiment" / f"{experiment}.yaml").read_text())
+                           .get("hydra") or {})
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.sweep.dir == f"multirun/{experiment}"
+    OmegaConf.update(cfg, "hydra.job.override_dirname", "lr_step=high,task=rte", force_add=True)
+    OmegaConf.update(cfg, "hydra.job.num", 0, force_add=True)  # what the launcher sets per job
+    assert cfg.hydra.sweep.subdir == "lr_step=high,task=rte"
+
+
 def test_mezo_table1_grid_is_the_papers():
     points = _grid("mezo_table1")
     assert len(points) == 11 * 3 * 2
@@ -90,7 +108,11 @@ def test_a_smoke_table_runs_end_to_end_and_reports(tmp_path, data_dir):
     subprocess.run([sys.executable, "-m", "zobench", "-m", "experiment=sparse_mezo_smoke", "task=rte,sst2",
                     "train.steps=4", "train.eval_every=2", f"data.dir={data_dir}", f"hydra.sweep.dir={sweep}"],
                    check=True, timeout=600, capture_output=True)
-    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/*/summary.json"))]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    # each run's folder is named by its overrides (the grid's and the command line's, not data.dir)
+    assert sorted(p.parent.name for p in sweep.glob("*/summary.json")) == sorted(
+        f"lr_step=high,optimizer={o},task={t},train.eval_every=2,train.steps=4"
+        for t in ("rte", "sst2") for o in ("mezo", "sparse_mezo"))
     assert sorted((s["task"], s["optimizer"], s["status"]) for s in summaries) == [
         ("rte", "mezo", "completed"), ("rte", "sparse_mezo", "completed"),
         ("sst2", "mezo", "completed"), ("sst2", "sparse_mezo", "completed")]

@@ -170,6 +170,9 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
+SMOKE_RUN = "data.num_dev=16,data.num_eval=32,data.num_train=32,model=tiny-llama,task=sst2,"
+
+
 def smoke_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "zobench", "-m", "hydra/launcher=local_slurm", f"hydra.sweep.dir={sweep_dir}",
             "model=tiny-llama", "task=sst2", "logger=none", "data.num_train=32", "data.num_dev=16",
@@ -210,7 +213,7 @@ def test_a_smoke_table_runs_through_the_cluster_and_reports(cluster, tmp_path, d
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
     for optimizer in ("mezo", "sparse_mezo"):
-        s = summary(sweep_dir / "rte" / f"{optimizer}_high")
+        s = summary(sweep_dir / f"lr_step=high,optimizer={optimizer},task=rte,train.eval_every=3,train.steps=6")
         assert s.get("status") == "completed" and s["steps"] == 6 and s["optimizer"] == optimizer, (optimizer, s)
     report = subprocess.run([sys.executable, "-m", "zobench.report", str(sweep_dir), "--table", "sparse_mezo",
                              "--smoke", "--out", str(tmp_path / "report")], capture_output=True, text=True,
@@ -223,7 +226,8 @@ def test_a_smoke_table_runs_through_the_cluster_and_reports(cluster, tmp_path, d
 
 
 def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir):
-    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    sweep_dir = tmp_path / "sweep"  # the run's folder: its overrides (not data.dir, train.checkpoint_every)
+    run_dir = sweep_dir / (SMOKE_RUN + "train.eval_every=100,train.steps=100")
     argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=5", "train.eval_every=100")
     proc = submit(cluster, argv, tmp_path)
     wait_for(lambda: (run_dir / "checkpoint" / "latest").is_file(), 180, "a first checkpoint", cluster)
@@ -247,7 +251,8 @@ def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir
 
 
 def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir):
-    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    sweep_dir = tmp_path / "sweep"
+    run_dir = sweep_dir / (SMOKE_RUN + "train.eval_every=100,train.steps=100")
     argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=1000", "train.eval_every=100",
                       "train.log_every=5")
     proc = submit(cluster, argv, tmp_path)

@@ -124,12 +124,21 @@ def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
         if kind == "history":
             history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
         elif kind == "summary":
-            summary_keys.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+            summary_keys.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                 for item in record.summary.update})
+            for item in record.summary.remove:
+                summary_keys.pop(item.key or "/".join(item.nested_key), None)
         elif kind == "run":
             config_keys |= {item.key for item in record.run.config.update}
             assert (record.run.project, record.run.run_group, list(record.run.tags)) == ("zb-test", "g1", ["a", "b"])
     assert {"train/loss", "train/forward_passes", "train/projected_grad", "dev/accuracy", "test/accuracy",
             "dev/forward_passes_eval"} <= history
-    assert summary_keys["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    # the summary names which dev value is which: the best (tested) one and the last one
+    assert summary_keys["test/accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert summary_keys["best_dev/accuracy"] == pytest.approx(summary["dev_accuracy"])
+    last_dev = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last_dev = [e["accuracy"] for e in last_dev if e.get("split") == "dev"][-1]
+    assert summary_keys["last_dev/accuracy"] == pytest.approx(last_dev)
+    assert "dev/accuracy" not in summary_keys and "dev_accuracy" not in summary_keys
     assert summary_keys["status"] == "completed" and summary_keys["forward_passes"] == 8
     assert {"model", "task", "optimizer", "train"} <= config_keys

@@ -6,6 +6,12 @@ no traceback unless ``debug=true``. A run stopped by SIGTERM/SIGUSR1/SIGUSR2/SIG
 128+signal after checkpointing (start it again in the same run dir to resume). Under Slurm
 through hydra-submitit-launcher (``hydra/launcher=<profile>``), the signal is then handed to
 submitit's handler, which requeues the job: it starts again in the same run dir and resumes.
+
+Unknown keys, also added with ``+``, are refused with the closest valid ones (difflib) before
+Hydra starts; a hub model or dataset that cannot be fetched is refused before the run writes
+anything (``models.loading.check_sources``). Every run ends with one closing line (run dir,
+status, best dev and test metric, forward passes, peak memory, wall time); sweep layout and the
+end-of-sweep table: ``zobench.sweeps``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ from omegaconf import DictConfig
 
 from .errors import ConfigError
 from .resources import conf_dir
+from .sweeps import register_resolvers
 
 GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger", "experiment")
 EXIT_BAD_INPUT = 2
+# keys the code reads when present but no shipped config sets: a `+key=value` may add these
+# (any other unknown key added with `+` would be ignored, so it is refused)
+ADDABLE = ("model.device_map", "model.init_seed", "task.masked_max_length", "tuning.target_modules",
+           "tuning.init_by_real_act")
+_HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
+                "-sc", "--version")
 
 
 def _fail(message: str) -> None:
@@ -30,17 +43,91 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def _split_override(arg: str) -> tuple[str, str, str]:
+    """``+train.x=1`` -> ``("+", "train.x", "1")``."""
+    key, value = arg.split("=", 1)
+    prefix = key[: len(key) - len(key.lstrip("+~"))]
+    return prefix, key[len(prefix):], value
+
+
+def _keys(tree, prefix: str = "", leaves: bool = False) -> list[str]:
+    """Every dotted key of a (plain) config tree, inner nodes included unless ``leaves``."""
+    out = []
+    for key, value in tree.items():
+        if not (leaves and isinstance(value, dict)):
+            out.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            out.extend(_keys(value, f"{prefix}{key}.", leaves))
+    return out
+
+
+def _addable(key: str, tree: dict) -> bool:
+    """A key that may be added with ``+``: one of ADDABLE, or a keyword argument the chosen
+    optimizer's constructor takes (``+optimizer.num_directions=4`` where the yaml omits it)."""
+    if key in ADDABLE:
+        return True
+    if key.startswith("optimizer.") and key.count(".") == 1:
+        import importlib
+        import inspect
+
+        module, _, name = str(tree.get("optimizer", {}).get("_target_", "")).rpartition(".")
+        try:
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except (ImportError, AttributeError, ValueError):
+            return False
+        return key.split(".", 1)[1] in params
+    return False
+
+
+def _check_keys(overrides: list[str], multirun: bool) -> None:
+    """Every overridden key must exist in the composed config (or be ADDABLE with ``+``): a typo
+    gets the closest valid keys (difflib), not Hydra's multi-line error or, with ``+``, silence."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    groups = []  # the group choices (the first value of a swept one) decide which keys exist
+    for arg in overrides:
+        prefix, key, value = _split_override(arg)
+        if (key in GROUPS or "/" in key) and "~" not in prefix:
+            groups.append(f"{prefix}{key}={value.split(',')[0] if multirun else value}")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            tree = OmegaConf.to_container(compose(config_name="config", overrides=groups), resolve=False)
+    except (HydraException, OmegaConfBaseException):
+        return  # a bad group choice is reported by the full check below, in Hydra's words
+    valid = _keys(tree)
+    for arg in overrides:
+        prefix, key, value = _split_override(arg)
+        if key in GROUPS or "/" in key or key.startswith("hydra.") or "~" in prefix or key in valid:
+            continue
+        if prefix.startswith("+") and _addable(key, tree):
+            continue
+        close = difflib.get_close_matches(key, _keys(tree, leaves=True), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `python -m zobench --cfg job` for the keys"
+        added = " (a key added with + would be ignored)" if prefix.startswith("+") else ""
+        _fail(f"{arg}: {key} is not a zobench config key{added}; {hint}")
+
+
 def _precheck(args: list[str]) -> None:
     """Group options and overrides checked before Hydra, whose own errors span many lines."""
-    if any(a.startswith("-") for a in args):  # --help, -m, --cfg ...: Hydra's business
-        return
-    overrides = [a for a in args if "=" in a]
+    if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args if a.startswith("-")):
+        return  # --help, --cfg ...: Hydra's business
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
     for arg in overrides:
-        key, value = arg.lstrip("+~").split("=", 1)
-        if key in GROUPS and value not in ("null", ""):
+        _, key, value = _split_override(arg)
+        if key in GROUPS and "(" not in value:  # choice(...)/glob(...) sweeps: Hydra's syntax
             allowed = sorted(p.stem for p in (conf_dir() / key).glob("*.yaml"))
-            if value not in allowed:
-                _fail(f"{key}={value}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
+            for option in value.split(",") if multirun else [value]:
+                if option not in ("null", "") and option not in allowed:
+                    _fail(f"{key}={option}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
+    _check_keys(overrides, multirun)
+    if multirun:
+        return  # sweep syntax (a=1,2) does not compose as one config; each job is checked by run()
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -53,19 +140,60 @@ def _precheck(args: list[str]) -> None:
         _fail(f"{first} (overrides: {' '.join(overrides)})")
 
 
+def _size(num_bytes) -> str:
+    if not isinstance(num_bytes, (int, float)):
+        return "?"
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.0f} MiB"
+
+
+def closing_line(summary: dict, run_dir: Path) -> str:
+    """The one line a run ends with: where it is, how it ended, what it scored and cost."""
+    metric = summary.get("metric")
+    scores = []
+    for split, label in (("dev", "best dev"), ("test", "test")):
+        value = summary.get(f"{split}_{metric}") if metric else None
+        if isinstance(value, (int, float)):
+            step = f" (step {summary['best_step']})" if split == "dev" and "best_step" in summary else ""
+            scores.append(f"{label} {metric} {value:.4f}{step}")
+    wall = summary.get("wall_s")
+    clock = f"{int(wall // 60)}m{wall % 60:04.1f}s" if isinstance(wall, (int, float)) else "?"
+    status = summary.get("status", "?") + (f" ({summary['signal']})" if summary.get("signal") else "")
+    return (f"zobench: {run_dir}: {status}; {', '.join(scores) or 'no dev/test metric'}; "
+            f"{summary.get('forward_passes', '?')} forward passes; "
+            f"peak memory {_size(summary.get('peak_memory_bytes'))}; "
+            f"wall {clock}")
+
+
 def _app(cfg: DictConfig) -> None:
+    from .models.loading import check_sources
     from .run import run
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        check_sources(cfg)  # a model or dataset that cannot be fetched: fail before any log or W&B run exists
+        summary = run(cfg, run_dir)
     except ConfigError as err:
         if cfg.get("debug", False) is True:
             raise
         _fail(str(err))
+    except BaseException:
+        _print_closing_from_disk(run_dir)
+        raise
+    print(closing_line(summary, run_dir), flush=True)
     if summary.get("status") == "interrupted":
         signum = int(signal.Signals[summary["signal"]])
         _hand_over(signum)
         sys.exit(128 + signum)
+
+
+def _print_closing_from_disk(run_dir: Path) -> None:
+    """A run that raised still wrote summary.json (status failed, with the error): say so."""
+    import json
+
+    try:
+        print(closing_line(json.loads((run_dir / "summary.json").read_text()), run_dir), flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _hand_over(signum: int) -> None:
@@ -79,6 +207,7 @@ def _hand_over(signum: int) -> None:
 
 
 def main() -> None:
+    register_resolvers()  # hydra.sweep.dir/subdir use them (imported above; idempotent)
     _precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 

@@ -203,10 +203,25 @@ class WandbLogger:
         # W&B drops rows whose step goes backwards; the test event carries the (earlier) best-dev
         # step it evaluated, so it is logged at the current step with that step as a value
         self._step = max(self._step, int(event["step"]))
+        if prefix == "dev":  # W&B's own summary of dev/* would be the last value: summary() names it
+            if not getattr(self, "_dev_defined", False):
+                self.run.define_metric("dev/*", summary="none")
+                self._dev_defined = True
+            self._last_dev = {f"last_dev/{k[4:]}": v for k, v in data.items()}
         self.run.log(data, step=self._step)
 
     def summary(self, summary: dict) -> None:
+        """summary.json into the W&B summary, with names that say which value is which:
+        ``best_dev/<metric>`` (the best dev evaluation, the state that was tested),
+        ``last_dev/<metric>`` (the last one; W&B would otherwise show it as ``dev/<metric>``,
+        its default summary of a logged key, beside the best) and ``test/<metric>``."""
+        for key, value in getattr(self, "_last_dev", {}).items():
+            self.run.summary[key] = value
         for key, value in summary.items():
+            if key.startswith("dev_"):
+                key = f"best_dev/{key[4:]}"
+            elif key.startswith("test_"):
+                key = f"test/{key[5:]}"
             self.run.summary[key] = value
 
     def finish(self) -> None:
@@ -214,23 +229,38 @@ class WandbLogger:
 
 
 class Progress:
-    """A tqdm bar over training steps showing loss, forward passes/s and the ETA."""
+    """A tqdm bar over training steps showing loss, forward passes/s and the ETA.
+
+    The bar is drawn only on a terminal (``disable=None``). When the output is a file or a pipe
+    (CI, Slurm, ``> log``) a bar's carriage returns would fill the log, so instead one plain line
+    ``step 20/200 (10%): loss 0.6931, 3.1 fwd/s, eta 0:09:40`` is logged every tenth of the run
+    (Hydra's logging: the console and ``<run dir>/__main__.log``)."""
+
+    LINES = 10  # plain progress lines per run when there is no terminal
 
     def __init__(self, total: int, initial: int = 0, forward_passes: int = 0, file=None,
                  disable: bool | None = None) -> None:
         from tqdm.auto import tqdm
 
-        # disable=None: a bar on a terminal, nothing in non-interactive logs (CI, Slurm)
-        self.bar = tqdm(total=total, initial=initial, unit="step", disable=disable, file=file or sys.stderr,
-                        dynamic_ncols=True, mininterval=0)
+        file = file or sys.stderr
+        self.plain = disable is None and not (hasattr(file, "isatty") and file.isatty())
+        self.bar = tqdm(total=total, initial=initial, unit="step", disable=True if self.plain else disable,
+                        file=file, dynamic_ncols=True, mininterval=0)
         self._t0 = time.perf_counter()
         self._passes0 = forward_passes
+        self._total, self._step0, self._step = total, initial, initial
+        self._every = max(1, total // self.LINES)
 
     def update(self, loss: float, forward_passes: int) -> None:
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        self.bar.set_postfix(loss=f"{loss:.4f}", fwd_per_s=f"{(forward_passes - self._passes0) / elapsed:.2f}",
-                             refresh=False)
+        rate = (forward_passes - self._passes0) / elapsed
+        self.bar.set_postfix(loss=f"{loss:.4f}", fwd_per_s=f"{rate:.2f}", refresh=False)
         self.bar.update(1)
+        self._step += 1
+        if self.plain and (self._step % self._every == 0 or self._step == self._total):
+            eta = (self._total - self._step) * elapsed / max(self._step - self._step0, 1)
+            log.info("step %d/%d (%d%%): loss %.4f, %.2f fwd/s, eta %s", self._step, self._total,
+                     100 * self._step // max(self._total, 1), loss, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
 
     def close(self) -> None:
         self.bar.close()

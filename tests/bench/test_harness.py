@@ -48,7 +48,8 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "bench.repeats=1",
                     "bench.numerics_steps=2", "bench.numerics_max_elements=5000", "bench.virtual_lr0_steps=3",
                     f"bench.out={tmp_path}",
-                    "bench.name=t", f"data.dir={data_dir}"], check=True, timeout=600, capture_output=True)
+                    "bench.name=t", f"data.dir={data_dir}"], check=True, timeout=600, capture_output=True,
+                   cwd=tmp_path)  # Hydra's outputs/bench/<time>/ goes there, not into the checkout
     result = json.loads((tmp_path / "t.json").read_text())
     for variant in ("zobench", "baseline"):
         r = result[variant]
@@ -69,7 +70,7 @@ def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     authors' MeZO and the Markdown says the ratios then compare methods."""
     subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=hizoo", "bench.repeats=1",
                     "bench.baseline=false", f"bench.out={tmp_path}", "bench.name=h", f"data.dir={data_dir}"],
-                   check=True, timeout=600, capture_output=True)
+                   check=True, timeout=600, capture_output=True, cwd=tmp_path)
     result = json.loads((tmp_path / "h.json").read_text())
     z = result["zobench"]
     assert (z["optimizer"], z["forward_passes_per_step"], z["state_buffers_per_param"]) == ("hizoo", 3, 1)
@@ -81,6 +82,6 @@ def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
 def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
     done = subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=adam",
                            f"bench.out={tmp_path}", "bench.name=a", f"data.dir={data_dir}"],
-                          timeout=600, capture_output=True, text=True)
+                          timeout=600, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode != 0 and "optimizer=adam: the benchmark times zeroth-order steps" in done.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written

