@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_backend import _INT32_ELEMENTS, _draw, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
+from .triton_backend import _INT32_ELEMENTS, _draw_rows, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
 
 BLOCK_N = 64
 BLOCK_K = 64
@@ -84,8 +84,8 @@ def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_
         w_mask = n_mask[:, None] & k_mask[None, :]
         row_start = rn[:, None] * K + k0  # element index of the tile row's first element
         w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_K)[None, :], mask=w_mask, other=0.0).to(tl.float32)
-        # K and k0 are multiples of 4: each tile row starts on a Philox counter
-        z = _draw(key, row_start // 4, BLOCK_K, GAUSSIAN)
+        # K and k0 are multiples of 4: each tile row starts on a Gaussian Philox counter
+        z = _draw_rows(key, row_start, BLOCK_K, GAUSSIAN)
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
         acc += _perturbed_product(x, w, z, w_mask, scale, dtype, MANUAL_BF16, DOT_F32, PRECISION)
         if PAIR:
@@ -113,7 +113,7 @@ def _perturbed_gather_kernel(ids_ptr, w_ptr, out_ptr, T, COLS, key, scale, BLOCK
     mask = t_mask[:, None] & (rc < COLS)[None, :]
     row_start = tl.load(ids_ptr + rt, mask=t_mask, other=0).to(tl.int64)[:, None] * COLS + c0
     w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_C)[None, :], mask=mask, other=0.0).to(tl.float32)
-    z = _draw(key, row_start // 4, BLOCK_C, GAUSSIAN)
+    z = _draw_rows(key, row_start, BLOCK_C, GAUSSIAN)
     _store_rounded(out_ptr + rt.to(tl.int64)[:, None] * COLS + rc[None, :], w + scale * z, mask, MANUAL_BF16)
 
 
