@@ -48,12 +48,8 @@ import triton
 import triton.language as tl
 
 from .directions import Direction, mix_seed, z_source
-from .torch_backend import STREAM_ELEMENTS, InPlaceEngine, VirtualEngine, perturbed_value, row_block
-
-BLOCK = 1024
-#: elements per block of a streamed weight (virtual mode): 32 MB in fp16, few launches per matrix
-STREAM_BLOCK_ELEMENTS = 1 << 24
-_INT32_ELEMENTS = 2**31  # beyond this the element index needs 64 bits (the counter's high word)
+from .launch import BLOCK, STREAM_BLOCK_ELEMENTS, stream_blocks, sweep_launch
+from .torch_backend import STREAM_ELEMENTS, InPlaceEngine, VirtualEngine, perturbed_value, row_block  # noqa: F401
 
 
 def interpreted() -> bool:
@@ -193,10 +189,11 @@ def _gaussian(distribution: str) -> bool:
 
 
 def _launch(kernel, numel: int, *args, distribution: str, first: int = 0, **constants) -> None:
-    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK)."""
+    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK); the grid and
+    the index width are ``launch.sweep_launch``'s (int64 once the padded last block passes 2³¹)."""
     gaussian = _gaussian(distribution)
-    grid = (triton.cdiv(numel - first, BLOCK),)
-    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=gaussian, WIDE=numel >= _INT32_ELEMENTS, **constants)
+    plan = sweep_launch(numel, first)
+    kernel[plan.grid](*args, BLOCK=BLOCK, GAUSSIAN=gaussian, WIDE=plan.wide, **constants)
 
 
 def _manual_bf16(out: torch.Tensor) -> bool:
@@ -447,9 +444,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             yield 0, p.shape[0], self._perturbed_value(p, pid, direction, scale)
             return
         self.check_device(p)
-        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
-        for first in range(0, p.shape[0], rows):
-            stop = min(first + rows, p.shape[0])
+        key = mix_seed(direction.seed, pid)
+        for first, stop in stream_blocks(*p.shape, STREAM_BLOCK_ELEMENTS):
             yield first, stop, perturbed_rows(p, key, direction.distribution, scale, first, stop)
 
     def _perturbed_pair(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
@@ -463,9 +459,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             yield (0, p.shape[0], *self._perturbed_pair(p, pid, direction, scale))
             return
         self.check_device(p)
-        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
-        for first in range(0, p.shape[0], rows):
-            stop = min(first + rows, p.shape[0])
+        key = mix_seed(direction.seed, pid)
+        for first, stop in stream_blocks(*p.shape, STREAM_BLOCK_ELEMENTS):
             yield (first, stop, *perturbed_pair(p, key, direction.distribution, scale, first, stop))
 
     def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:

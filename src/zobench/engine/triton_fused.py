@@ -34,12 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_backend import _INT32_ELEMENTS, _draw_rows, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
-
-BLOCK_N = 64
-BLOCK_K = 64
-GATHER_ROWS = 16
-GATHER_COLS = 128
+from .launch import BLOCK_K, BLOCK_N, GATHER_COLS, GATHER_ROWS, block_m as _block_m, gather_launch, linear_launch
+from .triton_backend import _draw_rows, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -126,13 +122,6 @@ def _check(weight: torch.Tensor, distribution: str) -> bool:
     return gaussian
 
 
-def _block_m(rows: int) -> int:
-    """Rows of x per program. Each program draws the z of its weight tiles itself, so z is drawn
-    cdiv(rows, BLOCK_M) times per element: tall tiles for many rows (a training batch's tokens),
-    small ones for few (the last positions' logits), at least 16 (tl.dot's minimum)."""
-    return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 64 else 128
-
-
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
                      distribution: str, scale: float, x_minus: torch.Tensor | None = None,
                      bias_minus: torch.Tensor | None = None, out: torch.Tensor | None = None,
@@ -159,14 +148,14 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"perturbed_linear: out must be contiguous {x.dtype} of shape {(*x.shape[:-1], n)}")
     m = flat[0].shape[0]
     if m:
-        block_m = _block_m(m)
-        grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
+        block_m, plan = _block_m(m), linear_launch(m, n, k)  # grid and index width: launch.py
+        grid = plan.grid
         biases = [bias, bias_minus if pair else None]
         _perturbed_linear_kernel[grid](
             flat[0], flat[-1], weight, biases[0] if bias is not None else weight,
             biases[1] if pair and bias is not None else weight, outs[0], outs[-1], m, n, k, key, float(scale),
             HAS_BIAS=bias is not None, PAIR=pair, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            GAUSSIAN=gaussian, WIDE=weight.numel() >= _INT32_ELEMENTS, MANUAL_BF16=_manual_bf16(weight),
+            GAUSSIAN=gaussian, WIDE=plan.wide, MANUAL_BF16=_manual_bf16(weight),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
             # fp32 products as torch computes them (no TF32); other dtypes: the default
@@ -188,8 +177,7 @@ def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribu
                          f"embedding of {rows} rows")
     out = torch.empty(flat.shape[0], cols, dtype=weight.dtype, device=weight.device)
     if flat.numel():
-        grid = (triton.cdiv(flat.numel(), GATHER_ROWS), triton.cdiv(cols, GATHER_COLS))
-        _perturbed_gather_kernel[grid](flat, weight, out, flat.numel(), cols, key, float(scale),
+        _perturbed_gather_kernel[gather_launch(flat.numel(), cols).grid](flat, weight, out, flat.numel(), cols, key, float(scale),
                                        BLOCK_T=GATHER_ROWS, BLOCK_C=GATHER_COLS,
                                        GAUSSIAN=gaussian, MANUAL_BF16=_manual_bf16(weight))
     return out.view(*ids.shape, cols)
