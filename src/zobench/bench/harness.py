@@ -76,9 +76,12 @@ def _measure(step: Callable[[], None], model, memory: PeakMemory, engine_seconds
             step()
             sync()
             step_s = time.perf_counter() - start
-            log.info("step %d/%d: %.3f s", i + 1, warmup + repeats, step_s)
+            engine_s = engine_seconds()
+            # per step as it goes, split like the table, so a slow or stalled run shows where
+            log.info("step %d/%d%s: %.3f s = forward %.3f + engine %.3f + other %.3f", i + 1, warmup + repeats,
+                     " (warm-up)" if i < warmup else "", step_s, timer.seconds, engine_s,
+                     step_s - timer.seconds - engine_s)
             if i >= warmup:
-                engine_s = engine_seconds()
                 rows.append({"step_s": step_s, "forward_s": timer.seconds, "engine_s": engine_s,
                              "other_s": step_s - timer.seconds - engine_s, "peak_memory_bytes": memory.peak()})
     finally:
