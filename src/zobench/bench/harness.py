@@ -13,6 +13,7 @@ forward of the same batch. Optionally the numerics: the weight drift after N lr=
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import statistics
@@ -56,6 +57,13 @@ class ForwardTimer:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _median(rows: list[dict]) -> dict:
@@ -172,7 +180,8 @@ def run_benchmark(cfg) -> dict:
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__},
+                     "transformers": __import__("transformers").__version__, "cuda": torch.version.cuda,
+                     "triton": _version("triton")},
         "memory_source": memory.source, "repeats": b.repeats, "warmup": b.warmup,
     }
 
