@@ -66,14 +66,16 @@ def test_watchdog_reports_phase_module_and_stacks_of_a_stall(clean_trace, tmp_pa
     assert "test_watchdog_reports_phase_module_and_stacks_of_a_stall" in text  # the main thread's stack
 
 
-def test_watchdog_stays_quiet_while_the_step_progresses(clean_trace, tmp_path):
+def test_watchdog_stays_quiet_while_the_step_progresses_then_reports_the_stall(clean_trace, tmp_path):
     out = (tmp_path / "watchdog.txt").open("w+")
-    dog = trace.Watchdog(0.3, stream=out)
-    trace._watchdog = dog  # progress kicks the installed watchdog
+    dog = trace.Watchdog(0.4, stream=out)
     try:
         for _ in range(12):
             with trace.phase("update"):
                 time.sleep(0.05)
+        quiet = dog.fired  # 0.6 s of steady progress, longer than the period
+        time.sleep(0.6)  # then a stall: reported
     finally:
-        trace.uninstall()
-    assert dog.fired == 0
+        dog.stop()
+    out.seek(0)
+    assert quiet == 0 and dog.fired >= 1 and "phase=after update" in out.read()

@@ -8,7 +8,8 @@ print nothing. Two opt-in aids, both off (and free) unless asked for:
 * ``ZOBENCH_WATCHDOG=<seconds>``: if no phase or module starts for that long, print the current
   phase and module, then every thread's Python stack (``faulthandler.dump_traceback``), and again
   each further period without progress. ``faulthandler.dump_traceback_later`` backs it up at
-  twice the period, from a C thread, for a main thread that holds the GIL while stuck.
+  twice the period, from a C thread, for a main thread that holds the GIL while stuck (the
+  standard library's watchdog; it cannot say the phase, only the stacks).
 
 ``build_engine`` installs both on the model it is given when the variables are set, so training
 runs (``python -m zobench``) and the benchmark get them alike; ``where()`` is what they report.
@@ -42,9 +43,7 @@ def current_phase() -> str:
 
 
 def _progress(**fields) -> None:
-    _state.update(fields, since=time.monotonic())
-    if _watchdog is not None:
-        _watchdog.kick()
+    _state.update(fields, since=time.monotonic())  # what the watchdog polls
 
 
 def tracing() -> bool:
@@ -102,36 +101,39 @@ def uninstall() -> None:
 
 
 class Watchdog:
-    """Report where the step is when nothing progresses for ``seconds`` (see the module docstring)."""
+    """Report where the step is when nothing progresses for ``seconds`` (see the module docstring).
+
+    A daemon thread polls the time of the last phase or module start (progress costs the step
+    nothing but that timestamp) and, each period without progress, prints ``where()`` and every
+    thread's stack. While it runs it also keeps re-arming ``faulthandler.dump_traceback_later`` at
+    twice the period: that C-level timer fires only if this thread stops running, i.e. when the
+    stalled main thread holds the GIL."""
 
     def __init__(self, seconds: float, stream=None) -> None:
         self.seconds, self.stream = float(seconds), stream or sys.stderr
+        self.poll = min(1.0, self.seconds / 4)
         self.fired = 0
         self._stop = threading.Event()
-        self._kicked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zobench-watchdog", daemon=True)
         self._thread.start()
-        self.kick()
-
-    def kick(self) -> None:
-        """Progress: restart the period (and the C-level backup timer)."""
-        self._kicked.set()
-        if self.stream is sys.stderr:
-            faulthandler.dump_traceback_later(2 * self.seconds, repeat=True, file=sys.stderr)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._kicked.clear()
-            if self._kicked.wait(self.seconds) or self._stop.is_set():
+        seen = last = _state["since"]
+        while not self._stop.wait(self.poll):
+            if self.stream is sys.stderr:
+                faulthandler.dump_traceback_later(2 * self.seconds, file=sys.stderr)
+            since, now = _state["since"], time.monotonic()
+            if since != seen:  # progress since the last look
+                seen = last = since
+            if now - last < self.seconds:
                 continue
+            last = now
             self.fired += 1
-            idle = time.monotonic() - _state["since"]
-            print(f"zobench: watchdog: no progress for {idle:.0f} s; {where()}", file=self.stream, flush=True)
+            print(f"zobench: watchdog: no progress for {now - since:.0f} s; {where()}", file=self.stream, flush=True)
             faulthandler.dump_traceback(file=self.stream, all_threads=True)
 
     def stop(self) -> None:
         self._stop.set()
-        self._kicked.set()
         self._thread.join()
         if self.stream is sys.stderr:
             faulthandler.cancel_dump_traceback_later()
