@@ -1,25 +1,24 @@
 """Pure-torch re-implementation of the z that the Triton backend generates inside its kernels.
 
-This is the *definition* of z for ``engine.backend=triton`` written with torch integer ops, so
-it runs anywhere (no Triton) and the kernels can be checked against it element by element.
+This is the *definition* of z for ``engine.backend=triton`` (and of the Rademacher z for every
+backend) written with torch / numpy integer ops, so it runs anywhere (no Triton) and the kernels
+can be checked against it element by element.
 
 Definition (the same functions, in the same float32 arithmetic, as ``triton.language.random``,
 Triton 3.x):
 
 * key ``k = mix_seed(step_seed, pid)`` (63 bits), split into the Philox key ``(k_lo, k_hi)``;
-* element ``e`` of the parameter (row-major index) takes word ``e mod 4`` of Philox counter
-  ``c = e div 4``, ``(c_lo, c_hi, 0, 0)``: ``(x0, x1, x2, x3) = Philox4x32-10(counter, key)``
-  (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; Triton's
-  ``randint4x``), so one Philox evaluation serves four elements;
+* ``(x0, x1, x2, x3) = Philox4x32-10((c_lo, c_hi, 0, 0), key)`` for a counter ``c`` (Salmon et
+  al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; Triton's ``randint4x``);
 * Rademacher (every backend, torch's too: ``rademacher_z``): one Philox evaluation gives 128 signs,
-  its 128 bits. Element ``e`` takes bit ``b = e mod 32`` of word ``w = (e mod 128) div 32`` of
-  counter ``e div 128``: ``z = -1`` if that bit is set, else ``+1``. So z costs one Philox call per
-  128 elements (a 1/128 of the Gaussian's per-element cost in random bits), and since a counter
-  generator is random access, any range of elements is drawn alone (chunk-invariant by
-  construction);
-* Gaussian (Triton backend only; torch's is ``torch.randn``): ``u_i = float32(x_i') · 4.6566127342e-10`` with ``x_i'`` the int32 view of ``x_i``
-  folded onto ``[0, 2³¹)`` by bitwise not (Triton's ``uint_to_uniform_float``), then Box-Muller
-  on the pairs (u0, u1) and (u2, u3): with ``r = sqrt(-2 log max(u, 1e-7))`` and ``t = 2π u'``,
+  its 128 bits. Element ``e`` (row-major index) takes bit ``b = e mod 32`` of word
+  ``w = (e mod 128) div 32`` of counter ``e div 128``: ``z = -1`` if that bit is set, else ``+1``.
+  So z costs one Philox call per 128 elements, and since a counter generator is random access,
+  any range of elements is drawn alone (chunk-invariant by construction);
+* Gaussian (Triton backend; torch's is ``torch.randn``): element ``e`` takes word ``e mod 4`` of
+  counter ``e div 4`` (one Philox evaluation serves four elements):
+  ``u_i = float32(x_i') · 4.6566127342e-10`` with ``x_i'`` the int32 view of ``x_i`` folded onto
+  ``[0, 2³¹)`` by bitwise not (Triton's ``uint_to_uniform_float``), then Box-Muller on the pairs (u0, u1) and (u2, u3): with ``r = sqrt(-2 log max(u, 1e-7))`` and ``t = 2π u'``,
   the four elements are ``r₀ cos t₀, r₀ sin t₀, r₁ cos t₁, r₁ sin t₁`` (Box & Muller 1958;
   Triton's ``randn4x``).
 
