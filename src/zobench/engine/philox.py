@@ -19,8 +19,9 @@ Triton 3.x):
   counter ``e div 4`` (one Philox evaluation serves four elements):
   ``u_i = float32(x_i') · 4.6566127342e-10`` with ``x_i'`` the int32 view of ``x_i`` folded onto
   ``[0, 2³¹)`` by bitwise not (Triton's ``uint_to_uniform_float``), then Box-Muller on the pairs
-  (u0, u1) and (u2, u3): with ``r = sqrt(-2 log max(u, 1e-7))`` and ``t = 2π u'``, the four elements are ``r₀ cos t₀, r₀ sin t₀, r₁ cos t₁, r₁ sin t₁`` (Box & Muller 1958;
-  Triton's ``randn4x``).
+  (u0, u1) and (u2, u3): with ``r = sqrt(-2 log max(u, 1e-7))`` and ``t = 2π u'``, the four
+  elements are ``r₀ cos t₀, r₀ sin t₀, r₁ cos t₁, r₁ sin t₁`` (Box & Muller 1958; Triton's
+  ``randn4x``).
 
 The 32-bit integer stream (and so the Rademacher z and the uniforms) is bit-exact on every device:
 the Rademacher z is one definition for the torch and Triton backends, on CPU and CUDA.
