@@ -14,7 +14,7 @@ Rademacher: the signs of the bits of Philox4x32-10 keyed by the same seed, 128 e
 Philox call (``philox.rademacher_z``), one definition for every backend and device: drawing one
 random integer per sign (``torch.randint``) was most of FZOO's step on CPU.
 
-Other backends define z differently (the Triton backend: Philox keyed by the same seed, see
+Other backends define the Gaussian z differently (the Triton backend: Philox keyed by the same seed, see
 ``philox.py``). While such an engine works it installs its generator with ``z_source``, so the
 ``Direction.sample`` of every subclass (HiZOO's z/√Σ, Sparse-MeZO's mask) transforms the z that
 backend's kernels generate, and one step never mixes two definitions of z.
@@ -130,10 +130,11 @@ class Direction:
         where that gives the same numbers, so that sweeping a parameter needs 4 MB of z instead of
         a parameter-sized z.
 
-        torch's CPU generator fills a long normal / randint draw in order, so consecutive draws of
+        torch's CPU generator fills a long normal draw in order, so consecutive draws of
         n₁, n₂, ... elements equal one draw of n₁ + n₂ + ... provided every piece but the last
         is a multiple of 16 and the last is not shorter than 16 (its Box-Muller tail is redrawn):
-        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). Each
+        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). The
+        Rademacher z is counter-based (random access): any split gives its numbers. Each
         piece goes through ``transform``. On CUDA (Philox offsets advance per launch), for a
         non-contiguous ``like`` and for directions that override ``sample``, z is drawn whole,
         in one chunk.
