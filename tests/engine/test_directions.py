@@ -41,6 +41,26 @@ def test_rademacher_is_plus_minus_one_balanced():
     assert abs(z.mean()) < 0.05
 
 
+def test_rademacher_z_is_the_sign_bits_of_philox_on_every_device_path():
+    """One definition: element e is bit e mod 32 of word (e mod 128) div 32 of Philox at counter
+    e div 128, whichever range is drawn, by numpy's unpacking (CPU) or by shifts (other devices)."""
+    from zobench.engine.philox import _signs_by_shifts, philox4x32, philox_z_at, rademacher_z
+
+    key = mix_seed(3, 2)
+    whole = Direction(3, "rademacher").sample(2, torch.empty(37, 29)).view(-1)
+    assert torch.equal(whole, philox_z_at(key, torch.arange(whole.numel()), "rademacher"))
+    assert torch.equal(rademacher_z(key, 333, 999), whole[333:999])  # random access: any range alone
+    words = torch.stack(philox4x32(torch.arange(9), key), dim=1).view(-1)
+    assert torch.equal(_signs_by_shifts(words), rademacher_z(key, 0, 9 * 128))
+    # known answer (Random123's test vector: Philox4x32-10 of counter 0 under key 0 is
+    # 0x6627e8d5, ...): the low byte 0xd5 = 0b11010101, bit 0 first, set bits give -1
+    assert rademacher_z(0, 0, 8).tolist() == [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, -1.0]
+    # words 1-3 of that counter: elements 32-127 (0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)
+    expected = [-1.0 if (word >> bit) & 1 else 1.0 for word in (0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+                for bit in range(32)]
+    assert rademacher_z(0, 32, 128).tolist() == expected
+
+
 def test_unknown_distribution_is_refused():
     with pytest.raises(ValueError, match="distribution='uniform'"):
         Direction(0, "uniform")

@@ -65,9 +65,28 @@ def test_z_has_the_moments_of_its_distribution():
 def test_z_source_makes_direction_sample_draw_the_kernel_z():
     like = torch.empty(40, 30)
     with z_source(tb.generate_z):
-        drawn = Direction(5, "rademacher").sample(3, like)
-    assert torch.equal(drawn, _reference(mix_seed(5, 3), like, "rademacher"))
-    assert not torch.equal(Direction(5, "rademacher").sample(3, like), drawn)  # outside: torch's z
+        drawn = Direction(5, "gaussian").sample(3, like)
+    assert torch.equal(drawn, _reference(mix_seed(5, 3), like, "gaussian"))
+    assert not torch.equal(Direction(5, "gaussian").sample(3, like), drawn)  # outside: torch's z
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (3, 1111), (2048 + 2, 8)])
+def test_rademacher_z_is_one_definition_on_every_backend(shape):
+    """The kernels' Rademacher z (one Philox call per 128 signs) is the torch backend's z too."""
+    like = torch.empty(shape)
+    kernel = tb.generate_z(mix_seed(5, 3), like, "rademacher")
+    assert torch.equal(Direction(5, "rademacher").sample(3, like), kernel)
+
+
+def test_row_signs_at_any_start_are_the_reference():
+    """The fused kernels draw a tile row's signs from an unaligned start (two Philox counters):
+    a gather of rows whose starts fall anywhere in a 128-element counter is bit-exact."""
+    cols = 132  # row i starts at element 132·i ≡ 4i (mod 128): every multiple of 4 mod 128
+    weight = torch.zeros(40, cols)
+    ids = torch.arange(40).flip(0)
+    from zobench.engine import triton_fused
+    out = triton_fused.perturbed_gather(ids, weight, 9, "rademacher", 1.0)
+    assert torch.equal(out, _reference(9, weight, "rademacher")[ids])
 
 
 # --- the sweeps ----------------------------------------------------------------------------------

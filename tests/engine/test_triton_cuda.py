@@ -195,3 +195,17 @@ def test_fused_engine_on_the_gpu_gives_the_unfused_losses():
         engine.remove()
         losses.append(logits.logsumexp(-1).reshape(2, -1).mean(-1))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
+
+
+def test_rademacher_z_is_one_definition_on_the_gpu_too():
+    """The torch backend's Rademacher z on CUDA (bit shifts), the compiled kernels' (``_signs``,
+    two counters per unaligned row in the fused gather) and the CPU reference: the same bits."""
+    from zobench.engine import triton_fused
+
+    key, like = mix_seed(5, 3), torch.empty(37, 132, device=CUDA)
+    reference = philox_z(key, like.numel(), "rademacher").view(like.shape)
+    assert torch.equal(Direction(5, "rademacher").sample(3, like).cpu(), reference)
+    assert torch.equal(tb.generate_z(key, like, "rademacher").cpu(), reference)
+    rows = triton_fused.perturbed_gather(torch.arange(37, device=CUDA), torch.zeros_like(like), key,
+                                         "rademacher", 1.0)
+    assert torch.equal(rows.cpu(), reference)

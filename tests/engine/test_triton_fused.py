@@ -209,3 +209,38 @@ def test_fused_linear_needs_the_triton_virtual_engine():
     with pytest.raises(ConfigError, match="engine.mode=inplace"):
         build_engine("triton", "inplace", model, fused_linear=True)
     assert build_engine("triton", "virtual", model, fused_linear=True).fused_linear
+
+
+# --- the OPT-1.3B shapes (issue 21: the Triton virtual engine was reported to stall there) -------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, distribution", [(torch.float16, "gaussian"), (torch.bfloat16, "rademacher")], ids=str)
+def test_every_kernel_runs_the_opt_1_3b_shapes_to_the_reference_bits(dtype, distribution):
+    """Where OPT-1.3B differs from OPT-30B: rows of 2048 and 8192 elements (hidden, ffn), its 2050
+    learned positions, OPT's 50272-row vocabulary. Each kernel terminates on them with the
+    reference's bits at the real element indices: the streamed ± pair on the positions' last rows,
+    the gather of the vocabulary's last rows, the fused GEMM's 128-tile loop over 8192-element rows
+    (a few rows of W: the interpreter is slow). ``tests/engine/test_launch.py`` checks the grids and
+    index widths of every shape of every config without running them."""
+    from zobench.engine.philox import philox_z, philox_z_at
+
+    key, scale = mix_seed(4, 1), 1e-3
+    positions = _tensor((2050, 2048), dtype, 0, 0.02)
+    plus, minus = tb.perturbed_pair(positions, key, distribution, scale, 2046, 2050)
+    z = philox_z_at(key, torch.arange(2046 * 2048, 2050 * 2048), distribution).view(4, 2048)
+    assert torch.equal(_bits(plus), _bits((positions[2046:].float() + scale * z).to(dtype)))
+    assert torch.equal(_bits(minus), _bits((positions[2046:].float() + -scale * z).to(dtype)))
+
+    vocabulary = torch.zeros(50272, 2048, dtype=dtype)
+    ids = torch.tensor([50271, 0, 50270, 25136])
+    rows = tf.perturbed_gather(ids, vocabulary, key, distribution, 1.0)
+    z = philox_z_at(key, (ids[:, None] * 2048 + torch.arange(2048)).view(-1), distribution).view(4, 2048)
+    assert torch.equal(_bits(rows), _bits(z.to(dtype)))
+
+    fc2 = _tensor((20, 8192), dtype, 1, 0.02)  # 20 of fc2's 2048 rows: one masked column tile
+    x = _tensor((3, 8192), dtype, 2)
+    y = tf.perturbed_linear(x, fc2, None, key, distribution, scale)
+    perturbed = (fc2.float() + scale * philox_z(key, fc2.numel(), distribution).view(fc2.shape)).to(dtype)
+    exact = x.double() @ perturbed.double().T
+    slack = 4 * 8192 * torch.finfo(torch.float32).eps * (x.double().abs() @ perturbed.double().abs().T)
+    assert bool(((y.double() - exact).abs() <= _ulp(exact, dtype) + slack).all())

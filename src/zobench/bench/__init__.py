@@ -1,5 +1,15 @@
-"""``python -m zobench.bench``: time and memory of a MeZO step, zobench vs the authors' code."""
+"""``python -m zobench.bench``: time and memory of a MeZO step, zobench vs the authors' code.
 
-from .harness import markdown, run_benchmark
+``markdown`` and ``run_benchmark`` are imported on first use, so that the light modules of this
+package (``report``: the GPU check's environment and tables) load without torch.
+"""
 
 __all__ = ["markdown", "run_benchmark"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import harness
+
+        return getattr(harness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

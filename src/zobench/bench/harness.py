@@ -13,6 +13,7 @@ forward of the same batch. Optionally the numerics: the weight drift after N lr=
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import statistics
@@ -58,6 +59,13 @@ class ForwardTimer:
             handle.remove()
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _median(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
@@ -76,9 +84,12 @@ def _measure(step: Callable[[], None], model, memory: PeakMemory, engine_seconds
             step()
             sync()
             step_s = time.perf_counter() - start
-            log.info("step %d/%d: %.3f s", i + 1, warmup + repeats, step_s)
+            engine_s = engine_seconds()
+            # per step as it goes, split like the table, so a slow or stalled run shows where
+            log.info("step %d/%d%s: %.3f s = forward %.3f + engine %.3f + other %.3f", i + 1, warmup + repeats,
+                     " (warm-up)" if i < warmup else "", step_s, timer.seconds, engine_s,
+                     step_s - timer.seconds - engine_s)
             if i >= warmup:
-                engine_s = engine_seconds()
                 rows.append({"step_s": step_s, "forward_s": timer.seconds, "engine_s": engine_s,
                              "other_s": step_s - timer.seconds - engine_s, "peak_memory_bytes": memory.peak()})
     finally:
@@ -171,7 +182,8 @@ def run_benchmark(cfg) -> dict:
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__},
+                     "transformers": __import__("transformers").__version__, "cuda": torch.version.cuda,
+                     "triton": _version("triton")},
         "memory_source": memory.source, "repeats": b.repeats, "warmup": b.warmup,
     }
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, MissingPackageError
 
+from . import trace
 from .base import Engine, ZOParams
 from .directions import DISTRIBUTIONS, Direction, Piece, mix_seed
 from .torch_backend import InPlaceEngine, VirtualEngine
@@ -57,6 +58,7 @@ def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired
     if mode == "virtual" and model is None:
         raise ValueError("engine.mode=virtual needs the model whose modules it hooks")
     resolved = resolve_backend(backend, model)
+    trace.install(model)  # ZOBENCH_TRACE / ZOBENCH_WATCHDOG: name the phase and module of a stall
     if fused_linear and (resolved != "triton" or mode != "virtual"):
         raise ConfigError(f"engine.fused_linear=true needs the Triton backend in virtual mode; got "
                           f"engine.backend={backend} (resolved: {resolved}), engine.mode={mode}")

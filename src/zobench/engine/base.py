@@ -25,6 +25,7 @@ by the optimizer at construction (its index in the flat parameter list).
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -32,9 +33,34 @@ from typing import Sequence
 
 import torch
 
+from . import trace
 from .directions import Direction, Piece, add_z_
 
 ZOParams = Sequence[tuple[int, torch.Tensor]]
+
+#: the engine calls that are a step's phases (``trace.phase``: what a stall report names)
+PHASES = ("perturb", "restore", "update", "restore_and_update", "foreach", "mirrored", "replicas", "dual")
+
+
+def _traced(name: str, method):
+    """``method`` inside ``trace.phase(name)``; a subclass calling the base's method (same name)
+    stays in the one phase."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if trace.current_phase() == name:
+            return method(self, *args, **kwargs)
+        with trace.phase(name):
+            return method(self, *args, **kwargs)
+    wrapper._zobench_traced = True
+    return wrapper
+
+
+def _trace_phases(cls) -> None:
+    for name in PHASES:
+        method = cls.__dict__.get(name)
+        if method is not None and not getattr(method, "__isabstractmethod__", False) \
+                and not getattr(method, "_zobench_traced", False):
+            setattr(cls, name, _traced(name, method))
 
 
 class Engine(ABC):
@@ -51,6 +77,10 @@ class Engine(ABC):
     #: how many replicas the next forward evaluates (N inside ``replicas``, else 1): the loop's
     #: forward counter multiplies by it, since one batched call is N forward passes of the batch
     replica_count: int = 1
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace_phases(cls)  # every backend's perturb / restore / update ... names its phase
 
     def enable_timing(self, sync=None) -> None:
         """Accumulate engine seconds in ``self.seconds``; ``sync`` (e.g. torch.cuda.synchronize)
@@ -137,3 +167,6 @@ class Engine(ABC):
                     p.mul_(1.0 - decay)
                 if coeff != 0.0:
                     add_z_(p, pid, direction, coeff)  # z drawn in chunks where it can be
+
+
+_trace_phases(Engine)

@@ -6,13 +6,15 @@ needs (perturb, perturb the other way, update). That is MeZO's "in-place seed tr
 parameters are visited: every parameter gets its own generator seeded with
 ``mix_seed(step_seed, parameter_id)``.
 
-Definition of z for the torch backend: ``torch.randn`` (Gaussian) or ``torch.randint(0, 2)*2-1``
-(Rademacher) drawn in float32 from a ``torch.Generator`` on the parameter's device, seeded as
-above, then cast to the parameter's dtype when applied. CPU and CUDA generators are different
-algorithms (mt19937 vs Philox), so z is defined per device type; on one device type it is exact
-and repeatable.
+Definition of z for the torch backend: Gaussian, ``torch.randn`` drawn in float32 from a
+``torch.Generator`` on the parameter's device, seeded as above, then cast to the parameter's
+dtype when applied. CPU and CUDA generators are different algorithms (mt19937 vs Philox), so the
+Gaussian z is defined per device type; on one device type it is exact and repeatable.
+Rademacher: the signs of the bits of Philox4x32-10 keyed by the same seed, 128 elements per
+Philox call (``philox.rademacher_z``), one definition for every backend and device: drawing one
+random integer per sign (``torch.randint``) was most of FZOO's step on CPU.
 
-Other backends define z differently (the Triton backend: Philox keyed by the same seed, see
+Other backends define the Gaussian z differently (the Triton backend: Philox keyed by the same seed, see
 ``philox.py``). While such an engine works it installs its generator with ``z_source``, so the
 ``Direction.sample`` of every subclass (HiZOO's z/√Σ, Sparse-MeZO's mask) transforms the z that
 backend's kernels generate, and one step never mixes two definitions of z.
@@ -20,12 +22,15 @@ backend's kernels generate, and one step never mixes two definitions of z.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .philox import rademacher_z
 
 _MASK64 = (1 << 64) - 1
 DISTRIBUTIONS = ("gaussian", "rademacher")
@@ -88,9 +93,7 @@ class Direction:
         if generate is not None:
             z = generate(mix_seed(self.seed, pid), like, self.distribution)
         else:
-            gen = torch.Generator(device=like.device)
-            gen.manual_seed(mix_seed(self.seed, pid))
-            z = self._draw(gen, like.shape, like.device)
+            z = self._draw(self._generator(pid, like.device), like.shape, like.device)
         if type(self).transform is Direction.transform:
             return z
         return self.transform(pid, like, 0, like.numel(), z.view(-1)).view(like.shape)
@@ -100,11 +103,20 @@ class Direction:
         z there (float32, flat; may be modified in place). Identity: the perturbation is z."""
         return z
 
-    def _draw(self, gen: torch.Generator, shape, device) -> torch.Tensor:
+    def _generator(self, pid: int, device):
+        """The stream z is drawn from, in order: torch's generator (Gaussian) or a cursor on the
+        Philox sign bits (Rademacher), seeded / keyed with mix_seed(seed, pid)."""
+        if self.distribution == "rademacher":
+            return _SignCursor(mix_seed(self.seed, pid))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(mix_seed(self.seed, pid))
+        return gen
+
+    def _draw(self, gen, shape, device) -> torch.Tensor:
+        """The next ``prod(shape)`` elements of z from ``gen`` (``_generator``), float32."""
         if self.distribution == "gaussian":
             return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-        signs = torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.int8)
-        return signs.to(torch.float32).mul_(2).sub_(1)
+        return gen.take(math.prod(shape), device).view(shape)
 
     def chunkable(self, like: torch.Tensor) -> bool:
         """Whether ``chunks`` can draw this direction's z for ``like`` piece by piece (torch's
@@ -118,10 +130,11 @@ class Direction:
         where that gives the same numbers, so that sweeping a parameter needs 4 MB of z instead of
         a parameter-sized z.
 
-        torch's CPU generator fills a long normal / randint draw in order, so consecutive draws of
+        torch's CPU generator fills a long normal draw in order, so consecutive draws of
         n₁, n₂, ... elements equal one draw of n₁ + n₂ + ... provided every piece but the last
         is a multiple of 16 and the last is not shorter than 16 (its Box-Muller tail is redrawn):
-        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). Each
+        the last chunk absorbs a short tail (tests/engine/test_directions.py checks it). The
+        Rademacher z is counter-based (random access): any split gives its numbers. Each
         piece goes through ``transform``. On CUDA (Philox offsets advance per launch), for a
         non-contiguous ``like`` and for directions that override ``sample``, z is drawn whole,
         in one chunk.
@@ -132,13 +145,25 @@ class Direction:
         if not self.chunkable(like) or n < 2 * size:
             yield 0, n, self.sample(pid, like).reshape(-1)
             return
-        gen = torch.Generator(device=like.device)
-        gen.manual_seed(mix_seed(self.seed, pid))
+        gen = self._generator(pid, like.device)
         start = 0
         while start < n:
             stop = n if n - start < size + 16 else start + size
             yield start, stop, self.transform(pid, like, start, stop, self._draw(gen, (stop - start,), like.device))
             start = stop
+
+
+class _SignCursor:
+    """Rademacher z drawn in order like a generator: ``take(n)`` gives the next n elements'
+    signs (``philox.rademacher_z``, random access, so any split of the elements gives the same
+    signs)."""
+
+    def __init__(self, key: int) -> None:
+        self.key, self.position = key, 0
+
+    def take(self, n: int, device) -> torch.Tensor:
+        start, self.position = self.position, self.position + n
+        return rademacher_z(self.key, start, self.position, device)
 
 
 Z_CHUNK = 1 << 20  # elements of z drawn at a time on CPU (a multiple of 16: see Direction.chunks)

@@ -57,7 +57,6 @@ The virtual engine's hooks also serve two other ways of evaluating the model:
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -69,7 +68,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from .base import Engine, ZOParams
-from . import directions as _directions
+from . import directions as _directions, launch
 from .directions import Direction, add_z_, z_pieces
 
 #: virtual mode streams 2-D weights of at least this many elements (see the module docstring):
@@ -96,9 +95,7 @@ def row_block(cols: int, multiple: int = 16, target: int | None = None) -> int:
     """Rows per streamed block: about ``target`` elements (default Z_CHUNK), rows·cols a multiple
     of ``multiple`` (16 for torch's CPU generator, see ``Direction.chunks``; the kernels' block
     for Triton)."""
-    step = multiple // math.gcd(cols, multiple)
-    target = _directions.Z_CHUNK if target is None else target
-    return max(step, target // cols // step * step)
+    return launch.row_block(cols, multiple, _directions.Z_CHUNK if target is None else target)
 
 
 class _StreamedWeights(TorchFunctionMode):

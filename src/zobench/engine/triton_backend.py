@@ -11,14 +11,18 @@ estimate: the forward pre-hook of each module runs a kernel that writes θ + sca
 tensor swapped in for that module's forward, so z is generated per layer, on the fly, and the
 only memory beyond inference is one module's perturbed weights.
 
-Definition of z per backend (they differ; a run is reproducible on one backend):
+Definition of z per backend (the Gaussian z differs; a run is reproducible on one backend):
 
-* torch backend: ``torch.randn`` / ``torch.randint`` from a ``torch.Generator`` seeded with
+* torch backend: Gaussian ``torch.randn`` from a ``torch.Generator`` seeded with
   ``mix_seed(step_seed, pid)`` (``directions.py``); mt19937 on CPU, Philox on CUDA.
 * triton backend: Philox4x32-10 keyed by ``mix_seed(step_seed, pid)``; element e takes word
   e mod 4 of counter e div 4, through Triton's uniform and Box-Muller transforms on word pairs
-  (``tl.randn4x``: 4 normals per Philox evaluation) or the word's sign (Rademacher). ``philox.philox_z`` is the same definition in pure torch; the kernels match it bit
-  for bit under ``TRITON_INTERPRET=1`` (tested), and to a few ulps of float32 log/cos/sin on CUDA.
+  (``tl.randn4x``: 4 normals per Philox evaluation). ``philox.philox_z`` is the same definition
+  in pure torch; the kernels match it bit for bit under ``TRITON_INTERPRET=1`` (tested), and to
+  a few ulps of float32 log/cos/sin on CUDA.
+* Rademacher, both backends: the sign bits of Philox4x32-10 under the same key, 128 elements per
+  Philox call (element e: bit e mod 32 of word (e mod 128) div 32 of counter e div 128;
+  ``philox.rademacher_z``), bit-exact everywhere.
 
 Arithmetic: every kernel computes in float32 (θ upcast, z float32) and rounds once to θ's dtype;
 the torch backend casts z to θ's dtype first and rounds after each sweep. So the fused
@@ -44,12 +48,8 @@ import triton
 import triton.language as tl
 
 from .directions import Direction, mix_seed, z_source
-from .torch_backend import STREAM_ELEMENTS, InPlaceEngine, VirtualEngine, perturbed_value, row_block
-
-BLOCK = 1024
-#: elements per block of a streamed weight (virtual mode): 32 MB in fp16, few launches per matrix
-STREAM_BLOCK_ELEMENTS = 1 << 24
-_INT32_ELEMENTS = 2**31  # beyond this the element index needs 64 bits (the counter's high word)
+from .launch import BLOCK, STREAM_BLOCK_ELEMENTS, stream_blocks, sweep_launch
+from .torch_backend import STREAM_ELEMENTS, InPlaceEngine, VirtualEngine, perturbed_value, row_block  # noqa: F401
 
 
 def interpreted() -> bool:
@@ -62,32 +62,60 @@ def interpreted() -> bool:
 @triton.jit
 def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr, first_block=0):
     """Element indices of this program's block (int64 when the tensor needs it), their mask, and
-    the block's first Philox counter (element index / 4); the grid starts at ``first_block``."""
+    the block's first element index; the grid starts at ``first_block``."""
     start = tl.program_id(0) + first_block
     if WIDE:
         start = start.to(tl.int64)
     offsets = start * BLOCK + tl.arange(0, BLOCK)
-    return offsets, offsets < numel, start * (BLOCK // 4)
+    return offsets, offsets < numel, start * BLOCK
 
 
 @triton.jit
-def _sign(bits):
-    return tl.where(bits.to(tl.int32, bitcast=True) < 0, -1.0, 1.0)
-
-
-@triton.jit
-def _draw(key, first_counter, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr):
-    """z of the block's BLOCK elements: Philox4x32-10 at counters first_counter + 0..BLOCK/4-1,
-    each counter's 4 words serving 4 consecutive elements (Box-Muller on word pairs, or signs);
-    philox.py is the same definition in torch."""
-    counters = first_counter + tl.arange(0, BLOCK // 4)
-    if GAUSSIAN:
-        a, b, c, d = tl.randn4x(key, counters)
+def _signs(key, first, WIDTH: tl.constexpr, ALIGNED: tl.constexpr):
+    """Rademacher z of rows of WIDTH (≤ 128) consecutive elements starting at the element indices
+    ``first`` ([R, 1]): element e is the sign of bit e mod 32 of word (e mod 128) div 32 of
+    Philox at counter e div 128 (philox.rademacher_z). A row spans at most two counters, both
+    drawn; ALIGNED: every row lies within one counter (first mod 128 + WIDTH ≤ 128)."""
+    local = first % 128 + tl.arange(0, WIDTH)[None, :]  # [R, WIDTH], in [0, 256)
+    counter = first // 128
+    a0, a1, a2, a3 = tl.randint4x(key, counter)
+    if ALIGNED:
+        w0, w1, w2, w3 = a0, a1, a2, a3
     else:
-        w0, w1, w2, w3 = tl.randint4x(key, counters)
-        a, b, c, d = _sign(w0), _sign(w1), _sign(w2), _sign(w3)
-    # [a0, b0, c0, d0, a1, b1, ...]: element 4k + j is word j of counter k
-    return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
+        b0, b1, b2, b3 = tl.randint4x(key, counter + 1)
+        second = local >= 128
+        w0, w1 = tl.where(second, b0, a0), tl.where(second, b1, a1)
+        w2, w3 = tl.where(second, b2, a2), tl.where(second, b3, a3)
+        local = local % 128
+    lane = local // 32
+    word = tl.where(lane < 2, tl.where(lane == 0, w0, w1), tl.where(lane == 2, w2, w3))
+    bit = (word >> (local % 32).to(tl.uint32)) & 1
+    return tl.where(bit != 0, -1.0, 1.0)
+
+
+@triton.jit
+def _draw(key, first, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr):
+    """z of the BLOCK elements from element ``first`` on (a multiple of 4; of 128 for
+    Rademacher, BLOCK too). Gaussian: Philox4x32-10 at counters first/4 + 0..BLOCK/4-1, each
+    counter's 4 words serving 4 consecutive elements (Box-Muller on word pairs). Rademacher: one
+    Philox call per 128 elements, its bits (``_signs``). philox.py is the same definition in
+    torch."""
+    if GAUSSIAN:
+        a, b, c, d = tl.randn4x(key, first // 4 + tl.arange(0, BLOCK // 4))
+        # [a0, b0, c0, d0, a1, b1, ...]: element 4k + j is word j of counter k
+        return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
+    rows = first + tl.arange(0, BLOCK // 128)[:, None] * 128
+    return tl.reshape(_signs(key, rows, 128, True), (BLOCK,))
+
+
+@triton.jit
+def _draw_rows(key, first, WIDTH: tl.constexpr, GAUSSIAN: tl.constexpr):
+    """z of rows of WIDTH consecutive elements from the element indices ``first`` ([R, 1],
+    multiples of 4; WIDTH ≤ 128 for Rademacher): [R, WIDTH], the elements' z of ``_draw``."""
+    if GAUSSIAN:
+        a, b, c, d = tl.randn4x(key, first // 4 + tl.arange(0, WIDTH // 4)[None, :])
+        return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
+    return _signs(key, first, WIDTH, False)
 
 
 @triton.jit
@@ -115,8 +143,8 @@ def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
 def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
                   WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """θ ← keep·(θ + undo·z) + coeff·z in float32, one rounding to θ's dtype."""
-    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
-    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
+    offsets, mask, first = _block(numel, BLOCK, WIDE)
+    z = _draw(key, first, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
     _store_rounded(theta_ptr + offsets, keep * (theta + undo * z) + coeff * z, mask, MANUAL_BF16)
 
@@ -126,8 +154,8 @@ def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, first_block, B
                            GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """out ← θ + scale·z over θ's elements [first_block·BLOCK, numel) (virtual mode's swap, whole
     or one streamed block of rows: θ is only read)."""
-    offsets, mask, first_counter = _block(numel, BLOCK, WIDE, first_block)
-    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
+    offsets, mask, first = _block(numel, BLOCK, WIDE, first_block)
+    z = _draw(key, first, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
     _store_rounded(out_ptr + (offsets - first_block * BLOCK), theta + scale * z, mask, MANUAL_BF16)
 
@@ -137,8 +165,8 @@ def _perturbed_pair_kernel(theta_ptr, plus_ptr, minus_ptr, numel, key, scale, fi
                            GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
     """plus ← θ + scale·z, minus ← θ - scale·z from one draw of z (mirrored evaluation), over θ's
     elements [first_block·BLOCK, numel)."""
-    offsets, mask, first_counter = _block(numel, BLOCK, WIDE, first_block)
-    z = _draw(key, first_counter, BLOCK, GAUSSIAN)
+    offsets, mask, first = _block(numel, BLOCK, WIDE, first_block)
+    z = _draw(key, first, BLOCK, GAUSSIAN)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
     _store_rounded(plus_ptr + (offsets - first_block * BLOCK), theta + scale * z, mask, MANUAL_BF16)
     _store_rounded(minus_ptr + (offsets - first_block * BLOCK), theta + (-scale) * z, mask, MANUAL_BF16)
@@ -147,8 +175,8 @@ def _perturbed_pair_kernel(theta_ptr, plus_ptr, minus_ptr, numel, key, scale, fi
 @triton.jit
 def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, WIDE: tl.constexpr):
     """out ← z (float32): for stateful updates (``foreach``), transforming directions, and tests."""
-    offsets, mask, first_counter = _block(numel, BLOCK, WIDE)
-    tl.store(out_ptr + offsets, _draw(key, first_counter, BLOCK, GAUSSIAN), mask=mask)
+    offsets, mask, first = _block(numel, BLOCK, WIDE)
+    tl.store(out_ptr + offsets, _draw(key, first, BLOCK, GAUSSIAN), mask=mask)
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -161,10 +189,11 @@ def _gaussian(distribution: str) -> bool:
 
 
 def _launch(kernel, numel: int, *args, distribution: str, first: int = 0, **constants) -> None:
-    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK)."""
+    """Run ``kernel`` over elements [first, numel) (``first`` a multiple of BLOCK); the grid and
+    the index width are ``launch.sweep_launch``'s (int64 once the padded last block passes 2³¹)."""
     gaussian = _gaussian(distribution)
-    grid = (triton.cdiv(numel - first, BLOCK),)
-    kernel[grid](*args, BLOCK=BLOCK, GAUSSIAN=gaussian, WIDE=numel >= _INT32_ELEMENTS, **constants)
+    plan = sweep_launch(numel, first)
+    kernel[plan.grid](*args, BLOCK=BLOCK, GAUSSIAN=gaussian, WIDE=plan.wide, **constants)
 
 
 def _manual_bf16(out: torch.Tensor) -> bool:
@@ -415,9 +444,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             yield 0, p.shape[0], self._perturbed_value(p, pid, direction, scale)
             return
         self.check_device(p)
-        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
-        for first in range(0, p.shape[0], rows):
-            stop = min(first + rows, p.shape[0])
+        key = mix_seed(direction.seed, pid)
+        for first, stop in stream_blocks(*p.shape, STREAM_BLOCK_ELEMENTS):
             yield first, stop, perturbed_rows(p, key, direction.distribution, scale, first, stop)
 
     def _perturbed_pair(self, p: torch.Tensor, pid: int, direction: Direction, scale: float):
@@ -431,9 +459,8 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             yield (0, p.shape[0], *self._perturbed_pair(p, pid, direction, scale))
             return
         self.check_device(p)
-        rows, key = row_block(p.shape[1], BLOCK, STREAM_BLOCK_ELEMENTS), mix_seed(direction.seed, pid)
-        for first in range(0, p.shape[0], rows):
-            stop = min(first + rows, p.shape[0])
+        key = mix_seed(direction.seed, pid)
+        for first, stop in stream_blocks(*p.shape, STREAM_BLOCK_ELEMENTS):
             yield (first, stop, *perturbed_pair(p, key, direction.distribution, scale, first, stop))
 
     def _sample(self, direction: Direction, pid: int, p: torch.Tensor) -> torch.Tensor:

@@ -34,12 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_backend import _INT32_ELEMENTS, _draw, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
-
-BLOCK_N = 64
-BLOCK_K = 64
-GATHER_ROWS = 16
-GATHER_COLS = 128
+from .launch import BLOCK_K, BLOCK_N, GATHER_COLS, GATHER_ROWS, block_m as _block_m, gather_launch, linear_launch
+from .triton_backend import _draw_rows, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -84,8 +80,8 @@ def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_
         w_mask = n_mask[:, None] & k_mask[None, :]
         row_start = rn[:, None] * K + k0  # element index of the tile row's first element
         w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_K)[None, :], mask=w_mask, other=0.0).to(tl.float32)
-        # K and k0 are multiples of 4: each tile row starts on a Philox counter
-        z = _draw(key, row_start // 4, BLOCK_K, GAUSSIAN)
+        # K and k0 are multiples of 4: each tile row starts on a Gaussian Philox counter
+        z = _draw_rows(key, row_start, BLOCK_K, GAUSSIAN)
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=x_mask, other=0.0)
         acc += _perturbed_product(x, w, z, w_mask, scale, dtype, MANUAL_BF16, DOT_F32, PRECISION)
         if PAIR:
@@ -113,7 +109,7 @@ def _perturbed_gather_kernel(ids_ptr, w_ptr, out_ptr, T, COLS, key, scale, BLOCK
     mask = t_mask[:, None] & (rc < COLS)[None, :]
     row_start = tl.load(ids_ptr + rt, mask=t_mask, other=0).to(tl.int64)[:, None] * COLS + c0
     w = tl.load(w_ptr + row_start + tl.arange(0, BLOCK_C)[None, :], mask=mask, other=0.0).to(tl.float32)
-    z = _draw(key, row_start // 4, BLOCK_C, GAUSSIAN)
+    z = _draw_rows(key, row_start, BLOCK_C, GAUSSIAN)
     _store_rounded(out_ptr + rt.to(tl.int64)[:, None] * COLS + rc[None, :], w + scale * z, mask, MANUAL_BF16)
 
 
@@ -124,13 +120,6 @@ def _check(weight: torch.Tensor, distribution: str) -> bool:
         raise ValueError(f"fused kernels need a contiguous 2-D fp32/fp16/bf16 weight with a row length "
                          f"divisible by 4; got {tuple(weight.shape)} {weight.dtype}")
     return gaussian
-
-
-def _block_m(rows: int) -> int:
-    """Rows of x per program. Each program draws the z of its weight tiles itself, so z is drawn
-    cdiv(rows, BLOCK_M) times per element: tall tiles for many rows (a training batch's tokens),
-    small ones for few (the last positions' logits), at least 16 (tl.dot's minimum)."""
-    return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 64 else 128
 
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
@@ -159,14 +148,14 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"perturbed_linear: out must be contiguous {x.dtype} of shape {(*x.shape[:-1], n)}")
     m = flat[0].shape[0]
     if m:
-        block_m = _block_m(m)
-        grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
+        block_m, plan = _block_m(m), linear_launch(m, n, k)  # grid and index width: launch.py
+        grid = plan.grid
         biases = [bias, bias_minus if pair else None]
         _perturbed_linear_kernel[grid](
             flat[0], flat[-1], weight, biases[0] if bias is not None else weight,
             biases[1] if pair and bias is not None else weight, outs[0], outs[-1], m, n, k, key, float(scale),
             HAS_BIAS=bias is not None, PAIR=pair, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            GAUSSIAN=gaussian, WIDE=weight.numel() >= _INT32_ELEMENTS, MANUAL_BF16=_manual_bf16(weight),
+            GAUSSIAN=gaussian, WIDE=plan.wide, MANUAL_BF16=_manual_bf16(weight),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
             # fp32 products as torch computes them (no TF32); other dtypes: the default
@@ -188,8 +177,7 @@ def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribu
                          f"embedding of {rows} rows")
     out = torch.empty(flat.shape[0], cols, dtype=weight.dtype, device=weight.device)
     if flat.numel():
-        grid = (triton.cdiv(flat.numel(), GATHER_ROWS), triton.cdiv(cols, GATHER_COLS))
-        _perturbed_gather_kernel[grid](flat, weight, out, flat.numel(), cols, key, float(scale),
+        _perturbed_gather_kernel[gather_launch(flat.numel(), cols).grid](flat, weight, out, flat.numel(), cols, key, float(scale),
                                        BLOCK_T=GATHER_ROWS, BLOCK_C=GATHER_COLS,
                                        GAUSSIAN=gaussian, MANUAL_BF16=_manual_bf16(weight))
     return out.view(*ids.shape, cols)
