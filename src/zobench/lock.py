@@ -66,3 +66,36 @@ def _read_holder(fd: int) -> str:
     except OSError:
         return ""
     return f" (pid {text[0]} on {text[1]})" if len(text) >= 2 else ""
+
+
+def unusable_run_dir(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be created or written (None: it can), checked without creating it:
+    the nearest existing ancestor must be a folder this process may write to."""
+    path = Path(run_dir).absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # hydra is a dependency; this only keeps the lock importable without it
+    Callback = object
+
+
+class RunDirCheck(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): before Hydra creates the run dir
+    and writes its log and ``.hydra/`` there, a dir that cannot be written ends the command with
+    one line and exit 2 (Hydra's own report of the failed mkdir is a traceback)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        problem = unusable_run_dir(Path(str(config.hydra.run.dir)))
+        if problem:
+            import sys
+
+            print(f"zobench: error: hydra.run.dir={config.hydra.run.dir}: cannot write there ({problem}); "
+                  "pick a writable hydra.run.dir", file=sys.stderr)
+            sys.exit(2)

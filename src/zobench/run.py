@@ -190,9 +190,10 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
     except BaseException as err:  # record why, then let the error surface
         summary["error"] = f"{type(err).__name__}: {err}"
         summary["wall_s"] = elapsed_before + time.perf_counter() - started
+        metrics.sync()
+        write_json_atomic(summary_path, summary)
         for logger in loggers:
             logger.finish()
-        write_json_atomic(summary_path, summary)
         raise
     summary["wall_s"] = elapsed_before + time.perf_counter() - started
     for logger in loggers:
@@ -453,12 +454,12 @@ def _load_model(cfg: DictConfig, device: torch.device):
         return load_model(cfg.model, device, cfg.cache_dir)
     except ConfigError:
         raise
-    except PermissionError as err:
-        raise ConfigError(f"cache_dir={cfg.cache_dir}: cannot write {err.filename or cache} ({err.strerror}); "
-                          "set cache_dir / ZOBENCH_CACHE to a writable folder") from err
-    except Exception as err:  # noqa: BLE001 - only when a cached conversion was read (else: a bug, traceback)
+    except Exception as err:  # noqa: BLE001 - only what comes from the cache dir becomes one line
+        if isinstance(err, OSError) and err.filename and str(err.filename).startswith(str(cache)):
+            raise ConfigError(f"cache_dir={cfg.cache_dir}: cannot use {err.filename} ({err.strerror}); set cache_dir / "
+                              "ZOBENCH_CACHE to a writable folder") from err
         damaged = [str(f) for f in _cached_folders(cfg.model, cache)]
-        if not damaged:
+        if not damaged:  # not from a cached conversion: a bug, keep the traceback
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"cache_dir={cfg.cache_dir}: loading the converted model in {' / '.join(damaged)} failed "
