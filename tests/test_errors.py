@@ -272,7 +272,8 @@ def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
     found = [str(p) for p in tmp_path.rglob("*") if p.is_file()
              for s in secrets.values() if s.encode() in p.read_bytes()]
     assert found == [], found
-    assert list(tmp_path.glob("wandb/offline-run-*/files/wandb-metadata.json"))  # W&B's files were searched
+    records = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # W&B's run record holds the argv
+    assert records and b"+logger.api_key=<redacted>" in records[0].read_bytes()
     assert "+logger.api_key=<redacted>" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
     assert "tokenizer_from: smollm2-135m" in (tmp_path / "config.yaml").read_text()
     assert "tokenizer_from: smollm2-135m" in (tmp_path / ".hydra" / "config.yaml").read_text()
