@@ -272,3 +272,34 @@ def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
     assert test_event["split"] == "test" and test_event["step"] == 3
     with_dev = run(compose_run(*SMOKE, "train.steps=3", "train.eval_every=1", f"data.dir={data_dir}"), tmp_path / "d")
     assert with_dev["tested_step"] == with_dev["best_step"] is not None
+
+
+def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them(tmp_path, data_dir, monkeypatch):
+    """Durability where it is promised: a checkpoint records metrics.jsonl's length and the
+    summary closes it, so the file is fsynced before each (else a power loss could leave a
+    checkpoint pointing past the end of the metrics)."""
+    import os
+
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("replace", str(dst)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    run(compose_run(*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"),
+        tmp_path)
+    monkeypatch.undo()
+    metrics = str(tmp_path / "metrics.jsonl")
+    commits = [i for i, (op, path) in enumerate(events)
+               if op == "replace" and (path.endswith("/checkpoint/latest") or path.endswith("/summary.json"))]
+    assert len(commits) == 3  # two checkpoints and the summary
+    previous = 0
+    for i in commits:
+        assert ("fsync", metrics) in events[previous:i], events[previous:i]
+        previous = i
