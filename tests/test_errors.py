@@ -41,7 +41,7 @@ BAD_INPUTS = [
     (["data.protocol=lmbff"], "data.protocol='lmbff': allowed mezo, kshot"),
     (["data.k=0"], "data.k=0: expected an integer >= 1"),
     (["data.protocol=kshot", "data.num_eval=-1"], "data.num_eval=-1: expected an integer >= 0"),
-    (["seed=-1"], "seed=-1: expected an integer >= 0"),
+    (["seed=-1"], "seed=-1: expected an integer in 0..4294967295"),
     (["model.dtype=float8"], "model.dtype='float8': allowed float32, float16, bfloat16"),
     (["engine.mode=lazy"], "engine.mode='lazy': allowed inplace, virtual"),
     (["device=tpu"], "device='tpu': allowed auto, cpu, cuda, cuda:N"),
