@@ -200,6 +200,7 @@ def test_damaged_checkpoint_side_files_are_one_clear_error(tmp_path, damage):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 33 crash points x 2 tiny runs of ~4 CPU-seconds each: ~5 CPU-minutes
 def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data_dir):
     """The crash-point test: a kill before each write (os.replace / unlink / rmtree / save_file /
     torch.save) of a 4-step run with 2 checkpoints, best-dev files and save_final, then a restart:
