@@ -71,7 +71,8 @@ def _stable(run_dir: Path) -> dict:
     summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in VOLATILE}
     metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"summary": summary, "metrics": metrics, "final": (run_dir / "final/trainable.safetensors").read_bytes().hex(),
+    final = (run_dir / "final/trainable.safetensors").read_bytes().hex()
+    return {"summary": summary, "metrics": metrics, "final": final,
             "leftovers": sorted(p.name for p in run_dir.iterdir() if p.name in ("checkpoint", "best"))}
 
 

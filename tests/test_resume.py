@@ -247,7 +247,8 @@ def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(t
     (tmp_path / "summary.json").unlink()
     metrics = tmp_path / "metrics.jsonl"  # loses its tail (a copy cut short, a file system without fsync)
     metrics.write_bytes(metrics.read_bytes()[:10])
-    with pytest.raises(CheckpointError, match=r"metrics\.jsonl holds 10 bytes, fewer than the \d+ the checkpoint recorded"):
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl holds 10 bytes, fewer than the \d+ the checkpoint "
+                                              r"recorded"):
         run(compose_run(*args), tmp_path)
     assert metrics.read_bytes() == metrics.read_bytes()[:10] and b"\0" not in metrics.read_bytes()
 
