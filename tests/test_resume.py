@@ -3,6 +3,7 @@
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,3 +306,19 @@ def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them
     for i in commits:
         assert ("fsync", metrics) in events[previous:i], events[previous:i]
         previous = i
+
+
+def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(tmp_path, data_dir, monkeypatch):
+    """Dirs killed by an older zobench between removing best/ and writing the summary: the run
+    neither fails forever nor resumes without its best-dev weights; it starts again."""
+    args = (*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", f"data.dir={data_dir}")
+    reference = run(compose_run(*args), tmp_path / "reference")
+    _stop_after_a_checkpoint(monkeypatch)
+    with pytest.raises(SystemExit):
+        run(compose_run(*args), tmp_path / "run")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint")[0]["best_file"]
+    shutil.rmtree(tmp_path / "run" / "best")
+    summary = run(compose_run(*args), tmp_path / "run")
+    assert {k: v for k, v in summary.items() if k not in VOLATILE} == \
+        {k: v for k, v in reference.items() if k not in VOLATILE}

@@ -166,7 +166,7 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
         _clean_up_finished(run_dir)  # a kill during the clean-up of the finished run left some of it
         return previous
     config = redact(OmegaConf.to_container(cfg, resolve=True))
-    checkpoint = load_checkpoint(run_dir / "checkpoint")
+    checkpoint = _without_lost_best_state(load_checkpoint(run_dir / "checkpoint"), run_dir)
     if checkpoint is not None:
         _check_resumable(config, run_dir / "config.yaml")
         _check_steps(cfg, checkpoint[0]["step"], run_dir)
@@ -227,6 +227,18 @@ def _clean_up_finished(run_dir: Path) -> None:
         if (run_dir / name).exists():
             shutil.rmtree(run_dir / name)
             fsync_dir(run_dir)
+
+
+def _without_lost_best_state(checkpoint, run_dir: Path):
+    """A checkpoint whose best-dev file is gone cannot give the run its test score. zobench
+    removes best/ only after the summary, but an older version removed it before: a dir killed
+    in that window is started afresh (runs are deterministic: the same result), not failed."""
+    best_file = checkpoint[0].get("best_file") if checkpoint is not None else None
+    if best_file is None or (run_dir / "best" / best_file).is_file():
+        return checkpoint
+    log.warning("%s: the checkpoint's best-dev state %s is gone; starting the run afresh", run_dir, best_file)
+    shutil.rmtree(run_dir / "checkpoint")
+    return None
 
 
 def _check_steps(cfg: DictConfig, checkpoint_step: int, run_dir: Path) -> None:
