@@ -1,15 +1,20 @@
 """Bad input: one line naming the key and what is allowed, exit code 2, no traceback."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.test_config import compose_run
 from tests.test_run import SMOKE
+from zobench.errors import ConfigError
 from zobench.run import run
 
 BAD_INPUTS = [
@@ -24,11 +29,11 @@ BAD_INPUTS = [
     (["train.steps=abc"], "train.steps='abc': expected an integer >= 0"),
     (["train.steps=-5"], "train.steps=-5: expected an integer >= 0"),
     (["train.steps=2.5"], "train.steps=2.5: expected an integer >= 0"),
-    (["optimizer.lr=0"], "optimizer.lr=0: expected a number > 0"),
-    (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001: expected a number > 0"),
-    (["optimizer.eps=0"], "optimizer.eps=0: expected a number > 0"),
-    (["optimizer.eps=big"], "optimizer.eps='big': expected a number > 0"),
-    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: expected a number >= 0"),
+    (["optimizer.lr=0"], "optimizer.lr=0: expected a finite number > 0"),
+    (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001: expected a finite number > 0"),
+    (["optimizer.eps=0"], "optimizer.eps=0: expected a finite number > 0"),
+    (["optimizer.eps=big"], "optimizer.eps='big': expected a finite number > 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: expected a finite number >= 0"),
     (["train.batch_size=0"], "train.batch_size=0: expected an integer >= 1"),
     (["train.eval_every=0"], "train.eval_every=0: expected an integer >= 1"),
     (["data.num_eval=0"], "data.num_eval=0: expected an integer >= 1"),
@@ -36,7 +41,7 @@ BAD_INPUTS = [
     (["data.protocol=lmbff"], "data.protocol='lmbff': allowed mezo, kshot"),
     (["data.k=0"], "data.k=0: expected an integer >= 1"),
     (["data.protocol=kshot", "data.num_eval=-1"], "data.num_eval=-1: expected an integer >= 0"),
-    (["seed=-1"], "seed=-1: expected an integer >= 0"),
+    (["seed=-1"], "seed=-1: expected an integer in 0..4294967295"),
     (["model.dtype=float8"], "model.dtype='float8': allowed float32, float16, bfloat16"),
     (["engine.mode=lazy"], "engine.mode='lazy': allowed inplace, virtual"),
     (["device=tpu"], "device='tpu': allowed auto, cpu, cuda, cuda:N"),
@@ -58,14 +63,30 @@ BAD_INPUTS = [
     (["optimizer=tezo", "optimizer.variant=bogus"], "optimizer.variant='bogus': allowed plain, momentum, adam"),
     (["optimizer=zo_sgd_momentum", "optimizer.momentum=1"], "optimizer.momentum=1: must be in [0, 1)"),
     (["icl.demos=5000"], "icl.demos=5000 > data.num_train=32: demonstrations are drawn from the training examples"),
+    # non-finite numbers are config errors, not a "divergence" later
+    (["optimizer.lr=nan"], "optimizer.lr=nan: expected a finite number > 0"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: expected a finite number > 0"),
+    (["optimizer.eps=-inf"], "optimizer.eps=-inf: expected a finite number > 0"),
+    (["optimizer.weight_decay=nan"], "optimizer.weight_decay=nan: expected a finite number >= 0"),
+    # seeds numpy cannot take
+    (["seed=4294967296"], "seed=4294967296: expected an integer in 0..4294967295"),
+    (["data.seed=99999999999999"], "data.seed=99999999999999: expected an integer in 0..4294967295"),
+    (["data.eval_seed=4294967296"], "data.eval_seed=4294967296: expected an integer in 0..4294967295"),
+    (["data.eval_seed=-3"], "data.eval_seed=-3: expected an integer in 0..4294967295"),
+    # data files
+    (["data.on_bad_row=ignore"], "data.on_bad_row='ignore': allowed error, skip"),
+    (["data.num_dev=67349"], "data.num_dev=67349: task sst2's train pool has only 67349 rows, too few for 67349 dev "
+                             "rows plus at least one training row; set data.num_dev <= 67348"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["device=cuda"], "device=cuda: no CUDA device is available here"))
 
 
 def _zobench(*args, env=None):
+    """``python -m zobench``; ``env`` values of None remove that variable."""
+    merged = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "zobench", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+                          env={k: v for k, v in merged.items() if v is not None})
 
 
 def _assert_bad_input(result, message):
@@ -119,19 +140,179 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_unreadable_checkpoint_is_one_line(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("damage, message", [
+    ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
+    ("loop.json", "loop.json is corrupted (its sha256 differs"),
+    ("manifest.json", "manifest.json is unreadable"),
+    ("latest", "manifest.json is unreadable (FileNotFoundError"),
+    ("summary.json", "summary.json is unreadable (JSONDecodeError"),
+])
+def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monkeypatch, damage, message):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
-    next((tmp_path / "checkpoint").glob("ckpt-*/optimizer.pt")).write_bytes(b"not a pickle")
-    result = _zobench(*SMOKE, "train.steps=4", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
-    _assert_bad_input(result, "optimizer.pt is unreadable")
+    path = tmp_path / damage if damage in ("summary.json",) else tmp_path / "checkpoint" / damage
+    if damage == "latest":
+        path.write_text("ckpt-000000099")
+    elif damage != "summary.json":
+        path = next((tmp_path / "checkpoint").glob(f"ckpt-*/{damage}"))
+    if damage != "latest":
+        path.write_bytes(b"{not what was written")
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    result = _zobench(*SMOKE, "train.steps=4", "train.checkpoint_every=0", f"data.dir={data_dir}",
+                      f"hydra.run.dir={tmp_path}")
+    _assert_bad_input(result, message)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
 
 
-def test_unreachable_wandb_falls_back_to_offline_and_keeps_metrics(tmp_path, data_dir):
-    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
+def _bad_mirror(tmp_path, data_dir, line: str) -> Path:
+    mirror = tmp_path / "mirror"
+    (mirror / "sst2").mkdir(parents=True)
+    with open(data_dir / "sst2" / "train.jsonl") as f:
+        rows = [next(f) for _ in range(60)]
+    rows[41] = line + "\n"
+    (mirror / "sst2" / "train.jsonl").write_text("".join(rows))
+    (mirror / "sst2" / "validation.jsonl").write_text((data_dir / "sst2" / "validation.jsonl").read_text())
+    return mirror
+
+
+def test_a_bad_data_row_is_one_line_before_the_model_loads(tmp_path, data_dir):
+    mirror = _bad_mirror(tmp_path, data_dir, '{"sentence": "ok", "label": 1.7}')
+    # a model that cannot load: the data error must come first
+    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={mirror}", "model.tokenizer_from=no-such-model",
+                      f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_bad_input(result, f"{mirror}/sst2/train.jsonl:42: label=1.7: task sst2 labels are the integers 0..1")
+
+
+def test_skipped_bad_rows_are_counted_in_the_summary(tmp_path, data_dir, caplog):
+    mirror = _bad_mirror(tmp_path, data_dir, "not json at all")
+    summary = run(compose_run(*SMOKE, "train.steps=1", f"data.dir={mirror}", "data.on_bad_row=skip"), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["skipped_rows"] == 1
+    assert "1 bad rows skipped (data.on_bad_row=skip), lines 42" in caplog.text
+
+
+def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    shutil.copytree(Path("~/.cache/zobench/models/smollm2-135m").expanduser(), cache / "models" / "smollm2-135m")
+    (cache / "models" / "smollm2-135m" / "tokenizer.json").write_text('{"broken')
+    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={cache}",
+                      f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_bad_input(result, f"cache_dir={cache}: loading the converted model in {cache}/models/smollm2-135m failed "
+                              "(JSONDecodeError")
+
+
+@pytest.mark.slow
+def test_an_unusable_cache_dir_is_one_line(tmp_path, data_dir):
+    """The cache must be written (first use of a model): a path that cannot be a folder."""
+    (tmp_path / "file").write_text("not a folder")
+    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={tmp_path / 'file' / 'cache'}",
+                      f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_bad_input(result, f"cache_dir={tmp_path / 'file' / 'cache'}: cannot use")
+
+
+def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch):
+    """Before Hydra writes there (its callback) and in run() itself (a dir that turned
+    unwritable, or run() called directly). Tests run as root, where permission bits do not
+    stop a write: a path below a regular file stands in for a read-only dir."""
+    (tmp_path / "file").write_text("not a folder")
+    result = _zobench(*SMOKE, "train.steps=1", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    _assert_bad_input(result, f"hydra.run.dir={tmp_path / 'file' / 'run'}: cannot write there ({tmp_path / 'file'} "
+                              "is not a folder)")
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=.*/file/run: cannot write there"):
+        run(compose_run(*SMOKE, "train.steps=1", f"data.dir={data_dir}"), tmp_path / "file" / "run")
+    from zobench.lock import unusable_run_dir
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # what a read-only dir answers a non-root user
+    assert unusable_run_dir(tmp_path / "new" / "run") == f"{tmp_path} is not writable"
+
+
+@pytest.mark.slow
+def test_a_second_process_in_the_same_run_dir_is_refused(tmp_path, data_dir):
+    """Two real processes: the second is refused with one line and touches nothing; once the
+    first is SIGKILLed its lock is gone (the kernel drops it) and the next start resumes."""
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=40", "train.log_every=1", "train.checkpoint_every=1", f"data.dir={data_dir}",
+            f"hydra.run.dir={run_dir}"]
+    first = subprocess.Popen([sys.executable, "-m", "zobench", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run_dir / "checkpoint" / "latest").is_file():
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second could start"
+        result = _zobench(*args)
+        _assert_bad_input(result, f"hydra.run.dir={run_dir}: another zobench process (pid {first.pid} on ")
+        assert first.poll() is None, "the first run must still be running: the check is meaningless otherwise"
+        assert not (run_dir / "summary.json").exists()  # the second wrote no failed summary
+    finally:
+        first.kill()
+        first.wait()
+    events = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    steps = [e["step"] for e in events if e["event"] == "train"]
+    assert steps == sorted(set(steps))  # not interleaved, not duplicated
+    result = _zobench(*args)  # stale-lock safe: the killed holder's lock is gone
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if '"train"' in l]
+    assert steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
+    """Passed as overrides, known by name or by shape, or held in the environment: no file under
+    the run dir (config.yaml, .hydra/*, metrics, W&B's run files and argv) holds them; and
+    tokenizer_from is not taken for a credential."""
+    secrets = {"api": "s3cret-api-value-1", "hf": "hf_" + "Zq9" * 12,
+               "env": "s3cret-env-wandb-key-3"}
     args = [a for a in SMOKE if a != "logger=none"]
+    result = _zobench(*args, "logger=wandb", "logger.mode=offline", "train.steps=1", f"data.dir={data_dir}",
+                      f"+logger.api_key={secrets['api']}", f"logger.group={secrets['hf']}",
+                      f"hydra.run.dir={tmp_path}",
+                      env={"WANDB_API_KEY": secrets["env"], "WANDB_MODE": None})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = [str(p) for p in tmp_path.rglob("*") if p.is_file()
+             for s in secrets.values() if s.encode() in p.read_bytes()]
+    assert found == [], found
+    records = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # W&B's run record holds the argv
+    assert records and b"+logger.api_key=<redacted>" in records[0].read_bytes()
+    assert "+logger.api_key=<redacted>" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "tokenizer_from: smollm2-135m" in (tmp_path / "config.yaml").read_text()
+    assert "tokenizer_from: smollm2-135m" in (tmp_path / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_two_quick_sigints_still_end_in_a_clean_interrupted_exit(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "zobench", *SMOKE, "train.steps=40", "train.log_every=1",
+                             "train.checkpoint_every=0", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+        time.sleep(0.02)
+    while time.time() < deadline and '"step": 2,' not in (run_dir / "metrics.jsonl").read_text():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] >= 2
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_falls_back_to_offline_and_keeps_metrics(tmp_path, data_dir):
+    """A key set and a dead server (what a cluster without internet sees): the online init times
+    out (3 s here), the run goes on offline under the same W&B run id, and completes."""
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": None}
+    args = [a for a in SMOKE if a != "logger=none"]
+    started = time.time()
     result = _zobench(*args, "logger=wandb", "logger.mode=online", "logger.init_timeout=3", "train.steps=2",
                       f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}", env=env)
+    assert time.time() - started < 120  # bounded by the init timeout, not a hang
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "is in use" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert list(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     output = result.stdout + result.stderr  # Hydra's console log handler writes to stdout
     assert "W&B unreachable" in output and "logging offline instead" in output
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))

@@ -2,6 +2,8 @@
 
 import json
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,5 +171,154 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     root = tmp_path / "checkpoint"
     save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
     (root / "ckpt-000000001" / "trainable.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"ckpt-000000001/trainable\.safetensors is unreadable"):
+    with pytest.raises(CheckpointError, match=r"ckpt-000000001/trainable\.safetensors is corrupted"):
         load_checkpoint(root)
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "optimizer.pt", "loop.json"])
+def test_a_flipped_byte_in_any_checkpoint_file_is_caught_by_its_checksum(tmp_path, name):
+    """A file that still parses (one byte of a weight changed) would resume silently without it."""
+    root = tmp_path / "checkpoint"
+    save_checkpoint(root, 1, {"w": torch.ones(4)}, {"state": {}, "param_groups": []}, {"step": 1, "x": 12345})
+    path = root / "ckpt-000000001" / name
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's bytes / the pickle / the JSON number
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"ckpt-000000001/{re.escape(name)} is corrupted"):
+        load_checkpoint(root)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "pointer"])
+def test_damaged_checkpoint_side_files_are_one_clear_error(tmp_path, damage):
+    root = tmp_path / "checkpoint"
+    save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
+    if damage == "manifest":
+        (root / "ckpt-000000001" / "manifest.json").write_text("{not json")
+    else:
+        (root / "latest").write_text("ckpt-000000007")
+    with pytest.raises(CheckpointError, match=r"is unreadable .*; delete .*checkpoint to start the run afresh"):
+        load_checkpoint(root)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 33 crash points x 2 tiny runs of ~4 CPU-seconds each: ~5 CPU-minutes
+def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data_dir):
+    """The crash-point test: a kill before each write (os.replace / unlink / rmtree / save_file /
+    torch.save) of a 4-step run with 2 checkpoints, best-dev files and save_final, then a restart:
+    the dir must end as the uninterrupted run did (summary, metrics, final weights byte for
+    byte, no checkpoint/ or best/ left). Kills at random instants are the test above."""
+    out = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "tests.crash_points", str(out), str(data_dir), str(tmp_path)],
+                   check=True, timeout=1800, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    report = json.loads(out.read_text())
+    assert report["writes"] >= 25 and report["done"] == report["writes"]  # the run's writes were all visited
+    assert report["failures"] == []
+
+
+def test_a_completed_dir_with_leftovers_is_cleaned_and_stays_completed(tmp_path, data_dir):
+    args = (*SMOKE, "train.steps=2", "train.checkpoint_every=1", f"data.dir={data_dir}")
+    summary = run(compose_run(*args), tmp_path)
+    # a kill after the summary and before the clean-up: checkpoint/ and best/ are still there
+    (tmp_path / "checkpoint" / "ckpt-000000002").mkdir(parents=True)
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "step-000000001.safetensors").write_bytes(b"x")
+    again = run(compose_run(*args), tmp_path)
+    assert again == summary and not (tmp_path / "checkpoint").exists() and not (tmp_path / "best").exists()
+
+
+def _stop_after_a_checkpoint(monkeypatch):
+    """The run dies (as a kill would) right after writing its first checkpoint."""
+    import zobench.run as zr
+
+    save = zr.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise SystemExit(9)
+
+    monkeypatch.setattr(zr, "save_checkpoint", save_then_die)
+
+
+def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(tmp_path, data_dir, monkeypatch):
+    args = (*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}")
+    _stop_after_a_checkpoint(monkeypatch)
+    with pytest.raises(SystemExit):
+        run(compose_run(*args), tmp_path)
+    monkeypatch.undo()
+    (tmp_path / "summary.json").unlink()
+    metrics = tmp_path / "metrics.jsonl"  # loses its tail (a copy cut short, a file system without fsync)
+    metrics.write_bytes(metrics.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl holds 10 bytes, fewer than the \d+ the checkpoint "
+                                              r"recorded"):
+        run(compose_run(*args), tmp_path)
+    assert metrics.read_bytes() == metrics.read_bytes()[:10] and b"\0" not in metrics.read_bytes()
+
+
+def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data_dir, monkeypatch):
+    args = (*SMOKE, "train.checkpoint_every=2", f"data.dir={data_dir}")
+    _stop_after_a_checkpoint(monkeypatch)
+    with pytest.raises(SystemExit):
+        run(compose_run(*args, "train.steps=4"), tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"train\.steps=1: .*checkpoint is at step 2; resume it with "
+                                              r"train\.steps >= 2"):
+        run(compose_run(*args, "train.steps=1"), tmp_path)
+    summary = run(compose_run(*args, "train.steps=3"), tmp_path)  # more steps: resumed and finished
+    assert summary["status"] == "completed" and summary["steps"] == 3
+
+
+def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
+    """num_dev=0: there is no best-dev state; the last step's weights are tested and said so."""
+    summary = run(compose_run(*SMOKE, "train.steps=3", "data.num_dev=0", f"data.dir={data_dir}"), tmp_path)
+    assert summary["best_step"] is None and summary["tested_step"] == 3 and summary["dev_accuracy"] is None
+    test_event = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    assert test_event["split"] == "test" and test_event["step"] == 3
+    with_dev = run(compose_run(*SMOKE, "train.steps=3", "train.eval_every=1", f"data.dir={data_dir}"), tmp_path / "d")
+    assert with_dev["tested_step"] == with_dev["best_step"] is not None
+
+
+def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them(tmp_path, data_dir, monkeypatch):
+    """Durability where it is promised: a checkpoint records metrics.jsonl's length and the
+    summary closes it, so the file is fsynced before each (else a power loss could leave a
+    checkpoint pointing past the end of the metrics)."""
+    import os
+
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("replace", str(dst)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    run(compose_run(*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"),
+        tmp_path)
+    monkeypatch.undo()
+    metrics = str(tmp_path / "metrics.jsonl")
+    commits = [i for i, (op, path) in enumerate(events)
+               if op == "replace" and (path.endswith("/checkpoint/latest") or path.endswith("/summary.json"))]
+    assert len(commits) == 3  # two checkpoints and the summary
+    previous = 0
+    for i in commits:
+        assert ("fsync", metrics) in events[previous:i], events[previous:i]
+        previous = i
+
+
+def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(tmp_path, data_dir, monkeypatch):
+    """Dirs killed by an older zobench between removing best/ and writing the summary: the run
+    neither fails forever nor resumes without its best-dev weights; it starts again."""
+    args = (*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", f"data.dir={data_dir}")
+    reference = run(compose_run(*args), tmp_path / "reference")
+    _stop_after_a_checkpoint(monkeypatch)
+    with pytest.raises(SystemExit):
+        run(compose_run(*args), tmp_path / "run")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint")[0]["best_file"]
+    shutil.rmtree(tmp_path / "run" / "best")
+    summary = run(compose_run(*args), tmp_path / "run")
+    assert {k: v for k, v in summary.items() if k not in VOLATILE} == \
+        {k: v for k, v in reference.items() if k not in VOLATILE}

@@ -41,3 +41,14 @@ def test_interrupted_run_exits_with_128_plus_signal_after_handing_over(monkeypat
     with pytest.raises(SystemExit) as exit_info:
         entry._app({})
     assert handed == [signal.SIGUSR2] and exit_info.value.code == 128 + signal.SIGUSR2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_stopping_is_noted_not_acted_on(signum):
+    """Two quick Ctrl-C: the second must not raise KeyboardInterrupt in the middle of the
+    checkpoint (a traceback, status failed, steps 0); the run still stops cleanly after it."""
+    with StopRequest() as stop:
+        signal.raise_signal(signum)
+        signal.raise_signal(signum)  # Python's handler would raise KeyboardInterrupt here
+        assert stop.signum == signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on exit

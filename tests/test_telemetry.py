@@ -83,6 +83,26 @@ def test_secrets_are_redacted():
         {"logger": {"api_key": "<redacted>", "project": "p"}, "token": "<redacted>"}
 
 
+@pytest.mark.parametrize("key", ["api_key", "apikey", "api-key", "API_KEY", "hf_token", "token", "auth_token",
+                                 "secret", "client_secret", "password", "db_passwd", "credentials", "access_key"])
+def test_every_credential_key_is_redacted(key):
+    assert redact({"logger": {key: "value-123"}}) == {"logger": {key: "<redacted>"}}
+
+
+@pytest.mark.parametrize("key", ["tokenizer_from", "max_new_tokens", "tokens", "eos_token", "pad_token", "keep_best",
+                                 "secretary", "passwords_seen", "key", "monkey"])
+def test_no_false_positives_on_words_that_contain_a_credential_name(key):
+    assert redact({"model": {key: "smollm2-135m"}}) == {"model": {key: "smollm2-135m"}}
+
+
+def test_credential_shaped_values_and_the_processes_own_keys_are_redacted(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "my-own-wandb-key-value")
+    config = {"a": "hf_" + "A1b2" * 9, "b": "0123456789abcdef0123456789abcdef01234567", "c": "my-own-wandb-key-value",
+              "d": ["sk-" + "x" * 30, "plain"], "e": "smollm2-135m"}
+    assert redact(config) == {"a": "<redacted>", "b": "<redacted>", "c": "<redacted>", "d": ["<redacted>", "plain"],
+                              "e": "smollm2-135m"}
+
+
 def read_wandb_records(path: Path):
     """Decode a W&B transaction log (.wandb): a 7-byte header, then LevelDB-log records
     (crc32c:4, length:2 LE, type:1 in 32 KiB blocks) holding wandb_internal_pb2.Record messages."""

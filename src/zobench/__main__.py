@@ -33,7 +33,7 @@ EXIT_BAD_INPUT = 2
 # keys the code reads when present but no shipped config sets: a `+key=value` may add these
 # (any other unknown key added with `+` would be ignored, so it is refused)
 ADDABLE = ("model.device_map", "model.init_seed", "task.masked_max_length", "tuning.target_modules",
-           "tuning.init_by_real_act")
+           "tuning.init_by_real_act", "logger.api_key")
 _HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
                 "-sc", "--version")
 

@@ -4,16 +4,21 @@ Layout under ``<run dir>/checkpoint/``:
 
 * ``ckpt-<step>/``: ``trainable.safetensors`` (the trained parameters), ``optimizer.pt``
   (``optimizer.state_dict()``: step counter, seed, method state), ``loop.json`` (data position,
-  forward-pass counts, best-dev bookkeeping, metrics.jsonl offset, W&B id, ...), written last.
+  forward-pass counts, best-dev bookkeeping, metrics.jsonl offset, W&B id, ...) and
+  ``manifest.json`` (the sha256 of the other three), written last.
 * ``latest``: the name of the newest complete checkpoint, replaced atomically (temp + rename).
 
-A checkpoint directory is first written under a temporary name and renamed when complete, and
-``latest`` moves only after that; a kill at any moment leaves either the old or the new
-checkpoint, never a torn one.
+A checkpoint directory is first written under a temporary name, every file fsynced, and renamed
+when complete, and ``latest`` moves only after that; a kill (or power loss) at any moment leaves
+either the old or the new checkpoint, never a torn one. On resume every file is checked against
+the manifest: a checkpoint damaged after it was written (a bad disk, a partial copy) is refused
+with one line naming the file, never resumed silently. Hashing reads the files back once per
+checkpoint (about 1 GB/s: seconds per GB of trainable weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,16 +29,42 @@ import torch
 from .errors import CheckpointError
 
 POINTER = "latest"
+MANIFEST = "manifest.json"
+HASHED = ("trainable.safetensors", "optimizer.pt", "loop.json")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable (the directory entry, not only the data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, also
+    after a power loss (file and directory entry fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], optimizer_state: dict,
@@ -48,10 +79,14 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
     write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
+    for file in HASHED[:2]:
+        fsync_file(tmp / file)
+    write_text_atomic(tmp / MANIFEST, json.dumps({"sha256": {f: sha256(tmp / f) for f in HASHED}}, indent=1))
     final = root / name
     if final.exists():  # the same step checkpointed again after a resume
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(root)
     write_text_atomic(root / POINTER, name)
     for old in root.glob("ckpt-*"):
         if old.name != name:
@@ -67,14 +102,31 @@ def load_checkpoint(root: Path) -> tuple[dict, dict[str, torch.Tensor], dict] | 
     from safetensors.torch import load_file
 
     folder = root / pointer.read_text().strip()
-    current = folder / "loop.json"
+    current = folder / MANIFEST
     try:
+        _verify(folder)
+        current = folder / "loop.json"
         loop = json.loads(current.read_text())
         current = folder / "trainable.safetensors"
         tensors = load_file(str(current))
         current = folder / "optimizer.pt"
         optimizer_state = torch.load(current, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
         raise CheckpointError(f"checkpoint {current} is unreadable ({type(err).__name__}: {err}); "
                               f"delete {root} to start the run afresh") from err
     return loop, tensors, optimizer_state
+
+
+def _verify(folder: Path) -> None:
+    """Every file of a checkpoint against the sha256 its manifest recorded when it was written.
+    Checkpoints of zobench versions before the manifest have none and are read unchecked."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file() and (folder / "loop.json").is_file():
+        return
+    expected = json.loads(manifest.read_text())["sha256"]
+    for file, digest in expected.items():
+        if sha256(folder / file) != digest:
+            raise CheckpointError(f"checkpoint {folder / file} is corrupted (its sha256 differs from the one "
+                                  f"recorded when it was written); delete {folder.parent} to start the run afresh")

@@ -8,10 +8,14 @@ train for ``train.steps`` (every step is ``optimizer.step(closure)``), evaluatin
 Files in the run dir (DESIGN.md "Run directory"): ``config.yaml`` (resolved, secrets redacted),
 ``metrics.jsonl`` (one event per line), ``summary.json`` (written once, at the end, atomically,
 with ``status`` completed / failed / diverged / interrupted), ``checkpoint/`` (every
-``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT). A run started in a dir that
-holds a checkpoint resumes from it and ends bit-identical to an uninterrupted run; a completed
-run dir is left as it is. The loop owns the clock, the budget and the evaluation schedule; the
-method only updates parameters (AlgoPerf's rule).
+``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT), ``.lock`` (held
+by the one process running in the dir, ``lock.py``). A run started in a dir that holds a
+checkpoint resumes from it and ends bit-identical to an uninterrupted run; a completed run dir
+is left as it is (bar leftovers of its clean-up). The finishing sequence is: test evaluation →
+``final/`` → summary.json → remove ``checkpoint/`` → remove ``best/``; each step is restartable,
+so a kill between any two leaves a dir that the next start resumes or completes. The loop owns
+the clock, the budget and the evaluation schedule; the method only updates parameters
+(AlgoPerf's rule).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from .checkpoint import fsync_dir, load_checkpoint, save_checkpoint, write_text_atomic
 from .engine import build_engine, mix_seed, resolve_backend
 from .errors import CheckpointError, ConfigError
+from .lock import RunDirLock
+from .redaction import redact, redact_hydra_files  # noqa: F401 - redact: part of run's API (tests, report)
 from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_closure
 from .optim import decay_groups
 from .tasks import build_splits, load_task
@@ -43,7 +49,6 @@ from .validation import RESUMABLE_KEYS, validate
 
 log = logging.getLogger(__name__)
 
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
 # SIGUSR1: Slurm's usual preemption warning; SIGUSR2: submitit's (hydra-submitit-launcher), sent
 # signal_delay_s before the time limit or on preemption
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
@@ -54,15 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def redact(value):
-    """The config with every key that looks like a credential replaced by ``<redacted>``."""
-    if isinstance(value, dict):
-        return {k: ("<redacted>" if _SECRET.search(str(k)) else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 def git_sha() -> str | None:
@@ -119,6 +115,8 @@ class BatchStream:
 
 class StopRequest:
     """SIGTERM / SIGUSR1 / SIGUSR2 (Slurm, submitit) / SIGINT: finish the step, checkpoint, stop.
+    Further stop signals are noted, not acted on (a KeyboardInterrupt mid-checkpoint would leave
+    a failed run behind); SIGKILL still stops at once and the last checkpoint resumes.
 
     The handlers installed before (submitit's requeue handler, for one) are restored on exit, so
     the caller can hand the signal on once the checkpoint is safe (``__main__``)."""
@@ -136,9 +134,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C while the checkpoint is written must not tear it
+            log.warning("received %s again: still finishing the step and its checkpoint (SIGKILL stops at "
+                        "once; the last checkpoint is then resumed)", signal.Signals(signum).name)
+            return
         self.signum = signum
         log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts at once
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -147,22 +148,29 @@ class StopRequest:
 
 # -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Execute (or resume) one run into ``run_dir``; returns the summary (also in summary.json)."""
+    """Execute (or resume) one run into ``run_dir``; returns the summary (also in summary.json).
+    One process at a time per run dir (``RunDirLock``): a second one is refused with one line."""
     started = time.perf_counter()
     validate(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir):
+        redact_hydra_files(run_dir)
+        return _run(cfg, run_dir, started)
+
+
+def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        previous = json.loads(summary_path.read_text())
-        if previous.get("status") == "completed":
-            log.info("%s holds a completed run; nothing to do", run_dir)
-            return previous
+    previous = _previous_summary(summary_path)
+    if previous.get("status") == "completed":
+        log.info("%s holds a completed run; nothing to do", run_dir)
+        _clean_up_finished(run_dir)  # a kill during the clean-up of the finished run left some of it
+        return previous
     config = redact(OmegaConf.to_container(cfg, resolve=True))
-    checkpoint = load_checkpoint(run_dir / "checkpoint")
+    checkpoint = _without_lost_best_state(load_checkpoint(run_dir / "checkpoint"), run_dir)
     if checkpoint is not None:
         _check_resumable(config, run_dir / "config.yaml")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        _check_steps(cfg, checkpoint[0]["step"], run_dir)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     summary = {
         "task": cfg.task.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
         "tuning": cfg.tuning.name, "seed": int(cfg.seed), "steps": 0, "git_sha": git_sha(),
@@ -182,6 +190,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except BaseException as err:  # record why, then let the error surface
         summary["error"] = f"{type(err).__name__}: {err}"
         summary["wall_s"] = elapsed_before + time.perf_counter() - started
+        metrics.sync()
         write_json_atomic(summary_path, summary)
         for logger in loggers:
             logger.finish()
@@ -189,11 +198,57 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary["wall_s"] = elapsed_before + time.perf_counter() - started
     for logger in loggers:
         logger.summary(summary)
-        logger.finish()
+        logger.finish()  # metrics.jsonl fsynced before the summary that vouches for it
     write_json_atomic(summary_path, summary)
-    if summary["status"] == "completed":  # the checkpoint is no longer needed once the summary is safe
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    if summary["status"] == "completed":  # checkpoint and best state are not needed once the summary is safe
+        _clean_up_finished(run_dir)
     return summary
+
+
+def _previous_summary(path: Path) -> dict:
+    """summary.json of an earlier start ({} if none); it is written atomically, so an unreadable
+    one was damaged from outside and is refused rather than overwritten."""
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err}); move it away to run "
+                              "again in this dir") from None
+    if not isinstance(previous, dict):
+        raise CheckpointError(f"{path} is not a JSON object; move it away to run again in this dir")
+    return previous
+
+
+def _clean_up_finished(run_dir: Path) -> None:
+    """The last steps of the finishing sequence, in order, each one safe to repeat: the
+    checkpoint first (its weights are the large part), then the best-dev state it refers to."""
+    for name in ("checkpoint", "best"):
+        if (run_dir / name).exists():
+            shutil.rmtree(run_dir / name)
+            fsync_dir(run_dir)
+
+
+def _without_lost_best_state(checkpoint, run_dir: Path):
+    """A checkpoint whose best-dev file is gone cannot give the run its test score. zobench
+    removes best/ only after the summary, but an older version removed it before: a dir killed
+    in that window is started afresh (runs are deterministic: the same result), not failed."""
+    best_file = checkpoint[0].get("best_file") if checkpoint is not None else None
+    if best_file is None or (run_dir / "best" / best_file).is_file():
+        return checkpoint
+    log.warning("%s: the checkpoint's best-dev state %s is gone; starting the run afresh", run_dir, best_file)
+    shutil.rmtree(run_dir / "checkpoint")
+    return None
+
+
+def _check_steps(cfg: DictConfig, checkpoint_step: int, run_dir: Path) -> None:
+    """A checkpoint past ``train.steps`` cannot be resumed into a run of fewer steps (it would
+    report more steps than its config says, with weights trained past them)."""
+    if cfg.train.get("forward_budget"):
+        return  # steps follow from the budget: checked once the method's passes per step are known
+    if checkpoint_step > int(cfg.train.steps):
+        raise CheckpointError(f"train.steps={cfg.train.steps}: {run_dir / 'checkpoint'} is at step {checkpoint_step}; "
+                              f"resume it with train.steps >= {checkpoint_step}, or use another hydra.run.dir")
 
 
 def _check_resumable(config: dict, saved_path: Path) -> None:
@@ -230,13 +285,14 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         raise ConfigError(f"model={cfg.model.name} is a {family} LM; task={spec.name} has prompts for "
                           f"{', '.join(spec.families)} LMs only")
     splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
-                          seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, **_protocol(cfg))
+                          seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, on_bad_row=cfg.data.on_bad_row,
+                          **_protocol(cfg))
     if (cfg.train.steps > 0 or cfg.train.get("forward_budget")) and not splits.train:
         raise ConfigError(f"task={spec.name}: no training examples are left once data.num_dev={cfg.data.num_dev} "
                           "dev examples are taken from its training pool; lower data.num_dev")
 
     # model, tuning, objective
-    model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
+    model, tokenizer = _load_model(cfg, device)
     model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), family, seed=cfg.seed)
     # masked LMs have their own length (LM-BFF 128 / 256) where a task serves both families
     max_length = cfg.task.get("masked_max_length", cfg.task.max_length) if family == "masked" else cfg.task.max_length
@@ -311,6 +367,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         loop.update(step=step, epoch=stream.epoch if stream else 0, offset=stream.offset if stream else 0,
                     counts=dict(counter.counts),
                     metrics_offset=loggers[0].offset, elapsed=wall())
+        loggers[0].sync()  # the events up to the offset the checkpoint records are on disk first
         save_checkpoint(run_dir / "checkpoint", step, dict(named), optimizer.state_dict(), loop)
 
     if loop["inference_peak"] is None:  # inference-only peak of one training batch (a counted "probe")
@@ -323,6 +380,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         loop["inference_peak"] = memory.peak()
 
     steps, eval_every = _schedule(cfg.train, optimizer, first_order or probing)
+    if loop["step"] > steps:
+        raise CheckpointError(f"{run_dir / 'checkpoint'} is at step {loop['step']}, past the {steps} steps this config "
+                              "trains for; raise train.steps / train.forward_budget, or use another hydra.run.dir")
     status, step = "completed", loop["step"]
     if steps == 0:  # zero-shot / ICL
         loop["best_dev"] = evaluate("dev", dev, 0)[metric] if dev else None
@@ -375,18 +435,21 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
 
     if status == "completed" and cfg.train.keep_best and loop["best_file"] and loop["best_step"] != steps:
         _copy_into(named, _load_tensors(best_dir / loop["best_file"]), best_dir)
-    tested_step = loop["best_step"] if cfg.train.keep_best else steps
+    # the weights tested: the best-dev state (keep_best with a dev set), else the last step's
+    tested_step = loop["best_step"] if cfg.train.keep_best and dev else step
     tested = evaluate("test", test, tested_step) if status == "completed" else {metric: None}
-    if status == "completed":
-        if cfg.train.save_final:
-            _save_tensors(named, run_dir / "final" / "trainable.safetensors")
-        shutil.rmtree(best_dir, ignore_errors=True)  # only needed until the best state is back in the model
+    if status == "completed" and cfg.train.save_final:
+        _save_tensors(named, run_dir / "final" / "trainable.safetensors")
+    # best/ stays until the summary is written (run): a kill before that resumes from the
+    # checkpoint, which needs the best-dev file it names
     result = {
-        "task_version": spec.version, "steps": step, "best_step": loop["best_step"],
+        "task_version": spec.version, "steps": step,
+        "best_step": loop["best_step"] if dev else None, "tested_step": tested_step if status == "completed" else None,
         "forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
         "forward_passes_probe": counter["probe"], "metric": metric, f"dev_{metric}": loop["best_dev"],
         **{f"test_{name}": value for name, value in tested.items()},
-        "skipped_steps": loop["skipped_steps"], "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
+        "skipped_steps": loop["skipped_steps"], "skipped_rows": sum(splits.skipped_rows.values()),
+        "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
         "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
         "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
         "device": str(device),
@@ -397,6 +460,34 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     if status == "interrupted":
         result["signal"] = signal.Signals(stop.signum).name
     return result
+
+
+def _load_model(cfg: DictConfig, device: torch.device):
+    """``load_model``, with a cache dir that cannot be written or holds a damaged converted model
+    or tokenizer reported in one line naming it (the fix: another ``cache_dir``, or delete the
+    damaged folder so that it is converted again)."""
+    cache = Path(os.path.expanduser(cfg.cache_dir))
+    try:
+        return load_model(cfg.model, device, cfg.cache_dir)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only what comes from the cache dir becomes one line
+        if isinstance(err, OSError) and err.filename and str(err.filename).startswith(str(cache)):
+            raise ConfigError(f"cache_dir={cfg.cache_dir}: cannot use {err.filename} ({err.strerror}); set cache_dir / "
+                              "ZOBENCH_CACHE to a writable folder") from err
+        damaged = [str(f) for f in _cached_folders(cfg.model, cache)]
+        if not damaged:  # not from a cached conversion: a bug, keep the traceback
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"cache_dir={cfg.cache_dir}: loading the converted model in {' / '.join(damaged)} failed "
+                          f"({type(err).__name__}: {first[:200]}); delete that folder to convert it again") from err
+
+
+def _cached_folders(model_cfg, cache: Path) -> list[Path]:
+    """The converted copies under ``<cache>/models/`` a model config reads (its own, and that of
+    the model it borrows a tokenizer from)."""
+    names = [model_cfg.name, *([model_cfg.tokenizer_from] if model_cfg.get("tokenizer_from") else [])]
+    return [cache / "models" / name for name in names if (cache / "models" / name).is_dir()]
 
 
 def _schedule(train_cfg: DictConfig, optimizer, not_zo: bool) -> tuple[int, int]:

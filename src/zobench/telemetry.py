@@ -129,10 +129,19 @@ def _finite(value):
 
 
 class JsonlLogger:
-    """Appends one JSON object per event to ``metrics.jsonl``, flushed at once."""
+    """Appends one JSON object per event to ``metrics.jsonl``, flushed at once; ``sync()`` makes
+    what was written durable (fsync), which the run does before a checkpoint records the offset
+    and before the summary is written."""
 
     def __init__(self, path: Path, truncate_at: int = 0) -> None:
+        from .errors import CheckpointError
+
         self.path = Path(path)
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        if size < truncate_at:  # truncate() would pad with NUL bytes: events were lost, not replayable
+            raise CheckpointError(f"{self.path} holds {size} bytes, fewer than the {truncate_at} the checkpoint "
+                                  f"recorded: events before the checkpoint are lost; delete "
+                                  f"{self.path.parent / 'checkpoint'} and {self.path} to start the run afresh")
         self._file = self.path.open("a+", encoding="utf-8")
         # a resumed run replays the events after its checkpoint: cut them off first
         self._file.truncate(truncate_at)
@@ -147,11 +156,17 @@ class JsonlLogger:
         self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
         self._file.flush()
 
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def summary(self, summary: dict) -> None:
         pass
 
     def finish(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
 
 
 def wandb_mode(requested: str) -> str:
@@ -174,6 +189,8 @@ class WandbLogger:
     def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
         import wandb
 
+        from .redaction import redact_argv
+
         # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
         id_file = Path(run_dir) / "wandb_run_id"
         if not id_file.is_file():
@@ -182,6 +199,9 @@ class WandbLogger:
         kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
                       tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
                       id=id_file.read_text().strip(), resume="allow")
+        redact_argv()  # W&B records the command line; a credential passed as an override stays out
+        if cfg.get("api_key"):  # +logger.api_key=...: this run's W&B key (redacted wherever it would be written)
+            os.environ["WANDB_API_KEY"] = str(cfg.get("api_key"))
         mode = wandb_mode(cfg.get("mode", "auto"))
         try:
             self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))),
@@ -191,6 +211,10 @@ class WandbLogger:
                 raise
             log.warning("W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
                         str(err).splitlines()[0], run_dir)
+            # the failed init keeps the run id registered in W&B's service ("run ID ... is in
+            # use"): tear the service down, then the offline run takes the same id, so that a
+            # later `wandb sync` continues the run an online resume would have continued
+            wandb.teardown()
             mode = "offline"
             self.run = wandb.init(mode=mode, **kwargs)
         self.mode = mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -14,6 +15,7 @@ RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "t
                   "device", "debug", "cache_dir", "data.dir", "train.eval_batch_size")
 
 DIVERGENCE_POLICIES = ("stop", "skip")
+SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in 0..2**32-1
 
 
 def _get(cfg: DictConfig, key: str):
@@ -23,17 +25,22 @@ def _get(cfg: DictConfig, key: str):
     return value
 
 
-def _integer(cfg, key: str, minimum: int) -> None:
+def _integer(cfg, key: str, minimum: int, maximum: int | None = None) -> None:
     value = _get(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
+        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}" if maximum is None else
+                          f"{key}={value!r}: expected an integer in {minimum}..{maximum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key}={value!r}: expected an integer in {minimum}..{maximum}")
 
 
 def _positive_number(cfg, key: str, zero_ok: bool = False) -> None:
+    """A finite number > 0 (>= 0): nan and inf are config errors, not a "divergence" later."""
     value = _get(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if zero_ok else value > 0)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value >= 0 if zero_ok else value > 0))
     if not ok:
-        raise ConfigError(f"{key}={value!r}: expected a number {'>= 0' if zero_ok else '> 0'}")
+        raise ConfigError(f"{key}={value!r}: expected a finite number {'>= 0' if zero_ok else '> 0'}")
 
 
 def _choice(cfg, key: str, allowed) -> None:
@@ -48,9 +55,9 @@ def validate(cfg: DictConfig) -> None:
     from .models.loading import DTYPES, FAMILIES, SOURCES
     from .models.objective import ZO_OBJECTIVES
     from .models.tuning import TUNINGS
-    from .tasks.data import PROTOCOLS
+    from .tasks.data import BAD_ROW_POLICIES, PROTOCOLS
 
-    _integer(cfg, "seed", 0)
+    _integer(cfg, "seed", 0, SEED_MAX)
     _integer(cfg, "train.steps", 0)
     for key in ("train.batch_size", "train.eval_every", "train.eval_batch_size", "train.log_every",
                 "task.max_length", "data.k"):
@@ -60,8 +67,13 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "data.protocol", PROTOCOLS)
     # kshot: num_eval 0 = LM-BFF's full test set; mezo samples num_eval >= 1 test examples
     _integer(cfg, "data.num_eval", 0 if _get(cfg, "data.protocol") == "kshot" else 1)
-    for key in ("train.checkpoint_every", "data.num_dev", "data.seed", "data.eval_seed"):
+    for key in ("train.checkpoint_every", "data.num_dev"):
         _integer(cfg, key, 0)
+    for key in ("data.seed", "data.eval_seed"):
+        _integer(cfg, key, 0, SEED_MAX)
+    if OmegaConf.select(cfg, "model.init_seed", default=None) is not None:
+        _integer(cfg, "model.init_seed", 0, SEED_MAX)
+    _choice(cfg, "data.on_bad_row", BAD_ROW_POLICIES)
     for key in ("train.forward_budget", "train.eval_every_passes"):
         if OmegaConf.select(cfg, key, default=None) is not None:
             _integer(cfg, key, 1)

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from zobench.errors import ConfigError
 from zobench.tasks import build_splits, load_split, load_task
-from zobench.tasks.data import KSHOT_SEEDS, kshot_dir, lmbff_test_subset, sample_k_per_label
+from zobench.tasks.data import KSHOT_SEEDS, _read_jsonl, kshot_dir, lmbff_test_subset, row_problem, sample_k_per_label
 
 # (task, split role) -> rows in the mirror (../shared/data/README.md)
 MIRROR_ROWS = {
@@ -169,3 +170,137 @@ def test_missing_kshot_dev_file_names_it(tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match=r"16-13/dev\.jsonl not found \(dev of the LM-BFF 16-shot split, "
                                                 r"seed 13, of task rte\)"):
         build_splits(load_task("rte"), tmp_path, 0, 0, 0, seed=13, protocol="kshot")
+
+
+# -- hostile data files: every bad row is named by file and line, before any model loads ----------
+SST2_ROW = {"sentence": "a fine film .", "label": 1, "idx": 0}
+# (task, bad line, what the one line must say): every schema the tasks/*.yaml read
+BAD_ROWS = [
+    ("sst2", '{"sentence": "x", "label": 0', "not valid JSON"),
+    ("sst2", "[1, 2]", "expected a JSON object, got list"),
+    ("sst2", '"just a string"', "expected a JSON object, got str"),
+    ("sst2", '{"label": 1}', "field 'sentence' is missing or null"),
+    ("sst2", '{"sentence": null, "label": 1}', "field 'sentence' is missing or null"),
+    ("sst2", '{"sentence": "x"}', "label field 'label' is missing"),
+    ("sst2", '{"sentence": "x", "label": "1"}', 'label="1": task sst2 labels are the integers 0..1'),
+    ("sst2", '{"sentence": "x", "label": null}', "label=null: task sst2 labels are the integers 0..1"),
+    ("sst2", '{"sentence": "x", "label": 1.7}', "label=1.7: task sst2 labels are the integers 0..1"),
+    ("sst2", '{"sentence": "x", "label": 1.0}', "label=1.0: task sst2 labels are the integers 0..1"),
+    ("sst2", '{"sentence": "x", "label": true}', "label=true: task sst2 labels are the integers 0..1"),
+    ("sst2", '{"sentence": "x", "label": 2}', "label=2: task sst2 labels are the integers 0..1"),
+    ("sst2", '{"sentence": "x", "label": -1}', "label=-1: task sst2 labels are the integers 0..1"),
+    ("sst2", b'{"sentence": "caf\xe9", "label": 1}', "not UTF-8 (byte 0xe9 at column 18)"),
+    ("trec", '{"text": "who?", "coarse_label": 6}', "coarse_label=6: task trec labels are the integers 0..5"),
+    ("copa", '{"premise": "p.", "choice1": "a", "question": "cause", "label": 0}', "field 'choice2' is missing"),
+    ("snli", '{"premise": "p.", "hypothesis": "h.", "label": 3}',
+     "label=3: task snli labels are the integers 0..2 (or -1: no gold label, dropped)"),
+    ("squad", '{"title": "t", "context": "c", "question": "q?", "answers": {"text": []}}',
+     "answers.text=[]: the reference answers must be a non-empty list of strings"),
+    ("squad", '{"title": "t", "context": "c", "question": "q?"}', "field 'answers' is missing"),
+    ("drop", '{"passage": "p", "question": "q", "answers_spans": {"spans": "two"}}',
+     'answers_spans.spans="two": the reference answers must be a non-empty list of strings'),
+    ("record", '{"passage": "p", "query": "@placeholder won", "entities": "A", "answers": ["A"]}',
+     'entities="A": the candidates must be a non-empty list of strings'),
+    ("record", '{"passage": "p", "query": "@placeholder won", "entities": ["A"], "answers": ["B"]}',
+     "gold answers ['B'] are not among the candidates"),
+]
+
+
+def _good_row(task: str) -> dict:
+    return {"sst2": SST2_ROW, "trec": {"text": "who?", "coarse_label": 3},
+            "copa": {"premise": "p.", "choice1": "a", "choice2": "b", "question": "cause", "label": 0},
+            "snli": {"premise": "p.", "hypothesis": "h.", "label": 0},
+            "squad": {"title": "t", "context": "c", "question": "q?", "answers": {"text": ["c"]}},
+            "drop": {"passage": "p", "question": "q", "answers_spans": {"spans": ["two"]}},
+            "record": {"passage": "p", "query": "@placeholder won", "entities": ["A", "B"], "answers": ["A"]}}[task]
+
+
+def _mirror(tmp_path, task: str, role: str, lines: list) -> tuple:
+    spec = load_task(task)
+    path = tmp_path / task / f"{spec.splits[role]}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(l if isinstance(l, bytes) else l.encode() for l in lines) + b"\n")
+    return spec, path
+
+
+@pytest.mark.parametrize("task, line, message", BAD_ROWS, ids=[f"{t}:{m[:30]}" for t, _, m in BAD_ROWS])
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, task, line, message):
+    good = json.dumps(_good_row(task))
+    spec, path = _mirror(tmp_path, task, "eval", [good, good, line, good])
+    spec.render(_good_row(task))  # the good row really is good: only line 3 is wrong
+    with pytest.raises(ConfigError) as info:
+        load_split(spec, "eval", tmp_path)
+    assert str(info.value).startswith(f"{path}:3: ") and message in str(info.value), str(info.value)
+    # skipping instead: the bad row is left out, counted per file
+    skipped = {}
+    rows = load_split(spec, "eval", tmp_path, on_bad_row="skip", skipped=skipped)
+    assert len(rows) == 3 and skipped == {str(path): 1}
+
+
+def test_every_row_of_the_mirror_passes_the_checks(data_dir):
+    """No false alarms: the checks accept every file the tasks read from the mirror."""
+    for task in ("boolq", "cb", "copa", "multirc", "rte", "snli", "squad", "sst2", "sst5", "trec", "wic", "wsc"):
+        spec = load_task(task)
+        for path in sorted((data_dir / task).rglob("*.jsonl")):
+            if path.name == "test.jsonl" and path.parent.name == task and spec.splits["eval"] != "test":
+                continue  # GLUE's unlabeled test split (label -1), which no task reads
+            assert all(row_problem(spec, r) is None for r in _read_jsonl(path, "check", spec))
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    spec, _ = _mirror(tmp_path, "sst2", "eval", [b"\xef\xbb\xbf" + json.dumps(SST2_ROW).encode(), json.dumps(SST2_ROW)])
+    assert load_split(spec, "eval", tmp_path) == [SST2_ROW, SST2_ROW]
+
+
+def test_snli_rows_without_gold_label_are_dropped_not_refused(tmp_path):
+    spec, _ = _mirror(tmp_path, "snli", "eval", [json.dumps({"premise": "p.", "hypothesis": "h.", "label": lab})
+                                                  for lab in (0, -1, 2)])
+    assert [r["label"] for r in load_split(spec, "eval", tmp_path)] == [0, 2]
+
+
+def test_bad_rows_in_kshot_files_are_named_too(tmp_path):
+    folder = tmp_path / "sst2" / "k-shot" / "16-13"
+    folder.mkdir(parents=True)
+    for name in ("train", "dev", "test"):
+        (folder / f"{name}.jsonl").write_text(json.dumps(SST2_ROW) + "\n")
+    (folder / "dev.jsonl").write_text(json.dumps(SST2_ROW) + "\n" + '{"sentence": "x", "label": 7}\n')
+    with pytest.raises(ConfigError, match=r"16-13/dev\.jsonl:2: label=7"):
+        build_splits(load_task("sst2"), tmp_path, 0, 0, 0, seed=13, protocol="kshot")
+    splits = build_splits(load_task("sst2"), tmp_path, 0, 0, 0, seed=13, protocol="kshot", on_bad_row="skip")
+    assert splits.skipped_rows == {str(folder / "dev.jsonl"): 1} and len(splits.dev) == 1
+
+
+def test_unknown_bad_row_policy_is_refused(tmp_path):
+    _mirror(tmp_path, "sst2", "eval", [json.dumps(SST2_ROW)])
+    with pytest.raises(ConfigError, match="data.on_bad_row='ignore': allowed error, skip"):
+        load_split(load_task("sst2"), "eval", tmp_path, on_bad_row="ignore")
+
+
+# -- tiny train pools: dev never silently eats train ---------------------------------------------
+def _sst2_pool(tmp_path, rows: int):
+    lines = [json.dumps({"sentence": f"s{i}", "label": i % 2, "idx": i}) for i in range(rows)]
+    _mirror(tmp_path, "sst2", "train", lines)
+    _mirror(tmp_path, "sst2", "eval", lines[:4])
+
+
+def test_a_pool_too_small_for_dev_and_one_training_row_is_refused(tmp_path):
+    _sst2_pool(tmp_path, 12)  # 12 rows, 32 + 16 asked: dev 16 cannot be had (today: train 8 / dev 4)
+    with pytest.raises(ConfigError, match=r"data.num_dev=16: task sst2's train pool has only 12 rows, too few for "
+                                          r"16 dev rows plus at least one training row; set data.num_dev <= 11"):
+        build_splits(load_task("sst2"), tmp_path, 32, 16, 4, seed=0)
+    with pytest.raises(ConfigError, match="only 12 rows"):
+        build_splits(load_task("sst2"), tmp_path, 32, 12, 4, seed=0)  # dev would take every row
+
+
+def test_a_short_pool_gives_dev_its_rows_and_train_the_rest_with_a_warning(tmp_path, caplog):
+    _sst2_pool(tmp_path, 20)  # MeZO's rule (CB: 250 rows, 1000/100 -> 150/100), said out loud
+    splits = build_splits(load_task("sst2"), tmp_path, 32, 16, 4, seed=0)
+    assert (len(splits.train), len(splits.dev)) == (4, 16)
+    assert not {r["idx"] for r in splits.train} & {r["idx"] for r in splits.dev}
+    assert "dev takes its 16, train gets the other 4 (not 32)" in caplog.text
+    # enough rows: exactly what was asked, no warning
+    caplog.clear()
+    splits = build_splits(load_task("sst2"), tmp_path, 4, 16, 4, seed=0)
+    assert (len(splits.train), len(splits.dev)) == (4, 16) and "train gets" not in caplog.text
+    # zero-shot with a dev set: dev may take the whole pool
+    assert len(build_splits(load_task("sst2"), tmp_path, 0, 20, 4, seed=0).dev) == 20

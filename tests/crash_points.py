@@ -1,0 +1,113 @@
+"""Kill a run at every file-system write of its checkpoints and of its finishing sequence, restart
+it, and check the dir ends as an uninterrupted run does (tests/test_resume.py runs this).
+
+``python -m tests.crash_points <out.json> <data dir> <work dir>``. The process imports zobench
+once and forks one child per crash point (a fork is cheap; a fresh interpreter per point would
+take minutes), on a small copy of the SST-2 mirror. The parent never runs a torch operation, so
+the children's thread pools start clean. Writes counted (each is a crash point, the kill lands
+just before it): ``os.replace``, ``os.rename``, ``os.unlink``, ``shutil.rmtree``, safetensors
+``save_file`` and ``torch.save`` (an fsync is not one: without a power loss, a kill before it
+leaves what a kill after the write before it leaves). A kill is ``os._exit`` (no handler, no
+finally: what SIGKILL does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes", "git_sha"}
+
+
+def _instrument(crash_at: int, counter: list) -> None:
+    import safetensors.torch
+    import torch
+
+    def wrap(module, name):
+        original = getattr(module, name)
+
+        def op(*args, **kwargs):
+            counter[0] += 1
+            if counter[0] == crash_at:
+                os._exit(137)
+            return original(*args, **kwargs)
+
+        setattr(module, name, op)
+
+    for module, name in ((os, "replace"), (os, "rename"), (os, "unlink"), (shutil, "rmtree"),
+                         (safetensors.torch, "save_file"), (torch, "save")):
+        wrap(module, name)
+
+
+def _child(cfg, run_dir: Path, crash_at: int, count_file: Path | None = None) -> int:
+    """Fork; the child runs (crashing at write ``crash_at``, 0: never); returns its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            import logging
+
+            logging.disable(logging.CRITICAL)
+            counter = [0]
+            _instrument(crash_at, counter)
+            import zobench.run
+            from zobench.run import run
+
+            zobench.run.git_sha = lambda: None  # a git subprocess per child: time, and not what is tested
+
+            run(cfg, run_dir)
+            if count_file is not None:
+                count_file.write_text(str(counter[0]))
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _stable(run_dir: Path) -> dict:
+    summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in VOLATILE}
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = (run_dir / "final/trainable.safetensors").read_bytes().hex()
+    return {"summary": summary, "metrics": metrics, "final": final,
+            "leftovers": sorted(p.name for p in run_dir.iterdir() if p.name in ("checkpoint", "best"))}
+
+
+def main(out: Path, data_dir: str, work: Path) -> None:
+    import transformers  # noqa: F401 - imported once here, not in every child (imports only: no torch op)
+
+    import zobench.models  # noqa: F401
+    import zobench.run  # noqa: F401
+    from tests.test_config import compose_run
+    from tests.test_run import SMOKE
+
+    mirror = work / "data" / "sst2"  # SMOKE samples 32 + 16 train rows and 24 test rows
+    mirror.mkdir(parents=True)
+    for name, rows in (("train.jsonl", 64), ("validation.jsonl", 32)):
+        with open(Path(data_dir) / "sst2" / name) as f:
+            (mirror / name).write_text("".join(next(f) for _ in range(rows)))
+    cfg = compose_run(*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", "train.log_every=1",
+                      "train.save_final=true", f"data.dir={mirror.parent}")
+    reference, count_file = work / "reference", work / "count"
+    assert _child(cfg, reference, 0, count_file) == 0
+    expected, writes = _stable(reference), int(count_file.read_text())
+    report = {"writes": writes, "failures": []}
+    only = [int(p) for p in sys.argv[4].split(",")] if len(sys.argv) > 4 else None
+    for point in only or range(1, writes + 1):
+        run_dir = work / f"crash{point}"
+        crashed = _child(cfg, run_dir, point)
+        restarted = _child(cfg, run_dir, 0)
+        got = _stable(run_dir) if restarted == 0 else None
+        if crashed != 137 or got != expected:
+            report["failures"].append({"point": point, "crash_exit": crashed, "restart_exit": restarted,
+                                       "differs": None if got is None else
+                                       sorted(k for k in expected if got[k] != expected[k])})
+        shutil.rmtree(run_dir, ignore_errors=True)
+        out.write_text(json.dumps({**report, "done": point}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
