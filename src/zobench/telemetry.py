@@ -189,16 +189,17 @@ class WandbLogger:
     def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
         import wandb
 
-        from .redaction import redact_argv
+        from .redaction import redact, redact_argv
 
         # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
         id_file = Path(run_dir) / "wandb_run_id"
         if not id_file.is_file():
             alphabet = string.ascii_lowercase + string.digits
             id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
-        kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-                      tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
-                      id=id_file.read_text().strip(), resume="allow")
+        # W&B records project, group, tags and name beside the config: the same redaction for all
+        kwargs = redact(dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
+                             tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
+                             id=id_file.read_text().strip(), resume="allow"))
         redact_argv()  # W&B records the command line; a credential passed as an override stays out
         if cfg.get("api_key"):  # +logger.api_key=...: this run's W&B key (redacted wherever it would be written)
             os.environ["WANDB_API_KEY"] = str(cfg.get("api_key"))
