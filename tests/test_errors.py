@@ -176,10 +176,12 @@ def _bad_mirror(tmp_path, data_dir, line: str) -> Path:
 
 def test_a_bad_data_row_is_one_line_before_the_model_loads(tmp_path, data_dir):
     mirror = _bad_mirror(tmp_path, data_dir, '{"sentence": "ok", "label": 1.7}')
-    # a model that cannot load: the data error must come first
-    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={mirror}", "model.tokenizer_from=no-such-model",
+    # an empty cache: loading the model (its tokenizer) would convert the GGUF into it first
+    cache = tmp_path / "cache"
+    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={mirror}", f"cache_dir={cache}",
                       f"hydra.run.dir={tmp_path / 'run'}")
     _assert_bad_input(result, f"{mirror}/sst2/train.jsonl:42: label=1.7: task sst2 labels are the integers 0..1")
+    assert not (cache / "models").exists()  # the data error came before the model was loaded
 
 
 def test_skipped_bad_rows_are_counted_in_the_summary(tmp_path, data_dir, caplog):

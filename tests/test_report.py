@@ -151,7 +151,7 @@ def test_bad_input_errors(tmp_path):
         load_runs([tmp_path])
     with pytest.raises(DataNotFoundError, match="no such directory"):
         load_runs([tmp_path / "nope"])
-    with pytest.raises(ConfigError, match="--table table9: no such table; allowed: fzoo_averages, memory"):
+    with pytest.raises(ConfigError, match="--table table9: no such table; allowed: fzoo_averages, hizoo_roberta_k16, memory"):
         load_table("table9")
 
 
