@@ -139,22 +139,28 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{key} must be the same in every param group, got {sorted(values)}")
         return values.pop()
 
-    def _two_sided(self, closure: Closure, direction: Direction, eps: float) -> tuple[float, float, float]:
-        """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε; the engine is left at θ-εz or,
-        after a mirrored pair, with nothing applied (``restore`` or ``restore_and_update`` next).
-        Two forward passes: one batched call of the pair when the engine and the closure can
-        (``Engine.mirrored``: z drawn once for both), else one after the other."""
-        if self._can_mirror(closure):
-            with self.engine.mirrored(self._all_params, direction, eps):
+    def _two_sided(self, closure: Closure, direction: Direction, eps: float,
+                   params: list | None = None) -> tuple[float, float, float]:
+        """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε over ``params`` (default: all); the
+        engine is left at θ-εz or, after a mirrored pair, with nothing applied (``restore`` or
+        ``restore_and_update`` next). Two forward passes: one batched call of the pair when the
+        engine and the closure can (``Engine.mirrored``: z drawn once for both), else one after
+        the other."""
+        if params is None:
+            params, mirror = self._all_params, self._can_mirror(closure)
+        else:  # a subset that may change every step (LeZO's blocks): asked every time
+            mirror = accepts_replicas(closure) and self.engine.mirror_support(params) is None
+        if mirror:
+            with self.engine.mirrored(params, direction, eps):
                 losses = torch.as_tensor(closure(replicas=2)).reshape(-1)
             if losses.numel() != 2:
                 raise ValueError(f"closure(replicas=2) returned {losses.numel()} losses; it must return "
                                  "one loss per replica, shape (2,)")
             loss_plus, loss_minus = float(losses[0]), float(losses[1])
         else:
-            self.engine.perturb(self._all_params, direction, +eps)
+            self.engine.perturb(params, direction, +eps)
             loss_plus = float(closure())
-            self.engine.perturb(self._all_params, direction, -eps)
+            self.engine.perturb(params, direction, -eps)
             loss_minus = float(closure())
         return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
 

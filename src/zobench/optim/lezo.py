@@ -33,7 +33,7 @@ import re
 import torch
 
 from ..engine import Engine, mix_seed
-from ._common import Closure, ZOOptimizer, accepts_replicas, check_hyperparameters
+from ._common import Closure, ZOOptimizer, check_hyperparameters
 
 #: a transformer block's index in a parameter name: ``model.layers.3.mlp...``, ``encoder.layer.3...``
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -102,19 +102,7 @@ class LeZO(ZOOptimizer):
         direction = self.direction(step, distribution=self._shared("distribution"))
         kept = self.kept_blocks(step)
         active = self._perturbed(self._all_params, kept)
-        if accepts_replicas(closure) and self.engine.mirror_support(active) is None:
-            with self.engine.mirrored(active, direction, eps):
-                losses = torch.as_tensor(closure(replicas=2)).reshape(-1)
-            if losses.numel() != 2:
-                raise ValueError(f"closure(replicas=2) returned {losses.numel()} losses; it must return "
-                                 "one loss per replica, shape (2,)")
-            loss_plus, loss_minus = float(losses[0]), float(losses[1])
-        else:
-            self.engine.perturb(active, direction, +eps)
-            loss_plus = float(closure())
-            self.engine.perturb(active, direction, -eps)
-            loss_minus = float(closure())
-        g = (loss_plus - loss_minus) / (2 * eps)
+        g, loss_plus, loss_minus = self._two_sided(closure, direction, eps, params=active)
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, blocks_perturbed=len(kept))
         if not math.isfinite(g):  # never write NaN/inf into the weights
             self.engine.restore(active)
