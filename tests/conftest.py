@@ -9,7 +9,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()  # subprocesses run elsewhere
+DATA_DIR = Path(
+    os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")
+).resolve()  # subprocesses run elsewhere
 
 
 @pytest.fixture(autouse=True)
@@ -28,19 +30,69 @@ def data_dir() -> Path:
 
 TINY_ARCHS = {
     # family name -> (auto class, config kwargs): small enough to run in milliseconds
-    "llama": ("causal", dict(model_type="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                             tie_word_embeddings=True)),
-    "opt": ("causal", dict(model_type="opt", hidden_size=16, ffn_dim=32, num_hidden_layers=2,
-                           num_attention_heads=2, vocab_size=64, word_embed_proj_dim=16,
-                           max_position_embeddings=64)),
-    "phi": ("causal", dict(model_type="phi", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, vocab_size=64)),
-    "gemma3": ("causal", dict(model_type="gemma3_text", hidden_size=16, intermediate_size=32,
-                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                              vocab_size=64, sliding_window=8)),
-    "roberta": ("masked", dict(model_type="roberta", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                               num_attention_heads=2, vocab_size=64, max_position_embeddings=40)),
+    "llama": (
+        "causal",
+        dict(
+            model_type="llama",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=64,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "opt": (
+        "causal",
+        dict(
+            model_type="opt",
+            hidden_size=16,
+            ffn_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=64,
+            word_embed_proj_dim=16,
+            max_position_embeddings=64,
+        ),
+    ),
+    "phi": (
+        "causal",
+        dict(
+            model_type="phi",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=64,
+        ),
+    ),
+    "gemma3": (
+        "causal",
+        dict(
+            model_type="gemma3_text",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            vocab_size=64,
+            sliding_window=8,
+        ),
+    ),
+    "roberta": (
+        "masked",
+        dict(
+            model_type="roberta",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=64,
+            max_position_embeddings=40,
+        ),
+    ),
 }
 
 

@@ -37,8 +37,14 @@ def _instrument(crash_at: int, counter: list) -> None:
 
         setattr(module, name, op)
 
-    for module, name in ((os, "replace"), (os, "rename"), (os, "unlink"), (shutil, "rmtree"),
-                         (safetensors.torch, "save_file"), (torch, "save")):
+    for module, name in (
+        (os, "replace"),
+        (os, "rename"),
+        (os, "unlink"),
+        (shutil, "rmtree"),
+        (safetensors.torch, "save_file"),
+        (torch, "save"),
+    ):
         wrap(module, name)
 
 
@@ -69,11 +75,17 @@ def _child(cfg, run_dir: Path, crash_at: int, count_file: Path | None = None) ->
 
 def _stable(run_dir: Path) -> dict:
     summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in VOLATILE}
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     final = (run_dir / "final/trainable.safetensors").read_bytes().hex()
-    return {"summary": summary, "metrics": metrics, "final": final,
-            "leftovers": sorted(p.name for p in run_dir.iterdir() if p.name in ("checkpoint", "best"))}
+    return {
+        "summary": summary,
+        "metrics": metrics,
+        "final": final,
+        "leftovers": sorted(p.name for p in run_dir.iterdir() if p.name in ("checkpoint", "best")),
+    }
 
 
 def main(out: Path, data_dir: str, work: Path) -> None:
@@ -89,8 +101,15 @@ def main(out: Path, data_dir: str, work: Path) -> None:
     for name, rows in (("train.jsonl", 64), ("validation.jsonl", 32)):
         with open(Path(data_dir) / "sst2" / name) as f:
             (mirror / name).write_text("".join(next(f) for _ in range(rows)))
-    cfg = compose_run(*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", "train.log_every=1",
-                      "train.save_final=true", f"data.dir={mirror.parent}")
+    cfg = compose_run(
+        *SMOKE,
+        "train.steps=4",
+        "train.eval_every=1",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.save_final=true",
+        f"data.dir={mirror.parent}",
+    )
     reference, count_file = work / "reference", work / "count"
     assert _child(cfg, reference, 0, count_file) == 0
     expected, writes = _stable(reference), int(count_file.read_text())
@@ -102,9 +121,14 @@ def main(out: Path, data_dir: str, work: Path) -> None:
         restarted = _child(cfg, run_dir, 0)
         got = _stable(run_dir) if restarted == 0 else None
         if crashed != 137 or got != expected:
-            report["failures"].append({"point": point, "crash_exit": crashed, "restart_exit": restarted,
-                                       "differs": None if got is None else
-                                       sorted(k for k in expected if got[k] != expected[k])})
+            report["failures"].append(
+                {
+                    "point": point,
+                    "crash_exit": crashed,
+                    "restart_exit": restarted,
+                    "differs": None if got is None else sorted(k for k in expected if got[k] != expected[k]),
+                }
+            )
         shutil.rmtree(run_dir, ignore_errors=True)
         out.write_text(json.dumps({**report, "done": point}))
 

@@ -13,14 +13,27 @@ from zobench.__main__ import _addable, closing_line
 from zobench.sweeps import MAX_NAME, dirname, report_command, sweep_name
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ("model=tiny-llama", "data.num_train=8", "data.num_dev=8", "data.num_eval=8", "train.batch_size=4",
-        "train.eval_batch_size=8", "train.steps=2")
+TINY = (
+    "model=tiny-llama",
+    "data.num_train=8",
+    "data.num_dev=8",
+    "data.num_eval=8",
+    "train.batch_size=4",
+    "train.eval_batch_size=8",
+    "train.steps=2",
+)
 
 
 def _zobench(*args, cwd, env=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zobench", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={k: v for k, v in env.items() if v is not None})
+    return subprocess.run(
+        [sys.executable, "-m", "zobench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={k: v for k, v in env.items() if v is not None},
+    )
 
 
 def _one_error_line(result) -> str:
@@ -42,19 +55,31 @@ def test_run_folders_are_named_by_overrides_and_never_nest():
 
 
 def test_sweep_summary_names_the_experiments_report_command():
-    assert report_command("sparse_mezo_smoke", "multirun/sparse_mezo_smoke") == \
-        "python -m zobench.report multirun/sparse_mezo_smoke --table sparse_mezo --smoke"
-    assert report_command("sparse_mezo_smoke", "/tmp/s") == \
-        "python -m zobench.report /tmp/s --table sparse_mezo --smoke"
+    assert (
+        report_command("sparse_mezo_smoke", "multirun/sparse_mezo_smoke")
+        == "python -m zobench.report multirun/sparse_mezo_smoke --table sparse_mezo --smoke"
+    )
+    assert (
+        report_command("sparse_mezo_smoke", "/tmp/s") == "python -m zobench.report /tmp/s --table sparse_mezo --smoke"
+    )
     assert report_command(None, "multirun/x").startswith("python -m zobench.report multirun/x --table")
 
 
 def test_closing_line_says_where_how_what_and_at_what_cost():
-    summary = {"status": "completed", "metric": "accuracy", "dev_accuracy": 0.75, "best_step": 100,
-               "test_accuracy": 0.7, "forward_passes": 400, "peak_memory_bytes": 3 * 2**30, "wall_s": 125.5}
+    summary = {
+        "status": "completed",
+        "metric": "accuracy",
+        "dev_accuracy": 0.75,
+        "best_step": 100,
+        "test_accuracy": 0.7,
+        "forward_passes": 400,
+        "peak_memory_bytes": 3 * 2**30,
+        "wall_s": 125.5,
+    }
     assert closing_line(summary, Path("outputs/r")) == (
         "zobench: outputs/r: completed; best dev accuracy 0.7500 (step 100), test accuracy 0.7000; "
-        "400 forward passes; peak memory 3.00 GiB; wall 2m05.5s")
+        "400 forward passes; peak memory 3.00 GiB; wall 2m05.5s"
+    )
     failed = closing_line({"status": "failed", "error": "x"}, Path("r"))
     assert failed.startswith("zobench: r: failed; no dev/test metric")
 
@@ -75,17 +100,25 @@ def test_help_starts_with_zobench_and_names_its_other_commands(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["train.stepz=3"], "train.stepz=3: train.stepz is not a zobench config key; did you mean train.steps"),
-    (["+train.stepz=3"], "+train.stepz=3: train.stepz is not a zobench config key (a key added with + would be "
-                         "ignored); did you mean train.steps"),
-    (["+foo=1"], "+foo=1: foo is not a zobench config key (a key added with + would be ignored)"),
-    (["+optimizer.bogus=1"], "+optimizer.bogus=1: optimizer.bogus is not a zobench config key"),
-    (["-m", "optimizer.lrr=1e-5,3e-5"], "optimizer.lrr=1e-5,3e-5: optimizer.lrr is not a zobench config key; "
-                                        "did you mean optimizer.lr"),
-    (["-m", "task=rte,sst3"], "task=sst3: no such option"),
-    (["experiment=mezo_table1", "grid.full.lr.hihg=1"], "did you mean grid.full.lr.high"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train.stepz=3"], "train.stepz=3: train.stepz is not a zobench config key; did you mean train.steps"),
+        (
+            ["+train.stepz=3"],
+            "+train.stepz=3: train.stepz is not a zobench config key (a key added with + would be "
+            "ignored); did you mean train.steps",
+        ),
+        (["+foo=1"], "+foo=1: foo is not a zobench config key (a key added with + would be ignored)"),
+        (["+optimizer.bogus=1"], "+optimizer.bogus=1: optimizer.bogus is not a zobench config key"),
+        (
+            ["-m", "optimizer.lrr=1e-5,3e-5"],
+            "optimizer.lrr=1e-5,3e-5: optimizer.lrr is not a zobench config key; did you mean optimizer.lr",
+        ),
+        (["-m", "task=rte,sst3"], "task=sst3: no such option"),
+        (["experiment=mezo_table1", "grid.full.lr.hihg=1"], "did you mean grid.full.lr.high"),
+    ],
+)
 def test_unknown_keys_are_one_line_with_the_closest_valid_ones(tmp_path, args, message):
     assert message in _one_error_line(_zobench(*args, "logger=none", cwd=tmp_path, timeout=120))
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
@@ -94,8 +127,13 @@ def test_unknown_keys_are_one_line_with_the_closest_valid_ones(tmp_path, args, m
 def _no_hub(tmp_path) -> dict:
     """An environment whose hub does not answer (connection refused) and whose HF cache is empty,
     whatever the machine running the test can reach."""
-    return {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": None,
-            "TRANSFORMERS_OFFLINE": None, "HF_DATASETS_OFFLINE": None}
+    return {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": None,
+        "TRANSFORMERS_OFFLINE": None,
+        "HF_DATASETS_OFFLINE": None,
+    }
 
 
 @pytest.mark.slow
@@ -123,18 +161,21 @@ def test_forgetting_the_data_dir_without_a_hub_is_one_line_in_seconds(tmp_path):
 
 @pytest.mark.slow
 def test_a_plain_sweep_lands_in_override_folders_and_ends_with_its_table(tmp_path, data_dir):
-    result = _zobench("-m", *TINY, "logger=none", "optimizer.lr=1e-5,3e-5", cwd=tmp_path,
-                      env={"ZOBENCH_DATA_DIR": str(data_dir)})
+    result = _zobench(
+        "-m", *TINY, "logger=none", "optimizer.lr=1e-5,3e-5", cwd=tmp_path, env={"ZOBENCH_DATA_DIR": str(data_dir)}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep, = (tmp_path / "multirun").iterdir()  # multirun/<time>/
+    (sweep,) = (tmp_path / "multirun").iterdir()  # multirun/<time>/
     common = "data.num_dev=8,data.num_eval=8,data.num_train=8,model=tiny-llama,"
     names = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
     # Hydra's sweep writes the floats as 1e-05
     assert names == [f"{common}optimizer.lr={lr},train.batch_size=4,train.steps=2" for lr in ("1e-05", "3e-05")]
     closing = [line for line in result.stdout.splitlines() if line.startswith(f"zobench: {sweep}/")]
-    assert len(closing) == 2 and all(": completed; best dev accuracy" in line and "test accuracy" in line
-                                      and "4 forward passes" in line for line in closing), result.stdout
-    table = result.stdout[result.stdout.index(f"zobench: sweep {sweep.relative_to(tmp_path)}: 2 run dirs"):]
+    assert len(closing) == 2 and all(
+        ": completed; best dev accuracy" in line and "test accuracy" in line and "4 forward passes" in line
+        for line in closing
+    ), result.stdout
+    table = result.stdout[result.stdout.index(f"zobench: sweep {sweep.relative_to(tmp_path)}: 2 run dirs") :]
     assert table.count("completed  accuracy") == 2 and "tables: python -m zobench.report" in table, result.stdout
 
 

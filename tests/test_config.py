@@ -29,16 +29,28 @@ def test_every_group_option_composes(group, option):
     cfg = compose_run(f"{group}={option}", "data.dir=/tmp/mirror")
     OmegaConf.resolve(cfg)
     assert cfg[group].name == option if "name" in cfg[group] else cfg[group].backend == option
-    for key in ("seed", "train.steps", "train.batch_size", "train.eval_every", "data.dir", "data.num_train",
-                "data.num_dev", "data.num_eval"):
+    for key in (
+        "seed",
+        "train.steps",
+        "train.batch_size",
+        "train.eval_every",
+        "data.dir",
+        "data.num_train",
+        "data.num_dev",
+        "data.num_eval",
+    ):
         assert OmegaConf.select(cfg, key) is not None, key
 
 
 def test_defaults_are_the_offline_config(monkeypatch):
     monkeypatch.setenv("ZOBENCH_DATA_DIR", "/some/mirror")
     cfg = compose_run()
-    assert (cfg.model.name, cfg.task.name, cfg.optimizer.name, cfg.tuning.name) == \
-        ("smollm2-135m", "sst2", "mezo", "full")
+    assert (cfg.model.name, cfg.task.name, cfg.optimizer.name, cfg.tuning.name) == (
+        "smollm2-135m",
+        "sst2",
+        "mezo",
+        "full",
+    )
     assert cfg.data.dir == "/some/mirror"
     assert (cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval) == (1000, 500, 1000)
 
@@ -58,8 +70,9 @@ def test_every_task_config_has_a_spec():
 
 
 def test_help_lists_every_group_and_option():
-    out = subprocess.run([sys.executable, "-m", "zobench", "--help"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "zobench", "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for group in GROUPS:
         line = next(l for l in out.splitlines() if l.startswith(f"{group}:"))
         assert all(option in line for option in _options(group)), line
@@ -67,8 +80,22 @@ def test_help_lists_every_group_and_option():
 
 def test_wheel_ships_conf_and_tasks_and_finds_them(tmp_path):
     """A non-editable install must find conf/ and tasks/ as package data."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(REPO)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+    )
     wheel = next(tmp_path.glob("zobench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "zobench/_data/conf/config.yaml" in names
@@ -76,9 +103,15 @@ def test_wheel_ships_conf_and_tasks_and_finds_them(tmp_path):
     assert "zobench/_data/conf/model/smollm2-135m.yaml" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    probe = ("import zobench.resources as r, zobench.tasks as t; "
-             "print(r.conf_dir()); print(t.load_task('rte').name)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=120)
+    probe = "import zobench.resources as r, zobench.tasks as t; print(r.conf_dir()); print(t.load_task('rte').name)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=120,
+    )
     conf, task = out.stdout.split()
     assert conf == str(site / "zobench" / "_data" / "conf") and task == "rte"

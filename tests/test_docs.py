@@ -29,9 +29,19 @@ from zobench.resources import conf_dir
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"causal": "tiny-llama", "masked": "tiny-roberta"}
 # key -> largest value a documented command runs with here (smaller ones are kept)
-LIMITS = {"train.steps": 2, "train.eval_every": 1, "train.forward_budget": 6, "train.eval_every_passes": 3,
-          "train.batch_size": 4, "train.eval_batch_size": 8, "data.num_train": 8, "data.num_dev": 8,
-          "data.num_eval": 8, "data.k": 4, "icl.demos": 2}
+LIMITS = {
+    "train.steps": 2,
+    "train.eval_every": 1,
+    "train.forward_budget": 6,
+    "train.eval_every_passes": 3,
+    "train.batch_size": 4,
+    "train.eval_batch_size": 8,
+    "data.num_train": 8,
+    "data.num_dev": 8,
+    "data.num_eval": 8,
+    "data.k": 4,
+    "icl.demos": 2,
+}
 
 
 def readme_usage_commands() -> list[str]:
@@ -39,8 +49,12 @@ def readme_usage_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("\n## Usage\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if re.match(r"(\w+=\S+ )*python -m zobench\b(?!\.)", line.strip())]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if re.match(r"(\w+=\S+ )*python -m zobench\b(?!\.)", line.strip())
+    ]
 
 
 def experiment_header_lines() -> list[tuple[str, str]]:
@@ -107,12 +121,14 @@ def _run(command: str, workdir: Path, data_dir: Path, extra: list[str]):
     env_vars, args = split(command)
     module = "zobench.report" if command.split("python -m ", 1)[1].startswith("zobench.report") else "zobench"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "ZOBENCH_DATA_DIR": str(data_dir), **env_vars}
-    return subprocess.run([sys.executable, "-m", module, *args, *extra], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args, *extra], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
-RUNS = [("README", c) for c in readme_usage_commands()] + \
-    [(e, c) for e, c in experiment_header_lines() if "zobench.report" not in c]
+RUNS = [("README", c) for c in readme_usage_commands()] + [
+    (e, c) for e, c in experiment_header_lines() if "zobench.report" not in c
+]
 REPORTS = [(e, c) for e, c in experiment_header_lines() if "zobench.report" in c]
 
 
@@ -129,8 +145,9 @@ def test_documented_command_runs_as_written(where, command, workdir, data_dir):
     if any(a.startswith("hydra/launcher=") for a in args):  # Slurm: compose only (Hydra has no --cfg with -m)
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = compose(config_name="config", overrides=[a for a in args if not a.startswith("-")],
-                          return_hydra_config=True)
+            cfg = compose(
+                config_name="config", overrides=[a for a in args if not a.startswith("-")], return_hydra_config=True
+            )
         assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.sweeper.params
         return
     before = set(workdir.rglob("summary.json"))

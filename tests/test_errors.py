@@ -49,12 +49,20 @@ BAD_INPUTS = [
     (["train.keep_best=maybe"], "train.keep_best='maybe': expected true or false"),
     (["engine.paired=sometimes"], "engine.paired='sometimes': expected true or false"),
     (["engine.fused_linear=yes"], "engine.fused_linear='yes': expected true or false"),
-    (["engine=torch", "engine.fused_linear=true"],
-     "engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and engine.mode=virtual; "
-     "got engine.backend=torch, engine.mode=virtual"),
+    (
+        ["engine=torch", "engine.fused_linear=true"],
+        "engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and engine.mode=virtual; "
+        "got engine.backend=torch, engine.mode=virtual",
+    ),
     (["data.dir=/nonexistent/mirror"], "data.dir: /nonexistent/mirror/sst2/train.jsonl not found"),
-    (["model=roberta-large", "task=copa"], "model=roberta-large is a masked LM; task=copa has prompts for causal LMs only"),
-    (["model=tiny-roberta", "task=copa"], "model=tiny-roberta is a masked LM; task=copa has prompts for causal LMs only"),
+    (
+        ["model=roberta-large", "task=copa"],
+        "model=roberta-large is a masked LM; task=copa has prompts for causal LMs only",
+    ),
+    (
+        ["model=tiny-roberta", "task=copa"],
+        "model=tiny-roberta is a masked LM; task=copa has prompts for causal LMs only",
+    ),
     (["objective=bleu"], "objective='bleu': allowed loss, accuracy, f1"),
     (["objective=f1"], "objective=f1: task metric is accuracy; allowed loss, accuracy"),
     (["icl.demos=-1"], "icl.demos=-1: expected an integer >= 0"),
@@ -75,8 +83,11 @@ BAD_INPUTS = [
     (["data.eval_seed=-3"], "data.eval_seed=-3: expected an integer in 0..4294967295"),
     # data files
     (["data.on_bad_row=ignore"], "data.on_bad_row='ignore': allowed error, skip"),
-    (["data.num_dev=67349"], "data.num_dev=67349: task sst2's train pool has only 67349 rows, too few for 67349 dev "
-                             "rows plus at least one training row; set data.num_dev <= 67348"),
+    (
+        ["data.num_dev=67349"],
+        "data.num_dev=67349: task sst2's train pool has only 67349 rows, too few for 67349 dev "
+        "rows plus at least one training row; set data.num_dev <= 67348",
+    ),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["device=cuda"], "device=cuda: no CUDA device is available here"))
@@ -85,8 +96,13 @@ if not torch.cuda.is_available():
 def _zobench(*args, env=None):
     """``python -m zobench``; ``env`` values of None remove that variable."""
     merged = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zobench", *args], capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in merged.items() if v is not None})
+    return subprocess.run(
+        [sys.executable, "-m", "zobench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in merged.items() if v is not None},
+    )
 
 
 def _assert_bad_input(result, message):
@@ -132,21 +148,23 @@ def _interrupted_run(run_dir, data_dir, monkeypatch):
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
-    result = _zobench(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}",
-                      f"hydra.run.dir={tmp_path}")
+    result = _zobench(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
     _assert_bad_input(result, "holds a checkpoint of a different config (optimizer.lr: 3e-05 -> 5e-05)")
     # changing a resumable key (more steps) is fine
     result = _zobench(*SMOKE, "train.steps=5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
-    ("loop.json", "loop.json is corrupted (its sha256 differs"),
-    ("manifest.json", "manifest.json is unreadable"),
-    ("latest", "manifest.json is unreadable (FileNotFoundError"),
-    ("summary.json", "summary.json is unreadable (JSONDecodeError"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
+        ("loop.json", "loop.json is corrupted (its sha256 differs"),
+        ("manifest.json", "manifest.json is unreadable"),
+        ("latest", "manifest.json is unreadable (FileNotFoundError"),
+        ("summary.json", "summary.json is unreadable (JSONDecodeError"),
+    ],
+)
 def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monkeypatch, damage, message):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
     path = tmp_path / damage if damage in ("summary.json",) else tmp_path / "checkpoint" / damage
@@ -157,8 +175,9 @@ def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monk
     if damage != "latest":
         path.write_bytes(b"{not what was written")
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
-    result = _zobench(*SMOKE, "train.steps=4", "train.checkpoint_every=0", f"data.dir={data_dir}",
-                      f"hydra.run.dir={tmp_path}")
+    result = _zobench(
+        *SMOKE, "train.steps=4", "train.checkpoint_every=0", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}"
+    )
     _assert_bad_input(result, message)
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
 
@@ -178,8 +197,9 @@ def test_a_bad_data_row_is_one_line_before_the_model_loads(tmp_path, data_dir):
     mirror = _bad_mirror(tmp_path, data_dir, '{"sentence": "ok", "label": 1.7}')
     # an empty cache: loading the model (its tokenizer) would convert the GGUF into it first
     cache = tmp_path / "cache"
-    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={mirror}", f"cache_dir={cache}",
-                      f"hydra.run.dir={tmp_path / 'run'}")
+    result = _zobench(
+        *SMOKE, "train.steps=2", f"data.dir={mirror}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     _assert_bad_input(result, f"{mirror}/sst2/train.jsonl:42: label=1.7: task sst2 labels are the integers 0..1")
     assert not (cache / "models").exists()  # the data error came before the model was loaded
 
@@ -195,18 +215,25 @@ def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir):
     cache = tmp_path / "cache"
     shutil.copytree(Path("~/.cache/zobench/models/smollm2-135m").expanduser(), cache / "models" / "smollm2-135m")
     (cache / "models" / "smollm2-135m" / "tokenizer.json").write_text('{"broken')
-    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={cache}",
-                      f"hydra.run.dir={tmp_path / 'run'}")
-    _assert_bad_input(result, f"cache_dir={cache}: loading the converted model in {cache}/models/smollm2-135m failed "
-                              "(JSONDecodeError")
+    result = _zobench(
+        *SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    _assert_bad_input(
+        result, f"cache_dir={cache}: loading the converted model in {cache}/models/smollm2-135m failed (JSONDecodeError"
+    )
 
 
 @pytest.mark.slow
 def test_an_unusable_cache_dir_is_one_line(tmp_path, data_dir):
     """The cache must be written (first use of a model): a path that cannot be a folder."""
     (tmp_path / "file").write_text("not a folder")
-    result = _zobench(*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={tmp_path / 'file' / 'cache'}",
-                      f"hydra.run.dir={tmp_path / 'run'}")
+    result = _zobench(
+        *SMOKE,
+        "train.steps=2",
+        f"data.dir={data_dir}",
+        f"cache_dir={tmp_path / 'file' / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     _assert_bad_input(result, f"cache_dir={tmp_path / 'file' / 'cache'}: cannot use")
 
 
@@ -216,8 +243,9 @@ def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch):
     stop a write: a path below a regular file stands in for a read-only dir."""
     (tmp_path / "file").write_text("not a folder")
     result = _zobench(*SMOKE, "train.steps=1", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
-    _assert_bad_input(result, f"hydra.run.dir={tmp_path / 'file' / 'run'}: cannot write there ({tmp_path / 'file'} "
-                              "is not a folder)")
+    _assert_bad_input(
+        result, f"hydra.run.dir={tmp_path / 'file' / 'run'}: cannot write there ({tmp_path / 'file'} is not a folder)"
+    )
     with pytest.raises(ConfigError, match=r"hydra.run.dir=.*/file/run: cannot write there"):
         run(compose_run(*SMOKE, "train.steps=1", f"data.dir={data_dir}"), tmp_path / "file" / "run")
     from zobench.lock import unusable_run_dir
@@ -231,10 +259,17 @@ def test_a_second_process_in_the_same_run_dir_is_refused(tmp_path, data_dir):
     """Two real processes: the second is refused with one line and touches nothing; once the
     first is SIGKILLed its lock is gone (the kernel drops it) and the next start resumes."""
     run_dir = tmp_path / "run"
-    args = [*SMOKE, "train.steps=40", "train.log_every=1", "train.checkpoint_every=1", f"data.dir={data_dir}",
-            f"hydra.run.dir={run_dir}"]
-    first = subprocess.Popen([sys.executable, "-m", "zobench", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    args = [
+        *SMOKE,
+        "train.steps=40",
+        "train.log_every=1",
+        "train.checkpoint_every=1",
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "zobench", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (run_dir / "checkpoint" / "latest").is_file():
@@ -253,8 +288,7 @@ def test_a_second_process_in_the_same_run_dir_is_refused(tmp_path, data_dir):
     result = _zobench(*args)  # stale-lock safe: the killed holder's lock is gone
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
-    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if '"train"' in l]
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert steps == list(range(1, 41))
 
 
@@ -263,16 +297,23 @@ def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
     """Passed as overrides, known by name or by shape, or held in the environment: no file under
     the run dir (config.yaml, .hydra/*, metrics, W&B's run files and argv) holds them; and
     tokenizer_from is not taken for a credential."""
-    secrets = {"api": "s3cret-api-value-1", "hf": "hf_" + "Zq9" * 12,
-               "env": "s3cret-env-wandb-key-3"}
+    secrets = {"api": "s3cret-api-value-1", "hf": "hf_" + "Zq9" * 12, "env": "s3cret-env-wandb-key-3"}
     args = [a for a in SMOKE if a != "logger=none"]
-    result = _zobench(*args, "logger=wandb", "logger.mode=offline", "train.steps=1", f"data.dir={data_dir}",
-                      f"+logger.api_key={secrets['api']}", f"logger.group={secrets['hf']}",
-                      f"hydra.run.dir={tmp_path}",
-                      env={"WANDB_API_KEY": secrets["env"], "WANDB_MODE": None})
+    result = _zobench(
+        *args,
+        "logger=wandb",
+        "logger.mode=offline",
+        "train.steps=1",
+        f"data.dir={data_dir}",
+        f"+logger.api_key={secrets['api']}",
+        f"logger.group={secrets['hf']}",
+        f"hydra.run.dir={tmp_path}",
+        env={"WANDB_API_KEY": secrets["env"], "WANDB_MODE": None},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    found = [str(p) for p in tmp_path.rglob("*") if p.is_file()
-             for s in secrets.values() if s.encode() in p.read_bytes()]
+    found = [
+        str(p) for p in tmp_path.rglob("*") if p.is_file() for s in secrets.values() if s.encode() in p.read_bytes()
+    ]
     assert found == [], found
     records = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # W&B's run record holds the argv
     assert records and b"+logger.api_key=<redacted>" in records[0].read_bytes()
@@ -284,9 +325,22 @@ def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
 @pytest.mark.slow
 def test_two_quick_sigints_still_end_in_a_clean_interrupted_exit(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "zobench", *SMOKE, "train.steps=40", "train.log_every=1",
-                             "train.checkpoint_every=0", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zobench",
+            *SMOKE,
+            "train.steps=40",
+            "train.log_every=1",
+            "train.checkpoint_every=0",
+            f"data.dir={data_dir}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
         time.sleep(0.02)
@@ -308,8 +362,16 @@ def test_unreachable_wandb_falls_back_to_offline_and_keeps_metrics(tmp_path, dat
     env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": None}
     args = [a for a in SMOKE if a != "logger=none"]
     started = time.time()
-    result = _zobench(*args, "logger=wandb", "logger.mode=online", "logger.init_timeout=3", "train.steps=2",
-                      f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}", env=env)
+    result = _zobench(
+        *args,
+        "logger=wandb",
+        "logger.mode=online",
+        "logger.init_timeout=3",
+        "train.steps=2",
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={tmp_path}",
+        env=env,
+    )
     assert time.time() - started < 120  # bounded by the init timeout, not a hang
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is in use" not in result.stdout + result.stderr and "Traceback" not in result.stderr

@@ -36,8 +36,7 @@ def launch(repo: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     os.chmod(fake, 0o755)
     env = {**os.environ, "ZOBENCH_WORKTREES": str(repo.parent / "worktrees"), "PYTHON": str(fake)}
     env.pop("PYTHONPATH", None)
-    return subprocess.run([str(repo / "launch" / "submit.sh"), *args], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+    return subprocess.run([str(repo / "launch" / "submit.sh"), *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_launch_runs_zobench_from_a_clean_worktree_at_the_commit(clone, tmp_path):

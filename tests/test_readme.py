@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _readme_commands():
     lines = (REPO / "README.md").read_text().splitlines()
     start = lines.index("```bash")
-    block = lines[start + 1:lines.index("```", start)]
+    block = lines[start + 1 : lines.index("```", start)]
     return [line for line in block if line and not line.startswith("#")]
 
 

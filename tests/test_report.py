@@ -20,25 +20,62 @@ from zobench.report.spec import available_tables, parse_table
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run(root: Path, name: str, *, task="sst2", model="tiny-llama", optimizer="mezo", tuning="full", lr=1e-5,
-              seed=0, dev=0.5, test=0.5, steps=20, metric="accuracy", status="completed", curve=((20, None),),
-              peak=2**30, summary=True) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    task="sst2",
+    model="tiny-llama",
+    optimizer="mezo",
+    tuning="full",
+    lr=1e-5,
+    seed=0,
+    dev=0.5,
+    test=0.5,
+    steps=20,
+    metric="accuracy",
+    status="completed",
+    curve=((20, None),),
+    peak=2**30,
+    summary=True,
+) -> Path:
     """A run dir as `python -m zobench` writes it (only the keys the report reads)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = {"model": {"name": model}, "task": {"name": task}, "optimizer": {"name": optimizer, "lr": lr, "eps": 1e-3},
-              "tuning": {"name": tuning}, "seed": seed, "train": {"steps": steps, "batch_size": 16},
-              "data": {"num_train": 1000, "protocol": "mezo"}}
+    config = {
+        "model": {"name": model},
+        "task": {"name": task},
+        "optimizer": {"name": optimizer, "lr": lr, "eps": 1e-3},
+        "tuning": {"name": tuning},
+        "seed": seed,
+        "train": {"steps": steps, "batch_size": 16},
+        "data": {"num_train": 1000, "protocol": "mezo"},
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    events = [{"event": "eval", "split": "dev", "step": s, metric: (dev if v is None else v), "forward_passes": 2 * s}
-              for s, v in curve]
+    events = [
+        {"event": "eval", "split": "dev", "step": s, metric: (dev if v is None else v), "forward_passes": 2 * s}
+        for s, v in curve
+    ]
     events.append({"event": "eval", "split": "test", "step": steps, metric: test, "forward_passes": 2 * steps})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     if summary:
-        (run_dir / "summary.json").write_text(json.dumps({
-            "task": task, "model": model, "optimizer": optimizer, "tuning": tuning, "seed": seed, "steps": steps,
-            f"dev_{metric}": dev, f"test_{metric}": test, "peak_memory_bytes": peak,
-            "inference_peak_memory_bytes": peak // 2, "status": status}))
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "model": model,
+                    "optimizer": optimizer,
+                    "tuning": tuning,
+                    "seed": seed,
+                    "steps": steps,
+                    f"dev_{metric}": dev,
+                    f"test_{metric}": test,
+                    "peak_memory_bytes": peak,
+                    "inference_peak_memory_bytes": peak // 2,
+                    "status": status,
+                }
+            )
+        )
     return run_dir
 
 
@@ -102,8 +139,10 @@ def test_incomplete_runs_are_skipped_with_a_warning_and_counted(sweep):
     write_run(sweep, "preempted", status="interrupted", test=None)
     with pytest.warns(UserWarning, match="2 of 7 run dirs skipped"):
         written = make_report([sweep], "smoke", sweep / "report", "cmd")
-    assert ("Runs: 5 completed run dirs read, 5 in this table; 2 skipped (1: no summary.json (unfinished or "
-            "killed), 1: status interrupted).") in written["md"].read_text()
+    assert (
+        "Runs: 5 completed run dirs read, 5 in this table; 2 skipped (1: no summary.json (unfinished or "
+        "killed), 1: status interrupted)."
+    ) in written["md"].read_text()
 
 
 def test_regeneration_is_byte_identical(sweep, tmp_path):
@@ -115,9 +154,17 @@ def test_regeneration_is_byte_identical(sweep, tmp_path):
 
 
 def test_averages_need_every_task(tmp_path):
-    spec = parse_table({"name": "avg", "title": "t", "column_key": "model", "columns": ["m1", "m2"],
-                        "average_over": ["sst2", "rte"], "rows": [{"label": "MeZO", "where": "optimizer == 'mezo'"}],
-                        "published": {"MeZO": {"m1": 50.0}}})
+    spec = parse_table(
+        {
+            "name": "avg",
+            "title": "t",
+            "column_key": "model",
+            "columns": ["m1", "m2"],
+            "average_over": ["sst2", "rte"],
+            "rows": [{"label": "MeZO", "where": "optimizer == 'mezo'"}],
+            "published": {"MeZO": {"m1": 50.0}},
+        }
+    )
     write_run(tmp_path, "a", model="m1", task="sst2", test=0.6)
     write_run(tmp_path, "b", model="m1", task="rte", test=0.8)
     write_run(tmp_path, "c", model="m2", task="sst2", test=0.9)  # m2 lacks rte
@@ -125,23 +172,45 @@ def test_averages_need_every_task(tmp_path):
     assert cells["m1"].mean == pytest.approx(70.0) and cells["m2"].mean is None
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"name": "x", "title": "t", "rows": [{"label": "a", "where": None}], "columns": ["sst2"], "colour": 1},
-     "unknown key(s) colour"),
-    ({"name": "x", "title": "t", "rows": [{"label": "a", "where": None}], "columns": ["sst2"],
-      "published": {"b": {"sst2": 1.0}}}, "published['b'] names no row"),
-    ({"name": "x", "title": "t", "rows": [{"label": "a"}], "columns": ["sst2"]}, "rows[0] must have exactly"),
-    ({"name": "x", "title": "t", "rows": [{"label": "a", "where": None}], "columns": ["sst2"], "value": "loss"},
-     "value='loss'; allowed: test, peak_memory_gib"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"name": "x", "title": "t", "rows": [{"label": "a", "where": None}], "columns": ["sst2"], "colour": 1},
+            "unknown key(s) colour",
+        ),
+        (
+            {
+                "name": "x",
+                "title": "t",
+                "rows": [{"label": "a", "where": None}],
+                "columns": ["sst2"],
+                "published": {"b": {"sst2": 1.0}},
+            },
+            "published['b'] names no row",
+        ),
+        ({"name": "x", "title": "t", "rows": [{"label": "a"}], "columns": ["sst2"]}, "rows[0] must have exactly"),
+        (
+            {"name": "x", "title": "t", "rows": [{"label": "a", "where": None}], "columns": ["sst2"], "value": "loss"},
+            "value='loss'; allowed: test, peak_memory_gib",
+        ),
+    ],
+)
 def test_bad_table_definitions_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         parse_table(raw)
 
 
 def test_every_shipped_table_parses():
-    assert {"mezo_table1", "mezo_table18_k16", "mezo_table18_k512", "fzoo_averages", "sparse_mezo", "memory",
-            "smoke"} <= set(available_tables())
+    assert {
+        "mezo_table1",
+        "mezo_table18_k16",
+        "mezo_table18_k512",
+        "fzoo_averages",
+        "sparse_mezo",
+        "memory",
+        "smoke",
+    } <= set(available_tables())
     for name in available_tables():
         assert load_table(name).name == name
 
@@ -151,32 +220,58 @@ def test_bad_input_errors(tmp_path):
         load_runs([tmp_path])
     with pytest.raises(DataNotFoundError, match="no such directory"):
         load_runs([tmp_path / "nope"])
-    with pytest.raises(ConfigError, match="--table table9: no such table; allowed: fzoo_averages, hizoo_roberta_k16, memory"):
+    with pytest.raises(
+        ConfigError, match="--table table9: no such table; allowed: fzoo_averages, hizoo_roberta_k16, memory"
+    ):
         load_table("table9")
 
 
 def test_cli_writes_files_and_reports_bad_input_on_one_line(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    ok = subprocess.run([sys.executable, "-m", "zobench.report", str(sweep), "--table", "smoke", "--out",
-                         str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "zobench.report", str(sweep), "--table", "smoke", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == (tmp_path / "o" / "smoke.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "zobench.report", str(tmp_path / "empty_or_missing"), "--table",
-                          "smoke"], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "zobench.report", str(tmp_path / "empty_or_missing"), "--table", "smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [f"zobench: error: {tmp_path / 'empty_or_missing'}: no such directory "
-                                               "(expected a run dir or a sweep dir of run dirs)"]
+    assert bad.stderr.strip().splitlines() == [
+        f"zobench: error: {tmp_path / 'empty_or_missing'}: no such directory "
+        "(expected a run dir or a sweep dir of run dirs)"
+    ]
 
 
 def test_report_over_real_tiny_runs(tmp_path, data_dir):
     """Two real MeZO runs (a Hydra sweep over lr): the report picks the lr whose summary.json has the
     better dev score and reports that run's test score."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "ZOBENCH_DATA_DIR": str(data_dir)}
-    smoke = ["model=tiny-llama", "task=sst2", "data.num_train=32", "data.num_dev=16", "data.num_eval=32",
-             "logger=none", "train.steps=6", "train.eval_every=3", "train.log_every=3"]
+    smoke = [
+        "model=tiny-llama",
+        "task=sst2",
+        "data.num_train=32",
+        "data.num_dev=16",
+        "data.num_eval=32",
+        "logger=none",
+        "train.steps=6",
+        "train.eval_every=3",
+        "train.log_every=3",
+    ]
     sweep = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, "-m", "zobench", "-m", *smoke, "optimizer.lr=1e-2,1e-5",
-                           f"hydra.sweep.dir={sweep}/mezo"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "zobench", "-m", *smoke, "optimizer.lr=1e-2,1e-5", f"hydra.sweep.dir={sweep}/mezo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in sorted((sweep / "mezo").glob("*/summary.json"))]
     configs = [yaml.safe_load(p.read_text()) for p in sorted((sweep / "mezo").glob("*/config.yaml"))]
@@ -194,8 +289,9 @@ def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
     """results/mezo_smollm2_sst2/report/ is what the report makes of the committed run dirs (the
     PNGs are regenerated too but not compared: their bytes depend on the matplotlib version)."""
     results = REPO / "results" / "mezo_smollm2_sst2"
-    command = ("python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke "
-               "--out results/mezo_smollm2_sst2/report")
+    command = (
+        "python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke --out results/mezo_smollm2_sst2/report"
+    )
     assert command in (results / "run.sh").read_text()
     written = make_report([results / "runs"], "smoke", tmp_path, command)
     for kind in ("md", "csv", "tex"):
@@ -221,8 +317,10 @@ def test_committed_smoke_tables_are_reproduced_byte_for_byte(tmp_path, monkeypat
     here = "results/tables_smoke"
     dirs = [f"{here}/runs/{experiment}" for experiment in SMOKE_TABLES[table]]
     command = f"python -m zobench.report {' '.join(dirs)} --table {table} --smoke --out {here}/{table}"
-    assert f"report {table} " + " ".join(f"$here/runs/{e}" for e in SMOKE_TABLES[table]) in \
-        (REPO / here / "run.sh").read_text()
+    assert (
+        f"report {table} " + " ".join(f"$here/runs/{e}" for e in SMOKE_TABLES[table])
+        in (REPO / here / "run.sh").read_text()
+    )
     written = make_report([Path(d) for d in dirs], table, tmp_path, command, smoke=True)
     for kind in ("md", "csv", "tex"):
         assert written[kind].read_bytes() == (REPO / here / table / written[kind].name).read_bytes(), kind

@@ -16,8 +16,14 @@ TABLE_SCRIPTS = sorted(p.parent.name for p in (REPO / "results").glob("*/table.p
 def test_results_readme_is_regenerated_from_its_run_dirs(name):
     folder = REPO / "results" / name
     assert f"python results/{name}/table.py" in (folder / "run.sh").read_text()
-    made = subprocess.run([sys.executable, f"results/{name}/table.py", f"results/{name}/runs"], cwd=REPO,
-                          capture_output=True, text=True, check=True, timeout=120).stdout
+    made = subprocess.run(
+        [sys.executable, f"results/{name}/table.py", f"results/{name}/runs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert made == (folder / "README.md").read_text()
 
 
@@ -27,17 +33,26 @@ PLOTTING = [name for name in TABLE_SCRIPTS if "--plot" in (REPO / "results" / na
 @pytest.mark.parametrize("name", PLOTTING)
 def test_results_plot_is_drawn_from_its_run_dirs(name, tmp_path):
     image = tmp_path / "curves.png"
-    subprocess.run([sys.executable, f"results/{name}/table.py", f"results/{name}/runs", "--plot", str(image)],
-                   cwd=REPO, capture_output=True, text=True, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, f"results/{name}/table.py", f"results/{name}/runs", "--plot", str(image)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # runs dirs beside runs/ that hold a chosen part of the plan (run.sh ONLY=..., e.g. cpu_budget400/):
 # their README is table.py's --subset --completed-only output, with the command it names
-SUBSET_DIRS = sorted(str(readme.parent.relative_to(REPO)) for name in TABLE_SCRIPTS
-                     if "--completed-only" in (REPO / "results" / name / "table.py").read_text()
-                     for readme in (REPO / "results" / name).glob("*/README.md")
-                     if (readme.parent / "plan.txt").is_file() and readme.parent.name != "runs")
+SUBSET_DIRS = sorted(
+    str(readme.parent.relative_to(REPO))
+    for name in TABLE_SCRIPTS
+    if "--completed-only" in (REPO / "results" / name / "table.py").read_text()
+    for readme in (REPO / "results" / name).glob("*/README.md")
+    if (readme.parent / "plan.txt").is_file() and readme.parent.name != "runs"
+)
 
 
 @pytest.mark.parametrize("folder", SUBSET_DIRS)
@@ -46,8 +61,14 @@ def test_subset_readme_is_regenerated_from_its_completed_runs(folder):
     command = re.search(r"Command: `([^`]*)`", readme)
     assert command, f"{folder}/README.md names no command"
     script = f"{Path(folder).parent}/table.py"
-    made = subprocess.run([sys.executable, script, folder, "--subset", "--completed-only", "--command", command[1]],
-                          cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
+    made = subprocess.run(
+        [sys.executable, script, folder, "--subset", "--completed-only", "--command", command[1]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert made == readme
 
 

@@ -24,8 +24,19 @@ VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # tim
 
 
 def _cli(run_dir, data_dir, *extra):
-    return [sys.executable, "-m", "zobench", *SMOKE, "train.steps=8", "train.eval_every=2", "train.log_every=1",
-            "train.save_final=true", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "zobench",
+        *SMOKE,
+        "train.steps=8",
+        "train.eval_every=2",
+        "train.log_every=1",
+        "train.save_final=true",
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def _stable(path: Path):
@@ -39,7 +50,9 @@ def _run_until(cmd, metrics: Path, step: int, sig) -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and any(f'"step": {step},' in l and '"train"' in l for l in metrics.read_text().splitlines()):
+        if metrics.is_file() and any(
+            f'"step": {step},' in l and '"train"' in l for l in metrics.read_text().splitlines()
+        ):
             proc.send_signal(sig)
             break
         time.sleep(0.02)
@@ -52,8 +65,9 @@ def reference(tmp_path_factory, data_dir):
     out = {}
     for every in (1, 3):
         run_dir = tmp_path_factory.mktemp(f"reference{every}")
-        subprocess.run(_cli(run_dir, data_dir, f"train.checkpoint_every={every}"), check=True, timeout=300,
-                       capture_output=True)
+        subprocess.run(
+            _cli(run_dir, data_dir, f"train.checkpoint_every={every}"), check=True, timeout=300, capture_output=True
+        )
         out[every] = run_dir
     return out
 
@@ -61,7 +75,10 @@ def reference(tmp_path_factory, data_dir):
 def _assert_same_run(run_dir: Path, reference: Path):
     assert _stable(run_dir / "summary.json") == _stable(reference / "summary.json")
     assert _stable(run_dir / "metrics.jsonl") == _stable(reference / "metrics.jsonl")
-    final, expected = load_file(run_dir / "final/trainable.safetensors"), load_file(reference / "final/trainable.safetensors")
+    final, expected = (
+        load_file(run_dir / "final/trainable.safetensors"),
+        load_file(reference / "final/trainable.safetensors"),
+    )
     assert final.keys() == expected.keys()
     for name in final:  # bit-identical parameters
         assert torch.equal(final[name].view(torch.uint8), expected[name].view(torch.uint8)), name
@@ -76,8 +93,10 @@ def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_di
         run_dir = tmp_path / f"kill{trial}"
         cmd = _cli(run_dir, data_dir, f"train.checkpoint_every={every}")
         assert _run_until(cmd, run_dir / "metrics.jsonl", kill_step, signal.SIGKILL) == -signal.SIGKILL
-        assert not (run_dir / "summary.json").exists() or \
-            json.loads((run_dir / "summary.json").read_text())["status"] != "completed"
+        assert (
+            not (run_dir / "summary.json").exists()
+            or json.loads((run_dir / "summary.json").read_text())["status"] != "completed"
+        )
         saved = load_checkpoint(run_dir / "checkpoint")
         subprocess.run(cmd, check=True, timeout=300, capture_output=True)
         if saved is not None:  # it resumed (a restart from scratch would end the same way, unseen)
@@ -98,14 +117,18 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     # checkpoint periods differ from the reference only in when checkpoints are written
     assert _stable(run_dir / "metrics.jsonl") == _stable(reference[1] / "metrics.jsonl")
-    final, expected = load_file(run_dir / "final/trainable.safetensors"), load_file(reference[1] / "final/trainable.safetensors")
+    final, expected = (
+        load_file(run_dir / "final/trainable.safetensors"),
+        load_file(reference[1] / "final/trainable.safetensors"),
+    )
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
 
 def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
     before = (reference[1] / "metrics.jsonl").read_text()
-    subprocess.run(_cli(reference[1], data_dir, "train.checkpoint_every=1"), check=True, timeout=300,
-                         capture_output=True)
+    subprocess.run(
+        _cli(reference[1], data_dir, "train.checkpoint_every=1"), check=True, timeout=300, capture_output=True
+    )
     assert (reference[1] / "metrics.jsonl").read_text() == before
 
 
@@ -127,8 +150,7 @@ def _nan_after(monkeypatch, calls_ok: int):
 
 def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)  # the probe, steps 1-2; NaN in step 3
-    summary = run(compose_run(*SMOKE, "train.steps=6", "train.checkpoint_every=1", f"data.dir={data_dir}"),
-                  tmp_path)
+    summary = run(compose_run(*SMOKE, "train.steps=6", "train.checkpoint_every=1", f"data.dir={data_dir}"), tmp_path)
     assert summary["status"] == "diverged" and summary["steps"] == 3 and summary["test_accuracy"] is None
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["status"] == "diverged"
@@ -140,16 +162,22 @@ def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, m
 
 def test_skip_policy_drops_the_bad_step_and_finishes(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)
-    summary = run(compose_run(*SMOKE, "train.steps=5", "train.on_divergence=skip", "train.save_final=true",
-                              f"data.dir={data_dir}"), tmp_path)
+    summary = run(
+        compose_run(
+            *SMOKE, "train.steps=5", "train.on_divergence=skip", "train.save_final=true", f"data.dir={data_dir}"
+        ),
+        tmp_path,
+    )
     assert summary["status"] == "completed" and summary["skipped_steps"] == 1 and summary["forward_passes"] == 10
     final = load_file(tmp_path / "final/trainable.safetensors")
     assert all(torch.isfinite(t).all() for t in final.values())
 
 
 def test_exploding_weights_are_never_checkpointed(tmp_path, data_dir):
-    summary = run(compose_run(*SMOKE, "train.steps=5", "train.checkpoint_every=1", "optimizer.lr=1e38",
-                              f"data.dir={data_dir}"), tmp_path)
+    summary = run(
+        compose_run(*SMOKE, "train.steps=5", "train.checkpoint_every=1", "optimizer.lr=1e38", f"data.dir={data_dir}"),
+        tmp_path,
+    )
     assert summary["status"] == "diverged"
     checkpoint = load_checkpoint(tmp_path / "checkpoint")
     assert checkpoint is None or all(torch.isfinite(t).all() for t in checkpoint[1].values())
@@ -208,8 +236,13 @@ def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data
     the dir must end as the uninterrupted run did (summary, metrics, final weights byte for
     byte, no checkpoint/ or best/ left). Kills at random instants are the test above."""
     out = tmp_path / "report.json"
-    subprocess.run([sys.executable, "-m", "tests.crash_points", str(out), str(data_dir), str(tmp_path)],
-                   check=True, timeout=1800, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(
+        [sys.executable, "-m", "tests.crash_points", str(out), str(data_dir), str(tmp_path)],
+        check=True,
+        timeout=1800,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     report = json.loads(out.read_text())
     assert report["writes"] >= 25 and report["done"] == report["writes"]  # the run's writes were all visited
     assert report["failures"] == []
@@ -248,8 +281,11 @@ def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(t
     (tmp_path / "summary.json").unlink()
     metrics = tmp_path / "metrics.jsonl"  # loses its tail (a copy cut short, a file system without fsync)
     metrics.write_bytes(metrics.read_bytes()[:10])
-    with pytest.raises(CheckpointError, match=r"metrics\.jsonl holds 10 bytes, fewer than the \d+ the checkpoint "
-                                              r"recorded"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"metrics\.jsonl holds 10 bytes, fewer than the \d+ the checkpoint "
+        r"recorded",
+    ):
         run(compose_run(*args), tmp_path)
     assert metrics.read_bytes() == metrics.read_bytes()[:10] and b"\0" not in metrics.read_bytes()
 
@@ -260,8 +296,11 @@ def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data
     with pytest.raises(SystemExit):
         run(compose_run(*args, "train.steps=4"), tmp_path)
     monkeypatch.undo()
-    with pytest.raises(CheckpointError, match=r"train\.steps=1: .*checkpoint is at step 2; resume it with "
-                                              r"train\.steps >= 2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"train\.steps=1: .*checkpoint is at step 2; resume it with "
+        r"train\.steps >= 2",
+    ):
         run(compose_run(*args, "train.steps=1"), tmp_path)
     summary = run(compose_run(*args, "train.steps=3"), tmp_path)  # more steps: resumed and finished
     assert summary["status"] == "completed" and summary["steps"] == 3
@@ -295,12 +334,17 @@ def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", recording_replace)
-    run(compose_run(*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"),
-        tmp_path)
+    run(
+        compose_run(*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"),
+        tmp_path,
+    )
     monkeypatch.undo()
     metrics = str(tmp_path / "metrics.jsonl")
-    commits = [i for i, (op, path) in enumerate(events)
-               if op == "replace" and (path.endswith("/checkpoint/latest") or path.endswith("/summary.json"))]
+    commits = [
+        i
+        for i, (op, path) in enumerate(events)
+        if op == "replace" and (path.endswith("/checkpoint/latest") or path.endswith("/summary.json"))
+    ]
     assert len(commits) == 3  # two checkpoints and the summary
     previous = 0
     for i in commits:
@@ -320,5 +364,6 @@ def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(t
     assert load_checkpoint(tmp_path / "run" / "checkpoint")[0]["best_file"]
     shutil.rmtree(tmp_path / "run" / "best")
     summary = run(compose_run(*args), tmp_path / "run")
-    assert {k: v for k, v in summary.items() if k not in VOLATILE} == \
-        {k: v for k, v in reference.items() if k not in VOLATILE}
+    assert {k: v for k, v in summary.items() if k not in VOLATILE} == {
+        k: v for k, v in reference.items() if k not in VOLATILE
+    }

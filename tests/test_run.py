@@ -11,16 +11,36 @@ import yaml
 from tests.test_config import compose_run
 from zobench.run import run
 
-SUMMARY_KEYS = {"task", "model", "optimizer", "tuning", "seed", "steps", "forward_passes", "dev_accuracy",
-                "test_accuracy", "peak_memory_bytes", "inference_peak_memory_bytes", "wall_s", "git_sha",
-                "zobench_version", "status"}
-SMOKE = ("model=tiny-llama", "logger=none", "data.num_train=32", "data.num_dev=16", "data.num_eval=24",
-         "train.batch_size=4", "train.eval_batch_size=8")
+SUMMARY_KEYS = {
+    "task",
+    "model",
+    "optimizer",
+    "tuning",
+    "seed",
+    "steps",
+    "forward_passes",
+    "dev_accuracy",
+    "test_accuracy",
+    "peak_memory_bytes",
+    "inference_peak_memory_bytes",
+    "wall_s",
+    "git_sha",
+    "zobench_version",
+    "status",
+}
+SMOKE = (
+    "model=tiny-llama",
+    "logger=none",
+    "data.num_train=32",
+    "data.num_dev=16",
+    "data.num_eval=24",
+    "train.batch_size=4",
+    "train.eval_batch_size=8",
+)
 
 # Losses of the 5-step smoke run below (tiny-llama, seed 0, torch 2.13.0 CPU). A change here means
 # the numbers of every run changed: data sampling, prompt, tokenisation, objective, z or update.
-EXPECTED_LOSSES = [0.6587902307510376, 0.7154525518417358, 0.6994509100914001, 0.6606125831604004,
-                   0.7043571472167969]
+EXPECTED_LOSSES = [0.6587902307510376, 0.7154525518417358, 0.6994509100914001, 0.6606125831604004, 0.7043571472167969]
 
 
 def _events(run_dir):
@@ -95,7 +115,10 @@ def test_same_config_same_metrics(tmp_path, data_dir, smoke_run):
     other = tmp_path / "again"
     cfg = compose_run(*SMOKE, "train.steps=5", "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
     run(cfg, other)
-    strip = lambda events: [{k: v for k, v in e.items() if k != "wall_s" and "memory" not in k} for e in events]
+
+    def strip(events):
+        return [{k: v for k, v in e.items() if k != "wall_s" and "memory" not in k} for e in events]
+
     assert strip(_events(other)) == strip(_events(smoke_run[0]))
 
 
@@ -113,8 +136,15 @@ def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
 
 def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
     """The README's default config (SmolLM2-135M from its GGUF package), shortened."""
-    cfg = compose_run("logger=none", "data.num_train=16", "data.num_dev=8", "data.num_eval=16",
-                      "train.steps=2", "train.batch_size=4", f"data.dir={data_dir}")
+    cfg = compose_run(
+        "logger=none",
+        "data.num_train=16",
+        "data.num_dev=8",
+        "data.num_eval=16",
+        "train.steps=2",
+        "train.batch_size=4",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["model"] == "smollm2-135m" and summary["status"] == "completed"
     assert summary["forward_passes"] == 4 and summary["engine"] == "torch/virtual"  # auto on CPU
@@ -122,8 +152,12 @@ def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
 
 def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
     run_dir = tmp_path / "cli"
-    subprocess.run([sys.executable, "-m", "zobench", *SMOKE, "train.steps=2", f"data.dir={data_dir}",
-                    f"hydra.run.dir={run_dir}"], check=True, timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "zobench", *SMOKE, "train.steps=2", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}"],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["forward_passes"] == 4
 
@@ -142,8 +176,7 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
 
     if optimizer == "linear_probe":
         pytest.skip("linear probing takes no steps (test_linear_probing_run)")
-    cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2",
-                      f"data.dir={data_dir}")
+    cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
     opt_cfg = OmegaConf.to_container(cfg.optimizer)
     cls = _import(opt_cfg["_target_"])
@@ -164,21 +197,44 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
 
 def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
     """`python -m zobench -m ...`: Hydra's multirun, several runs in one process."""
-    subprocess.run([sys.executable, "-m", "zobench", "-m", *SMOKE, "train.steps=2", "optimizer=mezo,hizoo",
-                    f"data.dir={data_dir}", f"hydra.sweep.dir={tmp_path}"], check=True, timeout=600,
-                   capture_output=True)
-    summaries = {json.loads(p.read_text())["optimizer"]: json.loads(p.read_text())
-                 for p in tmp_path.glob("*/summary.json")}
-    assert {k: (s["status"], s["forward_passes"]) for k, s in summaries.items()} == \
-        {"mezo": ("completed", 4), "hizoo": ("completed", 6)}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zobench",
+            "-m",
+            *SMOKE,
+            "train.steps=2",
+            "optimizer=mezo,hizoo",
+            f"data.dir={data_dir}",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    summaries = {
+        json.loads(p.read_text())["optimizer"]: json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")
+    }
+    assert {k: (s["status"], s["forward_passes"]) for k, s in summaries.items()} == {
+        "mezo": ("completed", 4),
+        "hizoo": ("completed", 6),
+    }
 
 
 @pytest.mark.parametrize("tuning", ["lora", "prefix"])
 def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path, data_dir, tuning):
     from safetensors.torch import load_file
 
-    cfg = compose_run(*SMOKE, f"tuning={tuning}", "train.steps=3", "train.checkpoint_every=2", "train.save_final=true",
-                      "optimizer.lr=1e-2", f"data.dir={data_dir}")
+    cfg = compose_run(
+        *SMOKE,
+        f"tuning={tuning}",
+        "train.steps=3",
+        "train.checkpoint_every=2",
+        "train.save_final=true",
+        "optimizer.lr=1e-2",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["tuning"] == tuning and summary["forward_passes"] == 6
     saved = load_file(str(tmp_path / "final" / "trainable.safetensors"))
@@ -187,8 +243,17 @@ def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path
 
 
 def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
-    cfg = compose_run(*SMOKE, "optimizer=adam", "optimizer.lr=1e-2", "train.steps=12", "train.log_every=1",
-                      "data.num_train=4", "train.batch_size=4", "train.eval_every=12", f"data.dir={data_dir}")
+    cfg = compose_run(
+        *SMOKE,
+        "optimizer=adam",
+        "optimizer.lr=1e-2",
+        "train.steps=12",
+        "train.log_every=1",
+        "data.num_train=4",
+        "train.batch_size=4",
+        "train.eval_every=12",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     losses = [e["loss"] for e in _events(tmp_path) if e["event"] == "train"]
     assert summary["status"] == "completed" and summary["forward_passes"] == 12
@@ -210,8 +275,9 @@ def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeyp
 
     seen = []
     encode = CandidateScorer.encode
-    monkeypatch.setattr(CandidateScorer, "encode", lambda self, example: seen.append(example.prompt) or
-                        encode(self, example))
+    monkeypatch.setattr(
+        CandidateScorer, "encode", lambda self, example: seen.append(example.prompt) or encode(self, example)
+    )
     cfg = compose_run(*SMOKE, "train.steps=0", "icl.demos=4", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["forward_passes"] == 0
@@ -225,9 +291,19 @@ def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeyp
 
 def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
     """RoBERTa's path (LM-BFF prompt, verbaliser at <mask>, k-shot split) on a random RobertaForMaskedLM."""
-    cfg = compose_run("model=tiny-roberta", "task=sst2", "logger=none", "data.protocol=kshot", "data.k=16",
-                      "data.seed=13", "data.num_eval=40", "train.steps=4", "train.batch_size=8", "train.eval_every=2",
-                      f"data.dir={data_dir}")
+    cfg = compose_run(
+        "model=tiny-roberta",
+        "task=sst2",
+        "logger=none",
+        "data.protocol=kshot",
+        "data.k=16",
+        "data.seed=13",
+        "data.num_eval=40",
+        "train.steps=4",
+        "train.batch_size=8",
+        "train.eval_every=2",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["forward_passes"] == 8
     assert summary["num_train"] == 32 and summary["num_dev"] == 32 and summary["num_test"] == 40
@@ -235,8 +311,16 @@ def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
 
 
 def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
-    cfg = compose_run(*SMOKE, "task=squad", "train.steps=0", "data.num_train=0", "data.num_dev=0",
-                      "data.num_eval=6", "train.eval_batch_size=3", f"data.dir={data_dir}")
+    cfg = compose_run(
+        *SMOKE,
+        "task=squad",
+        "train.steps=0",
+        "data.num_train=0",
+        "data.num_dev=0",
+        "data.num_eval=6",
+        "train.eval_batch_size=3",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["metric"] == "f1"
     assert 0 <= summary["test_f1"] <= 1 and 0 <= summary["test_em"] <= summary["test_f1"]
@@ -250,8 +334,16 @@ def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     results = {}
     for batched in (True, False):
         run_dir = tmp_path / f"batched_{batched}"
-        cfg = compose_run(*SMOKE, "optimizer=fzoo", "optimizer.num_directions=4", f"optimizer.batched={batched}",
-                          "train.steps=3", "train.log_every=1", "train.eval_every=3", f"data.dir={data_dir}")
+        cfg = compose_run(
+            *SMOKE,
+            "optimizer=fzoo",
+            "optimizer.num_directions=4",
+            f"optimizer.batched={batched}",
+            "train.steps=3",
+            "train.log_every=1",
+            "train.eval_every=3",
+            f"data.dir={data_dir}",
+        )
         results[batched] = run(cfg, run_dir), [e for e in _events(run_dir) if e["event"] == "train"]
     (summary_b, train_b), (summary_s, train_s) = results[True], results[False]
     assert summary_b["forward_passes"] == summary_s["forward_passes"] == 3 * 5
@@ -273,8 +365,15 @@ def test_linear_probing_refuses_training_steps(tmp_path, data_dir):
 
 @pytest.mark.parametrize("tuning, optimizer", [("lora", "hizoo"), ("prefix", "zo_adam"), ("lora", "adam")])
 def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
-    cfg = compose_run(*SMOKE, f"tuning={tuning}", f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2",
-                      "optimizer.lr=1e-3", f"data.dir={data_dir}")
+    cfg = compose_run(
+        *SMOKE,
+        f"tuning={tuning}",
+        f"optimizer={optimizer}",
+        "train.steps=2",
+        "train.eval_every=2",
+        "optimizer.lr=1e-3",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["tuning"] == tuning and summary["optimizer"] == optimizer
 
@@ -283,8 +382,14 @@ def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
 def test_forward_budget_gives_every_method_the_same_passes(tmp_path, data_dir, optimizer, per_step):
     """train.forward_budget=36: 18 MeZO steps, 12 HiZOO steps, 4 FZOO (N=8) steps; dev evaluated
     every 18 passes, i.e. at the same forward-pass counts whatever the method."""
-    cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.forward_budget=36", "train.eval_every_passes=18",
-                      "train.steps=1", f"data.dir={data_dir}")
+    cfg = compose_run(
+        *SMOKE,
+        f"optimizer={optimizer}",
+        "train.forward_budget=36",
+        "train.eval_every_passes=18",
+        "train.steps=1",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["forward_passes"] == 36
     assert summary["steps"] == 36 // per_step

@@ -37,8 +37,13 @@ def test_interrupted_run_exits_with_128_plus_signal_after_handing_over(monkeypat
     monkeypatch.setattr(entry, "_hand_over", handed.append)
     monkeypatch.setattr("zobench.run.run", lambda cfg, run_dir: {"status": "interrupted", "signal": "SIGUSR2"})
     monkeypatch.setattr("zobench.models.loading.check_sources", lambda cfg: None)  # no config to check here
-    monkeypatch.setattr(entry, "HydraConfig", type("H", (), {"get": staticmethod(
-        lambda: type("C", (), {"runtime": type("R", (), {"output_dir": "."})()})())}))
+    monkeypatch.setattr(
+        entry,
+        "HydraConfig",
+        type(
+            "H", (), {"get": staticmethod(lambda: type("C", (), {"runtime": type("R", (), {"output_dir": "."})()})())}
+        ),
+    )
     with pytest.raises(SystemExit) as exit_info:
         entry._app({})
     assert handed == [signal.SIGUSR2] and exit_info.value.code == 128 + signal.SIGUSR2

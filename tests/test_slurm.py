@@ -29,10 +29,13 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sco
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES),
-                       reason="Slurm/munge binaries missing (apt-get install slurm-wlm munge)"),
-    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                       reason="the one-node test cluster runs its daemons as root"),
+    pytest.mark.skipif(
+        any(shutil.which(b) is None for b in BINARIES),
+        reason="Slurm/munge binaries missing (apt-get install slurm-wlm munge)",
+    ),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the one-node test cluster runs its daemons as root"
+    ),
 ]
 
 
@@ -72,12 +75,12 @@ CredType=cred/munge
 AuthInfo=socket={self.socket},cred_expire=10
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
-SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd.pid'}
-SlurmctldLogFile={root / 'slurmctld.log'}
-SlurmdLogFile={root / 'slurmd.log'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool"}
+SlurmctldPidFile={root / "slurmctld.pid"}
+SlurmdPidFile={root / "slurmd.pid"}
+SlurmctldLogFile={root / "slurmctld.log"}
+SlurmdLogFile={root / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/builtin
@@ -94,9 +97,19 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        self._start(["munged", "--foreground", "--force", f"--socket={self.socket}", f"--key-file={key}",
-                     f"--pid-file={root / 'munge' / 'munged.pid'}", f"--log-file={root / 'munge' / 'munged.log'}",
-                     f"--seed-file={root / 'munge' / 'munged.seed'}"], wait_for=self.socket)
+        self._start(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={self.socket}",
+                f"--key-file={key}",
+                f"--pid-file={root / 'munge' / 'munged.pid'}",
+                f"--log-file={root / 'munge' / 'munged.log'}",
+                f"--seed-file={root / 'munge' / 'munged.seed'}",
+            ],
+            wait_for=self.socket,
+        )
         self._start(["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._start(["slurmd", "-D", "-f", str(self.conf)])
         self._wait_until_idle()
@@ -174,10 +187,22 @@ SMOKE_RUN = "data.num_dev=16,data.num_eval=32,data.num_train=32,model=tiny-llama
 
 
 def smoke_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "zobench", "-m", "hydra/launcher=local_slurm", f"hydra.sweep.dir={sweep_dir}",
-            "model=tiny-llama", "task=sst2", "logger=none", "data.num_train=32", "data.num_dev=16",
-            "data.num_eval=32", f"data.dir={data_dir}",
-            *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "zobench",
+        "-m",
+        "hydra/launcher=local_slurm",
+        f"hydra.sweep.dir={sweep_dir}",
+        "model=tiny-llama",
+        "task=sst2",
+        "logger=none",
+        "data.num_train=32",
+        "data.num_dev=16",
+        "data.num_eval=32",
+        f"data.dir={data_dir}",
+        *overrides,
+    ]
 
 
 def submit(cluster: LocalCluster, argv: list[str], cwd: Path) -> subprocess.Popen:
@@ -207,20 +232,46 @@ def test_a_smoke_table_runs_through_the_cluster_and_reports(cluster, tmp_path, d
     """A 2-job smoke sweep of a paper table (experiment=sparse_mezo_smoke, one task: MeZO and
     Sparse-MeZO) through the submitit launcher, then its table from the run dirs."""
     sweep_dir = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "zobench", "-m", "experiment=sparse_mezo_smoke", "hydra/launcher=local_slurm",
-            f"hydra.sweep.dir={sweep_dir}", "task=rte", "train.steps=6", "train.eval_every=3", f"data.dir={data_dir}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "zobench",
+        "-m",
+        "experiment=sparse_mezo_smoke",
+        "hydra/launcher=local_slurm",
+        f"hydra.sweep.dir={sweep_dir}",
+        "task=rte",
+        "train.steps=6",
+        "train.eval_every=3",
+        f"data.dir={data_dir}",
+    ]
     proc = submit(cluster, argv, tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
     for optimizer in ("mezo", "sparse_mezo"):
         s = summary(sweep_dir / f"lr_step=high,optimizer={optimizer},task=rte,train.eval_every=3,train.steps=6")
         assert s.get("status") == "completed" and s["steps"] == 6 and s["optimizer"] == optimizer, (optimizer, s)
-    report = subprocess.run([sys.executable, "-m", "zobench.report", str(sweep_dir), "--table", "sparse_mezo",
-                             "--smoke", "--out", str(tmp_path / "report")], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zobench.report",
+            str(sweep_dir),
+            "--table",
+            "sparse_mezo",
+            "--smoke",
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     assert report.returncode == 0, report.stderr[-2000:]
-    cells = {tuple(c.strip() for c in line.split("|")[1:4]) for line in report.stdout.splitlines()
-             if line.startswith("| ")}
+    cells = {
+        tuple(c.strip() for c in line.split("|")[1:4]) for line in report.stdout.splitlines() if line.startswith("| ")
+    }
     filled = {(method, task) for method, task, ours in cells if ours not in ("—", "ours (%)")}
     assert filled == {("MeZO", "RTE"), ("Sparse-MeZO", "RTE")}, report.stdout
 
@@ -231,7 +282,7 @@ def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir
     argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=5", "train.eval_every=100")
     proc = submit(cluster, argv, tmp_path)
     wait_for(lambda: (run_dir / "checkpoint" / "latest").is_file(), 180, "a first checkpoint", cluster)
-    (job_id, _), = cluster.jobs()
+    ((job_id, _),) = cluster.jobs()
     cluster.run("scancel", job_id)  # SIGTERM: the run checkpoints after its step and exits
     wait_for(lambda: not cluster.jobs(), 60, "the cancelled job to leave the queue", cluster)
     # submitit learns a job's end from sacct, which this cluster lacks (no slurmdbd): for a job that
@@ -253,12 +304,22 @@ def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir
 def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / (SMOKE_RUN + "train.eval_every=100,train.steps=100")
-    argv = smoke_sweep(sweep_dir, data_dir, "train.steps=100", "train.checkpoint_every=1000", "train.eval_every=100",
-                      "train.log_every=5")
+    argv = smoke_sweep(
+        sweep_dir,
+        data_dir,
+        "train.steps=100",
+        "train.checkpoint_every=1000",
+        "train.eval_every=100",
+        "train.log_every=5",
+    )
     proc = submit(cluster, argv, tmp_path)
-    wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0, 180,
-             "training to start", cluster)
-    (job_id, _), = cluster.jobs()
+    wait_for(
+        lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0,
+        180,
+        "training to start",
+        cluster,
+    )
+    ((job_id, _),) = cluster.jobs()
     # what Slurm does signal_delay_s before a time limit, and what submitit's own tests send
     cluster.run("scancel", "--signal=USR2", job_id)
     out, _ = proc.communicate(timeout=300)  # the launcher waits through the requeue for the final result

@@ -10,12 +10,19 @@ def test_hizoo_roberta_grid_is_the_public_codes_protocol():
     points = _grid("hizoo_roberta_k16")
     assert len(points) == 6 * 3 * 5
     configs = [_compose("hizoo_roberta_k16", p) for p in points if p["task"] == "rte"]
-    assert {(c.optimizer.name, c.optimizer.lr, c.optimizer.eps, c.optimizer.hessian_smooth) for c in configs} == \
-        {("hizoo", lr, 1e-3, 1e-6) for lr in (1e-7, 1e-6, 1e-5)}
+    assert {(c.optimizer.name, c.optimizer.lr, c.optimizer.eps, c.optimizer.hessian_smooth) for c in configs} == {
+        ("hizoo", lr, 1e-3, 1e-6) for lr in (1e-7, 1e-6, 1e-5)
+    }
     assert {c.seed for c in configs} == {13, 21, 42, 87, 100}
     c = configs[0]
-    assert (c.model.name, c.train.steps, c.train.batch_size, c.train.eval_every, c.data.protocol, c.data.k) == \
-        ("roberta-large", 100000, 64, 10000, "kshot", 16)
+    assert (c.model.name, c.train.steps, c.train.batch_size, c.train.eval_every, c.data.protocol, c.data.k) == (
+        "roberta-large",
+        100000,
+        64,
+        10000,
+        "kshot",
+        16,
+    )
 
 
 def test_tezo_grid_is_its_table_7():
@@ -25,17 +32,22 @@ def test_tezo_grid_is_its_table_7():
     lrs = {}
     for c in configs:
         lrs.setdefault(c.optimizer.variant, set()).add(c.optimizer.lr)
-    assert lrs == {"plain": {1e-4, 1e-5, 1e-6, 1e-7}, "momentum": {1e-4, 1e-5, 1e-6, 1e-7},
-                   "adam": {1e-4, 3e-5, 1e-5, 3e-6}}
-    assert {(c.model.name, c.optimizer.name, c.optimizer.rank, c.train.batch_size) for c in configs} == \
-        {("opt-13b", "tezo", 32, 16)}
+    assert lrs == {
+        "plain": {1e-4, 1e-5, 1e-6, 1e-7},
+        "momentum": {1e-4, 1e-5, 1e-6, 1e-7},
+        "adam": {1e-4, 3e-5, 1e-5, 3e-6},
+    }
+    assert {(c.model.name, c.optimizer.name, c.optimizer.rank, c.train.batch_size) for c in configs} == {
+        ("opt-13b", "tezo", 32, 16)
+    }
 
 
 def test_published_cells_are_the_verifiable_ones_only():
     hizoo = load_table("hizoo_roberta_k16")
     assert hizoo.published == {
         "MeZO": {"sst2": 90.5, "sst5": 45.5, "snli": 68.5, "mnli": 58.7, "rte": 64.0, "trec": 76.9, "avg": 67.4},
-        "HiZOO": {"sst2": 93.2, "sst5": 46.2, "snli": 74.6, "mnli": 64.9, "rte": 66.8, "trec": 79.8, "avg": 70.9}}
+        "HiZOO": {"sst2": 93.2, "sst5": 46.2, "snli": 74.6, "mnli": 64.9, "rte": 66.8, "trec": 79.8, "avg": 70.9},
+    }
     assert load_table("tezo_opt13b").published == {}  # TeZO's tables were not found: nothing to compare
 
 

@@ -79,28 +79,69 @@ def test_wandb_mode(monkeypatch, tmp_path):
 
 
 def test_secrets_are_redacted():
-    assert redact({"logger": {"api_key": "s3cret", "project": "p"}, "token": 1}) == \
-        {"logger": {"api_key": "<redacted>", "project": "p"}, "token": "<redacted>"}
+    assert redact({"logger": {"api_key": "s3cret", "project": "p"}, "token": 1}) == {
+        "logger": {"api_key": "<redacted>", "project": "p"},
+        "token": "<redacted>",
+    }
 
 
-@pytest.mark.parametrize("key", ["api_key", "apikey", "api-key", "API_KEY", "hf_token", "token", "auth_token",
-                                 "secret", "client_secret", "password", "db_passwd", "credentials", "access_key"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api_key",
+        "apikey",
+        "api-key",
+        "API_KEY",
+        "hf_token",
+        "token",
+        "auth_token",
+        "secret",
+        "client_secret",
+        "password",
+        "db_passwd",
+        "credentials",
+        "access_key",
+    ],
+)
 def test_every_credential_key_is_redacted(key):
     assert redact({"logger": {key: "value-123"}}) == {"logger": {key: "<redacted>"}}
 
 
-@pytest.mark.parametrize("key", ["tokenizer_from", "max_new_tokens", "tokens", "eos_token", "pad_token", "keep_best",
-                                 "secretary", "passwords_seen", "key", "monkey"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "tokenizer_from",
+        "max_new_tokens",
+        "tokens",
+        "eos_token",
+        "pad_token",
+        "keep_best",
+        "secretary",
+        "passwords_seen",
+        "key",
+        "monkey",
+    ],
+)
 def test_no_false_positives_on_words_that_contain_a_credential_name(key):
     assert redact({"model": {key: "smollm2-135m"}}) == {"model": {key: "smollm2-135m"}}
 
 
 def test_credential_shaped_values_and_the_processes_own_keys_are_redacted(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "my-own-wandb-key-value")
-    config = {"a": "hf_" + "A1b2" * 9, "b": "0123456789abcdef0123456789abcdef01234567", "c": "my-own-wandb-key-value",
-              "d": ["sk-" + "x" * 30, "plain"], "e": "smollm2-135m"}
-    assert redact(config) == {"a": "<redacted>", "b": "<redacted>", "c": "<redacted>", "d": ["<redacted>", "plain"],
-                              "e": "smollm2-135m"}
+    config = {
+        "a": "hf_" + "A1b2" * 9,
+        "b": "0123456789abcdef0123456789abcdef01234567",
+        "c": "my-own-wandb-key-value",
+        "d": ["sk-" + "x" * 30, "plain"],
+        "e": "smollm2-135m",
+    }
+    assert redact(config) == {
+        "a": "<redacted>",
+        "b": "<redacted>",
+        "c": "<redacted>",
+        "d": ["<redacted>", "plain"],
+        "e": "smollm2-135m",
+    }
 
 
 def read_wandb_records(path: Path):
@@ -115,8 +156,8 @@ def read_wandb_records(path: Path):
         if block - pos % block < 7:  # block trailer too short for a header: skip to the next block
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
             continue
@@ -132,9 +173,17 @@ def read_wandb_records(path: Path):
 def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
     # 4 steps, dev at 2 and 4: the test event (logged for the best-dev step, possibly 2) must
     # still reach W&B, whose steps only go forward
-    cfg = compose_run(*[o for o in SMOKE if o != "logger=none"], "logger=wandb", "train.steps=4",
-                      "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}", "logger.group=g1",
-                      "logger.tags=[a,b]", "logger.project=zb-test")
+    cfg = compose_run(
+        *[o for o in SMOKE if o != "logger=none"],
+        "logger=wandb",
+        "train.steps=4",
+        "train.eval_every=2",
+        "train.log_every=1",
+        f"data.dir={data_dir}",
+        "logger.group=g1",
+        "logger.tags=[a,b]",
+        "logger.project=zb-test",
+    )
     summary = run(cfg, tmp_path)
     files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, "expected one offline W&B run in the run dir"
@@ -144,15 +193,22 @@ def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
         if kind == "history":
             history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
         elif kind == "summary":
-            summary_keys.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                 for item in record.summary.update})
+            summary_keys.update(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+            )
             for item in record.summary.remove:
                 summary_keys.pop(item.key or "/".join(item.nested_key), None)
         elif kind == "run":
             config_keys |= {item.key for item in record.run.config.update}
             assert (record.run.project, record.run.run_group, list(record.run.tags)) == ("zb-test", "g1", ["a", "b"])
-    assert {"train/loss", "train/forward_passes", "train/projected_grad", "dev/accuracy", "test/accuracy",
-            "dev/forward_passes_eval"} <= history
+    assert {
+        "train/loss",
+        "train/forward_passes",
+        "train/projected_grad",
+        "dev/accuracy",
+        "test/accuracy",
+        "dev/forward_passes_eval",
+    } <= history
     # the summary names which dev value is which: the best (tested) one and the last one
     assert summary_keys["test/accuracy"] == pytest.approx(summary["test_accuracy"])
     assert summary_keys["best_dev/accuracy"] == pytest.approx(summary["dev_accuracy"])

@@ -32,10 +32,27 @@ GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger", "experimen
 EXIT_BAD_INPUT = 2
 # keys the code reads when present but no shipped config sets: a `+key=value` may add these
 # (any other unknown key added with `+` would be ignored, so it is refused)
-ADDABLE = ("model.device_map", "model.init_seed", "task.masked_max_length", "tuning.target_modules",
-           "tuning.init_by_real_act", "logger.api_key")
-_HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
-                "-sc", "--version")
+ADDABLE = (
+    "model.device_map",
+    "model.init_seed",
+    "task.masked_max_length",
+    "tuning.target_modules",
+    "tuning.init_by_real_act",
+    "logger.api_key",
+)
+_HYDRA_FLAGS = (
+    "-h",
+    "--help",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--shell-completion",
+    "-sc",
+    "--version",
+)
 
 
 def _fail(message: str) -> None:
@@ -47,7 +64,7 @@ def _split_override(arg: str) -> tuple[str, str, str]:
     """``+train.x=1`` -> ``("+", "train.x", "1")``."""
     key, value = arg.split("=", 1)
     prefix = key[: len(key) - len(key.lstrip("+~"))]
-    return prefix, key[len(prefix):], value
+    return prefix, key[len(prefix) :], value
 
 
 def _keys(tree, prefix: str = "", leaves: bool = False) -> list[str]:
@@ -158,10 +175,12 @@ def closing_line(summary: dict, run_dir: Path) -> str:
     wall = summary.get("wall_s")
     clock = f"{int(wall // 60)}m{wall % 60:04.1f}s" if isinstance(wall, (int, float)) else "?"
     status = summary.get("status", "?") + (f" ({summary['signal']})" if summary.get("signal") else "")
-    return (f"zobench: {run_dir}: {status}; {', '.join(scores) or 'no dev/test metric'}; "
-            f"{summary.get('forward_passes', '?')} forward passes; "
-            f"peak memory {_size(summary.get('peak_memory_bytes'))}; "
-            f"wall {clock}")
+    return (
+        f"zobench: {run_dir}: {status}; {', '.join(scores) or 'no dev/test metric'}; "
+        f"{summary.get('forward_passes', '?')} forward passes; "
+        f"peak memory {_size(summary.get('peak_memory_bytes'))}; "
+        f"wall {clock}"
+    )
 
 
 def _app(cfg: DictConfig) -> None:

@@ -67,8 +67,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], optimizer_state: dict,
-                    loop: dict) -> Path:
+def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], optimizer_state: dict, loop: dict) -> Path:
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -114,8 +113,9 @@ def load_checkpoint(root: Path) -> tuple[dict, dict[str, torch.Tensor], dict] | 
     except CheckpointError:
         raise
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
-        raise CheckpointError(f"checkpoint {current} is unreadable ({type(err).__name__}: {err}); "
-                              f"delete {root} to start the run afresh") from err
+        raise CheckpointError(
+            f"checkpoint {current} is unreadable ({type(err).__name__}: {err}); delete {root} to start the run afresh"
+        ) from err
     return loop, tensors, optimizer_state
 
 
@@ -128,5 +128,7 @@ def _verify(folder: Path) -> None:
     expected = json.loads(manifest.read_text())["sha256"]
     for file, digest in expected.items():
         if sha256(folder / file) != digest:
-            raise CheckpointError(f"checkpoint {folder / file} is corrupted (its sha256 differs from the one "
-                                  f"recorded when it was written); delete {folder.parent} to start the run afresh")
+            raise CheckpointError(
+                f"checkpoint {folder / file} is corrupted (its sha256 differs from the one "
+                f"recorded when it was written); delete {folder.parent} to start the run afresh"
+            )

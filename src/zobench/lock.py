@@ -33,21 +33,24 @@ class RunDirLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"hydra.run.dir={self.path.parent}: cannot write there ({err.strerror}); "
-                              "pick a writable hydra.run.dir") from err
+            raise ConfigError(
+                f"hydra.run.dir={self.path.parent}: cannot write there ({err.strerror}); pick a writable hydra.run.dir"
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             holder = _read_holder(fd)
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise ConfigError(f"hydra.run.dir={self.path.parent}: another zobench process{holder} is running in "
-                                  "this run dir; wait for it to end or use another hydra.run.dir") from None
+                raise ConfigError(
+                    f"hydra.run.dir={self.path.parent}: another zobench process{holder} is running in "
+                    "this run dir; wait for it to end or use another hydra.run.dir"
+                ) from None
             raise ConfigError(f"hydra.run.dir={self.path.parent}: cannot lock {self.path} ({err.strerror})") from err
         os.ftruncate(fd, 0)  # who holds it, for the message a second process prints
         os.write(fd, f"{os.getpid()} {os.uname().nodename}\n".encode())
@@ -96,6 +99,9 @@ class RunDirCheck(Callback):
         if problem:
             import sys
 
-            print(f"zobench: error: hydra.run.dir={config.hydra.run.dir}: cannot write there ({problem}); "
-                  "pick a writable hydra.run.dir", file=sys.stderr)
+            print(
+                f"zobench: error: hydra.run.dir={config.hydra.run.dir}: cannot write there ({problem}); "
+                "pick a writable hydra.run.dir",
+                file=sys.stderr,
+            )
             sys.exit(2)

@@ -20,11 +20,16 @@ from .checkpoint import write_text_atomic
 
 # credential key names, matched against a whole key name (``api_key``, ``hf_token``, ``password``),
 # never inside another word: ``tokenizer_from`` and ``max_new_tokens`` are not credentials
-_SECRET = re.compile(r"(?:^|.*[_\-.])(?:api[_\-]?key|apikey|token|secret|password|passwd|credentials?|"
-                     r"access[_\-]?key)$", re.IGNORECASE)
+_SECRET = re.compile(
+    r"(?:^|.*[_\-.])(?:api[_\-]?key|apikey|token|secret|password|passwd|credentials?|"
+    r"access[_\-]?key)$",
+    re.IGNORECASE,
+)
 # values that are credentials whatever their key: Hugging Face tokens, W&B / OpenAI style keys
-_SECRET_VALUE = re.compile(r"^(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,}|local-[0-9a-f]{40,}|[0-9a-f]{40}|"
-                           r"wandb_v\d+_[A-Za-z0-9_]{20,})$")
+_SECRET_VALUE = re.compile(
+    r"^(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,}|local-[0-9a-f]{40,}|[0-9a-f]{40}|"
+    r"wandb_v\d+_[A-Za-z0-9_]{20,})$"
+)
 _SPECIAL_TOKEN = re.compile(r"(?:^|.*[_\-.])(?:bos|eos|pad|unk|mask|sep|cls)_token$", re.IGNORECASE)  # a tokenizer's
 REDACTED = "<redacted>"
 
@@ -85,9 +90,16 @@ def _redact_hydra(data):
     if isinstance(data, list):
         return [redact_override(v) if isinstance(v, str) else _redact_hydra(v) for v in data]
     if isinstance(data, dict):
-        return {k: (REDACTED if _secret_key(k) and v is not None else
-                    ",".join(redact_override(p) for p in v.split(",")) if k == "override_dirname" and isinstance(v, str)
-                    else _redact_hydra(v)) for k, v in data.items()}
+        return {
+            k: (
+                REDACTED
+                if _secret_key(k) and v is not None
+                else ",".join(redact_override(p) for p in v.split(","))
+                if k == "override_dirname" and isinstance(v, str)
+                else _redact_hydra(v)
+            )
+            for k, v in data.items()
+        }
     return redact(data)
 
 

@@ -40,9 +40,9 @@ from .checkpoint import fsync_dir, load_checkpoint, save_checkpoint, write_text_
 from .engine import build_engine, mix_seed, resolve_backend
 from .errors import CheckpointError, ConfigError
 from .lock import RunDirLock
-from .redaction import redact, redact_hydra_files  # noqa: F401 - redact: part of run's API (tests, report)
 from .models import apply_tuning, build_objective, hf_model, load_model, trainable, with_demonstrations, zo_closure
 from .optim import decay_groups
+from .redaction import redact, redact_hydra_files  # noqa: F401 - redact: part of run's API (tests, report)
 from .tasks import build_splits, load_task
 from .telemetry import ForwardCounter, JsonlLogger, PeakMemory, Progress, WandbLogger
 from .validation import RESUMABLE_KEYS, validate
@@ -65,10 +65,15 @@ def git_sha() -> str | None:
     """HEAD of the source checkout zobench runs from (``-dirty`` if modified), or None."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -108,7 +113,7 @@ class BatchStream:
                 self.epoch, self.offset = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
             take = min(self.batch_size - len(out), self.n - self.offset)
-            out.extend(self._perm[self.offset:self.offset + take].tolist())
+            out.extend(self._perm[self.offset : self.offset + take].tolist())
             self.offset += take
         return out
 
@@ -135,8 +140,11 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # a second Ctrl-C while the checkpoint is written must not tear it
-            log.warning("received %s again: still finishing the step and its checkpoint (SIGKILL stops at "
-                        "once; the last checkpoint is then resumed)", signal.Signals(signum).name)
+            log.warning(
+                "received %s again: still finishing the step and its checkpoint (SIGKILL stops at "
+                "once; the last checkpoint is then resumed)",
+                signal.Signals(signum).name,
+            )
             return
         self.signum = signum
         log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
@@ -172,11 +180,22 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
         _check_steps(cfg, checkpoint[0]["step"], run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     summary = {
-        "task": cfg.task.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
-        "tuning": cfg.tuning.name, "seed": int(cfg.seed), "steps": 0, "git_sha": git_sha(),
-        "zobench_version": __version__, "status": "failed",
-        "seeds": {"optimizer": int(cfg.seed), "data": int(cfg.data.seed), "eval_data": int(cfg.data.eval_seed),
-                  "batch_order": mix_seed(cfg.seed, 1), "model_init": cfg.model.get("init_seed")},
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "tuning": cfg.tuning.name,
+        "seed": int(cfg.seed),
+        "steps": 0,
+        "git_sha": git_sha(),
+        "zobench_version": __version__,
+        "status": "failed",
+        "seeds": {
+            "optimizer": int(cfg.seed),
+            "data": int(cfg.data.seed),
+            "eval_data": int(cfg.data.eval_seed),
+            "batch_order": mix_seed(cfg.seed, 1),
+            "model_init": cfg.model.get("init_seed"),
+        },
     }
     # events after the checkpoint are replayed, so the log is cut back to where the checkpoint was
     metrics = JsonlLogger(run_dir / "metrics.jsonl", truncate_at=checkpoint[0]["metrics_offset"] if checkpoint else 0)
@@ -213,8 +232,9 @@ def _previous_summary(path: Path) -> dict:
     try:
         previous = json.loads(path.read_text())
     except (ValueError, OSError) as err:
-        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err}); move it away to run "
-                              "again in this dir") from None
+        raise CheckpointError(
+            f"{path} is unreadable ({type(err).__name__}: {err}); move it away to run again in this dir"
+        ) from None
     if not isinstance(previous, dict):
         raise CheckpointError(f"{path} is not a JSON object; move it away to run again in this dir")
     return previous
@@ -247,27 +267,36 @@ def _check_steps(cfg: DictConfig, checkpoint_step: int, run_dir: Path) -> None:
     if cfg.train.get("forward_budget"):
         return  # steps follow from the budget: checked once the method's passes per step are known
     if checkpoint_step > int(cfg.train.steps):
-        raise CheckpointError(f"train.steps={cfg.train.steps}: {run_dir / 'checkpoint'} is at step {checkpoint_step}; "
-                              f"resume it with train.steps >= {checkpoint_step}, or use another hydra.run.dir")
+        raise CheckpointError(
+            f"train.steps={cfg.train.steps}: {run_dir / 'checkpoint'} is at step {checkpoint_step}; "
+            f"resume it with train.steps >= {checkpoint_step}, or use another hydra.run.dir"
+        )
 
 
 def _check_resumable(config: dict, saved_path: Path) -> None:
     """A checkpoint is resumed only under the config it was written with (bar RESUMABLE_KEYS)."""
     if not saved_path.is_file():
-        raise CheckpointError(f"{saved_path.parent / 'checkpoint'} has no config.yaml beside it; cannot tell "
-                              "which config it belongs to")
+        raise CheckpointError(
+            f"{saved_path.parent / 'checkpoint'} has no config.yaml beside it; cannot tell which config it belongs to"
+        )
     saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path)))
     now = _flat(config)
-    changed = sorted(k for k in set(saved) | set(now)
-                     if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS))
+    changed = sorted(
+        k
+        for k in set(saved) | set(now)
+        if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+    )
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise CheckpointError(f"{saved_path.parent} holds a checkpoint of a different config ({detail}); "
-                              "use another hydra.run.dir or restore those values")
+        raise CheckpointError(
+            f"{saved_path.parent} holds a checkpoint of a different config ({detail}); "
+            "use another hydra.run.dir or restore those values"
+        )
 
 
-def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoint, stop: StopRequest,
-                        started: float, elapsed_before: float) -> dict:
+def _train_and_evaluate(
+    cfg: DictConfig, run_dir: Path, loggers: list, checkpoint, stop: StopRequest, started: float, elapsed_before: float
+) -> dict:
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (FT baselines enable it per step)
 
@@ -282,14 +311,26 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     spec = load_task(cfg.task.name)
     family = cfg.model.family
     if family not in spec.families:
-        raise ConfigError(f"model={cfg.model.name} is a {family} LM; task={spec.name} has prompts for "
-                          f"{', '.join(spec.families)} LMs only")
-    splits = build_splits(spec, cfg.data.dir, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval,
-                          seed=cfg.data.seed, eval_seed=cfg.data.eval_seed, on_bad_row=cfg.data.on_bad_row,
-                          **_protocol(cfg))
+        raise ConfigError(
+            f"model={cfg.model.name} is a {family} LM; task={spec.name} has prompts for "
+            f"{', '.join(spec.families)} LMs only"
+        )
+    splits = build_splits(
+        spec,
+        cfg.data.dir,
+        cfg.data.num_train,
+        cfg.data.num_dev,
+        cfg.data.num_eval,
+        seed=cfg.data.seed,
+        eval_seed=cfg.data.eval_seed,
+        on_bad_row=cfg.data.on_bad_row,
+        **_protocol(cfg),
+    )
     if (cfg.train.steps > 0 or cfg.train.get("forward_budget")) and not splits.train:
-        raise ConfigError(f"task={spec.name}: no training examples are left once data.num_dev={cfg.data.num_dev} "
-                          "dev examples are taken from its training pool; lower data.num_dev")
+        raise ConfigError(
+            f"task={spec.name}: no training examples are left once data.num_dev={cfg.data.num_dev} "
+            "dev examples are taken from its training pool; lower data.num_dev"
+        )
 
     # model, tuning, objective
     model, tokenizer = _load_model(cfg, device)
@@ -298,12 +339,18 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     max_length = cfg.task.get("masked_max_length", cfg.task.max_length) if family == "masked" else cfg.task.max_length
     objective = build_objective(spec, family, model, tokenizer, max_length, device)
     if cfg.objective not in ("loss", objective.metric):
-        raise ConfigError(f"objective={cfg.objective}: task metric is {objective.metric}; allowed loss, {objective.metric}")
-    rendered = {name: [spec.render(ex, family=family) for ex in rows]
-                for name, rows in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
+        raise ConfigError(
+            f"objective={cfg.objective}: task metric is {objective.metric}; allowed loss, {objective.metric}"
+        )
+    rendered = {
+        name: [spec.render(ex, family=family) for ex in rows]
+        for name, rows in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))
+    }
     demos = rendered["train"][: cfg.icl.demos]
-    train, dev, test = ([objective.encode(with_demonstrations(r, demos, cfg.icl.separator)) for r in rendered[name]]
-                        for name in ("train", "dev", "test"))
+    train, dev, test = (
+        [objective.encode(with_demonstrations(r, demos, cfg.icl.separator)) for r in rendered[name]]
+        for name in ("train", "dev", "test")
+    )
     counter = ForwardCounter(hf_model(model))  # one call per forward, whatever the wrapper or objective
     memory = PeakMemory(device)
 
@@ -318,24 +365,37 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     probing = bool(opt_cfg.pop("linear_probe", False))
     if probing:
         if cfg.train.steps != 0:
-            raise ConfigError(f"optimizer=linear_probe fits a classifier on frozen features and takes no steps; "
-                              f"set train.steps=0 (got {cfg.train.steps})")
+            raise ConfigError(
+                f"optimizer=linear_probe fits a classifier on frozen features and takes no steps; "
+                f"set train.steps=0 (got {cfg.train.steps})"
+            )
         with counter.phase("train"):  # the training examples' feature forwards are its training cost
             objective = optimizer_cls(objective, train, cfg.train.eval_batch_size, seed=cfg.seed, **opt_cfg)
         optimizer = None
     elif first_order:
         optimizer = _build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), **opt_cfg)
     else:
-        engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
-                              fused_linear=cfg.engine.fused_linear)
+        engine = build_engine(
+            cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
+        )
         counter.replicas = lambda: engine.replica_count  # a batched call evaluates several models
         groups = decay_groups(named, weight_decay, names=getattr(optimizer_cls, "takes_names", False))
         optimizer = _build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
     metric = objective.metric
 
     # the loop's own state: all of it goes into a checkpoint
-    loop = {"step": 0, "epoch": 0, "offset": 0, "counts": {}, "best_dev": None, "best_step": 0,
-            "best_file": None, "train_peak": 0, "inference_peak": None, "skipped_steps": 0}
+    loop = {
+        "step": 0,
+        "epoch": 0,
+        "offset": 0,
+        "counts": {},
+        "best_dev": None,
+        "best_step": 0,
+        "best_file": None,
+        "train_peak": 0,
+        "inference_peak": None,
+        "skipped_steps": 0,
+    }
     if checkpoint is not None:
         saved_loop, tensors, optimizer_state = checkpoint
         loop.update({k: saved_loop[k] for k in loop})
@@ -345,17 +405,24 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         log.info("resumed from step %d", loop["step"])
     best_dir = run_dir / "best"
     _remove_stale_best(best_dir, keep=loop["best_file"])
-    stream = (BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
-              if train else None)  # zero-shot / ICL evaluations may have no training examples
+    stream = (
+        BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1), loop["epoch"], loop["offset"])
+        if train
+        else None
+    )  # zero-shot / ICL evaluations may have no training examples
     if stream is not None and hasattr(optimizer, "bind_data"):  # methods that take extra batches
         # (DiZO's projection rounds, MeZO-SVRG's anchor) draw them from the loop's stream, so a
         # resumed run sees the same batches; their forwards are counted like the step's
-        optimizer.bind_data(lambda: zo_closure(objective, [train[i] for i in stream.next()], cfg.objective),
-                            cfg.train.batch_size)
+        optimizer.bind_data(
+            lambda: zo_closure(objective, [train[i] for i in stream.next()], cfg.objective), cfg.train.batch_size
+        )
 
     def counts() -> dict:
-        return {"forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
-                "forward_passes_total": counter.total}
+        return {
+            "forward_passes": counter["train"],
+            "forward_passes_eval": counter["eval"],
+            "forward_passes_total": counter.total,
+        }
 
     def evaluate(split: str, examples, step: int) -> dict:
         with counter.phase("eval"):
@@ -364,16 +431,24 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         return values
 
     def save(step: int) -> None:
-        loop.update(step=step, epoch=stream.epoch if stream else 0, offset=stream.offset if stream else 0,
-                    counts=dict(counter.counts),
-                    metrics_offset=loggers[0].offset, elapsed=wall())
+        loop.update(
+            step=step,
+            epoch=stream.epoch if stream else 0,
+            offset=stream.offset if stream else 0,
+            counts=dict(counter.counts),
+            metrics_offset=loggers[0].offset,
+            elapsed=wall(),
+        )
         loggers[0].sync()  # the events up to the offset the checkpoint records are on disk first
         save_checkpoint(run_dir / "checkpoint", step, dict(named), optimizer.state_dict(), loop)
 
     if loop["inference_peak"] is None:  # inference-only peak of one training batch (a counted "probe")
         # zero-shot runs may have no training examples: probe the first test batch instead
-        probe = ([train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
-                 if train else test[: cfg.train.batch_size])
+        probe = (
+            [train[i] for i in BatchStream(len(train), cfg.train.batch_size, mix_seed(cfg.seed, 1)).next()]
+            if train
+            else test[: cfg.train.batch_size]
+        )
         memory.reset()
         with counter.phase("probe"):
             objective.loss(probe)
@@ -381,8 +456,10 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
 
     steps, eval_every = _schedule(cfg.train, optimizer, first_order or probing)
     if loop["step"] > steps:
-        raise CheckpointError(f"{run_dir / 'checkpoint'} is at step {loop['step']}, past the {steps} steps this config "
-                              "trains for; raise train.steps / train.forward_budget, or use another hydra.run.dir")
+        raise CheckpointError(
+            f"{run_dir / 'checkpoint'} is at step {loop['step']}, past the {steps} steps this config "
+            "trains for; raise train.steps / train.forward_budget, or use another hydra.run.dir"
+        )
     status, step = "completed", loop["step"]
     if steps == 0:  # zero-shot / ICL
         loop["best_dev"] = evaluate("dev", dev, 0)[metric] if dev else None
@@ -400,19 +477,32 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
         progress.update(loss, counter["train"])
         finite = math.isfinite(loss) and all(math.isfinite(v) for v in info.values())
         if step % cfg.train.log_every == 0 or step == steps or not finite:
-            emit({"event": "train", "step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], **info,
-                  **counts(), "peak_memory_bytes": loop["train_peak"], "wall_s": wall()})
+            emit(
+                {
+                    "event": "train",
+                    "step": step,
+                    "loss": loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **info,
+                    **counts(),
+                    "peak_memory_bytes": loop["train_peak"],
+                    "wall_s": wall(),
+                }
+            )
         if not finite:
             if cfg.train.on_divergence == "skip":  # the optimizer refused the update; go on
                 loop["skipped_steps"] += 1
                 log.warning("step %d: non-finite loss or projected gradient %s; step skipped", step, info)
             else:
                 status = "diverged"
-                log.error("step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)",
-                          step, info)
+                log.error(
+                    "step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)", step, info
+                )
                 break
         evaluating = bool(dev) and (step % eval_every == 0 or step == steps)
-        checkpointing = stop.signum is not None or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
+        checkpointing = stop.signum is not None or (
+            cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
+        )
         # weights are checked before anything is written from them (a blown-up weight that is not
         # written shows up as a non-finite loss at the next step): a sweep only when needed
         if (evaluating or checkpointing or step == steps) and not _all_finite(named):
@@ -443,18 +533,32 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, loggers: list, checkpoin
     # best/ stays until the summary is written (run): a kill before that resumes from the
     # checkpoint, which needs the best-dev file it names
     result = {
-        "task_version": spec.version, "steps": step,
-        "best_step": loop["best_step"] if dev else None, "tested_step": tested_step if status == "completed" else None,
-        "forward_passes": counter["train"], "forward_passes_eval": counter["eval"],
-        "forward_passes_probe": counter["probe"], "metric": metric, f"dev_{metric}": loop["best_dev"],
+        "task_version": spec.version,
+        "steps": step,
+        "best_step": loop["best_step"] if dev else None,
+        "tested_step": tested_step if status == "completed" else None,
+        "forward_passes": counter["train"],
+        "forward_passes_eval": counter["eval"],
+        "forward_passes_probe": counter["probe"],
+        "metric": metric,
+        f"dev_{metric}": loop["best_dev"],
         **{f"test_{name}": value for name, value in tested.items()},
-        "skipped_steps": loop["skipped_steps"], "skipped_rows": sum(splits.skipped_rows.values()),
-        "num_train": len(train), "num_dev": len(dev), "num_test": len(test),
+        "skipped_steps": loop["skipped_steps"],
+        "skipped_rows": sum(splits.skipped_rows.values()),
+        "num_train": len(train),
+        "num_dev": len(dev),
+        "num_test": len(test),
         "peak_memory_bytes": loop["train_peak"] if steps else loop["inference_peak"],
-        "inference_peak_memory_bytes": loop["inference_peak"], "peak_memory_source": memory.source,
+        "inference_peak_memory_bytes": loop["inference_peak"],
+        "peak_memory_source": memory.source,
         "device": str(device),
-        "engine": ("autograd" if first_order else "none" if probing
-                   else f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}"),
+        "engine": (
+            "autograd"
+            if first_order
+            else "none"
+            if probing
+            else f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}"
+        ),
         "status": status,
     }
     if status == "interrupted":
@@ -473,14 +577,18 @@ def _load_model(cfg: DictConfig, device: torch.device):
         raise
     except Exception as err:  # noqa: BLE001 - only what comes from the cache dir becomes one line
         if isinstance(err, OSError) and err.filename and str(err.filename).startswith(str(cache)):
-            raise ConfigError(f"cache_dir={cfg.cache_dir}: cannot use {err.filename} ({err.strerror}); set cache_dir / "
-                              "ZOBENCH_CACHE to a writable folder") from err
+            raise ConfigError(
+                f"cache_dir={cfg.cache_dir}: cannot use {err.filename} ({err.strerror}); set cache_dir / "
+                "ZOBENCH_CACHE to a writable folder"
+            ) from err
         damaged = [str(f) for f in _cached_folders(cfg.model, cache)]
         if not damaged:  # not from a cached conversion: a bug, keep the traceback
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"cache_dir={cfg.cache_dir}: loading the converted model in {' / '.join(damaged)} failed "
-                          f"({type(err).__name__}: {first[:200]}); delete that folder to convert it again") from err
+        raise ConfigError(
+            f"cache_dir={cfg.cache_dir}: loading the converted model in {' / '.join(damaged)} failed "
+            f"({type(err).__name__}: {first[:200]}); delete that folder to convert it again"
+        ) from err
 
 
 def _cached_folders(model_cfg, cache: Path) -> list[Path]:
@@ -499,8 +607,10 @@ def _schedule(train_cfg: DictConfig, optimizer, not_zo: bool) -> tuple[int, int]
     if not budget:
         return int(train_cfg.steps), int(train_cfg.eval_every)
     if not_zo:
-        raise ConfigError("train.forward_budget counts a ZO method's forward passes; first-order and "
-                          "linear-probe baselines take train.steps (set train.forward_budget=null)")
+        raise ConfigError(
+            "train.forward_budget counts a ZO method's forward passes; first-order and "
+            "linear-probe baselines take train.steps (set train.forward_budget=null)"
+        )
     exact = getattr(optimizer, "forward_passes", None)  # methods whose steps differ in cost
     per_step = optimizer.forward_passes_per_step  # (DiZO, MeZO-SVRG): an average, not an int
     steps = max(1, int(budget // per_step))
@@ -543,8 +653,9 @@ def _build_optimizer(cfg: DictConfig, optimizer_cls, params, **kwargs):
     except ValueError as error:
         message = str(error)
         named_key = re.match(r"\w+=", message) and message.split("=", 1)[0] in kwargs
-        raise ConfigError(f"optimizer.{message}" if named_key else f"optimizer={cfg.optimizer.name}: {message}") \
-            from None
+        raise ConfigError(
+            f"optimizer.{message}" if named_key else f"optimizer={cfg.optimizer.name}: {message}"
+        ) from None
 
 
 def _all_finite(named) -> bool:

@@ -44,7 +44,7 @@ def dirname(overrides: str, num) -> str:
     name = str(overrides or "").replace("/", "_").strip(".") or str(num)
     if len(name.encode()) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = name.encode()[:MAX_NAME - 11].decode(errors="ignore") + "-" + digest
+        name = name.encode()[: MAX_NAME - 11].decode(errors="ignore") + "-" + digest
     return name
 
 
@@ -93,8 +93,15 @@ def summary_table(sweep_dir: Path) -> list[str]:
             summary = json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
         except json.JSONDecodeError:
             summary = {"status": "unreadable"}
-        rows.append((str(summary.get("status")), _metric(summary, "dev"), _metric(summary, "test"),
-                     str(summary.get("forward_passes", "-")), str(run_dir)))
+        rows.append(
+            (
+                str(summary.get("status")),
+                _metric(summary, "dev"),
+                _metric(summary, "test"),
+                str(summary.get("forward_passes", "-")),
+                str(run_dir),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
 

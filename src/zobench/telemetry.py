@@ -139,9 +139,11 @@ class JsonlLogger:
         self.path = Path(path)
         size = self.path.stat().st_size if self.path.is_file() else 0
         if size < truncate_at:  # truncate() would pad with NUL bytes: events were lost, not replayable
-            raise CheckpointError(f"{self.path} holds {size} bytes, fewer than the {truncate_at} the checkpoint "
-                                  f"recorded: events before the checkpoint are lost; delete "
-                                  f"{self.path.parent / 'checkpoint'} and {self.path} to start the run afresh")
+            raise CheckpointError(
+                f"{self.path} holds {size} bytes, fewer than the {truncate_at} the checkpoint "
+                f"recorded: events before the checkpoint are lost; delete "
+                f"{self.path.parent / 'checkpoint'} and {self.path} to start the run afresh"
+            )
         self._file = self.path.open("a+", encoding="utf-8")
         # a resumed run replays the events after its checkpoint: cut them off first
         self._file.truncate(truncate_at)
@@ -197,21 +199,35 @@ class WandbLogger:
             alphabet = string.ascii_lowercase + string.digits
             id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
         # W&B records project, group, tags and name beside the config: the same redaction for all
-        kwargs = redact(dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-                             tags=list(cfg.get("tags") or []), name=name, dir=str(run_dir), config=config,
-                             id=id_file.read_text().strip(), resume="allow"))
+        kwargs = redact(
+            dict(
+                project=cfg.get("project"),
+                entity=cfg.get("entity"),
+                group=cfg.get("group"),
+                tags=list(cfg.get("tags") or []),
+                name=name,
+                dir=str(run_dir),
+                config=config,
+                id=id_file.read_text().strip(),
+                resume="allow",
+            )
+        )
         redact_argv()  # W&B records the command line; a credential passed as an override stays out
         if cfg.get("api_key"):  # +logger.api_key=...: this run's W&B key (redacted wherever it would be written)
             os.environ["WANDB_API_KEY"] = str(cfg.get("api_key"))
         mode = wandb_mode(cfg.get("mode", "auto"))
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))),
-                                  **kwargs)
+            self.run = wandb.init(
+                mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))), **kwargs
+            )
         except Exception as err:  # unreachable server, bad key: never lose the metrics
             if mode != "online":
                 raise
-            log.warning("W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
-                        str(err).splitlines()[0], run_dir)
+            log.warning(
+                "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
+                str(err).splitlines()[0],
+                run_dir,
+            )
             # the failed init keeps the run id registered in W&B's service ("run ID ... is in
             # use"): tear the service down, then the offline run takes the same id, so that a
             # later `wandb sync` continues the run an online resume would have continued
@@ -223,8 +239,11 @@ class WandbLogger:
 
     def log(self, event: dict) -> None:
         prefix = event.get("split", "train") if event.get("event") == "eval" else "train"
-        data = {f"{prefix}/{k}": v for k, v in event.items()
-                if k not in ("event", "split") and isinstance(v, (int, float)) and v is not None}
+        data = {
+            f"{prefix}/{k}": v
+            for k, v in event.items()
+            if k not in ("event", "split") and isinstance(v, (int, float)) and v is not None
+        }
         # W&B drops rows whose step goes backwards; the test event carries the (earlier) best-dev
         # step it evaluated, so it is logged at the current step with that step as a value
         self._step = max(self._step, int(event["step"]))
@@ -263,14 +282,22 @@ class Progress:
 
     LINES = 10  # plain progress lines per run when there is no terminal
 
-    def __init__(self, total: int, initial: int = 0, forward_passes: int = 0, file=None,
-                 disable: bool | None = None) -> None:
+    def __init__(
+        self, total: int, initial: int = 0, forward_passes: int = 0, file=None, disable: bool | None = None
+    ) -> None:
         from tqdm.auto import tqdm
 
         file = file or sys.stderr
         self.plain = disable is None and not (hasattr(file, "isatty") and file.isatty())
-        self.bar = tqdm(total=total, initial=initial, unit="step", disable=True if self.plain else disable,
-                        file=file, dynamic_ncols=True, mininterval=0)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            disable=True if self.plain else disable,
+            file=file,
+            dynamic_ncols=True,
+            mininterval=0,
+        )
         self._t0 = time.perf_counter()
         self._passes0 = forward_passes
         self._total, self._step0, self._step = total, initial, initial
@@ -284,8 +311,15 @@ class Progress:
         self._step += 1
         if self.plain and (self._step % self._every == 0 or self._step == self._total):
             eta = (self._total - self._step) * elapsed / max(self._step - self._step0, 1)
-            log.info("step %d/%d (%d%%): loss %.4f, %.2f fwd/s, eta %s", self._step, self._total,
-                     100 * self._step // max(self._total, 1), loss, rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+            log.info(
+                "step %d/%d (%d%%): loss %.4f, %.2f fwd/s, eta %s",
+                self._step,
+                self._total,
+                100 * self._step // max(self._total, 1),
+                loss,
+                rate,
+                time.strftime("%H:%M:%S", time.gmtime(eta)),
+            )
 
     def close(self) -> None:
         self.bar.close()

@@ -11,8 +11,18 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 
 # keys that may change between a checkpoint and its resume (they do not change the numbers)
-RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "train.save_final", "logger",
-                  "device", "debug", "cache_dir", "data.dir", "train.eval_batch_size")
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.save_final",
+    "logger",
+    "device",
+    "debug",
+    "cache_dir",
+    "data.dir",
+    "train.eval_batch_size",
+)
 
 DIVERGENCE_POLICIES = ("stop", "skip")
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in 0..2**32-1
@@ -28,8 +38,11 @@ def _get(cfg: DictConfig, key: str):
 def _integer(cfg, key: str, minimum: int, maximum: int | None = None) -> None:
     value = _get(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}" if maximum is None else
-                          f"{key}={value!r}: expected an integer in {minimum}..{maximum}")
+        raise ConfigError(
+            f"{key}={value!r}: expected an integer >= {minimum}"
+            if maximum is None
+            else f"{key}={value!r}: expected an integer in {minimum}..{maximum}"
+        )
     if maximum is not None and value > maximum:
         raise ConfigError(f"{key}={value!r}: expected an integer in {minimum}..{maximum}")
 
@@ -37,8 +50,12 @@ def _integer(cfg, key: str, minimum: int, maximum: int | None = None) -> None:
 def _positive_number(cfg, key: str, zero_ok: bool = False) -> None:
     """A finite number > 0 (>= 0): nan and inf are config errors, not a "divergence" later."""
     value = _get(cfg, key)
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value >= 0 if zero_ok else value > 0))
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if zero_ok else value > 0)
+    )
     if not ok:
         raise ConfigError(f"{key}={value!r}: expected a finite number {'>= 0' if zero_ok else '> 0'}")
 
@@ -59,8 +76,14 @@ def validate(cfg: DictConfig) -> None:
 
     _integer(cfg, "seed", 0, SEED_MAX)
     _integer(cfg, "train.steps", 0)
-    for key in ("train.batch_size", "train.eval_every", "train.eval_batch_size", "train.log_every",
-                "task.max_length", "data.k"):
+    for key in (
+        "train.batch_size",
+        "train.eval_every",
+        "train.eval_batch_size",
+        "train.log_every",
+        "task.max_length",
+        "data.k",
+    ):
         _integer(cfg, key, 1)
     if "masked_max_length" in cfg.task:
         _integer(cfg, "task.masked_max_length", 1)
@@ -82,8 +105,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.eval_every_passes needs train.forward_budget (otherwise use train.eval_every)")
     mezo_training = (_get(cfg, "train.steps") > 0 or budgeted) and _get(cfg, "data.protocol") == "mezo"
     _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
-    for key in ("train.keep_best", "train.save_final", "debug", "engine.paired",
-                "engine.fused_linear"):
+    for key in ("train.keep_best", "train.save_final", "debug", "engine.paired", "engine.fused_linear"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
@@ -93,8 +115,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"icl.separator={_get(cfg, 'icl.separator')!r}: expected a string")
     _choice(cfg, "tuning.name", TUNINGS)
     if _get(cfg, "icl.demos") > _get(cfg, "data.num_train"):
-        raise ConfigError(f"icl.demos={_get(cfg, 'icl.demos')} > data.num_train={_get(cfg, 'data.num_train')}: "
-                          "demonstrations are drawn from the training examples")
+        raise ConfigError(
+            f"icl.demos={_get(cfg, 'icl.demos')} > data.num_train={_get(cfg, 'data.num_train')}: "
+            "demonstrations are drawn from the training examples"
+        )
     for key in ("lr", "eps"):
         if key in cfg.optimizer:
             _positive_number(cfg, f"optimizer.{key}")
@@ -105,10 +129,14 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.source", SOURCES)
     _choice(cfg, "engine.backend", BACKENDS)
     _choice(cfg, "engine.mode", MODES)
-    if _get(cfg, "engine.fused_linear") and (_get(cfg, "engine.backend") == "torch" or _get(cfg, "engine.mode") != "virtual"):
-        raise ConfigError(f"engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and "
-                          f"engine.mode=virtual; got engine.backend={_get(cfg, 'engine.backend')}, "
-                          f"engine.mode={_get(cfg, 'engine.mode')}")
+    if _get(cfg, "engine.fused_linear") and (
+        _get(cfg, "engine.backend") == "torch" or _get(cfg, "engine.mode") != "virtual"
+    ):
+        raise ConfigError(
+            f"engine.fused_linear=true needs engine.backend=triton (or auto on CUDA) and "
+            f"engine.mode=virtual; got engine.backend={_get(cfg, 'engine.backend')}, "
+            f"engine.mode={_get(cfg, 'engine.mode')}"
+        )
     device = _get(cfg, "device")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
         raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")

@@ -18,8 +18,9 @@ SCRIPT = ROOT / "results" / "bench" / "gpu.sh"
 
 def _run(*args, timeout=60, **env_vars):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"), **env_vars}
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def _runs(folder):
@@ -57,8 +58,9 @@ def test_dry_run_lists_the_whole_plan_within_nine_minutes(tmp_path):
 def test_a_hanging_run_is_killed_with_its_children_and_the_next_run_goes_on(tmp_path):
     pid_file = tmp_path / "child.pid"
     plan = tmp_path / "plan.tsv"
-    plan.write_text(f"hang\t2\tbash -c 'sleep 60 & echo $! > {pid_file}; wait'\n"
-                    "ok\t10\techo measured\nbroken\t10\tfalse\n")
+    plan.write_text(
+        f"hang\t2\tbash -c 'sleep 60 & echo $! > {pid_file}; wait'\nok\t10\techo measured\nbroken\t10\tfalse\n"
+    )
     start = time.monotonic()
     done = _run("--plan", plan, "--out", tmp_path / "out", "--no-env")
     assert done.returncode == 0, done.stderr
@@ -82,11 +84,14 @@ def test_runs_are_skipped_once_the_budget_is_spent(tmp_path):
     assert runs["second"]["status"] == "skipped"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bogus"], "unknown argument '--bogus'"),
-    (["--budget", "soon"], "--budget needs whole seconds"),
-    (["--plan", "/nonexistent/plan"], "--plan: no such file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bogus"], "unknown argument '--bogus'"),
+        (["--budget", "soon"], "--budget needs whole seconds"),
+        (["--plan", "/nonexistent/plan"], "--plan: no such file"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(args, message):
     done = _run(*args)
     assert done.returncode == 2 and done.stderr.startswith("zobench: error: gpu.sh: ") and message in done.stderr
@@ -95,11 +100,27 @@ def test_bad_arguments_are_one_line_errors(args, message):
 
 # --- the table generator -------------------------------------------------------------------------
 
+
 def _result(model, engine, step, baseline_step=None):
-    z = {"step_s": step, "forward_s": step / 2, "engine_s": step / 4, "other_s": step / 4, "engine_fraction": 0.25,
-         "peak_memory_bytes": 3 << 30, "peak_over_inference": 1.01, "engine": engine, "optimizer": "mezo"}
-    out = {"model": model, "task": "sst2", "batch_size": 16, "dtype": "float16", "zobench": z,
-           "command": f"python -m zobench.bench model={model}"}
+    z = {
+        "step_s": step,
+        "forward_s": step / 2,
+        "engine_s": step / 4,
+        "other_s": step / 4,
+        "engine_fraction": 0.25,
+        "peak_memory_bytes": 3 << 30,
+        "peak_over_inference": 1.01,
+        "engine": engine,
+        "optimizer": "mezo",
+    }
+    out = {
+        "model": model,
+        "task": "sst2",
+        "batch_size": 16,
+        "dtype": "float16",
+        "zobench": z,
+        "command": f"python -m zobench.bench model={model}",
+    }
     if baseline_step:
         out["baseline"] = {**z, "step_s": baseline_step, "peak_over_inference": 1.13}
         out["step_time_ratio"] = step / baseline_step
@@ -108,17 +129,34 @@ def _result(model, engine, step, baseline_step=None):
 
 def _fixture(folder):
     folder.mkdir()
-    (folder / "environment.json").write_text(json.dumps({
-        "device": "NVIDIA H200", "memory_gib": 139.8, "driver": "580.1", "cuda": "13.0", "torch": "2.11",
-        "triton": "3.6.0", "transformers": "5.17", "python": "3.12", "commit": "abc1234", "date": "2026-12-02"}))
-    runs = [{"name": "cuda_tests", "status": "ok", "rc": 0, "seconds": 50, "timeout_s": 90},
-            {"name": "opt-1.3b_fp16_default", "status": "ok", "rc": 0, "seconds": 40, "timeout_s": 60},
-            {"name": "opt-30b_fp16_default", "status": "timeout", "rc": 124, "seconds": 140, "timeout_s": 140}]
+    (folder / "environment.json").write_text(
+        json.dumps(
+            {
+                "device": "NVIDIA H200",
+                "memory_gib": 139.8,
+                "driver": "580.1",
+                "cuda": "13.0",
+                "torch": "2.11",
+                "triton": "3.6.0",
+                "transformers": "5.17",
+                "python": "3.12",
+                "commit": "abc1234",
+                "date": "2026-12-02",
+            }
+        )
+    )
+    runs = [
+        {"name": "cuda_tests", "status": "ok", "rc": 0, "seconds": 50, "timeout_s": 90},
+        {"name": "opt-1.3b_fp16_default", "status": "ok", "rc": 0, "seconds": 40, "timeout_s": 60},
+        {"name": "opt-30b_fp16_default", "status": "timeout", "rc": 124, "seconds": 140, "timeout_s": 140},
+    ]
     (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    (folder / "opt-1.3b_fp16_default.json").write_text(json.dumps(
-        _result("opt-1.3b-random", "auto/virtual+paired", 0.05, 0.1)))
-    (folder / "opt-1.3b_fp16_fused.json").write_text(json.dumps(
-        _result("opt-1.3b-random", "auto/virtual+paired+fused", 0.04)))
+    (folder / "opt-1.3b_fp16_default.json").write_text(
+        json.dumps(_result("opt-1.3b-random", "auto/virtual+paired", 0.05, 0.1))
+    )
+    (folder / "opt-1.3b_fp16_fused.json").write_text(
+        json.dumps(_result("opt-1.3b-random", "auto/virtual+paired+fused", 0.04))
+    )
     (folder / "opt-30b_fp16_default.log").write_text("zobench: watchdog: no progress for 20 s\n")
 
 
@@ -129,7 +167,9 @@ def test_the_table_is_regenerated_from_the_files(tmp_path):
     assert "NVIDIA H200 (139.8 GiB), driver 580.1, CUDA 13.0, torch 2.11, Triton 3.6.0" in text
     row = next(line for line in text.splitlines() if line.startswith("| [opt-1.3b_fp16_default]"))
     assert "| 0.050 |" in row and "| 0.100 |" in row and "0.50×" in row and "25.0%" in row
-    assert any(line.startswith("| [opt-1.3b_fp16_fused]") for line in text.splitlines())  # not in the plan: still listed
+    assert any(
+        line.startswith("| [opt-1.3b_fp16_fused]") for line in text.splitlines()
+    )  # not in the plan: still listed
     assert "| opt-30b_fp16_default | timeout | 140 | 140 | [log](opt-30b_fp16_default.log) |" in text
     assert "Timed out: opt-30b_fp16_default" in text
     assert report.render(tmp_path / "gpu") == text  # deterministic: the same files, the same table

@@ -25,8 +25,9 @@ def setup(data_dir):
 
 def test_the_authors_per_pair_loss_equals_zobenchs_shared_prefix_loss(setup):
     model, tokenizer, scorer, batch = setup
-    torch.testing.assert_close(pairwise_loss(model, batch, tokenizer.pad_token_id, "cpu"), scorer.loss(batch),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        pairwise_loss(model, batch, tokenizer.pad_token_id, "cpu"), scorer.loss(batch), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_authors_step_restores_and_updates_like_mezo():
@@ -45,11 +46,25 @@ def test_drift_is_counted_for_both_in_place_implementations():
 
 
 def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
-    subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "bench.repeats=1",
-                    "bench.numerics_steps=2", "bench.numerics_max_elements=5000", "bench.virtual_lr0_steps=3",
-                    f"bench.out={tmp_path}",
-                    "bench.name=t", f"data.dir={data_dir}"], check=True, timeout=600, capture_output=True,
-                   cwd=tmp_path)  # Hydra's outputs/bench/<time>/ goes there, not into the checkout
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zobench.bench",
+            "model=tiny-llama",
+            "bench.repeats=1",
+            "bench.numerics_steps=2",
+            "bench.numerics_max_elements=5000",
+            "bench.virtual_lr0_steps=3",
+            f"bench.out={tmp_path}",
+            "bench.name=t",
+            f"data.dir={data_dir}",
+        ],
+        check=True,
+        timeout=600,
+        capture_output=True,
+        cwd=tmp_path,
+    )  # Hydra's outputs/bench/<time>/ goes there, not into the checkout
     result = json.loads((tmp_path / "t.json").read_text())
     for variant in ("zobench", "baseline"):
         r = result[variant]
@@ -60,17 +75,36 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     assert "| zobench [auto/virtual+paired] |" in (tmp_path / "t.md").read_text()
     assert result["numerics"]["bfloat16"]["authors_inplace"]["changed_fraction"] > 0
     # the virtual engine's lr=0 steps, forwards included, leave every weight as it was
-    assert result["virtual_lr0"] == {"dtype": "float32", "steps": 3, "changed_elements": 0,
-                                     "elements": result["parameters"]}
+    assert result["virtual_lr0"] == {
+        "dtype": "float32",
+        "steps": 3,
+        "changed_elements": 0,
+        "elements": result["parameters"],
+    }
     assert "Measured: 3 lr=0 MeZO steps" in (tmp_path / "t.md").read_text()
 
 
 def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     """``optimizer=...`` picks zobench's step (HiZOO: 3 passes and its Σ); the baseline stays the
     authors' MeZO and the Markdown says the ratios then compare methods."""
-    subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=hizoo", "bench.repeats=1",
-                    "bench.baseline=false", f"bench.out={tmp_path}", "bench.name=h", f"data.dir={data_dir}"],
-                   check=True, timeout=600, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zobench.bench",
+            "model=tiny-llama",
+            "optimizer=hizoo",
+            "bench.repeats=1",
+            "bench.baseline=false",
+            f"bench.out={tmp_path}",
+            "bench.name=h",
+            f"data.dir={data_dir}",
+        ],
+        check=True,
+        timeout=600,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     result = json.loads((tmp_path / "h.json").read_text())
     z = result["zobench"]
     assert (z["optimizer"], z["forward_passes_per_step"], z["state_buffers_per_param"]) == ("hizoo", 3, 1)
@@ -80,9 +114,22 @@ def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
 
 
 def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
-    done = subprocess.run([sys.executable, "-m", "zobench.bench", "model=tiny-llama", "optimizer=adam",
-                           f"bench.out={tmp_path / 'out'}", "bench.name=a", f"data.dir={data_dir}"],
-                          timeout=600, capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zobench.bench",
+            "model=tiny-llama",
+            "optimizer=adam",
+            f"bench.out={tmp_path / 'out'}",
+            "bench.name=a",
+            f"data.dir={data_dir}",
+        ],
+        timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0 and "optimizer=adam: the benchmark times zeroth-order steps" in done.stderr
     out = tmp_path / "out"
     assert not out.exists() or not list(out.iterdir())  # nothing half-written (Hydra's own log dir aside)

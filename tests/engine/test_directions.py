@@ -56,8 +56,9 @@ def test_rademacher_z_is_the_sign_bits_of_philox_on_every_device_path():
     # 0x6627e8d5, ...): the low byte 0xd5 = 0b11010101, bit 0 first, set bits give -1
     assert rademacher_z(0, 0, 8).tolist() == [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, -1.0]
     # words 1-3 of that counter: elements 32-127 (0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)
-    expected = [-1.0 if (word >> bit) & 1 else 1.0 for word in (0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
-                for bit in range(32)]
+    expected = [
+        -1.0 if (word >> bit) & 1 else 1.0 for word in (0xE169C58D, 0xBC57AC4C, 0x9B00DBD8) for bit in range(32)
+    ]
     assert rademacher_z(0, 32, 128).tolist() == expected
 
 
@@ -74,6 +75,7 @@ def test_mix_seed_separates_tuples():
 
 
 # --- z drawn in chunks (no parameter-sized z on CPU) ---------------------------------------------
+
 
 @pytest.fixture
 def small_chunks(monkeypatch):

@@ -45,8 +45,9 @@ def test_dual_tangent_is_the_directional_derivative(family):
     assert tangent == pytest.approx((plus - minus) / (2 * h), rel=fd_rel, abs=1e-8)
     model.requires_grad_(True)
     grads = torch.autograd.grad(_loss(model, ids), [p for _, p in params], allow_unused=True)
-    expected = sum(float((g * direction.sample(pid, p).double()).sum())
-                   for (pid, p), g in zip(params, grads) if g is not None)
+    expected = sum(
+        float((g * direction.sample(pid, p).double()).sum()) for (pid, p), g in zip(params, grads) if g is not None
+    )
     assert tangent == pytest.approx(expected, rel=ad_rel, abs=1e-12)
 
 
@@ -145,6 +146,7 @@ def test_replicas_refuse_what_they_cannot_evaluate():
 
 # --- mirrored pairs: SPSA's L(θ+εz), L(θ-εz) in one forward ----------------------------------------
 
+
 def _pair_losses(model, ids):
     """Per-half losses of the batch repeated twice (the closure contract, replicas=2)."""
     return _replica_losses(model, ids, 2)
@@ -172,8 +174,9 @@ def test_a_mirrored_pair_equals_the_two_sequential_evaluations_with_one_z(family
     with torch.no_grad():
         drawn = []
         original = Direction.chunks
-        monkeypatch.setattr(Direction, "chunks", lambda self, pid, like, size=None: drawn.append(pid)
-                            or original(self, pid, like, size))
+        monkeypatch.setattr(
+            Direction, "chunks", lambda self, pid, like, size=None: drawn.append(pid) or original(self, pid, like, size)
+        )
         with engine.mirrored(params, direction, 1e-2):
             assert engine.replica_count == 2
             mirrored = _pair_losses(model, ids)

@@ -49,8 +49,9 @@ def _architecture(cfg) -> tuple:
     ffn = a.get("ffn_dim", a.get("intermediate_size"))
     heads = a.num_attention_heads
     kv = a.get("num_key_value_heads", heads) * (hidden // heads)
-    positions = {"opt": a.get("max_position_embeddings", 0) + 2,
-                 "roberta": a.get("max_position_embeddings", 0)}.get(a.model_type, 0)
+    positions = {"opt": a.get("max_position_embeddings", 0) + 2, "roberta": a.get("max_position_embeddings", 0)}.get(
+        a.model_type, 0
+    )
     return a.model_type, SMOLLM2_VOCAB, hidden, ffn, hidden, kv, positions, a.get("word_embed_proj_dim", hidden)
 
 
@@ -75,7 +76,9 @@ TOKENS = [1, 17, 16 * 256, 2 * 16 * 2048, 8 * 16 * 2048]
 
 
 def test_every_config_has_shapes():
-    assert {p.stem for p in CONFIGS} <= {p.stem for p in CONFIGS if "architecture" in OmegaConf.load(p)} | set(PUBLISHED)
+    assert {p.stem for p in CONFIGS} <= {p.stem for p in CONFIGS if "architecture" in OmegaConf.load(p)} | set(
+        PUBLISHED
+    )
     assert len(SHAPES) > 50
 
 
@@ -115,6 +118,7 @@ def test_fused_gemms_and_gathers_stay_in_range(name, shape):
 
 
 # --- the boundaries ------------------------------------------------------------------------------
+
 
 def test_the_index_width_switches_where_the_padded_last_block_passes_int32():
     """Offsets are program·BLOCK + lane, masked lanes of the last block included: int32 while

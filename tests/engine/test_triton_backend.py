@@ -45,6 +45,7 @@ def _weights(shape, dtype, seed=0):
 
 # --- the definition of z -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("key", [0, 7, 2**40 + 17, mix_seed(3, 5)])
 def test_kernel_z_is_the_reference_philox_z_bit_for_bit(distribution, key):
@@ -55,7 +56,7 @@ def test_kernel_z_is_the_reference_philox_z_bit_for_bit(distribution, key):
 def test_z_has_the_moments_of_its_distribution():
     gaussian = philox_z(mix_seed(1, 2), 200_000, "gaussian")
     assert abs(float(gaussian.mean())) < 0.01 and abs(float(gaussian.std()) - 1) < 0.01
-    assert abs(float((gaussian ** 4).mean()) - 3) < 0.1  # kurtosis of a normal
+    assert abs(float((gaussian**4).mean()) - 3) < 0.1  # kurtosis of a normal
     signs = philox_z(mix_seed(1, 2), 200_000, "rademacher")
     assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(float(signs.mean())) < 0.01
     other = philox_z(mix_seed(1, 3), 200_000, "gaussian")  # another parameter: unrelated
@@ -85,11 +86,13 @@ def test_row_signs_at_any_start_are_the_reference():
     weight = torch.zeros(40, cols)
     ids = torch.arange(40).flip(0)
     from zobench.engine import triton_fused
+
     out = triton_fused.perturbed_gather(ids, weight, 9, "rademacher", 1.0)
     assert torch.equal(out, _reference(9, weight, "rademacher")[ids])
 
 
 # --- the sweeps ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
@@ -120,6 +123,7 @@ def test_non_contiguous_parameters_use_the_row_major_element_index():
 
 
 # --- engines -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_inplace_engine_fuses_restore_and_update_into_one_sweep(dtype, monkeypatch):
@@ -253,8 +257,13 @@ def test_a_mezo_step_is_the_analytic_update_with_the_kernel_z(mode):
     def loss():
         return ((model(inputs) - targets) ** 2).mean()
 
-    opt = MeZO([{"params": [model.weight], "weight_decay": decay}, {"params": [model.bias], "weight_decay": 0.0}],
-               lr=lr, eps=eps, seed=3, engine=build_engine("triton", mode, model))
+    opt = MeZO(
+        [{"params": [model.weight], "weight_decay": decay}, {"params": [model.bias], "weight_decay": 0.0}],
+        lr=lr,
+        eps=eps,
+        seed=3,
+        engine=build_engine("triton", mode, model),
+    )
     opt.step(loss)
     stepped = [p.clone() for p in model.parameters()]
     seed = opt.direction(1).seed
@@ -291,8 +300,9 @@ def test_hizoo_perturbs_and_updates_with_the_same_kernel_z():
     model = nn.Linear(5, 2).requires_grad_(False)
     theta = [p.clone() for p in model.parameters()]
     lr, eps = 0.1, 1e-2
-    opt = HiZOO(model.parameters(), lr=lr, eps=eps, hessian_smooth=0.1, seed=2,
-                engine=build_engine("triton", "virtual", model))
+    opt = HiZOO(
+        model.parameters(), lr=lr, eps=eps, hessian_smooth=0.1, seed=2, engine=build_engine("triton", "virtual", model)
+    )
     opt.step(lambda: ((model(inputs) - targets) ** 2).mean())
     stepped = [p.clone() for p in model.parameters()]
     seed = opt.direction(1).seed
@@ -314,8 +324,9 @@ def test_sparse_mezo_masks_the_kernel_z():
     model = nn.Linear(40, 30).requires_grad_(False)
     theta = model.weight.clone()
     x = torch.randn(8, 40, generator=torch.Generator().manual_seed(2))
-    opt = SparseMeZO(model.parameters(), lr=0.5, eps=1e-3, sparsity=0.75, seed=5,
-                     engine=build_engine("triton", "virtual", model))
+    opt = SparseMeZO(
+        model.parameters(), lr=0.5, eps=1e-3, sparsity=0.75, seed=5, engine=build_engine("triton", "virtual", model)
+    )
     opt.step(lambda: model(x).square().mean())
     mask = theta.abs() <= theta.abs().flatten().kthvalue(300).values  # the 25% smallest move
     z = _reference(mix_seed(opt.direction(1).seed, 0), theta, "gaussian")
@@ -332,6 +343,7 @@ def test_foreach_hands_out_the_kernel_z():
 
 
 # --- selection -----------------------------------------------------------------------------------
+
 
 def test_build_engine_selects_the_triton_engines():
     model = tiny_model("llama")
@@ -365,6 +377,7 @@ def test_triton_not_installed_is_a_missing_package_error(monkeypatch):
 
 # --- batched replicas and forward-mode duals measure along the kernels' z --------------------------
 
+
 def test_batched_replicas_on_triton_measure_along_the_kernel_z():
     """Batched FZOO evaluates N perturbations in one forward; on this backend they must be the
     Philox z that the update sweeps then move along (torch's z there would make FZOO's update
@@ -392,8 +405,11 @@ def test_forward_mode_dual_on_triton_is_the_derivative_along_the_kernel_z():
         _, tangent = fwAD.unpack_dual(_loss(model, ids))
     model.requires_grad_(True)
     grads = torch.autograd.grad(_loss(model, ids), [p for _, p in params], allow_unused=True)
-    along_kernel_z = sum(float((g * _reference(mix_seed(5, pid), p, "gaussian").double()).sum())
-                         for (pid, p), g in zip(params, grads) if g is not None)
+    along_kernel_z = sum(
+        float((g * _reference(mix_seed(5, pid), p, "gaussian").double()).sum())
+        for (pid, p), g in zip(params, grads)
+        if g is not None
+    )
     assert float(tangent) == pytest.approx(along_kernel_z, rel=1e-6)
 
 
@@ -410,8 +426,15 @@ def test_batched_fzoo_on_triton_steps_as_sequential_fzoo():
         def closure(replicas=1, _model=model):
             return _replica_losses(_model, ids, replicas) if replicas > 1 else _loss(_model, ids)
 
-        opt = FZOO(model.parameters(), lr=1e-3, eps=1e-2, num_directions=3, batched=batched, seed=6,
-                   engine=build_engine("triton", "virtual", model))
+        opt = FZOO(
+            model.parameters(),
+            lr=1e-3,
+            eps=1e-2,
+            num_directions=3,
+            batched=batched,
+            seed=6,
+            engine=build_engine("triton", "virtual", model),
+        )
         with torch.no_grad():
             opt.step(closure if batched else (lambda _c=closure: _c()))
         stepped[batched] = [p.clone() for p in model.parameters()]

@@ -109,6 +109,7 @@ def _closure(model, ids):
     def loss():
         logits = model(input_ids=ids).logits.float()
         return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
     return loss
 
 
@@ -159,6 +160,7 @@ def test_engine_sweeps_the_documented_z_of_every_parameter():
 
 # --- perturbation inside the matmul (engine.fused_linear) ---------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_compiled_fused_linear_and_gather_match_the_perturbed_copy(dtype):
     """The compiled GEMM multiplies by fl(W + sZ) with the copy kernel's bits (same z, same
@@ -176,9 +178,12 @@ def test_compiled_fused_linear_and_gather_match_the_perturbed_copy(dtype):
     torch.testing.assert_close(fused.float(), reference, rtol=4 * ULP_OF_ONE[dtype], atol=1e-3)
     plus, minus = tf.perturbed_linear(x, weight, bias, key, "gaussian", 1e-2, x_minus=x, bias_minus=bias)
     assert torch.equal(plus, fused)
-    torch.testing.assert_close(minus.float(), torch.nn.functional.linear(
-        x.float(), tb.perturbed_copy(weight, key, "gaussian", -1e-2).float(), bias.float()),
-        rtol=4 * ULP_OF_ONE[dtype], atol=1e-3)
+    torch.testing.assert_close(
+        minus.float(),
+        torch.nn.functional.linear(x.float(), tb.perturbed_copy(weight, key, "gaussian", -1e-2).float(), bias.float()),
+        rtol=4 * ULP_OF_ONE[dtype],
+        atol=1e-3,
+    )
     ids = torch.randint(0, 1000, (4, 9), device=CUDA)
     assert torch.equal(tf.perturbed_gather(ids, weight, key, "gaussian", 1e-2), copy[ids])
 
@@ -206,6 +211,5 @@ def test_rademacher_z_is_one_definition_on_the_gpu_too():
     reference = philox_z(key, like.numel(), "rademacher").view(like.shape)
     assert torch.equal(Direction(5, "rademacher").sample(3, like).cpu(), reference)
     assert torch.equal(tb.generate_z(key, like, "rademacher").cpu(), reference)
-    rows = triton_fused.perturbed_gather(torch.arange(37, device=CUDA), torch.zeros_like(like), key,
-                                         "rademacher", 1.0)
+    rows = triton_fused.perturbed_gather(torch.arange(37, device=CUDA), torch.zeros_like(like), key, "rademacher", 1.0)
     assert torch.equal(rows.cpu(), reference)

@@ -70,8 +70,7 @@ def test_fused_pair_is_the_two_single_products_bit_for_bit(dtype):
     x_plus, x_minus = _tensor((2, 5, 64), dtype, 4), _tensor((2, 5, 64), dtype, 5)
     b_plus, b_minus = _tensor((40,), dtype, 6), _tensor((40,), dtype, 7)
     key = mix_seed(1, 2)
-    plus, minus = tf.perturbed_linear(x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus,
-                                      bias_minus=b_minus)
+    plus, minus = tf.perturbed_linear(x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus, bias_minus=b_minus)
     assert plus.shape == (2, 5, 40)
     assert torch.equal(_bits(plus), _bits(tf.perturbed_linear(x_plus, weight, b_plus, key, "gaussian", 0.1)))
     assert torch.equal(_bits(minus), _bits(tf.perturbed_linear(x_minus, weight, b_minus, key, "gaussian", -0.1)))
@@ -104,6 +103,7 @@ def test_only_row_lengths_divisible_by_4_are_fused():
 
 # --- the engine ----------------------------------------------------------------------------------
 
+
 def _no_weight_sized_copy(engine, monkeypatch):
     """Record the shapes of every θ + εz the unfused kernels make for this engine."""
     made = []
@@ -113,6 +113,7 @@ def _no_weight_sized_copy(engine, monkeypatch):
         def spy(p, *args, _original=original, **kwargs):
             made.append(tuple(p.shape))
             return _original(p, *args, **kwargs)
+
         monkeypatch.setattr(tb, name, spy)
     return made
 
@@ -186,11 +187,19 @@ def test_fused_mezo_steps_like_the_unfused_engine_and_lr0_is_exact(dtype):
     grads, weights = [], []
     for fused in (False, True):
         model = tiny_model("llama", dtype)
-        opt = MeZO(model.parameters(), lr=1e-3, eps=1e-2, seed=2,
-                   engine=build_engine("triton", "virtual", model, fused_linear=fused))
+        opt = MeZO(
+            model.parameters(),
+            lr=1e-3,
+            eps=1e-2,
+            seed=2,
+            engine=build_engine("triton", "virtual", model, fused_linear=fused),
+        )
         with torch.no_grad():
-            opt.step(lambda replicas=1, m=model: _replica_losses(m, ids, replicas).float()
-                     if replicas > 1 else _loss(m, ids).float())
+            opt.step(
+                lambda replicas=1, m=model: (
+                    _replica_losses(m, ids, replicas).float() if replicas > 1 else _loss(m, ids).float()
+                )
+            )
         grads.append(opt.last_step_info["projected_grad"])
         weights.append(torch.cat([p.float().flatten() for p in model.parameters()]))
     assert grads[1] == pytest.approx(grads[0], rel=1e-2, abs=1e-3)
@@ -212,6 +221,7 @@ def test_fused_linear_needs_the_triton_virtual_engine():
 
 
 # --- the OPT-1.3B shapes (issue 21: the Triton virtual engine was reported to stall there) -------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, distribution", [(torch.float16, "gaussian"), (torch.bfloat16, "rademacher")], ids=str)

@@ -24,8 +24,10 @@ def _naive_nll(model, tokenizer, prompt, target):
 
 def test_lm_loss_is_the_token_mean_nll_of_the_gold_continuation(llama):
     model, tokenizer = llama
-    examples = [Rendered("The cat sat on the", (" mat", " big red sofa"), 1),
-                Rendered("Paris is the capital of", (" France", " Spain"), 0)]
+    examples = [
+        Rendered("The cat sat on the", (" mat", " big red sofa"), 1),
+        Rendered("Paris is the capital of", (" France", " Spain"), 0),
+    ]
     scorer = CandidateScorer(model, tokenizer, 64, "cpu", objective="lm")
     with torch.no_grad():
         loss = scorer.loss([scorer.encode(e) for e in examples])
@@ -44,7 +46,7 @@ def test_greedy_generation_equals_a_step_by_step_argmax(llama):
         with torch.no_grad():
             for _ in range(6):
                 ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-        assert text == tokenizer.decode(ids[len(tokenizer.encode(prompt)):], skip_special_tokens=True).strip()
+        assert text == tokenizer.decode(ids[len(tokenizer.encode(prompt)) :], skip_special_tokens=True).strip()
 
 
 def test_generation_is_cut_at_the_stop_string(llama):
@@ -59,8 +61,10 @@ def test_long_prompts_leave_room_for_the_answer(llama):
 
 
 def test_icl_prepends_stripped_demonstrations_as_mezo_does():
-    demos = [Rendered("good film It was", (" terrible", " great"), 1),
-             Rendered("bad film It was", (" terrible", " great"), 0)]
+    demos = [
+        Rendered("good film It was", (" terrible", " great"), 1),
+        Rendered("bad film It was", (" terrible", " great"), 0),
+    ]
     shown = with_demonstrations(Rendered("fine film It was", (" terrible", " great"), 1), demos)
     assert shown.prompt == "good film It was great\n\nbad film It was terrible\n\nfine film It was"
     assert shown.candidates == (" terrible", " great") and shown.label == 1
@@ -70,7 +74,10 @@ def test_icl_prepends_stripped_demonstrations_as_mezo_does():
 def test_replicated_losses_equal_the_single_loss_when_nothing_is_perturbed(llama):
     """``loss(batch, replicas=N)``: one call on the batch repeated N times, one loss per replica."""
     model, tokenizer = llama
-    shared = [Rendered("good film It was", (" terrible", " great"), 1), Rendered("bad one It was", (" terrible", " great"), 0)]
+    shared = [
+        Rendered("good film It was", (" terrible", " great"), 1),
+        Rendered("bad one It was", (" terrible", " great"), 0),
+    ]
     multi = [Rendered("The cat sat on the", (" mat", " big red sofa"), 1), Rendered("Paris is in", (" France",), 0)]
     for objective, examples in (("classification", shared), ("classification", multi), ("lm", multi)):
         scorer = CandidateScorer(model, tokenizer, 64, "cpu", objective=objective)

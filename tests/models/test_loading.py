@@ -25,11 +25,14 @@ def test_missing_gguf_package_says_how_to_install(tmp_path):
         load_model(cfg, cache_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("dtype", "float8", "model.dtype='float8'"),
-    ("source", "ftp", "model.source='ftp'"),
-    ("family", "seq2seq", "model.family='seq2seq'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("dtype", "float8", "model.dtype='float8'"),
+        ("source", "ftp", "model.source='ftp'"),
+        ("family", "seq2seq", "model.family='seq2seq'"),
+    ],
+)
 def test_bad_model_config_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         load_model({**model_config("tiny-llama"), key: value})
@@ -78,7 +81,9 @@ def test_gguf_assembled_from_chunk_packages_is_converted_and_the_chunks_cleaned_
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(
         "import shutil\nfrom pathlib import Path\n"
-        f"def assemble(path):\n    shutil.copyfile({source!r} + '/' + {smollm2['file']!r}, path)\n    return Path(path)\n")
+        "def assemble(path):\n"
+        f"    shutil.copyfile({source!r} + '/' + {smollm2['file']!r}, path)\n    return Path(path)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()

@@ -16,9 +16,11 @@ def roberta():
 
 
 def _examples():
-    return [Rendered("a fine, moving film It was <mask>.", ("terrible", "great"), 1),
-            Rendered("dull It was <mask>.", ("terrible", "great"), 0),
-            Rendered("<mask> : What is the capital of France ?", ("Description", "Entity", "Location"), 2)]
+    return [
+        Rendered("a fine, moving film It was <mask>.", ("terrible", "great"), 1),
+        Rendered("dull It was <mask>.", ("terrible", "great"), 0),
+        Rendered("<mask> : What is the capital of France ?", ("Description", "Entity", "Location"), 2),
+    ]
 
 
 def test_scores_equal_the_full_mlm_logits_at_the_mask(roberta):
@@ -31,7 +33,7 @@ def test_scores_equal_the_full_mlm_logits_at_the_mask(roberta):
             full = model(input_ids=torch.tensor([e.ids])).logits[0, e.mask_position]
             expected = full[list(e.words)]
             assert torch.allclose(scores[row, : len(e.words)], expected, atol=1e-5)
-            assert torch.isinf(scores[row, len(e.words):]).all()
+            assert torch.isinf(scores[row, len(e.words) :]).all()
         labels = torch.tensor([e.label for e in batch])
         assert torch.allclose(scorer.loss(batch), F.cross_entropy(scores, labels))
 

@@ -102,6 +102,7 @@ def test_real_tokenizer_prompt_and_candidates():
 
 # --- prefix-shared scoring of multi-token candidates (KV cache) ----------------------------------
 
+
 @pytest.mark.parametrize("family", ["llama", "opt", "phi", "gemma3"])
 def test_prefix_shared_scores_equal_the_per_pair_forward(family):
     """Contexts of different lengths (left padding), options of 1-4 tokens (right padding in the
@@ -123,8 +124,7 @@ def test_prefix_shared_scoring_runs_each_context_once_and_counts_one_forward():
 
     scorer = CandidateScorer(tiny_model("llama"), CharTokenizer(), max_length=64, device="cpu")
     rows = []
-    handle = scorer.model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape),
-                                                    with_kwargs=True)
+    handle = scorer.model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape), with_kwargs=True)
     counter = ForwardCounter(scorer.model)
     try:
         encoded = [scorer.encode(Rendered(p, ("cat", "dog", "d"), 0)) for p in ["ab", "abcd"]]
@@ -187,13 +187,17 @@ def test_prefix_shared_scoring_of_replicas_equals_the_per_pair_forward(evaluatio
     engine = VirtualEngine(scorer.model)
     directions = [Direction(3), Direction(5)]
     losses, rows = {}, []
-    handle = scorer.model.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]),
-                                                    with_kwargs=True)
+    handle = scorer.model.register_forward_pre_hook(
+        lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True
+    )
     for share in (True, False):
         scorer.share_prefix = share
         with torch.no_grad():
-            batched = (engine.mirrored(params, directions[0], 1e-2) if evaluation == "mirrored"
-                       else engine.replicas(params, directions, 1e-2))
+            batched = (
+                engine.mirrored(params, directions[0], 1e-2)
+                if evaluation == "mirrored"
+                else engine.replicas(params, directions, 1e-2)
+            )
             with batched:
                 losses[share] = scorer.loss(encoded, replicas=2)
     handle.remove()
@@ -201,8 +205,10 @@ def test_prefix_shared_scoring_of_replicas_equals_the_per_pair_forward(evaluatio
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-6)
     sequential = []
     with torch.no_grad():
-        for direction, scale in ((directions[0], 1e-2), (directions[0], -1e-2) if evaluation == "mirrored"
-                                 else (directions[1], 1e-2)):
+        for direction, scale in (
+            (directions[0], 1e-2),
+            (directions[0], -1e-2) if evaluation == "mirrored" else (directions[1], 1e-2),
+        ):
             engine.perturb(params, direction, scale)
             sequential.append(scorer.loss(encoded))
         engine.restore(params)

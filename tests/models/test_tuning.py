@@ -40,7 +40,7 @@ def test_prefix_is_one_trainable_embedding_that_changes_the_output(family):
         plain = _logits(tiny_model(family), ids)
         model = apply_tuning(tiny_model(family), PREFIX, _family(family), seed=0)
         tuned = _logits(model, ids)
-    (name, p), = trainable(model)
+    ((name, p),) = trainable(model)
     assert "prompt_encoder" in name and p.shape[0] == 5
     assert tuned.shape == plain.shape and not torch.allclose(tuned, plain)
 
@@ -61,8 +61,9 @@ def test_prefix_initialised_from_real_activations():
 def test_lora_b_starts_at_zero_so_the_tuned_model_equals_the_base():
     ids = torch.randint(5, 60, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(_logits(apply_tuning(tiny_model("opt"), LORA, "causal"), ids),
-                           _logits(tiny_model("opt"), ids))
+        assert torch.equal(
+            _logits(apply_tuning(tiny_model("opt"), LORA, "causal"), ids), _logits(tiny_model("opt"), ids)
+        )
 
 
 @pytest.mark.parametrize("tuning", [LORA, PREFIX], ids=["lora", "prefix"])

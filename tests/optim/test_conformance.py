@@ -11,8 +11,24 @@ import torch
 from torch import nn
 
 from zobench.engine import Direction, VirtualEngine, directions
-from zobench.optim import (FZOO, LOZO, DiZO, ForwardGradient, HiZOO, LeZO, MeZO, MeZOSVRG, SparseMeZO, SubZero, TeZO,
-                           ZOAdam, ZOSGDCons, ZOSGDMomentum, ZOSGDSign, decay_groups)
+from zobench.optim import (
+    FZOO,
+    LOZO,
+    DiZO,
+    ForwardGradient,
+    HiZOO,
+    LeZO,
+    MeZO,
+    MeZOSVRG,
+    SparseMeZO,
+    SubZero,
+    TeZO,
+    ZOAdam,
+    ZOSGDCons,
+    ZOSGDMomentum,
+    ZOSGDSign,
+    decay_groups,
+)
 
 # name -> (class, hyperparameters that converge on the quadratic below)
 METHODS = {
@@ -35,7 +51,7 @@ METHODS = {
     # and LOZO's U Vᵀ have entries of variance r (no 1/√r, as the references): lr/r for SGD, lr/√r for Adam
     "tezo": (TeZO, dict(lr=0.05 / 24, eps=1e-3, rank=24)),
     "tezo_momentum": (TeZO, dict(lr=0.01 / 24, eps=1e-3, rank=24, variant="momentum", momentum=0.8)),
-    "tezo_adam": (TeZO, dict(lr=0.05 / 24 ** 0.5, eps=1e-3, rank=24, variant="adam")),
+    "tezo_adam": (TeZO, dict(lr=0.05 / 24**0.5, eps=1e-3, rank=24, variant="adam")),
     "lozo": (LOZO, dict(lr=0.01, eps=1e-3, rank=2, lazy_steps=5)),
     "subzero": (SubZero, dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)),
     # a projection round every 3 steps (so the 3-step checks below include one); unnamed
@@ -76,8 +92,12 @@ class Quadratic(nn.Module):
 
 def _make(name, model, params=None, **override):
     cls, kwargs = METHODS[name]
-    return cls(params if params is not None else model.parameters(), **{**kwargs, **override}, seed=1,
-               engine=VirtualEngine(model))
+    return cls(
+        params if params is not None else model.parameters(),
+        **{**kwargs, **override},
+        seed=1,
+        engine=VirtualEngine(model),
+    )
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -134,7 +154,7 @@ def test_batched_evaluations_give_the_one_at_a_time_steps(name):
 
         def loss(replicas=1):
             calls.append(replicas)
-            per_replica = ((model(inputs.repeat(replicas, 1)) - targets.repeat(replicas, 1)) ** 2)
+            per_replica = (model(inputs.repeat(replicas, 1)) - targets.repeat(replicas, 1)) ** 2
             per_replica = per_replica.reshape(replicas, -1).mean(-1)
             return per_replica[0] if replicas == 1 else per_replica
 
@@ -197,8 +217,13 @@ def test_declared_state_is_the_state_kept(name):
     model = Quadratic()
     opt = _make(name, model)
     opt.step(model)
-    tensors = [t for p, state in opt.state.items() if isinstance(p, torch.Tensor)
-               for t in state.values() if isinstance(t, torch.Tensor)]
+    tensors = [
+        t
+        for p, state in opt.state.items()
+        if isinstance(p, torch.Tensor)
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    ]
     full = [t for t in tensors if t.shape == model.x.shape]
     assert len(full) == opt.state_buffers_per_param
     assert all(t.numel() <= 32 for t in tensors if t.shape != model.x.shape)
@@ -226,8 +251,11 @@ def test_z_drawn_in_pieces_gives_the_whole_tensor_steps(name, monkeypatch):
     for chunk in (64, 1 << 20):
         monkeypatch.setattr(directions, "Z_CHUNK", chunk)
         sizes = []
-        monkeypatch.setattr(Direction, "_draw", lambda self, g, shape, device:
-                            sizes.append(math.prod(shape)) or draw(self, g, shape, device))
+        monkeypatch.setattr(
+            Direction,
+            "_draw",
+            lambda self, g, shape, device: sizes.append(math.prod(shape)) or draw(self, g, shape, device),
+        )
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 1)).requires_grad_(False)
 
@@ -254,8 +282,9 @@ def test_low_rank_z_is_formed_a_block_of_rows_at_a_time(name, monkeypatch):
     monkeypatch.setattr(directions, "Z_CHUNK", 256)
     products = []
     matmul = torch.Tensor.__matmul__
-    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(a.shape[0] * b.shape[1])
-                        or matmul(a, b))
+    monkeypatch.setattr(
+        torch.Tensor, "__matmul__", lambda a, b: products.append(a.shape[0] * b.shape[1]) or matmul(a, b)
+    )
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 1)).requires_grad_(False)
     inputs = torch.randn(8, 40, generator=torch.Generator().manual_seed(1))
@@ -270,8 +299,13 @@ def test_low_rank_blocks_are_the_sampled_z_bit_for_bit(monkeypatch):
     from zobench.optim._lowrank import LowRankDirection, gaussian
 
     monkeypatch.setattr(directions, "Z_CHUNK", 256)
-    direction = LowRankDirection(3, factors=lambda pid, like: (gaussian(pid, (like.shape[0], 4), like),
-                                                               gaussian(pid + 1, (like.shape[1], 4), like)))
+    direction = LowRankDirection(
+        3,
+        factors=lambda pid, like: (
+            gaussian(pid, (like.shape[0], 4), like),
+            gaussian(pid + 1, (like.shape[1], 4), like),
+        ),
+    )
     weight = torch.empty(300, 50)
     pieces = list(direction.chunks(0, weight, size=64 * 50))  # a caller's size: the blocks stay the same
     assert len(pieces) > 1 and all(start % 50 == 0 and stop % 50 == 0 for start, stop, _ in pieces)

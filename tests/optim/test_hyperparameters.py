@@ -13,9 +13,14 @@ import zobench.optim as optim
 from zobench.engine import VirtualEngine
 from zobench.optim import HiZOO, ZOOptimizer
 
-CLASSES = sorted((cls for cls in vars(optim).values()
-                  if isinstance(cls, type) and issubclass(cls, ZOOptimizer) and cls is not ZOOptimizer),
-                 key=lambda cls: cls.__name__)
+CLASSES = sorted(
+    (
+        cls
+        for cls in vars(optim).values()
+        if isinstance(cls, type) and issubclass(cls, ZOOptimizer) and cls is not ZOOptimizer
+    ),
+    key=lambda cls: cls.__name__,
+)
 
 # kind -> values that must be refused
 BAD = {

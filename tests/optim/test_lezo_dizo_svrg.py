@@ -2,7 +2,6 @@
 reference transcriptions do not cover: block grouping on every model family, the loop's extra
 batches, exact forward-pass accounting for steps of unequal cost."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ def _loss(model, family, seed=0):
     def loss():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float()
         return nn.functional.cross_entropy(logits, target)
+
     return loss
 
 
@@ -46,8 +46,9 @@ def test_lezo_leaves_the_dropped_blocks_untouched_and_draws_no_z_there(family, m
     pid_of = {id(p): pid for pid, p in opt._all_params}
     drawn = set()
     chunks = Direction.chunks
-    monkeypatch.setattr(Direction, "chunks", lambda self, pid, like, size=None:
-                        drawn.add(pid) or chunks(self, pid, like, size))
+    monkeypatch.setattr(
+        Direction, "chunks", lambda self, pid, like, size=None: drawn.add(pid) or chunks(self, pid, like, size)
+    )
     opt.step(_loss(model, family))
     kept = opt.kept_blocks(1)
     assert len(kept) == len(opt.blocks) - 1
@@ -102,14 +103,16 @@ def test_lezo_n_drop_and_drop_rate_are_validated():
 
 # -- DiZO --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family,count", [("llama", 4), ("opt", 4), ("phi", 4), ("gemma3", 4), ("roberta", 4)])
 def test_dizo_projects_the_key_and_value_weights_of_every_family(family, count):
     model = tiny_model(family)
     opt = DiZO(model.named_parameters(), engine=VirtualEngine(model))
     names = {id(p): n for n, p in model.named_parameters()}
     chosen = [names[id(p)] for _, p in opt._projected]
-    assert len(chosen) == count and all(("k_proj" in n or "v_proj" in n or ".key." in n or ".value." in n)
-                                        for n in chosen)
+    assert len(chosen) == count and all(
+        ("k_proj" in n or "v_proj" in n or ".key." in n or ".value." in n) for n in chosen
+    )
 
 
 def test_dizo_state_is_theta0_of_the_projected_matrices_only():
@@ -164,6 +167,7 @@ def test_forward_budget_schedules_methods_of_unequal_step_cost_exactly():
 
 # -- MeZO-SVRG ----------------------------------------------------------------------------------------
 
+
 def test_mezo_svrg_anchor_averages_the_loop_batches_and_inner_steps_use_the_step_batch():
     model = nn.Linear(4, 1)
     gen = torch.Generator().manual_seed(0)
@@ -211,44 +215,67 @@ def test_mezo_svrg_swap_is_exact_in_pieces(monkeypatch):
     assert torch.equal(t, u0) and torch.equal(u, t0)
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (DiZO, dict(interval=0), "interval=0"), (DiZO, dict(clip_range=0.5), "clip_range=0.5"),
-    (DiZO, dict(projection_eps=0.0), "projection_eps"), (MeZOSVRG, dict(q=0), "q=0"),
-    (MeZOSVRG, dict(anchor_lr=-1.0), "anchor_lr=-1.0"), (MeZOSVRG, dict(anchor_examples=0), "anchor_examples"),
-    (LeZO, dict(n_drop=-1), "n_drop=-1"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (DiZO, dict(interval=0), "interval=0"),
+        (DiZO, dict(clip_range=0.5), "clip_range=0.5"),
+        (DiZO, dict(projection_eps=0.0), "projection_eps"),
+        (MeZOSVRG, dict(q=0), "q=0"),
+        (MeZOSVRG, dict(anchor_lr=-1.0), "anchor_lr=-1.0"),
+        (MeZOSVRG, dict(anchor_examples=0), "anchor_examples"),
+        (LeZO, dict(n_drop=-1), "n_drop=-1"),
+    ],
+)
 def test_hyperparameters_are_validated(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(nn.Linear(2, 2).parameters(), **kwargs)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,overrides,steps,passes", [
-    # 2 per step + 4 per round after every 2nd step: 5 steps = 10 + 2 rounds·4 = 18 (6 would be 24)
-    ("dizo", ["optimizer.interval=2", "optimizer.projection_iters=2"], 5, 18),
-    # anchor ⌈8/4⌉ = 2 batches, 4 passes, at steps 1, 3, 5; inner steps 4: 5 steps = 12 + 8 = 20
-    ("mezo_svrg", ["optimizer.anchor_examples=8", "optimizer.q=2"], 5, 20),
-    ("lezo", [], 10, 20),
-])
+@pytest.mark.parametrize(
+    "method,overrides,steps,passes",
+    [
+        # 2 per step + 4 per round after every 2nd step: 5 steps = 10 + 2 rounds·4 = 18 (6 would be 24)
+        ("dizo", ["optimizer.interval=2", "optimizer.projection_iters=2"], 5, 18),
+        # anchor ⌈8/4⌉ = 2 batches, 4 passes, at steps 1, 3, 5; inner steps 4: 5 steps = 12 + 8 = 20
+        ("mezo_svrg", ["optimizer.anchor_examples=8", "optimizer.q=2"], 5, 20),
+        ("lezo", [], 10, 20),
+    ],
+)
 def test_the_loop_counts_and_budgets_the_new_methods_passes(tmp_path, data_dir, method, overrides, steps, passes):
     """Through the loop: the extra batches come from its stream, its hook counts every forward,
     and train.forward_budget=20 stops at the last step that fits."""
     from tests.test_config import compose_run
     from zobench.run import run
 
-    cfg = compose_run("model=tiny-llama", "logger=none", "data.num_train=32", "data.num_dev=16", "data.num_eval=24",
-                      "train.batch_size=4", "train.eval_batch_size=8", f"optimizer={method}", *overrides,
-                      "train.forward_budget=20", "train.eval_every_passes=10", f"data.dir={data_dir}")
+    cfg = compose_run(
+        "model=tiny-llama",
+        "logger=none",
+        "data.num_train=32",
+        "data.num_dev=16",
+        "data.num_eval=24",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+        f"optimizer={method}",
+        *overrides,
+        "train.forward_budget=20",
+        "train.eval_every_passes=10",
+        f"data.dir={data_dir}",
+    )
     summary = run(cfg, tmp_path)
     assert (summary["status"], summary["steps"], summary["forward_passes"]) == ("completed", steps, passes)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,overrides", [
-    ("dizo", ["optimizer.interval=2", "optimizer.projection_iters=2"]),
-    ("mezo_svrg", ["optimizer.anchor_examples=8", "optimizer.q=3"]),
-    ("lezo", []),
-])
+@pytest.mark.parametrize(
+    "method,overrides",
+    [
+        ("dizo", ["optimizer.interval=2", "optimizer.projection_iters=2"]),
+        ("mezo_svrg", ["optimizer.anchor_examples=8", "optimizer.q=3"]),
+        ("lezo", []),
+    ],
+)
 def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir, method, overrides):
     """The state these methods add (θ0, θ̄ and the anchor's scalars, named groups) and the batches
     they draw from the loop's stream survive a checkpoint: an interrupted, resumed run equals the
@@ -262,8 +289,9 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir, method, overri
 
     extra = [f"optimizer={method}", "optimizer.lr=1e-2", *overrides]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    subprocess.run(_cli(reference, data_dir, *extra, "train.checkpoint_every=0"), check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        _cli(reference, data_dir, *extra, "train.checkpoint_every=0"), check=True, timeout=300, capture_output=True
+    )
     cmd = _cli(resumed, data_dir, *extra, "train.checkpoint_every=0")
     assert _run_until(cmd, resumed / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)

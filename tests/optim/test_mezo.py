@@ -103,7 +103,13 @@ def test_invalid_hyperparameters_are_refused():
 def test_n_spsa_decay_multiplies_the_unperturbed_weights():
     """With q directions in place, the decay must act on θ, not on θ still holding a -εz."""
     x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 4.0, 0.5]))
-    opt = MeZO([{"params": [x], "weight_decay": 0.5}], lr=0.1, eps=0.25, num_directions=3,
-               distribution="rademacher", engine=InPlaceEngine())
+    opt = MeZO(
+        [{"params": [x], "weight_decay": 0.5}],
+        lr=0.1,
+        eps=0.25,
+        num_directions=3,
+        distribution="rademacher",
+        engine=InPlaceEngine(),
+    )
     opt.step(lambda: torch.tensor(1.0))  # constant loss: g = 0, only the decay acts
     assert torch.equal(x.detach(), torch.tensor([1.0, -2.0, 4.0, 0.5]) * (1 - 0.1 * 0.5))

@@ -73,7 +73,7 @@ def test_forward_gradient_uses_the_exact_directional_derivative():
         ForwardGradient(model.parameters(), engine=InPlaceEngine())
     # a closure that reads the weight outside its module's forward is not seen: refused, not 0
     with pytest.raises(RuntimeError, match="no tangent"):
-        opt.step(lambda: (model.weight ** 2).sum())
+        opt.step(lambda: (model.weight**2).sum())
 
 
 class ReplicaClosure:
@@ -95,8 +95,9 @@ def _run_fzoo(batched, steps=3, **kwargs):
     model = tiny_model("llama")
     engine = VirtualEngine(model)
     ids = torch.randint(3, 64, (2, 5), generator=torch.Generator().manual_seed(0))
-    opt = FZOO(model.parameters(), lr=1e-3, eps=1e-2, num_directions=4, batched=batched, seed=5, engine=engine,
-               **kwargs)
+    opt = FZOO(
+        model.parameters(), lr=1e-3, eps=1e-2, num_directions=4, batched=batched, seed=5, engine=engine, **kwargs
+    )
     closure = ReplicaClosure(model, engine, ids)
     infos = []
     for _ in range(steps):
@@ -116,8 +117,9 @@ def test_fzoo_batched_equals_sequential(reuse):
     # the updates agree to 1e-3 of their size: the float32 loss differences (~1e-3 of the loss) that
     # the σ-normalised step divides carry ~1e-4 relative rounding, batched or not
     start = tiny_model("llama")
-    for (name, p0), p, q, r in zip(start.named_parameters(), seq_model.parameters(), bat_model.parameters(),
-                                   chunk_model.parameters()):
+    for (name, p0), p, q, r in zip(
+        start.named_parameters(), seq_model.parameters(), bat_model.parameters(), chunk_model.parameters()
+    ):
         size = float((p - p0).abs().max())
         assert size > 0
         torch.testing.assert_close(q - p0, p - p0, rtol=0, atol=1e-3 * size, msg=name)
@@ -140,8 +142,7 @@ def test_fzoo_batched_refuses_a_closure_that_returns_one_loss():
 def test_fzoo_r_update_sums_fresh_and_reused_directions():
     model = Quadratic()
     eps, lr = 1e-3, 1e-1  # the authors' rule: no 1/ε, population std (std_ddof=0, the default)
-    opt = FZOO(model.parameters(), lr=lr, eps=eps, num_directions=4, reuse=True, seed=2,
-               engine=VirtualEngine(model))
+    opt = FZOO(model.parameters(), lr=lr, eps=eps, num_directions=4, reuse=True, seed=2, engine=VirtualEngine(model))
     assert opt.forward_passes_per_step == 3
     opt.step(model)
     first = opt.state["fzoo_reuse"]
@@ -150,8 +151,9 @@ def test_fzoo_r_update_sums_fresh_and_reused_directions():
     second = opt.state["fzoo_reuse"]
     assert first["step"] == 1 and second["step"] == 2 and len(second["differences"]) == 2
     differences = second["differences"] + first["differences"]
-    directions = [opt.direction(2, i, "rademacher") for i in range(2)] + \
-                 [opt.direction(1, i, "rademacher") for i in range(2)]
+    directions = [opt.direction(2, i, "rademacher") for i in range(2)] + [
+        opt.direction(1, i, "rademacher") for i in range(2)
+    ]
     sigma = statistics.pstdev(differences)
     expected = before - sum(lr / (4 * sigma) * d * u.sample(0, before) for d, u in zip(differences, directions))
     torch.testing.assert_close(model.x.detach(), expected, rtol=0, atol=1e-6)
@@ -166,9 +168,15 @@ def test_sparse_mezo_threshold_is_the_exact_kth_smallest_magnitude(chunk):
     from zobench.optim.sparse_mezo import magnitude_threshold
 
     gen = torch.Generator().manual_seed(0)
-    cases = [torch.randn(1000, 37, generator=gen), torch.randn(50, 50, generator=gen).round(), torch.zeros(10, 10),
-             torch.tensor([[-0.0, 0.0], [1.0, -1.0]]), torch.randn(300, 7, generator=gen).to(torch.bfloat16),
-             torch.randn(64, 64, generator=gen).half() * 1e-6, torch.randn(3, 3, generator=gen) * 1e30]
+    cases = [
+        torch.randn(1000, 37, generator=gen),
+        torch.randn(50, 50, generator=gen).round(),
+        torch.zeros(10, 10),
+        torch.tensor([[-0.0, 0.0], [1.0, -1.0]]),
+        torch.randn(300, 7, generator=gen).to(torch.bfloat16),
+        torch.randn(64, 64, generator=gen).half() * 1e-6,
+        torch.randn(3, 3, generator=gen) * 1e30,
+    ]
     for p in cases:
         flat = p.abs().flatten().float()
         for sparsity in (0.0, 0.25, 0.5, 0.75, 0.9, 0.999):

@@ -25,8 +25,20 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from zobench.engine import VirtualEngine
-from zobench.optim import (FZOO, LOZO, ForwardGradient, HiZOO, MeZO, SubZero, TeZO, ZOAdam, ZOSGDCons,
-                           ZOSGDMomentum, ZOSGDSign, decay_groups)
+from zobench.optim import (
+    FZOO,
+    LOZO,
+    ForwardGradient,
+    HiZOO,
+    MeZO,
+    SubZero,
+    TeZO,
+    ZOAdam,
+    ZOSGDCons,
+    ZOSGDMomentum,
+    ZOSGDSign,
+    decay_groups,
+)
 from zobench.optim._lowrank import factor_seed, gaussian
 
 TOL = dict(rtol=1e-6, atol=1e-9)
@@ -85,8 +97,9 @@ def test_mezo_is_the_reference_step():
     """MeZO trainer.py:699-712 (θ + s·ε·z), :757-789 (ℓ+ at +ε, ℓ- at -ε, g = (ℓ+ - ℓ-)/2ε, l.780),
     :791-806 (θ ← θ - η(g z + λθ), λ only where ``_decays``)."""
     tiny, eps, lr, wd = Tiny(), 1e-3, 0.05, 0.1
-    opt = MeZO(decay_groups(tiny.model.named_parameters(), wd), lr=lr, eps=eps, seed=3,
-               engine=VirtualEngine(tiny.model))
+    opt = MeZO(
+        decay_groups(tiny.model.named_parameters(), wd), lr=lr, eps=eps, seed=3, engine=VirtualEngine(tiny.model)
+    )
 
     def reference(theta, step):
         z = _z(opt, opt.direction(step))
@@ -122,14 +135,30 @@ def _zo_bench_reference(tiny, opt, eps, torch_opt, grad_of):
 
 ZO_BENCH = {
     # ZO-SGD: SGD(momentum=0) on g z is MeZO's step (run.py:81 momentum default 0.0)
-    "zo_sgd": (lambda m, **k: MeZO(m.parameters(), **k), dict(lr=0.05),
-               lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.0), lambda g: g),
-    "zo_sgd_momentum": (lambda m, **k: ZOSGDMomentum(m.parameters(), momentum=0.8, **k), dict(lr=0.05),
-                        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8), lambda g: g),
-    "zo_sgd_sign": (lambda m, **k: ZOSGDSign(m.parameters(), **k), dict(lr=0.01),
-                    lambda ps: torch.optim.SGD(ps, lr=0.01), lambda g: float(np.sign(g))),
-    "zo_adam": (lambda m, **k: ZOAdam(m.parameters(), **k), dict(lr=0.01),
-                lambda ps: torch.optim.Adam(ps, lr=0.01), lambda g: g),  # torch's Adam defaults, as l.316
+    "zo_sgd": (
+        lambda m, **k: MeZO(m.parameters(), **k),
+        dict(lr=0.05),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.0),
+        lambda g: g,
+    ),
+    "zo_sgd_momentum": (
+        lambda m, **k: ZOSGDMomentum(m.parameters(), momentum=0.8, **k),
+        dict(lr=0.05),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8),
+        lambda g: g,
+    ),
+    "zo_sgd_sign": (
+        lambda m, **k: ZOSGDSign(m.parameters(), **k),
+        dict(lr=0.01),
+        lambda ps: torch.optim.SGD(ps, lr=0.01),
+        lambda g: float(np.sign(g)),
+    ),
+    "zo_adam": (
+        lambda m, **k: ZOAdam(m.parameters(), **k),
+        dict(lr=0.01),
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+        lambda g: g,
+    ),  # torch's Adam defaults, as l.316
 }
 
 
@@ -175,8 +204,9 @@ def test_forward_gradient_is_the_reference_step():
     and its jvp along v by ``torch.func.jvp`` of a functional call (l.1389-1396), then
     θ ← θ - η(v·jvp + λθ), λ only where ``_decays`` (l.1409-1412)."""
     tiny, lr, wd = Tiny(), 0.05, 0.1
-    opt = ForwardGradient(decay_groups(tiny.model.named_parameters(), wd), lr=lr, seed=9,
-                          engine=VirtualEngine(tiny.model))
+    opt = ForwardGradient(
+        decay_groups(tiny.model.named_parameters(), wd), lr=lr, seed=9, engine=VirtualEngine(tiny.model)
+    )
     names = [n for n, _ in tiny.model.named_parameters()]
 
     def reference(theta, step):
@@ -198,8 +228,9 @@ def test_hizoo_is_the_reference_step_with_the_new_hessian():
     491-499); H' = (1-α)H + α|ℓ+ + ℓ- - 2ℓ0|·H z²/(2ε²) (l.507-510); θ ← θ - η((ℓ+ - ℓ-)/2ε ·
     z/√H' + λθ) with the NEW H' (l.512-513). α = 0.5 so that H' ≠ H shows in the step."""
     tiny, eps, lr, alpha = Tiny(), 1e-2, 0.05, 0.5
-    opt = HiZOO(tiny.model.parameters(), lr=lr, eps=eps, hessian_smooth=alpha, seed=11,
-                engine=VirtualEngine(tiny.model))
+    opt = HiZOO(
+        tiny.model.parameters(), lr=lr, eps=eps, hessian_smooth=alpha, seed=11, engine=VirtualEngine(tiny.model)
+    )
     hessian = {n: torch.ones_like(p) for n, p in tiny.model.named_parameters()}
     old_rule = []
 
@@ -229,8 +260,15 @@ def test_fzoo_is_the_reference_step(ddof):
     θ ← θ - η Σ_i c_i u_i (l.766-779): no 1/ε. ``std_ddof=1`` (the paper's sample std) swaps
     l.757's estimator for the unbiased one, nothing else."""
     tiny, eps, lr, n_dirs = Tiny(), 1e-3, 0.01, 4
-    opt = FZOO(tiny.model.parameters(), lr=lr, eps=eps, num_directions=n_dirs, std_ddof=ddof, seed=13,
-               engine=VirtualEngine(tiny.model))
+    opt = FZOO(
+        tiny.model.parameters(),
+        lr=lr,
+        eps=eps,
+        num_directions=n_dirs,
+        std_ddof=ddof,
+        seed=13,
+        engine=VirtualEngine(tiny.model),
+    )
 
     def reference(theta, step):
         us = [_z(opt, opt.direction(step, i, "rademacher")) for i in range(n_dirs)]
@@ -279,8 +317,9 @@ def test_lozo_is_the_reference_step_across_v_resamples():
     does not copy that). U, V come from zobench's seeded factors (the torch.manual_seed stream's
     stand-in); ν = 2 over 5 steps crosses two resamples."""
     tiny, eps, lr, rank, lazy = Tiny(), 1e-3, 0.02, 2, 2
-    opt = LOZO(tiny.model.parameters(), lr=lr, eps=eps, rank=rank, lazy_steps=lazy, seed=19,
-               engine=VirtualEngine(tiny.model))
+    opt = LOZO(
+        tiny.model.parameters(), lr=lr, eps=eps, rank=rank, lazy_steps=lazy, seed=19, engine=VirtualEngine(tiny.model)
+    )
     names = {id(p): n for n, p in tiny.model.named_parameters()}
     pids = {names[id(p)]: (pid, p) for pid, p in opt._all_params}
     v_kept, counter = {}, [-1]
@@ -312,8 +351,15 @@ def test_subzero_is_the_reference_step_across_refreshes():
     (l.750-752); g two-sided (l.936-939); update through SGD(lr, momentum 0): θ ← θ - η g Z
     (l.324-325, l.979-996)."""
     tiny, eps, lr, rank, refresh = Tiny(), 1e-3, 0.02, 2, 2
-    opt = SubZero(tiny.model.parameters(), lr=lr, eps=eps, rank=rank, refresh_steps=refresh, seed=23,
-                  engine=VirtualEngine(tiny.model))
+    opt = SubZero(
+        tiny.model.parameters(),
+        lr=lr,
+        eps=eps,
+        rank=rank,
+        refresh_steps=refresh,
+        seed=23,
+        engine=VirtualEngine(tiny.model),
+    )
     names = {id(p): n for n, p in tiny.model.named_parameters()}
     pids = {names[id(p)]: (pid, p) for pid, p in opt._all_params}
     bases, counter = {}, [-1]

@@ -26,6 +26,7 @@ def _lm_loss(model, ids, target):
     def loss():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float()
         return nn.functional.cross_entropy(logits, target)
+
     return loss
 
 
@@ -84,8 +85,10 @@ def _reference_dizo_round(named, anchors, loss, raw_zs, eps_p, step_size, tau):
             if it == 0:  # self.init (l.435-437, set per round at l.566)
                 for g, t in zip(gammas, ts):
                     g.data = t.reshape(1).clone()
-            zs = [torch.clip(torch.tensor([z], dtype=torch.float32), (-tau / eps_p) * t, (tau / eps_p) * t)
-                  for z, t in zip(raw, ts)]  # l.399-400
+            zs = [
+                torch.clip(torch.tensor([z], dtype=torch.float32), (-tau / eps_p) * t, (tau / eps_p) * t)
+                for z, t in zip(raw, ts)
+            ]  # l.399-400
             for g, z in zip(gammas, zs):  # perturb_gamma(+1), l.405
                 g.data = g.data + 1 * z * eps_p
             alphas = apply(gammas)
@@ -109,21 +112,44 @@ def test_dizo_step_and_round_equal_the_reference_transcription():
     ours = tiny_model("llama")
     theirs = copy.deepcopy(ours)
     lr, eps, iters, eps_p, s, tau = 2e-2, 1e-3, 3, 0.1, 2.0, 0.2
-    opt = DiZO(list(ours.named_parameters()), lr=lr, eps=eps, interval=2, projection_iters=iters,
-               projection_eps=eps_p, projection_lr=s, clip_range=tau, seed=5, engine=VirtualEngine(ours))
+    opt = DiZO(
+        list(ours.named_parameters()),
+        lr=lr,
+        eps=eps,
+        interval=2,
+        projection_iters=iters,
+        projection_eps=eps_p,
+        projection_lr=s,
+        clip_range=tau,
+        seed=5,
+        engine=VirtualEngine(ours),
+    )
     named = list(theirs.named_parameters())
     projected = [(n, p) for n, p in named if n.endswith(("k_proj.weight", "v_proj.weight"))]
-    assert [n for n, _ in projected] == [n for n, p in ours.named_parameters()
-                                          if any(p is q for _, q in opt._projected)] and len(projected) == 4
+    assert [n for n, _ in projected] == [
+        n for n, p in ours.named_parameters() if any(p is q for _, q in opt._projected)
+    ] and len(projected) == 4
     anchors = [p.detach().clone() for _, p in projected]  # base_model = deepcopy(model), l.909
     for step in (1, 2):
         opt.step(_lm_loss(ours, ids, target))
         direction = opt.direction(step)
-        _reference_mezo_step(named, _lm_loss(theirs, ids, target), lambda pid, p: direction.sample(pid, p), lr, eps,
-                             opt.last_step_info["projected_grad"])
+        _reference_mezo_step(
+            named,
+            _lm_loss(theirs, ids, target),
+            lambda pid, p: direction.sample(pid, p),
+            lr,
+            eps,
+            opt.last_step_info["projected_grad"],
+        )
     # the round after step 2 (interval 2, trainer.py:1408): the same raw N(0,1) draws
-    raw = [torch.randn(len(projected), generator=torch.Generator().manual_seed(
-        mix_seed(5, 2, _ROUND_SALT, it)), dtype=torch.float64).tolist() for it in range(iters)]
+    raw = [
+        torch.randn(
+            len(projected),
+            generator=torch.Generator().manual_seed(mix_seed(5, 2, _ROUND_SALT, it)),
+            dtype=torch.float64,
+        ).tolist()
+        for it in range(iters)
+    ]
     moved = {n: p.detach().clone() for n, p in theirs.named_parameters()}
     _reference_dizo_round(projected, anchors, _lm_loss(theirs, ids, target), raw, eps_p, s, tau)
     assert any(not torch.equal(p, moved[n]) for n, p in projected)  # the round did something
@@ -135,8 +161,9 @@ def test_dizo_round_scale_stays_in_the_clip_range():
     """Every projected matrix's accumulated update is rescaled by a factor in [1-τ, 1+τ]."""
     ids, target = _batch(1)
     model = tiny_model("llama")
-    opt = DiZO(list(model.named_parameters()), lr=2e-2, interval=3, projection_iters=4, seed=0,
-               engine=VirtualEngine(model))
+    opt = DiZO(
+        list(model.named_parameters()), lr=2e-2, interval=3, projection_iters=4, seed=0, engine=VirtualEngine(model)
+    )
     anchors = {id(p): p.detach().clone() for _, p in opt._projected}
     for _ in range(2):
         opt.step(_lm_loss(model, ids, target))
@@ -153,6 +180,7 @@ def test_dizo_round_scale_stays_in_the_clip_range():
 
 
 # -- MeZO-SVRG -------------------------------------------------------------------------------------
+
 
 def _svrg_reference_spsa_me(params, loss, z_of, eps, lr, scale=1, g_seen=None):
     """central_difference_grad_est_me, llm_module.py:483-508 (efficient_perturb_parameters
@@ -215,11 +243,14 @@ def test_mezo_svrg_equals_the_reference_with_its_two_faults_corrected():
     for step in (1, 2, 3):
         opt.step(_lm_loss(ours, ids, target))
         info = opt.last_step_info
-        seen[step] = (info["projected_grad"] + info.get("projected_grad_anchor", 0.0),
-                      info.get("projected_grad_anchor"))
+        seen[step] = (
+            info["projected_grad"] + info.get("projected_grad_anchor", 0.0),
+            info.get("projected_grad_anchor"),
+        )
     z = {step: opt.direction(step) for step in (1, 2, 3)}
-    full_grad, _ = _svrg_reference_anchor(params, _lm_loss(theirs, ids, target),
-                                          lambda i, p: z[1].sample(i, p), 1e-3, 3e-2, seen[1][0])
+    full_grad, _ = _svrg_reference_anchor(
+        params, _lm_loss(theirs, ids, target), lambda i, p: z[1].sample(i, p), 1e-3, 3e-2, seen[1][0]
+    )
     bar_model = copy.deepcopy(theirs)  # corrected l.415: θ̄ a real copy (taken before the anchor's move)
     with torch.no_grad():
         for (n, p), (_, b) in zip(params, bar_model.named_parameters()):
@@ -227,11 +258,19 @@ def test_mezo_svrg_equals_the_reference_with_its_two_faults_corrected():
     bar = list(bar_model.named_parameters())
     for step in (2, 3):
         # l.422: θ ← θ - η2 ĝ_B(θ; z)
-        _svrg_reference_spsa_me(params, _lm_loss(theirs, ids, target), lambda i, p: z[step].sample(i, p),
-                                1e-3, 1e-2, scale=-1, g_seen=seen[step][0])
+        _svrg_reference_spsa_me(
+            params,
+            _lm_loss(theirs, ids, target),
+            lambda i, p: z[step].sample(i, p),
+            1e-3,
+            1e-2,
+            scale=-1,
+            g_seen=seen[step][0],
+        )
         # l.423 corrected: ĝ_B(θ̄; z) with the same z, evaluated on θ̄, added to θ
-        g_bar = _svrg_reference_spsa_me(bar, _lm_loss(bar_model, ids, target), lambda i, p: z[step].sample(i, p),
-                                        1e-3, 0.0, g_seen=seen[step][1])
+        g_bar = _svrg_reference_spsa_me(
+            bar, _lm_loss(bar_model, ids, target), lambda i, p: z[step].sample(i, p), 1e-3, 0.0, g_seen=seen[step][1]
+        )
         with torch.no_grad():
             for i, (n, p) in enumerate(params):
                 p.data = p.data + 1e-2 * g_bar * z[step].sample(i, p)
@@ -250,12 +289,14 @@ def test_the_reference_code_evaluates_its_anchor_at_the_stepped_theta_with_anoth
     for _ in (1, 2):
         opt.step(_lm_loss(ours, ids, target))
     z1, z_anchor = opt.direction(2), opt.direction(1)
-    full_grad, bar = _svrg_reference_anchor(params, _lm_loss(theirs, ids, target),
-                                            lambda i, p: z_anchor.sample(i, p), 1e-3, 3e-2)
+    full_grad, bar = _svrg_reference_anchor(
+        params, _lm_loss(theirs, ids, target), lambda i, p: z_anchor.sample(i, p), 1e-3, 3e-2
+    )
     assert all(b is p for (_, b), (_, p) in zip(bar, params))  # the aliasing
     after_anchor = [p.detach().clone() for _, p in params]
-    g1 = _svrg_reference_spsa_me(params, _lm_loss(theirs, ids, target), lambda i, p: z1.sample(i, p),
-                                 1e-3, 1e-2, scale=-1)
+    g1 = _svrg_reference_spsa_me(
+        params, _lm_loss(theirs, ids, target), lambda i, p: z1.sample(i, p), 1e-3, 1e-2, scale=-1
+    )
     np.random.seed(0)
     fresh = Direction(int(np.random.randint(1000000000)))  # l.485: a fresh seed per call
     g2 = _svrg_reference_spsa_me(bar, _lm_loss(theirs, ids, target), lambda i, p: fresh.sample(i, p), 1e-3, 1e-2)
@@ -311,8 +352,9 @@ def test_mezo_svrg_inner_estimate_has_far_less_variance_than_spsa():
             model.weight.copy_(start - eta * g_now * z.view_as(start))
         g_other = (_at(model, other, 1e-4, loss_on(rows)) - _at(model, other, -1e-4, loss_on(rows))) / 2e-4
         aliased.append(g_now * z - g_other * other.reshape(-1))
-    variance = {k: float(torch.stack(v).var(0).sum()) for k, v in
-                (("ours", ours), ("spsa", spsa), ("aliased", aliased))}
+    variance = {
+        k: float(torch.stack(v).var(0).sum()) for k, v in (("ours", ours), ("spsa", spsa), ("aliased", aliased))
+    }
     print("inner-estimate variance (sum over coordinates):", variance)
     assert variance["ours"] < 0.01 * variance["spsa"], variance  # measured: 0.057 vs 478 (seed 0)
     assert variance["aliased"] > 1.5 * variance["spsa"], variance  # two independent estimates: ~2x (907)

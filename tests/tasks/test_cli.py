@@ -42,6 +42,10 @@ def test_show_errors_are_one_line_exit_2(capsys, data_dir):
 
 
 def test_module_entry_point_runs(data_dir):
-    result = subprocess.run([sys.executable, "-m", "zobench.tasks", "--data-dir", str(data_dir), "show", "copa"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "zobench.tasks", "--data-dir", str(data_dir), "show", "copa"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "The man turned on the faucet so" in result.stdout

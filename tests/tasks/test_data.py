@@ -11,26 +11,42 @@ from zobench.tasks.data import KSHOT_SEEDS, _read_jsonl, kshot_dir, lmbff_test_s
 
 # (task, split role) -> rows in the mirror (../shared/data/README.md)
 MIRROR_ROWS = {
-    ("sst2", "train"): 67349, ("sst2", "eval"): 872,
-    ("sst5", "train"): 8544, ("sst5", "eval"): 2210,
-    ("snli", "eval"): 9824, ("mnli", "eval"): 9815,
-    ("rte", "train"): 2490, ("rte", "eval"): 277,
-    ("trec", "train"): 5452, ("trec", "eval"): 500,
-    ("cb", "train"): 250, ("cb", "eval"): 56,
-    ("copa", "train"): 400, ("copa", "eval"): 100,
-    ("wic", "train"): 5428, ("wic", "eval"): 638,
-    ("wsc", "train"): 554, ("wsc", "eval"): 104,
-    ("boolq", "eval"): 3270, ("multirc", "eval"): 4848, ("squad", "eval"): 10570,
+    ("sst2", "train"): 67349,
+    ("sst2", "eval"): 872,
+    ("sst5", "train"): 8544,
+    ("sst5", "eval"): 2210,
+    ("snli", "eval"): 9824,
+    ("mnli", "eval"): 9815,
+    ("rte", "train"): 2490,
+    ("rte", "eval"): 277,
+    ("trec", "train"): 5452,
+    ("trec", "eval"): 500,
+    ("cb", "train"): 250,
+    ("cb", "eval"): 56,
+    ("copa", "train"): 400,
+    ("copa", "eval"): 100,
+    ("wic", "train"): 5428,
+    ("wic", "eval"): 638,
+    ("wsc", "train"): 554,
+    ("wsc", "eval"): 104,
+    ("boolq", "eval"): 3270,
+    ("multirc", "eval"): 4848,
+    ("squad", "eval"): 10570,
 }
 # splits the mirror lacks: the error must name the file
-MIRROR_MISSING = [("snli", "train", "snli/train.jsonl"), ("mnli", "train", "mnli/train.jsonl"),
-                  ("boolq", "train", "boolq/train.jsonl"), ("multirc", "train", "multirc/train.jsonl"),
-                  ("record", "train", "record/train.jsonl"), ("record", "eval", "record/validation.jsonl"),
-                  ("squad", "train", "squad/train.jsonl"), ("drop", "train", "drop/train.jsonl"),
-                  ("drop", "eval", "drop/validation.jsonl")]
+MIRROR_MISSING = [
+    ("snli", "train", "snli/train.jsonl"),
+    ("mnli", "train", "mnli/train.jsonl"),
+    ("boolq", "train", "boolq/train.jsonl"),
+    ("multirc", "train", "multirc/train.jsonl"),
+    ("record", "train", "record/train.jsonl"),
+    ("record", "eval", "record/validation.jsonl"),
+    ("squad", "train", "squad/train.jsonl"),
+    ("drop", "train", "drop/train.jsonl"),
+    ("drop", "eval", "drop/validation.jsonl"),
+]
 # LM-BFF k-shot sets in the mirror: task -> (classes, test rows)
-KSHOT = {"sst2": (2, 872), "sst5": (5, 2210), "snli": (3, 9824), "mnli": (3, 9815), "rte": (2, 277),
-         "trec": (6, 500)}
+KSHOT = {"sst2": (2, 872), "sst5": (5, 2210), "snli": (3, 9824), "mnli": (3, 9815), "rte": (2, 277), "trec": (6, 500)}
 
 
 @pytest.mark.parametrize("task, role", sorted(MIRROR_ROWS))
@@ -47,8 +63,11 @@ def test_mirror_split_loads_and_every_row_renders(data_dir, task, role):
 @pytest.mark.parametrize("task, role, path", MIRROR_MISSING)
 def test_missing_mirror_split_names_the_file_and_the_split(data_dir, task, role, path):
     spec = load_task(task)
-    with pytest.raises(FileNotFoundError, match=rf"data\.dir: .*{path} not found \(task {task} reads its "
-                                                rf"'{role}' pool from the '{spec.splits[role]}' split\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"data\.dir: .*{path} not found \(task {task} reads its "
+        rf"'{role}' pool from the '{spec.splits[role]}' split\)",
+    ):
         load_split(spec, role, data_dir)
 
 
@@ -167,8 +186,11 @@ def test_missing_kshot_dev_file_names_it(tmp_path, data_dir):
     folder = tmp_path / "rte" / "k-shot" / "16-13"
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text((kshot_dir(data_dir, "rte", 16, 13) / "train.jsonl").read_text())
-    with pytest.raises(FileNotFoundError, match=r"16-13/dev\.jsonl not found \(dev of the LM-BFF 16-shot split, "
-                                                r"seed 13, of task rte\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"16-13/dev\.jsonl not found \(dev of the LM-BFF 16-shot split, "
+        r"seed 13, of task rte\)",
+    ):
         build_splits(load_task("rte"), tmp_path, 0, 0, 0, seed=13, protocol="kshot")
 
 
@@ -192,27 +214,45 @@ BAD_ROWS = [
     ("sst2", b'{"sentence": "caf\xe9", "label": 1}', "not UTF-8 (byte 0xe9 at column 18)"),
     ("trec", '{"text": "who?", "coarse_label": 6}', "coarse_label=6: task trec labels are the integers 0..5"),
     ("copa", '{"premise": "p.", "choice1": "a", "question": "cause", "label": 0}', "field 'choice2' is missing"),
-    ("snli", '{"premise": "p.", "hypothesis": "h.", "label": 3}',
-     "label=3: task snli labels are the integers 0..2 (or -1: no gold label, dropped)"),
-    ("squad", '{"title": "t", "context": "c", "question": "q?", "answers": {"text": []}}',
-     "answers.text=[]: the reference answers must be a non-empty list of strings"),
+    (
+        "snli",
+        '{"premise": "p.", "hypothesis": "h.", "label": 3}',
+        "label=3: task snli labels are the integers 0..2 (or -1: no gold label, dropped)",
+    ),
+    (
+        "squad",
+        '{"title": "t", "context": "c", "question": "q?", "answers": {"text": []}}',
+        "answers.text=[]: the reference answers must be a non-empty list of strings",
+    ),
     ("squad", '{"title": "t", "context": "c", "question": "q?"}', "field 'answers' is missing"),
-    ("drop", '{"passage": "p", "question": "q", "answers_spans": {"spans": "two"}}',
-     'answers_spans.spans="two": the reference answers must be a non-empty list of strings'),
-    ("record", '{"passage": "p", "query": "@placeholder won", "entities": "A", "answers": ["A"]}',
-     'entities="A": the candidates must be a non-empty list of strings'),
-    ("record", '{"passage": "p", "query": "@placeholder won", "entities": ["A"], "answers": ["B"]}',
-     "gold answers ['B'] are not among the candidates"),
+    (
+        "drop",
+        '{"passage": "p", "question": "q", "answers_spans": {"spans": "two"}}',
+        'answers_spans.spans="two": the reference answers must be a non-empty list of strings',
+    ),
+    (
+        "record",
+        '{"passage": "p", "query": "@placeholder won", "entities": "A", "answers": ["A"]}',
+        'entities="A": the candidates must be a non-empty list of strings',
+    ),
+    (
+        "record",
+        '{"passage": "p", "query": "@placeholder won", "entities": ["A"], "answers": ["B"]}',
+        "gold answers ['B'] are not among the candidates",
+    ),
 ]
 
 
 def _good_row(task: str) -> dict:
-    return {"sst2": SST2_ROW, "trec": {"text": "who?", "coarse_label": 3},
-            "copa": {"premise": "p.", "choice1": "a", "choice2": "b", "question": "cause", "label": 0},
-            "snli": {"premise": "p.", "hypothesis": "h.", "label": 0},
-            "squad": {"title": "t", "context": "c", "question": "q?", "answers": {"text": ["c"]}},
-            "drop": {"passage": "p", "question": "q", "answers_spans": {"spans": ["two"]}},
-            "record": {"passage": "p", "query": "@placeholder won", "entities": ["A", "B"], "answers": ["A"]}}[task]
+    return {
+        "sst2": SST2_ROW,
+        "trec": {"text": "who?", "coarse_label": 3},
+        "copa": {"premise": "p.", "choice1": "a", "choice2": "b", "question": "cause", "label": 0},
+        "snli": {"premise": "p.", "hypothesis": "h.", "label": 0},
+        "squad": {"title": "t", "context": "c", "question": "q?", "answers": {"text": ["c"]}},
+        "drop": {"passage": "p", "question": "q", "answers_spans": {"spans": ["two"]}},
+        "record": {"passage": "p", "query": "@placeholder won", "entities": ["A", "B"], "answers": ["A"]},
+    }[task]
 
 
 def _mirror(tmp_path, task: str, role: str, lines: list) -> tuple:
@@ -253,8 +293,12 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 
 
 def test_snli_rows_without_gold_label_are_dropped_not_refused(tmp_path):
-    spec, _ = _mirror(tmp_path, "snli", "eval", [json.dumps({"premise": "p.", "hypothesis": "h.", "label": lab})
-                                                  for lab in (0, -1, 2)])
+    spec, _ = _mirror(
+        tmp_path,
+        "snli",
+        "eval",
+        [json.dumps({"premise": "p.", "hypothesis": "h.", "label": lab}) for lab in (0, -1, 2)],
+    )
     assert [r["label"] for r in load_split(spec, "eval", tmp_path)] == [0, 2]
 
 
@@ -285,8 +329,11 @@ def _sst2_pool(tmp_path, rows: int):
 
 def test_a_pool_too_small_for_dev_and_one_training_row_is_refused(tmp_path):
     _sst2_pool(tmp_path, 12)  # 12 rows, 32 + 16 asked: dev 16 cannot be had (today: train 8 / dev 4)
-    with pytest.raises(ConfigError, match=r"data.num_dev=16: task sst2's train pool has only 12 rows, too few for "
-                                          r"16 dev rows plus at least one training row; set data.num_dev <= 11"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.num_dev=16: task sst2's train pool has only 12 rows, too few for "
+        r"16 dev rows plus at least one training row; set data.num_dev <= 11",
+    ):
         build_splits(load_task("sst2"), tmp_path, 32, 16, 4, seed=0)
     with pytest.raises(ConfigError, match="only 12 rows"):
         build_splits(load_task("sst2"), tmp_path, 32, 12, 4, seed=0)  # dev would take every row

@@ -1,14 +1,17 @@
 """Task specs: exact prompt strings (MeZO Table 14), data loading, MeZO's sampling protocol."""
 
-
 import numpy as np
 import pytest
 
 from zobench.tasks import TaskSpec, available_tasks, build_splits, load_split, load_task, sample_subset
 
 SST2_ROW = {"sentence": "it 's a charming and often affecting journey . ", "label": 1, "idx": 0}
-RTE_ROW = {"premise": "No Weapons of Mass Destruction Found in Iraq Yet.",
-           "hypothesis": "Weapons of Mass Destruction Found in Iraq.", "idx": 0, "label": 1}
+RTE_ROW = {
+    "premise": "No Weapons of Mass Destruction Found in Iraq Yet.",
+    "hypothesis": "Weapons of Mass Destruction Found in Iraq.",
+    "idx": 0,
+    "label": 1,
+}
 
 
 def test_sst2_renders_exactly_as_mezo():
@@ -20,15 +23,32 @@ def test_sst2_renders_exactly_as_mezo():
 
 def test_rte_renders_exactly_as_mezo():
     rendered = load_task("rte").render(RTE_ROW)
-    assert rendered.prompt == ('No Weapons of Mass Destruction Found in Iraq Yet.\nDoes this mean that '
-                               '"Weapons of Mass Destruction Found in Iraq." is true? Yes or No?\n')
+    assert rendered.prompt == (
+        "No Weapons of Mass Destruction Found in Iraq Yet.\nDoes this mean that "
+        '"Weapons of Mass Destruction Found in Iraq." is true? Yes or No?\n'
+    )
     assert rendered.candidates == ("Yes", "No")
     assert rendered.label == 1
 
 
 def test_every_task_spec_parses_and_has_a_version():
-    assert set(available_tasks()) == {"sst2", "sst5", "snli", "mnli", "rte", "trec", "cb", "boolq", "wsc", "wic",
-                                      "multirc", "copa", "record", "squad", "drop"}
+    assert set(available_tasks()) == {
+        "sst2",
+        "sst5",
+        "snli",
+        "mnli",
+        "rte",
+        "trec",
+        "cb",
+        "boolq",
+        "wsc",
+        "wic",
+        "multirc",
+        "copa",
+        "record",
+        "squad",
+        "drop",
+    }
     for name in available_tasks():
         spec = load_task(name)
         assert spec.name == name and isinstance(spec.version, int)
@@ -39,20 +59,28 @@ def test_unknown_task_lists_the_available_ones():
         load_task("sst3")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: [d.pop("causal"), d.pop("masked")], "no prompt family"),
-    (lambda d: d.update(metric="bleu"), "metric='bleu'"),
-    (lambda d: d.update(objective="rl"), "objective='rl'"),
-    (lambda d: d.update(colour="red"), "unknown keys"),
-    (lambda d: d.update(splits={"train": "train"}), "splits must name"),
-    (lambda d: d.update(gold_field="answers"), "exactly one of label_field, gold_field, answers_field"),
-    (lambda d: d["masked"].update(prompt="{{ sentence }} It was"), "masked.prompt must contain <mask> exactly once"),
-    (lambda d: d["causal"].update(candidates=[]), "causal.candidates: expected a non-empty list"),
-    (lambda d: d["causal"].update(template="x"), "causal: expected exactly the keys prompt and candidates"),
-    (lambda d: d.update(objective="generation"), "objective generation goes with answers_field"),
-    (lambda d: d["causal"].update(candidates={"for_each": "words", "template": "{{ candidate }}"}),
-     "gold_field goes with candidates: {for_each, template}"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: [d.pop("causal"), d.pop("masked")], "no prompt family"),
+        (lambda d: d.update(metric="bleu"), "metric='bleu'"),
+        (lambda d: d.update(objective="rl"), "objective='rl'"),
+        (lambda d: d.update(colour="red"), "unknown keys"),
+        (lambda d: d.update(splits={"train": "train"}), "splits must name"),
+        (lambda d: d.update(gold_field="answers"), "exactly one of label_field, gold_field, answers_field"),
+        (
+            lambda d: d["masked"].update(prompt="{{ sentence }} It was"),
+            "masked.prompt must contain <mask> exactly once",
+        ),
+        (lambda d: d["causal"].update(candidates=[]), "causal.candidates: expected a non-empty list"),
+        (lambda d: d["causal"].update(template="x"), "causal: expected exactly the keys prompt and candidates"),
+        (lambda d: d.update(objective="generation"), "objective generation goes with answers_field"),
+        (
+            lambda d: d["causal"].update(candidates={"for_each": "words", "template": "{{ candidate }}"}),
+            "gold_field goes with candidates: {for_each, template}",
+        ),
+    ],
+)
 def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
     import yaml
 

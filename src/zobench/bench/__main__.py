@@ -19,8 +19,9 @@ def _app(cfg: DictConfig) -> None:
     result = run_benchmark(cfg)
     command = "python -m zobench.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result["command"] = command
-    name = cfg.bench.name or (f"{result['model']}_{result['task']}_bs{result['batch_size']}_{result['dtype']}_"
-                              f"{result['device_type']}")
+    name = cfg.bench.name or (
+        f"{result['model']}_{result['task']}_bs{result['batch_size']}_{result['dtype']}_{result['device_type']}"
+    )
     out = Path(cfg.bench.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,7 @@ What makes it the authors' and not ours:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,11 +44,11 @@ def pairwise_loss(model, batch: Sequence[Encoded], pad_id: int, device) -> torch
     token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     option_mask = torch.zeros_like(token_lp, dtype=torch.bool)
     for row, (seq, n) in enumerate(zip(sequences, option_lens)):
-        option_mask[row, len(seq) - 1 - n: len(seq) - 1] = True
+        option_mask[row, len(seq) - 1 - n : len(seq) - 1] = True
     scores = (token_lp * option_mask).sum(-1) / option_mask.sum(-1)
     losses, start = [], 0
     for count, label in zip(counts, labels):
-        losses.append(F.cross_entropy(scores[start:start + count].unsqueeze(0), torch.tensor([label], device=device)))
+        losses.append(F.cross_entropy(scores[start : start + count].unsqueeze(0), torch.tensor([label], device=device)))
         start += count
     return torch.stack(losses).mean()
 

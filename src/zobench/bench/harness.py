@@ -18,7 +18,7 @@ import logging
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ class ForwardTimer:
     def __init__(self, model, engine_seconds: Callable[[], float], sync) -> None:
         self.engine_seconds, self.sync = engine_seconds, sync
         self.seconds = 0.0
-        self._handles = [model.register_forward_pre_hook(self._start),
-                         model.register_forward_hook(self._stop, always_call=True)]
+        self._handles = [
+            model.register_forward_pre_hook(self._start),
+            model.register_forward_hook(self._stop, always_call=True),
+        ]
 
     def _start(self, module, args) -> None:
         self.sync()
@@ -70,8 +72,16 @@ def _median(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
-def _measure(step: Callable[[], None], model, memory: PeakMemory, engine_seconds: Callable[[], float],
-             reset_engine: Callable[[], None], sync, warmup: int, repeats: int) -> dict:
+def _measure(
+    step: Callable[[], None],
+    model,
+    memory: PeakMemory,
+    engine_seconds: Callable[[], float],
+    reset_engine: Callable[[], None],
+    sync,
+    warmup: int,
+    repeats: int,
+) -> dict:
     rows = []
     timer = ForwardTimer(model, engine_seconds, sync)
     try:
@@ -86,12 +96,26 @@ def _measure(step: Callable[[], None], model, memory: PeakMemory, engine_seconds
             step_s = time.perf_counter() - start
             engine_s = engine_seconds()
             # per step as it goes, split like the table, so a slow or stalled run shows where
-            log.info("step %d/%d%s: %.3f s = forward %.3f + engine %.3f + other %.3f", i + 1, warmup + repeats,
-                     " (warm-up)" if i < warmup else "", step_s, timer.seconds, engine_s,
-                     step_s - timer.seconds - engine_s)
+            log.info(
+                "step %d/%d%s: %.3f s = forward %.3f + engine %.3f + other %.3f",
+                i + 1,
+                warmup + repeats,
+                " (warm-up)" if i < warmup else "",
+                step_s,
+                timer.seconds,
+                engine_s,
+                step_s - timer.seconds - engine_s,
+            )
             if i >= warmup:
-                rows.append({"step_s": step_s, "forward_s": timer.seconds, "engine_s": engine_s,
-                             "other_s": step_s - timer.seconds - engine_s, "peak_memory_bytes": memory.peak()})
+                rows.append(
+                    {
+                        "step_s": step_s,
+                        "forward_s": timer.seconds,
+                        "engine_s": engine_s,
+                        "other_s": step_s - timer.seconds - engine_s,
+                        "peak_memory_bytes": memory.peak(),
+                    }
+                )
     finally:
         timer.remove()
     out = _median(rows)
@@ -107,8 +131,9 @@ def _inference_peak(loss_fn: Callable[[], torch.Tensor], memory: PeakMemory, syn
     return memory.peak()
 
 
-def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, authors: bool,
-                          backend: str = "torch") -> dict:
+def drift_after_lr0_steps(
+    params: list[torch.Tensor], steps: int, eps: float, authors: bool, backend: str = "torch"
+) -> dict:
     """Perturb/restore ``steps`` times with lr=0 (no forward needed: the loss does not enter);
     count the elements that no longer equal their start and the largest change. zobench's
     in-place engine is the configured ``backend``'s (``auto`` resolves on the tensors' device)."""
@@ -130,8 +155,12 @@ def drift_after_lr0_steps(params: list[torch.Tensor], steps: int, eps: float, au
     changed = sum(int((p != s).sum()) for p, s in zip(params, start))
     max_abs = max(float((p.float() - s.float()).abs().max()) for p, s in zip(params, start))
     total = sum(p.numel() for p in params)
-    return {"changed_elements": changed, "changed_fraction": changed / total, "max_abs_drift": max_abs,
-            "elements": total}
+    return {
+        "changed_elements": changed,
+        "changed_fraction": changed / total,
+        "max_abs_drift": max_abs,
+        "elements": total,
+    }
 
 
 def virtual_lr0_drift(model, optimizer_step: Callable[[], None], steps: int) -> dict:
@@ -150,8 +179,10 @@ def zo_optimizer(opt_cfg, named, engine, seed: int):
     kwargs = OmegaConf.to_container(opt_cfg, resolve=True)
     name = kwargs.pop("name")
     if kwargs.pop("first_order", False) or kwargs.pop("linear_probe", False):
-        raise ConfigError(f"optimizer={name}: the benchmark times zeroth-order steps; "
-                          "allowed: a ZO method of conf/optimizer (mezo, hizoo, fzoo, zo_adam, ...)")
+        raise ConfigError(
+            f"optimizer={name}: the benchmark times zeroth-order steps; "
+            "allowed: a ZO method of conf/optimizer (mezo, hizoo, fzoo, zo_adam, ...)"
+        )
     weight_decay = kwargs.pop("weight_decay", 0.0)
     cls = get_class(kwargs.pop("_target_"))
     groups = decay_groups(named, weight_decay, names=getattr(cls, "takes_names", False))  # LeZO's blocks
@@ -175,24 +206,36 @@ def run_benchmark(cfg) -> dict:
     # the baseline's MeZO hyperparameters: the configured method's lr and ε where it has them
     lr, eps = float(cfg.optimizer.lr), float(cfg.optimizer.get("eps", 1e-3))
     result = {
-        "model": cfg.model.name, "task": cfg.task.name, "batch_size": len(batch), "dtype": cfg.model.dtype,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "batch_size": len(batch),
+        "dtype": cfg.model.dtype,
         "parameters": sum(p.numel() for _, p in named),
         "tokens_per_pair": statistics.mean(len(c) + len(o) for e in batch for c, o in zip(e.contexts, e.options)),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "device_type": device.type,
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__, "cuda": torch.version.cuda,
-                     "triton": _version("triton")},
-        "memory_source": memory.source, "repeats": b.repeats, "warmup": b.warmup,
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "transformers": __import__("transformers").__version__,
+            "cuda": torch.version.cuda,
+            "triton": _version("triton"),
+        },
+        "memory_source": memory.source,
+        "repeats": b.repeats,
+        "warmup": b.warmup,
     }
 
     # zobench: the run loop's objective and optimizer on the configured engine
-    engine = build_engine(cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired,
-                          fused_linear=cfg.engine.fused_linear)
+    engine = build_engine(
+        cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
+    )
     engine.enable_timing(sync if device.type == "cuda" else None)
     optimizer = zo_optimizer(cfg.optimizer, named, engine, cfg.seed)
-    log.info("zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
+    log.info(
+        "zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode
+    )
     result["zobench_inference_peak_memory_bytes"] = _inference_peak(lambda: scorer.loss(batch), memory, sync)
 
     def reset_engine():
@@ -201,11 +244,15 @@ def run_benchmark(cfg) -> dict:
     def closure(replicas=1):  # the run loop's closure (objective.zo_closure): it can batch the ± pair
         return scorer.loss(batch, replicas=replicas)
 
-    zobench = _measure(lambda: optimizer.step(closure), model, memory,
-                       lambda: engine.seconds, reset_engine, sync, b.warmup, b.repeats)
+    zobench = _measure(
+        lambda: optimizer.step(closure), model, memory, lambda: engine.seconds, reset_engine, sync, b.warmup, b.repeats
+    )
     zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
-    zobench["engine"] = f"{cfg.engine.backend}/{cfg.engine.mode}" + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "") \
+    zobench["engine"] = (
+        f"{cfg.engine.backend}/{cfg.engine.mode}"
+        + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "")
         + ("+fused" if cfg.engine.fused_linear else "")
+    )
     zobench["optimizer"] = cfg.optimizer.name
     zobench["forward_passes_per_step"] = int(optimizer.forward_passes_per_step)
     zobench["state_buffers_per_param"] = int(getattr(optimizer, "state_buffers_per_param", 0))
@@ -213,8 +260,10 @@ def run_benchmark(cfg) -> dict:
     if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
         lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
         log.info("virtual engine: %d lr=0 steps with forwards", b.virtual_lr0_steps)
-        result["virtual_lr0"] = {"dtype": cfg.model.dtype, **virtual_lr0_drift(
-            model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.virtual_lr0_steps))}
+        result["virtual_lr0"] = {
+            "dtype": cfg.model.dtype,
+            **virtual_lr0_drift(model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.virtual_lr0_steps)),
+        }
     if hasattr(engine, "remove"):
         engine.remove()
 
@@ -231,10 +280,17 @@ def run_benchmark(cfg) -> dict:
         def reset_baseline():
             authors.seconds = 0.0
 
-        baseline = _measure(lambda: authors.step(pairwise_closure, sync if device.type == "cuda" else None), model, memory,
-                            lambda: authors.seconds, reset_baseline, sync, b.warmup, b.repeats)
-        baseline["peak_over_inference"] = (baseline["peak_memory_bytes"]
-                                           / result["baseline_inference_peak_memory_bytes"])
+        baseline = _measure(
+            lambda: authors.step(pairwise_closure, sync if device.type == "cuda" else None),
+            model,
+            memory,
+            lambda: authors.seconds,
+            reset_baseline,
+            sync,
+            b.warmup,
+            b.repeats,
+        )
+        baseline["peak_over_inference"] = baseline["peak_memory_bytes"] / result["baseline_inference_peak_memory_bytes"]
         result["baseline"] = baseline
         result["step_time_ratio"] = zobench["step_s"] / baseline["step_s"]
         result["peak_memory_ratio"] = zobench["peak_memory_bytes"] / baseline["peak_memory_bytes"]
@@ -248,15 +304,19 @@ def run_benchmark(cfg) -> dict:
             for _, p in named:
                 if budget <= 0:
                     break
-                subset.append(p.detach()[: max(1, budget // max(1, p[0].numel()))].to(dtype).clone()
-                              if p.ndim > 1 else p.detach().to(dtype).clone())
+                subset.append(
+                    p.detach()[: max(1, budget // max(1, p[0].numel()))].to(dtype).clone()
+                    if p.ndim > 1
+                    else p.detach().to(dtype).clone()
+                )
                 budget -= subset[-1].numel()
             numerics[dtype_name] = {
                 "authors_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, True),
-                "zobench_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, False,
-                                                         backend=cfg.engine.backend),
+                "zobench_inplace": drift_after_lr0_steps(
+                    [t.clone() for t in subset], b.numerics_steps, eps, False, backend=cfg.engine.backend
+                ),
                 "zobench_virtual": "bit-identical by construction: weights are never written during an estimate "
-                                   "(tests/engine/test_torch_backend.py checks lr=0 steps with real forwards)",
+                "(tests/engine/test_torch_backend.py checks lr=0 steps with real forwards)",
             }
         result["numerics"] = {"steps": b.numerics_steps, "eps": eps, **numerics}
     return result
@@ -266,45 +326,74 @@ def markdown(result: dict, command: str) -> str:
     mb = 2**20
     method = result["zobench"].get("optimizer", "mezo")
     title = "MeZO" if method == "mezo" else method
-    lines = [f"# {title} step benchmark: {result['model']} / {result['task']}, batch {result['batch_size']}, "
-             f"{result['dtype']}, {result['device']}", "",
-             f"Command: `{command}`", "",
-             f"{result['parameters'] / 1e6:.1f}M parameters, {result['tokens_per_pair']:.1f} tokens per "
-             f"(example, candidate) pair, {result['threads']} threads, torch {result['versions']['torch']}, "
-             f"transformers {result['versions']['transformers']}. Medians of {result['repeats']} steps after "
-             f"{result['warmup']} warm-up step(s), all in one process.", "",
-             "| variant | step (s) | forward (s) | engine (s) | other (s) | engine share | peak mem (MB) | "
-             "inference peak (MB) | peak / inference |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title} step benchmark: {result['model']} / {result['task']}, batch {result['batch_size']}, "
+        f"{result['dtype']}, {result['device']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{result['parameters'] / 1e6:.1f}M parameters, {result['tokens_per_pair']:.1f} tokens per "
+        f"(example, candidate) pair, {result['threads']} threads, torch {result['versions']['torch']}, "
+        f"transformers {result['versions']['transformers']}. Medians of {result['repeats']} steps after "
+        f"{result['warmup']} warm-up step(s), all in one process.",
+        "",
+        "| variant | step (s) | forward (s) | engine (s) | other (s) | engine share | peak mem (MB) | "
+        "inference peak (MB) | peak / inference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, key in (("zobench", "zobench"), ("authors' MeZO (baseline)", "baseline")):
         if key not in result:
             continue
         r = result[key]
-        label = name if "engine" not in r else \
-            f"{name} [{r['engine']}]" if method == "mezo" else f"{name} {method} [{r['engine']}]"
-        lines.append(f"| {label} | {r['step_s']:.3f} | {r['forward_s']:.3f} | {r['engine_s']:.3f} | "
-                     f"{r['other_s']:.3f} | {r['engine_fraction']:.1%} | {r['peak_memory_bytes'] / mb:.0f} | "
-                     f"{result[key + '_inference_peak_memory_bytes'] / mb:.0f} | {r['peak_over_inference']:.3f} |")
+        label = (
+            name
+            if "engine" not in r
+            else f"{name} [{r['engine']}]"
+            if method == "mezo"
+            else f"{name} {method} [{r['engine']}]"
+        )
+        lines.append(
+            f"| {label} | {r['step_s']:.3f} | {r['forward_s']:.3f} | {r['engine_s']:.3f} | "
+            f"{r['other_s']:.3f} | {r['engine_fraction']:.1%} | {r['peak_memory_bytes'] / mb:.0f} | "
+            f"{result[key + '_inference_peak_memory_bytes'] / mb:.0f} | {r['peak_over_inference']:.3f} |"
+        )
     if method != "mezo":
         z = result["zobench"]
-        lines += ["", f"zobench's step is {method}'s ({z['forward_passes_per_step']} forward passes, "
-                      f"{z['state_buffers_per_param']} parameter-sized state buffer(s)); the baseline is "
-                      "the authors' MeZO step (2 passes, no state), so the ratios below compare methods, "
-                      "not implementations."]
+        lines += [
+            "",
+            f"zobench's step is {method}'s ({z['forward_passes_per_step']} forward passes, "
+            f"{z['state_buffers_per_param']} parameter-sized state buffer(s)); the baseline is "
+            "the authors' MeZO step (2 passes, no state), so the ratios below compare methods, "
+            "not implementations.",
+        ]
     if "step_time_ratio" in result:
-        lines += ["", f"zobench / baseline: step time {result['step_time_ratio']:.2f}×, "
-                      f"peak memory {result['peak_memory_ratio']:.2f}×."]
+        lines += [
+            "",
+            f"zobench / baseline: step time {result['step_time_ratio']:.2f}×, "
+            f"peak memory {result['peak_memory_ratio']:.2f}×.",
+        ]
     if "numerics" in result:
         n = result["numerics"]
-        lines += ["", f"Numerics: weights after {n['steps']} lr=0 steps (eps {n['eps']}), "
-                      "fraction of elements changed / largest change:", "",
-                  "| dtype | authors' in-place | zobench in-place | zobench virtual |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Numerics: weights after {n['steps']} lr=0 steps (eps {n['eps']}), "
+            "fraction of elements changed / largest change:",
+            "",
+            "| dtype | authors' in-place | zobench in-place | zobench virtual |",
+            "|---|---|---|---|",
+        ]
         for dtype, d in n.items():
             if isinstance(d, dict):
                 a, z = d["authors_inplace"], d["zobench_inplace"]
-                lines.append(f"| {dtype} | {a['changed_fraction']:.1%} / {a['max_abs_drift']:.2e} | "
-                             f"{z['changed_fraction']:.1%} / {z['max_abs_drift']:.2e} | 0 (bit-identical) |")
+                lines.append(
+                    f"| {dtype} | {a['changed_fraction']:.1%} / {a['max_abs_drift']:.2e} | "
+                    f"{z['changed_fraction']:.1%} / {z['max_abs_drift']:.2e} | 0 (bit-identical) |"
+                )
     if "virtual_lr0" in result:
         v = result["virtual_lr0"]
-        lines += ["", f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
-                      f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed."]
+        lines += [
+            "",
+            f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
+            f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed.",
+        ]
     return "\n".join(lines) + "\n"

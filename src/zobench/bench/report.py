@@ -86,12 +86,25 @@ def _seconds(value) -> str:
 
 def benchmark_row(name: str, r: dict) -> str:
     z, b = r["zobench"], r.get("baseline")
-    return " | ".join([
-        f"| [{name}]({name}.md)", r["model"], r["dtype"], z.get("engine", ""), _seconds(z["step_s"]),
-        _seconds(z["forward_s"]), _seconds(z["engine_s"]), f"{z['engine_fraction']:.1%}",
-        f"{z['peak_over_inference']:.3f}", _seconds(b["step_s"]) if b else "",
-        f"{r['step_time_ratio']:.2f}×" if "step_time_ratio" in r else "",
-        f"{b['peak_over_inference']:.3f}" if b else ""]) + " |"
+    return (
+        " | ".join(
+            [
+                f"| [{name}]({name}.md)",
+                r["model"],
+                r["dtype"],
+                z.get("engine", ""),
+                _seconds(z["step_s"]),
+                _seconds(z["forward_s"]),
+                _seconds(z["engine_s"]),
+                f"{z['engine_fraction']:.1%}",
+                f"{z['peak_over_inference']:.3f}",
+                _seconds(b["step_s"]) if b else "",
+                f"{r['step_time_ratio']:.2f}×" if "step_time_ratio" in r else "",
+                f"{b['peak_over_inference']:.3f}" if b else "",
+            ]
+        )
+        + " |"
+    )
 
 
 def render(folder: Path) -> str:
@@ -99,15 +112,21 @@ def render(folder: Path) -> str:
     env, runs, results = load(folder)
     lines = ["# GPU check: the default engine vs the authors' MeZO step", ""]
     if env:
-        lines += [f"{env.get('device')} ({env.get('memory_gib')} GiB), driver {env.get('driver')}, "
-                  f"CUDA {env.get('cuda')}, torch {env.get('torch')}, Triton {env.get('triton')}, "
-                  f"transformers {env.get('transformers')}, Python {env.get('python')}; commit "
-                  f"{env.get('commit')}, {env.get('date')}.", ""]
-    lines += ["Regenerated from this folder's files by `python -m zobench.bench.report table <folder>`; "
-              "the commands are in `runs.jsonl` and each run's `.md`.", "",
-              "| run | model | dtype | zobench engine | step (s) | forward (s) | engine (s) | engine share | "
-              "peak / inference | authors' step (s) | step vs authors | authors' peak / inference |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"{env.get('device')} ({env.get('memory_gib')} GiB), driver {env.get('driver')}, "
+            f"CUDA {env.get('cuda')}, torch {env.get('torch')}, Triton {env.get('triton')}, "
+            f"transformers {env.get('transformers')}, Python {env.get('python')}; commit "
+            f"{env.get('commit')}, {env.get('date')}.",
+            "",
+        ]
+    lines += [
+        "Regenerated from this folder's files by `python -m zobench.bench.report table <folder>`; "
+        "the commands are in `runs.jsonl` and each run's `.md`.",
+        "",
+        "| run | model | dtype | zobench engine | step (s) | forward (s) | engine (s) | engine share | "
+        "peak / inference | authors' step (s) | step vs authors | authors' peak / inference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     order = [run["name"] for run in runs if run.get("name") in results]
     order += [name for name in results if name not in order]
     lines += [benchmark_row(name, results[name]) for name in order]
@@ -115,20 +134,27 @@ def render(folder: Path) -> str:
         lines += ["", "| run | status | seconds | timeout (s) | log |", "|---|---|---|---|---|"]
         for run in runs:
             log = f"[log]({run['name']}.log)" if (folder / f"{run['name']}.log").exists() else ""
-            lines.append(f"| {run['name']} | {run['status']} | {run.get('seconds', '')} | "
-                         f"{run.get('timeout_s', '')} | {log} |")
+            lines.append(
+                f"| {run['name']} | {run['status']} | {run.get('seconds', '')} | {run.get('timeout_s', '')} | {log} |"
+            )
         stalled = [run["name"] for run in runs if run["status"] == "timeout"]
         if stalled:
-            lines += ["", f"Timed out: {', '.join(stalled)}. With `ZOBENCH_WATCHDOG` set (gpu.sh sets it), "
-                          "each log ends with the phase and module that stopped progressing and every "
-                          "thread's stack."]
+            lines += [
+                "",
+                f"Timed out: {', '.join(stalled)}. With `ZOBENCH_WATCHDOG` set (gpu.sh sets it), "
+                "each log ends with the phase and module that stopped progressing and every "
+                "thread's stack.",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zobench.bench.report", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("env", "table"), help="env: write environment.json; "
-                        "table: write README.md from the folder's files")
+    parser.add_argument(
+        "action",
+        choices=("env", "table"),
+        help="env: write environment.json; table: write README.md from the folder's files",
+    )
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     if args.action == "env":
@@ -136,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.folder / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
         return 0
     if not args.folder.is_dir():
-        print(f"zobench: error: {args.folder}: no such folder (the output folder of results/bench/gpu.sh)",
-              file=sys.stderr)
+        print(
+            f"zobench: error: {args.folder}: no such folder (the output folder of results/bench/gpu.sh)",
+            file=sys.stderr,
+        )
         return 2
     try:
         text = render(args.folder)

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, MissingPackageError
-
 from . import trace
 from .base import Engine, ZOParams
 from .directions import DISTRIBUTIONS, Direction, Piece, mix_seed
@@ -20,8 +19,20 @@ from .torch_backend import InPlaceEngine, VirtualEngine
 BACKENDS = ("auto", "torch", "triton")
 MODES = ("inplace", "virtual")
 
-__all__ = ["BACKENDS", "DISTRIBUTIONS", "MODES", "Direction", "Engine", "InPlaceEngine", "Piece",
-           "VirtualEngine", "ZOParams", "build_engine", "mix_seed", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "DISTRIBUTIONS",
+    "MODES",
+    "Direction",
+    "Engine",
+    "InPlaceEngine",
+    "Piece",
+    "VirtualEngine",
+    "ZOParams",
+    "build_engine",
+    "mix_seed",
+    "resolve_backend",
+]
 
 
 def _model_on_cuda(model: nn.Module | None) -> bool:
@@ -45,8 +56,9 @@ def resolve_backend(backend: str, model: nn.Module | None = None) -> str:
     return "triton" if _model_on_cuda(model) and _triton_installed() else "torch"
 
 
-def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired: bool = True,
-                 fused_linear: bool = False) -> Engine:
+def build_engine(
+    backend: str, mode: str, model: nn.Module | None = None, paired: bool = True, fused_linear: bool = False
+) -> Engine:
     """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``);
     ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward;
     ``fused_linear`` (``engine.fused_linear``, Triton virtual mode only): linear layers perturb
@@ -60,8 +72,10 @@ def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired
     resolved = resolve_backend(backend, model)
     trace.install(model)  # ZOBENCH_TRACE / ZOBENCH_WATCHDOG: name the phase and module of a stall
     if fused_linear and (resolved != "triton" or mode != "virtual"):
-        raise ConfigError(f"engine.fused_linear=true needs the Triton backend in virtual mode; got "
-                          f"engine.backend={backend} (resolved: {resolved}), engine.mode={mode}")
+        raise ConfigError(
+            f"engine.fused_linear=true needs the Triton backend in virtual mode; got "
+            f"engine.backend={backend} (resolved: {resolved}), engine.mode={mode}"
+        )
     if resolved == "triton":
         return _build_triton(mode, model, paired, fused_linear)
     return InPlaceEngine() if mode == "inplace" else VirtualEngine(model, paired=paired)
@@ -69,13 +83,17 @@ def build_engine(backend: str, mode: str, model: nn.Module | None = None, paired
 
 def _build_triton(mode: str, model: nn.Module | None, paired: bool = True, fused_linear: bool = False) -> Engine:
     if not _triton_installed():
-        raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' "
-                                  "(or use engine=torch)")
+        raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' (or use engine=torch)")
     from .triton_backend import TritonInPlaceEngine, TritonVirtualEngine, interpreted
 
     on_cuda = _model_on_cuda(model) if model is not None else torch.cuda.is_available()
     if not (on_cuda or interpreted()):
-        raise ConfigError("engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
-                          "kernels on CPU, slowly); use engine=torch or engine=auto")
-    return TritonInPlaceEngine() if mode == "inplace" else TritonVirtualEngine(model, paired=paired,
-                                                                                     fused_linear=fused_linear)
+        raise ConfigError(
+            "engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
+            "kernels on CPU, slowly); use engine=torch or engine=auto"
+        )
+    return (
+        TritonInPlaceEngine()
+        if mode == "inplace"
+        else TritonVirtualEngine(model, paired=paired, fused_linear=fused_linear)
+    )

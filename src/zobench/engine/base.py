@@ -28,8 +28,8 @@ from __future__ import annotations
 import functools
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 
@@ -45,12 +45,14 @@ PHASES = ("perturb", "restore", "update", "restore_and_update", "foreach", "mirr
 def _traced(name: str, method):
     """``method`` inside ``trace.phase(name)``; a subclass calling the base's method (same name)
     stays in the one phase."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         if trace.current_phase() == name:
             return method(self, *args, **kwargs)
         with trace.phase(name):
             return method(self, *args, **kwargs)
+
     wrapper._zobench_traced = True
     return wrapper
 
@@ -58,8 +60,11 @@ def _traced(name: str, method):
 def _trace_phases(cls) -> None:
     for name in PHASES:
         method = cls.__dict__.get(name)
-        if method is not None and not getattr(method, "__isabstractmethod__", False) \
-                and not getattr(method, "_zobench_traced", False):
+        if (
+            method is not None
+            and not getattr(method, "__isabstractmethod__", False)
+            and not getattr(method, "_zobench_traced", False)
+        ):
             setattr(cls, name, _traced(name, method))
 
 
@@ -111,8 +116,9 @@ class Engine(ABC):
     def dual(self, params: ZOParams, direction: Direction):
         """Context manager: forwards inside it see θ as dual tensors with tangent z (see the
         module docstring). Engines without access to the model's modules cannot do this."""
-        raise NotImplementedError(f"{type(self).__name__} has no forward-mode (dual) evaluation; "
-                                  "use engine.mode=virtual")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward-mode (dual) evaluation; use engine.mode=virtual"
+        )
 
     def replica_support(self, params: ZOParams) -> str | None:
         """None if ``replicas`` can evaluate perturbations of ``params``, else the reason it cannot."""

@@ -23,10 +23,10 @@ backend's kernels generate, and one step never mixes two definitions of z.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -121,8 +121,12 @@ class Direction:
     def chunkable(self, like: torch.Tensor) -> bool:
         """Whether ``chunks`` can draw this direction's z for ``like`` piece by piece (torch's
         CPU generator, plain z); otherwise it yields the whole z as one piece."""
-        return (type(self).sample is Direction.sample and _Z_SOURCE.get() is None
-                and like.device.type == "cpu" and like.is_contiguous())
+        return (
+            type(self).sample is Direction.sample
+            and _Z_SOURCE.get() is None
+            and like.device.type == "cpu"
+            and like.is_contiguous()
+        )
 
     def chunks(self, pid: int, like: torch.Tensor, size: int | None = None):
         """``(start, stop, z_flat[start:stop])`` covering ``like``'s elements in row-major order:
@@ -194,7 +198,7 @@ class Piece:
 
     def of(self, buffer: torch.Tensor) -> torch.Tensor:
         """The same elements of a parameter-shaped contiguous buffer (optimizer state)."""
-        return buffer.view(-1)[self.start:self.stop]
+        return buffer.view(-1)[self.start : self.stop]
 
 
 def add_z_(p: torch.Tensor, pid: int, direction: Direction, alpha: float) -> None:

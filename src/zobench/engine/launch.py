@@ -48,7 +48,7 @@ class Launch:
     wide: bool
     extent: int
 
-    def check(self, what: str) -> "Launch":
+    def check(self, what: str) -> Launch:
         """Refuse a grid CUDA cannot launch (a clear error instead of a failed launch)."""
         if any(g < 1 for g in self.grid) or self.grid[0] > GRID_X_MAX or any(g > GRID_YZ_MAX for g in self.grid[1:]):
             raise ValueError(f"{what}: grid {self.grid} is outside CUDA's limits (x < 2^31, y, z <= 65535)")

@@ -45,7 +45,7 @@ ROUND_A, ROUND_B = 0xD2511F53, 0xCD9E8D57
 KEY_A, KEY_B = 0x9E3779B9, 0xBB67AE85
 ROUNDS = 10
 UNIFORM_SCALE = 4.6566127342e-10  # the largest s with (2³¹ - 1)·s < 1 in float32 (Triton's)
-MIN_UNIFORM = 1.0e-7              # Box-Muller's log(u) is clamped there (Triton's)
+MIN_UNIFORM = 1.0e-7  # Box-Muller's log(u) is clamped there (Triton's)
 TWO_PI = 6.283185307179586
 
 
@@ -107,7 +107,7 @@ def rademacher_z(key: int, start: int, stop: int, device=None) -> torch.Tensor:
         counters = torch.arange(first, last, dtype=torch.int64, device=device)
         z = _signs_by_shifts(torch.stack(philox4x32(counters, key), dim=1).view(-1))
     offset = first * SIGNS_PER_CALL
-    return z[start - offset:stop - offset]
+    return z[start - offset : stop - offset]
 
 
 def _signs_by_shifts(words: torch.Tensor) -> torch.Tensor:

@@ -57,8 +57,8 @@ The virtual engine's hooks also serve two other ways of evaluating the model:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -67,8 +67,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from . import directions as _directions
+from . import launch
 from .base import Engine, ZOParams
-from . import directions as _directions, launch
 from .directions import Direction, add_z_, z_pieces
 
 #: virtual mode streams 2-D weights of at least this many elements (see the module docstring):
@@ -102,7 +103,7 @@ class _StreamedWeights(TorchFunctionMode):
     """Active while a module that owns a streamed weight runs: its ``F.linear`` / ``F.embedding``
     call on that weight is computed block by block from the engine's perturbed blocks."""
 
-    def __init__(self, engine: "VirtualEngine") -> None:
+    def __init__(self, engine: VirtualEngine) -> None:
         super().__init__()
         self.engine = engine
 
@@ -112,8 +113,9 @@ class _StreamedWeights(TorchFunctionMode):
         if func is F.linear and len(args) > 1 and engine._is_streamed(args[1]):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return engine._streamed_linear(args[0], args[1], bias)
-        if (func is F.embedding and len(args) > 1 and engine._is_streamed(args[1])
-                and kwargs.get("max_norm") is None):  # max_norm renormalises rows in place: fall back
+        if (
+            func is F.embedding and len(args) > 1 and engine._is_streamed(args[1]) and kwargs.get("max_norm") is None
+        ):  # max_norm renormalises rows in place: fall back
             return engine._streamed_embedding(args[0], args[1])
         if getattr(func, "__name__", "") == "__get__":  # .shape, .dtype, ... of the weight
             return func(*args, **kwargs)
@@ -133,8 +135,13 @@ class _SplitWeights(TorchFunctionMode):
 
     def __init__(self, module: nn.Module, touches, linear, embedding, refusal: str) -> None:
         super().__init__()
-        self.module, self.touches, self.linear, self.embedding, self.refusal = \
-            module, touches, linear, embedding, refusal
+        self.module, self.touches, self.linear, self.embedding, self.refusal = (
+            module,
+            touches,
+            linear,
+            embedding,
+            refusal,
+        )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -146,8 +153,10 @@ class _SplitWeights(TorchFunctionMode):
             return self.linear(args[0], args[1], bias)
         if func is F.embedding and kwargs.get("max_norm") is None and not self.touches(args[0]):
             return self.embedding(args[0], args[1])
-        raise RuntimeError(f"{type(self.module).__name__} uses its parameter in "
-                           f"{getattr(func, '__name__', func)}, which {self.refusal}")
+        raise RuntimeError(
+            f"{type(self.module).__name__} uses its parameter in "
+            f"{getattr(func, '__name__', func)}, which {self.refusal}"
+        )
 
 
 def _hook_mode(module: nn.Module, make_mode) -> list:
@@ -162,6 +171,7 @@ def _hook_mode(module: nn.Module, make_mode) -> list:
     def leave(module, args, output):
         modes.pop().__exit__(None, None, None)
         return None
+
     return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
 
 
@@ -294,8 +304,12 @@ class VirtualEngine(Engine):
         self._tied_cache = {}
 
     def _streams(self, p: torch.Tensor) -> bool:
-        return (self.stream_elements is not None and p.dim() == 2 and p.is_contiguous()
-                and p.numel() >= self.stream_elements)
+        return (
+            self.stream_elements is not None
+            and p.dim() == 2
+            and p.is_contiguous()
+            and p.numel() >= self.stream_elements
+        )
 
     def _is_streamed(self, value) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._streamed and id(value) in self._active
@@ -366,8 +380,10 @@ class VirtualEngine(Engine):
     def _check_ids(flat_ids: torch.Tensor, rows: int) -> None:
         """F.embedding's index check, for the lookups computed block by block."""
         if flat_ids.numel() and (int(flat_ids.min()) < 0 or int(flat_ids.max()) >= rows):
-            raise IndexError(f"index out of range in self: ids in [{int(flat_ids.min())}, {int(flat_ids.max())}], "
-                             f"embedding of {rows} rows")
+            raise IndexError(
+                f"index out of range in self: ids in [{int(flat_ids.min())}, {int(flat_ids.max())}], "
+                f"embedding of {rows} rows"
+            )
 
     def _streamed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias, blocks=None, out=None) -> torch.Tensor:
         """F.linear(x, θ + εz, bias), one column block of the output at a time (``blocks``: the
@@ -466,8 +482,10 @@ class VirtualEngine(Engine):
                 pid, direction = entry
                 value = fwAD.make_dual(p.detach(), self._sample(direction, pid, p).to(p.dtype))
                 if fwAD.unpack_dual(value).tangent is None:
-                    raise RuntimeError("forward-mode AD is disabled here (torch.inference_mode?): "
-                                       "the closure must run under torch.no_grad, not inference_mode")
+                    raise RuntimeError(
+                        "forward-mode AD is disabled here (torch.inference_mode?): "
+                        "the closure must run under torch.no_grad, not inference_mode"
+                    )
                 if id(p) in self._tied:
                     self._tied_cache[id(p)] = value
             saved.append((name, p))
@@ -497,8 +515,10 @@ class VirtualEngine(Engine):
                 if not own:
                     continue
                 if below:
-                    return (f"module {qualname or type(module).__name__} ({type(module).__name__}) owns "
-                            "parameters and has parametrised submodules")
+                    return (
+                        f"module {qualname or type(module).__name__} ({type(module).__name__}) owns "
+                        "parameters and has parametrised submodules"
+                    )
                 kind = "generic"
             plan.append((module, kind, [(n, p, wanted[id(p)]) for n, p in own]))
         return plan
@@ -523,10 +543,17 @@ class VirtualEngine(Engine):
         self._replica = {id(p): (pid, directions, scale) for pid, p in params}
         for module, kind, entries in plan:
             if kind in ("linear", "embedding"):  # split by replica inside F.linear / F.embedding
-                self._replica_handles += _hook_mode(module, lambda m: _SplitWeights(
-                    m, self._is_replicated, self._replica_split_linear, self._replica_split_embedding,
-                    "cannot be split by replica in a batched evaluation; evaluate one direction per "
-                    "call (FZOO: optimizer.batched=false)"))
+                self._replica_handles += _hook_mode(
+                    module,
+                    lambda m: _SplitWeights(
+                        m,
+                        self._is_replicated,
+                        self._replica_split_linear,
+                        self._replica_split_embedding,
+                        "cannot be split by replica in a batched evaluation; evaluate one direction per "
+                        "call (FZOO: optimizer.batched=false)",
+                    ),
+                )
                 continue
 
             def hook(module, args, kwargs, output, _entries=entries):  # re-run per replica
@@ -534,6 +561,7 @@ class VirtualEngine(Engine):
                     return None
                 with torch.no_grad(), self._timed():
                     return self._replica_generic(module, args, kwargs, output, _entries, directions, scale)
+
             self._replica_handles.append(module.register_forward_hook(hook, with_kwargs=True))
         self.replica_count = len(directions)
         try:
@@ -548,8 +576,10 @@ class VirtualEngine(Engine):
     @staticmethod
     def _split(module: nn.Module, rows: int, n: int) -> None:
         if rows % n:
-            raise ValueError(f"replicas: {type(module).__name__} got {rows} rows, not a multiple of the "
-                             f"{n} replicas; the closure must repeat its batch {n} times (replica-major)")
+            raise ValueError(
+                f"replicas: {type(module).__name__} got {rows} rows, not a multiple of the "
+                f"{n} replicas; the closure must repeat its batch {n} times (replica-major)"
+            )
 
     def _is_replicated(self, value) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._replica
@@ -557,8 +587,10 @@ class VirtualEngine(Engine):
     def _replica_rows(self, x: torch.Tensor) -> int:
         n = len(next(iter(self._replica.values()))[1])
         if x.shape[0] % n:
-            raise ValueError(f"replicas: a layer got {x.shape[0]} rows, not a multiple of the {n} replicas; "
-                             f"the closure must repeat its batch {n} times (replica-major)")
+            raise ValueError(
+                f"replicas: a layer got {x.shape[0]} rows, not a multiple of the {n} replicas; "
+                f"the closure must repeat its batch {n} times (replica-major)"
+            )
         return n
 
     def _replica_value(self, value, i: int):
@@ -596,8 +628,10 @@ class VirtualEngine(Engine):
 
     def _replica_generic(self, module, args, kwargs, output, entries, directions, scale):
         if not isinstance(output, torch.Tensor) or output.ndim == 0:
-            raise TypeError(f"replicas: {type(module).__name__} returns {type(output).__name__}, "
-                            "only modules returning one batch-shaped tensor can be evaluated per replica")
+            raise TypeError(
+                f"replicas: {type(module).__name__} returns {type(output).__name__}, "
+                "only modules returning one batch-shaped tensor can be evaluated per replica"
+            )
         n, rows = len(directions), output.shape[0]
         self._split(module, rows, n)
 
@@ -611,9 +645,11 @@ class VirtualEngine(Engine):
         try:
             for i, direction in enumerate(directions):
                 swapped = {name: self._perturbed_value(p, pid, direction, scale) for name, p, pid in entries}
-                outputs.append(torch.func.functional_call(
-                    module, swapped, tuple(piece(a, i) for a in args),
-                    {k: piece(v, i) for k, v in kwargs.items()}))
+                outputs.append(
+                    torch.func.functional_call(
+                        module, swapped, tuple(piece(a, i) for a in args), {k: piece(v, i) for k, v in kwargs.items()}
+                    )
+                )
         finally:
             self._replaying = False
         return torch.cat(outputs)
@@ -636,16 +672,25 @@ class VirtualEngine(Engine):
         self._mirror = {id(p): (pid, direction, scale) for pid, p in params}
         self._tied_cache = {}
         handles = []
-        for module, kind, entries in plan:
+        for module, _kind, entries in plan:
             if type(module) is nn.Linear or (isinstance(module, nn.Embedding) and module.max_norm is None):
-                handles += _hook_mode(module, lambda m: _SplitWeights(
-                    m, self._is_mirrored, self._mirrored_linear, self._mirrored_embedding,
-                    "cannot be split by halves in a mirrored evaluation; set engine.paired=false"))
+                handles += _hook_mode(
+                    module,
+                    lambda m: _SplitWeights(
+                        m,
+                        self._is_mirrored,
+                        self._mirrored_linear,
+                        self._mirrored_embedding,
+                        "cannot be split by halves in a mirrored evaluation; set engine.paired=false",
+                    ),
+                )
             else:
+
                 def rerun(module, args, kwargs, output, _entries=entries):
                     if self._replaying:
                         return None
                     return self._mirrored_generic(module, args, kwargs, output, _entries)
+
                 handles.append(module.register_forward_hook(rerun, with_kwargs=True))
         self.replica_count = 2
         try:
@@ -680,8 +725,12 @@ class VirtualEngine(Engine):
         flat = p.view(-1)
         for start, stop, z in direction.chunks(pid, p, size=row_block(cols, 64) * cols):
             z = z.to(p.dtype)
-            yield (start // cols, stop // cols, torch.add(flat[start:stop], z, alpha=scale).view(-1, cols),
-                   torch.add(flat[start:stop], z, alpha=-scale).view(-1, cols))
+            yield (
+                start // cols,
+                stop // cols,
+                torch.add(flat[start:stop], z, alpha=scale).view(-1, cols),
+                torch.add(flat[start:stop], z, alpha=-scale).view(-1, cols),
+            )
 
     def _pair(self, value):
         """(value at +ε, value at -ε) for a mirrored parameter, (value, value) for anything else."""
@@ -702,8 +751,10 @@ class VirtualEngine(Engine):
     @staticmethod
     def _halves(x: torch.Tensor) -> int:
         if x.shape[0] % 2:
-            raise ValueError(f"mirrored evaluation: a layer got {x.shape[0]} rows, not the batch repeated "
-                             "twice; the closure must be called with replicas=2")
+            raise ValueError(
+                f"mirrored evaluation: a layer got {x.shape[0]} rows, not the batch repeated "
+                "twice; the closure must be called with replicas=2"
+            )
         return x.shape[0] // 2
 
     def _mirrored_linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
@@ -733,7 +784,7 @@ class VirtualEngine(Engine):
         out = weight.new_empty(flat.shape[0], weight.shape[1])
         for first, stop, plus, minus in self._pair_blocks_timed(weight):
             for offset, block in ((0, plus), (half, minus)):
-                part = flat[offset:offset + half]
+                part = flat[offset : offset + half]
                 hit = ((part >= first) & (part < stop)).nonzero().squeeze(1)
                 if hit.numel():
                     out[offset + hit] = block[part[hit] - first]
@@ -741,24 +792,31 @@ class VirtualEngine(Engine):
 
     def _mirrored_generic(self, module, args, kwargs, output, entries):
         if not isinstance(output, torch.Tensor) or output.ndim == 0:
-            raise TypeError(f"mirrored evaluation: {type(module).__name__} returns {type(output).__name__}, "
-                            "only modules returning one batch-shaped tensor can be split by halves")
+            raise TypeError(
+                f"mirrored evaluation: {type(module).__name__} returns {type(output).__name__}, "
+                "only modules returning one batch-shaped tensor can be split by halves"
+            )
         rows = output.shape[0]
         n = self._halves(output)
         pairs = {name: self._pair(p) for name, p, _ in entries}
 
         def piece(value, i):
             if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
-                return value[i * n:(i + 1) * n]
+                return value[i * n : (i + 1) * n]
             return value
 
         outputs = []
         self._replaying = True
         try:
             for i in range(2):
-                outputs.append(torch.func.functional_call(
-                    module, {name: pair[i] for name, pair in pairs.items()}, tuple(piece(a, i) for a in args),
-                    {k: piece(v, i) for k, v in kwargs.items()}))
+                outputs.append(
+                    torch.func.functional_call(
+                        module,
+                        {name: pair[i] for name, pair in pairs.items()},
+                        tuple(piece(a, i) for a in args),
+                        {k: piece(v, i) for k, v in kwargs.items()},
+                    )
+                )
         finally:
             self._replaying = False
         return torch.cat(outputs)

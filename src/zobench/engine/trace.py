@@ -30,7 +30,7 @@ log = logging.getLogger("zobench.trace")
 _state = {"phase": "idle", "module": "-", "since": time.monotonic()}
 _names: dict[int, str] = {}
 _hooks: list = []
-_watchdog: "Watchdog | None" = None
+_watchdog: Watchdog | None = None
 
 
 def where() -> str:

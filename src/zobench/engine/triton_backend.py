@@ -59,6 +59,7 @@ def interpreted() -> bool:
 
 # --- kernels -------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _block(numel, BLOCK: tl.constexpr, WIDE: tl.constexpr, first_block=0):
     """Element indices of this program's block (int64 when the tensor needs it), their mask, and
@@ -140,8 +141,18 @@ def _store_rounded(ptrs, x, mask, MANUAL_BF16: tl.constexpr):
 
 
 @triton.jit
-def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr,
-                  WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+def _sweep_kernel(
+    theta_ptr,
+    numel,
+    key,
+    undo,
+    keep,
+    coeff,
+    BLOCK: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    WIDE: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
     """θ ← keep·(θ + undo·z) + coeff·z in float32, one rounding to θ's dtype."""
     offsets, mask, first = _block(numel, BLOCK, WIDE)
     z = _draw(key, first, BLOCK, GAUSSIAN)
@@ -150,8 +161,18 @@ def _sweep_kernel(theta_ptr, numel, key, undo, keep, coeff, BLOCK: tl.constexpr,
 
 
 @triton.jit
-def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, first_block, BLOCK: tl.constexpr,
-                           GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+def _perturbed_copy_kernel(
+    theta_ptr,
+    out_ptr,
+    numel,
+    key,
+    scale,
+    first_block,
+    BLOCK: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    WIDE: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
     """out ← θ + scale·z over θ's elements [first_block·BLOCK, numel) (virtual mode's swap, whole
     or one streamed block of rows: θ is only read)."""
     offsets, mask, first = _block(numel, BLOCK, WIDE, first_block)
@@ -161,8 +182,19 @@ def _perturbed_copy_kernel(theta_ptr, out_ptr, numel, key, scale, first_block, B
 
 
 @triton.jit
-def _perturbed_pair_kernel(theta_ptr, plus_ptr, minus_ptr, numel, key, scale, first_block, BLOCK: tl.constexpr,
-                           GAUSSIAN: tl.constexpr, WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr):
+def _perturbed_pair_kernel(
+    theta_ptr,
+    plus_ptr,
+    minus_ptr,
+    numel,
+    key,
+    scale,
+    first_block,
+    BLOCK: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    WIDE: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
     """plus ← θ + scale·z, minus ← θ - scale·z from one draw of z (mirrored evaluation), over θ's
     elements [first_block·BLOCK, numel)."""
     offsets, mask, first = _block(numel, BLOCK, WIDE, first_block)
@@ -180,6 +212,7 @@ def _z_kernel(out_ptr, numel, key, BLOCK: tl.constexpr, GAUSSIAN: tl.constexpr, 
 
 
 # --- launchers -----------------------------------------------------------------------------------
+
 
 def _gaussian(distribution: str) -> bool:
     """The kernels' GAUSSIAN flag for ``distribution`` (checked: gaussian or rademacher)."""
@@ -208,13 +241,24 @@ def generate_z(key: int, like: torch.Tensor, distribution: str = "gaussian") -> 
     return out
 
 
-def sweep(p: torch.Tensor, key: int, distribution: str, undo: float = 0.0, keep: float = 1.0,
-          coeff: float = 0.0) -> None:
+def sweep(
+    p: torch.Tensor, key: int, distribution: str, undo: float = 0.0, keep: float = 1.0, coeff: float = 0.0
+) -> None:
     """In place: p ← keep·(p + undo·z) + coeff·z (float32 arithmetic, one rounding)."""
     target = p if p.is_contiguous() else p.contiguous()
     if target.numel():
-        _launch(_sweep_kernel, target.numel(), target, target.numel(), key, float(undo), float(keep),
-                float(coeff), distribution=distribution, MANUAL_BF16=_manual_bf16(target))
+        _launch(
+            _sweep_kernel,
+            target.numel(),
+            target,
+            target.numel(),
+            key,
+            float(undo),
+            float(keep),
+            float(coeff),
+            distribution=distribution,
+            MANUAL_BF16=_manual_bf16(target),
+        )
     if target is not p:
         p.copy_(target)
 
@@ -224,8 +268,18 @@ def perturbed_copy(p: torch.Tensor, key: int, distribution: str, scale: float) -
     source = p.contiguous()
     out = torch.empty(p.shape, dtype=p.dtype, device=p.device)
     if out.numel():
-        _launch(_perturbed_copy_kernel, out.numel(), source, out, out.numel(), key, float(scale), 0,
-                distribution=distribution, MANUAL_BF16=_manual_bf16(out))
+        _launch(
+            _perturbed_copy_kernel,
+            out.numel(),
+            source,
+            out,
+            out.numel(),
+            key,
+            float(scale),
+            0,
+            distribution=distribution,
+            MANUAL_BF16=_manual_bf16(out),
+        )
     return out
 
 
@@ -238,13 +292,25 @@ def perturbed_rows(p: torch.Tensor, key: int, distribution: str, scale: float, f
         raise ValueError(f"perturbed_rows: row {first} does not start a kernel block of {BLOCK} elements")
     out = torch.empty((stop - first, cols), dtype=p.dtype, device=p.device)
     if out.numel():
-        _launch(_perturbed_copy_kernel, end, p, out, end, key, float(scale), start // BLOCK, first=start,
-                distribution=distribution, MANUAL_BF16=_manual_bf16(out))
+        _launch(
+            _perturbed_copy_kernel,
+            end,
+            p,
+            out,
+            end,
+            key,
+            float(scale),
+            start // BLOCK,
+            first=start,
+            distribution=distribution,
+            MANUAL_BF16=_manual_bf16(out),
+        )
     return out
 
 
-def perturbed_pair(p: torch.Tensor, key: int, distribution: str, scale: float, first: int = 0,
-                   stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def perturbed_pair(
+    p: torch.Tensor, key: int, distribution: str, scale: float, first: int = 0, stop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [first, stop) (default: all of ``p``, any shape) of ``perturbed_copy`` at +scale and
     at -scale, z generated once for both."""
     source = p.contiguous()
@@ -259,8 +325,20 @@ def perturbed_pair(p: torch.Tensor, key: int, distribution: str, scale: float, f
     plus = torch.empty(shape, dtype=p.dtype, device=p.device)
     minus = torch.empty_like(plus)
     if plus.numel():
-        _launch(_perturbed_pair_kernel, end, source, plus, minus, end, key, float(scale), start // BLOCK,
-                first=start, distribution=distribution, MANUAL_BF16=_manual_bf16(plus))
+        _launch(
+            _perturbed_pair_kernel,
+            end,
+            source,
+            plus,
+            minus,
+            end,
+            key,
+            float(scale),
+            start // BLOCK,
+            first=start,
+            distribution=distribution,
+            MANUAL_BF16=_manual_bf16(plus),
+        )
     return plus, minus
 
 
@@ -272,6 +350,7 @@ def in_kernel(direction: Direction) -> bool:
 
 # --- engines -------------------------------------------------------------------------------------
 
+
 class _TritonSweeps:
     """What both Triton engines share: the update sweep, ``foreach``, and this backend's z for
     every ``Direction.sample`` made while the engine works."""
@@ -279,8 +358,10 @@ class _TritonSweeps:
     @staticmethod
     def check_device(p: torch.Tensor) -> None:
         if p.device.type != "cuda" and not interpreted():
-            raise ValueError(f"engine.backend=triton: a parameter is on {p.device.type}; the kernels need CUDA "
-                             "(or TRITON_INTERPRET=1 set before zobench.engine.triton_backend is imported)")
+            raise ValueError(
+                f"engine.backend=triton: a parameter is on {p.device.type}; the kernels need CUDA "
+                "(or TRITON_INTERPRET=1 set before zobench.engine.triton_backend is imported)"
+            )
 
     @torch.no_grad()
     def update(self, params, direction: Direction, coeff: float, decay: float = 0.0) -> None:
@@ -334,8 +415,9 @@ class TritonInPlaceEngine(_TritonSweeps, InPlaceEngine):
                 if undo == 0.0 and decay == 0.0 and coeff == 0.0:
                     continue
                 self.check_device(p)
-                sweep(p, mix_seed(direction.seed, pid), direction.distribution, undo=undo,
-                      keep=1.0 - decay, coeff=coeff)
+                sweep(
+                    p, mix_seed(direction.seed, pid), direction.distribution, undo=undo, keep=1.0 - decay, coeff=coeff
+                )
 
 
 class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
@@ -353,6 +435,7 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
     def __init__(self, model, stream_elements=STREAM_ELEMENTS, paired: bool = True, fused_linear: bool = False) -> None:
         super().__init__(model, stream_elements=stream_elements, paired=paired)
         from . import triton_fused  # it builds on this module's kernels
+
         self._fused_kernels = triton_fused
         self.fused_linear = bool(fused_linear)
 
@@ -368,8 +451,9 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             pid, direction, scale = self._active[id(weight)]
             if self._fuses(weight, direction) and x.dtype == weight.dtype:
                 self.check_device(weight)
-                return self._fused_kernels.perturbed_linear(x, weight.detach(), bias, mix_seed(direction.seed, pid),
-                                                            direction.distribution, scale, out=out)
+                return self._fused_kernels.perturbed_linear(
+                    x, weight.detach(), bias, mix_seed(direction.seed, pid), direction.distribution, scale, out=out
+                )
         return super()._streamed_linear(x, weight, bias, blocks, out)
 
     def _streamed_embedding(self, ids, weight, blocks=None):
@@ -377,8 +461,9 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
             pid, direction, scale = self._active[id(weight)]
             if self._fuses(weight, direction):
                 self.check_device(weight)
-                return self._fused_kernels.perturbed_gather(ids, weight.detach(), mix_seed(direction.seed, pid),
-                                                            direction.distribution, scale)
+                return self._fused_kernels.perturbed_gather(
+                    ids, weight.detach(), mix_seed(direction.seed, pid), direction.distribution, scale
+                )
         return super()._streamed_embedding(ids, weight, blocks)
 
     def _mirrored_linear(self, x, weight, bias):
@@ -391,8 +476,17 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         plus_bias, minus_bias = self._pair(bias) if bias is not None else (None, None)
         out = x.new_empty(*x.shape[:-1], weight.shape[0])
         self._fused_kernels.perturbed_linear(
-            x[:n], weight.detach(), plus_bias, mix_seed(direction.seed, pid), direction.distribution, scale,
-            x_minus=x[n:], bias_minus=minus_bias, out=out[:n], out_minus=out[n:])
+            x[:n],
+            weight.detach(),
+            plus_bias,
+            mix_seed(direction.seed, pid),
+            direction.distribution,
+            scale,
+            x_minus=x[n:],
+            bias_minus=minus_bias,
+            out=out[:n],
+            out_minus=out[n:],
+        )
         return out
 
     def _mirrored_embedding(self, ids, weight):
@@ -403,13 +497,20 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         self.check_device(weight)
         n, key = self._halves(ids), mix_seed(direction.seed, pid)
         gather = self._fused_kernels.perturbed_gather
-        return torch.cat([gather(ids[:n], weight.detach(), key, direction.distribution, scale),
-                          gather(ids[n:], weight.detach(), key, direction.distribution, -scale)])
+        return torch.cat(
+            [
+                gather(ids[:n], weight.detach(), key, direction.distribution, scale),
+                gather(ids[n:], weight.detach(), key, direction.distribution, -scale),
+            ]
+        )
 
     def _replica_split_linear(self, x, weight, bias):
         entry = self._replica.get(id(weight))
-        if (entry is None or x.dtype != weight.dtype
-                or not all(self._fuses(weight, direction) for direction in entry[1])):
+        if (
+            entry is None
+            or x.dtype != weight.dtype
+            or not all(self._fuses(weight, direction) for direction in entry[1])
+        ):
             return super()._replica_split_linear(x, weight, bias)
         pid, directions, scale = entry
         self.check_device(weight)
@@ -417,8 +518,9 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         out = x.new_empty(*x.shape[:-1], weight.shape[0])
         for i, (xi, oi) in enumerate(zip(x.chunk(n), out.chunk(n))):
             b = None if bias is None else self._replica_value(bias, i)
-            self._fused_kernels.perturbed_linear(xi, weight.detach(), b, mix_seed(directions[i].seed, pid),
-                                                 directions[i].distribution, scale, out=oi)
+            self._fused_kernels.perturbed_linear(
+                xi, weight.detach(), b, mix_seed(directions[i].seed, pid), directions[i].distribution, scale, out=oi
+            )
         return out
 
     def _replica_split_embedding(self, ids, weight):
@@ -428,9 +530,14 @@ class TritonVirtualEngine(_TritonSweeps, VirtualEngine):
         pid, directions, scale = entry
         self.check_device(weight)
         n = self._replica_rows(ids)
-        return torch.cat([self._fused_kernels.perturbed_gather(ids_i, weight.detach(), mix_seed(d.seed, pid),
-                                                               d.distribution, scale)
-                          for ids_i, d in zip(ids.chunk(n), directions)])
+        return torch.cat(
+            [
+                self._fused_kernels.perturbed_gather(
+                    ids_i, weight.detach(), mix_seed(d.seed, pid), d.distribution, scale
+                )
+                for ids_i, d in zip(ids.chunk(n), directions)
+            ]
+        )
 
     def _perturbed_value(self, p: torch.Tensor, pid: int, direction: Direction, scale: float) -> torch.Tensor:
         if in_kernel(direction):

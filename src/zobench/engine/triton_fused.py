@@ -34,20 +34,36 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import BLOCK_K, BLOCK_N, GATHER_COLS, GATHER_ROWS, block_m as _block_m, gather_launch, linear_launch
+from .launch import BLOCK_K, BLOCK_N, GATHER_COLS, GATHER_ROWS, gather_launch, linear_launch
+from .launch import block_m as _block_m
 from .triton_backend import _draw_rows, _gaussian, _manual_bf16, _rounded, _store_rounded, interpreted
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fusable(weight: torch.Tensor) -> bool:
     """Whether ``weight``'s linear map / lookup can take the fused kernels."""
-    return (weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 4 == 0
-            and weight.dtype in DTYPES and weight.numel() > 0)
+    return (
+        weight.dim() == 2
+        and weight.is_contiguous()
+        and weight.shape[1] % 4 == 0
+        and weight.dtype in DTYPES
+        and weight.numel() > 0
+    )
 
 
 @triton.jit
-def _perturbed_product(x, w, z, w_mask, scale, dtype: tl.constexpr, MANUAL_BF16: tl.constexpr,
-                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+def _perturbed_product(
+    x,
+    w,
+    z,
+    w_mask,
+    scale,
+    dtype: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """x · fl(w + scale·z)ᵀ for one tile (float32), the perturbed tile rounded to ``dtype`` as
     the copy kernel rounds it; masked weights count as 0."""
     perturbed = tl.where(w_mask, _rounded(w + scale * z, dtype, MANUAL_BF16), 0.0)
@@ -57,11 +73,30 @@ def _perturbed_product(x, w, z, w_mask, scale, dtype: tl.constexpr, MANUAL_BF16:
 
 
 @triton.jit
-def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_ptr, M, N, K, key, scale,
-                             HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GAUSSIAN: tl.constexpr,
-                             WIDE: tl.constexpr, MANUAL_BF16: tl.constexpr, DOT_F32: tl.constexpr,
-                             PRECISION: tl.constexpr):
+def _perturbed_linear_kernel(
+    x_ptr,
+    x2_ptr,
+    w_ptr,
+    b_ptr,
+    b2_ptr,
+    out_ptr,
+    out2_ptr,
+    M,
+    N,
+    K,
+    key,
+    scale,
+    HAS_BIAS: tl.constexpr,
+    PAIR: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    WIDE: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """out = x·fl(W + scale·Z)ᵀ (+ b); with PAIR also out2 = x2·fl(W - scale·Z)ᵀ (+ b2), from the
     same tiles of W and Z. x, x2: [M, K]; W: [N, K] row-major; out, out2: [M, N]."""
     # row offsets of x and out in 64 bits: M·N passes 2³¹ for full-vocabulary logits of long batches
@@ -99,8 +134,19 @@ def _perturbed_linear_kernel(x_ptr, x2_ptr, w_ptr, b_ptr, b2_ptr, out_ptr, out2_
 
 
 @triton.jit
-def _perturbed_gather_kernel(ids_ptr, w_ptr, out_ptr, T, COLS, key, scale, BLOCK_T: tl.constexpr,
-                             BLOCK_C: tl.constexpr, GAUSSIAN: tl.constexpr, MANUAL_BF16: tl.constexpr):
+def _perturbed_gather_kernel(
+    ids_ptr,
+    w_ptr,
+    out_ptr,
+    T,
+    COLS,
+    key,
+    scale,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    MANUAL_BF16: tl.constexpr,
+):
     """out[t] = fl(W[ids[t]] + scale·Z[ids[t]]): only the looked-up rows are read and drawn."""
     rt = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     c0 = tl.program_id(1) * BLOCK_C
@@ -117,15 +163,25 @@ def _check(weight: torch.Tensor, distribution: str) -> bool:
     """Refuse what the kernels cannot take; the GAUSSIAN flag for ``distribution``."""
     gaussian = _gaussian(distribution)
     if not fusable(weight):
-        raise ValueError(f"fused kernels need a contiguous 2-D fp32/fp16/bf16 weight with a row length "
-                         f"divisible by 4; got {tuple(weight.shape)} {weight.dtype}")
+        raise ValueError(
+            f"fused kernels need a contiguous 2-D fp32/fp16/bf16 weight with a row length "
+            f"divisible by 4; got {tuple(weight.shape)} {weight.dtype}"
+        )
     return gaussian
 
 
-def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int,
-                     distribution: str, scale: float, x_minus: torch.Tensor | None = None,
-                     bias_minus: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                     out_minus: torch.Tensor | None = None):
+def perturbed_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    key: int,
+    distribution: str,
+    scale: float,
+    x_minus: torch.Tensor | None = None,
+    bias_minus: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    out_minus: torch.Tensor | None = None,
+):
     """``F.linear(x, fl(W + scale·Z), bias)`` without forming ``fl(W + scale·Z)``; given
     ``x_minus``, also ``F.linear(x_minus, fl(W - scale·Z), bias_minus)`` from the same tiles
     (returns the pair). ``key`` = mix_seed(step_seed, pid), Z the Triton backend's z of W.
@@ -134,7 +190,9 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     gaussian = _check(weight, distribution)
     n, k = weight.shape
     if x.shape[-1] != k or x.dtype != weight.dtype:
-        raise ValueError(f"perturbed_linear: x is {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+        raise ValueError(
+            f"perturbed_linear: x is {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}"
+        )
     pair = x_minus is not None
     inputs = [x] + ([x_minus] if pair else [])
     if pair and (x_minus.shape != x.shape or x_minus.dtype != x.dtype):
@@ -142,8 +200,10 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if pair and bias is not None and bias_minus is None:
         raise ValueError("perturbed_linear: a pair with a bias needs bias_minus")
     flat = [t.reshape(-1, k).contiguous() for t in inputs]
-    outs = [given if given is not None else torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
-            for given, _ in zip((out, out_minus), inputs)]
+    outs = [
+        given if given is not None else torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+        for given, _ in zip((out, out_minus), inputs)
+    ]
     if any(o.shape != (*x.shape[:-1], n) or o.dtype != x.dtype or not o.is_contiguous() for o in outs):
         raise ValueError(f"perturbed_linear: out must be contiguous {x.dtype} of shape {(*x.shape[:-1], n)}")
     m = flat[0].shape[0]
@@ -152,32 +212,62 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         grid = plan.grid
         biases = [bias, bias_minus if pair else None]
         _perturbed_linear_kernel[grid](
-            flat[0], flat[-1], weight, biases[0] if bias is not None else weight,
-            biases[1] if pair and bias is not None else weight, outs[0], outs[-1], m, n, k, key, float(scale),
-            HAS_BIAS=bias is not None, PAIR=pair, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            GAUSSIAN=gaussian, WIDE=plan.wide, MANUAL_BF16=_manual_bf16(weight),
+            flat[0],
+            flat[-1],
+            weight,
+            biases[0] if bias is not None else weight,
+            biases[1] if pair and bias is not None else weight,
+            outs[0],
+            outs[-1],
+            m,
+            n,
+            k,
+            key,
+            float(scale),
+            HAS_BIAS=bias is not None,
+            PAIR=pair,
+            BLOCK_M=block_m,
+            BLOCK_N=BLOCK_N,
+            BLOCK_K=BLOCK_K,
+            GAUSSIAN=gaussian,
+            WIDE=plan.wide,
+            MANUAL_BF16=_manual_bf16(weight),
             # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
             # there both operands are widened (exactly) to float32 first
             # fp32 products as torch computes them (no TF32); other dtypes: the default
-            DOT_F32=interpreted(), PRECISION="ieee" if weight.dtype == torch.float32 else None,
+            DOT_F32=interpreted(),
+            PRECISION="ieee" if weight.dtype == torch.float32 else None,
             num_warps=8 if block_m == 128 else 4,
             # pipeline stages hold x, x₋ and W tiles in shared memory: fewer for the big ones
-            num_stages=2 if block_m == 128 or weight.dtype == torch.float32 else 3)
+            num_stages=2 if block_m == 128 or weight.dtype == torch.float32 else 3,
+        )
     return (outs[0], outs[1]) if pair else outs[0]
 
 
-def perturbed_gather(ids: torch.Tensor, weight: torch.Tensor, key: int, distribution: str,
-                     scale: float) -> torch.Tensor:
+def perturbed_gather(
+    ids: torch.Tensor, weight: torch.Tensor, key: int, distribution: str, scale: float
+) -> torch.Tensor:
     """``F.embedding(ids, fl(W + scale·Z))``, reading and drawing only the rows in ``ids``."""
     gaussian = _check(weight, distribution)
     flat = ids.reshape(-1).contiguous()
     rows, cols = weight.shape
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
-        raise IndexError(f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], "
-                         f"embedding of {rows} rows")
+        raise IndexError(
+            f"index out of range in self: ids in [{int(flat.min())}, {int(flat.max())}], embedding of {rows} rows"
+        )
     out = torch.empty(flat.shape[0], cols, dtype=weight.dtype, device=weight.device)
     if flat.numel():
-        _perturbed_gather_kernel[gather_launch(flat.numel(), cols).grid](flat, weight, out, flat.numel(), cols, key, float(scale),
-                                       BLOCK_T=GATHER_ROWS, BLOCK_C=GATHER_COLS,
-                                       GAUSSIAN=gaussian, MANUAL_BF16=_manual_bf16(weight))
+        _perturbed_gather_kernel[gather_launch(flat.numel(), cols).grid](
+            flat,
+            weight,
+            out,
+            flat.numel(),
+            cols,
+            key,
+            float(scale),
+            BLOCK_T=GATHER_ROWS,
+            BLOCK_C=GATHER_COLS,
+            GAUSSIAN=gaussian,
+            MANUAL_BF16=_manual_bf16(weight),
+        )
     return out.view(*ids.shape, cols)

@@ -28,15 +28,15 @@ directions, the mirrored ± pair) share prefixes too, replica-major in both call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..telemetry import CONTINUATION
 from ..tasks import Rendered
+from ..telemetry import CONTINUATION
 from .introspect import forward_options, hf_model
 
 
@@ -79,8 +79,9 @@ class CandidateScorer:
 
     metric = "accuracy"
 
-    def __init__(self, model, tokenizer, max_length: int, device: torch.device | str,
-                 objective: str = "classification") -> None:
+    def __init__(
+        self, model, tokenizer, max_length: int, device: torch.device | str, objective: str = "classification"
+    ) -> None:
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective={objective!r}: candidate scoring trains with {', '.join(OBJECTIVES)}")
         self.objective = objective
@@ -100,8 +101,8 @@ class CandidateScorer:
         if len(ids) <= self.max_length:
             return ids
         if self.keeps_bos:
-            return ids[:1] + ids[1:][-(self.max_length - 1):]
-        return ids[-self.max_length:]
+            return ids[:1] + ids[1:][-(self.max_length - 1) :]
+        return ids[-self.max_length :]
 
     def encode(self, example: Rendered) -> Encoded:
         prompt_len = len(self.tokenizer.encode(example.prompt))
@@ -127,8 +128,8 @@ class CandidateScorer:
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for row, seq in enumerate(sequences):
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
         ids, mask = ids.repeat(replicas, 1), mask.repeat(replicas, 1)
         kwargs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         if self._takes_positions:
@@ -165,14 +166,15 @@ class CandidateScorer:
             per_pair = self._option_logprobs([(c, o) for _, c, o in pairs], replicas)
             for r in range(replicas):
                 by_row = [[] for _ in batch]
-                for (row, _, _), token_logprobs in zip(pairs, per_pair[r * len(pairs):(r + 1) * len(pairs)]):
+                for (row, _, _), token_logprobs in zip(pairs, per_pair[r * len(pairs) : (r + 1) * len(pairs)]):
                     by_row[row].append(token_logprobs.mean())
                 rows.extend(torch.stack(x) for x in by_row)
         out = torch.stack([F.pad(x, (0, k_max - len(x)), value=float("-inf")) for x in rows])
         return out if replicas == 1 else out.view(replicas, len(batch), k_max)
 
-    def _option_logprobs(self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
-                         replicas: int = 1) -> list[torch.Tensor]:
+    def _option_logprobs(
+        self, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], replicas: int = 1
+    ) -> list[torch.Tensor]:
         """log p of every option token given its context, one tensor per (context, option) pair
         (replica-major when ``replicas`` > 1)."""
         if self.share_prefix and len(set(c for c, _ in pairs)) < len(pairs):
@@ -219,8 +221,12 @@ class CandidateScorer:
                 cont_mask[i, : len(option) - 1] = 1
             cont, cont_mask = cont.repeat(replicas, 1), cont_mask.repeat(replicas, 1)
             full_mask = torch.cat([mask[rows], cont_mask], dim=1)
-            kwargs = dict(input_ids=cont.to(self.device), attention_mask=full_mask.to(self.device),
-                          past_key_values=cache, use_cache=True)
+            kwargs = dict(
+                input_ids=cont.to(self.device),
+                attention_mask=full_mask.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
             if self._takes_positions:
                 lengths = torch.tensor([len(c) for c, _ in pairs]).repeat(replicas)
                 kwargs["position_ids"] = (lengths[:, None] + torch.arange(rest)).to(self.device)
@@ -242,7 +248,7 @@ class CandidateScorer:
         """The training loss; ``replicas`` > 1: one loss per replica, shape (R,), from one call."""
         if self.objective == "lm":
             gold = self._option_logprobs([(e.contexts[e.label], e.options[e.label]) for e in batch], replicas)
-            per_replica = [-torch.cat(gold[r * len(batch):(r + 1) * len(batch)]).mean() for r in range(replicas)]
+            per_replica = [-torch.cat(gold[r * len(batch) : (r + 1) * len(batch)]).mean() for r in range(replicas)]
             return per_replica[0] if replicas == 1 else torch.stack(per_replica)
         return classification_loss(self.scores(batch, replicas), batch)
 
@@ -278,7 +284,7 @@ def evaluate_accuracy(scorer: CandidateScorer, examples: Sequence[Encoded], batc
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     correct = batches = 0
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
+        chunk = [examples[i] for i in order[start : start + batch_size]]
         with torch.no_grad():
             predictions = scorer.predict(chunk)
         correct += sum(int(p in e.gold_set) for p, e in zip(predictions, chunk))

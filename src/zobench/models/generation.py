@@ -12,8 +12,8 @@ every reference answer (max over references). Prompts keep their last
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,9 +46,10 @@ class GenerationObjective(CandidateScorer):
         prompt = self.tokenizer.encode(example.prompt)
         room = self.max_length - self.max_new_tokens
         if len(prompt) > room:
-            prompt = prompt[:1] + prompt[1:][-(room - 1):] if self.keeps_bos else prompt[-room:]
-        return GenerationEncoded(target.contexts, target.options, target.label, (), tuple(prompt),
-                                 tuple(example.answers))
+            prompt = prompt[:1] + prompt[1:][-(room - 1) :] if self.keeps_bos else prompt[-room:]
+        return GenerationEncoded(
+            target.contexts, target.options, target.label, (), tuple(prompt), tuple(example.answers)
+        )
 
     def cut(self, text: str) -> str:
         for stop in self.stop:
@@ -61,13 +62,19 @@ class GenerationObjective(CandidateScorer):
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, e in enumerate(batch):
-            ids[row, width - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
-            mask[row, width - len(e.prompt_ids):] = 1
+            ids[row, width - len(e.prompt_ids) :] = torch.tensor(e.prompt_ids)
+            mask[row, width - len(e.prompt_ids) :] = 1
         with torch.no_grad():
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=self.pad_id, stop_strings=list(self.stop) or None,
-                                      tokenizer=self.tokenizer)
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=self.pad_id,
+                stop_strings=list(self.stop) or None,
+                tokenizer=self.tokenizer,
+            )
         new = out[:, width:].cpu()
         return [self.cut(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
@@ -82,7 +89,7 @@ class GenerationObjective(CandidateScorer):
         order = sorted(range(len(examples)), key=lambda i: examples[i].length)
         f1 = em = 0.0
         for start in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[start:start + batch_size]]
+            chunk = [examples[i] for i in order[start : start + batch_size]]
             for prediction, e in zip(self.generate(chunk), chunk):
                 f1 += squad_f1(prediction, e.answers)
                 em += exact_match(prediction, e.answers)

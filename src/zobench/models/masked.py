@@ -17,8 +17,8 @@ end of the longer side of the mask, so the mask and the text next to it always s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ MASK_PLACEHOLDER = "<mask>"
 class MaskedEncoded:
     ids: tuple[int, ...]
     mask_position: int
-    words: tuple[int, ...]   # verbaliser token of each candidate label
+    words: tuple[int, ...]  # verbaliser token of each candidate label
     label: int
 
     @property
@@ -75,15 +75,17 @@ class MaskedScorer:
         # the special tokens around a text (<s> ... </s> for RoBERTa), read off an encoded mask
         marker = tokenizer.encode(tokenizer.mask_token)
         at = marker.index(tokenizer.mask_token_id)
-        self._prefix, self._suffix = marker[:at], marker[at + 1:]
+        self._prefix, self._suffix = marker[:at], marker[at + 1 :]
 
     # -- encoding -----------------------------------------------------------------------------
     def _word(self, word: str) -> int:
         if word not in self._word_ids:
             ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
             if len(ids) != 1:
-                raise ConfigError(f"verbaliser word {word!r} is {len(ids)} tokens for {type(self.tokenizer).__name__}; "
-                                  "LM-BFF scoring needs one token per label word")
+                raise ConfigError(
+                    f"verbaliser word {word!r} is {len(ids)} tokens for {type(self.tokenizer).__name__}; "
+                    "LM-BFF scoring needs one token per label word"
+                )
             self._word_ids[word] = ids[0]
         return self._word_ids[word]
 
@@ -102,8 +104,9 @@ class MaskedScorer:
             else:
                 right = right[:-1]
         ids = self._prefix + left + [tok.mask_token_id] + right + self._suffix
-        return MaskedEncoded(tuple(ids), len(self._prefix) + len(left),
-                             tuple(self._word(w) for w in example.candidates), example.label)
+        return MaskedEncoded(
+            tuple(ids), len(self._prefix) + len(left), tuple(self._word(w) for w in example.candidates), example.label
+        )
 
     # -- model call ---------------------------------------------------------------------------
     def _select_mask_states(self, module, args):
@@ -130,8 +133,12 @@ class MaskedScorer:
             self._selected = None
         logits = logits.float().cpu()
         k_max = max(len(e.words) for e in batch)
-        out = torch.stack([F.pad(logits[i, torch.tensor(e.words)], (0, k_max - len(e.words)), value=float("-inf"))
-                           for i, e in enumerate(list(batch) * replicas)])
+        out = torch.stack(
+            [
+                F.pad(logits[i, torch.tensor(e.words)], (0, k_max - len(e.words)), value=float("-inf"))
+                for i, e in enumerate(list(batch) * replicas)
+            ]
+        )
         return out if replicas == 1 else out.view(replicas, len(batch), k_max)
 
     def features(self, batch: Sequence[MaskedEncoded]) -> torch.Tensor:

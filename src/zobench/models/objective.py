@@ -20,8 +20,8 @@ so the demonstrations farthest from the example are the ones cut.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from ..errors import ConfigError
 from ..tasks import Rendered
@@ -37,13 +37,21 @@ def build_objective(spec, family: str, model, tokenizer, max_length: int, device
     objective = getattr(spec, "objective", "classification")
     if family == "masked":
         if objective != "classification":
-            raise ConfigError(f"task={spec.name} trains with objective {objective!r}; a masked LM only does "
-                              "classification with a verbaliser")
+            raise ConfigError(
+                f"task={spec.name} trains with objective {objective!r}; a masked LM only does "
+                "classification with a verbaliser"
+            )
         return MaskedScorer(model, tokenizer, max_length, device)
     if objective == "generation":
         options = dict(getattr(spec, "generation", None) or {})
-        return GenerationObjective(model, tokenizer, max_length, device,
-                                   max_new_tokens=options.get("max_new_tokens", 50), stop=options.get("stop", ["\n"]))
+        return GenerationObjective(
+            model,
+            tokenizer,
+            max_length,
+            device,
+            max_new_tokens=options.get("max_new_tokens", 50),
+            stop=options.get("stop", ["\n"]),
+        )
     return CandidateScorer(model, tokenizer, max_length, device, objective=objective)
 
 

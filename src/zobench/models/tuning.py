@@ -43,11 +43,18 @@ def apply_tuning(model: nn.Module, cfg, family: str, seed: int = 0) -> nn.Module
         targets = list(cfg.get("target_modules") or DEFAULT_LORA_TARGETS)
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         if not present & set(targets):
-            raise ConfigError(f"tuning.target_modules={targets}: no module of {type(model).__name__} has such a "
-                              f"name; pick from its Linear layers, e.g. {sorted(present)[:8]}")
-        config = peft.LoraConfig(r=int(cfg["r"]), lora_alpha=float(cfg["alpha"]), lora_dropout=0.0,
-                                 target_modules=[t for t in targets if t in present], bias="none",
-                                 task_type="CAUSAL_LM" if family == "causal" else None)
+            raise ConfigError(
+                f"tuning.target_modules={targets}: no module of {type(model).__name__} has such a "
+                f"name; pick from its Linear layers, e.g. {sorted(present)[:8]}"
+            )
+        config = peft.LoraConfig(
+            r=int(cfg["r"]),
+            lora_alpha=float(cfg["alpha"]),
+            lora_dropout=0.0,
+            target_modules=[t for t in targets if t in present],
+            bias="none",
+            task_type="CAUSAL_LM" if family == "causal" else None,
+        )
         # peft initialises A (Kaiming) from the global RNG: seed it so the run is repeatable
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls transformers' deprecated helpers
@@ -56,9 +63,11 @@ def apply_tuning(model: nn.Module, cfg, family: str, seed: int = 0) -> nn.Module
     else:
         # peft has no masked-LM prefix class; FEATURE_EXTRACTION passes the prefix to the
         # MaskedLM model's own forward and returns its MLM logits
-        config = peft.PrefixTuningConfig(num_virtual_tokens=int(cfg["num_virtual_tokens"]),
-                                         prefix_projection=False,
-                                         task_type="CAUSAL_LM" if family == "causal" else "FEATURE_EXTRACTION")
+        config = peft.PrefixTuningConfig(
+            num_virtual_tokens=int(cfg["num_virtual_tokens"]),
+            prefix_projection=False,
+            task_type="CAUSAL_LM" if family == "causal" else "FEATURE_EXTRACTION",
+        )
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             torch.manual_seed(seed)

@@ -17,5 +17,22 @@ from .zo_sgd_cons import ZOSGDCons
 from .zo_sgd_momentum import ZOSGDMomentum
 from .zo_sgd_sign import ZOSGDSign
 
-__all__ = ["DiZO", "FZOO", "ForwardGradient", "HiZOO", "LOZO", "LeZO", "MeZO", "MeZOSVRG", "SparseMeZO", "SubZero",
-           "TeZO", "ZOAdam", "ZOOptimizer", "ZOSGDCons", "ZOSGDMomentum", "ZOSGDSign", "decay_groups"]
+__all__ = [
+    "DiZO",
+    "FZOO",
+    "ForwardGradient",
+    "HiZOO",
+    "LOZO",
+    "LeZO",
+    "MeZO",
+    "MeZOSVRG",
+    "SparseMeZO",
+    "SubZero",
+    "TeZO",
+    "ZOAdam",
+    "ZOOptimizer",
+    "ZOSGDCons",
+    "ZOSGDMomentum",
+    "ZOSGDSign",
+    "decay_groups",
+]

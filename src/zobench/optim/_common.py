@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -24,8 +24,9 @@ def accepts_replicas(closure) -> bool:
         return False
 
 
-def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
-                 names: bool = False) -> list[dict]:
+def decay_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, names: bool = False
+) -> list[dict]:
     """Two param groups: matrices decay, vectors (biases, norm weights: ``p.ndim < 2``) don't.
 
     This is the MeZO reference rule ("no decay on bias and layer norm") stated by shape rather than
@@ -56,8 +57,10 @@ HYPERPARAMETER_KINDS = {
     "natural": (lambda v: _integer(v) and v >= 0, "must be an integer >= 0"),
     "fraction": (lambda v: _real(v) and 0 <= v < 1, "must be in [0, 1)"),
     "unit": (lambda v: _real(v) and 0 <= v <= 1, "must be in [0, 1]"),
-    "betas": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v),
-              "must be two numbers in [0, 1)"),
+    "betas": (
+        lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v),
+        "must be two numbers in [0, 1)",
+    ),
 }
 
 
@@ -139,8 +142,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{key} must be the same in every param group, got {sorted(values)}")
         return values.pop()
 
-    def _two_sided(self, closure: Closure, direction: Direction, eps: float,
-                   params: list | None = None) -> tuple[float, float, float]:
+    def _two_sided(
+        self, closure: Closure, direction: Direction, eps: float, params: list | None = None
+    ) -> tuple[float, float, float]:
         """SPSA: (g, ℓ+, ℓ-) with g = (L(θ+εz) - L(θ-εz)) / 2ε over ``params`` (default: all); the
         engine is left at θ-εz or, after a mirrored pair, with nothing applied (``restore`` or
         ``restore_and_update`` next). Two forward passes: one batched call of the pair when the
@@ -154,8 +158,10 @@ class ZOOptimizer(torch.optim.Optimizer):
             with self.engine.mirrored(params, direction, eps):
                 losses = torch.as_tensor(closure(replicas=2)).reshape(-1)
             if losses.numel() != 2:
-                raise ValueError(f"closure(replicas=2) returned {losses.numel()} losses; it must return "
-                                 "one loss per replica, shape (2,)")
+                raise ValueError(
+                    f"closure(replicas=2) returned {losses.numel()} losses; it must return "
+                    "one loss per replica, shape (2,)"
+                )
             loss_plus, loss_minus = float(losses[0]), float(losses[1])
         else:
             self.engine.perturb(params, direction, +eps)
@@ -184,8 +190,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus)
         return step, direction, g, loss_plus, loss_minus
 
-    def _spsa_sgd(self, closure: Closure, direction: Direction,
-                  gain: Callable[[float], float] | None = None) -> torch.Tensor:
+    def _spsa_sgd(
+        self, closure: Closure, direction: Direction, gain: Callable[[float], float] | None = None
+    ) -> torch.Tensor:
         """One ZO-SGD step along ``direction`` (any z: masked, low-rank, ...): SPSA estimate g,
         then θ ← (1 - ηλ) θ - η gain(g) z fused with the restore (gain: identity, or e.g. the
         sign of g for ZO-SGD-Sign). Returns (ℓ+ + ℓ-)/2."""

@@ -3,15 +3,16 @@
 A ``LowRankDirection`` gives every matrix parameter (ndim == 2) a perturbation Z = A Bᵀ of rank r
 built by the method's ``factors(pid, like) -> (A, B)`` from seeded draws, and every other
 parameter a plain Gaussian z. Factors are regenerated from seeds when needed, never stored, and
-Z is formed a block of rows at a time, so the memory stays at inference (methods keep only r-dimensional state). Each method
-scales Z as its reference does: SubZero's entries have unit variance (√(mn)/r), LOZO's U Vᵀ and
-TeZO's U diag(τ) Vᵀ variance r (no 1/√r), so a paper's η and ε mean what they mean there.
+Z is formed a block of rows at a time, so the memory stays at inference (methods keep only
+r-dimensional state). Each method scales Z as its reference does: SubZero's entries have unit
+variance (√(mn)/r), LOZO's U Vᵀ and TeZO's U diag(τ) Vᵀ variance r (no 1/√r), so a paper's η and ε
+mean what they mean there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -82,24 +82,53 @@ class DiZO(MeZO):
     forward_passes_per_step = 2 + 2 * 10 / 50  # the defaults' average; the instance sets its own
     state_buffers_per_param = 1
     takes_names = True  # the loop passes (name, p) pairs
-    hyperparameters = {"interval": "count", "projection_iters": "natural", "projection_eps": "positive",
-                       "projection_lr": "nonnegative", "clip_range": "unit"}
+    hyperparameters = {
+        "interval": "count",
+        "projection_iters": "natural",
+        "projection_eps": "positive",
+        "projection_lr": "nonnegative",
+        "clip_range": "unit",
+    }
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 interval: int = 50, projection_iters: int = 10, projection_eps: float = 0.1,
-                 projection_lr: float = 2.0, clip_range: float = 0.2, projected=DEFAULT_PROJECTED,
-                 distribution: str = "gaussian", seed: int = 0, engine: Engine | None = None) -> None:
-        check_hyperparameters(self.hyperparameters, dict(
-            interval=interval, projection_iters=projection_iters, projection_eps=projection_eps,
-            projection_lr=projection_lr, clip_range=clip_range))
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        interval: int = 50,
+        projection_iters: int = 10,
+        projection_eps: float = 0.1,
+        projection_lr: float = 2.0,
+        clip_range: float = 0.2,
+        projected=DEFAULT_PROJECTED,
+        distribution: str = "gaussian",
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        check_hyperparameters(
+            self.hyperparameters,
+            dict(
+                interval=interval,
+                projection_iters=projection_iters,
+                projection_eps=projection_eps,
+                projection_lr=projection_lr,
+                clip_range=clip_range,
+            ),
+        )
         if not clip_range < 0.5:  # γ ± ε_p z ≥ (1 - 2τ) t > 0: the inverse map exists
             raise ValueError(f"clip_range={clip_range}: must be in [0, 0.5)")
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution,
-                         seed=seed, engine=engine)
+        super().__init__(
+            params, lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution, seed=seed, engine=engine
+        )
         for group in self.param_groups:
-            group.update(interval=int(interval), projection_iters=int(projection_iters),
-                         projection_eps=float(projection_eps), projection_lr=float(projection_lr),
-                         clip_range=float(clip_range))
+            group.update(
+                interval=int(interval),
+                projection_iters=int(projection_iters),
+                projection_eps=float(projection_eps),
+                projection_lr=float(projection_lr),
+                clip_range=float(clip_range),
+            )
         self.forward_passes_per_step = 2 + 2 * int(projection_iters) / int(interval)
         patterns = tuple(projected)
         self._projected = []  # (pid, p) of the projected matrices
@@ -110,8 +139,7 @@ class DiZO(MeZO):
                 if chosen:
                     self._projected.append((pid, p))
         if not self._projected:  # e.g. prefix tuning: no name matches, so no round has work
-            log.warning("DiZO: no trainable parameter matches optimizer.projected=%s; it runs as MeZO",
-                        list(patterns))
+            log.warning("DiZO: no trainable parameter matches optimizer.projected=%s; it runs as MeZO", list(patterns))
         self._sample = None  # the loop's fresh-batch closures (bind_data)
 
     def bind_data(self, sample, batch_size: int | None = None) -> None:
@@ -155,8 +183,7 @@ class DiZO(MeZO):
             grad = (loss_plus - loss_minus) / (2 * eps_p)
             if not math.isfinite(grad):
                 continue  # a non-finite evaluation leaves γ as it is
-            gamma = [min(max(g - s * tl * grad * zl, (1 - tau) * tl), (1 + tau) * tl)
-                     for g, tl, zl in zip(gamma, t, z)]
+            gamma = [min(max(g - s * tl * grad * zl, (1 - tau) * tl), (1 + tau) * tl) for g, tl, zl in zip(gamma, t, z)]
         # θ_l ← θ0_l + γ_l Δ_l / (‖Δ_l‖ + 1e-8), the norm of the current Δ (reference l.300-310)
         for (p, theta0), g in zip(layers, gamma):
             norm = _distance(p, theta0)

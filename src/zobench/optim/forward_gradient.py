@@ -55,11 +55,14 @@ class ForwardGradient(ZOOptimizer):
 
     forward_passes_per_step = 1
 
-    def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, seed: int = 0,
-                 engine: Engine | None = None) -> None:
+    def __init__(
+        self, params, lr: float = 1e-6, weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None
+    ) -> None:
         if engine is None or not engine.supports_dual:
-            raise ValueError("the forward gradient evaluates the model on dual numbers inside its modules: "
-                             "it needs engine.mode=virtual (VirtualEngine)")
+            raise ValueError(
+                "the forward gradient evaluates the model on dual numbers inside its modules: "
+                "it needs engine.mode=virtual (VirtualEngine)"
+            )
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()
@@ -69,8 +72,10 @@ class ForwardGradient(ZOOptimizer):
         with self.engine.dual(self._all_params, direction):
             primal, tangent = fwAD.unpack_dual(closure())
             if tangent is None:  # a constant loss still has a (zero) tangent once a module ran
-                raise RuntimeError("forward gradient: the loss carries no tangent; the closure must evaluate "
-                                   "the model (parameters read outside their module's forward are not seen)")
+                raise RuntimeError(
+                    "forward gradient: the loss carries no tangent; the closure must evaluate "
+                    "the model (parameters read outside their module's forward are not seen)"
+                )
             loss, derivative = float(primal), float(tangent)
         self._record(projected_grad=derivative, loss=loss)
         if math.isfinite(derivative):  # never write NaN/inf into the weights

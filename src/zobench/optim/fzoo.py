@@ -86,19 +86,43 @@ class FZOO(ZOOptimizer):
 
     hyperparameters = {"num_directions": "count", "replicas_per_call": "natural"}
 
-    def __init__(self, params, lr: float = 1e-5, eps: float = 1e-3, num_directions: int = 8, std_ddof: int = 0,
-                 weight_decay: float = 0.0, batched: bool = True, replicas_per_call: int = 0, reuse: bool = False,
-                 seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, num_directions=num_directions, std_ddof=std_ddof,
-                                      weight_decay=weight_decay, batched=bool(batched),
-                                      replicas_per_call=replicas_per_call, reuse=bool(reuse)),
-                         engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-5,
+        eps: float = 1e-3,
+        num_directions: int = 8,
+        std_ddof: int = 0,
+        weight_decay: float = 0.0,
+        batched: bool = True,
+        replicas_per_call: int = 0,
+        reuse: bool = False,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                eps=eps,
+                num_directions=num_directions,
+                std_ddof=std_ddof,
+                weight_decay=weight_decay,
+                batched=bool(batched),
+                replicas_per_call=replicas_per_call,
+                reuse=bool(reuse),
+            ),
+            engine=engine,
+            seed=seed,
+        )
         n = int(num_directions)
         if n < 2:
             raise ValueError(f"num_directions={num_directions}: FZOO needs >= 2 to estimate a spread")
         if reuse and (n < 4 or n % 2):
-            raise ValueError(f"num_directions={num_directions}: FZOO-R (reuse=true) needs an even N >= 4 "
-                             "(N/2 >= 2 fresh directions per step)")
+            raise ValueError(
+                f"num_directions={num_directions}: FZOO-R (reuse=true) needs an even N >= 4 "
+                "(N/2 >= 2 fresh directions per step)"
+            )
         if isinstance(std_ddof, bool) or std_ddof not in (0, 1):
             raise ValueError(f"std_ddof={std_ddof!r}: 0 (population, the authors' code) or 1 (sample)")
         self.forward_passes_per_step = (n // 2 if reuse else n) + 1
@@ -120,13 +144,15 @@ class FZOO(ZOOptimizer):
             chunk = self._shared("replicas_per_call") or len(directions)
             losses = []
             for start in range(0, len(directions), chunk):
-                part = directions[start:start + chunk]
+                part = directions[start : start + chunk]
                 with self.engine.replicas(self._all_params, part, eps):
                     values = closure(replicas=len(part))
                 values = torch.as_tensor(values).reshape(-1)
                 if values.numel() != len(part):
-                    raise ValueError(f"closure(replicas={len(part)}) returned {values.numel()} losses; "
-                                     f"it must return one loss per replica, shape ({len(part)},)")
+                    raise ValueError(
+                        f"closure(replicas={len(part)}) returned {values.numel()} losses; "
+                        f"it must return one loss per replica, shape ({len(part)},)"
+                    )
                 losses.extend(float(v) for v in values)
             return losses
         if self._shared("batched") and not self._sequential_reason_logged:
@@ -152,8 +178,10 @@ class FZOO(ZOOptimizer):
         if reuse:
             previous = self.state.get("fzoo_reuse")
             if previous is not None:
-                directions = directions + [self.direction(previous["step"], index, "rademacher")
-                                           for index in range(len(previous["differences"]))]
+                directions = directions + [
+                    self.direction(previous["step"], index, "rademacher")
+                    for index in range(len(previous["differences"]))
+                ]
                 differences = differences + list(previous["differences"])
             self.state["fzoo_reuse"] = {"step": step, "differences": [loss - loss_zero for loss in losses]}
             spread = std(differences)

@@ -54,10 +54,22 @@ class HiZOO(ZOOptimizer):
     state_buffers_per_param = 1
     hyperparameters = {"hessian_smooth": "unit"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, hessian_smooth: float = 1e-8,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, hessian_smooth=hessian_smooth, weight_decay=weight_decay),
-                         engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        hessian_smooth: float = 1e-8,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, eps=eps, hessian_smooth=hessian_smooth, weight_decay=weight_decay),
+            engine=engine,
+            seed=seed,
+        )
 
     def _sigma(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
@@ -76,8 +88,9 @@ class HiZOO(ZOOptimizer):
         g, loss_plus, loss_minus = self._two_sided(closure, direction, eps)
         self.engine.restore(self._all_params)
         curvature = abs(loss_plus + loss_minus - 2 * loss_zero) / (2 * eps * eps)
-        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero,
-                     curvature=curvature)
+        self._record(
+            projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero, curvature=curvature
+        )
         if math.isfinite(g) and math.isfinite(curvature):
             keep = torch.tensor(1 - alpha, dtype=torch.float32)  # 0-dim: broadcast to every piece
             for group, params in zip(self.param_groups, self._group_params):

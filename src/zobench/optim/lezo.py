@@ -44,7 +44,7 @@ def block_of(name: str) -> str | None:
     """The block key of a parameter name (its prefix up to the block index), or None for a
     parameter outside the blocks (embeddings, final norm, LM head)."""
     match = BLOCK_PATTERN.search(name)
-    return None if match is None else name[:match.end()]
+    return None if match is None else name[: match.end()]
 
 
 class LeZO(ZOOptimizer):
@@ -62,21 +62,34 @@ class LeZO(ZOOptimizer):
     takes_names = True  # the loop passes (name, p) pairs
     hyperparameters = {"n_drop": "natural", "drop_rate": "unit"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, n_drop: int | None = None,
-                 drop_rate: float | None = 0.5, weight_decay: float = 0.0, distribution: str = "gaussian",
-                 seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        n_drop: int | None = None,
+        drop_rate: float | None = 0.5,
+        weight_decay: float = 0.0,
+        distribution: str = "gaussian",
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         # n_drop wins; drop_rate is read only when n_drop is null
-        check_hyperparameters(self.hyperparameters,
-                              {"n_drop": n_drop} if n_drop is not None else {"drop_rate": drop_rate})
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution),
-                         engine=engine, seed=seed)
+        check_hyperparameters(
+            self.hyperparameters, {"n_drop": n_drop} if n_drop is not None else {"drop_rate": drop_rate}
+        )
+        super().__init__(
+            params, dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution), engine=engine, seed=seed
+        )
         self._block = {}  # pid -> block key (None: always perturbed)
         for group, entries in zip(self.param_groups, self._group_params):
             names = group.get("param_names")
             for index, (pid, _) in enumerate(entries):
                 self._block[pid] = block_of(names[index]) if names else f"param{pid}"
-        self.blocks = sorted({b for b in self._block.values() if b is not None},
-                             key=lambda b: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", b)])
+        self.blocks = sorted(
+            {b for b in self._block.values() if b is not None},
+            key=lambda b: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", b)],
+        )
         if n_drop is None:  # a fraction of this model's blocks, rounded half up
             n_drop = int(math.floor(drop_rate * len(self.blocks) + 0.5))
         if n_drop > len(self.blocks):
@@ -109,6 +122,7 @@ class LeZO(ZOOptimizer):
         else:
             for group, params in zip(self.param_groups, self._group_params):
                 lr = group["lr"]
-                self.engine.restore_and_update(self._perturbed(params, kept), direction, coeff=-lr * g,
-                                               decay=lr * group["weight_decay"])
+                self.engine.restore_and_update(
+                    self._perturbed(params, kept), direction, coeff=-lr * g, decay=lr * group["weight_decay"]
+                )
         return torch.tensor((loss_plus + loss_minus) / 2)

@@ -41,10 +41,23 @@ class LOZO(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "lazy_steps": "count"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 2, lazy_steps: int = 50,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, rank=rank, lazy_steps=lazy_steps,
-                                      weight_decay=weight_decay), engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        rank: int = 2,
+        lazy_steps: int = 50,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, eps=eps, rank=rank, lazy_steps=lazy_steps, weight_decay=weight_decay),
+            engine=engine,
+            seed=seed,
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]

@@ -58,13 +58,28 @@ class MeZO(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"num_directions": "count"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 distribution: str = "gaussian", num_directions: int = 1, one_sided: bool = False,
-                 seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        distribution: str = "gaussian",
+        num_directions: int = 1,
+        one_sided: bool = False,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         if distribution not in ("gaussian", "rademacher"):
             raise ValueError(f"distribution={distribution!r}: allowed gaussian, rademacher")
-        defaults = dict(lr=lr, eps=eps, weight_decay=weight_decay, distribution=distribution,
-                        num_directions=num_directions, one_sided=bool(one_sided))
+        defaults = dict(
+            lr=lr,
+            eps=eps,
+            weight_decay=weight_decay,
+            distribution=distribution,
+            num_directions=num_directions,
+            one_sided=bool(one_sided),
+        )
         super().__init__(params, defaults, engine=engine, seed=seed)
         q = int(num_directions)
         self.forward_passes_per_step = q + 1 if one_sided else 2 * q

@@ -60,9 +60,11 @@ def average_closure(closures):
     """One closure over several batches: the mean of their losses (equal-sized batches: the mean
     over all their examples); passes ``replicas`` on when every one of them takes it."""
     if all(accepts_replicas(c) for c in closures):
+
         def closure(replicas=1):
             losses = [torch.as_tensor(c() if replicas == 1 else c(replicas=replicas)).float() for c in closures]
             return sum(losses) / len(losses)
+
         return closure
     return lambda: sum(torch.as_tensor(c()).float() for c in closures) / len(closures)
 
@@ -82,12 +84,29 @@ class MeZOSVRG(ZOOptimizer):
     state_buffers_per_param = 1
     hyperparameters = {"anchor_lr": "nonnegative", "q": "count", "anchor_examples": "count"}
 
-    def __init__(self, params, lr: float = 1e-6, anchor_lr: float | None = None, eps: float = 1e-3, q: int = 2,
-                 anchor_examples: int = 512, weight_decay: float = 0.0, distribution: str = "gaussian",
-                 seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        anchor_lr: float | None = None,
+        eps: float = 1e-3,
+        q: int = 2,
+        anchor_examples: int = 512,
+        weight_decay: float = 0.0,
+        distribution: str = "gaussian",
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         anchor_lr = lr if anchor_lr is None else anchor_lr
-        defaults = dict(lr=lr, anchor_lr=anchor_lr, eps=eps, q=q, anchor_examples=anchor_examples,
-                        weight_decay=weight_decay, distribution=distribution)
+        defaults = dict(
+            lr=lr,
+            anchor_lr=anchor_lr,
+            eps=eps,
+            q=q,
+            anchor_examples=anchor_examples,
+            weight_decay=weight_decay,
+            distribution=distribution,
+        )
         super().__init__(params, defaults, engine=engine, seed=seed)
         self._sample, self._anchor_batches = None, 1
         self._update_average()
@@ -123,8 +142,11 @@ class MeZOSVRG(ZOOptimizer):
 
     def _anchor_step(self, closure: Closure, step: int) -> torch.Tensor:
         direction = self.direction(step, distribution=self._shared("distribution"))
-        batch = (average_closure([self._sample() for _ in range(self._anchor_batches)])
-                 if self._sample is not None else closure)
+        batch = (
+            average_closure([self._sample() for _ in range(self._anchor_batches)])
+            if self._sample is not None
+            else closure
+        )
         g, loss_plus, loss_minus = self._two_sided(batch, direction, self._shared("eps"))
         self.engine.restore(self._all_params)
         self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, anchor=1.0)
@@ -147,8 +169,13 @@ class MeZOSVRG(ZOOptimizer):
         g_bar = self._at_anchor(closure, direction, eps)
         anchor = self.state["svrg"]
         anchor_dir = self.direction(anchor["anchor_step"], distribution=distribution)
-        self._record(projected_grad=g_now - g_bar, loss_plus=loss_plus, loss_minus=loss_minus,
-                     projected_grad_anchor=g_bar, anchor=0.0)
+        self._record(
+            projected_grad=g_now - g_bar,
+            loss_plus=loss_plus,
+            loss_minus=loss_minus,
+            projected_grad_anchor=g_bar,
+            anchor=0.0,
+        )
         if math.isfinite(g_now) and math.isfinite(g_bar):
             # θ ← θ - η2 [(g(θ) - g(θ̄)) z + g_a z_a]: the shared z's two terms in one sweep
             for group, params in zip(self.param_groups, self._group_params):

@@ -53,7 +53,7 @@ def magnitude_threshold(p: torch.Tensor, sparsity: float, chunk: int | None = No
     for shift in (24, 16, 8, 0):
         counts = torch.zeros(256, dtype=torch.int64, device=flat.device)
         for start in range(0, n, chunk):
-            bits = flat[start:start + chunk].float().abs().view(torch.int32)
+            bits = flat[start : start + chunk].float().abs().view(torch.int32)
             if shift < 24:
                 bits = bits[(bits >> (shift + 8)) == prefix]
             counts += torch.bincount((bits >> shift) & 0xFF, minlength=256)
@@ -68,13 +68,24 @@ class SparseMeZO(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"sparsity": "fraction"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, sparsity: float = 0.75,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        sparsity: float = 0.75,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         if engine is None or isinstance(engine, InPlaceEngine):
-            raise ValueError("Sparse-MeZO recomputes its mask from the unperturbed weights: it needs "
-                             "engine.mode=virtual (VirtualEngine)")
-        super().__init__(params, dict(lr=lr, eps=eps, sparsity=sparsity, weight_decay=weight_decay),
-                         engine=engine, seed=seed)
+            raise ValueError(
+                "Sparse-MeZO recomputes its mask from the unperturbed weights: it needs "
+                "engine.mode=virtual (VirtualEngine)"
+            )
+        super().__init__(
+            params, dict(lr=lr, eps=eps, sparsity=sparsity, weight_decay=weight_decay), engine=engine, seed=seed
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]

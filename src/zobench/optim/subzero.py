@@ -34,10 +34,23 @@ class SubZero(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "refresh_steps": "count"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, refresh_steps: int = 2000,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, rank=rank, refresh_steps=refresh_steps,
-                                      weight_decay=weight_decay), engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        rank: int = 8,
+        refresh_steps: int = 2000,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, eps=eps, rank=rank, refresh_steps=refresh_steps, weight_decay=weight_decay),
+            engine=engine,
+            seed=seed,
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]

@@ -37,20 +37,46 @@ class TeZO(ZOOptimizer):
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "momentum": "fraction", "betas": "betas", "adam_eps": "positive"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 8, variant: str = "plain",
-                 momentum: float = 0.9, betas=(0.9, 0.999), adam_eps: float = 1e-8, weight_decay: float = 0.0,
-                 seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        rank: int = 8,
+        variant: str = "plain",
+        momentum: float = 0.9,
+        betas=(0.9, 0.999),
+        adam_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: allowed {', '.join(VARIANTS)}")
-        super().__init__(params, dict(lr=lr, eps=eps, rank=rank, variant=variant, momentum=momentum,
-                                      betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay),
-                         engine=engine, seed=seed)
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                eps=eps,
+                rank=rank,
+                variant=variant,
+                momentum=momentum,
+                betas=tuple(betas),
+                adam_eps=adam_eps,
+                weight_decay=weight_decay,
+            ),
+            engine=engine,
+            seed=seed,
+        )
 
     def _uv(self, pid: int, like: torch.Tensor):
         r = self._shared("rank")  # a CP rank, not capped by min(m, n)
         base = self.param_groups[0]["seed"]
-        return (gaussian(factor_seed(base, pid, 0), (like.shape[0], r), like),
-                gaussian(factor_seed(base, pid, 1), (like.shape[1], r), like), r)
+        return (
+            gaussian(factor_seed(base, pid, 0), (like.shape[0], r), like),
+            gaussian(factor_seed(base, pid, 1), (like.shape[1], r), like),
+            r,
+        )
 
     def _tau(self, step: int, pid: int, like: torch.Tensor) -> torch.Tensor:
         r = self._shared("rank")
@@ -58,6 +84,7 @@ class TeZO(ZOOptimizer):
 
     def _direction(self, step: int, coefficients) -> LowRankDirection:
         """Z = U diag(c) Vᵀ with c = coefficients(pid, like) (τ, or the τ-space update); no 1/√r."""
+
         def factors(pid, like):
             u, v, _ = self._uv(pid, like)
             return u * coefficients(pid, like), v
@@ -87,8 +114,8 @@ class TeZO(ZOOptimizer):
             (beta1, beta2), delta = self._shared("betas"), self._shared("adam_eps")
             state["tau_exp_avg"] = beta1 * state.get("tau_exp_avg", 0.0) + (1 - beta1) * grad
             state["tau_exp_avg_sq"] = beta2 * state.get("tau_exp_avg_sq", 0.0) + (1 - beta2) * grad * grad
-            m_hat = state["tau_exp_avg"] / (1 - beta1 ** step)
-            v_hat = state["tau_exp_avg_sq"] / (1 - beta2 ** step)
+            m_hat = state["tau_exp_avg"] / (1 - beta1**step)
+            v_hat = state["tau_exp_avg_sq"] / (1 - beta2**step)
             return m_hat / (v_hat.sqrt() + delta)
 
         update = self._direction(step, tau_update)

@@ -30,10 +30,23 @@ class ZOAdam(ZOOptimizer):
     state_buffers_per_param = 2
     hyperparameters = {"betas": "betas", "adam_eps": "positive"}
 
-    def __init__(self, params, lr: float = 1e-4, eps: float = 1e-3, betas=(0.9, 0.999), adam_eps: float = 1e-8,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay),
-                         engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        eps: float = 1e-3,
+        betas=(0.9, 0.999),
+        adam_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, eps=eps, betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay),
+            engine=engine,
+            seed=seed,
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
@@ -42,7 +55,7 @@ class ZOAdam(ZOOptimizer):
             for group, params in zip(self.param_groups, self._group_params):
                 lr, (beta1, beta2), delta = group["lr"], group["betas"], group["adam_eps"]
                 decay = lr * group["weight_decay"]
-                correction1, correction2 = 1 - beta1 ** step, 1 - beta2 ** step
+                correction1, correction2 = 1 - beta1**step, 1 - beta2**step
 
                 def apply(pid, p, piece):
                     m = piece.of(self._param_state(p, "exp_avg"))

@@ -53,8 +53,15 @@ class ZOSGDCons(ZOOptimizer):
 
     forward_passes_per_step = 5
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()
@@ -77,8 +84,15 @@ class ZOSGDCons(ZOOptimizer):
         choice = min(range(3), key=lambda i: candidates[i][0] if math.isfinite(candidates[i][0]) else math.inf)
         chosen_loss, coeff = candidates[choice]
         # choice: 0 the SGD step, 1 no step, 2 the reversed step
-        self._record(projected_grad=g, loss_plus=loss_plus, loss_minus=loss_minus, loss_zero=loss_zero,
-                     loss_descent=loss_descent, loss_ascent=loss_ascent, choice=choice)
+        self._record(
+            projected_grad=g,
+            loss_plus=loss_plus,
+            loss_minus=loss_minus,
+            loss_zero=loss_zero,
+            loss_descent=loss_descent,
+            loss_ascent=loss_ascent,
+            choice=choice,
+        )
         for group, params in zip(self.param_groups, self._group_params):
             self.engine.restore_and_update(params, direction, coeff=coeff, decay=lr * group["weight_decay"])
         return torch.tensor(chosen_loss)

@@ -29,10 +29,19 @@ class ZOSGDMomentum(ZOOptimizer):
     state_buffers_per_param = 1
     hyperparameters = {"momentum": "fraction"}
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, seed: int = 0, engine: Engine | None = None) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay),
-                         engine=engine, seed=seed)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay), engine=engine, seed=seed
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]

@@ -41,12 +41,19 @@ def _sign(g: float) -> float:
 class ZOSGDSign(ZOOptimizer):
     forward_passes_per_step = 2
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 sign: str = "scalar", seed: int = 0, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        sign: str = "scalar",
+        seed: int = 0,
+        engine: Engine | None = None,
+    ) -> None:
         if sign not in SIGNS:
             raise ValueError(f"sign={sign!r}: allowed {', '.join(SIGNS)}")
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, sign=sign),
-                         engine=engine, seed=seed)
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, sign=sign), engine=engine, seed=seed)
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]

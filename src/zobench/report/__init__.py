@@ -30,8 +30,11 @@ def table_runs(runs: Runs, spec: TableSpec) -> pd.DataFrame:
             selected = selected[selected["task"].isin(spec.columns)]
         else:
             selected = selected[selected["model"].isin(spec.columns) & selected["task"].isin(spec.average_over)]
-    parts = [query(selected, row.where, f"table {spec.name}: row {row.label!r}").assign(method=row.label)
-             for row in spec.rows if row.where is not None]
+    parts = [
+        query(selected, row.where, f"table {spec.name}: row {row.label!r}").assign(method=row.label)
+        for row in spec.rows
+        if row.where is not None
+    ]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else selected.iloc[0:0].assign(method=[])
 
@@ -47,11 +50,14 @@ def make_report(roots: list[Path], table: str, out_dir: Path, command: str, smok
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
-        "csv": out_dir / f"{spec.name}.csv", "md": out_dir / f"{spec.name}.md", "tex": out_dir / f"{spec.name}.tex",
+        "csv": out_dir / f"{spec.name}.csv",
+        "md": out_dir / f"{spec.name}.md",
+        "tex": out_dir / f"{spec.name}.tex",
     }
     written["csv"].write_text(to_csv(frame))
-    written["md"].write_text(to_markdown(frame, spec, runs, used["run_dir"].nunique() if not used.empty else 0,
-                                         command))
+    written["md"].write_text(
+        to_markdown(frame, spec, runs, used["run_dir"].nunique() if not used.empty else 0, command)
+    )
     written["tex"].write_text(to_latex(frame, spec))
     curves, memory = out_dir / f"{spec.name}_curves.png", out_dir / f"{spec.name}_memory.png"
     if plot_curves(cells, spec, curves):

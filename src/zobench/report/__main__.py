@@ -18,12 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m zobench.report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs holding run dirs")
-    parser.add_argument("--table", required=True,
-                        help=f"a shipped table ({', '.join(available_tables())}) or a path to a table YAML")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <first dir>/report)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the table's smoke variant, for the runs of experiment=<table>_smoke")
+    parser.add_argument(
+        "--table", required=True, help=f"a shipped table ({', '.join(available_tables())}) or a path to a table YAML"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first dir>/report)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="the table's smoke variant, for the runs of experiment=<table>_smoke"
+    )
     args = parser.parse_args(argv)
     out = args.out or args.dirs[0] / "report"
     command = "python -m zobench.report " + " ".join(shlex.quote(a) for a in argv)

@@ -37,10 +37,10 @@ class Cell:
     row: str
     model: str
     column: str
-    mean: float | None = None    # test metric in % (or GiB)
+    mean: float | None = None  # test metric in % (or GiB)
     std: float | None = None
     seeds: int = 0
-    configs: int = 0             # configurations compared on dev
+    configs: int = 0  # configurations compared on dev
     dev_mean: float | None = None
     selected: dict = field(default_factory=dict)
     run_dirs: tuple[str, ...] = ()
@@ -93,23 +93,35 @@ def compute_cells(frame: pd.DataFrame, spec: TableSpec) -> list[Cell]:
     models = sorted(table_runs["model"].dropna().unique()) if "model" in table_runs else []
     cells = []
     for row in spec.rows:
-        row_runs = (table_runs.iloc[0:0] if row.where is None
-                    else query(table_runs, row.where, f"table {spec.name}: row {row.label!r}"))
+        row_runs = (
+            table_runs.iloc[0:0]
+            if row.where is None
+            else query(table_runs, row.where, f"table {spec.name}: row {row.label!r}")
+        )
         # a model block per model the row ran on; rows without runs keep one block (published numbers)
         present = [m for m in models if "model" in row_runs and (row_runs["model"] == m).any()]
         for model in present or (models if len(models) == 1 else ["—"]):
             model_runs = row_runs[row_runs["model"] == model] if "model" in row_runs else row_runs
             if spec.column_key == "task":
                 for column in spec.columns:
-                    cells.append(_cell(spec, row.label, model, column, model_runs[model_runs["task"] == column]
-                                       if "task" in model_runs else model_runs))
+                    cells.append(
+                        _cell(
+                            spec,
+                            row.label,
+                            model,
+                            column,
+                            model_runs[model_runs["task"] == column] if "task" in model_runs else model_runs,
+                        )
+                    )
                 if spec.average_column:
-                    cells.append(_average(row.label, model, "avg", cells[-len(spec.columns):]))
+                    cells.append(_average(row.label, model, "avg", cells[-len(spec.columns) :]))
             else:  # columns are models; a cell averages the tasks in average_over
                 if model not in spec.columns:
                     continue
-                per_task = [_cell(spec, row.label, model, task, model_runs[model_runs["task"] == task])
-                            for task in spec.average_over]
+                per_task = [
+                    _cell(spec, row.label, model, task, model_runs[model_runs["task"] == task])
+                    for task in spec.average_over
+                ]
                 cells.append(_average(row.label, "—", model, per_task))
     if spec.column_key == "model":  # columns nobody ran still get their (empty) cell
         have = {(c.row, c.column) for c in cells}

@@ -64,9 +64,11 @@ def plot_memory(frame: pd.DataFrame, spec: TableSpec, path: Path) -> bool:
     if frame.empty or "peak_memory_bytes" not in frame:
         return False
     order = {r.label: i for i, r in enumerate(spec.rows)}
-    peaks = (frame.groupby(["method", "model"], sort=False)
-             .agg(peak=("peak_memory_bytes", "max"), inference=("inference_peak_memory_bytes", "max"))
-             .reset_index())
+    peaks = (
+        frame.groupby(["method", "model"], sort=False)
+        .agg(peak=("peak_memory_bytes", "max"), inference=("inference_peak_memory_bytes", "max"))
+        .reset_index()
+    )
     peaks["order"] = peaks["method"].map(order)
     peaks = peaks.sort_values(["model", "order"], kind="stable").reset_index(drop=True)
     labels = [f"{m} ({model})" for m, model in zip(peaks["method"], peaks["model"])]
@@ -74,8 +76,15 @@ def plot_memory(frame: pd.DataFrame, spec: TableSpec, path: Path) -> bool:
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(peaks) + 1.2))
         y = range(len(peaks))
         ax.barh(list(y), peaks["peak"] / GIB, label="training step peak")
-        ax.scatter(peaks["inference"] / GIB, list(y), color="black", marker="|", s=200, zorder=3,
-                   label="inference-only peak (same batch)")
+        ax.scatter(
+            peaks["inference"] / GIB,
+            list(y),
+            color="black",
+            marker="|",
+            s=200,
+            zorder=3,
+            label="inference-only peak (same batch)",
+        )
         ax.set_yticks(list(y), labels)
         ax.invert_yaxis()
         ax.set_xlabel("peak memory (GiB)")

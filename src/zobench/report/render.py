@@ -21,15 +21,25 @@ def comparison_frame(cells: list[Cell], spec: TableSpec) -> pd.DataFrame:
     for c in cells:
         published = spec.published_value(c.row, c.column)
         diff = c.mean - published if c.mean is not None and published is not None else None
-        rows.append({
-            "method": c.row, "model": c.model if spec.column_key == "task" else spec.label(c.column),
-            "task": spec.label(c.column) if spec.column_key == "task" else "avg",
-            "ours": c.mean, "std": c.std, "seeds": c.seeds, "configs": c.configs, "published": published,
-            "diff": diff, "dev": c.dev_mean,
-            "selected": " ".join(f"{k}={_fmt_value(v)}" for k, v in c.selected.items()),
-        })
-    return pd.DataFrame(rows, columns=["method", "model", "task", "ours", "std", "seeds", "configs",
-                                       "published", "diff", "dev", "selected"])
+        rows.append(
+            {
+                "method": c.row,
+                "model": c.model if spec.column_key == "task" else spec.label(c.column),
+                "task": spec.label(c.column) if spec.column_key == "task" else "avg",
+                "ours": c.mean,
+                "std": c.std,
+                "seeds": c.seeds,
+                "configs": c.configs,
+                "published": published,
+                "diff": diff,
+                "dev": c.dev_mean,
+                "selected": " ".join(f"{k}={_fmt_value(v)}" for k, v in c.selected.items()),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["method", "model", "task", "ours", "std", "seeds", "configs", "published", "diff", "dev", "selected"],
+    )
 
 
 def to_csv(frame: pd.DataFrame) -> str:
@@ -57,13 +67,17 @@ def _ours(row) -> str:
 def display_frame(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """The comparison with numbers formatted for reading (one decimal, — for missing)."""
     unit = "GiB" if spec.value == "peak_memory_gib" else "%"
-    out = pd.DataFrame({
-        "method": frame["method"], "model": frame["model"], "task": frame["task"],
-        f"ours ({unit})": [_ours(r) for _, r in frame.iterrows()],
-        "seeds": [str(s) if s else DASH for s in frame["seeds"]],
-        f"published ({'GB' if unit == 'GiB' else unit})": [_num(v) for v in frame["published"]],
-        "ours − published": [_num(v, signed=True) for v in frame["diff"]],
-    })
+    out = pd.DataFrame(
+        {
+            "method": frame["method"],
+            "model": frame["model"],
+            "task": frame["task"],
+            f"ours ({unit})": [_ours(r) for _, r in frame.iterrows()],
+            "seeds": [str(s) if s else DASH for s in frame["seeds"]],
+            f"published ({'GB' if unit == 'GiB' else unit})": [_num(v) for v in frame["published"]],
+            "ours − published": [_num(v, signed=True) for v in frame["diff"]],
+        }
+    )
     if spec.value == "test":  # the choice is worth showing only where there was one
         out["selected on dev"] = [s if s and n > 1 else DASH for s, n in zip(frame["selected"], frame["configs"])]
     if frame["model"].nunique() <= 1:  # one model (or none): it is in the title
@@ -94,15 +108,29 @@ def to_latex(frame: pd.DataFrame, spec: TableSpec) -> str:
     shown = shown.map(_latex_escape)
     shown.columns = [_latex_escape(c) for c in shown.columns]
     buffer = io.StringIO()
-    shown.to_latex(buffer, index=False, escape=False, column_format="l" * len(shown.columns),
-                   caption=_latex_escape(spec.title), label=f"tab:{spec.name}")
+    shown.to_latex(
+        buffer,
+        index=False,
+        escape=False,
+        column_format="l" * len(shown.columns),
+        caption=_latex_escape(spec.title),
+        label=f"tab:{spec.name}",
+    )
     return buffer.getvalue()
 
 
 def _latex_escape(text) -> str:
     text = str(text)
-    for plain, latex in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                         ("±", r"$\pm$"), ("—", "--"), ("−", "-")):
+    for plain, latex in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("±", r"$\pm$"),
+        ("—", "--"),
+        ("−", "-"),
+    ):
         text = text.replace(plain, latex)
     return text
 
@@ -111,10 +139,12 @@ def _protocol(spec: TableSpec) -> str:
     if spec.value == "peak_memory_gib":
         return "Ours: the largest peak memory (`peak_memory_bytes`) over the cell's runs, in GiB."
     searched = ", ".join(f"`{k}`" for k in spec.search) or "nothing"
-    return ("Ours: per cell, the configuration with the best mean dev score over seeds "
-            f"(searched: {searched}; ties go to the first in ascending order), reported as test mean ± std "
-            "over its seeds (population std; the mean alone for one seed), in %. "
-            "Test scores never take part in the choice.")
+    return (
+        "Ours: per cell, the configuration with the best mean dev score over seeds "
+        f"(searched: {searched}; ties go to the first in ascending order), reported as test mean ± std "
+        "over its seeds (population std; the mean alone for one seed), in %. "
+        "Test scores never take part in the choice."
+    )
 
 
 def _accounting(runs: Runs, used: int) -> str:

@@ -67,8 +67,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def metric_name(summary: dict) -> str | None:
     """The task metric of a run: the ``<m>`` of its non-null ``test_<m>`` summary key."""
-    names = sorted(k[len("test_"):] for k, v in summary.items()
-                   if k.startswith("test_") and k not in _NOT_METRICS and isinstance(v, (int, float)))
+    names = sorted(
+        k[len("test_") :]
+        for k, v in summary.items()
+        if k.startswith("test_") and k not in _NOT_METRICS and isinstance(v, (int, float))
+    )
     return names[0] if names else None
 
 
@@ -96,8 +99,12 @@ def read_run(run_dir: Path) -> tuple[dict | None, str | None]:
     metric = metric_name(summary)
     if metric is None:
         return None, "summary.json has no test metric"
-    row.update(metric=metric, dev_score=summary.get(f"dev_{metric}"), test_score=summary[f"test_{metric}"],
-               run_dir=str(run_dir))
+    row.update(
+        metric=metric,
+        dev_score=summary.get(f"dev_{metric}"),
+        test_score=summary[f"test_{metric}"],
+        run_dir=str(run_dir),
+    )
     return row, None
 
 
@@ -105,8 +112,10 @@ def load_runs(roots: list[Path]) -> Runs:
     """Read every run dir under ``roots``; raises DataNotFoundError when there is none at all."""
     run_dirs = find_run_dirs(roots)
     if not run_dirs:
-        raise DataNotFoundError(f"{', '.join(map(str, roots))}: no run dirs found (a run dir holds config.yaml "
-                                "and, once finished, summary.json)")
+        raise DataNotFoundError(
+            f"{', '.join(map(str, roots))}: no run dirs found (a run dir holds config.yaml "
+            "and, once finished, summary.json)"
+        )
     rows, skipped = [], []
     for run_dir in run_dirs:
         row, reason = read_run(run_dir)
@@ -115,9 +124,12 @@ def load_runs(roots: list[Path]) -> Runs:
         else:
             rows.append(row)
     if skipped:
-        warnings.warn(f"{len(skipped)} of {len(run_dirs)} run dirs skipped: "
-                      + "; ".join(f"{d} ({r})" for d, r in skipped[:5]) + ("; ..." if len(skipped) > 5 else ""),
-                      stacklevel=2)
+        warnings.warn(
+            f"{len(skipped)} of {len(run_dirs)} run dirs skipped: "
+            + "; ".join(f"{d} ({r})" for d, r in skipped[:5])
+            + ("; ..." if len(skipped) > 5 else ""),
+            stacklevel=2,
+        )
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values("run_dir", kind="stable").reset_index(drop=True)

@@ -27,8 +27,23 @@ from ..errors import ConfigError
 
 VALUES = ("test", "peak_memory_gib")
 COLUMN_KEYS = ("task", "model")
-_KEYS = {"name", "title", "source", "notes", "select", "value", "column_key", "columns", "column_labels",
-         "average_over", "average_column", "search", "rows", "published", "smoke"}
+_KEYS = {
+    "name",
+    "title",
+    "source",
+    "notes",
+    "select",
+    "value",
+    "column_key",
+    "columns",
+    "column_labels",
+    "average_over",
+    "average_column",
+    "search",
+    "rows",
+    "published",
+    "smoke",
+}
 # what a table's ``smoke`` block may replace: the smoke runs use small models and the tasks the
 # local mirror can train on (conf/experiment/*_smoke.yaml), so their selection differs
 _SMOKE_KEYS = {"title", "select", "columns", "average_over", "notes"}
@@ -54,7 +69,7 @@ class TableSpec:
     column_key: str = "task"
     column_labels: dict = field(default_factory=dict)
     average_over: tuple[str, ...] = ()  # column_key=model: each cell averages these tasks
-    average_column: bool = False        # column_key=task: add an "avg" column over the columns
+    average_column: bool = False  # column_key=task: add an "avg" column over the columns
     published: dict = field(default_factory=dict)
 
     def label(self, column: str) -> str:
@@ -79,8 +94,10 @@ def load_table(name_or_path: str, smoke: bool = False) -> TableSpec:
     if path.suffix not in (".yaml", ".yml"):
         path = tables_dir() / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise ConfigError(f"--table {name_or_path}: no such table; allowed: {', '.join(available_tables())} "
-                              "or a path to a table YAML")
+            raise ConfigError(
+                f"--table {name_or_path}: no such table; allowed: {', '.join(available_tables())} "
+                "or a path to a table YAML"
+            )
     elif not path.is_file():
         raise ConfigError(f"--table {name_or_path}: no such file")
     raw = yaml.safe_load(path.read_text()) or {}
@@ -94,12 +111,16 @@ def smoke_variant(raw: dict, where: str) -> dict:
         raise ConfigError(f"{where}: --smoke needs a `smoke` block (keys {', '.join(sorted(_SMOKE_KEYS))})")
     unknown = sorted(set(block) - _SMOKE_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: smoke: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SMOKE_KEYS))}")
+        raise ConfigError(
+            f"{where}: smoke: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SMOKE_KEYS))}"
+        )
     out = {k: v for k, v in raw.items() if k != "smoke"}
     out.update(block, name=f"{raw.get('name')}_smoke")
     columns = set(map(str, out.get("columns") or ())) | {"avg"}
-    out["published"] = {row: {c: v for c, v in cells.items() if str(c) in columns}
-                        for row, cells in (raw.get("published") or {}).items()}
+    out["published"] = {
+        row: {c: v for c, v in cells.items() if str(c) in columns}
+        for row, cells in (raw.get("published") or {}).items()
+    }
     return out
 
 
@@ -132,9 +153,18 @@ def parse_table(raw: dict, where: str = "<table>") -> TableSpec:
         if extra:
             raise ConfigError(f"{where}: published[{label!r}] has column(s) {', '.join(extra)} not in columns")
     return TableSpec(
-        name=str(raw["name"]), title=str(raw["title"]), rows=tuple(rows), columns=columns,
-        search=tuple(raw.get("search") or ()), source=str(raw.get("source", "")), notes=str(raw.get("notes", "")),
-        select=raw.get("select"), value=raw.get("value", "test"), column_key=raw.get("column_key", "task"),
-        column_labels=dict(raw.get("column_labels") or {}), average_over=tuple(raw.get("average_over") or ()),
-        average_column=bool(raw.get("average_column", False)), published=published,
+        name=str(raw["name"]),
+        title=str(raw["title"]),
+        rows=tuple(rows),
+        columns=columns,
+        search=tuple(raw.get("search") or ()),
+        source=str(raw.get("source", "")),
+        notes=str(raw.get("notes", "")),
+        select=raw.get("select"),
+        value=raw.get("value", "test"),
+        column_key=raw.get("column_key", "task"),
+        column_labels=dict(raw.get("column_labels") or {}),
+        average_over=tuple(raw.get("average_over") or ()),
+        average_column=bool(raw.get("average_column", False)),
+        published=published,
     )

@@ -7,8 +7,17 @@ from ..resources import tasks_dir
 from .data import PROTOCOLS, Splits, build_splits, load_split, sample_subset
 from .spec import Rendered, TaskSpec
 
-__all__ = ["PROTOCOLS", "Rendered", "Splits", "TaskSpec", "available_tasks", "build_splits", "load_split",
-           "load_task", "sample_subset"]
+__all__ = [
+    "PROTOCOLS",
+    "Rendered",
+    "Splits",
+    "TaskSpec",
+    "available_tasks",
+    "build_splits",
+    "load_split",
+    "load_task",
+    "sample_subset",
+]
 
 
 def available_tasks() -> list[str]:

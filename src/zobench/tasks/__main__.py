@@ -21,8 +21,10 @@ def mirror_status(spec, data_dir: Path | None) -> str:
     """'train validation k-shot(5 seeds)'-style summary of what ``data_dir`` holds for ``spec``."""
     if data_dir is None:
         return "(no data dir)"
-    have = [f"{role}={split}" if (data_dir / spec.name / f"{split}.jsonl").is_file() else f"{role}=MISSING"
-            for role, split in spec.splits.items()]
+    have = [
+        f"{role}={split}" if (data_dir / spec.name / f"{split}.jsonl").is_file() else f"{role}=MISSING"
+        for role, split in spec.splits.items()
+    ]
     seeds = sum((kshot_dir(data_dir, spec.name, 16, s) / "train.jsonl").is_file() for s in KSHOT_SEEDS)
     if seeds:
         have.append(f"16-shot:{seeds}/{len(KSHOT_SEEDS)} seeds")
@@ -34,8 +36,16 @@ def cmd_list(data_dir: Path | None) -> None:
     rows = [header]
     for name in available_tasks():
         spec = load_task(name)
-        rows.append((name, str(spec.version), ",".join(spec.families), spec.objective, spec.metric,
-                     mirror_status(spec, data_dir)))
+        rows.append(
+            (
+                name,
+                str(spec.version),
+                ",".join(spec.families),
+                spec.objective,
+                spec.metric,
+                mirror_status(spec, data_dir),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -49,8 +59,10 @@ def cmd_show(name: str, family: str, index: int, split: str, data_dir: Path | No
     if not 0 <= index < len(rows):
         raise ConfigError(f"--index {index}: the {split} split of {name} has {len(rows)} rows")
     r = spec.render(rows[index], family)
-    print(f"task {spec.name} v{spec.version}  family {family}  objective {spec.objective}  metric {spec.metric}  "
-          f"{split}[{index}] of {len(rows)}")
+    print(
+        f"task {spec.name} v{spec.version}  family {family}  objective {spec.objective}  metric {spec.metric}  "
+        f"{split}[{index}] of {len(rows)}"
+    )
     print("--- prompt " + "-" * 60)
     print(r.prompt, end="" if r.prompt.endswith("\n") else "\n")
     print("--- candidates " + "-" * 56)
@@ -65,8 +77,9 @@ def cmd_show(name: str, family: str, index: int, split: str, data_dir: Path | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zobench.tasks", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("ZOBENCH_DATA_DIR"),
-                        help="local mirror (default: $ZOBENCH_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("ZOBENCH_DATA_DIR"), help="local mirror (default: $ZOBENCH_DATA_DIR)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="tasks with version, families, objective, metric and mirror splits")
     show = sub.add_parser("show", help="render one example from the mirror")

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("mezo", "kshot")
 KSHOT_SEEDS = (13, 21, 42, 87, 100)  # LM-BFF's data seeds
-LMBFF_TEST_SEED = 42                 # generate_k_shot_data.py --mode k-shot-1k-test shuffles with 42
+LMBFF_TEST_SEED = 42  # generate_k_shot_data.py --mode k-shot-1k-test shuffles with 42
 
 
 def _follow_link_stub(path: Path) -> Path:
@@ -97,10 +97,14 @@ def row_problem(spec: TaskSpec, row) -> str | None:
         integer = isinstance(label, int) and not isinstance(label, bool)
         if not ((integer and 0 <= label < count) or (integer and label in spec.skip_labels)):
             skip = f" (or {', '.join(map(str, spec.skip_labels))}: no gold label, dropped)" if spec.skip_labels else ""
-            return (f"{spec.label_field}={json.dumps(label)}: task {spec.name} labels are the integers "
-                    f"0..{count - 1}{skip}")
-    for path, what in ((spec.gold_field, "gold answers"), (spec.answers_field, "reference answers"),
-                       *((f.for_each, "candidates") for f in spec.formats.values() if f.for_each)):
+            return (
+                f"{spec.label_field}={json.dumps(label)}: task {spec.name} labels are the integers 0..{count - 1}{skip}"
+            )
+    for path, what in (
+        (spec.gold_field, "gold answers"),
+        (spec.answers_field, "reference answers"),
+        *((f.for_each, "candidates") for f in spec.formats.values() if f.for_each),
+    ):
         if path is None:
             continue
         try:
@@ -132,8 +136,9 @@ def _parse_line(raw: bytes, number: int):
         raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
 
 
-def _read_jsonl(path: Path, what: str, spec: TaskSpec | None = None, on_bad_row: str = "error",
-                skipped: dict | None = None) -> list[dict]:
+def _read_jsonl(
+    path: Path, what: str, spec: TaskSpec | None = None, on_bad_row: str = "error", skipped: dict | None = None
+) -> list[dict]:
     """Rows of a jsonl file; with ``spec``, each row is checked (``row_problem``) and rows whose
     label is in ``spec.skip_labels`` dropped. A bad line (not UTF-8, not JSON, not an object, a
     field the task reads missing or wrong) raises ``<file>:<line>: <what is wrong>`` before any
@@ -157,8 +162,11 @@ def _read_jsonl(path: Path, what: str, spec: TaskSpec | None = None, on_bad_row:
                 continue
             try:
                 row = _parse_line(raw, number)
-                problem = row_problem(spec, row) if spec is not None else (
-                    None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}")
+                problem = (
+                    row_problem(spec, row)
+                    if spec is not None
+                    else (None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}")
+                )
             except ValueError as err:
                 problem = str(err)
             if problem is None:
@@ -169,15 +177,21 @@ def _read_jsonl(path: Path, what: str, spec: TaskSpec | None = None, on_bad_row:
             else:
                 raise ConfigError(f"{path}:{number}: {problem} (data.on_bad_row=skip leaves bad rows out)")
     if bad:
-        log.warning("%s: %d bad rows skipped (data.on_bad_row=skip), lines %s%s", path, len(bad),
-                    ", ".join(map(str, bad[:10])), " ..." if len(bad) > 10 else "")
+        log.warning(
+            "%s: %d bad rows skipped (data.on_bad_row=skip), lines %s%s",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:10])),
+            " ..." if len(bad) > 10 else "",
+        )
         if skipped is not None:
             skipped[str(path)] = len(bad)
     return rows
 
 
-def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None, on_bad_row: str = "error",
-               skipped: dict | None = None) -> list[dict]:
+def load_split(
+    spec: TaskSpec, split: str, data_dir: str | Path | None, on_bad_row: str = "error", skipped: dict | None = None
+) -> list[dict]:
     """Rows of ``spec.splits[split]`` as dicts in the Hugging Face schema.
 
     With ``data_dir`` the rows come from ``<data_dir>/<task>/<hf split>.jsonl``, each checked as
@@ -186,9 +200,13 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None, on_bad_r
     """
     hf_split = spec.splits[split]
     if data_dir is not None:
-        return _read_jsonl(Path(data_dir) / spec.name / f"{hf_split}.jsonl",
-                           f"task {spec.name} reads its '{split}' pool from the '{hf_split}' split",
-                           spec, on_bad_row, skipped)
+        return _read_jsonl(
+            Path(data_dir) / spec.name / f"{hf_split}.jsonl",
+            f"task {spec.name} reads its '{split}' pool from the '{hf_split}' split",
+            spec,
+            on_bad_row,
+            skipped,
+        )
     else:
         rows = [dict(row) for row in _hub_rows(spec.name, spec.dataset["path"], spec.dataset.get("name"), hf_split)]
     return [row for row in rows if spec.keep(row)]
@@ -210,13 +228,17 @@ def _hub_rows(task: str, path: str, name: str | None, hf_split: str) -> tuple[di
     try:
         ds = datasets.load_dataset(path, name, split=hf_split)
     except (OSError, ValueError) as err:  # ConnectionError is an OSError; a missing cache entry, too
-        where = "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set)" if offline else \
-            str(err).strip().splitlines()[0]
+        where = (
+            "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set)"
+            if offline
+            else str(err).strip().splitlines()[0]
+        )
         raise HubUnavailableError(
             f"data.dir=null: task {task} loads the dataset {path}{'/' + name if name else ''} ({hf_split}) with "
             f"datasets.load_dataset; {where} and the local HF cache does not hold it; set ZOBENCH_DATA_DIR or "
             f"data.dir=<mirror> (<mirror>/{task}/{hf_split}.jsonl), or fill the HF cache where the hub is "
-            "reachable and set HF_HUB_OFFLINE=1") from err
+            "reachable and set HF_HUB_OFFLINE=1"
+        ) from err
     finally:
         datasets.config.HF_HUB_OFFLINE = previous
     return tuple(dict(row) for row in ds)
@@ -241,7 +263,7 @@ def sample_k_per_label(rows: list[dict], label_field: str, k: int, seed: int) ->
     if short:
         log.warning("k-shot: fewer than 2k=%d examples for labels %s; taking what there is", 2 * k, short)
     train = [row for group in by_label.values() for row in group[:k]]
-    dev = [row for group in by_label.values() for row in group[k:2 * k]]
+    dev = [row for group in by_label.values() for row in group[k : 2 * k]]
     return train, dev
 
 
@@ -262,9 +284,18 @@ class Splits:
     skipped_rows: dict = field(default_factory=dict)  # file -> bad rows left out (data.on_bad_row=skip)
 
 
-def build_splits(spec: TaskSpec, data_dir, num_train: int, num_dev: int, num_eval: int,
-                 seed: int, eval_seed: int = 0, protocol: str = "mezo", k: int = 16,
-                 on_bad_row: str = "error") -> Splits:
+def build_splits(
+    spec: TaskSpec,
+    data_dir,
+    num_train: int,
+    num_dev: int,
+    num_eval: int,
+    seed: int,
+    eval_seed: int = 0,
+    protocol: str = "mezo",
+    k: int = 16,
+    on_bad_row: str = "error",
+) -> Splits:
     """Train/dev/test rows of ``spec`` under ``protocol``.
 
     ``mezo``: ``num_train + num_dev`` examples sampled from the train pool with ``seed``, the last
@@ -274,8 +305,9 @@ def build_splits(spec: TaskSpec, data_dir, num_train: int, num_dev: int, num_eva
     A pool smaller than ``num_train + num_dev`` gives dev its ``num_dev`` first and train the rest
     (MeZO's rule: CB's 250 rows with 1000/100 give train 150 / dev 100), with a warning naming both
     counts; a pool that cannot give dev ``num_dev`` rows and train at least one (when
-    ``num_train > 0``) is refused, naming the row count and what to set. With ``num_train == num_dev == 0`` (zero-shot) the
-    train pool is not loaded, so tasks whose mirror lacks a train split still evaluate.
+    ``num_train > 0``) is refused, naming the row count and what to set. With
+    ``num_train == num_dev == 0`` (zero-shot) the train pool is not loaded, so tasks whose mirror
+    lacks a train split still evaluate.
 
     ``kshot``: ``k`` examples per class for train and dev (``num_train``/``num_dev`` are not used),
     ``seed`` being the data seed (13, 21, 42, 87, 100 in LM-BFF). Read from
@@ -301,7 +333,7 @@ def _mezo_splits(spec, data_dir, num_train, num_dev, num_eval, seed, eval_seed, 
         pool = load_split(spec, "train", data_dir, on_bad_row, skipped)
         _check_pool_size(spec, len(pool), num_train, num_dev)
         picked = sample_subset(pool, num_train + num_dev, seed)
-    dev = picked[len(picked) - num_dev:] if num_dev else []
+    dev = picked[len(picked) - num_dev :] if num_dev else []
     train = picked[: len(picked) - len(dev)]
     test = sample_subset(load_split(spec, "eval", data_dir, on_bad_row, skipped), num_eval, eval_seed)
     return Splits(train=train, dev=dev, test=test)
@@ -315,12 +347,22 @@ def _check_pool_size(spec, rows: int, num_train: int, num_dev: int) -> None:
     if rows < need:
         most = rows - (1 if num_train > 0 else 0)
         hint = f"set data.num_dev <= {most}" if most > 0 else "point data.dir at a file with more rows"
-        raise ConfigError(f"data.num_dev={num_dev}: task {spec.name}'s train pool has only {rows} rows, too few for "
-                          f"{num_dev} dev rows{' plus at least one training row' if num_train else ''}; {hint} "
-                          f"(data.num_train + data.num_dev <= {rows} uses no more rows than exist)")
-    log.warning("task %s: num_train + num_dev = %d > %d rows in the train pool: dev takes its %d, train gets "
-                "the other %d (not %d); set data.num_train=%d to ask for exactly that", spec.name,
-                num_train + num_dev, rows, num_dev, rows - num_dev, num_train, rows - num_dev)
+        raise ConfigError(
+            f"data.num_dev={num_dev}: task {spec.name}'s train pool has only {rows} rows, too few for "
+            f"{num_dev} dev rows{' plus at least one training row' if num_train else ''}; {hint} "
+            f"(data.num_train + data.num_dev <= {rows} uses no more rows than exist)"
+        )
+    log.warning(
+        "task %s: num_train + num_dev = %d > %d rows in the train pool: dev takes its %d, train gets "
+        "the other %d (not %d); set data.num_train=%d to ask for exactly that",
+        spec.name,
+        num_train + num_dev,
+        rows,
+        num_dev,
+        rows - num_dev,
+        num_train,
+        rows - num_dev,
+    )
 
 
 def kshot_dir(data_dir, task: str, k: int, seed: int) -> Path:
@@ -339,8 +381,9 @@ def _kshot_splits(spec, data_dir, num_eval, seed, k, on_bad_row, skipped) -> Spl
         dev = _read_jsonl(folder / "dev.jsonl", f"dev of the {what}", spec, on_bad_row, skipped)
     else:
         log.info("task %s: no k-shot files for k=%d seed=%d; sampling them from the train pool", spec.name, k, seed)
-        train, dev = sample_k_per_label(load_split(spec, "train", data_dir, on_bad_row, skipped),
-                                        spec.label_field, k, seed)
+        train, dev = sample_k_per_label(
+            load_split(spec, "train", data_dir, on_bad_row, skipped), spec.label_field, k, seed
+        )
     if folder is not None and (folder / "test.jsonl").is_file():
         test = _read_jsonl(folder / "test.jsonl", "k-shot test", spec, on_bad_row, skipped)
     else:

@@ -102,7 +102,7 @@ class PromptFormat:
     template: str | None = None
 
     @classmethod
-    def from_raw(cls, raw, where: str) -> "PromptFormat":
+    def from_raw(cls, raw, where: str) -> PromptFormat:
         if not isinstance(raw, dict) or set(raw) != {"prompt", "candidates"}:
             raise ConfigError(f"{where}: expected exactly the keys prompt and candidates")
         cands = raw["candidates"]
@@ -111,8 +111,7 @@ class PromptFormat:
                 raise ConfigError(f"{where}.candidates: a mapping needs exactly for_each and template")
             return cls(raw["prompt"], for_each=cands["for_each"], template=cands["template"])
         if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
-            raise ConfigError(f"{where}.candidates: expected a non-empty list of strings or "
-                              "{for_each, template}")
+            raise ConfigError(f"{where}.candidates: expected a non-empty list of strings or {{for_each, template}}")
         return cls(raw["prompt"], candidates=tuple(cands))
 
     @cached_property
@@ -150,7 +149,7 @@ class TaskSpec:
     source_file: str = field(default="", compare=False)
 
     @classmethod
-    def from_yaml(cls, path: Path) -> "TaskSpec":
+    def from_yaml(cls, path: Path) -> TaskSpec:
         try:
             raw = yaml.safe_load(Path(path).read_text())
         except yaml.YAMLError as err:
@@ -174,11 +173,13 @@ class TaskSpec:
             raise ConfigError(f"{path}: exactly one of {', '.join(GOLD_KEYS)} is needed, got {gold_keys or 'none'}")
         generative = raw["objective"] == "generation"
         if generative != ("answers_field" in raw) or generative != (raw["metric"] == "f1"):
-            raise ConfigError(f"{path}: objective generation goes with answers_field and metric f1 "
-                              "(and only with them)")
+            raise ConfigError(
+                f"{path}: objective generation goes with answers_field and metric f1 (and only with them)"
+            )
         if generative != ("generation" in raw):
-            raise ConfigError(f"{path}: generation: {{max_new_tokens, stop}} is required for (and only for) "
-                              "objective generation")
+            raise ConfigError(
+                f"{path}: generation: {{max_new_tokens, stop}} is required for (and only for) objective generation"
+            )
         formats = {f: PromptFormat.from_raw(raw[f], f"{path}: {f}") for f in FAMILIES if f in raw}
         if not formats:
             raise ConfigError(f"{path}: no prompt family; give at least one of {', '.join(FAMILIES)}")
@@ -189,8 +190,7 @@ class TaskSpec:
         if ("gold_field" in raw) != any(fmt.for_each for fmt in formats.values()):
             raise ConfigError(f"{path}: gold_field goes with candidates: {{for_each, template}} (and only with it)")
         known = {k: raw[k] for k in REQUIRED + ("description", "generation", *GOLD_KEYS) if k in raw}
-        return cls(**known, formats=formats, skip_labels=tuple(raw.get("skip_labels", ())),
-                   source_file=str(path))
+        return cls(**known, formats=formats, skip_labels=tuple(raw.get("skip_labels", ())), source_file=str(path))
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -237,4 +237,4 @@ def _mezo_boundary(prompt: str, candidates: tuple[str, ...]) -> tuple[str, tuple
     """MeZO's ``encode_prompt``: the scored text is ``(prompt + candidate).lstrip().strip(" ")``
     and the context is ``prompt`` stripped the same way, so the candidate is what lies between."""
     context = prompt.lstrip().rstrip(" ")
-    return context, tuple((prompt + c).lstrip().rstrip(" ")[len(context):] for c in candidates)
+    return context, tuple((prompt + c).lstrip().rstrip(" ")[len(context) :] for c in candidates)
