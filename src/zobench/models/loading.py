@@ -4,9 +4,9 @@ Sources:
 
 * ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet);
   ``device_map`` (e.g. ``auto``) spreads a model larger than one GPU over all of them.
-* ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; DESIGN.md "Models
-  offline"). Dequantising takes 20-60 s, so the first load writes a safetensors copy to
-  ``<cache_dir>/<name>/`` (atomically) and later loads read that in seconds.
+* ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; docs/adding-a-model.md,
+  "Offline models"). Dequantising is slow, so the first load writes a safetensors copy to
+  ``<cache_dir>/<name>/`` (atomically) and later loads read that instead.
 * ``random``: a seeded random initialisation from ``architecture`` (a transformers config),
   with the tokenizer of another model config (``tokenizer_from``): for tests and smoke runs.
 
@@ -14,7 +14,7 @@ Without the hub (no network, ``HF_HUB_OFFLINE=1``): :func:`check_sources` runs b
 creates anything (log, W&B run) and fails in seconds with one line naming the model or dataset
 and what to do, unless it is in the local HF cache, from which it is then loaded
 (``local_files_only``). Whether the hub answers is probed once per process with a short timeout
-(:func:`hub_available`): transformers' and datasets' own retries take 40-100 s to give up.
+(:func:`hub_available`): transformers' and datasets' own retries take far longer to give up.
 """
 
 from __future__ import annotations

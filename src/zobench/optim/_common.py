@@ -5,14 +5,17 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
 
-Closure = Callable[[], torch.Tensor]
+#: ``closure()`` -> the batch loss; a closure of the batched contract also takes ``replicas=N``
+Closure = Callable[..., torch.Tensor]
 
 
 def accepts_replicas(closure) -> bool:
@@ -34,7 +37,8 @@ def decay_groups(
     which torch keeps as ``param_names`` (for methods that read the model's structure from the
     names, ``takes_names``: LeZO's blocks, DiZO's projected matrices).
     """
-    decay, no_decay = [], []
+    decay: list = []
+    no_decay: list = []
     for name, p in named_params:
         (decay if p.ndim >= 2 else no_decay).append((name, p) if names else p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -76,7 +80,7 @@ def check_hyperparameters(kinds: dict[str, str], values: dict) -> None:
 
 
 class ZOOptimizer(torch.optim.Optimizer):
-    """Base of every zeroth-order method (DESIGN.md "Optimizer" contract).
+    """Base of every zeroth-order method (the "Optimizer" contract of docs/design.md).
 
     * ``step(closure)``: ``closure()`` evaluates the loss of the current batch at the *current*
       parameters, forward only; the method calls it under perturbations made by ``self.engine``.
@@ -84,14 +88,25 @@ class ZOOptimizer(torch.optim.Optimizer):
     * The step counter and the base seed live in ``param_groups`` and all other state in
       ``self.state``, so ``state_dict()`` captures everything a bit-identical resume needs.
     * Subclasses declare ``forward_passes_per_step``; the loop counts the real passes with a hook.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim.Optimizer``.
+        defaults: the method's hyperparameters, checked against ``hyperparameters`` (and again in
+            every param group, which may override them).
+        engine: perturbation engine (``zobench.engine``); defaults to the in-place torch engine.
+        seed: base seed of this optimizer's direction stream (an integer).
     """
 
-    forward_passes_per_step: int = 0
+    #: forward passes of one step (an average where steps differ: DiZO, MeZO-SVRG)
+    forward_passes_per_step: float = 0
     #: parameter-sized float32 buffers kept per parameter (the honest memory overhead)
     state_buffers_per_param: int = 0
     #: hyperparameter -> kind (``HYPERPARAMETER_KINDS``), checked in ``__init__`` in the defaults and
     #: in every param group. Subclasses declare only their own keys; the dicts of the MRO are merged.
     hyperparameters: dict[str, str] = {"lr": "nonnegative", "eps": "positive", "weight_decay": "nonnegative"}
+    #: torch's per-parameter state (tensor keys) plus a method's few scalars under string keys
+    #: ("zo", "svrg", "fzoo_reuse"): torch's ``state_dict`` keeps non-tensor keys as they are
+    state: defaultdict[Any, Any]
 
     @classmethod
     def hyperparameter_kinds(cls) -> dict[str, str]:

@@ -36,6 +36,7 @@ class LowRankDirection(Direction):
     factors: Callable | None = field(default=None)
 
     def _blocks(self, pid: int, like: torch.Tensor):
+        assert self.factors is not None  # sample / chunks fall back to Direction's z without factors
         a, b = self.factors(pid, like)
         rows, cols = like.shape
         step = row_block(cols, 64)  # a multiple of 64 elements: see VirtualEngine._perturbed_blocks

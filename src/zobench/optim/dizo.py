@@ -37,6 +37,8 @@ Deviations from the authors' code:
   in-place moves of γ (l.439-451; equal up to an ulp of γ).
 * The projected weights are written in place for the round's evaluations and put back by the
   inverse map, as in the reference (l.273-296): a few ulps of drift on those matrices per round.
+
+The reference defaults and its other faults: docs/algorithms.md, "DiZO".
 """
 
 from __future__ import annotations

@@ -13,12 +13,10 @@ near inference: the tangent of each live activation (about 2× activations) and 
 parameters at a time.
 
 Cost: declared as 1 forward pass per step (one call of the model), but a dual forward does the
-primal and the tangent computation together. Measured on CPU (2 threads, fp32, batch 4 × 32
-tokens): 2.5× the time of one perturbed (virtual-engine) forward on SmolLM2-135M, 2.3× on
-tiny-llama; against a plain forward without any z it is far more on CPU (39× on SmolLM2), since
-regenerating z for 135M parameters dominates there, as it does for MeZO. Attention runs on SDPA's math kernel
-during the dual forward (the fused kernels have no forward-AD formula), which costs memory
-quadratic in the sequence length.
+primal and the tangent computation together, so it costs a few forwards' worth of arithmetic (the
+README's method table gives the measured ratio), plus z for every parameter, as MeZO's step does.
+Attention runs on SDPA's math kernel during the dual forward (the fused kernels have no
+forward-AD formula), which costs memory quadratic in the sequence length.
 
 Needs ``engine.mode=virtual``: the engine puts ``fwAD.make_dual(θ, z)`` in each module's
 parameter slot for the duration of its forward.

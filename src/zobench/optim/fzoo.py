@@ -9,8 +9,8 @@ The authors' rule (DKmiyan/FZOO @d4f8a8b, trainer.py:757 σ, :760 the coefficien
 
 There is no 1/ε: since ℓ_i - ℓ0 ≈ ε u_iᵀ∇L and σ ≈ ε‖∇L‖, the step is normalised SGD,
 ≈ (η/N) Σ_i (u_iᵀ∇L / ‖∇L‖) u_i, independent of ε, and the published learning rates (1e-5 with
-ε 1e-3 in fzoo.sh, 5e-5 with ε 1e-4 in the OPT-13B README) are calibrated to it. (Before issue 17
-zobench also divided by ε: its step at lr η is this rule's step at lr η/ε.)
+ε 1e-3 in fzoo.sh, 5e-5 with ε 1e-4 in the OPT-13B README) are calibrated to it. (Dividing by ε
+as well would make the step at lr η this rule's step at lr η/ε.) See docs/algorithms.md, "FZOO".
 
 N+1 forward passes per step, no parameter-sized state.
 
@@ -20,9 +20,8 @@ argument, the N perturbed losses come from ONE model call on the batch repeated 
 i at θ + εu_i: ``closure(replicas=N)`` must return the N losses as a tensor of shape (N,)
 (``replicas_per_call`` > 0 splits them into calls of that many replicas, to bound memory).
 Otherwise they are evaluated one after another. Both give the same losses up to rounding. The
-gain is GPU occupancy (N× the rows per kernel); z is still generated once per replica per module.
-Measured on CPU (2 threads, N=8, batch 4 × 32): SmolLM2-135M 32.9 s sequential vs 33.7 s batched
-(z generation dominates), tiny-llama ~2-6× faster batched (noisy, shared cores).
+gain is GPU occupancy (N× the rows per kernel); z is still generated once per replica per module,
+so where drawing z dominates the step (a CPU) batching gains little.
 
 FZOO-R (``reuse=true``, loss reuse): each step evaluates only N/2 new directions (N/2 + 1 passes)
 and reuses the N/2 differences ℓ_j - ℓ0 of the previous step with their directions (regenerated
@@ -47,10 +46,9 @@ Deviations from the authors' code:
 * u_i comes from the engine's seeded Rademacher stream, not ``torch.manual_seed`` +
   ``torch.randint`` on the global RNG (trainer.py:724-729), and ℓ0 is evaluated before the
   perturbed losses (the reference evaluates it after, l.758: same θ, same value).
-* their parallel path (a patched OPT forward that stacks N
-perturbed weight copies) does not run in the public release; here the replicas are computed
-inside each layer from the shared weights (x Wᵀ + ε x U_iᵀ), with no weight copy, for any model
-built of supported modules.
+* their parallel path (a patched OPT forward that stacks N perturbed weight copies) does not run
+  in the public release; here the replicas are computed inside each layer from the shared weights
+  (x Wᵀ + ε x U_iᵀ), with no weight copy, for any model built of supported modules.
 """
 
 from __future__ import annotations
@@ -142,7 +140,7 @@ class FZOO(ZOOptimizer):
         reason = self._batched_reason(closure)
         if reason is None:
             chunk = self._shared("replicas_per_call") or len(directions)
-            losses = []
+            losses: list[float] = []
             for start in range(0, len(directions), chunk):
                 part = directions[start : start + chunk]
                 with self.engine.replicas(self._all_params, part, eps):

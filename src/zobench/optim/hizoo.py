@@ -8,12 +8,12 @@ estimate (``Hessian_matrix``, initialised to ones, l.351), z ~ N(0, I):
     Σ' = (1-α) Σ + α · |ℓ+ + ℓ- - 2ℓ0| / (2ε²) · Σ ⊙ z²                        (l.507-510)
     θ ← θ - η ( (ℓ+ - ℓ-)/(2ε) · z/√Σ' + λ θ )                                 (l.512-513)
 
-The update uses the NEW Σ' (the perturbation used the old Σ). Before issue 17 zobench updated
-with the old Σ; the two differ by the factor (1 - α + α c z²)^(-1/2) per element, ≈ 1 at the
-default α = 1e-8.
+The update uses the NEW Σ' (the perturbation used the old Σ); an update with the old Σ would
+differ by the factor (1 - α + α c z²)^(-1/2) per element, ≈ 1 at the default α = 1e-8.
 
 3 forward passes per step. State: Σ, one float32 buffer per parameter
-(``state_buffers_per_param = 1``).
+(``state_buffers_per_param = 1``). The reference defaults and the known faults of the authors'
+code: docs/algorithms.md, "HiZOO".
 
 Deviations from the authors' code:
 
@@ -41,7 +41,7 @@ from ._common import Closure, ZOOptimizer
 class HessianScaledDirection(Direction):
     """u = z / √Σ, Σ looked up per parameter id (``sigma.get(pid)``; None: u = z)."""
 
-    sigma: object = None
+    sigma: _SigmaByPid | None = None
 
     def transform(self, pid: int, like: torch.Tensor, start: int, stop: int, z: torch.Tensor) -> torch.Tensor:
         sigma = None if self.sigma is None else self.sigma.get(pid)
@@ -50,6 +50,18 @@ class HessianScaledDirection(Direction):
 
 
 class HiZOO(ZOOptimizer):
+    """HiZOO: SPSA along z/√Σ with the diagonal Hessian estimate Σ (float32) learnt on the way.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε (shared by all groups).
+        hessian_smooth: α, the smoothing of Σ's moving average, in [0, 1] (reference: 1e-8).
+        weight_decay: λ (decay groups only).
+        seed: base seed of this optimizer's direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 3
     state_buffers_per_param = 1
     hyperparameters = {"hessian_smooth": "unit"}

@@ -22,7 +22,7 @@ states it as a fraction of the model's blocks, so one config fits models of any 
 
 No public code (WangFei-2019/LeZO holds only a README), so the rule is the paper's; the default
 ``n_drop`` is not published (the paper sweeps 0..40 of OPT-13B's 40 blocks): set it per model.
-Weight decay, like the update, applies to the perturbed set only.
+Weight decay, like the update, applies to the perturbed set only. See docs/algorithms.md, "LeZO".
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class LeZO(ZOOptimizer):
             key=lambda b: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", b)],
         )
         if n_drop is None:  # a fraction of this model's blocks, rounded half up
+            assert drop_rate is not None  # check_hyperparameters refused a null drop_rate above
             n_drop = int(math.floor(drop_rate * len(self.blocks) + 0.5))
         if n_drop > len(self.blocks):
             raise ValueError(f"n_drop={n_drop}: must be at most the number of blocks ({len(self.blocks)})")

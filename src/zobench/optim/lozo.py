@@ -9,9 +9,9 @@ parameters use a Gaussian z (l.718):
     g = (L(θ+εZ) - L(θ-εZ)) / 2ε,   θ ← (1 - ηλ) θ - η g Z          (l.790, l.812-821)
 
 The entries of Z have variance r, so at a fixed η the step grows ∝ r, and the published grid
-(lr 1e-6/1e-7, ε 1e-3, r ∈ {1, 2}, ν ∈ {50, 100}) assumes it. (Before issue 17 zobench divided
-Z by √r: g was then measured along Z/√r and the update moved along Z/√r, so its step at lr η is
-this rule's step at lr η/r.)
+(lr 1e-6/1e-7, ε 1e-3, r ∈ {1, 2}, ν ∈ {50, 100}) assumes it. (With Z divided by √r, g would be
+measured along Z/√r and the update move along Z/√r: the step at lr η would be this rule's step at
+lr η/r.) See docs/algorithms.md, "LOZO".
 
 2 forward passes per step, no state (U and V are regenerated from seeds).
 
@@ -38,6 +38,19 @@ from ._lowrank import LowRankDirection, factor_seed, gaussian
 
 
 class LOZO(ZOOptimizer):
+    """LOZO: SPSA along Z = U Vᵀ per matrix, U fresh every step, V redrawn every ν steps.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε (shared by all groups).
+        rank: r, the rank of U and V (used as given, also above min(m, n)).
+        lazy_steps: ν, steps between two draws of V.
+        weight_decay: λ (decay groups only).
+        seed: base seed of this optimizer's factors and direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "lazy_steps": "count"}
 

@@ -7,6 +7,7 @@ Per step, with z ~ N(0, I) regenerated from the step seed (never stored):
     θ ← θ - η (g z + λ θ)                                            (λ only on decay groups)
 
 2 forward passes per step, no optimizer state. Memory: inference + the engine's working set.
+The reference defaults and the variants in scope: docs/algorithms.md, "MeZO".
 Variants (MeZO §2 and ZO-Bench): n-SPSA averages q directions, θ ← θ - (η/q) Σ_i g_i z_i
 (2q passes); one-sided uses g_i = (L(θ+εz_i) - L(θ))/ε with one shared L(θ) (q+1 passes).
 
@@ -34,7 +35,7 @@ import math
 
 import torch
 
-from ..engine import Engine
+from ..engine import Direction, Engine
 from ._common import Closure, ZOOptimizer
 
 
@@ -55,7 +56,7 @@ class MeZO(ZOOptimizer):
         engine: perturbation engine; defaults to the in-place torch engine.
     """
 
-    forward_passes_per_step = 2
+    forward_passes_per_step: float = 2  # DiZO, a subclass, declares an average
     hyperparameters = {"num_directions": "count"}
 
     def __init__(
@@ -91,8 +92,8 @@ class MeZO(ZOOptimizer):
         eps, q, one_sided = self._shared("eps"), self._shared("num_directions"), self._shared("one_sided")
         step = self._advance()
         distribution = self._shared("distribution")
-        loss_zero = float(closure()) if one_sided else None
-        estimates = []  # (direction, g, ℓ+, ℓ-)
+        loss_zero = float(closure()) if one_sided else math.nan  # read only when one-sided
+        estimates: list[tuple[Direction, float, float, float]] = []  # (direction, g, ℓ+, ℓ-)
         for index in range(q):
             direction = self.direction(step, index, distribution)
             if one_sided:

@@ -19,7 +19,7 @@ State: θ̄, one parameter-sized buffer (``state_buffers_per_param = 1``); g is 
 direction, so it is kept as two numbers, the anchor step's seed and its projected gradient, and
 regenerated like any z. Evaluating at θ̄ swaps θ and θ̄ in place, a piece at a time (exact).
 
-Deviations from the authors' code (each a fault ALGORITHMS.md lists):
+Deviations from the authors' code (each a fault docs/algorithms.md lists under "MeZO-SVRG"):
 
 * The reference's θ̄ is ``parameters.copy()`` (l.415), a shallow copy of a list of (name,
   tensor) pairs that aliases θ: its ĝ_B(θ̄) is taken at the current θ, already moved by the first
@@ -73,9 +73,11 @@ class MeZOSVRG(ZOOptimizer):
     """MeZO-SVRG with the anchor and the inner pair done as the paper states (module docstring).
 
     Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
         lr: η2, the inner steps' learning rate.
         anchor_lr: η1, the anchor steps' (None: η2).
-        eps: ε. q: steps per anchor (anchor every q-th step).
+        eps: perturbation scale ε (shared by all groups).
+        q: steps per anchor (an anchor every q-th step, the first included).
         anchor_examples: n, the anchor batch (the loop supplies ⌈n/|B|⌉ training batches).
         weight_decay, distribution, seed, engine: as MeZO's.
     """

@@ -9,7 +9,7 @@ out), m_l = 1[|θ_l| ≤ h_l], ẑ = m ⊙ z; vectors (biases, norms) are pertur
 2 forward passes per step. The mask is recomputed from the current θ whenever z is drawn (one
 threshold per matrix per step is all that is kept), so memory stays at inference. That needs
 the unperturbed θ at every draw: ``engine.mode=virtual`` (in-place perturbation would compute
-the mask of θ+εz).
+the mask of θ+εz). See docs/algorithms.md, "Sparse-MeZO".
 """
 
 from __future__ import annotations
@@ -65,6 +65,18 @@ def magnitude_threshold(p: torch.Tensor, sparsity: float, chunk: int | None = No
 
 
 class SparseMeZO(ZOOptimizer):
+    """MeZO on the small-magnitude weights of each matrix, the mask recomputed at every draw.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε (shared by all groups).
+        sparsity: s in [0, 1), the fraction of each matrix's weights (the largest |θ|) left out.
+        weight_decay: λ (decay groups only).
+        seed: base seed of this optimizer's direction stream.
+        engine: a ``VirtualEngine`` (required: the mask is taken from the unperturbed weights).
+    """
+
     forward_passes_per_step = 2
     hyperparameters = {"sparsity": "fraction"}
 

@@ -11,7 +11,7 @@ rule (zimingyy/SubZero @cf6effd, large_models/trainer.py): U, V from ``fast_svd_
 (l.1195-1205), redrawn when global_step % update_interval == 0 (l.894-908), Z = U z0 Vᵀ·√(mn/r²)
 (l.756-758, l.987-989), θ ← θ - η g Z through SGD (l.324-325, l.995-996). The √(mn)/r factor gives Z's
 entries unit variance on average, so ε means what it means for MeZO. Defaults: rank 8 and a
-refresh every 2000 steps, the reference's run.py:94-95.
+refresh every 2000 steps, the reference's run.py:94-95. See docs/algorithms.md, "SubZero".
 
 Deviations from the authors' code: r is capped at min(m, n) (``rank_for``; the reference's
 r × r core would not fit a thinner matrix); U, V, z0 are float32 draws from per-parameter seeded
@@ -31,6 +31,19 @@ from ._lowrank import LowRankDirection, factor_seed, gaussian, rank_for
 
 
 class SubZero(ZOOptimizer):
+    """SubZero: SPSA in a random r × r subspace of each matrix, U and V refreshed periodically.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε (shared by all groups).
+        rank: r, capped per matrix at min(m, n).
+        refresh_steps: steps between two draws of the orthonormal U and V.
+        weight_decay: λ (decoupled, decay groups only).
+        seed: base seed of this optimizer's factors and direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "refresh_steps": "count"}
 

@@ -14,10 +14,10 @@ TeZO-Adam, Adam moments on κ τ. 2 forward passes per step; state: r numbers pe
 Choices, stated (no public code): one CP rank r for every matrix (``rank``; it may exceed
 min(m, n): the r slices u_k v_kᵀ span an r-dimensional space of updates),
 U, V Gaussian N(0, 1) (not orthonormalised), Z = U diag(τ) Vᵀ with no normalisation, as the paper's
-formula writes it (Sun et al. 2025, Eq. for Z_t; ../shared/ALGORITHMS.md "TeZO"): entries of Z
-have variance r, so at a fixed η the step grows ∝ r (before issue 17 zobench divided Z by √r: its
-step at lr η is this rule's at lr η/r). Non-matrix parameters follow MeZO (with momentum / Adam not
-applied to them). No public code exists, so there is no reference transcription to match.
+formula writes it (Sun et al. 2025, the equation of Z_t; docs/algorithms.md, "TeZO"): entries of Z
+have variance r, so at a fixed η the step grows ∝ r (with Z divided by √r the step at lr η would be
+this rule's at lr η/r). Non-matrix parameters follow MeZO (with momentum / Adam not applied to
+them). No public code exists, so there is no reference transcription to match.
 """
 
 from __future__ import annotations
@@ -34,6 +34,22 @@ VARIANTS = ("plain", "momentum", "adam")
 
 
 class TeZO(ZOOptimizer):
+    """TeZO: SPSA along Z_t = U diag(τ_t) Vᵀ with U, V fixed per matrix; moments on τ only.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ρ (shared by all groups).
+        rank: r, the CP rank of every matrix's perturbations (may exceed min(m, n)).
+        variant: ``plain`` (ZO-SGD), ``momentum`` (TeZO-m) or ``adam`` (TeZO-Adam).
+        momentum: β of TeZO-m, in [0, 1).
+        betas: (β1, β2) of TeZO-Adam, each in [0, 1).
+        adam_eps: δ of TeZO-Adam.
+        weight_decay: λ (decay groups only).
+        seed: base seed of this optimizer's factors and direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
     hyperparameters = {"rank": "count", "momentum": "fraction", "betas": "betas", "adam_eps": "positive"}
 

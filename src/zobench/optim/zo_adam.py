@@ -12,7 +12,8 @@ memory argument gives up; it is reported, not hidden.
 The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad = g z`` then
 ``torch.optim.Adam(lr)`` (torch's defaults β = (0.9, 0.999), δ = 1e-8) steps each parameter
 (l.316, l.1063-1073): the rule above. Deviations: m and v are float32 whatever the parameter
-dtype; weight decay is decoupled (their Adam has none; the sweeps use 0).
+dtype; weight decay is decoupled (their Adam has none; the sweeps use 0). The ZO-Bench methods:
+docs/algorithms.md, "Related methods".
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ from ._common import Closure, ZOOptimizer
 
 
 class ZOAdam(ZOOptimizer):
+    """ZO-Adam: Adam's moments (float32) on the SPSA estimate g z.
+
+    Args:
+        params: parameters or param groups (``lr``, ``betas``, ``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε of the SPSA estimate (shared by all groups).
+        betas: (β1, β2), each in [0, 1).
+        adam_eps: δ, added to √v̂.
+        weight_decay: λ (decoupled, decay groups only).
+        seed: base seed of this optimizer's direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
     state_buffers_per_param = 2
     hyperparameters = {"betas": "betas", "adam_eps": "positive"}

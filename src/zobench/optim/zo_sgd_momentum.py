@@ -11,7 +11,8 @@ The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad 
 heavy ball m ← β m + g z (no dampening), θ ← θ - η m: the rule above.
 
 Deviations from ZO-Bench's code: m is kept in float32 whatever the parameter dtype; weight decay is
-decoupled (their SGD has none; the sweeps use 0).
+decoupled (their SGD has none; the sweeps use 0). The ZO-Bench methods: docs/algorithms.md,
+"Related methods".
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from ._common import Closure, ZOOptimizer
 
 
 class ZOSGDMomentum(ZOOptimizer):
+    """ZO-SGD-MMT: heavy-ball momentum (float32) on the SPSA estimate g z.
+
+    Args:
+        params: parameters or param groups (``lr``, ``momentum``, ``weight_decay`` may differ per group).
+        lr: learning rate η.
+        eps: perturbation scale ε (shared by all groups).
+        momentum: β in [0, 1).
+        weight_decay: λ (decoupled, decay groups only).
+        seed: base seed of this optimizer's direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
     state_buffers_per_param = 1
     hyperparameters = {"momentum": "fraction"}

@@ -8,7 +8,7 @@ ICML 2024).
 
 2 forward passes per step, no state.
 
-The default is ../shared/ALGORITHMS.md's rule and the one ZO-Bench's code runs
+The default is the rule of docs/algorithms.md ("Related methods") and the one ZO-Bench's code runs
 (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py:1055-1058, ``zo_sign_opt``:
 ``np.sign(projected_grad) * z`` stepped by SGD, l.1072-1073, their "signOpt_orig"): MeZO's step with |g|
 normalised away, so every step has length η‖z‖ whatever the loss difference, and η has to be
@@ -39,6 +39,18 @@ def _sign(g: float) -> float:
 
 
 class ZOSGDSign(ZOOptimizer):
+    """ZO-SGD-Sign: MeZO's step with sign(g) for g (or, elementwise, sign(g z)).
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        lr: learning rate η (each step moves η‖z‖, or η per element with ``elementwise``).
+        eps: perturbation scale ε (shared by all groups).
+        weight_decay: λ (decoupled, decay groups only).
+        sign: ``scalar`` (ZO-Bench's code, default) or ``elementwise`` (ZO-signSGD).
+        seed: base seed of this optimizer's direction stream.
+        engine: perturbation engine; defaults to the in-place torch engine.
+    """
+
     forward_passes_per_step = 2
 
     def __init__(
