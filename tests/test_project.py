@@ -1,0 +1,86 @@
+"""The habits of a maintained project: one version everywhere, docs whose links resolve,
+optimizer docstrings with their arguments and in-repo citations, the lint and type checks in CI."""
+
+import inspect
+import re
+from pathlib import Path
+
+import yaml
+
+import zobench
+import zobench.optim
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
+#: the packages whose docstrings must cite the repository's docs/, never files outside it
+CITING = ("src/zobench/optim", "src/zobench/models")
+#: guides written on another branch of the same release (issue 19's `tasks` part): empty this once
+#: they are merged, so that a link to them is checked like any other
+PENDING = {"docs/adding-a-method.md", "docs/adding-a-task.md"}
+
+
+def _pyproject(pattern: str) -> str:
+    """One value of pyproject.toml (no tomllib: Python 3.10 is supported)."""
+    match = re.search(pattern, (REPO / "pyproject.toml").read_text(), re.M | re.S)
+    assert match, f"pyproject.toml: {pattern} not found"
+    return match.group(1)
+
+
+def test_one_version_in_pyproject_the_package_and_the_changelog():
+    version = _pyproject(r'^version = "([^"]+)"$')
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", (REPO / "CHANGELOG.md").read_text(), re.M)
+    assert releases, "CHANGELOG.md has no '## [x.y.z] - YYYY-MM-DD' release heading"
+    # summary.json's zobench_version is zobench.__version__: it must name the release
+    assert version == zobench.__version__ == releases[0]
+
+
+def test_relative_links_of_the_docs_resolve():
+    for page in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or (page.parent / target).resolve().relative_to(REPO).as_posix() in PENDING:
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: link to {target} does not resolve"
+
+
+def test_the_docs_index_links_every_page():
+    index = (REPO / "docs" / "README.md").read_text()
+    for page in (REPO / "docs").glob("*.md"):
+        assert page.name == "README.md" or f"]({page.name})" in index, f"docs/README.md does not link {page.name}"
+
+
+def test_every_optimizer_class_documents_its_arguments():
+    for name in zobench.optim.__all__:
+        obj = getattr(zobench.optim, name)
+        if inspect.isclass(obj):
+            doc = inspect.getdoc(obj) or ""
+            assert "\nArgs:\n" in f"\n{doc}", f"zobench.optim.{name}: no Args section in its docstring"
+            for argument in inspect.signature(obj.__init__).parameters:
+                if argument != "self":
+                    assert re.search(rf"\b{argument}\b", doc.split("Args:")[1]), f"{name}: Args lacks {argument}"
+
+
+def test_docstrings_cite_the_repository_not_files_outside_it():
+    stale = re.compile(r"\.\./shared|DESIGN\.md|ALGORITHMS\.md|\b[Ii]ssue \d+")
+    for package in CITING:
+        for path in sorted((REPO / package).glob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                assert not stale.search(line), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+
+
+def test_ci_lints_and_type_checks_before_the_tests():
+    lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    checks = next(i for i, line in enumerate(lines) if "ruff check ." in line)
+    assert "ruff format --check ." in lines[checks] and "mypy" in lines[checks]
+    tests = next(i for i, line in enumerate(lines) if "python -m pytest" in line)
+    install = next(i for i, line in enumerate(lines) if 'pip install -e ".[dev]"' in line)
+    assert install < checks < tests == len(lines) - 1
+
+
+def test_pre_commit_hooks_are_local_and_run_the_ci_checks():
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    assert [repo["repo"] for repo in config["repos"]] == ["local"]  # nothing to download: works offline
+    hooks = {hook["entry"].split(" --force-exclude")[0]: hook for hook in config["repos"][0]["hooks"]}
+    assert set(hooks) == {"ruff check", "ruff format --check", "mypy"}
+    assert all(hook["language"] == "system" for hook in hooks.values())
+    dev = _pyproject(r"^dev = \[(.*?)\]$")
+    assert '"ruff==' in dev and '"mypy' in dev  # the versions the hooks and CI run
