@@ -1,6 +1,7 @@
-"""The READMEs of ``results/bench/{rademacher,methods,allocator}`` from the JSON files their runs
-wrote: ``python -m zobench.report regenerate results/bench`` remakes them (kinds
-``bench_rademacher``, ``bench_methods``, ``bench_allocator`` of ``zobench.report.regenerate``).
+"""The Markdown of ``results/bench/`` from the JSON files its runs wrote:
+``python -m zobench.report regenerate results/bench`` remakes them (kinds ``bench_runs``: each
+``python -m zobench.bench`` run's ``<name>.md`` from its ``<name>.json``; ``bench_rademacher``,
+``bench_methods``, ``bench_allocator``: the READMEs of those folders; ``zobench.report.regenerate``).
 
 The rows come in the order the folder's ``report.yaml`` lists (the order its script ran them),
 never in file-modification order, which a clone does not keep.
@@ -151,3 +152,22 @@ def make_allocator(entry: dict, dest: Callable[[str], Path], plots: bool, where:
     folder, order, readme = _entry(entry, where)
     dest(readme).write_text(allocator_readme(_read(folder, order, where)))
     return [readme]
+
+
+def make_bench_runs(entry: dict, dest: Callable[[str], Path], plots: bool, where: str) -> list[str]:
+    """Every ``<name>.json`` of ``python -m zobench.bench`` in ``dir`` → its ``<name>.md``, with the
+    command the JSON records."""
+    from .harness import markdown
+
+    if "dir" not in entry:
+        raise ConfigError(f"{where}.dir: required for kind {entry['kind']}")
+    sources = sorted(Path(entry["dir"]).glob("*.json"))
+    if not sources:
+        raise DataNotFoundError(f"{where}.dir: {entry['dir']}: no benchmark JSON files")
+    made = []
+    for source in sources:
+        result = json.loads(source.read_text())
+        path = str(source.with_suffix(".md"))
+        dest(path).write_text(markdown(result, result["command"]))
+        made.append(path)
+    return made

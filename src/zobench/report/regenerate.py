@@ -12,8 +12,9 @@ does). The options a README's command line once carried (``--subset``, ``--compl
 * ``methods``: the methods-at-one-budget README and curves (``zobench.report.methods``): ``runs``,
   ``readme``, ``plot``, ``command``, ``subset``, ``completed_only``.
 * ``mezo_vs_zero_shot`` / ``zero_shot``: ``runs``, ``readme`` (``zobench.report.summaries``).
-* ``bench_rademacher`` / ``bench_methods`` / ``bench_allocator``: the benchmark READMEs of
-  ``results/bench/`` remade from their JSON files (``zobench.bench.summaries``).
+* ``bench_runs`` (``dir``: each ``python -m zobench.bench`` run's ``.md`` from its ``.json``),
+  ``bench_rademacher`` / ``bench_methods`` / ``bench_allocator``: the benchmark Markdown of
+  ``results/bench/`` remade from its JSON files (``zobench.bench.summaries``).
 
 ``--check`` writes nothing: it remakes every text file in a temporary folder and exits 1 when
 one differs from the committed file by a byte. PNG bytes depend on the matplotlib and libpng
@@ -108,6 +109,7 @@ def _makers() -> dict[str, Callable]:
         "methods": _make_methods,
         "mezo_vs_zero_shot": _summary_table(mezo_vs_zero_shot_readme),
         "zero_shot": _summary_table(zero_shot_readme),
+        "bench_runs": bench.make_bench_runs,
         "bench_rademacher": bench.make_rademacher,
         "bench_methods": bench.make_methods,
         "bench_allocator": bench.make_allocator,
