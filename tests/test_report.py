@@ -332,3 +332,20 @@ def test_committed_smoke_tables_are_reproduced_byte_for_byte(tmp_path, monkeypat
     written = make_report([Path(d) for d in dirs], table, tmp_path, command, smoke=True, plots=False)
     for kind in ("md", "csv", "tex"):
         assert written[kind].read_bytes() == (REPO / here / table / written[kind].name).read_bytes(), kind
+
+
+def test_config_yaml_is_read_as_omegaconf_reads_it(tmp_path):
+    """load_config (libyaml with OmegaConf's rules) gives the dict OmegaConf.load does: 1e-5 a float,
+    a date a string, and so on; on a committed run's config too."""
+    from omegaconf import OmegaConf
+
+    from zobench.report.runs import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "optimizer:\n  lr: 1e-5\n  eps: 1.0e-03\nday: 2026-01-01\nsteps: 20\nname: mezo\nflag: true\nx: null\n"
+    )
+    committed = next((REPO / "results" / "mezo_smollm2_sst2" / "runs").glob("*/config.yaml"))
+    for config in (path, committed):
+        assert load_config(config) == OmegaConf.to_container(OmegaConf.load(config))
+    assert load_config(path)["optimizer"]["lr"] == 1e-5 and load_config(path)["day"] == "2026-01-01"
