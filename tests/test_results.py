@@ -102,6 +102,10 @@ def test_check_fails_on_a_hand_edited_readme_and_regenerate_repairs_it(tmp_path,
         ({"make": [{"kind": "nope"}]}, "make[0].kind='nope'; allowed: table, methods"),
         ({"tables": []}, "must hold exactly one key, make"),
         ({"make": [{"kind": "zero_shot", "runs": "results/zero_shot_smollm2/runs"}]}, "make[0].readme: required"),
+        (
+            {"make": [{"kind": "methods", "runs": "x", "readme": "x.md", "command": "c", "completed-only": True}]},
+            "make[0].completed-only: unknown key for kind methods; allowed: command, completed_only,",
+        ),
         ({"make": [{"kind": "zero_shot", "runs": "nowhere", "readme": "x.md"}]}, "make[0].runs: nowhere: no such"),
     ],
 )
@@ -123,3 +127,9 @@ def test_passes_to_reach_and_the_interval_of_an_accuracy():
     assert [methods.passes_to_reach(dev, t) for t in (0.60, 0.65, 0.70, 0.71)] == [40, 80, 160, None]
     assert methods.half_width(0.5, 100) == pytest.approx(0.098)  # 1.96 * 0.5 / 10
     assert methods.half_width(1.0, 10) == 0.0
+
+
+def test_every_kind_declares_its_keys():
+    from zobench.report.regenerate import KEYS, _makers
+
+    assert set(KEYS) == set(_makers())

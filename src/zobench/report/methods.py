@@ -24,9 +24,6 @@ import yaml
 #: dev accuracies whose first crossing is reported (FZOO's claim is about passes to an accuracy)
 THRESHOLDS = (0.62, 0.65, 0.68, 0.70)
 
-#: the command of the GPU runs (the README says "a GPU machine" after it)
-GPU_COMMAND = "ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh"
-
 #: the curves' two panels: the full-space SPSA family (and the claims about FZOO and HiZOO), then the
 #: methods that change the direction's space or the update rule; MeZO is drawn in both as the reference
 PANELS = (
@@ -105,7 +102,7 @@ def _zo(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["launched"] and not r["first_order"] and not r["eval_only"] and not r["void"]]
 
 
-def _intro(runs: Path, budget: int, command: str) -> list[str]:
+def _intro(runs: Path, budget: int, command: str, machine: str | None) -> list[str]:
     every = budget // 10 if budget else "-"
     return [
         "# Every method on SmolLM2-135M / SST-2 at one forward-pass budget",
@@ -116,7 +113,7 @@ def _intro(runs: Path, budget: int, command: str) -> list[str]:
         f"dev evaluated every {every} passes (dev #k: the k-th evaluation, at ~k·{every} "
         "passes rounded down to whole steps, so a method with many passes per step is evaluated a little "
         "more often), the best-dev state tested at the end. Command: "
-        f"`{command}`{' (a GPU machine)' if command == GPU_COMMAND else ''}.",
+        f"`{command}`{f' ({machine})' if machine else ''}.",
         "",
     ]
 
@@ -214,15 +211,16 @@ def _passes_to_reach_table(rows: list[dict], zo: list[dict], compared: tuple[str
     return out
 
 
-def readme(runs: Path, rows: list[dict], command: str = GPU_COMMAND, subset: bool = False) -> str:
-    """The README of a runs dir; ``subset``: the runs were a chosen part of the plan (run.sh's
-    ONLY), so the runs not launched are not reported as missing."""
+def readme(runs: Path, rows: list[dict], command: str, subset: bool = False, machine: str | None = None) -> str:
+    """The README of a runs dir made by ``command``; ``subset``: the runs were a chosen part of the
+    plan (run.sh's ONLY), so the runs not launched are not reported as missing; ``machine``: where
+    they ran, said after the command."""
     if subset:
         rows = [r for r in rows if r["launched"]]
     zo = _zo(rows)
     budget = max((r["budget"] or 0) for r in zo) if zo else 0
     evals = max((len(r["dev"]) for r in zo), default=0)
-    return "\n".join(_intro(runs, budget, command) + _table(rows, evals) + _claims(rows, budget)) + "\n"
+    return "\n".join(_intro(runs, budget, command, machine) + _table(rows, evals) + _claims(rows, budget)) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -10,7 +10,8 @@ does). The options a README's command line once carried (``--subset``, ``--compl
 * ``table``: a paper table (``zobench.report.make_report``): ``table``, ``runs`` (list), ``out``
   (folder), ``smoke``; Markdown, LaTeX, CSV and the plots.
 * ``methods``: the methods-at-one-budget README and curves (``zobench.report.methods``): ``runs``,
-  ``readme``, ``plot``, ``command``, ``subset``, ``completed_only``.
+  ``readme``, ``plot``, ``command`` (that made the runs), ``machine`` (said after it), ``subset``,
+  ``completed_only``.
 * ``mezo_vs_zero_shot`` / ``zero_shot``: ``runs``, ``readme`` (``zobench.report.summaries``).
 * ``bench_runs`` (``dir``: each ``python -m zobench.bench`` run's ``.md`` from its ``.json``),
   ``bench_rademacher`` / ``bench_methods`` / ``bench_allocator``: the benchmark Markdown of
@@ -82,8 +83,9 @@ def _make_methods(entry: dict, dest: Callable[[str], Path], plots: bool, where: 
     if entry.get("completed_only"):
         rows = methods.completed(rows)
     readme = str(_require(entry, "readme", where))
-    command = str(entry.get("command", methods.GPU_COMMAND))
-    dest(readme).write_text(methods.readme(runs, rows, command, bool(entry.get("subset"))))
+    command = str(_require(entry, "command", where))
+    text = methods.readme(runs, rows, command, bool(entry.get("subset")), entry.get("machine"))
+    dest(readme).write_text(text)
     made = [readme]
     if entry.get("plot") and plots:
         methods.plot(rows, dest(entry["plot"]))
@@ -116,6 +118,19 @@ def _makers() -> dict[str, Callable]:
     }
 
 
+#: the keys each kind takes (besides ``kind``): a misspelt option is an error, not silently unused
+KEYS = {
+    "table": {"table", "runs", "out", "smoke"},
+    "methods": {"runs", "readme", "plot", "command", "machine", "subset", "completed_only"},
+    "mezo_vs_zero_shot": {"runs", "readme"},
+    "zero_shot": {"runs", "readme"},
+    "bench_runs": {"dir"},
+    "bench_rademacher": {"json", "readme"},
+    "bench_methods": {"dir", "readme", "order"},
+    "bench_allocator": {"dir", "readme", "order"},
+}
+
+
 def load_spec(path: Path) -> list[dict]:
     """The ``make`` entries of one ``report.yaml``; a bad entry names the file and the key."""
     raw = yaml.safe_load(path.read_text()) or {}
@@ -126,6 +141,12 @@ def load_spec(path: Path) -> list[dict]:
         if not isinstance(entry, dict) or entry.get("kind") not in kinds:
             got = entry.get("kind") if isinstance(entry, dict) else entry
             raise ConfigError(f"{path}: make[{i}].kind={got!r}; allowed: {', '.join(kinds)}")
+        unknown = sorted(set(entry) - {"kind"} - KEYS[entry["kind"]])
+        if unknown:
+            allowed = ", ".join(sorted(KEYS[entry["kind"]]))
+            raise ConfigError(
+                f"{path}: make[{i}].{unknown[0]}: unknown key for kind {entry['kind']}; allowed: {allowed}"
+            )
     return raw["make"]
 
 
