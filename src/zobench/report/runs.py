@@ -1,6 +1,6 @@
 """Run dirs → one pandas DataFrame (one row per completed run).
 
-A run dir is any folder holding a ``config.yaml`` written by ``python -m zobench`` (DESIGN.md,
+A run dir is any folder holding a ``config.yaml`` written by ``python -m zobench`` (docs/design.md,
 "Run directory"). Its row joins ``summary.json`` (task, model, optimizer, tuning, seed, metrics,
 memory, status) with the resolved config flattened to dotted keys (``optimizer.lr``,
 ``train.steps``, ``data.num_train`` ...), so a table can select and group on any of them.
