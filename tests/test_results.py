@@ -133,3 +133,17 @@ def test_every_kind_declares_its_keys():
     from zobench.report.regenerate import KEYS, _makers
 
     assert set(KEYS) == set(_makers())
+
+
+def test_the_benchmarks_moved_out_of_results_still_fit_the_code():
+    """zobench.bench.rademacher puts the old z back by patching Direction: the names it patches must
+    exist (and come back); prefix_sharing's imports resolve."""
+    import zobench.bench.prefix_sharing as prefix_sharing
+    from zobench.bench import rademacher
+    from zobench.engine import directions, trace
+
+    before = directions.Direction._generator, directions.Direction._draw, trace.phase
+    with rademacher.old_definition():
+        assert directions.Direction._draw is not before[1]
+    assert (directions.Direction._generator, directions.Direction._draw, trace.phase) == before
+    assert callable(prefix_sharing.main)
