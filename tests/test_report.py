@@ -15,6 +15,7 @@ import yaml
 
 from zobench.errors import ConfigError, DataNotFoundError
 from zobench.report import compute_cells, load_runs, load_table, make_report
+from zobench.report.regenerate import load_spec
 from zobench.report.spec import available_tables, parse_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +227,7 @@ def test_bad_input_errors(tmp_path):
         load_table("table9")
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_writes_files_and_reports_bad_input_on_one_line(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     ok = subprocess.run(
@@ -249,6 +251,7 @@ def test_cli_writes_files_and_reports_bad_input_on_one_line(sweep, tmp_path):
     ]
 
 
+@pytest.mark.slow  # CLI subprocess runs of a tiny model, then the report
 def test_report_over_real_tiny_runs(tmp_path, data_dir):
     """Two real MeZO runs (a Hydra sweep over lr): the report picks the lr whose summary.json has the
     better dev score and reports that run's test score."""
@@ -287,18 +290,25 @@ def test_report_over_real_tiny_runs(tmp_path, data_dir):
 
 def test_committed_results_table_is_reproduced_byte_for_byte(tmp_path):
     """results/mezo_smollm2_sst2/report/ is what the report makes of the committed run dirs (the
-    PNGs are regenerated too but not compared: their bytes depend on the matplotlib version)."""
+    PNGs are not drawn: their bytes depend on the matplotlib version; test_results draws them)."""
     results = REPO / "results" / "mezo_smollm2_sst2"
     command = (
         "python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke --out results/mezo_smollm2_sst2/report"
     )
-    assert command in (results / "run.sh").read_text()
-    written = make_report([results / "runs"], "smoke", tmp_path, command)
+    # the entry of report.yaml that `python -m zobench.report regenerate` (run.sh's last line) runs
+    assert {
+        "kind": "table",
+        "table": "smoke",
+        "runs": ["results/mezo_smollm2_sst2/runs"],
+        "out": "results/mezo_smollm2_sst2/report",
+    } in (load_spec(results / "report.yaml"))
+    written = make_report([results / "runs"], "smoke", tmp_path, command, plots=False)
+    assert set(written) == {"md", "csv", "tex"} and not list(tmp_path.glob("*.png"))  # plots=False draws nothing
     for kind in ("md", "csv", "tex"):
         assert written[kind].read_bytes() == (results / "report" / written[kind].name).read_bytes(), kind
 
 
-SMOKE_TABLES = {  # table -> experiments whose runs feed it (results/tables_smoke/run.sh)
+SMOKE_TABLES = {  # table -> experiments whose runs feed it (results/tables_smoke/report.yaml)
     "mezo_table1": ["mezo_table1", "mezo_table1_baselines", "mezo_table1_lp", "mezo_table1_ft"],
     "mezo_table18_k16": ["mezo_table18", "mezo_table18_lp"],
     "mezo_table18_k512": ["mezo_table18_k512"],
@@ -317,10 +327,25 @@ def test_committed_smoke_tables_are_reproduced_byte_for_byte(tmp_path, monkeypat
     here = "results/tables_smoke"
     dirs = [f"{here}/runs/{experiment}" for experiment in SMOKE_TABLES[table]]
     command = f"python -m zobench.report {' '.join(dirs)} --table {table} --smoke --out {here}/{table}"
-    assert (
-        f"report {table} " + " ".join(f"$here/runs/{e}" for e in SMOKE_TABLES[table])
-        in (REPO / here / "run.sh").read_text()
-    )
-    written = make_report([Path(d) for d in dirs], table, tmp_path, command, smoke=True)
+    entry = {"kind": "table", "table": table, "smoke": True, "runs": dirs, "out": f"{here}/{table}"}
+    assert entry in load_spec(REPO / here / "report.yaml")  # what run.sh's `regenerate $here` makes
+    written = make_report([Path(d) for d in dirs], table, tmp_path, command, smoke=True, plots=False)
     for kind in ("md", "csv", "tex"):
         assert written[kind].read_bytes() == (REPO / here / table / written[kind].name).read_bytes(), kind
+
+
+def test_config_yaml_is_read_as_omegaconf_reads_it(tmp_path):
+    """load_config (libyaml with OmegaConf's rules) gives the dict OmegaConf.load does: 1e-5 a float,
+    a date a string, and so on; on a committed run's config too."""
+    from omegaconf import OmegaConf
+
+    from zobench.report.runs import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "optimizer:\n  lr: 1e-5\n  eps: 1.0e-03\nday: 2026-01-01\nsteps: 20\nname: mezo\nflag: true\nx: null\n"
+    )
+    committed = next((REPO / "results" / "mezo_smollm2_sst2" / "runs").glob("*/config.yaml"))
+    for config in (path, committed):
+        assert load_config(config) == OmegaConf.to_container(OmegaConf.load(config))
+    assert load_config(path)["optimizer"]["lr"] == 1e-5 and load_config(path)["day"] == "2026-01-01"

@@ -6,8 +6,8 @@
 # BUDGET forward passes (train.forward_budget: steps = BUDGET // its passes per step); the
 # first-order baselines get FO_STEPS backprop steps; zero-shot, ICL (32 demonstrations, MeZO's) and
 # linear probing take no steps. Learning rates: a two-point grid per method, picked on dev alone
-# (table.py); the grid is scaled from MeZO's (the per-element step of each update rule made
-# comparable), see NOTES.md. Runs go JOBS at a time (each is one process; on a GPU they share it).
+# (the README, python -m zobench.report regenerate); the grid is scaled from MeZO's (the per-element
+# step of each update rule made comparable), see NOTES.md. Runs go JOBS at a time (each is one process; on a GPU they share it).
 #   ZOBENCH_DATA_DIR=../shared/data JOBS=12 bash results/methods_smollm2_sst2/run.sh    # a GPU machine
 # Environment: BUDGET, FO_STEPS, JOBS, OUT_DIR, ONLY (a regex of run names), EXTRA (overrides for
 # every run), FZOO_BATCHED, NO_TABLE, PYTHON.
@@ -24,7 +24,7 @@ common="model=smollm2-135m task=sst2 logger=none seed=0 train.checkpoint_every=0
 zo="train.forward_budget=$budget train.eval_every_passes=$((budget / 10))"
 mkdir -p "$out"
 # Issue 17 gave FZOO, LOZO and TeZO their authors' step scale; runs made before it are RECORDS below:
-# listed in plan.txt (so table.py reports the committed run dirs) but never launched, since their
+# listed in plan.txt (so the README reports the committed run dirs) but never launched, since their
 # overrides now mean a different step. The new lines give the same steps as the old ones:
 #   FZOO: the step no longer divides by eps (DKmiyan/FZOO trainer.py:760), so the old lr eta at
 #     eps 1e-3 is lr eta/eps = 1000*eta now (old 3e-6 -> 3e-3, 1e-6 -> 1e-3); sigma is now the
@@ -116,7 +116,8 @@ export -f launch
 export out common python
 # ONLY (an extended regex of run names) runs part of the plan, e.g. ONLY='mezo_lr3e-5|fzoo_lr.*'
 grep -v '^$' "$out/plan.txt" | grep -vE "^(${records})\|" | grep -E "^(${ONLY:-.*})\|" | xargs -P "$jobs" -I{} bash -c 'launch "$@"' _ {}
+# README.md and curves.png of every runs folder that has a report.yaml (runs/, cpu_budget400/, ...);
+# a new OUT_DIR gets its own report.yaml (copy cpu_budget400/report.yaml: subset, completed_only, command)
 if [ -z "${NO_TABLE:-}" ]; then
-  $python results/methods_smollm2_sst2/table.py "$out" > $here/README.md
-  $python results/methods_smollm2_sst2/table.py "$out" --plot $here/curves.png
+  $python -m zobench.report regenerate $here
 fi

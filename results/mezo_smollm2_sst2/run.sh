@@ -13,5 +13,5 @@ for lr in 1e-5 3e-5 1e-4; do
   python -m zobench $common optimizer=mezo optimizer.lr=$lr optimizer.eps=1e-3 train.steps=200 \
     train.eval_every=100 hydra.run.dir=$out/mezo_lr$lr
 done
-python results/mezo_smollm2_sst2/table.py $out > results/mezo_smollm2_sst2/README.md
-python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke --out results/mezo_smollm2_sst2/report
+# README.md, and report/ = python -m zobench.report results/mezo_smollm2_sst2/runs --table smoke --out results/mezo_smollm2_sst2/report
+python -m zobench.report regenerate results/mezo_smollm2_sst2  # what report.yaml lists

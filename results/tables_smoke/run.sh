@@ -13,12 +13,6 @@ for experiment in mezo_table1 mezo_table1_baselines mezo_table1_lp mezo_table1_f
                   mezo_table18_k512 fzoo_averages sparse_mezo memory hizoo_roberta_k16 tezo_opt13b; do
   python -m zobench -m experiment=${experiment}_smoke hydra.sweep.dir=$here/runs/$experiment
 done
-report() { table=$1; shift; python -m zobench.report "$@" --table $table --smoke --out $here/$table > /dev/null; }
-report mezo_table1 $here/runs/mezo_table1 $here/runs/mezo_table1_baselines $here/runs/mezo_table1_lp $here/runs/mezo_table1_ft
-report mezo_table18_k16 $here/runs/mezo_table18 $here/runs/mezo_table18_lp
-report mezo_table18_k512 $here/runs/mezo_table18_k512
-report fzoo_averages $here/runs/fzoo_averages
-report sparse_mezo $here/runs/sparse_mezo
-report memory $here/runs/memory
-report hizoo_roberta_k16 $here/runs/mezo_table18 $here/runs/hizoo_roberta_k16
-report tezo_opt13b $here/runs/mezo_table1 $here/runs/tezo_opt13b
+# one folder of Markdown, LaTeX, CSV and plots per table: python -m zobench.report <runs of the table's
+# experiments> --table <table> --smoke --out $here/<table>, as report.yaml lists them
+python -m zobench.report regenerate $here

@@ -12,4 +12,4 @@ for task in sst2 sst5 snli mnli rte trec cb boolq wsc wic multirc copa squad; do
   python -m zobench model=smollm2-135m task=$task logger=none seed=0 train.steps=0 \
     data.num_train=0 data.num_dev=0 data.num_eval=1000 hydra.run.dir=$out/$task
 done
-python results/zero_shot_smollm2/table.py $out > results/zero_shot_smollm2/README.md
+python -m zobench.report regenerate results/zero_shot_smollm2  # README.md (report.yaml)

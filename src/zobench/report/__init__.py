@@ -39,9 +39,12 @@ def table_runs(runs: Runs, spec: TableSpec) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else selected.iloc[0:0].assign(method=[])
 
 
-def make_report(roots: list[Path], table: str, out_dir: Path, command: str, smoke: bool = False) -> dict[str, Path]:
+def make_report(
+    roots: list[Path], table: str, out_dir: Path, command: str, smoke: bool = False, plots: bool = True
+) -> dict[str, Path]:
     """Write ``<table>.md/.tex/.csv`` and the PNG plots into ``out_dir``; returns what was written.
-    ``smoke``: the table's smoke variant (``<table>_smoke.*``), for the runs of its smoke experiment."""
+    ``smoke``: the table's smoke variant (``<table>_smoke.*``), for the runs of its smoke experiment;
+    ``plots=False``: the text files only (a check that need not draw)."""
     spec = load_table(table, smoke=smoke)
     runs = load_runs([Path(r) for r in roots])
     cells = compute_cells(runs.frame, spec)
@@ -59,6 +62,8 @@ def make_report(roots: list[Path], table: str, out_dir: Path, command: str, smok
         to_markdown(frame, spec, runs, used["run_dir"].nunique() if not used.empty else 0, command)
     )
     written["tex"].write_text(to_latex(frame, spec))
+    if not plots:
+        return written
     curves, memory = out_dir / f"{spec.name}_curves.png", out_dir / f"{spec.name}_memory.png"
     if plot_curves(cells, spec, curves):
         written["curves"] = curves

@@ -1,4 +1,6 @@
-"""``python -m zobench.report <dirs> --table <name> [--out DIR]`` (see ``zobench.report``)."""
+"""``python -m zobench.report <dirs> --table <name> [--out DIR]`` (see ``zobench.report``), and
+``python -m zobench.report regenerate [FOLDER ...] [--check] [--plots | --no-plots]``: every
+generated file under ``results/`` remade from its run dirs (see ``zobench.report.regenerate``)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,46 @@ from . import available_tables, make_report
 EXIT_BAD_INPUT = 2
 
 
+def regenerate_main(argv: list[str]) -> None:
+    """The ``regenerate`` command: exit 0 when all is remade (or, with --check, the same), 1 when a
+    committed file differs from what its run dirs make, 2 on bad input (a spec or a missing folder)."""
+    from .regenerate import regenerate
+
+    parser = argparse.ArgumentParser(
+        prog="python -m zobench.report regenerate",
+        description="Remake every generated file that the report.yaml files under FOLDER name, from the "
+        "committed run dirs (run from the repository root).",
+    )
+    parser.add_argument("folders", nargs="*", type=Path, default=[Path("results")], help="default: results")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file differs")
+    parser.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw the PNG plots (default: when writing, not with --check; a checked PNG is compared by size)",
+    )
+    args = parser.parse_args(argv)
+    plots = (not args.check) if args.plots is None else args.plots
+    try:
+        outcomes = regenerate(args.folders, check=args.check, plots=plots)
+    except ConfigError as err:
+        print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    for outcome in outcomes:
+        print(f"{outcome.state}: {outcome.path}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        print(
+            f"zobench: {len(bad)} of {len(outcomes)} generated files differ from what their run dirs make",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["regenerate"]:
+        return regenerate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m zobench.report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs holding run dirs")
     parser.add_argument(
