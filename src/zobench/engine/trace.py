@@ -1,4 +1,4 @@
-"""Where a ZO step is: the engine phase and the module being evaluated, for stalls (issue 21).
+"""Where a ZO step is: the engine phase and the module being evaluated, for stalls.
 
 A step is perturb → forward → (perturb → forward) → restore / update; a hang inside it used to
 print nothing. Two opt-in aids, both off (and free) unless asked for:

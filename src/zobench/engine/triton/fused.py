@@ -3,13 +3,13 @@ tiles of a Triton GEMM, and ``fl(W + s·Z)[ids]`` gathered row by row (``engine.
 
 Why: the virtual engine otherwise writes θ + εz for each module (or each streamed block) into
 a fresh tensor and hands it to cuBLAS: per weight element that is a read of θ, a write and a
-second read of the copy, on top of generating z (OPT-30B on an H100: 72% of the step was the
-engine). Here each tile of W is loaded once, its z drawn in registers from the Philox counters of
-its elements, ``fl(W + s·Z)`` rounded to W's dtype exactly as ``kernels.perturbed_copy``
-rounds it, and fed to ``tl.dot``: the perturbed matrix never exists in memory, the weights are
-read once per output column block, and nothing is written but the output. Two replicas of one direction
-(the mirrored ± pair of ``VirtualEngine.mirrored``) share the tile's load and its z: two
-accumulators, ``x₊·fl(W + s·Z)ᵀ`` and ``x₋·fl(W + s₂·Z)ᵀ`` (s₂ = -s for the pair).
+second read of the copy, on top of generating z (on large models, most of a step). Here each
+tile of W is loaded once, its z drawn in registers from the Philox counters of its elements,
+``fl(W + s·Z)`` rounded to W's dtype exactly as ``kernels.perturbed_copy`` rounds it, and fed to
+``tl.dot``: the perturbed matrix never exists in memory, the weights are read once per output
+column block, and nothing is written but the output. Two replicas of one direction (the mirrored
+± pair of ``VirtualEngine.mirrored``) share the tile's load and its z: two accumulators,
+``x₊·fl(W + s·Z)ᵀ`` and ``x₋·fl(W + s₂·Z)ᵀ`` (s₂ = -s for the pair).
 
 Embedding lookups never need the whole matrix: ``perturbed_gather`` reads only the looked-up rows
 and draws only their z (Philox is random access: element e's z is word e mod 4 of counter e div 4,
