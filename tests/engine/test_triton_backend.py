@@ -226,6 +226,8 @@ def test_the_pair_kernel_is_the_copy_kernel_at_plus_and_minus_scale(dtype):
     assert torch.equal(_bits(plus), _bits(tk.perturbed_copy(p, key, "rademacher", 0.25)))
     assert torch.equal(_bits(minus), _bits(tk.perturbed_copy(p, key, "rademacher", -0.25)))
     rows_plus, rows_minus = tk.perturbed_pair(p, key, "rademacher", 0.25, 64, 128)
+    _, other = tk.perturbed_pair(p, key, "rademacher", 0.25, scale2=0.5)  # two replicas of one z
+    assert torch.equal(_bits(other), _bits(tk.perturbed_copy(p, key, "rademacher", 0.5)))
     assert torch.equal(_bits(rows_plus), _bits(plus[64:128])) and torch.equal(_bits(rows_minus), _bits(minus[64:128]))
 
 

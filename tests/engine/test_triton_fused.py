@@ -78,6 +78,11 @@ def test_fused_pair_is_the_two_single_products_bit_for_bit(dtype):
     assert torch.equal(_bits(minus), _bits(tf.perturbed_linear(x_minus, weight, b_minus, key, "gaussian", -0.1)))
     with pytest.raises(ValueError, match="bias_minus"):
         tf.perturbed_linear(x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus)
+    # any two replicas of one direction, not only ±s: the second at its own scale
+    _, other = tf.perturbed_linear(
+        x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus, bias_minus=b_minus, scale_minus=0.3
+    )
+    assert torch.equal(_bits(other), _bits(tf.perturbed_linear(x_minus, weight, b_minus, key, "gaussian", 0.3)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -114,7 +114,9 @@ class ReplicaEvaluation:
         self.count = len(replicas)
         self.groups = group_replicas(replicas)
         self.replaying = False  # a generic module re-run per replica must not re-enter its hook
-        self._last: dict[int, tuple[int, list[torch.Tensor]]] = {}  # tied weights: the group's values
+        # a tied weight's values per group, kept for its other uses in this forward (one z per
+        # direction); tied weights are only materialised below the streaming threshold
+        self._tied: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.handles: list = []
 
     def install(self, plan: list[PlanEntry]) -> None:
@@ -130,7 +132,7 @@ class ReplicaEvaluation:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self._last = {}
+        self._tied = {}
 
     def touches(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self.pids
@@ -145,17 +147,17 @@ class ReplicaEvaluation:
 
     def values(self, p: torch.Tensor, index: int) -> list[torch.Tensor]:
         """θ + s·z of group ``index``'s replicas for a perturbed ``p`` (``p`` itself otherwise);
-        a tied weight's second use within the group reuses the first's (one z per evaluation)."""
+        a tied weight's second use reuses the first's (one z per direction and evaluation)."""
         group = self.groups[index]
         if not self.touches(p):
             return [p] * len(group.scales)
-        last = self._last.get(id(p))
-        if last is not None and last[0] == index:
-            return last[1]
+        cached = self._tied.get((id(p), index))
+        if cached is not None:
+            return cached
         with self.engine._timed():
             values = self.engine.provider.values(p.detach(), self.pids[id(p)], group.direction, group.scales)
         if id(p) in self.engine._tied:
-            self._last[id(p)] = (index, values)
+            self._tied[(id(p), index)] = values
         return values
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

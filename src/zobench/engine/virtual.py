@@ -295,7 +295,7 @@ class VirtualEngine(Engine):
     def replicas(self, params: ZOParams, directions: Sequence[Direction], scale: float):
         """Context manager: one forward of the batch repeated ``len(directions)`` times
         (replica-major) evaluates replica i at θ + scale·z_i; the closure returns N losses."""
-        return self._batched(params, [(d, scale) for d in directions], "replicas", _REPLICA_REFUSAL)
+        return self.batch(params, [(d, scale) for d in directions])
 
     def mirror_support(self, params: ZOParams) -> str | None:
         return "engine.paired=false" if not self.paired else self.replica_support(params)
@@ -303,10 +303,20 @@ class VirtualEngine(Engine):
     def mirrored(self, params: ZOParams, direction: Direction, scale: float):
         """Context manager: one forward of the batch repeated twice evaluates its first half at
         θ + scale·z and its second at θ - scale·z, z drawn once; the closure returns 2 losses."""
-        return self._batched(params, [(direction, scale), (direction, -scale)], "mirrored", _MIRROR_REFUSAL)
+        return self.batch(params, [(direction, scale), (direction, -scale)], "mirrored", _MIRROR_REFUSAL)
 
     @contextmanager
-    def _batched(self, params: ZOParams, replicas: list[tuple[Direction, float]], what: str, refusal: str):
+    def batch(
+        self,
+        params: ZOParams,
+        replicas: Sequence[tuple[Direction, float]],
+        what: str = "replicas",
+        refusal: str = _REPLICA_REFUSAL,
+    ):
+        """Context manager: one forward of the batch repeated ``len(replicas)`` times
+        (replica-major) evaluates replica i = (direction, scale) at θ + scale·z; replicas that
+        share a direction (the same object) share one draw of z. ``what`` / ``refusal``: how
+        errors name this evaluation and what they advise."""
         plan = replica_plan(self.model, params)
         if isinstance(plan, str):
             pair = "a mirrored pair" if what == "mirrored" else what
@@ -314,7 +324,7 @@ class VirtualEngine(Engine):
         if self._active or self._dual or self._evaluation is not None:
             raise RuntimeError(f"VirtualEngine.{what}: another evaluation is active; restore() first")
         label = "replicas" if what == "replicas" else "mirrored evaluation"
-        evaluation = ReplicaEvaluation(self, params, replicas, label, refusal)
+        evaluation = ReplicaEvaluation(self, params, list(replicas), label, refusal)
         evaluation.install(plan)
         self._evaluation, self.replica_count = evaluation, len(replicas)
         try:
