@@ -87,7 +87,7 @@ class RoutedCalls(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return self.linear(args[0], args[1], bias)
         # max_norm renormalises rows in place: not a lookup of perturbed rows
-        if func is F.embedding and kwargs.get("max_norm") is None and not self.touches(args[0]):
+        if func is F.embedding and len(args) > 1 and kwargs.get("max_norm") is None and not self.touches(args[0]):
             return self.embedding(args[0], args[1])
         if self.other is not None:
             return self.other(func, args, kwargs)

@@ -230,6 +230,8 @@ class VirtualEngine(Engine):
         return out
 
     def _streamed_embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if not self._is_streamed(weight):
+            return self._whole_call(F.embedding, (ids, weight), {})
         pid, direction, scale = self._active[id(weight)]
         return self.embedding_at([ids], weight, pid, direction, [scale])[0]
 
