@@ -208,3 +208,34 @@ def test_mirrored_refuses_what_it_cannot_split():
             linear(torch.ones(3, 3))
     assert VirtualEngine(linear, paired=False).mirror_support(_params(linear)) == "engine.paired=false"
     assert "one perturbation per forward" in InPlaceEngine().mirror_support(_params(linear))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
+def test_replicas_of_one_direction_share_one_draw_of_z(stream, monkeypatch):
+    """The replica path with (direction, scale) per replica: replicas that share a direction draw
+    its z once (two directions, four replicas: two draws per parameter, one more per use of a
+    streamed tied weight), in any order, and each replica is the sequential evaluation."""
+    from zobench.engine import directions
+
+    if stream:
+        monkeypatch.setattr(directions, "Z_CHUNK", 64)
+    model = tiny_model("llama")
+    params, engine = _params(model), VirtualEngine(model, stream_elements=1 if stream else None)
+    first, second = Direction(3), Direction(4, "rademacher")
+    replicas = [(first, 1e-2), (second, 2e-2), (first, -1e-2), (second, -2e-2)]
+    ids = torch.randint(3, 60, (2, 7), generator=torch.Generator().manual_seed(4))
+    sequential = _sequential_losses(engine, params, model, ids, [d for d, _ in replicas], [s for _, s in replicas])
+    drawn = []
+    original = Direction.chunks
+    monkeypatch.setattr(
+        Direction, "chunks", lambda self, pid, like, size=None: drawn.append(pid) or original(self, pid, like, size)
+    )
+    with torch.no_grad(), engine.batch(params, replicas):
+        assert engine.replica_count == 4
+        batched = _replica_losses(model, ids, 4)
+    monkeypatch.setattr(Direction, "chunks", original)
+    torch.testing.assert_close(batched, torch.tensor(sequential), rtol=1e-5, atol=1e-5)
+    assert len({round(v, 6) for v in sequential}) == 4
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    tied = [pid for pid, p in params if p is embedding and p is head] if stream else []
+    assert sorted(drawn) == sorted(2 * ([pid for pid, _ in params] + tied))

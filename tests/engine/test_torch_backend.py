@@ -200,8 +200,8 @@ def _perturbed_losses(model, ids, direction, stream_elements):
     params = list(enumerate(p for _, p in model.named_parameters()))
     engine = VirtualEngine(model, stream_elements=stream_elements)
     whole = []
-    original = engine._perturbed_value
-    engine._perturbed_value = lambda p, *a: whole.append(tuple(p.shape)) or original(p, *a)
+    original = engine.provider.values
+    engine.provider.values = lambda p, *a: whole.append(tuple(p.shape)) or original(p, *a)
     losses = []
     for scale in (1e-2, -1e-2):
         engine.perturb(params, direction, scale)

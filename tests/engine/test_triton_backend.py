@@ -10,22 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-if "zobench.engine.triton_backend" not in sys.modules:
-    # Triton reads it when the kernels are defined, i.e. when triton_backend is first imported
+if "zobench.engine.triton.primitives" not in sys.modules:
+    # Triton reads it when the kernels are defined, i.e. when zobench.engine.triton is first imported
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
 from tests.conftest import tiny_model  # noqa: E402
 from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
-from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine.directions import z_source  # noqa: E402
 from zobench.engine.philox import philox_z  # noqa: E402
+from zobench.engine.provider import row_block  # noqa: E402
+from zobench.engine.triton import engines as te  # noqa: E402
+from zobench.engine.triton import kernels as tk  # noqa: E402
+from zobench.engine.triton.primitives import interpreted  # noqa: E402
 from zobench.errors import ConfigError, MissingPackageError  # noqa: E402
 from zobench.optim import HiZOO, MeZO, SparseMeZO  # noqa: E402
 
-if not tb.interpreted():
-    pytest.skip("triton_backend was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+if not interpreted():
+    pytest.skip("zobench.engine.triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DISTRIBUTIONS = ["gaussian", "rademacher"]
@@ -50,7 +53,7 @@ def _weights(shape, dtype, seed=0):
 @pytest.mark.parametrize("key", [0, 7, 2**40 + 17, mix_seed(3, 5)])
 def test_kernel_z_is_the_reference_philox_z_bit_for_bit(distribution, key):
     like = torch.empty(3, 1111)  # not a multiple of the block: the masked tail is covered
-    assert torch.equal(tb.generate_z(key, like, distribution), _reference(key, like, distribution))
+    assert torch.equal(tk.generate_z(key, like, distribution), _reference(key, like, distribution))
 
 
 def test_z_has_the_moments_of_its_distribution():
@@ -65,7 +68,7 @@ def test_z_has_the_moments_of_its_distribution():
 
 def test_z_source_makes_direction_sample_draw_the_kernel_z():
     like = torch.empty(40, 30)
-    with z_source(tb.generate_z):
+    with z_source(tk.generate_z):
         drawn = Direction(5, "gaussian").sample(3, like)
     assert torch.equal(drawn, _reference(mix_seed(5, 3), like, "gaussian"))
     assert not torch.equal(Direction(5, "gaussian").sample(3, like), drawn)  # outside: torch's z
@@ -75,7 +78,7 @@ def test_z_source_makes_direction_sample_draw_the_kernel_z():
 def test_rademacher_z_is_one_definition_on_every_backend(shape):
     """The kernels' Rademacher z (one Philox call per 128 signs) is the torch backend's z too."""
     like = torch.empty(shape)
-    kernel = tb.generate_z(mix_seed(5, 3), like, "rademacher")
+    kernel = tk.generate_z(mix_seed(5, 3), like, "rademacher")
     assert torch.equal(Direction(5, "rademacher").sample(3, like), kernel)
 
 
@@ -85,7 +88,7 @@ def test_row_signs_at_any_start_are_the_reference():
     cols = 132  # row i starts at element 132·i ≡ 4i (mod 128): every multiple of 4 mod 128
     weight = torch.zeros(40, cols)
     ids = torch.arange(40).flip(0)
-    from zobench.engine import triton_fused
+    from zobench.engine.triton import fused as triton_fused
 
     out = triton_fused.perturbed_gather(ids, weight, 9, "rademacher", 1.0)
     assert torch.equal(out, _reference(9, weight, "rademacher")[ids])
@@ -99,7 +102,7 @@ def test_row_signs_at_any_start_are_the_reference():
 def test_fused_sweep_is_the_documented_float32_formula(dtype, distribution):
     p = _weights((5, 333), dtype)
     before, key = p.clone(), 99
-    tb.sweep(p, key, distribution, undo=1e-3, keep=0.99, coeff=-0.05)
+    tk.sweep(p, key, distribution, undo=1e-3, keep=0.99, coeff=-0.05)
     z = _reference(key, p, distribution)
     expected = (0.99 * (before.float() + 1e-3 * z) + -0.05 * z).to(dtype)
     assert torch.equal(_bits(p), _bits(expected))
@@ -109,7 +112,7 @@ def test_fused_sweep_is_the_documented_float32_formula(dtype, distribution):
 def test_perturbed_copy_leaves_theta_alone(dtype):
     p = _weights((7, 129), dtype)
     before = p.clone()
-    out = tb.perturbed_copy(p, 5, "gaussian", 1e-2)
+    out = tk.perturbed_copy(p, 5, "gaussian", 1e-2)
     assert torch.equal(_bits(p), _bits(before))
     assert torch.equal(_bits(out), _bits((before.float() + 1e-2 * _reference(5, p, "gaussian")).to(dtype)))
 
@@ -117,7 +120,7 @@ def test_perturbed_copy_leaves_theta_alone(dtype):
 def test_non_contiguous_parameters_use_the_row_major_element_index():
     base = _weights((6, 50), torch.float32)
     transposed = base.clone().t()  # a (50, 6) view, not contiguous
-    tb.sweep(transposed, 3, "gaussian", coeff=0.5)
+    tk.sweep(transposed, 3, "gaussian", coeff=0.5)
     expected = base.t().contiguous() + 0.5 * _reference(3, transposed, "gaussian")
     assert torch.equal(transposed, expected)
 
@@ -131,13 +134,13 @@ def test_inplace_engine_fuses_restore_and_update_into_one_sweep(dtype, monkeypat
     p = _weights((4, 300), dtype)
     theta = p.clone()
     launches = []
-    original = tb._launch
-    monkeypatch.setattr(tb, "_launch", lambda kernel, *a, **k: launches.append(kernel) or original(kernel, *a, **k))
-    engine, direction, eps = tb.TritonInPlaceEngine(), Direction(11), 1e-3
+    original = tk._launch
+    monkeypatch.setattr(tk, "_launch", lambda kernel, *a, **k: launches.append(kernel) or original(kernel, *a, **k))
+    engine, direction, eps = te.TritonInPlaceEngine(), Direction(11), 1e-3
     engine.perturb([(0, p)], direction, eps)
     engine.perturb([(0, p)], direction, -eps)
     engine.restore_and_update([(0, p)], direction, coeff=-0.05, decay=0.01)
-    assert launches == [tb._sweep_kernel] * 3
+    assert launches == [tk._sweep_kernel] * 3
     z = _reference(mix_seed(11, 0), p, "gaussian")
     plus = (theta.float() + eps * z).to(dtype)
     minus = (plus.float() + -2 * eps * z).to(dtype)
@@ -166,13 +169,13 @@ def test_virtual_perturbation_equals_weights_moved_by_the_inplace_kernel():
     params = list(enumerate(model.parameters()))
     closure = _closure(model, torch.randint(3, 60, (2, 7)))
     direction = Direction(42)
-    virtual = tb.TritonVirtualEngine(model)
+    virtual = te.TritonVirtualEngine(model)
     virtual.perturb(params, direction, 1e-2)
     loss_virtual = closure()
     virtual.restore(params)
     virtual.remove()
     clean = closure()
-    tb.TritonInPlaceEngine().perturb(params, direction, 1e-2)
+    te.TritonInPlaceEngine().perturb(params, direction, 1e-2)
     assert torch.equal(loss_virtual, closure()) and not torch.equal(loss_virtual, clean)
 
 
@@ -182,29 +185,29 @@ def test_perturbed_rows_are_the_rows_of_the_whole_perturbed_copy(dtype):
     rows of the whole θ + εz, bit for bit."""
     p = _weights((300, 48), dtype)
     key = mix_seed(5, 2)
-    whole = tb.perturbed_copy(p, key, "gaussian", 0.25)
-    rows = tb.row_block(48, tb.BLOCK, 1)
-    assert rows * 48 % tb.BLOCK == 0
+    whole = tk.perturbed_copy(p, key, "gaussian", 0.25)
+    rows = row_block(48, tk.BLOCK, 1)
+    assert rows * 48 % tk.BLOCK == 0
     for first in range(0, 300, rows):
         stop = min(first + rows, 300)
-        block = tb.perturbed_rows(p, key, "gaussian", 0.25, first, stop)
+        block = tk.perturbed_rows(p, key, "gaussian", 0.25, first, stop)
         assert torch.equal(_bits(block), _bits(whole[first:stop]))
     with pytest.raises(ValueError, match="does not start a kernel block"):
-        tb.perturbed_rows(p, key, "gaussian", 0.25, 1, 2)
+        tk.perturbed_rows(p, key, "gaussian", 0.25, 1, 2)
 
 
 def test_streamed_weights_on_triton_give_the_materialised_loss(monkeypatch):
     """Virtual mode streams the embedding / LM head in blocks of rows (the kernel with an element
     offset) and never builds their θ + εz whole: the loss is the materialised one."""
-    monkeypatch.setattr(tb, "STREAM_BLOCK_ELEMENTS", 1)  # 64-row blocks: the smallest the kernel's block allows
+    monkeypatch.setattr(te, "STREAM_BLOCK_ELEMENTS", 1)  # 64-row blocks: the smallest the kernel's block allows
     model = tiny_model("llama")
     params = list(enumerate(model.parameters()))
     closure = _closure(model, torch.randint(3, 60, (2, 7)))
     losses, whole = [], []
     for stream_elements in (None, 1):
-        engine = tb.TritonVirtualEngine(model, stream_elements=stream_elements)
-        original = engine._perturbed_value
-        engine._perturbed_value = lambda p, *a: whole.append((stream_elements, p.dim())) or original(p, *a)
+        engine = te.TritonVirtualEngine(model, stream_elements=stream_elements)
+        original = engine.provider.values
+        engine.provider.values = lambda p, *a: whole.append((stream_elements, p.dim())) or original(p, *a)
         engine.perturb(params, Direction(42), 1e-2)
         losses.append(closure())
         engine.restore(params)
@@ -219,20 +222,22 @@ def test_the_pair_kernel_is_the_copy_kernel_at_plus_and_minus_scale(dtype):
     sequential evaluation would make; whole, and a block of rows alone."""
     p = _weights((300, 48), dtype)
     key = mix_seed(6, 1)
-    plus, minus = tb.perturbed_pair(p, key, "rademacher", 0.25)
-    assert torch.equal(_bits(plus), _bits(tb.perturbed_copy(p, key, "rademacher", 0.25)))
-    assert torch.equal(_bits(minus), _bits(tb.perturbed_copy(p, key, "rademacher", -0.25)))
-    rows_plus, rows_minus = tb.perturbed_pair(p, key, "rademacher", 0.25, 64, 128)
+    plus, minus = tk.perturbed_pair(p, key, "rademacher", 0.25)
+    assert torch.equal(_bits(plus), _bits(tk.perturbed_copy(p, key, "rademacher", 0.25)))
+    assert torch.equal(_bits(minus), _bits(tk.perturbed_copy(p, key, "rademacher", -0.25)))
+    rows_plus, rows_minus = tk.perturbed_pair(p, key, "rademacher", 0.25, 64, 128)
+    _, other = tk.perturbed_pair(p, key, "rademacher", 0.25, scale2=0.5)  # two replicas of one z
+    assert torch.equal(_bits(other), _bits(tk.perturbed_copy(p, key, "rademacher", 0.5)))
     assert torch.equal(_bits(rows_plus), _bits(plus[64:128])) and torch.equal(_bits(rows_minus), _bits(minus[64:128]))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])
 def test_a_mirrored_pair_on_triton_is_the_two_kernel_evaluations(stream, monkeypatch):
-    monkeypatch.setattr(tb, "STREAM_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(te, "STREAM_BLOCK_ELEMENTS", 1)
     model = tiny_model("llama")
     params = list(enumerate(model.parameters()))
     ids = torch.randint(3, 60, (2, 7))
-    engine = tb.TritonVirtualEngine(model, stream_elements=1 if stream else None)
+    engine = te.TritonVirtualEngine(model, stream_elements=1 if stream else None)
     sequential = []
     for scale in (1e-2, -1e-2):
         engine.perturb(params, Direction(42), scale)
@@ -337,7 +342,7 @@ def test_sparse_mezo_masks_the_kernel_z():
 def test_foreach_hands_out_the_kernel_z():
     p = torch.zeros(10, 10)
     seen = []
-    tb.TritonInPlaceEngine().foreach([(4, p)], Direction(8, "rademacher"), lambda pid, q, piece: seen.append(piece))
+    te.TritonInPlaceEngine().foreach([(4, p)], Direction(8, "rademacher"), lambda pid, q, piece: seen.append(piece))
     assert len(seen) == 1 and (seen[0].start, seen[0].stop) == (0, 100)  # the kernels' z is drawn whole
     assert torch.equal(seen[0].z, _reference(mix_seed(8, 4), p, "rademacher").view(-1))
 
@@ -347,8 +352,8 @@ def test_foreach_hands_out_the_kernel_z():
 
 def test_build_engine_selects_the_triton_engines():
     model = tiny_model("llama")
-    assert type(build_engine("triton", "inplace", model)) is tb.TritonInPlaceEngine
-    assert type(build_engine("triton", "virtual", model)) is tb.TritonVirtualEngine
+    assert type(build_engine("triton", "inplace", model)) is te.TritonInPlaceEngine
+    assert type(build_engine("triton", "virtual", model)) is te.TritonVirtualEngine
     assert resolve_backend("auto", model) == "torch"  # CPU: the interpreter is for tests only
 
 

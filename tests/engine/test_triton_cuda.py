@@ -21,11 +21,13 @@ pytest.importorskip("triton", reason="triton is not installed (pip install -e '.
 
 from tests.conftest import tiny_model  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
-from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine.philox import philox_z, philox_z_at  # noqa: E402
+from zobench.engine.triton import engines as te  # noqa: E402
+from zobench.engine.triton import kernels as tk  # noqa: E402
+from zobench.engine.triton.primitives import interpreted  # noqa: E402
 from zobench.optim import MeZO  # noqa: E402
 
-if tb.interpreted():
+if interpreted():
     pytest.skip("TRITON_INTERPRET=1: the kernels were built for the interpreter", allow_module_level=True)
 
 CUDA = torch.device("cuda")
@@ -52,7 +54,7 @@ def _within_one_ulp(out, ref, dtype, scale=None):
 @pytest.mark.parametrize("key", [0, 2**40 + 17, mix_seed(3, 5)])
 def test_compiled_z_is_the_reference_z_to_float32_rounding(distribution, key):
     like = torch.empty(3, 100_003, device=CUDA)
-    z = tb.generate_z(key, like, distribution).cpu().flatten()
+    z = tk.generate_z(key, like, distribution).cpu().flatten()
     ref = philox_z(key, like.numel(), distribution)
     if distribution == "rademacher":
         assert torch.equal(z, ref)  # integer bits only: no transcendental in the way
@@ -66,10 +68,10 @@ def test_compiled_z_is_the_reference_z_to_float32_rounding(distribution, key):
 def test_compiled_sweep_is_the_documented_float32_formula(dtype, distribution):
     theta = _weights((257, 1031), dtype)
     key, undo, keep, coeff = mix_seed(11, 2), 1e-3, 1 - 1e-4, -3e-4
-    z = tb.generate_z(key, theta, distribution)
+    z = tk.generate_z(key, theta, distribution)
     expected = (keep * (theta.float() + undo * z) + coeff * z).to(dtype)
     out = theta.clone()
-    tb.sweep(out, key, distribution, undo=undo, keep=keep, coeff=coeff)
+    tk.sweep(out, key, distribution, undo=undo, keep=keep, coeff=coeff)
     operands = theta.float().abs() + (undo + abs(coeff)) * z.abs()
     assert _within_one_ulp(out, expected, dtype, scale=operands)
     if dtype != torch.float32:  # in half precision the single rounding hides the FMA's ulp
@@ -81,9 +83,9 @@ def test_compiled_perturbed_copy_leaves_theta_alone(dtype):
     theta = _weights((64, 333), dtype)
     before = theta.clone()
     key = mix_seed(5, 9)
-    out = tb.perturbed_copy(theta, key, "gaussian", 1e-2)
+    out = tk.perturbed_copy(theta, key, "gaussian", 1e-2)
     assert torch.equal(theta, before)
-    z = tb.generate_z(key, theta, "gaussian")
+    z = tk.generate_z(key, theta, "gaussian")
     assert _within_one_ulp(out, (theta.float() + 1e-2 * z).to(dtype), dtype, scale=theta.float().abs() + 1e-2 * z.abs())
 
 
@@ -95,13 +97,13 @@ def test_tensors_past_2_31_elements_draw_z_at_their_64_bit_index():
         pytest.skip("needs ~13 GB of free GPU memory")
     theta = torch.zeros(numel, dtype=torch.bfloat16, device=CUDA)
     key, scale = mix_seed(7, 1), 1.0
-    out = tb.perturbed_copy(theta, key, "rademacher", scale)
+    out = tk.perturbed_copy(theta, key, "rademacher", scale)
     tail = torch.arange(numel - 4096, numel, dtype=torch.int64)
     assert torch.equal(out[-4096:].cpu(), philox_z_at(key, tail, "rademacher").to(torch.bfloat16))
     assert torch.equal(out[:4096].cpu(), philox_z(key, 4096, "rademacher").to(torch.bfloat16))
     del out
     # and the Gaussian path at the same far offsets (float32 rounding of the device's log/cos/sin)
-    z = tb.generate_z(key, theta, "gaussian")[-4096:].cpu()
+    z = tk.generate_z(key, theta, "gaussian")[-4096:].cpu()
     torch.testing.assert_close(z, philox_z_at(key, tail, "gaussian"), rtol=1e-5, atol=1e-5)
 
 
@@ -142,8 +144,8 @@ def test_virtual_and_inplace_kernels_perturb_alike_and_step_alike():
 
 def test_auto_picks_triton_on_cuda():
     model = tiny_model("llama").to(CUDA)
-    assert isinstance(build_engine("auto", "virtual", model), tb.TritonVirtualEngine)
-    assert isinstance(build_engine("auto", "inplace", model), tb.TritonInPlaceEngine)
+    assert isinstance(build_engine("auto", "virtual", model), te.TritonVirtualEngine)
+    assert isinstance(build_engine("auto", "inplace", model), te.TritonInPlaceEngine)
 
 
 def test_engine_sweeps_the_documented_z_of_every_parameter():
@@ -154,7 +156,7 @@ def test_engine_sweeps_the_documented_z_of_every_parameter():
     direction = Direction(9)
     engine.perturb(params, direction, 1e-2)
     for (pid, p), b in zip(params, before):
-        expected = (b.float() + 1e-2 * tb.generate_z(mix_seed(9, pid), b, "gaussian")).to(torch.bfloat16)
+        expected = (b.float() + 1e-2 * tk.generate_z(mix_seed(9, pid), b, "gaussian")).to(torch.bfloat16)
         assert _within_one_ulp(p, expected, torch.bfloat16)
 
 
@@ -166,13 +168,13 @@ def test_compiled_fused_linear_and_gather_match_the_perturbed_copy(dtype):
     """The compiled GEMM multiplies by fl(W + sZ) with the copy kernel's bits (same z, same
     rounding): close to cuBLAS on the materialised copy, and the pair's halves are the single
     products; the gather is the lookup in that copy bit for bit."""
-    from zobench.engine import triton_fused as tf
+    from zobench.engine.triton import fused as tf
 
     weight = _weights((1000, 512), dtype)
     bias = _weights((1000,), dtype, seed=1)
     x = (torch.randn(3, 37, 512, generator=torch.Generator().manual_seed(2))).to(dtype).to(CUDA)
     key = mix_seed(4, 2)
-    copy = tb.perturbed_copy(weight, key, "gaussian", 1e-2)
+    copy = tk.perturbed_copy(weight, key, "gaussian", 1e-2)
     reference = torch.nn.functional.linear(x.float(), copy.float(), bias.float())
     fused = tf.perturbed_linear(x, weight, bias, key, "gaussian", 1e-2)
     torch.testing.assert_close(fused.float(), reference, rtol=4 * ULP_OF_ONE[dtype], atol=1e-3)
@@ -180,7 +182,7 @@ def test_compiled_fused_linear_and_gather_match_the_perturbed_copy(dtype):
     assert torch.equal(plus, fused)
     torch.testing.assert_close(
         minus.float(),
-        torch.nn.functional.linear(x.float(), tb.perturbed_copy(weight, key, "gaussian", -1e-2).float(), bias.float()),
+        torch.nn.functional.linear(x.float(), tk.perturbed_copy(weight, key, "gaussian", -1e-2).float(), bias.float()),
         rtol=4 * ULP_OF_ONE[dtype],
         atol=1e-3,
     )
@@ -205,11 +207,11 @@ def test_fused_engine_on_the_gpu_gives_the_unfused_losses():
 def test_rademacher_z_is_one_definition_on_the_gpu_too():
     """The torch backend's Rademacher z on CUDA (bit shifts), the compiled kernels' (``_signs``,
     two counters per unaligned row in the fused gather) and the CPU reference: the same bits."""
-    from zobench.engine import triton_fused
+    from zobench.engine.triton import fused as triton_fused
 
     key, like = mix_seed(5, 3), torch.empty(37, 132, device=CUDA)
     reference = philox_z(key, like.numel(), "rademacher").view(like.shape)
     assert torch.equal(Direction(5, "rademacher").sample(3, like).cpu(), reference)
-    assert torch.equal(tb.generate_z(key, like, "rademacher").cpu(), reference)
+    assert torch.equal(tk.generate_z(key, like, "rademacher").cpu(), reference)
     rows = triton_fused.perturbed_gather(torch.arange(37, device=CUDA), torch.zeros_like(like), key, "rademacher", 1.0)
     assert torch.equal(rows.cpu(), reference)

@@ -10,20 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if "zobench.engine.triton_backend" not in sys.modules:
+if "zobench.engine.triton.primitives" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined (first import)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
 from tests.conftest import TINY_ARCHS, tiny_model  # noqa: E402
 from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
-from zobench.engine import triton_backend as tb  # noqa: E402
-from zobench.engine import triton_fused as tf  # noqa: E402
+from zobench.engine.triton import engines as te  # noqa: E402
+from zobench.engine.triton import fused as tf  # noqa: E402
+from zobench.engine.triton import kernels as tk  # noqa: E402
+from zobench.engine.triton.primitives import interpreted  # noqa: E402
 from zobench.errors import ConfigError  # noqa: E402
 from zobench.optim import MeZO  # noqa: E402
 
-if not tb.interpreted():
-    pytest.skip("triton_backend was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+if not interpreted():
+    pytest.skip("zobench.engine.triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DISTRIBUTIONS = ["gaussian", "rademacher"]
@@ -52,13 +54,13 @@ def test_fused_linear_is_the_linear_map_of_the_perturbed_copy(dtype, distributio
     x = _tensor((rows, 100), dtype, 2)
     key, scale = mix_seed(9, 4), 0.05
     y = tf.perturbed_linear(x, weight, bias, key, distribution, scale)
-    perturbed = tb.perturbed_copy(weight, key, distribution, scale)
+    perturbed = tk.perturbed_copy(weight, key, distribution, scale)
     exact = x.double() @ perturbed.double().T + bias.double()
     assert y.dtype == dtype and y.shape == (rows, 70)
     # float32 accumulation over K=100 terms: a few float32 ulps of the terms' scale, then one rounding
     slack = 4 * 100 * torch.finfo(torch.float32).eps * (x.double().abs() @ perturbed.double().abs().T)
     assert bool(((y.double() - exact).abs() <= _ulp(exact, dtype) + slack).all())
-    wrong_z = tb.perturbed_copy(weight, key + 1, distribution, scale)
+    wrong_z = tk.perturbed_copy(weight, key + 1, distribution, scale)
     assert not torch.allclose(y.double(), x.double() @ wrong_z.double().T + bias.double(), rtol=0, atol=1e-3)
 
 
@@ -76,6 +78,11 @@ def test_fused_pair_is_the_two_single_products_bit_for_bit(dtype):
     assert torch.equal(_bits(minus), _bits(tf.perturbed_linear(x_minus, weight, b_minus, key, "gaussian", -0.1)))
     with pytest.raises(ValueError, match="bias_minus"):
         tf.perturbed_linear(x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus)
+    # any two replicas of one direction, not only ±s: the second at its own scale
+    _, other = tf.perturbed_linear(
+        x_plus, weight, b_plus, key, "gaussian", 0.1, x_minus=x_minus, bias_minus=b_minus, scale_minus=0.3
+    )
+    assert torch.equal(_bits(other), _bits(tf.perturbed_linear(x_minus, weight, b_minus, key, "gaussian", 0.3)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -86,7 +93,7 @@ def test_fused_gather_is_the_lookup_in_the_perturbed_copy_bit_for_bit(dtype, dis
     key = mix_seed(3, 7)
     out = tf.perturbed_gather(ids, weight, key, distribution, -0.25)
     assert out.shape == (2, 4, 136)
-    assert torch.equal(_bits(out), _bits(F.embedding(ids, tb.perturbed_copy(weight, key, distribution, -0.25))))
+    assert torch.equal(_bits(out), _bits(F.embedding(ids, tk.perturbed_copy(weight, key, distribution, -0.25))))
     with pytest.raises(IndexError, match="index out of range"):
         tf.perturbed_gather(torch.tensor([300]), weight, key, distribution, 0.1)
 
@@ -108,13 +115,13 @@ def _no_weight_sized_copy(engine, monkeypatch):
     """Record the shapes of every θ + εz the unfused kernels make for this engine."""
     made = []
     for name in ("perturbed_copy", "perturbed_rows", "perturbed_pair"):
-        original = getattr(tb, name)
+        original = getattr(te, name)
 
         def spy(p, *args, _original=original, **kwargs):
             made.append(tuple(p.shape))
             return _original(p, *args, **kwargs)
 
-        monkeypatch.setattr(tb, name, spy)
+        monkeypatch.setattr(te, name, spy)
     return made
 
 
@@ -128,7 +135,7 @@ def test_fused_engine_gives_the_unfused_losses_without_a_perturbed_matrix(family
     direction = Direction(11)
     losses = {}
     for fused in (False, True):
-        engine = tb.TritonVirtualEngine(model, fused_linear=fused)
+        engine = te.TritonVirtualEngine(model, fused_linear=fused)
         made = _no_weight_sized_copy(engine, monkeypatch) if fused else []
         single = _sequential_losses(engine, params, model, ids, [direction, direction], (1e-2, -1e-2))
         with torch.no_grad(), engine.mirrored(params, direction, 1e-2):
@@ -146,7 +153,7 @@ def test_fused_engine_gives_the_unfused_losses_without_a_perturbed_matrix(family
 def test_fused_replicas_equal_sequential_fused_evaluations(monkeypatch):
     model = tiny_model("opt")
     params = list(enumerate(model.parameters()))
-    engine = tb.TritonVirtualEngine(model, fused_linear=True)
+    engine = te.TritonVirtualEngine(model, fused_linear=True)
     directions = [Direction(seed, "rademacher") for seed in range(3)]
     ids = torch.randint(3, 60, (2, 6), generator=torch.Generator().manual_seed(2))
     sequential = _sequential_losses(engine, params, model, ids, directions)
@@ -170,7 +177,7 @@ def test_transformed_directions_take_the_unfused_path():
     for fused in (False, True, "plain"):
         if fused == "plain":  # the same seed unmasked: another loss, so the mask was applied
             direction = Direction(4)
-        engine = tb.TritonVirtualEngine(model, fused_linear=bool(fused))
+        engine = te.TritonVirtualEngine(model, fused_linear=bool(fused))
         with torch.no_grad():
             engine.perturb(params, direction, 1e-2)
             losses.append(float(_loss(model, ids)))
@@ -236,7 +243,7 @@ def test_every_kernel_runs_the_opt_1_3b_shapes_to_the_reference_bits(dtype, dist
 
     key, scale = mix_seed(4, 1), 1e-3
     positions = _tensor((2050, 2048), dtype, 0, 0.02)
-    plus, minus = tb.perturbed_pair(positions, key, distribution, scale, 2046, 2050)
+    plus, minus = tk.perturbed_pair(positions, key, distribution, scale, 2046, 2050)
     z = philox_z_at(key, torch.arange(2046 * 2048, 2050 * 2048), distribution).view(4, 2048)
     assert torch.equal(_bits(plus), _bits((positions[2046:].float() + scale * z).to(dtype)))
     assert torch.equal(_bits(minus), _bits((positions[2046:].float() + -scale * z).to(dtype)))

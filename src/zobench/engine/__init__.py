@@ -1,8 +1,11 @@
-"""Seeded perturbation and update engine (DESIGN.md "Engine").
+"""Seeded perturbation and update engine (docs/design.md, "Engine").
 
 ``build_engine(backend, mode, model)`` returns the engine a config asks for; ``Direction`` is
-the seeded random direction every backend shares. The Triton backend (``triton_backend``) is
-imported only when asked for: Triton reads ``TRITON_INTERPRET`` when its kernels are defined.
+the seeded random direction every backend shares. Layout: ``base`` (the contract), ``inplace``
+and ``virtual`` (the two modes), ``provider`` (what a backend computes: θ + s·z and its
+products), ``replicas`` and ``streamed`` (batched and block-by-block evaluation), ``triton/``
+(the Triton backend). The Triton backend is imported only when asked for: Triton reads
+``TRITON_INTERPRET`` when its kernels are defined.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from ..errors import ConfigError, MissingPackageError
 from . import trace
 from .base import Engine, ZOParams
 from .directions import DISTRIBUTIONS, Direction, Piece, mix_seed
-from .torch_backend import InPlaceEngine, VirtualEngine
+from .inplace import InPlaceEngine
+from .provider import Provider, TorchProvider
+from .virtual import VirtualEngine
 
 BACKENDS = ("auto", "torch", "triton")
 MODES = ("inplace", "virtual")
@@ -27,6 +32,8 @@ __all__ = [
     "Engine",
     "InPlaceEngine",
     "Piece",
+    "Provider",
+    "TorchProvider",
     "VirtualEngine",
     "ZOParams",
     "build_engine",
@@ -62,7 +69,7 @@ def build_engine(
     """The engine for ``engine.backend`` / ``engine.mode`` (``auto``: see ``resolve_backend``);
     ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward;
     ``fused_linear`` (``engine.fused_linear``, Triton virtual mode only): linear layers perturb
-    their weight tiles inside the matmul, embeddings gather perturbed rows (``triton_fused``)."""
+    their weight tiles inside the matmul, embeddings gather perturbed rows (``triton/fused.py``)."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
     if mode not in MODES:
@@ -78,13 +85,16 @@ def build_engine(
         )
     if resolved == "triton":
         return _build_triton(mode, model, paired, fused_linear)
-    return InPlaceEngine() if mode == "inplace" else VirtualEngine(model, paired=paired)
+    if mode == "inplace":
+        return InPlaceEngine()
+    assert model is not None  # checked above
+    return VirtualEngine(model, paired=paired)
 
 
 def _build_triton(mode: str, model: nn.Module | None, paired: bool = True, fused_linear: bool = False) -> Engine:
     if not _triton_installed():
         raise MissingPackageError("engine.backend=triton needs Triton: pip install 'triton>=3.0' (or use engine=torch)")
-    from .triton_backend import TritonInPlaceEngine, TritonVirtualEngine, interpreted
+    from .triton import TritonInPlaceEngine, TritonVirtualEngine, interpreted
 
     on_cuda = _model_on_cuda(model) if model is not None else torch.cuda.is_available()
     if not (on_cuda or interpreted()):
@@ -92,8 +102,7 @@ def _build_triton(mode: str, model: nn.Module | None, paired: bool = True, fused
             "engine.backend=triton needs the model on CUDA (or TRITON_INTERPRET=1 to run the "
             "kernels on CPU, slowly); use engine=torch or engine=auto"
         )
-    return (
-        TritonInPlaceEngine()
-        if mode == "inplace"
-        else TritonVirtualEngine(model, paired=paired, fused_linear=fused_linear)
-    )
+    if mode == "inplace":
+        return TritonInPlaceEngine()
+    assert model is not None  # build_engine refuses virtual mode without a model
+    return TritonVirtualEngine(model, paired=paired, fused_linear=fused_linear)

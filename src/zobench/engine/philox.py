@@ -129,16 +129,15 @@ def philox_z_at(key: int, offsets: torch.Tensor, distribution: str) -> torch.Ten
         lane = offsets % SIGNS_PER_CALL
         word = words.gather(-1, (lane // 32).unsqueeze(-1)).squeeze(-1)
         return 1.0 - 2.0 * ((word >> (lane % 32)) & 1).to(torch.float32)
-    lane = (offsets % 4).numpy()
-    words = philox4x32(offsets // 4, key)
+    word_of = (offsets % 4).numpy()  # which of its counter's 4 words an element takes
     # float32 throughout, numpy's log/cos/sin (the interpreter's): see the module docstring
-    u = [uniform(w).numpy() for w in words]
+    u = [uniform(w).numpy() for w in philox4x32(offsets // 4, key)]
     normals = []
     for first, second in ((u[0], u[1]), (u[2], u[3])):
         radius = np.sqrt(np.float32(-2.0) * np.log(np.maximum(np.float32(MIN_UNIFORM), first)))
         angle = np.float32(TWO_PI) * second
         normals += [radius * np.cos(angle), radius * np.sin(angle)]
-    return torch.from_numpy(np.choose(lane, normals).astype(np.float32))
+    return torch.from_numpy(np.choose(word_of, normals).astype(np.float32))
 
 
 def philox_z(key: int, numel: int, distribution: str, device=None) -> torch.Tensor:

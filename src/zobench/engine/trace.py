@@ -1,4 +1,4 @@
-"""Where a ZO step is: the engine phase and the module being evaluated, for stalls (issue 21).
+"""Where a ZO step is: the engine phase and the module being evaluated, for stalls.
 
 A step is perturb → forward → (perturb → forward) → restore / update; a hang inside it used to
 print nothing. Two opt-in aids, both off (and free) unless asked for:
@@ -24,10 +24,18 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import TypedDict
 
 log = logging.getLogger("zobench.trace")
 
-_state = {"phase": "idle", "module": "-", "since": time.monotonic()}
+
+class _State(TypedDict):
+    phase: str  # the engine call in progress (base.PHASES) or "idle"
+    module: str  # the module whose forward was entered last
+    since: float  # time.monotonic() of the last change: what the watchdog polls
+
+
+_state: _State = {"phase": "idle", "module": "-", "since": time.monotonic()}
 _names: dict[int, str] = {}
 _hooks: list = []
 _watchdog: Watchdog | None = None
@@ -42,8 +50,12 @@ def current_phase() -> str:
     return _state["phase"]
 
 
-def _progress(**fields) -> None:
-    _state.update(fields, since=time.monotonic())  # what the watchdog polls
+def _progress(phase: str | None = None, module: str | None = None) -> None:
+    if phase is not None:
+        _state["phase"] = phase
+    if module is not None:
+        _state["module"] = module
+    _state["since"] = time.monotonic()  # what the watchdog polls
 
 
 def tracing() -> bool:
