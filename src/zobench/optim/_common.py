@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
+from .registry import register
 
 Closure = Callable[[], torch.Tensor]
 
@@ -92,6 +93,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: hyperparameter -> kind (``HYPERPARAMETER_KINDS``), checked in ``__init__`` in the defaults and
     #: in every param group. Subclasses declare only their own keys; the dicts of the MRO are merged.
     hyperparameters: dict[str, str] = {"lr": "nonnegative", "eps": "positive", "weight_decay": "nonnegative"}
+
+    def __init_subclass__(cls, method: str | None = None, **kwargs) -> None:
+        """A method registers itself by subclassing (``zobench.optim.registry``)."""
+        super().__init_subclass__(**kwargs)
+        register(cls, method)
 
     @classmethod
     def hyperparameter_kinds(cls) -> dict[str, str]:
