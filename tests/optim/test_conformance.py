@@ -449,6 +449,16 @@ def test_every_optimizer_config_is_a_registered_method_or_a_known_baseline():
             assert get_object(config["_target_"]) is methods().get(path.stem), f"{path}: not a registered method"
 
 
+def test_every_optimizer_config_has_a_row_in_the_readme_methods_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
+    named = {
+        name for line in table.splitlines() if line.startswith("| `") for name in line.split("|")[1].split("`")[1::2]
+    }
+    options = {path.stem for path in (conf_dir() / "optimizer").glob("*.yaml")}
+    assert options <= named, f"README.md Methods table: no row for {sorted(options - named)}"
+
+
 def test_a_method_defined_elsewhere_registers_by_name_and_names_are_unique():
     class Throwaway(MeZO):  # a test's subclass, outside zobench.optim, unnamed: not a method
         pass
