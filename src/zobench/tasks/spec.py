@@ -230,17 +230,17 @@ class TaskSpec:
                 raise ConfigError(f"task {self.name}: example without reference answers ({self.answers_field})")
             return Rendered(prompt, candidates, 0, answers=answers)
         if self.gold_field:
-            return self._render_gold(example, prompt, candidates)
+            return self._render_gold(example, prompt, candidates, self.gold_field)
         label = int(example[self.label_field])
         if not 0 <= label < len(candidates):
             raise ConfigError(f"task {self.name}: label {label} outside 0..{len(candidates) - 1}")
         return Rendered(prompt, candidates, label)
 
-    def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...]) -> Rendered:
+    def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...], gold_field: str) -> Rendered:
         """ReCoRD: candidates are the entities; every answer is gold, the first one is trained on
         (MeZO run.py ``_convert``: ``candidates.index(correct_candidate[0])``)."""
         pool = list(field_path(example, next(f.for_each for f in self.formats.values() if f.for_each)))
-        answers = list(field_path(example, self.gold_field))
+        answers = list(field_path(example, gold_field))
         missing = [a for a in answers if a not in pool]
         if not answers or missing:
             raise ConfigError(f"task {self.name}: gold answers {missing or answers} not among the candidates")
