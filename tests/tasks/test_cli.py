@@ -13,6 +13,8 @@ def test_list_shows_every_task_with_its_metadata_and_mirror_splits(capsys, data_
     assert sorted(lines) == available_tasks()
     assert lines["sst2"].split()[1:5] == ["1", "causal,masked", "classification", "accuracy"]
     assert "train=train eval=validation 16-shot:5/5 seeds" in lines["sst2"]
+    assert lines["cb"].split()[5] == "max_length=512,num_dev=100"  # the generated task.* settings
+    assert lines["sst2"].split()[5] == "max_length=256,masked_max_length=128"
     assert lines["squad"].split()[2:5] == ["causal", "generation", "f1"]
     assert "train=MISSING eval=validation" in lines["squad"]
     assert "train=MISSING eval=MISSING" in lines["drop"]
