@@ -84,6 +84,7 @@ def test_the_task_group_is_each_specs_run_settings():
     assert compose_run("task=copa", "task.num_dev=7", "data.dir=/m").data.num_dev == 7
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_help_lists_every_group_and_option():
     out = subprocess.run(
         [sys.executable, "-m", "zobench", "--help"], capture_output=True, text=True, timeout=120, check=True
@@ -93,6 +94,7 @@ def test_help_lists_every_group_and_option():
         assert all(option in line for option in _options(group)), line
 
 
+@pytest.mark.slow  # builds a wheel, then a subprocess
 def test_wheel_ships_conf_and_tasks_and_finds_them(tmp_path):
     """A non-editable install must find conf/ and tasks/ as package data."""
     subprocess.run(
