@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from zobench.__main__ import group_options
 from zobench.resources import conf_dir
 
 GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger")
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _options(group):
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    return group_options(group)  # conf/<group>/*.yaml, and the task group generated from tasks/
 
 
 def compose_run(*overrides):
@@ -67,8 +68,23 @@ def test_every_task_config_has_a_spec():
     from zobench.tasks import available_tasks
 
     assert _options("task") == available_tasks()
+    assert not (conf_dir() / "task").exists()  # generated from tasks/*.yaml, not a second file per task
 
 
+def test_the_task_group_is_each_specs_run_settings():
+    """task=<name> is tasks/<name>.yaml's name and run settings, in the spec's key order."""
+    from zobench.tasks import available_tasks, load_task
+
+    for name in available_tasks():
+        task = compose_run(f"task={name}").task
+        assert list(task.items()) == list(load_task(name).run_config().items()), name
+    # the values the MeZO protocol and the memory-aware causal defaults rely on
+    assert dict(compose_run("task=rte").task) == {"name": "rte", "max_length": 512, "masked_max_length": 256}
+    assert dict(compose_run("task=cb").task) == {"name": "cb", "max_length": 512, "num_dev": 100}
+    assert compose_run("task=copa", "task.num_dev=7", "data.dir=/m").data.num_dev == 7
+
+
+@pytest.mark.slow  # a CLI subprocess
 def test_help_lists_every_group_and_option():
     out = subprocess.run(
         [sys.executable, "-m", "zobench", "--help"], capture_output=True, text=True, timeout=120, check=True
@@ -78,6 +94,7 @@ def test_help_lists_every_group_and_option():
         assert all(option in line for option in _options(group)), line
 
 
+@pytest.mark.slow  # builds a wheel, then a subprocess
 def test_wheel_ships_conf_and_tasks_and_finds_them(tmp_path):
     """A non-editable install must find conf/ and tasks/ as package data."""
     subprocess.run(

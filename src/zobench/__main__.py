@@ -129,6 +129,19 @@ def _check_keys(overrides: list[str], multirun: bool) -> None:
         _fail(f"{arg}: {key} is not a zobench config key{added}; {hint}")
 
 
+def group_options(group: str) -> list[str]:
+    """A config group's options: its ``conf/<group>/*.yaml`` files and its ConfigStore entries
+    (the ``task`` group has only those, generated from ``tasks/``: ``zobench.tasks.configs``)."""
+    from hydra.core.config_store import ConfigStore
+
+    files = {p.stem for p in (conf_dir() / group).glob("*.yaml")}
+    try:
+        stored = {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)}
+    except OSError:  # ConfigStore has no such group
+        stored = set()
+    return sorted(files | stored)
+
+
 def _precheck(args: list[str]) -> None:
     """Group options and overrides checked before Hydra, whose own errors span many lines."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args if a.startswith("-")):
@@ -138,7 +151,7 @@ def _precheck(args: list[str]) -> None:
     for arg in overrides:
         _, key, value = _split_override(arg)
         if key in GROUPS and "(" not in value:  # choice(...)/glob(...) sweeps: Hydra's syntax
-            allowed = sorted(p.stem for p in (conf_dir() / key).glob("*.yaml"))
+            allowed = group_options(key)
             for option in value.split(",") if multirun else [value]:
                 if option not in ("null", "") and option not in allowed:
                     _fail(f"{key}={option}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
@@ -227,6 +240,10 @@ def _hand_over(signum: int) -> None:
 
 def main() -> None:
     register_resolvers()  # hydra.sweep.dir/subdir use them (imported above; idempotent)
+    try:
+        conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
+    except ConfigError as err:
+        _fail(str(err))
     _precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 

@@ -1,66 +1,74 @@
 """The contract every ZO method meets (DESIGN.md "Optimizer"): converges on a quadratic and on a
 tiny MLP, uses exactly its declared forward passes, resumes bit-identically from its state_dict,
 does nothing with lr=0, respects weight-decay groups, keeps the state it declares (drawing z in
-pieces, no parameter-sized temporary), and trains LoRA / prefix adapters alone."""
+pieces, no parameter-sized temporary), and trains LoRA / prefix adapters alone. The suite runs over
+the method registry (``zobench.optim.registry``), and every class ``zobench.optim`` exports, every
+method module and every ``conf/optimizer`` target must be registered, so no method escapes it."""
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hydra.utils import get_object
 from torch import nn
 
+import zobench.optim as optim
 from zobench.engine import Direction, VirtualEngine, directions
-from zobench.optim import (
-    FZOO,
-    LOZO,
-    DiZO,
-    ForwardGradient,
-    HiZOO,
-    LeZO,
-    MeZO,
-    MeZOSVRG,
-    SparseMeZO,
-    SubZero,
-    TeZO,
-    ZOAdam,
-    ZOSGDCons,
-    ZOSGDMomentum,
-    ZOSGDSign,
-    decay_groups,
-)
+from zobench.optim import MeZO, SparseMeZO, ZOOptimizer, decay_groups, methods
+from zobench.optim.registry import unregister
+from zobench.resources import conf_dir
 
-# name -> (class, hyperparameters that converge on the quadratic below)
-METHODS = {
-    "mezo": (MeZO, dict(lr=0.02, eps=1e-3)),
-    "mezo_nspsa": (MeZO, dict(lr=0.02, eps=1e-3, num_directions=4)),
-    "mezo_one_sided": (MeZO, dict(lr=0.02, eps=1e-3, one_sided=True)),
-    "zo_sgd_momentum": (ZOSGDMomentum, dict(lr=0.005, eps=1e-3, momentum=0.8)),
-    "zo_sgd_sign": (ZOSGDSign, dict(lr=0.01, eps=1e-3)),
-    "zo_sgd_sign_elementwise": (ZOSGDSign, dict(lr=0.01, eps=1e-3, sign="elementwise")),
-    "zo_sgd_cons": (ZOSGDCons, dict(lr=0.02, eps=1e-3)),
-    "forward_gradient": (ForwardGradient, dict(lr=0.02)),
-    "zo_adam": (ZOAdam, dict(lr=0.02, eps=1e-3)),
-    "hizoo": (HiZOO, dict(lr=0.02, eps=1e-3, hessian_smooth=1e-3)),
+# method (its registry name) -> {case: hyperparameters that converge on the quadratic below}.
+# A registered method without a row is checked with DEFAULT_SETTINGS under its own name.
+SETTINGS = {
+    "mezo": {
+        "mezo": dict(lr=0.02, eps=1e-3),
+        "mezo_nspsa": dict(lr=0.02, eps=1e-3, num_directions=4),
+        "mezo_one_sided": dict(lr=0.02, eps=1e-3, one_sided=True),
+    },
+    "zo_sgd_momentum": {"zo_sgd_momentum": dict(lr=0.005, eps=1e-3, momentum=0.8)},
+    "zo_sgd_sign": {
+        "zo_sgd_sign": dict(lr=0.01, eps=1e-3),
+        "zo_sgd_sign_elementwise": dict(lr=0.01, eps=1e-3, sign="elementwise"),
+    },
+    "zo_sgd_cons": {"zo_sgd_cons": dict(lr=0.02, eps=1e-3)},
+    "forward_gradient": {"forward_gradient": dict(lr=0.02)},
+    "zo_adam": {"zo_adam": dict(lr=0.02, eps=1e-3)},
+    "hizoo": {"hizoo": dict(lr=0.02, eps=1e-3, hessian_smooth=1e-3)},
     # FZOO's σ ≈ ε‖∇L‖ makes its step ~η along a normalised direction (the authors' rule, no 1/ε)
-    "fzoo": (FZOO, dict(lr=1e-2, eps=1e-3, num_directions=4)),
-    "fzoo_reuse": (FZOO, dict(lr=1e-2, eps=1e-3, num_directions=4, reuse=True)),
-    "sparse_mezo": (SparseMeZO, dict(lr=0.02, eps=1e-3, sparsity=0.5)),
+    "fzoo": {
+        "fzoo": dict(lr=1e-2, eps=1e-3, num_directions=4),
+        "fzoo_reuse": dict(lr=1e-2, eps=1e-3, num_directions=4, reuse=True),
+    },
+    "sparse_mezo": {"sparse_mezo": dict(lr=0.02, eps=1e-3, sparsity=0.5)},
     # low-rank methods: TeZO's fixed factors span `rank` directions per matrix (24 > 2×10 here);
     # a random, non-orthogonal basis conditions the problem worse, hence the larger steps. Z = U diag(τ) Vᵀ
     # and LOZO's U Vᵀ have entries of variance r (no 1/√r, as the references): lr/r for SGD, lr/√r for Adam
-    "tezo": (TeZO, dict(lr=0.05 / 24, eps=1e-3, rank=24)),
-    "tezo_momentum": (TeZO, dict(lr=0.01 / 24, eps=1e-3, rank=24, variant="momentum", momentum=0.8)),
-    "tezo_adam": (TeZO, dict(lr=0.05 / 24**0.5, eps=1e-3, rank=24, variant="adam")),
-    "lozo": (LOZO, dict(lr=0.01, eps=1e-3, rank=2, lazy_steps=5)),
-    "subzero": (SubZero, dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)),
+    "tezo": {
+        "tezo": dict(lr=0.05 / 24, eps=1e-3, rank=24),
+        "tezo_momentum": dict(lr=0.01 / 24, eps=1e-3, rank=24, variant="momentum", momentum=0.8),
+        "tezo_adam": dict(lr=0.05 / 24**0.5, eps=1e-3, rank=24, variant="adam"),
+    },
+    "lozo": {"lozo": dict(lr=0.01, eps=1e-3, rank=2, lazy_steps=5)},
+    "subzero": {"subzero": dict(lr=0.02, eps=1e-3, rank=2, refresh_steps=10)},
     # a projection round every 3 steps (so the 3-step checks below include one); unnamed
     # parameters: every matrix is projected
-    "dizo": (DiZO, dict(lr=0.02, eps=1e-3, interval=3, projection_iters=3)),
+    "dizo": {"dizo": dict(lr=0.02, eps=1e-3, interval=3, projection_iters=3)},
     # unnamed parameters are one block each; the quadratic has one, so n_drop=0 here (the
     # dropping itself: tests/optim/test_lezo_dizo_svrg.py, on named tiny models)
-    "lezo": (LeZO, dict(lr=0.02, eps=1e-3, n_drop=0)),
-    "mezo_svrg": (MeZOSVRG, dict(lr=0.02, eps=1e-3, q=2)),
+    "lezo": {"lezo": dict(lr=0.02, eps=1e-3, n_drop=0)},
+    "mezo_svrg": {"mezo_svrg": dict(lr=0.02, eps=1e-3, q=2)},
+}
+DEFAULT_SETTINGS = dict(lr=0.02, eps=1e-3)
+
+# case -> (class, hyperparameters): every registered method, so a new one is in the suite by registering
+METHODS = {
+    case: (cls, kwargs)
+    for method, cls in methods().items()
+    for case, kwargs in SETTINGS.get(method, {method: DEFAULT_SETTINGS}).items()
 }
 
 
@@ -395,3 +403,79 @@ def test_works_with_lora_and_prefix_tuning(name, tuning):
     adapters = {n for n, _ in trainable(model)}
     # ZO-SGD-cons may keep θ when no trial step lowers the loss; every other method moves them all
     assert moved <= adapters and (moved == adapters or name == "zo_sgd_cons")
+
+
+# conf/optimizer options that are not ZO methods: the backprop baselines and linear probing
+# (tests/test_run.py trains with them), by their _target_
+NOT_ZO = {
+    "adam": "torch.optim.AdamW",
+    "sgd": "torch.optim.SGD",
+    "linear_probe": "zobench.models.linear_probe.fit_linear_probe",
+}
+
+
+def _optimizer_config(name):
+    return yaml.safe_load((conf_dir() / "optimizer" / f"{name}.yaml").read_text())
+
+
+def test_every_method_module_registers_its_method():
+    """One file per method: each public module of zobench/optim is the registered method of its
+    name (a new file that zobench/optim/__init__.py does not import is not registered: this fails)."""
+    package = Path(optim.__file__).parent
+    modules = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")} - {"registry"}
+    unregistered = modules - set(methods())
+    assert not unregistered, f"{sorted(unregistered)}: no registered method (import it in zobench/optim/__init__.py)"
+    assert modules >= set(methods()), "a registered method without its own module"
+    assert set(SETTINGS) <= set(methods()), "a SETTINGS row for a method that is not registered"
+
+
+def test_every_exported_optimizer_is_registered_and_configured():
+    exported = [getattr(optim, name) for name in optim.__all__]
+    zo = {c for c in exported if isinstance(c, type) and issubclass(c, ZOOptimizer) and c is not ZOOptimizer}
+    assert zo == set(methods().values())
+    for name, cls in methods().items():
+        config = _optimizer_config(name)  # conf/optimizer/<method>.yaml
+        assert config["name"] == name and get_object(config["_target_"]) is cls, name
+        assert getattr(optim, cls.__name__) is cls
+
+
+def test_every_optimizer_config_is_a_registered_method_or_a_known_baseline():
+    for path in sorted((conf_dir() / "optimizer").glob("*.yaml")):
+        config = _optimizer_config(path.stem)
+        assert config["name"] == path.stem
+        if path.stem in NOT_ZO:
+            assert config["_target_"] == NOT_ZO[path.stem]
+        else:
+            assert get_object(config["_target_"]) is methods().get(path.stem), f"{path}: not a registered method"
+
+
+def test_every_optimizer_config_has_a_row_in_the_readme_methods_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
+    named = {
+        name for line in table.splitlines() if line.startswith("| `") for name in line.split("|")[1].split("`")[1::2]
+    }
+    options = {path.stem for path in (conf_dir() / "optimizer").glob("*.yaml")}
+    assert options <= named, f"README.md Methods table: no row for {sorted(options - named)}"
+
+
+def test_a_method_defined_elsewhere_registers_by_name_and_names_are_unique():
+    class Throwaway(MeZO):  # a test's subclass, outside zobench.optim, unnamed: not a method
+        pass
+
+    assert Throwaway not in methods().values()
+    try:
+
+        class MyZO(MeZO, method="my_zo"):
+            pass
+
+        assert methods()["my_zo"] is MyZO
+        with pytest.raises(TypeError, match=r"method 'mezo' is already zobench\.optim\.mezo\.MeZO"):
+
+            class Clash(MeZO, method="mezo"):
+                pass
+
+        assert methods()["mezo"] is MeZO
+    finally:
+        unregister("my_zo")
+    assert "my_zo" not in methods()

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from zobench.tasks import available_tasks
 from zobench.tasks.__main__ import main
 
@@ -13,6 +15,8 @@ def test_list_shows_every_task_with_its_metadata_and_mirror_splits(capsys, data_
     assert sorted(lines) == available_tasks()
     assert lines["sst2"].split()[1:5] == ["1", "causal,masked", "classification", "accuracy"]
     assert "train=train eval=validation 16-shot:5/5 seeds" in lines["sst2"]
+    assert lines["cb"].split()[5] == "max_length=512,num_dev=100"  # the generated task.* settings
+    assert lines["sst2"].split()[5] == "max_length=256,masked_max_length=128"
     assert lines["squad"].split()[2:5] == ["causal", "generation", "f1"]
     assert "train=MISSING eval=validation" in lines["squad"]
     assert "train=MISSING eval=MISSING" in lines["drop"]
@@ -41,6 +45,7 @@ def test_show_errors_are_one_line_exit_2(capsys, data_dir):
     assert errors[2].startswith("zobench: error: task='nosuch': no such task; available: boolq, cb")
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_module_entry_point_runs(data_dir):
     result = subprocess.run(
         [sys.executable, "-m", "zobench.tasks", "--data-dir", str(data_dir), "show", "copa"],

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.tasks import PAPER_TASKS
 from zobench.tasks import TaskSpec, available_tasks, build_splits, load_split, load_task, sample_subset
 
 SST2_ROW = {"sentence": "it 's a charming and often affecting journey . ", "label": 1, "idx": 0}
@@ -32,23 +33,7 @@ def test_rte_renders_exactly_as_mezo():
 
 
 def test_every_task_spec_parses_and_has_a_version():
-    assert set(available_tasks()) == {
-        "sst2",
-        "sst5",
-        "snli",
-        "mnli",
-        "rte",
-        "trec",
-        "cb",
-        "boolq",
-        "wsc",
-        "wic",
-        "multirc",
-        "copa",
-        "record",
-        "squad",
-        "drop",
-    }
+    assert PAPER_TASKS <= set(available_tasks())
     for name in available_tasks():
         spec = load_task(name)
         assert spec.name == name and isinstance(spec.version, int)
@@ -79,6 +64,11 @@ def test_unknown_task_lists_the_available_ones():
             lambda d: d["causal"].update(candidates={"for_each": "words", "template": "{{ candidate }}"}),
             "gold_field goes with candidates: {for_each, template}",
         ),
+        (lambda d: d.pop("max_length"), r"missing keys \['max_length'\]"),
+        (lambda d: d.update(max_length=0), "max_length=0; a positive integer is needed"),
+        (lambda d: d.update(num_dev="100"), "num_dev='100'; a positive integer is needed"),
+        (lambda d: d.update(masked_max_length=True), "masked_max_length=True; a positive integer"),
+        (lambda d: d.pop("masked"), "masked_max_length goes with a masked prompt"),
     ],
 )
 def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):

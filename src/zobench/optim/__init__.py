@@ -1,4 +1,10 @@
-"""Zeroth-order optimizers, one file per method, each a ``torch.optim.Optimizer``."""
+"""Zeroth-order optimizers, one file per method, each a ``torch.optim.Optimizer``.
+
+Each method's class registers itself under its file's name when its module is imported
+(``ZOOptimizer.__init_subclass__``, ``zobench.optim.registry``): after ``import zobench.optim``,
+``methods()`` holds every one below, and the conformance suite runs over it. Adding a method:
+docs/adding-a-method.md.
+"""
 
 from ._common import ZOOptimizer, decay_groups
 from .dizo import DiZO
@@ -9,6 +15,7 @@ from .lezo import LeZO
 from .lozo import LOZO
 from .mezo import MeZO
 from .mezo_svrg import MeZOSVRG
+from .registry import methods
 from .sparse_mezo import SparseMeZO
 from .subzero import SubZero
 from .tezo import TeZO
@@ -35,4 +42,5 @@ __all__ = [
     "ZOSGDMomentum",
     "ZOSGDSign",
     "decay_groups",
+    "methods",
 ]

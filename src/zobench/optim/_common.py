@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
+from .registry import register
 
 #: ``closure()`` -> the batch loss; a closure of the batched contract also takes ``replicas=N``
 Closure = Callable[..., torch.Tensor]
@@ -107,6 +108,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: torch's per-parameter state (tensor keys) plus a method's few scalars under string keys
     #: ("zo", "svrg", "fzoo_reuse"): torch's ``state_dict`` keeps non-tensor keys as they are
     state: defaultdict[Any, Any]
+
+    def __init_subclass__(cls, method: str | None = None, **kwargs) -> None:
+        """A method registers itself by subclassing (``zobench.optim.registry``)."""
+        super().__init_subclass__(**kwargs)
+        register(cls, method)
 
     @classmethod
     def hyperparameter_kinds(cls) -> dict[str, str]:

@@ -1,6 +1,9 @@
-"""Task registry: ``load_task(name)`` reads ``tasks/<name>.yaml``."""
+"""Task registry: ``load_task(name)`` reads ``tasks/<name>.yaml``; one file is the whole task
+(``zobench.tasks.configs`` turns its run settings into the Hydra ``task`` group)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..resources import tasks_dir
@@ -20,14 +23,16 @@ __all__ = [
 ]
 
 
-def available_tasks() -> list[str]:
-    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+def available_tasks(directory: Path | None = None) -> list[str]:
+    """The task names: the ``*.yaml`` stems of ``directory`` (default: the shipped ``tasks/``)."""
+    return sorted(p.stem for p in (directory or tasks_dir()).glob("*.yaml"))
 
 
-def load_task(name: str) -> TaskSpec:
-    path = tasks_dir() / f"{name}.yaml"
+def load_task(name: str, directory: Path | None = None) -> TaskSpec:
+    """Parse and check ``<directory>/<name>.yaml`` (default: the shipped ``tasks/``)."""
+    path = (directory or tasks_dir()) / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"task={name!r}: no such task; available: {', '.join(available_tasks())}")
+        raise ConfigError(f"task={name!r}: no such task; available: {', '.join(available_tasks(directory))}")
     spec = TaskSpec.from_yaml(path)
     if spec.name != name:
         raise ConfigError(f"{path}: name={spec.name!r} differs from the file name {name!r}")

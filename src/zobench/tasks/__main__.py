@@ -1,8 +1,8 @@
 """``python -m zobench.tasks list`` / ``show <task>``: the task registry at a glance.
 
-``list`` prints each task's version, prompt families, causal-LM objective, metric, and which of
-its splits the local mirror holds; ``show`` renders one example from the mirror exactly as the
-objective will see it.
+``list`` prints each task's version, prompt families, causal-LM objective, metric, run settings
+(the Hydra ``task`` node: ``max_length``, ...) and which of its splits the local mirror holds;
+``show`` renders one example from the mirror exactly as the objective will see it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def mirror_status(spec, data_dir: Path | None) -> str:
 
 
 def cmd_list(data_dir: Path | None) -> None:
-    header = ("task", "version", "families", "objective", "metric", f"mirror ({data_dir})")
+    header = ("task", "version", "families", "objective", "metric", "task.* settings", f"mirror ({data_dir})")
     rows = [header]
     for name in available_tasks():
         spec = load_task(name)
@@ -43,6 +43,7 @@ def cmd_list(data_dir: Path | None) -> None:
                 ",".join(spec.families),
                 spec.objective,
                 spec.metric,
+                ",".join(f"{key}={value}" for key, value in spec.run_config().items() if key != "name"),
                 mirror_status(spec, data_dir),
             )
         )

@@ -255,7 +255,7 @@ def sample_k_per_label(rows: list[dict], label_field: str, k: int, seed: int) ->
     group by label in order of first appearance, take the first ``k`` of each label for train and
     the next ``k`` for dev (train/dev grouped by label, in that order)."""
     shuffled = list(rows)
-    np.random.RandomState(seed).shuffle(shuffled)
+    np.random.RandomState(seed).shuffle(shuffled)  # type: ignore[arg-type]  # a list, shuffled in place as LM-BFF does
     by_label: dict = {}
     for row in shuffled:
         by_label.setdefault(row[label_field], []).append(row)

@@ -17,6 +17,11 @@ Spec keys (``tasks/<name>.yaml``):
   target), ``answers_field`` (generation: the reference answers, a dotted path such as
   ``answers.text``);
 * ``skip_labels``: label values whose rows are dropped when loading (SNLI's ``-1``: no gold);
+* the run settings, which become the Hydra ``task`` group (``task=<name>``, overridable as
+  ``task.<key>=...``; ``zobench.tasks.configs``): ``max_length`` (tokens per causal-LM input;
+  longer ones keep BOS and the last tokens), ``masked_max_length`` (the same for masked LMs, only
+  with a ``masked`` prompt; default ``max_length``) and ``num_dev`` (MeZO-protocol dev examples;
+  default ``data.num_dev``'s 500);
 * one block per prompt family, ``causal`` and/or ``masked``:
   ``{prompt: <Jinja template over the example's fields>, candidates: ...}`` where
   ``candidates`` is a list of templates (candidate *i* answers label *i*) or
@@ -44,9 +49,10 @@ FAMILIES = ("causal", "masked")
 OBJECTIVES = ("classification", "lm", "generation")
 METRICS = ("accuracy", "f1")
 MASK = "<mask>"
-REQUIRED = ("name", "version", "dataset", "splits", "objective", "metric")
+REQUIRED = ("name", "version", "dataset", "splits", "objective", "metric", "max_length")
 GOLD_KEYS = ("label_field", "gold_field", "answers_field")
-OPTIONAL = ("description", "generation", "skip_labels", *GOLD_KEYS, *FAMILIES)
+RUN_KEYS = ("max_length", "masked_max_length", "num_dev")  # the Hydra `task` node, after `name`
+OPTIONAL = ("description", "generation", "skip_labels", "masked_max_length", "num_dev", *GOLD_KEYS, *FAMILIES)
 
 
 def lower_first_word(text: str) -> str:
@@ -139,6 +145,7 @@ class TaskSpec:
     splits: dict
     objective: str
     metric: str
+    max_length: int
     formats: dict = field(default_factory=dict)  # family -> PromptFormat
     label_field: str | None = None
     gold_field: str | None = None
@@ -146,6 +153,8 @@ class TaskSpec:
     skip_labels: tuple = ()
     generation: dict = field(default_factory=dict)
     description: str = ""
+    masked_max_length: int | None = None
+    num_dev: int | None = None
     source_file: str = field(default="", compare=False)
 
     @classmethod
@@ -189,8 +198,14 @@ class TaskSpec:
             raise ConfigError(f"{path}: a generation task has exactly one candidate, its target")
         if ("gold_field" in raw) != any(fmt.for_each for fmt in formats.values()):
             raise ConfigError(f"{path}: gold_field goes with candidates: {{for_each, template}} (and only with it)")
-        known = {k: raw[k] for k in REQUIRED + ("description", "generation", *GOLD_KEYS) if k in raw}
+        _check_run_settings(raw, formats, path)
+        known = {k: raw[k] for k in REQUIRED + ("description", "generation", *GOLD_KEYS, *RUN_KEYS) if k in raw}
         return cls(**known, formats=formats, skip_labels=tuple(raw.get("skip_labels", ())), source_file=str(path))
+
+    def run_config(self) -> dict:
+        """The Hydra ``task`` node: ``name`` and the run settings the file sets, in RUN_KEYS order."""
+        settings = {key: getattr(self, key) for key in RUN_KEYS if getattr(self, key) is not None}
+        return {"name": self.name, **settings}
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -215,22 +230,32 @@ class TaskSpec:
                 raise ConfigError(f"task {self.name}: example without reference answers ({self.answers_field})")
             return Rendered(prompt, candidates, 0, answers=answers)
         if self.gold_field:
-            return self._render_gold(example, prompt, candidates)
+            return self._render_gold(example, prompt, candidates, self.gold_field)
         label = int(example[self.label_field])
         if not 0 <= label < len(candidates):
             raise ConfigError(f"task {self.name}: label {label} outside 0..{len(candidates) - 1}")
         return Rendered(prompt, candidates, label)
 
-    def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...]) -> Rendered:
+    def _render_gold(self, example: dict, prompt: str, candidates: tuple[str, ...], gold_field: str) -> Rendered:
         """ReCoRD: candidates are the entities; every answer is gold, the first one is trained on
         (MeZO run.py ``_convert``: ``candidates.index(correct_candidate[0])``)."""
         pool = list(field_path(example, next(f.for_each for f in self.formats.values() if f.for_each)))
-        answers = list(field_path(example, self.gold_field))
+        answers = list(field_path(example, gold_field))
         missing = [a for a in answers if a not in pool]
         if not answers or missing:
             raise ConfigError(f"task {self.name}: gold answers {missing or answers} not among the candidates")
         gold = tuple(pool.index(a) for a in answers)
         return Rendered(prompt, candidates, gold[0], gold=gold)
+
+
+def _check_run_settings(raw: dict, formats: dict, path: Path) -> None:
+    """The run settings are positive integers; ``masked_max_length`` needs a masked prompt."""
+    for key in RUN_KEYS:
+        value = raw.get(key)
+        if key in raw and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{path}: {key}={value!r}; a positive integer is needed")
+    if "masked_max_length" in raw and "masked" not in formats:
+        raise ConfigError(f"{path}: masked_max_length goes with a masked prompt (this task has none)")
 
 
 def _mezo_boundary(prompt: str, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
