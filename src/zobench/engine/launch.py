@@ -1,6 +1,6 @@
 """Launch plans of the Triton kernels: grids, index widths and streamed blocks as pure functions.
 
-Every Triton launcher (``triton_backend``, ``triton_fused``) takes its grid, its int32/int64
+Every Triton launcher (``triton.kernels``, ``triton.fused``) takes its grid, its int32/int64
 choice and its blocks of rows from here, so that what decides whether a launch terminates and
 stays in range is plain Python, checked for every weight shape of every ``conf/model`` config
 without a GPU (``tests/engine/test_launch.py``). What must hold, and why:

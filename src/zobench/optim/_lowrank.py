@@ -39,7 +39,7 @@ class LowRankDirection(Direction):
         assert self.factors is not None  # sample / chunks fall back to Direction's z without factors
         a, b = self.factors(pid, like)
         rows, cols = like.shape
-        step = row_block(cols, 64)  # a multiple of 64 elements: see VirtualEngine._perturbed_blocks
+        step = row_block(cols, 64)  # a multiple of 64 elements: see TorchProvider.blocks
         for first in range(0, rows, step):
             stop = min(rows, first + step)
             yield first * cols, stop * cols, a[first:stop] @ b.T
