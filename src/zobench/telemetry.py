@@ -341,13 +341,14 @@ HEARTBEAT_S = 30.0  # the longest a log stays silent during a long evaluation or
 
 
 @contextlib.contextmanager
-def heartbeat(what: str, every: float = HEARTBEAT_S, detail=None):
+def heartbeat(what: str, every: float | None = None, detail=None):
     """While the block runs, log ``<what>: 0:01:30 so far[, <detail()>]`` every ``every`` seconds,
     so a Slurm log is never silent for minutes (a dev evaluation of a large model, a model load).
     A daemon thread only sleeps and logs; ``detail`` (a callable, e.g. forward passes so far) is
     read from it, so it must only read plain counters."""
     import threading
 
+    every = HEARTBEAT_S if every is None else every
     done, start = threading.Event(), time.perf_counter()
 
     def beat() -> None:
