@@ -17,7 +17,7 @@ when complete, and ``latest`` moves only after that; a kill (or power loss) at a
 either the old or the new checkpoint, never a torn one. On resume every file is checked against
 the manifest: a checkpoint damaged after it was written (a bad disk, a partial copy) is refused
 with one line naming the file, never resumed silently. Hashing reads the files back once per
-checkpoint (about 1 GB/s: seconds per GB of trainable weights).
+checkpoint.
 """
 
 from __future__ import annotations

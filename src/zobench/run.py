@@ -19,6 +19,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,20 +33,19 @@ from .redaction import redact, redact_hydra_files
 from .signals import STOP_SIGNALS, StopRequest
 from .tasks.batches import BatchStream
 from .telemetry import JsonlLogger, WandbLogger
-from .train.learners import import_target as _import
 from .train.recipe import Recipe
 from .train.setup import resolve_device
 from .train.setup import schedule as _schedule
 from .validation import RESUMABLE_KEYS, validate
 
-# names other modules and tests import from here
-__all__ = ["STOP_SIGNALS", "BatchStream", "StopRequest", "_import", "_schedule", "redact", "resolve_device", "run"]
+# names other modules and tests import from here (bench: resolve_device; tests/optim: _schedule)
+__all__ = ["STOP_SIGNALS", "BatchStream", "StopRequest", "_schedule", "redact", "resolve_device", "run"]
 
 log = logging.getLogger(__name__)
 
 
 def _flat(cfg: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         out.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
@@ -188,7 +188,7 @@ def _check_resumable(config: dict, saved_path: Path) -> None:
         raise CheckpointError(
             f"{saved_path.parent / 'checkpoint'} has no config.yaml beside it; cannot tell which config it belongs to"
         )
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path)))
+    saved = _flat(cast(dict, OmegaConf.to_container(OmegaConf.load(saved_path))))
     now = _flat(config)
     changed = sorted(
         k

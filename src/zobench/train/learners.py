@@ -8,8 +8,12 @@
 
 Linear probing is not a learner: it takes no steps (``Recipe.setup_learner``).
 
-``info`` holds the step's scalars as the method records them (projected gradient ``g``,
-``loss_plus`` / ``loss_minus``, ...); the loop logs them beside the loss and the learning rate.
+``info`` holds the step's scalars as the method records them (``projected_grad``, ``loss_plus`` /
+``loss_minus``, ...); the loop logs them beside the loss and the learning rate. With the method's
+seed and step (``optimizer.param_groups``) they are all a ZO step's trajectory needs (the update is
+a function of them), so a per-step trajectory record belongs beside the train event. Loss sums
+over a batch come from the closure (``models/objective.py``), the place for a data-parallel
+all-reduce.
 """
 
 from __future__ import annotations

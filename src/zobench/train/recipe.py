@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +43,7 @@ class Recipe:
         self.device = resolve_device(cfg.device)
         self.state = LoopState()
         self.best_dir = self.run_dir / "best"
-        self.learner = None  # linear probing takes no steps
+        self.learner: Any = None  # a Learner; None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
 
     # -- setup -----------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ class Recipe:
     def setup_learner(self) -> None:
         """The learner ``optimizer=`` names, or (``optimizer=linear_probe``) the fitted probe,
         which replaces the objective for evaluation and takes no steps."""
-        opt_cfg = OmegaConf.to_container(self.cfg.optimizer, resolve=True)
+        opt_cfg = cast(dict, OmegaConf.to_container(self.cfg.optimizer, resolve=True))
         opt_cfg.pop("name")
         if not opt_cfg.pop("linear_probe", False):
             self.learner = build_learner(self.cfg, opt_cfg, self.model, self.named, self.objective)
@@ -212,6 +213,7 @@ class Recipe:
         return status
 
     def next_batch(self) -> list:
+        assert self.stream is not None, "a run that takes steps has training examples (setup_data)"
         return [self.examples["train"][i] for i in self.stream.next()]
 
     def skip_divergent(self, info: dict) -> bool:
