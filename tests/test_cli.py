@@ -177,20 +177,3 @@ def test_a_plain_sweep_lands_in_override_folders_and_ends_with_its_table(tmp_pat
     ), result.stdout
     table = result.stdout[result.stdout.index(f"zobench: sweep {sweep.relative_to(tmp_path)}: 2 run dirs") :]
     assert table.count("completed  accuracy") == 2 and "tables: python -m zobench.report" in table, result.stdout
-
-
-def test_without_a_terminal_progress_is_ten_plain_lines(caplog):
-    import io
-    import logging
-
-    from zobench.telemetry import Progress
-
-    out = io.StringIO()  # not a terminal: no bar, no carriage returns in the log
-    with caplog.at_level(logging.INFO, logger="zobench.telemetry"):
-        progress = Progress(total=20, file=out)
-        for step in range(1, 21):
-            progress.update(loss=0.5, forward_passes=2 * step)
-        progress.close()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert len(lines) == 10 and lines[0].startswith("step 2/20 (10%): loss 0.5000, ") and "eta " in lines[0]
-    assert lines[-1].startswith("step 20/20 (100%)") and "\r" not in out.getvalue()

@@ -261,15 +261,15 @@ def test_a_completed_dir_with_leftovers_is_cleaned_and_stays_completed(tmp_path,
 
 def _stop_after_a_checkpoint(monkeypatch):
     """The run dies (as a kill would) right after writing its first checkpoint."""
-    import zobench.run as zr
+    import zobench.train.recipe as recipe
 
-    save = zr.save_checkpoint
+    save = recipe.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save(*args, **kwargs)
         raise SystemExit(9)
 
-    monkeypatch.setattr(zr, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
 
 
 def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(tmp_path, data_dir, monkeypatch):

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from zobench import __main__ as entry
-from zobench.run import STOP_SIGNALS, StopRequest
+from zobench.signals import STOP_SIGNALS, StopRequest
 
 
 def test_sigusr2_stops_the_run_and_the_previous_handler_comes_back():

@@ -2,6 +2,7 @@
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,55 @@ def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
     assert "dev/accuracy" not in summary_keys and "dev_accuracy" not in summary_keys
     assert summary_keys["status"] == "completed" and summary_keys["forward_passes"] == 8
     assert {"model", "task", "optimizer", "train"} <= config_keys
+
+
+def _plain_lines(caplog, prefix="step "):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_log_every_steps(caplog):
+    import io
+    import logging
+
+    out = io.StringIO()  # not a terminal (Slurm, CI, > log): no bar, no carriage returns in the log
+    with caplog.at_level(logging.INFO, logger="zobench.telemetry"):
+        progress = Progress(total=7, every=3, file=out)
+        for step in range(1, 8):
+            progress.update(loss=0.5, forward_passes=2 * step)
+        progress.close()
+    lines = _plain_lines(caplog)
+    assert [line.split(" (")[0] for line in lines] == ["step 3/7", "step 6/7", "step 7/7"]  # and the last step
+    assert lines[0].startswith("step 3/7 (42%): loss 0.5000, ") and " fwd/s, eta " in lines[0]
+    assert lines[-1].endswith("eta 0:00:00") and out.getvalue() == ""
+
+
+def test_a_resumed_progress_counts_from_the_resumed_step(caplog):
+    import io
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="zobench.telemetry"):
+        progress = Progress(total=10, initial=4, forward_passes=8, every=2, file=io.StringIO())
+        for step in range(5, 11):
+            progress.update(loss=1.0, forward_passes=2 * step)
+    assert [line.split(" (")[0] for line in _plain_lines(caplog)] == ["step 6/10", "step 8/10", "step 10/10"]
+
+
+def test_clock_keeps_counting_hours_past_a_day():
+    from zobench.telemetry import clock
+
+    assert clock(0) == "0:00:00" and clock(61.9) == "0:01:01" and clock(25 * 3600 + 61) == "25:01:01"
+
+
+def test_heartbeat_logs_while_the_block_runs_and_stops_with_it(caplog):
+    import logging
+
+    from zobench.telemetry import heartbeat
+
+    with caplog.at_level(logging.INFO, logger="zobench.telemetry"):
+        with heartbeat("evaluating dev (500 examples)", every=0.05, detail=lambda: "12 forward passes"):
+            time.sleep(0.4)
+        during = len(_plain_lines(caplog, "evaluating dev"))
+        time.sleep(0.2)
+    lines = _plain_lines(caplog, "evaluating dev")
+    assert during >= 2 and len(lines) == during  # nothing after the block
+    assert lines[0] == "evaluating dev (500 examples): 0:00:00 so far, 12 forward passes"

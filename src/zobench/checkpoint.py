@@ -8,12 +8,16 @@ Layout under ``<run dir>/checkpoint/``:
   ``manifest.json`` (the sha256 of the other three), written last.
 * ``latest``: the name of the newest complete checkpoint, replaced atomically (temp + rename).
 
+Beside it, ``<run dir>/best/step-<step>.safetensors`` holds the best-dev weights a checkpoint
+refers to (``LoopState.best_file``), and ``<run dir>/final/trainable.safetensors`` the tested ones
+(``train.save_final``).
+
 A checkpoint directory is first written under a temporary name, every file fsynced, and renamed
 when complete, and ``latest`` moves only after that; a kill (or power loss) at any moment leaves
 either the old or the new checkpoint, never a torn one. On resume every file is checked against
 the manifest: a checkpoint damaged after it was written (a bad disk, a partial copy) is refused
 with one line naming the file, never resumed silently. Hashing reads the files back once per
-checkpoint (about 1 GB/s: seconds per GB of trainable weights).
+checkpoint.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def sha256(path: Path) -> str:
@@ -132,3 +140,46 @@ def _verify(folder: Path) -> None:
                 f"checkpoint {folder / file} is corrupted (its sha256 differs from the one "
                 f"recorded when it was written); delete {folder.parent} to start the run afresh"
             )
+
+
+# -- the trainable tensors outside a checkpoint (best-dev and final weights) ----------------------
+def save_tensors(named, path: Path) -> None:
+    """``named`` ((name, parameter) pairs) to a safetensors file, written whole or not at all."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({name: p.detach().contiguous() for name, p in named}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+
+
+def copy_into(named, tensors: dict, where: Path) -> None:
+    """Load ``tensors`` into the parameters of ``named``; ``where`` names their file in errors."""
+    missing = [name for name, _ in named if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{where} lacks parameters {missing[:3]}: it belongs to another model or tuning")
+    for name, p in named:
+        p.data.copy_(tensors[name])
+
+
+def save_best(named, best_dir: Path, step: int) -> str:
+    """The best-dev state, one file per step, so a checkpoint always names a file that exists."""
+    name = f"step-{step:09d}.safetensors"
+    save_tensors(named, best_dir / name)
+    return name
+
+
+def remove_stale_best(best_dir: Path, keep: str | None) -> None:
+    """Best-dev files other than ``keep``: superseded, or written after the checkpoint resumed from."""
+    for path in best_dir.glob("step-*.safetensors"):
+        if path.name != keep:
+            path.unlink()

@@ -272,18 +272,30 @@ class WandbLogger:
         self.run.finish()
 
 
+def clock(seconds: float) -> str:
+    """``H:MM:SS`` (hours past 24 keep counting: a week-long ETA reads ``168:00:00``)."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 class Progress:
-    """A tqdm bar over training steps showing loss, forward passes/s and the ETA.
+    """Training progress: step/total, loss, forward passes/s and the ETA.
 
-    The bar is drawn only on a terminal (``disable=None``). When the output is a file or a pipe
-    (CI, Slurm, ``> log``) a bar's carriage returns would fill the log, so instead one plain line
-    ``step 20/200 (10%): loss 0.6931, 3.1 fwd/s, eta 0:09:40`` is logged every tenth of the run
-    (Hydra's logging: the console and ``<run dir>/__main__.log``)."""
-
-    LINES = 10  # plain progress lines per run when there is no terminal
+    On a terminal a tqdm bar shows them (``disable=None``: drawn only on a terminal). When the
+    output is a file or a pipe (Slurm, CI, ``> log``) a bar's carriage returns would fill the log,
+    so instead one plain line ``step 20/200 (10%): loss 0.6931, 3.10 fwd/s, eta 0:09:40`` is
+    logged every ``every`` steps (``train.log_every``) and at the last step, through logging
+    (Hydra's: the console and ``<run dir>/__main__.log``). The rate counts the forward passes of
+    this process only, so a resumed run's ETA is not skewed by the time before the resume."""
 
     def __init__(
-        self, total: int, initial: int = 0, forward_passes: int = 0, file=None, disable: bool | None = None
+        self,
+        total: int,
+        initial: int = 0,
+        forward_passes: int = 0,
+        every: int = 10,
+        file=None,
+        disable: bool | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -301,7 +313,7 @@ class Progress:
         self._t0 = time.perf_counter()
         self._passes0 = forward_passes
         self._total, self._step0, self._step = total, initial, initial
-        self._every = max(1, total // self.LINES)
+        self._every = max(1, int(every))
 
     def update(self, loss: float, forward_passes: int) -> None:
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
@@ -318,8 +330,36 @@ class Progress:
                 100 * self._step // max(self._total, 1),
                 loss,
                 rate,
-                time.strftime("%H:%M:%S", time.gmtime(eta)),
+                clock(eta),
             )
 
     def close(self) -> None:
         self.bar.close()
+
+
+HEARTBEAT_S = 30.0  # the longest a log stays silent during a long evaluation or model load
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every: float | None = None, detail=None):
+    """While the block runs, log ``<what>: 0:01:30 so far[, <detail()>]`` every ``every`` seconds,
+    so a Slurm log is never silent for minutes (a dev evaluation of a large model, a model load).
+    A daemon thread only sleeps and logs; ``detail`` (a callable, e.g. forward passes so far) is
+    read from it, so it must only read plain counters."""
+    import threading
+
+    every = HEARTBEAT_S if every is None else every
+    done, start = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every):
+            extra = f", {detail()}" if detail is not None else ""
+            log.info("%s: %s so far%s", what, clock(time.perf_counter() - start), extra)
+
+    thread = threading.Thread(target=beat, name="zobench-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -68,10 +68,14 @@ def _choice(cfg, key: str, allowed) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad key; types, ranges, choices and devices."""
-    from .engine import BACKENDS, MODES
-    from .models.loading import DTYPES, FAMILIES, SOURCES
-    from .models.objective import ZO_OBJECTIVES
-    from .models.tuning import TUNINGS
+    _check_train_and_data(cfg)
+    _check_flags_and_icl(cfg)
+    _check_optimizer_and_model(cfg)
+    _check_engine_and_device(cfg)
+
+
+def _check_train_and_data(cfg: DictConfig) -> None:
+    """``seed``, ``train.*`` counts and the data protocol's sizes and seeds."""
     from .tasks.data import BAD_ROW_POLICIES, PROTOCOLS
 
     _integer(cfg, "seed", 0, SEED_MAX)
@@ -105,6 +109,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.eval_every_passes needs train.forward_budget (otherwise use train.eval_every)")
     mezo_training = (_get(cfg, "train.steps") > 0 or budgeted) and _get(cfg, "data.protocol") == "mezo"
     _integer(cfg, "data.num_train", 1 if mezo_training else 0)  # kshot takes k per class instead
+
+
+def _check_flags_and_icl(cfg: DictConfig) -> None:
+    """Booleans, the divergence policy, the ZO objective, tuning and in-context demonstrations."""
+    from .models.objective import ZO_OBJECTIVES
+    from .models.tuning import TUNINGS
+
     for key in ("train.keep_best", "train.save_final", "debug", "engine.paired", "engine.fused_linear"):
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
@@ -119,6 +130,12 @@ def validate(cfg: DictConfig) -> None:
             f"icl.demos={_get(cfg, 'icl.demos')} > data.num_train={_get(cfg, 'data.num_train')}: "
             "demonstrations are drawn from the training examples"
         )
+
+
+def _check_optimizer_and_model(cfg: DictConfig) -> None:
+    """The optimizer's common hyperparameters and the model's dtype, family and source."""
+    from .models.loading import DTYPES, FAMILIES, SOURCES
+
     for key in ("lr", "eps"):
         if key in cfg.optimizer:
             _positive_number(cfg, f"optimizer.{key}")
@@ -127,6 +144,12 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.dtype", tuple(DTYPES))
     _choice(cfg, "model.family", FAMILIES)
     _choice(cfg, "model.source", SOURCES)
+
+
+def _check_engine_and_device(cfg: DictConfig) -> None:
+    """Engine backend / mode / fused_linear, the device, and ``data.dir``'s type."""
+    from .engine import BACKENDS, MODES
+
     _choice(cfg, "engine.backend", BACKENDS)
     _choice(cfg, "engine.mode", MODES)
     if _get(cfg, "engine.fused_linear") and (

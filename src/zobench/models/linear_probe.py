@@ -5,7 +5,8 @@ position (causal LM: the last prompt token; masked LM: the mask token). LP fits 
 logistic regression  p(y = k | h) = softmax(W h + b)_k  on the training examples' features, with
 the L2 strength chosen by cross-validation (scikit-learn's ``LogisticRegressionCV``, as MeZO's
 linear-probing code does), and predicts argmax_k (W h + b)_k. No gradient touches the model and
-no ZO step is taken: ``train.steps`` must be 0, and the probe is fitted before evaluation.
+no ZO step is taken: ``train.steps`` must be 0, and the probe is fitted before evaluation (the
+recipe's probing mode, ``train/recipe.py::Recipe.setup_learner``), then replaces the objective.
 
 Only classification tasks with a fixed label set have a probe (candidates = classes); tasks whose
 candidates vary per example (COPA, ReCoRD) or generation tasks are refused.
