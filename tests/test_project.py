@@ -84,3 +84,18 @@ def test_pre_commit_hooks_are_local_and_run_the_ci_checks():
     assert all(hook["language"] == "system" for hook in hooks.values())
     dev = _pyproject(r"^dev = \[(.*?)\]$")
     assert '"ruff==' in dev and '"mypy' in dev  # the versions the hooks and CI run
+
+
+def test_no_source_file_or_function_outgrows_a_screen_or_two():
+    """The shape the codebase keeps: a reader finds each piece on a screen (functions ≤ 60 lines, files
+    ≤ 400); a longer one should be cut where its steps are, as train/recipe.py is."""
+    import ast
+
+    for path in sorted((REPO / "src" / "zobench").rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(REPO)
+        assert len(text.splitlines()) <= 400, f"{where}: {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{where}:{node.lineno}: {node.name} is {length} lines"

@@ -9,7 +9,11 @@ __all__ = ["markdown", "run_benchmark"]
 
 def __getattr__(name):
     if name in __all__:
-        from . import harness
+        if name == "markdown":
+            from .page import markdown
 
-        return getattr(harness, name)
+            return markdown
+        from .harness import run_benchmark
+
+        return run_benchmark
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

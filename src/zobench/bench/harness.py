@@ -33,6 +33,7 @@ from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
 from .baseline import AuthorsMeZO, pairwise_loss
+from .page import markdown  # noqa: F401  (python -m zobench.bench writes it beside the JSON)
 
 log = logging.getLogger(__name__)  # phase by phase, so that a stalled benchmark shows where
 
@@ -190,27 +191,40 @@ def zo_optimizer(opt_cfg, named, engine, seed: int):
 
 
 def run_benchmark(cfg) -> dict:
+    """One benchmark: zobench's configured step, then (``bench.baseline``) the authors' MeZO step
+    and (``bench.numerics_steps``) the in-place drift, on one model, batch and process."""
     device = resolve_device(cfg.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.set_grad_enabled(False)
-    b = cfg.bench
-
     spec = load_task(cfg.task.name)
-    splits = build_splits(spec, cfg.data.dir, b.batch_size, 0, 1, seed=cfg.data.seed)
+    splits = build_splits(spec, cfg.data.dir, cfg.bench.batch_size, 0, 1, seed=cfg.data.seed)
     log.info("loading %s on %s", cfg.model.name, device)
     model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
     scorer = CandidateScorer(model, tokenizer, cfg.task.max_length, device)
-    batch = [scorer.encode(spec.render(ex)) for ex in splits.train][: b.batch_size]
+    batch = [scorer.encode(spec.render(ex)) for ex in splits.train][: cfg.bench.batch_size]
     memory = PeakMemory(device)
     named = list(model.named_parameters())
     # the baseline's MeZO hyperparameters: the configured method's lr and ε where it has them
     lr, eps = float(cfg.optimizer.lr), float(cfg.optimizer.get("eps", 1e-3))
-    result = {
+    result = _describe(cfg, model, batch, device, memory)
+    bench = _Bench(cfg, model, scorer, batch, memory, named, device, sync)
+    result.update(bench.zobench(eps))
+    if cfg.bench.baseline:  # the authors' step on the same model and batch
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        result.update(bench.baseline(lr, eps, pad, result["zobench"]))
+    if cfg.bench.numerics_steps:
+        result["numerics"] = _numerics(cfg, named, eps)
+    return result
+
+
+def _describe(cfg, model, batch, device: torch.device, memory: PeakMemory) -> dict:
+    """The benchmark's setting: model, batch, device and the versions of what ran."""
+    return {
         "model": cfg.model.name,
         "task": cfg.task.name,
         "batch_size": len(batch),
         "dtype": cfg.model.dtype,
-        "parameters": sum(p.numel() for _, p in named),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "tokens_per_pair": statistics.mean(len(c) + len(o) for e in batch for c, o in zip(e.contexts, e.options)),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "device_type": device.type,
@@ -223,177 +237,116 @@ def run_benchmark(cfg) -> dict:
             "triton": _version("triton"),
         },
         "memory_source": memory.source,
-        "repeats": b.repeats,
-        "warmup": b.warmup,
+        "repeats": cfg.bench.repeats,
+        "warmup": cfg.bench.warmup,
     }
 
-    # zobench: the run loop's objective and optimizer on the configured engine
-    engine = build_engine(
-        cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
-    )
-    engine.enable_timing(sync if device.type == "cuda" else None)
-    optimizer = zo_optimizer(cfg.optimizer, named, engine, cfg.seed)
-    log.info(
-        "zobench: inference peak, then %d + %d steps on %s/%s", b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode
-    )
-    result["zobench_inference_peak_memory_bytes"] = _inference_peak(lambda: scorer.loss(batch), memory, sync)
 
-    def reset_engine():
-        engine.seconds = 0.0
+class _Bench:
+    """The timed variants on one loaded model and batch."""
 
-    def closure(replicas=1):  # the run loop's closure (objective.zo_closure): it can batch the ± pair
-        return scorer.loss(batch, replicas=replicas)
+    def __init__(self, cfg, model, scorer, batch, memory, named, device, sync) -> None:
+        self.cfg, self.model, self.scorer, self.batch = cfg, model, scorer, batch
+        self.memory, self.named, self.device, self.sync = memory, named, device, sync
 
-    zobench = _measure(
-        lambda: optimizer.step(closure), model, memory, lambda: engine.seconds, reset_engine, sync, b.warmup, b.repeats
-    )
-    zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / result["zobench_inference_peak_memory_bytes"]
-    zobench["engine"] = (
-        f"{cfg.engine.backend}/{cfg.engine.mode}"
-        + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "")
-        + ("+fused" if cfg.engine.fused_linear else "")
-    )
-    zobench["optimizer"] = cfg.optimizer.name
-    zobench["forward_passes_per_step"] = int(optimizer.forward_passes_per_step)
-    zobench["state_buffers_per_param"] = int(getattr(optimizer, "state_buffers_per_param", 0))
-    result["zobench"] = zobench
-    if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
-        lr0 = MeZO(decay_groups(named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
-        log.info("virtual engine: %d lr=0 steps with forwards", b.virtual_lr0_steps)
-        result["virtual_lr0"] = {
-            "dtype": cfg.model.dtype,
-            **virtual_lr0_drift(model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.virtual_lr0_steps)),
+    def _measure(self, step, seconds, reset) -> dict:
+        b = self.cfg.bench
+        return _measure(step, self.model, self.memory, seconds, reset, self.sync, b.warmup, b.repeats)
+
+    def zobench(self, eps: float) -> dict:
+        """The run loop's objective and optimizer on the configured engine."""
+        cfg, scorer, batch = self.cfg, self.scorer, self.batch
+        engine = build_engine(
+            cfg.engine.backend,
+            cfg.engine.mode,
+            self.model,
+            paired=cfg.engine.paired,
+            fused_linear=cfg.engine.fused_linear,
+        )
+        engine.enable_timing(self.sync if self.device.type == "cuda" else None)
+        optimizer = zo_optimizer(cfg.optimizer, self.named, engine, cfg.seed)
+        b = cfg.bench
+        steps = (b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
+        log.info("zobench: inference peak, then %d + %d steps on %s/%s", *steps)
+        out = {
+            "zobench_inference_peak_memory_bytes": _inference_peak(lambda: scorer.loss(batch), self.memory, self.sync)
         }
-    if hasattr(engine, "remove"):
-        engine.remove()
 
-    if b.baseline:  # the authors' step on the same model and batch
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        def reset_engine():
+            engine.seconds = 0.0
+
+        def closure(replicas=1):  # the run loop's closure (objective.zo_closure): it can batch the ± pair
+            return scorer.loss(batch, replicas=replicas)
+
+        zobench = self._measure(lambda: optimizer.step(closure), lambda: engine.seconds, reset_engine)
+        zobench["peak_over_inference"] = zobench["peak_memory_bytes"] / out["zobench_inference_peak_memory_bytes"]
+        zobench["engine"] = (
+            f"{cfg.engine.backend}/{cfg.engine.mode}"
+            + ("+paired" if cfg.engine.mode == "virtual" and cfg.engine.paired else "")
+            + ("+fused" if cfg.engine.fused_linear else "")
+        )
+        zobench["optimizer"] = cfg.optimizer.name
+        zobench["forward_passes_per_step"] = int(optimizer.forward_passes_per_step)
+        zobench["state_buffers_per_param"] = int(getattr(optimizer, "state_buffers_per_param", 0))
+        out["zobench"] = zobench
+        if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
+            lr0 = MeZO(decay_groups(self.named, 0.0), lr=0.0, eps=eps, engine=engine, seed=cfg.seed + 1)
+            log.info("virtual engine: %d lr=0 steps with forwards", b.virtual_lr0_steps)
+            drift = virtual_lr0_drift(
+                self.model, lambda: lr0.step(lambda: scorer.loss(batch)), int(b.virtual_lr0_steps)
+            )
+            out["virtual_lr0"] = {"dtype": cfg.model.dtype, **drift}
+        if hasattr(engine, "remove"):
+            engine.remove()
+        return out
+
+    def baseline(self, lr: float, eps: float, pad: int, zobench: dict) -> dict:
+        """The authors' MeZO step: one full forward per (example, candidate) pair, in-place sweeps."""
         log.info("the authors' MeZO step (baseline)")
-        authors = AuthorsMeZO(named, lr=lr, eps=eps)
+        authors = AuthorsMeZO(self.named, lr=lr, eps=eps)
 
-        def pairwise_closure():  # one full forward per (example, candidate) pair, as the authors do
-            return pairwise_loss(model, batch, pad, device)
+        def pairwise_closure():
+            return pairwise_loss(self.model, self.batch, pad, self.device)
 
-        result["baseline_inference_peak_memory_bytes"] = _inference_peak(pairwise_closure, memory, sync)
+        peak = _inference_peak(pairwise_closure, self.memory, self.sync)
 
         def reset_baseline():
             authors.seconds = 0.0
 
-        baseline = _measure(
-            lambda: authors.step(pairwise_closure, sync if device.type == "cuda" else None),
-            model,
-            memory,
-            lambda: authors.seconds,
-            reset_baseline,
-            sync,
-            b.warmup,
-            b.repeats,
+        cuda_sync = self.sync if self.device.type == "cuda" else None
+        baseline = self._measure(
+            lambda: authors.step(pairwise_closure, cuda_sync), lambda: authors.seconds, reset_baseline
         )
-        baseline["peak_over_inference"] = baseline["peak_memory_bytes"] / result["baseline_inference_peak_memory_bytes"]
-        result["baseline"] = baseline
-        result["step_time_ratio"] = zobench["step_s"] / baseline["step_s"]
-        result["peak_memory_ratio"] = zobench["peak_memory_bytes"] / baseline["peak_memory_bytes"]
-
-    if b.numerics_steps:
-        log.info("numerics: %d lr=0 perturb/restore sweeps per dtype", b.numerics_steps)
-        numerics = {}
-        for dtype_name in b.numerics_dtypes:
-            dtype = torch_dtype(dtype_name)
-            subset, budget = [], int(b.numerics_max_elements)
-            for _, p in named:
-                if budget <= 0:
-                    break
-                subset.append(
-                    p.detach()[: max(1, budget // max(1, p[0].numel()))].to(dtype).clone()
-                    if p.ndim > 1
-                    else p.detach().to(dtype).clone()
-                )
-                budget -= subset[-1].numel()
-            numerics[dtype_name] = {
-                "authors_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, True),
-                "zobench_inplace": drift_after_lr0_steps(
-                    [t.clone() for t in subset], b.numerics_steps, eps, False, backend=cfg.engine.backend
-                ),
-                "zobench_virtual": "bit-identical by construction: weights are never written during an estimate "
-                "(tests/engine/test_torch_backend.py checks lr=0 steps with real forwards)",
-            }
-        result["numerics"] = {"steps": b.numerics_steps, "eps": eps, **numerics}
-    return result
+        baseline["peak_over_inference"] = baseline["peak_memory_bytes"] / peak
+        return {
+            "baseline_inference_peak_memory_bytes": peak,
+            "baseline": baseline,
+            "step_time_ratio": zobench["step_s"] / baseline["step_s"],
+            "peak_memory_ratio": zobench["peak_memory_bytes"] / baseline["peak_memory_bytes"],
+        }
 
 
-def markdown(result: dict, command: str) -> str:
-    mb = 2**20
-    method = result["zobench"].get("optimizer", "mezo")
-    title = "MeZO" if method == "mezo" else method
-    lines = [
-        f"# {title} step benchmark: {result['model']} / {result['task']}, batch {result['batch_size']}, "
-        f"{result['dtype']}, {result['device']}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"{result['parameters'] / 1e6:.1f}M parameters, {result['tokens_per_pair']:.1f} tokens per "
-        f"(example, candidate) pair, {result['threads']} threads, torch {result['versions']['torch']}, "
-        f"transformers {result['versions']['transformers']}. Medians of {result['repeats']} steps after "
-        f"{result['warmup']} warm-up step(s), all in one process.",
-        "",
-        "| variant | step (s) | forward (s) | engine (s) | other (s) | engine share | peak mem (MB) | "
-        "inference peak (MB) | peak / inference |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, key in (("zobench", "zobench"), ("authors' MeZO (baseline)", "baseline")):
-        if key not in result:
-            continue
-        r = result[key]
-        label = (
-            name
-            if "engine" not in r
-            else f"{name} [{r['engine']}]"
-            if method == "mezo"
-            else f"{name} {method} [{r['engine']}]"
-        )
-        lines.append(
-            f"| {label} | {r['step_s']:.3f} | {r['forward_s']:.3f} | {r['engine_s']:.3f} | "
-            f"{r['other_s']:.3f} | {r['engine_fraction']:.1%} | {r['peak_memory_bytes'] / mb:.0f} | "
-            f"{result[key + '_inference_peak_memory_bytes'] / mb:.0f} | {r['peak_over_inference']:.3f} |"
-        )
-    if method != "mezo":
-        z = result["zobench"]
-        lines += [
-            "",
-            f"zobench's step is {method}'s ({z['forward_passes_per_step']} forward passes, "
-            f"{z['state_buffers_per_param']} parameter-sized state buffer(s)); the baseline is "
-            "the authors' MeZO step (2 passes, no state), so the ratios below compare methods, "
-            "not implementations.",
-        ]
-    if "step_time_ratio" in result:
-        lines += [
-            "",
-            f"zobench / baseline: step time {result['step_time_ratio']:.2f}×, "
-            f"peak memory {result['peak_memory_ratio']:.2f}×.",
-        ]
-    if "numerics" in result:
-        n = result["numerics"]
-        lines += [
-            "",
-            f"Numerics: weights after {n['steps']} lr=0 steps (eps {n['eps']}), "
-            "fraction of elements changed / largest change:",
-            "",
-            "| dtype | authors' in-place | zobench in-place | zobench virtual |",
-            "|---|---|---|---|",
-        ]
-        for dtype, d in n.items():
-            if isinstance(d, dict):
-                a, z = d["authors_inplace"], d["zobench_inplace"]
-                lines.append(
-                    f"| {dtype} | {a['changed_fraction']:.1%} / {a['max_abs_drift']:.2e} | "
-                    f"{z['changed_fraction']:.1%} / {z['max_abs_drift']:.2e} | 0 (bit-identical) |"
-                )
-    if "virtual_lr0" in result:
-        v = result["virtual_lr0"]
-        lines += [
-            "",
-            f"Measured: {v['steps']} lr=0 MeZO steps with real forwards on the virtual engine "
-            f"({v['dtype']} model): {v['changed_elements']} of {v['elements']} weights changed.",
-        ]
-    return "\n".join(lines) + "\n"
+def _numerics(cfg, named, eps: float) -> dict:
+    """Weight drift after ``bench.numerics_steps`` lr=0 perturb/restore sweeps, per dtype, on the
+    first ``bench.numerics_max_elements`` elements: the authors' in-place arithmetic vs zobench's."""
+    b = cfg.bench
+    log.info("numerics: %d lr=0 perturb/restore sweeps per dtype", b.numerics_steps)
+    numerics = {}
+    for dtype_name in b.numerics_dtypes:
+        dtype = torch_dtype(dtype_name)
+        subset, budget = [], int(b.numerics_max_elements)
+        for _, p in named:
+            if budget <= 0:
+                break
+            rows = max(1, budget // max(1, p[0].numel()))
+            subset.append(p.detach()[:rows].to(dtype).clone() if p.ndim > 1 else p.detach().to(dtype).clone())
+            budget -= subset[-1].numel()
+        numerics[dtype_name] = {
+            "authors_inplace": drift_after_lr0_steps([t.clone() for t in subset], b.numerics_steps, eps, True),
+            "zobench_inplace": drift_after_lr0_steps(
+                [t.clone() for t in subset], b.numerics_steps, eps, False, backend=cfg.engine.backend
+            ),
+            "zobench_virtual": "bit-identical by construction: weights are never written during an estimate "
+            "(tests/engine/test_torch_backend.py checks lr=0 steps with real forwards)",
+        }
+    return {"steps": b.numerics_steps, "eps": eps, **numerics}

@@ -157,7 +157,7 @@ def make_allocator(entry: dict, dest: Callable[[str], Path], plots: bool, where:
 def make_bench_runs(entry: dict, dest: Callable[[str], Path], plots: bool, where: str) -> list[str]:
     """Every ``<name>.json`` of ``python -m zobench.bench`` in ``dir`` → its ``<name>.md``, with the
     command the JSON records."""
-    from .harness import markdown
+    from .page import markdown
 
     if "dir" not in entry:
         raise ConfigError(f"{where}.dir: required for kind {entry['kind']}")
