@@ -93,8 +93,7 @@ def main(out: Path, data_dir: str, work: Path) -> None:
 
     import zobench.models  # noqa: F401
     import zobench.run  # noqa: F401
-    from tests.test_config import compose_run
-    from tests.test_run import SMOKE
+    from tests.helpers import SMOKE, compose_run
 
     mirror = work / "data" / "sst2"  # SMOKE samples 32 + 16 train rows and 24 test rows
     mirror.mkdir(parents=True)

@@ -6,22 +6,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-from zobench.resources import conf_dir
 
 GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _options(group):
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-
-
-def compose_run(*overrides):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+from tests.helpers import compose_run  # noqa: E402
+from tests.helpers import options as _options  # noqa: E402
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])

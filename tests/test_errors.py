@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run
 from zobench.errors import ConfigError
 from zobench.run import run
 

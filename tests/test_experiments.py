@@ -1,7 +1,6 @@
 """conf/experiment/: every paper table's grid composes and validates at every point, and a smoke
 sweep runs end to end and feeds its table."""
 
-import itertools
 import json
 import subprocess
 import sys
@@ -11,25 +10,14 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.helpers import compose_experiment as _compose
+from tests.helpers import experiment_grid as _grid
+from tests.helpers import experiment_sweep as _sweep
 from zobench.resources import conf_dir
 from zobench.validation import validate
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 PAPER = [e for e in EXPERIMENTS if not e.endswith("_smoke")]
-
-
-def _sweep(experiment) -> dict[str, list[str]]:
-    """``hydra.sweeper.params`` of an experiment: swept key -> its values."""
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    return {key: str(params[key]).split(",") for key in sorted(params)}
-
-
-def _grid(experiment):
-    """Every sweep point (the cartesian product Hydra's basic sweeper launches)."""
-    sweep = _sweep(experiment)
-    return [dict(zip(sweep, point)) for point in itertools.product(*sweep.values())]
 
 
 def _covering(experiment):
@@ -38,16 +26,6 @@ def _covering(experiment):
     sweep = _sweep(experiment)
     first = {key: values[0] for key, values in sweep.items()}
     return [first] + [{**first, key: value} for key, values in sweep.items() for value in values[1:]]
-
-
-def _compose(experiment, point):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"experiment={experiment}", "data.dir=/tmp/mirror", *(f"{k}={v}" for k, v in point.items())],
-        )
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def test_every_paper_table_has_a_smoke_variant():

@@ -7,15 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run
 from zobench.checkpoint import load_checkpoint, save_checkpoint
 from zobench.errors import CheckpointError
 from zobench.run import run
@@ -23,40 +21,9 @@ from zobench.run import run
 VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # timing and RSS, not numbers
 
 
-def _cli(run_dir, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "zobench",
-        *SMOKE,
-        "train.steps=8",
-        "train.eval_every=2",
-        "train.log_every=1",
-        "train.save_final=true",
-        f"data.dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
-
-
-def _stable(path: Path):
-    if path.suffix == ".json":
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in path.read_text().splitlines()]
-
-
-def _run_until(cmd, metrics: Path, step: int, sig) -> int:
-    """Start ``cmd``, send ``sig`` once the train event of ``step`` is in metrics.jsonl."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and any(
-            f'"step": {step},' in l and '"train"' in l for l in metrics.read_text().splitlines()
-        ):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.02)
-    return proc.wait(timeout=240)
+from tests.helpers import run_until as _run_until  # noqa: E402
+from tests.helpers import smoke_cli as _cli  # noqa: E402
+from tests.helpers import stable as _stable  # noqa: E402
 
 
 @pytest.fixture(scope="module")

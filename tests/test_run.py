@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_config import compose_run
+from tests.helpers import SMOKE, compose_run
 from zobench.run import run
 
 SUMMARY_KEYS = {
@@ -28,15 +28,6 @@ SUMMARY_KEYS = {
     "zobench_version",
     "status",
 }
-SMOKE = (
-    "model=tiny-llama",
-    "logger=none",
-    "data.num_train=32",
-    "data.num_dev=16",
-    "data.num_eval=24",
-    "train.batch_size=4",
-    "train.eval_batch_size=8",
-)
 
 # Losses of the 5-step smoke run below (tiny-llama, seed 0, torch 2.13.0 CPU). A change here means
 # the numbers of every run changed: data sampling, prompt, tokenisation, objective, z or update.
@@ -163,7 +154,7 @@ def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
 
 
 def _optimizer_options():
-    from tests.test_config import _options
+    from tests.helpers import options as _options
 
     return _options("optimizer")
 

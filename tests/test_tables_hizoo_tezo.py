@@ -2,7 +2,8 @@
 published cells are exactly the verifiable ones (none guessed), and their smoke twins point at
 the committed smoke runs."""
 
-from tests.test_experiments import _compose, _grid
+from tests.helpers import compose_experiment as _compose
+from tests.helpers import experiment_grid as _grid
 from zobench.report.spec import load_table
 
 

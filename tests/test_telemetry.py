@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_model
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run, tiny_model
 from zobench.run import redact, run
 from zobench.telemetry import ForwardCounter, JsonlLogger, Progress, wandb_mode
 

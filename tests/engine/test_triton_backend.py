@@ -15,8 +15,10 @@ if "zobench.engine.triton_backend" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
-from tests.conftest import tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
+from tests.helpers import loss_of as _loss  # noqa: E402
+from tests.helpers import replica_losses as _replica_losses  # noqa: E402
+from tests.helpers import sequential_losses as _sequential_losses  # noqa: E402
+from tests.helpers import tiny_model  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
 from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine.directions import z_source  # noqa: E402

@@ -14,8 +14,10 @@ if "zobench.engine.triton_backend" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined (first import)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
-from tests.conftest import TINY_ARCHS, tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
+from tests.helpers import TINY_ARCHS, tiny_model  # noqa: E402
+from tests.helpers import loss_of as _loss  # noqa: E402
+from tests.helpers import replica_losses as _replica_losses  # noqa: E402
+from tests.helpers import sequential_losses as _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
 from zobench.engine import triton_backend as tb  # noqa: E402
 from zobench.engine import triton_fused as tf  # noqa: E402
