@@ -61,6 +61,7 @@ def test_every_task_config_has_a_spec():
     assert _options("task") == available_tasks()
 
 
+@pytest.mark.slow
 def test_help_lists_every_group_and_option():
     out = subprocess.run(
         [sys.executable, "-m", "zobench", "--help"], capture_output=True, text=True, timeout=120, check=True
@@ -70,6 +71,7 @@ def test_help_lists_every_group_and_option():
         assert all(option in line for option in _options(group)), line
 
 
+@pytest.mark.slow
 def test_wheel_ships_conf_and_tasks_and_finds_them(tmp_path):
     """A non-editable install must find conf/ and tasks/ as package data."""
     subprocess.run(

@@ -97,6 +97,7 @@ def test_table18_uses_the_lmbff_protocol_and_data_seeds():
     assert _compose("mezo_table18_k512", points[0]).data.k == 512
 
 
+@pytest.mark.slow
 def test_a_smoke_table_runs_end_to_end_and_reports(tmp_path, data_dir):
     """`python -m zobench -m experiment=sparse_mezo_smoke`, shortened, then its table."""
     sweep = tmp_path / "sweep"

@@ -226,6 +226,7 @@ def test_bad_input_errors(tmp_path):
         load_table("table9")
 
 
+@pytest.mark.slow
 def test_cli_writes_files_and_reports_bad_input_on_one_line(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     ok = subprocess.run(
@@ -249,6 +250,7 @@ def test_cli_writes_files_and_reports_bad_input_on_one_line(sweep, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_report_over_real_tiny_runs(tmp_path, data_dir):
     """Two real MeZO runs (a Hydra sweep over lr): the report picks the lr whose summary.json has the
     better dev score and reports that run's test score."""

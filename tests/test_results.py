@@ -13,6 +13,7 @@ TABLE_SCRIPTS = sorted(p.parent.name for p in (REPO / "results").glob("*/table.p
 
 
 @pytest.mark.parametrize("name", TABLE_SCRIPTS)
+@pytest.mark.slow
 def test_results_readme_is_regenerated_from_its_run_dirs(name):
     folder = REPO / "results" / name
     assert f"python results/{name}/table.py" in (folder / "run.sh").read_text()
@@ -31,6 +32,7 @@ PLOTTING = [name for name in TABLE_SCRIPTS if "--plot" in (REPO / "results" / na
 
 
 @pytest.mark.parametrize("name", PLOTTING)
+@pytest.mark.slow
 def test_results_plot_is_drawn_from_its_run_dirs(name, tmp_path):
     image = tmp_path / "curves.png"
     subprocess.run(
@@ -56,6 +58,7 @@ SUBSET_DIRS = sorted(
 
 
 @pytest.mark.parametrize("folder", SUBSET_DIRS)
+@pytest.mark.slow
 def test_subset_readme_is_regenerated_from_its_completed_runs(folder):
     readme = (REPO / folder / "README.md").read_text()
     command = re.search(r"Command: `([^`]*)`", readme)

@@ -53,6 +53,7 @@ def _assert_same_run(run_dir: Path, reference: Path):
 
 
 @pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_dir, reference, every):
     rng = random.Random(every)
     checked = []
@@ -73,6 +74,7 @@ def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_di
     assert checked, "no kill landed after a checkpoint: the resume path went untested"
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference):
     run_dir = tmp_path / "term"
     cmd = _cli(run_dir, data_dir, "train.checkpoint_every=0")  # only the signal checkpoints
@@ -91,6 +93,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
 
+@pytest.mark.slow
 def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
     before = (reference[1] / "metrics.jsonl").read_text()
     subprocess.run(

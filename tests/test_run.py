@@ -125,6 +125,7 @@ def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
         run(compose_run("model=roberta-large", "task=copa", "logger=none", f"data.dir={data_dir}"), tmp_path)
 
 
+@pytest.mark.slow
 def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
     """The README's default config (SmolLM2-135M from its GGUF package), shortened."""
     cfg = compose_run(
@@ -141,6 +142,7 @@ def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
     assert summary["forward_passes"] == 4 and summary["engine"] == "torch/virtual"  # auto on CPU
 
 
+@pytest.mark.slow
 def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
     run_dir = tmp_path / "cli"
     subprocess.run(
@@ -186,6 +188,7 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
     assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
     """`python -m zobench -m ...`: Hydra's multirun, several runs in one process."""
     subprocess.run(

@@ -45,6 +45,7 @@ def test_drift_is_counted_for_both_in_place_implementations():
         assert drift["elements"] == 1000 and 0 < drift["changed_fraction"] <= 1 and drift["max_abs_drift"] > 0
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     subprocess.run(
         [
@@ -84,6 +85,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     assert "Measured: 3 lr=0 MeZO steps" in (tmp_path / "t.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     """``optimizer=...`` picks zobench's step (HiZOO: 3 passes and its Σ); the baseline stays the
     authors' MeZO and the Markdown says the ratios then compare methods."""
@@ -113,6 +115,7 @@ def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     assert "compare methods, not implementations" in text
 
 
+@pytest.mark.slow
 def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
     done = subprocess.run(
         [

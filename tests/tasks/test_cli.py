@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from zobench.tasks import available_tasks
 from zobench.tasks.__main__ import main
 
@@ -41,6 +43,7 @@ def test_show_errors_are_one_line_exit_2(capsys, data_dir):
     assert errors[2].startswith("zobench: error: task='nosuch': no such task; available: boolq, cb")
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs(data_dir):
     result = subprocess.run(
         [sys.executable, "-m", "zobench.tasks", "--data-dir", str(data_dir), "show", "copa"],
