@@ -47,6 +47,7 @@ def test_defaults_are_the_offline_config(monkeypatch):
     assert (cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval) == (1000, 500, 1000)
 
 
+@pytest.mark.slow
 def test_every_model_config_has_the_loader_keys():
     for option in _options("model"):
         model = compose_run(f"model={option}").model

@@ -107,21 +107,27 @@ def _assert_bad_input(result, message):
     one_error_line(result, message)
 
 
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, overrides, message, cli):
-    base = [*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = cli(*base, *overrides)
-    _assert_bad_input(result, message)
-    summary = tmp_path / "run" / "summary.json"
-    assert not summary.exists() or '"status": "failed"' in summary.read_text()  # nothing that looks complete
-
-
 IN_A_FRESH_INTERPRETER = [  # one of each kind: Hydra's composition, the config check, a data file, an optimizer
     BAD_INPUTS[0],
     next(b for b in BAD_INPUTS if b[0] == ["train.steps=abc"]),
     next(b for b in BAD_INPUTS if b[0] == ["data.dir=/nonexistent/mirror"]),
     next(b for b in BAD_INPUTS if b[0][0] == "optimizer=zo_sgd_momentum"),
 ]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [  # the fast tier checks one of each kind (IN_A_FRESH_INTERPRETER); the full suite all
+        pytest.param(o, m, id=" ".join(o), marks=() if (o, m) in IN_A_FRESH_INTERPRETER else pytest.mark.slow)
+        for o, m in BAD_INPUTS
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, overrides, message, cli):
+    base = [*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = cli(*base, *overrides)
+    _assert_bad_input(result, message)
+    summary = tmp_path / "run" / "summary.json"
+    assert not summary.exists() or '"status": "failed"' in summary.read_text()  # nothing that looks complete
 
 
 @pytest.mark.slow
@@ -159,6 +165,7 @@ def _interrupted_run(run_dir, data_dir, monkeypatch):
     return summary
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch, cli):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
     result = cli(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
@@ -172,10 +179,10 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch
     "damage, message",
     [
         ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
-        ("loop.json", "loop.json is corrupted (its sha256 differs"),
-        ("manifest.json", "manifest.json is unreadable"),
-        ("latest", "manifest.json is unreadable (FileNotFoundError"),
-        ("summary.json", "summary.json is unreadable (JSONDecodeError"),
+        pytest.param("loop.json", "loop.json is corrupted (its sha256 differs", marks=pytest.mark.slow),
+        pytest.param("manifest.json", "manifest.json is unreadable", marks=pytest.mark.slow),
+        pytest.param("latest", "manifest.json is unreadable (FileNotFoundError", marks=pytest.mark.slow),
+        pytest.param("summary.json", "summary.json is unreadable (JSONDecodeError", marks=pytest.mark.slow),
     ],
 )
 def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monkeypatch, damage, message, cli):

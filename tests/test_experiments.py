@@ -33,6 +33,7 @@ def test_every_paper_table_has_a_smoke_variant():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.slow
 def test_every_swept_value_composes_and_validates(experiment):
     points = _covering(experiment)
     assert points
@@ -66,6 +67,7 @@ def test_every_experiment_sweeps_into_multirun_experiment_named_by_overrides(exp
     assert cfg.hydra.sweep.subdir == "lr_step=high,task=rte"
 
 
+@pytest.mark.slow
 def test_mezo_table1_grid_is_the_papers():
     points = _grid("mezo_table1")
     assert len(points) == 11 * 3 * 2

@@ -313,6 +313,7 @@ SMOKE_TABLES = {  # table -> experiments whose runs feed it (results/tables_smok
 
 
 @pytest.mark.parametrize("table", sorted(SMOKE_TABLES))
+@pytest.mark.slow
 def test_committed_smoke_tables_are_reproduced_byte_for_byte(tmp_path, monkeypatch, table):
     """results/tables_smoke/<table>/ is what the report makes of the committed smoke run dirs."""
     monkeypatch.chdir(REPO)  # the run dirs are named relative to the repository root, as run.sh does

@@ -118,6 +118,7 @@ def _nan_after(monkeypatch, calls_ok: int):
     monkeypatch.setattr(CandidateScorer, "loss", loss)
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)  # the probe, steps 1-2; NaN in step 3
     summary = run(compose_run(*SMOKE, "train.steps=6", "train.checkpoint_every=1", f"data.dir={data_dir}"), tmp_path)
@@ -218,6 +219,7 @@ def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data
     assert report["failures"] == []
 
 
+@pytest.mark.slow
 def test_a_completed_dir_with_leftovers_is_cleaned_and_stays_completed(tmp_path, data_dir):
     args = (*SMOKE, "train.steps=2", "train.checkpoint_every=1", f"data.dir={data_dir}")
     summary = run(compose_run(*args), tmp_path)
@@ -242,6 +244,7 @@ def _stop_after_a_checkpoint(monkeypatch):
     monkeypatch.setattr(zr, "save_checkpoint", save_then_die)
 
 
+@pytest.mark.slow
 def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(tmp_path, data_dir, monkeypatch):
     args = (*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}")
     _stop_after_a_checkpoint(monkeypatch)
@@ -260,6 +263,7 @@ def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(t
     assert metrics.read_bytes() == metrics.read_bytes()[:10] and b"\0" not in metrics.read_bytes()
 
 
+@pytest.mark.slow
 def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data_dir, monkeypatch):
     args = (*SMOKE, "train.checkpoint_every=2", f"data.dir={data_dir}")
     _stop_after_a_checkpoint(monkeypatch)
@@ -276,6 +280,7 @@ def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data
     assert summary["status"] == "completed" and summary["steps"] == 3
 
 
+@pytest.mark.slow
 def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
     """num_dev=0: there is no best-dev state; the last step's weights are tested and said so."""
     summary = run(compose_run(*SMOKE, "train.steps=3", "data.num_dev=0", f"data.dir={data_dir}"), tmp_path)
@@ -322,6 +327,7 @@ def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them
         previous = i
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(tmp_path, data_dir, monkeypatch):
     """Dirs killed by an older zobench between removing best/ and writing the summary: the run
     neither fails forever nor resumes without its best-dev weights; it starts again."""

@@ -102,6 +102,7 @@ def test_zero_shot_run(tmp_path, data_dir):
     assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["dev_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics(tmp_path, data_dir, smoke_run):
     other = tmp_path / "again"
     cfg = compose_run(*SMOKE, "train.steps=5", "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
@@ -162,6 +163,7 @@ def _optimizer_options():
 
 
 @pytest.mark.parametrize("optimizer", _optimizer_options())
+@pytest.mark.slow
 def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_path, data_dir, optimizer):
     from omegaconf import OmegaConf
 
@@ -217,6 +219,7 @@ def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("tuning", ["lora", "prefix"])
+@pytest.mark.slow
 def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path, data_dir, tuning):
     from safetensors.torch import load_file
 
@@ -236,6 +239,7 @@ def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path
     assert saved and all(marker in name for name in saved)
 
 
+@pytest.mark.slow
 def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
     cfg = compose_run(
         *SMOKE,
@@ -254,6 +258,7 @@ def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
     assert losses[-1] < 0.5 * losses[0]  # one fixed batch of 4: backprop fits it
 
 
+@pytest.mark.slow
 def test_zo_on_the_batch_accuracy(tmp_path, data_dir):
     """objective=accuracy: the ZO loss is minus the batch accuracy, a non-differentiable objective."""
     cfg = compose_run(*SMOKE, "objective=accuracy", "train.steps=3", "train.log_every=1", f"data.dir={data_dir}")
@@ -263,6 +268,7 @@ def test_zo_on_the_batch_accuracy(tmp_path, data_dir):
     assert all(-1 <= loss <= 0 and (loss * 4) == int(loss * 4) for loss in losses)  # batch of 4
 
 
+@pytest.mark.slow
 def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeypatch):
     from zobench.models import CandidateScorer
     from zobench.tasks import build_splits, load_task
@@ -283,6 +289,7 @@ def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeyp
     assert seen[-24:] == [shown + "\n\n" + prompt for prompt in tested]
 
 
+@pytest.mark.slow
 def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
     """RoBERTa's path (LM-BFF prompt, verbaliser at <mask>, k-shot split) on a random RobertaForMaskedLM."""
     cfg = compose_run(
@@ -304,6 +311,7 @@ def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
     assert summary["metric"] == "accuracy" and 0 <= summary["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
     cfg = compose_run(
         *SMOKE,
@@ -322,6 +330,7 @@ def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
     assert [e["split"] for e in evals] == ["test"] and {"f1", "em"} <= set(evals[0])
 
 
+@pytest.mark.slow
 def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     """FZOO's N perturbed losses from one replicated call (virtual engine) = N sequential calls,
     and the loop's counter still counts N+1 forward passes per step."""
@@ -344,6 +353,7 @@ def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     assert [e["loss"] for e in train_b] == pytest.approx([e["loss"] for e in train_s], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_probing_run(tmp_path, data_dir):
     cfg = compose_run(*SMOKE, "optimizer=linear_probe", "train.steps=0", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
@@ -358,6 +368,7 @@ def test_linear_probing_refuses_training_steps(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("tuning, optimizer", [("lora", "hizoo"), ("prefix", "zo_adam"), ("lora", "adam")])
+@pytest.mark.slow
 def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
     cfg = compose_run(
         *SMOKE,
@@ -373,6 +384,7 @@ def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
 
 
 @pytest.mark.parametrize("optimizer, per_step", [("mezo", 2), ("hizoo", 3), ("fzoo", 9)])
+@pytest.mark.slow
 def test_forward_budget_gives_every_method_the_same_passes(tmp_path, data_dir, optimizer, per_step):
     """train.forward_budget=36: 18 MeZO steps, 12 HiZOO steps, 4 FZOO (N=8) steps; dev evaluated
     every 18 passes, i.e. at the same forward-pass counts whatever the method."""

@@ -23,6 +23,7 @@ def setup(data_dir):
     return model, tokenizer, scorer, batch
 
 
+@pytest.mark.slow
 def test_the_authors_per_pair_loss_equals_zobenchs_shared_prefix_loss(setup):
     model, tokenizer, scorer, batch = setup
     torch.testing.assert_close(

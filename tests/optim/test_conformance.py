@@ -85,6 +85,7 @@ def _make(name, model, params=None, **override):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.slow
 def test_converges_on_a_quadratic(name):
     model = Quadratic()
     opt = _make(name, model)
@@ -95,6 +96,7 @@ def test_converges_on_a_quadratic(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.slow
 def test_converges_on_a_tiny_mlp(name):
     gen = torch.Generator().manual_seed(0)
     inputs, teacher = torch.randn(64, 4, generator=gen), nn.Linear(4, 1)
