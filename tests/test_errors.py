@@ -178,7 +178,7 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
+        pytest.param("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs", marks=pytest.mark.slow),
         pytest.param("loop.json", "loop.json is corrupted (its sha256 differs", marks=pytest.mark.slow),
         pytest.param("manifest.json", "manifest.json is unreadable", marks=pytest.mark.slow),
         pytest.param("latest", "manifest.json is unreadable (FileNotFoundError", marks=pytest.mark.slow),
@@ -231,6 +231,7 @@ def test_skipped_bad_rows_are_counted_in_the_summary(tmp_path, data_dir, caplog)
     assert "1 bad rows skipped (data.on_bad_row=skip), lines 42" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir, cli):
     cache = tmp_path / "cache"
     converted = Path("~/.cache/zobench/models/smollm2-135m").expanduser()

@@ -131,6 +131,7 @@ def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, m
     assert loop["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
 
 
+@pytest.mark.slow
 def test_skip_policy_drops_the_bad_step_and_finishes(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)
     summary = run(
@@ -291,6 +292,7 @@ def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
     assert with_dev["tested_step"] == with_dev["best_step"] is not None
 
 
+@pytest.mark.slow
 def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them(tmp_path, data_dir, monkeypatch):
     """Durability where it is promised: a checkpoint records metrics.jsonl's length and the
     summary closes it, so the file is fsynced before each (else a power loss could leave a

@@ -96,6 +96,7 @@ def test_memory_is_measured(smoke_run):
     assert summary["peak_memory_bytes"] >= 0.9 * summary["inference_peak_memory_bytes"]
 
 
+@pytest.mark.slow
 def test_zero_shot_run(tmp_path, data_dir):
     summary = run(compose_run(*SMOKE, "train.steps=0", f"data.dir={data_dir}"), tmp_path)
     assert summary["forward_passes"] == 0 and summary["steps"] == 0 and summary["status"] == "completed"

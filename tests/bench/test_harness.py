@@ -39,6 +39,7 @@ def test_authors_step_restores_and_updates_like_mezo():
     assert torch.allclose(p, torch.tensor([1.0, -2.0, 4.0]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_drift_is_counted_for_both_in_place_implementations():
     weights = [torch.randn(1000, dtype=torch.bfloat16) * 0.02]
     for authors in (True, False):
