@@ -6,23 +6,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zobench.__main__ import group_options
+from tests.helpers import compose_run
+from tests.helpers import options as _options
 from zobench.resources import conf_dir
 
 GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _options(group):
-    return group_options(group)  # conf/<group>/*.yaml, and the task group generated from tasks/
-
-
-def compose_run(*overrides):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])

@@ -9,21 +9,23 @@ paper table's sweep, each key of its grid narrowed to its first value (`task=rte
 one point. Lines that need Slurm (`hydra/launcher=...`) are composed with their launcher, not run:
 tests/test_slurm.py runs the launcher. The report lines of the headers then run on the sweep dirs
 the commands made (those whose sweeps all ran here).
+
+The README's lines run as real processes; the experiment headers' sweeps run through the same
+entry point (``zobench.__main__.main``, Hydra's multirun included) in this interpreter, which
+spares each a torch + transformers start-up.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.helpers import zobench, zobench_in_process
 from zobench.resources import conf_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,13 +119,17 @@ def workdir(tmp_path_factory, data_dir) -> Path:
     return root / "work"
 
 
-def _run(command: str, workdir: Path, data_dir: Path, extra: list[str]):
+def _run(command: str, workdir: Path, data_dir: Path, extra: list[str], monkeypatch=None):
+    """The command in a fresh interpreter, or, given ``monkeypatch``, through the same entry point
+    in this one (an experiment's sweep: the seconds of a torch + transformers start-up each)."""
     env_vars, args = split(command)
     module = "zobench.report" if command.split("python -m ", 1)[1].startswith("zobench.report") else "zobench"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "ZOBENCH_DATA_DIR": str(data_dir), **env_vars}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, *extra], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
-    )
+    env = {"ZOBENCH_DATA_DIR": str(data_dir), **env_vars}
+    if monkeypatch is not None and module == "zobench":
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return zobench_in_process(*args, *extra, monkeypatch=monkeypatch, cwd=workdir)
+    return zobench(*args, *extra, cwd=workdir, env=env, timeout=600, module=module)
 
 
 RUNS = [("README", c) for c in readme_usage_commands()] + [
@@ -140,7 +146,7 @@ def test_the_documented_commands_are_found():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where, command", RUNS, ids=[f"{w}: {c}" for w, c in RUNS])
-def test_documented_command_runs_as_written(where, command, workdir, data_dir):
+def test_documented_command_runs_as_written(where, command, workdir, data_dir, monkeypatch):
     _, args = split(command)
     if any(a.startswith("hydra/launcher=") for a in args):  # Slurm: compose only (Hydra has no --cfg with -m)
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -151,7 +157,8 @@ def test_documented_command_runs_as_written(where, command, workdir, data_dir):
         assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.sweeper.params
         return
     before = set(workdir.rglob("summary.json"))
-    result = _run(command, workdir, data_dir, [] if "--help" in args else size_overrides(args))
+    in_process = monkeypatch if where != "README" else None  # the README's own lines: real processes
+    result = _run(command, workdir, data_dir, [] if "--help" in args else size_overrides(args), in_process)
     assert result.returncode == 0, result.stderr[-3000:]
     made = sorted(set(workdir.rglob("summary.json")) - before)
     if "--help" in args:

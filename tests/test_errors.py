@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run, one_error_line, zobench, zobench_in_process
 from zobench.errors import ConfigError
 from zobench.run import run
 
@@ -94,33 +92,54 @@ if not torch.cuda.is_available():
 
 
 def _zobench(*args, env=None):
-    """``python -m zobench``; ``env`` values of None remove that variable."""
-    merged = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "zobench", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in merged.items() if v is not None},
-    )
+    """``python -m zobench`` in a fresh interpreter; ``env`` values of None remove that variable."""
+    return zobench(*args, env=env)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``python -m zobench`` through its entry point in this interpreter (the same checks, Hydra
+    run and exit code; the interpreter's start-up is what a few tests below pay for)."""
+    return lambda *args: zobench_in_process(*args, monkeypatch=monkeypatch)
 
 
 def _assert_bad_input(result, message):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [l for l in result.stderr.splitlines() if l.startswith("zobench: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    one_error_line(result, message)
 
 
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, overrides, message):
+IN_A_FRESH_INTERPRETER = [  # one of each kind: Hydra's composition, the config check, a data file, an optimizer
+    BAD_INPUTS[0],
+    next(b for b in BAD_INPUTS if b[0] == ["train.steps=abc"]),
+    next(b for b in BAD_INPUTS if b[0] == ["data.dir=/nonexistent/mirror"]),
+    next(b for b in BAD_INPUTS if b[0][0] == "optimizer=zo_sgd_momentum"),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [  # the fast tier checks one of each kind (IN_A_FRESH_INTERPRETER); the full suite all
+        pytest.param(o, m, id=" ".join(o), marks=() if (o, m) in IN_A_FRESH_INTERPRETER else pytest.mark.slow)
+        for o, m in BAD_INPUTS
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, overrides, message, cli):
     base = [*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = _zobench(*base, *overrides)
+    result = cli(*base, *overrides)
     _assert_bad_input(result, message)
     summary = tmp_path / "run" / "summary.json"
     assert not summary.exists() or '"status": "failed"' in summary.read_text()  # nothing that looks complete
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, message", IN_A_FRESH_INTERPRETER, ids=[" ".join(o) for o, _ in IN_A_FRESH_INTERPRETER]
+)
+def test_bad_input_is_one_line_and_exit_2_from_a_fresh_interpreter(tmp_path, data_dir, overrides, message):
+    base = [*SMOKE, "train.steps=2", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
+    _assert_bad_input(_zobench(*base, *overrides), message)
+
+
+@pytest.mark.slow
 def test_debug_true_shows_the_traceback(tmp_path, data_dir):
     result = _zobench(*SMOKE, "train.steps=abc", "debug=true", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
@@ -146,26 +165,27 @@ def _interrupted_run(run_dir, data_dir, monkeypatch):
     return summary
 
 
-def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch):
+@pytest.mark.slow
+def test_resume_with_a_changed_config_is_refused(tmp_path, data_dir, monkeypatch, cli):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
-    result = _zobench(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
+    result = cli(*SMOKE, "train.steps=4", "optimizer.lr=5e-5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
     _assert_bad_input(result, "holds a checkpoint of a different config (optimizer.lr: 3e-05 -> 5e-05)")
     # changing a resumable key (more steps) is fine
-    result = _zobench(*SMOKE, "train.steps=5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
+    result = cli(*SMOKE, "train.steps=5", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs"),
-        ("loop.json", "loop.json is corrupted (its sha256 differs"),
-        ("manifest.json", "manifest.json is unreadable"),
-        ("latest", "manifest.json is unreadable (FileNotFoundError"),
-        ("summary.json", "summary.json is unreadable (JSONDecodeError"),
+        pytest.param("optimizer.pt", "optimizer.pt is corrupted (its sha256 differs", marks=pytest.mark.slow),
+        pytest.param("loop.json", "loop.json is corrupted (its sha256 differs", marks=pytest.mark.slow),
+        pytest.param("manifest.json", "manifest.json is unreadable", marks=pytest.mark.slow),
+        pytest.param("latest", "manifest.json is unreadable (FileNotFoundError", marks=pytest.mark.slow),
+        pytest.param("summary.json", "summary.json is unreadable (JSONDecodeError", marks=pytest.mark.slow),
     ],
 )
-def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monkeypatch, damage, message):
+def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monkeypatch, damage, message, cli):
     _interrupted_run(tmp_path, data_dir, monkeypatch)
     path = tmp_path / damage if damage in ("summary.json",) else tmp_path / "checkpoint" / damage
     if damage == "latest":
@@ -175,7 +195,7 @@ def test_unreadable_checkpoint_or_side_file_is_one_line(tmp_path, data_dir, monk
     if damage != "latest":
         path.write_bytes(b"{not what was written")
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
-    result = _zobench(
+    result = cli(
         *SMOKE, "train.steps=4", "train.checkpoint_every=0", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path}"
     )
     _assert_bad_input(result, message)
@@ -193,11 +213,11 @@ def _bad_mirror(tmp_path, data_dir, line: str) -> Path:
     return mirror
 
 
-def test_a_bad_data_row_is_one_line_before_the_model_loads(tmp_path, data_dir):
+def test_a_bad_data_row_is_one_line_before_the_model_loads(tmp_path, data_dir, cli):
     mirror = _bad_mirror(tmp_path, data_dir, '{"sentence": "ok", "label": 1.7}')
     # an empty cache: loading the model (its tokenizer) would convert the GGUF into it first
     cache = tmp_path / "cache"
-    result = _zobench(
+    result = cli(
         *SMOKE, "train.steps=2", f"data.dir={mirror}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"
     )
     _assert_bad_input(result, f"{mirror}/sst2/train.jsonl:42: label=1.7: task sst2 labels are the integers 0..1")
@@ -211,11 +231,16 @@ def test_skipped_bad_rows_are_counted_in_the_summary(tmp_path, data_dir, caplog)
     assert "1 bad rows skipped (data.on_bad_row=skip), lines 42" in caplog.text
 
 
-def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir):
+@pytest.mark.slow
+def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir, cli):
     cache = tmp_path / "cache"
-    shutil.copytree(Path("~/.cache/zobench/models/smollm2-135m").expanduser(), cache / "models" / "smollm2-135m")
+    converted = Path("~/.cache/zobench/models/smollm2-135m").expanduser()
+    (cache / "models" / "smollm2-135m").mkdir(parents=True)
+    for path in converted.iterdir():  # links to the files (the weights are 0.5 GB), a broken copy of one
+        (cache / "models" / "smollm2-135m" / path.name).symlink_to(path)
+    (cache / "models" / "smollm2-135m" / "tokenizer.json").unlink()
     (cache / "models" / "smollm2-135m" / "tokenizer.json").write_text('{"broken')
-    result = _zobench(
+    result = cli(
         *SMOKE, "train.steps=2", f"data.dir={data_dir}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"
     )
     _assert_bad_input(
@@ -223,11 +248,11 @@ def test_a_damaged_cached_tokenizer_is_one_line(tmp_path, data_dir):
     )
 
 
-@pytest.mark.slow
-def test_an_unusable_cache_dir_is_one_line(tmp_path, data_dir):
-    """The cache must be written (first use of a model): a path that cannot be a folder."""
+def test_an_unusable_cache_dir_is_one_line(tmp_path, data_dir, cli):
+    """The cache must be written (first use of a model): a path that cannot be a folder. It is
+    refused before the model is converted (a minute), not after."""
     (tmp_path / "file").write_text("not a folder")
-    result = _zobench(
+    result = cli(
         *SMOKE,
         "train.steps=2",
         f"data.dir={data_dir}",
@@ -237,12 +262,12 @@ def test_an_unusable_cache_dir_is_one_line(tmp_path, data_dir):
     _assert_bad_input(result, f"cache_dir={tmp_path / 'file' / 'cache'}: cannot use")
 
 
-def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch):
+def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch, cli):
     """Before Hydra writes there (its callback) and in run() itself (a dir that turned
     unwritable, or run() called directly). Tests run as root, where permission bits do not
     stop a write: a path below a regular file stands in for a read-only dir."""
     (tmp_path / "file").write_text("not a folder")
-    result = _zobench(*SMOKE, "train.steps=1", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    result = cli(*SMOKE, "train.steps=1", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
     _assert_bad_input(
         result, f"hydra.run.dir={tmp_path / 'file' / 'run'}: cannot write there ({tmp_path / 'file'} is not a folder)"
     )

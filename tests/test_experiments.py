@@ -1,7 +1,6 @@
 """conf/experiment/: every paper table's grid composes and validates at every point, and a smoke
 sweep runs end to end and feeds its table."""
 
-import itertools
 import json
 import subprocess
 import sys
@@ -11,25 +10,14 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.helpers import compose_experiment as _compose
+from tests.helpers import experiment_grid as _grid
+from tests.helpers import experiment_sweep as _sweep
 from zobench.resources import conf_dir
 from zobench.validation import validate
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 PAPER = [e for e in EXPERIMENTS if not e.endswith("_smoke")]
-
-
-def _sweep(experiment) -> dict[str, list[str]]:
-    """``hydra.sweeper.params`` of an experiment: swept key -> its values."""
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    return {key: str(params[key]).split(",") for key in sorted(params)}
-
-
-def _grid(experiment):
-    """Every sweep point (the cartesian product Hydra's basic sweeper launches)."""
-    sweep = _sweep(experiment)
-    return [dict(zip(sweep, point)) for point in itertools.product(*sweep.values())]
 
 
 def _covering(experiment):
@@ -40,21 +28,12 @@ def _covering(experiment):
     return [first] + [{**first, key: value} for key, values in sweep.items() for value in values[1:]]
 
 
-def _compose(experiment, point):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"experiment={experiment}", "data.dir=/tmp/mirror", *(f"{k}={v}" for k, v in point.items())],
-        )
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
 def test_every_paper_table_has_a_smoke_variant():
     assert PAPER and all(f"{e}_smoke" in EXPERIMENTS for e in PAPER)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.slow
 def test_every_swept_value_composes_and_validates(experiment):
     points = _covering(experiment)
     assert points
@@ -88,6 +67,7 @@ def test_every_experiment_sweeps_into_multirun_experiment_named_by_overrides(exp
     assert cfg.hydra.sweep.subdir == "lr_step=high,task=rte"
 
 
+@pytest.mark.slow
 def test_mezo_table1_grid_is_the_papers():
     points = _grid("mezo_table1")
     assert len(points) == 11 * 3 * 2
@@ -119,6 +99,7 @@ def test_table18_uses_the_lmbff_protocol_and_data_seeds():
     assert _compose("mezo_table18_k512", points[0]).data.k == 512
 
 
+@pytest.mark.slow
 def test_a_smoke_table_runs_end_to_end_and_reports(tmp_path, data_dir):
     """`python -m zobench -m experiment=sparse_mezo_smoke`, shortened, then its table."""
     sweep = tmp_path / "sweep"

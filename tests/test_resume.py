@@ -7,15 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run
 from zobench.checkpoint import load_checkpoint, save_checkpoint
 from zobench.errors import CheckpointError
 from zobench.run import run
@@ -23,40 +21,9 @@ from zobench.run import run
 VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # timing and RSS, not numbers
 
 
-def _cli(run_dir, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "zobench",
-        *SMOKE,
-        "train.steps=8",
-        "train.eval_every=2",
-        "train.log_every=1",
-        "train.save_final=true",
-        f"data.dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
-
-
-def _stable(path: Path):
-    if path.suffix == ".json":
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in path.read_text().splitlines()]
-
-
-def _run_until(cmd, metrics: Path, step: int, sig) -> int:
-    """Start ``cmd``, send ``sig`` once the train event of ``step`` is in metrics.jsonl."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and any(
-            f'"step": {step},' in l and '"train"' in l for l in metrics.read_text().splitlines()
-        ):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.02)
-    return proc.wait(timeout=240)
+from tests.helpers import run_until as _run_until  # noqa: E402
+from tests.helpers import smoke_cli as _cli  # noqa: E402
+from tests.helpers import stable as _stable  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +53,7 @@ def _assert_same_run(run_dir: Path, reference: Path):
 
 
 @pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_dir, reference, every):
     rng = random.Random(every)
     checked = []
@@ -106,6 +74,7 @@ def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_di
     assert checked, "no kill landed after a checkpoint: the resume path went untested"
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference):
     run_dir = tmp_path / "term"
     cmd = _cli(run_dir, data_dir, "train.checkpoint_every=0")  # only the signal checkpoints
@@ -124,6 +93,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
 
+@pytest.mark.slow
 def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
     before = (reference[1] / "metrics.jsonl").read_text()
     subprocess.run(
@@ -148,6 +118,7 @@ def _nan_after(monkeypatch, calls_ok: int):
     monkeypatch.setattr(CandidateScorer, "loss", loss)
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)  # the probe, steps 1-2; NaN in step 3
     summary = run(compose_run(*SMOKE, "train.steps=6", "train.checkpoint_every=1", f"data.dir={data_dir}"), tmp_path)
@@ -160,6 +131,7 @@ def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, m
     assert loop["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
 
 
+@pytest.mark.slow
 def test_skip_policy_drops_the_bad_step_and_finishes(tmp_path, data_dir, monkeypatch):
     _nan_after(monkeypatch, calls_ok=1 + 2 * 2)
     summary = run(
@@ -248,6 +220,7 @@ def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data
     assert report["failures"] == []
 
 
+@pytest.mark.slow
 def test_a_completed_dir_with_leftovers_is_cleaned_and_stays_completed(tmp_path, data_dir):
     args = (*SMOKE, "train.steps=2", "train.checkpoint_every=1", f"data.dir={data_dir}")
     summary = run(compose_run(*args), tmp_path)
@@ -272,6 +245,7 @@ def _stop_after_a_checkpoint(monkeypatch):
     monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
 
 
+@pytest.mark.slow
 def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(tmp_path, data_dir, monkeypatch):
     args = (*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}")
     _stop_after_a_checkpoint(monkeypatch)
@@ -290,6 +264,7 @@ def test_a_metrics_file_shorter_than_the_checkpoint_says_is_refused_not_padded(t
     assert metrics.read_bytes() == metrics.read_bytes()[:10] and b"\0" not in metrics.read_bytes()
 
 
+@pytest.mark.slow
 def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data_dir, monkeypatch):
     args = (*SMOKE, "train.checkpoint_every=2", f"data.dir={data_dir}")
     _stop_after_a_checkpoint(monkeypatch)
@@ -306,6 +281,7 @@ def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, data
     assert summary["status"] == "completed" and summary["steps"] == 3
 
 
+@pytest.mark.slow
 def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
     """num_dev=0: there is no best-dev state; the last step's weights are tested and said so."""
     summary = run(compose_run(*SMOKE, "train.steps=3", "data.num_dev=0", f"data.dir={data_dir}"), tmp_path)
@@ -316,6 +292,7 @@ def test_no_dev_set_reports_the_tested_step_honestly(tmp_path, data_dir):
     assert with_dev["tested_step"] == with_dev["best_step"] is not None
 
 
+@pytest.mark.slow
 def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them(tmp_path, data_dir, monkeypatch):
     """Durability where it is promised: a checkpoint records metrics.jsonl's length and the
     summary closes it, so the file is fsynced before each (else a power loss could leave a
@@ -352,6 +329,7 @@ def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them
         previous = i
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(tmp_path, data_dir, monkeypatch):
     """Dirs killed by an older zobench between removing best/ and writing the summary: the run
     neither fails forever nor resumes without its best-dev weights; it starts again."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_config import compose_run
+from tests.helpers import SMOKE, compose_run
 from zobench.run import run
 
 SUMMARY_KEYS = {
@@ -28,15 +28,6 @@ SUMMARY_KEYS = {
     "zobench_version",
     "status",
 }
-SMOKE = (
-    "model=tiny-llama",
-    "logger=none",
-    "data.num_train=32",
-    "data.num_dev=16",
-    "data.num_eval=24",
-    "train.batch_size=4",
-    "train.eval_batch_size=8",
-)
 
 # Losses of the 5-step smoke run below (tiny-llama, seed 0, torch 2.13.0 CPU). A change here means
 # the numbers of every run changed: data sampling, prompt, tokenisation, objective, z or update.
@@ -105,12 +96,14 @@ def test_memory_is_measured(smoke_run):
     assert summary["peak_memory_bytes"] >= 0.9 * summary["inference_peak_memory_bytes"]
 
 
+@pytest.mark.slow
 def test_zero_shot_run(tmp_path, data_dir):
     summary = run(compose_run(*SMOKE, "train.steps=0", f"data.dir={data_dir}"), tmp_path)
     assert summary["forward_passes"] == 0 and summary["steps"] == 0 and summary["status"] == "completed"
     assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["dev_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics(tmp_path, data_dir, smoke_run):
     other = tmp_path / "again"
     cfg = compose_run(*SMOKE, "train.steps=5", "train.eval_every=2", "train.log_every=1", f"data.dir={data_dir}")
@@ -134,6 +127,7 @@ def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
         run(compose_run("model=roberta-large", "task=copa", "logger=none", f"data.dir={data_dir}"), tmp_path)
 
 
+@pytest.mark.slow
 def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
     """The README's default config (SmolLM2-135M from its GGUF package), shortened."""
     cfg = compose_run(
@@ -150,6 +144,7 @@ def test_default_offline_model_runs_end_to_end(tmp_path, data_dir):
     assert summary["forward_passes"] == 4 and summary["engine"] == "torch/virtual"  # auto on CPU
 
 
+@pytest.mark.slow
 def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
     run_dir = tmp_path / "cli"
     subprocess.run(
@@ -163,12 +158,13 @@ def test_cli_runs_into_the_requested_dir(tmp_path, data_dir):
 
 
 def _optimizer_options():
-    from tests.test_config import _options
+    from tests.helpers import options as _options
 
     return _options("optimizer")
 
 
 @pytest.mark.parametrize("optimizer", _optimizer_options())
+@pytest.mark.slow
 def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_path, data_dir, optimizer):
     from omegaconf import OmegaConf
 
@@ -195,6 +191,7 @@ def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_pa
     assert summary["status"] == "completed" and summary["forward_passes"] == 2 * declared
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
     """`python -m zobench -m ...`: Hydra's multirun, several runs in one process."""
     subprocess.run(
@@ -223,6 +220,7 @@ def test_local_sweep_runs_every_job_into_its_own_dir(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("tuning", ["lora", "prefix"])
+@pytest.mark.slow
 def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path, data_dir, tuning):
     from safetensors.torch import load_file
 
@@ -242,6 +240,7 @@ def test_peft_tuning_runs_and_checkpoints_only_the_trainable_parameters(tmp_path
     assert saved and all(marker in name for name in saved)
 
 
+@pytest.mark.slow
 def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
     cfg = compose_run(
         *SMOKE,
@@ -260,6 +259,7 @@ def test_first_order_adam_lowers_the_training_loss(tmp_path, data_dir):
     assert losses[-1] < 0.5 * losses[0]  # one fixed batch of 4: backprop fits it
 
 
+@pytest.mark.slow
 def test_zo_on_the_batch_accuracy(tmp_path, data_dir):
     """objective=accuracy: the ZO loss is minus the batch accuracy, a non-differentiable objective."""
     cfg = compose_run(*SMOKE, "objective=accuracy", "train.steps=3", "train.log_every=1", f"data.dir={data_dir}")
@@ -269,6 +269,7 @@ def test_zo_on_the_batch_accuracy(tmp_path, data_dir):
     assert all(-1 <= loss <= 0 and (loss * 4) == int(loss * 4) for loss in losses)  # batch of 4
 
 
+@pytest.mark.slow
 def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeypatch):
     from zobench.models import CandidateScorer
     from zobench.tasks import build_splits, load_task
@@ -289,6 +290,7 @@ def test_icl_puts_demonstrations_before_every_prompt(tmp_path, data_dir, monkeyp
     assert seen[-24:] == [shown + "\n\n" + prompt for prompt in tested]
 
 
+@pytest.mark.slow
 def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
     """RoBERTa's path (LM-BFF prompt, verbaliser at <mask>, k-shot split) on a random RobertaForMaskedLM."""
     cfg = compose_run(
@@ -310,6 +312,7 @@ def test_masked_lm_kshot_run_end_to_end(tmp_path, data_dir):
     assert summary["metric"] == "accuracy" and 0 <= summary["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
     cfg = compose_run(
         *SMOKE,
@@ -328,6 +331,7 @@ def test_generation_task_zero_shot_reports_f1_and_em(tmp_path, data_dir):
     assert [e["split"] for e in evals] == ["test"] and {"f1", "em"} <= set(evals[0])
 
 
+@pytest.mark.slow
 def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     """FZOO's N perturbed losses from one replicated call (virtual engine) = N sequential calls,
     and the loop's counter still counts N+1 forward passes per step."""
@@ -350,6 +354,7 @@ def test_batched_fzoo_through_the_loop_matches_sequential(tmp_path, data_dir):
     assert [e["loss"] for e in train_b] == pytest.approx([e["loss"] for e in train_s], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_probing_run(tmp_path, data_dir):
     cfg = compose_run(*SMOKE, "optimizer=linear_probe", "train.steps=0", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
@@ -364,6 +369,7 @@ def test_linear_probing_refuses_training_steps(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("tuning, optimizer", [("lora", "hizoo"), ("prefix", "zo_adam"), ("lora", "adam")])
+@pytest.mark.slow
 def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
     cfg = compose_run(
         *SMOKE,
@@ -379,6 +385,7 @@ def test_peft_tuning_with_other_methods(tmp_path, data_dir, tuning, optimizer):
 
 
 @pytest.mark.parametrize("optimizer, per_step", [("mezo", 2), ("hizoo", 3), ("fzoo", 9)])
+@pytest.mark.slow
 def test_forward_budget_gives_every_method_the_same_passes(tmp_path, data_dir, optimizer, per_step):
     """train.forward_budget=36: 18 MeZO steps, 12 HiZOO steps, 4 FZOO (N=8) steps; dev evaluated
     every 18 passes, i.e. at the same forward-pass counts whatever the method."""

@@ -29,6 +29,7 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sco
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,  # a cluster's daemons, sbatch jobs in fresh interpreters
     pytest.mark.skipif(
         any(shutil.which(b) is None for b in BINARIES),
         reason="Slurm/munge binaries missing (apt-get install slurm-wlm munge)",

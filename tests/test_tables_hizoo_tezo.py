@@ -2,10 +2,14 @@
 published cells are exactly the verifiable ones (none guessed), and their smoke twins point at
 the committed smoke runs."""
 
-from tests.test_experiments import _compose, _grid
+import pytest
+
+from tests.helpers import compose_experiment as _compose
+from tests.helpers import experiment_grid as _grid
 from zobench.report.spec import load_table
 
 
+@pytest.mark.slow
 def test_hizoo_roberta_grid_is_the_public_codes_protocol():
     points = _grid("hizoo_roberta_k16")
     assert len(points) == 6 * 3 * 5
@@ -25,6 +29,7 @@ def test_hizoo_roberta_grid_is_the_public_codes_protocol():
     )
 
 
+@pytest.mark.slow
 def test_tezo_grid_is_its_table_7():
     points = _grid("tezo_opt13b")
     assert len(points) == 11 * 3 * 4

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_model
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run, tiny_model
 from zobench.run import redact, run
 from zobench.telemetry import ForwardCounter, JsonlLogger, Progress, wandb_mode
 
@@ -27,6 +25,7 @@ def test_forward_counter_counts_per_phase():
     assert (counter["train"], counter["eval"], counter.total) == (2, 2, 4)
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_resets():
     """In a fresh process (a long-lived one may serve the allocation from resident free heap)."""
     import subprocess
@@ -171,6 +170,7 @@ def read_wandb_records(path: Path):
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_logs_metrics_and_summary(tmp_path, data_dir):
     # 4 steps, dev at 2 and 4: the test event (logged for the best-dev step, possibly 2) must
     # still reach W&B, whose steps only go forward

@@ -37,6 +37,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_whole_plan_within_nine_minutes(tmp_path):
     done = _run("--dry-run", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
@@ -55,6 +56,7 @@ def test_dry_run_lists_the_whole_plan_within_nine_minutes(tmp_path):
     assert sum(r["timeout_s"] for r in runs) + 10 <= 540  # the budget holds even if every run times out
 
 
+@pytest.mark.slow
 def test_a_hanging_run_is_killed_with_its_children_and_the_next_run_goes_on(tmp_path):
     pid_file = tmp_path / "child.pid"
     plan = tmp_path / "plan.tsv"
@@ -73,6 +75,7 @@ def test_a_hanging_run_is_killed_with_its_children_and_the_next_run_goes_on(tmp_
     assert "| hang | timeout |" in (tmp_path / "out" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_runs_are_skipped_once_the_budget_is_spent(tmp_path):
     plan = tmp_path / "plan.tsv"
     plan.write_text("first\t30\tsleep 2\nsecond\t30\tsleep 1\n")

@@ -23,6 +23,7 @@ def setup(data_dir):
     return model, tokenizer, scorer, batch
 
 
+@pytest.mark.slow
 def test_the_authors_per_pair_loss_equals_zobenchs_shared_prefix_loss(setup):
     model, tokenizer, scorer, batch = setup
     torch.testing.assert_close(
@@ -38,6 +39,7 @@ def test_authors_step_restores_and_updates_like_mezo():
     assert torch.allclose(p, torch.tensor([1.0, -2.0, 4.0]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_drift_is_counted_for_both_in_place_implementations():
     weights = [torch.randn(1000, dtype=torch.bfloat16) * 0.02]
     for authors in (True, False):
@@ -45,6 +47,7 @@ def test_drift_is_counted_for_both_in_place_implementations():
         assert drift["elements"] == 1000 and 0 < drift["changed_fraction"] <= 1 and drift["max_abs_drift"] > 0
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     subprocess.run(
         [
@@ -84,6 +87,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, data_dir):
     assert "Measured: 3 lr=0 MeZO steps" in (tmp_path / "t.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     """``optimizer=...`` picks zobench's step (HiZOO: 3 passes and its Σ); the baseline stays the
     authors' MeZO and the Markdown says the ratios then compare methods."""
@@ -113,6 +117,7 @@ def test_bench_times_the_configured_zo_method(tmp_path, data_dir):
     assert "compare methods, not implementations" in text
 
 
+@pytest.mark.slow
 def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
     done = subprocess.run(
         [

@@ -7,7 +7,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from tests.conftest import TINY_ARCHS, tiny_model
+from tests.helpers import TINY_ARCHS, tiny_model
+from tests.helpers import loss_of as _loss
+from tests.helpers import replica_losses as _replica_losses
+from tests.helpers import sequential_losses as _sequential_losses
 from zobench.engine import Direction, InPlaceEngine, VirtualEngine
 
 CAUSAL = [f for f, (kind, _) in TINY_ARCHS.items() if kind == "causal"]
@@ -15,10 +18,6 @@ CAUSAL = [f for f, (kind, _) in TINY_ARCHS.items() if kind == "causal"]
 
 def _params(model):
     return [(pid, p) for pid, p in enumerate(model.parameters())]
-
-
-def _loss(model, ids):
-    return model(input_ids=ids).logits.logsumexp(-1).mean()
 
 
 @pytest.mark.parametrize("family", list(TINY_ARCHS))
@@ -65,25 +64,6 @@ def test_dual_leaves_the_parameters_in_their_slots_and_refuses_inference_mode():
     assert all(p is before[n] for n, p in model.named_parameters())
     with pytest.raises(NotImplementedError, match="engine.mode=virtual"):
         InPlaceEngine().dual(_params(model), Direction(1))
-
-
-def _replica_losses(model, ids, n):
-    """Per-replica losses of the batch repeated n times (the closure contract for replicas)."""
-    logits = model(input_ids=ids.repeat(n, 1)).logits
-    return logits.logsumexp(-1).reshape(n, -1).mean(-1)
-
-
-def _sequential_losses(engine, params, model, ids, directions, scales=1e-2):
-    """The loss at θ + scale_i·z_i for each direction (``scales``: one for all, or one each), one
-    perturbed forward each, restored after."""
-    scales = [scales] * len(directions) if isinstance(scales, float) else list(scales)
-    with torch.no_grad():
-        losses = []
-        for direction, scale in zip(directions, scales, strict=True):
-            engine.perturb(params, direction, scale)
-            losses.append(float(_loss(model, ids)))
-        engine.restore(params)
-    return losses
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["materialised", "streamed"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import TINY_ARCHS, tiny_model
+from tests.helpers import TINY_ARCHS, tiny_model
 from zobench.engine import Direction, InPlaceEngine, VirtualEngine, build_engine
 from zobench.optim import MeZO, decay_groups
 

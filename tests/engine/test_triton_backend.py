@@ -14,9 +14,12 @@ if "zobench.engine.triton.primitives" not in sys.modules:
     # Triton reads it when the kernels are defined, i.e. when zobench.engine.triton is first imported
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.slow  # Triton's interpreter runs the kernels in Python: seconds per test
 
-from tests.conftest import tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
+from tests.helpers import loss_of as _loss  # noqa: E402
+from tests.helpers import replica_losses as _replica_losses  # noqa: E402
+from tests.helpers import sequential_losses as _sequential_losses  # noqa: E402
+from tests.helpers import tiny_model  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed, resolve_backend  # noqa: E402
 from zobench.engine.directions import z_source  # noqa: E402
 from zobench.engine.philox import philox_z  # noqa: E402

@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
-from tests.conftest import tiny_model  # noqa: E402
+from tests.helpers import tiny_model  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
 from zobench.engine.philox import philox_z, philox_z_at  # noqa: E402
 from zobench.engine.triton import engines as te  # noqa: E402

@@ -13,9 +13,12 @@ import torch.nn.functional as F
 if "zobench.engine.triton.primitives" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined (first import)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.slow  # Triton's interpreter runs the kernels in Python: seconds per test
 
-from tests.conftest import TINY_ARCHS, tiny_model  # noqa: E402
-from tests.engine.test_dual_and_replicas import _loss, _replica_losses, _sequential_losses  # noqa: E402
+from tests.helpers import TINY_ARCHS, tiny_model  # noqa: E402
+from tests.helpers import loss_of as _loss  # noqa: E402
+from tests.helpers import replica_losses as _replica_losses  # noqa: E402
+from tests.helpers import sequential_losses as _sequential_losses  # noqa: E402
 from zobench.engine import Direction, build_engine, mix_seed  # noqa: E402
 from zobench.engine.triton import engines as te  # noqa: E402
 from zobench.engine.triton import fused as tf  # noqa: E402

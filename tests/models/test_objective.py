@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 from zobench.models import CandidateScorer, evaluate_accuracy
 from zobench.models.loading import load_tokenizer, model_config
 from zobench.tasks import Rendered

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 from zobench.engine import VirtualEngine
 from zobench.errors import ConfigError
 from zobench.models import apply_tuning, hf_model, trainable

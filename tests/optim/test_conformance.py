@@ -79,23 +79,7 @@ def _declared_passes(opt, steps):
     return exact(steps) if exact is not None else steps * opt.forward_passes_per_step
 
 
-class Quadratic(nn.Module):
-    """L(x) = ½ Σ a_i (x_i - x*_i)², condition number 4. Half the weights are large and already at
-    their optimum, half are small and off it: fine-tuning's regime, and the one Sparse-MeZO is
-    built for (it never perturbs weights that stay large, so on a quadratic whose large weights
-    are wrong it stalls by design, not by a bug)."""
-
-    def __init__(self, dim: int = 20) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        large = (3 + torch.rand(dim // 2, generator=gen)) * torch.sign(torch.randn(dim // 2, generator=gen))
-        small_start, small_target = torch.randn(2, dim // 2, generator=gen) * 0.5
-        self.x = nn.Parameter(torch.stack([large, small_start]))
-        self.register_buffer("target", torch.stack([large, small_target]))
-        self.register_buffer("a", torch.linspace(0.5, 2.0, dim).view(2, dim // 2))
-
-    def forward(self):
-        return 0.5 * (self.a * (self.x - self.target) ** 2).sum()
+from tests.helpers import Quadratic  # noqa: E402
 
 
 def _make(name, model, params=None, **override):
@@ -109,6 +93,7 @@ def _make(name, model, params=None, **override):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.slow
 def test_converges_on_a_quadratic(name):
     model = Quadratic()
     opt = _make(name, model)
@@ -119,6 +104,7 @@ def test_converges_on_a_quadratic(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+@pytest.mark.slow
 def test_converges_on_a_tiny_mlp(name):
     gen = torch.Generator().manual_seed(0)
     inputs, teacher = torch.randn(64, 4, generator=gen), nn.Linear(4, 1)
@@ -380,7 +366,7 @@ PREFIX = {"name": "prefix", "num_virtual_tokens": 3, "init_by_real_act": True}
 def test_works_with_lora_and_prefix_tuning(name, tuning):
     """On a peft-wrapped model (LoRA factors; a prefix embedding) every method takes its declared
     forward passes, stays finite and moves the adapter parameters and nothing else."""
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     from zobench.models import apply_tuning, trainable
 
     model = apply_tuning(tiny_model("llama"), tuning, "causal", seed=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 from zobench.engine import Direction, VirtualEngine, directions
 from zobench.optim import DiZO, LeZO, MeZO, MeZOSVRG, decay_groups
 from zobench.optim.lezo import block_of
@@ -246,7 +246,7 @@ def test_hyperparameters_are_validated(cls, kwargs, match):
 def test_the_loop_counts_and_budgets_the_new_methods_passes(tmp_path, data_dir, method, overrides, steps, passes):
     """Through the loop: the extra batches come from its stream, its hook counts every forward,
     and train.forward_budget=20 stops at the last step that fits."""
-    from tests.test_config import compose_run
+    from tests.helpers import compose_run
     from zobench.run import run
 
     cfg = compose_run(
@@ -276,26 +276,40 @@ def test_the_loop_counts_and_budgets_the_new_methods_passes(tmp_path, data_dir, 
         ("lezo", []),
     ],
 )
-def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir, method, overrides):
+def test_an_interrupted_run_resumes_bit_identical(tmp_path, data_dir, method, overrides, caplog):
     """The state these methods add (θ0, θ̄ and the anchor's scalars, named groups) and the batches
-    they draw from the loop's stream survive a checkpoint: an interrupted, resumed run equals the
-    uninterrupted one bit for bit."""
-    import signal
-    import subprocess
-
+    they draw from the loop's stream survive a checkpoint: a run stopped by a signal mid-way and
+    resumed equals the uninterrupted one bit for bit. In-process (the run's own signal handler
+    checkpoints and stops, as under SIGTERM; the resumed run rebuilds everything from the
+    checkpoint); the SIGTERM of a real process is tests/test_resume.py's."""
     from safetensors.torch import load_file
 
-    from tests.test_resume import _cli, _run_until, _stable
+    from tests.helpers import SMOKE, compose_run, signal_at_loss_call, stable
+    from zobench.run import run
 
-    extra = [f"optimizer={method}", "optimizer.lr=1e-2", *overrides]
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    subprocess.run(
-        _cli(reference, data_dir, *extra, "train.checkpoint_every=0"), check=True, timeout=300, capture_output=True
+    args = (
+        *SMOKE,
+        f"optimizer={method}",
+        "optimizer.lr=1e-2",
+        *overrides,
+        "train.steps=6",
+        "train.eval_every=2",
+        "train.log_every=1",
+        "train.save_final=true",
+        "train.checkpoint_every=0",  # only the signal checkpoints
+        f"data.dir={data_dir}",
     )
-    cmd = _cli(resumed, data_dir, *extra, "train.checkpoint_every=0")
-    assert _run_until(cmd, resumed / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
-    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-    assert _stable(resumed / "metrics.jsonl") == _stable(reference / "metrics.jsonl")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run(compose_run(*args), reference)
+    with pytest.MonkeyPatch.context() as patch:
+        signal_at_loss_call(patch, 4)  # mid-run (a step makes 1 to 3 calls; call 1 is the memory probe)
+        stopped = run(compose_run(*args), resumed)
+    assert stopped["status"] == "interrupted" and 1 <= stopped["steps"] < 6, stopped
+    with caplog.at_level("INFO", logger="zobench.run"):
+        summary = run(compose_run(*args), resumed)
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert f"resumed from step {stopped['steps']}" in caplog.text  # not started afresh
+    assert stable(resumed / "metrics.jsonl") == stable(reference / "metrics.jsonl")
     final = load_file(resumed / "final/trainable.safetensors")
     expected = load_file(reference / "final/trainable.safetensors")
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_model
-from tests.optim.test_conformance import Quadratic
+from tests.helpers import Quadratic, tiny_model
 from zobench.engine import InPlaceEngine, VirtualEngine
 from zobench.optim import FZOO, ForwardGradient, ZOSGDCons, ZOSGDSign
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 from zobench.engine import Direction, VirtualEngine, mix_seed
 from zobench.optim import DiZO, MeZOSVRG
 from zobench.optim.dizo import _ROUND_SALT

@@ -277,6 +277,7 @@ def test_a_bad_row_is_named_by_file_and_line(tmp_path, task, line, message):
     assert len(rows) == 3 and skipped == {str(path): 1}
 
 
+@pytest.mark.slow
 def test_every_row_of_the_mirror_passes_the_checks(data_dir):
     """No false alarms: the checks accept every file the tasks read from the mirror."""
     for task in ("boolq", "cb", "copa", "multirc", "rte", "snli", "squad", "sst2", "sst5", "trec", "wic", "wsc"):

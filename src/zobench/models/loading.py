@@ -186,6 +186,7 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     target = Path(os.path.expanduser(cache_dir)) / "models" / cfg["name"]
     if (target / "model.safetensors").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)  # an unusable cache dir fails now, not after the conversion
     spec = importlib.util.find_spec(cfg["package"])
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(

@@ -1,0 +1,316 @@
+"""Helpers shared by several test modules: config composition, the smoke-run overrides, tiny
+models of every family, the CLI (as a subprocess and in-process), runs interrupted by a signal,
+and the engine's reference losses. Test modules import from here, never from one another."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+from zobench.resources import conf_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- configs ---------------------------------------------------------------------------------------
+SMOKE = (  # a tiny run: a random 2-layer Llama, a few dozen SST-2 rows, no W&B
+    "model=tiny-llama",
+    "logger=none",
+    "data.num_train=32",
+    "data.num_dev=16",
+    "data.num_eval=24",
+    "train.batch_size=4",
+    "train.eval_batch_size=8",
+)
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml, and the task group generated from tasks/."""
+    from zobench.__main__ import group_options
+
+    return sorted(group_options(group))
+
+
+def compose_run(*overrides):
+    """The run config `python -m zobench <overrides>` would get (without the hydra node)."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def experiment_sweep(experiment) -> dict[str, list[str]]:
+    """``hydra.sweeper.params`` of an experiment: swept key -> its values."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    return {key: str(params[key]).split(",") for key in sorted(params)}
+
+
+def experiment_grid(experiment) -> list[dict]:
+    """Every sweep point of an experiment (the cartesian product Hydra's basic sweeper launches)."""
+    sweep = experiment_sweep(experiment)
+    return [dict(zip(sweep, point)) for point in itertools.product(*sweep.values())]
+
+
+def compose_experiment(experiment, point: dict):
+    """The resolved run config of one sweep point of an experiment."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"experiment={experiment}", "data.dir=/tmp/mirror", *(f"{k}={v}" for k, v in point.items())],
+        )
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+# -- tiny models -----------------------------------------------------------------------------------
+TINY_ARCHS = {
+    # family name -> (auto class, config kwargs): small enough to run in milliseconds
+    "llama": (
+        "causal",
+        dict(
+            model_type="llama",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=64,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "opt": (
+        "causal",
+        dict(
+            model_type="opt",
+            hidden_size=16,
+            ffn_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=64,
+            word_embed_proj_dim=16,
+            max_position_embeddings=64,
+        ),
+    ),
+    "phi": (
+        "causal",
+        dict(
+            model_type="phi",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=64,
+        ),
+    ),
+    "gemma3": (
+        "causal",
+        dict(
+            model_type="gemma3_text",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            vocab_size=64,
+            sliding_window=8,
+        ),
+    ),
+    "roberta": (
+        "masked",
+        dict(
+            model_type="roberta",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=64,
+            max_position_embeddings=40,
+        ),
+    ),
+}
+
+
+def tiny_model(family: str, dtype=torch.float32, seed: int = 0):
+    """A randomly initialised 2-layer model of ``family`` (see TINY_ARCHS), frozen, in eval mode."""
+    import transformers
+
+    kind, kwargs = TINY_ARCHS[family]
+    kwargs = dict(kwargs)
+    config = transformers.AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    torch.manual_seed(seed)
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForMaskedLM
+    model = auto.from_config(config, dtype=dtype).eval().requires_grad_(False)
+    return model
+
+
+class Quadratic(nn.Module):
+    """L(x) = ½ Σ a_i (x_i - x*_i)², condition number 4. Half the weights are large and already at
+    their optimum, half are small and off it: fine-tuning's regime, and the one Sparse-MeZO is
+    built for (it never perturbs weights that stay large, so on a quadratic whose large weights
+    are wrong it stalls by design, not by a bug)."""
+
+    def __init__(self, dim: int = 20) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        large = (3 + torch.rand(dim // 2, generator=gen)) * torch.sign(torch.randn(dim // 2, generator=gen))
+        small_start, small_target = torch.randn(2, dim // 2, generator=gen) * 0.5
+        self.x = nn.Parameter(torch.stack([large, small_start]))
+        self.register_buffer("target", torch.stack([large, small_target]))
+        self.register_buffer("a", torch.linspace(0.5, 2.0, dim).view(2, dim // 2))
+
+    def forward(self):
+        return 0.5 * (self.a * (self.x - self.target) ** 2).sum()
+
+
+# -- engine reference losses -----------------------------------------------------------------------
+def loss_of(model, ids):
+    """A smooth scalar of a causal LM's logits (the engines' tests compare it, not a task loss)."""
+    return model(input_ids=ids).logits.logsumexp(-1).mean()
+
+
+def replica_losses(model, ids, n):
+    """Per-replica losses of the batch repeated n times (the closure contract for replicas)."""
+    logits = model(input_ids=ids.repeat(n, 1)).logits
+    return logits.logsumexp(-1).reshape(n, -1).mean(-1)
+
+
+def sequential_losses(engine, params, model, ids, directions, scales=1e-2):
+    """The loss at θ + scale_i·z_i for each direction (``scales``: one for all, or one each), one
+    perturbed forward each, restored after."""
+    scales = [scales] * len(directions) if isinstance(scales, float) else list(scales)
+    with torch.no_grad():
+        losses = []
+        for direction, scale in zip(directions, scales, strict=True):
+            engine.perturb(params, direction, scale)
+            losses.append(float(loss_of(model, ids)))
+        engine.restore(params)
+    return losses
+
+
+# -- the command line ------------------------------------------------------------------------------
+def zobench(*args, cwd=None, env=None, timeout=300, module="zobench") -> subprocess.CompletedProcess:
+    """``python -m zobench <args>`` in a fresh interpreter; ``env`` values of None remove that
+    variable. The source tree under test comes first on the path."""
+    merged = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={k: v for k, v in merged.items() if v is not None},
+    )
+
+
+def zobench_in_process(*args, monkeypatch, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m zobench <args>`` through the same entry point (``zobench.__main__.main``) in this
+    interpreter: the same parsing, checks, Hydra run and exit code, without the seconds an
+    interpreter spends importing torch and transformers. Hydra's logging set-up is undone after."""
+    import logging
+
+    from zobench.__main__ import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(sys, "argv", ["zobench", *args])
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["zobench", *args], code, out.getvalue(), err.getvalue())
+
+
+def one_error_line(result, message: str = "") -> str:
+    """The contract for bad input: exit code 2, one `zobench: error:` line holding ``message``,
+    no traceback. Returns the line."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("zobench: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
+
+
+# -- runs stopped by a signal ----------------------------------------------------------------------
+VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # timing and RSS, not numbers
+
+
+def smoke_cli(run_dir, data_dir, *extra) -> list[str]:
+    """The argv of an 8-step smoke run into ``run_dir`` that saves its final weights."""
+    return [
+        sys.executable,
+        "-m",
+        "zobench",
+        *SMOKE,
+        "train.steps=8",
+        "train.eval_every=2",
+        "train.log_every=1",
+        "train.save_final=true",
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def stable(path: Path):
+    """summary.json or metrics.jsonl without the keys that vary from run to run (VOLATILE)."""
+    if path.suffix == ".json":
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in path.read_text().splitlines()]
+
+
+def run_until(cmd, metrics: Path, step: int, sig) -> int:
+    """Start ``cmd``, send ``sig`` once the train event of ``step`` is in metrics.jsonl; its exit code."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and any(
+            f'"step": {step},' in line and '"train"' in line for line in metrics.read_text().splitlines()
+        ):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    return proc.wait(timeout=240)
+
+
+def signal_at_loss_call(monkeypatch, call: int, sig=signal.SIGUSR1) -> None:
+    """Make this process receive ``sig`` in objective call number ``call`` (call 1 is the memory
+    probe, so call 2 is inside step 1): the run's handler then checkpoints and stops, as it does
+    for a scheduler's signal."""
+    from zobench.models import CandidateScorer
+
+    original, calls = CandidateScorer.loss, {"n": 0}
+
+    @functools.wraps(original)  # the same signature: the loop batches replicas only if loss takes them
+    def loss(self, batch, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), sig)
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(CandidateScorer, "loss", loss)
