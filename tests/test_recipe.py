@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_config import compose_run
-from tests.test_run import SMOKE
+from tests.helpers import SMOKE, compose_run
 from zobench.engine import InPlaceEngine
 from zobench.optim import MeZO
 from zobench.train import BackpropLearner, LoopState, ZOLearner

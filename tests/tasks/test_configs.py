@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import zobench.tasks
-from tests.test_config import compose_run
+from tests.helpers import compose_run
 from zobench.errors import ConfigError
 from zobench.tasks.configs import register_task_configs, registered_tasks
 
