@@ -305,7 +305,7 @@ def test_an_interrupted_run_resumes_bit_identical(tmp_path, data_dir, method, ov
         signal_at_loss_call(patch, 4)  # mid-run (a step makes 1 to 3 calls; call 1 is the memory probe)
         stopped = run(compose_run(*args), resumed)
     assert stopped["status"] == "interrupted" and 1 <= stopped["steps"] < 6, stopped
-    with caplog.at_level("INFO", logger="zobench.run"):
+    with caplog.at_level("INFO", logger="zobench"):
         summary = run(compose_run(*args), resumed)
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert f"resumed from step {stopped['steps']}" in caplog.text  # not started afresh
