@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# re-exported while modules rewritten in parallel may still import them from here; import tests.helpers instead
-from tests.helpers import TINY_ARCHS, tiny_model  # noqa: F401
-
 # The tests' models are tiny: a second intra-op thread costs more in hand-offs than it computes
 # (twice the CPU time of a smoke run on 2 cores, and spinning on a shared machine); the numbers
 # are the same. Subprocesses inherit OMP_NUM_THREADS. An explicit setting is kept.
