@@ -76,6 +76,14 @@ def test_ci_lints_and_type_checks_before_the_tests():
     assert install < checks < tests == len(lines) - 1
 
 
+def test_mypy_checks_the_whole_package_and_every_ignore_says_why():
+    assert _pyproject(r"^\[tool\.mypy\].*?^files = (\[.*?\])$") == '["src/zobench"]'
+    bare = re.compile(r"# type: ignore(\[[a-z, -]+\])?\s*$")  # a reason follows as a comment
+    for path in sorted((REPO / "src").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not bare.search(line), f"{path.relative_to(REPO)}:{number}: a type: ignore without its reason"
+
+
 def test_pre_commit_hooks_are_local_and_run_the_ci_checks():
     config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
     assert [repo["repo"] for repo in config["repos"]] == ["local"]  # nothing to download: works offline

@@ -121,7 +121,7 @@ def _check_keys(overrides: list[str], multirun: bool) -> None:
         prefix, key, value = _split_override(arg)
         if key in GROUPS or "/" in key or key.startswith("hydra.") or "~" in prefix or key in valid:
             continue
-        if prefix.startswith("+") and _addable(key, tree):
+        if prefix.startswith("+") and isinstance(tree, dict) and _addable(key, tree):
             continue
         close = difflib.get_close_matches(key, _keys(tree, leaves=True), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see `python -m zobench --cfg job` for the keys"

@@ -86,7 +86,7 @@ def unusable_run_dir(run_dir: Path) -> str | None:
 try:
     from hydra.experimental.callback import Callback
 except ImportError:  # hydra is a dependency; this only keeps the lock importable without it
-    Callback = object
+    Callback = object  # type: ignore[assignment,misc]  # the fallback base class of a missing hydra
 
 
 class RunDirCheck(Callback):

@@ -24,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -171,7 +172,7 @@ class JsonlLogger:
             self._file.close()
 
 
-def wandb_mode(requested: str) -> str:
+def wandb_mode(requested: str) -> Any:  # wandb's Literal of modes; validated with the config
     """``auto`` -> ``online`` when an API key is configured, else ``offline``."""
     if requested != "auto":
         return requested
@@ -233,7 +234,7 @@ class WandbLogger:
             # later `wandb sync` continues the run an online resume would have continued
             wandb.teardown()
             mode = "offline"
-            self.run = wandb.init(mode=mode, **kwargs)
+            self.run = wandb.init(mode="offline", **kwargs)
         self.mode = mode
         self._step = 0
 

@@ -164,7 +164,7 @@ def drift_after_lr0_steps(
     }
 
 
-def virtual_lr0_drift(model, optimizer_step: Callable[[], None], steps: int) -> dict:
+def virtual_lr0_drift(model, optimizer_step: Callable[[], object], steps: int) -> dict:
     """Run ``steps`` real MeZO steps (forwards included) with lr=0 on the virtual engine and
     compare every weight with its starting bits: the mode claims exact restoration."""
     start = [p.detach().to("cpu", copy=True) for p in model.parameters()]
@@ -177,7 +177,7 @@ def virtual_lr0_drift(model, optimizer_step: Callable[[], None], steps: int) -> 
 def zo_optimizer(opt_cfg, named, engine, seed: int):
     """The configured zeroth-order method (conf/optimizer) on ``engine``, as the run loop builds
     it; first-order and probing baselines are refused with a one-line error."""
-    kwargs = OmegaConf.to_container(opt_cfg, resolve=True)
+    kwargs = {str(k): v for k, v in dict(OmegaConf.to_container(opt_cfg, resolve=True)).items()}  # type: ignore[arg-type]  # a config mapping
     name = kwargs.pop("name")
     if kwargs.pop("first_order", False) or kwargs.pop("linear_probe", False):
         raise ConfigError(
@@ -268,7 +268,7 @@ class _Bench:
         b = cfg.bench
         steps = (b.warmup, b.repeats, cfg.engine.backend, cfg.engine.mode)
         log.info("zobench: inference peak, then %d + %d steps on %s/%s", *steps)
-        out = {
+        out: dict = {
             "zobench_inference_peak_memory_bytes": _inference_peak(lambda: scorer.loss(batch), self.memory, self.sync)
         }
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,7 @@ class CandidateScorer:
             pairs = [(row, c, o) for row, e in enumerate(batch) for c, o in zip(e.contexts, e.options)]
             per_pair = self._option_logprobs([(c, o) for _, c, o in pairs], replicas)
             for r in range(replicas):
-                by_row = [[] for _ in batch]
+                by_row: list[list[torch.Tensor]] = [[] for _ in batch]
                 for (row, _, _), token_logprobs in zip(pairs, per_pair[r * len(pairs) : (r + 1) * len(pairs)]):
                     by_row[row].append(token_logprobs.mean())
                 rows.extend(torch.stack(x) for x in by_row)
@@ -240,6 +241,7 @@ class CandidateScorer:
             for i, (context, option) in enumerate(pairs):
                 values = [first[r * n_ctx + row_of[context], option[0]]]
                 if len(option) > 1:
+                    assert later is not None  # rest > 0: the continuation forward ran
                     values.append(later[r * len(pairs) + i, torch.arange(len(option) - 1), torch.tensor(option[1:])])
                 result.append(torch.cat([values[0].view(1)] + values[1:]))
         return result
@@ -275,7 +277,13 @@ class CandidateScorer:
         return {"accuracy": accuracy}
 
 
-def evaluate_accuracy(scorer: CandidateScorer, examples: Sequence[Encoded], batch_size: int) -> tuple[float, int]:
+class Predictor(Protocol):
+    """A scorer that picks an option per example (causal and masked-LM prompts alike)."""
+
+    def predict(self, batch: Sequence[Any]) -> list[int]: ...
+
+
+def evaluate_accuracy(scorer: Predictor, examples: Sequence[Any], batch_size: int) -> tuple[float, int]:
     """Accuracy over ``examples`` and the number of model forwards it took.
 
     Batches are formed from length-sorted examples (less padding); order does not change any

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from torch import nn
 
 
-def hf_model(model: nn.Module) -> nn.Module:
+def hf_model(model: nn.Module) -> Any:  # a transformers PreTrainedModel (its methods, e.g. get_output_embeddings)
     """The transformers model inside a peft wrapper (the model itself otherwise).
 
     Every forward of every objective, a generation step included, calls this module exactly

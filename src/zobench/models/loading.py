@@ -299,7 +299,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         model = (
             auto.from_pretrained(path, **kwargs)
             if source == "gguf_package"
-            else _from_hub(auto, path, f"model={cfg['name']}", **kwargs)
+            else _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
         )
     if not getattr(model, "hf_device_map", None):
         model.to(device)

@@ -47,9 +47,9 @@ def apply_tuning(model: nn.Module, cfg, family: str, seed: int = 0) -> nn.Module
                 f"tuning.target_modules={targets}: no module of {type(model).__name__} has such a "
                 f"name; pick from its Linear layers, e.g. {sorted(present)[:8]}"
             )
-        config = peft.LoraConfig(
+        config: peft.PeftConfig = peft.LoraConfig(
             r=int(cfg["r"]),
-            lora_alpha=float(cfg["alpha"]),
+            lora_alpha=float(cfg["alpha"]),  # type: ignore[arg-type]  # peft annotates int, scales by any number
             lora_dropout=0.0,
             target_modules=[t for t in targets if t in present],
             bias="none",
@@ -59,7 +59,7 @@ def apply_tuning(model: nn.Module, cfg, family: str, seed: int = 0) -> nn.Module
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls transformers' deprecated helpers
             torch.manual_seed(seed)
-            tuned = peft.get_peft_model(model, config)
+            tuned: nn.Module = peft.get_peft_model(model, config)
     else:
         # peft has no masked-LM prefix class; FEATURE_EXTRACTION passes the prefix to the
         # MaskedLM model's own forward and returns its MLM logits

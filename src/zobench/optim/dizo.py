@@ -161,7 +161,7 @@ class DiZO(MeZO):
         return state["theta0"]
 
     @torch.no_grad()
-    def step(self, closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         for _, p in self._projected:  # θ0 before the first update
             self._anchor(p)
         loss = super().step(closure)

@@ -64,7 +64,7 @@ class ForwardGradient(ZOOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         direction = self.direction(step)
         with self.engine.dual(self._all_params, direction):

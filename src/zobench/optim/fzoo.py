@@ -164,7 +164,7 @@ class FZOO(ZOOptimizer):
         return losses
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         eps, n, reuse = self._shared("eps"), self._shared("num_directions"), self._shared("reuse")
         step = self._advance()
         loss_zero = float(closure())

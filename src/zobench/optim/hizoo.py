@@ -90,7 +90,7 @@ class HiZOO(ZOOptimizer):
         return state["hessian"]
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         eps, alpha = self._shared("eps"), self._shared("hessian_smooth")
         step = self._advance()
         seed = self.direction(step).seed

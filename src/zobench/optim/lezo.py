@@ -110,7 +110,7 @@ class LeZO(ZOOptimizer):
         return [(pid, p) for pid, p in params if self._block[pid] is None or self._block[pid] in kept]
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         eps = self._shared("eps")
         step = self._advance()
         direction = self.direction(step, distribution=self._shared("distribution"))

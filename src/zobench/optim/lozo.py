@@ -73,7 +73,7 @@ class LOZO(ZOOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         base, rank = self.param_groups[0]["seed"], self._shared("rank")
         period = (step - 1) // self._shared("lazy_steps")  # V changes every ν steps (l.710: step % ν == 0)

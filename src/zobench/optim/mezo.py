@@ -86,7 +86,7 @@ class MeZO(ZOOptimizer):
         self.forward_passes_per_step = q + 1 if one_sided else 2 * q
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         if closure is None:
             raise ValueError("MeZO.step needs a closure that returns the batch loss")
         eps, q, one_sided = self._shared("eps"), self._shared("num_directions"), self._shared("one_sided")

@@ -136,7 +136,7 @@ class MeZOSVRG(ZOOptimizer):
         return self._param_state(p, "theta_bar", dtype=p.dtype)
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         if (step - 1) % self._shared("q") == 0 or "svrg" not in self.state:
             return self._anchor_step(closure, step)

@@ -100,7 +100,7 @@ class SparseMeZO(ZOOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         sparsity = self._shared("sparsity")
         thresholds = {pid: magnitude_threshold(p, sparsity) for pid, p in self._all_params if p.ndim >= 2}

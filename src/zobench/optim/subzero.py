@@ -66,7 +66,7 @@ class SubZero(ZOOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         base, rank = self.param_groups[0]["seed"], self._shared("rank")
         period = (step - 1) // self._shared("refresh_steps")

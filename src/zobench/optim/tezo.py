@@ -108,7 +108,7 @@ class TeZO(ZOOptimizer):
         return LowRankDirection(self.direction(step).seed, factors=factors)
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         perturbation = self._direction(step, lambda pid, like: self._tau(step, pid, like))
         variant = self._shared("variant")

@@ -63,7 +63,7 @@ class ZOAdam(ZOOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step, direction, g, loss_plus, loss_minus = self._spsa_estimate(closure)
         if math.isfinite(g):
             for group, params in zip(self.param_groups, self._group_params):

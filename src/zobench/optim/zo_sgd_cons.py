@@ -65,7 +65,7 @@ class ZOSGDCons(ZOOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), engine=engine, seed=seed)
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         lr = self._shared("lr")
         step = self._advance()
         direction = self.direction(step)

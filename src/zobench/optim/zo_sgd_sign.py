@@ -68,7 +68,7 @@ class ZOSGDSign(ZOOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, sign=sign), engine=engine, seed=seed)
 
     @torch.no_grad()
-    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         if self._shared("sign") == "scalar":  # MeZO's fused restore-and-update, with sign(g) for g
             return self._spsa_sgd(closure, self.direction(self._advance()), gain=_sign)
         step, direction, g, loss_plus, loss_minus = self._spsa_estimate(closure)

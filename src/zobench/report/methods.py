@@ -233,7 +233,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), sharey=True)
     for ax, (title, methods) in zip(axes, PANELS):
         # more runs per panel than tab10 has colours
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # type: ignore[attr-defined]
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # type: ignore[attr-defined]  # colormaps are attributes of plt.cm at run time
         for r in rows:
             if not r["launched"] or r["first_order"] or not r["dev"] or r["void"]:
                 continue

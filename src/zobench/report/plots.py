@@ -22,7 +22,7 @@ from .cells import GIB, Cell  # noqa: E402
 from .runs import read_curve  # noqa: E402
 from .spec import TableSpec  # noqa: E402
 
-_SAVE = {"dpi": 100, "metadata": {"Software": None}}  # no version string: the bytes depend on the data only
+_SAVE: dict = {"dpi": 100, "metadata": {"Software": None}}  # no version string: the bytes depend on the data only
 
 
 def _line_label(cell: Cell, several_models: bool) -> str:

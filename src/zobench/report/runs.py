@@ -99,7 +99,7 @@ _CONFIG_LOADER = _config_loader()
 def load_config(path: Path) -> dict:
     """A run's resolved config.yaml as a plain dict, its values typed as OmegaConf types them."""
     if _CONFIG_LOADER is None:
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]  # a YAML mapping file
     return yaml.load(path.read_text(), Loader=_CONFIG_LOADER) or {}
 
 
@@ -139,11 +139,12 @@ def load_runs(roots: list[Path]) -> Runs:
             f"{', '.join(map(str, roots))}: no run dirs found (a run dir holds config.yaml "
             "and, once finished, summary.json)"
         )
-    rows, skipped = [], []
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
     for run_dir in run_dirs:
         row, reason = read_run(run_dir)
         if row is None:
-            skipped.append((str(run_dir), reason))
+            skipped.append((str(run_dir), reason or "unreadable"))
         else:
             rows.append(row)
     if skipped:
