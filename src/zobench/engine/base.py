@@ -35,7 +35,8 @@ from contextlib import contextmanager
 import torch
 
 from . import trace
-from .directions import Direction, Piece, add_z_
+from .directions import Direction, Piece
+from .provider import Provider, TorchProvider
 
 ZOParams = Sequence[tuple[int, torch.Tensor]]
 
@@ -83,6 +84,8 @@ class Engine(ABC):
     #: how many replicas the next forward evaluates (N inside ``replicas``, else 1): the loop's
     #: forward counter multiplies by it, since one batched call is N forward passes of the batch
     replica_count: int = 1
+    #: how θ + s·z, the in-place moves and the update sweeps are computed (``provider.py``)
+    provider: Provider = TorchProvider()
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -147,7 +150,7 @@ class Engine(ABC):
         The pieces are ``Direction.chunks`` (Z_CHUNK elements on CPU, else the whole parameter),
         so an elementwise update applied per piece equals the whole-tensor one and never holds a
         parameter-sized temporary. Call after ``restore``."""
-        with self._timed():
+        with self._timed(), self.provider.z_scope():
             for pid, p in params:
                 work = p if p.is_contiguous() else p.contiguous()  # pieces are views of a flat tensor
                 flat = work.view(-1)
@@ -168,12 +171,11 @@ class Engine(ABC):
         A zero coefficient is skipped rather than multiplied in, so lr=0 is an exact no-op
         (x + 0·z would turn a stored -0.0 into +0.0).
         """
-        with self._timed():
+        if coeff == 0.0 and decay == 0.0:
+            return
+        with self._timed(), self.provider.z_scope():
             for pid, p in params:
-                if decay != 0.0:
-                    p.mul_(1.0 - decay)
-                if coeff != 0.0:
-                    add_z_(p, pid, direction, coeff)  # z drawn in chunks where it can be
+                self.provider.sweep(p, pid, direction, 0.0, decay, coeff)  # z drawn in chunks where it can be
 
 
 _trace_phases(Engine)

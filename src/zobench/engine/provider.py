@@ -1,13 +1,15 @@
-"""The perturbation provider: what a backend supplies to the virtual engine.
+"""The perturbation provider: what a backend supplies to the engines.
 
-The virtual engine (``virtual.py``) decides *when* a module sees perturbed weights (its hooks,
-streaming, the replicas of a batched forward, forward-mode duals); a provider decides *how*
-θ + s·z is computed for one parameter. Torch computes it with ``torch.add`` on z drawn by
-``Direction.chunks`` (``TorchProvider``); Triton draws z inside its kernels
-(``engine/triton/engines.py``). Every method takes the parameter ``p``, its stable id ``pid``
-(which seeds z with the direction's seed) and a ``Direction``; ``scales`` is the list of scales
-that share one draw of z (SPSA's ± pair is ``[ε, -ε]``; a replica of its own direction is
-``[ε]``), so z is drawn once per distinct direction however many replicas use it.
+The engines decide *when* weights are perturbed: the virtual engine (``virtual.py``) when a module
+sees perturbed weights (its hooks, streaming, the replicas of a batched forward, forward-mode
+duals), the in-place engine (``inplace.py``) when the weights themselves move and back. A provider
+decides *how*: θ + s·z for one parameter, its products, and the in-place moves and update
+sweeps. Torch computes them with ``torch.add`` on z drawn by ``Direction.chunks``
+(``TorchProvider``); Triton draws z inside its kernels (``engine/triton/engines.py``). Every
+method takes the parameter ``p``, its stable id ``pid`` (which seeds z with the direction's seed)
+and a ``Direction``; ``scales`` is the list of scales that share one draw of z (SPSA's ± pair is
+``[ε, -ε]``; a replica of its own direction is ``[ε]``), so z is drawn once per distinct
+direction however many replicas use it.
 
 See docs/design.md ("Engine") for the contract and MeZO (Malladi et al. 2023, Alg. 1) for the
 perturbation θ + εz itself.
@@ -15,14 +17,16 @@ perturbation θ + εz itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import torch
 
 from . import directions as _directions
 from . import launch
-from .directions import Direction, add_z_
+from .directions import Direction, add_z_, z_pieces
 
 #: virtual mode streams 2-D weights of at least this many elements (``virtual.py``): 16 MB in
 #: float32, so a language model's embedding and LM head, and the layers of large models
@@ -70,6 +74,22 @@ class Provider(Protocol):
         self, ids: torch.Tensor, weight: torch.Tensor, pid: int, direction: Direction, scale: float
     ) -> torch.Tensor | None:
         """F.embedding(ids, θ + scale·z) reading only the looked-up rows, or None."""
+        ...
+
+    def z_scope(self) -> AbstractContextManager[None]:
+        """While open, ``Direction.sample`` draws this backend's z: directions that transform z
+        (HiZOO's, Sparse-MeZO's, low-rank) and the pieces of stateful updates (``Engine.foreach``)
+        then see the z the kernels perturb and update along."""
+        ...
+
+    def move(self, p: torch.Tensor, pid: int, direction: Direction, delta: float) -> None:
+        """In place: θ ← θ + delta·z (one rounding); delta = 0 writes nothing."""
+        ...
+
+    def sweep(self, p: torch.Tensor, pid: int, direction: Direction, undo: float, decay: float, coeff: float) -> None:
+        """In place: θ ← (1 - decay)·(θ + undo·z) + coeff·z, z drawn once. ``undo`` removes an
+        applied perturbation in the same sweep (in-place mode's fused restore+update); the update
+        alone is ``undo = 0``. Callers skip the call when all three are zero (lr=0 writes nothing)."""
         ...
 
 
@@ -143,3 +163,21 @@ class TorchProvider:
         self, ids: torch.Tensor, weight: torch.Tensor, pid: int, direction: Direction, scale: float
     ) -> torch.Tensor | None:
         return None
+
+    def z_scope(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # torch's generator is Direction.sample's own
+
+    def move(self, p: torch.Tensor, pid: int, direction: Direction, delta: float) -> None:
+        if delta != 0.0:
+            add_z_(p, pid, direction, delta)
+
+    def sweep(self, p: torch.Tensor, pid: int, direction: Direction, undo: float, decay: float, coeff: float) -> None:
+        """Piece by piece (elementwise: the pieces give the whole-tensor bits), each term skipped
+        when zero (x + 0·z would turn a stored -0.0 into +0.0)."""
+        for target, z in z_pieces(p, pid, direction):
+            if undo != 0.0:
+                target.add_(z, alpha=undo)
+            if decay != 0.0:
+                target.mul_(1.0 - decay)
+            if coeff != 0.0:
+                target.add_(z, alpha=coeff)

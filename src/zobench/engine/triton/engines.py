@@ -27,13 +27,13 @@ imported (then they run on CPU tensors through Triton's interpreter: slow, for t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
-from ..base import Engine, ZOParams
-from ..directions import Direction, Piece, mix_seed, z_source
+from ..directions import Direction, mix_seed, z_source
 from ..inplace import InPlaceEngine
 from ..launch import STREAM_BLOCK_ELEMENTS, stream_blocks
 from ..provider import STREAM_ELEMENTS, Block, TorchProvider, perturbed_values
@@ -56,21 +56,6 @@ def check_device(p: torch.Tensor) -> None:
 
 def _key(direction: Direction, pid: int) -> int:
     return mix_seed(direction.seed, pid)
-
-
-@torch.no_grad()
-def _update(engine: Engine, params: ZOParams, direction: Direction, coeff: float, decay: float) -> None:
-    """Both engines' update: θ ← (1 - decay)·θ + coeff·z in one sweep; lr=0 (nothing to do) writes
-    nothing; a direction that transforms z takes ``Engine.update`` on this backend's z."""
-    if coeff == 0.0 and decay == 0.0:
-        return
-    if not in_kernel(direction):
-        with z_source(generate_z):
-            return Engine.update(engine, params, direction, coeff, decay)
-    with engine._timed():
-        for pid, p in params:
-            check_device(p)
-            sweep(p, _key(direction, pid), direction.distribution, keep=1.0 - decay, coeff=coeff)
 
 
 class TritonProvider(TorchProvider):
@@ -154,45 +139,35 @@ class TritonProvider(TorchProvider):
         check_device(weight)
         return fused.perturbed_gather(ids, weight, _key(direction, pid), direction.distribution, scale)
 
+    def z_scope(self) -> AbstractContextManager[None]:
+        return z_source(generate_z)
 
-class TritonInPlaceEngine(InPlaceEngine):
-    """MeZO's in-place perturbation with fused Triton sweeps (3 per SPSA step)."""
-
-    def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
-        with z_source(generate_z):
-            super().perturb(params, direction, scale)
-
-    def restore(self, params: ZOParams) -> None:
-        with z_source(generate_z):
-            super().restore(params)
-
-    def _move(self, pid: int, p: torch.Tensor, direction: Direction, delta: float) -> None:
+    def move(self, p: torch.Tensor, pid: int, direction: Direction, delta: float) -> None:
         if delta == 0.0:
             return
         if in_kernel(direction):
             check_device(p)
             sweep(p, _key(direction, pid), direction.distribution, coeff=delta)
         else:
-            p.add_(direction.sample(pid, p).to(p.dtype), alpha=delta)
+            with z_source(generate_z):
+                p.add_(direction.sample(pid, p).to(p.dtype), alpha=delta)
 
-    def _sweep(self, pid: int, p: torch.Tensor, direction: Direction, undo: float, decay: float, coeff: float) -> None:
-        """θ ← (1 - decay)·(θ + undo·z) + coeff·z in one kernel: one rounding."""
+    def sweep(self, p: torch.Tensor, pid: int, direction: Direction, undo: float, decay: float, coeff: float) -> None:
+        """One kernel, one rounding (float32 arithmetic); a direction that transforms z takes the
+        torch arithmetic on this backend's z."""
         if not in_kernel(direction):
-            return super()._sweep(pid, p, direction, undo, decay, coeff)
+            with z_source(generate_z):
+                return super().sweep(p, pid, direction, undo, decay, coeff)
         check_device(p)
         sweep(p, _key(direction, pid), direction.distribution, undo=undo, keep=1.0 - decay, coeff=coeff)
 
-    def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
-        """θ ← (1 - decay)·(θ - s·z) + coeff·z in one sweep, s the scale currently applied."""
-        with z_source(generate_z):
-            super().restore_and_update(params, direction, coeff, decay)
 
-    def update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
-        _update(self, params, direction, coeff, decay)
+class TritonInPlaceEngine(InPlaceEngine):
+    """MeZO's in-place perturbation with the fused Triton sweeps of ``TritonProvider`` (3 per SPSA
+    step; the restore and the update fused in one)."""
 
-    def foreach(self, params: ZOParams, direction: Direction, fn: Callable[[int, torch.Tensor, Piece], None]) -> None:
-        with z_source(generate_z):
-            super().foreach(params, direction, fn)
+    def __init__(self) -> None:
+        super().__init__(provider=TritonProvider())
 
 
 class TritonVirtualEngine(VirtualEngine):
@@ -212,10 +187,3 @@ class TritonVirtualEngine(VirtualEngine):
     ) -> None:
         super().__init__(model, stream_elements, paired, provider=TritonProvider(fused_linear))
         self.fused_linear = bool(fused_linear)
-
-    def update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
-        _update(self, params, direction, coeff, decay)
-
-    def foreach(self, params: ZOParams, direction: Direction, fn: Callable[[int, torch.Tensor, Piece], None]) -> None:
-        with z_source(generate_z):
-            super().foreach(params, direction, fn)
