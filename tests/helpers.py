@@ -46,8 +46,13 @@ def options(group: str) -> list[str]:
 
 def compose_run(*overrides):
     """The run config `python -m zobench <overrides>` would get (without the hydra node)."""
+    return compose_config("config", *overrides)
+
+
+def compose_config(config_name: str, *overrides):
+    """``conf/<config_name>.yaml`` composed with ``overrides`` (``bench``: `python -m zobench.bench`)."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def experiment_sweep(experiment) -> dict[str, list[str]]:

@@ -55,7 +55,7 @@ _HYDRA_FLAGS = (
 )
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     print(f"zobench: error: {message}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
 
@@ -96,7 +96,7 @@ def _addable(key: str, tree: dict) -> bool:
     return False
 
 
-def _check_keys(overrides: list[str], multirun: bool) -> None:
+def _check_keys(overrides: list[str], multirun: bool, config_name: str = "config") -> None:
     """Every overridden key must exist in the composed config (or be ADDABLE with ``+``): a typo
     gets the closest valid keys (difflib), not Hydra's multi-line error or, with ``+``, silence."""
     import difflib
@@ -113,7 +113,7 @@ def _check_keys(overrides: list[str], multirun: bool) -> None:
             groups.append(f"{prefix}{key}={value.split(',')[0] if multirun else value}")
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            tree = OmegaConf.to_container(compose(config_name="config", overrides=groups), resolve=False)
+            tree = OmegaConf.to_container(compose(config_name=config_name, overrides=groups), resolve=False)
     except (HydraException, OmegaConfBaseException):
         return  # a bad group choice is reported by the full check below, in Hydra's words
     valid = _keys(tree)
@@ -124,9 +124,10 @@ def _check_keys(overrides: list[str], multirun: bool) -> None:
         if prefix.startswith("+") and isinstance(tree, dict) and _addable(key, tree):
             continue
         close = difflib.get_close_matches(key, _keys(tree, leaves=True), n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `python -m zobench --cfg job` for the keys"
+        entry = "zobench" if config_name == "config" else f"zobench.{config_name}"
+        hint = f"did you mean {', '.join(close)}?" if close else f"see `python -m {entry} --cfg job` for the keys"
         added = " (a key added with + would be ignored)" if prefix.startswith("+") else ""
-        _fail(f"{arg}: {key} is not a zobench config key{added}; {hint}")
+        fail(f"{arg}: {key} is not a zobench config key{added}; {hint}")
 
 
 def group_options(group: str) -> list[str]:
@@ -142,8 +143,9 @@ def group_options(group: str) -> list[str]:
     return sorted(files | stored)
 
 
-def _precheck(args: list[str]) -> None:
-    """Group options and overrides checked before Hydra, whose own errors span many lines."""
+def precheck(args: list[str], config_name: str = "config") -> None:
+    """Group options and overrides of ``conf/<config_name>.yaml`` checked before Hydra, whose own
+    errors span many lines (also the entry of ``python -m zobench.bench``: ``bench.yaml``)."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args if a.startswith("-")):
         return  # --help, --cfg ...: Hydra's business
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -154,8 +156,8 @@ def _precheck(args: list[str]) -> None:
             allowed = group_options(key)
             for option in value.split(",") if multirun else [value]:
                 if option not in ("null", "") and option not in allowed:
-                    _fail(f"{key}={option}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
-    _check_keys(overrides, multirun)
+                    fail(f"{key}={option}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
+    _check_keys(overrides, multirun, config_name)
     if multirun:
         return  # sweep syntax (a=1,2) does not compose as one config; each job is checked by run()
     from hydra import compose, initialize_config_dir
@@ -164,10 +166,10 @@ def _precheck(args: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            compose(config_name="config", overrides=overrides)
+            compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        _fail(f"{first} (overrides: {' '.join(overrides)})")
+        fail(f"{first} (overrides: {' '.join(overrides)})")
 
 
 def _size(num_bytes) -> str:
@@ -207,7 +209,7 @@ def _app(cfg: DictConfig) -> None:
     except ConfigError as err:
         if cfg.get("debug", False) is True:
             raise
-        _fail(str(err))
+        fail(str(err))
     except BaseException:
         _print_closing_from_disk(run_dir)
         raise
@@ -243,8 +245,8 @@ def main() -> None:
     try:
         conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
     except ConfigError as err:
-        _fail(str(err))
-    _precheck(sys.argv[1:])
+        fail(str(err))
+    precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 
 

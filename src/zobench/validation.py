@@ -74,6 +74,29 @@ def validate(cfg: DictConfig) -> None:
     _check_engine_and_device(cfg)
 
 
+def validate_bench(cfg: DictConfig) -> None:
+    """``python -m zobench.bench``'s config (conf/bench.yaml): its ``bench.*`` keys, the seeds, and
+    the optimizer, model, engine and device checks of a run."""
+    from .models.loading import DTYPES
+
+    for key in ("seed", "data.seed"):
+        _integer(cfg, key, 0, SEED_MAX)
+    for key in ("bench.batch_size", "bench.repeats", "bench.numerics_max_elements", "task.max_length"):
+        _integer(cfg, key, 1)
+    for key in ("bench.warmup", "bench.numerics_steps", "bench.virtual_lr0_steps"):
+        _integer(cfg, key, 0)
+    if not isinstance(_get(cfg, "bench.baseline"), bool):
+        raise ConfigError(f"bench.baseline={_get(cfg, 'bench.baseline')!r}: expected true or false")
+    dtypes = _get(cfg, "bench.numerics_dtypes")
+    if not OmegaConf.is_list(dtypes) or any(d not in DTYPES for d in dtypes):
+        raise ConfigError(f"bench.numerics_dtypes={dtypes!r}: expected a list of {', '.join(DTYPES)}")
+    for key in ("bench.out", "bench.name"):
+        if not isinstance(_get(cfg, key), str) and not (key == "bench.name" and _get(cfg, key) is None):
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: expected a string")
+    _check_optimizer_and_model(cfg)
+    _check_engine_and_device(cfg)
+
+
 def _check_train_and_data(cfg: DictConfig) -> None:
     """``seed``, ``train.*`` counts and the data protocol's sizes and seeds."""
     from .tasks.data import BAD_ROW_POLICIES, PROTOCOLS

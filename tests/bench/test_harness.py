@@ -1,12 +1,14 @@
 """The benchmark compares like with like: same loss, and figures that add up."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests.helpers import compose_config
 from zobench.bench.baseline import AuthorsMeZO, pairwise_loss
 from zobench.bench.harness import drift_after_lr0_steps
 from zobench.models import CandidateScorer, load_model
@@ -37,6 +39,15 @@ def test_authors_step_restores_and_updates_like_mezo():
     loss = opt.step(lambda: (p * p).sum())
     assert loss > 0 and opt.seconds > 0
     assert torch.allclose(p, torch.tensor([1.0, -2.0, 4.0]), atol=1e-6)
+
+
+def test_passes_per_step_keeps_the_average_of_methods_whose_steps_differ():
+    from zobench.bench.harness import passes_per_step
+    from zobench.optim import DiZO, HiZOO
+
+    weight = torch.nn.Parameter(torch.zeros(3))
+    assert passes_per_step(HiZOO([weight])) == 3 and isinstance(passes_per_step(HiZOO([weight])), int)
+    assert passes_per_step(DiZO([weight], projection_iters=10, interval=50)) == 2.4
 
 
 @pytest.mark.slow
@@ -135,6 +146,45 @@ def test_bench_refuses_a_first_order_optimizer(tmp_path, data_dir):
         text=True,
         cwd=tmp_path,
     )
-    assert done.returncode != 0 and "optimizer=adam: the benchmark times zeroth-order steps" in done.stderr
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        "zobench: error: optimizer=adam: the benchmark times zeroth-order steps"
+    )
+    assert "Traceback" not in done.stderr
     out = tmp_path / "out"
     assert not out.exists() or not list(out.iterdir())  # nothing half-written (Hydra's own log dir aside)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task=nosuch", "zobench: error: task=nosuch: no such option; allowed: boolq, "),
+        ("bench.repeat=3", "zobench: error: bench.repeat=3: bench.repeat is not a zobench config key; did you mean"),
+    ],
+)
+def test_the_bench_cli_refuses_bad_overrides_in_one_line_before_hydra(override, message, capsys):
+    from zobench.__main__ import precheck
+
+    with pytest.raises(SystemExit) as stop:
+        precheck(["model=tiny-llama", override], config_name="bench")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bench.repeats=three", "bench.repeats='three': expected an integer >= 1"),
+        ("bench.warmup=-1", "bench.warmup=-1: expected an integer >= 0"),
+        ("bench.baseline=maybe", "bench.baseline='maybe': expected true or false"),
+        ("bench.numerics_dtypes=[float8]", "bench.numerics_dtypes=['float8']: expected a list of"),
+        ("optimizer.lr=nan", "optimizer.lr=nan: expected a finite number > 0"),
+        ("engine.mode=sideways", "engine.mode='sideways': allowed"),
+    ],
+)
+def test_the_bench_config_is_validated_before_any_work(override, message):
+    from zobench.errors import ConfigError
+    from zobench.validation import validate_bench
+
+    validate_bench(compose_config("bench", "model=tiny-llama"))  # the shipped defaults pass
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_bench(compose_config("bench", "model=tiny-llama", override))

@@ -10,13 +10,18 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from ..__main__ import fail, precheck
+from ..errors import ConfigError
 from ..resources import conf_dir
 
 
 def _app(cfg: DictConfig) -> None:
     from . import markdown, run_benchmark
 
-    result = run_benchmark(cfg)
+    try:
+        result = run_benchmark(cfg)
+    except ConfigError as err:  # bad input: one line, exit 2, nothing written (as `python -m zobench`)
+        fail(str(err))
     command = "python -m zobench.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result["command"] = command
     name = cfg.bench.name or (
@@ -30,6 +35,11 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    try:
+        conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
+    except ConfigError as err:
+        fail(str(err))
+    precheck(sys.argv[1:], config_name="bench")
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="bench")(_app)()
 
 

@@ -32,6 +32,7 @@ from ..optim import MeZO, decay_groups
 from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
+from ..validation import validate_bench
 from .baseline import AuthorsMeZO, pairwise_loss
 from .page import markdown  # noqa: F401  (python -m zobench.bench writes it beside the JSON)
 
@@ -174,6 +175,13 @@ def virtual_lr0_drift(model, optimizer_step: Callable[[], object], steps: int) -
     return {"steps": steps, "changed_elements": changed, "elements": sum(s.numel() for s in start)}
 
 
+def passes_per_step(optimizer) -> int | float:
+    """The method's forward passes per step: an integer, or the average of the methods whose steps
+    differ (DiZO's projection rounds, MeZO-SVRG's anchor steps), not truncated."""
+    passes = float(optimizer.forward_passes_per_step)
+    return int(passes) if passes.is_integer() else passes
+
+
 def zo_optimizer(opt_cfg, named, engine, seed: int):
     """The configured zeroth-order method (conf/optimizer) on ``engine``, as the run loop builds
     it; first-order and probing baselines are refused with a one-line error."""
@@ -193,6 +201,7 @@ def zo_optimizer(opt_cfg, named, engine, seed: int):
 def run_benchmark(cfg) -> dict:
     """One benchmark: zobench's configured step, then (``bench.baseline``) the authors' MeZO step
     and (``bench.numerics_steps``) the in-place drift, on one model, batch and process."""
+    validate_bench(cfg)
     device = resolve_device(cfg.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.set_grad_enabled(False)
@@ -286,7 +295,7 @@ class _Bench:
             + ("+fused" if cfg.engine.fused_linear else "")
         )
         zobench["optimizer"] = cfg.optimizer.name
-        zobench["forward_passes_per_step"] = int(optimizer.forward_passes_per_step)
+        zobench["forward_passes_per_step"] = passes_per_step(optimizer)
         zobench["state_buffers_per_param"] = int(getattr(optimizer, "state_buffers_per_param", 0))
         out["zobench"] = zobench
         if b.get("virtual_lr0_steps") and cfg.engine.mode == "virtual":  # measured, on the model's own dtype
