@@ -45,7 +45,7 @@ done
 default_plan() {
     local B="$PYTHON -m zobench.bench device=cuda bench.warmup=1 bench.repeats=5 bench.out=$OUT"
     printf '%s\t%s\t%s\n' \
-        cuda_tests 90 "$PYTHON -m pytest -q -p no:cacheprovider tests/engine/test_triton_cuda.py" \
+        cuda_tests 90 "$PYTHON -m pytest -q -n 0 -p no:cacheprovider tests/engine/test_triton_cuda.py" \
         opt-1.3b_fp16_default 60 "$B bench.name=opt-1.3b_fp16_default model=opt-1.3b-random" \
         opt-1.3b_fp16_fused 45 "$B bench.name=opt-1.3b_fp16_fused model=opt-1.3b-random engine.fused_linear=true bench.baseline=false" \
         opt-1.3b_fp16_unpaired 45 "$B bench.name=opt-1.3b_fp16_unpaired model=opt-1.3b-random engine.paired=false bench.baseline=false" \
