@@ -152,11 +152,11 @@ def _interrupted_run(run_dir, data_dir, monkeypatch):
     original = CandidateScorer.loss
     calls = {"n": 0}
 
-    def loss(self, batch):
+    def loss(self, batch, replicas=1):  # the replicas keyword keeps the batched ± pair on
         calls["n"] += 1
         if calls["n"] == 2:  # inside step 1 (call 1 is the memory probe)
             os.kill(os.getpid(), signal.SIGUSR1)
-        return original(self, batch)
+        return original(self, batch, replicas=replicas)
 
     monkeypatch.setattr(CandidateScorer, "loss", loss)
     summary = run(compose_run(*SMOKE, "train.steps=4", "train.checkpoint_every=0", f"data.dir={data_dir}"), run_dir)
