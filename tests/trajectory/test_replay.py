@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.helpers import SMOKE, compose_run, tiny_model
 from zobench.models import apply_tuning, trainable
@@ -45,15 +46,15 @@ class TinyObjective:
         self.model = model
 
     def loss(self, batch, replicas=1):
-        logits = self.model(input_ids=batch.repeat(replicas, 1)).logits
+        logits = self.model(input_ids=batch.repeat(replicas, 1)).logits.float()  # a bf16 loss rounds ℓ+ - ℓ- to 0
         losses = logits.logsumexp(-1).reshape(replicas, -1).mean(-1)
         return losses[0] if replicas == 1 else losses
 
 
 def _learner(method: str, dtype, tuning: str, extra: list[str]):
     torch.set_grad_enabled(False)
-    cfg = compose_run(*SMOKE, f"optimizer={method}", "optimizer.lr=1e-2", "engine=torch", *extra)
-    model = apply_tuning(tiny_model("llama", dtype), {"name": tuning}, "causal", seed=0)
+    cfg = compose_run(*SMOKE, f"optimizer={method}", f"tuning={tuning}", "optimizer.lr=1e-2", "engine=torch", *extra)
+    model = apply_tuning(tiny_model("llama", dtype), OmegaConf.to_container(cfg.tuning), "causal", seed=0)
     named = trainable(model)
     return cfg, build_learner(cfg, optimizer_config(cfg), model, named, TinyObjective(model)), named
 
