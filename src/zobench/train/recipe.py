@@ -27,7 +27,7 @@ from ..models import apply_tuning, build_objective, hf_model, trainable, with_de
 from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
-from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
+from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode, has_log
 from .learners import ZOLearner, build_learner, import_target
 from .setup import load_model_or_explain, protocol, resolve_device, schedule
 from .state import LoopState
@@ -147,9 +147,12 @@ class Recipe:
         at the position they were saved at."""
         zo = isinstance(self.learner, ZOLearner)
         self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
-        if zo:  # before a checkpoint's weights are loaded: the log's header hashes the base weights
+        if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
+            # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
             self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, self.named, step)
+        elif zo:  # a weight checkpoint of a zobench that wrote no log: resumed without one
+            log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", self.run_dir)
         if checkpoint is not None:
             saved, tensors, optimizer_state = checkpoint
             self.state = LoopState.from_dict(saved)

@@ -35,6 +35,10 @@ def checkpoint_mode(cfg: DictConfig, zo: bool) -> str:
     return mode if zo else "weights"
 
 
+def has_log(run_dir: Path) -> bool:
+    return (Path(run_dir) / trajlog.FILENAME).is_file()
+
+
 class RunTrajectory:
     """The log of this run (``<run dir>/trajectory.bin``): opened at setup, before any weight of
     a checkpoint is loaded, so the base weights can be hashed and checked."""
