@@ -1,12 +1,12 @@
 """Sizes and replay time of trajectory checkpoints vs weight checkpoints (issue 18).
 
-Measured: SmolLM2-135M (fp32, full tuning, MeZO, torch/virtual engine, CPU), ``STEPS`` training
-steps: bytes of trajectory.bin, of a trajectory checkpoint and of a weight checkpoint (the same
+Measured: SmolLM2-135M (fp32, full tuning, MeZO, torch/virtual engine, CPU), ``steps`` training
+steps (argv; measure.json records how many were run): bytes of trajectory.bin, of a trajectory checkpoint and of a weight checkpoint (the same
 ``save_checkpoint`` a run uses), time per training step and per replayed step. Extrapolated by
 arithmetic: 20,000 steps, and OPT-13B (fp16, 12.85e9 parameters). Writes measure.json and
 prints a markdown table. Command (results/bench/trajectory/run.sh):
 
-    ZOBENCH_DATA_DIR=<mirror> python results/bench/trajectory/measure.py <work dir>
+    ZOBENCH_DATA_DIR=<mirror> python results/bench/trajectory/measure.py <work dir> [steps [replayed]]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zobench.run import run
 from zobench.trajectory import read
 from zobench.trajectory.replay import build_base, fresh_learner, load_run_config, replay_into
 
-STEPS, REPLAYED = 200, 20
+STEPS, REPLAYED = 200, 20  # defaults; argv: <work dir> [steps [replayed steps]]
 OPT13B_PARAMS, OPT13B_BYTES = 12.85e9, 2  # fp16
 
 
@@ -31,14 +31,14 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def main(work: Path) -> dict:
+def main(work: Path, steps: int = STEPS, replayed: int = REPLAYED) -> dict:
     from hydra import compose, initialize_config_dir
 
     from zobench.resources import conf_dir
 
     overrides = [
-        "model=smollm2-135m", "task=sst2", "optimizer=mezo", "logger=none", f"train.steps={STEPS}",
-        "train.batch_size=2", "data.num_train=400", "data.num_dev=0", "data.num_eval=8", "train.log_every=50",
+        "model=smollm2-135m", "task=sst2", "optimizer=mezo", "logger=none", f"train.steps={steps}",
+        "train.batch_size=2", "data.num_train=400", "data.num_dev=0", "data.num_eval=8", "train.log_every=1",
         "train.checkpoint_every=0", "device=cpu", "engine=torch",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
@@ -55,19 +55,19 @@ def main(work: Path) -> dict:
     model, _, named = build_base(cfg, torch.device("cpu"))
     learner = fresh_learner(cfg, model, named)
     started = time.perf_counter()
-    replay_into(learner.optimizer, log, REPLAYED, int(cfg.train.batch_size))
-    replay_s = (time.perf_counter() - started) / REPLAYED
+    replay_into(learner.optimizer, log, replayed, int(cfg.train.batch_size))
+    replay_s = (time.perf_counter() - started) / replayed
 
-    loop = {"step": STEPS}
-    weights = save_checkpoint(work / "weights", STEPS, dict(named), learner.optimizer.state_dict(), loop)
-    trajectory = save_checkpoint(work / "trajectory", STEPS, {}, {}, loop)
+    loop = {"step": steps}
+    weights = save_checkpoint(work / "weights", steps, dict(named), learner.optimizer.state_dict(), loop)
+    trajectory = save_checkpoint(work / "trajectory", steps, {}, {}, loop)
     params = sum(p.numel() for _, p in named)
     result = {
-        "model": cfg.model.name, "params": params, "steps": STEPS, "batch_size": int(cfg.train.batch_size),
+        "model": cfg.model.name, "params": params, "steps": steps, "batch_size": int(cfg.train.batch_size),
         "trajectory_bin_bytes": log.end, "trajectory_header_bytes": log.start, "bytes_per_step": per_step,
         "weight_checkpoint_bytes": _folder_bytes(weights),
         "trajectory_checkpoint_bytes": _folder_bytes(trajectory) + log.end,
-        "train_s_per_step": step_s, "replay_s_per_step": replay_s, "replayed_steps": REPLAYED,
+        "train_s_per_step": step_s, "replay_s_per_step": replay_s, "replayed_steps": replayed,
         "torch_threads": torch.get_num_threads(), "wall_s": summary["wall_s"],
         "at_20000_steps_trajectory_bytes": log.start + 20000 * per_step + _folder_bytes(trajectory),
         "opt13b_weight_checkpoint_bytes": OPT13B_PARAMS * OPT13B_BYTES,
@@ -79,4 +79,4 @@ def main(work: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))
