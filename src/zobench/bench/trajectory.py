@@ -1,12 +1,13 @@
-"""Sizes and replay time of trajectory checkpoints vs weight checkpoints (issue 18).
+"""Sizes and replay time of trajectory checkpoints vs weight checkpoints (README, "Trajectory").
 
 Measured: SmolLM2-135M (fp32, full tuning, MeZO, torch/virtual engine, CPU), ``steps`` training
-steps (argv; measure.json records how many were run): bytes of trajectory.bin, of a trajectory checkpoint and of a weight checkpoint (the same
-``save_checkpoint`` a run uses), time per training step and per replayed step. Extrapolated by
-arithmetic: 20,000 steps, and OPT-13B (fp16, 12.85e9 parameters). Writes measure.json and
-prints a markdown table. Command (results/bench/trajectory/run.sh):
+steps (argv; the JSON records how many were run): bytes of trajectory.bin, of a trajectory
+checkpoint and of a weight checkpoint (the same ``save_checkpoint`` a run uses), time per
+training step and per replayed step. Extrapolated by
+arithmetic: 20,000 steps, and OPT-13B (fp16, 12.85e9 parameters). Writes the numbers as JSON
+to ``out`` and prints them. Command (results/bench/trajectory/run.sh):
 
-    ZOBENCH_DATA_DIR=<mirror> python results/bench/trajectory/measure.py <work dir> [steps [replayed]]
+    ZOBENCH_DATA_DIR=<mirror> python -m zobench.bench.trajectory <work dir> <out.json> [steps [replayed]]
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from zobench.checkpoint import save_checkpoint
-from zobench.run import run
-from zobench.trajectory import read
-from zobench.trajectory.replay import build_base, fresh_learner, load_run_config, replay_into
+from ..checkpoint import save_checkpoint
+from ..run import run
+from ..trajectory import read
+from ..trajectory.replay import build_base, fresh_learner, load_run_config, replay_into
 
 STEPS, REPLAYED = 200, 20  # defaults; argv: <work dir> [steps [replayed steps]]
 OPT13B_PARAMS, OPT13B_BYTES = 12.85e9, 2  # fp16
@@ -31,10 +32,10 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def main(work: Path, steps: int = STEPS, replayed: int = REPLAYED) -> dict:
+def main(work: Path, out: Path, steps: int = STEPS, replayed: int = REPLAYED) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from zobench.resources import conf_dir
+    from ..resources import conf_dir
 
     overrides = [
         "model=smollm2-135m", "task=sst2", "optimizer=mezo", "logger=none", f"train.steps={steps}",
@@ -73,10 +74,10 @@ def main(work: Path, steps: int = STEPS, replayed: int = REPLAYED) -> dict:
         "opt13b_weight_checkpoint_bytes": OPT13B_PARAMS * OPT13B_BYTES,
         "opt13b_trajectory_bytes_20000_steps": log.start + 20000 * per_step + _folder_bytes(trajectory),
     }  # fmt: skip
-    (Path(__file__).parent / "measure.json").write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return result
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *(int(a) for a in sys.argv[3:5]))
