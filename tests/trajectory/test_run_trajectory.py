@@ -124,3 +124,19 @@ def test_a_trajectory_checkpoint_resumes_bit_identically(runs, data_dir, tmp_pat
     }
     for name in ("trajectory.bin", "final/trainable.safetensors"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_first_order_run_exports_its_saved_final_weights(data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    args = (*SMOKE, "train.steps=2", "train.eval_every=1", "optimizer=sgd", "train.save_final=true")
+    run(compose_run(*args, f"data.dir={data_dir}"), tmp_path / "run")
+    assert not (tmp_path / "run" / "trajectory.bin").exists()  # first-order: weight checkpoints, no log
+    out = export(tmp_path / "run", tmp_path / "model")
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    final = load_file(tmp_path / "run" / "final" / "trainable.safetensors")
+    state = loaded.state_dict()
+    shared = [name for name in final if name in state]
+    assert len(shared) >= len(final) - 1  # a tied lm_head is saved once
+    assert all(torch.equal(state[name], final[name]) for name in shared)

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
+from .log import FILENAME
 from .replay import Replayed, replay
 
 
@@ -30,7 +31,8 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if step == "best" and summary.get("best_step") is None:
         step = "last"  # no dev set: the run tested its last step
-    replayed = replay(run_dir, step, device=device)
+    has_log = (run_dir / FILENAME).is_file() or not (run_dir / "final" / "trainable.safetensors").is_file()
+    replayed = replay(run_dir, step, device=device) if has_log else from_final(run_dir, summary, step, device)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -41,6 +43,26 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None) -> Replayed:
+    """A run without a trajectory (first-order baselines): its tested weights from ``final/``
+    (``train.save_final=true``) on the base model; only the tested step is there."""
+    from ..checkpoint import copy_into, load_tensors
+    from ..train.setup import resolve_device
+    from .replay import build_base, load_run_config
+
+    tested = summary.get("tested_step")
+    if step not in ("best", "last", str(tested), tested) or tested is None:
+        raise ConfigError(
+            f"--step {step}: {run_dir} has no trajectory.bin (a first-order run); only its tested step "
+            f"{tested} is saved, in final/"
+        )
+    cfg = load_run_config(run_dir)
+    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    final = run_dir / "final" / "trainable.safetensors"
+    copy_into(named, load_tensors(final), final)
+    return Replayed(model, tokenizer, named, cfg, int(tested))
 
 
 def model_card(replayed: Replayed, summary: dict) -> str:
