@@ -8,6 +8,10 @@ numbers its closures return (ℓ+, ℓ-, ℓ0, the N losses of a batched call, a
 DiZO's projection-round losses, MeZO-SVRG's anchor losses). Replaying those numbers through the
 same optimizer on the same base weights repeats the training's arithmetic exactly
 (``replay.py``), with no forward pass.
+Checked for every shipped method: no optimizer draws from a global RNG (LeZO's block subsets,
+DiZO's round scalars and the low-rank factors come from generators seeded by (seed, step, ...)),
+Sparse-MeZO's masks depend on the weights only, and extra batches come through ``bind_data``
+closures, whose values are logged like the step's.
 
 File ``<run dir>/trajectory.bin`` (little endian):
 
