@@ -1,7 +1,8 @@
 """Kill a run at every file-system write of its checkpoints and of its finishing sequence, restart
 it, and check the dir ends as an uninterrupted run does (tests/test_resume.py runs this).
 
-``python -m tests.crash_points <out.json> <data dir> <work dir>``. The process imports zobench
+``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights [points]]``
+(``train.checkpoint``, default weights). The process imports zobench
 once and forks one child per crash point (a fork is cheap; a fresh interpreter per point would
 take minutes), on a small copy of the SST-2 mirror. The parent never runs a torch operation, so
 the children's thread pools start clean. Writes counted (each is a crash point, the kill lands
@@ -88,10 +89,11 @@ def _stable(run_dir: Path) -> dict:
         "metrics": metrics,
         "final": final,
         "leftovers": sorted(p.name for p in run_dir.iterdir() if p.name in ("checkpoint", "best")),
+        "trajectory": (run_dir / "trajectory.bin").read_bytes().hex(),
     }
 
 
-def main(out: Path, data_dir: str, work: Path) -> None:
+def main(out: Path, data_dir: str, work: Path, mode: str = "weights") -> None:
     import transformers  # noqa: F401 - imported once here, not in every child (imports only: no torch op)
 
     import zobench.models  # noqa: F401
@@ -116,12 +118,13 @@ def main(out: Path, data_dir: str, work: Path) -> None:
         "train.checkpoint_every=2",
         "train.log_every=1",
         "train.save_final=true",
+        f"train.checkpoint={mode}",
         f"data.dir={mirror.parent}",
     )
     reference, count_file = work / "reference", work / "count"
     assert _child(cfg, reference, 0, count_file) == 0
     expected, writes = _stable(reference), int(count_file.read_text())
-    only = [int(p) for p in sys.argv[4].split(",")] if len(sys.argv) > 4 else None
+    only = [int(p) for p in sys.argv[5].split(",")] if len(sys.argv) > 5 else None
     points = only or list(range(1, writes + 1))
     workers = []
     for k in range(JOBS):  # the points are independent: one worker process per core
@@ -166,4 +169,4 @@ def _visit(cfg, work: Path, points: list[int], expected: dict, results: Path) ->
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), *sys.argv[4:5])

@@ -28,7 +28,7 @@ from tests.helpers import stable as _stable  # noqa: E402
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
-    """Uninterrupted runs, one per checkpoint period."""
+    """Uninterrupted runs, one per checkpoint period (trajectory checkpoints, the default)."""
     out = {}
     for every in (1, 3):
         run_dir = tmp_path_factory.mktemp(f"reference{every}")
@@ -37,6 +37,9 @@ def reference(tmp_path_factory, data_dir):
         )
         out[every] = run_dir
     return out
+
+
+MODES = ["trajectory", "weights"]  # train.checkpoint: a run ends the same whichever its checkpoints hold
 
 
 def _assert_same_run(run_dir: Path, reference: Path):
@@ -50,16 +53,19 @@ def _assert_same_run(run_dir: Path, reference: Path):
     for name in final:  # bit-identical parameters
         assert torch.equal(final[name].view(torch.uint8), expected[name].view(torch.uint8)), name
     assert not (run_dir / "checkpoint").exists() and not (run_dir / "best").exists()
+    # the log of the resumed run is the uninterrupted run's, byte for byte (replay gives its weights)
+    assert (run_dir / "trajectory.bin").read_bytes() == (reference / "trajectory.bin").read_bytes()
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.slow
-def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_dir, reference, every):
+def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_dir, reference, every, mode):
     rng = random.Random(every)
     checked = []
     for trial, kill_step in enumerate(sorted(rng.sample(range(1, 8), 2))):
         run_dir = tmp_path / f"kill{trial}"
-        cmd = _cli(run_dir, data_dir, f"train.checkpoint_every={every}")
+        cmd = _cli(run_dir, data_dir, f"train.checkpoint_every={every}", f"train.checkpoint={mode}")
         assert _run_until(cmd, run_dir / "metrics.jsonl", kill_step, signal.SIGKILL) == -signal.SIGKILL
         assert (
             not (run_dir / "summary.json").exists()
@@ -74,10 +80,11 @@ def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_di
     assert checked, "no kill landed after a checkpoint: the resume path went untested"
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.slow
-def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference):
+def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference, mode):
     run_dir = tmp_path / "term"
-    cmd = _cli(run_dir, data_dir, "train.checkpoint_every=0")  # only the signal checkpoints
+    cmd = _cli(run_dir, data_dir, "train.checkpoint_every=0", f"train.checkpoint={mode}")  # only the signal ones
     assert _run_until(cmd, run_dir / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
@@ -200,23 +207,24 @@ def test_damaged_checkpoint_side_files_are_one_clear_error(tmp_path, damage):
         load_checkpoint(root)
 
 
+@pytest.mark.parametrize(("mode", "least"), [("weights", 25), ("trajectory", 15)])  # trajectory: no best files
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 33 crash points x 2 tiny runs of ~4 CPU-seconds each: ~5 CPU-minutes
-def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data_dir):
+def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data_dir, mode, least):
     """The crash-point test: a kill before each write (os.replace / unlink / rmtree / save_file /
     torch.save) of a 4-step run with 2 checkpoints, best-dev files and save_final, then a restart:
     the dir must end as the uninterrupted run did (summary, metrics, final weights byte for
     byte, no checkpoint/ or best/ left). Kills at random instants are the test above."""
     out = tmp_path / "report.json"
     subprocess.run(
-        [sys.executable, "-m", "tests.crash_points", str(out), str(data_dir), str(tmp_path)],
+        [sys.executable, "-m", "tests.crash_points", str(out), str(data_dir), str(tmp_path), mode],
         check=True,
         timeout=1800,
         capture_output=True,
         cwd=Path(__file__).resolve().parents[1],
     )
     report = json.loads(out.read_text())
-    assert report["writes"] >= 25 and report["done"] == report["writes"]  # the run's writes were all visited
+    assert report["writes"] >= least and report["done"] == report["writes"]  # the run's writes were all visited
     assert report["failures"] == []
 
 
@@ -332,8 +340,10 @@ def test_metrics_are_fsynced_before_a_checkpoint_or_the_summary_vouches_for_them
 @pytest.mark.slow
 def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(tmp_path, data_dir, monkeypatch):
     """Dirs killed by an older zobench between removing best/ and writing the summary: the run
-    neither fails forever nor resumes without its best-dev weights; it starts again."""
-    args = (*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", f"data.dir={data_dir}")
+    neither fails forever nor resumes without its best-dev weights; it starts again (weight
+    checkpoints: trajectory checkpoints keep a step number, no best-dev file)."""
+    args = (*SMOKE, "train.steps=4", "train.eval_every=1", "train.checkpoint_every=2", "train.checkpoint=weights")
+    args = (*args, f"data.dir={data_dir}")
     reference = run(compose_run(*args), tmp_path / "reference")
     _stop_after_a_checkpoint(monkeypatch)
     with pytest.raises(SystemExit):

@@ -143,6 +143,8 @@ def _check_flags_and_icl(cfg: DictConfig) -> None:
         if not isinstance(_get(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
+    if OmegaConf.select(cfg, "train.checkpoint", default=None) is not None:
+        _choice(cfg, "train.checkpoint", ("trajectory", "weights"))  # zobench/trajectory/checkpoints.py
     _choice(cfg, "objective", ZO_OBJECTIVES)
     _integer(cfg, "icl.demos", 0)
     if not isinstance(_get(cfg, "icl.separator"), str):

@@ -28,6 +28,8 @@ from ..engine import build_engine, resolve_backend
 from ..errors import ConfigError
 from ..models import zo_closure
 from ..optim import decay_groups
+from ..optim._common import accepts_replicas
+from ..trajectory.tape import Tape
 
 
 class Learner(Protocol):
@@ -45,9 +47,16 @@ class ZOLearner:
     def __init__(self, optimizer, engine, objective, which: str, engine_name: str) -> None:
         self.optimizer, self.engine, self.engine_name = optimizer, engine, engine_name
         self.objective, self.which = objective, which  # the closure: task loss, or minus accuracy / F1
+        # the values every closure of a step returns, for the trajectory log (zobench/trajectory)
+        self.tape = Tape()
+        self.replicas = objective is not None and accepts_replicas(zo_closure(objective, [], which))
+
+    def closure(self, batch: list):
+        return self.tape.wrap(zo_closure(self.objective, batch, self.which), self.replicas)
 
     def step(self, batch: list) -> tuple[float, dict]:
-        loss = float(self.optimizer.step(zo_closure(self.objective, batch, self.which)))
+        self.tape.start()
+        loss = float(self.optimizer.step(self.closure(batch)))
         return loss, self.optimizer.last_step_info
 
     def bind_data(self, next_batch, batch_size: int) -> None:
@@ -55,7 +64,7 @@ class ZOLearner:
         from the loop's stream through ``next_batch()``, so a resumed run sees the same batches;
         their forwards are counted like the step's."""
         if hasattr(self.optimizer, "bind_data"):
-            self.optimizer.bind_data(lambda: zo_closure(self.objective, next_batch(), self.which), batch_size)
+            self.optimizer.bind_data(lambda: self.closure(next_batch()), batch_size)
 
 
 class BackpropLearner:
@@ -84,17 +93,19 @@ def import_target(target: str):
     return getattr(__import__(module, fromlist=[name]), name)
 
 
-def build_learner(cfg: DictConfig, opt_cfg: dict, model, named, objective):
-    """The learner ``optimizer=...`` asks for (``opt_cfg``: its config without name / flags)."""
+def build_learner(cfg: DictConfig, opt_cfg: dict, model, named, objective, engine=None):
+    """The learner ``optimizer=...`` asks for (``opt_cfg``: its config without name / flags);
+    ``engine``: an engine already built on ``model`` (a replay's fresh optimizer reuses it)."""
     optimizer_cls = import_target(opt_cfg.pop("_target_"))
     weight_decay = opt_cfg.pop("weight_decay", 0.0)
     if opt_cfg.pop("first_order", False):
         return BackpropLearner(
             build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), **opt_cfg), objective
         )
-    engine = build_engine(
-        cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
-    )
+    if engine is None:
+        engine = build_engine(
+            cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
+        )
     groups = decay_groups(named, weight_decay, names=getattr(optimizer_cls, "takes_names", False))
     optimizer = build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
     name = f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}"

@@ -27,6 +27,7 @@ from ..models import apply_tuning, build_objective, hf_model, trainable, with_de
 from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
+from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode, has_log
 from .learners import ZOLearner, build_learner, import_target
 from .setup import load_model_or_explain, protocol, resolve_device, schedule
 from .state import LoopState
@@ -45,6 +46,7 @@ class Recipe:
         self.best_dir = self.run_dir / "best"
         self.learner: Any = None  # a Learner; None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
+        self.trajectory: RunTrajectory | None = None  # ZO learners: the per-step log (zobench/trajectory)
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, checkpoint) -> None:
@@ -143,11 +145,23 @@ class Recipe:
     def restore(self, checkpoint) -> None:
         """The loop state, weights and optimizer state of ``checkpoint`` (if any); the data stream
         at the position they were saved at."""
+        zo = isinstance(self.learner, ZOLearner)
+        self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
+        if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
+            # before a checkpoint's weights are loaded: the log's header hashes the base weights
+            step = None if checkpoint is None else int(checkpoint[0]["step"])
+            self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, self.named, step)
+        elif zo:  # a weight checkpoint of a zobench that wrote no log: resumed without one
+            log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", self.run_dir)
         if checkpoint is not None:
             saved, tensors, optimizer_state = checkpoint
             self.state = LoopState.from_dict(saved)
-            copy_into(self.named, tensors, self.run_dir / "checkpoint")
-            self.learner.optimizer.load_state_dict(optimizer_state)
+            if self.checkpoint_mode == "trajectory":
+                assert self.trajectory is not None
+                self.trajectory.replay_to(self.state.step)  # weights and optimizer state, no forward pass
+            else:
+                copy_into(self.named, tensors, self.run_dir / "checkpoint")
+                self.learner.optimizer.load_state_dict(optimizer_state)
             self.counter.counts.update(self.state.counts)
             log.info("resumed from step %d", self.state.step)
         remove_stale_best(self.best_dir, keep=self.state.best_file)
@@ -184,6 +198,8 @@ class Recipe:
             last = state.step == self.steps
             self.memory.reset()
             loss, info = self.learner.step(self.next_batch())
+            if self.trajectory is not None:
+                self.trajectory.append(state.step, self.learner.tape.calls)
             state.train_peak = max(state.train_peak, self.memory.peak())
             progress.update(loss, self.counter["train"])
             finite = math.isfinite(loss) and all(math.isfinite(v) for v in info.values())
@@ -237,7 +253,7 @@ class Recipe:
         value = self.evaluate("dev", state.step)[self.metric]
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
-            if self.cfg.train.keep_best and state.step != self.steps:
+            if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
                 state.best_file = save_best(self.named, self.best_dir, state.step)
 
     def save(self) -> None:
@@ -250,8 +266,12 @@ class Recipe:
             self.wall(),
         )
         self.loggers[0].sync()  # the events up to the offset the checkpoint records are on disk first
-        optimizer_state = self.learner.optimizer.state_dict()
-        save_checkpoint(self.run_dir / "checkpoint", state.step, dict(self.named), optimizer_state, state.to_dict())
+        if self.trajectory is not None:
+            self.trajectory.sync()  # and the steps it will replay
+        weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
+        optimizer_state = self.learner.optimizer.state_dict() if weights else {}
+        tensors = dict(self.named) if weights else {}
+        save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
         remove_stale_best(self.best_dir, keep=state.best_file)
 
     # -- evaluation and events -------------------------------------------------------------------
@@ -298,8 +318,13 @@ class Recipe:
         until run.py has written the summary: a kill before that resumes from the checkpoint,
         which needs the best-dev file it names."""
         cfg, state, completed, dev = self.cfg.train, self.state, status == "completed", self.examples["dev"]
+        if self.trajectory is not None:
+            self.trajectory.sync()
         if completed and cfg.keep_best and state.best_file and state.best_step != self.steps:
             copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
+        elif completed and cfg.keep_best and dev and self.trajectory and self.checkpoint_mode == "trajectory":
+            if state.best_step != self.steps:  # the best-dev state is a step number: replayed, not stored
+                self.trajectory.rebuild(state.best_step, self.device)
         tested_step = state.best_step if cfg.keep_best and dev else state.step
         tested = self.evaluate("test", tested_step) if completed else {self.metric: None}
         if completed and cfg.save_final:

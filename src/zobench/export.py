@@ -1,0 +1,35 @@
+"""``python -m zobench.export <run dir> <out dir> [--step best|last|N] [--device D]``: the run's
+fine-tuned model as a transformers model (full tuning) or a peft adapter (LoRA / prefix), with
+its tokenizer and a model card (``zobench.trajectory.export``). Bad input: one
+``zobench: error:`` line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zobench.export", description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--step", default="best", help="best (default: the tested state), last or a step number")
+    parser.add_argument("--device", default=None, help="default: the run's device (exact on the same kind)")
+    args = parser.parse_args(argv)
+    from .trajectory.export import export
+
+    try:
+        out = export(args.run_dir, args.out, args.step, device=args.device)
+    except ConfigError as err:
+        print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    print(f"{out}: exported")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The trajectory log of a ZO run: per step, the values its closure returned, in call order.
+
+Why these values suffice (docs/design.md "Optimizer" contract; Malladi et al. 2023, MeZO §2:
+"the trajectory is fully described by the step seeds and the projected gradients"): a ZO step
+is a deterministic function of the optimizer's state (``state_dict``: step counter, seed,
+Hessian diagonal, moments, ...), of directions it draws from its own seeded stream, and of the
+numbers its closures return (ℓ+, ℓ-, ℓ0, the N losses of a batched call, a dual loss's tangent,
+DiZO's projection-round losses, MeZO-SVRG's anchor losses). Replaying those numbers through the
+same optimizer on the same base weights repeats the training's arithmetic exactly
+(``replay.py``), with no forward pass.
+Checked for every shipped method: no optimizer draws from a global RNG (LeZO's block subsets,
+DiZO's round scalars and the low-rank factors come from generators seeded by (seed, step, ...)),
+Sparse-MeZO's masks depend on the weights only, and extra batches come through ``bind_data``
+closures, whose values are logged like the step's.
+
+File ``<run dir>/trajectory.bin`` (little endian):
+
+* header: ``b"ZOTRAJ\\x01\\n"``, u32 length, that many bytes of JSON (``Header``: config and
+  base-weight hashes, method, whether the closure takes ``replicas``);
+* one record per step: u32 payload length, payload, u32 CRC-32 of the payload. Payload: u32
+  step, u16 number of closure calls, then per call: u8 dtype code (+128: a dual number, primal
+  then tangent), u8 ndim, ndim × u32 sizes, the raw values in their own dtype (exact: nothing
+  is rounded). A MeZO step whose ± pair is one batched call of fp32 losses: 28 bytes.
+
+Writes are flushed at every step (they survive a kill -9 of the process) and fsynced with
+metrics.jsonl (``sync``: before a checkpoint and the summary). A record cut by a kill fails its
+length or CRC check: the reader stops at the last complete record and ``open_for_append``
+truncates the file there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+FILENAME = "trajectory.bin"
+MAGIC = b"ZOTRAJ\x01\n"
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.bool]
+DUAL = 128
+_LEN = struct.Struct("<I")
+_HEAD = struct.Struct("<IH")  # step, calls
+_CALL = struct.Struct("<BB")  # dtype code (+DUAL), ndim
+
+
+@dataclass
+class Header:
+    """What a replay checks before it trusts the log: the run's config, the base weights it
+    started from (sha256 of the trainable tensors before step 1), how the closure was called."""
+
+    config_sha256: str
+    base_sha256: str
+    optimizer: str
+    engine: str  # ``<backend>/<mode>``: z differs between backends
+    replicas: bool  # the closure accepted ``replicas=N`` (methods branch on it)
+    version: int = 1
+
+
+def weights_sha256(named) -> str:
+    """sha256 over the names, dtypes, shapes and raw bytes of ``(name, tensor)`` pairs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in named:
+        t = p.detach().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -- encoding ---------------------------------------------------------------------------------
+def _raw(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def encode_call(call: tuple) -> bytes:
+    """One closure return value, ``(primal,)`` or ``(primal, tangent)`` (``tape.as_call``): a
+    tensor of any shape and a dtype of ``DTYPES``."""
+    primal = call[0]
+    code = DTYPES.index(primal.dtype) + (DUAL if len(call) == 2 else 0)
+    head = _CALL.pack(code, primal.dim()) + b"".join(_LEN.pack(n) for n in primal.shape)
+    return head + b"".join(_raw(t) for t in call)
+
+
+def _decode_call(buf: bytes, at: int) -> tuple[tuple, int]:
+    code, ndim = _CALL.unpack_from(buf, at)
+    at += _CALL.size
+    shape = tuple(_LEN.unpack_from(buf, at + 4 * i)[0] for i in range(ndim))
+    at += 4 * ndim
+    dtype = DTYPES[code & ~DUAL]
+    numel = 1
+    for n in shape:
+        numel *= n
+    size = numel * torch.empty((), dtype=dtype).element_size()
+    parts = []
+    for _ in range(2 if code & DUAL else 1):
+        parts.append(torch.frombuffer(bytearray(buf[at : at + size]), dtype=torch.uint8).view(dtype).reshape(shape))
+        at += size
+    return tuple(parts), at
+
+
+def encode_record(step: int, calls: list) -> bytes:
+    payload = _HEAD.pack(step, len(calls)) + b"".join(encode_call(c) for c in calls)
+    return _LEN.pack(len(payload)) + payload + _LEN.pack(zlib.crc32(payload))
+
+
+def decode_payload(payload: bytes) -> tuple[int, list[tuple]]:
+    """``(step, calls)``; each call a tuple ``(primal,)`` or ``(primal, tangent)``."""
+    step, count = _HEAD.unpack_from(payload, 0)
+    at, calls = _HEAD.size, []
+    for _ in range(count):
+        call, at = _decode_call(payload, at)
+        calls.append(call)
+    return step, calls
+
+
+# -- reading ----------------------------------------------------------------------------------
+@dataclass
+class Trajectory:
+    """A log read back: its header, the records of complete steps, and the byte offset after
+    the last complete record (``end``; a torn tail after it is ignored)."""
+
+    path: Path
+    header: Header
+    steps: list[tuple[int, list[tuple]]]
+    start: int  # the byte offset after the header
+    ends: list[int]  # the byte offset after each record
+    end: int
+
+    @property
+    def last_step(self) -> int:
+        return self.steps[-1][0] if self.steps else 0
+
+
+def read(path: Path) -> Trajectory:
+    """The log at ``path``; a torn or corrupted last record (a kill mid-write) ends it there."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no trajectory log (a ZO run of zobench writes one)")
+    buf = path.read_bytes()
+    if not buf.startswith(MAGIC) or len(buf) < len(MAGIC) + 4:
+        raise CheckpointError(f"{path}: not a zobench trajectory log (bad magic)")
+    (size,) = _LEN.unpack_from(buf, len(MAGIC))
+    at = len(MAGIC) + 4 + size
+    try:
+        header = Header(**json.loads(buf[len(MAGIC) + 4 : at]))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable trajectory header ({err})") from None
+    start, steps, ends = at, [], []
+    while at + 4 <= len(buf):
+        (size,) = _LEN.unpack_from(buf, at)
+        end = at + 4 + size + 4
+        if end > len(buf):
+            break  # torn: the process died while writing this record
+        payload = buf[at + 4 : at + 4 + size]
+        if _LEN.unpack_from(buf, end - 4)[0] != zlib.crc32(payload):
+            break
+        steps.append(decode_payload(payload))
+        ends.append(end)
+        at = end
+    return Trajectory(path, header, steps, start, ends, at)
+
+
+# -- writing ----------------------------------------------------------------------------------
+class TrajectoryWriter:
+    """Appends step records; ``sync`` makes them durable."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("r+b")
+        self._file.truncate(offset)
+        self._file.seek(offset)
+
+    def append(self, step: int, calls: list) -> None:
+        self._file.write(encode_record(step, calls))
+        self._file.flush()  # in the OS's hands: survives a kill of this process
+
+    def sync(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+
+def create(path: Path, header: Header) -> TrajectoryWriter:
+    """A new log holding only ``header`` (an existing file is replaced)."""
+    blob = json.dumps(asdict(header), sort_keys=True).encode()
+    Path(path).write_bytes(MAGIC + _LEN.pack(len(blob)) + blob)
+    return TrajectoryWriter(path, len(MAGIC) + 4 + len(blob))
+
+
+def open_for_append(path: Path, step: int) -> tuple[Trajectory, TrajectoryWriter]:
+    """The log of a resumed run, cut after the record of ``step`` (records after it belong to the
+    steps the resumed run takes again; a torn tail goes too). Fewer records than ``step``: the
+    log lost steps the checkpoint counts, which is refused in one line."""
+    log = read(path)
+    kept = [record for record in log.steps if record[0] <= step]
+    if len(kept) != step or (kept and kept[-1][0] != step):
+        raise CheckpointError(
+            f"{path} holds {len(kept)} steps, the checkpoint is at step {step}: the log lost steps; "
+            f"delete {path.parent / 'checkpoint'} to start the run afresh"
+        )
+    end = log.ends[step - 1] if step else log.start
+    log.steps, log.ends, log.end = kept, log.ends[:step], end
+    return log, TrajectoryWriter(path, end)

@@ -1,0 +1,155 @@
+"""Replay: the trainable weights of a ZO run at any step, from its base model and its trajectory.
+
+The run's model is rebuilt exactly as ``Recipe.setup_model`` builds it (same config, base
+weights, tuning and its seeded initialisation), its optimizer exactly as ``setup_learner`` does
+(same engine, seed, hyperparameters), and ``optimizer.step`` is called once per logged step on a
+closure that returns the logged values (``tape.ReplayTape``): no forward pass, and the update
+arithmetic is the training's, so the weights are bit-identical to the trained ones on the same
+device and engine (tests/trajectory/test_replay.py checks every registered method, fp32 and
+bf16, full / LoRA / prefix). The cost is the update sweeps of each step (with
+``engine.mode=inplace`` also the perturb / restore sweeps the method makes); MeZO PR #26
+(``reconstruct_updates``, princeton-nlp/MeZO, never merged) proposed the same for MeZO alone.
+
+The base weights are checked first: the sha256 of the trainable tensors before step 1 is in the
+log's header, and a different base (another checkpoint of the model, another LoRA init) is
+refused in one line, as is a config whose update-relevant keys differ from the log's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import CheckpointError, ConfigError
+from .log import FILENAME, Header, Trajectory, read, weights_sha256
+from .tape import ReplayTape, replay_steps
+
+#: the config keys a step's update depends on (the log's ``config_sha256`` covers these)
+UPDATE_KEYS = ("model", "tuning", "optimizer", "engine", "seed", "objective", "train.batch_size")
+
+
+def config_sha256(cfg: DictConfig) -> str:
+    """sha256 of the update-relevant keys of a run config (``UPDATE_KEYS``)."""
+    picked = {
+        key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
+        for key in UPDATE_KEYS
+    }
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def optimizer_config(cfg: DictConfig) -> dict:
+    opt_cfg = cast(dict, OmegaConf.to_container(cfg.optimizer, resolve=True))
+    opt_cfg.pop("name")
+    return opt_cfg
+
+
+def fresh_learner(cfg: DictConfig, model, named, engine=None):
+    """The run's optimizer at step 0 (``Recipe.setup_learner``'s), with no objective."""
+    from ..train.learners import build_learner
+
+    return build_learner(cfg, optimizer_config(cfg), model, named, None, engine=engine)
+
+
+def check_base(header: Header, named, where: Path) -> None:
+    """Refuse base weights other than those the run started from."""
+    found = weights_sha256(named)
+    if found != header.base_sha256:
+        raise CheckpointError(
+            f"{where}: the base model's trainable weights differ from those the run started from "
+            f"(sha256 {found[:12]} != {header.base_sha256[:12]}): replay needs the same base model, tuning and seed"
+        )
+
+
+def check_config(header: Header, cfg: DictConfig, where: Path) -> None:
+    if config_sha256(cfg) != header.config_sha256:
+        raise CheckpointError(
+            f"{where}: config.yaml's {', '.join(UPDATE_KEYS)} differ from the run's (the log's config hash); "
+            "restore the config the run was trained with"
+        )
+
+
+def replay_into(optimizer, log: Trajectory, step: int, batch_size: int) -> None:
+    """Steps 1..``step`` of ``log`` through ``optimizer`` (at step 0, on the base weights)."""
+    if not 0 <= step <= log.last_step:
+        raise CheckpointError(f"--step {step}: {log.path} holds steps 0..{log.last_step}")
+    replay_steps(optimizer, ReplayTape(log.header.replicas), log.steps[:step], batch_size)
+
+
+@dataclass
+class Replayed:
+    """A run's model at ``step``: ``model`` (peft-wrapped for LoRA / prefix), ``named`` (its
+    trainable parameters), ``tokenizer``, ``cfg`` (the run's config)."""
+
+    model: Any
+    tokenizer: Any
+    named: list
+    cfg: DictConfig
+    step: int
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: no such run dir")
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; not a zobench run dir")
+    return cast(DictConfig, OmegaConf.load(path))
+
+
+def build_base(cfg: DictConfig, device: torch.device):
+    """The run's model before step 1: loaded and tuned as ``Recipe.setup_model`` does."""
+    from ..models import apply_tuning, trainable
+    from ..train.setup import load_model_or_explain
+
+    torch.set_grad_enabled(False)
+    model, tokenizer = load_model_or_explain(cfg, device)
+    tuning = cast(dict, OmegaConf.to_container(cfg.tuning, resolve=True))
+    model = apply_tuning(model, tuning, cfg.model.family, seed=cfg.seed)
+    return model, tokenizer, trainable(model)
+
+
+def replay(run_dir: Path, step: int | str | None = None, device: str | None = None) -> Replayed:
+    """The weights of the run in ``run_dir`` after ``step`` (None or ``last``: the log's last
+    step; ``best``: summary.json's ``best_step``), rebuilt from the base model and the log."""
+    from ..train.setup import resolve_device
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    log = read(run_dir / FILENAME)
+    check_config(log.header, cfg, run_dir / "config.yaml")
+    target = resolve_step(run_dir, log, step)
+    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    check_base(log.header, named, run_dir / FILENAME)
+    learner = fresh_learner(cfg, model, named)
+    if learner.engine_name != log.header.engine:
+        raise CheckpointError(
+            f"{run_dir / FILENAME}: the run used engine {log.header.engine}, this replay gets {learner.engine_name} "
+            "(z differs between backends); replay on the device kind the run trained on"
+        )
+    replay_into(learner.optimizer, log, target, int(cfg.train.batch_size))
+    return Replayed(model, tokenizer, named, cfg, target)
+
+
+def resolve_step(run_dir: Path, log: Trajectory, step: int | str | None) -> int:
+    """``step`` as a step number of ``log``: N, ``last`` (None) or ``best`` (summary.json)."""
+    if step is None or step == "last":
+        return log.last_step
+    if step == "best":
+        summary = run_dir / "summary.json"
+        best = json.loads(summary.read_text()).get("best_step") if summary.is_file() else None
+        if best is None:
+            raise ConfigError(f"--step best: {summary} records no best_step (no dev set, or the run has not finished)")
+        return int(best)
+    try:
+        value = int(step)
+    except ValueError:
+        raise ConfigError(f"--step {step}: allowed best, last or a step number") from None
+    if not 0 <= value <= log.last_step:
+        raise ConfigError(f"--step {value}: {log.path} holds steps 0..{log.last_step}")
+    return value

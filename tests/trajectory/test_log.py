@@ -1,0 +1,110 @@
+"""The trajectory log's format: round trip, a torn or corrupted last record after a kill, the
+cut-back of a resumed run, and the replay CLI's one-line errors (zobench/trajectory/log.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import SMOKE, compose_run, one_error_line
+from zobench.errors import CheckpointError
+from zobench.trajectory import log
+from zobench.trajectory.replay import config_sha256
+
+HEADER = log.Header(config_sha256="c", base_sha256="b", optimizer="mezo", engine="torch/virtual", replicas=True)
+
+
+def _calls(step: int) -> list:
+    return [(torch.tensor([0.5, float(step)]),), (torch.tensor(1.0, dtype=torch.bfloat16), torch.tensor(2.0))]
+
+
+def _write(path, steps: int):
+    writer = log.create(path, HEADER)
+    for step in range(1, steps + 1):
+        writer.append(step, _calls(step))
+    writer.close()
+
+
+def test_records_round_trip_exactly(tmp_path):
+    _write(tmp_path / "t.bin", 3)
+    read = log.read(tmp_path / "t.bin")
+    assert read.header == HEADER and [s for s, _ in read.steps] == [1, 2, 3]
+    step, calls = read.steps[1]
+    assert torch.equal(calls[0][0], torch.tensor([0.5, 2.0]))
+    assert calls[1][0].dtype == torch.bfloat16 and calls[1][0].shape == () and len(calls[1]) == 2  # a dual
+    assert read.end == (tmp_path / "t.bin").stat().st_size
+
+
+@pytest.mark.parametrize("damage", ["torn", "crc", "length only"])
+def test_a_torn_or_corrupted_last_record_ends_the_log_there(tmp_path, damage):
+    path = tmp_path / "t.bin"
+    _write(path, 3)
+    data = bytearray(path.read_bytes())
+    full = log.read(path)
+    if damage == "torn":  # killed mid-write
+        data = data[: full.ends[2] - 5]
+    elif damage == "crc":
+        data[full.ends[2] - 6] ^= 0xFF
+    else:
+        data = data[: full.ends[1] + 2]
+    path.write_bytes(bytes(data))
+    read = log.read(path)
+    assert [s for s, _ in read.steps] == [1, 2] and read.end == full.ends[1]
+    # a resumed run at step 2 appends after the last complete record, dropping the torn tail
+    _, writer = log.open_for_append(path, 2)
+    writer.append(3, _calls(3))
+    writer.close()
+    assert path.read_bytes() == bytes(bytearray(log.read(path).path.read_bytes()))
+    assert [s for s, _ in log.read(path).steps] == [1, 2, 3] and path.stat().st_size == full.end
+
+
+def test_a_resume_cuts_the_steps_after_its_checkpoint_and_refuses_a_short_log(tmp_path):
+    path = tmp_path / "t.bin"
+    _write(path, 4)
+    read, writer = log.open_for_append(path, 2)
+    writer.close()
+    assert [s for s, _ in read.steps] == [1, 2] and path.stat().st_size == read.end
+    with pytest.raises(CheckpointError, match="holds 2 steps, the checkpoint is at step 3"):
+        log.open_for_append(path, 3)
+
+
+def test_not_a_log_is_one_clear_error(tmp_path):
+    (tmp_path / "t.bin").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a zobench trajectory log"):
+        log.read(tmp_path / "t.bin")
+
+
+def _fake_run_dir(tmp_path):
+    """A run dir with a config and a 3-step log (enough for the CLI's checks before any model)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_run(*SMOKE)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    header = log.Header(config_sha256(cfg), "b", "mezo", "torch/virtual", True)
+    writer = log.create(tmp_path / log.FILENAME, header)
+    for step in (1, 2, 3):
+        writer.append(step, _calls(step))
+    writer.close()
+    return tmp_path
+
+
+def _cli(module, *args, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"zobench.{module}").main([str(a) for a in args])
+    import subprocess
+
+    return subprocess.CompletedProcess(args, stop.value.code, "", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("module", ["replay", "export"])
+def test_bad_cli_input_is_one_line_exit_2(tmp_path, capsys, module):
+    out = [tmp_path / "out"] if module == "export" else []
+    one_error_line(_cli(module, tmp_path / "missing", *out, capsys=capsys), "no such run dir")
+    run_dir = _fake_run_dir(tmp_path / "run")
+    one_error_line(_cli(module, run_dir, *out, "--step", "9", capsys=capsys), "--step 9: ")
+    one_error_line(_cli(module, run_dir, *out, "--step", "soon", capsys=capsys), "allowed best, last")
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1", 1))
+    one_error_line(_cli(module, run_dir, *out, capsys=capsys), "differ from the run's")
