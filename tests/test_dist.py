@@ -1,0 +1,191 @@
+"""Multi-rank runs on torch.distributed (Gloo, CPU, real processes): data parallel equals one
+process on the global batch, sharded evaluation equals the single-process metric, rank 0 alone
+writes the run dir, the replicas stay bit-identical; and the fast in-process logic of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.helpers import SMOKE, compose_run
+from zobench.dist.context import DistContext, launch_env
+from zobench.dist.data import ShardedObjective, global_mean, shard
+from zobench.dist.evaluation import batches, combine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
+    """One rank of spawned runs: torchrun's environment, then ``zobench.run.run`` of each
+    ``(overrides, run_dir)`` job in turn (one interpreter start for several runs)."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from zobench.dist import current
+    from zobench.run import run
+
+    results = []
+    for overrides, run_dir in jobs:
+        current().sent.clear()
+        summary = run(compose_run(*overrides), Path(run_dir))
+        results.append({"summary": summary, "sent": dict(current().sent)})
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:
+    """``(overrides, run_dir)`` jobs run one after the other by ``world`` spawned ranks; per rank,
+    each job's summary and bytes sent per phase."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(list(overrides), str(run_dir)) for overrides, run_dir in jobs]
+    mp.spawn(_rank, args=(world, free_port(), jobs, str(out)), nprocs=world, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def run_single(overrides: list, run_dir: Path) -> dict:
+    from zobench.run import run
+
+    return run(compose_run(*overrides), run_dir)
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in lines if e["event"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "trainable.safetensors"))
+
+
+BASE = (*SMOKE, "train.batch_size=16", "train.steps=5", "train.log_every=1", "train.eval_every=5")
+
+
+# -- fast: the logic in one process ----------------------------------------------------------------
+def test_shards_cover_the_batch_in_order():
+    batch = list(range(11))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sum(parts, []) == batch and {len(p) for p in parts} == {3, 4}
+
+
+def test_launch_env_reads_torchrun_and_slurm_and_is_none_for_one_process():
+    assert launch_env({}) is None
+    assert launch_env({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None  # a one-task job is one process
+    assert launch_env({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})["rank"] == 1
+    slurm = launch_env(
+        {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "20007", "MASTER_ADDR": "n1"}
+    )
+    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"], slurm["master_port"]) == (3, 4, 1, 20007)
+
+
+class FakeRanks(DistContext):
+    """Two ranks in one process: ``all_reduce`` adds the other rank's packed vector."""
+
+    def __init__(self, other: torch.Tensor | None = None) -> None:
+        super().__init__(rank=0, world_size=2)
+        self.other = other
+
+    def all_reduce(self, tensor, op=None, phase="other"):
+        self.count(phase, tensor)
+        return tensor + self.other
+
+
+class Mean:
+    """An objective whose loss is the mean of its examples (numbers), R replicas scaled by r + 1."""
+
+    metric = "accuracy"
+
+    def loss(self, batch, replicas=1):
+        values = torch.tensor([float(x) for x in batch])
+        return values.mean() if replicas == 1 else torch.stack([(r + 1) * values.mean() for r in range(replicas)])
+
+    def loss_count(self, batch):
+        return len(batch)
+
+
+def test_global_mean_weights_each_shard_by_its_count():
+    batch = [1, 2, 3, 4, 10]  # rank 0 holds [1, 2], rank 1 [3, 4, 10]
+    other = torch.tensor([17.0, 34.0, 3.0, 0.0], dtype=torch.float64)  # rank 1: sums of 2 replicas, count, no stop
+    ctx = FakeRanks(other)
+    loss = ShardedObjective(Mean(), ctx).loss(batch, replicas=2)
+    assert loss.dtype == torch.float32 and loss.tolist() == pytest.approx([4.0, 8.0])
+    assert ctx.sent == {"train": 4 * 8}  # 2 sums, a count and the stop flag, float64
+
+
+def test_global_mean_carries_another_ranks_stop_request():
+    from zobench.dist.data import SyncedStop
+
+    class Request:
+        signum = None
+
+    stop = SyncedStop(Request())
+    global_mean(FakeRanks(torch.tensor([1.0, 1.0, 15.0], dtype=torch.float64)), torch.tensor(1.0), 1.0, stop)
+    assert stop.name == "SIGTERM"
+
+
+def test_combined_metric_is_the_single_process_sum_in_batch_order():
+    class Example:
+        def __init__(self, length):
+            self.length = length
+
+    examples = [Example(n) for n in (5, 1, 3, 2, 4)]
+    assert batches(examples, 2) == [[1, 3], [2, 4], [0]]
+    values = [0.1, 0.7, 0.2, 0.3, 0.9]
+    per_batch = [{"f1": [values[i] for i in chunk]} for chunk in batches(examples, 2)]
+    expected = 0.0
+    for chunk in batches(examples, 2):
+        for i in chunk:
+            expected += values[i]
+    assert combine(per_batch, 5) == {"f1": expected / 5}
+
+
+def test_guard_checksums_see_one_bit_and_a_swap():
+    from zobench.dist.guard import checksums
+
+    w = torch.randn(1000)
+    flipped = w.clone()
+    flipped[500] = torch.nextafter(flipped[500], torch.tensor(10.0))
+    swapped = w.clone()
+    swapped[[3, 4]] = w[[4, 3]]
+    base = checksums([("w", w)])
+    assert not torch.equal(base, checksums([("w", flipped)])) and not torch.equal(base, checksums([("w", swapped)]))
+    assert torch.equal(base, checksums([("w", w.clone())]))
+
+
+# -- slow: real ranks (Gloo) -------------------------------------------------------------------------
+METHODS = ("mezo", "hizoo", "fzoo", "zo_adam")
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    """2 ranks × 8 examples = 1 process × 16 for MeZO, HiZOO, FZOO, ZO-Adam: losses to the rounding of
+    the shard sums, final weights within fp32 rounding, forward passes and test accuracy equal;
+    the two ranks' weights bit-identical (the guard compares them at the end: status completed)."""
+    jobs = [([*BASE, f"optimizer={m}", "train.save_final=true"], tmp_path / m / "two") for m in METHODS]
+    ranks = run_ranks(2, jobs, tmp_path / "out")
+    for (overrides, two), rank0, rank1 in zip(jobs, *ranks):
+        single = run_single(overrides, two.parent / "one")
+        assert rank0["summary"]["status"] == rank1["summary"]["status"] == "completed"
+        assert rank0["sent"]["guard"] > 0
+        assert train_losses(two) == pytest.approx(train_losses(two.parent / "one"), rel=1e-5, abs=1e-6)
+        weights, expected = final_weights(two), final_weights(two.parent / "one")
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-6)
+        summary = json.loads((two / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["forward_passes"] == single["forward_passes"]
+        assert summary["test_accuracy"] == single["test_accuracy"]
+        assert summary["forward_passes_eval"] == single["forward_passes_eval"]
+        # a few float64 per evaluation: (replicas + 2) × 8 bytes
+        assert 0 < summary["comm_bytes_per_step"] <= 10 * 8 * 8
+        assert not list(two.glob("*.log")) or len(list(two.glob("*.log"))) == 1
