@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import SMOKE, compose_run
+from tests.helpers import REPO, SMOKE, compose_run
 from zobench.dist.context import DistContext, launch_env
 from zobench.dist.data import ShardedObjective, global_mean, shard
 from zobench.dist.evaluation import batches, combine
@@ -189,3 +194,69 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         # a few float64 per evaluation: (replicas + 2) × 8 bytes
         assert 0 < summary["comm_bytes_per_step"] <= 10 * 8 * 8
         assert not list(two.glob("*.log")) or len(list(two.glob("*.log"))) == 1
+
+
+def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:
+    """``torchrun --standalone --nproc-per-node <nproc> -m zobench <args>`` (one thread per rank),
+    started in ``cwd`` with the source tree under test first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.Popen(
+        [*cmd, "-m", "zobench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_one_run_dir_from_rank_0(tmp_path):
+    """No hydra.run.dir: rank 0's time-stamped dir is every rank's; Hydra's files and the log come
+    from rank 0 only; one closing line."""
+    proc = torchrun(2, *SMOKE, "train.steps=4", "train.eval_every=2", cwd=tmp_path)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]
+    assert len([p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and p.parent.name == "mezo"]) == 1
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["__main__.log"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["forward_passes"] == 8
+    assert summary["comm_bytes_per_step"] == 32  # MeZO's mirrored ± pair: 2 losses, a count, a flag (float64)
+    assert out.count("zobench: ") == 1 and "completed" in out
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_every_rank_and_the_run_resumes_on_2_or_1_ranks(tmp_path):
+    """SIGKILL of rank 1 mid-run: torchrun and rank 0 exit non-zero in < 60 s; the same command
+    (2 ranks) and a single process, each from a copy of the dir, finish with the uninterrupted
+    single-process run's result."""
+    args = [*SMOKE, "train.steps=40", "train.eval_every=20", "train.checkpoint_every=5", "train.save_final=true"]
+    reference = run_single([*args, "train.log_every=1"], tmp_path / "reference")
+    killed = tmp_path / "killed"
+    proc = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
+    victim = wait_for_step(proc, killed / "metrics.jsonl", step=12)
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
+    shutil.copytree(killed, tmp_path / "one_rank")
+    again = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    alone = run_single([*args, "train.log_every=1"], tmp_path / "one_rank")
+    expected = final_weights(tmp_path / "reference")
+    for run_dir in (killed, tmp_path / "one_rank"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
+        weights = final_weights(run_dir)
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+    assert alone["steps"] == 40
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
+    """The pid of rank 1 (torchrun's second child) once ``metrics`` holds the train event of ``step``."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and f'"step": {step},' in metrics.read_text():
+            children = sorted(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+            return children[1]
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")

@@ -147,9 +147,12 @@ def setup(dist_cfg, env=None) -> DistContext:
     if backend == "nccl":
         torch.cuda.set_device(found["local_rank"])
     if not tdist.is_initialized():
+        # torchrun: its agent's store (env://; its MASTER_PORT may be 0 with --master-port 0);
+        # Slurm: rank 0 of the job opens the store at the derived address
+        torchrun = "RANK" in (os.environ if env is None else env)
         tdist.init_process_group(
             backend,
-            init_method=f"tcp://{found['master_addr']}:{found['master_port']}",
+            init_method="env://" if torchrun else f"tcp://{found['master_addr']}:{found['master_port']}",
             rank=found["rank"],
             world_size=found["world_size"],
             timeout=datetime.timedelta(seconds=float(dist_cfg.timeout_s)),
