@@ -170,6 +170,8 @@ def test_guard_checksums_see_one_bit_and_a_swap():
 
 # -- slow: real ranks (Gloo) -------------------------------------------------------------------------
 METHODS = ("mezo", "hizoo", "fzoo", "zo_adam")
+SQUAD = (*SMOKE, "task=squad", "train.steps=0", "data.num_train=0", "data.num_dev=0", "data.num_eval=10")
+SQUAD = (*SQUAD, "train.eval_batch_size=3")
 
 
 @pytest.mark.slow
@@ -178,8 +180,14 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
     the shard sums, final weights within fp32 rounding, forward passes and test accuracy equal;
     the two ranks' weights bit-identical (the guard compares them at the end: status completed)."""
     jobs = [([*BASE, f"optimizer={m}", "train.save_final=true"], tmp_path / m / "two") for m in METHODS]
+    jobs.append((list(SQUAD), tmp_path / "squad" / "two"))
     ranks = run_ranks(2, jobs, tmp_path / "out")
-    for (overrides, two), rank0, rank1 in zip(jobs, *ranks):
+    # sharded generation (SQuAD): 4 batches of 3 over 2 ranks give the single-process F1 and EM exactly
+    squad = json.loads((tmp_path / "squad" / "two" / "summary.json").read_text())
+    single = run_single(list(SQUAD), tmp_path / "squad" / "one")
+    assert (squad["test_f1"], squad["test_em"]) == (single["test_f1"], single["test_em"])
+    assert squad["forward_passes_eval"] == single["forward_passes_eval"] > 0
+    for (overrides, two), rank0, rank1 in zip(jobs[:-1], *ranks):
         single = run_single(overrides, two.parent / "one")
         assert rank0["summary"]["status"] == rank1["summary"]["status"] == "completed"
         assert rank0["sent"]["guard"] > 0
@@ -194,6 +202,58 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         # a few float64 per evaluation: (replicas + 2) × 8 bytes
         assert 0 < summary["comm_bytes_per_step"] <= 10 * 8 * 8
         assert not list(two.glob("*.log")) or len(list(two.glob("*.log"))) == 1
+
+
+@pytest.mark.slow
+def test_direction_parallel_fzoo_and_mezo_equal_one_process(tmp_path):
+    """dist.mode=directions: FZOO N=4 (2 directions a rank) and MeZO q=3 (an uneven 2 + 1 split)
+    on 2 ranks give the single-process losses and weights (each direction on the whole batch)."""
+    methods = {"fzoo": "++optimizer.num_directions=4", "mezo": "++optimizer.num_directions=3"}
+    jobs = [
+        ([*BASE, f"optimizer={m}", extra, "train.save_final=true", "dist.mode=directions"], tmp_path / m / "two")
+        for m, extra in methods.items()
+    ]
+    ranks = run_ranks(2, jobs, tmp_path / "out")
+    for (overrides, two), rank0 in zip(jobs, ranks[0]):
+        single = run_single(overrides, two.parent / "one")
+        assert rank0["summary"]["status"] == "completed" and rank0["sent"]["train"] > 0
+        assert rank0["summary"]["forward_passes"] == single["forward_passes"]
+        assert train_losses(two) == pytest.approx(train_losses(two.parent / "one"), rel=1e-5, abs=1e-6)
+        weights, expected = final_weights(two), final_weights(two.parent / "one")
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
+    """The method side of direction parallelism, in one process: MeZO's q=3 estimate evaluated as
+    the shares [0] and [1, 2] (what two ranks would) gives the same step as the three at once."""
+    from tests.helpers import Quadratic
+    from zobench.dist.directions import share
+    from zobench.optim import MeZO
+
+    assert [share(5, r, 2) for r in range(2)] == [[0, 1], [2, 3, 4]] and share(1, 0, 2) == []
+    results = []
+    for split in (False, True):
+        model = Quadratic()
+        opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, num_directions=3, seed=7)
+        if split:
+            opt.direction_share = lambda count, evaluate: evaluate([0]) + evaluate([1, 2])
+        for _ in range(3):
+            opt.step(model)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_direction_mode_refuses_a_one_direction_method():
+    from types import SimpleNamespace
+
+    from zobench.dist.directions import split_directions
+    from zobench.errors import ConfigError
+    from zobench.optim import HiZOO
+
+    learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
+    with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
+        split_directions(learner, DistContext(rank=0, world_size=2))
 
 
 def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:

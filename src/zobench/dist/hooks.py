@@ -43,7 +43,7 @@ def attach_learner(recipe) -> None:
     if ctx.mode == "directions":
         from .directions import split_directions
 
-        split_directions(recipe.learner, ctx, recipe.stop)
+        split_directions(recipe.learner, ctx, recipe.stop, recipe.counter)
         return
     recipe.learner.objective = ShardedObjective(recipe.learner.objective, ctx, recipe.stop)
 
