@@ -16,6 +16,7 @@ best-dev weights) and write nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
 
 from ..errors import ConfigError
-from .context import DistContext, current, setup
+from .context import DistContext, current, launch_env, setup
 
 _WORD: dict = {"sent": True}
 
@@ -89,6 +90,18 @@ class SharedRunDir(Callback):
                 if logging_cfg is not None and "root" in logging_cfg:
                     logging_cfg.root.handlers = ["console"]
                     logging_cfg.root.level = "WARNING"
+
+    def on_job_start(self, config, **kwargs) -> None:
+        """A sweep's job (Slurm tasks under hydra-submitit-launcher): Hydra has set up its log file
+        in every task; ranks other than 0 drop it and keep the console for warnings."""
+        found = launch_env()
+        if found is None or found["rank"] == 0:
+            return
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
