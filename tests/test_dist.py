@@ -320,3 +320,39 @@ def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
             return children[1]
         time.sleep(0.01)
     raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+
+
+def test_guard_names_the_first_parameter_that_differs_between_ranks():
+    from zobench.dist.guard import ReplicaMismatch, check_replicas
+
+    class SkewedRanks(DistContext):
+        """The other rank's second parameter differs in its plain checksum."""
+
+        def all_reduce(self, tensor, op=None, phase="other"):
+            other = tensor.clone()
+            other[1, 0] += 1
+            return (
+                torch.minimum(tensor, other) if op == torch.distributed.ReduceOp.MIN else torch.maximum(tensor, other)
+            )
+
+    named = [("a.weight", torch.ones(3)), ("b.weight", torch.ones(2)), ("c.bias", torch.zeros(1))]
+    with pytest.raises(ReplicaMismatch, match="1 of 3 parameters, first b.weight"):
+        check_replicas(named, SkewedRanks(rank=0, world_size=2), "checkpoint at step 4")
+    check_replicas(named, DistContext(), "one process: nothing to compare")  # no collective at all
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("dist.mode", "both", "dist.mode='both': allowed auto, data, directions"),
+        ("dist.backend", "mpi", "dist.backend='mpi': allowed auto, gloo, nccl"),
+        ("dist.timeout_s", "0", "dist.timeout_s=0: expected seconds, a number > 0"),
+    ],
+)
+def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkeypatch):
+    from tests.helpers import one_error_line, zobench_in_process
+
+    result = zobench_in_process(*SMOKE, f"{key}={value}", f"hydra.run.dir={tmp_path / 'run'}", monkeypatch=monkeypatch)
+    assert result.returncode == 2
+    assert one_error_line(result) == f"zobench: error: {message}"
+    assert not (tmp_path / "run").exists()  # refused before Hydra makes the run dir
