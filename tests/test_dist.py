@@ -311,6 +311,26 @@ def test_a_killed_rank_stops_every_rank_and_the_run_resumes_on_2_or_1_ranks(tmp_
     assert alone["steps"] == 40
 
 
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_stops_both_at_one_step_and_resumes(tmp_path):
+    """SIGTERM to rank 1 alone (a scheduler's signal that reached one task first): the flag rides in
+    the step's all-reduce, both ranks checkpoint the same step (else the guard or a collective
+    would fail) and stop; the same command resumes and completes."""
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=40", "train.eval_every=40", "train.log_every=1", f"hydra.run.dir={run_dir}"]
+    proc = torchrun(2, *args, cwd=tmp_path)
+    os.kill(wait_for_step(proc, run_dir / "metrics.jsonl", step=8), signal.SIGTERM)
+    proc.communicate(timeout=120)
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert proc.returncode != 0 and stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"
+    assert (run_dir / "checkpoint" / f"ckpt-{stopped['steps']:09d}").is_dir() and stopped["steps"] < 40
+    again = torchrun(2, *args, cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == 40
+    assert f"resumed from step {stopped['steps']}" in (run_dir / "__main__.log").read_text()
+
+
 def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
     """The pid of rank 1 (torchrun's second child) once ``metrics`` holds the train event of ``step``."""
     deadline = time.monotonic() + 180

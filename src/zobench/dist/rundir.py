@@ -91,6 +91,19 @@ class SharedRunDir(Callback):
                     logging_cfg.root.handlers = ["console"]
                     logging_cfg.root.level = "WARNING"
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """A sweep under torchrun: rank 0's ``hydra.sweep.dir`` (also time-stamped) on every rank.
+        (A Slurm sweep's submitter is one process: its jobs get the dir it resolved.)"""
+        try:
+            ctx = start(config)
+        except ConfigError as err:
+            print(f"zobench: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if ctx.active:
+            chosen = ctx.broadcast_object(str(config.hydra.sweep.dir) if ctx.leader else None)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = chosen
+
     def on_job_start(self, config, **kwargs) -> None:
         """A sweep's job (Slurm tasks under hydra-submitit-launcher): Hydra has set up its log file
         in every task; ranks other than 0 drop it and keep the console for warnings."""
