@@ -376,3 +376,20 @@ def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkey
     assert result.returncode == 2
     assert one_error_line(result) == f"zobench: error: {message}"
     assert not (tmp_path / "run").exists()  # refused before Hydra makes the run dir
+
+
+def test_a_first_order_baseline_is_refused_on_several_ranks():
+    from types import SimpleNamespace
+
+    from zobench.dist.hooks import attach_learner
+    from zobench.errors import ConfigError
+    from zobench.train.learners import BackpropLearner
+
+    recipe = SimpleNamespace(
+        dist=DistContext(rank=0, world_size=2),
+        learner=BackpropLearner(None, None),
+        state=SimpleNamespace(step=0),
+        cfg=compose_run("optimizer=adam"),
+    )
+    with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
+        attach_learner(recipe)
