@@ -63,6 +63,7 @@ def measure(ranks: int, threads: int, run_dir: Path) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "bench" / "distributed"
+    out.mkdir(parents=True, exist_ok=True)
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (ranks, threads) in SETUPS.items():
