@@ -55,15 +55,20 @@ def global_mean(ctx: DistContext, local: torch.Tensor, count: float, stop, phase
 
 class ShardedObjective:
     """An objective whose ``loss`` / ``batch_metric`` of a (global) batch evaluate this rank's shard
-    and return the global value; everything else is the wrapped objective's."""
+    and return the global value; everything else is the wrapped objective's. Bytes sent are counted
+    under the ``counter``'s phase (``train``; ``probe`` for the memory probe), as forward passes are."""
 
-    def __init__(self, objective, ctx: DistContext, stop=None) -> None:
+    def __init__(self, objective, ctx: DistContext, stop=None, counter=None) -> None:
         if not hasattr(objective, "loss_count"):
             raise ConfigError(
                 f"{type(objective).__name__} cannot be data parallel (it has no loss_count); run it in one process"
             )
-        self.inner, self.ctx, self.stop = objective, ctx, stop
+        self.inner, self.ctx, self.stop, self.counter = objective, ctx, stop, counter
         self.metric = objective.metric
+
+    @property
+    def phase(self) -> str:
+        return self.counter.current if self.counter is not None else "train"
 
     def _shard(self, batch: Sequence) -> list:
         if len(batch) < self.ctx.world_size:
@@ -76,12 +81,12 @@ class ShardedObjective:
     def loss(self, batch: Sequence, replicas: int = 1) -> torch.Tensor:
         part = self._shard(batch)
         local = self.inner.loss(part) if replicas == 1 else self.inner.loss(part, replicas=replicas)
-        return global_mean(self.ctx, local, float(self.inner.loss_count(part)), self.stop)
+        return global_mean(self.ctx, local, float(self.inner.loss_count(part)), self.stop, self.phase)
 
     def batch_metric(self, batch: Sequence) -> float:
         part = self._shard(batch)
         local = torch.tensor(float(self.inner.batch_metric(part)), dtype=torch.float64)
-        return float(global_mean(self.ctx, local, float(len(part)), self.stop))
+        return float(global_mean(self.ctx, local, float(len(part)), self.stop, self.phase))
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)

@@ -45,7 +45,7 @@ def attach_learner(recipe) -> None:
 
         split_directions(recipe.learner, ctx, recipe.stop, recipe.counter)
         return
-    recipe.learner.objective = ShardedObjective(recipe.learner.objective, ctx, recipe.stop)
+    recipe.learner.objective = ShardedObjective(recipe.learner.objective, ctx, recipe.stop, recipe.counter)
 
 
 def writes(recipe) -> bool:

@@ -180,8 +180,9 @@ class Recipe:
         first = BatchStream(len(train), size, mix_seed(self.cfg.seed, 1)).next() if train else None
         batch = [train[i] for i in first] if first else self.examples["test"][:size]
         self.memory.reset()
+        objective = getattr(self.learner, "objective", self.objective)  # data parallel: this rank's shard
         with self.counter.phase("probe"):
-            self.objective.loss(batch)
+            objective.loss(batch)
         self.state.inference_peak = self.memory.peak()
 
     # -- the loop --------------------------------------------------------------------------------
