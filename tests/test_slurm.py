@@ -302,6 +302,21 @@ def test_scancelled_job_resumes_when_submitted_again(cluster, tmp_path, data_dir
     assert f"resumed from step {first['steps']}" in log, log[-2000:]
 
 
+def test_a_two_task_job_is_one_run_of_two_ranks(cluster, tmp_path, data_dir):
+    """hydra.launcher.tasks_per_node=2: the two Slurm tasks find each other from the Slurm
+    environment (zobench.dist.context) and make one run dir, written by rank 0."""
+    sweep_dir = tmp_path / "sweep"
+    argv = smoke_sweep(
+        sweep_dir, data_dir, "train.steps=4", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1"
+    )
+    proc = submit(cluster, argv, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:] + job_log(sweep_dir)[-3000:]
+    (run_dir,) = [p.parent for p in sweep_dir.rglob("summary.json")]
+    result = summary(run_dir)
+    assert result["status"] == "completed" and result["world_size"] == 2 and result["forward_passes"] == 8
+
+
 def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / (SMOKE_RUN + "train.eval_every=100,train.steps=100")

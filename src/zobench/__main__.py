@@ -213,7 +213,10 @@ def _app(cfg: DictConfig) -> None:
     except BaseException:
         _print_closing_from_disk(run_dir)
         raise
-    print(closing_line(summary, run_dir), flush=True)
+    from .dist import current
+
+    if current().leader:  # one closing line per run, not one per rank
+        print(closing_line(summary, run_dir), flush=True)
     if summary.get("status") == "interrupted":
         signum = int(signal.Signals[summary["signal"]])
         _hand_over(signum)

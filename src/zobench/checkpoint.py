@@ -171,9 +171,14 @@ def copy_into(named, tensors: dict, where: Path) -> None:
         p.data.copy_(tensors[name])
 
 
+def best_name(step: int) -> str:
+    """The file of the best-dev state reached at ``step`` (under ``best/``)."""
+    return f"step-{step:09d}.safetensors"
+
+
 def save_best(named, best_dir: Path, step: int) -> str:
     """The best-dev state, one file per step, so a checkpoint always names a file that exists."""
-    name = f"step-{step:09d}.safetensors"
+    name = best_name(step)
     save_tensors(named, best_dir / name)
     return name
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .checkpoint import fsync_dir, load_checkpoint, write_json_atomic, write_text_atomic
+from .dist import rundir
 from .engine import mix_seed
 from .errors import CheckpointError
 from .lock import RunDirLock
@@ -59,7 +60,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     validate(cfg)
     run_dir = Path(run_dir)
-    with RunDirLock(run_dir):
+    ctx = rundir.start(cfg)  # torchrun / Slurm tasks: join the process group (dist/)
+    if not ctx.leader:  # ranks other than 0 write nothing: they follow rank 0's run dir
+        return rundir.follow(cfg, run_dir, started)
+    with rundir.leading(ctx), RunDirLock(run_dir):
         redact_hydra_files(run_dir)
         return _run(cfg, run_dir, started)
 
@@ -70,6 +74,7 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
     if previous.get("status") == "completed":
         log.info("%s holds a completed run; nothing to do", run_dir)
         _clean_up_finished(run_dir)  # a kill during the clean-up of the finished run left some of it
+        rundir.go(done=previous)
         return previous
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     checkpoint = _without_lost_best_state(load_checkpoint(run_dir / "checkpoint"), run_dir)
@@ -77,6 +82,7 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
         _check_resumable(config, run_dir / "config.yaml")
         _check_steps(cfg, checkpoint[0]["step"], run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    rundir.go()  # the other ranks may read the run dir now
     summary = _summary_header(cfg)
     # events after the checkpoint are replayed, so the log is cut back to where the checkpoint was
     metrics = JsonlLogger(run_dir / "metrics.jsonl", truncate_at=checkpoint[0]["metrics_offset"] if checkpoint else 0)

@@ -22,6 +22,7 @@ RESUMABLE_KEYS = (
     "cache_dir",
     "data.dir",
     "train.eval_batch_size",
+    "dist",  # a checkpoint holds one copy of the state: resumable with another world size or mode
 )
 
 DIVERGENCE_POLICIES = ("stop", "skip")

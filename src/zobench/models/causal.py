@@ -254,8 +254,22 @@ class CandidateScorer:
             return per_replica[0] if replicas == 1 else torch.stack(per_replica)
         return classification_loss(self.scores(batch, replicas), batch)
 
+    def loss_count(self, batch: Sequence[Encoded]) -> int:
+        """The units ``loss`` averages over: examples (classification), gold tokens (``lm``); a
+        data-parallel run weights each rank's shard by it (``dist/data.py``)."""
+        if self.objective == "lm":
+            return sum(len(e.options[e.label]) for e in batch)
+        return len(batch)
+
     def predict(self, batch: Sequence[Encoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()
+
+    def example_scores(self, batch: Sequence[Encoded]) -> dict[str, list[float]]:
+        """Per-example metric values of one evaluation batch (1.0 correct, 0.0 not): ``evaluate``'s
+        mean, sharded over ranks by ``dist/evaluation.py``."""
+        with torch.no_grad():
+            predictions = self.predict(batch)
+        return {"accuracy": [float(p in e.gold_set) for p, e in zip(predictions, batch)]}
 
     def features(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """The LM head's input at the last context token, (B, hidden), float32 (linear probing)."""

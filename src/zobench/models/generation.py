@@ -83,6 +83,16 @@ class GenerationObjective(CandidateScorer):
 
         return sum(squad_f1(p, e.answers) for p, e in zip(self.generate(batch), batch)) / len(batch)
 
+    def example_scores(self, batch: Sequence[GenerationEncoded]) -> dict[str, list[float]]:  # type: ignore[override]  # its task's encodings
+        """Per-example F1 and EM of one evaluation batch (``dist/evaluation.py``)."""
+        from ..tasks.metrics import exact_match, squad_f1
+
+        predictions = self.generate(batch)
+        return {
+            "f1": [float(squad_f1(p, e.answers)) for p, e in zip(predictions, batch)],
+            "em": [float(exact_match(p, e.answers)) for p, e in zip(predictions, batch)],
+        }
+
     def evaluate(self, examples: Sequence[GenerationEncoded], batch_size: int) -> dict:  # type: ignore[override]  # its task's encodings
         from ..tasks.metrics import exact_match, squad_f1
 

@@ -152,6 +152,16 @@ class MaskedScorer:
     def predict(self, batch: Sequence[MaskedEncoded]) -> list[int]:
         return self.scores(batch).argmax(dim=-1).tolist()
 
+    def loss_count(self, batch: Sequence[MaskedEncoded]) -> int:
+        """``loss`` is a mean over examples (``dist/data.py`` weights shards by it)."""
+        return len(batch)
+
+    def example_scores(self, batch: Sequence[MaskedEncoded]) -> dict[str, list[float]]:
+        """Per-example accuracy (1.0 / 0.0) of one evaluation batch (``dist/evaluation.py``)."""
+        with torch.no_grad():
+            predictions = self.predict(batch)
+        return {"accuracy": [float(p == e.label) for p, e in zip(predictions, batch)]}
+
     def batch_metric(self, batch: Sequence[MaskedEncoded]) -> float:
         return sum(int(p == e.label) for p, e in zip(self.predict(batch), batch)) / len(batch)
 

@@ -105,6 +105,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: hyperparameter -> kind (``HYPERPARAMETER_KINDS``), checked in ``__init__`` in the defaults and
     #: in every param group. Subclasses declare only their own keys; the dicts of the MRO are merged.
     hyperparameters: dict[str, str] = {"lr": "nonnegative", "eps": "positive", "weight_decay": "nonnegative"}
+    #: the step evaluates several directions whose results only meet in the update (FZOO's N, MeZO's
+    #: q): ``dist.mode=directions`` may split them over ranks (``_each_direction``)
+    splits_directions: bool = False
+    #: set by a direction-parallel run (``zobench.dist.directions``): ``(count, evaluate) -> results``
+    direction_share: Callable[[int, Callable[[list[int]], list]], list] | None = None
     #: torch's per-parameter state (tensor keys) plus a method's few scalars under string keys
     #: ("zo", "svrg", "fzoo_reuse"): torch's ``state_dict`` keeps non-tensor keys as they are
     state: defaultdict[Any, Any]
@@ -155,6 +160,14 @@ class ZOOptimizer(torch.optim.Optimizer):
     def direction(self, step: int, index: int = 0, distribution: str = "gaussian") -> Direction:
         """Direction ``index`` of step ``step``: a pure function of (seed, step, index)."""
         return Direction(mix_seed(self.param_groups[0]["seed"], step, index), distribution)
+
+    def _each_direction(self, count: int, evaluate: Callable[[list[int]], list]) -> list:
+        """``evaluate(list(range(count)))``: the results (float or tuples of floats) of directions
+        0..count-1. A direction-parallel run (``direction_share``) evaluates each rank's share
+        of the indices there and gathers the others' results, so every rank returns the full list."""
+        if self.direction_share is None:
+            return evaluate(list(range(count)))
+        return self.direction_share(count, evaluate)
 
     def _shared(self, key: str):
         """A hyperparameter that must be equal across groups (e.g. ε: one perturbation per step)."""

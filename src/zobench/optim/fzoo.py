@@ -83,6 +83,7 @@ class FZOO(ZOOptimizer):
     """
 
     hyperparameters = {"num_directions": "count", "replicas_per_call": "natural"}
+    splits_directions = True
 
     def __init__(
         self,
@@ -170,7 +171,10 @@ class FZOO(ZOOptimizer):
         loss_zero = float(closure())
         fresh = n // 2 if reuse else n
         directions = [self.direction(step, index, "rademacher") for index in range(fresh)]
-        losses = self._perturbed_losses(closure, directions, eps)
+        # every direction's loss; a direction-parallel run evaluates this rank's share and gathers
+        losses = self._each_direction(
+            fresh, lambda ids: self._perturbed_losses(closure, [directions[i] for i in ids], eps)
+        )
         differences = [loss - loss_zero for loss in losses]
         std = statistics.stdev if self._shared("std_ddof") == 1 else statistics.pstdev
         if reuse:

@@ -58,6 +58,7 @@ class MeZO(ZOOptimizer):
 
     forward_passes_per_step: float = 2  # DiZO, a subclass, declares an average
     hyperparameters = {"num_directions": "count"}
+    splits_directions = True
 
     def __init__(
         self,
@@ -93,15 +94,24 @@ class MeZO(ZOOptimizer):
         step = self._advance()
         distribution = self._shared("distribution")
         loss_zero = float(closure()) if one_sided else math.nan  # read only when one-sided
-        estimates: list[tuple[Direction, float, float, float]] = []  # (direction, g, ℓ+, ℓ-)
-        for index in range(q):
-            direction = self.direction(step, index, distribution)
-            if one_sided:
-                self.engine.perturb(self._all_params, direction, +eps)
-                loss_plus = float(closure())
-                estimates.append((direction, (loss_plus - loss_zero) / eps, loss_plus, loss_zero))
-            else:
-                estimates.append((direction, *self._two_sided(closure, direction, eps)))
+
+        def estimate(indices: list[int]) -> list[tuple[float, float, float]]:  # (g, ℓ+, ℓ-) per direction
+            out = []
+            for index in indices:
+                direction = self.direction(step, index, distribution)
+                if one_sided:
+                    self.engine.perturb(self._all_params, direction, +eps)
+                    loss_plus = float(closure())
+                    out.append(((loss_plus - loss_zero) / eps, loss_plus, loss_zero))
+                else:
+                    out.append(self._two_sided(closure, direction, eps))
+            return out
+
+        # a direction-parallel run (dist.mode=directions) evaluates this rank's share, gathers the rest
+        estimates: list[tuple[Direction, float, float, float]] = [  # (direction, g, ℓ+, ℓ-)
+            (self.direction(step, index, distribution), *values)
+            for index, values in enumerate(self._each_direction(q, estimate))
+        ]
 
         projected_grad = sum(g for _, g, _, _ in estimates) / q
         self._record(projected_grad=projected_grad, loss_plus=estimates[-1][2], loss_minus=estimates[-1][3])

@@ -20,7 +20,17 @@ from typing import Any, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import copy_into, load_tensors, remove_stale_best, save_best, save_checkpoint, save_tensors
+from ..checkpoint import (
+    best_name,
+    copy_into,
+    load_tensors,
+    remove_stale_best,
+    save_best,
+    save_checkpoint,
+    save_tensors,
+)
+from ..dist import hooks as dist
+from ..dist.evaluation import sharded_evaluate
 from ..engine import mix_seed
 from ..errors import CheckpointError, ConfigError
 from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
@@ -45,8 +55,10 @@ class Recipe:
         self.state = LoopState()
         self.best_dir = self.run_dir / "best"
         self.learner: Any = None  # a Learner; None: linear probing takes no steps
+        self.dist: Any = None  # the rank context (dist/context.py), set by dist.attach
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
         self.trajectory: RunTrajectory | None = None  # ZO learners: the per-step log (zobench/trajectory)
+        dist.attach(self)  # multi-rank runs (dist/): the stop request every rank agrees on
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, checkpoint) -> None:
@@ -56,6 +68,7 @@ class Recipe:
         self.setup_model()
         self.setup_learner()
         self.restore(checkpoint)
+        dist.attach_learner(self)  # multi-rank: each rank evaluates its shard (or its directions)
         self.measure_inference_peak()
         optimizer = getattr(self.learner, "optimizer", None)
         self.steps, self.eval_every = schedule(self.cfg.train, optimizer, not isinstance(self.learner, ZOLearner))
@@ -147,6 +160,9 @@ class Recipe:
         at the position they were saved at."""
         zo = isinstance(self.learner, ZOLearner)
         self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
+        if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
+            self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
+            dist.refuse_weightless(checkpoint, self.run_dir)
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
@@ -164,7 +180,8 @@ class Recipe:
                 self.learner.optimizer.load_state_dict(optimizer_state)
             self.counter.counts.update(self.state.counts)
             log.info("resumed from step %d", self.state.step)
-        remove_stale_best(self.best_dir, keep=self.state.best_file)
+        if dist.writes(self):
+            remove_stale_best(self.best_dir, keep=self.state.best_file)
         train, batch_size = self.examples["train"], self.cfg.train.batch_size
         if train:
             seed = mix_seed(self.cfg.seed, 1)
@@ -181,8 +198,9 @@ class Recipe:
         first = BatchStream(len(train), size, mix_seed(self.cfg.seed, 1)).next() if train else None
         batch = [train[i] for i in first] if first else self.examples["test"][:size]
         self.memory.reset()
+        objective = getattr(self.learner, "objective", self.objective)  # data parallel: this rank's shard
         with self.counter.phase("probe"):
-            self.objective.loss(batch)
+            objective.loss(batch)
         self.state.inference_peak = self.memory.peak()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -254,7 +272,8 @@ class Recipe:
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
             if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
-                state.best_file = save_best(self.named, self.best_dir, state.step)
+                writes = dist.writes(self)  # rank 0 writes, the others read it
+                state.best_file = save_best(self.named, self.best_dir, state.step) if writes else best_name(state.step)
 
     def save(self) -> None:
         """A checkpoint of the weights, the optimizer state and ``LoopState``."""
@@ -271,8 +290,10 @@ class Recipe:
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
         optimizer_state = self.learner.optimizer.state_dict() if weights else {}
         tensors = dict(self.named) if weights else {}
-        save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
-        remove_stale_best(self.best_dir, keep=state.best_file)
+        dist.check(self, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
+        if dist.writes(self):
+            save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
+            remove_stale_best(self.best_dir, keep=state.best_file)
 
     # -- evaluation and events -------------------------------------------------------------------
     @property
@@ -287,7 +308,7 @@ class Recipe:
             detail=lambda: f"{self.counter['eval'] - before} forward passes",
         )
         with self.counter.phase("eval"), beat:
-            values = self.objective.evaluate(examples, self.cfg.train.eval_batch_size)
+            values = sharded_evaluate(self.objective, examples, self.cfg.train.eval_batch_size, self.dist, self.counter)
         self.emit({"event": "eval", "split": split, "step": step, **values, **self.counts(), "wall_s": self.wall()})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         log.info(
@@ -327,7 +348,9 @@ class Recipe:
                 self.trajectory.rebuild(state.best_step, self.device)
         tested_step = state.best_step if cfg.keep_best and dev else state.step
         tested = self.evaluate("test", tested_step) if completed else {self.metric: None}
-        if completed and cfg.save_final:
+        if completed:
+            dist.check(self, "end of the run")
+        if completed and cfg.save_final and dist.writes(self):
             save_tensors(self.named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
@@ -352,4 +375,5 @@ class Recipe:
         }
         if status == "interrupted":
             result["signal"] = self.stop.name
+        result.update(dist.summary(self))
         return result

@@ -37,7 +37,7 @@ UPDATE_KEYS = ("model", "tuning", "optimizer", "engine", "seed", "objective", "t
 def config_sha256(cfg: DictConfig) -> str:
     """sha256 of the update-relevant keys of a run config (``UPDATE_KEYS``)."""
     picked = {
-        key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
+        key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]  # type: ignore[index,call-overload]  # a {"v": ...} mapping
         for key in UPDATE_KEYS
     }
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()

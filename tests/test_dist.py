@@ -1,0 +1,396 @@
+"""Multi-rank runs on torch.distributed (Gloo, CPU, real processes): data parallel equals one
+process on the global batch, sharded evaluation equals the single-process metric, rank 0 alone
+writes the run dir, the replicas stay bit-identical; and the fast in-process logic of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.helpers import REPO, SMOKE, compose_run
+from zobench.dist.context import DistContext, launch_env
+from zobench.dist.data import ShardedObjective, global_mean, shard
+from zobench.dist.evaluation import batches, combine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
+    """One rank of spawned runs: torchrun's environment, then ``zobench.run.run`` of each
+    ``(overrides, run_dir)`` job in turn (one interpreter start for several runs)."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from zobench.dist import current
+    from zobench.run import run
+
+    results = []
+    for overrides, run_dir in jobs:
+        current().sent.clear()
+        summary = run(compose_run(*overrides), Path(run_dir))
+        results.append({"summary": summary, "sent": dict(current().sent)})
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:
+    """``(overrides, run_dir)`` jobs run one after the other by ``world`` spawned ranks; per rank,
+    each job's summary and bytes sent per phase."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(list(overrides), str(run_dir)) for overrides, run_dir in jobs]
+    mp.spawn(_rank, args=(world, free_port(), jobs, str(out)), nprocs=world, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def run_single(overrides: list, run_dir: Path) -> dict:
+    from zobench.run import run
+
+    return run(compose_run(*overrides), run_dir)
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in lines if e["event"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "trainable.safetensors"))
+
+
+BASE = (*SMOKE, "train.batch_size=16", "train.steps=5", "train.log_every=1", "train.eval_every=5")
+
+
+# -- fast: the logic in one process ----------------------------------------------------------------
+def test_shards_cover_the_batch_in_order():
+    batch = list(range(11))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sum(parts, []) == batch and {len(p) for p in parts} == {3, 4}
+
+
+def test_launch_env_reads_torchrun_and_slurm_and_is_none_for_one_process():
+    assert launch_env({}) is None
+    assert launch_env({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None  # a one-task job is one process
+    assert launch_env({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})["rank"] == 1
+    slurm = launch_env(
+        {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "20007", "MASTER_ADDR": "n1"}
+    )
+    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"], slurm["master_port"]) == (3, 4, 1, 20007)
+
+
+class FakeRanks(DistContext):
+    """Two ranks in one process: ``all_reduce`` adds the other rank's packed vector."""
+
+    def __init__(self, other: torch.Tensor | None = None) -> None:
+        super().__init__(rank=0, world_size=2)
+        self.other = other
+
+    def all_reduce(self, tensor, op=None, phase="other"):
+        self.count(phase, tensor)
+        return tensor + self.other
+
+
+class Mean:
+    """An objective whose loss is the mean of its examples (numbers), R replicas scaled by r + 1."""
+
+    metric = "accuracy"
+
+    def loss(self, batch, replicas=1):
+        values = torch.tensor([float(x) for x in batch])
+        return values.mean() if replicas == 1 else torch.stack([(r + 1) * values.mean() for r in range(replicas)])
+
+    def loss_count(self, batch):
+        return len(batch)
+
+
+def test_global_mean_weights_each_shard_by_its_count():
+    batch = [1, 2, 3, 4, 10]  # rank 0 holds [1, 2], rank 1 [3, 4, 10]
+    other = torch.tensor([17.0, 34.0, 3.0, 0.0], dtype=torch.float64)  # rank 1: sums of 2 replicas, count, no stop
+    ctx = FakeRanks(other)
+    loss = ShardedObjective(Mean(), ctx).loss(batch, replicas=2)
+    assert loss.dtype == torch.float32 and loss.tolist() == pytest.approx([4.0, 8.0])
+    assert ctx.sent == {"train": 4 * 8}  # 2 sums, a count and the stop flag, float64
+
+
+def test_global_mean_carries_another_ranks_stop_request():
+    from zobench.dist.data import SyncedStop
+
+    class Request:
+        signum = None
+
+    stop = SyncedStop(Request())
+    global_mean(FakeRanks(torch.tensor([1.0, 1.0, 15.0], dtype=torch.float64)), torch.tensor(1.0), 1.0, stop)
+    assert stop.name == "SIGTERM"
+
+
+def test_combined_metric_is_the_single_process_sum_in_batch_order():
+    class Example:
+        def __init__(self, length):
+            self.length = length
+
+    examples = [Example(n) for n in (5, 1, 3, 2, 4)]
+    assert batches(examples, 2) == [[1, 3], [2, 4], [0]]
+    values = [0.1, 0.7, 0.2, 0.3, 0.9]
+    per_batch = [{"f1": [values[i] for i in chunk]} for chunk in batches(examples, 2)]
+    expected = 0.0
+    for chunk in batches(examples, 2):
+        for i in chunk:
+            expected += values[i]
+    assert combine(per_batch, 5) == {"f1": expected / 5}
+
+
+def test_guard_checksums_see_one_bit_and_a_swap():
+    from zobench.dist.guard import checksums
+
+    w = torch.randn(1000)
+    flipped = w.clone()
+    flipped[500] = torch.nextafter(flipped[500], torch.tensor(10.0))
+    swapped = w.clone()
+    swapped[[3, 4]] = w[[4, 3]]
+    base = checksums([("w", w)])
+    assert not torch.equal(base, checksums([("w", flipped)])) and not torch.equal(base, checksums([("w", swapped)]))
+    assert torch.equal(base, checksums([("w", w.clone())]))
+
+
+# -- slow: real ranks (Gloo) -------------------------------------------------------------------------
+METHODS = ("mezo", "hizoo", "fzoo", "zo_adam")
+SQUAD = (*SMOKE, "task=squad", "train.steps=0", "data.num_train=0", "data.num_dev=0", "data.num_eval=10")
+SQUAD = (*SQUAD, "train.eval_batch_size=3")
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    """2 ranks × 8 examples = 1 process × 16 for MeZO, HiZOO, FZOO, ZO-Adam: losses to the rounding of
+    the shard sums, final weights within fp32 rounding, forward passes and test accuracy equal;
+    the two ranks' weights bit-identical (the guard compares them at the end: status completed)."""
+    jobs = [([*BASE, f"optimizer={m}", "train.save_final=true"], tmp_path / m / "two") for m in METHODS]
+    jobs.append((list(SQUAD), tmp_path / "squad" / "two"))
+    ranks = run_ranks(2, jobs, tmp_path / "out")
+    # sharded generation (SQuAD): 4 batches of 3 over 2 ranks give the single-process F1 and EM exactly
+    squad = json.loads((tmp_path / "squad" / "two" / "summary.json").read_text())
+    single = run_single(list(SQUAD), tmp_path / "squad" / "one")
+    assert (squad["test_f1"], squad["test_em"]) == (single["test_f1"], single["test_em"])
+    assert squad["forward_passes_eval"] == single["forward_passes_eval"] > 0
+    for (overrides, two), rank0, rank1 in zip(jobs[:-1], *ranks):
+        single = run_single(overrides, two.parent / "one")
+        assert rank0["summary"]["status"] == rank1["summary"]["status"] == "completed"
+        assert rank0["sent"]["guard"] > 0
+        assert train_losses(two) == pytest.approx(train_losses(two.parent / "one"), rel=1e-5, abs=1e-6)
+        weights, expected = final_weights(two), final_weights(two.parent / "one")
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-6)
+        summary = json.loads((two / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["forward_passes"] == single["forward_passes"]
+        assert summary["test_accuracy"] == single["test_accuracy"]
+        assert summary["forward_passes_eval"] == single["forward_passes_eval"]
+        # a few float64 per evaluation: (replicas + 2) × 8 bytes
+        assert 0 < summary["comm_bytes_per_step"] <= 10 * 8 * 8
+        assert not list(two.glob("*.log")) or len(list(two.glob("*.log"))) == 1
+
+
+@pytest.mark.slow
+def test_direction_parallel_fzoo_and_mezo_equal_one_process(tmp_path):
+    """dist.mode=directions: FZOO N=4 (2 directions a rank) and MeZO q=3 (an uneven 2 + 1 split)
+    on 2 ranks give the single-process losses and weights (each direction on the whole batch)."""
+    methods = {"fzoo": "++optimizer.num_directions=4", "mezo": "++optimizer.num_directions=3"}
+    jobs = [
+        ([*BASE, f"optimizer={m}", extra, "train.save_final=true", "dist.mode=directions"], tmp_path / m / "two")
+        for m, extra in methods.items()
+    ]
+    ranks = run_ranks(2, jobs, tmp_path / "out")
+    for (overrides, two), rank0 in zip(jobs, ranks[0]):
+        single = run_single(overrides, two.parent / "one")
+        assert rank0["summary"]["status"] == "completed" and rank0["sent"]["train"] > 0
+        assert rank0["summary"]["forward_passes"] == single["forward_passes"]
+        assert train_losses(two) == pytest.approx(train_losses(two.parent / "one"), rel=1e-5, abs=1e-6)
+        weights, expected = final_weights(two), final_weights(two.parent / "one")
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
+    """The method side of direction parallelism, in one process: MeZO's q=3 estimate evaluated as
+    the shares [0] and [1, 2] (what two ranks would) gives the same step as the three at once."""
+    from tests.helpers import Quadratic
+    from zobench.dist.directions import share
+    from zobench.optim import MeZO
+
+    assert [share(5, r, 2) for r in range(2)] == [[0, 1], [2, 3, 4]] and share(1, 0, 2) == []
+    results = []
+    for split in (False, True):
+        model = Quadratic()
+        opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, num_directions=3, seed=7)
+        if split:
+            opt.direction_share = lambda count, evaluate: evaluate([0]) + evaluate([1, 2])
+        for _ in range(3):
+            opt.step(model)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_direction_mode_refuses_a_one_direction_method():
+    from types import SimpleNamespace
+
+    from zobench.dist.directions import split_directions
+    from zobench.errors import ConfigError
+    from zobench.optim import HiZOO
+
+    learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
+    with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
+        split_directions(learner, DistContext(rank=0, world_size=2))
+
+
+def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:
+    """``torchrun --standalone --nproc-per-node <nproc> -m zobench <args>`` (one thread per rank),
+    started in ``cwd`` with the source tree under test first on the path."""
+    data = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()  # cwd changes
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ZOBENCH_DATA_DIR": str(data)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.Popen(
+        [*cmd, "-m", "zobench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_one_run_dir_from_rank_0(tmp_path):
+    """No hydra.run.dir: rank 0's time-stamped dir is every rank's; Hydra's files and the log come
+    from rank 0 only; one closing line."""
+    proc = torchrun(2, *SMOKE, "train.steps=4", "train.eval_every=2", cwd=tmp_path)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]
+    assert len([p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and p.parent.name == "mezo"]) == 1
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["__main__.log"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["forward_passes"] == 8
+    assert summary["comm_bytes_per_step"] == 32  # MeZO's mirrored ± pair: 2 losses, a count, a flag (float64)
+    assert out.count("zobench: ") == 1 and "completed" in out
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_every_rank_and_the_run_resumes_on_2_or_1_ranks(tmp_path):
+    """SIGKILL of rank 1 mid-run: torchrun and rank 0 exit non-zero in < 60 s; the same command
+    (2 ranks) and a single process, each from a copy of the dir, finish with the uninterrupted
+    single-process run's result."""
+    args = [*SMOKE, "train.steps=40", "train.eval_every=20", "train.checkpoint_every=5", "train.save_final=true"]
+    reference = run_single([*args, "train.log_every=1"], tmp_path / "reference")
+    killed = tmp_path / "killed"
+    proc = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
+    victim = wait_for_step(proc, killed / "metrics.jsonl", step=12)
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
+    shutil.copytree(killed, tmp_path / "one_rank")
+    again = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    alone = run_single([*args, "train.log_every=1"], tmp_path / "one_rank")
+    expected = final_weights(tmp_path / "reference")
+    for run_dir in (killed, tmp_path / "one_rank"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
+        weights = final_weights(run_dir)
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+    assert alone["steps"] == 40
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_stops_both_at_one_step_and_resumes(tmp_path):
+    """SIGTERM to rank 1 alone (a scheduler's signal that reached one task first): the flag rides in
+    the step's all-reduce, both ranks checkpoint the same step (else the guard or a collective
+    would fail) and stop; the same command resumes and completes."""
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=40", "train.eval_every=40", "train.log_every=1", f"hydra.run.dir={run_dir}"]
+    proc = torchrun(2, *args, cwd=tmp_path)
+    os.kill(wait_for_step(proc, run_dir / "metrics.jsonl", step=8), signal.SIGTERM)
+    proc.communicate(timeout=120)
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert proc.returncode != 0 and stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"
+    assert (run_dir / "checkpoint" / f"ckpt-{stopped['steps']:09d}").is_dir() and stopped["steps"] < 40
+    again = torchrun(2, *args, cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == 40
+    assert f"resumed from step {stopped['steps']}" in (run_dir / "__main__.log").read_text()
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
+    """The pid of rank 1 (torchrun's second child) once ``metrics`` holds the train event of ``step``."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and f'"step": {step},' in metrics.read_text():
+            children = sorted(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+            return children[1]
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+
+
+def test_guard_names_the_first_parameter_that_differs_between_ranks():
+    from zobench.dist.guard import ReplicaMismatch, check_replicas
+
+    class SkewedRanks(DistContext):
+        """The other rank's second parameter differs in its plain checksum."""
+
+        def all_reduce(self, tensor, op=None, phase="other"):
+            other = tensor.clone()
+            other[1, 0] += 1
+            return (
+                torch.minimum(tensor, other) if op == torch.distributed.ReduceOp.MIN else torch.maximum(tensor, other)
+            )
+
+    named = [("a.weight", torch.ones(3)), ("b.weight", torch.ones(2)), ("c.bias", torch.zeros(1))]
+    with pytest.raises(ReplicaMismatch, match="1 of 3 parameters, first b.weight"):
+        check_replicas(named, SkewedRanks(rank=0, world_size=2), "checkpoint at step 4")
+    check_replicas(named, DistContext(), "one process: nothing to compare")  # no collective at all
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("dist.mode", "both", "dist.mode='both': allowed auto, data, directions"),
+        ("dist.backend", "mpi", "dist.backend='mpi': allowed auto, gloo, nccl"),
+        ("dist.timeout_s", "0", "dist.timeout_s=0: expected seconds, a number > 0"),
+    ],
+)
+def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkeypatch):
+    from tests.helpers import one_error_line, zobench_in_process
+
+    result = zobench_in_process(*SMOKE, f"{key}={value}", f"hydra.run.dir={tmp_path / 'run'}", monkeypatch=monkeypatch)
+    assert result.returncode == 2
+    assert one_error_line(result) == f"zobench: error: {message}"
+    assert not (tmp_path / "run").exists()  # refused before Hydra makes the run dir
+
+
+def test_a_first_order_baseline_is_refused_on_several_ranks():
+    from types import SimpleNamespace
+
+    from zobench.dist.hooks import attach_learner
+    from zobench.errors import ConfigError
+    from zobench.train.learners import BackpropLearner
+
+    recipe = SimpleNamespace(
+        dist=DistContext(rank=0, world_size=2),
+        learner=BackpropLearner(None, None),
+        state=SimpleNamespace(step=0),
+        cfg=compose_run("optimizer=adam"),
+    )
+    with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
+        attach_learner(recipe)
