@@ -55,14 +55,15 @@ def test_launch_runs_zobench_from_a_clean_worktree_at_the_commit(clone, tmp_path
 
 
 def test_launch_refuses_a_dirty_checkout_unless_forced(clone, tmp_path):
-    (clone / "README.md").write_text("changed\n")
+    marker = "an uncommitted line 7f3a9c"
+    (clone / "README.md").write_text(marker + "\n")
     refused = launch(clone, "--", "seed=0", cwd=tmp_path)
     assert refused.returncode == 2
     assert "has uncommitted changes" in refused.stderr and "--force" in refused.stderr
     forced = launch(clone, "--force", "--", "seed=0", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     tree = tmp_path / "worktrees" / git(clone, "rev-parse", "HEAD")[:12]
-    assert "changed" not in (tree / "README.md").read_text()  # the uncommitted change is not launched
+    assert marker not in (tree / "README.md").read_text()  # the uncommitted change is not launched
 
 
 def test_launch_rejects_an_unknown_commit(clone, tmp_path):

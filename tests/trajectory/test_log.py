@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.helpers import SMOKE, compose_run, one_error_line
 from zobench.errors import CheckpointError
@@ -108,3 +109,15 @@ def test_bad_cli_input_is_one_line_exit_2(tmp_path, capsys, module):
     one_error_line(_cli(module, run_dir, *out, "--step", "soon", capsys=capsys), "allowed best, last")
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1", 1))
     one_error_line(_cli(module, run_dir, *out, capsys=capsys), "differ from the run's")
+
+
+def test_the_config_hash_resolves_interpolations_that_read_outside_their_node():
+    """An experiment's ``optimizer.lr: ${...${optimizer.name}}`` reads keys beside the optimizer
+    node: the hash resolves it against the whole config, and a different lr is a different hash."""
+    from tests.helpers import experiment_sweep
+
+    point = [f"{key}={values[0]}" for key, values in experiment_sweep("fzoo_averages_smoke").items()]
+    cfg = compose_run("experiment=fzoo_averages_smoke", *point)  # unresolved, as a run gets it
+    assert "${" in str(OmegaConf.to_container(cfg.optimizer, resolve=False))  # the case under test
+    other = compose_run("experiment=fzoo_averages_smoke", *point, "optimizer.lr=0.125")
+    assert config_sha256(cfg) != config_sha256(other)

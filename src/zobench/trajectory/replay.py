@@ -36,11 +36,15 @@ UPDATE_KEYS = ("model", "tuning", "optimizer", "engine", "seed", "objective", "t
 
 def config_sha256(cfg: DictConfig) -> str:
     """sha256 of the update-relevant keys of a run config (``UPDATE_KEYS``)."""
-    picked = {
-        key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]  # type: ignore[index,call-overload]  # a {"v": ...} mapping
-        for key in UPDATE_KEYS
-    }
+    picked = {key: _resolved(cfg, key) for key in UPDATE_KEYS}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resolved(cfg: DictConfig, key: str):
+    """The value at ``key``, interpolations resolved against the whole config (an experiment's
+    ``optimizer.lr: ${lr_table.${optimizer.name}}`` reads keys outside the node)."""
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def optimizer_config(cfg: DictConfig) -> dict:
