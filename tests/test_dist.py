@@ -394,3 +394,13 @@ def test_a_first_order_baseline_is_refused_on_several_ranks():
     )
     with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
         attach_learner(recipe)
+
+
+def test_a_multi_rank_start_on_a_weightless_trajectory_checkpoint_is_refused_in_one_line(tmp_path):
+    from zobench.dist.hooks import refuse_weightless
+    from zobench.errors import CheckpointError
+
+    refuse_weightless(None, tmp_path)  # a fresh run
+    refuse_weightless(({"step": 3}, {"w": torch.zeros(2)}, {}), tmp_path)  # a weight checkpoint
+    with pytest.raises(CheckpointError, match=r"checkpoint: a trajectory checkpoint .* resumes in one process"):
+        refuse_weightless(({"step": 3}, {}, {}), tmp_path)
