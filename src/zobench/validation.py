@@ -61,6 +61,11 @@ def _positive_number(cfg, key: str, zero_ok: bool = False) -> None:
         raise ConfigError(f"{key}={value!r}: expected a finite number {'>= 0' if zero_ok else '> 0'}")
 
 
+def _boolean(cfg, key: str) -> None:
+    if not isinstance(_get(cfg, key), bool):
+        raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
+
+
 def _choice(cfg, key: str, allowed) -> None:
     value = _get(cfg, key)
     if value not in allowed:
@@ -86,8 +91,7 @@ def validate_bench(cfg: DictConfig) -> None:
         _integer(cfg, key, 1)
     for key in ("bench.warmup", "bench.numerics_steps", "bench.virtual_lr0_steps"):
         _integer(cfg, key, 0)
-    if not isinstance(_get(cfg, "bench.baseline"), bool):
-        raise ConfigError(f"bench.baseline={_get(cfg, 'bench.baseline')!r}: expected true or false")
+    _boolean(cfg, "bench.baseline")
     dtypes = _get(cfg, "bench.numerics_dtypes")
     if not OmegaConf.is_list(dtypes) or any(d not in DTYPES for d in dtypes):
         raise ConfigError(f"bench.numerics_dtypes={dtypes!r}: expected a list of {', '.join(DTYPES)}")
@@ -141,8 +145,7 @@ def _check_flags_and_icl(cfg: DictConfig) -> None:
     from .models.tuning import TUNINGS
 
     for key in ("train.keep_best", "train.save_final", "debug", "engine.paired", "engine.fused_linear"):
-        if not isinstance(_get(cfg, key), bool):
-            raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
+        _boolean(cfg, key)
     _choice(cfg, "train.on_divergence", DIVERGENCE_POLICIES)
     if OmegaConf.select(cfg, "train.checkpoint", default=None) is not None:
         _choice(cfg, "train.checkpoint", ("trajectory", "weights"))  # zobench/trajectory/checkpoints.py
