@@ -6,7 +6,10 @@ Sources:
   ``device_map`` (e.g. ``auto``) spreads a model larger than one GPU over all of them.
 * ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; docs/adding-a-model.md,
   "Offline models"). Dequantising is slow, so the first load writes a safetensors copy to
-  ``<cache_dir>/<name>/`` (atomically) and later loads read that instead.
+  ``<cache_dir>/<name>/`` (atomically) and later loads read that instead. The copy is a plain
+  fp32 model: the ``quantization_config`` transformers puts on a GGUF-loaded model's config is
+  dropped (:func:`_plain_config`), else the loaded model carries a GGUF quantizer and its
+  ``save_pretrained`` (export) refuses it as "not serializable".
 * ``random``: a seeded random initialisation from ``architecture`` (a transformers config),
   with the tokenizer of another model config (``tokenizer_from``): for tests and smoke runs.
 
@@ -224,7 +227,7 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.config.save_pretrained(tmp)
+    _plain_config(model.config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"))  # save_model de-duplicates tied weights
     try:
@@ -234,6 +237,23 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
     return target
+
+
+def _plain_config(config):
+    """``config`` without the ``quantization_config`` a GGUF load adds (``{quant_method: gguf}``):
+    the weights are dequantised, and a model built from a config that names a quantizer gets
+    transformers' ``GgufHfQuantizer``, whose ``is_serializable()`` is False."""
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    return config
+
+
+def _gguf_config(path: Path):
+    """The config of a converted GGUF-package model, plain (caches written before
+    :func:`_plain_config` existed still name the quantizer)."""
+    import transformers
+
+    return _plain_config(transformers.AutoConfig.from_pretrained(path))
 
 
 def load_tokenizer(cfg, cache_dir: str | None = None):
@@ -297,7 +317,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         # device_map (accelerate): layers spread over every visible GPU, for models larger than one
         kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
         model = (
-            auto.from_pretrained(path, **kwargs)
+            auto.from_pretrained(path, config=_gguf_config(path), **kwargs)
             if source == "gguf_package"
             else _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
         )
