@@ -122,6 +122,21 @@ def test_failed_run_leaves_a_failed_summary(tmp_path):
     assert summary["status"] == "failed" and "train.jsonl not found" in summary["error"]
 
 
+@pytest.mark.parametrize("split", ["validation", "train"])
+def test_a_run_with_an_empty_split_is_refused_before_training(tmp_path, data_dir, split):
+    """No test rows (an empty validation.jsonl) or no train pool: refused before the model loads,
+    never a completed run scoring nan on 0 examples."""
+    (tmp_path / "mirror" / "sst2").mkdir(parents=True)
+    for name in ("train", "validation"):
+        text = "" if name == split else (data_dir / "sst2" / f"{name}.jsonl").read_text()
+        (tmp_path / "mirror" / "sst2" / f"{name}.jsonl").write_text(text)
+    message = "no test rows" if split == "validation" else "train pool has only 0 rows"
+    with pytest.raises(ValueError, match=message):
+        run(compose_run(*SMOKE, "train.steps=2", f"data.dir={tmp_path / 'mirror'}"), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 0 and "test_accuracy" not in summary
+
+
 def test_masked_model_on_a_causal_task_is_refused(tmp_path, data_dir):
     with pytest.raises(ValueError, match="model=roberta-large is a masked LM"):
         run(compose_run("model=roberta-large", "task=copa", "logger=none", f"data.dir={data_dir}"), tmp_path)

@@ -1,6 +1,7 @@
 """Data loading of every task against the local mirror, and the two sampling protocols."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +353,37 @@ def test_a_short_pool_gives_dev_its_rows_and_train_the_rest_with_a_warning(tmp_p
     assert (len(splits.train), len(splits.dev)) == (4, 16) and "train gets" not in caplog.text
     # zero-shot with a dev set: dev may take the whole pool
     assert len(build_splits(load_task("sst2"), tmp_path, 0, 20, 4, seed=0).dev) == 20
+
+
+def _sst2_mirror(tmp_path, data_dir, eval_text: str) -> Path:
+    """An SST-2 mirror: 40 train rows, and ``eval_text`` as its validation file."""
+    (tmp_path / "sst2").mkdir(parents=True)
+    rows = (data_dir / "sst2" / "train.jsonl").read_text().splitlines(keepends=True)[:40]
+    (tmp_path / "sst2" / "train.jsonl").write_text("".join(rows))
+    (tmp_path / "sst2" / "validation.jsonl").write_text(eval_text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "eval_text, on_bad_row, extra",
+    [("", "error", ""), ('{"sentence": "x", "label": 7}\n', "skip", " (1 bad rows skipped, data.on_bad_row=skip)")],
+)
+def test_an_empty_test_split_is_refused_naming_its_file(tmp_path, data_dir, eval_text, on_bad_row, extra):
+    """An empty eval file, or one whose every row is left out, gives no test metric: refused."""
+    mirror = _sst2_mirror(tmp_path, data_dir, eval_text)
+    with pytest.raises(ConfigError) as err:
+        build_splits(load_task("sst2"), mirror, 8, 4, 10, seed=0, on_bad_row=on_bad_row)
+    assert str(err.value) == (
+        f"task sst2: no test rows: {mirror}/sst2/validation.jsonl has none{extra}; a run needs at least one: "
+        "point data.dir at a mirror whose file has rows"
+    )
+
+
+def test_an_empty_kshot_dev_file_is_refused_naming_it(tmp_path, data_dir):
+    mirror = _sst2_mirror(tmp_path, data_dir, (data_dir / "sst2" / "validation.jsonl").read_text())
+    folder = kshot_dir(mirror, "sst2", 16, 13)
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text((mirror / "sst2" / "train.jsonl").read_text())
+    (folder / "dev.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=f"task sst2: no dev rows: {folder}/dev.jsonl has none"):
+        build_splits(load_task("sst2"), mirror, 0, 0, 10, seed=13, protocol="kshot")

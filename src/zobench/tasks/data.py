@@ -324,7 +324,40 @@ def build_splits(
     else:
         raise ConfigError(f"data.protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
     splits.skipped_rows = skipped
+    _check_not_empty(spec, splits, data_dir, protocol, num_dev, k, seed)
     return splits
+
+
+def _check_not_empty(spec, splits: Splits, data_dir, protocol: str, num_dev: int, k: int, seed: int) -> None:
+    """A run's result is its test metric, and its model selection needs the dev rows it asked
+    for: a split left empty (an empty file, every row skipped as bad or dropped by the task's
+    ``skip_labels``) is refused here, before any model is loaded, rather than reported as a
+    completed run scoring ``nan (0 examples)``. Train is checked by the recipe, which knows
+    whether the run takes steps (zero-shot runs need none)."""
+    folder = kshot_dir(data_dir, spec.name, k, seed) if protocol == "kshot" and data_dir is not None else None
+    if not splits.test:
+        kshot_test = folder is not None and (folder / "test.jsonl").is_file()
+        raise ConfigError(
+            f"task {spec.name}: no test rows: {_source(spec, 'eval', data_dir, folder if kshot_test else None, 'test', splits)}"
+        )
+    if not splits.dev and (num_dev > 0 or protocol == "kshot"):
+        kshot_dev = folder is not None and (folder / "dev.jsonl").is_file()
+        raise ConfigError(
+            f"task {spec.name}: no dev rows: {_source(spec, 'train', data_dir, folder if kshot_dev else None, 'dev', splits)}"
+        )
+
+
+def _source(spec, split: str, data_dir, folder, name: str, splits: Splits) -> str:
+    """Where an empty split's rows came from, and what was left out of it."""
+    if folder is not None:
+        where = str(folder / f"{name}.jsonl")
+    elif data_dir is not None:
+        where = str(Path(data_dir) / spec.name / f"{spec.splits[split]}.jsonl")
+    else:
+        where = f"the hub's {spec.dataset['path']} split {spec.splits[split]!r}"
+    bad = sum(splits.skipped_rows.values())
+    skipped = f" ({bad} bad rows skipped, data.on_bad_row=skip)" if bad else ""
+    return f"{where} has none{skipped}; a run needs at least one: point data.dir at a mirror whose file has rows"
 
 
 def _mezo_splits(spec, data_dir, num_train, num_dev, num_eval, seed, eval_seed, on_bad_row, skipped) -> Splits:

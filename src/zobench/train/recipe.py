@@ -100,9 +100,11 @@ class Recipe:
             **protocol(cfg),
         )
         if (cfg.train.steps > 0 or cfg.train.get("forward_budget")) and not self.splits.train:
+            # mezo: the pool check of build_splits leaves train a row; kshot: its train file or pool is empty
             raise ConfigError(
-                f"task={self.spec.name}: no training examples are left once data.num_dev={data.num_dev} "
-                "dev examples are taken from its training pool; lower data.num_dev"
+                f"task={self.spec.name}: no training examples (data.protocol={data.get('protocol', 'mezo')}, "
+                f"data.num_dev={data.num_dev}); a run that takes steps needs some: point data.dir at a mirror "
+                "whose train split has rows, or set train.steps=0 to evaluate only"
             )
 
     def setup_model(self) -> None:
