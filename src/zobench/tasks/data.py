@@ -335,16 +335,11 @@ def _check_not_empty(spec, splits: Splits, data_dir, protocol: str, num_dev: int
     completed run scoring ``nan (0 examples)``. Train is checked by the recipe, which knows
     whether the run takes steps (zero-shot runs need none)."""
     folder = kshot_dir(data_dir, spec.name, k, seed) if protocol == "kshot" and data_dir is not None else None
-    if not splits.test:
-        kshot_test = folder is not None and (folder / "test.jsonl").is_file()
-        raise ConfigError(
-            f"task {spec.name}: no test rows: {_source(spec, 'eval', data_dir, folder if kshot_test else None, 'test', splits)}"
-        )
-    if not splits.dev and (num_dev > 0 or protocol == "kshot"):
-        kshot_dev = folder is not None and (folder / "dev.jsonl").is_file()
-        raise ConfigError(
-            f"task {spec.name}: no dev rows: {_source(spec, 'train', data_dir, folder if kshot_dev else None, 'dev', splits)}"
-        )
+    for name, rows, pool, wanted in (("test", splits.test, "eval", True), ("dev", splits.dev, "train", num_dev > 0)):
+        if not rows and (wanted or protocol == "kshot"):
+            kshot_file = folder if folder is not None and (folder / f"{name}.jsonl").is_file() else None
+            where = _source(spec, pool, data_dir, kshot_file, name, splits)
+            raise ConfigError(f"task {spec.name}: no {name} rows: {where}")
 
 
 def _source(spec, split: str, data_dir, folder, name: str, splits: Splits) -> str:
