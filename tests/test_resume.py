@@ -109,6 +109,43 @@ def test_a_completed_run_dir_is_left_alone(tmp_path, data_dir, reference):
     assert (reference[1] / "metrics.jsonl").read_text() == before
 
 
+def _completed_dir(run_dir: Path, *overrides) -> dict:
+    """A run dir as a completed run leaves it (config.yaml and summary.json; nothing else is read)."""
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True)
+    config = OmegaConf.to_container(compose_run(*SMOKE, *overrides), resolve=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    summary = {"status": "completed", "test_accuracy": 0.75, "steps": 2}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+@pytest.mark.parametrize(
+    "changed, named",
+    [
+        (["optimizer.lr=0.5"], "optimizer.lr: 3e-05 -> 0.5"),
+        (["train.steps=9"], "train.steps: 2 -> 9"),  # a resume may extend the steps; a completed run may not
+        (["task=rte"], "task.name: 'sst2' -> 'rte'"),
+    ],
+)
+def test_a_completed_run_dir_refuses_another_config_naming_the_keys(tmp_path, changed, named):
+    _completed_dir(tmp_path / "run", "train.steps=2")
+    with pytest.raises(CheckpointError) as err:
+        run(compose_run(*SMOKE, "train.steps=2", *changed), tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'run'} holds a completed run of a different config (") and named in message
+    assert "hydra.run.dir=<new dir>" in message and "\n" not in message
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_accuracy"] == 0.75  # left as it was
+
+
+def test_a_completed_run_dir_answers_its_own_config_whatever_the_logging_keys(tmp_path):
+    summary = _completed_dir(tmp_path / "run", "train.steps=2")
+    # where it logs and how often (the keys a resume may change too) do not change the result
+    again = run(compose_run(*SMOKE, "train.steps=2", "train.log_every=7", "logger=wandb"), tmp_path / "run")
+    assert again == summary
+
+
 def _nan_after(monkeypatch, calls_ok: int):
     """Make the objective return NaN once, in the call that evaluates forward pass number
     ``calls_ok + 1`` (a call of the ± pair evaluates two)."""

@@ -44,6 +44,11 @@ __all__ = ["STOP_SIGNALS", "BatchStream", "StopRequest", "_schedule", "redact", 
 
 log = logging.getLogger(__name__)
 
+#: keys a resume may change but that a completed run's result depends on (its steps, its final/)
+RERUN_KEYS = ("train.steps", "train.save_final")
+#: keys in which a rerun of a completed run dir may differ from it (where it logs, where it runs)
+COMPLETED_EXEMPT = tuple(key for key in RESUMABLE_KEYS if key not in RERUN_KEYS)
+
 
 def _flat(cfg: dict, prefix: str = "") -> dict:
     out: dict = {}
@@ -71,12 +76,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
     summary_path = run_dir / "summary.json"
     previous = _previous_summary(summary_path)
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
     if previous.get("status") == "completed":
-        log.info("%s holds a completed run; nothing to do", run_dir)
+        _check_rerun(config, run_dir)
+        log.info("%s holds a completed run of this config; nothing to do", run_dir)
         _clean_up_finished(run_dir)  # a kill during the clean-up of the finished run left some of it
         rundir.go(done=previous)
         return previous
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
     checkpoint = _without_lost_best_state(load_checkpoint(run_dir / "checkpoint"), run_dir)
     if checkpoint is not None:
         _check_resumable(config, run_dir / "config.yaml")
@@ -188,22 +194,48 @@ def _check_steps(cfg: DictConfig, checkpoint_step: int, run_dir: Path) -> None:
         )
 
 
-def _check_resumable(config: dict, saved_path: Path) -> None:
-    """A checkpoint is resumed only under the config it was written with (bar RESUMABLE_KEYS)."""
-    if not saved_path.is_file():
-        raise CheckpointError(
-            f"{saved_path.parent / 'checkpoint'} has no config.yaml beside it; cannot tell which config it belongs to"
-        )
-    saved = _flat(cast(dict, OmegaConf.to_container(OmegaConf.load(saved_path))))
-    now = _flat(config)
-    changed = sorted(
+def changed_keys(saved: dict, now: dict, exempt=RESUMABLE_KEYS) -> list[str]:
+    """The dotted keys whose values differ between two config containers, bar ``exempt`` ones
+    (a key or any key under it); sorted."""
+    saved, now = _flat(saved), _flat(now)
+    return sorted(
         k
         for k in set(saved) | set(now)
-        if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+        if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in exempt)
     )
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+
+
+def _differences(config: dict, saved_path: Path, exempt, what: str) -> str:
+    """``key: old -> new`` of the keys in which ``config`` differs from ``saved_path`` (config.yaml
+    of the run dir), at most five; "" when they agree."""
+    if not saved_path.is_file():
+        raise CheckpointError(
+            f"{saved_path.parent / what} has no config.yaml beside it; cannot tell which config it belongs to"
+        )
+    saved = cast(dict, OmegaConf.to_container(OmegaConf.load(saved_path)))
+    changed = changed_keys(saved, config, exempt)
+    flat_saved, flat_now = _flat(saved), _flat(config)
+    more = f", and {len(changed) - 5} more" if len(changed) > 5 else ""
+    return ", ".join(f"{k}: {flat_saved.get(k)!r} -> {flat_now.get(k)!r}" for k in changed[:5]) + more
+
+
+def _check_resumable(config: dict, saved_path: Path) -> None:
+    """A checkpoint is resumed only under the config it was written with (bar RESUMABLE_KEYS)."""
+    detail = _differences(config, saved_path, RESUMABLE_KEYS, "checkpoint")
+    if detail:
         raise CheckpointError(
             f"{saved_path.parent} holds a checkpoint of a different config ({detail}); "
             "use another hydra.run.dir or restore those values"
+        )
+
+
+def _check_rerun(config: dict, run_dir: Path) -> None:
+    """A completed run dir answers only the command that made it: another config (bar the keys a
+    resume may change, except ``RERUN_KEYS``: the result depends on them) is refused, naming the
+    keys, instead of returning the old result as if it were the one asked for."""
+    detail = _differences(config, run_dir / "config.yaml", COMPLETED_EXEMPT, "summary.json")
+    if detail:
+        raise CheckpointError(
+            f"{run_dir} holds a completed run of a different config ({detail}); run it in a new dir "
+            "(hydra.run.dir=<new dir>), or restore those values to read the completed result"
         )
