@@ -121,3 +121,95 @@ def test_the_config_hash_resolves_interpolations_that_read_outside_their_node():
     assert "${" in str(OmegaConf.to_container(cfg.optimizer, resolve=False))  # the case under test
     other = compose_run("experiment=fzoo_averages_smoke", *point, "optimizer.lr=0.125")
     assert config_sha256(cfg) != config_sha256(other)
+
+
+# -- integrity: a torn tail only at the end of an unfinished run's log --------------------------
+def _damaged(path, damage: str) -> tuple[int, int]:
+    """A 5-step log with ``damage``; (the record it hits, its byte offset)."""
+    _write(path, 5)
+    full = log.read(path)
+    data = bytearray(path.read_bytes())
+    starts = [full.start, *full.ends[:-1]]
+    record, where = {
+        "payload of record 2": (2, starts[1] + 4 + 3),
+        "CRC of record 3": (3, full.ends[2] - 2),
+        "length of record 2, larger": (2, starts[1]),
+        "length of record 4, smaller": (4, starts[3]),
+        "payload of record 1": (1, starts[0] + 9),
+    }[damage]
+    data[where] ^= 0x10 if "smaller" not in damage else 0x08  # one bit
+    if "smaller" in damage:
+        assert data[where] < path.read_bytes()[where]
+    path.write_bytes(bytes(data))
+    return record, starts[record - 1]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "payload of record 1",
+        "payload of record 2",
+        "CRC of record 3",
+        "length of record 2, larger",
+        "length of record 4, smaller",
+    ],
+)
+def test_damage_before_the_last_record_is_corruption_named_by_file_record_and_step(tmp_path, damage):
+    record, at = _damaged(tmp_path / "t.bin", damage)
+    with pytest.raises(CheckpointError) as err:
+        log.read(tmp_path / "t.bin")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 't.bin'}: record {record} (step {record}) at byte {at} ")
+    assert "the log is corrupted" in message and "\n" not in message
+    # a resume past the damage refuses too (and says how to start afresh); one before it cuts it away
+    with pytest.raises(CheckpointError, match="delete .*checkpoint to start the run afresh"):
+        log.open_for_append(tmp_path / "t.bin", 5)
+    if record > 1:
+        kept, writer = log.open_for_append(tmp_path / "t.bin", record - 1)
+        writer.close()
+        assert kept.last_step == record - 1 and log.read(tmp_path / "t.bin").last_step == record - 1
+
+
+def test_a_record_out_of_sequence_is_corruption(tmp_path):
+    path = tmp_path / "t.bin"
+    _write(path, 2)
+    with path.open("ab") as f:
+        f.write(log.encode_record(7, _calls(7)))  # a whole record, valid CRC, the wrong step
+    with pytest.raises(CheckpointError, match=r"record 3 \(step 3\) at byte \d+ holds step 7"):
+        log.read(path)
+
+
+def test_a_damaged_header_is_refused(tmp_path):
+    path = tmp_path / "t.bin"
+    _write(path, 2)
+    data = bytearray(path.read_bytes())
+    data[len(log.MAGIC) + 4] ^= 0x01  # the JSON's opening brace
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="unreadable trajectory header"):
+        log.read(path)
+
+
+@pytest.mark.parametrize("damage", ["cut 5 bytes", "cut 1 record", "bit in the last record", "bit in the header"])
+def test_a_completed_runs_log_must_be_the_one_its_summary_sealed(tmp_path, damage):
+    """The last record of an unfinished run may be torn (read ends before it); a completed run's
+    log is whole: a cut, a garbled last record or a changed header is refused, naming the record."""
+    path = tmp_path / "t.bin"
+    _write(path, 5)
+    sealed = log.seal(path)
+    assert sealed["records"] == 5 and sealed["bytes"] == path.stat().st_size
+    log.check_sealed(log.read(path), sealed, "last")  # whole: accepted
+    data = bytearray(path.read_bytes())
+    if damage == "cut 5 bytes":
+        data = data[:-5]
+    elif damage == "cut 1 record":
+        data = data[: log.read(path).ends[3]]
+    elif damage == "bit in the last record":
+        data[-7] ^= 0x04
+    else:
+        data[data.index(b'"mezo"') + 2] ^= 0x20  # "mezo" -> "mEzo": the JSON still parses
+    path.write_bytes(bytes(data))
+    damaged = log.read(path)  # as an unfinished run's log: steps 1..4 (or all 5), no error
+    assert damaged.last_step == (5 if damage == "bit in the header" else 4)
+    expected = "its sha256 differs" if damage == "bit in the header" else r"record 5 \(step 5\) is (torn|missing)"
+    with pytest.raises(CheckpointError, match=rf"^{path}: the completed run logged 5 steps .*{expected}.*--step best"):
+        log.check_sealed(damaged, sealed, "best")

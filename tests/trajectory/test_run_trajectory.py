@@ -63,6 +63,37 @@ def test_a_different_base_model_is_refused_in_one_line(runs, monkeypatch):
         replay(runs["full"], "last")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["cut 5 bytes", "bit in record 2", "bit in the last record"])
+def test_replay_and_export_of_a_damaged_completed_log_are_refused(runs, tmp_path, capsys, damage):
+    """A completed run's trajectory.bin cut or with a flipped bit: never an earlier step's weights
+    (the summary seals the log; a CRC failure with records after it is corruption anyway)."""
+    import shutil
+
+    from zobench.export import main as export_main
+    from zobench.trajectory.log import read
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["full"], run_dir)
+    path = run_dir / "trajectory.bin"
+    assert stable(run_dir / "summary.json")["trajectory"]["records"] == 4
+    ends, data = read(path).ends, bytearray(path.read_bytes())
+    if damage == "cut 5 bytes":
+        data = data[:-5]
+    else:
+        data[ends[0] + 6 if damage == "bit in record 2" else ends[2] + 6] ^= 0x01
+    path.write_bytes(bytes(data))
+    record = 2 if damage == "bit in record 2" else 4
+    for step in ("last", "best", "1"):
+        with pytest.raises(CheckpointError, match=rf"^{path}: .*record {record} \(step {record}\)"):
+            replay(run_dir, step)
+    with pytest.raises(SystemExit) as stop:
+        export_main([str(run_dir), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and f"record {record} (step {record})" in err
+    assert not (tmp_path / "out").exists()
+
+
 def _logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits

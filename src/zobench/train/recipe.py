@@ -377,5 +377,7 @@ class Recipe:
         }
         if status == "interrupted":
             result["signal"] = self.stop.name
+        if self.trajectory is not None:  # synced above: what replay and export check it against
+            result["trajectory"] = self.trajectory.seal()
         result.update(dist.summary(self))
         return result

@@ -76,6 +76,11 @@ class RunTrajectory:
     def close(self) -> None:
         self.writer.close()
 
+    def seal(self) -> dict:
+        """The log's record count, size and sha256, for summary.json (``log.seal``)."""
+        self.writer.sync()
+        return trajlog.seal(self.path)
+
     def replay_to(self, step: int, optimizer=None) -> None:
         """The weights (and, for ``optimizer``, the state) at ``step``: the resumed run's own
         optimizer from step 0, on the base weights this process loaded."""

@@ -26,10 +26,19 @@ Writes are flushed at every step (they survive a kill -9 of the process) and fsy
 metrics.jsonl (``sync``: before a checkpoint and the summary). A record cut by a kill fails its
 length or CRC check: the reader stops at the last complete record and ``open_for_append``
 truncates the file there.
+
+Integrity (nothing silent): a kill only ever tears the *last* record, so the reader accepts a
+damaged record only at the end of the file (a prefix of a record, or a last record failing its
+CRC); a record failing its CRC with bytes after it, a length field that disagrees with the
+record's own layout, or a step number out of sequence is corruption, refused in one line naming
+the file, the record and its step. A completed run's log is whole: its summary.json records the
+record count, byte size and sha256 (``seal``), which ``check_sealed`` compares before a replay,
+so a cut or changed log is refused rather than replayed to an earlier step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -65,8 +74,6 @@ class Header:
 
 def weights_sha256(named) -> str:
     """sha256 over the names, dtypes, shapes and raw bytes of ``(name, tensor)`` pairs."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, p in named:
         t = p.detach().contiguous()
@@ -124,8 +131,9 @@ def decode_payload(payload: bytes) -> tuple[int, list[tuple]]:
 # -- reading ----------------------------------------------------------------------------------
 @dataclass
 class Trajectory:
-    """A log read back: its header, the records of complete steps, and the byte offset after
-    the last complete record (``end``; a torn tail after it is ignored)."""
+    """A log read back: its header, the records of complete steps, the byte offset after the
+    last complete record (``end``) and the bytes of a torn last record after it (``tail``,
+    ignored: a kill mid-write)."""
 
     path: Path
     header: Header
@@ -133,14 +141,44 @@ class Trajectory:
     start: int  # the byte offset after the header
     ends: list[int]  # the byte offset after each record
     end: int
+    tail: int = 0
 
     @property
     def last_step(self) -> int:
         return self.steps[-1][0] if self.steps else 0
 
 
-def read(path: Path) -> Trajectory:
-    """The log at ``path``; a torn or corrupted last record (a kill mid-write) ends it there."""
+def _payload_size(buf: bytes, at: int) -> int | None:
+    """The size of the payload starting at ``at`` as its own layout gives it (step, call count,
+    each call's dtype and shape), or None where ``buf`` ends before the layout does."""
+    try:
+        _, count = _HEAD.unpack_from(buf, at)
+        pos = at + _HEAD.size
+        for _ in range(count):
+            code, ndim = _CALL.unpack_from(buf, pos)
+            shape = struct.unpack_from(f"<{ndim}I", buf, pos + _CALL.size)
+            numel = 1
+            for n in shape:
+                numel *= n
+            itemsize = torch.empty((), dtype=DTYPES[code & ~DUAL]).element_size()
+            pos += _CALL.size + 4 * ndim + numel * itemsize * (2 if code & DUAL else 1)
+    except struct.error:
+        return None
+    except IndexError:  # a dtype code no record has: the layout is garbage, not a prefix
+        return -1
+    return pos - at
+
+
+def _corrupted(path: Path, record: int, at: int, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: record {record} (step {record}) at byte {at} {why}: the log is corrupted (a kill only "
+        f"tears the last record); steps from {record} on cannot be replayed"
+    )
+
+
+def read(path: Path, until: int | None = None) -> Trajectory:
+    """The log at ``path`` (``until``: only the records up to that step, the rest unread). A torn
+    last record (a kill mid-write) ends it; damage anywhere else is refused (``_corrupted``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no trajectory log (a ZO run of zobench writes one)")
@@ -153,19 +191,60 @@ def read(path: Path) -> Trajectory:
         header = Header(**json.loads(buf[len(MAGIC) + 4 : at]))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable trajectory header ({err})") from None
-    start, steps, ends = at, [], []
-    while at + 4 <= len(buf):
+    start, ends = at, []
+    steps: list[tuple[int, list[tuple]]] = []
+    while at + 4 <= len(buf) and (until is None or len(steps) < until):
+        record = len(steps) + 1  # records are steps 1, 2, ... (a resume cuts the log back first)
         (size,) = _LEN.unpack_from(buf, at)
         end = at + 4 + size + 4
         if end > len(buf):
+            implied = _payload_size(buf, at + 4)
+            if implied is not None and (implied < 0 or at + 4 + implied + 4 <= len(buf)):
+                # a torn record is a prefix of a whole one: this one's bytes hold more than a record
+                raise _corrupted(path, record, at, f"says {size} bytes long, its contents {implied}")
             break  # torn: the process died while writing this record
         payload = buf[at + 4 : at + 4 + size]
         if _LEN.unpack_from(buf, end - 4)[0] != zlib.crc32(payload):
-            break
-        steps.append(decode_payload(payload))
+            if end == len(buf):
+                break  # the last record, garbled by the kill that ended the run
+            raise _corrupted(path, record, at, f"fails its CRC check and {len(buf) - end} bytes follow it")
+        try:
+            step, calls = decode_payload(payload)
+        except (struct.error, IndexError, RuntimeError, ValueError) as err:
+            raise _corrupted(path, record, at, f"does not decode ({type(err).__name__})") from None
+        if step != record:
+            raise _corrupted(path, record, at, f"holds step {step}")
+        steps.append((step, calls))
         ends.append(end)
         at = end
-    return Trajectory(path, header, steps, start, ends, at)
+    tail = 0 if until is not None and len(steps) == until else len(buf) - at
+    return Trajectory(path, header, steps, start, ends, at, tail)
+
+
+def seal(path: Path) -> dict:
+    """What summary.json records of a finished run's log: ``records``, ``bytes``, ``sha256``."""
+    log = read(path)
+    blob = Path(path).read_bytes()
+    return {"records": len(log.steps), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def check_sealed(log: Trajectory, sealed: dict, asked) -> None:
+    """A completed run's log is the one its summary sealed: same records, bytes and sha256;
+    otherwise one line naming the file, the first record missing or changed, and the step asked."""
+    size = log.path.stat().st_size
+    if len(log.steps) == sealed["records"] and size == sealed["bytes"]:
+        if hashlib.sha256(log.path.read_bytes()).hexdigest() == sealed["sha256"]:
+            return
+        what = "its sha256 differs from the one summary.json records (every record's CRC holds: the header changed)"
+    else:
+        record = len(log.steps) + 1
+        damage = "is torn" if log.tail else "is missing"
+        what = f"record {record} (step {record}) {damage}"
+    raise CheckpointError(
+        f"{log.path}: the completed run logged {sealed['records']} steps in {sealed['bytes']} bytes (summary.json); "
+        f"this file holds {len(log.steps)} whole records in {size} bytes, {what}: the log was cut or changed since "
+        f"the run, and --step {asked} would not replay the run's weights"
+    )
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -204,7 +283,10 @@ def open_for_append(path: Path, step: int) -> tuple[Trajectory, TrajectoryWriter
     """The log of a resumed run, cut after the record of ``step`` (records after it belong to the
     steps the resumed run takes again; a torn tail goes too). Fewer records than ``step``: the
     log lost steps the checkpoint counts, which is refused in one line."""
-    log = read(path)
+    try:
+        log = read(path, until=step)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; delete {Path(path).parent / 'checkpoint'} to start the run afresh") from None
     kept = [record for record in log.steps if record[0] <= step]
     if len(kept) != step or (kept and kept[-1][0] != step):
         raise CheckpointError(

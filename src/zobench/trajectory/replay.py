@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,8 +28,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import CheckpointError, ConfigError
-from .log import FILENAME, Header, Trajectory, read, weights_sha256
+from .log import FILENAME, Header, Trajectory, check_sealed, read, weights_sha256
 from .tape import ReplayTape, replay_steps
+
+logger = logging.getLogger(__name__)
 
 #: the config keys a step's update depends on (the log's ``config_sha256`` covers these)
 UPDATE_KEYS = ("model", "tuning", "optimizer", "engine", "seed", "objective", "train.batch_size")
@@ -126,6 +129,7 @@ def replay(run_dir: Path, step: int | str | None = None, device: str | None = No
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     log = read(run_dir / FILENAME)
+    check_whole(run_dir, log, "last" if step is None else step)
     check_config(log.header, cfg, run_dir / "config.yaml")
     target = resolve_step(run_dir, log, step)
     model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
@@ -138,6 +142,27 @@ def replay(run_dir: Path, step: int | str | None = None, device: str | None = No
         )
     replay_into(learner.optimizer, log, target, int(cfg.train.batch_size))
     return Replayed(model, tokenizer, named, cfg, target)
+
+
+def check_whole(run_dir: Path, log: Trajectory, asked) -> None:
+    """A completed run's log must be the one its summary.json sealed (``log.check_sealed``): a
+    cut or changed log would replay an earlier step. A torn last record is expected only of a
+    run that has not completed (killed: its resume cuts it off), and is said so."""
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        raise CheckpointError(f"{summary_path}: unreadable; cannot tell whether {log.path} is whole") from None
+    sealed = summary.get("trajectory") if isinstance(summary, dict) else None
+    if isinstance(summary, dict) and summary.get("status") == "completed" and sealed is not None:
+        check_sealed(log, sealed, asked)
+    elif log.tail:
+        logger.warning(
+            "%s: a torn last record (%d bytes) after step %d: the run did not complete (killed mid-write)",
+            log.path,
+            log.tail,
+            log.last_step,
+        )
 
 
 def resolve_step(run_dir: Path, log: Trajectory, step: int | str | None) -> int:
