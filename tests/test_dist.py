@@ -256,6 +256,37 @@ def test_direction_mode_refuses_a_one_direction_method():
         split_directions(learner, DistContext(rank=0, world_size=2))
 
 
+def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    """One rank started with ``optimizer.lr`` of its own: the start's error, as each rank sees it."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from zobench.errors import ConfigError
+    from zobench.run import run
+
+    try:
+        run(compose_run(*SMOKE, "train.steps=2", f"optimizer.lr={1e-4 * (rank + 1)}"), Path(run_dir))
+        message = "no error"
+    except ConfigError as err:
+        message = str(err)
+    Path(out, f"rank{rank}.txt").write_text(message)
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_configs_all_stop_at_start_naming_the_keys(tmp_path):
+    """One all-gather of the ranks' configs before any work: every rank stops with the same line
+    (not a replica mismatch at the first checkpoint)."""
+    mp.spawn(_rank_with_its_own_lr, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert (
+        messages[0]
+        == messages[1]
+        == ("rank 1's config differs from rank 0's in optimizer.lr; start every rank with the same overrides")
+    )
+    assert not (tmp_path / "run").exists()  # refused before rank 0 made the run dir
+
+
 def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:
     """``torchrun --standalone --nproc-per-node <nproc> -m zobench <args>`` (one thread per rank),
     started in ``cwd`` with the source tree under test first on the path."""

@@ -66,6 +66,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     validate(cfg)
     run_dir = Path(run_dir)
     ctx = rundir.start(cfg)  # torchrun / Slurm tasks: join the process group (dist/)
+    rundir.check_same_config(ctx, redact(OmegaConf.to_container(cfg, resolve=True)))
     if not ctx.leader:  # ranks other than 0 write nothing: they follow rank 0's run dir
         return rundir.follow(cfg, run_dir, started)
     with rundir.leading(ctx), RunDirLock(run_dir):

@@ -70,6 +70,39 @@ def start(cfg) -> DistContext:
     return setup(cfg.dist) if cfg.get("dist") is not None else current()
 
 
+#: keys a rank may set for its own node (paths, device, logging: rank 0 alone logs); every other
+#: key changes the numbers, and ranks that differ in one would fail the replica check later
+PER_RANK_KEYS = ("cache_dir", "data.dir", "device", "debug", "logger")
+
+
+def check_same_config(ctx: DistContext, config: dict) -> None:
+    """Every rank runs rank 0's config: one all-gather of each rank's resolved (redacted) config
+    and its sha256 at start, before any work; a difference outside ``PER_RANK_KEYS`` stops every
+    rank with the same line naming the keys (rather than a replica mismatch at the first
+    checkpoint, hundreds of steps later)."""
+    if not ctx.active:
+        return
+    import hashlib
+    import json
+
+    from ..run import changed_keys
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    gathered = ctx.gather_objects((digest, config))
+    differing = [
+        (rank, keys)
+        for rank, (other_digest, other) in enumerate(gathered)
+        if other_digest != gathered[0][0] and (keys := changed_keys(gathered[0][1], other, PER_RANK_KEYS))
+    ]
+    if differing:
+        rank, keys = differing[0]
+        more = f" (and {len(differing) - 1} more ranks)" if len(differing) > 1 else ""
+        raise ConfigError(
+            f"rank {rank}'s config differs from rank 0's in {', '.join(keys[:8])}{more}; "
+            "start every rank with the same overrides"
+        )
+
+
 class SharedRunDir(Callback):
     """Rank 0's ``hydra.run.dir`` on every rank; Hydra's own files from rank 0 only."""
 
