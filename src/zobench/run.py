@@ -7,7 +7,8 @@ atomically, with ``status`` completed / failed / diverged / interrupted), ``chec
 ``train.checkpoint_every`` steps and on SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT, ``signals.py``),
 ``.lock`` (held by the one process running in the dir, ``lock.py``). A run started in a dir that
 holds a checkpoint resumes from it and ends bit-identical to an uninterrupted run; a completed run
-dir is left as it is (bar leftovers of its clean-up). The finishing sequence is: test evaluation →
+dir is left as it is (bar leftovers of its clean-up) when started with its own config, and refused
+with one line naming the keys when started with another (``_check_rerun``). The finishing sequence is: test evaluation →
 ``final/`` → summary.json → remove ``checkpoint/`` → remove ``best/``; each step is restartable,
 so a kill between any two leaves a dir that the next start resumes or completes.
 """
