@@ -36,7 +36,7 @@ def test_records_round_trip_exactly(tmp_path):
     assert read.end == (tmp_path / "t.bin").stat().st_size
 
 
-@pytest.mark.parametrize("damage", ["torn", "crc", "length only"])
+@pytest.mark.parametrize("damage", ["torn", "crc", "length only", "zero-filled"])
 def test_a_torn_or_corrupted_last_record_ends_the_log_there(tmp_path, damage):
     path = tmp_path / "t.bin"
     _write(path, 3)
@@ -46,6 +46,8 @@ def test_a_torn_or_corrupted_last_record_ends_the_log_there(tmp_path, damage):
         data = data[: full.ends[2] - 5]
     elif damage == "crc":
         data[full.ends[2] - 6] ^= 0xFF
+    elif damage == "zero-filled":  # power loss: the last record's blocks allocated, never written
+        data[full.ends[1] + 5 :] = bytes(len(data) - full.ends[1] - 5 + 40)
     else:
         data = data[: full.ends[1] + 2]
     path.write_bytes(bytes(data))

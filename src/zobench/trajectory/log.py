@@ -169,6 +169,12 @@ def _payload_size(buf: bytes, at: int) -> int | None:
     return pos - at
 
 
+def _zeros_from(buf: bytes, at: int) -> bool:
+    """Whether ``buf`` holds only zero bytes from ``at`` on (what a file system leaves of data it
+    allocated but never wrote before a power loss)."""
+    return buf.count(0, at) == len(buf) - at
+
+
 def _corrupted(path: Path, record: int, at: int, why: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: record {record} (step {record}) at byte {at} {why}: the log is corrupted (a kill only "
@@ -197,6 +203,8 @@ def read(path: Path, until: int | None = None) -> Trajectory:
         record = len(steps) + 1  # records are steps 1, 2, ... (a resume cuts the log back first)
         (size,) = _LEN.unpack_from(buf, at)
         end = at + 4 + size + 4
+        if size == 0 and _zeros_from(buf, at):
+            break  # no record is empty: a tail the file system extended and never wrote (power loss)
         if end > len(buf):
             implied = _payload_size(buf, at + 4)
             if implied is not None and (implied < 0 or at + 4 + implied + 4 <= len(buf)):
@@ -205,7 +213,7 @@ def read(path: Path, until: int | None = None) -> Trajectory:
             break  # torn: the process died while writing this record
         payload = buf[at + 4 : at + 4 + size]
         if _LEN.unpack_from(buf, end - 4)[0] != zlib.crc32(payload):
-            if end == len(buf):
+            if end == len(buf) or _zeros_from(buf, end):
                 break  # the last record, garbled by the kill that ended the run
             raise _corrupted(path, record, at, f"fails its CRC check and {len(buf) - end} bytes follow it")
         try:
