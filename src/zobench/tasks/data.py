@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataNotFoundError
+from .checks import check_not_empty, check_pool_size
 from .spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -324,73 +325,21 @@ def build_splits(
     else:
         raise ConfigError(f"data.protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
     splits.skipped_rows = skipped
-    _check_not_empty(spec, splits, data_dir, protocol, num_dev, k, seed)
-    return splits
-
-
-def _check_not_empty(spec, splits: Splits, data_dir, protocol: str, num_dev: int, k: int, seed: int) -> None:
-    """A run's result is its test metric, and its model selection needs the dev rows it asked
-    for: a split left empty (an empty file, every row skipped as bad or dropped by the task's
-    ``skip_labels``) is refused here, before any model is loaded, rather than reported as a
-    completed run scoring ``nan (0 examples)``. Train is checked by the recipe, which knows
-    whether the run takes steps (zero-shot runs need none)."""
     folder = kshot_dir(data_dir, spec.name, k, seed) if protocol == "kshot" and data_dir is not None else None
-    for name, rows, pool, wanted in (("test", splits.test, "eval", True), ("dev", splits.dev, "train", num_dev > 0)):
-        if not rows and (wanted or protocol == "kshot"):
-            kshot_file = folder if folder is not None and (folder / f"{name}.jsonl").is_file() else None
-            where = _source(spec, pool, data_dir, kshot_file, name, splits)
-            raise ConfigError(f"task {spec.name}: no {name} rows: {where}")
-
-
-def _source(spec, split: str, data_dir, folder, name: str, splits: Splits) -> str:
-    """Where an empty split's rows came from, and what was left out of it."""
-    if folder is not None:
-        where = str(folder / f"{name}.jsonl")
-    elif data_dir is not None:
-        where = str(Path(data_dir) / spec.name / f"{spec.splits[split]}.jsonl")
-    else:
-        where = f"the hub's {spec.dataset['path']} split {spec.splits[split]!r}"
-    bad = sum(splits.skipped_rows.values())
-    skipped = f" ({bad} bad rows skipped, data.on_bad_row=skip)" if bad else ""
-    return f"{where} has none{skipped}; a run needs at least one: point data.dir at a mirror whose file has rows"
+    check_not_empty(spec, splits, data_dir, protocol, num_dev, folder)
+    return splits
 
 
 def _mezo_splits(spec, data_dir, num_train, num_dev, num_eval, seed, eval_seed, on_bad_row, skipped) -> Splits:
     picked = []
     if num_train + num_dev > 0:
         pool = load_split(spec, "train", data_dir, on_bad_row, skipped)
-        _check_pool_size(spec, len(pool), num_train, num_dev)
+        check_pool_size(spec, len(pool), num_train, num_dev)
         picked = sample_subset(pool, num_train + num_dev, seed)
     dev = picked[len(picked) - num_dev :] if num_dev else []
     train = picked[: len(picked) - len(dev)]
     test = sample_subset(load_split(spec, "eval", data_dir, on_bad_row, skipped), num_eval, eval_seed)
     return Splits(train=train, dev=dev, test=test)
-
-
-def _check_pool_size(spec, rows: int, num_train: int, num_dev: int) -> None:
-    """Dev never takes rows train was promised without saying so, and never more than exist."""
-    if rows >= num_train + num_dev:
-        return
-    need = num_dev + (1 if num_train > 0 else 0)
-    if rows < need:
-        most = rows - (1 if num_train > 0 else 0)
-        hint = f"set data.num_dev <= {most}" if most > 0 else "point data.dir at a file with more rows"
-        raise ConfigError(
-            f"data.num_dev={num_dev}: task {spec.name}'s train pool has only {rows} rows, too few for "
-            f"{num_dev} dev rows{' plus at least one training row' if num_train else ''}; {hint} "
-            f"(data.num_train + data.num_dev <= {rows} uses no more rows than exist)"
-        )
-    log.warning(
-        "task %s: num_train + num_dev = %d > %d rows in the train pool: dev takes its %d, train gets "
-        "the other %d (not %d); set data.num_train=%d to ask for exactly that",
-        spec.name,
-        num_train + num_dev,
-        rows,
-        num_dev,
-        rows - num_dev,
-        num_train,
-        rows - num_dev,
-    )
 
 
 def kshot_dir(data_dir, task: str, k: int, seed: int) -> Path:
