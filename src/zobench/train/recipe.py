@@ -31,7 +31,7 @@ from ..checkpoint import (
 )
 from ..dist import hooks as dist
 from ..dist.evaluation import sharded_evaluate
-from ..engine import mix_seed
+from ..engine import mix_seed, trace
 from ..errors import CheckpointError, ConfigError
 from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
 from ..tasks import build_splits, load_task
@@ -143,6 +143,10 @@ class Recipe:
             self.learner = build_learner(self.cfg, opt_cfg, self.model, self.named, self.objective)
             if isinstance(self.learner, ZOLearner):  # a batched call evaluates several models
                 self.counter.replicas = lambda: self.learner.engine.replica_count
+                self.arm_watchdog()
+            for logger in self.loggers:  # W&B: the engine that runs (the config says only what was asked)
+                if self.learner.engine_info and hasattr(logger, "update_config"):
+                    logger.update_config({"engine_used": self.learner.engine_info})
             return
         if self.cfg.train.steps != 0:
             raise ConfigError(
@@ -155,6 +159,17 @@ class Recipe:
         with self.counter.phase("train"), heartbeat(f"fitting the linear probe on {len(train)} examples"):
             self.objective = fit(self.objective, train, self.cfg.train.eval_batch_size, seed=self.cfg.seed, **opt_cfg)
 
+    def arm_watchdog(self) -> None:
+        """``engine.watchdog_s`` (ZOBENCH_WATCHDOG overrides it): a step that makes no progress for
+        that long ends the run (``trace.exit_on_stall``). Off for kernels run by Triton's
+        interpreter (seconds per launch) unless ZOBENCH_WATCHDOG asks for it."""
+        seconds = self.cfg.engine.get("watchdog_s", 0)
+        info = self.learner.engine_info or {}
+        if "interpreter" in str(info.get("triton") or ""):
+            seconds = 0
+        trace.resume_hint[0] = "no checkpoint was written yet (train.checkpoint_every): the run starts afresh"
+        trace.install(self.model, seconds, on_stall=trace.exit_on_stall)
+
     def restore(self, checkpoint) -> None:
         """The loop state, weights and optimizer state of ``checkpoint`` (if any); the data stream
         at the position they were saved at."""
@@ -163,6 +178,8 @@ class Recipe:
         if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
             self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
             dist.refuse_weightless(checkpoint, self.run_dir)
+        if zo and checkpoint is not None and self.checkpoint_mode == "weights" and self.log_of_another_engine(int(checkpoint[0]["step"])):
+            zo = False  # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
@@ -180,6 +197,7 @@ class Recipe:
                 self.learner.optimizer.load_state_dict(optimizer_state)
             self.counter.counts.update(self.state.counts)
             log.info("resumed from step %d", self.state.step)
+            self.note_checkpoint(self.state.step)
         if dist.writes(self):
             remove_stale_best(self.best_dir, keep=self.state.best_file)
         train, batch_size = self.examples["train"], self.cfg.train.batch_size
@@ -215,7 +233,8 @@ class Recipe:
             state.step += 1
             last = state.step == self.steps
             self.memory.reset()
-            loss, info = self.learner.step(self.next_batch())
+            with trace.step(f"step {state.step}"):  # a stall inside it ends the run (engine.watchdog_s)
+                loss, info = self.learner.step(self.next_batch())
             if self.trajectory is not None:
                 self.trajectory.append(state.step, self.learner.tape.calls)
             state.train_peak = max(state.train_peak, self.memory.peak())
@@ -244,6 +263,7 @@ class Recipe:
                 status = "interrupted"
                 break
         progress.close()
+        trace.uninstall()  # the watchdog guards steps only
         return status
 
     def next_batch(self) -> list:
@@ -294,6 +314,38 @@ class Recipe:
         if dist.writes(self):
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             remove_stale_best(self.best_dir, keep=state.best_file)
+        self.note_checkpoint(state.step)
+
+    def log_of_another_engine(self, step: int) -> bool:
+        """Whether this run dir's trajectory log was written by another engine than this run's
+        (``engine.backend`` changed on a resume of a weights checkpoint): a log replays with one
+        engine (z differs between backends), so it is cut at the checkpoint and not extended."""
+        if not has_log(self.run_dir):
+            return False
+        from ..trajectory import log as trajlog
+
+        path = self.run_dir / trajlog.FILENAME
+        written = trajlog.read(path).header.engine
+        if written == self.learner.engine_name:
+            return False
+        _, writer = trajlog.open_for_append(path, step)
+        writer.close()
+        log.warning(
+            "%s was written by engine %s; this run resumes on %s, so the log stops at step %d (it replays "
+            "with one engine) and the run continues without one",
+            path, written, self.learner.engine_name, step,
+        )  # fmt: skip
+        return True
+
+    def note_checkpoint(self, step: int) -> None:
+        """What the watchdog's stall line says about resuming (``trace.resume_hint``)."""
+        trace.resume_hint[0] = (
+            f"the checkpoint of step {step} is intact: run the same command with engine=torch to resume from it"
+            if self.checkpoint_mode == "weights"
+            else f"the checkpoint of step {step} is intact: run the same command to resume from it (a "
+            "train.checkpoint=trajectory run replays with the engine that wrote it; engine=torch resumes "
+            "train.checkpoint=weights runs)"
+        )
 
     # -- evaluation and events -------------------------------------------------------------------
     @property
@@ -371,6 +423,7 @@ class Recipe:
             "peak_memory_source": self.memory.source,
             "device": str(self.device),
             "engine": self.learner.engine_name if self.learner else "none",
+            "engine_used": getattr(self.learner, "engine_info", None),  # backend, mode, fused, Triton, device
             "status": status,
         }
         if status == "interrupted":
