@@ -129,3 +129,28 @@ def test_the_check_runs_only_for_a_triton_engine_on_cuda_unless_forced():
         "backend": "torch", "mode": "inplace", "paired": False, "fused_linear": False, "triton": None, "device": "cpu"
     }  # fmt: skip
     assert selfcheck.label(info) == "torch/inplace [cpu]"
+
+
+@pytest.mark.slow
+def test_the_command_checks_each_model_and_dtype_and_prints_one_json_line_each(capsys):
+    import json
+
+    assert selfcheck.main(["--models", "tiny-llama", "--dtypes", "float16,bfloat16", "device=cpu", "logger=none"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["model"], r["dtype"], r["passed"]) for r in rows] == [
+        ("tiny-llama", "float16", True), ("tiny-llama", "bfloat16", True)
+    ]  # fmt: skip
+    assert rows[0]["features"] == ["paired", "update", "virtual"] and rows[0]["seconds"] > 0
+
+
+def test_the_engine_guard_keys_are_validated():
+    from tests.helpers import compose_run
+    from zobench.validation import validate
+
+    for override, message in (
+        ("engine.self_check=sometimes", "engine.self_check='sometimes': allowed auto, true, false"),
+        ("engine.watchdog_s=-1", "engine.watchdog_s=-1: expected seconds >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_run(override, "device=cpu"))
+    validate(compose_run("engine.watchdog_s=null", "engine.self_check=false", "device=cpu"))
