@@ -106,7 +106,8 @@ def test_triton_stops_and_auto_falls_back_to_torch_loudly(monkeypatch, capsys, t
     with pytest.raises(EngineCheckError, match=r"^the Triton engine's virtual .* engine=torch") as err:
         _engine_of(model, "triton")
     assert "\n" not in str(err.value)
-    monkeypatch.setattr("zobench.engine.resolve_backend", lambda b, model=None: "triton" if b == "auto" else b)  # as on CUDA
+    # as on CUDA: auto resolves to triton
+    monkeypatch.setattr("zobench.engine.resolve_backend", lambda b, model=None: "triton" if b == "auto" else b)
     engine, info = _engine_of(model, "auto")
     assert type(engine).__name__ == "VirtualEngine" and info["backend"] == "torch" and info["fallback"] == "torch"
     assert info["check"]["passed"] is False and info["triton"] is None

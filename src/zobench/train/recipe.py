@@ -178,7 +178,13 @@ class Recipe:
         if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
             self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
             dist.refuse_weightless(checkpoint, self.run_dir)
-        if zo and checkpoint is not None and self.checkpoint_mode == "weights" and self.log_of_another_engine(int(checkpoint[0]["step"])):
+        resumed_step = int(checkpoint[0]["step"]) if checkpoint is not None else None
+        if (
+            zo
+            and resumed_step is not None
+            and self.checkpoint_mode == "weights"
+            and self.log_of_another_engine(resumed_step)
+        ):
             zo = False  # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
