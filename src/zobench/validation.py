@@ -24,7 +24,7 @@ RESUMABLE_KEYS = (
     "train.eval_batch_size",
     "dist",  # a checkpoint holds one copy of the state: resumable with another world size or mode
     # the engine that computes the steps to come: a weights checkpoint resumes on another one (engine=torch
-    # after a failed or hung Triton engine, issue 32); a trajectory log refuses it (it replays with one engine)
+    # after a failed or hung Triton engine); a trajectory log refuses it (it replays with one engine)
     "engine.backend",
     "engine.fused_linear",
     "engine.self_check",

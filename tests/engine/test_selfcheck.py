@@ -14,9 +14,12 @@ if "zobench.engine.triton.primitives" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (see test_triton_backend.py)
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]')")
 
-from tests.engine.test_launch import CONFIGS, weight_shapes  # noqa: E402
-from tests.helpers import tiny_model  # noqa: E402
-from zobench.engine import build_engine, selfcheck  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CONFIGS,
+    tiny_model,  # noqa: E402
+    weight_shapes,
+)
+from zobench.engine import build_engine, mix_seed, selfcheck  # noqa: E402
 from zobench.engine.selfcheck import Case, EngineCheckError, checked_engine, run_check  # noqa: E402
 from zobench.engine.triton import engines as te  # noqa: E402
 from zobench.engine.triton.primitives import interpreted  # noqa: E402
@@ -75,7 +78,7 @@ def test_a_broken_kernel_is_caught_with_one_line(breakage, monkeypatch):
     if breakage == "offset":
         _broken_copy(monkeypatch)
     else:  # every kernel of the provider draws under another key: another z
-        monkeypatch.setattr(te, "_key", lambda direction, pid: selfcheck.mix_seed(direction.seed, pid) + 1)
+        monkeypatch.setattr(te, "_key", lambda direction, pid: mix_seed(direction.seed, pid) + 1)
     case = Case((576, 1536), torch.bfloat16, "virtual")
     report = run_check([Case((576,), torch.float32, "update"), case], "cpu")
     assert not report.ok

@@ -38,6 +38,7 @@ from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode, has_log
+from . import guard
 from .learners import ZOLearner, build_learner, import_target
 from .setup import load_model_or_explain, protocol, resolve_device, schedule
 from .state import LoopState
@@ -143,7 +144,7 @@ class Recipe:
             self.learner = build_learner(self.cfg, opt_cfg, self.model, self.named, self.objective)
             if isinstance(self.learner, ZOLearner):  # a batched call evaluates several models
                 self.counter.replicas = lambda: self.learner.engine.replica_count
-                self.arm_watchdog()
+                guard.arm_watchdog(self.cfg, self.learner, self.model)
             for logger in self.loggers:  # W&B: the engine that runs (the config says only what was asked)
                 if self.learner.engine_info and hasattr(logger, "update_config"):
                     logger.update_config({"engine_used": self.learner.engine_info})
@@ -159,17 +160,6 @@ class Recipe:
         with self.counter.phase("train"), heartbeat(f"fitting the linear probe on {len(train)} examples"):
             self.objective = fit(self.objective, train, self.cfg.train.eval_batch_size, seed=self.cfg.seed, **opt_cfg)
 
-    def arm_watchdog(self) -> None:
-        """``engine.watchdog_s`` (ZOBENCH_WATCHDOG overrides it): a step that makes no progress for
-        that long ends the run (``trace.exit_on_stall``). Off for kernels run by Triton's
-        interpreter (seconds per launch) unless ZOBENCH_WATCHDOG asks for it."""
-        seconds = self.cfg.engine.get("watchdog_s", 0)
-        info = self.learner.engine_info or {}
-        if "interpreter" in str(info.get("triton") or ""):
-            seconds = 0
-        trace.resume_hint[0] = "no checkpoint was written yet (train.checkpoint_every): the run starts afresh"
-        trace.install(self.model, seconds, on_stall=trace.exit_on_stall)
-
     def restore(self, checkpoint) -> None:
         """The loop state, weights and optimizer state of ``checkpoint`` (if any); the data stream
         at the position they were saved at."""
@@ -178,14 +168,9 @@ class Recipe:
         if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
             self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
             dist.refuse_weightless(checkpoint, self.run_dir)
-        resumed_step = int(checkpoint[0]["step"]) if checkpoint is not None else None
-        if (
-            zo
-            and resumed_step is not None
-            and self.checkpoint_mode == "weights"
-            and self.log_of_another_engine(resumed_step)
-        ):
-            zo = False  # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
+        if zo and checkpoint is not None and self.checkpoint_mode == "weights":
+            # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
+            zo = not guard.log_of_another_engine(self.run_dir, self.learner, int(checkpoint[0]["step"]))
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
@@ -203,7 +188,7 @@ class Recipe:
                 self.learner.optimizer.load_state_dict(optimizer_state)
             self.counter.counts.update(self.state.counts)
             log.info("resumed from step %d", self.state.step)
-            self.note_checkpoint(self.state.step)
+            guard.note_checkpoint(self.checkpoint_mode, self.state.step)
         if dist.writes(self):
             remove_stale_best(self.best_dir, keep=self.state.best_file)
         train, batch_size = self.examples["train"], self.cfg.train.batch_size
@@ -320,38 +305,7 @@ class Recipe:
         if dist.writes(self):
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             remove_stale_best(self.best_dir, keep=state.best_file)
-        self.note_checkpoint(state.step)
-
-    def log_of_another_engine(self, step: int) -> bool:
-        """Whether this run dir's trajectory log was written by another engine than this run's
-        (``engine.backend`` changed on a resume of a weights checkpoint): a log replays with one
-        engine (z differs between backends), so it is cut at the checkpoint and not extended."""
-        if not has_log(self.run_dir):
-            return False
-        from ..trajectory import log as trajlog
-
-        path = self.run_dir / trajlog.FILENAME
-        written = trajlog.read(path).header.engine
-        if written == self.learner.engine_name:
-            return False
-        _, writer = trajlog.open_for_append(path, step)
-        writer.close()
-        log.warning(
-            "%s was written by engine %s; this run resumes on %s, so the log stops at step %d (it replays "
-            "with one engine) and the run continues without one",
-            path, written, self.learner.engine_name, step,
-        )  # fmt: skip
-        return True
-
-    def note_checkpoint(self, step: int) -> None:
-        """What the watchdog's stall line says about resuming (``trace.resume_hint``)."""
-        trace.resume_hint[0] = (
-            f"the checkpoint of step {step} is intact: run the same command with engine=torch to resume from it"
-            if self.checkpoint_mode == "weights"
-            else f"the checkpoint of step {step} is intact: run the same command to resume from it (a "
-            "train.checkpoint=trajectory run replays with the engine that wrote it; engine=torch resumes "
-            "train.checkpoint=weights runs)"
-        )
+        guard.note_checkpoint(self.checkpoint_mode, state.step)
 
     # -- evaluation and events -------------------------------------------------------------------
     @property

@@ -36,19 +36,17 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..errors import ConfigError
-from .directions import Direction, mix_seed
-from .launch import BLOCK, row_block
-from .philox import philox_z_at
+from ...errors import ConfigError
+from ..directions import Direction, mix_seed
+from ..launch import BLOCK, row_block
+from ..philox import philox_z_at
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +120,8 @@ def cases_for(engine, params: Iterable[torch.Tensor]) -> list[Case]:
     """The (shape class, dtype, feature) triples ``engine`` exercises on ``params``: every engine
     updates by the sweep; the virtual engine perturbs copies (paired: ± pairs), streams large
     2-D weights and, with ``fused_linear``, runs the fused GEMM / gather on the weights it fuses."""
-    from .triton import fused
-    from .virtual import VirtualEngine
+    from ..triton import fused
+    from ..virtual import VirtualEngine
 
     virtual = isinstance(engine, VirtualEngine)
     paired = virtual and bool(getattr(engine, "paired", False))
@@ -172,7 +170,7 @@ class _Checker:
     """Runs the cases of one (device, distribution) and collects the mismatches."""
 
     def __init__(self, device: torch.device, distribution: str, compiled: bool, fused_linear: bool) -> None:
-        from .triton.engines import TritonProvider
+        from ..triton.engines import TritonProvider
 
         self.device, self.distribution, self.compiled = device, distribution, compiled
         self.provider = TritonProvider(fused_linear=fused_linear)
@@ -271,7 +269,7 @@ class _Checker:
 
     def _streamed(self, case: Case, pid: int, theta: torch.Tensor, z: torch.Tensor, eps: float) -> None:
         """A block of rows that starts inside the weight (its z is the whole tensor's)."""
-        from .triton import kernels
+        from ..triton import kernels
 
         rows, cols = case.shape[0], theta.shape[1]  # the slice's row length (see slice_shape)
         step = row_block(cols, BLOCK, 1)  # the fewest rows that start a kernel block
@@ -319,7 +317,7 @@ class _Checker:
 
 def run_check(cases: Iterable[Case], device, distribution: str = "gaussian") -> Report:
     """Run ``cases`` (deduplicated by slice) on ``device``; every mismatch is in the report."""
-    from .triton.primitives import interpreted
+    from ..triton.primitives import interpreted
 
     start = time.perf_counter()
     device = torch.device(device)
@@ -347,197 +345,3 @@ def run_check(cases: Iterable[Case], device, distribution: str = "gaussian") -> 
         torch.cuda.synchronize(device)
     checker.report.seconds = time.perf_counter() - start
     return checker.report
-
-
-# --- what a run builds ---------------------------------------------------------------------------
-
-
-def wanted(setting, engine, model: nn.Module | None) -> bool:
-    """Whether ``engine.self_check`` asks for the check of ``engine``: a Triton engine, and
-    ``true`` or ``auto`` on a CUDA model (``false``: never)."""
-    from .triton.engines import TritonProvider
-
-    if setting not in CHECK_CHOICES:
-        raise ConfigError(f"engine.self_check={setting!r}: allowed auto, true, false")
-    if setting is False or not isinstance(getattr(engine, "provider", None), TritonProvider):
-        return False
-    param = next(model.parameters(), None) if model is not None else None
-    return setting is True or (param is not None and param.device.type == "cuda")
-
-
-def device_of(model: nn.Module | None) -> torch.device:
-    param = next(model.parameters(), None) if model is not None else None
-    return param.device if param is not None else torch.device("cpu")
-
-
-def warn_fallback(line: str) -> None:
-    """The loud warning of ``engine=auto``'s fallback: the log and stderr, framed."""
-    message = f"engine=auto: {line.split('; run with engine=torch')[0]}; falling back to the torch engine"
-    log.warning(message)
-    bar = "!" * 78
-    print(f"{bar}\nzobench: WARNING: {message}\n{bar}", file=sys.stderr, flush=True)
-
-
-def describe(engine, model: nn.Module | None) -> dict:
-    """The engine a run actually uses: backend, mode, paired, fused or not, Triton's version (for
-    the Triton backend) and the device's name (summary.json ``engine_used``, W&B config)."""
-    from .inplace import InPlaceEngine
-    from .virtual import VirtualEngine
-
-    triton_engine = type(engine.provider).__name__ == "TritonProvider"
-    virtual = isinstance(engine, VirtualEngine)
-    device = device_of(model)
-    info: dict = {
-        "backend": "triton" if triton_engine else "torch",
-        "mode": "virtual" if virtual else "inplace" if isinstance(engine, InPlaceEngine) else type(engine).__name__,
-        "paired": bool(getattr(engine, "paired", False)) if virtual else False,
-        "fused_linear": bool(getattr(engine, "fused_linear", False)),
-        "triton": None,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-    }
-    if triton_engine:
-        import triton
-
-        from .triton.primitives import interpreted
-
-        info["triton"] = triton.__version__ + (" (interpreter)" if interpreted() else "")
-    return info
-
-
-def label(info: dict) -> str:
-    """``triton/virtual+paired+fused (Triton 3.1.0, NVIDIA H100 80GB HBM3)``: the closing line's engine."""
-    flags = "".join(f"+{name}" for name in ("paired", "fused") if info.get("fused_linear" if name == "fused" else name))
-    triton = f"Triton {info['triton']}" if info.get("triton") else ""
-    extra = ", ".join(x for x in (triton, info.get("device", "")) if x)
-    check = info.get("check") or {}
-    fallback = " (fell back from triton: the start-up check failed)" if info.get("fallback") else ""
-    checked = " (checked)" if check.get("passed") and not fallback else ""
-    return f"{info['backend']}/{info['mode']}{flags}{checked}{fallback}" + (f" [{extra}]" if extra else "")
-
-
-def checked_engine(build, backend: str, model: nn.Module | None, params, distribution: str, setting="auto"):
-    """``build(backend)`` (the engine for ``engine.backend``), checked against the torch reference
-    when ``wanted``; returns (engine, ``describe``'s dict with ``check``). A mismatch stops the run
-    (``EngineCheckError``: one line) unless ``backend`` is ``auto``, which falls back to
-    ``build("torch")`` with a loud warning (``warn_fallback``)."""
-    engine = build(backend)
-    if not wanted(setting, engine, model):
-        return engine, describe(engine, model)
-    report = run_check(cases_for(engine, params), device_of(model), distribution)
-    log.info("engine self-check: %d cases in %.2f s, %s", len(report.cases), report.seconds,
-             "passed" if report.ok else "FAILED")  # fmt: skip
-    if report.ok:
-        return engine, {**describe(engine, model), "check": report.summary()}
-    line = report.mismatches[0].line()
-    if backend != "auto":
-        raise EngineCheckError(line)
-    warn_fallback(line)
-    if hasattr(engine, "remove"):
-        engine.remove()  # the virtual engine's hooks on the model
-    fallback = build("torch")
-    return fallback, {**describe(fallback, model), "check": report.summary(), "fallback": "torch"}
-
-
-# --- python -m zobench.engine.selfcheck: the check alone, for a config's model (gpu.sh) ------------
-
-
-def model_parameters(cfg) -> list[torch.Tensor]:
-    """The parameters of ``cfg.model`` with their real shapes and dtype: a ``random`` config's
-    on the meta device (no memory, no initialisation: a 30B config's in a second), any other
-    loaded as a run loads it."""
-    from ..models import loading
-
-    if cfg.model.source != "random":
-        from ..train.setup import load_model_or_explain, resolve_device
-
-        return list(load_model_or_explain(cfg, resolve_device(cfg.device))[0].parameters())
-    import transformers
-
-    tokenizer = loading.load_tokenizer(cfg.model, cfg.cache_dir)
-    arch = dict(cfg.model.architecture)
-    config = transformers.AutoConfig.for_model(arch.pop("model_type"), vocab_size=len(tokenizer), **arch)
-    with torch.device("meta"):
-        model = loading._auto_class(cfg.model.get("family", "causal")).from_config(
-            config, dtype=loading.torch_dtype(cfg.model.dtype)
-        )
-    return list(model.parameters())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m zobench.engine.selfcheck [--models a,b] [--dtypes float16,bfloat16] [overrides]``:
-    the start-up check of the Triton engine a run with these overrides (``model=``, ``engine.*``,
-    ``optimizer.distribution=``, ``device=``) would use, on each model's shape classes in each
-    dtype; one JSON line per (model, dtype): cases, the check's own seconds, passed, the failure."""
-    import argparse
-
-    from ..__main__ import fail, precheck
-
-    parser = argparse.ArgumentParser(prog="python -m zobench.engine.selfcheck")
-    parser.add_argument("--models", default=None, help="comma-separated conf/model names (default: model=)")
-    parser.add_argument("--dtypes", default=None, help="comma-separated model.dtype values (default: the config's)")
-    known, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    precheck(overrides)
-    failures = []
-    for model in known.models.split(",") if known.models else [None]:
-        for dtype in known.dtypes.split(",") if known.dtypes else [None]:
-            extra = ([f"model={model}"] if model else []) + ([f"model.dtype={dtype}"] if dtype else [])
-            line = _check_config([*overrides, *extra], fail)
-            failures += [line] if line else []
-    if failures:
-        fail(failures[0])
-    return 0
-
-
-def _check_config(overrides: list[str], fail) -> str | None:
-    """The check for one composed config: prints its JSON line, returns the failure's line."""
-    import json
-
-    from hydra import compose, initialize_config_dir
-
-    from ..resources import conf_dir
-    from ..train.setup import resolve_device
-    from ..validation import validate
-    from .triton import TritonInPlaceEngine, TritonVirtualEngine
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    try:
-        validate(cfg)
-        device = resolve_device(cfg.device)
-        if device.type != "cuda" and not _interpreted():
-            raise ConfigError(f"device={cfg.device}: the check compares the compiled Triton kernels; it needs CUDA")
-        params = model_parameters(cfg)
-    except ConfigError as err:
-        fail(str(err))
-    holder = nn.Module()  # the engine's view of the model: only the parameters' shapes matter
-    holder.weights = nn.ParameterList([nn.Parameter(p, requires_grad=False) for p in params])
-    e = cfg.engine
-    engine: TritonVirtualEngine | TritonInPlaceEngine
-    if e.mode == "virtual":
-        engine = TritonVirtualEngine(holder, paired=bool(e.paired), fused_linear=bool(e.fused_linear))
-    else:
-        engine = TritonInPlaceEngine()
-    cases = cases_for(engine, params)
-    distribution = str(cfg.optimizer.get("distribution", "gaussian"))
-    report = run_check(cases, device, distribution)
-    row = {
-        "model": cfg.model.name,
-        "dtype": cfg.model.dtype,
-        "distribution": distribution,
-        "features": sorted({c.feature for c in cases}),
-        "shape_classes": len({(c.shape, c.dtype) for c in cases}),
-        **report.summary(),
-        "engine": label({**describe(engine, None), "device": str(device), "check": report.summary()}),
-    }
-    print(json.dumps(row), flush=True)
-    return None if report.ok else report.mismatches[0].line()
-
-
-def _interpreted() -> bool:
-    from .triton.primitives import interpreted
-
-    return interpreted()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
