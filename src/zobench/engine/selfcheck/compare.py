@@ -182,9 +182,10 @@ class _Checker:
         diff = (out.float() - ref.float()).abs()
         bad = ~(diff <= allowed)  # NaN compares False
         if bool(bad.any()):
-            worst = int(torch.nan_to_num(diff, nan=math.inf).argmax()) if diff.numel() else 0
+            allowed = allowed.expand_as(diff)
+            worst = int(torch.nan_to_num(diff - allowed, nan=math.inf).argmax())  # the largest excess
             self.report.mismatches.append(
-                Mismatch(case, what, float(diff.flatten()[worst]), float(allowed.expand_as(diff).flatten()[worst]))
+                Mismatch(case, what, float(diff.flatten()[worst]), float(allowed.flatten()[worst]))
             )
 
     def _weights_tolerance(self, ref: torch.Tensor, operands: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
