@@ -319,3 +319,61 @@ def signal_at_loss_call(monkeypatch, call: int, sig=signal.SIGUSR1) -> None:
         return original(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(CandidateScorer, "loss", loss)
+
+
+# -- the weight shapes of every conf/model config (tests/engine: launch plans, the start-up check) --------
+CONF = REPO / "conf" / "model"
+SMOLLM2_VOCAB = 49152  # the random configs' tokenizer (tokenizer_from: smollm2-135m)
+
+# hub / GGUF configs: (model_type, vocab, hidden, ffn, q_dim, kv_dim, positions, proj_dim) from
+# each model's config.json; q_dim = heads·head_dim (Gemma-3's 4·256 ≠ its hidden 640), kv_dim
+# below it for grouped-query attention, proj_dim for OPT-350m's 512-wide embedding, positions the
+# learned position table's rows (OPT's carry an offset of 2)
+PUBLISHED = {
+    "opt-125m": ("opt", 50272, 768, 3072, 768, 768, 2050, 768),
+    "opt-350m": ("opt", 50272, 1024, 4096, 1024, 1024, 2050, 512),
+    "opt-1.3b": ("opt", 50272, 2048, 8192, 2048, 2048, 2050, 2048),
+    "opt-2.7b": ("opt", 50272, 2560, 10240, 2560, 2560, 2050, 2560),
+    "opt-6.7b": ("opt", 50272, 4096, 16384, 4096, 4096, 2050, 4096),
+    "opt-13b": ("opt", 50272, 5120, 20480, 5120, 5120, 2050, 5120),
+    "opt-30b": ("opt", 50272, 7168, 28672, 7168, 7168, 2050, 7168),
+    "opt-66b": ("opt", 50272, 9216, 36864, 9216, 9216, 2050, 9216),
+    "llama-7b": ("llama", 32000, 4096, 11008, 4096, 4096, 0, 4096),
+    "llama3-8b": ("llama", 128256, 4096, 14336, 4096, 1024, 0, 4096),
+    "phi-2": ("phi", 51200, 2560, 10240, 2560, 2560, 0, 2560),
+    "roberta-large": ("roberta", 50265, 1024, 4096, 1024, 1024, 514, 1024),
+    "smollm2-135m": ("llama", 49152, 576, 1536, 576, 192, 0, 576),
+    "gemma3-270m": ("gemma3", 262144, 640, 2048, 1024, 256, 0, 640),
+}
+
+
+def _architecture(cfg) -> tuple:
+    """(model_type, vocab, hidden, ffn, q_dim, kv_dim, positions, proj_dim) of a config."""
+    if "architecture" not in cfg:
+        assert cfg.name in PUBLISHED, f"conf/model/{cfg.name}.yaml: add its shapes to PUBLISHED"
+        return PUBLISHED[cfg.name]
+    a = cfg.architecture
+    hidden = a.hidden_size
+    ffn = a.get("ffn_dim", a.get("intermediate_size"))
+    heads = a.num_attention_heads
+    kv = a.get("num_key_value_heads", heads) * (hidden // heads)
+    positions = {"opt": a.get("max_position_embeddings", 0) + 2, "roberta": a.get("max_position_embeddings", 0)}.get(
+        a.model_type, 0
+    )
+    return a.model_type, SMOLLM2_VOCAB, hidden, ffn, hidden, kv, positions, a.get("word_embed_proj_dim", hidden)
+
+
+def weight_shapes(cfg) -> list[tuple[int, ...]]:
+    """Every distinct parameter shape of a decoder layer, the embeddings and the LM head."""
+    kind, vocab, hidden, ffn, q, kv, positions, proj = _architecture(cfg)
+    shapes = {(vocab, proj), (q, hidden), (hidden, q), (kv, hidden), (ffn, hidden), (hidden, ffn), (hidden,), (ffn,)}
+    if positions:
+        shapes.add((positions, hidden))
+    if proj != hidden:
+        shapes |= {(hidden, proj), (proj, hidden)}  # OPT-350m's project_in / project_out
+    if kind in ("llama", "gemma3"):
+        shapes.add((kv,))
+    return sorted(shapes)
+
+
+CONFIGS = sorted(CONF.glob("*.yaml"))

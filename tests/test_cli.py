@@ -82,6 +82,16 @@ def test_closing_line_says_where_how_what_and_at_what_cost():
     )
     failed = closing_line({"status": "failed", "error": "x"}, Path("r"))
     assert failed.startswith("zobench: r: failed; no dev/test metric")
+    engine = {"backend": "triton", "mode": "virtual", "paired": True, "fused_linear": True, "triton": "3.1.0",
+              "device": "NVIDIA H100 80GB HBM3", "check": {"passed": True, "cases": 31, "seconds": 0.4}}  # fmt: skip
+    assert closing_line({**summary, "engine_used": engine}, Path("outputs/r")).endswith(
+        "wall 2m05.5s; engine triton/virtual+paired+fused (checked) [Triton 3.1.0, NVIDIA H100 80GB HBM3]"
+    )
+    fallback = {**engine, "backend": "torch", "fused_linear": False, "triton": None, "fallback": "torch",
+                "check": {"passed": False}}  # fmt: skip
+    assert closing_line({**summary, "engine_used": fallback}, Path("r")).endswith(
+        "engine torch/virtual+paired (fell back from triton: the start-up check failed) [NVIDIA H100 80GB HBM3]"
+    )
 
 
 def test_plus_adds_only_keys_the_code_reads():

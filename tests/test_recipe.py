@@ -88,3 +88,27 @@ def test_a_run_without_a_terminal_logs_progress_evaluations_and_the_model_load(t
     evaluations = [m.split(" accuracy ")[0] for m in messages if re.match(r"step \d+: \w+ accuracy \d", m)]
     assert evaluations == ["step 2: dev", "step 4: dev", f"step {summary['tested_step']}: test"]
     assert len(saved) == 1 and list(saved[0]) == [f.name for f in dataclasses.fields(LoopState)]
+
+
+def test_a_weights_resume_on_another_engine_cuts_the_log_at_the_checkpoint(tmp_path, caplog):
+    """engine=torch after a Triton run: the log, which replays with one engine, stops at the
+    checkpoint's step and is not extended; a resume on the same engine keeps it."""
+    from types import SimpleNamespace
+
+    from zobench.train import guard
+    from zobench.trajectory import log as trajlog
+
+    path = tmp_path / trajlog.FILENAME
+    header = trajlog.Header(
+        config_sha256="c", base_sha256="b", optimizer="mezo", engine="triton/virtual", replicas=True
+    )
+    writer = trajlog.create(path, header)
+    for step in (1, 2, 3):
+        writer.append(step, [(torch.tensor([0.5, float(step)]),)])
+    writer.close()
+    learner = SimpleNamespace(engine_name="triton/virtual")
+    assert not guard.log_of_another_engine(tmp_path, learner, 2) and len(trajlog.read(path).steps) == 3
+    learner.engine_name = "torch/virtual"
+    with caplog.at_level(logging.WARNING):
+        assert guard.log_of_another_engine(tmp_path, learner, 2)
+    assert [s[0] for s in trajlog.read(path).steps] == [1, 2] and "stops at step 2" in caplog.text

@@ -5,14 +5,18 @@
 #   ZOBENCH_DATA_DIR=../shared/data bash results/bench/gpu.sh [--out DIR] [--budget S] [--plan FILE] [--dry-run] [--no-env]
 #
 # 1. environment.json: device, driver, CUDA / torch / Triton / transformers versions, commit;
-# 2. the compiled-kernel tests (tests/engine/test_triton_cuda.py);
-# 3. the benchmark (python -m zobench.bench) of the default path (engine=auto: the Triton virtual
+# 2. the engine's start-up check (python -m zobench.engine.selfcheck, issue 32) on the models and
+#    dtypes below, each feature on: the Triton kernels against the torch reference on every shape
+#    class; its log holds one JSON line with the check's own seconds (the target: under 1 s);
+# 3. the compiled-kernel tests (tests/engine/test_triton_cuda.py);
+# 4. the benchmark (python -m zobench.bench) of the default path (engine=auto: the Triton virtual
 #    engine, paired) against the authors' MeZO step on OPT-1.3B-random and OPT-30B-random (the
 #    largest OPT config; 60 GB of fp16 weights), fused vs unfused GEMM on both, paired vs
 #    unpaired and bf16 on OPT-1.3B.
 # Every run has its own timeout (and the whole check a budget: a run gets at most what is left,
 # and is skipped when too little is), so one hang cannot eat the lease; ZOBENCH_WATCHDOG makes a
-# stalled run print its phase, module and stacks into its log before it is killed. Everything
+# stalled run print its phase, module and stacks into its log before it is killed (a training
+# run's step that stalls also ends it: engine.watchdog_s). Everything
 # lands in one folder (default results/bench/gpu): runs.jsonl, <run>.json / .md / .log, and
 # README.md, regenerated from those files by python -m zobench.bench.report table DIR.
 set -uo pipefail
@@ -44,13 +48,15 @@ done
 # the plan: one run per line, "name<TAB>timeout seconds<TAB>command"
 default_plan() {
     local B="$PYTHON -m zobench.bench device=cuda bench.warmup=1 bench.repeats=5 bench.out=$OUT"
+    local C="$PYTHON -m zobench.engine.selfcheck device=cuda logger=none"
     printf '%s\t%s\t%s\n' \
+        selfcheck 30 "$C --models opt-1.3b-random,opt-30b-random --dtypes float16,bfloat16,float32 engine.fused_linear=true" \
         cuda_tests 90 "$PYTHON -m pytest -q -n 0 -p no:cacheprovider tests/engine/test_triton_cuda.py" \
         opt-1.3b_fp16_default 60 "$B bench.name=opt-1.3b_fp16_default model=opt-1.3b-random" \
         opt-1.3b_fp16_fused 45 "$B bench.name=opt-1.3b_fp16_fused model=opt-1.3b-random engine.fused_linear=true bench.baseline=false" \
         opt-1.3b_fp16_unpaired 45 "$B bench.name=opt-1.3b_fp16_unpaired model=opt-1.3b-random engine.paired=false bench.baseline=false" \
         opt-1.3b_bf16_default 40 "$B bench.name=opt-1.3b_bf16_default model=opt-1.3b-random model.dtype=bfloat16 bench.baseline=false bench.virtual_lr0_steps=20" \
-        opt-30b_fp16_default 140 "$B bench.name=opt-30b_fp16_default model=opt-30b-random" \
+        opt-30b_fp16_default 120 "$B bench.name=opt-30b_fp16_default model=opt-30b-random" \
         opt-30b_fp16_fused 100 "$B bench.name=opt-30b_fp16_fused model=opt-30b-random engine.fused_linear=true bench.baseline=false"
 }
 

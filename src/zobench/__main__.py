@@ -179,7 +179,10 @@ def _size(num_bytes) -> str:
 
 
 def closing_line(summary: dict, run_dir: Path) -> str:
-    """The one line a run ends with: where it is, how it ended, what it scored and cost."""
+    """The one line a run ends with: where it is, how it ended, what it scored and cost, and the
+    engine that ran (``engine.selfcheck.label``: backend/mode, paired, fused, Triton, device)."""
+    from .engine.selfcheck import label as engine_label
+
     metric = summary.get("metric")
     scores = []
     for split, label in (("dev", "best dev"), ("test", "test")):
@@ -190,11 +193,12 @@ def closing_line(summary: dict, run_dir: Path) -> str:
     wall = summary.get("wall_s")
     clock = f"{int(wall // 60)}m{wall % 60:04.1f}s" if isinstance(wall, (int, float)) else "?"
     status = summary.get("status", "?") + (f" ({summary['signal']})" if summary.get("signal") else "")
+    engine = summary.get("engine_used")
     return (
         f"zobench: {run_dir}: {status}; {', '.join(scores) or 'no dev/test metric'}; "
         f"{summary.get('forward_passes', '?')} forward passes; "
         f"peak memory {_size(summary.get('peak_memory_bytes'))}; "
-        f"wall {clock}"
+        f"wall {clock}" + (f"; engine {engine_label(engine)}" if isinstance(engine, dict) else "")
     )
 
 

@@ -255,6 +255,11 @@ class WandbLogger:
             self._last_dev = {f"last_dev/{k[4:]}": v for k, v in data.items()}
         self.run.log(data, step=self._step)
 
+    def update_config(self, values: dict) -> None:
+        """Add what is known only once the run is set up (``engine_used``: the engine that actually
+        runs, after the start-up check) to the W&B run's config."""
+        self.run.config.update(values, allow_val_change=True)
+
     def summary(self, summary: dict) -> None:
         """summary.json into the W&B summary, with names that say which value is which:
         ``best_dev/<metric>`` (the best dev evaluation, the state that was tested),

@@ -23,6 +23,12 @@ RESUMABLE_KEYS = (
     "data.dir",
     "train.eval_batch_size",
     "dist",  # a checkpoint holds one copy of the state: resumable with another world size or mode
+    # the engine that computes the steps to come: a weights checkpoint resumes on another one (engine=torch
+    # after a failed or hung Triton engine); a trajectory log refuses it (it replays with one engine)
+    "engine.backend",
+    "engine.fused_linear",
+    "engine.self_check",
+    "engine.watchdog_s",
 )
 
 DIVERGENCE_POLICIES = ("stop", "skip")
@@ -189,6 +195,14 @@ def _check_engine_and_device(cfg: DictConfig) -> None:
             f"engine.mode=virtual; got engine.backend={_get(cfg, 'engine.backend')}, "
             f"engine.mode={_get(cfg, 'engine.mode')}"
         )
+    check = OmegaConf.select(cfg, "engine.self_check", default="auto")
+    if check not in ("auto", True, False) or isinstance(check, int) and not isinstance(check, bool):
+        raise ConfigError(f"engine.self_check={check!r}: allowed auto, true, false")
+    watchdog = OmegaConf.select(cfg, "engine.watchdog_s", default=None)
+    if watchdog is not None and (
+        isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or not 0 <= watchdog < float("inf")
+    ):
+        raise ConfigError(f"engine.watchdog_s={watchdog!r}: expected seconds >= 0 (0 or null: no watchdog)")
     device = _get(cfg, "device")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
         raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")

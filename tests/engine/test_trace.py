@@ -79,3 +79,94 @@ def test_watchdog_stays_quiet_while_the_step_progresses_then_reports_the_stall(c
         dog.stop()
     out.seek(0)
     assert quiet == 0 and dog.fired >= 1 and "phase=after update" in out.read()
+
+
+# --- the run's watchdog: a stall inside a step ends the run (issue 32) ---------------------------
+
+
+def test_a_stall_inside_a_step_calls_on_stall_with_step_phase_and_module(clean_trace, tmp_path):
+    out, reasons = (tmp_path / "watchdog.txt").open("w+"), []
+    dog = trace.Watchdog(0.2, stream=out, on_stall=reasons.append)
+    try:
+        time.sleep(0.5)  # a stall between steps (a checkpoint write, an evaluation): reported only
+        between = list(reasons)
+        with trace.step("step 7"):
+            trace._progress(phase="perturb", module="model.layers.0.mlp")
+            time.sleep(0.5)
+    finally:
+        dog.stop()
+    out.seek(0)
+    assert dog.fired >= 2 and between == [] and "no progress" in out.read()
+    assert reasons and reasons[0].startswith("step 7 made no progress for")
+    assert "phase=perturb module=model.layers.0.mlp" in reasons[0] and "\n" not in reasons[0]
+
+
+def test_exit_on_stall_writes_one_line_and_exits_without_unwinding(clean_trace, monkeypatch, capsys):
+    codes = []
+    monkeypatch.setattr(trace.os, "_exit", codes.append)
+    monkeypatch.setattr(trace, "resume_hint", ["the checkpoint of step 4 is intact: run the same command"])
+    trace.exit_on_stall("step 5 made no progress for 300 s (phase=update module=lm_head)")
+    err = capsys.readouterr().err
+    assert codes == [trace.EXIT_STALL] and trace.EXIT_STALL != 0
+    assert err == (
+        "zobench: error: watchdog: step 5 made no progress for 300 s (phase=update module=lm_head); "
+        "the checkpoint of step 4 is intact: run the same command\n"
+    )
+
+
+def test_the_environment_overrides_the_configured_period(monkeypatch):
+    monkeypatch.delenv("ZOBENCH_WATCHDOG", raising=False)
+    assert trace.watchdog_seconds(300) == 300 and trace.watchdog_seconds(None) == 0
+    monkeypatch.setenv("ZOBENCH_WATCHDOG", "20")
+    assert trace.watchdog_seconds(300) == 20
+    monkeypatch.setenv("ZOBENCH_WATCHDOG", "0")
+    assert trace.watchdog_seconds(300) == 0  # off, whatever the config says
+
+
+_SLEEPING_STEP = """
+import sys, time
+from zobench.train import learners
+step, calls = learners.ZOLearner.step, []
+def sleepy(self, batch):  # the third step hangs (a kernel that never returns)
+    calls.append(1)
+    if len(calls) == 3:
+        time.sleep(120)
+    return step(self, batch)
+learners.ZOLearner.step = sleepy
+from zobench.__main__ import main
+sys.argv = ["zobench", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_step_ends_the_run_and_the_same_command_resumes(tmp_path, data_dir):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, SMOKE
+
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=4", "train.checkpoint_every=2", "train.checkpoint=weights", "engine=torch",
+            f"data.dir={data_dir}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ZOBENCH_WATCHDOG"}
+    env["PYTHONPATH"] = str(REPO / "src") + ":" + str(REPO)
+    started = time.monotonic()
+    hung = subprocess.run(
+        [sys.executable, "-c", _SLEEPING_STEP, *args, "engine.watchdog_s=1"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert hung.returncode == trace.EXIT_STALL and time.monotonic() - started < 60, hung.stderr[-2000:]
+    reason = hung.stderr.strip().splitlines()[-1]
+    assert reason.startswith("zobench: error: watchdog: step 3 made no progress for"), hung.stderr[-2000:]
+    assert "the checkpoint of step 2 is intact: run the same command with engine=torch to resume" in reason
+    assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoint").is_dir()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "zobench", *args], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["engine_used"]["backend"] == "torch" and "engine torch/virtual+paired [cpu]" in resumed.stdout
+    assert "resumed from step 2" in "".join(p.read_text() for p in run_dir.rglob("*.log"))

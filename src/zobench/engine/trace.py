@@ -5,14 +5,21 @@ print nothing. Two opt-in aids, both off (and free) unless asked for:
 
 * ``ZOBENCH_TRACE=1``: log each engine phase with its duration (``zobench.trace`` logger, INFO)
   and each module's forward as it starts (DEBUG), so a log shows the last thing begun.
-* ``ZOBENCH_WATCHDOG=<seconds>``: if no phase or module starts for that long, print the current
-  phase and module, then every thread's Python stack (``faulthandler.dump_traceback``), and again
-  each further period without progress. ``faulthandler.dump_traceback_later`` backs it up at
-  twice the period, from a C thread, for a main thread that holds the GIL while stuck (the
-  standard library's watchdog; it cannot say the phase, only the stacks).
+* the watchdog (``engine.watchdog_s`` of a run, default 300 s; ``ZOBENCH_WATCHDOG=<seconds>``
+  overrides it, for runs and the benchmark alike; 0 / null: off): if no phase or module starts
+  for that long, print the current phase and module, then every thread's Python stack
+  (``faulthandler.dump_traceback``), and again each further period without progress. Inside a
+  training step (``step()``: the recipe marks each) a stall also *ends the run* (``on_stall``;
+  the run's is ``exit_on_stall``: one line naming the step, phase and module and what to do, then
+  ``os._exit(EXIT_STALL)``): a hung kernel launch must not hold a Slurm job until its time limit.
+  Outside a step (a long checkpoint write, an evaluation) it only reports. Steps never overlap a
+  checkpoint write, so the run dir then holds the last complete checkpoint, never a half-written
+  one. ``faulthandler.dump_traceback_later`` backs the thread up at twice the period, from a C
+  thread, for a main thread that holds the GIL while stuck (the standard library's watchdog: it
+  prints only the stacks; inside a step it also exits, status 1).
 
-``build_engine`` installs both on the model it is given when the variables are set, so training
-runs (``python -m zobench``) and the benchmark get them alike; ``where()`` is what they report.
+``build_engine`` installs the environment's on the model it is given, so training runs
+(``python -m zobench``) and the benchmark get them alike; ``where()`` is what they report.
 """
 
 from __future__ import annotations
@@ -33,9 +40,15 @@ class _State(TypedDict):
     phase: str  # the engine call in progress (base.PHASES) or "idle"
     module: str  # the module whose forward was entered last
     since: float  # time.monotonic() of the last change: what the watchdog polls
+    step: str | None  # the training step in progress (``step()``), None between steps
 
 
-_state: _State = {"phase": "idle", "module": "-", "since": time.monotonic()}
+#: exit status of a run ended by the watchdog (a stall inside a step)
+EXIT_STALL = 3
+
+_state: _State = {"phase": "idle", "module": "-", "since": time.monotonic(), "step": None}
+#: what the run's stall line says to do (``exit_on_stall``): the recipe keeps it current
+resume_hint = ["run the same command again"]
 _names: dict[int, str] = {}
 _hooks: list = []
 _watchdog: Watchdog | None = None
@@ -77,6 +90,18 @@ def phase(name: str):
         _progress(phase=f"after {name}")
 
 
+@contextmanager
+def step(name: str):
+    """Mark a training step: a stall inside it ends the run (see the module docstring)."""
+    _state["step"] = name
+    _progress()
+    try:
+        yield
+    finally:
+        _state["step"] = None
+        _progress()
+
+
 def _enter_module(module, args) -> None:
     name = _names.get(id(module), type(module).__name__)
     _progress(module=name)
@@ -84,11 +109,24 @@ def _enter_module(module, args) -> None:
         log.debug("forward %s (%s)", name, _state["phase"])
 
 
-def install(model=None) -> None:
-    """Name ``model``'s modules and, when ZOBENCH_TRACE / ZOBENCH_WATCHDOG ask for it, follow every
-    module's forward (one global pre-hook) and arm the watchdog. Idempotent."""
+def watchdog_seconds(configured=None) -> float:
+    """The watchdog's period: ``ZOBENCH_WATCHDOG`` when set, else ``configured`` (a run's
+    ``engine.watchdog_s``); 0 / None: off."""
+    env = os.environ.get("ZOBENCH_WATCHDOG")
+    value = env if env not in (None, "") else configured
+    return float(value or 0)
+
+
+def install(model=None, watchdog_s=None, on_stall=None) -> None:
+    """Name ``model``'s modules and, when ZOBENCH_TRACE / the watchdog ask for it, follow every
+    module's forward (one global pre-hook) and arm the watchdog (``watchdog_seconds(watchdog_s)``;
+    ``on_stall(reason)``: what a stall inside a step does). Idempotent; a later call with
+    ``on_stall`` gives the running watchdog its period and its ``on_stall``."""
     global _watchdog
-    seconds = float(os.environ.get("ZOBENCH_WATCHDOG", "0") or 0)
+    seconds = watchdog_seconds(watchdog_s)
+    if _watchdog is not None and on_stall is not None:
+        _watchdog.stop()
+        _watchdog = None
     if not (tracing() or seconds > 0):
         return
     if model is not None:
@@ -98,7 +136,21 @@ def install(model=None) -> None:
 
         _hooks.append(register_module_forward_pre_hook(_enter_module))
     if seconds > 0 and _watchdog is None:
-        _watchdog = Watchdog(seconds)
+        _watchdog = Watchdog(seconds, on_stall=on_stall)
+
+
+def exit_on_stall(reason: str) -> None:
+    """The run's ``on_stall``: one line on stderr (the reason and ``resume_hint``), the logs
+    flushed, then ``os._exit(EXIT_STALL)``: the main thread may be stuck in a C call that no
+    exception would interrupt. Nothing is being written then (steps never overlap a checkpoint)."""
+    print(f"zobench: error: watchdog: {reason}; {resume_hint[0]}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers + log.handlers:
+        try:
+            handler.flush()
+        except Exception:  # a broken handler must not keep the process alive
+            pass
+    sys.stdout.flush()
+    os._exit(EXIT_STALL)
 
 
 def uninstall() -> None:
@@ -121,8 +173,8 @@ class Watchdog:
     twice the period: that C-level timer fires only if this thread stops running, i.e. when the
     stalled main thread holds the GIL."""
 
-    def __init__(self, seconds: float, stream=None) -> None:
-        self.seconds, self.stream = float(seconds), stream or sys.stderr
+    def __init__(self, seconds: float, stream=None, on_stall=None) -> None:
+        self.seconds, self.stream, self.on_stall = float(seconds), stream or sys.stderr, on_stall
         self.poll = min(1.0, self.seconds / 4)
         self.fired = 0
         self._stop = threading.Event()
@@ -132,8 +184,9 @@ class Watchdog:
     def _run(self) -> None:
         seen = last = _state["since"]
         while not self._stop.wait(self.poll):
-            if self.stream is sys.stderr:
-                faulthandler.dump_traceback_later(2 * self.seconds, file=sys.stderr)
+            if self.stream is sys.stderr:  # exits too where a stall would: inside a step
+                guarding = self.on_stall is not None and _state["step"] is not None
+                faulthandler.dump_traceback_later(2 * self.seconds, file=sys.stderr, exit=guarding)
             since, now = _state["since"], time.monotonic()
             if since != seen:  # progress since the last look
                 seen = last = since
@@ -143,6 +196,8 @@ class Watchdog:
             self.fired += 1
             print(f"zobench: watchdog: no progress for {now - since:.0f} s; {where()}", file=self.stream, flush=True)
             faulthandler.dump_traceback(file=self.stream, all_threads=True)
+            if self.on_stall is not None and _state["step"] is not None:
+                self.on_stall(f"{_state['step']} made no progress for {now - since:.0f} s ({where()})")
 
     def stop(self) -> None:
         self._stop.set()

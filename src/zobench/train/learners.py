@@ -24,7 +24,8 @@ from typing import Protocol
 import torch
 from omegaconf import DictConfig
 
-from ..engine import build_engine, resolve_backend
+from ..engine import build_engine
+from ..engine.selfcheck import checked_engine, describe
 from ..errors import ConfigError
 from ..models import zo_closure
 from ..optim import decay_groups
@@ -37,6 +38,7 @@ class Learner(Protocol):
 
     optimizer: torch.optim.Optimizer
     engine_name: str  # the summary's ``engine``: ``<backend>/<mode>`` or ``autograd``
+    engine_info: dict | None  # the summary's ``engine_used`` (``selfcheck.describe``); None: no engine
 
     def step(self, batch: list) -> tuple[float, dict]: ...
 
@@ -44,8 +46,9 @@ class Learner(Protocol):
 class ZOLearner:
     """A ZO method: every step is ``optimizer.step(closure)`` on the engine's perturbations."""
 
-    def __init__(self, optimizer, engine, objective, which: str, engine_name: str) -> None:
+    def __init__(self, optimizer, engine, objective, which: str, engine_name: str, engine_info=None) -> None:
         self.optimizer, self.engine, self.engine_name = optimizer, engine, engine_name
+        self.engine_info = engine_info
         self.objective, self.which = objective, which  # the closure: task loss, or minus accuracy / F1
         # the values every closure of a step returns, for the trajectory log (zobench/trajectory)
         self.tape = Tape()
@@ -71,6 +74,7 @@ class BackpropLearner:
     """One backprop step: loss, backward, update; a non-finite loss is not applied."""
 
     engine_name = "autograd"
+    engine_info = None
 
     def __init__(self, optimizer, objective) -> None:
         self.optimizer, self.objective = optimizer, objective
@@ -103,13 +107,26 @@ def build_learner(cfg: DictConfig, opt_cfg: dict, model, named, objective, engin
             build_optimizer(cfg, optimizer_cls, decay_groups(named, weight_decay), **opt_cfg), objective
         )
     if engine is None:
-        engine = build_engine(
-            cfg.engine.backend, cfg.engine.mode, model, paired=cfg.engine.paired, fused_linear=cfg.engine.fused_linear
-        )
+        engine, info = build_checked_engine(cfg, model, named, str(opt_cfg.get("distribution", "gaussian")))
+    else:
+        info = describe(engine, model)
     groups = decay_groups(named, weight_decay, names=getattr(optimizer_cls, "takes_names", False))
     optimizer = build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
-    name = f"{resolve_backend(cfg.engine.backend, model)}/{cfg.engine.mode}"
-    return ZOLearner(optimizer, engine, objective, cfg.objective, name)
+    return ZOLearner(optimizer, engine, objective, cfg.objective, f"{info['backend']}/{info['mode']}", info)
+
+
+def build_checked_engine(cfg: DictConfig, model, named, distribution: str):
+    """The engine ``cfg.engine`` asks for, with the start-up check of a Triton engine
+    (``engine.self_check``, ``engine/selfcheck.py``): (engine, what ran). ``engine=auto`` falls back
+    to the torch engine when the check fails; ``engine=triton`` stops with one line."""
+    engine_cfg = cfg.engine
+
+    def build(backend: str):
+        fused = bool(engine_cfg.fused_linear) and backend != "torch"
+        return build_engine(backend, engine_cfg.mode, model, paired=engine_cfg.paired, fused_linear=fused)
+
+    setting = engine_cfg.get("self_check", "auto")
+    return checked_engine(build, str(engine_cfg.backend), model, [p for _, p in named], distribution, setting)
 
 
 def build_optimizer(cfg: DictConfig, optimizer_cls, params, **kwargs):

@@ -31,13 +31,14 @@ from ..checkpoint import (
 )
 from ..dist import hooks as dist
 from ..dist.evaluation import sharded_evaluate
-from ..engine import mix_seed
+from ..engine import mix_seed, trace
 from ..errors import CheckpointError, ConfigError
 from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
 from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode, has_log
+from . import guard
 from .learners import ZOLearner, build_learner, import_target
 from .setup import load_model_or_explain, protocol, resolve_device, schedule
 from .state import LoopState
@@ -145,6 +146,10 @@ class Recipe:
             self.learner = build_learner(self.cfg, opt_cfg, self.model, self.named, self.objective)
             if isinstance(self.learner, ZOLearner):  # a batched call evaluates several models
                 self.counter.replicas = lambda: self.learner.engine.replica_count
+                guard.arm_watchdog(self.cfg, self.learner, self.model)
+            for logger in self.loggers:  # W&B: the engine that runs (the config says only what was asked)
+                if self.learner.engine_info and hasattr(logger, "update_config"):
+                    logger.update_config({"engine_used": self.learner.engine_info})
             return
         if self.cfg.train.steps != 0:
             raise ConfigError(
@@ -165,6 +170,9 @@ class Recipe:
         if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
             self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
             dist.refuse_weightless(checkpoint, self.run_dir)
+        if zo and checkpoint is not None and self.checkpoint_mode == "weights":
+            # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
+            zo = not guard.log_of_another_engine(self.run_dir, self.learner, int(checkpoint[0]["step"]))
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
@@ -182,6 +190,7 @@ class Recipe:
                 self.learner.optimizer.load_state_dict(optimizer_state)
             self.counter.counts.update(self.state.counts)
             log.info("resumed from step %d", self.state.step)
+            guard.note_checkpoint(self.checkpoint_mode, self.state.step)
         if dist.writes(self):
             remove_stale_best(self.best_dir, keep=self.state.best_file)
         train, batch_size = self.examples["train"], self.cfg.train.batch_size
@@ -217,7 +226,8 @@ class Recipe:
             state.step += 1
             last = state.step == self.steps
             self.memory.reset()
-            loss, info = self.learner.step(self.next_batch())
+            with trace.step(f"step {state.step}"):  # a stall inside it ends the run (engine.watchdog_s)
+                loss, info = self.learner.step(self.next_batch())
             if self.trajectory is not None:
                 self.trajectory.append(state.step, self.learner.tape.calls)
             state.train_peak = max(state.train_peak, self.memory.peak())
@@ -246,6 +256,7 @@ class Recipe:
                 status = "interrupted"
                 break
         progress.close()
+        trace.uninstall()  # the watchdog guards steps only
         return status
 
     def next_batch(self) -> list:
@@ -296,6 +307,7 @@ class Recipe:
         if dist.writes(self):
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             remove_stale_best(self.best_dir, keep=state.best_file)
+        guard.note_checkpoint(self.checkpoint_mode, state.step)
 
     # -- evaluation and events -------------------------------------------------------------------
     @property
@@ -373,6 +385,7 @@ class Recipe:
             "peak_memory_source": self.memory.source,
             "device": str(self.device),
             "engine": self.learner.engine_name if self.learner else "none",
+            "engine_used": getattr(self.learner, "engine_info", None),  # backend, mode, fused, Triton, device
             "status": status,
         }
         if status == "interrupted":

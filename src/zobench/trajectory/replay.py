@@ -35,11 +35,15 @@ logger = logging.getLogger(__name__)
 
 #: the config keys a step's update depends on (the log's ``config_sha256`` covers these)
 UPDATE_KEYS = ("model", "tuning", "optimizer", "engine", "seed", "objective", "train.batch_size")
+#: keys under UPDATE_KEYS that guard a run without changing its updates (left out of the hash)
+GUARD_KEYS = ("self_check", "watchdog_s")
 
 
 def config_sha256(cfg: DictConfig) -> str:
     """sha256 of the update-relevant keys of a run config (``UPDATE_KEYS``)."""
     picked = {key: _resolved(cfg, key) for key in UPDATE_KEYS}
+    if isinstance(picked["engine"], dict):
+        picked["engine"] = {k: v for k, v in picked["engine"].items() if k not in GUARD_KEYS}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
 
 
