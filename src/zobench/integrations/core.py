@@ -126,6 +126,51 @@ def build_zo(
     return learner
 
 
+class HostView(torch.optim.Optimizer):
+    """The ZO optimizer as a host's loop sees it: its param groups and state (so the host's LR
+    scheduler and checkpoint act on the real thing), and a ``step(closure)`` that never steps it:
+    ``ZOSession.step`` took the step, and the host calls ``step`` after it for its bookkeeping
+    (the Trainer's scheduler; Lightning's step counter and its ``on_before_optimizer_step``
+    hooks, which run in the closure Lightning passes: it is called once, as for any optimizer)."""
+
+    def __init__(self, zo: torch.optim.Optimizer) -> None:  # no super().__init__: nothing of its own
+        self.zo = zo
+        self.defaults = zo.defaults
+
+    @property  # type: ignore[override]
+    def param_groups(self):
+        return self.zo.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups) -> None:
+        self.zo.param_groups = groups
+
+    @property  # type: ignore[override]
+    def state(self):
+        return self.zo.state
+
+    @state.setter
+    def state(self, state) -> None:
+        self.zo.state = state
+
+    def step(self, closure=None):  # type: ignore[override]
+        if closure is not None:
+            with torch.enable_grad():  # as torch optimizers run a closure
+                closure()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """No gradients: a ZO step never writes ``param.grad``."""
+
+    def state_dict(self):  # type: ignore[override]
+        return self.zo.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:  # type: ignore[override]
+        self.zo.load_state_dict(state_dict)
+
+    def __repr__(self) -> str:
+        return f"HostView({self.zo!r})"
+
+
 class ZOSession:
     """One ZO method on one model, stepped on the host's closures.
 
@@ -133,13 +178,23 @@ class ZOSession:
     as ``train``, the closure values on ``tape`` (a step's trajectory record) and the peak memory
     of the step; ``counts()`` and ``metrics()`` are what the hosts log; ``state_dict`` is what a
     checkpoint needs besides the optimizer's own state (the counts and the peak so far).
+    ``counted``: the module whose forward calls are counted (default: ``model``'s transformers
+    model); each call is one forward pass.
     """
 
-    def __init__(self, model: nn.Module, learner: ZOLearner, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        learner: ZOLearner,
+        device: torch.device | str | None = None,
+        counted: nn.Module | None = None,
+    ) -> None:
         self.learner, self.optimizer, self.engine = learner, learner.optimizer, learner.engine
         first = next(model.parameters(), None)
         self.device = torch.device(device) if device is not None else (first.device if first is not None else "cpu")
-        self.counter = ForwardCounter(hf_model(model), replicas=lambda: getattr(self.engine, "replica_count", 1))
+        # one hook call per forward pass: the transformers model (inside a peft wrapper), or
+        # ``counted``, the module a host's loss calls once per evaluation
+        self.counter = ForwardCounter(counted or hf_model(model), replicas=lambda: getattr(self.engine, "replica_count", 1))
         self.counter.current = "eval"  # outside a step, a forward is the host's evaluation
         self.memory = PeakMemory(self.device)
         self.train_peak = 0

@@ -4,7 +4,7 @@
 differs from backpropagation, and nothing of its loop:
 
 * ``create_optimizer``: the method (``zo=``) built by ``core.build_zo`` on the model's trainable
-  parameters. ``self.optimizer`` is the Trainer's view of it (``_TrainerView``): the same param
+  parameters. ``self.optimizer`` is the Trainer's view of it (``core.HostView``): the same param
   groups and state, so the Trainer's LR scheduler, ``optimizer.pt`` and accelerate's wrapper work
   unchanged; its ``step()`` without a closure is a no-op, because the step already ran.
 * ``training_step``: the ZO step, ``optimizer.step(closure)``, where the closure evaluates the
@@ -26,9 +26,10 @@ differs from backpropagation, and nothing of its loop:
   of step t is a function of (seed, t), and the dropout draws of a step are too
   (``core.ZOSession``), so a run resumed from a checkpoint equals the uninterrupted run.
 
-Refused, with one line: a multi-process or multi-GPU Trainer (each rank would estimate its own
+The method is built when the trainer is (a bad ``zo=`` fails there, and an ``evaluate()`` before
+``train()`` is already counted). Refused, with one line: a multi-process or multi-GPU Trainer (each rank would estimate its own
 projected gradient from its own batch and the copies would drift: zobench's ``dist`` package
-all-reduces the loss, the Trainer does not), and an ``optimizers=`` tuple beside ``zo=``.
+all-reduces the loss, the Trainer does not), an ``optimizers=`` tuple beside ``zo=``, and ``model_init=``.
 
 Engines: ``engine.mode=virtual`` perturbs a weight while its module runs; a loss that reads a
 weight outside its module's forward (TRL's fused LM head reads ``lm_head.weight``) needs
@@ -45,51 +46,10 @@ import torch
 from transformers import Trainer
 
 from ..errors import ConfigError
-from .core import ZOSession, build_zo
+from .core import HostView, ZOSession, build_zo
 
 #: the file in a Trainer checkpoint that holds the session's counts
 SESSION_FILE = "zobench_session.json"
-
-
-class _TrainerView(torch.optim.Optimizer):
-    """The ZO optimizer as the Trainer's loop sees it: its param groups and state (so the LR
-    scheduler and ``optimizer.pt`` act on the real thing), and a ``step()`` that does nothing
-    without a closure (the Trainer calls it after ``training_step``, which took the step)."""
-
-    def __init__(self, zo: torch.optim.Optimizer) -> None:  # no super().__init__: nothing of its own
-        self.zo = zo
-        self.defaults = zo.defaults
-
-    @property  # type: ignore[override]
-    def param_groups(self):
-        return self.zo.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups) -> None:
-        self.zo.param_groups = groups
-
-    @property  # type: ignore[override]
-    def state(self):
-        return self.zo.state
-
-    @state.setter
-    def state(self, state) -> None:
-        self.zo.state = state
-
-    def step(self, closure=None):  # type: ignore[override]
-        return None if closure is None else self.zo.step(closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """No gradients: a ZO step never writes ``param.grad``."""
-
-    def state_dict(self):  # type: ignore[override]
-        return self.zo.state_dict()
-
-    def load_state_dict(self, state_dict) -> None:  # type: ignore[override]
-        self.zo.load_state_dict(state_dict)
-
-    def __repr__(self) -> str:
-        return f"TrainerView({self.zo!r})"
 
 
 class ZOTrainerMixin:
@@ -125,6 +85,9 @@ class ZOTrainerMixin:
                 f"n_gpu={host.args.n_gpu}): each rank would estimate from its own batch and the copies "
                 "would drift; use python -m zobench for multi-rank runs"
             )
+        if host.model_init is not None:
+            raise ConfigError("model_init=: a ZO trainer's method is built on the model it is given; pass model=")
+        self.create_optimizer()  # now: a bad zo= fails here, and evaluate() before train() is counted
 
     # -- the optimizer ---------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -141,7 +104,7 @@ class ZOTrainerMixin:
                 weight_decay=host.args.weight_decay,
             )  # fmt: skip
             self.zo_session = ZOSession(model, learner, host.args.device)
-            host.optimizer = _TrainerView(learner.optimizer)
+            host.optimizer = HostView(learner.optimizer)
         return host.optimizer
 
     @property
