@@ -4,7 +4,7 @@ own training code").
 * ``build_zo`` / ``ZOSession`` (``core``): a method built from its config without the recipe,
   stepped on any closure, with forward passes and peak memory measured;
 * ``ZOTrainer`` / ``ZOTrainerMixin`` (``hf``): Hugging Face ``Trainer``;
-* ``ZOSFTTrainer`` (``trl``): TRL's ``SFTTrainer`` (``pip install 'zobench[integrations]'``);
+* ``ZOSFTTrainer`` (``sft``): TRL's ``SFTTrainer`` (``pip install 'zobench[integrations]'``);
 * ``ZOLightningMixin`` (``lightning``): a ``LightningModule`` in manual optimisation.
 
 The framework modules are imported on first use, so importing this package needs none of them.
@@ -19,7 +19,7 @@ from .core import ZOSession, build_zo
 _LAZY = {
     "ZOTrainer": "hf",
     "ZOTrainerMixin": "hf",
-    "ZOSFTTrainer": "trl",
+    "ZOSFTTrainer": "sft",
     "ZOLightningMixin": "lightning",
 }
 

@@ -6,7 +6,8 @@ Manual optimisation, no Strategy of its own. The module says what the loss of a 
 step does for Lightning (its step counter, ``on_before_optimizer_step`` hooks, the LR scheduler
 ``configure_optimizers`` may return) without stepping the method again (``core.HostView``).
 A scheduler (override ``configure_optimizers``: ``view = super().configure_optimizers()``, return
-it with a scheduler on ``view``) is stepped once per step. ``configure_optimizers`` builds the method (``zo``, ``zo_engine``, ``zo_seed`` attributes); its
+it with a scheduler on ``view``) is stepped once per step. ``configure_optimizers`` (or the first validation) builds the method (``zo``, ``zo_engine``,
+``zo_seed`` attributes); its
 state is in Lightning's checkpoint (``optimizer_states``) and the forward-pass counts beside it
 (``on_save_checkpoint``), so ``trainer.fit(ckpt_path=...)`` resumes. Logged each step:
 ``train_loss``, ``forward_passes``, ``forward_passes_eval``, ``peak_memory_bytes``.
@@ -49,15 +50,29 @@ class ZOLightningMixin:
         """The loss of ``batch`` at the current parameters (forward only)."""
         raise NotImplementedError(f"{type(self).__name__} must define zo_loss(batch)")
 
-    def configure_optimizers(self):
-        host: Any = self
-        counted = self.zo_counted or getattr(host, "model", None) or host
-        learner = build_zo(host, self.zo, engine=self.zo_engine, seed=self.zo_seed)
-        self.zo_session = ZOSession(host, learner, host.device, counted=counted)
+    def zo_build(self) -> ZOSession:
+        """The method and its session, built once, on the device Lightning put the module on
+        (``configure_optimizers``, or the first validation / test: so that its forwards count)."""
+        session = getattr(self, "zo_session", None)
+        if session is None:
+            host: Any = self
+            counted = self.zo_counted or getattr(host, "model", None) or host
+            learner = build_zo(host, self.zo, engine=self.zo_engine, seed=self.zo_seed)
+            session = self.zo_session = ZOSession(host, learner, host.device, counted=counted)
         pending = getattr(self, "_zo_pending_state", None)
         if pending is not None:  # a resume: on_load_checkpoint ran before the optimizer existed
-            self.zo_session.load_state_dict(pending)
-        return HostView(learner.optimizer)
+            session.load_state_dict(pending)
+            self._zo_pending_state = None
+        return session
+
+    def configure_optimizers(self):
+        return HostView(self.zo_build().optimizer)
+
+    def on_validation_start(self) -> None:
+        self.zo_build()
+
+    def on_test_start(self) -> None:
+        self.zo_build()
 
     def training_step(self, batch, batch_idx):
         host: Any = self
@@ -75,6 +90,5 @@ class ZOLightningMixin:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._zo_pending_state = checkpoint.get(CHECKPOINT_KEY)
-        session = getattr(self, "zo_session", None)
-        if session is not None and self._zo_pending_state is not None:
-            session.load_state_dict(self._zo_pending_state)
+        if getattr(self, "zo_session", None) is not None:
+            self.zo_build()
