@@ -107,6 +107,7 @@ def test_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, llama):
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     for (name, p), q in zip(llama.named_parameters(), resumed_model.parameters()):
         assert torch.equal(p, q), name
+
     def stable(trainer):  # the log history (the resumed one: steps 1-3 from the checkpoint), RSS aside
         return [{k: v for k, v in log.items() if k != "peak_memory_bytes"} for log in _train_logs(trainer)]
 
@@ -193,9 +194,13 @@ def test_logs_callbacks_and_evaluation_see_forward_passes_and_peak_memory(tmp_pa
 
     data = pattern_data()
     trainer = ZOTrainer(
-        llama, _args(tmp_path, max_steps=60, eval_strategy="steps", eval_steps=30, logging_steps=10, learning_rate=3e-3), zo={"name": "mezo", "eps": 1e-2},
-        train_dataset=data, eval_dataset=data[:8], callbacks=[Record()],
-    )  # fmt: skip
+        llama,
+        _args(tmp_path, max_steps=60, eval_strategy="steps", eval_steps=30, logging_steps=10, learning_rate=3e-3),
+        zo={"name": "mezo", "eps": 1e-2},
+        train_dataset=data,
+        eval_dataset=data[:8],
+        callbacks=[Record()],
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]

@@ -48,9 +48,13 @@ def test_an_sft_run_trains_and_logs_forward_passes(tmp_path, llama):
     carries the forward passes (2 a MeZO step) and TRL's own metrics."""
     data = _dataset()
     trainer = ZOSFTTrainer(
-        llama, args=_config(tmp_path), zo={"name": "mezo", "eps": 1e-2}, train_dataset=data, eval_dataset=data.select(range(8)),
+        llama,
+        args=_config(tmp_path),
+        zo={"name": "mezo", "eps": 1e-2},
+        train_dataset=data,
+        eval_dataset=data.select(range(8)),
         processing_class=_tokenizer(),
-    )  # fmt: skip
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
@@ -65,3 +69,31 @@ def test_the_virtual_engine_is_refused_for_the_fused_lm_head(tmp_path, llama):
     with pytest.raises(ConfigError, match="engine.mode=virtual: TRL's fused LM head reads lm_head.weight"):
         ZOSFTTrainer(llama, args=_config(tmp_path), zo="mezo", engine="torch", train_dataset=_dataset(4),
                      processing_class=_tokenizer())  # fmt: skip
+
+
+def test_the_fused_lm_head_escapes_a_virtual_perturbation(tmp_path, llama):
+    """Why ZOSFTTrainer moves weights in place: at θ+εz, TRL's loss (fused LM head) under the
+    virtual engine differs from the in-place value, while the model's own loss agrees."""
+    from zobench.engine import Direction, InPlaceEngine, VirtualEngine
+
+    trainer = ZOSFTTrainer(llama, args=_config(tmp_path), zo="mezo", train_dataset=_dataset(8),
+                           processing_class=_tokenizer())  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    params = [(pid, p) for pid, p in enumerate(llama.parameters())]
+    direction = Direction(1, "gaussian")
+
+    def at_plus(engine, loss) -> float:
+        engine.perturb(params, direction, 0.1)
+        with torch.no_grad():
+            value = float(loss())
+        engine.restore(params)
+        return value
+
+    trl_loss = lambda: trainer.compute_loss(llama, dict(batch))  # noqa: E731
+    own_loss = lambda: llama(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # noqa: E731
+    virtual = VirtualEngine(llama, paired=False)
+    virtual_values = at_plus(virtual, trl_loss), at_plus(virtual, own_loss)
+    virtual.remove()
+    in_place = at_plus(InPlaceEngine(), trl_loss), at_plus(InPlaceEngine(), own_loss)
+    assert abs(virtual_values[0] - in_place[0]) > 1e-2  # the head's perturbation is missing
+    assert virtual_values[1] == pytest.approx(in_place[1], abs=1e-5)

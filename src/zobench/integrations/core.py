@@ -34,8 +34,8 @@ from ..models import hf_model, trainable
 from ..optim import ZOOptimizer
 from ..resources import conf_dir
 from ..telemetry import ForwardCounter, PeakMemory
-from ..trajectory.tape import Tape
 from ..train.learners import ZOLearner, build_learner
+from ..trajectory.tape import Tape
 
 #: the keys of ``conf/engine/*.yaml``
 ENGINE_KEYS = ("backend", "mode", "paired", "fused_linear")
@@ -191,10 +191,11 @@ class ZOSession:
     ) -> None:
         self.learner, self.optimizer, self.engine = learner, learner.optimizer, learner.engine
         first = next(model.parameters(), None)
-        self.device = torch.device(device) if device is not None else (first.device if first is not None else "cpu")
+        self.device = torch.device(device if device is not None else (first.device if first is not None else "cpu"))
         # one hook call per forward pass: the transformers model (inside a peft wrapper), or
         # ``counted``, the module a host's loss calls once per evaluation
-        self.counter = ForwardCounter(counted or hf_model(model), replicas=lambda: getattr(self.engine, "replica_count", 1))
+        replicas = lambda: getattr(self.engine, "replica_count", 1)  # noqa: E731 - a batched call is N passes
+        self.counter = ForwardCounter(counted or hf_model(model), replicas=replicas)
         self.counter.current = "eval"  # outside a step, a forward is the host's evaluation
         self.memory = PeakMemory(self.device)
         self.train_peak = 0

@@ -27,9 +27,10 @@ differs from backpropagation, and nothing of its loop:
   (``core.ZOSession``), so a run resumed from a checkpoint equals the uninterrupted run.
 
 The method is built when the trainer is (a bad ``zo=`` fails there, and an ``evaluate()`` before
-``train()`` is already counted). Refused, with one line: a multi-process or multi-GPU Trainer (each rank would estimate its own
-projected gradient from its own batch and the copies would drift: zobench's ``dist`` package
-all-reduces the loss, the Trainer does not), an ``optimizers=`` tuple beside ``zo=``, and ``model_init=``.
+``train()`` is already counted). Refused, with one line: a multi-process or multi-GPU Trainer
+(each rank would estimate its own projected gradient from its own batch and the copies would
+drift: zobench's ``dist`` package all-reduces the loss, the Trainer does not), an
+``optimizers=`` tuple beside ``zo=``, and ``model_init=``.
 
 Engines: ``engine.mode=virtual`` perturbs a weight while its module runs; a loss that reads a
 weight outside its module's forward (TRL's fused LM head reads ``lm_head.weight``) needs
@@ -134,9 +135,10 @@ class ZOTrainerMixin:
         for inputs, num_items in batches:
             with host.compute_loss_context_manager():
                 loss = host.compute_loss(model, inputs, num_items_in_batch=num_items)
-            scaled = host.loss_is_scaled_for_ga
-            if scaled is None:
-                scaled = (host.model_accepts_loss_kwargs and num_items is not None) or host.compute_loss_func is not None
+            scaled = getattr(host, "loss_is_scaled_for_ga", None)  # transformers 5.x
+            if scaled is None:  # as Trainer.training_step decides it
+                by_items = host.model_accepts_loss_kwargs and num_items is not None
+                scaled = by_items or host.compute_loss_func is not None
             total = total + (loss if scaled else loss / len(batches))
         return total
 

@@ -5,9 +5,9 @@ Manual optimisation, no Strategy of its own. The module says what the loss of a 
 (forward only, counted), then calls Lightning's optimizer ``step()`` once, which does what a
 step does for Lightning (its step counter, ``on_before_optimizer_step`` hooks, the LR scheduler
 ``configure_optimizers`` may return) without stepping the method again (``core.HostView``).
-A scheduler (override ``configure_optimizers``: ``view = super().configure_optimizers()``, return
-it with a scheduler on ``view``) is stepped once per step. ``configure_optimizers`` (or the first validation) builds the method (``zo``, ``zo_engine``,
-``zo_seed`` attributes); its
+A scheduler (override ``configure_optimizers``: ``view = super().configure_optimizers()``,
+return it with a scheduler on ``view``) is stepped once per step. ``configure_optimizers`` (or
+the first validation) builds the method (``zo``, ``zo_engine``, ``zo_seed`` attributes); its
 state is in Lightning's checkpoint (``optimizer_states``) and the forward-pass counts beside it
 (``on_save_checkpoint``), so ``trainer.fit(ckpt_path=...)`` resumes. Logged each step:
 ``train_loss``, ``forward_passes``, ``forward_passes_eval``, ``peak_memory_bytes``.
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .core import HostView, ZOSession, build_zo
 
 CHECKPOINT_KEY = "zobench_session"
@@ -56,6 +57,12 @@ class ZOLightningMixin:
         session = getattr(self, "zo_session", None)
         if session is None:
             host: Any = self
+            trainer = getattr(host, "_trainer", None)  # None: the module is used outside a Trainer
+            if trainer is not None and trainer.world_size > 1:
+                raise ConfigError(
+                    f"ZOLightningMixin runs on one device (got world_size={trainer.world_size}): each rank "
+                    "would estimate from its own batch and the copies would drift; use python -m zobench"
+                )
             counted = self.zo_counted or getattr(host, "model", None) or host
             learner = build_zo(host, self.zo, engine=self.zo_engine, seed=self.zo_seed)
             session = self.zo_session = ZOSession(host, learner, host.device, counted=counted)
