@@ -17,6 +17,12 @@ def pattern_data(n: int = 32, length: int = 8, tokens: tuple = (3, 7, 11, 19)) -
 
 
 @pytest.fixture
+def patterns():
+    """``pattern_data``, for the tests (test modules share code through fixtures, not imports)."""
+    return pattern_data
+
+
+@pytest.fixture
 def llama():
     """A random 2-layer Llama (tests/helpers.py), trainable."""
     return tiny_model("llama").requires_grad_(True)

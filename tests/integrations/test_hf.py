@@ -12,7 +12,6 @@ import transformers
 from torch.utils.data import SequentialSampler
 
 from tests.helpers import SMOKE, compose_run
-from tests.integrations.conftest import pattern_data
 from zobench.errors import ConfigError
 from zobench.integrations import ZOTrainer
 from zobench.integrations.hf import SESSION_FILE
@@ -93,11 +92,11 @@ def test_the_trainer_takes_the_recipes_steps_bit_for_bit(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, llama):
+def test_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, llama, patterns):
     """Train 6 steps saving at 3 and 6; a fresh trainer on a fresh model resumes from
     checkpoint-3 and ends with the same weights, losses and forward-pass counts (HiZOO: its
     Hessian diagonal is optimizer state; a linear LR schedule: the scheduler's)."""
-    data = pattern_data()
+    data = patterns()
     args = dict(max_steps=6, save_strategy="steps", save_steps=3, lr_scheduler_type="linear", learning_rate=1e-3)
     zo = {"name": "hizoo", "eps": 1e-2}
     whole = ZOTrainer(llama, _args(tmp_path / "a", **args), zo=zo, train_dataset=data)
@@ -123,10 +122,10 @@ def tiny_llama_fresh():
 
 
 @pytest.mark.slow
-def test_accumulation_takes_one_step_on_several_batches_and_counts_their_passes(tmp_path, llama):
+def test_accumulation_takes_one_step_on_several_batches_and_counts_their_passes(tmp_path, llama, patterns):
     """gradient_accumulation_steps=2: each step's closure evaluates both micro-batches (2 × 2
     passes a MeZO step); no gradient norm is logged (there is no gradient)."""
-    data = pattern_data(16)
+    data = patterns(16)
     seen = []
 
     class Counting(ZOTrainer):
@@ -183,7 +182,7 @@ def test_an_optimizers_tuple_beside_zo_is_refused(tmp_path, llama):
 
 
 @pytest.mark.slow
-def test_logs_callbacks_and_evaluation_see_forward_passes_and_peak_memory(tmp_path, llama):
+def test_logs_callbacks_and_evaluation_see_forward_passes_and_peak_memory(tmp_path, llama, patterns):
     """A TrainerCallback (what W&B's reporting is) receives the counts; evaluation forwards count
     as eval, not train; the loss decreases on a learnable task."""
     seen = []
@@ -192,7 +191,7 @@ def test_logs_callbacks_and_evaluation_see_forward_passes_and_peak_memory(tmp_pa
         def on_log(self, args, state, control, logs=None, **kwargs):
             seen.append(dict(logs))
 
-    data = pattern_data()
+    data = patterns()
     trainer = ZOTrainer(
         llama,
         _args(tmp_path, max_steps=60, eval_strategy="steps", eval_steps=30, logging_steps=10, learning_rate=3e-3),

@@ -60,7 +60,9 @@ def method_config(zo: str | dict | DictConfig) -> dict:
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"zo.name={name}: no such method; allowed {', '.join(known)}")
-    cfg = {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **given}  # type: ignore[dict-item]
+    shipped = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(shipped, dict)
+    cfg = {**shipped, **given}
     if cfg.get("first_order") or cfg.get("linear_probe"):
         raise ConfigError(
             f"zo.name={name} is not a zeroth-order method (first-order or linear probe); "
@@ -137,7 +139,7 @@ class HostView(torch.optim.Optimizer):
         self.zo = zo
         self.defaults = zo.defaults
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override]  # torch declares an attribute; the view forwards it
     def param_groups(self):
         return self.zo.param_groups
 
@@ -145,7 +147,7 @@ class HostView(torch.optim.Optimizer):
     def param_groups(self, groups) -> None:
         self.zo.param_groups = groups
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override]  # torch declares an attribute; the view forwards it
     def state(self):
         return self.zo.state
 
@@ -153,7 +155,7 @@ class HostView(torch.optim.Optimizer):
     def state(self, state) -> None:
         self.zo.state = state
 
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):  # type: ignore[override]  # returns None: the step was taken
         if closure is not None:
             with torch.enable_grad():  # as torch optimizers run a closure
                 closure()
@@ -161,10 +163,10 @@ class HostView(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """No gradients: a ZO step never writes ``param.grad``."""
 
-    def state_dict(self):  # type: ignore[override]
+    def state_dict(self):
         return self.zo.state_dict()
 
-    def load_state_dict(self, state_dict) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict) -> None:
         self.zo.load_state_dict(state_dict)
 
     def __repr__(self) -> str:

@@ -154,17 +154,17 @@ class ZOTrainerMixin:
             logs.update(self.zo_session.metrics())
             if "loss" in logs and self._zo_info:  # a train log: the last step's scalars
                 logs.update({f"zo_{k}": v for k, v in self._zo_info.items()})
-        super().log(logs, start_time)  # type: ignore[misc]
+        super().log(logs, start_time)  # type: ignore[misc]  # a mixin: the Trainer follows in the MRO
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+        super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]  # a mixin: the Trainer follows in the MRO
         host: Any = self
         if self.zo_session is not None and host.args.should_save:
             with open(os.path.join(output_dir, SESSION_FILE), "w") as f:
                 json.dump(self.zo_session.state_dict(), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]  # a mixin: the Trainer follows in the MRO
         path = os.path.join(checkpoint, SESSION_FILE) if checkpoint else None
         if self.zo_session is not None and path and os.path.isfile(path):
             with open(path) as f:
