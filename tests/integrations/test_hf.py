@@ -210,3 +210,21 @@ def test_logs_callbacks_and_evaluation_see_forward_passes_and_peak_memory(tmp_pa
     evals = [log for log in seen if "eval_loss" in log]
     assert [log["forward_passes"] for log in evals] == [0, 60, 120, 120]  # evaluation adds no train passes
     assert [log["forward_passes_eval"] for log in evals] == [1, 2, 3, 4]  # 8 rows, one batch of 8 each
+
+
+def test_a_lora_model_trains_its_adapter_and_leaves_the_base(tmp_path, patterns):
+    """A peft model: the method's parameters are the trainable ones (the adapter), the counter
+    hooks the transformers model inside the wrapper."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.helpers import tiny_model
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = ZOTrainer(model, _args(tmp_path, max_steps=3), zo="mezo", train_dataset=patterns(12))
+    trainer.train()
+    assert _train_logs(trainer)[-1]["forward_passes"] == 6
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name for name in trained)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) != (name in trained), name  # lora_A moves, the base does not

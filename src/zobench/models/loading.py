@@ -236,6 +236,17 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     return target
 
 
+def _forget_gguf_origin(model) -> None:
+    """transformers dequantises a GGUF file on load, but the converted copy's config keeps its
+    ``quantization_config`` (gguf), so the model comes back marked quantized: ``Trainer`` then
+    refuses to fine-tune it and ``save_pretrained`` to serialise it, though its weights are plain
+    float tensors. Drop the marker (transformers' own ``remove_quantization_config``)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and getattr(method, "value", method) == "gguf":  # a QuantizationMethod enum
+        quantizer.remove_quantization_config(model)
+
+
 def load_tokenizer(cfg, cache_dir: str | None = None):
     import transformers
 
@@ -301,6 +312,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
             if source == "gguf_package"
             else _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
         )
+        _forget_gguf_origin(model)
     if not getattr(model, "hf_device_map", None):
         model.to(device)
     model.eval()
