@@ -146,6 +146,25 @@ def test_accumulation_takes_one_step_on_several_batches_and_counts_their_passes(
     assert "grad_norm" not in logs[0]
 
 
+@pytest.mark.slow
+def test_an_accumulated_estimate_is_the_estimate_on_the_joined_batch(tmp_path, patterns):
+    """Batch 2 × 2 accumulated evaluates the loss of the batch of 4 (the token mean over the
+    four rows, via num_items_in_batch): the same ℓ± and projected gradient, to rounding."""
+    from tests.helpers import tiny_model
+
+    infos = []
+    for size, steps in ((2, 2), (4, 1)):
+        model = tiny_model("llama").requires_grad_(True)
+        args = _args(
+            tmp_path / str(size), max_steps=1, per_device_train_batch_size=size, gradient_accumulation_steps=steps
+        )
+        trainer = ZOTrainer(model, args, zo={"name": "mezo", "eps": 1e-2}, train_dataset=patterns(8))
+        trainer.train()
+        infos.append(_train_logs(trainer)[0])
+    for key in ("zo_loss_plus", "zo_loss_minus", "zo_projected_grad", "loss"):
+        assert infos[0][key] == pytest.approx(infos[1][key], rel=1e-4), key
+
+
 def test_the_method_comes_from_a_name_a_config_or_an_instance(tmp_path, llama):
     from zobench.engine import InPlaceEngine
     from zobench.optim import MeZO, ZOSGDMomentum
