@@ -91,6 +91,19 @@ def test_gguf_model_is_converted_once_and_equals_the_gguf_weights(tmp_path, monk
 
 
 @pytest.mark.slow
+def test_a_gguf_model_comes_back_as_a_plain_float_model():
+    """transformers dequantises GGUF on load; the model must not stay marked quantized (the
+    Trainer refuses to fine-tune a quantized model, save_pretrained to serialise it)."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    model, _ = load_model(model_config("smollm2-135m"))
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    assert "quantization_config" not in model.config.to_dict()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    validate_quantization_for_training(model)  # raised "purely quantized models" before
+
+
+@pytest.mark.slow
 def test_gguf_assembled_from_chunk_packages_is_converted_and_the_chunks_cleaned_up(tmp_path, monkeypatch):
     """``assemble: true`` (Gemma-3-270M's packages): the package's ``assemble(path)`` writes the
     GGUF, zobench converts it and deletes the assembled file. A stand-in package assembles
