@@ -350,6 +350,41 @@ def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
     assert "tokenizer_from: smollm2-135m" in (tmp_path / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("bad", ["train.steps", "+model.init_seed", "-m train.steps"])
+def test_an_override_without_a_value_is_one_line(tmp_path, cli, bad):
+    """Not Hydra's four lines of grammar (exit 1): one line saying key=value is expected, exit 2;
+    the values of Hydra's own options (``-cn``, ``--config-dir``) are not overrides."""
+    result = cli(*bad.split(), f"hydra.run.dir={tmp_path}")
+    key = bad.split()[-1]
+    one_error_line(result, f"{key!r}: expected an override key=value")
+    assert list(tmp_path.iterdir()) == []
+    from zobench.__main__ import _check_syntax
+
+    _check_syntax(["-cn", "config", "--config-dir", "conf", "~logger.tags", "seed=1", "-m"])  # no exit
+
+
+def test_a_sweeps_files_and_output_never_hold_a_credential(tmp_path, data_dir, cli, monkeypatch):
+    """A sweep stopped as its first job starts (here refused by the config check, before the run
+    rewrites anything, as a kill would leave it): multirun.yaml, the job's .hydra/*.yaml and what
+    was printed hold no credential."""
+    secret = "s3cret-sweep-key-42"
+    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_API_KEY", raising=False)  # main() sets it; restored after
+    result = cli(
+        "-m",
+        *SMOKE,
+        f"data.dir={data_dir}",
+        "train.steps=-1",
+        "seed=0,1",
+        f"+logger.api_key={secret}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    one_error_line(result, "train.steps=-1: expected an integer >= 0")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"multirun.yaml", "overrides.yaml", "hydra.yaml", "config.yaml"} <= {p.name for p in written}
+    assert [str(p) for p in written if secret.encode() in p.read_bytes()] == []
+    assert secret not in result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_two_quick_sigints_still_end_in_a_clean_interrupted_exit(tmp_path, data_dir):
     run_dir = tmp_path / "run"

@@ -144,6 +144,32 @@ def test_credential_shaped_values_and_the_processes_own_keys_are_redacted(monkey
     }
 
 
+def test_a_credential_on_the_command_line_never_enters_hydras_config(monkeypatch):
+    """It is moved to this process's environment before Hydra parses the command line: the
+    composed config (what Hydra writes to .hydra/ and multirun.yaml, and prints) holds only the
+    variable's name, and resolves to the key; a reference the user wrote is left alone."""
+    from omegaconf import OmegaConf
+
+    from zobench.redaction import hide_secret_overrides
+
+    key, hf = "s3cret-api-value-1", "hf_" + "Zq9" * 12
+    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_API_KEY", raising=False)  # restored after the test
+    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_GROUP", raising=False)
+    args = ["-m", f"+logger.api_key={key}", f"logger.group={hf}", "seed=0,1", "logger.project=${oc.env:PROJ}"]
+    hidden = hide_secret_overrides(args)
+    assert hidden == [
+        "-m",
+        "+logger.api_key=${oc.env:ZOBENCH_SECRET_LOGGER_API_KEY}",
+        "logger.group=${oc.env:ZOBENCH_SECRET_LOGGER_GROUP}",
+        "seed=0,1",
+        "logger.project=${oc.env:PROJ}",
+    ]
+    cfg = compose_run("logger=wandb", *hidden[1:3])
+    assert key not in OmegaConf.to_yaml(cfg) and hf not in OmegaConf.to_yaml(cfg)
+    assert (cfg.logger.api_key, cfg.logger.group) == (key, hf)
+    assert redact({"x": key}) == {"x": "<redacted>"}  # known as this process's credential from now on
+
+
 def read_wandb_records(path: Path):
     """Decode a W&B transaction log (.wandb): a 7-byte header, then LevelDB-log records
     (crc32c:4, length:2 LE, type:1 in 32 KiB blocks) holding wandb_internal_pb2.Record messages."""

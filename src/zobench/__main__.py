@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .errors import ConfigError
+from .redaction import hide_secret_overrides
 from .resources import conf_dir
 from .sweeps import register_resolvers
 
@@ -53,6 +54,8 @@ _HYDRA_FLAGS = (
     "-sc",
     "--version",
 )
+# Hydra's options that take the next argument as their value (``-cn bench``, ``--config-dir d``)
+_HYDRA_VALUED = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun")
 
 
 def fail(message: str) -> None:
@@ -143,11 +146,29 @@ def group_options(group: str) -> list[str]:
     return sorted(files | stored)
 
 
+def _check_syntax(args: list[str]) -> None:
+    """Every argument that is not one of Hydra's options is an override: ``key=value``,
+    ``+key=value``, ``~key`` or ``~key=value`` (Hydra's own error for ``train.steps`` alone is four
+    lines of grammar, exit 1)."""
+    after_option = False
+    for arg in args:
+        if after_option:
+            after_option = False
+            continue
+        if arg.startswith("-"):
+            after_option = arg in _HYDRA_VALUED
+            continue
+        if "=" not in arg and not arg.startswith("~"):
+            example = f"{arg}=<value>" if arg and not arg.startswith("+") else "train.steps=200"
+            fail(f"{arg!r}: expected an override key=value (e.g. {example}), +key=value to add a key or ~key to remove one")
+
+
 def precheck(args: list[str], config_name: str = "config") -> None:
     """Group options and overrides of ``conf/<config_name>.yaml`` checked before Hydra, whose own
     errors span many lines (also the entry of ``python -m zobench.bench``: ``bench.yaml``)."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args if a.startswith("-")):
         return  # --help, --cfg ...: Hydra's business
+    _check_syntax(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     for arg in overrides:
@@ -253,6 +274,7 @@ def main() -> None:
         conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
     except ConfigError as err:
         fail(str(err))
+    sys.argv[1:] = hide_secret_overrides(sys.argv[1:])  # before Hydra writes or prints any of it
     precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..__main__ import fail, precheck
+from ..redaction import hide_secret_overrides
 from ..errors import ConfigError
 from ..resources import conf_dir
 
@@ -39,6 +40,7 @@ def main() -> None:
         conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
     except ConfigError as err:
         fail(str(err))
+    sys.argv[1:] = hide_secret_overrides(sys.argv[1:])  # before Hydra writes or prints any of it
     precheck(sys.argv[1:], config_name="bench")
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="bench")(_app)()
 
