@@ -172,10 +172,23 @@ class JsonlLogger:
             self._file.close()
 
 
+# WANDB_MODE values (wandb's own names): "dryrun" is its old name for offline, "run" for online
+_WANDB_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+PROBE_TIMEOUT_S = 5.0  # the longest the reachability probe waits for a TCP connection
+
+
 def wandb_mode(requested: str) -> Any:  # wandb's Literal of modes; validated with the config
-    """``auto`` -> ``online`` when an API key is configured, else ``offline``."""
+    """``auto`` -> the mode the user exported (``WANDB_MODE=offline|disabled|online``, or
+    ``WANDB_DISABLED=true``: W&B's own variables, which an explicit ``mode=`` argument to
+    ``wandb.init`` would override), else ``online`` when an API key is configured, else
+    ``offline``. An explicit ``logger.mode`` is taken as it is."""
     if requested != "auto":
         return requested
+    exported = os.environ.get("WANDB_MODE", "").strip().lower()
+    if exported in _WANDB_ENV_MODES:
+        return _WANDB_ENV_MODES[exported]
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
+        return "disabled"
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
@@ -184,6 +197,28 @@ def wandb_mode(requested: str) -> Any:  # wandb's Literal of modes; validated wi
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         pass
     return "offline"
+
+
+def wandb_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server (``WANDB_BASE_URL``, else api.wandb.ai) cannot be reached, or None: one
+    TCP connection to it, or to the HTTP(S) proxy the environment names for it, within
+    ``timeout`` seconds. A refused connection or an unknown host answers at once, where
+    ``wandb.init`` would retry until its ``init_timeout`` (90 s by default)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parsed.hostname or host, parsed.port or 80
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:  # refused, unknown host, no route, timed out
+        return f"{host}:{port}: {err.strerror or err}"
+    return None
 
 
 class WandbLogger:
@@ -217,9 +252,18 @@ class WandbLogger:
         if cfg.get("api_key"):  # +logger.api_key=...: this run's W&B key (redacted wherever it would be written)
             os.environ["WANDB_API_KEY"] = str(cfg.get("api_key"))
         mode = wandb_mode(cfg.get("mode", "auto"))
+        init_timeout = float(cfg.get("init_timeout", 90))
+        unreachable = wandb_unreachable(min(PROBE_TIMEOUT_S, init_timeout)) if mode == "online" else None
+        if unreachable:  # no connection at all: offline at once, not after init_timeout seconds
+            log.warning(
+                "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
+                unreachable,
+                run_dir,
+            )
+            mode = "offline"
         try:
             self.run = wandb.init(
-                mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))), **kwargs
+                mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs
             )
         except Exception as err:  # unreachable server, bad key: never lose the metrics
             if mode != "online":
