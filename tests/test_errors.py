@@ -279,6 +279,110 @@ def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch, cli)
     assert unusable_run_dir(tmp_path / "new" / "run") == f"{tmp_path} is not writable"
 
 
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_an_empty_or_impossible_run_dir_is_one_line(tmp_path, data_dir, monkeypatch, cli, multirun):
+    """``hydra.run.dir=$UNSET`` would write a whole run into the current directory; ``/proc/...``
+    passes root's permission check but no folder can be made there. Nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    base = [*(["-m"] if multirun else []), *SMOKE, "train.steps=1", f"data.dir={data_dir}"]
+    _assert_bad_input(cli(*base, f"{key}="), f"{key} is empty (an unset shell variable?)")
+    _assert_bad_input(cli(*base, f"{key}=  "), f"{key} is empty")
+    _assert_bad_input(
+        cli(*base, f"{key}=/proc/zobench-run"),
+        f"{key}=/proc/zobench-run: cannot write there (cannot make a folder in /proc",
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/proc/zobench-run").exists()
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk (``OSError(ENOSPC)`` without a file name, as a
+    real ``write`` on an open file raises) once ``budget`` writes have passed."""
+
+    def __init__(self, file, budget: int) -> None:
+        self._file, self._budget = file, budget
+
+    def write(self, data):
+        self._budget -= 1
+        if self._budget < 0:
+            import errno
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("where", ["trajectory", "checkpoint"])
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, monkeypatch, cli, where):
+    """Disk full while the trajectory log is appended (step 5) or while a checkpoint is written
+    (step 4): one line naming the file and saying how to resume, exit 2; started again with
+    room, the run resumes and completes with every step logged once."""
+    import errno
+
+    import zobench.checkpoint
+    from zobench.trajectory.log import TrajectoryWriter
+
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=8", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"]
+    args.append(f"hydra.run.dir={run_dir}")
+    if where == "trajectory":
+        opened = TrajectoryWriter.__init__
+
+        def full_after_four(self, path, offset):
+            opened(self, path, offset)
+            self._file = _FullDisk(self._file, budget=4)
+
+        monkeypatch.setattr(TrajectoryWriter, "__init__", full_after_four)
+        target = run_dir / "trajectory.bin"
+    else:
+        real_save, calls = zobench.checkpoint.torch.save, []
+
+        def save(obj, path, *a, **k):  # torch.save's own report of a full disk
+            calls.append(path)
+            if len(calls) == 2:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            return real_save(obj, path, *a, **k)
+
+        monkeypatch.setattr(zobench.checkpoint.torch, "save", save)
+        monkeypatch.setattr(zobench.checkpoint, "_disk_full", lambda path: True)
+        target = run_dir / "checkpoint" / ".ckpt-000000004.tmp" / "optimizer.pt"
+    result = cli(*args)
+    line = one_error_line(result, f"{target}: {os.strerror(errno.ENOSPC)}; free space")
+    assert f"the run resumes from its last checkpoint in {run_dir}" in line
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)  # (undo restored the cwd and the environment; the fixtures' env is back below)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == list(range(1, 9))
+
+
+def test_writer_failures_become_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    """safetensors and torch.save report a full disk in their own words; other errors pass."""
+    import errno
+
+    from zobench.checkpoint import write_error_line, writing
+
+    class SafetensorError(Exception):
+        pass
+
+    with pytest.raises(OSError) as info, writing(tmp_path / "a.safetensors"):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "a.safetensors"))
+    with pytest.raises(OSError) as info, writing(tmp_path / "o.pt"):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert info.value.errno == errno.EIO  # the disk has room: not called full
+    with pytest.raises(ValueError), writing(tmp_path / "x"):
+        raise ValueError("not an I/O error")
+    assert write_error_line(FileNotFoundError(errno.ENOENT, "No such file", "x"), tmp_path) is None
+
+
 @pytest.mark.slow
 def test_a_second_process_in_the_same_run_dir_is_refused(tmp_path, data_dir):
     """Two real processes: the second is refused with one line and touches nothing; once the

@@ -160,7 +160,10 @@ def _check_syntax(args: list[str]) -> None:
             continue
         if "=" not in arg and not arg.startswith("~"):
             example = f"{arg}=<value>" if arg and not arg.startswith("+") else "train.steps=200"
-            fail(f"{arg!r}: expected an override key=value (e.g. {example}), +key=value to add a key or ~key to remove one")
+            fail(
+                f"{arg!r}: expected an override key=value (e.g. {example}), "
+                "+key=value to add a key or ~key to remove one"
+            )
 
 
 def precheck(args: list[str], config_name: str = "config") -> None:
@@ -224,6 +227,7 @@ def closing_line(summary: dict, run_dir: Path) -> str:
 
 
 def _app(cfg: DictConfig) -> None:
+    from .checkpoint import write_error_line
     from .models.loading import check_sources
     from .run import run
 
@@ -235,6 +239,12 @@ def _app(cfg: DictConfig) -> None:
         if cfg.get("debug", False) is True:
             raise
         fail(str(err))
+    except OSError as err:  # a full disk, a folder turned read-only: one line, and how to resume
+        line = write_error_line(err, run_dir)
+        if line is None or cfg.get("debug", False) is True:
+            _print_closing_from_disk(run_dir)
+            raise
+        fail(line)
     except BaseException:
         _print_closing_from_disk(run_dir)
         raise
@@ -253,9 +263,11 @@ def _print_closing_from_disk(run_dir: Path) -> None:
     import json
 
     try:
-        print(closing_line(json.loads((run_dir / "summary.json").read_text()), run_dir), flush=True)
+        summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        pass
+        return
+    if isinstance(summary, dict):
+        print(closing_line(summary, run_dir), flush=True)
 
 
 def _hand_over(signum: int) -> None:

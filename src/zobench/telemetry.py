@@ -156,12 +156,18 @@ class JsonlLogger:
         return self._file.tell()
 
     def log(self, event: dict) -> None:
-        self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
-        self._file.flush()
+        from .checkpoint import writing
+
+        with writing(self.path):  # a full disk: an OSError naming metrics.jsonl
+            self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
+            self._file.flush()
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        from .checkpoint import writing
+
+        with writing(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def summary(self, summary: dict) -> None:
         pass
@@ -173,7 +179,13 @@ class JsonlLogger:
 
 
 # WANDB_MODE values (wandb's own names): "dryrun" is its old name for offline, "run" for online
-_WANDB_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+_WANDB_ENV_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
 PROBE_TIMEOUT_S = 5.0  # the longest the reachability probe waits for a TCP connection
 
 
@@ -262,9 +274,7 @@ class WandbLogger:
             )
             mode = "offline"
         try:
-            self.run = wandb.init(
-                mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs
-            )
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
         except Exception as err:  # unreachable server, bad key: never lose the metrics
             if mode != "online":
                 raise

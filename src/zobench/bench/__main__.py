@@ -11,8 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from ..__main__ import fail, precheck
-from ..redaction import hide_secret_overrides
 from ..errors import ConfigError
+from ..redaction import hide_secret_overrides
 from ..resources import conf_dir
 
 
@@ -28,10 +28,15 @@ def _app(cfg: DictConfig) -> None:
     name = cfg.bench.name or (
         f"{result['model']}_{result['task']}_bs{result['batch_size']}_{result['dtype']}_{result['device_type']}"
     )
-    out = Path(cfg.bench.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(result, command))
+    out = Path(cfg.bench.out)  # checked before the benchmark (validate_bench); a full disk now: one line
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.md").write_text(markdown(result, command))
+    except OSError as err:
+        from ..validation import output_error
+
+        fail(output_error("bench.out", err))
     print(markdown(result, command))
 
 

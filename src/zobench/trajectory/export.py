@@ -49,8 +49,7 @@ def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None
     """A run without a trajectory (first-order baselines): its tested weights from ``final/``
     (``train.save_final=true``) on the base model; only the tested step is there."""
     from ..checkpoint import copy_into, load_tensors
-    from ..train.setup import resolve_device
-    from .replay import build_base, load_run_config
+    from .replay import build_base, load_run_config, run_device
 
     tested = summary.get("tested_step")
     if step not in ("best", "last", str(tested), tested) or tested is None:
@@ -59,7 +58,7 @@ def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None
             f"{tested} is saved, in final/"
         )
     cfg = load_run_config(run_dir)
-    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
     final = run_dir / "final" / "trainable.safetensors"
     copy_into(named, load_tensors(final), final)
     return Replayed(model, tokenizer, named, cfg, int(tested))

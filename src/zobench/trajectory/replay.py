@@ -125,18 +125,29 @@ def build_base(cfg: DictConfig, device: torch.device):
     return model, tokenizer, trainable(model)
 
 
+def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.device:
+    """``--device``, else the run's own device, checked against this machine first: a device it
+    lacks is one line, not torch's error from inside the model load."""
+    from ..train.setup import resolve_device
+    from ..validation import check_device
+
+    if device:
+        check_device("--device", device, sep=" ")
+    else:
+        check_device(f"{run_dir / 'config.yaml'}: device", cfg.device, instead="pass --device cpu")
+    return resolve_device(device or cfg.device)
+
+
 def replay(run_dir: Path, step: int | str | None = None, device: str | None = None) -> Replayed:
     """The weights of the run in ``run_dir`` after ``step`` (None or ``last``: the log's last
     step; ``best``: summary.json's ``best_step``), rebuilt from the base model and the log."""
-    from ..train.setup import resolve_device
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     log = read(run_dir / FILENAME)
     check_whole(run_dir, log, "last" if step is None else step)
     check_config(log.header, cfg, run_dir / "config.yaml")
     target = resolve_step(run_dir, log, step)
-    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
     check_base(log.header, named, run_dir / FILENAME)
     learner = fresh_learner(cfg, model, named)
     if learner.engine_name != log.header.engine:
