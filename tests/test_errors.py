@@ -296,6 +296,58 @@ def test_an_empty_or_impossible_run_dir_is_one_line(tmp_path, data_dir, monkeypa
     assert not Path("/proc/zobench-run").exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "RUN", "--out", "OUT"],
+        ["export", "RUN", "OUT"],
+        ["report", "RUN", "--table", "smoke", "--out", "OUT"],
+    ],
+    ids=["replay", "export", "report"],
+)
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, argv):
+    """Under a regular file, in /proc, or empty (an unset shell variable): one line naming the
+    option, exit 2, before the run dir is even read (it does not exist here)."""
+    import importlib
+
+    (tmp_path / "file").write_text("not a folder")
+    for out, message in (
+        (
+            tmp_path / "file" / "out",
+            f"{tmp_path / 'file' / 'out'}: cannot write there ({tmp_path / 'file'} is not a folder)",
+        ),
+        ("/proc/zobench-out", "/proc/zobench-out: cannot write there (cannot make a folder in /proc"),
+        ("", "is empty (an unset shell variable?)"),
+    ):
+        args = [str(out) if a == "OUT" else str(tmp_path / "run") if a == "RUN" else a for a in argv[1:]]
+        with pytest.raises(SystemExit) as stop:
+            importlib.import_module(
+                f"zobench.{argv[0]}.__main__" if argv[0] == "report" else f"zobench.{argv[0]}"
+            ).main(args)
+        one_error_line(subprocess.CompletedProcess(args, stop.value.code, "", capsys.readouterr().err), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bench_out_and_a_device_this_machine_lacks_are_one_line(tmp_path):
+    """bench.out is checked with the bench's config; replay and export check --device (or the
+    run's own device) before loading a model: not torch's error blaming the model cache."""
+    from tests.helpers import compose_config
+    from zobench.trajectory.replay import run_device
+    from zobench.validation import validate_bench
+
+    (tmp_path / "file").write_text("")
+    cfg = compose_config("bench", "model=tiny-llama", f"bench.out={tmp_path / 'file' / 'b'}")
+    with pytest.raises(ConfigError, match=r"bench.out=.*/file/b: cannot write there \(.*/file is not a folder\)"):
+        validate_bench(cfg)
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ConfigError, match=rf"^--device {missing}: (no CUDA device is available here|this machine has)"):
+        run_device(compose_run(), missing, tmp_path)
+    with pytest.raises(ConfigError, match=rf"config.yaml: device={missing}: .*(pass --device cpu|this machine has)"):
+        run_device(compose_run(f"device={missing}"), None, tmp_path)
+    with pytest.raises(ConfigError, match=r"--device 'gpu': allowed auto, cpu, cuda, cuda:N"):
+        run_device(compose_run(), "gpu", tmp_path)
+
+
 class _FullDisk:
     """A file whose writes fail as on a full disk (``OSError(ENOSPC)`` without a file name, as a
     real ``write`` on an open file raises) once ``budget`` writes have passed."""
