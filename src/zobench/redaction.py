@@ -51,8 +51,8 @@ SECRET_ENV_PREFIX = "ZOBENCH_SECRET_"
 
 def _known_secrets() -> set[str]:
     """Credentials this process holds in its environment (never to be written anywhere)."""
-    names = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
-    names += tuple(n for n in os.environ if n.startswith(SECRET_ENV_PREFIX))
+    names = ["WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY"]
+    names += [n for n in os.environ if n.startswith(SECRET_ENV_PREFIX)]  # moved here from the command line
     return {os.environ[n] for n in names if len(os.environ.get(n, "")) >= 8}
 
 
