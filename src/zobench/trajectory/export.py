@@ -13,13 +13,12 @@ is always a whole export.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
 from .log import FILENAME
-from .replay import Replayed, replay
+from .replay import Replayed, read_summary, replay
 
 
 def export(run_dir: Path, out: Path, step: int | str = "best", device: str | None = None) -> Path:
@@ -27,8 +26,7 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not an empty folder; choose a new output folder")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(run_dir, "cannot tell which step the run tested")
     if step == "best" and summary.get("best_step") is None:
         step = "last"  # no dev set: the run tested its last step
     has_log = (run_dir / FILENAME).is_file() or not (run_dir / "final" / "trainable.safetensors").is_file()
@@ -36,9 +34,13 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
-    replayed.tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(replayed, summary))
+    try:
+        replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
+        replayed.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(replayed, summary))
+    except BaseException:  # a full disk: nothing half-written is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()
     tmp.rename(out)

@@ -159,17 +159,26 @@ def replay(run_dir: Path, step: int | str | None = None, device: str | None = No
     return Replayed(model, tokenizer, named, cfg, target)
 
 
+def read_summary(run_dir: Path, why: str) -> dict:
+    """``run_dir``'s summary.json ({} if none); one that is not a JSON object: CheckpointError
+    naming it and ``why`` it matters."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path}: unreadable; {why}") from None
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path}: not a JSON object; {why}")
+    return summary
+
+
 def check_whole(run_dir: Path, log: Trajectory, asked) -> None:
     """A completed run's log must be the one its summary.json sealed (``log.check_sealed``): a
     cut or changed log would replay an earlier step. A torn last record is expected only of a
     run that has not completed (killed: its resume cuts it off), and is said so."""
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except ValueError:
-        raise CheckpointError(f"{summary_path}: unreadable; cannot tell whether {log.path} is whole") from None
-    sealed = summary.get("trajectory") if isinstance(summary, dict) else None
-    if isinstance(summary, dict) and summary.get("status") == "completed" and sealed is not None:
+    summary = read_summary(run_dir, f"cannot tell whether {log.path} is whole")
+    sealed = summary.get("trajectory")
+    if summary.get("status") == "completed" and sealed is not None:
         check_sealed(log, sealed, asked)
     elif log.tail:
         logger.warning(
@@ -186,7 +195,7 @@ def resolve_step(run_dir: Path, log: Trajectory, step: int | str | None) -> int:
         return log.last_step
     if step == "best":
         summary = run_dir / "summary.json"
-        best = json.loads(summary.read_text()).get("best_step") if summary.is_file() else None
+        best = read_summary(run_dir, "cannot tell the best step").get("best_step")
         if best is None:
             raise ConfigError(f"--step best: {summary} records no best_step (no dev set, or the run has not finished)")
         return int(best)
