@@ -367,6 +367,7 @@ class _FullDisk:
         return getattr(self._file, name)
 
 
+@pytest.mark.slow  # two tiny runs each (the fast tier: test_writer_failures_become_an_oserror_naming_the_file)
 @pytest.mark.parametrize("where", ["trajectory", "checkpoint"])
 def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, monkeypatch, cli, where):
     """Disk full while the trajectory log is appended (step 5) or while a checkpoint is written
