@@ -99,6 +99,18 @@ def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
         TaskSpec.from_yaml(path)
 
 
+def test_a_template_the_example_does_not_fit_is_one_line(tmp_path):
+    """An expression that compiles but cannot run on the example (a string plus a number)."""
+    import yaml
+
+    raw = yaml.safe_load(open(load_task("sst2").source_file).read())
+    raw["causal"]["prompt"] = "{{ sentence + 1 }}"
+    path = tmp_path / "sst2.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"task sst2 \(causal prompt\): example does not fit the template"):
+        TaskSpec.from_yaml(path).render(SST2_ROW)
+
+
 def test_invalid_yaml_is_one_line_naming_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\ndescription: a: b\n")

@@ -156,7 +156,9 @@ class PromptFormat:
             else:
                 cands = tuple(t.render(**example) for t in templates)
             return prompt.render(**example), cands
-        except (jinja2.UndefinedError, KeyError) as err:  # a field the template needs is missing or unexpected
+        except (jinja2.TemplateError, KeyError, TypeError, ValueError, AttributeError) as err:
+            # a field the template needs is missing, or of a type its expression cannot take
+            # (``{{ label + 1 }}`` on a string): the example and the template disagree
             raise ConfigError(f"example does not fit the template ({err}); fields: {', '.join(example)}") from err
 
 
