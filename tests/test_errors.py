@@ -518,6 +518,9 @@ def test_an_override_without_a_value_is_one_line(tmp_path, cli, bad):
     from zobench.__main__ import _check_syntax
 
     _check_syntax(["-cn", "config", "--config-dir", "conf", "~logger.tags", "seed=1", "-m"])  # no exit
+    one_error_line(
+        cli("mezo", f"hydra.run.dir={tmp_path}"), "'mezo': expected an override key=value (e.g. optimizer=mezo)"
+    )
 
 
 def test_a_sweeps_files_and_output_never_hold_a_credential(tmp_path, data_dir, cli, monkeypatch):

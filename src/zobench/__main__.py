@@ -159,7 +159,14 @@ def _check_syntax(args: list[str]) -> None:
             after_option = arg in _HYDRA_VALUED
             continue
         if "=" not in arg and not arg.startswith("~"):
-            example = f"{arg}=<value>" if arg and not arg.startswith("+") else "train.steps=200"
+            groups = [g for g in GROUPS if arg in group_options(g)]  # `mezo` for optimizer=mezo
+            example = (
+                f"{groups[0]}={arg}"
+                if groups
+                else f"{arg}=<value>"
+                if arg and not arg.startswith("+")
+                else "train.steps=200"
+            )
             fail(
                 f"{arg!r}: expected an override key=value (e.g. {example}), "
                 "+key=value to add a key or ~key to remove one"
