@@ -523,26 +523,31 @@ def test_an_override_without_a_value_is_one_line(tmp_path, cli, bad):
     )
 
 
-def test_a_sweeps_files_and_output_never_hold_a_credential(tmp_path, data_dir, cli, monkeypatch):
-    """A sweep stopped as its first job starts (here refused by the config check, before the run
-    rewrites anything, as a kill would leave it): multirun.yaml, the job's .hydra/*.yaml and what
-    was printed hold no credential."""
-    secret = "s3cret-sweep-key-42"
-    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_API_KEY", raising=False)  # main() sets it; restored after
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_hydras_files_and_output_never_hold_a_credential(tmp_path, data_dir, cli, monkeypatch, multirun):
+    """A run or sweep stopped as it starts (here refused by the config check, before the run
+    rewrites anything, as a kill would leave it): multirun.yaml, .hydra/*.yaml and what was
+    printed hold no credential, given by name (+logger.api_key) or by shape (an hf_ token)."""
+    secrets = ["s3cret-sweep-key-42", "hf_" + "Xy7" * 12]
+    for name in ("ZOBENCH_SECRET_LOGGER_API_KEY", "ZOBENCH_SECRET_LOGGER_GROUP"):
+        monkeypatch.delenv(name, raising=False)  # main() sets them; restored after
+    where = f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"
     result = cli(
-        "-m",
-        *SMOKE,
+        *(["-m", "seed=0,1"] if multirun else []),
+        *[a for a in SMOKE if a != "logger=none"],
+        "logger=wandb",
         f"data.dir={data_dir}",
         "train.steps=-1",
-        "seed=0,1",
-        f"+logger.api_key={secret}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"+logger.api_key={secrets[0]}",
+        f"logger.group={secrets[1]}",
+        where,
     )
     one_error_line(result, "train.steps=-1: expected an integer >= 0")
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {"multirun.yaml", "overrides.yaml", "hydra.yaml", "config.yaml"} <= {p.name for p in written}
-    assert [str(p) for p in written if secret.encode() in p.read_bytes()] == []
-    assert secret not in result.stdout + result.stderr
+    expected = {"overrides.yaml", "hydra.yaml", "config.yaml"} | ({"multirun.yaml"} if multirun else set())
+    assert expected <= {p.name for p in written}
+    assert [str(p) for p in written for s in secrets if s.encode() in p.read_bytes()] == []
+    assert not any(s in result.stdout + result.stderr for s in secrets)
 
 
 @pytest.mark.slow
