@@ -100,7 +100,7 @@ def load_config(path: Path) -> dict:
     """A run's resolved config.yaml as a plain dict, its values typed as OmegaConf types them
     (a file that is not a YAML mapping: ConfigError naming it)."""
     if _CONFIG_LOADER is None:
-        return OmegaConf.to_container(OmegaConf.create(read_yaml_mapping(path)))  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.create(read_yaml_mapping(path)))  # type: ignore[return-value]  # a mapping
     return read_yaml_mapping(path, loader=_CONFIG_LOADER)
 
 
