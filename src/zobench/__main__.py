@@ -159,18 +159,19 @@ def _check_syntax(args: list[str]) -> None:
             after_option = arg in _HYDRA_VALUED
             continue
         if "=" not in arg and not arg.startswith("~"):
-            groups = [g for g in GROUPS if arg in group_options(g)]  # `mezo` for optimizer=mezo
-            example = (
-                f"{groups[0]}={arg}"
-                if groups
-                else f"{arg}=<value>"
-                if arg and not arg.startswith("+")
-                else "train.steps=200"
-            )
             fail(
-                f"{arg!r}: expected an override key=value (e.g. {example}), "
+                f"{arg!r}: expected an override key=value (e.g. {_example(arg)}), "
                 "+key=value to add a key or ~key to remove one"
             )
+
+
+def _example(arg: str) -> str:
+    """The override ``arg`` (given without a value) probably meant: ``optimizer=mezo`` for a group
+    option, else ``<arg>=<value>``."""
+    groups = [g for g in GROUPS if arg in group_options(g)]
+    if groups:
+        return f"{groups[0]}={arg}"
+    return f"{arg}=<value>" if arg.lstrip("+") else "train.steps=200"
 
 
 def precheck(args: list[str], config_name: str = "config") -> None:
