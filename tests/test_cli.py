@@ -187,3 +187,16 @@ def test_a_plain_sweep_lands_in_override_folders_and_ends_with_its_table(tmp_pat
     ), result.stdout
     table = result.stdout[result.stdout.index(f"zobench: sweep {sweep.relative_to(tmp_path)}: 2 run dirs") :]
     assert table.count("completed  accuracy") == 2 and "tables: python -m zobench.report" in table, result.stdout
+
+
+def test_the_sweep_table_names_a_damaged_summary_and_lists_the_rest(tmp_path):
+    """The table a sweep ends with reads every run's summary.json: one that is a list or cut short
+    is shown as unreadable, not a traceback at the end of the sweep."""
+    from zobench.sweeps import summary_table
+
+    for name, text in (("a", "[1, 2]"), ("b", '{"status": "compl'), ("c", '{"status": "completed"}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("seed: 0\n")
+        (tmp_path / name / "summary.json").write_text(text)
+    rows = [line.split()[0] for line in summary_table(tmp_path)[1:]]
+    assert rows == ["unreadable", "unreadable", "completed"]

@@ -410,6 +410,44 @@ def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkey
     assert not (tmp_path / "run").exists()  # refused before Hydra makes the run dir
 
 
+def _launcher_cases():
+    cases = [
+        ({"RANK": "abc", "WORLD_SIZE": "2"}, [], "RANK='abc': expected an integer (set by torchrun or Slurm)"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, [], "RANK=2: expected 0..1 (WORLD_SIZE=2)"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, [], "WORLD_SIZE=0: expected the number of ranks, >= 1"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "99999"}, [], "MASTER_PORT=99999: expected a TCP port"),
+        ({"SLURM_NTASKS": "2", "SLURM_PROCID": "x1"}, [], "SLURM_PROCID='x1': expected an integer"),
+    ]
+    if torch.cuda.is_available():  # more ranks on this node than it has GPUs
+        local = str(torch.cuda.device_count())
+        cases.append(
+            ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": local}, ["dist.backend=nccl"], f"LOCAL_RANK={local}")
+        )
+    else:
+        cases.append(({"RANK": "0", "WORLD_SIZE": "2"}, ["dist.backend=nccl"], "dist.backend=nccl needs CUDA"))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "env, extra, message", _launcher_cases(), ids=lambda v: str(v)[:40] if isinstance(v, str) else None
+)
+def test_a_launcher_environment_that_cannot_be_is_one_line(env, extra, message, tmp_path, monkeypatch):
+    """A rank that is not an integer or not below the world size, a port out of range, NCCL on a
+    machine without (enough) GPUs: one line, exit 2, at once (no wait for ranks that never come,
+    no C++ frames), and no run dir."""
+    from tests.helpers import one_error_line, zobench_in_process
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    started = time.perf_counter()
+    result = zobench_in_process(*SMOKE, *extra, f"hydra.run.dir={tmp_path / 'run'}", monkeypatch=monkeypatch)
+    assert time.perf_counter() - started < 30
+    assert message in one_error_line(result)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_first_order_baseline_is_refused_on_several_ranks():
     from types import SimpleNamespace
 

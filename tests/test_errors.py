@@ -279,6 +279,163 @@ def test_an_unwritable_run_dir_is_one_line(tmp_path, data_dir, monkeypatch, cli)
     assert unusable_run_dir(tmp_path / "new" / "run") == f"{tmp_path} is not writable"
 
 
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_an_empty_or_impossible_run_dir_is_one_line(tmp_path, data_dir, monkeypatch, cli, multirun):
+    """``hydra.run.dir=$UNSET`` would write a whole run into the current directory; ``/proc/...``
+    passes root's permission check but no folder can be made there. Nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    base = [*(["-m"] if multirun else []), *SMOKE, "train.steps=1", f"data.dir={data_dir}"]
+    _assert_bad_input(cli(*base, f"{key}="), f"{key} is empty (an unset shell variable?)")
+    _assert_bad_input(cli(*base, f"{key}=  "), f"{key} is empty")
+    _assert_bad_input(
+        cli(*base, f"{key}=/proc/zobench-run"),
+        f"{key}=/proc/zobench-run: cannot write there (cannot make a folder in /proc",
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/proc/zobench-run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "RUN", "--out", "OUT"],
+        ["export", "RUN", "OUT"],
+        ["report", "RUN", "--table", "smoke", "--out", "OUT"],
+    ],
+    ids=["replay", "export", "report"],
+)
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, argv):
+    """Under a regular file, in /proc, or empty (an unset shell variable): one line naming the
+    option, exit 2, before the run dir is even read (it does not exist here)."""
+    import importlib
+
+    (tmp_path / "file").write_text("not a folder")
+    for out, message in (
+        (
+            tmp_path / "file" / "out",
+            f"{tmp_path / 'file' / 'out'}: cannot write there ({tmp_path / 'file'} is not a folder)",
+        ),
+        ("/proc/zobench-out", "/proc/zobench-out: cannot write there (cannot make a folder in /proc"),
+        ("", "is empty (an unset shell variable?)"),
+    ):
+        args = [str(out) if a == "OUT" else str(tmp_path / "run") if a == "RUN" else a for a in argv[1:]]
+        with pytest.raises(SystemExit) as stop:
+            importlib.import_module(
+                f"zobench.{argv[0]}.__main__" if argv[0] == "report" else f"zobench.{argv[0]}"
+            ).main(args)
+        one_error_line(subprocess.CompletedProcess(args, stop.value.code, "", capsys.readouterr().err), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bench_out_and_a_device_this_machine_lacks_are_one_line(tmp_path):
+    """bench.out is checked with the bench's config; replay and export check --device (or the
+    run's own device) before loading a model: not torch's error blaming the model cache."""
+    from tests.helpers import compose_config
+    from zobench.trajectory.replay import run_device
+    from zobench.validation import validate_bench
+
+    (tmp_path / "file").write_text("")
+    cfg = compose_config("bench", "model=tiny-llama", f"bench.out={tmp_path / 'file' / 'b'}")
+    with pytest.raises(ConfigError, match=r"bench.out=.*/file/b: cannot write there \(.*/file is not a folder\)"):
+        validate_bench(cfg)
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ConfigError, match=rf"^--device {missing}: (no CUDA device is available here|this machine has)"):
+        run_device(compose_run(), missing, tmp_path)
+    with pytest.raises(ConfigError, match=rf"config.yaml: device={missing}: .*(pass --device cpu|this machine has)"):
+        run_device(compose_run(f"device={missing}"), None, tmp_path)
+    with pytest.raises(ConfigError, match=r"--device 'gpu': allowed auto, cpu, cuda, cuda:N"):
+        run_device(compose_run(), "gpu", tmp_path)
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk (``OSError(ENOSPC)`` without a file name, as a
+    real ``write`` on an open file raises) once ``budget`` writes have passed."""
+
+    def __init__(self, file, budget: int) -> None:
+        self._file, self._budget = file, budget
+
+    def write(self, data):
+        self._budget -= 1
+        if self._budget < 0:
+            import errno
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.slow  # two tiny runs each (the fast tier: test_writer_failures_become_an_oserror_naming_the_file)
+@pytest.mark.parametrize("where", ["trajectory", "checkpoint"])
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, monkeypatch, cli, where):
+    """Disk full while the trajectory log is appended (step 5) or while a checkpoint is written
+    (step 4): one line naming the file and saying how to resume, exit 2; started again with
+    room, the run resumes and completes with every step logged once."""
+    import errno
+
+    import zobench.checkpoint
+    from zobench.trajectory.log import TrajectoryWriter
+
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.steps=8", "train.checkpoint_every=2", "train.log_every=1", f"data.dir={data_dir}"]
+    args.append(f"hydra.run.dir={run_dir}")
+    if where == "trajectory":
+        opened = TrajectoryWriter.__init__
+
+        def full_after_four(self, path, offset):
+            opened(self, path, offset)
+            self._file = _FullDisk(self._file, budget=4)
+
+        monkeypatch.setattr(TrajectoryWriter, "__init__", full_after_four)
+        target = run_dir / "trajectory.bin"
+    else:
+        real_save, calls = zobench.checkpoint.torch.save, []
+
+        def save(obj, path, *a, **k):  # torch.save's own report of a full disk
+            calls.append(path)
+            if len(calls) == 2:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            return real_save(obj, path, *a, **k)
+
+        monkeypatch.setattr(zobench.checkpoint.torch, "save", save)
+        monkeypatch.setattr(zobench.checkpoint, "_disk_full", lambda path: True)
+        target = run_dir / "checkpoint" / ".ckpt-000000004.tmp" / "optimizer.pt"
+    result = cli(*args)
+    line = one_error_line(result, f"{target}: {os.strerror(errno.ENOSPC)}; free space")
+    assert f"the run resumes from its last checkpoint in {run_dir}" in line
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)  # (undo restored the cwd and the environment; the fixtures' env is back below)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == list(range(1, 9))
+
+
+def test_writer_failures_become_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    """safetensors and torch.save report a full disk in their own words; other errors pass."""
+    import errno
+
+    from zobench.checkpoint import write_error_line, writing
+
+    class SafetensorError(Exception):
+        pass
+
+    with pytest.raises(OSError) as info, writing(tmp_path / "a.safetensors"):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "a.safetensors"))
+    with pytest.raises(OSError) as info, writing(tmp_path / "o.pt"):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert info.value.errno == errno.EIO  # the disk has room: not called full
+    with pytest.raises(ValueError), writing(tmp_path / "x"):
+        raise ValueError("not an I/O error")
+    assert write_error_line(FileNotFoundError(errno.ENOENT, "No such file", "x"), tmp_path) is None
+
+
 @pytest.mark.slow
 def test_a_second_process_in_the_same_run_dir_is_refused(tmp_path, data_dir):
     """Two real processes: the second is refused with one line and touches nothing; once the
@@ -348,6 +505,49 @@ def test_credentials_never_reach_a_file_in_the_run_dir(tmp_path, data_dir):
     assert "+logger.api_key=<redacted>" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
     assert "tokenizer_from: smollm2-135m" in (tmp_path / "config.yaml").read_text()
     assert "tokenizer_from: smollm2-135m" in (tmp_path / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("bad", ["train.steps", "+model.init_seed", "-m train.steps"])
+def test_an_override_without_a_value_is_one_line(tmp_path, cli, bad):
+    """Not Hydra's four lines of grammar (exit 1): one line saying key=value is expected, exit 2;
+    the values of Hydra's own options (``-cn``, ``--config-dir``) are not overrides."""
+    result = cli(*bad.split(), f"hydra.run.dir={tmp_path}")
+    key = bad.split()[-1]
+    one_error_line(result, f"{key!r}: expected an override key=value")
+    assert list(tmp_path.iterdir()) == []
+    from zobench.__main__ import _check_syntax
+
+    _check_syntax(["-cn", "config", "--config-dir", "conf", "~logger.tags", "seed=1", "-m"])  # no exit
+    one_error_line(
+        cli("mezo", f"hydra.run.dir={tmp_path}"), "'mezo': expected an override key=value (e.g. optimizer=mezo)"
+    )
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_hydras_files_and_output_never_hold_a_credential(tmp_path, data_dir, cli, monkeypatch, multirun):
+    """A run or sweep stopped as it starts (here refused by the config check, before the run
+    rewrites anything, as a kill would leave it): multirun.yaml, .hydra/*.yaml and what was
+    printed hold no credential, given by name (+logger.api_key) or by shape (an hf_ token)."""
+    secrets = ["s3cret-sweep-key-42", "hf_" + "Xy7" * 12]
+    for name in ("ZOBENCH_SECRET_LOGGER_API_KEY", "ZOBENCH_SECRET_LOGGER_GROUP"):
+        monkeypatch.delenv(name, raising=False)  # main() sets them; restored after
+    where = f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"
+    result = cli(
+        *(["-m", "seed=0,1"] if multirun else []),
+        *[a for a in SMOKE if a != "logger=none"],
+        "logger=wandb",
+        f"data.dir={data_dir}",
+        "train.steps=-1",
+        f"+logger.api_key={secrets[0]}",
+        f"logger.group={secrets[1]}",
+        where,
+    )
+    one_error_line(result, "train.steps=-1: expected an integer >= 0")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    expected = {"overrides.yaml", "hydra.yaml", "config.yaml"} | ({"multirun.yaml"} if multirun else set())
+    assert expected <= {p.name for p in written}
+    assert [str(p) for p in written for s in secrets if s.encode() in p.read_bytes()] == []
+    assert not any(s in result.stdout + result.stderr for s in secrets)
 
 
 @pytest.mark.slow

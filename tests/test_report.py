@@ -146,6 +146,27 @@ def test_incomplete_runs_are_skipped_with_a_warning_and_counted(sweep):
     ) in written["md"].read_text()
 
 
+def test_damaged_run_files_are_named_and_the_report_goes_on(sweep, tmp_path, recwarn):
+    """A summary.json that is a list, a config.yaml that is not YAML, a metrics.jsonl ending in
+    garbage: each is named in a warning, its run left out (or its curve cut at the bad line),
+    and the table is made from the rest."""
+    write_run(sweep, "listed")
+    (sweep / "listed" / "summary.json").write_text("[1, 2, 3]")
+    write_run(sweep, "garbled")
+    (sweep / "garbled" / "config.yaml").write_text("model: {name: [\n")
+    with (sweep / "a" / "metrics.jsonl").open("a") as f:
+        f.write('{"event": "eval", "spl\x00\x00')
+    written = make_report([sweep], "smoke", tmp_path / "out", "cmd")
+    text = " ".join(str(w.message) for w in recwarn)
+    assert "2 of 7 run dirs skipped" in text
+    assert f"{sweep / 'listed' / 'summary.json'}: expected a JSON object, found a JSON list" in text
+    assert f"{sweep / 'garbled' / 'config.yaml'}: not valid YAML" in text
+    assert f"{sweep / 'a' / 'metrics.jsonl'}:4: not a JSON object" in text
+    cells = compute_cells(load_runs([sweep]).frame, load_table("smoke"))
+    assert cell(cells, "MeZO", "sst2").mean == pytest.approx(65.0)  # the same best-dev cell as without them
+    assert "2 skipped" in written["md"].read_text()
+
+
 def test_regeneration_is_byte_identical(sweep, tmp_path):
     first = make_report([sweep], "smoke", tmp_path / "one", "cmd")
     second = make_report([sweep], "smoke", tmp_path / "two", "cmd")

@@ -122,6 +122,57 @@ def test_bad_specs_name_the_file_and_key(tmp_path, monkeypatch, capsys, spec, me
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON (Unterminated string"),
+        (lambda text: "[1, 2]", "expected a JSON object, found a JSON list"),
+        (lambda text: "", "not valid JSON (Expecting value at line 1, column 1)"),
+    ],
+    ids=["truncated", "a list", "empty"],
+)
+def test_a_damaged_committed_summary_is_one_line(tmp_path, monkeypatch, capsys, damage, message):
+    """A committed run dir's summary.json cut short (or not an object): --check and a rewrite stop
+    with one line naming the file, exit 2, instead of a traceback (or a table made from it)."""
+    folder = _copy_zero_shot(tmp_path)
+    summary = sorted((folder / "runs").glob("*/summary.json"))[0]
+    summary.write_text(damage(summary.read_text()))
+    monkeypatch.chdir(tmp_path)
+    for argv in (["regenerate", "--check"], ["regenerate"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(f"zobench: error: {summary.relative_to(tmp_path)}: {message}")
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_damaged_inputs_of_every_kind_are_named(tmp_path, monkeypatch):
+    """The other files regenerate reads: a report.yaml that is not YAML, a run's metrics.jsonl
+    ending in garbage and its config.yaml (methods), a benchmark JSON, and a committed PNG cut
+    before its size (compared, not a crash)."""
+    from zobench.report.files import read_json_object, read_jsonl, read_yaml_mapping
+    from zobench.report.regenerate import _compare
+
+    (tmp_path / "report.yaml").write_text("make: [\n")
+    with pytest.raises(ConfigError, match=r"report\.yaml: not valid YAML"):
+        load_spec(tmp_path / "report.yaml")
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train"}\n{"event": "ev\n')
+    with pytest.raises(ConfigError, match=r"metrics\.jsonl:2: not a JSON object \(Unterminated string"):
+        read_jsonl(tmp_path / "metrics.jsonl")
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl:2: not a JSON object"):
+        assert read_jsonl(tmp_path / "metrics.jsonl", strict=False) == [{"event": "train"}]
+    (tmp_path / "config.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: expected a YAML mapping, found a list"):
+        read_yaml_mapping(tmp_path / "config.yaml")
+    (tmp_path / "bench.json").write_text('{"model": "tiny"')
+    with pytest.raises(ConfigError, match=r"bench\.json: not valid JSON"):
+        read_json_object(tmp_path / "bench.json")
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 8 + b"\0\0\0\x10\0\0\0\x10")
+    monkeypatch.chdir(tmp_path)
+    assert _compare("a.png", tmp_path / "b.png").state == "differs"
+
+
 def test_passes_to_reach_and_the_interval_of_an_accuracy():
     dev = [(40, 0.60), (80, 0.66), (120, 0.65), (160, 0.70)]
     assert [methods.passes_to_reach(dev, t) for t in (0.60, 0.65, 0.70, 0.71)] == [40, 80, 160, None]

@@ -78,6 +78,90 @@ def test_wandb_mode(monkeypatch, tmp_path):
     assert wandb_mode("disabled") == "disabled"
 
 
+@pytest.mark.parametrize(
+    "env, mode",
+    [
+        ({"WANDB_MODE": "offline"}, "offline"),
+        ({"WANDB_MODE": "dryrun"}, "offline"),
+        ({"WANDB_MODE": "disabled"}, "disabled"),
+        ({"WANDB_DISABLED": "true"}, "disabled"),
+        ({"WANDB_MODE": "online"}, "online"),
+        ({}, "online"),
+    ],
+)
+def test_an_exported_wandb_mode_wins_over_auto(monkeypatch, tmp_path, env, mode):
+    """With a key configured, auto is online, unless the user asked W&B itself for another mode;
+    an explicit logger.mode stays what it says."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    for name in ("WANDB_MODE", "WANDB_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert wandb_mode("auto") == mode
+    assert wandb_mode("online") == "online"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a port that was just free: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_wandb_server_is_found_at_once(monkeypatch):
+    """A refused connection answers in milliseconds, not after W&B's init timeout; a listening
+    server is reachable; with an HTTPS proxy exported, the proxy is what must answer."""
+    import socket
+
+    from zobench.telemetry import wandb_unreachable
+
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    port = _closed_port()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    assert f"127.0.0.1:{port}" in wandb_unreachable()
+    assert time.perf_counter() - started < 2
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert wandb_unreachable() is None
+        monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert wandb_unreachable() is None  # the proxy answers for the server
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    assert f"127.0.0.1:{port}" in wandb_unreachable()
+
+
+@pytest.mark.parametrize("exported", [None, "offline"])
+def test_the_wandb_logger_never_waits_for_a_server_it_cannot_reach(monkeypatch, tmp_path, caplog, exported):
+    """A key set (online by auto) and a refused connection: W&B is started offline at once, with
+    the warning; with WANDB_MODE=offline exported it is offline without a probe or a warning."""
+    import wandb
+    from omegaconf import OmegaConf
+
+    from zobench.telemetry import WandbLogger
+
+    started_with = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: started_with.append(kwargs["mode"]) or object())
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    if exported:
+        monkeypatch.setenv("WANDB_MODE", exported)
+    cfg = OmegaConf.create({"project": "p", "mode": "auto", "init_timeout": 90, "api_key": "k" * 40})
+    monkeypatch.setenv("WANDB_API_KEY", "placeholder")  # restored after: the logger sets it from api_key
+    started = time.perf_counter()
+    logger = WandbLogger(cfg, tmp_path, {}, name="run")
+    assert time.perf_counter() - started < 5
+    assert started_with == ["offline"] and logger.mode == "offline"
+    assert ("W&B unreachable" in caplog.text) == (exported is None)
+
+
 def test_secrets_are_redacted():
     assert redact({"logger": {"api_key": "s3cret", "project": "p"}, "token": 1}) == {
         "logger": {"api_key": "<redacted>", "project": "p"},
@@ -142,6 +226,32 @@ def test_credential_shaped_values_and_the_processes_own_keys_are_redacted(monkey
         "d": ["<redacted>", "plain"],
         "e": "smollm2-135m",
     }
+
+
+def test_a_credential_on_the_command_line_never_enters_hydras_config(monkeypatch):
+    """It is moved to this process's environment before Hydra parses the command line: the
+    composed config (what Hydra writes to .hydra/ and multirun.yaml, and prints) holds only the
+    variable's name, and resolves to the key; a reference the user wrote is left alone."""
+    from omegaconf import OmegaConf
+
+    from zobench.redaction import hide_secret_overrides
+
+    key, hf = "s3cret-api-value-1", "hf_" + "Zq9" * 12
+    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_API_KEY", raising=False)  # restored after the test
+    monkeypatch.delenv("ZOBENCH_SECRET_LOGGER_GROUP", raising=False)
+    args = ["-m", f"+logger.api_key={key}", f"logger.group={hf}", "seed=0,1", "logger.project=${oc.env:PROJ}"]
+    hidden = hide_secret_overrides(args)
+    assert hidden == [
+        "-m",
+        "+logger.api_key=${oc.env:ZOBENCH_SECRET_LOGGER_API_KEY}",
+        "logger.group=${oc.env:ZOBENCH_SECRET_LOGGER_GROUP}",
+        "seed=0,1",
+        "logger.project=${oc.env:PROJ}",
+    ]
+    cfg = compose_run("logger=wandb", *hidden[1:3])
+    assert key not in OmegaConf.to_yaml(cfg) and hf not in OmegaConf.to_yaml(cfg)
+    assert (cfg.logger.api_key, cfg.logger.group) == (key, hf)
+    assert redact({"x": key}) == {"x": "<redacted>"}  # known as this process's credential from now on
 
 
 def read_wandb_records(path: Path):

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .errors import ConfigError
+from .redaction import hide_secret_overrides
 from .resources import conf_dir
 from .sweeps import register_resolvers
 
@@ -53,6 +54,8 @@ _HYDRA_FLAGS = (
     "-sc",
     "--version",
 )
+# Hydra's options that take the next argument as their value (``-cn bench``, ``--config-dir d``)
+_HYDRA_VALUED = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun")
 
 
 def fail(message: str) -> None:
@@ -143,11 +146,40 @@ def group_options(group: str) -> list[str]:
     return sorted(files | stored)
 
 
+def _check_syntax(args: list[str]) -> None:
+    """Every argument that is not one of Hydra's options is an override: ``key=value``,
+    ``+key=value``, ``~key`` or ``~key=value`` (Hydra's own error for ``train.steps`` alone is four
+    lines of grammar, exit 1)."""
+    after_option = False
+    for arg in args:
+        if after_option:
+            after_option = False
+            continue
+        if arg.startswith("-"):
+            after_option = arg in _HYDRA_VALUED
+            continue
+        if "=" not in arg and not arg.startswith("~"):
+            fail(
+                f"{arg!r}: expected an override key=value (e.g. {_example(arg)}), "
+                "+key=value to add a key or ~key to remove one"
+            )
+
+
+def _example(arg: str) -> str:
+    """The override ``arg`` (given without a value) probably meant: ``optimizer=mezo`` for a group
+    option, else ``<arg>=<value>``."""
+    groups = [g for g in GROUPS if arg in group_options(g)]
+    if groups:
+        return f"{groups[0]}={arg}"
+    return f"{arg}=<value>" if arg.lstrip("+") else "train.steps=200"
+
+
 def precheck(args: list[str], config_name: str = "config") -> None:
     """Group options and overrides of ``conf/<config_name>.yaml`` checked before Hydra, whose own
     errors span many lines (also the entry of ``python -m zobench.bench``: ``bench.yaml``)."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args if a.startswith("-")):
         return  # --help, --cfg ...: Hydra's business
+    _check_syntax(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     for arg in overrides:
@@ -203,6 +235,7 @@ def closing_line(summary: dict, run_dir: Path) -> str:
 
 
 def _app(cfg: DictConfig) -> None:
+    from .checkpoint import write_error_line
     from .models.loading import check_sources
     from .run import run
 
@@ -214,6 +247,12 @@ def _app(cfg: DictConfig) -> None:
         if cfg.get("debug", False) is True:
             raise
         fail(str(err))
+    except OSError as err:  # a full disk, a folder turned read-only: one line, and how to resume
+        line = write_error_line(err, run_dir)
+        if line is None or cfg.get("debug", False) is True:
+            _print_closing_from_disk(run_dir)
+            raise
+        fail(line)
     except BaseException:
         _print_closing_from_disk(run_dir)
         raise
@@ -232,9 +271,11 @@ def _print_closing_from_disk(run_dir: Path) -> None:
     import json
 
     try:
-        print(closing_line(json.loads((run_dir / "summary.json").read_text()), run_dir), flush=True)
+        summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        pass
+        return
+    if isinstance(summary, dict):
+        print(closing_line(summary, run_dir), flush=True)
 
 
 def _hand_over(signum: int) -> None:
@@ -253,6 +294,7 @@ def main() -> None:
         conf_dir()  # registers the task group generated from tasks/*.yaml; a bad spec is one line
     except ConfigError as err:
         fail(str(err))
+    sys.argv[1:] = hide_secret_overrides(sys.argv[1:])  # before Hydra writes or prints any of it
     precheck(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
 

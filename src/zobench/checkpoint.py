@@ -22,9 +22,12 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +38,53 @@ from .errors import CheckpointError
 POINTER = "latest"
 MANIFEST = "manifest.json"
 HASHED = ("trainable.safetensors", "optimizer.pt", "loop.json")
+
+
+# a write that failed for want of room or permission: the run stops with one line (__main__)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Any failure to write ``path`` inside the block surfaces as an ``OSError`` naming ``path``:
+    a write or flush on an open file raises one without a file name, and the writers of
+    safetensors (``SafetensorError: ... I/O error: ... (os error 28)``) and ``torch.save``
+    (``RuntimeError: [enforce fail at inline_container.cc] ...``) report a full disk in their
+    own words; the latter's errno is ENOSPC when the disk has no room left, else EIO."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
+    except Exception as err:  # noqa: BLE001 - only the writers' I/O failures are translated; others re-raised
+        text = str(err)
+        code = re.search(r"os error (\d+)", text)
+        if code:
+            number = int(code.group(1))
+        elif type(err) is RuntimeError and ("inline_container" in text or "PytorchStreamWriter" in text):
+            number = errno.ENOSPC if _disk_full(Path(path)) else errno.EIO
+        else:
+            raise
+        raise OSError(number, os.strerror(number), str(path)) from err
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free == 0
+    except (OSError, StopIteration):
+        return False
+
+
+def write_error_line(err: OSError, where: Path) -> str | None:
+    """The one line for a file operation that failed (``WRITE_ERRNOS``), None for any other error: the file,
+    the reason, and that starting the same command again resumes from the last checkpoint."""
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    return (
+        f"{err.filename or where}: {err.strerror}; free space (or fix the folder), then start the same "
+        f"command again: the run resumes from its last checkpoint in {where}"
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -55,7 +105,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, also
     after a power loss (file and directory entry fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
+    with writing(path), tmp.open("w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -83,8 +133,10 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    with writing(tmp / "trainable.safetensors"):
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
+    with writing(tmp / "optimizer.pt"):
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
     for file in HASHED[:2]:
         fsync_file(tmp / file)
@@ -149,7 +201,8 @@ def save_tensors(named, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({name: p.detach().contiguous() for name, p in named}, str(tmp))
+    with writing(path):
+        save_file({name: p.detach().contiguous() for name, p in named}, str(tmp))
     os.replace(tmp, path)
 
 

@@ -73,14 +73,33 @@ def _read_holder(fd: int) -> str:
 
 def unusable_run_dir(run_dir: Path) -> str | None:
     """Why ``run_dir`` cannot be created or written (None: it can), checked without creating it:
-    the nearest existing ancestor must be a folder this process may write to."""
+    the nearest existing ancestor must be a folder this process may write to, and (for a new
+    one) one in which a folder can really be made (``/proc``, a read-only or full mount: root
+    passes the permission check there, the ``mkdir`` fails)."""
+    import tempfile
+
     path = Path(run_dir).absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         return f"{existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    try:  # a probe folder, removed at once: nothing is left behind
+        os.rmdir(tempfile.mkdtemp(prefix=".zobench-probe-", dir=existing))
+    except OSError as err:
+        return f"cannot make a folder in {existing}: {err.strerror}"
     return None
+
+
+def empty_dir_setting(key: str, value) -> str | None:
+    """The one line for an empty ``hydra.run.dir`` / ``hydra.sweep.dir`` (an unset shell variable:
+    ``hydra.run.dir=$OUT``), which would write a whole run into the current directory."""
+    if value is None or str(value).strip():
+        return None
+    return (
+        f"{key} is empty (an unset shell variable?): the run would be written into the current "
+        f"directory; give a folder, e.g. {key}=outputs/my-run"
+    )
 
 
 try:
@@ -91,17 +110,24 @@ except ImportError:  # hydra is a dependency; this only keeps the lock importabl
 
 class RunDirCheck(Callback):
     """Hydra callback (``hydra.callbacks`` in conf/config.yaml): before Hydra creates the run dir
-    and writes its log and ``.hydra/`` there, a dir that cannot be written ends the command with
-    one line and exit 2 (Hydra's own report of the failed mkdir is a traceback)."""
+    (a sweep: the sweep dir) and writes its log and ``.hydra/`` there, a dir that is empty or
+    cannot be written ends the command with one line and exit 2 (Hydra's own report of the
+    failed mkdir is a traceback; an empty one is the current directory)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        problem = unusable_run_dir(Path(str(config.hydra.run.dir)))
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(key: str, value) -> None:
+        problem = empty_dir_setting(key, value)
+        if problem is None:
+            reason = unusable_run_dir(Path(str(value)))
+            problem = f"{key}={value}: cannot write there ({reason}); pick a writable {key}" if reason else None
         if problem:
             import sys
 
-            print(
-                f"zobench: error: hydra.run.dir={config.hydra.run.dir}: cannot write there ({problem}); "
-                "pick a writable hydra.run.dir",
-                file=sys.stderr,
-            )
+            print(f"zobench: error: {problem}", file=sys.stderr)
             sys.exit(2)

@@ -1,10 +1,18 @@
-"""Credentials never reach a file: the run's config.yaml, Hydra's ``.hydra/*.yaml``, W&B.
+"""Credentials never reach a file: the run's config.yaml, Hydra's ``.hydra/*.yaml``, a sweep's
+``multirun.yaml``, Slurm job pickles, W&B, the terminal.
 
 A credential is recognised by its key's whole name (``api_key``, ``logger.api_key``,
 ``hf_token``, ``password``, ``client_secret``; not ``tokenizer_from``, ``max_new_tokens`` or a
 tokenizer's ``eos_token``), by its shape (``hf_…`` Hugging Face tokens, 40-hex W&B keys, ``sk-…``)
 or because it is the value of a credential variable of this process's environment
 (``WANDB_API_KEY``, ``HF_TOKEN``, ...). Its value is replaced by ``<redacted>``.
+
+A credential given on the command line (``+logger.api_key=...``) never enters Hydra's config:
+:func:`hide_secret_overrides` moves its value to a ``ZOBENCH_SECRET_<KEY>`` variable of this
+process's environment (inherited by sweep jobs, torchrun ranks and Slurm jobs) before Hydra
+parses the command line, and the override becomes ``+logger.api_key=${oc.env:ZOBENCH_SECRET_...}``,
+so every file Hydra writes (also before the run's first line of code, also when killed then)
+and every line it prints holds the variable's name, never the value; the run resolves it.
 """
 
 from __future__ import annotations
@@ -38,9 +46,13 @@ def _secret_key(key) -> bool:
     return bool(_SECRET.match(str(key))) and not _SPECIAL_TOKEN.match(str(key))
 
 
+SECRET_ENV_PREFIX = "ZOBENCH_SECRET_"
+
+
 def _known_secrets() -> set[str]:
     """Credentials this process holds in its environment (never to be written anywhere)."""
-    names = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
+    names = ["WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY"]
+    names += [n for n in os.environ if n.startswith(SECRET_ENV_PREFIX)]  # moved here from the command line
     return {os.environ[n] for n in names if len(os.environ.get(n, "")) >= 8}
 
 
@@ -65,6 +77,32 @@ def redact_override(text: str) -> str:
     if sep and (_secret_key(key.lstrip("+~")) or _secret_value(value)):
         return f"{key}={REDACTED}"
     return REDACTED if _secret_value(text) else text
+
+
+def secret_override(text: str) -> bool:
+    """A ``key=value`` command-line item whose value is a credential (by its key's name or by its
+    shape); an interpolation (``${oc.env:MY_KEY}``) is a reference, not a credential."""
+    key, sep, value = text.partition("=")
+    if not sep or text.startswith("-") or not value or "${" in value:
+        return False
+    return _secret_key(key.lstrip("+~")) or _secret_value(value)
+
+
+def hide_secret_overrides(args: list[str]) -> list[str]:
+    """``+logger.api_key=abc`` -> ``+logger.api_key=${oc.env:ZOBENCH_SECRET_LOGGER_API_KEY}``, with
+    ``abc`` put in that variable of this process's environment: what Hydra then writes
+    (``.hydra/*.yaml``, ``multirun.yaml``, a Slurm job's pickle) and prints (a sweep's job list)
+    holds no credential, while the composed config resolves to it in this process and in every
+    process it starts (sweep jobs, Slurm jobs started by ``sbatch``, which exports the environment)."""
+    out = []
+    for arg in args:
+        if secret_override(arg):
+            key, _, value = arg.partition("=")
+            name = SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key.lstrip("+~")).upper()
+            os.environ[name] = value
+            arg = f"{key}=${{oc.env:{name}}}"
+        out.append(arg)
+    return out
 
 
 def redact_hydra_files(run_dir: Path) -> None:

@@ -15,6 +15,7 @@ so a kill between any two leaves a dir that the next start resumes or completes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -110,10 +111,14 @@ def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
     except BaseException as err:  # record why, then let the error surface
         summary["error"] = f"{type(err).__name__}: {err}"
         summary["wall_s"] = wall()
-        metrics.sync()
-        write_json_atomic(summary_path, summary)
+        try:  # on a full disk these fail too: the error that stopped the run is the one to report
+            metrics.sync()
+            write_json_atomic(summary_path, summary)
+        except OSError as also:
+            log.warning("could not record the failure in %s (%s)", summary_path, also)
         for logger in loggers:
-            logger.finish()
+            with contextlib.suppress(OSError):
+                logger.finish()
         raise
     summary["wall_s"] = wall()
     for logger in loggers:

@@ -91,7 +91,9 @@ def summary_table(sweep_dir: Path) -> list[str]:
         path = run_dir / "summary.json"
         try:
             summary = json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
-        except json.JSONDecodeError:
+        except (OSError, ValueError):
+            summary = {"status": "unreadable"}
+        if not isinstance(summary, dict):  # damaged from outside: named as such, not a crash at the sweep's end
             summary = {"status": "unreadable"}
         rows.append(
             (

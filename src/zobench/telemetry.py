@@ -5,7 +5,8 @@
 * ``PeakMemory``: GPU max allocated (``torch.cuda.max_memory_allocated``), or on CPU the peak
   resident set size of the process since the last ``reset()`` (Linux ``VmHWM``, reset through
   ``/proc/self/clear_refs``; where that is unavailable, the lifetime ``ru_maxrss``).
-* ``JsonlLogger`` (always) and ``WandbLogger`` (``logger=wandb``) receive the same events.
+* ``JsonlLogger`` (always) and ``WandbLogger`` (``logger=wandb``, ``zobench.wandb_logger``)
+  receive the same events.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ import contextvars
 import json
 import logging
 import math
-import netrc
 import os
 import resource
-import secrets
-import string
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -156,12 +153,18 @@ class JsonlLogger:
         return self._file.tell()
 
     def log(self, event: dict) -> None:
-        self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
-        self._file.flush()
+        from .checkpoint import writing
+
+        with writing(self.path):  # a full disk: an OSError naming metrics.jsonl
+            self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
+            self._file.flush()
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        from .checkpoint import writing
+
+        with writing(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def summary(self, summary: dict) -> None:
         pass
@@ -170,112 +173,6 @@ class JsonlLogger:
         if not self._file.closed:
             self.sync()
             self._file.close()
-
-
-def wandb_mode(requested: str) -> Any:  # wandb's Literal of modes; validated with the config
-    """``auto`` -> ``online`` when an API key is configured, else ``offline``."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
-
-
-class WandbLogger:
-    """Mirrors events to W&B: train events as ``train/<key>``, eval events as ``<split>/<key>``."""
-
-    def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
-        import wandb
-
-        from .redaction import redact, redact_argv
-
-        # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
-        id_file = Path(run_dir) / "wandb_run_id"
-        if not id_file.is_file():
-            alphabet = string.ascii_lowercase + string.digits
-            id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
-        # W&B records project, group, tags and name beside the config: the same redaction for all
-        kwargs = redact(
-            dict(
-                project=cfg.get("project"),
-                entity=cfg.get("entity"),
-                group=cfg.get("group"),
-                tags=list(cfg.get("tags") or []),
-                name=name,
-                dir=str(run_dir),
-                config=config,
-                id=id_file.read_text().strip(),
-                resume="allow",
-            )
-        )
-        redact_argv()  # W&B records the command line; a credential passed as an override stays out
-        if cfg.get("api_key"):  # +logger.api_key=...: this run's W&B key (redacted wherever it would be written)
-            os.environ["WANDB_API_KEY"] = str(cfg.get("api_key"))
-        mode = wandb_mode(cfg.get("mode", "auto"))
-        try:
-            self.run = wandb.init(
-                mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90))), **kwargs
-            )
-        except Exception as err:  # unreachable server, bad key: never lose the metrics
-            if mode != "online":
-                raise
-            log.warning(
-                "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
-                str(err).splitlines()[0],
-                run_dir,
-            )
-            # the failed init keeps the run id registered in W&B's service ("run ID ... is in
-            # use"): tear the service down, then the offline run takes the same id, so that a
-            # later `wandb sync` continues the run an online resume would have continued
-            wandb.teardown()
-            mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
-        self.mode = mode
-        self._step = 0
-
-    def log(self, event: dict) -> None:
-        prefix = event.get("split", "train") if event.get("event") == "eval" else "train"
-        data = {
-            f"{prefix}/{k}": v
-            for k, v in event.items()
-            if k not in ("event", "split") and isinstance(v, (int, float)) and v is not None
-        }
-        # W&B drops rows whose step goes backwards; the test event carries the (earlier) best-dev
-        # step it evaluated, so it is logged at the current step with that step as a value
-        self._step = max(self._step, int(event["step"]))
-        if prefix == "dev":  # W&B's own summary of dev/* would be the last value: summary() names it
-            if not getattr(self, "_dev_defined", False):
-                self.run.define_metric("dev/*", summary="none")
-                self._dev_defined = True
-            self._last_dev = {f"last_dev/{k[4:]}": v for k, v in data.items()}
-        self.run.log(data, step=self._step)
-
-    def update_config(self, values: dict) -> None:
-        """Add what is known only once the run is set up (``engine_used``: the engine that actually
-        runs, after the start-up check) to the W&B run's config."""
-        self.run.config.update(values, allow_val_change=True)
-
-    def summary(self, summary: dict) -> None:
-        """summary.json into the W&B summary, with names that say which value is which:
-        ``best_dev/<metric>`` (the best dev evaluation, the state that was tested),
-        ``last_dev/<metric>`` (the last one; W&B would otherwise show it as ``dev/<metric>``,
-        its default summary of a logged key, beside the best) and ``test/<metric>``."""
-        for key, value in getattr(self, "_last_dev", {}).items():
-            self.run.summary[key] = value
-        for key, value in summary.items():
-            if key.startswith("dev_"):
-                key = f"best_dev/{key[4:]}"
-            elif key.startswith("test_"):
-                key = f"test/{key[5:]}"
-            self.run.summary[key] = value
-
-    def finish(self) -> None:
-        self.run.finish()
 
 
 def clock(seconds: float) -> str:
@@ -369,3 +266,19 @@ def heartbeat(what: str, every: float | None = None, detail=None):
     finally:
         done.set()
         thread.join()
+
+
+from .wandb_logger import WandbLogger, wandb_mode, wandb_unreachable  # noqa: E402  # re-exported: one place to import loggers from
+
+__all__ = [
+    "CONTINUATION",
+    "ForwardCounter",
+    "JsonlLogger",
+    "PeakMemory",
+    "Progress",
+    "WandbLogger",
+    "clock",
+    "heartbeat",
+    "wandb_mode",
+    "wandb_unreachable",
+]

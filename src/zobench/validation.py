@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -104,8 +105,47 @@ def validate_bench(cfg: DictConfig) -> None:
     for key in ("bench.out", "bench.name"):
         if not isinstance(_get(cfg, key), str) and not (key == "bench.name" and _get(cfg, key) is None):
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected a string")
+    check_output_folder("bench.out", _get(cfg, "bench.out"), sep="=")
     _check_optimizer_and_model(cfg)
     _check_engine_and_device(cfg)
+
+
+def check_device(option: str, device, sep: str = "=", instead: str | None = None) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` that this machine has (the run's ``device``,
+    ``--device`` of replay and export), before a model is moved there: torch's own error for a
+    missing device comes from deep inside the model load."""
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
+        raise ConfigError(f"{option}{sep}{device!r}: allowed auto, cpu, cuda, cuda:N")
+    instead = instead or f"use {option}{sep}cpu or auto"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{option}{sep}{device}: no CUDA device is available here; {instead}")
+    index = int(device.partition(":")[2] or 0)
+    if device.startswith("cuda") and index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{option}{sep}{device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
+def check_output_folder(option: str, path, sep: str = " ") -> Path:
+    """An output folder given on a command line (``--out`` of replay, export and report,
+    ``bench.out``): not empty (an unset shell variable would write into the current directory)
+    and one that can be made and written (not below a regular file, not in ``/proc``, not on a
+    read-only mount), checked before any work; ``ConfigError`` naming the option otherwise."""
+    from .lock import unusable_run_dir
+
+    if path is None or not str(path).strip():
+        raise ConfigError(f"{option} is empty (an unset shell variable?); give a folder")
+    reason = unusable_run_dir(Path(str(path)))
+    if reason:
+        raise ConfigError(f"{option}{sep}{path}: cannot write there ({reason}); pick a writable folder")
+    return Path(str(path))
+
+
+def output_error(option: str, err: OSError) -> str:
+    """The one line for an output that failed while being written (a full disk, a folder that
+    turned read-only): the file and the reason; nothing at the option's folder looks complete."""
+    return f"{option}: {err.filename or ''}: {err.strerror or err}".replace(": : ", ": ")
 
 
 def _check_train_and_data(cfg: DictConfig) -> None:
@@ -203,11 +243,7 @@ def _check_engine_and_device(cfg: DictConfig) -> None:
         isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or not 0 <= watchdog < float("inf")
     ):
         raise ConfigError(f"engine.watchdog_s={watchdog!r}: expected seconds >= 0 (0 or null: no watchdog)")
-    device = _get(cfg, "device")
-    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
-        raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}: no CUDA device is available here; use device=cpu or auto")
+    check_device("device", _get(cfg, "device"))
     data_dir = _get(cfg, "data.dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise ConfigError(f"data.dir={data_dir!r}: expected a path or null")

@@ -188,6 +188,22 @@ def test_table_errors_are_one_line(tmp_path, capsys):
     assert "runs.jsonl:4: not a JSON line" in capsys.readouterr().err
 
 
+def test_a_damaged_result_file_is_named_and_the_table_goes_on(tmp_path, capsys):
+    """A benchmark JSON cut short (killed while writing) or a list: a warning naming it, the table
+    made from the rest; an environment.json that is not an object: one line, exit 2."""
+    _fixture(tmp_path / "gpu")
+    (tmp_path / "gpu" / "opt-1.3b_fp16_fused.json").write_text('{"model": "opt')
+    (tmp_path / "gpu" / "listed.json").write_text("[1, 2]")
+    assert report.main(["table", str(tmp_path / "gpu")]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'gpu' / 'opt-1.3b_fp16_fused.json'}: not valid JSON" in err
+    assert f"{tmp_path / 'gpu' / 'listed.json'}: expected a JSON object, found a JSON list" in err
+    assert "[opt-1.3b_fp16_default]" in (tmp_path / "gpu" / "README.md").read_text()
+    (tmp_path / "gpu" / "environment.json").write_text("[]")
+    assert report.main(["table", str(tmp_path / "gpu")]) == 2
+    assert "environment.json: expected a JSON object" in capsys.readouterr().err
+
+
 def test_environment_names_device_versions_and_commit():
     env = report.environment()
     assert {"device", "driver", "torch", "cuda", "triton", "transformers", "python", "commit", "date"} <= env.keys()

@@ -37,6 +37,9 @@ def new_task(tmp_path, monkeypatch):
     folder = tmp_path / "tasks"
     folder.mkdir()
     (folder / "polarity.yaml").write_text(POLARITY)
+    from zobench.resources import conf_dir
+
+    conf_dir()  # the shipped tasks registered (the group exists) also when this module runs alone
     store = ConfigStore.instance().repo["task"]
     saved = dict(store)
     monkeypatch.setattr(zobench.tasks, "tasks_dir", lambda: folder)

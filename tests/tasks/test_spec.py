@@ -69,6 +69,23 @@ def test_unknown_task_lists_the_available_ones():
         (lambda d: d.update(num_dev="100"), "num_dev='100'; a positive integer is needed"),
         (lambda d: d.update(masked_max_length=True), "masked_max_length=True; a positive integer"),
         (lambda d: d.pop("masked"), "masked_max_length goes with a masked prompt"),
+        # what is written with every result, and what loading the data reads
+        (lambda d: d.update(version="1.2"), r"version='1.2'; a positive integer is needed"),
+        (lambda d: d.update(version=1.5), r"version=1.5; a positive integer is needed"),
+        (lambda d: d.update(version=True), r"version=True; a positive integer is needed"),
+        (lambda d: d.update(name=["sst2"]), r"name=\['sst2'\]; expected the file's name"),
+        (lambda d: d.update(dataset="glue"), r"dataset='glue'; expected \{path: <hub dataset>"),
+        (lambda d: d.update(splits={"train": "train", "eval": 3}), r"splits=.*each split is the name"),
+        (lambda d: d.update(label_field=["label"]), r"label_field=\['label'\]; expected a field name"),
+        (lambda d: d.update(skip_labels=-1), r"skip_labels=-1; expected a list"),
+        # every template compiles when the spec loads: one line naming the field, not a traceback
+        (
+            lambda d: d["causal"].update(prompt="{{ sentence }"),
+            r"bad\.yaml: causal\.prompt: Jinja syntax error at template line 1: unexpected '}'",
+        ),
+        (lambda d: d["causal"].update(prompt="{{ sentence | }}"), r"causal\.prompt: Jinja syntax error"),
+        (lambda d: d["causal"].update(candidates=[" ok", " {% if %}"]), r"causal\.candidates\[1\]: Jinja syntax error"),
+        (lambda d: d["masked"].update(prompt=5), r"masked\.prompt=5; expected a Jinja template string"),
     ],
 )
 def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
@@ -80,6 +97,18 @@ def test_bad_specs_are_refused_with_the_key_named(tmp_path, edit, message):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=message):
         TaskSpec.from_yaml(path)
+
+
+def test_a_template_the_example_does_not_fit_is_one_line(tmp_path):
+    """An expression that compiles but cannot run on the example (a string plus a number)."""
+    import yaml
+
+    raw = yaml.safe_load(open(load_task("sst2").source_file).read())
+    raw["causal"]["prompt"] = "{{ sentence + 1 }}"
+    path = tmp_path / "sst2.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"task sst2 \(causal prompt\): example does not fit the template"):
+        TaskSpec.from_yaml(path).render(SST2_ROW)
 
 
 def test_invalid_yaml_is_one_line_naming_the_file(tmp_path):

@@ -31,9 +31,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from ..engine import build_engine, directions, trace
+from ..errors import ConfigError
 from ..models import CandidateScorer, load_model
 from ..resources import conf_dir
 from ..tasks import build_splits, load_task
+from ..validation import check_output_folder
 from .harness import zo_optimizer
 from .summaries import rademacher_readme
 
@@ -106,8 +108,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    parser.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
     args = parser.parse_args()
+    try:  # where it will write, before the minutes of timing
+        args.out = check_output_folder("--out", args.out)
+    except ConfigError as err:
+        print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(2)
     torch.set_grad_enabled(False)
     cfg, model, scorer, batch, engine = _setup()
     named = list(model.named_parameters())

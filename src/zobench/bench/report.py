@@ -62,7 +62,7 @@ def environment() -> dict:
 def load(folder: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     """(environment, runs in plan order, benchmark results by run name) of a check's folder."""
     env_file, runs_file = folder / "environment.json", folder / "runs.jsonl"
-    env = json.loads(env_file.read_text()) if env_file.exists() else {}
+    env = _json_object(env_file) if env_file.exists() else {}
     runs = []
     if runs_file.exists():
         for number, line in enumerate(runs_file.read_text().splitlines(), 1):
@@ -74,10 +74,25 @@ def load(folder: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     results = {}
     for path in sorted(folder.glob("*.json")):
         if path.name != "environment.json":
-            data = json.loads(path.read_text())
-            if isinstance(data, dict) and "zobench" in data:
+            try:
+                data = _json_object(path)
+            except ValueError as err:  # a benchmark cut short (killed while writing): named, the rest go on
+                print(f"zobench: warning: {err}; left out of the table", file=sys.stderr)
+                continue
+            if "zobench" in data:
                 results[path.stem] = data
     return env, runs, results
+
+
+def _json_object(path: Path) -> dict:
+    """``path``'s JSON object, or ValueError naming the file (not JSON, or not an object)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a JSON {type(data).__name__}")
+    return data
 
 
 def _seconds(value) -> str:

@@ -9,11 +9,11 @@ never in file-modification order, which a clone does not keep.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError, DataNotFoundError
+from ..report.files import read_json_object
 
 MB = 2**20
 
@@ -24,7 +24,7 @@ def _read(folder: Path, stems: list[str], where: str) -> list[tuple[str, dict]]:
         path = folder / f"{stem}.json"
         if not path.is_file():
             raise DataNotFoundError(f"{where}.order: {path}: no such file")
-        rows.append((stem, json.loads(path.read_text())))
+        rows.append((stem, read_json_object(path)))
     return rows
 
 
@@ -138,7 +138,7 @@ def make_rademacher(entry: dict, dest: Callable[[str], Path], plots: bool, where
     source = Path(entry["json"])
     if not source.is_file():
         raise DataNotFoundError(f"{where}.json: {source}: no such file")
-    dest(entry["readme"]).write_text(rademacher_readme(json.loads(source.read_text())))
+    dest(entry["readme"]).write_text(rademacher_readme(read_json_object(source)))
     return [str(entry["readme"])]
 
 
@@ -166,7 +166,7 @@ def make_bench_runs(entry: dict, dest: Callable[[str], Path], plots: bool, where
         raise DataNotFoundError(f"{where}.dir: {entry['dir']}: no benchmark JSON files")
     made = []
     for source in sources:
-        result = json.loads(source.read_text())
+        result = read_json_object(source)
         path = str(source.with_suffix(".md"))
         dest(path).write_text(markdown(result, result["command"]))
         made.append(path)

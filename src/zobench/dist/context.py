@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "data", "directions")
@@ -89,29 +91,60 @@ def current() -> DistContext:
     return _CURRENT
 
 
+def _int_env(env, name: str, default: int | None = None) -> int:
+    """An integer the launcher set; anything else is one line naming the variable."""
+    text = env.get(name)
+    if text in (None, "") and default is not None:
+        return default
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected an integer (set by torchrun or Slurm)") from None
+
+
 def launch_env(env=None) -> dict | None:
     """``{rank, world_size, local_rank, master_addr, master_port}`` from torchrun's or Slurm's
-    environment, or None for a single process (a one-task Slurm job included)."""
+    environment, or None for a single process (a one-task Slurm job included). A value that
+    cannot be (a rank that is not an integer, or not below the world size) is a ConfigError
+    naming the variable: torch would otherwise wait for ranks that never come."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (it also sets MASTER_ADDR / PORT)
-        return {
-            "rank": int(env["RANK"]),
-            "world_size": int(env["WORLD_SIZE"]),
-            "local_rank": int(env.get("LOCAL_RANK", 0)),
+        found = {
+            "rank": _int_env(env, "RANK"),
+            "world_size": _int_env(env, "WORLD_SIZE"),
+            "local_rank": _int_env(env, "LOCAL_RANK", 0),
             "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
-            "master_port": int(env.get("MASTER_PORT", 29500)),
+            "master_port": _int_env(env, "MASTER_PORT", 29500),
         }
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
-        job = int(env.get("SLURM_JOB_ID", "0") or 0)
-        return {
-            "rank": int(env["SLURM_PROCID"]),
-            "world_size": int(env["SLURM_NTASKS"]),
-            "local_rank": int(env.get("SLURM_LOCALID", 0)),
+        return _checked(found, ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"))
+    if _int_env(env, "SLURM_NTASKS", 1) > 1 and "SLURM_PROCID" in env:
+        job = _int_env(env, "SLURM_JOB_ID", 0)
+        found = {
+            "rank": _int_env(env, "SLURM_PROCID"),
+            "world_size": _int_env(env, "SLURM_NTASKS"),
+            "local_rank": _int_env(env, "SLURM_LOCALID", 0),
             "master_addr": env.get("MASTER_ADDR") or _first_slurm_node(env),
             # a port per job, the same on every task; 20000..39999 stays below Linux's ephemeral range
-            "master_port": int(env.get("MASTER_PORT") or 20000 + job % 20000),
+            "master_port": _int_env(env, "MASTER_PORT", 20000 + job % 20000),
         }
+        return _checked(found, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_PORT"))
     return None
+
+
+def _checked(found: dict, names: tuple[str, str, str, str]) -> dict:
+    """``0 <= rank < world_size``, ``local_rank >= 0``, a TCP port: else one line naming the variable."""
+    rank, world, local, port = names
+    if found["world_size"] < 1:
+        raise ConfigError(f"{world}={found['world_size']}: expected the number of ranks, >= 1")
+    if not 0 <= found["rank"] < found["world_size"]:
+        raise ConfigError(
+            f"{rank}={found['rank']}: expected 0..{found['world_size'] - 1} ({world}={found['world_size']})"
+        )
+    if found["local_rank"] < 0:
+        raise ConfigError(f"{local}={found['local_rank']}: expected an integer >= 0")
+    if not 0 <= found["master_port"] <= 65535:
+        raise ConfigError(f"{port}={found['master_port']}: expected a TCP port, 0..65535")
+    return found
 
 
 def _first_slurm_node(env) -> str:
@@ -127,6 +160,18 @@ def _first_slurm_node(env) -> str:
             return out.stdout.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError):
             return nodes.split(",")[0]
+
+
+def check_nccl(local_rank: int) -> None:
+    """NCCL needs a CUDA device per rank: on a machine without one (``dist.backend=nccl`` on CPU)
+    or with fewer than ``LOCAL_RANK + 1``, one line instead of torch's error from ``set_device``."""
+    if not torch.cuda.is_available():
+        raise ConfigError("dist.backend=nccl needs CUDA, and this machine has none; use dist.backend=gloo (or auto)")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank}: this node has {torch.cuda.device_count()} CUDA device(s); start at most "
+            f"that many ranks per node with dist.backend=nccl"
+        )
 
 
 def resolve_backend(name: str) -> str:
@@ -145,18 +190,28 @@ def setup(dist_cfg, env=None) -> DistContext:
         return _CURRENT
     backend = resolve_backend(str(dist_cfg.backend))
     if backend == "nccl":
+        check_nccl(found["local_rank"])
         torch.cuda.set_device(found["local_rank"])
     if not tdist.is_initialized():
         # torchrun: its agent's store (env://; its MASTER_PORT may be 0 with --master-port 0);
         # Slurm: rank 0 of the job opens the store at the derived address
         torchrun = "RANK" in (os.environ if env is None else env)
-        tdist.init_process_group(
-            backend,
-            init_method="env://" if torchrun else f"tcp://{found['master_addr']}:{found['master_port']}",
-            rank=found["rank"],
-            world_size=found["world_size"],
-            timeout=datetime.timedelta(seconds=float(dist_cfg.timeout_s)),
-        )
+        address = "env://" if torchrun else f"tcp://{found['master_addr']}:{found['master_port']}"
+        try:
+            tdist.init_process_group(
+                backend,
+                init_method=address,
+                rank=found["rank"],
+                world_size=found["world_size"],
+                timeout=datetime.timedelta(seconds=float(dist_cfg.timeout_s)),
+            )
+        except (RuntimeError, ValueError) as err:  # torch.distributed's errors are RuntimeErrors (DistError)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"rank {found['rank']} of {found['world_size']} could not join the process group at "
+                f"{found['master_addr']}:{found['master_port']} ({first}); check MASTER_ADDR / MASTER_PORT "
+                "and that every rank was started"
+            ) from err
     mode = "data" if dist_cfg.mode == "auto" else str(dist_cfg.mode)
     _CURRENT = DistContext(found["rank"], found["world_size"], found["local_rank"], mode, backend)
     if not _CURRENT.leader:  # the run's log is rank 0's; the others speak up for problems only

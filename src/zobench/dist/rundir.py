@@ -140,7 +140,11 @@ class SharedRunDir(Callback):
     def on_job_start(self, config, **kwargs) -> None:
         """A sweep's job (Slurm tasks under hydra-submitit-launcher): Hydra has set up its log file
         in every task; ranks other than 0 drop it and keep the console for warnings."""
-        found = launch_env()
+        try:
+            found = launch_env()
+        except ConfigError as err:  # a Slurm job's first look at its environment
+            print(f"zobench: error: {err}", file=sys.stderr)
+            sys.exit(2)
         if found is None or found["rank"] == 0:
             return
         root = logging.getLogger()

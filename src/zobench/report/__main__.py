@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..validation import check_output_folder, output_error
 from . import available_tables, make_report
 
 EXIT_BAD_INPUT = 2
@@ -36,10 +37,13 @@ def regenerate_main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     plots = (not args.check) if args.plots is None else args.plots
-    try:
+    try:  # a damaged input file (committed run dirs, benchmark JSON): one line naming it
         outcomes = regenerate(args.folders, check=args.check, plots=plots)
     except ConfigError as err:
         print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as err:  # a generated file that cannot be written (full disk, read-only checkout)
+        print(f"zobench: error: {output_error('regenerate', err)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     for outcome in outcomes:
         print(f"{outcome.state}: {outcome.path}" + (f" ({outcome.detail})" if outcome.detail else ""))
@@ -52,6 +56,11 @@ def regenerate_main(argv: list[str]) -> None:
         sys.exit(1)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (a run dir left out, a metrics file cut at a bad line) as one line."""
+    print(f"zobench: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["regenerate"]:
@@ -61,19 +70,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--table", required=True, help=f"a shipped table ({', '.join(available_tables())}) or a path to a table YAML"
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first dir>/report)")
+    parser.add_argument("--out", default=None, help="output folder (default: <first dir>/report)")
     parser.add_argument(
         "--smoke", action="store_true", help="the table's smoke variant, for the runs of experiment=<table>_smoke"
     )
     args = parser.parse_args(argv)
-    out = args.out or args.dirs[0] / "report"
     command = "python -m zobench.report " + " ".join(shlex.quote(a) for a in argv)
+    option = "--out" if args.out is not None else "--out (default: <first dir>/report)"
     try:
-        with warnings.catch_warnings():
+        out = check_output_folder(option, args.out if args.out is not None else args.dirs[0] / "report")
+        with warnings.catch_warnings():  # restores showwarning after
             warnings.simplefilter("always")
+            warnings.showwarning = _warning_line
             written = make_report(args.dirs, args.table, out, command, smoke=args.smoke)
     except ConfigError as err:
         print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as err:  # a full disk while writing the tables
+        print(f"zobench: error: {output_error(option, err)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     print(written["md"].read_text(), end="")
     for kind, path in written.items():

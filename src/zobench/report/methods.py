@@ -16,10 +16,9 @@ accuracy (FZOO's claim is about passes to an accuracy).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
+from .files import read_json_object, read_jsonl, read_yaml_mapping
 
 #: dev accuracies whose first crossing is reported (FZOO's claim is about passes to an accuracy)
 THRESHOLDS = (0.62, 0.65, 0.68, 0.70)
@@ -41,9 +40,9 @@ def _read_lines(path: Path) -> list[str]:
 
 def _row(name: str, folder: Path, void: dict) -> dict:
     """One launched run: its config, dev curve and (when it finished) summary."""
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    events = [json.loads(line) for line in _read_lines(folder / "metrics.jsonl")]
-    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+    cfg = read_yaml_mapping(folder / "config.yaml")  # a damaged committed file: one line naming it
+    events = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    summary = read_json_object(folder / "summary.json") if (folder / "summary.json").is_file() else None
     train = [e for e in events if e["event"] == "train"]
     dev = [(e["forward_passes"], e["accuracy"]) for e in events if e["event"] == "eval" and e["split"] == "dev"]
     last = train[-1] if train else {}

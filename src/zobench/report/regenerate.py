@@ -31,9 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..errors import ConfigError, DataNotFoundError
+from .files import read_yaml_mapping
 
 SPEC_NAME = "report.yaml"
 
@@ -133,8 +132,8 @@ KEYS = {
 
 def load_spec(path: Path) -> list[dict]:
     """The ``make`` entries of one ``report.yaml``; a bad entry names the file and the key."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict) or set(raw) != {"make"} or not isinstance(raw["make"], list):
+    raw = read_yaml_mapping(path)
+    if set(raw) != {"make"} or not isinstance(raw["make"], list):
         raise ConfigError(f"{path}: must hold exactly one key, make (a list of entries)")
     kinds = _makers()
     for i, entry in enumerate(raw["make"]):
@@ -165,9 +164,10 @@ def find_specs(folders: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk (bytes 16-24)."""
-    return struct.unpack(">II", path.read_bytes()[16:24])
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (bytes 16-24); None for a file cut shorter."""
+    head = path.read_bytes()[:24]
+    return struct.unpack(">II", head[16:24]) if len(head) == 24 else None
 
 
 def _compare(path: str, made: Path) -> Outcome:
@@ -176,8 +176,9 @@ def _compare(path: str, made: Path) -> Outcome:
         return Outcome(path, "missing", "not committed")
     if committed.read_bytes() == made.read_bytes():
         return Outcome(path, "same")
-    if committed.suffix == ".png" and _png_size(committed) == _png_size(made):
-        return Outcome(path, "same size", "{}x{} PNG, other bytes".format(*_png_size(made)))
+    size = _png_size(made) if committed.suffix == ".png" else None
+    if size is not None and _png_size(committed) == size:
+        return Outcome(path, "same size", "{}x{} PNG, other bytes".format(*size))
     return Outcome(path, "differs")
 
 

@@ -14,7 +14,6 @@ can say how many it left out.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError
+from .files import read_json_object, read_jsonl, read_yaml_mapping
 
 # summary keys that are not task metrics although they start with dev_/test_
 _NOT_METRICS = {"test_examples", "dev_examples"}
@@ -97,25 +97,27 @@ _CONFIG_LOADER = _config_loader()
 
 
 def load_config(path: Path) -> dict:
-    """A run's resolved config.yaml as a plain dict, its values typed as OmegaConf types them."""
+    """A run's resolved config.yaml as a plain dict, its values typed as OmegaConf types them
+    (a file that is not a YAML mapping: ConfigError naming it)."""
     if _CONFIG_LOADER is None:
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]  # a YAML mapping file
-    return yaml.load(path.read_text(), Loader=_CONFIG_LOADER) or {}
+        return OmegaConf.to_container(OmegaConf.create(read_yaml_mapping(path)))  # type: ignore[return-value]  # a mapping
+    return read_yaml_mapping(path, loader=_CONFIG_LOADER)
 
 
 def read_run(run_dir: Path) -> tuple[dict | None, str | None]:
-    """One run dir → (row, None) when completed, else (None, reason it is left out)."""
+    """One run dir → (row, None) when completed, else (None, reason it is left out): unfinished,
+    not completed, or a summary.json / config.yaml that cannot be read (the reason names it)."""
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         return None, "no summary.json (unfinished or killed)"
     try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as err:
-        return None, f"summary.json unreadable ({err.msg})"
-    if summary.get("status") != "completed":
-        return None, f"status {summary.get('status')}"
-    config_path = run_dir / "config.yaml"
-    config = load_config(config_path) if config_path.is_file() else {}
+        summary = read_json_object(summary_path)
+        if summary.get("status") != "completed":
+            return None, f"status {summary.get('status')}"
+        config_path = run_dir / "config.yaml"
+        config = load_config(config_path) if config_path.is_file() else {}
+    except ConfigError as err:
+        return None, str(err)
     row = {**KEYS_ADDED_LATER, **flatten(config or {})}
     # the summary wins over the config for the shared names (task/model/... are strings there)
     row.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
@@ -164,11 +166,9 @@ def read_curve(run_dir: str, split: str = "dev") -> pd.DataFrame:
     """Eval events of one split from ``metrics.jsonl``: columns ``forward_passes`` and ``score``."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
-    if path.is_file():
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-        metric = metric_name(summary)
-        for line in path.read_text().splitlines():
-            event = json.loads(line)
+    if path.is_file():  # a run row: its summary.json was read whole (read_run)
+        metric = metric_name(read_json_object(Path(run_dir) / "summary.json"))
+        for event in read_jsonl(path, strict=False):  # a bad line: a warning naming it, the curve before it
             if event.get("event") == "eval" and event.get("split") == split and metric in event:
-                rows.append({"forward_passes": event["forward_passes"], "score": event[metric]})
+                rows.append({"forward_passes": event.get("forward_passes"), "score": event[metric]})
     return pd.DataFrame(rows, columns=["forward_passes", "score"])

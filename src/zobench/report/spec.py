@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from ..errors import ConfigError
+from .files import read_yaml_mapping
 
 VALUES = ("test", "peak_memory_gib")
 COLUMN_KEYS = ("task", "model")
@@ -100,7 +99,7 @@ def load_table(name_or_path: str, smoke: bool = False) -> TableSpec:
             )
     elif not path.is_file():
         raise ConfigError(f"--table {name_or_path}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_mapping(path)
     return parse_table(smoke_variant(raw, str(path)) if smoke else raw, where=str(path))
 
 

@@ -6,8 +6,9 @@ the zero-shot metric of every task (``results/zero_shot_smollm2``). Deterministi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .files import read_json_object
 
 #: OPT-13B zero-shot, MeZO Table 1 (Malladi et al. 2023), for scale only
 PUBLISHED_ZERO_SHOT = {
@@ -28,7 +29,7 @@ NOT_RUN = {"record": "mirror has no validation split (FewGLUE 32 only)", "drop":
 
 
 def _summaries(runs: Path) -> list[tuple[Path, dict]]:
-    return [(path.parent, json.loads(path.read_text())) for path in sorted(Path(runs).glob("*/summary.json"))]
+    return [(path.parent, read_json_object(path)) for path in sorted(Path(runs).glob("*/summary.json"))]
 
 
 def _config_lr(run_dir: Path) -> str:

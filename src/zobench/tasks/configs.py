@@ -44,5 +44,10 @@ def ensure_registered() -> None:
 
 
 def registered_tasks() -> list[str]:
-    """The ``task`` options Hydra can compose now (ConfigStore entries), sorted."""
-    return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(GROUP))
+    """The ``task`` options Hydra can compose now (ConfigStore entries), sorted; none before the
+    first registration (ConfigStore has no such group yet)."""
+    try:
+        names = ConfigStore.instance().list(GROUP)
+    except OSError:
+        return []
+    return sorted(name.removesuffix(".yaml") for name in names)

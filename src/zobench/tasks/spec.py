@@ -68,6 +68,19 @@ _JINJA = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictU
 _JINJA.filters["lower_first_word"] = lower_first_word
 
 
+def _compile(text, where: str) -> jinja2.Template:
+    """``text`` as a Jinja template; not a string, or a syntax error: one line naming ``where``."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}={text!r}; expected a Jinja template string")
+    try:
+        return _JINJA.from_string(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise ConfigError(
+            f"{where}: Jinja syntax error at template line {err.lineno}: {err.message} "
+            f"(templates are Jinja expressions over the example's fields, e.g. {{{{ sentence | trim }}}})"
+        ) from err
+
+
 def field_path(example: dict, path: str):
     """``example["answers"]["text"]`` for ``path="answers.text"``."""
     value = example
@@ -109,16 +122,26 @@ class PromptFormat:
 
     @classmethod
     def from_raw(cls, raw, where: str) -> PromptFormat:
+        """The family block ``{prompt, candidates}``; every template is compiled here, so a Jinja
+        syntax error is one line naming the file and field when the spec is loaded (at start)."""
         if not isinstance(raw, dict) or set(raw) != {"prompt", "candidates"}:
             raise ConfigError(f"{where}: expected exactly the keys prompt and candidates")
         cands = raw["candidates"]
         if isinstance(cands, dict):
             if set(cands) != {"for_each", "template"}:
                 raise ConfigError(f"{where}.candidates: a mapping needs exactly for_each and template")
-            return cls(raw["prompt"], for_each=cands["for_each"], template=cands["template"])
-        if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
-            raise ConfigError(f"{where}.candidates: expected a non-empty list of strings or {{for_each, template}}")
-        return cls(raw["prompt"], candidates=tuple(cands))
+            if not isinstance(cands["for_each"], str) or not cands["for_each"]:
+                raise ConfigError(f"{where}.candidates.for_each={cands['for_each']!r}; expected a field name")
+            fmt = cls(raw["prompt"], for_each=cands["for_each"], template=cands["template"])
+            fields = {"prompt": fmt.prompt, "candidates.template": fmt.template}
+        else:
+            if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
+                raise ConfigError(f"{where}.candidates: expected a non-empty list of strings or {{for_each, template}}")
+            fmt = cls(raw["prompt"], candidates=tuple(cands))
+            fields = {"prompt": fmt.prompt, **{f"candidates[{i}]": c for i, c in enumerate(cands)}}
+        for name, text in fields.items():
+            _compile(text, f"{where}.{name}")
+        return fmt
 
     @cached_property
     def _compiled(self):
@@ -133,7 +156,9 @@ class PromptFormat:
             else:
                 cands = tuple(t.render(**example) for t in templates)
             return prompt.render(**example), cands
-        except (jinja2.UndefinedError, KeyError) as err:  # a field the template needs is missing or unexpected
+        except (jinja2.TemplateError, KeyError, TypeError, ValueError, AttributeError) as err:
+            # a field the template needs is missing, or of a type its expression cannot take
+            # (``{{ label + 1 }}`` on a string): the example and the template disagree
             raise ConfigError(f"example does not fit the template ({err}); fields: {', '.join(example)}") from err
 
 
@@ -171,6 +196,7 @@ class TaskSpec:
         unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; allowed {list(REQUIRED) + list(OPTIONAL)}")
+        _check_fields(raw, path)
         if raw["metric"] not in METRICS:
             raise ConfigError(f"{path}: metric={raw['metric']!r}; allowed {', '.join(METRICS)}")
         if raw["objective"] not in OBJECTIVES:
@@ -246,6 +272,48 @@ class TaskSpec:
             raise ConfigError(f"task {self.name}: gold answers {missing or answers} not among the candidates")
         gold = tuple(pool.index(a) for a in answers)
         return Rendered(prompt, candidates, gold[0], gold=gold)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_fields(raw: dict, path: Path) -> None:
+    """The type of every key but the prompt blocks (those: ``PromptFormat.from_raw``): what is
+    logged with the results (``name``, ``version``) and what loading the data reads."""
+    if not isinstance(raw["name"], str) or not raw["name"]:
+        raise ConfigError(f"{path}: name={raw['name']!r}; expected the file's name")
+    if not _positive_int(raw["version"]):
+        raise ConfigError(f"{path}: version={raw['version']!r}; a positive integer is needed (e.g. version: 1)")
+    if not isinstance(raw.get("description", ""), str):
+        raise ConfigError(f"{path}: description={raw['description']!r}; expected a string")
+    dataset = raw["dataset"]
+    if (
+        not isinstance(dataset, dict)
+        or not isinstance(dataset.get("path"), str)
+        or not set(dataset) <= {"path", "name"}
+        or not isinstance(dataset.get("name", ""), (str, type(None)))
+    ):
+        raise ConfigError(f"{path}: dataset={dataset!r}; expected {{path: <hub dataset>, name: <its config>}}")
+    splits = raw["splits"]
+    if isinstance(splits, dict) and not all(isinstance(v, str) and v for v in splits.values()):
+        raise ConfigError(f"{path}: splits={splits!r}; each split is the name of a dataset split")
+    for key in GOLD_KEYS:
+        if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+            raise ConfigError(f"{path}: {key}={raw[key]!r}; expected a field name")
+    if "skip_labels" in raw and not isinstance(raw["skip_labels"], list):
+        raise ConfigError(f"{path}: skip_labels={raw['skip_labels']!r}; expected a list of label values")
+    generation = raw.get("generation")
+    if generation is not None and (
+        not isinstance(generation, dict)
+        or set(generation) != {"max_new_tokens", "stop"}
+        or not _positive_int(generation["max_new_tokens"])
+        or not isinstance(generation["stop"], list)
+        or not all(isinstance(s, str) for s in generation["stop"])
+    ):
+        raise ConfigError(
+            f"{path}: generation={generation!r}; expected {{max_new_tokens: <positive integer>, stop: [<strings>]}}"
+        )
 
 
 def _check_run_settings(raw: dict, formats: dict, path: Path) -> None:

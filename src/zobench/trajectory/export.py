@@ -13,13 +13,12 @@ is always a whole export.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
 from .log import FILENAME
-from .replay import Replayed, replay
+from .replay import Replayed, read_summary, replay
 
 
 def export(run_dir: Path, out: Path, step: int | str = "best", device: str | None = None) -> Path:
@@ -27,8 +26,7 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not an empty folder; choose a new output folder")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(run_dir, "cannot tell which step the run tested")
     if step == "best" and summary.get("best_step") is None:
         step = "last"  # no dev set: the run tested its last step
     has_log = (run_dir / FILENAME).is_file() or not (run_dir / "final" / "trainable.safetensors").is_file()
@@ -36,9 +34,13 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
-    replayed.tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(replayed, summary))
+    try:
+        replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
+        replayed.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(replayed, summary))
+    except BaseException:  # a full disk: nothing half-written is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -49,8 +51,7 @@ def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None
     """A run without a trajectory (first-order baselines): its tested weights from ``final/``
     (``train.save_final=true``) on the base model; only the tested step is there."""
     from ..checkpoint import copy_into, load_tensors
-    from ..train.setup import resolve_device
-    from .replay import build_base, load_run_config
+    from .replay import build_base, load_run_config, run_device
 
     tested = summary.get("tested_step")
     if step not in ("best", "last", str(tested), tested) or tested is None:
@@ -59,7 +60,7 @@ def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None
             f"{tested} is saved, in final/"
         )
     cfg = load_run_config(run_dir)
-    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
     final = run_dir / "final" / "trainable.safetensors"
     copy_into(named, load_tensors(final), final)
     return Replayed(model, tokenizer, named, cfg, int(tested))

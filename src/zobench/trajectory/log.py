@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import writing
 from ..errors import CheckpointError
 
 FILENAME = "trajectory.bin"
@@ -266,13 +267,15 @@ class TrajectoryWriter:
         self._file.seek(offset)
 
     def append(self, step: int, calls: list) -> None:
-        self._file.write(encode_record(step, calls))
-        self._file.flush()  # in the OS's hands: survives a kill of this process
+        with writing(self.path):  # a full disk: an OSError naming the log (a resume cuts the torn record)
+            self._file.write(encode_record(step, calls))
+            self._file.flush()  # in the OS's hands: survives a kill of this process
 
     def sync(self) -> None:
         if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with writing(self.path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:

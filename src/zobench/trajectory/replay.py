@@ -125,18 +125,29 @@ def build_base(cfg: DictConfig, device: torch.device):
     return model, tokenizer, trainable(model)
 
 
+def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.device:
+    """``--device``, else the run's own device, checked against this machine first: a device it
+    lacks is one line, not torch's error from inside the model load."""
+    from ..train.setup import resolve_device
+    from ..validation import check_device
+
+    if device:
+        check_device("--device", device, sep=" ")
+    else:
+        check_device(f"{run_dir / 'config.yaml'}: device", cfg.device, instead="pass --device cpu")
+    return resolve_device(device or cfg.device)
+
+
 def replay(run_dir: Path, step: int | str | None = None, device: str | None = None) -> Replayed:
     """The weights of the run in ``run_dir`` after ``step`` (None or ``last``: the log's last
     step; ``best``: summary.json's ``best_step``), rebuilt from the base model and the log."""
-    from ..train.setup import resolve_device
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     log = read(run_dir / FILENAME)
     check_whole(run_dir, log, "last" if step is None else step)
     check_config(log.header, cfg, run_dir / "config.yaml")
     target = resolve_step(run_dir, log, step)
-    model, tokenizer, named = build_base(cfg, resolve_device(device or cfg.device))
+    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
     check_base(log.header, named, run_dir / FILENAME)
     learner = fresh_learner(cfg, model, named)
     if learner.engine_name != log.header.engine:
@@ -148,17 +159,26 @@ def replay(run_dir: Path, step: int | str | None = None, device: str | None = No
     return Replayed(model, tokenizer, named, cfg, target)
 
 
+def read_summary(run_dir: Path, why: str) -> dict:
+    """``run_dir``'s summary.json ({} if none); one that is not a JSON object: CheckpointError
+    naming it and ``why`` it matters."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path}: unreadable; {why}") from None
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path}: not a JSON object; {why}")
+    return summary
+
+
 def check_whole(run_dir: Path, log: Trajectory, asked) -> None:
     """A completed run's log must be the one its summary.json sealed (``log.check_sealed``): a
     cut or changed log would replay an earlier step. A torn last record is expected only of a
     run that has not completed (killed: its resume cuts it off), and is said so."""
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except ValueError:
-        raise CheckpointError(f"{summary_path}: unreadable; cannot tell whether {log.path} is whole") from None
-    sealed = summary.get("trajectory") if isinstance(summary, dict) else None
-    if isinstance(summary, dict) and summary.get("status") == "completed" and sealed is not None:
+    summary = read_summary(run_dir, f"cannot tell whether {log.path} is whole")
+    sealed = summary.get("trajectory")
+    if summary.get("status") == "completed" and sealed is not None:
         check_sealed(log, sealed, asked)
     elif log.tail:
         logger.warning(
@@ -175,7 +195,7 @@ def resolve_step(run_dir: Path, log: Trajectory, step: int | str | None) -> int:
         return log.last_step
     if step == "best":
         summary = run_dir / "summary.json"
-        best = json.loads(summary.read_text()).get("best_step") if summary.is_file() else None
+        best = read_summary(run_dir, "cannot tell the best step").get("best_step")
         if best is None:
             raise ConfigError(f"--step best: {summary} records no best_step (no dev set, or the run has not finished)")
         return int(best)
