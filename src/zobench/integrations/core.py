@@ -84,7 +84,7 @@ def engine_config(engine: str | dict | DictConfig) -> dict:
         assert isinstance(given, dict)
         unknown = sorted(set(given) - set(cfg))  # the shipped engine config is the list of keys
         if unknown:
-            raise ConfigError(f"engine.{unknown[0]}: unknown key; allowed {', '.join(cfg)}")
+            raise ConfigError(f"engine.{unknown[0]}: unknown key; allowed {', '.join(map(str, cfg))}")
         cfg.update(given)
     return cfg
 
