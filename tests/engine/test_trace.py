@@ -1,6 +1,7 @@
 """Stalls name their place: engine phases and module forwards are traced on request, and the
 watchdog reports phase, module and every thread's stack when nothing progresses (issue 21)."""
 
+import io
 import logging
 import time
 
@@ -79,6 +80,19 @@ def test_watchdog_stays_quiet_while_the_step_progresses_then_reports_the_stall(c
         dog.stop()
     out.seek(0)
     assert quiet == 0 and dog.fired >= 1 and "phase=after update" in out.read()
+
+
+def test_watchdog_reports_to_a_stream_without_a_file_descriptor(clean_trace):
+    """pytest's captured stderr, a notebook's or a StringIO has no fileno(): faulthandler cannot
+    write there, the watchdog's own line still is, and its thread does not die raising."""
+    out = io.StringIO()
+    dog = trace.Watchdog(0.2, stream=out)
+    try:
+        time.sleep(0.7)
+        alive = dog._thread.is_alive()
+    finally:
+        dog.stop()
+    assert alive and dog.fired >= 2 and "zobench: watchdog: no progress for" in out.getvalue()
 
 
 # --- the run's watchdog: a stall inside a step ends the run (issue 32) ---------------------------

@@ -164,6 +164,16 @@ def uninstall() -> None:
     _names.clear()
 
 
+def _has_fd(stream) -> bool:
+    """Whether ``stream`` is backed by a file descriptor, which faulthandler needs (pytest's
+    captured stderr, a notebook's or a StringIO is not: faulthandler would raise there)."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False
+    return True
+
+
 class Watchdog:
     """Report where the step is when nothing progresses for ``seconds`` (see the module docstring).
 
@@ -184,7 +194,7 @@ class Watchdog:
     def _run(self) -> None:
         seen = last = _state["since"]
         while not self._stop.wait(self.poll):
-            if self.stream is sys.stderr:  # exits too where a stall would: inside a step
+            if self.stream is sys.stderr and _has_fd(sys.stderr):  # exits too where a stall would: inside a step
                 guarding = self.on_stall is not None and _state["step"] is not None
                 faulthandler.dump_traceback_later(2 * self.seconds, file=sys.stderr, exit=guarding)
             since, now = _state["since"], time.monotonic()
@@ -195,7 +205,8 @@ class Watchdog:
             last = now
             self.fired += 1
             print(f"zobench: watchdog: no progress for {now - since:.0f} s; {where()}", file=self.stream, flush=True)
-            faulthandler.dump_traceback(file=self.stream, all_threads=True)
+            if _has_fd(self.stream):  # faulthandler writes to a file descriptor, not a Python stream
+                faulthandler.dump_traceback(file=self.stream, all_threads=True)
             if self.on_stall is not None and _state["step"] is not None:
                 self.on_stall(f"{_state['step']} made no progress for {now - since:.0f} s ({where()})")
 
