@@ -25,6 +25,9 @@ import torch
 from ..engine import Engine
 from ._common import Closure, ZOOptimizer
 
+#: ``state_dtype`` -> the dtype m and v are kept (and Adam's arithmetic done) in
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 class ZOAdam(ZOOptimizer):
     """ZO-Adam: Adam's moments (float32) on the SPSA estimate g z.
@@ -36,6 +39,9 @@ class ZOAdam(ZOOptimizer):
         betas: (β1, β2), each in [0, 1).
         adam_eps: δ, added to √v̂.
         weight_decay: λ (decoupled, decay groups only).
+        state_dtype: ``float32`` (default) or ``bfloat16``: the dtype of m and v and of Adam's
+            arithmetic on them. ``bfloat16`` reproduces torch Adam on a bf16 model (ZO-Bench's
+            ``--load_bfloat16`` sweeps), where v never decays (module docstring).
         seed: base seed of this optimizer's direction stream.
         engine: perturbation engine; defaults to the in-place torch engine.
     """
@@ -52,15 +58,19 @@ class ZOAdam(ZOOptimizer):
         betas=(0.9, 0.999),
         adam_eps: float = 1e-8,
         weight_decay: float = 0.0,
+        state_dtype: str = "float32",
         seed: int = 0,
         engine: Engine | None = None,
     ) -> None:
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype={state_dtype!r}: allowed {', '.join(STATE_DTYPES)}")
         super().__init__(
             params,
             dict(lr=lr, eps=eps, betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay),
             engine=engine,
             seed=seed,
         )
+        self.state_dtype = STATE_DTYPES[state_dtype]
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
@@ -72,9 +82,10 @@ class ZOAdam(ZOOptimizer):
                 correction1, correction2 = 1 - beta1**step, 1 - beta2**step
 
                 def apply(pid, p, piece):
-                    m = piece.of(self._param_state(p, "exp_avg"))
-                    v = piece.of(self._param_state(p, "exp_avg_sq"))
-                    grad = piece.z.mul_(g)
+                    m = piece.of(self._param_state(p, "exp_avg", self.state_dtype))
+                    v = piece.of(self._param_state(p, "exp_avg_sq", self.state_dtype))
+                    # in bf16 the gradient is rounded first, as torch Adam's bf16 param.grad is
+                    grad = piece.z.mul_(g).to(self.state_dtype)
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     denominator = (v / correction2).sqrt_().add_(delta)

@@ -1,0 +1,102 @@
+"""ZO-Adam with float32 vs bfloat16 state: what the state's precision does to v and to the step.
+
+Reads two finished ZO-Adam runs (the same config but ``optimizer.state_dtype``), replays each from
+its trajectory log (zobench.trajectory.replay: bit-identical to the training) and, at a few steps,
+reports over all trainable elements:
+
+* the median of v̂ = v / (1 - β2^t) (Adam's second-moment estimate),
+* the median per-element learning rate η / (√v̂ + δ) (what Adam multiplies m̂ by),
+* the fraction of elements whose v did not change over the last replayed chunk (bf16: v·β2 rounds
+  back to v, so v only moves when (1-β2) ĝ² is at least half an ulp of v),
+* ‖θ_t - θ_0‖ / ‖θ_0‖, and the runs' train loss, dev and test accuracy (metrics.jsonl).
+
+    python results/zo_adam_state_dtype/measure.py RUN_FP32 RUN_BF16 --out measure.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from zobench.trajectory.log import FILENAME, read
+from zobench.trajectory.replay import build_base, check_base, check_config, fresh_learner, load_run_config
+from zobench.trajectory.tape import ReplayTape, replay_steps
+
+CHECKPOINTS = (1, 10, 50, 100, 200, 300, 500, 1000)
+RATIOS = ("median_v_hat", "median_effective_lr", "relative_distance")
+SAMPLE = 1 << 20  # elements per tensor kept for the medians (torch.quantile's input limit is 2^24)
+
+
+def _median(tensors) -> float:
+    flat = torch.cat([t.reshape(-1)[:SAMPLE].double() for t in tensors])
+    return float(flat.median())
+
+
+def _moments(optimizer, step: int) -> dict:
+    """Medians of v̂ and of η/(√v̂ + δ) over the state's elements (the first SAMPLE of each tensor)."""
+    group = optimizer.param_groups[0]
+    (_, beta2), delta, lr = group["betas"], group["adam_eps"], group["lr"]
+    v_hat = [optimizer.state[p]["exp_avg_sq"].float() / (1 - beta2**step) for _, p in optimizer._all_params]
+    return {
+        "median_v_hat": _median(v_hat),
+        "median_effective_lr": _median([lr / (v.sqrt() + delta) for v in v_hat]),
+    }
+
+
+def _metrics(run_dir: Path) -> dict:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+    evals = {(e["split"], e["step"]): e["accuracy"] for e in events if e["event"] == "eval"}
+    return {"train_loss": train, "dev_curve": {s: a for (k, s), a in evals.items() if k == "dev"}, **_test(run_dir)}
+
+
+def _test(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {key: summary.get(key) for key in ("dev_accuracy", "test_accuracy", "best_step", "status")}
+
+
+def measure(run_dir: Path) -> dict:
+    cfg = load_run_config(run_dir)
+    log = read(run_dir / FILENAME)
+    check_config(log.header, cfg, run_dir / "config.yaml")
+    model, _, named = build_base(cfg, torch.device("cpu"))
+    check_base(log.header, named, run_dir / FILENAME)
+    base = [p.detach().clone() for _, p in named]
+    optimizer = fresh_learner(cfg, model, named).optimizer
+    tape, done, rows = ReplayTape(log.header.replicas), 0, {}
+    previous = None
+    for target in [c for c in CHECKPOINTS if c <= log.last_step]:
+        replay_steps(optimizer, tape, log.steps[done:target], int(cfg.train.batch_size))
+        v = [optimizer.state[p]["exp_avg_sq"].reshape(-1)[:SAMPLE].clone() for _, p in optimizer._all_params]
+        moved = sum(float(torch.linalg.vector_norm((p.detach() - b).double())) ** 2 for (_, p), b in zip(named, base))
+        size = sum(float(torch.linalg.vector_norm(b.double())) ** 2 for b in base)
+        row = {**_moments(optimizer, target), "relative_distance": math.sqrt(moved / size)}
+        if previous is not None:
+            frozen = sum(int((a == b).sum()) for a, b in zip(v, previous))
+            row[f"v_unchanged_since_step_{done}"] = frozen / sum(t.numel() for t in v)
+        rows[target], previous, done = row, v, target
+    return {"state_dtype": cfg.optimizer.state_dtype, "steps": rows, **_metrics(run_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = {str(run): measure(run) for run in args.runs}
+    fp32, bf16 = (next(r for r in result.values() if r["state_dtype"] == d) for d in ("float32", "bfloat16"))
+    result["bf16_over_fp32"] = {
+        step: {key: bf16["steps"][step][key] / fp32["steps"][step][key] for key in RATIOS}
+        for step in fp32["steps"]
+        if step in bf16["steps"]
+    }
+    args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps(result["bf16_over_fp32"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
