@@ -516,6 +516,84 @@ def test_subzero_is_the_reference_step_across_refreshes():
     _compare_steps(tiny, opt, reference, steps=5)
 
 
+def _reshape_matrix(integer):
+    """SubZero @cf6effd large_models/trainer.py:1207-1213, as written."""
+    factor1, factor2 = 1, integer
+    for i in range(1, int(math.sqrt(integer)) + 1):
+        if int(integer / i) == integer / i:
+            if integer / i - i < factor2 - factor1:
+                factor1, factor2 = i, integer / i
+    return factor1, int(factor2)
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        {"name": "prefix", "num_virtual_tokens": 3, "init_by_real_act": False},
+    ],
+    ids=["lora", "prefix"],
+)
+def test_subzero_draws_adapters_in_the_reference_near_square_shape(tuning):
+    """SubZero large_models/trainer.py:896-901: in a lora / prefix / prompt run, U and V of each
+    trainable matrix are drawn for ``reshape_matrix(numel)`` (l.1207-1213), not its own shape;
+    Z = U z0 Vᵀ·√(numel/r²) is read back in the tensor's shape (``.view``, l.758). One step on a
+    peft-wrapped tiny Llama (float64) equals that transcription; ``adapter_shape=tensor`` does not."""
+    from tests.helpers import tiny_model
+    from zobench.models import apply_tuning, trainable
+
+    model = apply_tuning(tiny_model("llama", torch.float64), tuning, "causal", seed=0)
+    named = trainable(model)
+    ids = torch.randint(5, 60, (4, 6), generator=torch.Generator().manual_seed(2))
+
+    def loss_at(theta=None):
+        logits = functional_call(model, theta or {}, (ids,)).logits[:, -1]
+        return float(nn.functional.cross_entropy(logits, ids[:, 0]))
+
+    eps, lr, rank = 1e-3, 0.5, 2
+    opt = SubZero(
+        decay_groups(named, 0.0, names=True), lr=lr, eps=eps, rank=rank, seed=3, engine=VirtualEngine(model)
+    )
+    names = {id(p): n for n, p in named}
+    theta = {n: p.detach().clone() for n, p in named}
+    base, z = opt.param_groups[0]["seed"], {}
+    for pid, p in opt._all_params:
+        if p.ndim != 2:
+            z[names[id(p)]] = opt.direction(1).sample(pid, p).double()
+            continue
+        shape = _reshape_matrix(p.numel())
+        assert shape != tuple(p.shape)  # the case the reference treats differently
+        r = min(rank, *shape)
+        u = torch.linalg.qr(gaussian(factor_seed(base, pid, 0, 0), (shape[0], r), p)).Q.double()
+        v = torch.linalg.qr(gaussian(factor_seed(base, pid, 1, 0), (shape[1], r), p)).Q.double()
+        z0 = gaussian(factor_seed(base, pid, 2, 1), (r, r), p).double()
+        z[names[id(p)]] = (u @ z0 @ v.t() * math.sqrt(p.numel() / z0.numel())).view(p.shape)
+    g = (loss_at(_shift(theta, z, eps)) - loss_at(_shift(theta, z, -eps))) / (2 * eps)
+    with torch.no_grad():
+        opt.step(lambda: torch.tensor(loss_at(), dtype=torch.float64))
+    # Z is formed from float32 factors in float32 (peft keeps LoRA weights float32 on a float64
+    # model): agreement to float32 precision; a wrong shape is off by the whole step (~1e-1)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    for n, p in named:
+        torch.testing.assert_close(p.double(), (theta[n] - lr * g * z[n]).double(), **tol, msg=n)
+
+    for n, p in named:  # the tensor's own shape is another subspace: another step
+        p.data.copy_(theta[n])
+    own = SubZero(
+        decay_groups(named, 0.0, names=True),
+        lr=lr,
+        eps=eps,
+        rank=rank,
+        adapter_shape="tensor",
+        seed=3,
+        engine=VirtualEngine(model),
+    )
+    with torch.no_grad():
+        own.step(lambda: torch.tensor(loss_at(), dtype=torch.float64))
+    matrix = next(n for n, p in named if p.ndim == 2)
+    assert not torch.allclose(dict(named)[matrix].double(), (theta[matrix] - lr * g * z[matrix]).double(), **tol)
+
+
 # -- the step's scale in r (LOZO: the authors' code; TeZO: the paper's formula) ----------------------
 def _mean_projected_step(cls, rank, seeds=300, **kwargs):
     """E[-Δ·C]/(η‖C‖²) over seeds for one step on the linear loss ⟨C, W⟩: g = ⟨C, Z⟩ exactly, so
