@@ -250,19 +250,21 @@ class ZOOptimizer(torch.optim.Optimizer):
         return state[key]
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's, but each state tensor keeps the dtype it was saved in: torch casts floating
-        state to its parameter's dtype, which would turn float32 moments of an fp16 model (or
-        ZO-Adam's bfloat16 state of an fp32 one) into another optimizer after a resume."""
+        """torch's, but each state tensor keeps the dtype and the values it was saved with: torch
+        casts floating state to its parameter's dtype (its class-qualified
+        ``_process_value_according_to_param_policy``), which would round float32 moments of an fp16
+        model to fp16 (or turn ZO-Adam's bfloat16 state of an fp32 model into float32): another
+        optimizer after a resume."""
         saved = [p for group in state_dict["param_groups"] for p in group["params"]]
-        dtypes = {
-            index: {key: value.dtype for key, value in entry.items() if isinstance(value, torch.Tensor)}
+        tensors = {
+            index: {key: value for key, value in entry.items() if isinstance(value, torch.Tensor)}
             for index, entry in state_dict["state"].items()
             if isinstance(entry, dict)
         }
         super().load_state_dict(state_dict)
         for index, p in zip(saved, (p for group in self.param_groups for p in group["params"])):
-            for key, dtype in dtypes.get(index, {}).items():
-                self.state[p][key] = self.state[p][key].to(dtype)
+            for key, value in tensors.get(index, {}).items():
+                self.state[p][key] = value.to(device=p.device, copy=True)
 
     def _record(self, **scalars: float) -> None:
         """Scalars of the last step (projected gradient, losses) for the loop to log."""

@@ -84,7 +84,8 @@ class ZOAdam(ZOOptimizer):
                 def apply(pid, p, piece):
                     m = piece.of(self._param_state(p, "exp_avg", self.state_dtype))
                     v = piece.of(self._param_state(p, "exp_avg_sq", self.state_dtype))
-                    # in bf16 the gradient is rounded first, as torch Adam's bf16 param.grad is
+                    # bf16 state: the gradient is rounded first, as a bf16 model's param.grad is, and
+                    # every op below rounds to bf16 (v·β2 rounds back to v: module docstring)
                     grad = piece.z.mul_(g).to(self.state_dtype)
                     m.mul_(beta1).add_(grad, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
