@@ -551,9 +551,7 @@ def test_subzero_draws_adapters_in_the_reference_near_square_shape(tuning):
         return float(nn.functional.cross_entropy(logits, ids[:, 0]))
 
     eps, lr, rank = 1e-3, 0.5, 2
-    opt = SubZero(
-        decay_groups(named, 0.0, names=True), lr=lr, eps=eps, rank=rank, seed=3, engine=VirtualEngine(model)
-    )
+    opt = SubZero(decay_groups(named, 0.0, names=True), lr=lr, eps=eps, rank=rank, seed=3, engine=VirtualEngine(model))
     names = {id(p): n for n, p in named}
     theta = {n: p.detach().clone() for n, p in named}
     base, z = opt.param_groups[0]["seed"], {}

@@ -57,4 +57,3 @@ def adamw_step(optimizer, direction: Direction, coeff: float, elementwise_sign: 
                 piece.weights.mul_(1.0 - decay)
 
         optimizer.engine.foreach(params, direction, apply)
-

@@ -52,7 +52,6 @@ import torch
 from ..engine import Direction, Engine
 from ._common import Closure, ZOOptimizer
 
-
 #: ``rule`` -> the code it transcribes
 RULES = ("2025", "2024")
 

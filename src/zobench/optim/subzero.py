@@ -96,7 +96,10 @@ class SubZero(ZOOptimizer):
 
     def matrix_shape(self, pid: int, like: torch.Tensor) -> tuple[int, int]:
         """The (m, n) U and V are drawn for: near-square for an adapter tensor, else its own."""
-        return near_square(like.numel()) if pid in self._square else tuple(like.shape)
+        if pid in self._square:
+            return near_square(like.numel())
+        rows, cols = like.shape
+        return rows, cols
 
     @torch.no_grad()
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
