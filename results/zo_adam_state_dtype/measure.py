@@ -10,6 +10,10 @@ reports over all trainable elements:
   back to v, so v only moves when (1-β2) ĝ² is at least half an ulp of v),
 * ‖θ_t - θ_0‖ / ‖θ_0‖, and the runs' train loss, dev and test accuracy (metrics.jsonl).
 
+Then, past the runs' length, a simulation of v alone to ZO-Bench's 20k steps: ELEMENTS elements,
+ĝ = g_t z with z ~ N(0, 1) and g_t drawn (with replacement, seeded) from the fp32 run's logged
+projected gradients, v updated as ZO-Adam does in float32 and in bfloat16 side by side.
+
     python results/zo_adam_state_dtype/measure.py RUN_FP32 RUN_BF16 --out measure.json
 """
 
@@ -27,6 +31,8 @@ from zobench.trajectory.replay import build_base, check_base, check_config, fres
 from zobench.trajectory.tape import ReplayTape, replay_steps
 
 CHECKPOINTS = (1, 10, 50, 100, 200, 300, 500, 1000)
+SIMULATED = (100, 300, 1000, 3000, 10000, 20000)
+ELEMENTS = 4096
 RATIOS = ("median_v_hat", "median_effective_lr", "relative_distance")
 SAMPLE = 1 << 20  # elements per tensor kept for the medians (torch.quantile's input limit is 2^24)
 
@@ -82,6 +88,28 @@ def measure(run_dir: Path) -> dict:
     return {"state_dtype": cfg.optimizer.state_dtype, "steps": rows, **_metrics(run_dir)}
 
 
+def simulate(projected_grads: list[float], beta2: float = 0.999, seed: int = 0) -> dict:
+    """Median v̂ in bfloat16 over median v̂ in float32 at the SIMULATED steps, and the effective
+    learning-rate ratio it implies, √(v̂_fp32 / v̂_bf16) (what η/√v̂ is in bf16 over fp32)."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(projected_grads, dtype=torch.float32)
+    v32, v16, rows = torch.zeros(ELEMENTS), torch.zeros(ELEMENTS, dtype=torch.bfloat16), {}
+    for t in range(1, max(SIMULATED) + 1):
+        grad = pool[torch.randint(len(pool), (1,), generator=gen)] * torch.randn(ELEMENTS, generator=gen)
+        v32.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        low = grad.to(torch.bfloat16)
+        v16.mul_(beta2).addcmul_(low, low, value=1 - beta2)
+        if t in SIMULATED:
+            ratio = float(v16.float().median() / v32.median())  # the bias correction cancels
+            rows[t] = {"median_v_hat_bf16_over_fp32": ratio, "effective_lr_bf16_over_fp32": ratio**-0.5}
+    return rows
+
+
+def _projected_grads(run_dir: Path) -> list[float]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e["projected_grad"] for e in events if e["event"] == "train" and math.isfinite(e["projected_grad"])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -94,8 +122,10 @@ def main() -> None:
         for step in fp32["steps"]
         if step in bf16["steps"]
     }
+    fp32_dir = next(run for run in args.runs if result[str(run)]["state_dtype"] == "float32")
+    result["simulated_v"] = simulate(_projected_grads(fp32_dir))
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(json.dumps(result["bf16_over_fp32"], indent=1))
+    print(json.dumps({k: result[k] for k in ("bf16_over_fp32", "simulated_v")}, indent=1))
 
 
 if __name__ == "__main__":

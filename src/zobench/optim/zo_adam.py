@@ -12,8 +12,20 @@ memory argument gives up; it is reported, not hidden.
 The authors' step (ZO-Bench/ZO-LLM @bf210fa, zo-bench/trainer.py): ``param.grad = g z`` then
 ``torch.optim.Adam(lr)`` (torch's defaults β = (0.9, 0.999), δ = 1e-8) steps each parameter
 (l.316, l.1063-1073): the rule above. Deviations: m and v are float32 whatever the parameter
-dtype; weight decay is decoupled (their Adam has none; the sweeps use 0). The ZO-Bench methods:
-docs/algorithms.md, "Related methods".
+dtype (``state_dtype``, below); weight decay is decoupled (their Adam has none; the sweeps use 0).
+The ZO-Bench methods: docs/algorithms.md, "Related methods".
+
+State precision. ZO-Bench's full-parameter ZO-Adam sweeps load the model with ``--load_bfloat16``,
+so torch Adam keeps m and v in bfloat16 (``zeros_like(p)``). bfloat16 has 8 significant bits:
+half an ulp is 2^-9 to 2^-8 of a value, more than the 1 - β2 = 1e-3 that v·β2 takes off, so v·β2
+rounds back to v and v never decays. v then moves only when (1-β2) ĝ² reaches half an ulp of v,
+and such an increment rounds to a whole ulp: v ratchets up. Early on, while the increments are
+large against v (t ≲ 1/(1-β2)), both dtypes agree; later bf16's v̂ keeps growing where fp32's
+settles at E[ĝ²], so η/√v̂, the effective learning rate, falls below fp32's step for step:
+an lr tuned on those sweeps moves zobench's default (fp32) state further per step, by a
+factor that grows with the step count. ``state_dtype="bfloat16"`` reproduces their state
+(torch Adam's arithmetic in bf16, m by mul/add where torch lerps: v is bit for bit theirs);
+results/zo_adam_state_dtype/ measures both on SmolLM2 and simulates v to 20k steps.
 """
 
 from __future__ import annotations
