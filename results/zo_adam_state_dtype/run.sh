@@ -2,8 +2,9 @@
 # Regenerates results/zo_adam_state_dtype/: the same ZO-Adam run on SmolLM2-135M / SST-2 with its Adam
 # state (m, v) in float32 (zobench's default) and in bfloat16 (torch Adam on a bf16 model, as in
 # ZO-Bench's --load_bfloat16 sweeps). Same seed, data, batches and directions: only the state dtype
-# differs. Weights stay fp32 in both. Then measure.py replays each run's trajectory to report
-# per-step update sizes and the moments (the effective learning rate), and writes measure.json.
+# differs. Weights stay fp32 in both. Then python -m zobench.bench.adam_state replays each run's
+# trajectory to report the moments (the effective learning rate) and the distance moved at a few
+# steps, simulates v alone to 20k steps, and writes measure.json.
 #   ZOBENCH_DATA_DIR=../shared/data bash results/zo_adam_state_dtype/run.sh
 # Environment: STEPS (300), BATCH (8), LR (1e-4, the 400-pass table's ZO-Adam grid point), OUT_DIR, PYTHON.
 set -euo pipefail
@@ -19,4 +20,4 @@ for dtype in float32 bfloat16; do
   $python -m zobench $common optimizer.state_dtype=$dtype hydra.run.dir="$out/$dtype" &
 done
 wait
-$python "$here/measure.py" "$out/float32" "$out/bfloat16" --out "$here/measure.json"
+$python -m zobench.bench.adam_state "$out/float32" "$out/bfloat16" --out "$here/measure.json"

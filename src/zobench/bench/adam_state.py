@@ -1,4 +1,5 @@
-"""ZO-Adam with float32 vs bfloat16 state: what the state's precision does to v and to the step.
+"""ZO-Adam with float32 vs bfloat16 state: what the state's precision does to v and to the step
+(README, "ZO-Adam's state precision"; results/zo_adam_state_dtype/run.sh trains the two runs).
 
 Reads two finished ZO-Adam runs (the same config but ``optimizer.state_dtype``), replays each from
 its trajectory log (zobench.trajectory.replay: bit-identical to the training) and, at a few steps,
@@ -14,7 +15,7 @@ Then, past the runs' length, a simulation of v alone to ZO-Bench's 20k steps: EL
 ĝ = g_t z with z ~ N(0, 1) and g_t drawn (with replacement, seeded) from the fp32 run's logged
 projected gradients, v updated as ZO-Adam does in float32 and in bfloat16 side by side.
 
-    python results/zo_adam_state_dtype/measure.py RUN_FP32 RUN_BF16 --out measure.json
+    python -m zobench.bench.adam_state RUN_FP32 RUN_BF16 --out results/zo_adam_state_dtype/measure.json
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from zobench.trajectory.log import FILENAME, read
-from zobench.trajectory.replay import build_base, check_base, check_config, fresh_learner, load_run_config
-from zobench.trajectory.tape import ReplayTape, replay_steps
+from ..trajectory.log import FILENAME, read
+from ..trajectory.replay import build_base, check_base, check_config, fresh_learner, load_run_config
+from ..trajectory.tape import ReplayTape, replay_steps
 
 CHECKPOINTS = (1, 10, 50, 100, 200, 300, 500, 1000)
 SIMULATED = (100, 300, 1000, 3000, 10000, 20000)
@@ -88,18 +89,18 @@ def measure(run_dir: Path) -> dict:
     return {"state_dtype": cfg.optimizer.state_dtype, "steps": rows, **_metrics(run_dir)}
 
 
-def simulate(projected_grads: list[float], beta2: float = 0.999, seed: int = 0) -> dict:
+def simulate(projected_grads: list[float], beta2: float = 0.999, seed: int = 0, at=SIMULATED) -> dict:
     """Median v̂ in bfloat16 over median v̂ in float32 at the SIMULATED steps, and the effective
     learning-rate ratio it implies, √(v̂_fp32 / v̂_bf16) (what η/√v̂ is in bf16 over fp32)."""
     gen = torch.Generator().manual_seed(seed)
     pool = torch.tensor(projected_grads, dtype=torch.float32)
     v32, v16, rows = torch.zeros(ELEMENTS), torch.zeros(ELEMENTS, dtype=torch.bfloat16), {}
-    for t in range(1, max(SIMULATED) + 1):
+    for t in range(1, max(at) + 1):
         grad = pool[torch.randint(len(pool), (1,), generator=gen)] * torch.randn(ELEMENTS, generator=gen)
         v32.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         low = grad.to(torch.bfloat16)
         v16.mul_(beta2).addcmul_(low, low, value=1 - beta2)
-        if t in SIMULATED:
+        if t in at:
             ratio = float(v16.float().median() / v32.median())  # the bias correction cancels
             rows[t] = {"median_v_hat_bf16_over_fp32": ratio, "effective_lr_bf16_over_fp32": ratio**-0.5}
     return rows
