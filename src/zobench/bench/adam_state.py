@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 from pathlib import Path
 
 import torch
@@ -116,7 +117,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    result = {str(run): measure(run) for run in args.runs}
+    with multiprocessing.get_context("spawn").Pool(len(args.runs)) as pool:  # the runs replay side by side
+        result = dict(zip(map(str, args.runs), pool.map(measure, args.runs)))
     fp32, bf16 = (next(r for r in result.values() if r["state_dtype"] == d) for d in ("float32", "bfloat16"))
     result["bf16_over_fp32"] = {
         step: {key: bf16["steps"][step][key] / fp32["steps"][step][key] for key in RATIOS}
