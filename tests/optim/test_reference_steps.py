@@ -179,6 +179,8 @@ ZO_BENCH = {
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8),
         lambda g: g,
     ),
+    # base=sgd, the paper's rule: their ĝ = sign(g) z (l.1058) stepped by plain SGD (what their code
+    # would run with --optimizer sgd; their sweeps run AdamW: zo_sgd_sign_adamw below)
     "zo_sgd_sign": (
         lambda m, **k: ZOSGDSign(m.parameters(), **k),
         dict(lr=0.01),
