@@ -2,7 +2,7 @@
 
 ZO-Bench (ZO-Bench/ZO-LLM @bf210fa) hands every ZO gradient to ``self.optimizer``: run.py:74
 defaults ``optimizer`` to ``adamw``, the Hugging Face Trainer builds its default optimizer
-(transformers 4.28.1, requirements.txt: ``optim="adamw_hf"``, i.e. ``transformers.AdamW`` with
+(trainer.py:290, ``create_optimizer_and_scheduler``; transformers 4.28.1, requirements.txt: ``optim="adamw_hf"``, i.e. ``transformers.AdamW`` with
 β = (0.9, 0.999), δ = ``adam_epsilon`` = 1e-8, ``weight_decay`` from the command line, 0 in every
 sweep file), and trainer.py:315-330 replace it only for the ``zo_adam`` / ``zo_sgd`` trainers or
 ``--optimizer adam|sgd``. So ``zo_sign_opt`` (trainer.py:1055-1073) and ``zo_conserv``
