@@ -1,13 +1,14 @@
 """Hugging Face's AdamW on a ZO gradient estimate: the optimizer ZO-Bench's code runs by default.
 
 ZO-Bench (ZO-Bench/ZO-LLM @bf210fa) hands every ZO gradient to ``self.optimizer``: run.py:74
-defaults ``optimizer`` to ``adamw``, the Hugging Face Trainer builds its default optimizer
-(trainer.py:290, ``create_optimizer_and_scheduler``; transformers 4.28.1, requirements.txt: ``optim="adamw_hf"``, i.e. ``transformers.AdamW`` with
-β = (0.9, 0.999), δ = ``adam_epsilon`` = 1e-8, ``weight_decay`` from the command line, 0 in every
-sweep file), and trainer.py:315-330 replace it only for the ``zo_adam`` / ``zo_sgd`` trainers or
-``--optimizer adam|sgd``. So ``zo_sign_opt`` (trainer.py:1055-1073) and ``zo_conserv``
-(l.1288-1316) step ``transformers.AdamW`` with ``param.grad = ĝ``. Its step
-(transformers 4.28.1 optimization.py, ``AdamW.step``), t counting AdamW steps:
+defaults ``optimizer`` to ``adamw``; the Hugging Face Trainer builds its default optimizer
+(trainer.py:290, ``create_optimizer_and_scheduler``; transformers 4.28.1 per requirements.txt,
+``optim="adamw_hf"``: ``transformers.AdamW`` with β = (0.9, 0.999), δ = ``adam_epsilon`` = 1e-8,
+``weight_decay`` from the command line, 0 in every sweep file); trainer.py:315-330 replace it only
+for the ``zo_adam`` / ``zo_sgd`` trainers or ``--optimizer adam|sgd``. So ``zo_sign_opt``
+(trainer.py:1055-1073) and ``zo_conserv`` (l.1288-1316) step ``transformers.AdamW`` with
+``param.grad = ĝ``. Its step (transformers 4.28.1 optimization.py, ``AdamW.step``), t counting
+AdamW steps:
 
     m ← β1 m + (1-β1) ĝ,   v ← β2 v + (1-β2) ĝ²
     θ ← θ - η √(1-β2^t)/(1-β1^t) · m / (√v + δ)        (δ outside the bias correction)
