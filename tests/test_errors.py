@@ -67,6 +67,10 @@ BAD_INPUTS = [
     # the optimizers' own hyperparameter checks, named by their key
     (["optimizer=zo_sgd_sign", "optimizer.sign=vector"], "optimizer.sign='vector': allowed scalar, elementwise"),
     (["optimizer=tezo", "optimizer.variant=bogus"], "optimizer.variant='bogus': allowed plain, momentum, adam"),
+    (["optimizer=zo_sgd_cons", "optimizer.base=adam"], "optimizer.base='adam': allowed sgd, adamw"),
+    (["optimizer=hizoo", "optimizer.rule=2023"], "optimizer.rule=2023: allowed 2025, 2024"),
+    (["optimizer=zo_adam", "optimizer.state_dtype=fp8"], "optimizer.state_dtype='fp8': allowed float32, bfloat16"),
+    (["optimizer=subzero", "optimizer.adapter_shape=round"], "optimizer.adapter_shape='round': allowed square, tensor"),
     (["optimizer=zo_sgd_momentum", "optimizer.momentum=1"], "optimizer.momentum=1: must be in [0, 1)"),
     (["icl.demos=5000"], "icl.demos=5000 > data.num_train=32: demonstrations are drawn from the training examples"),
     # non-finite numbers are config errors, not a "divergence" later

@@ -14,9 +14,10 @@ def test_hizoo_roberta_grid_is_the_public_codes_protocol():
     points = _grid("hizoo_roberta_k16")
     assert len(points) == 6 * 3 * 5
     configs = [_compose("hizoo_roberta_k16", p) for p in points if p["task"] == "rte"]
-    assert {(c.optimizer.name, c.optimizer.lr, c.optimizer.eps, c.optimizer.hessian_smooth) for c in configs} == {
-        ("hizoo", lr, 1e-3, 1e-6) for lr in (1e-7, 1e-6, 1e-5)
-    }
+    assert {
+        (c.optimizer.name, c.optimizer.lr, c.optimizer.eps, c.optimizer.hessian_smooth, c.optimizer.rule)
+        for c in configs
+    } == {("hizoo", lr, 1e-3, 1e-6, "2024") for lr in (1e-7, 1e-6, 1e-5)}  # the RoBERTa trainer's rule
     assert {c.seed for c in configs} == {13, 21, 42, 87, 100}
     c = configs[0]
     assert (c.model.name, c.train.steps, c.train.batch_size, c.train.eval_every, c.data.protocol, c.data.k) == (
@@ -60,3 +61,22 @@ def test_smoke_variants_select_the_smoke_runs():
     assert "tiny-roberta" in load_table("hizoo_roberta_k16", smoke=True).select
     tezo = load_table("tezo_opt13b", smoke=True)
     assert "tiny-llama" in tezo.select and tuple(tezo.columns) == ("sst2", "rte", "cb", "copa")
+
+
+def test_hizoo_row_reads_only_runs_of_the_2024_rule():
+    """The RoBERTa rows come from HiZOO's 2024 trainer: a run of the 2025 rule (or one made before
+    ``optimizer.rule`` existed) is not reported as that row; Hydra's integer 2024 is."""
+    import pandas as pd
+
+    from zobench.report.cells import query
+
+    row = next(r for r in load_table("hizoo_roberta_k16").rows if r.label == "HiZOO")
+    frame = pd.DataFrame(
+        {
+            "optimizer": ["hizoo", "hizoo", "hizoo", "mezo"],
+            "optimizer.rule": ["2024", 2024, "2025", None],
+            "tuning": ["full"] * 4,
+            "train.steps": [10] * 4,
+        }
+    )
+    assert list(query(frame, row.where, "HiZOO").index) == [0, 1]

@@ -9,8 +9,9 @@ TeZO's step grows ∝ r at a fixed η (entries of Z have variance r, as in the r
 
 References (fetched 2026-12-02):
   MeZO     princeton-nlp/MeZO @552cb1b    large_models/trainer.py
-  ZO-Bench ZO-Bench/ZO-LLM @bf210fa       zo-bench/trainer.py
-  HiZOO    Yanjun-Zhao/HiZOO @4f99055     trainer.py
+  ZO-Bench ZO-Bench/ZO-LLM @bf210fa       zo-bench/trainer.py (its default optimizer: transformers
+           4.28.1 optimization.py, AdamW.step, requirements.txt's pin)
+  HiZOO    Yanjun-Zhao/HiZOO @4f99055     trainer.py (2025); @f5f0c45 medium_models/src/trainer.py (2024)
   FZOO     DKmiyan/FZOO @d4f8a8b          trainer.py
   LOZO     optsuite/LOZO @5d1ade5         large_models/LOZOtrainer.py
   SubZero  zimingyy/SubZero @cf6effd      large_models/trainer.py
@@ -76,7 +77,7 @@ def _shift(theta, z, scale):
     return {n: theta[n] + scale * z[n] for n in theta}
 
 
-def _compare_steps(tiny, opt, reference, steps=3):
+def _compare_steps(tiny, opt, reference, steps=3, tol=TOL):
     """Before each zobench step, the transcription steps from the same weights; then both agree."""
     opt.tiny = tiny
     for _ in range(steps):
@@ -84,7 +85,7 @@ def _compare_steps(tiny, opt, reference, steps=3):
         expected = reference(tiny.theta(), step)
         opt.step(tiny.closure)
         for name, p in tiny.model.named_parameters():
-            torch.testing.assert_close(p, expected[name], **TOL, msg=f"step {step}, {name}")
+            torch.testing.assert_close(p, expected[name], **tol, msg=f"step {step}, {name}")
 
 
 def _decays(name: str) -> bool:
@@ -133,6 +134,37 @@ def _zo_bench_reference(tiny, opt, eps, torch_opt, grad_of):
     return reference
 
 
+class HFAdamW(torch.optim.Optimizer):
+    """transformers 4.28.1 ``AdamW.step`` (optimization.py; the Trainer's default ``adamw_hf``,
+    ZO-Bench's default optimizer, run.py:74): m, v with β; δ outside the bias correction,
+    step_size = η√(1-β2^t)/(1-β1^t); decoupled decay of the stepped weights at the end."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                beta1, beta2 = group["betas"]
+                state["step"] += 1
+                exp_avg.mul_(beta1).add_(p.grad, alpha=1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                bias_correction1 = 1.0 - beta1 ** state["step"]
+                bias_correction2 = 1.0 - beta2 ** state["step"]
+                step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+                if group["weight_decay"] > 0.0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+
 ZO_BENCH = {
     # ZO-SGD: SGD(momentum=0) on g z is MeZO's step (run.py:81 momentum default 0.0)
     "zo_sgd": (
@@ -147,10 +179,25 @@ ZO_BENCH = {
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8),
         lambda g: g,
     ),
+    # base=sgd, the paper's rule: their ĝ = sign(g) z (l.1058) stepped by plain SGD (what their code
+    # would run with --optimizer sgd; their sweeps run AdamW: zo_sgd_sign_adamw below)
     "zo_sgd_sign": (
         lambda m, **k: ZOSGDSign(m.parameters(), **k),
         dict(lr=0.01),
         lambda ps: torch.optim.SGD(ps, lr=0.01),
+        lambda g: float(np.sign(g)),
+    ),
+    # ZO-Bench's zo_sign_opt runs under its default optimizer, HF AdamW (run.py:74, trainer.py:315-330)
+    "zo_sgd_sign_adamw": (
+        lambda m, **k: ZOSGDSign(m.parameters(), base="adamw", **k),
+        dict(lr=0.01),
+        lambda ps: HFAdamW(ps, lr=0.01),
+        lambda g: float(np.sign(g)),
+    ),
+    "zo_sgd_sign_adamw_decay": (
+        lambda m, **k: ZOSGDSign(m.parameters(), base="adamw", weight_decay=0.1, **k),
+        dict(lr=0.01),
+        lambda ps: HFAdamW(ps, lr=0.01, weight_decay=0.1),
         lambda g: float(np.sign(g)),
     ),
     "zo_adam": (
@@ -197,6 +244,55 @@ def test_zo_sgd_cons_is_the_reference_step(lr):
 
     _compare_steps(tiny, opt, reference, steps=12)
     assert len(set(choices)) >= 2, choices
+
+
+@pytest.mark.parametrize("lr", [0.05, 0.2])
+def test_zo_sgd_cons_adamw_is_the_reference_step(lr):
+    """ZO-Bench trainer.py:1251-1337 under its default optimizer (HF AdamW, ``HFAdamW``):
+    ``update_params(s)`` sets ``param.grad = s·g z`` and steps AdamW (l.1288-1316); θ1 = A(g z)
+    → ℓ1 (l.1318-1320), θ2 = A(-2g z) → ℓ2 (l.1322-1323), nothing restored; then A(g z) if
+    ℓ1 > ℓ0 and ℓ0 < ℓ2, A(2g z) if ℓ1 ≤ ℓ0 and ℓ1 < ℓ2, else θ2 stays (l.1327-1332). The
+    AdamW state carries over from step to step (one transcription for all 12 steps); lr 0.2
+    reaches all three branches."""
+    tiny, eps = Tiny(), 1e-3
+    opt = ZOSGDCons(tiny.model.parameters(), lr=lr, eps=eps, base="adamw", seed=7, engine=VirtualEngine(tiny.model))
+    params = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    adamw = HFAdamW(list(params.values()), lr=lr)
+    branches = []
+
+    def update_params(z, g, sign):
+        for n, p in params.items():
+            p.grad = sign * g * z[n]
+            adamw.step()
+            p.grad = None
+
+    def reference(theta, step):
+        for n, p in params.items():
+            p.copy_(theta[n])
+        z = _z(opt, opt.direction(step))
+        loss0 = tiny.loss_at(theta)
+        g = (tiny.loss_at(_shift(theta, z, eps)) - tiny.loss_at(_shift(theta, z, -eps))) / (2 * eps)
+        update_params(z, g, 1.0)
+        loss1 = tiny.loss_at(params)
+        update_params(z, g, -2.0)
+        loss2 = tiny.loss_at(params)
+        if loss1 > loss0:
+            if loss0 < loss2:
+                update_params(z, g, 1.0)
+                branches.append("back to θ")
+            else:
+                branches.append("θ2")
+        elif loss1 < loss2:
+            update_params(z, g, 2.0)
+            branches.append("back to θ1")
+        else:
+            branches.append("θ2")
+        return {n: p.clone() for n, p in params.items()}
+
+    # zobench's m and v are float32 (ĝ = s·g z formed in float32), the transcription's float64: the
+    # steps agree to float32 precision (a wrong branch or a restored θ is off by ~η)
+    _compare_steps(tiny, opt, reference, steps=12, tol=dict(rtol=1e-5, atol=1e-7))
+    assert len(set(branches)) == (3 if lr == 0.2 else 2), branches
 
 
 def test_forward_gradient_is_the_reference_step():
@@ -250,6 +346,41 @@ def test_hizoo_is_the_reference_step_with_the_new_hessian():
     _compare_steps(tiny, opt, reference)
     # the old Σ's update (zobench before issue 17) is measurably another step
     assert not torch.allclose(tiny.model[0].weight, old_rule[-1]["0.weight"], **TOL)
+
+
+def test_hizoo_2024_is_the_roberta_reference_step():
+    """HiZOO @f5f0c45 medium_models/src/trainer.py: Σ = ones (l.528); ℓ0 (l.626), ℓ± at
+    θ ± ε√Σ z (l.628-633, the perturbation l.244-249, its undefined ``seed`` read as the step's);
+    Σ' = (1-α)Σ + α|ℓ+ + ℓ- - 2ℓ0|·(z²/Σ)/(2ε²) (l.640-643); θ ← θ - η((ℓ+ - ℓ-)/2ε · z√Σ' + λθ)
+    (l.644-646), λ on every parameter there: one decay group here. α = 0.5 so that Σ' ≠ Σ shows."""
+    tiny, eps, lr, alpha, wd = Tiny(), 1e-2, 0.05, 0.5, 0.1
+    opt = HiZOO(
+        [{"params": list(tiny.model.parameters()), "weight_decay": wd}],
+        lr=lr,
+        eps=eps,
+        hessian_smooth=alpha,
+        rule="2024",
+        seed=11,
+        engine=VirtualEngine(tiny.model),
+    )
+    hessian = {n: torch.ones_like(p) for n, p in tiny.model.named_parameters()}
+
+    def reference(theta, step):
+        z = _z(opt, opt.direction(step))
+        scaled = {n: torch.sqrt(hessian[n]) * z[n] for n in theta}
+        loss_original = tiny.loss_at(theta)
+        loss1, loss2 = tiny.loss_at(_shift(theta, scaled, eps)), tiny.loss_at(_shift(theta, scaled, -eps))
+        new = {}
+        for n in theta:
+            hessian_temp = 1 / hessian[n] * z[n] * z[n]
+            estimator = abs(loss1 + loss2 - 2 * loss_original) * hessian_temp / (2 * eps * eps)
+            hessian[n] = (1 - alpha) * hessian[n] + alpha * estimator
+            grad = (loss1 - loss2) / (2 * eps) * z[n] * torch.sqrt(hessian[n])
+            new[n] = theta[n] - lr * (grad + wd * theta[n])
+        return new
+
+    _compare_steps(tiny, opt, reference)
+    assert not all(torch.equal(h, torch.ones_like(h)) for h in hessian.values())
 
 
 # -- FZOO ------------------------------------------------------------------------------------------
@@ -385,6 +516,82 @@ def test_subzero_is_the_reference_step_across_refreshes():
         return {n: theta[n] - lr * g * z[n] for n in theta}
 
     _compare_steps(tiny, opt, reference, steps=5)
+
+
+def _reshape_matrix(integer):
+    """SubZero @cf6effd large_models/trainer.py:1207-1213, as written."""
+    factor1, factor2 = 1, integer
+    for i in range(1, int(math.sqrt(integer)) + 1):
+        if int(integer / i) == integer / i:
+            if integer / i - i < factor2 - factor1:
+                factor1, factor2 = i, integer / i
+    return factor1, int(factor2)
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        {"name": "prefix", "num_virtual_tokens": 3, "init_by_real_act": False},
+    ],
+    ids=["lora", "prefix"],
+)
+def test_subzero_draws_adapters_in_the_reference_near_square_shape(tuning):
+    """SubZero large_models/trainer.py:896-901: in a lora / prefix / prompt run, U and V of each
+    trainable matrix are drawn for ``reshape_matrix(numel)`` (l.1207-1213), not its own shape;
+    Z = U z0 Vᵀ·√(numel/r²) is read back in the tensor's shape (``.view``, l.758). One step on a
+    peft-wrapped tiny Llama (float64) equals that transcription; ``adapter_shape=tensor`` does not."""
+    from tests.helpers import tiny_model
+    from zobench.models import apply_tuning, trainable
+
+    model = apply_tuning(tiny_model("llama", torch.float64), tuning, "causal", seed=0)
+    named = trainable(model)
+    ids = torch.randint(5, 60, (4, 6), generator=torch.Generator().manual_seed(2))
+
+    def loss_at(theta=None):
+        logits = functional_call(model, theta or {}, (ids,)).logits[:, -1]
+        return float(nn.functional.cross_entropy(logits, ids[:, 0]))
+
+    eps, lr, rank = 1e-3, 0.5, 2
+    opt = SubZero(decay_groups(named, 0.0, names=True), lr=lr, eps=eps, rank=rank, seed=3, engine=VirtualEngine(model))
+    names = {id(p): n for n, p in named}
+    theta = {n: p.detach().clone() for n, p in named}
+    base, z = opt.param_groups[0]["seed"], {}
+    for pid, p in opt._all_params:
+        if p.ndim != 2:
+            z[names[id(p)]] = opt.direction(1).sample(pid, p).double()
+            continue
+        shape = _reshape_matrix(p.numel())
+        assert shape != tuple(p.shape)  # the case the reference treats differently
+        r = min(rank, *shape)
+        u = torch.linalg.qr(gaussian(factor_seed(base, pid, 0, 0), (shape[0], r), p)).Q.double()
+        v = torch.linalg.qr(gaussian(factor_seed(base, pid, 1, 0), (shape[1], r), p)).Q.double()
+        z0 = gaussian(factor_seed(base, pid, 2, 1), (r, r), p).double()
+        z[names[id(p)]] = (u @ z0 @ v.t() * math.sqrt(p.numel() / z0.numel())).view(p.shape)
+    g = (loss_at(_shift(theta, z, eps)) - loss_at(_shift(theta, z, -eps))) / (2 * eps)
+    with torch.no_grad():
+        opt.step(lambda: torch.tensor(loss_at(), dtype=torch.float64))
+    # Z is formed from float32 factors in float32 (peft keeps LoRA weights float32 on a float64
+    # model): agreement to float32 precision; a wrong shape is off by the whole step (~1e-1)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    for n, p in named:
+        torch.testing.assert_close(p.double(), (theta[n] - lr * g * z[n]).double(), **tol, msg=n)
+
+    for n, p in named:  # the tensor's own shape is another subspace: another step
+        p.data.copy_(theta[n])
+    own = SubZero(
+        decay_groups(named, 0.0, names=True),
+        lr=lr,
+        eps=eps,
+        rank=rank,
+        adapter_shape="tensor",
+        seed=3,
+        engine=VirtualEngine(model),
+    )
+    with torch.no_grad():
+        own.step(lambda: torch.tensor(loss_at(), dtype=torch.float64))
+    matrix = next(n for n, p in named if p.ndim == 2)
+    assert not torch.allclose(dict(named)[matrix].double(), (theta[matrix] - lr * g * z[matrix]).double(), **tol)
 
 
 # -- the step's scale in r (LOZO: the authors' code; TeZO: the paper's formula) ----------------------

@@ -35,6 +35,10 @@ VARIANTS = [  # (method, extra overrides): options that change which closures a 
     ("mezo", ["engine.mode=inplace"]),
     ("fzoo", ["optimizer.reuse=true", "optimizer.batched=false"]),
     ("mezo", ["engine.paired=false"]),
+    ("zo_sgd_sign", ["optimizer.base=adamw"]),
+    ("zo_sgd_cons", ["optimizer.base=adamw"]),
+    ("hizoo", ["optimizer.rule=2024", "optimizer.hessian_smooth=0.5"]),
+    ("zo_adam", ["optimizer.state_dtype=bfloat16"]),
 ]
 
 

@@ -249,6 +249,23 @@ class ZOOptimizer(torch.optim.Optimizer):
             state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
         return state[key]
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, but each state tensor keeps the dtype and the values it was saved with: torch
+        casts floating state to its parameter's dtype (its class-qualified
+        ``_process_value_according_to_param_policy``), which would round float32 moments of an fp16
+        model to fp16 (or turn ZO-Adam's bfloat16 state of an fp32 model into float32): another
+        optimizer after a resume."""
+        saved = [p for group in state_dict["param_groups"] for p in group["params"]]
+        tensors = {
+            index: {key: value for key, value in entry.items() if isinstance(value, torch.Tensor)}
+            for index, entry in state_dict["state"].items()
+            if isinstance(entry, dict)
+        }
+        super().load_state_dict(state_dict)
+        for index, p in zip(saved, (p for group in self.param_groups for p in group["params"])):
+            for key, value in tensors.get(index, {}).items():
+                self.state[p][key] = value.to(device=p.device, copy=True)
+
     def _record(self, **scalars: float) -> None:
         """Scalars of the last step (projected gradient, losses) for the loop to log."""
         self.state["zo"] = {k: float(v) for k, v in scalars.items()}

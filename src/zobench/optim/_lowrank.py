@@ -11,6 +11,7 @@ mean what they mean there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,11 +35,14 @@ class LowRankDirection(Direction):
     concatenates the same blocks: every use sees the same bits."""
 
     factors: Callable | None = field(default=None)
+    #: ``(pid, like) -> (rows, cols)``: the matrix Z is formed in, row-major over ``like``'s elements
+    #: (SubZero's near-square shape of an adapter tensor); None: ``like``'s own shape
+    matrix_shape: Callable | None = field(default=None)
 
     def _blocks(self, pid: int, like: torch.Tensor):
         assert self.factors is not None  # sample / chunks fall back to Direction's z without factors
         a, b = self.factors(pid, like)
-        rows, cols = like.shape
+        rows, cols = like.shape if self.matrix_shape is None else self.matrix_shape(pid, like)
         step = row_block(cols, 64)  # a multiple of 64 elements: see TorchProvider.blocks
         for first in range(0, rows, step):
             stop = min(rows, first + step)
@@ -47,7 +51,7 @@ class LowRankDirection(Direction):
     def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
         if like.ndim != 2 or self.factors is None:
             return super().sample(pid, like)
-        return torch.cat([block for _, _, block in self._blocks(pid, like)])
+        return torch.cat([block for _, _, block in self._blocks(pid, like)]).view(like.shape)
 
     def chunks(self, pid: int, like: torch.Tensor, size: int | None = None):
         if like.ndim != 2 or self.factors is None or not like.is_contiguous():
@@ -59,6 +63,13 @@ class LowRankDirection(Direction):
 
 def rank_for(like: torch.Tensor, rank: int) -> int:
     return max(1, min(rank, *like.shape))
+
+
+def near_square(numel: int) -> tuple[int, int]:
+    """(a, b) with a·b = numel, a ≤ b and b - a least: SubZero's ``reshape_matrix``
+    (zimingyy/SubZero @cf6effd, large_models/trainer.py:1207-1213)."""
+    first = max(i for i in range(1, math.isqrt(numel) + 1) if numel % i == 0)
+    return first, numel // first
 
 
 def factor_seed(*parts: int) -> int:

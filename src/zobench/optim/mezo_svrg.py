@@ -15,6 +15,11 @@ estimate's variance drop (tests/optim/test_reference_steps_new.py measures it).
 
 Passes: anchor 2⌈n/|B|⌉ (one per chunk and sign), inner 4; ``forward_passes(steps)`` is the exact
 count (the loop uses it for ``train.forward_budget``), ``forward_passes_per_step`` the average.
+The authors' query counter counts otherwise: ``self.query.append(2*n)`` once per step, n the
+step's batch size (llm_module.py:431, :377, :315), so an inner step counts 2|B| where 4 passes of
+|B| run, and the logging forward of every step (l.432-439) is not counted. A query axis of the
+paper's plots is therefore about half of zobench's forward passes (exactly: per inner step 2 of
+4), where inner steps dominate (q=2: half the steps).
 State: θ̄, one parameter-sized buffer (``state_buffers_per_param = 1``); g is one SPSA
 direction, so it is kept as two numbers, the anchor step's seed and its projected gradient, and
 regenerated like any z. Evaluating at θ̄ swaps θ and θ̄ in place, a piece at a time (exact).
