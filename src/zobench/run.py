@@ -68,18 +68,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     validate(cfg)
     run_dir = Path(run_dir)
     ctx = rundir.start(cfg)  # torchrun / Slurm tasks: join the process group (dist/)
-    rundir.check_same_config(ctx, redact(OmegaConf.to_container(cfg, resolve=True)))
+    config = redact(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml holds, checks compare
+    rundir.check_same_config(ctx, config)
     if not ctx.leader:  # ranks other than 0 write nothing: they follow rank 0's run dir
         return rundir.follow(cfg, run_dir, started)
     with rundir.leading(ctx), RunDirLock(run_dir):
         redact_hydra_files(run_dir)
-        return _run(cfg, run_dir, started)
+        return _run(cfg, config, run_dir, started)
 
 
-def _run(cfg: DictConfig, run_dir: Path, started: float) -> dict:
+def _run(cfg: DictConfig, config: dict, run_dir: Path, started: float) -> dict:
     summary_path = run_dir / "summary.json"
     previous = _previous_summary(summary_path)
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
     if previous.get("status") == "completed":
         _check_rerun(config, run_dir)
         log.info("%s holds a completed run of this config; nothing to do", run_dir)
