@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from ..errors import ConfigError, ConfigErrors
 from . import rules
-from .check import optional_keys, problems
-from .schema import SEED_MAX, BenchConfig, DistConfig, RunConfig, RESUMABLE_KEYS
+from .check import declared, leaf_problem, optional_keys, problems
+from .schema import RESUMABLE_KEYS, SEED_MAX, BenchConfig, DistConfig, RunConfig
 from .values import check_device, check_output_folder, output_error
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "addable_keys",
     "check_device",
     "check_output_folder",
+    "check_value",
     "output_error",
     "validate",
     "validate_bench",
@@ -59,6 +60,16 @@ def validate_dist(cfg: DictConfig) -> None:
     from a Hydra callback that runs before the rest of the config is validated)."""
     if cfg.get("dist") is not None:
         _raise([line for _, line in problems(DistConfig, cfg, "dist.") if line])
+
+
+def check_value(name: str, value, schema: type = RunConfig) -> None:
+    """One key's value against its field (``model.dtype``, ``engine.mode``), for the code that is
+    handed a value outside a composed config (the bench, the library API): the schema's rule and
+    line, not a copy of them."""
+    kind, meta = declared(schema, name)
+    line = leaf_problem(name, value, kind, meta, None)
+    if line:
+        raise ConfigError(line)
 
 
 def addable_keys() -> list[str]:

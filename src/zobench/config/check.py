@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 import typing
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import Field, fields, is_dataclass
@@ -22,10 +23,10 @@ from ..errors import ConfigError
 _ABSENT = "__absent__"
 
 
-def _kind(hint: Any) -> tuple[Any, bool]:
+def _kind(hint: Any) -> tuple[Any, bool]:  # Any: a type, or a dataclass of the schema
     """(the type a value must have, whether ``null`` is allowed too) of a field's annotation."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union and type(None) in args:
+    args: tuple[Any, ...] = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         return next(a for a in args if a is not type(None)), True
     return hint, hint is Any
 
@@ -44,7 +45,7 @@ def problems(schema: type, cfg, prefix: str = "") -> list[tuple[str, str]]:
     return [(name, line) for name, line, _ in found]
 
 
-def _walk(schema: type, cfg, prefix: str, found: list) -> None:
+def _walk(schema: Any, cfg, prefix: str, found: list) -> None:
     hints = _hints(schema)
     for spec in fields(schema):
         name = f"{prefix}{spec.name}"
@@ -139,7 +140,15 @@ def _number(name: str, value: Any, meta) -> str | None:
     return f"{name}={value!r}: expected {meta.get('expected', f'a finite number {bound}')}"
 
 
-def optional_keys(schema: type, prefix: str = "") -> list[str]:
+def declared(schema: type, name: str) -> tuple[Any, Any]:
+    """(the type, the metadata) of the field ``name`` (dotted) of ``schema``."""
+    head, _, rest = name.partition(".")
+    spec = next(spec for spec in fields(schema) if spec.name == head)
+    kind, _ = _kind(_hints(schema)[head])
+    return declared(kind, rest) if rest else (kind, spec.metadata)
+
+
+def optional_keys(schema: Any, prefix: str = "") -> list[str]:
     """The keys a config may lack and a ``+key=value`` override may add: the fields with a
     default, in groups that are not ``open`` (an open group's extra keys are its code's business)."""
     keys = []

@@ -67,9 +67,7 @@ def _passes_need_budget(cfg) -> str | None:
 def _demos_from_train(cfg) -> str | None:
     demos, pool = _count(cfg, "icl.demos"), _count(cfg, "data.num_train")
     if demos is not None and pool is not None and demos > pool:
-        return (
-            f"icl.demos={demos} > data.num_train={pool}: demonstrations are drawn from the training examples"
-        )
+        return f"icl.demos={demos} > data.num_train={pool}: demonstrations are drawn from the training examples"
     return None
 
 

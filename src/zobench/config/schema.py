@@ -23,13 +23,13 @@ arguments, checked by its constructor) checks its declared fields when present a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from . import rules
 from ..errors import ConfigError
+from . import rules
 from .values import check_device, check_output_folder
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in 0..2**32-1
@@ -100,20 +100,20 @@ class TrainConfig:
     steps: int = key(min=0)
     batch_size: int = key(min=1)
     eval_every: int = key(min=1)
-    forward_budget: Optional[int] = key(None, min=1)
-    eval_every_passes: Optional[int] = key(None, min=1)
+    forward_budget: int | None = key(None, min=1)
+    eval_every_passes: int | None = key(None, min=1)
     eval_batch_size: int = key(min=1)
     log_every: int = key(min=1)
     keep_best: bool = key()
     checkpoint_every: int = key(min=0)
-    checkpoint: Optional[str] = key(None, choices=CHECKPOINT_MODES)
+    checkpoint: str | None = key(None, choices=CHECKPOINT_MODES)
     on_divergence: str = key(choices=DIVERGENCE_POLICIES)
     save_final: bool = key()
 
 
 @dataclass
 class DataConfig:
-    dir: Optional[str] = key(expected="a path or null")
+    dir: str | None = key(expected="a path or null")
     protocol: str = key(choices=PROTOCOLS)
     k: int = key(min=1)
     num_train: int = key(min=rules.num_train_minimum)  # kshot takes k per class instead
@@ -131,7 +131,7 @@ class EngineConfig:
     paired: bool = key()
     fused_linear: bool = key()
     self_check: Any = key("auto", choices=("auto", True, False))
-    watchdog_s: Optional[float] = key(None, min=0, expected="seconds >= 0 (0 or null: no watchdog)")
+    watchdog_s: float | None = key(None, min=0, expected="seconds >= 0 (0 or null: no watchdog)")
 
 
 @dataclass
@@ -153,13 +153,13 @@ class ModelConfig:
     dtype: str = key(choices=tuple(DTYPE_NAMES))
     source: str = key(choices=MODEL_SOURCES)
     device_map: Any = key(None)  # accelerate's device_map ("auto", a dict): a model too big for one device
-    init_seed: Optional[int] = key(None, **SEED)  # source=random: the seed of the random weights
+    init_seed: int | None = key(None, **SEED)  # source=random: the seed of the random weights
 
 
 @dataclass
 class TaskConfig:
     max_length: int = key(min=1)
-    masked_max_length: Optional[int] = key(None, min=1)  # masked LMs' max_length (RoBERTa: 256)
+    masked_max_length: int | None = key(None, min=1)  # masked LMs' max_length (RoBERTa: 256)
 
 
 @dataclass
@@ -178,9 +178,9 @@ class LoggerConfig:
 class OptimizerConfig:
     """The hyperparameters most methods share, checked when present; the rest are the method's."""
 
-    lr: Optional[float] = key(None, above=0)
-    eps: Optional[float] = key(None, above=0)
-    weight_decay: Optional[float] = key(None, min=0)
+    lr: float | None = key(None, above=0)
+    eps: float | None = key(None, above=0)
+    weight_decay: float | None = key(None, min=0)
 
 
 @dataclass
@@ -200,7 +200,7 @@ class RunConfig:
     optimizer: OptimizerConfig = group(OptimizerConfig, open=True)
     engine: EngineConfig = group(EngineConfig)
     logger: LoggerConfig = group(LoggerConfig)
-    dist: Optional[DistConfig] = None  # absent: one process (dist/)
+    dist: DistConfig | None = None  # absent: one process (dist/)
 
 
 @dataclass
@@ -214,12 +214,12 @@ class BenchGroup:
     numerics_max_elements: int = key(min=1)
     virtual_lr0_steps: int = key(min=0)
     out: str = key(check=lambda name, value: check_output_folder(name, value, sep="="))
-    name: Optional[str] = key()
+    name: str | None = key()
 
 
 @dataclass
 class BenchData:
-    dir: Optional[str] = key(expected="a path or null")
+    dir: str | None = key(expected="a path or null")
     seed: int = key(**SEED)
 
 

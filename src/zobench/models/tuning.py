@@ -23,9 +23,9 @@ import warnings
 import torch
 from torch import nn
 
+from ..config.schema import TUNINGS  # tuning.name: the config's choices
 from ..errors import ConfigError
 
-TUNINGS = ("full", "lora", "prefix")
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "query", "value")
 
 
