@@ -2,7 +2,6 @@
 
 import pytest
 
-from tests.config.test_schema import run_config, with_override  # noqa: F401  (a fixture)
 from tests.helpers import zobench_in_process
 from zobench.__main__ import _addable
 from zobench.config import addable_keys, validate
@@ -18,42 +17,36 @@ THREE_LINES = [
 ]
 
 
-def _with(cfg, *overrides):
-    for override in overrides:
-        cfg = with_override(cfg, override)
-    return cfg
-
-
-def test_every_bad_key_is_reported_in_the_schemas_order(run_config):  # noqa: F811
+def test_every_bad_key_is_reported_in_the_schemas_order(run_config, with_override):
     with pytest.raises(ConfigErrors) as err:
-        validate(_with(run_config, *THREE_BAD))
+        validate(with_override(run_config, *THREE_BAD))
     assert err.value.lines == THREE_LINES and str(err.value) == "\n".join(THREE_LINES)
     assert isinstance(err.value, ConfigError)  # every handler of one bad key handles several
 
 
-def test_one_bad_key_is_one_plain_error(run_config):  # noqa: F811
+def test_one_bad_key_is_one_plain_error(run_config, with_override):
     with pytest.raises(ConfigError) as err:
-        validate(_with(run_config, "train.steps=-5"))
+        validate(with_override(run_config, "train.steps=-5"))
     assert type(err.value) is ConfigError and str(err.value) == THREE_LINES[0]
 
 
-def test_a_key_that_copies_a_bad_one_is_not_reported_again(run_config):  # noqa: F811
+def test_a_key_that_copies_a_bad_one_is_not_reported_again(run_config, with_override):
     """data.seed is ${seed}, data.eval_seed ${data.seed}: one bad seed is one line."""
-    found = problems(RunConfig, _with(run_config, "seed=-1"))
+    found = problems(RunConfig, with_override(run_config, "seed=-1"))
     assert [key for key, line in found if line] == ["seed"]
     assert {key for key, _ in found} == {"seed", "data.seed", "data.eval_seed"}  # still bad for the rules
     with pytest.raises(ConfigErrors) as err:  # a seed set apart from it is its own line
-        validate(_with(run_config, "seed=-1", "data.eval_seed=-2"))
+        validate(with_override(run_config, "seed=-1", "data.eval_seed=-2"))
     assert err.value.lines == [
         "seed=-1: expected an integer in 0..4294967295",
         "data.eval_seed=-2: expected an integer in 0..4294967295",
     ]
 
 
-def test_a_rule_is_not_reported_on_top_of_its_keys_own_error(run_config):  # noqa: F811
+def test_a_rule_is_not_reported_on_top_of_its_keys_own_error(run_config, with_override):
     """train.steps='abc' is train.steps's error, not also data.num_train's or icl.demos's."""
     with pytest.raises(ConfigError) as err:
-        validate(_with(run_config, "train.steps=abc", "data.num_train=abc", "icl.demos=5000"))
+        validate(with_override(run_config, "train.steps=abc", "data.num_train=abc", "icl.demos=5000"))
     assert err.value.lines == [
         "train.steps='abc': expected an integer >= 0",
         "data.num_train='abc': expected an integer >= 0",

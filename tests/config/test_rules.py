@@ -3,7 +3,6 @@
 import pytest
 from omegaconf import OmegaConf
 
-from tests.config.test_schema import run_config, with_override  # noqa: F401  (a fixture)
 from zobench.config import rules, validate
 from zobench.errors import ConfigError
 
@@ -33,10 +32,8 @@ from zobench.errors import ConfigError
         ),
     ],
 )
-def test_each_rule_is_one_line(overrides, line, run_config):  # noqa: F811
-    cfg = run_config
-    for override in overrides:
-        cfg = with_override(cfg, override)
+def test_each_rule_is_one_line(overrides, line, run_config, with_override):
+    cfg = with_override(run_config, *overrides)
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert str(err.value).startswith(line)
@@ -45,11 +42,10 @@ def test_each_rule_is_one_line(overrides, line, run_config):  # noqa: F811
 @pytest.mark.parametrize(
     "overrides", [["train.steps=0", "data.num_train=0"], ["data.protocol=kshot", "data.num_train=0", "data.num_eval=0"]]
 )
-def test_what_the_rules_allow(overrides, run_config):  # noqa: F811
-    cfg = run_config
-    for override in overrides:
-        cfg = with_override(cfg, override)
-    validate(cfg)  # zero-shot evaluation needs no training set; kshot: k per class, 0 = the full test set
+def test_what_the_rules_allow(overrides, run_config, with_override):
+    validate(
+        with_override(run_config, *overrides)
+    )  # zero-shot evaluation needs no training set; kshot: k per class, 0 = the full test set
 
 
 def test_fused_linear_is_one_rule_for_the_config_and_the_engine():

@@ -9,21 +9,6 @@ from tests.helpers import compose_config, compose_run
 from zobench.config import check_value, schema, validate, validate_bench
 from zobench.errors import ConfigError
 
-
-@pytest.fixture(scope="module")
-def run_config():
-    """The shipped run config, composed once (a composition costs a few hundred ms)."""
-    return compose_run("data.dir=/m")
-
-
-def with_override(cfg, override: str):
-    """``cfg`` with one ``key=value`` (or ``+key=value``) set, the value parsed as YAML as Hydra does."""
-    key, value = override.lstrip("+").split("=", 1)
-    cfg = cfg.copy()
-    OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
-    return cfg
-
-
 # one bad value per group and kind: (override, the one line)
 BAD = [
     # top level
@@ -59,7 +44,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("override, line", BAD, ids=[o for o, _ in BAD])
-def test_each_groups_bad_value_is_its_one_line(override, line, run_config):
+def test_each_groups_bad_value_is_its_one_line(override, line, run_config, with_override):
     with pytest.raises(ConfigError) as err:
         validate(with_override(run_config, override))
     assert str(err.value) == line
