@@ -96,8 +96,9 @@ def _addable(key: str, tree: dict) -> bool:
 
 
 def _check_keys(overrides: list[str], multirun: bool, config_name: str = "config") -> None:
-    """Every overridden key must exist in the composed config (or be addable with ``+``): a typo
-    gets the closest valid keys (difflib), not Hydra's multi-line error or, with ``+``, silence."""
+    """Every overridden key must exist in the config the group choices alone compose to (or be
+    addable with ``+``): a typo gets the closest valid keys (difflib), not Hydra's multi-line error
+    or, with ``+``, silence. For sweeps, and when ``_compose_once`` found something wrong."""
     import difflib
 
     from hydra import compose, initialize_config_dir
@@ -114,7 +115,7 @@ def _check_keys(overrides: list[str], multirun: bool, config_name: str = "config
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             tree = OmegaConf.to_container(compose(config_name=config_name, overrides=groups), resolve=False)
     except (HydraException, OmegaConfBaseException):
-        return  # a bad group choice is reported by the full check below, in Hydra's words
+        return  # a bad group choice is reported by the caller, in Hydra's words
     valid = _keys(tree)
     for arg in overrides:
         prefix, key, value = _split_override(arg)
