@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..tasks import Rendered
+from ..tasks.batches import eval_batches
 from ..telemetry import CONTINUATION
 from .introspect import forward_options, hf_model
 
@@ -303,10 +304,9 @@ def evaluate_accuracy(scorer: Predictor, examples: Sequence[Any], batch_size: in
     Batches are formed from length-sorted examples (less padding); order does not change any
     prediction.
     """
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     correct = batches = 0
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
+    for indices in eval_batches(examples, batch_size):
+        chunk = [examples[i] for i in indices]
         with torch.no_grad():
             predictions = scorer.predict(chunk)
         correct += sum(int(p in e.gold_set) for p, e in zip(predictions, chunk))

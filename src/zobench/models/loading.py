@@ -22,13 +22,11 @@ and what to do, unless it is in the local HF cache, from which it is then loaded
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ import yaml
 
 from ..errors import ConfigError, DataNotFoundError, MissingPackageError
 from ..hub import OFFLINE_HELP, HubUnavailableError, hub_available, why_offline
-from ..resources import conf_dir
+from ..paths import conf_files
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ def _auto_class(family: str):
 
 def model_config(name: str) -> dict:
     """The raw ``conf/model/<name>.yaml`` (for ``tokenizer_from``)."""
-    path = conf_dir() / "model" / f"{name}.yaml"
+    path = conf_files() / "model" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"model config {name!r} not found in {path.parent}")
     return yaml.safe_load(path.read_text())
