@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench import summaries as bench
 from ..errors import ConfigError, DataNotFoundError
 from .files import read_yaml_mapping
 
@@ -102,7 +103,6 @@ def _summary_table(render: Callable[[Path], str]) -> Callable:
 
 
 def _makers() -> dict[str, Callable]:
-    from ..bench import summaries as bench
     from .summaries import mezo_vs_zero_shot_readme, zero_shot_readme
 
     return {
