@@ -94,7 +94,7 @@ def _init(mode: str, init_timeout: float, kwargs: dict, run_dir: Path):
     import wandb
 
     try:
-        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs), mode
+        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs), mode  # type: ignore[arg-type]  # wandb_mode gives one of its modes
     except Exception as err:  # unreachable server, bad key: never lose the metrics
         if mode != "online":
             raise
