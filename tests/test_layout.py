@@ -51,8 +51,8 @@ CLI = len(LAYERS) - 1
 #: within one package (a heavy sibling loaded on first use) need no entry, unless they close a
 #: cycle. Issue 28's other helpers remove the ones marked so; tighten this list at the merge.
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
-    # report/ reads the benchmark summaries without importing torch (python -m zobench.report)
-    ("bench.summaries", "optim"): "the allocator table's state counts; the rest of the module is torch-free",
+    # report/ remakes the benchmark READMEs without importing torch (python -m zobench.report)
+    ("bench.readmes", "optim"): "the allocator table's state counts; the rest of the module is torch-free",
     ("models.loading", "tasks"): "issue 28: i28build removes it (check_sources moves to the factory)",
     ("models.loading", "validation"): "issue 28: i28build removes it (check_sources moves to the factory)",
     ("validation", "engine"): "issue 28: i28config removes it (config schema: rules in one module)",
