@@ -62,7 +62,7 @@ def _answers_problem(spec: TaskSpec, row: dict) -> str | None:
         if not _list_of_strings(value):
             return f"{path}={json.dumps(value)[:80]}: the {what} must be a non-empty list of strings"
     if spec.gold_field:  # ReCoRD: every gold answer is one of the candidate entities
-        pool = _path_value(row, next(f.for_each for f in spec.formats.values() if f.for_each))  # type: ignore[arg-type]
+        pool = _path_value(row, next(f.for_each for f in spec.formats.values() if f.for_each))
         missing = [a for a in _path_value(row, spec.gold_field) if a not in pool]
         if missing:
             return f"gold answers {missing[:3]} are not among the candidates ({spec.gold_field} vs the entities)"
