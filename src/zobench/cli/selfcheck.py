@@ -49,13 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated conf/model names (default: model=)")
     parser.add_argument("--dtypes", default=None, help="comma-separated model.dtype values (default: the config's)")
     known, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    precheck(overrides)
+    models = known.models.split(",") if known.models else [None]
+    dtypes = known.dtypes.split(",") if known.dtypes else [None]
+    runs = [([f"model={m}"] if m else []) + ([f"model.dtype={d}"] if d else []) for m in models for d in dtypes]
+    for extra in runs:  # a misspelt --models name is one line too, before any check runs
+        precheck([*overrides, *extra])
     failures = []
-    for model in known.models.split(",") if known.models else [None]:
-        for dtype in known.dtypes.split(",") if known.dtypes else [None]:
-            extra = ([f"model={model}"] if model else []) + ([f"model.dtype={dtype}"] if dtype else [])
-            line = _check_config([*overrides, *extra], fail)
-            failures += [line] if line else []
+    for extra in runs:
+        line = _check_config([*overrides, *extra], fail)
+        failures += [line] if line else []
     if failures:
         fail(failures[0])
     return 0
