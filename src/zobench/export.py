@@ -1,40 +1,7 @@
-"""``python -m zobench.export <run dir> <out dir> [--step best|last|N] [--device D]``: the run's
-fine-tuned model as a transformers model (full tuning) or a peft adapter (LoRA / prefix), with
-its tokenizer and a model card (``zobench.trajectory.export``). Bad input: one
-``zobench: error:`` line, exit 2."""
+"""``python -m zobench.export``: the address of ``zobench.cli.export`` (a run as a transformers
+model or peft adapter; the library is ``zobench.trajectory.export``)."""
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-from .errors import ConfigError
-
-EXIT_BAD_INPUT = 2
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zobench.export", description=__doc__)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("out", help="a new or empty folder")
-    parser.add_argument("--step", default="best", help="best (default: the tested state), last or a step number")
-    parser.add_argument("--device", default=None, help="default: the run's device (exact on the same kind)")
-    args = parser.parse_args(argv)
-    from .config import check_output_folder, output_error
-    from .trajectory.export import export
-
-    try:  # where it will write and on what, before the model is loaded and replayed
-        out = check_output_folder("the output folder", args.out)
-        out = export(args.run_dir, out, args.step, device=args.device)
-    except ConfigError as err:
-        print(f"zobench: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except OSError as err:  # a full disk while writing: the folder is left under its temporary name
-        print(f"zobench: error: {output_error('the output folder', err)}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    print(f"{out}: exported")
-
+from .cli.export import main
 
 if __name__ == "__main__":
     main()

@@ -1,38 +1,20 @@
-"""Where the shipped configs (``conf/``) and task specs (``tasks/``) are.
-
-In a wheel they are package data under ``zobench/_data/`` (pyproject's force-include); in a
-source checkout (editable install, or ``PYTHONPATH=src``) they are at the repository root.
-Hydra's ``task`` group has no files in ``conf/``: it is generated from ``tasks/`` into Hydra's
-ConfigStore (``zobench.tasks.configs``), which ``conf_dir`` does before returning.
+"""The Hydra config folder ready to compose from: ``conf/`` (``paths.py`` finds it, in a wheel or
+a source tree) with the ``task`` group, which has no files there, generated from ``tasks/`` into
+Hydra's ConfigStore (``zobench.tasks.configs``) first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+from .paths import data_root, tasks_dir
+from .tasks import configs
 
-
-def data_root() -> Path:
-    """The folder holding ``conf/`` and ``tasks/``."""
-    for candidate in (_PACKAGE / "_data", _PACKAGE.parents[1]):
-        if (candidate / "conf" / "config.yaml").is_file() and (candidate / "tasks").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"zobench's conf/ and tasks/ were found neither in {_PACKAGE / '_data'} (wheel) nor in "
-        f"{_PACKAGE.parents[1]} (source tree); reinstall zobench"
-    )
+__all__ = ["conf_dir", "data_root", "tasks_dir"]
 
 
 def conf_dir() -> Path:
     """The Hydra config folder, with the ``task`` group registered so that composing from it works
     (once per process; a task spec that does not parse raises ``ConfigError`` naming its file)."""
-    from .tasks.configs import ensure_registered  # zobench.tasks imports this module
-
-    ensure_registered()
+    configs.ensure_registered()
     return data_root() / "conf"
-
-
-def tasks_dir() -> Path:
-    """The task specs, one ``<name>.yaml`` per task (``zobench.tasks.spec``)."""
-    return data_root() / "tasks"

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import writing
+from .errors import CheckpointError
+from .wandb_logger import WandbLogger, wandb_mode, wandb_unreachable  # re-exported: one place to import loggers from
+
 log = logging.getLogger(__name__)
 
 
@@ -132,8 +136,6 @@ class JsonlLogger:
     and before the summary is written."""
 
     def __init__(self, path: Path, truncate_at: int = 0) -> None:
-        from .errors import CheckpointError
-
         self.path = Path(path)
         size = self.path.stat().st_size if self.path.is_file() else 0
         if size < truncate_at:  # truncate() would pad with NUL bytes: events were lost, not replayable
@@ -153,15 +155,11 @@ class JsonlLogger:
         return self._file.tell()
 
     def log(self, event: dict) -> None:
-        from .checkpoint import writing
-
         with writing(self.path):  # a full disk: an OSError naming metrics.jsonl
             self._file.write(json.dumps({k: _finite(v) for k, v in event.items()}) + "\n")
             self._file.flush()
 
     def sync(self) -> None:
-        from .checkpoint import writing
-
         with writing(self.path):
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -267,8 +265,6 @@ def heartbeat(what: str, every: float | None = None, detail=None):
         done.set()
         thread.join()
 
-
-from .wandb_logger import WandbLogger, wandb_mode, wandb_unreachable  # noqa: E402  # re-exported: one place to import loggers from
 
 __all__ = [
     "CONTINUATION",

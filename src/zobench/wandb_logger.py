@@ -16,6 +16,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from .redaction import redact, redact_argv
+
 log = logging.getLogger(__name__)
 
 # WANDB_MODE values (wandb's own names): "dryrun" is its old name for offline, "run" for online
@@ -73,19 +75,41 @@ def wandb_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return None
 
 
+OFFLINE_WARNING = "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`"
+
+
+def _run_id(run_dir: Path) -> str:
+    """One W&B run per run dir: the id is drawn once and kept in ``<run_dir>/wandb_run_id``, so a
+    resumed (or requeued) run continues the same W&B run."""
+    id_file = run_dir / "wandb_run_id"
+    if not id_file.is_file():
+        alphabet = string.ascii_lowercase + string.digits
+        id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
+    return id_file.read_text().strip()
+
+
+def _init(mode: str, init_timeout: float, kwargs: dict, run_dir: Path):
+    """(``wandb.init(...)``'s run, the mode it runs in). An online init that fails (unreachable
+    server, bad key) falls back to offline: never lose the metrics."""
+    import wandb
+
+    try:
+        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs), mode  # type: ignore[arg-type]  # wandb_mode gives one of its modes
+    except Exception as err:  # unreachable server, bad key: never lose the metrics
+        if mode != "online":
+            raise
+        log.warning(OFFLINE_WARNING, str(err).splitlines()[0], run_dir)
+        # the failed init keeps the run id registered in W&B's service ("run ID ... is in
+        # use"): tear the service down, then the offline run takes the same id, so that a
+        # later `wandb sync` continues the run an online resume would have continued
+        wandb.teardown()
+        return wandb.init(mode="offline", **kwargs), "offline"
+
+
 class WandbLogger:
     """Mirrors events to W&B: train events as ``train/<key>``, eval events as ``<split>/<key>``."""
 
     def __init__(self, cfg, run_dir: Path, config: dict, name: str) -> None:
-        import wandb
-
-        from .redaction import redact, redact_argv
-
-        # one W&B run per run dir: a resumed (or requeued) run continues the same W&B run
-        id_file = Path(run_dir) / "wandb_run_id"
-        if not id_file.is_file():
-            alphabet = string.ascii_lowercase + string.digits
-            id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
         # W&B records project, group, tags and name beside the config: the same redaction for all
         kwargs = redact(
             dict(
@@ -96,7 +120,7 @@ class WandbLogger:
                 name=name,
                 dir=str(run_dir),
                 config=config,
-                id=id_file.read_text().strip(),
+                id=_run_id(Path(run_dir)),
                 resume="allow",
             )
         )
@@ -107,29 +131,9 @@ class WandbLogger:
         init_timeout = float(cfg.get("init_timeout", 90))
         unreachable = wandb_unreachable(min(PROBE_TIMEOUT_S, init_timeout)) if mode == "online" else None
         if unreachable:  # no connection at all: offline at once, not after init_timeout seconds
-            log.warning(
-                "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
-                unreachable,
-                run_dir,
-            )
+            log.warning(OFFLINE_WARNING, unreachable, run_dir)
             mode = "offline"
-        try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
-        except Exception as err:  # unreachable server, bad key: never lose the metrics
-            if mode != "online":
-                raise
-            log.warning(
-                "W&B unreachable (%s); logging offline instead: sync later with `wandb sync %s/wandb`",
-                str(err).splitlines()[0],
-                run_dir,
-            )
-            # the failed init keeps the run id registered in W&B's service ("run ID ... is in
-            # use"): tear the service down, then the offline run takes the same id, so that a
-            # later `wandb sync` continues the run an online resume would have continued
-            wandb.teardown()
-            mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
-        self.mode = mode
+        self.run, self.mode = _init(mode, init_timeout, kwargs, run_dir)
         self._step = 0
 
     def log(self, event: dict) -> None:

@@ -139,7 +139,9 @@ def test_the_check_runs_only_for_a_triton_engine_on_cuda_unless_forced():
 def test_the_command_checks_each_model_and_dtype_and_prints_one_json_line_each(capsys):
     import json
 
-    assert selfcheck.main(["--models", "tiny-llama", "--dtypes", "float16,bfloat16", "device=cpu", "logger=none"]) == 0
+    from zobench.cli import selfcheck as command
+
+    assert command.main(["--models", "tiny-llama", "--dtypes", "float16,bfloat16", "device=cpu", "logger=none"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["model"], r["dtype"], r["passed"]) for r in rows] == [
         ("tiny-llama", "float16", True), ("tiny-llama", "bfloat16", True)

@@ -8,7 +8,9 @@ import pytest
 
 from zobench.errors import ConfigError
 from zobench.tasks import build_splits, load_split, load_task
-from zobench.tasks.data import KSHOT_SEEDS, _read_jsonl, kshot_dir, lmbff_test_subset, row_problem, sample_k_per_label
+from zobench.tasks.data import KSHOT_SEEDS, kshot_dir, row_problem
+from zobench.tasks.rows import read_jsonl
+from zobench.tasks.sampling import lmbff_test_subset, sample_k_per_label
 
 # (task, split role) -> rows in the mirror (../shared/data/README.md)
 MIRROR_ROWS = {
@@ -286,7 +288,7 @@ def test_every_row_of_the_mirror_passes_the_checks(data_dir):
         for path in sorted((data_dir / task).rglob("*.jsonl")):
             if path.name == "test.jsonl" and path.parent.name == task and spec.splits["eval"] != "test":
                 continue  # GLUE's unlabeled test split (label -1), which no task reads
-            assert all(row_problem(spec, r) is None for r in _read_jsonl(path, "check", spec))
+            assert all(row_problem(spec, r) is None for r in read_jsonl(path, "check", spec))
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):

@@ -37,7 +37,7 @@ from ..models import CandidateScorer, load_model
 from ..resources import conf_dir
 from ..tasks import build_splits, load_task
 from .harness import zo_optimizer
-from .summaries import rademacher_readme
+from .readmes import rademacher_readme
 
 OUT = Path("results/bench/rademacher")
 

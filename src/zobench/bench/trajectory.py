@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..resources import conf_dir
 from ..run import run
 from ..trajectory import read
 from ..trajectory.replay import build_base, fresh_learner, load_run_config, replay_into
@@ -34,8 +35,6 @@ def _folder_bytes(folder: Path) -> int:
 
 def main(work: Path, out: Path, steps: int = STEPS, replayed: int = REPLAYED) -> dict:
     from hydra import compose, initialize_config_dir
-
-    from ..resources import conf_dir
 
     overrides = [
         "model=smollm2-135m", "task=sst2", "optimizer=mezo", "logger=none", f"train.steps={steps}",

@@ -2,9 +2,9 @@
 once over all of them, equal to the single-process value bit for bit.
 
 The single-process evaluation (``models/causal.py::evaluate_accuracy``, ``GenerationObjective.
-evaluate``) sorts the examples by length, cuts them into batches of ``train.eval_batch_size``
-and averages a per-example value (accuracy 1/0; SQuAD F1 and EM) in that order. Here batch c
-goes to rank ``c mod W``, so every batch holds the same examples, padded the same way, as in one
+evaluate``) and this one cut batches with the same function, ``tasks/batches.py::eval_batches``
+(length-sorted, runs of ``train.eval_batch_size``); one process averages a per-example value
+(accuracy 1/0; SQuAD F1 and EM) in that order. Here batch c goes to rank ``c mod W``, so every batch holds the same examples, padded the same way, as in one
 process (the same predictions, to the bit); each rank returns its batches' per-example values
 (``objective.example_scores``), ``all_gather_object`` brings them to every rank (a few floats per
 example), and the sum is taken in the single-process order: the same floating-point result.
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..tasks.batches import eval_batches
 from .context import DistContext
 
-
-def batches(examples: Sequence, batch_size: int) -> list[list[int]]:
-    """The evaluation batches (example indices) of one process: length-sorted, in order."""
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def sharded_evaluate(objective, examples: Sequence, batch_size: int, ctx: DistContext, counter=None) -> dict:
@@ -31,7 +27,7 @@ def sharded_evaluate(objective, examples: Sequence, batch_size: int, ctx: DistCo
         return objective.evaluate(examples, batch_size)
     before = counter["eval"] if counter is not None else 0
     mine = {}
-    for index, chunk in enumerate(batches(examples, batch_size)):
+    for index, chunk in enumerate(eval_batches(examples, batch_size)):
         if index % ctx.world_size == ctx.rank:
             mine[index] = objective.example_scores([examples[i] for i in chunk])
     gathered: dict = {}

@@ -97,7 +97,7 @@ class Engine(ABC):
         self.seconds, self._sync = 0.0, sync
 
     @contextmanager
-    def _timed(self):
+    def timed(self):
         if self.seconds is None:
             yield
             return
@@ -150,7 +150,7 @@ class Engine(ABC):
         The pieces are ``Direction.chunks`` (Z_CHUNK elements on CPU, else the whole parameter),
         so an elementwise update applied per piece equals the whole-tensor one and never holds a
         parameter-sized temporary. Call after ``restore``."""
-        with self._timed(), self.provider.z_scope():
+        with self.timed(), self.provider.z_scope():
             for pid, p in params:
                 work = p if p.is_contiguous() else p.contiguous()  # pieces are views of a flat tensor
                 flat = work.view(-1)
@@ -173,7 +173,7 @@ class Engine(ABC):
         """
         if coeff == 0.0 and decay == 0.0:
             return
-        with self._timed(), self.provider.z_scope():
+        with self.timed(), self.provider.z_scope():
             for pid, p in params:
                 self.provider.sweep(p, pid, direction, 0.0, decay, coeff)  # z drawn in chunks where it can be
 

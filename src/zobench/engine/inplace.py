@@ -35,7 +35,7 @@ class InPlaceEngine(Engine):
 
     @torch.no_grad()
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
-        with self._timed(), self.provider.z_scope():
+        with self.timed(), self.provider.z_scope():
             for pid, p in params:
                 current = self._applied.get(pid)
                 if current is not None and current[1] is not direction:
@@ -48,7 +48,7 @@ class InPlaceEngine(Engine):
 
     @torch.no_grad()
     def restore(self, params: ZOParams) -> None:
-        with self._timed(), self.provider.z_scope():
+        with self.timed(), self.provider.z_scope():
             for pid, _ in params:
                 current = self._applied.pop(pid, None)
                 if current is not None:
@@ -70,7 +70,7 @@ class InPlaceEngine(Engine):
         """One sweep, one z per parameter: the same operations in the same order as
         ``restore`` then ``update``, so the result is bit-identical to the unfused pair (on the
         torch provider; Triton's sweep rounds once where the pair rounds twice)."""
-        with self._timed(), self.provider.z_scope():
+        with self.timed(), self.provider.z_scope():
             for pid, p in params:
                 undo = self._take_undo(pid, p, direction)
                 if undo != 0.0 or decay != 0.0 or coeff != 0.0:

@@ -22,19 +22,48 @@ evaluations up to rounding (the rest of the model runs on a batch of N·B rows),
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import ZOParams
 from .directions import Direction
+from .provider import Provider
 from .streamed import RoutedCalls, hook_mode
 
-if TYPE_CHECKING:
-    from .base import ZOParams
-    from .virtual import VirtualEngine
+
+class ReplicaHost(Protocol):
+    """What a batched evaluation needs of the engine that runs it (``VirtualEngine``): its
+    provider, its timer, which weights it streams or shares between modules, and the streamed
+    products. The engine builds the evaluation; the evaluation knows the engine only by this."""
+
+    provider: Provider
+
+    def timed(self) -> AbstractContextManager: ...
+
+    def streams(self, p: torch.Tensor) -> bool: ...
+
+    def is_tied(self, p: torch.Tensor) -> bool: ...
+
+    def linear_at(
+        self,
+        xs: Sequence[torch.Tensor],
+        weight: torch.Tensor,
+        biases: Sequence[torch.Tensor | None],
+        pid: int,
+        direction: Direction,
+        scales: Sequence[float],
+        outs: Sequence[torch.Tensor],
+    ) -> None: ...
+
+    def embedding_at(
+        self, ids: Sequence[torch.Tensor], weight: torch.Tensor, pid: int, direction: Direction, scales: Sequence[float]
+    ) -> list[torch.Tensor]: ...
+
 
 #: one module of a replica plan: (module, kind, [(name, parameter, pid)])
 PlanEntry = tuple[nn.Module, str, list[tuple[str, nn.Parameter, int]]]
@@ -103,7 +132,7 @@ class ReplicaEvaluation:
 
     def __init__(
         self,
-        engine: VirtualEngine,
+        engine: ReplicaHost,
         params: ZOParams,
         replicas: Sequence[tuple[Direction, float]],
         what: str,
@@ -154,9 +183,9 @@ class ReplicaEvaluation:
         cached = self._tied.get((id(p), index))
         if cached is not None:
             return cached
-        with self.engine._timed():
+        with self.engine.timed():
             values = self.engine.provider.values(p.detach(), self.pids[id(p)], group.direction, group.scales)
-        if id(p) in self.engine._tied:
+        if self.engine.is_tied(p):
             self._tied[(id(p), index)] = values
         return values
 
@@ -168,7 +197,7 @@ class ReplicaEvaluation:
         for index, group in enumerate(self.groups):
             gx, gout = [xs[i] for i in group.indices], [outs[i] for i in group.indices]
             biases = [None] * len(gx) if bias is None else self.values(bias, index)
-            if self.touches(weight) and self.engine._streams(weight):  # fused or block by block: no whole W_i
+            if self.touches(weight) and self.engine.streams(weight):  # fused or block by block: no whole W_i
                 pid = self.pids[id(weight)]
                 self.engine.linear_at(gx, weight, biases, pid, group.direction, group.scales, gout)
                 continue
@@ -183,7 +212,7 @@ class ReplicaEvaluation:
         results: list[torch.Tensor | None] = [None] * self.count
         for index, group in enumerate(self.groups):
             ids_g = [parts[i] for i in group.indices]
-            if self.touches(weight) and self.engine._streams(weight):  # gathered: no whole W_i
+            if self.touches(weight) and self.engine.streams(weight):  # gathered: no whole W_i
                 pid = self.pids[id(weight)]
                 found = self.engine.embedding_at(ids_g, weight, pid, group.direction, group.scales)
             else:

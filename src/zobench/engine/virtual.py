@@ -111,7 +111,7 @@ class VirtualEngine(Engine):
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         self._require_owned(params)
         self._active = {id(p): (pid, direction, scale) for pid, p in params}
-        self._streamed = {id(p) for _, p in params if self._streams(p)}
+        self._streamed = {id(p) for _, p in params if self.streams(p)}
         self._tied_cache = {}
 
     def restore(self, params: ZOParams) -> None:
@@ -125,9 +125,14 @@ class VirtualEngine(Engine):
                 "model the engine was built for; use engine.mode=inplace or build the engine on that model"
             )
 
-    def _streams(self, p: torch.Tensor) -> bool:
+    def streams(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` is perturbed block by block / fused (no whole perturbed copy is made)."""
         big = self.stream_elements is not None and p.dim() == 2 and p.numel() >= self.stream_elements
         return (big and p.is_contiguous()) or self.provider.streams(p)
+
+    def is_tied(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` is owned by more than one module (a tied embedding / LM head)."""
+        return id(p) in self._tied
 
     def _is_streamed(self, value) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._streamed and id(value) in self._active
@@ -136,7 +141,7 @@ class VirtualEngine(Engine):
     def _swap_in(self, module: nn.Module, args) -> None:
         if not (self._active or self._dual):
             return
-        with self._timed():
+        with self.timed():
             frame = self._dual_frame(module) if self._dual else self._value_frame(module)
         self._frames.setdefault(id(module), []).append(frame)
 
@@ -171,7 +176,7 @@ class VirtualEngine(Engine):
             frame.mode.__exit__(None, None, None)
         for name, original in frame.slots:
             module._parameters[name] = original
-        with self._timed():
+        with self.timed():
             for p, data in frame.saved:
                 p.data = data
                 self._swapped.discard(id(p))
@@ -187,7 +192,7 @@ class VirtualEngine(Engine):
         """Yield from ``items``, timing the making of each item as engine time (drawing z,
         building a block), not what the consumer does with it (the matmul)."""
         while True:
-            with self._timed():
+            with self.timed():
                 item = next(items, None)
             if item is None:
                 return
@@ -243,7 +248,7 @@ class VirtualEngine(Engine):
             if not self._is_streamed(value):
                 return value
             pid, direction, scale = self._active[id(value)]
-            with self._timed():
+            with self.timed():
                 return self.provider.values(value.detach(), pid, direction, [scale])[0]
 
         return func(*(whole(a) for a in args), **{k: whole(v) for k, v in kwargs.items()})

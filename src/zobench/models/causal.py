@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..tasks import Rendered
+from ..tasks.batches import eval_batches
 from ..telemetry import CONTINUATION
 from .introspect import forward_options, hf_model
 
@@ -213,29 +214,8 @@ class CandidateScorer:
         later = None
         if rest > 0:
             rows = torch.tensor([r * n_ctx + row_of[c] for r in range(replicas) for c, _ in pairs])
-            cache = out.past_key_values
-            cache.reorder_cache(rows.to(self.device))  # one cache row per pair (rows repeat)
-            cont = torch.full((len(pairs), rest), self.pad_id, dtype=torch.long)
-            cont_mask = torch.zeros((len(pairs), rest), dtype=torch.long)
-            for i, (_, option) in enumerate(pairs):
-                cont[i, : len(option) - 1] = torch.tensor(option[:-1], dtype=torch.long)
-                cont_mask[i, : len(option) - 1] = 1
-            cont, cont_mask = cont.repeat(replicas, 1), cont_mask.repeat(replicas, 1)
-            full_mask = torch.cat([mask[rows], cont_mask], dim=1)
-            kwargs = dict(
-                input_ids=cont.to(self.device),
-                attention_mask=full_mask.to(self.device),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            if self._takes_positions:
-                lengths = torch.tensor([len(c) for c, _ in pairs]).repeat(replicas)
-                kwargs["position_ids"] = (lengths[:, None] + torch.arange(rest)).to(self.device)
-            token = CONTINUATION.set(True)
-            try:
-                later = F.log_softmax(self.model(**kwargs).logits.float(), dim=-1).cpu()
-            finally:
-                CONTINUATION.reset(token)
+            out.past_key_values.reorder_cache(rows.to(self.device))  # one cache row per pair (rows repeat)
+            later = self._continuation_logprobs(pairs, mask[rows], out.past_key_values, rest, replicas)
         result = []
         for r in range(replicas):
             for i, (context, option) in enumerate(pairs):
@@ -245,6 +225,31 @@ class CandidateScorer:
                     values.append(later[r * len(pairs) + i, torch.arange(len(option) - 1), torch.tensor(option[1:])])
                 result.append(torch.cat([values[0].view(1)] + values[1:]))
         return result
+
+    def _continuation_logprobs(self, pairs, context_mask, cache, rest: int, replicas: int) -> torch.Tensor:
+        """Log-softmax over the options' tokens after the first, run on top of ``cache`` (one
+        context row per pair, replica-major; ``context_mask`` its attention mask): the options
+        right-padded to ``rest`` tokens, positions continuing from each context's length."""
+        cont = torch.full((len(pairs), rest), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(pairs), rest), dtype=torch.long)
+        for i, (_, option) in enumerate(pairs):
+            cont[i, : len(option) - 1] = torch.tensor(option[:-1], dtype=torch.long)
+            cont_mask[i, : len(option) - 1] = 1
+        cont, cont_mask = cont.repeat(replicas, 1), cont_mask.repeat(replicas, 1)
+        kwargs = dict(
+            input_ids=cont.to(self.device),
+            attention_mask=torch.cat([context_mask, cont_mask], dim=1).to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        if self._takes_positions:
+            lengths = torch.tensor([len(c) for c, _ in pairs]).repeat(replicas)
+            kwargs["position_ids"] = (lengths[:, None] + torch.arange(rest)).to(self.device)
+        token = CONTINUATION.set(True)
+        try:
+            return F.log_softmax(self.model(**kwargs).logits.float(), dim=-1).cpu()
+        finally:
+            CONTINUATION.reset(token)
 
     def loss(self, batch: Sequence[Encoded], replicas: int = 1) -> torch.Tensor:
         """The training loss; ``replicas`` > 1: one loss per replica, shape (R,), from one call."""
@@ -303,10 +308,9 @@ def evaluate_accuracy(scorer: Predictor, examples: Sequence[Any], batch_size: in
     Batches are formed from length-sorted examples (less padding); order does not change any
     prediction.
     """
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     correct = batches = 0
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
+    for indices in eval_batches(examples, batch_size):
+        chunk = [examples[i] for i in indices]
         with torch.no_grad():
             predictions = scorer.predict(chunk)
         correct += sum(int(p in e.gold_set) for p, e in zip(predictions, chunk))

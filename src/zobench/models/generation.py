@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..tasks import Rendered
+from ..tasks.batches import eval_batches
+from ..tasks.metrics import exact_match, squad_f1
 from .causal import CandidateScorer, Encoded
 
 
@@ -79,14 +81,10 @@ class GenerationObjective(CandidateScorer):
         return [self.cut(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
     def batch_metric(self, batch: Sequence[GenerationEncoded]) -> float:  # type: ignore[override]  # its task's encodings
-        from ..tasks.metrics import squad_f1
-
         return sum(squad_f1(p, e.answers) for p, e in zip(self.generate(batch), batch)) / len(batch)
 
     def example_scores(self, batch: Sequence[GenerationEncoded]) -> dict[str, list[float]]:  # type: ignore[override]  # its task's encodings
         """Per-example F1 and EM of one evaluation batch (``dist/evaluation.py``)."""
-        from ..tasks.metrics import exact_match, squad_f1
-
         predictions = self.generate(batch)
         return {
             "f1": [float(squad_f1(p, e.answers)) for p, e in zip(predictions, batch)],
@@ -94,12 +92,9 @@ class GenerationObjective(CandidateScorer):
         }
 
     def evaluate(self, examples: Sequence[GenerationEncoded], batch_size: int) -> dict:  # type: ignore[override]  # its task's encodings
-        from ..tasks.metrics import exact_match, squad_f1
-
-        order = sorted(range(len(examples)), key=lambda i: examples[i].length)
         f1 = em = 0.0
-        for start in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[start : start + batch_size]]
+        for indices in eval_batches(examples, batch_size):
+            chunk = [examples[i] for i in indices]
             for prediction, e in zip(self.generate(chunk), chunk):
                 f1 += squad_f1(prediction, e.answers)
                 em += exact_match(prediction, e.answers)

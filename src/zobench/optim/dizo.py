@@ -132,17 +132,21 @@ class DiZO(MeZO):
                 clip_range=float(clip_range),
             )
         self.forward_passes_per_step = 2 + 2 * int(projection_iters) / int(interval)
-        patterns = tuple(projected)
-        self._projected = []  # (pid, p) of the projected matrices
+        self._projected = self._select_projected(tuple(projected))  # (pid, p) of the projected matrices
+        self._sample = None  # the loop's fresh-batch closures (bind_data)
+
+    def _select_projected(self, patterns: tuple[str, ...]) -> list:
+        """(pid, p) of the parameters whose name contains one of ``patterns`` (without names: the
+        matrices, ndim >= 2)."""
+        chosen = []
         for group, entries in zip(self.param_groups, self._group_params):
             names = group.get("param_names")
             for index, (pid, p) in enumerate(entries):
-                chosen = any(s in names[index] for s in patterns) if names else p.ndim >= 2
-                if chosen:
-                    self._projected.append((pid, p))
-        if not self._projected:  # e.g. prefix tuning: no name matches, so no round has work
+                if any(s in names[index] for s in patterns) if names else p.ndim >= 2:
+                    chosen.append((pid, p))
+        if not chosen:  # e.g. prefix tuning: no name matches, so no round has work
             log.warning("DiZO: no trainable parameter matches optimizer.projected=%s; it runs as MeZO", list(patterns))
-        self._sample = None  # the loop's fresh-batch closures (bind_data)
+        return chosen
 
     def bind_data(self, sample, batch_size: int | None = None) -> None:
         """``sample()`` returns a closure over the next training batch (the loop's stream): the

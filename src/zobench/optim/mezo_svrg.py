@@ -11,7 +11,7 @@ step on the minibatch B, with ĝ_X(θ; z) = (L_X(θ+εz) - L_X(θ-εz)) / 2ε ·
 
 with the SAME z and the SAME batch B at θ and at θ̄, so that the two estimates' noise (the
 direction, the batch) cancels and only the drift θ - θ̄ is left: that is what makes the
-estimate's variance drop (tests/optim/test_reference_steps_new.py measures it).
+estimate's variance drop (tests/optim/test_reference_steps.py measures it).
 
 Passes: anchor 2⌈n/|B|⌉ (one per chunk and sign), inner 4; ``forward_passes(steps)`` is the exact
 count (the loop uses it for ``train.forward_budget``), ``forward_passes_per_step`` the average.

@@ -12,10 +12,10 @@ does). The options a README's command line once carried (``--subset``, ``--compl
 * ``methods``: the methods-at-one-budget README and curves (``zobench.report.methods``): ``runs``,
   ``readme``, ``plot``, ``command`` (that made the runs), ``machine`` (said after it), ``subset``,
   ``completed_only``.
-* ``mezo_vs_zero_shot`` / ``zero_shot``: ``runs``, ``readme`` (``zobench.report.summaries``).
+* ``mezo_vs_zero_shot`` / ``zero_shot``: ``runs``, ``readme`` (``zobench.report.zero_shot``).
 * ``bench_runs`` (``dir``: each ``python -m zobench.bench`` run's ``.md`` from its ``.json``),
   ``bench_rademacher`` / ``bench_methods`` / ``bench_allocator``: the benchmark Markdown of
-  ``results/bench/`` remade from its JSON files (``zobench.bench.summaries``).
+  ``results/bench/`` remade from its JSON files (``zobench.bench.readmes``).
 
 ``--check`` writes nothing: it remakes every text file in a temporary folder and exits 1 when
 one differs from the committed file by a byte. PNG bytes depend on the matplotlib and libpng
@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench import readmes as bench
 from ..errors import ConfigError, DataNotFoundError
 from .files import read_yaml_mapping
 
@@ -102,8 +103,7 @@ def _summary_table(render: Callable[[Path], str]) -> Callable:
 
 
 def _makers() -> dict[str, Callable]:
-    from ..bench import summaries as bench
-    from .summaries import mezo_vs_zero_shot_readme, zero_shot_readme
+    from .zero_shot import mezo_vs_zero_shot_readme, zero_shot_readme
 
     return {
         "table": _make_table,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..resources import tasks_dir
+from ..paths import tasks_dir
 from .data import PROTOCOLS, Splits, build_splits, load_split, sample_subset
 from .spec import Rendered, TaskSpec
 

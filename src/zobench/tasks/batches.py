@@ -1,6 +1,9 @@
-"""The order in which a run visits its training examples."""
+"""The order in which a run visits its examples: training batches (``BatchStream``) and the
+length-sorted evaluation batches every evaluator uses (``eval_batches``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,3 +36,14 @@ class BatchStream:
             out.extend(self._perm[self.offset : self.offset + take].tolist())
             self.offset += take
         return out
+
+
+def eval_batches(examples: Sequence, batch_size: int) -> list[list[int]]:
+    """The evaluation batches (example indices) of one process: examples sorted by ``length``
+    (stable, so ties keep their order; less padding per batch), cut into runs of ``batch_size``.
+    The single-process evaluators (``models/causal.py::evaluate_accuracy``,
+    ``GenerationObjective.evaluate``) and the sharded one (``dist/evaluation.py``) all batch by
+    this one function, so a sharded evaluation pads every batch as one process does and gives
+    the same predictions, to the bit."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

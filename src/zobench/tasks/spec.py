@@ -41,6 +41,7 @@ from functools import cached_property
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 import yaml
 
 from ..errors import ConfigError
@@ -144,6 +145,12 @@ class PromptFormat:
         return fmt
 
     @cached_property
+    def fields(self) -> frozenset[str]:
+        """The variables the prompt and candidate templates read (``candidate`` included)."""
+        sources = (self.prompt, *self.candidates, *([self.template] if self.template else []))
+        return frozenset().union(*(jinja2.meta.find_undeclared_variables(_JINJA.parse(s)) for s in sources))
+
+    @cached_property
     def _compiled(self):
         templates = (self.template,) if self.for_each else self.candidates
         return _JINJA.from_string(self.prompt), tuple(_JINJA.from_string(t) for t in templates)
@@ -236,6 +243,12 @@ class TaskSpec:
     @property
     def families(self) -> tuple[str, ...]:
         return tuple(f for f in FAMILIES if f in self.formats)
+
+    @cached_property
+    def template_fields(self) -> tuple[str, ...]:
+        """Top-level fields any prompt or candidate template reads (``candidate`` is ReCoRD's loop
+        variable, not a field); parsed once per spec."""
+        return tuple(sorted(frozenset().union(*(f.fields for f in self.formats.values())) - {"candidate"}))
 
     def keep(self, example: dict) -> bool:
         """False for rows without a gold label (``skip_labels``), e.g. the hub's SNLI label -1."""

@@ -27,6 +27,7 @@ from typing import Any, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import check_device
 from ..errors import CheckpointError, ConfigError
 from .log import FILENAME, Header, Trajectory, check_sealed, read, weights_sha256
 from .tape import ReplayTape, replay_steps
@@ -128,7 +129,6 @@ def build_base(cfg: DictConfig, device: torch.device):
 def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.device:
     """``--device``, else the run's own device, checked against this machine first: a device it
     lacks is one line, not torch's error from inside the model load."""
-    from ..config import check_device
     from ..train.setup import resolve_device
 
     if device:

@@ -1,10 +1,9 @@
 """The start-up check of the Triton engine against the torch reference (``compare.py``: what is
 compared and the tolerance), the engine a run builds with it and the description of what ran
-(``choose.py``), and the command that runs it alone (``cli.py``, ``python -m
+(``choose.py``); the command that runs it alone is ``zobench.cli.selfcheck`` (``python -m
 zobench.engine.selfcheck``)."""
 
 from .choose import checked_engine, describe, device_of, label, wanted, warn_fallback
-from .cli import main, model_parameters
 from .compare import (
     FEATURES,
     TOLERANCE,
@@ -29,8 +28,6 @@ __all__ = [
     "describe",
     "device_of",
     "label",
-    "main",
-    "model_parameters",
     "run_check",
     "slice_shape",
     "wanted",

@@ -1,7 +1,8 @@
-"""``python -m zobench.engine.selfcheck``: see ``cli.py``."""
+"""``python -m zobench.engine.selfcheck``: the address of ``zobench.cli.selfcheck``."""
 
 import sys
 
-from .cli import main
+from ...cli.selfcheck import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -133,7 +133,7 @@ def cases_for(engine, params: Iterable[torch.Tensor]) -> list[Case]:
         if virtual:
             wanted.append("virtual")
             wanted += ["paired"] if paired else []
-            if len(shape) == 2 and engine._streams(p):
+            if len(shape) == 2 and engine.streams(p):
                 wanted.append("streamed")
             if fusing and fused.fusable(p):
                 wanted.append("fused_linear")

@@ -196,6 +196,26 @@ def _linear_outputs(
     return result
 
 
+def _tile_options(weight: torch.Tensor, block_m: int, wide: bool) -> dict:
+    """The compile-time options of ``_perturbed_linear_kernel`` that follow from the weight and
+    the tile: tile sizes, index width, bf16 rounding, dot precision, warps and pipeline stages."""
+    return dict(
+        BLOCK_M=block_m,
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
+        WIDE=wide,
+        MANUAL_BF16=manual_bf16(weight),
+        # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
+        # there both operands are widened (exactly) to float32 first
+        DOT_F32=interpreted(),
+        # fp32 products as torch computes them (no TF32); other dtypes: the default
+        PRECISION="ieee" if weight.dtype == torch.float32 else None,
+        num_warps=8 if block_m == 128 else 4,
+        # pipeline stages hold x, x₋ and W tiles in shared memory: fewer for the big ones
+        num_stages=2 if block_m == 128 or weight.dtype == torch.float32 else 3,
+    )
+
+
 def perturbed_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -237,20 +257,8 @@ def perturbed_linear(
             float(-scale if scale_minus is None else scale_minus),
             HAS_BIAS=bias is not None,
             PAIR=x_minus is not None,
-            BLOCK_M=block_m,
-            BLOCK_N=BLOCK_N,
-            BLOCK_K=BLOCK_K,
             GAUSSIAN=is_gaussian,
-            WIDE=plan.wide,
-            MANUAL_BF16=manual_bf16(weight),
-            # the interpreter multiplies bf16 operands through numpy, which has no bfloat16:
-            # there both operands are widened (exactly) to float32 first
-            DOT_F32=interpreted(),
-            # fp32 products as torch computes them (no TF32); other dtypes: the default
-            PRECISION="ieee" if weight.dtype == torch.float32 else None,
-            num_warps=8 if block_m == 128 else 4,
-            # pipeline stages hold x, x₋ and W tiles in shared memory: fewer for the big ones
-            num_stages=2 if block_m == 128 or weight.dtype == torch.float32 else 3,
+            **_tile_options(weight, block_m, plan.wide),
         )
     return (outs[0], outs[1]) if x_minus is not None else outs[0]
 

@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 from tests.helpers import REPO, SMOKE, compose_run
 from zobench.dist.context import DistContext, launch_env
 from zobench.dist.data import ShardedObjective, global_mean, shard
-from zobench.dist.evaluation import batches, combine
+from zobench.dist.evaluation import combine
+from zobench.tasks.batches import eval_batches as batches
 
 
 def free_port() -> int:

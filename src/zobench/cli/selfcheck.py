@@ -8,19 +8,20 @@ import sys
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from .choose import describe, label
-from .compare import cases_for, run_check
+from ..engine.selfcheck.choose import describe, label
+from ..engine.selfcheck.compare import cases_for, run_check
+from ..errors import ConfigError
+from . import fail
 
 
 def model_parameters(cfg) -> list[torch.Tensor]:
     """The parameters of ``cfg.model`` with their real shapes and dtype: a ``random`` config's
     on the meta device (no memory, no initialisation: a 30B config's in a second), any other
     loaded as a run loads it."""
-    from ...models import loading
+    from ..models import loading
 
     if cfg.model.source != "random":
-        from ...train.setup import load_model_or_explain, resolve_device
+        from ..train.setup import load_model_or_explain, resolve_device
 
         return list(load_model_or_explain(cfg, resolve_device(cfg.device))[0].parameters())
     import transformers
@@ -42,19 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     dtype; one JSON line per (model, dtype): cases, the check's own seconds, passed, the failure."""
     import argparse
 
-    from ...__main__ import fail, precheck
+    from ..__main__ import precheck
 
     parser = argparse.ArgumentParser(prog="python -m zobench.engine.selfcheck")
     parser.add_argument("--models", default=None, help="comma-separated conf/model names (default: model=)")
     parser.add_argument("--dtypes", default=None, help="comma-separated model.dtype values (default: the config's)")
     known, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    precheck(overrides)
+    models = known.models.split(",") if known.models else [None]
+    dtypes = known.dtypes.split(",") if known.dtypes else [None]
+    runs = [([f"model={m}"] if m else []) + ([f"model.dtype={d}"] if d else []) for m in models for d in dtypes]
+    for extra in runs:  # a misspelt --models name is one line too, before any check runs
+        precheck([*overrides, *extra])
     failures = []
-    for model in known.models.split(",") if known.models else [None]:
-        for dtype in known.dtypes.split(",") if known.dtypes else [None]:
-            extra = ([f"model={model}"] if model else []) + ([f"model.dtype={dtype}"] if dtype else [])
-            line = _check_config([*overrides, *extra], fail)
-            failures += [line] if line else []
+    for extra in runs:
+        line = _check_config([*overrides, *extra], fail)
+        failures += [line] if line else []
     if failures:
         fail(failures[0])
     return 0
@@ -66,10 +69,10 @@ def _check_config(overrides: list[str], fail) -> str | None:
 
     from hydra import compose, initialize_config_dir
 
-    from ...config import validate
-    from ...resources import conf_dir
-    from ...train.setup import resolve_device
-    from ..triton import TritonInPlaceEngine, TritonVirtualEngine
+    from ..config import validate
+    from ..engine.triton import TritonInPlaceEngine, TritonVirtualEngine
+    from ..resources import conf_dir
+    from ..train.setup import resolve_device
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
@@ -106,6 +109,6 @@ def _check_config(overrides: list[str], fail) -> str | None:
 
 
 def _interpreted() -> bool:
-    from ..triton.primitives import interpreted
+    from ..engine.triton.primitives import interpreted
 
     return interpreted()

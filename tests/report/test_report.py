@@ -18,7 +18,7 @@ from zobench.report import compute_cells, load_runs, load_table, make_report
 from zobench.report.regenerate import load_spec
 from zobench.report.spec import available_tables, parse_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_run(
