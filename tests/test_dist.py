@@ -237,7 +237,7 @@ def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
         model = Quadratic()
         opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, num_directions=3, seed=7)
         if split:
-            opt.direction_share = lambda count, evaluate: evaluate([0]) + evaluate([1, 2])
+            opt.share_directions(lambda count, evaluate: evaluate([0]) + evaluate([1, 2]))
         for _ in range(3):
             opt.step(model)
         results.append([p.detach().clone() for p in model.parameters()])
@@ -247,13 +247,13 @@ def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
 def test_direction_mode_refuses_a_one_direction_method():
     from types import SimpleNamespace
 
-    from zobench.dist.directions import split_directions
+    from zobench.dist.strategy import DirectionParallel
     from zobench.errors import ConfigError
     from zobench.optim import HiZOO
 
     learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
     with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
-        split_directions(learner, DistContext(rank=0, world_size=2))
+        DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
 
 
 def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
@@ -449,27 +449,26 @@ def test_a_launcher_environment_that_cannot_be_is_one_line(env, extra, message, 
 
 
 def test_a_first_order_baseline_is_refused_on_several_ranks():
-    from types import SimpleNamespace
-
-    from zobench.dist.hooks import attach_learner
+    from zobench.dist.strategy import strategy_for
     from zobench.errors import ConfigError
     from zobench.train.learners import BackpropLearner
 
-    recipe = SimpleNamespace(
-        dist=DistContext(rank=0, world_size=2),
-        learner=BackpropLearner(None, None),
-        state=SimpleNamespace(step=0),
-        cfg=compose_run("optimizer=adam"),
-    )
-    with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
-        attach_learner(recipe)
+    learner = BackpropLearner(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), None)
+    for mode in ("data", "directions"):
+        strategy = strategy_for(DistContext(rank=0, world_size=2, mode=mode), "adam")
+        with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
+            strategy.attach(learner, None, None)
+    strategy_for(DistContext(), "adam").attach(learner, None, None)  # one process: the baseline runs
 
 
 def test_a_multi_rank_start_on_a_weightless_trajectory_checkpoint_is_refused_in_one_line(tmp_path):
-    from zobench.dist.hooks import refuse_weightless
+    from zobench.checkpoint import Checkpoint
+    from zobench.dist.strategy import DataParallel, Single
     from zobench.errors import CheckpointError
 
-    refuse_weightless(None, tmp_path)  # a fresh run
-    refuse_weightless(({"step": 3}, {"w": torch.zeros(2)}, {}), tmp_path)  # a weight checkpoint
+    strategy = DataParallel(DistContext(rank=1, world_size=2))
+    strategy.check_resumable(None, tmp_path)  # a fresh run
+    strategy.check_resumable(Checkpoint({"step": 3}, {"w": torch.zeros(2)}, {}), tmp_path)  # a weight checkpoint
     with pytest.raises(CheckpointError, match=r"checkpoint: a trajectory checkpoint .* resumes in one process"):
-        refuse_weightless(({"step": 3}, {}, {}), tmp_path)
+        strategy.check_resumable(Checkpoint({"step": 3}), tmp_path)
+    Single().check_resumable(Checkpoint({"step": 3}), tmp_path)  # one process replays it
