@@ -213,6 +213,25 @@ def test_checkpoint_round_trip_and_atomic_pointer(tmp_path):
     assert load_checkpoint(root).state == {"step": 2}
 
 
+def test_a_checkpoint_is_one_dataclass_from_disk_to_the_recipe(tmp_path):
+    """``load_checkpoint`` gives a ``Checkpoint``: the loop state, the weights, the optimizer
+    state, and what the run reads of them (step, elapsed time, metrics offset, weights or not)."""
+    from zobench.checkpoint import Checkpoint
+    from zobench.train.state import LoopState
+
+    state = LoopState(step=3, metrics_offset=120, elapsed=4.5).to_dict()
+    optimizer_state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    save_checkpoint(tmp_path / "weights", 3, {"w": torch.arange(3.0)}, optimizer_state, state)
+    saved = load_checkpoint(tmp_path / "weights")
+    assert isinstance(saved, Checkpoint) and saved.state == state and saved.optimizer_state == optimizer_state
+    assert (saved.step, saved.elapsed, saved.metrics_offset, saved.has_weights) == (3, 4.5, 120, True)
+    assert torch.equal(saved.tensors["w"], torch.arange(3.0))
+    save_checkpoint(tmp_path / "trajectory", 3, {}, {}, state)  # train.checkpoint=trajectory: no weights
+    weightless = load_checkpoint(tmp_path / "trajectory")
+    assert weightless == Checkpoint(state) and not weightless.has_weights
+    assert LoopState.from_dict(weightless.state) == LoopState.from_dict(state)
+
+
 def test_unreadable_checkpoint_names_the_file(tmp_path):
     root = tmp_path / "checkpoint"
     save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
