@@ -1,5 +1,8 @@
 """A zobench run in its run dir: ``run(cfg, run_dir)`` locks the dir, resumes or starts, runs the
-recipe (``train/recipe.py``: setup, train, finish) and writes ``summary.json``.
+recipe (``train/recipe.py``: setup, train, finish) and writes ``summary.json``. Every rank of a
+multi-rank run calls it: the leader (rank 0) does all of that, the others wait for its word
+(``dist/rundir.py::Handshake``) and run the same recipe, given the same ``dist/strategy.py``
+strategy, writing nothing.
 
 Files in the run dir (docs/design.md "Run directory"): ``config.yaml`` (resolved, secrets
 redacted), ``metrics.jsonl`` (one event per line), ``summary.json`` (written once, at the end,
