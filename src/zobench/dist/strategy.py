@@ -27,11 +27,11 @@ The methods, in the order a run calls them:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as tdist
 
+from ..checkpoint import Checkpoint
 from ..errors import CheckpointError, ConfigError
 from ..optim import ZOOptimizer
 from .context import DistContext
@@ -39,9 +39,6 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-
-if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
 
 
 class Strategy:
