@@ -20,7 +20,7 @@ SRC = ROOT / "src" / "zobench"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
     ("support", ("checkpoint", "redaction", "wandb_logger", "telemetry", "lock", "signals", "provenance")),
-    ("config", ("config", "paths", "hub")),
+    ("config", ("config", "configdiff", "paths", "hub")),
     ("engine", ("engine",)),
     ("optim, tasks", ("optim", "tasks")),
     ("models", ("models",)),
@@ -54,12 +54,6 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     # report/ remakes the benchmark READMEs without importing torch (python -m zobench.report)
     ("bench.readmes", "optim"): "the allocator table's state counts; the rest of the module is torch-free",
     ("models.loading", "tasks"): "issue 28: i28build removes it (check_sources moves to the factory)",
-    ("dist.hooks", "train.learners"): "issue 28: i28run removes it (the parallel strategy is passed in)",
-    ("dist.hooks", "errors"): "issue 28: i28run removes it",
-    ("dist.rundir", "checkpoint"): "issue 28: i28run removes it (one run lifecycle)",
-    ("dist.rundir", "run"): "issue 28: i28run removes it (one run lifecycle)",
-    ("dist.rundir", "signals"): "issue 28: i28run removes it (one run lifecycle)",
-    ("dist.rundir", "train.recipe"): "issue 28: i28run removes it (one run lifecycle)",
     ("trajectory.checkpoints", "checkpoint"): "issue 28: i28run removes it (checkpoint dataclass)",
     ("trajectory.export", "checkpoint"): "issue 28: i28build removes it (one factory)",
     ("trajectory.replay", "models"): "issue 28: i28build removes it (one factory)",
@@ -74,7 +68,6 @@ LONG_FUNCTIONS = {
     # their epilogue; splitting the loop into jit helpers returning both accumulators reads worse
     # and changes the compiled kernel, which only a GPU benchmark could clear
     ("engine/triton/fused.py", "_perturbed_linear_kernel"),
-    ("run.py", "_run"),  # issue 28: i28run removes it (one run lifecycle)
 }
 
 MAX_FILE_LINES = 400

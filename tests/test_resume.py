@@ -74,8 +74,8 @@ def test_sigkill_at_random_steps_then_restart_is_bit_identical(tmp_path, data_di
         saved = load_checkpoint(run_dir / "checkpoint")
         subprocess.run(cmd, check=True, timeout=300, capture_output=True)
         if saved is not None:  # it resumed (a restart from scratch would end the same way, unseen)
-            assert f"resumed from step {saved[0]['step']}" in (run_dir / "__main__.log").read_text()
-            checked.append(saved[0]["step"])
+            assert f"resumed from step {saved.step}" in (run_dir / "__main__.log").read_text()
+            checked.append(saved.step)
         _assert_same_run(run_dir, reference[every])
     assert checked, "no kill landed after a checkpoint: the resume path went untested"
 
@@ -88,7 +88,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tmp_path, data_dir, reference
     assert _run_until(cmd, run_dir / "metrics.jsonl", 3, signal.SIGTERM) == 128 + signal.SIGTERM
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-    loop, _, _ = load_checkpoint(run_dir / "checkpoint")
+    loop = load_checkpoint(run_dir / "checkpoint").state
     assert loop["step"] >= 3
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     # checkpoint periods differ from the reference only in when checkpoints are written
@@ -171,7 +171,8 @@ def test_diverging_run_stops_cleanly_with_its_files_intact(tmp_path, data_dir, m
     assert on_disk["status"] == "diverged"
     events = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["step"] == 3 and events[-1]["projected_grad"] is None  # NaN is written as null
-    loop, tensors, _ = load_checkpoint(tmp_path / "checkpoint")
+    saved = load_checkpoint(tmp_path / "checkpoint")
+    loop, tensors = saved.state, saved.tensors
     assert loop["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
 
 
@@ -196,19 +197,39 @@ def test_exploding_weights_are_never_checkpointed(tmp_path, data_dir):
     )
     assert summary["status"] == "diverged"
     checkpoint = load_checkpoint(tmp_path / "checkpoint")
-    assert checkpoint is None or all(torch.isfinite(t).all() for t in checkpoint[1].values())
+    assert checkpoint is None or all(torch.isfinite(t).all() for t in checkpoint.tensors.values())
 
 
 def test_checkpoint_round_trip_and_atomic_pointer(tmp_path):
     root = tmp_path / "checkpoint"
     save_checkpoint(root, 1, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {"step": 1})
     save_checkpoint(root, 2, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []}, {"step": 2})
-    loop, tensors, _ = load_checkpoint(root)
+    saved = load_checkpoint(root)
+    loop, tensors = saved.state, saved.tensors
     assert loop == {"step": 2} and torch.equal(tensors["w"], torch.zeros(2))
     assert sorted(p.name for p in root.iterdir()) == ["ckpt-000000002", "latest"]  # older ones removed
     # a torn write (temp dir left by a kill) is ignored: the pointer still names a complete one
     (root / ".ckpt-000000003.tmp").mkdir()
-    assert load_checkpoint(root)[0] == {"step": 2}
+    assert load_checkpoint(root).state == {"step": 2}
+
+
+def test_a_checkpoint_is_one_dataclass_from_disk_to_the_recipe(tmp_path):
+    """``load_checkpoint`` gives a ``Checkpoint``: the loop state, the weights, the optimizer
+    state, and what the run reads of them (step, elapsed time, metrics offset, weights or not)."""
+    from zobench.checkpoint import Checkpoint
+    from zobench.train.state import LoopState
+
+    state = LoopState(step=3, metrics_offset=120, elapsed=4.5).to_dict()
+    optimizer_state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    save_checkpoint(tmp_path / "weights", 3, {"w": torch.arange(3.0)}, optimizer_state, state)
+    saved = load_checkpoint(tmp_path / "weights")
+    assert isinstance(saved, Checkpoint) and saved.state == state and saved.optimizer_state == optimizer_state
+    assert (saved.step, saved.elapsed, saved.metrics_offset, saved.has_weights) == (3, 4.5, 120, True)
+    assert torch.equal(saved.tensors["w"], torch.arange(3.0))
+    save_checkpoint(tmp_path / "trajectory", 3, {}, {}, state)  # train.checkpoint=trajectory: no weights
+    weightless = load_checkpoint(tmp_path / "trajectory")
+    assert weightless == Checkpoint(state) and not weightless.has_weights
+    assert LoopState.from_dict(weightless.state) == LoopState.from_dict(state)
 
 
 def test_unreadable_checkpoint_names_the_file(tmp_path):
@@ -386,7 +407,7 @@ def test_a_checkpoint_whose_best_state_is_gone_starts_afresh_and_ends_the_same(t
     with pytest.raises(SystemExit):
         run(compose_run(*args), tmp_path / "run")
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "run" / "checkpoint")[0]["best_file"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint").state["best_file"]
     shutil.rmtree(tmp_path / "run" / "best")
     summary = run(compose_run(*args), tmp_path / "run")
     assert {k: v for k, v in summary.items() if k not in VOLATILE} == {

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -153,8 +154,37 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     return final
 
 
-def load_checkpoint(root: Path) -> tuple[dict, dict[str, torch.Tensor], dict] | None:
-    """``(loop, tensors, optimizer_state)`` of the latest checkpoint, or None if there is none."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds: ``state`` (``loop.json``, a ``LoopState`` dict), ``tensors`` (the
+    trainable weights; empty in a trajectory checkpoint, whose resume replays the log) and
+    ``optimizer_state`` (``optimizer.state_dict()``; empty likewise)."""
+
+    state: dict
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer_state: dict = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds of the run up to the checkpoint (0 for one written before they were kept)."""
+        return float(self.state.get("elapsed", 0.0))
+
+    @property
+    def metrics_offset(self) -> int:
+        """Bytes of metrics.jsonl the checkpoint vouches for (a resume cuts the file back there)."""
+        return int(self.state.get("metrics_offset", 0))
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.tensors)
+
+
+def load_checkpoint(root: Path) -> Checkpoint | None:
+    """The latest checkpoint under ``root``, or None if there is none."""
     pointer = root / POINTER
     if not pointer.is_file():
         return None
@@ -176,7 +206,7 @@ def load_checkpoint(root: Path) -> tuple[dict, dict[str, torch.Tensor], dict] | 
         raise CheckpointError(
             f"checkpoint {current} is unreadable ({type(err).__name__}: {err}); delete {root} to start the run afresh"
         ) from err
-    return loop, tensors, optimizer_state
+    return Checkpoint(loop, tensors, optimizer_state)
 
 
 def _verify(folder: Path) -> None:

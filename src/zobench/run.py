@@ -1,5 +1,8 @@
 """A zobench run in its run dir: ``run(cfg, run_dir)`` locks the dir, resumes or starts, runs the
-recipe (``train/recipe.py``: setup, train, finish) and writes ``summary.json``.
+recipe (``train/recipe.py``: setup, train, finish) and writes ``summary.json``. Every rank of a
+multi-rank run calls it: the leader (rank 0) does all of that, the others wait for its word
+(``dist/rundir.py::Handshake``) and run the same recipe, given the same ``dist/strategy.py``
+strategy, writing nothing.
 
 Files in the run dir (docs/design.md "Run directory"): ``config.yaml`` (resolved, secrets
 redacted), ``metrics.jsonl`` (one event per line), ``summary.json`` (written once, at the end,
@@ -21,14 +24,15 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .checkpoint import fsync_dir, load_checkpoint, write_json_atomic, write_text_atomic
+from .checkpoint import Checkpoint, fsync_dir, load_checkpoint, write_json_atomic, write_text_atomic
 from .config import RESUMABLE_KEYS, validate
+from .configdiff import differences
 from .dist import rundir
+from .dist.strategy import Strategy, strategy_for
 from .engine import mix_seed
 from .errors import CheckpointError
 from .lock import RunDirLock
@@ -37,7 +41,7 @@ from .provenance import git_sha
 from .redaction import redact, redact_hydra_files
 from .signals import STOP_SIGNALS, StopRequest
 from .tasks.batches import BatchStream
-from .telemetry import JsonlLogger, WandbLogger
+from .telemetry import JsonlLogger, NullLogger, Sink, WandbLogger
 from .train.recipe import Recipe
 from .train.setup import resolve_device
 from .train.setup import schedule as _schedule
@@ -53,83 +57,98 @@ RERUN_KEYS = ("train.steps", "train.save_final")
 COMPLETED_EXEMPT = tuple(key for key in RESUMABLE_KEYS if key not in RERUN_KEYS)
 
 
-def _flat(cfg: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        out.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
-    return out
-
-
 # -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Execute (or resume) one run into ``run_dir``; returns the summary (also in summary.json).
-    One process at a time per run dir (``RunDirLock``): a second one is refused with one line."""
+    One process at a time per run dir (``RunDirLock``): a second one is refused with one line.
+    Every rank of a multi-rank run calls it: rank 0 (the leader) locks and writes the run dir,
+    the others wait for its word (``rundir.Handshake``) and run the same recipe writing nothing."""
     started = time.perf_counter()
     validate(cfg)  # once per run: every bad key, one line each
     loading.check_sources(cfg)  # a model or dataset that cannot be fetched: before any log or W&B run
     run_dir = Path(run_dir)
-    ctx = rundir.start(cfg)  # torchrun / Slurm tasks: join the process group (dist/)
+    ctx = rundir.joined(cfg)  # torchrun / Slurm tasks: the process group (dist/)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml holds, checks compare
     rundir.check_same_config(ctx, config)
-    if not ctx.leader:  # ranks other than 0 write nothing: they follow rank 0's run dir
-        return rundir.follow(cfg, run_dir, started)
-    with rundir.leading(ctx), RunDirLock(run_dir):
-        redact_hydra_files(run_dir)
-        return _run(cfg, config, run_dir, started)
+    strategy = strategy_for(ctx, str(cfg.optimizer.name))
+    lock = RunDirLock(run_dir) if strategy.leader else contextlib.nullcontext()
+    with rundir.Handshake(ctx) as word, lock:
+        done, checkpoint = _open(config, cfg, run_dir) if strategy.leader else (None, None)
+        done = word.ready(done)  # the other ranks may read the run dir now
+        if done is not None:  # a completed run: its summary
+            return done
+        if not strategy.leader:
+            checkpoint = load_checkpoint(run_dir / "checkpoint")
+        return _execute(cfg, config, run_dir, strategy, checkpoint, started)
 
 
-def _run(cfg: DictConfig, config: dict, run_dir: Path, started: float) -> dict:
-    summary_path = run_dir / "summary.json"
-    previous = _previous_summary(summary_path)
+def _open(config: dict, cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Checkpoint | None]:
+    """The leader, holding the lock: the completed run's summary if the dir holds one (None
+    otherwise), and the checkpoint to resume (checked against the config); config.yaml written."""
+    redact_hydra_files(run_dir)
+    previous = _previous_summary(run_dir / "summary.json")
     if previous.get("status") == "completed":
         _check_rerun(config, run_dir)
         log.info("%s holds a completed run of this config; nothing to do", run_dir)
         _clean_up_finished(run_dir)  # a kill during the clean-up of the finished run left some of it
-        rundir.go(done=previous)
-        return previous
+        return previous, None
     checkpoint = _without_lost_best_state(load_checkpoint(run_dir / "checkpoint"), run_dir)
     if checkpoint is not None:
         _check_resumable(config, run_dir / "config.yaml")
-        _check_steps(cfg, checkpoint[0]["step"], run_dir)
+        _check_steps(cfg, checkpoint.step, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
-    rundir.go()  # the other ranks may read the run dir now
-    summary = _summary_header(cfg)
+    return None, checkpoint
+
+
+def _execute(
+    cfg: DictConfig, config: dict, run_dir: Path, strategy: Strategy, checkpoint: Checkpoint | None, started: float
+) -> dict:
+    """The recipe, and (the leader) its events and summary.json: status failed with the error if
+    it raises, else its result; the dir cleaned up once a completed run's summary is safe."""
+    leader = strategy.leader
     # events after the checkpoint are replayed, so the log is cut back to where the checkpoint was
-    metrics = JsonlLogger(run_dir / "metrics.jsonl", truncate_at=checkpoint[0]["metrics_offset"] if checkpoint else 0)
-    loggers: list = [metrics]
-    elapsed_before = checkpoint[0]["elapsed"] if checkpoint else 0.0
+    offset = checkpoint.metrics_offset if checkpoint else 0
+    metrics: Sink = JsonlLogger(run_dir / "metrics.jsonl", truncate_at=offset) if leader else NullLogger()
+    loggers: list[Sink] = [metrics]
+    elapsed_before = checkpoint.elapsed if checkpoint else 0.0
+    summary = _summary_header(cfg)
 
     def wall() -> float:  # the run's wall time, the time before a resume included
         return elapsed_before + time.perf_counter() - started
 
     try:
-        if cfg.logger.name == "wandb":
+        if leader and cfg.logger.name == "wandb":
             loggers.append(WandbLogger(cfg.logger, run_dir, config, name=run_dir.name))
         with StopRequest() as stop:
-            recipe = Recipe(cfg, run_dir, loggers, stop, wall)
+            recipe = Recipe(cfg, run_dir, loggers, stop, wall, strategy=strategy, metrics=metrics)
             recipe.setup(checkpoint)
             summary.update(recipe.finish(recipe.train()))
     except BaseException as err:  # record why, then let the error surface
-        summary["error"] = f"{type(err).__name__}: {err}"
-        summary["wall_s"] = wall()
-        try:  # on a full disk these fail too: the error that stopped the run is the one to report
-            metrics.sync()
-            write_json_atomic(summary_path, summary)
-        except OSError as also:
-            log.warning("could not record the failure in %s (%s)", summary_path, also)
-        for logger in loggers:
-            with contextlib.suppress(OSError):
-                logger.finish()
+        summary.update(error=f"{type(err).__name__}: {err}", wall_s=wall())
+        _record_failure(run_dir / "summary.json", summary, metrics, loggers, leader)
         raise
     summary["wall_s"] = wall()
     for logger in loggers:
         logger.summary(summary)
         logger.finish()  # metrics.jsonl fsynced before the summary that vouches for it
-    write_json_atomic(summary_path, summary)
-    if summary["status"] == "completed":  # checkpoint and best state are not needed once the summary is safe
-        _clean_up_finished(run_dir)
+    if leader:
+        write_json_atomic(run_dir / "summary.json", summary)
+        if summary["status"] == "completed":  # checkpoint and best state are not needed once the summary is safe
+            _clean_up_finished(run_dir)
     return summary
+
+
+def _record_failure(path: Path, summary: dict, metrics: Sink, loggers: list[Sink], leader: bool) -> None:
+    """A run that raised: summary.json (the leader's) with status failed and the error."""
+    try:  # on a full disk these fail too: the error that stopped the run is the one to report
+        metrics.sync()
+        if leader:
+            write_json_atomic(path, summary)
+    except OSError as also:
+        log.warning("could not record the failure in %s (%s)", path, also)
+    for logger in loggers:
+        with contextlib.suppress(OSError):
+            logger.finish()
 
 
 def _summary_header(cfg: DictConfig) -> dict:
@@ -179,11 +198,11 @@ def _clean_up_finished(run_dir: Path) -> None:
             fsync_dir(run_dir)
 
 
-def _without_lost_best_state(checkpoint, run_dir: Path):
+def _without_lost_best_state(checkpoint: Checkpoint | None, run_dir: Path) -> Checkpoint | None:
     """A checkpoint whose best-dev file is gone cannot give the run its test score. zobench
     removes best/ only after the summary, but an older version removed it before: a dir killed
     in that window is started afresh (runs are deterministic: the same result), not failed."""
-    best_file = checkpoint[0].get("best_file") if checkpoint is not None else None
+    best_file = checkpoint.state.get("best_file") if checkpoint is not None else None
     if best_file is None or (run_dir / "best" / best_file).is_file():
         return checkpoint
     log.warning("%s: the checkpoint's best-dev state %s is gone; starting the run afresh", run_dir, best_file)
@@ -203,34 +222,9 @@ def _check_steps(cfg: DictConfig, checkpoint_step: int, run_dir: Path) -> None:
         )
 
 
-def changed_keys(saved: dict, now: dict, exempt=RESUMABLE_KEYS) -> list[str]:
-    """The dotted keys whose values differ between two config containers, bar ``exempt`` ones
-    (a key or any key under it); sorted."""
-    saved, now = _flat(saved), _flat(now)
-    return sorted(
-        k
-        for k in set(saved) | set(now)
-        if saved.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".") for r in exempt)
-    )
-
-
-def _differences(config: dict, saved_path: Path, exempt, what: str) -> str:
-    """``key: old -> new`` of the keys in which ``config`` differs from ``saved_path`` (config.yaml
-    of the run dir), at most five; "" when they agree."""
-    if not saved_path.is_file():
-        raise CheckpointError(
-            f"{saved_path.parent / what} has no config.yaml beside it; cannot tell which config it belongs to"
-        )
-    saved = cast(dict, OmegaConf.to_container(OmegaConf.load(saved_path)))
-    changed = changed_keys(saved, config, exempt)
-    flat_saved, flat_now = _flat(saved), _flat(config)
-    more = f", and {len(changed) - 5} more" if len(changed) > 5 else ""
-    return ", ".join(f"{k}: {flat_saved.get(k)!r} -> {flat_now.get(k)!r}" for k in changed[:5]) + more
-
-
 def _check_resumable(config: dict, saved_path: Path) -> None:
     """A checkpoint is resumed only under the config it was written with (bar RESUMABLE_KEYS)."""
-    detail = _differences(config, saved_path, RESUMABLE_KEYS, "checkpoint")
+    detail = differences(config, saved_path, RESUMABLE_KEYS, "checkpoint")
     if detail:
         raise CheckpointError(
             f"{saved_path.parent} holds a checkpoint of a different config ({detail}); "
@@ -242,7 +236,7 @@ def _check_rerun(config: dict, run_dir: Path) -> None:
     """A completed run dir answers only the command that made it: another config (bar the keys a
     resume may change, except ``RERUN_KEYS``: the result depends on them) is refused, naming the
     keys, instead of returning the old result as if it were the one asked for."""
-    detail = _differences(config, run_dir / "config.yaml", COMPLETED_EXEMPT, "summary.json")
+    detail = differences(config, run_dir / "config.yaml", COMPLETED_EXEMPT, "summary.json")
     if detail:
         raise CheckpointError(
             f"{run_dir} holds a completed run of a different config ({detail}); run it in a new dir "

@@ -6,7 +6,8 @@
   resident set size of the process since the last ``reset()`` (Linux ``VmHWM``, reset through
   ``/proc/self/clear_refs``; where that is unavailable, the lifetime ``ru_maxrss``).
 * ``JsonlLogger`` (always) and ``WandbLogger`` (``logger=wandb``, ``zobench.wandb_logger``)
-  receive the same events.
+  receive the same events; both are ``Sink``s (log, sync, summary, finish, offset), as is
+  ``NullLogger``, the sink of a rank that writes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -128,6 +130,41 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class Sink(Protocol):
+    """Where a run's events go (``metrics.jsonl``, W&B, nowhere): every logger has these. ``sync``
+    makes what was logged durable; ``offset`` is how much of it there is (the bytes of
+    metrics.jsonl, which a checkpoint records; 0 for a sink a resume does not cut back)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    def log(self, event: dict) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def summary(self, summary: dict) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullLogger:
+    """The sink of a rank other than 0 (rank 0 alone writes the run dir): nothing is written."""
+
+    offset = 0
+
+    def log(self, event: dict) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def summary(self, summary: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 class JsonlLogger:
@@ -270,8 +307,10 @@ __all__ = [
     "CONTINUATION",
     "ForwardCounter",
     "JsonlLogger",
+    "NullLogger",
     "PeakMemory",
     "Progress",
+    "Sink",
     "WandbLogger",
     "clock",
     "heartbeat",

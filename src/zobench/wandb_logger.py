@@ -153,6 +153,14 @@ class WandbLogger:
             self._last_dev = {f"last_dev/{k[4:]}": v for k, v in data.items()}
         self.run.log(data, step=self._step)
 
+    @property
+    def offset(self) -> int:
+        """A resume does not cut W&B back (it drops rows whose step goes backwards): no offset."""
+        return 0
+
+    def sync(self) -> None:
+        """W&B uploads (or, offline, writes) on its own schedule; ``finish`` waits for it."""
+
     def update_config(self, values: dict) -> None:
         """Add what is known only once the run is set up (``engine_used``: the engine that actually
         runs, after the start-up check) to the W&B run's config."""

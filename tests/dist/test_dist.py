@@ -238,7 +238,7 @@ def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
         model = Quadratic()
         opt = MeZO(model.parameters(), lr=1e-2, eps=1e-3, num_directions=3, seed=7)
         if split:
-            opt.direction_share = lambda count, evaluate: evaluate([0]) + evaluate([1, 2])
+            opt.share_directions(lambda count, evaluate: evaluate([0]) + evaluate([1, 2]))
         for _ in range(3):
             opt.step(model)
         results.append([p.detach().clone() for p in model.parameters()])
@@ -248,13 +248,13 @@ def test_direction_shares_are_contiguous_and_a_split_step_equals_the_whole():
 def test_direction_mode_refuses_a_one_direction_method():
     from types import SimpleNamespace
 
-    from zobench.dist.directions import split_directions
+    from zobench.dist.strategy import DirectionParallel
     from zobench.errors import ConfigError
     from zobench.optim import HiZOO
 
     learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
     with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
-        split_directions(learner, DistContext(rank=0, world_size=2))
+        DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
 
 
 def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
@@ -450,27 +450,165 @@ def test_a_launcher_environment_that_cannot_be_is_one_line(env, extra, message, 
 
 
 def test_a_first_order_baseline_is_refused_on_several_ranks():
-    from types import SimpleNamespace
-
-    from zobench.dist.hooks import attach_learner
+    from zobench.dist.strategy import strategy_for
     from zobench.errors import ConfigError
     from zobench.train.learners import BackpropLearner
 
-    recipe = SimpleNamespace(
-        dist=DistContext(rank=0, world_size=2),
-        learner=BackpropLearner(None, None),
-        state=SimpleNamespace(step=0),
-        cfg=compose_run("optimizer=adam"),
-    )
-    with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
-        attach_learner(recipe)
+    learner = BackpropLearner(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), None)
+    for mode in ("data", "directions"):
+        strategy = strategy_for(DistContext(rank=0, world_size=2, mode=mode), "adam")
+        with pytest.raises(ConfigError, match="optimizer=adam is a first-order baseline: it runs in one process"):
+            strategy.attach(learner, None, None)
+    strategy_for(DistContext(), "adam").attach(learner, None, None)  # one process: the baseline runs
 
 
 def test_a_multi_rank_start_on_a_weightless_trajectory_checkpoint_is_refused_in_one_line(tmp_path):
-    from zobench.dist.hooks import refuse_weightless
+    from zobench.checkpoint import Checkpoint
+    from zobench.dist.strategy import DataParallel, Single
     from zobench.errors import CheckpointError
 
-    refuse_weightless(None, tmp_path)  # a fresh run
-    refuse_weightless(({"step": 3}, {"w": torch.zeros(2)}, {}), tmp_path)  # a weight checkpoint
+    strategy = DataParallel(DistContext(rank=1, world_size=2))
+    strategy.check_resumable(None, tmp_path)  # a fresh run
+    strategy.check_resumable(Checkpoint({"step": 3}, {"w": torch.zeros(2)}, {}), tmp_path)  # a weight checkpoint
     with pytest.raises(CheckpointError, match=r"checkpoint: a trajectory checkpoint .* resumes in one process"):
-        refuse_weightless(({"step": 3}, {}, {}), tmp_path)
+        strategy.check_resumable(Checkpoint({"step": 3}), tmp_path)
+    Single().check_resumable(Checkpoint({"step": 3}), tmp_path)  # one process replays it
+
+
+# -- the strategies the recipe is given (dist/strategy.py) -------------------------------------------
+class MirrorRanks(DistContext):
+    """Two ranks in one process that hold the same numbers: a SUM doubles, a MAX keeps."""
+
+    def __init__(self, rank: int = 0, mode: str = "data") -> None:
+        super().__init__(rank=rank, world_size=2, mode=mode)
+
+    def all_reduce(self, tensor, op=None, phase="other"):
+        self.count(phase, tensor)
+        return tensor if op == torch.distributed.ReduceOp.MAX else tensor * 2
+
+
+def _zo_learner():
+    from zobench.engine import InPlaceEngine
+    from zobench.optim import MeZO
+    from zobench.train.learners import ZOLearner
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = MeZO(params, lr=1e-2, eps=1e-3, num_directions=2, engine=InPlaceEngine(), seed=1)
+    return ZOLearner(optimizer, InPlaceEngine(), Mean(), "loss", "torch/inplace")
+
+
+def test_the_single_strategy_is_the_plain_call_everywhere():
+    from zobench.dist.strategy import Single, strategy_for
+    from zobench.train.state import LoopState
+
+    strategy = strategy_for(DistContext(), "mezo")
+    assert type(strategy) is Single and strategy.name == "single" and strategy.leader
+    stop, model, learner = object(), torch.nn.Linear(2, 1), _zo_learner()
+    objective = learner.objective
+    assert strategy.agreed_stop(stop) is stop and strategy.prepare_model(model) is model
+    assert strategy.checkpoint_mode("trajectory") == "trajectory" and strategy.keeps_log()
+    strategy.attach(learner, stop, None)
+    assert learner.objective is objective and learner.optimizer._direction_share is None
+    assert strategy.summary(LoopState(step=3), 3, 0) == {}
+
+    class Evaluates:
+        def evaluate(self, examples, batch_size):
+            return {"accuracy": len(examples) / batch_size}
+
+        def example_scores(self, batch):  # a sharded evaluation would call this: one process does not
+            raise AssertionError("no sharding in one process")
+
+    assert strategy.evaluate(Evaluates(), [1, 2, 3], 4) == {"accuracy": 0.75}
+
+
+def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
+    from zobench.dist.data import SyncedStop
+    from zobench.dist.strategy import DataParallel, strategy_for
+    from zobench.train.state import LoopState
+
+    leader, follower = strategy_for(MirrorRanks(0), "mezo"), strategy_for(MirrorRanks(1), "mezo")
+    assert type(leader) is DataParallel and leader.name == "data" and leader.leader and not follower.leader
+    assert leader.keeps_log() and not follower.keeps_log()  # rank 0's closure values are the global ones
+    assert leader.checkpoint_mode("trajectory") == "weights"
+
+    class Request:
+        signum = None
+
+    stop = leader.agreed_stop(Request())
+    assert isinstance(stop, SyncedStop)
+    learner = _zo_learner()
+    inner = learner.objective
+    leader.attach(learner, stop, None)
+    assert isinstance(learner.objective, ShardedObjective) and learner.objective.inner is inner
+    assert float(learner.objective.loss([1, 2, 3, 4])) == 1.5  # rank 0's shard [1, 2], mirrored
+    state = LoopState(step=5, train_peak=7, inference_peak=3)
+    summary = leader.summary(state, steps=5, first_step=1)
+    assert summary == {
+        "world_size": 2,
+        "dist_mode": "data",
+        "dist_backend": "",
+        "comm_bytes_per_step": leader.ctx.sent["train"] / 4,
+        "peak_memory_bytes": 7,
+        "inference_peak_memory_bytes": 3,
+    }
+
+
+def test_the_direction_parallel_strategy_gives_the_optimizer_its_share():
+    from zobench.dist.directions import DirectionShare
+    from zobench.dist.strategy import DirectionParallel, strategy_for
+
+    strategy = strategy_for(MirrorRanks(0, mode="directions"), "mezo")
+    assert type(strategy) is DirectionParallel and strategy.name == "directions" and not strategy.keeps_log()
+    learner = _zo_learner()
+    objective = learner.objective
+    strategy.attach(learner, None, None)
+    share = learner.optimizer._direction_share
+    assert isinstance(share, DirectionShare) and share.ctx is strategy.ctx
+    assert learner.objective is objective  # each rank evaluates its directions on the whole batch
+    assert "share_directions" not in vars(learner.optimizer)  # a declared seam, not a patched method
+
+
+class WordRanks(DistContext):
+    """Rank 0's broadcasts, recorded; another rank receives ``word``."""
+
+    def __init__(self, rank: int, word: dict | None = None) -> None:
+        super().__init__(rank=rank, world_size=2)
+        self.word, self.sent_words = word, []
+
+    def broadcast_object(self, obj):
+        if self.leader:
+            self.sent_words.append(obj)
+            return obj
+        return self.word
+
+
+def test_the_handshake_sends_rank_0s_word_once_and_its_error_before_it():
+    from zobench.dist.rundir import Handshake
+    from zobench.errors import ConfigError
+
+    ctx = WordRanks(0)
+    with Handshake(ctx) as word:
+        assert word.ready({"status": "completed"}) == {"status": "completed"}
+    with pytest.raises(ValueError), Handshake(ctx) as word:
+        word.ready()
+        raise ValueError("after the word: the other ranks meet it in a collective")
+    with pytest.raises(ConfigError), Handshake(ctx):
+        raise ConfigError("train.steps=-1: bad")
+    assert ctx.sent_words == [
+        {"error": None, "config": False, "done": {"status": "completed"}},
+        {"error": None, "config": False, "done": None},
+        {"error": "train.steps=-1: bad", "config": True, "done": None},
+    ]
+    follower = WordRanks(1, {"error": "train.steps=-1: bad", "config": True, "done": None})
+    with pytest.raises(ConfigError, match=r"^rank 0: train.steps=-1: bad$"), Handshake(follower) as word:
+        word.ready()
+    assert Handshake(WordRanks(1, {"error": None, "config": False, "done": {"steps": 2}})).ready() == {"steps": 2}
+    assert Handshake(DistContext()).ready() is None  # one process: no word at all
+
+
+def test_changed_keys_name_the_differing_leaves_bar_the_exempt_ones():
+    from zobench.configdiff import changed_keys
+
+    saved = {"train": {"steps": 4, "lr": 1}, "cache_dir": "/a", "logger": {"name": "none"}}
+    now = {"train": {"steps": 5, "lr": 1}, "cache_dir": "/b", "logger": {"name": "wandb"}, "new": 1}
+    assert changed_keys(saved, now, ("cache_dir", "logger")) == ["new", "train.steps"]

@@ -112,3 +112,28 @@ def test_a_weights_resume_on_another_engine_cuts_the_log_at_the_checkpoint(tmp_p
     with caplog.at_level(logging.WARNING):
         assert guard.log_of_another_engine(tmp_path, learner, 2)
     assert [s[0] for s in trajlog.read(path).steps] == [1, 2] and "stops at step 2" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_recipe_is_set_up_by_its_own_methods_and_the_strategy_it_is_given(tmp_path, data_dir):
+    """Nothing outside the recipe replaces its attributes (its stop request, its methods) or the
+    learner's: the strategy is passed in, and setup changes only what its own steps set."""
+    from types import SimpleNamespace
+
+    from zobench.dist.strategy import Single
+    from zobench.telemetry import NullLogger
+    from zobench.train import Recipe
+
+    stop, strategy, metrics = SimpleNamespace(signum=None), Single(), NullLogger()
+    cfg = compose_run(*SMOKE, f"data.dir={data_dir}", "optimizer=fzoo", "engine=torch")
+    recipe = Recipe(cfg, tmp_path, [metrics], stop, lambda: 0.0, strategy=strategy, metrics=metrics)
+    before = dict(vars(recipe))
+    recipe.setup(None)
+    assert recipe.stop is stop and recipe.strategy is strategy and recipe.metrics is metrics
+    changed = {name for name, value in before.items() if vars(recipe)[name] is not value}
+    assert changed == {"learner", "stream", "trajectory"}  # setup_learner's and restore's own
+    assert not set(vars(recipe)) & set(dir(Recipe))  # no method replaced on the instance
+    learner = recipe.learner
+    assert isinstance(learner, ZOLearner) and learner.objective is recipe.objective
+    assert not set(vars(learner.optimizer)) & {"_direction_share", "share_directions", "_each_direction", "step"}
+    assert recipe.first_step == 0 and recipe.strategy.summary(recipe.state, recipe.steps, 0) == {}

@@ -1,8 +1,9 @@
 """Multi-rank ZO training on torch.distributed (torchrun, Slurm): ``context.py`` (who am I, the
 process group), ``data.py`` (data-parallel closure), ``directions.py`` (direction-parallel
 FZOO / MeZO), ``evaluation.py`` (sharded dev / test), ``guard.py`` (replica checksums),
-``rundir.py`` (rank 0 writes the run dir), ``hooks.py`` (the recipe's seams). A single process
-never joins a process group: every hook is then a no-op. docs/design.md "Distributed"."""
+``rundir.py`` (rank 0 writes the run dir), ``strategy.py`` (what the recipe is given: ``Single``,
+``DataParallel``, ``DirectionParallel``). A single process never joins a process group: its
+strategy is ``Single``, which calls no collective. docs/design.md "Distributed"."""
 
 from .context import DistContext, current
 

@@ -8,8 +8,8 @@ MeZO: (g_i, ℓ+_i, ℓ-_i)) are all-gathered (float64, so the fp32 losses trave
 rank applies the same combined update from the same numbers. Each direction is evaluated exactly
 as one process evaluates it (same batch, same z), so the result equals the single-process step
 up to the rounding of batched replica calls of another size. Per step W·⌈N/W⌉·k float64 move.
-The methods expose the split through ``ZOOptimizer._each_direction`` (``splits_directions``);
-others are refused with one line. The data stream, ℓ0 and the update run on every rank; the
+The methods declare the split (``splits_directions``) and take a ``DirectionShare`` through
+``ZOOptimizer.share_directions``; others are refused with one line. The data stream, ℓ0 and the update run on every rank; the
 summary's ``forward_passes`` counts ℓ0 once and every direction once (the single-process count).
 """
 
@@ -27,15 +27,24 @@ def share(count: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank * count // world_size, (rank + 1) * count // world_size))
 
 
-def split_directions(learner, ctx: DistContext, stop=None, counter=None) -> None:
-    """Make ``learner.optimizer`` evaluate only this rank's share of its directions."""
-    optimizer = learner.optimizer
+def require_split(optimizer) -> None:
+    """Refuse, in one line, a method whose step evaluates one direction (nothing to split)."""
     if not getattr(optimizer, "splits_directions", False):
         raise ConfigError(
             f"dist.mode=directions: {type(optimizer).__name__} evaluates one direction per step; "
             "allowed with fzoo and mezo (num_directions > 1); use dist.mode=data"
         )
-    optimizer.direction_share = lambda count, evaluate: gather_directions(ctx, count, evaluate, stop, counter)
+
+
+class DirectionShare:
+    """``share(count, evaluate)``: the optimizer's direction seam (``ZOOptimizer.share_directions``)
+    for this rank: its share evaluated here, every rank's results gathered (``gather_directions``)."""
+
+    def __init__(self, ctx: DistContext, stop=None, counter=None) -> None:
+        self.ctx, self.stop, self.counter = ctx, stop, counter
+
+    def __call__(self, count: int, evaluate) -> list:
+        return gather_directions(self.ctx, count, evaluate, self.stop, self.counter)
 
 
 def gather_directions(ctx: DistContext, count: int, evaluate, stop=None, counter=None) -> list:

@@ -6,53 +6,39 @@ best-dev weights) and write nothing.
   group before Hydra makes the run dir, so rank 0 decides the dir (``hydra.run.dir`` holds
   ``${now:...}``: ranks started a second apart would each make their own) and broadcasts it; on
   the other ranks Hydra writes no ``.hydra/`` and no log file there (console, warnings only).
-* ``leading(ctx)``: rank 0's side of ``run.py``: ``go()`` tells the others that the lock is held,
-  the checkpoint decided and config.yaml written (or that the run dir holds a completed run);
-  an error before that is sent to them, so every rank stops with the same one line.
-* ``follow(...)``: the other ranks' ``run``: wait for rank 0's word, then the same recipe with no
-  logger, returning the summary rank 0 writes.
+* ``joined(cfg)``: the context ``run()`` uses (the callback's, or joined there).
+* ``check_same_config``: every rank runs rank 0's config (one all-gather at start).
+* ``Handshake``: rank 0's word to the others in ``run()`` (``run.py``, one function for every
+  rank): the run dir is ready, or holds a completed run, or rank 0 failed before that; every
+  rank then runs the same recipe, and only rank 0 writes (``Strategy.leader``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import time
-from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
 
 from ..config import validate_dist
+from ..configdiff import changed_keys
 from ..errors import ConfigError
 from .context import DistContext, current, launch_env, setup
-
-_WORD: dict = {"sent": True}
-
-
-class NullLogger:
-    """The loggers of a rank other than 0: nothing is written."""
-
-    offset = 0
-
-    def log(self, event: dict) -> None:
-        pass
-
-    def sync(self) -> None:
-        pass
-
-    def summary(self, summary: dict) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 def start(cfg) -> DistContext:
     """The run's context (joining the process group if the launcher started several ranks)."""
     validate_dist(cfg)  # before joining: this runs from a Hydra callback, ahead of config.validate
     return setup(cfg.dist) if cfg.get("dist") is not None else current()
+
+
+def joined(cfg) -> DistContext:
+    """The context of ``run()``: the process group ``SharedRunDir`` joined before Hydra made the
+    run dir, else ``start(cfg)`` (a run started through the API; a job of a Slurm sweep, whose
+    callback only sets up logging)."""
+    ctx = current()
+    return ctx if ctx.active else start(cfg)
 
 
 #: keys a rank may set for its own node (paths, device, logging: rank 0 alone logs); every other
@@ -69,8 +55,6 @@ def check_same_config(ctx: DistContext, config: dict) -> None:
         return
     import hashlib
     import json
-
-    from ..run import changed_keys
 
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     gathered = ctx.gather_objects((digest, config))
@@ -139,44 +123,37 @@ class SharedRunDir(Callback):
         root.setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def leading(ctx: DistContext):
-    """Rank 0 around its run: an error before ``go()`` is sent to the other ranks."""
-    _WORD["sent"] = not ctx.active
-    try:
-        yield
-    except BaseException as err:
-        if not _WORD["sent"]:
-            _send({"error": str(err), "config": isinstance(err, ConfigError), "done": None})
-        raise
+class Handshake:
+    """Rank 0's word to the other ranks, once per run: the run dir is ready (the lock is held, the
+    checkpoint decided, config.yaml written), or it holds a completed run (its summary), or rank
+    0 failed before that (its error, which every rank then raises: one line, the same on all).
+    ``with Handshake(ctx) as word:`` around a run sends an error that escapes it before ``ready``."""
 
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.sent = not (ctx.active and ctx.leader)  # one process, or a rank that only listens
 
-def go(done: dict | None = None) -> None:
-    """Rank 0: the run dir is ready (``done``: the summary of the completed run it holds)."""
-    if not _WORD["sent"]:
-        _send({"error": None, "config": False, "done": done})
+    def __enter__(self) -> Handshake:
+        return self
 
+    def __exit__(self, kind, err, tb) -> None:
+        if err is not None and not self.sent:
+            self._send({"error": str(err), "config": isinstance(err, ConfigError), "done": None})
 
-def _send(word: dict) -> None:
-    _WORD["sent"] = True
-    current().broadcast_object(word)
-
-
-def follow(cfg, run_dir: Path, started: float) -> dict:
-    """A rank other than 0: the same recipe once rank 0 has the run dir ready; returns the
-    summary's numbers (rank 0 writes them)."""
-    from ..checkpoint import load_checkpoint
-    from ..signals import StopRequest
-    from ..train.recipe import Recipe
-
-    word = current().broadcast_object(None)
-    if word["error"] is not None:
-        raise (ConfigError if word["config"] else RuntimeError)(f"rank 0: {word['error']}")
-    if word["done"] is not None:
+    def ready(self, done: dict | None = None) -> dict | None:
+        """Rank 0: send the word (``done``: the summary of the completed run the dir holds), and
+        return ``done``. Another rank: wait for it; rank 0's error is raised here."""
+        if self.ctx.leader:
+            if not self.sent:
+                self._send({"error": None, "config": False, "done": done})
+            return done
+        if not self.ctx.active:
+            return done
+        word = self.ctx.broadcast_object(None)
+        if word["error"] is not None:
+            raise (ConfigError if word["config"] else RuntimeError)(f"rank 0: {word['error']}")
         return word["done"]
-    checkpoint = load_checkpoint(Path(run_dir) / "checkpoint")
-    before = checkpoint[0]["elapsed"] if checkpoint else 0.0
-    with StopRequest() as stop:
-        recipe = Recipe(cfg, run_dir, [NullLogger()], stop, lambda: before + time.perf_counter() - started)
-        recipe.setup(checkpoint)
-        return recipe.finish(recipe.train())
+
+    def _send(self, word: dict) -> None:
+        self.sent = True
+        self.ctx.broadcast_object(word)

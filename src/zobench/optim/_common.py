@@ -108,8 +108,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: the step evaluates several directions whose results only meet in the update (FZOO's N, MeZO's
     #: q): ``dist.mode=directions`` may split them over ranks (``_each_direction``)
     splits_directions: bool = False
-    #: set by a direction-parallel run (``zobench.dist.directions``): ``(count, evaluate) -> results``
-    direction_share: Callable[[int, Callable[[list[int]], list]], list] | None = None
+    #: how a step's directions are evaluated when they are split (``share_directions``); None: all here
+    _direction_share: Callable[[int, Callable[[list[int]], list]], list] | None = None
     #: torch's per-parameter state (tensor keys) plus a method's few scalars under string keys
     #: ("zo", "svrg", "fzoo_reuse"): torch's ``state_dict`` keeps non-tensor keys as they are
     state: defaultdict[Any, Any]
@@ -161,13 +161,20 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Direction ``index`` of step ``step``: a pure function of (seed, step, index)."""
         return Direction(mix_seed(self.param_groups[0]["seed"], step, index), distribution)
 
+    def share_directions(self, share: Callable[[int, Callable[[list[int]], list]], list] | None) -> None:
+        """Evaluate a step's directions through ``share(count, evaluate) -> results`` (every
+        direction's result, in order) instead of ``evaluate(list(range(count)))``: a
+        direction-parallel run (``zobench.dist.directions.DirectionShare``) evaluates this
+        rank's share and gathers the others'. Only methods with ``splits_directions`` call it
+        (``_each_direction``); None: every direction here again."""
+        self._direction_share = share
+
     def _each_direction(self, count: int, evaluate: Callable[[list[int]], list]) -> list:
         """``evaluate(list(range(count)))``: the results (float or tuples of floats) of directions
-        0..count-1. A direction-parallel run (``direction_share``) evaluates each rank's share
-        of the indices there and gathers the others' results, so every rank returns the full list."""
-        if self.direction_share is None:
+        0..count-1, or those the ``share_directions`` seam gathers (the same list on every rank)."""
+        if self._direction_share is None:
             return evaluate(list(range(count)))
-        return self.direction_share(count, evaluate)
+        return self._direction_share(count, evaluate)
 
     def _shared(self, key: str):
         """A hyperparameter that must be equal across groups (e.g. ε: one perturbation per step)."""

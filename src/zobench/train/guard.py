@@ -1,5 +1,6 @@
-"""The run's guards around the engine: the watchdog that ends a stalled step, what its stall line
-says about resuming, and the trajectory log of a run resumed on another engine.
+"""The run's guards: the watchdog that ends a stalled step, what its stall line says about
+resuming, the trajectory log a run keeps (and that of a run resumed on another engine), and the
+policy for a non-finite step (``train.on_divergence``).
 
 A step that makes no progress for ``engine.watchdog_s`` ends the run (``engine/trace.py``); its
 line says whether the checkpoint resumes on another engine: a ``train.checkpoint=weights``
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..engine import trace
 from ..trajectory import log as trajlog
-from ..trajectory.checkpoints import has_log
+from ..trajectory.checkpoints import RunTrajectory, has_log
 
 log = logging.getLogger("zobench.train.recipe")
 
@@ -60,3 +61,30 @@ def log_of_another_engine(run_dir: Path, learner, step: int) -> bool:
         path, written, learner.engine_name, step,
     )  # fmt: skip
     return True
+
+
+def open_log(cfg, run_dir: Path, learner, model, named, step: int | None, mode: str) -> RunTrajectory | None:
+    """The trajectory log of a ZO run (one that keeps a log) starting, or resuming at ``step``
+    from a ``mode`` checkpoint: opened before the checkpoint's weights are loaded (its header
+    hashes the base weights). A weights checkpoint resumes without one when the run dir has no
+    log (an older zobench wrote none) or its log is another engine's (then cut at ``step``)."""
+    if step is not None and mode == "weights":
+        if log_of_another_engine(run_dir, learner, step):
+            return None
+        if not has_log(run_dir):
+            log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", run_dir)
+            return None
+    return RunTrajectory(cfg, run_dir, learner, model, named, step)
+
+
+def skip_divergent(policy: str, state, info: dict) -> bool:
+    """A non-finite loss or projected gradient at ``state.step``: skip the step (the method refused
+    the update) with ``train.on_divergence=skip`` (``policy``), counting it in ``state``, else stop."""
+    if policy == "skip":
+        state.skipped_steps += 1
+        log.warning("step %d: non-finite loss or projected gradient %s; step skipped", state.step, info)
+        return True
+    log.error(
+        "step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)", state.step, info
+    )
+    return False

@@ -15,12 +15,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import (
+    Checkpoint,
     best_name,
     copy_into,
     load_tensors,
@@ -29,17 +30,16 @@ from ..checkpoint import (
     save_checkpoint,
     save_tensors,
 )
-from ..dist import hooks as dist
-from ..dist.evaluation import sharded_evaluate
+from ..dist.strategy import Single, Strategy
 from ..engine import mix_seed, trace
 from ..errors import CheckpointError, ConfigError
 from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
 from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
-from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
-from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode, has_log
+from ..telemetry import ForwardCounter, NullLogger, PeakMemory, Progress, Sink, clock, heartbeat
+from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
 from . import guard
-from .learners import ZOLearner, build_learner, import_target
+from .learners import BackpropLearner, ZOLearner, build_learner, import_target
 from .setup import load_model_or_explain, protocol, resolve_device, schedule
 from .state import LoopState
 
@@ -47,29 +47,40 @@ log = logging.getLogger(__name__)
 
 
 class Recipe:
-    """One run's training and evaluation; ``emit`` sends events to the run's loggers, ``wall()``
-    is the run's wall time so far (time before a resume included), ``stop`` a ``StopRequest``."""
+    """One run's training and evaluation; ``emit`` sends events to the run's ``loggers`` (sinks),
+    ``metrics`` is the one whose offset a checkpoint records (metrics.jsonl), ``wall()`` the run's
+    wall time so far (time before a resume included), ``stop`` a ``StopRequest``, ``strategy``
+    how the run is spread over processes (``dist/strategy.py``; one process by default)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, loggers: list, stop, wall) -> None:
-        self.cfg, self.run_dir, self.loggers, self.stop, self.wall = cfg, Path(run_dir), loggers, stop, wall
+    model: torch.nn.Module  # setup_model's (tuned, then the strategy's)
+    counter: ForwardCounter
+
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, loggers: list, stop, wall, strategy: Strategy | None = None, metrics=None
+    ) -> None:
+        self.cfg, self.run_dir, self.loggers, self.wall = cfg, Path(run_dir), loggers, wall
+        self.strategy: Strategy = strategy if strategy is not None else Single()
+        self.stop = self.strategy.agreed_stop(stop)  # several ranks: the request every rank agrees on
+        self.metrics: Sink = metrics if metrics is not None else NullLogger()  # where metrics.jsonl's offset is
         self.device = resolve_device(cfg.device)
         self.state = LoopState()
+        self.first_step = 0  # the step this process starts from (after restore)
         self.best_dir = self.run_dir / "best"
-        self.learner: Any = None  # a Learner; None: linear probing takes no steps
-        self.dist: Any = None  # the rank context (dist/context.py), set by dist.attach
+        self.learner: ZOLearner | BackpropLearner | None = None  # None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
         self.trajectory: RunTrajectory | None = None  # ZO learners: the per-step log (zobench/trajectory)
-        dist.attach(self)  # multi-rank runs (dist/): the stop request every rank agrees on
 
     # -- setup -----------------------------------------------------------------------------------
-    def setup(self, checkpoint) -> None:
+    def setup(self, checkpoint: Checkpoint | None) -> None:
         """Everything before the first step; ``checkpoint``: ``load_checkpoint``'s, or None."""
         torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (backprop enables it per step)
         self.setup_data()
         self.setup_model()
+        self.model = self.strategy.prepare_model(self.model)  # before an engine is built on it
         self.setup_learner()
         self.restore(checkpoint)
-        dist.attach_learner(self)  # multi-rank: each rank evaluates its shard (or its directions)
+        self.first_step = self.state.step
+        self.strategy.attach(self.learner, self.stop, self.counter)  # each rank: its shard (or directions)
         self.measure_inference_peak()
         optimizer = getattr(self.learner, "optimizer", None)
         self.steps, self.eval_every = schedule(self.cfg.train, optimizer, not isinstance(self.learner, ZOLearner))
@@ -162,36 +173,19 @@ class Recipe:
         with self.counter.phase("train"), heartbeat(f"fitting the linear probe on {len(train)} examples"):
             self.objective = fit(self.objective, train, self.cfg.train.eval_batch_size, seed=self.cfg.seed, **opt_cfg)
 
-    def restore(self, checkpoint) -> None:
+    def restore(self, checkpoint: Checkpoint | None) -> None:
         """The loop state, weights and optimizer state of ``checkpoint`` (if any); the data stream
         at the position they were saved at."""
-        zo = isinstance(self.learner, ZOLearner)
-        self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
-        if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
-            self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
-            dist.refuse_weightless(checkpoint, self.run_dir)
-        if zo and checkpoint is not None and self.checkpoint_mode == "weights":
-            # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
-            zo = not guard.log_of_another_engine(self.run_dir, self.learner, int(checkpoint[0]["step"]))
-        if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
-            # before a checkpoint's weights are loaded: the log's header hashes the base weights
-            step = None if checkpoint is None else int(checkpoint[0]["step"])
-            self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, self.named, step)
-        elif zo:  # a weight checkpoint of a zobench that wrote no log: resumed without one
-            log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", self.run_dir)
+        requested = checkpoint_mode(self.cfg, isinstance(self.learner, ZOLearner))
+        self.checkpoint_mode = self.strategy.checkpoint_mode(requested)  # several ranks: weights
+        self.strategy.check_resumable(checkpoint, self.run_dir)
+        if isinstance(self.learner, ZOLearner) and self.strategy.keeps_log():  # the closure values are the step's
+            step = None if checkpoint is None else checkpoint.step
+            where = (self.cfg, self.run_dir, self.learner, self.model, self.named)
+            self.trajectory = guard.open_log(*where, step, self.checkpoint_mode)
         if checkpoint is not None:
-            saved, tensors, optimizer_state = checkpoint
-            self.state = LoopState.from_dict(saved)
-            if self.checkpoint_mode == "trajectory":
-                assert self.trajectory is not None
-                self.trajectory.replay_to(self.state.step)  # weights and optimizer state, no forward pass
-            else:
-                copy_into(self.named, tensors, self.run_dir / "checkpoint")
-                self.learner.optimizer.load_state_dict(optimizer_state)
-            self.counter.counts.update(self.state.counts)
-            log.info("resumed from step %d", self.state.step)
-            guard.note_checkpoint(self.checkpoint_mode, self.state.step)
-        if dist.writes(self):
+            self.load(checkpoint)
+        if self.strategy.leader:
             remove_stale_best(self.best_dir, keep=self.state.best_file)
         train, batch_size = self.examples["train"], self.cfg.train.batch_size
         if train:
@@ -199,6 +193,21 @@ class Recipe:
             self.stream = BatchStream(len(train), batch_size, seed, self.state.epoch, self.state.offset)
             if isinstance(self.learner, ZOLearner):
                 self.learner.bind_data(self.next_batch, batch_size)
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        """The checkpoint's loop state, and its weights and optimizer state (replayed from the log
+        for a trajectory checkpoint, which holds none)."""
+        self.state = LoopState.from_dict(checkpoint.state)
+        if self.checkpoint_mode == "trajectory":
+            assert self.trajectory is not None
+            self.trajectory.replay_to(self.state.step)  # weights and optimizer state, no forward pass
+        else:
+            assert self.learner is not None, "a checkpoint is written by a run that takes steps"
+            copy_into(self.named, checkpoint.tensors, self.run_dir / "checkpoint")
+            self.learner.optimizer.load_state_dict(checkpoint.optimizer_state)
+        self.counter.counts.update(self.state.counts)
+        log.info("resumed from step %d", self.state.step)
+        guard.note_checkpoint(self.checkpoint_mode, self.state.step)
 
     def measure_inference_peak(self) -> None:
         """Peak memory of one inference-only training batch (a counted ``probe``), once per run;
@@ -227,15 +236,16 @@ class Recipe:
             last = state.step == self.steps
             self.memory.reset()
             with trace.step(f"step {state.step}"):  # a stall inside it ends the run (engine.watchdog_s)
+                assert self.learner is not None, "a run that takes steps has a learner (setup_learner)"
                 loss, info = self.learner.step(self.next_batch())
-            if self.trajectory is not None:
-                self.trajectory.append(state.step, self.learner.tape.calls)
+            if self.trajectory is not None:  # a ZO learner's: the closure values of the step
+                self.trajectory.append(state.step, self.trajectory.learner.tape.calls)
             state.train_peak = max(state.train_peak, self.memory.peak())
             progress.update(loss, self.counter["train"])
             finite = math.isfinite(loss) and all(math.isfinite(v) for v in info.values())
             if state.step % cfg.log_every == 0 or last or not finite:
                 self.log_train(loss, info)
-            if not finite and not self.skip_divergent(info):
+            if not finite and not guard.skip_divergent(cfg.on_divergence, state, info):
                 status = "diverged"
                 break
             evaluating = bool(dev) and (state.step % self.eval_every == 0 or last)
@@ -263,20 +273,6 @@ class Recipe:
         assert self.stream is not None, "a run that takes steps has training examples (setup_data)"
         return [self.examples["train"][i] for i in self.stream.next()]
 
-    def skip_divergent(self, info: dict) -> bool:
-        """A non-finite loss or projected gradient: skip the step (the method refused the update)
-        with ``train.on_divergence=skip``, else stop."""
-        if self.cfg.train.on_divergence == "skip":
-            self.state.skipped_steps += 1
-            log.warning("step %d: non-finite loss or projected gradient %s; step skipped", self.state.step, info)
-            return True
-        log.error(
-            "step %d: non-finite loss or projected gradient %s; stopping (train.on_divergence=stop)",
-            self.state.step,
-            info,
-        )
-        return False
-
     def evaluate_dev(self) -> None:
         """A dev evaluation; a new best is written to ``best/`` (unless it is the last step, whose
         weights are in memory when the test evaluation comes)."""
@@ -285,26 +281,23 @@ class Recipe:
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
             if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
-                writes = dist.writes(self)  # rank 0 writes, the others read it
-                state.best_file = save_best(self.named, self.best_dir, state.step) if writes else best_name(state.step)
+                leader = self.strategy.leader  # rank 0 writes, the others read it
+                state.best_file = save_best(self.named, self.best_dir, state.step) if leader else best_name(state.step)
 
     def save(self) -> None:
         """A checkpoint of the weights, the optimizer state and ``LoopState``."""
         state = self.state
         state.epoch, state.offset = (self.stream.epoch, self.stream.offset) if self.stream else (0, 0)
-        state.counts, state.metrics_offset, state.elapsed = (
-            dict(self.counter.counts),
-            self.loggers[0].offset,
-            self.wall(),
-        )
-        self.loggers[0].sync()  # the events up to the offset the checkpoint records are on disk first
+        state.counts, state.metrics_offset, state.elapsed = dict(self.counter.counts), self.metrics.offset, self.wall()
+        self.metrics.sync()  # the events up to the offset the checkpoint records are on disk first
         if self.trajectory is not None:
             self.trajectory.sync()  # and the steps it will replay
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
+        assert self.learner is not None, "only a run that takes steps checkpoints"
         optimizer_state = self.learner.optimizer.state_dict() if weights else {}
         tensors = dict(self.named) if weights else {}
-        dist.check(self, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
-        if dist.writes(self):
+        self.strategy.check(self.named, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
+        if self.strategy.leader:
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             remove_stale_best(self.best_dir, keep=state.best_file)
         guard.note_checkpoint(self.checkpoint_mode, state.step)
@@ -322,7 +315,7 @@ class Recipe:
             detail=lambda: f"{self.counter['eval'] - before} forward passes",
         )
         with self.counter.phase("eval"), beat:
-            values = sharded_evaluate(self.objective, examples, self.cfg.train.eval_batch_size, self.dist, self.counter)
+            values = self.strategy.evaluate(self.objective, examples, self.cfg.train.eval_batch_size, self.counter)
         self.emit({"event": "eval", "split": split, "step": step, **values, **self.counts(), "wall_s": self.wall()})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         log.info(
@@ -331,6 +324,7 @@ class Recipe:
         return values
 
     def log_train(self, loss: float, info: dict) -> None:
+        assert self.learner is not None
         lr = self.learner.optimizer.param_groups[0]["lr"]
         event = {"event": "train", "step": self.state.step, "loss": loss, "lr": lr, **info, **self.counts()}
         self.emit({**event, "peak_memory_bytes": self.state.train_peak, "wall_s": self.wall()})
@@ -352,25 +346,20 @@ class Recipe:
         step's), ``final/`` (``train.save_final``), and the summary's numbers. ``best/`` stays
         until run.py has written the summary: a kill before that resumes from the checkpoint,
         which needs the best-dev file it names."""
-        cfg, state, completed, dev = self.cfg.train, self.state, status == "completed", self.examples["dev"]
+        state, completed, dev = self.state, status == "completed", self.examples["dev"]
         if self.trajectory is not None:
             self.trajectory.sync()
-        if completed and cfg.keep_best and state.best_file and state.best_step != self.steps:
-            copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
-        elif completed and cfg.keep_best and dev and self.trajectory and self.checkpoint_mode == "trajectory":
-            if state.best_step != self.steps:  # the best-dev state is a step number: replayed, not stored
-                self.trajectory.rebuild(state.best_step, self.device)
-        tested_step = state.best_step if cfg.keep_best and dev else state.step
-        tested = self.evaluate("test", tested_step) if completed else {self.metric: None}
+        tested_step = self.load_tested_weights() if completed else None
+        tested = self.evaluate("test", tested_step) if tested_step is not None else {self.metric: None}
         if completed:
-            dist.check(self, "end of the run")
-        if completed and cfg.save_final and dist.writes(self):
-            save_tensors(self.named, self.run_dir / "final" / "trainable.safetensors")
+            self.strategy.check(self.named, "end of the run")
+            if self.cfg.train.save_final and self.strategy.leader:
+                save_tensors(self.named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
             "best_step": state.best_step if dev else None,
-            "tested_step": tested_step if completed else None,
+            "tested_step": tested_step,
             "forward_passes": self.counter["train"],
             "forward_passes_eval": self.counter["eval"],
             "forward_passes_probe": self.counter["probe"],
@@ -392,5 +381,19 @@ class Recipe:
             result["signal"] = self.stop.name
         if self.trajectory is not None:  # synced above: what replay and export check it against
             result["trajectory"] = self.trajectory.seal()
-        result.update(dist.summary(self))
+        result.update(self.strategy.summary(state, self.steps, self.first_step))
         return result
+
+    def load_tested_weights(self) -> int:
+        """The weights the test evaluates, in the parameters; returns their step. With
+        ``train.keep_best`` and a dev set, the best-dev state: in memory when it is the last
+        step's, else read from ``best/`` or (a trajectory checkpoint keeps a step number, not a
+        copy) replayed from the log. Otherwise the last step's, in memory."""
+        state = self.state
+        if not (self.cfg.train.keep_best and self.examples["dev"]):
+            return state.step
+        if state.best_step != self.steps and state.best_file:
+            copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
+        elif state.best_step != self.steps and self.trajectory is not None and self.checkpoint_mode == "trajectory":
+            self.trajectory.rebuild(state.best_step, self.device)
+        return state.best_step
