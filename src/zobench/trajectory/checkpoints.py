@@ -20,9 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..build import Components, build_learner
 from ..errors import CheckpointError
 from . import log as trajlog
-from .replay import build_base, check_base, config_sha256, fresh_learner, replay_into
+from .replay import check_base, config_sha256, replay_into
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,10 @@ class RunTrajectory:
         more: the model briefly exists twice) through a fresh optimizer on the run's engine."""
         from ..checkpoint import copy_into
 
-        model, _, named = build_base(self.cfg, device)
-        check_base(self.log.header, named, self.path)
-        copy_into(self.named, dict(named), self.path)
-        del model, named
-        learner = fresh_learner(self.cfg, self.model, self.named, engine=self.learner.engine)
+        base = Components.build(self.cfg, device, data=False, learner=False)
+        check_base(self.log.header, base.named, self.path)
+        copy_into(self.named, dict(base.named), self.path)
+        del base
+        learner = build_learner(self.cfg, self.model, self.named, None, engine=self.learner.engine)
         self.replay_to(step, learner.optimizer)
         logger.info("rebuilt the weights of step %d from the trajectory", step)
