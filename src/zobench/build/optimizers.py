@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
@@ -83,7 +83,7 @@ def zo_optimizer(opt_cfg: Mapping, named, engine, seed: int):
     builds them: the bare optimizer the benchmarks time. First-order and probing baselines are
     refused with a one-line error."""
     given = OmegaConf.to_container(opt_cfg, resolve=True) if OmegaConf.is_config(opt_cfg) else opt_cfg
-    kwargs = {str(k): v for k, v in dict(given).items()}  # type: ignore[call-overload]  # a config mapping
+    kwargs = {str(k): v for k, v in cast(Mapping, given).items()}
     name = kwargs.pop("name")
     if kwargs.pop("first_order", False) or kwargs.pop("linear_probe", False):
         raise ConfigError(
