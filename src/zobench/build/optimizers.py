@@ -9,6 +9,7 @@ build_engine``), with the start-up self-check of a Triton engine for runs (``eng
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -26,11 +27,17 @@ def resolve_target(target: str, key: str, kind: str = "class") -> Any:
     """The class (``kind="class"``) or function (``"method"``) the ``_target_`` string at config
     ``key`` names (``zobench.optim.MeZO``); one that cannot be imported: one ConfigError line."""
     locate: Callable[[str], Any] = get_class if kind == "class" else get_method
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # Hydra logs the failure over several lines first: ours is the one line
     try:
         return locate(str(target))
     except (ImportError, ValueError) as err:
-        why = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise ConfigError(f"{key}={target}: cannot import it ({why})") from None
+        cause = err.__cause__ or err  # Hydra's ImportError wraps the import's own error
+        why = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"{key}={target}: cannot import it ({type(cause).__name__}: {why})") from None
+    finally:
+        hydra_log.setLevel(level)
 
 
 def engine_for(engine_cfg: Mapping, model, backend: str | None = None):
