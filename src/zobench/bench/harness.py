@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from ..build import build_model, engine_for, zo_optimizer
+from ..config import validate_bench
 from ..models import CandidateScorer, torch_dtype
 from ..optim import MeZO, decay_groups
 from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
-from ..validation import validate_bench
 from .baseline import AuthorsMeZO, pairwise_loss
 from .page import markdown  # noqa: F401  (python -m zobench.bench writes it beside the JSON)
 

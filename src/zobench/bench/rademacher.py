@@ -31,12 +31,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from ..build import build_model, engine_for, zo_optimizer
+from ..config import check_output_folder
 from ..engine import directions, trace
 from ..errors import ConfigError
 from ..models import CandidateScorer
 from ..resources import conf_dir
 from ..tasks import build_splits, load_task
-from ..validation import check_output_folder
 from .summaries import rademacher_readme
 
 OUT = Path("results/bench/rademacher")

@@ -21,13 +21,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..build import Components, build_learner
+from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
 from . import log as trajlog
 from .replay import check_base, config_sha256, replay_into
 
 logger = logging.getLogger(__name__)
 
-MODES = ("trajectory", "weights")
+MODES = CHECKPOINT_MODES  # train.checkpoint: the config's choices
 
 
 def checkpoint_mode(cfg: DictConfig, zo: bool) -> str:
