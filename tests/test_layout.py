@@ -19,7 +19,10 @@ SRC = ROOT / "src" / "zobench"
 #: lowest first; a module may import its own layer and those below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
-    ("support", ("checkpoint", "redaction", "wandb_logger", "telemetry", "lock", "signals", "provenance")),
+    (
+        "support",
+        ("checkpoint", "redaction", "wandb_logger", "telemetry", "lock", "signals", "provenance", "trajectory.tape"),
+    ),
     ("config", ("config", "configdiff", "paths", "hub")),
     ("engine", ("engine",)),
     ("optim, tasks", ("optim", "tasks")),
@@ -54,10 +57,6 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     # report/ remakes the benchmark READMEs without importing torch (python -m zobench.report)
     ("bench.readmes", "optim"): "the allocator table's state counts; the rest of the module is torch-free",
     ("models.loading", "tasks"): "issue 28: i28build removes it (check_sources moves to the factory)",
-    ("trajectory.checkpoints", "checkpoint"): "issue 28: i28run removes it (checkpoint dataclass)",
-    ("trajectory.export", "checkpoint"): "issue 28: i28build removes it (one factory)",
-    ("trajectory.replay", "models"): "issue 28: i28build removes it (one factory)",
-    ("trajectory.replay", "train.learners"): "issue 28: i28build removes it (one factory)",
     ("trajectory.replay", "train.setup"): "issue 28: i28build removes it (one factory)",
 }
 

@@ -183,14 +183,14 @@ def _optimizer_options():
 def test_every_optimizer_trains_through_the_loop_with_its_declared_passes(tmp_path, data_dir, optimizer):
     from omegaconf import OmegaConf
 
-    from zobench.train.learners import import_target
+    from zobench.build import resolve_target
 
     if optimizer == "linear_probe":
         pytest.skip("linear probing takes no steps (test_linear_probing_run)")
     cfg = compose_run(*SMOKE, f"optimizer={optimizer}", "train.steps=2", "train.eval_every=2", f"data.dir={data_dir}")
     summary = run(cfg, tmp_path)
     opt_cfg = OmegaConf.to_container(cfg.optimizer)
-    cls = import_target(opt_cfg["_target_"])
+    cls = resolve_target(opt_cfg["_target_"], "optimizer._target_")
     if opt_cfg.get("first_order"):
         declared = 1  # backprop: one forward (and one backward) per step
     elif optimizer == "fzoo":

@@ -83,13 +83,15 @@ def _addable(key: str, tree: dict) -> bool:
     if key in addable_keys():
         return True
     if key.startswith("optimizer.") and key.count(".") == 1:
-        import importlib
         import inspect
 
-        module, _, name = str(tree.get("optimizer", {}).get("_target_", "")).rpartition(".")
-        try:
-            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-        except (ImportError, AttributeError, ValueError):
+        from .build import resolve_target
+        from .errors import ConfigError
+
+        target = str(tree.get("optimizer", {}).get("_target_", ""))
+        try:  # a class (a method) or a function (the linear probe's fit): any callable
+            params = inspect.signature(resolve_target(target, "optimizer._target_", kind="method")).parameters
+        except (ConfigError, ValueError):  # a target that does not import is reported when the run builds it
             return False
         return key.split(".", 1)[1] in params
     return False

@@ -10,11 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.helpers import SMOKE, compose_run, tiny_model
+from zobench.build import build_learner
 from zobench.errors import CheckpointError
 from zobench.models import apply_tuning, trainable
-from zobench.train.learners import build_learner
 from zobench.trajectory.checkpoints import RunTrajectory, checkpoint_mode
-from zobench.trajectory.replay import optimizer_config
 
 
 class TinyObjective:
@@ -31,7 +30,7 @@ def _setup(cfg, shift: float = 0.0):
     model = apply_tuning(tiny_model("llama"), OmegaConf.to_container(cfg.tuning), "causal", seed=0)
     named = trainable(model)
     named[0][1].data.add_(shift)
-    return model, named, build_learner(cfg, optimizer_config(cfg), model, named, TinyObjective(model))
+    return model, named, build_learner(cfg, model, named, TinyObjective(model))
 
 
 def _batches():

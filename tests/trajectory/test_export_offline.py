@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 
 from tests.helpers import compose_run
+from zobench.build import protocol
 from zobench.models import build_objective, with_demonstrations
 from zobench.models.loading import model_config
 from zobench.run import run
 from zobench.tasks import build_splits, load_task
-from zobench.train.setup import protocol
 from zobench.trajectory.export import export
 
 OFFLINE = ["smollm2-135m", "gemma3-270m"]

@@ -14,11 +14,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.helpers import SMOKE, compose_run, tiny_model
+from zobench.build import build_learner
 from zobench.models import apply_tuning, trainable
 from zobench.optim.registry import methods
-from zobench.train.learners import build_learner
 from zobench.trajectory.log import decode_payload, encode_record
-from zobench.trajectory.replay import optimizer_config
 from zobench.trajectory.tape import ReplayTape, replay_steps
 
 STEPS = 4
@@ -60,7 +59,7 @@ def _learner(method: str, dtype, tuning: str, extra: list[str]):
     cfg = compose_run(*SMOKE, f"optimizer={method}", f"tuning={tuning}", "optimizer.lr=1e-2", "engine=torch", *extra)
     model = apply_tuning(tiny_model("llama", dtype), OmegaConf.to_container(cfg.tuning), "causal", seed=0)
     named = trainable(model)
-    return cfg, build_learner(cfg, optimizer_config(cfg), model, named, TinyObjective(model)), named
+    return cfg, build_learner(cfg, model, named, TinyObjective(model)), named
 
 
 def _train_and_replay(method: str, dtype, tuning: str, extra: list[str]) -> None:

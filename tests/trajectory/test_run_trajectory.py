@@ -49,16 +49,16 @@ def test_the_default_zo_run_writes_no_weight_sized_file(runs, data_dir, tmp_path
 
 @pytest.mark.slow
 def test_a_different_base_model_is_refused_in_one_line(runs, monkeypatch):
-    import zobench.trajectory.replay as replay_module
+    from zobench.build import Components
 
-    build = replay_module.build_base
+    build = Components.build
 
-    def changed_base(cfg, device):  # the model's files changed on disk since the run
-        model, tokenizer, named = build(cfg, device)
-        named[0][1].data.add_(1.0)
-        return model, tokenizer, named
+    def changed_base(cfg, device, **kwargs):  # the model's files changed on disk since the run
+        parts = build(cfg, device, **kwargs)
+        parts.named[0][1].data.add_(1.0)
+        return parts
 
-    monkeypatch.setattr(replay_module, "build_base", changed_base)
+    monkeypatch.setattr(Components, "build", changed_base)
     with pytest.raises(CheckpointError, match="base model's trainable weights differ from those the run started"):
         replay(runs["full"], "last")
 

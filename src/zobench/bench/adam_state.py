@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ..build import Components
 from ..trajectory.log import FILENAME, read
-from ..trajectory.replay import build_base, check_base, check_config, fresh_learner, load_run_config
+from ..trajectory.replay import check_base, check_config, load_run_config
 from ..trajectory.tape import ReplayTape, replay_steps
 
 CHECKPOINTS = (1, 10, 50, 100, 200, 300, 500, 1000)
@@ -71,10 +72,11 @@ def measure(run_dir: Path) -> dict:
     cfg = load_run_config(run_dir)
     log = read(run_dir / FILENAME)
     check_config(log.header, cfg, run_dir / "config.yaml")
-    model, _, named = build_base(cfg, torch.device("cpu"))
+    parts = Components.build(cfg, torch.device("cpu"), data=False)  # the run's model and optimizer at step 0
+    named = parts.named
     check_base(log.header, named, run_dir / FILENAME)
     base = [p.detach().clone() for _, p in named]
-    optimizer = fresh_learner(cfg, model, named).optimizer
+    optimizer = parts.learner.optimizer
     tape, done, rows = ReplayTape(log.header.replicas), 0, {}
     previous = None
     for target in [c for c in CHECKPOINTS if c <= log.last_step]:

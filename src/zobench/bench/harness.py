@@ -22,13 +22,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from hydra.utils import get_class
-from omegaconf import OmegaConf
 
+from ..build import build_model, engine_for, zo_optimizer
 from ..config import validate_bench
-from ..engine import build_engine
-from ..errors import ConfigError
-from ..models import CandidateScorer, load_model, torch_dtype
+from ..models import CandidateScorer, torch_dtype
 from ..optim import MeZO, decay_groups
 from ..run import resolve_device
 from ..tasks import build_splits, load_task
@@ -151,7 +148,7 @@ def drift_after_lr0_steps(
             params = [p for _, p in baseline.named]  # the authors' sweeps replace the tensors
     else:
         holder = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
-        opt = MeZO(params, lr=0.0, eps=eps, engine=build_engine(backend, "inplace", holder))
+        opt = MeZO(params, lr=0.0, eps=eps, engine=engine_for({"backend": backend, "mode": "inplace"}, holder))
         for _ in range(steps):
             opt.step(lambda: torch.tensor(0.0))
     changed = sum(int((p != s).sum()) for p, s in zip(params, start))
@@ -182,22 +179,6 @@ def passes_per_step(optimizer) -> int | float:
     return int(passes) if passes.is_integer() else passes
 
 
-def zo_optimizer(opt_cfg, named, engine, seed: int):
-    """The configured zeroth-order method (conf/optimizer) on ``engine``, as the run loop builds
-    it; first-order and probing baselines are refused with a one-line error."""
-    kwargs = {str(k): v for k, v in dict(OmegaConf.to_container(opt_cfg, resolve=True)).items()}  # type: ignore[arg-type]  # a config mapping
-    name = kwargs.pop("name")
-    if kwargs.pop("first_order", False) or kwargs.pop("linear_probe", False):
-        raise ConfigError(
-            f"optimizer={name}: the benchmark times zeroth-order steps; "
-            "allowed: a ZO method of conf/optimizer (mezo, hizoo, fzoo, zo_adam, ...)"
-        )
-    weight_decay = kwargs.pop("weight_decay", 0.0)
-    cls = get_class(kwargs.pop("_target_"))
-    groups = decay_groups(named, weight_decay, names=getattr(cls, "takes_names", False))  # LeZO's blocks
-    return cls(groups, engine=engine, seed=seed, **kwargs)
-
-
 def run_benchmark(cfg) -> dict:
     """One benchmark: zobench's configured step, then (``bench.baseline``) the authors' MeZO step
     and (``bench.numerics_steps``) the in-place drift, on one model, batch and process."""
@@ -208,7 +189,7 @@ def run_benchmark(cfg) -> dict:
     spec = load_task(cfg.task.name)
     splits = build_splits(spec, cfg.data.dir, cfg.bench.batch_size, 0, 1, seed=cfg.data.seed)
     log.info("loading %s on %s", cfg.model.name, device)
-    model, tokenizer = load_model(cfg.model, device, cfg.cache_dir)
+    model, tokenizer = build_model(cfg, device, tune=False)  # the bench times the base model, every weight
     scorer = CandidateScorer(model, tokenizer, cfg.task.max_length, device)
     batch = [scorer.encode(spec.render(ex)) for ex in splits.train][: cfg.bench.batch_size]
     memory = PeakMemory(device)
@@ -265,13 +246,7 @@ class _Bench:
     def zobench(self, eps: float) -> dict:
         """The run loop's objective and optimizer on the configured engine."""
         cfg, scorer, batch = self.cfg, self.scorer, self.batch
-        engine = build_engine(
-            cfg.engine.backend,
-            cfg.engine.mode,
-            self.model,
-            paired=cfg.engine.paired,
-            fused_linear=cfg.engine.fused_linear,
-        )
+        engine = engine_for(cfg.engine, self.model)  # as configured: no self-check, no fallback
         engine.enable_timing(self.sync if self.device.type == "cuda" else None)
         optimizer = zo_optimizer(cfg.optimizer, self.named, engine, cfg.seed)
         b = cfg.bench

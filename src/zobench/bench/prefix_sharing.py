@@ -14,10 +14,11 @@ import statistics
 import time
 
 import torch
+from omegaconf import OmegaConf
 
-from ..models import load_model
+from ..build import build_model, build_objective
 from ..models.loading import model_config
-from ..models.objective import build_objective, with_demonstrations
+from ..models.objective import with_demonstrations
 from ..tasks import build_splits, load_task
 
 # (task, test examples scored, in-context demonstrations before each prompt, MeZO's ICL format);
@@ -48,7 +49,9 @@ def compare(objective, encoded: list) -> tuple[dict, dict, bool]:
 
 def main() -> None:
     torch.set_grad_enabled(False)
-    model, tokenizer = load_model(model_config("smollm2-135m"), "cpu")
+    # the model as a run loads it (no tuning: nothing trains), its objective with a 2048-token budget
+    cfg = OmegaConf.create({"model": model_config("smollm2-135m"), "task": {"max_length": 2048}, "objective": "loss"})
+    model, tokenizer = build_model(cfg, "cpu", tune=False)
     print("# Prefix-shared candidate scoring vs one sequence per (example, candidate)\n")
     print("Command: `ZOBENCH_DATA_DIR=../shared/data python -m zobench.bench.prefix_sharing`\n")
     print(
@@ -64,7 +67,7 @@ def main() -> None:
     for name, n, demos in CASES:
         spec = load_task(name)
         splits = build_splits(spec, os.environ.get("ZOBENCH_DATA_DIR"), demos, 0, n, seed=0)
-        objective = build_objective(spec, "causal", model, tokenizer, 2048, "cpu")
+        objective = build_objective(cfg, spec, model, tokenizer, "cpu")
         shown = [spec.render(e) for e in splits.train][:demos]
         encoded = [objective.encode(with_demonstrations(spec.render(e), shown)) for e in splits.test]
         timings, scores, same = compare(objective, encoded)

@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from ..build import build_model, engine_for, zo_optimizer
 from ..config import check_output_folder
-from ..engine import build_engine, directions, trace
+from ..engine import directions, trace
 from ..errors import ConfigError
-from ..models import CandidateScorer, load_model
+from ..models import CandidateScorer
 from ..resources import conf_dir
 from ..tasks import build_splits, load_task
-from .harness import zo_optimizer
 from .readmes import rademacher_readme
 
 OUT = Path("results/bench/rademacher")
@@ -73,10 +73,10 @@ def _setup():
         cfg = compose("bench", overrides=["model=smollm2-135m", "engine=torch", "engine.mode=virtual"])
     spec = load_task(cfg.task.name)
     splits = build_splits(spec, cfg.data.dir, 16, 0, 1, seed=cfg.data.seed)
-    model, tokenizer = load_model(cfg.model, torch.device("cpu"), cfg.cache_dir)
+    model, tokenizer = build_model(cfg, torch.device("cpu"), tune=False)
     scorer = CandidateScorer(model, tokenizer, cfg.task.max_length, torch.device("cpu"))
     batch = [scorer.encode(spec.render(ex)) for ex in splits.train][:16]
-    engine = build_engine("torch", "virtual", model, paired=True)
+    engine = engine_for({"backend": "torch", "mode": "virtual", "paired": True}, model)
     engine.enable_timing()
     return cfg, model, scorer, batch, engine
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from ..build import Components
 from ..checkpoint import save_checkpoint
 from ..resources import conf_dir
 from ..run import run
 from ..trajectory import read
-from ..trajectory.replay import build_base, fresh_learner, load_run_config, replay_into
+from ..trajectory.replay import load_run_config, replay_into
 
 STEPS, REPLAYED = 200, 20  # defaults; argv: <work dir> [steps [replayed steps]]
 OPT13B_PARAMS, OPT13B_BYTES = 12.85e9, 2  # fp16
@@ -52,8 +53,8 @@ def main(work: Path, out: Path, steps: int = STEPS, replayed: int = REPLAYED) ->
     per_step = (log.end - log.start) / len(log.steps)
 
     cfg = load_run_config(run_dir)
-    model, _, named = build_base(cfg, torch.device("cpu"))
-    learner = fresh_learner(cfg, model, named)
+    parts = Components.build(cfg, torch.device("cpu"), data=False)  # the run's model and optimizer at step 0
+    named, learner = parts.named, parts.learner
     started = time.perf_counter()
     replay_into(learner.optimizer, log, replayed, int(cfg.train.batch_size))
     replay_s = (time.perf_counter() - started) / replayed

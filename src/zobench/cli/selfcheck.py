@@ -21,9 +21,10 @@ def model_parameters(cfg) -> list[torch.Tensor]:
     from ..models import loading
 
     if cfg.model.source != "random":
-        from ..train.setup import load_model_or_explain, resolve_device
+        from ..build import build_model
+        from ..train.setup import resolve_device
 
-        return list(load_model_or_explain(cfg, resolve_device(cfg.device))[0].parameters())
+        return list(build_model(cfg, resolve_device(cfg.device), tune=False)[0].parameters())
     import transformers
 
     tokenizer = loading.load_tokenizer(cfg.model, cfg.cache_dir)

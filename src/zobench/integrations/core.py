@@ -6,7 +6,7 @@ A host (Hugging Face ``Trainer``, TRL, Lightning, a plain loop) owns the data, t
 the checkpoints; the session owns what a zobench step needs besides them:
 
 * the method (``zobench.optim``) on a perturbation engine, built by the recipe's own
-  ``build_learner`` (``train/learners.py``), so ``zo="mezo"`` in a Trainer is the optimizer
+  ``build_learner`` (the factory, ``zobench.build``), so ``zo="mezo"`` in a Trainer is the optimizer
   ``optimizer=mezo`` is in ``python -m zobench``;
 * a forward counter on the model (``telemetry.ForwardCounter``): passes made inside a step count
   as ``train``, every other forward (the host's evaluation) as ``eval``;
@@ -28,13 +28,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..build import ZOLearner, build_learner
 from ..engine import mix_seed
 from ..errors import ConfigError
 from ..models import hf_model, trainable
 from ..optim import ZOOptimizer
 from ..resources import conf_dir
 from ..telemetry import ForwardCounter, PeakMemory
-from ..train.learners import ZOLearner, build_learner
 from ..trajectory.tape import Tape
 
 #: a constant that separates the dropout seeds from the direction seeds of the same (seed, step)
@@ -99,7 +99,7 @@ def build_zo(
     weight_decay: float | None = None,
 ) -> ZOLearner:
     """The ZO method ``zo`` on ``model``'s trainable parameters (``requires_grad``), built as the
-    recipe builds ``optimizer=<name>`` (``train/learners.py::build_learner``: decay groups, the
+    recipe builds ``optimizer=<name>`` (``zobench.build.build_learner``: decay groups, the
     engine ``engine`` names, the direction seed ``seed``), with no objective: the host's closure is
     the loss. ``lr`` / ``weight_decay`` fill the method's keys when ``zo`` is a bare name or a
     dict without them (a config that sets them keeps its values). ``zo`` may also be an optimizer
@@ -114,14 +114,13 @@ def build_zo(
         opt_cfg["lr"] = lr
     if weight_decay is not None and "weight_decay" not in given_keys:
         opt_cfg["weight_decay"] = weight_decay
-    name = opt_cfg.pop("name")
     cfg = OmegaConf.create(
-        {"seed": int(seed), "objective": "loss", "engine": engine_config(engine), "optimizer": {"name": name}}
+        {"seed": int(seed), "objective": "loss", "engine": engine_config(engine), "optimizer": opt_cfg}
     )
     named = trainable(model)
     if not named:
         raise ConfigError("the model has no trainable parameters (requires_grad=True): nothing for zo to train")
-    learner = build_learner(cfg, opt_cfg, model, named, None)
+    learner = build_learner(cfg, model, named, None)  # the factory's: as the recipe builds optimizer=<name>
     assert isinstance(learner, ZOLearner)  # method_config refused first-order methods
     return learner
 

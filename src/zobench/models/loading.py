@@ -64,13 +64,10 @@ def check_sources(cfg) -> None:
     that is wrong anyway is reported as such first (validation, a task without prompts for the
     model's family), whatever the hub: ``run.run`` calls this after ``config.validate``."""
     from ..tasks import load_task
+    from ..tasks.checks import check_family
 
     spec = load_task(cfg.task.name)
-    if cfg.model.family not in spec.families:
-        raise ConfigError(
-            f"model={cfg.model.name} is a {cfg.model.family} LM; task={spec.name} has prompts for "
-            f"{', '.join(spec.families)} LMs only"
-        )
+    check_family(spec, cfg.model)
     for _name, hub_id in _hub_ids(cfg.model):
         if not _hub_cached(hub_id) and not hub_available():
             raise HubUnavailableError(

@@ -62,3 +62,14 @@ def _source(spec, split: str, data_dir, folder, name: str, splits) -> str:
     bad = sum(splits.skipped_rows.values())
     skipped = f" ({bad} bad rows skipped, data.on_bad_row=skip)" if bad else ""
     return f"{where} has none{skipped}; a run needs at least one: point data.dir at a mirror whose file has rows"
+
+
+def check_family(spec, model_cfg) -> None:
+    """The task has prompts for the model's family (causal / masked LM): the one rule of a model
+    config against a task, checked before the hub probe (``models.loading.check_sources``) and
+    when a run's components are built (``zobench.build``)."""
+    if model_cfg.family not in spec.families:
+        raise ConfigError(
+            f"model={model_cfg.name} is a {model_cfg.family} LM; task={spec.name} has prompts for "
+            f"{', '.join(spec.families)} LMs only"
+        )

@@ -15,11 +15,19 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from ..build import (
+    build_learner,
+    build_model,
+    build_objective,
+    build_task,
+    encode_examples,
+    fit_linear_probe,
+    is_linear_probe,
+)
 from ..checkpoint import (
     Checkpoint,
     best_name,
@@ -32,15 +40,14 @@ from ..checkpoint import (
 )
 from ..dist.strategy import Single, Strategy
 from ..engine import mix_seed, trace
-from ..errors import CheckpointError, ConfigError
-from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
-from ..tasks import build_splits, load_task
+from ..errors import CheckpointError
+from ..models import hf_model, trainable
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, NullLogger, PeakMemory, Progress, Sink, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
 from . import guard
-from .learners import BackpropLearner, ZOLearner, build_learner, import_target
-from .setup import load_model_or_explain, protocol, resolve_device, schedule
+from .learners import BackpropLearner, ZOLearner
+from .setup import resolve_device, schedule
 from .state import LoopState
 
 log = logging.getLogger(__name__)
@@ -76,7 +83,6 @@ class Recipe:
         torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (backprop enables it per step)
         self.setup_data()
         self.setup_model()
-        self.model = self.strategy.prepare_model(self.model)  # before an engine is built on it
         self.setup_learner()
         self.restore(checkpoint)
         self.first_step = self.state.step
@@ -92,58 +98,14 @@ class Recipe:
 
     def setup_data(self) -> None:
         """The task's train / dev / test examples under the paper's protocol (``data.*``)."""
-        cfg = self.cfg
-        self.spec = load_task(cfg.task.name)
-        if cfg.model.family not in self.spec.families:
-            raise ConfigError(
-                f"model={cfg.model.name} is a {cfg.model.family} LM; task={self.spec.name} has prompts for "
-                f"{', '.join(self.spec.families)} LMs only"
-            )
-        data = cfg.data
-        self.splits = build_splits(
-            self.spec,
-            data.dir,
-            data.num_train,
-            data.num_dev,
-            data.num_eval,
-            seed=data.seed,
-            eval_seed=data.eval_seed,
-            on_bad_row=data.on_bad_row,
-            **protocol(cfg),
-        )
-        if (cfg.train.steps > 0 or cfg.train.get("forward_budget")) and not self.splits.train:
-            # mezo: the pool check of build_splits leaves train a row; kshot: its train file or pool is empty
-            raise ConfigError(
-                f"task={self.spec.name}: no training examples (data.protocol={data.get('protocol', 'mezo')}, "
-                f"data.num_dev={data.num_dev}); a run that takes steps needs some: point data.dir at a mirror "
-                "whose train split has rows, or set train.steps=0 to evaluate only"
-            )
+        self.spec, self.splits = build_task(self.cfg)
 
     def setup_model(self) -> None:
         """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it."""
-        cfg, family = self.cfg, self.cfg.model.family
-        with heartbeat(f"loading model {cfg.model.name}"):
-            started = time.perf_counter()
-            model, tokenizer = load_model_or_explain(cfg, self.device)
-        log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
-        self.model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), family, seed=cfg.seed)
-        # masked LMs have their own length (LM-BFF 128 / 256) where a task serves both families
-        length = cfg.task.get("masked_max_length", cfg.task.max_length) if family == "masked" else cfg.task.max_length
-        self.objective = build_objective(self.spec, family, self.model, tokenizer, length, self.device)
-        if cfg.objective not in ("loss", self.objective.metric):
-            raise ConfigError(
-                f"objective={cfg.objective}: task metric is {self.objective.metric}; "
-                f"allowed loss, {self.objective.metric}"
-            )
-        rendered = {
-            name: [self.spec.render(ex, family=family) for ex in getattr(self.splits, name)]
-            for name in ("train", "dev", "test")
-        }
-        demos = rendered["train"][: cfg.icl.demos]
-        self.examples = {
-            name: [self.objective.encode(with_demonstrations(r, demos, cfg.icl.separator)) for r in rows]
-            for name, rows in rendered.items()
-        }
+        cfg = self.cfg
+        self.model, tokenizer = build_model(cfg, self.device, prepare_model=self.strategy.prepare_model)
+        self.objective = build_objective(cfg, self.spec, self.model, tokenizer, self.device)
+        self.examples = encode_examples(cfg, self.spec, self.splits, self.objective)
         self.counter = ForwardCounter(hf_model(self.model))  # one call per forward, whatever the wrapper
         self.memory = PeakMemory(self.device)
         self.named = trainable(self.model)
@@ -151,27 +113,16 @@ class Recipe:
     def setup_learner(self) -> None:
         """The learner ``optimizer=`` names, or (``optimizer=linear_probe``) the fitted probe,
         which replaces the objective for evaluation and takes no steps."""
-        opt_cfg = cast(dict, OmegaConf.to_container(self.cfg.optimizer, resolve=True))
-        opt_cfg.pop("name")
-        if not opt_cfg.pop("linear_probe", False):
-            self.learner = build_learner(self.cfg, opt_cfg, self.model, self.named, self.objective)
-            if isinstance(self.learner, ZOLearner):  # a batched call evaluates several models
-                self.counter.replicas = lambda: self.learner.engine.replica_count
-                guard.arm_watchdog(self.cfg, self.learner, self.model)
-            for logger in self.loggers:  # W&B: the engine that runs (the config says only what was asked)
-                if self.learner.engine_info and hasattr(logger, "update_config"):
-                    logger.update_config({"engine_used": self.learner.engine_info})
+        if is_linear_probe(self.cfg):
+            self.objective = fit_linear_probe(self.cfg, self.objective, self.examples["train"], self.counter)
             return
-        if self.cfg.train.steps != 0:
-            raise ConfigError(
-                f"optimizer=linear_probe fits a classifier on frozen features and takes no steps; "
-                f"set train.steps=0 (got {self.cfg.train.steps})"
-            )
-        fit = import_target(opt_cfg.pop("_target_"))
-        train = self.examples["train"]
-        # the training examples' feature forwards are its training cost
-        with self.counter.phase("train"), heartbeat(f"fitting the linear probe on {len(train)} examples"):
-            self.objective = fit(self.objective, train, self.cfg.train.eval_batch_size, seed=self.cfg.seed, **opt_cfg)
+        self.learner = build_learner(self.cfg, self.model, self.named, self.objective)
+        if isinstance(self.learner, ZOLearner):  # a batched call evaluates several models
+            self.counter.replicas = lambda: self.learner.engine.replica_count
+            guard.arm_watchdog(self.cfg, self.learner, self.model)
+        for logger in self.loggers:  # W&B: the engine that runs (the config says only what was asked)
+            if self.learner.engine_info and hasattr(logger, "update_config"):
+                logger.update_config({"engine_used": self.learner.engine_info})
 
     def restore(self, checkpoint: Checkpoint | None) -> None:
         """The loop state, weights and optimizer state of ``checkpoint`` (if any); the data stream

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..build import Components, build_learner
+from ..checkpoint import copy_into
 from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
 from . import log as trajlog
-from .replay import build_base, check_base, config_sha256, fresh_learner, replay_into
+from .replay import check_base, config_sha256, replay_into
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +94,11 @@ class RunTrajectory:
     def rebuild(self, step: int, device) -> None:
         """The weights at ``step`` in the run's parameters, from the base weights (loaded once
         more: the model briefly exists twice) through a fresh optimizer on the run's engine."""
-        from ..checkpoint import copy_into
 
-        model, _, named = build_base(self.cfg, device)
-        check_base(self.log.header, named, self.path)
-        copy_into(self.named, dict(named), self.path)
-        del model, named
-        learner = fresh_learner(self.cfg, self.model, self.named, engine=self.learner.engine)
+        base = Components.build(self.cfg, device, data=False, learner=False)
+        check_base(self.log.header, base.named, self.path)
+        copy_into(self.named, dict(base.named), self.path)
+        del base
+        learner = build_learner(self.cfg, self.model, self.named, None, engine=self.learner.engine)
         self.replay_to(step, learner.optimizer)
         logger.info("rebuilt the weights of step %d from the trajectory", step)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..build import Components
+from ..checkpoint import copy_into, load_tensors
 from ..errors import ConfigError
 from .log import FILENAME
 from .replay import Replayed, read_summary, replay
@@ -50,8 +52,7 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
 def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None) -> Replayed:
     """A run without a trajectory (first-order baselines): its tested weights from ``final/``
     (``train.save_final=true``) on the base model; only the tested step is there."""
-    from ..checkpoint import copy_into, load_tensors
-    from .replay import build_base, load_run_config, run_device
+    from .replay import load_run_config, run_device
 
     tested = summary.get("tested_step")
     if step not in ("best", "last", str(tested), tested) or tested is None:
@@ -60,10 +61,10 @@ def from_final(run_dir: Path, summary: dict, step: int | str, device: str | None
             f"{tested} is saved, in final/"
         )
     cfg = load_run_config(run_dir)
-    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
+    base = Components.build(cfg, run_device(cfg, device, run_dir), data=False, learner=False)
     final = run_dir / "final" / "trainable.safetensors"
-    copy_into(named, load_tensors(final), final)
-    return Replayed(model, tokenizer, named, cfg, int(tested))
+    copy_into(base.named, load_tensors(final), final)
+    return Replayed(base.model, base.tokenizer, base.named, cfg, int(tested))
 
 
 def model_card(replayed: Replayed, summary: dict) -> str:

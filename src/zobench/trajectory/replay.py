@@ -1,8 +1,8 @@
 """Replay: the trainable weights of a ZO run at any step, from its base model and its trajectory.
 
-The run's model is rebuilt exactly as ``Recipe.setup_model`` builds it (same config, base
-weights, tuning and its seeded initialisation), its optimizer exactly as ``setup_learner`` does
-(same engine, seed, hyperparameters), and ``optimizer.step`` is called once per logged step on a
+The run's model is rebuilt by the factory that built it for the run (``zobench.build``: same
+config, base weights, tuning and its seeded initialisation), its optimizer likewise (same engine,
+seed, hyperparameters), and ``optimizer.step`` is called once per logged step on a
 closure that returns the logged values (``tape.ReplayTape``): no forward pass, and the update
 arithmetic is the training's, so the weights are bit-identical to the trained ones on the same
 device and engine (tests/trajectory/test_replay.py checks every registered method, fp32 and
@@ -27,6 +27,7 @@ from typing import Any, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..build import Components, build_learner
 from ..config import check_device
 from ..errors import CheckpointError, ConfigError
 from .log import FILENAME, Header, Trajectory, check_sealed, read, weights_sha256
@@ -53,19 +54,6 @@ def _resolved(cfg: DictConfig, key: str):
     ``optimizer.lr: ${lr_table.${optimizer.name}}`` reads keys outside the node)."""
     value = OmegaConf.select(cfg, key)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def optimizer_config(cfg: DictConfig) -> dict:
-    opt_cfg = cast(dict, OmegaConf.to_container(cfg.optimizer, resolve=True))
-    opt_cfg.pop("name")
-    return opt_cfg
-
-
-def fresh_learner(cfg: DictConfig, model, named, engine=None):
-    """The run's optimizer at step 0 (``Recipe.setup_learner``'s), with no objective."""
-    from ..train.learners import build_learner
-
-    return build_learner(cfg, optimizer_config(cfg), model, named, None, engine=engine)
 
 
 def check_base(header: Header, named, where: Path) -> None:
@@ -114,18 +102,6 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return cast(DictConfig, OmegaConf.load(path))
 
 
-def build_base(cfg: DictConfig, device: torch.device):
-    """The run's model before step 1: loaded and tuned as ``Recipe.setup_model`` does."""
-    from ..models import apply_tuning, trainable
-    from ..train.setup import load_model_or_explain
-
-    torch.set_grad_enabled(False)
-    model, tokenizer = load_model_or_explain(cfg, device)
-    tuning = cast(dict, OmegaConf.to_container(cfg.tuning, resolve=True))
-    model = apply_tuning(model, tuning, cfg.model.family, seed=cfg.seed)
-    return model, tokenizer, trainable(model)
-
-
 def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.device:
     """``--device``, else the run's own device, checked against this machine first: a device it
     lacks is one line, not torch's error from inside the model load."""
@@ -147,9 +123,10 @@ def replay(run_dir: Path, step: int | str | None = None, device: str | None = No
     check_whole(run_dir, log, "last" if step is None else step)
     check_config(log.header, cfg, run_dir / "config.yaml")
     target = resolve_step(run_dir, log, step)
-    model, tokenizer, named = build_base(cfg, run_device(cfg, device, run_dir))
+    base = Components.build(cfg, run_device(cfg, device, run_dir), data=False, learner=False)
+    model, tokenizer, named = base.model, base.tokenizer, base.named
     check_base(log.header, named, run_dir / FILENAME)
-    learner = fresh_learner(cfg, model, named)
+    learner = build_learner(cfg, model, named, None)  # the run's optimizer at step 0, no objective
     if learner.engine_name != log.header.engine:
         raise CheckpointError(
             f"{run_dir / FILENAME}: the run used engine {log.header.engine}, this replay gets {learner.engine_name} "
