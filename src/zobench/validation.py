@@ -85,6 +85,9 @@ def validate(cfg: DictConfig) -> None:
     _check_flags_and_icl(cfg)
     _check_optimizer_and_model(cfg)
     _check_engine_and_device(cfg)
+    from .offload.setup import check_config as check_offload  # offload.*: values and what it excludes
+
+    check_offload(cfg)
 
 
 def validate_bench(cfg: DictConfig) -> None:

@@ -26,7 +26,10 @@ def test_checkpoint_read_lazily_into_the_store_equals_the_model(family, tmp_path
     reference = tiny_model(family)
     reference.save_pretrained(tmp_path / "ckpt")  # safetensors
     model, store = load_checkpoint_into(
-        transformers.AutoModelForCausalLM, _config(family), torch.float32, tmp_path / "ckpt",
+        transformers.AutoModelForCausalLM,
+        _config(family),
+        torch.float32,
+        tmp_path / "ckpt",
         lambda n: DiskStore(tmp_path / "store", n),
     )
     assert all(p.untyped_storage().nbytes() <= 4 for block in store_blocks(model) for p in block.parameters())

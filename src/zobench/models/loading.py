@@ -275,6 +275,49 @@ def load_tokenizer(cfg, cache_dir: str | None = None):
     return tokenizer
 
 
+def random_config(cfg, tokenizer):
+    """The transformers config of a ``source: random`` model (its ``architecture``, the
+    tokenizer's vocabulary and special tokens)."""
+    import transformers
+
+    arch = dict(cfg["architecture"])
+    model_type = arch.pop("model_type")
+    return transformers.AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **arch,
+    )
+
+
+def checkpoint_dir(cfg, cache_dir: str | None = None) -> Path:
+    """The local folder of a checkpoint model's safetensors (a converted GGUF package, or the
+    hub snapshot of ``hub_id``): what ``zobench.offload`` reads block by block."""
+    if cfg["source"] == "gguf_package":
+        return _gguf_cache(cfg, cache_dir or default_cache_dir())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                cfg["hub_id"], allow_patterns=["*.json", "*.safetensors"], local_files_only=not hub_available()
+            )
+        )
+    except Exception as err:  # any failure to get the files: one line
+        raise HubUnavailableError(
+            f"model={cfg['name']}: {cfg['hub_id']} could not be fetched: {err}; {OFFLINE_HELP}"
+        ) from err
+
+
+def checkpoint_config(cfg, path: Path):
+    """The transformers config of the checkpoint in ``path`` (a GGUF one without its quantizer)."""
+    import transformers
+
+    return _gguf_config(path) if cfg["source"] == "gguf_package" else transformers.AutoConfig.from_pretrained(path)
+
+
 def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = None):
     """``(model, tokenizer)`` for a model config, in eval mode, on ``device``.
 
@@ -288,18 +331,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
     auto = _auto_class(cfg.get("family", "causal"))
     tokenizer = load_tokenizer(cfg, cache_dir)
     if source == "random":
-        import transformers
-
-        arch = dict(cfg["architecture"])
-        model_type = arch.pop("model_type")
-        config = transformers.AutoConfig.for_model(
-            model_type,
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **arch,
-        )
+        config = random_config(cfg, tokenizer)
         # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
         torch.manual_seed(int(cfg.get("init_seed", 0)))
         # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU

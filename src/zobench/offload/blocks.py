@@ -57,4 +57,6 @@ def check_private(model: nn.Module, blocks: nn.ModuleList) -> None:
     for index, block in enumerate(blocks):
         for name, p in block.named_parameters():
             if seen.setdefault(id(p), index) != index:
-                raise ConfigError(f"offload: block {index}'s {name} is shared with block {seen[id(p)]}; use offload=none")
+                raise ConfigError(
+                    f"offload: block {index}'s {name} is shared with block {seen[id(p)]}; use offload=none"
+                )

@@ -28,6 +28,7 @@ from ..engine import build_engine
 from ..engine.selfcheck import checked_engine, describe
 from ..errors import ConfigError
 from ..models import zo_closure
+from ..offload import setup as offload
 from ..optim import decay_groups
 from ..optim._common import accepts_replicas
 from ..trajectory.tape import Tape
@@ -111,7 +112,9 @@ def build_learner(cfg: DictConfig, opt_cfg: dict, model, named, objective, engin
     else:
         info = describe(engine, model)
     groups = decay_groups(named, weight_decay, names=getattr(optimizer_cls, "takes_names", False))
+    engine = offload.wrap_engine(engine, model)  # offload=cpu|disk: block updates deferred to arrival
     optimizer = build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
+    offload.bind(optimizer, cfg.optimizer.name)
     return ZOLearner(optimizer, engine, objective, cfg.objective, f"{info['backend']}/{info['mode']}", info)
 
 
