@@ -68,7 +68,6 @@ def main(root: str, budget_mib: int) -> None:
     offloader.flush()
     assert [store.step(i) for i in range(len(store))] == [2] * len(store)
     offloader.close()
-    del model, offloader, engine, opt
     try:  # the control: the same model whole in memory does not fit the limit
         auto.from_config(config)
     except (MemoryError, RuntimeError):
