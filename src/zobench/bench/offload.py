@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..engine import VirtualEngine
+from ..engine import Engine, VirtualEngine
 from ..models.loading import default_cache_dir, load_model, model_config
 from ..optim import MeZO
 
@@ -53,12 +53,12 @@ def measure(model_name: str, mode: str, steps: int, batch: int, length: int, dty
     else:
         model, _ = load_offloaded(cfg, torch.device("cpu"), folder)
     load_s = time.perf_counter() - started
-    engine = VirtualEngine(model)
+    engine: Engine = VirtualEngine(model)
     offloader = getattr(model, "zobench_offloader", None)
     if offloader is not None:
         engine = OffloadEngine(engine, offloader)
     opt = MeZO(model.parameters(), lr=1e-6, eps=1e-3, engine=engine)
-    if offloader is not None:
+    if isinstance(engine, OffloadEngine):
         engine.bind(opt)
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(results[-1]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": "python -m zobench.bench.offload " + " ".join(sys.argv[1:]), "results": results}, indent=2) + "\n")
+        command = "python -m zobench.bench.offload " + " ".join(sys.argv[1:])
+        Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

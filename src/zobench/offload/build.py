@@ -19,6 +19,7 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,12 +58,12 @@ def _copy_buffers(block: nn.Module, template: nn.Module) -> None:
 def _shell_blocks(shell: nn.Module) -> nn.ModuleList:
     """The one-block model's block list (``find_blocks`` needs two blocks to see a list)."""
     for module in shell.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == 1 and sum(p.numel() for p in module.parameters()):
+        if isinstance(module, nn.ModuleList) and len(module) == 1 and any(True for _ in module.parameters()):
             return module
     raise ValueError("offload: the one-block model has no block list")
 
 
-def _skeleton(auto, config, dtype: torch.dtype) -> tuple[nn.Module, nn.ModuleList]:
+def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
     """``config``'s model with real resident layers and its blocks on meta (no memory), and the
     one-block model's block (the template of the blocks' buffers)."""
     with torch.device("meta"):
@@ -129,20 +130,16 @@ def load_checkpoint_into(auto, config, dtype: torch.dtype, path: Path, store_fac
     where = {key: h for h in handles for key in h.keys()}
     resolve = _key_resolver(where)
 
-    def read(name: str, required: bool = True) -> torch.Tensor | None:
+    def read(name: str) -> torch.Tensor:
         key = resolve(name)
         if key is None:
-            if required:
-                raise KeyError(f"{path}: the checkpoint has no {name}")
-            return None
+            raise KeyError(f"{path}: the checkpoint has no {name}")
         return where[key].get_tensor(key)
 
     with torch.no_grad():
         for name, p in model.named_parameters():  # resident: a tied head may be absent (saved once)
-            if not name.startswith(prefix + "."):
-                value = read(name, required=False)
-                if value is not None:
-                    p.copy_(value)
+            if not name.startswith(prefix + ".") and resolve(name) is not None:
+                p.copy_(read(name))
 
     def fill(index: int, block: nn.Module) -> None:
         for name, p in block.named_parameters():

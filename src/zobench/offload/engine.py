@@ -37,13 +37,21 @@ class OffloadEngine(Engine):
         """Stamp deferred updates with ``optimizer``'s step (the step a stored block is at)."""
         self.offloader.step_of = lambda: int(optimizer.param_groups[0]["step"])
 
-    @property  # type: ignore[override]  # the inner engine's count, read by the loop's forward counter
+    @property  # the inner engine's: the loop's forward counter reads it
     def replica_count(self) -> int:
         return self.inner.replica_count
 
-    @property  # type: ignore[override]
+    @replica_count.setter
+    def replica_count(self, value: int) -> None:
+        self.inner.replica_count = value
+
+    @property  # the inner engine's timing (``enable_timing``)
     def seconds(self) -> float | None:
         return self.inner.seconds
+
+    @seconds.setter
+    def seconds(self, value: float | None) -> None:
+        self.inner.seconds = value
 
     def enable_timing(self, sync=None) -> None:
         self.inner.enable_timing(sync)

@@ -10,6 +10,7 @@ the method check.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -144,14 +145,15 @@ def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     return engine if offloader is None else OffloadEngine(engine, offloader)
 
 
-def bind(optimizer, method: str) -> None:
+def bind(optimizer: Any, method: str) -> None:
     """Refuse a method that does not stream (one line), stamp deferred updates with its step."""
     engine = optimizer.engine
     if not isinstance(engine, OffloadEngine):
         return
     mode = "disk" if isinstance(engine.offloader.store, DiskStore) else "cpu"
     reason = refusal(method, mode)
-    if reason is None and getattr(optimizer, "state_buffers_per_param", 0):
+    buffers: int = getattr(optimizer, "state_buffers_per_param", 0)
+    if reason is None and buffers > 0:
         reason = f"optimizer={method} cannot run with offload={mode} yet: its parameter-sized state does not stream"
     if reason:
         raise ConfigError(reason)
