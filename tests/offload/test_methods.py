@@ -17,17 +17,18 @@ from zobench.optim.registry import methods
 from zobench.validation import validate
 
 #: hyperparameters that reach each method's less common paths within a few steps
-OVERRIDES = {"lozo": {"lazy_steps": 2}, "fzoo": {}, "zo_sgd_cons": {}}
+OVERRIDES = {"lozo": {"lazy_steps": 2}, "zo_sgd_sign+adamw": {"base": "adamw"}, "zo_sgd_cons+adamw": {"base": "adamw"}}
 
 
-def _hyperparameters(name: str) -> dict:
+def _hyperparameters(case: str) -> dict:
+    name = case.split("+")[0]
     cfg = OmegaConf.to_container(compose_run(f"optimizer={name}").optimizer, resolve=True)
     for key in ("name", "_target_", "first_order", "weight_decay"):
         cfg.pop(key, None)
     cfg["lr"] = 1e-2
     if "eps" in cfg:
         cfg["eps"] = 1e-2
-    return {**cfg, **OVERRIDES.get(name, {})}
+    return {**cfg, **OVERRIDES.get(case, {})}
 
 
 def _closure(model, seed: int):
@@ -40,7 +41,8 @@ def _closure(model, seed: int):
     return closure
 
 
-def _run(name: str, offloaded: bool):
+def _run(case: str, offloaded: bool):
+    name = case.split("+")[0]
     cls, model = methods()[name], tiny_model("llama")
     engine = VirtualEngine(model)
     offloader = None
@@ -49,7 +51,7 @@ def _run(name: str, offloaded: bool):
         offloader.evict()
         engine = OffloadEngine(engine, offloader)
     groups = decay_groups(model.named_parameters(), 0.1, names=getattr(cls, "takes_names", False))
-    opt = cls(groups, engine=engine, seed=1, **_hyperparameters(name))
+    opt = cls(groups, engine=engine, seed=1, **_hyperparameters(case))
     if offloaded:
         offload.bind(opt, name)
     if hasattr(opt, "bind_data"):
@@ -60,10 +62,12 @@ def _run(name: str, offloaded: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m for m in offload.METHODS if m != "mezo"])  # mezo: test_equivalence.py
-def test_streamed_method_equals_in_memory(name):
-    expected, reference = _run(name, False)
-    losses, weights = _run(name, True)
+@pytest.mark.parametrize(
+    "case", [m for m in offload.METHODS if m != "mezo"] + ["zo_sgd_sign+adamw", "zo_sgd_cons+adamw"]
+)
+def test_streamed_method_equals_in_memory(case):  # mezo: test_equivalence.py
+    expected, reference = _run(case, False)
+    losses, weights = _run(case, True)
     assert losses == expected
     assert all(torch.equal(weights[n], t) for n, t in reference.items())
 

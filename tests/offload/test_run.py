@@ -42,10 +42,10 @@ def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
     result = zobench_in_process(
         *ARGS,
         "offload=disk",
-        "optimizer=zo_adam",
+        "optimizer=hizoo",
         f"data.dir={data_dir}",
         f"hydra.run.dir={tmp_path / 'r'}",
         monkeypatch=monkeypatch,
     )
-    one_error_line(result, "optimizer=zo_adam cannot run with offload=disk yet")
+    one_error_line(result, "optimizer=hizoo cannot run with offload=disk yet")
     assert not (tmp_path / "r" / "offload").exists()

@@ -61,3 +61,29 @@ def test_update_arriving_while_a_block_runs_is_refused(tmp_path):
     first = next(iter(find_blocks(model)[1][0].parameters()))
     with pytest.raises(RuntimeError, match="block 0"):
         offloader.defer([(0, first)], None, 1.0, 0.0)  # type: ignore[arg-type]
+
+
+def test_optimizer_state_streams_with_its_block(tmp_path):
+    from zobench.optim import ZOSGDMomentum
+
+    model = tiny_model("llama")
+    offloader = Offloader(model, DiskStore(tmp_path, 2))
+    offloader.evict()
+    engine = OffloadEngine(VirtualEngine(model), offloader)
+    opt = ZOSGDMomentum(model.parameters(), lr=1e-2, eps=1e-2, engine=engine)
+    engine.bind(opt)
+    ids = torch.randint(0, 64, (2, 5))
+    for _ in range(2):
+        opt.step(lambda: model(input_ids=ids).logits.logsumexp(-1).mean())
+    offloader.wait()
+    _, blocks = find_blocks(model)
+    in_memory = [k for p in blocks.parameters() for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v)]
+    assert in_memory == []  # the blocks' momentum is in the store, not in the optimizer
+    stored = offloader.store.read(0)
+    names = [name for name, _ in blocks[0].named_parameters()]
+    assert {f"state.{n}::momentum" for n in names} <= stored.keys()
+    assert all(stored[f"state.{n}::momentum"].shape == stored[n].shape for n in names)
+    assert [offloader.store.step(i) for i in range(2)] == [2, 2]
+    resident = next(p for p in model.parameters() if id(p) not in offloader.block_of)
+    assert torch.is_tensor(opt.state[resident]["momentum"])  # the resident layers' stays in memory
+    offloader.close()

@@ -17,7 +17,8 @@ Design (docs/offload.md has the long form):
 * ``build.py``: ``*-random`` models initialised block by block into the store, checkpoints read
   lazily (``safetensors.safe_open``) into it, in-memory models moved into it.
 
-Methods that stream: ``OFFLOAD_METHODS`` (the stateless ZO-SGD family); others are refused.
+Methods that stream: ``setup.METHODS`` (their momentum / Adam state streams with its block);
+the others are refused in one line (``setup.NOT_YET``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ updated now by the inner engine; block parameters get a ``PendingUpdate`` that t
 applies with the inner engine's ``update`` when the block next arrives, the same arithmetic on
 the same bits as in memory.
 
-``foreach`` (the stateful methods' primitive: momentum, Adam moments, HiZOO's Σ) is not
-streamed yet: its optimizer state is parameter-sized and would have to travel with its block.
+``foreach`` (the stateful methods' primitive: momentum, Adam moments) runs at once, block by
+block, each block brought in with its parameters' optimizer state from the store and written
+back with it (``Offloader.with_state``): the state streams with its block.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class OffloadEngine(Engine):
     def bind(self, optimizer) -> None:
         """Stamp deferred updates with ``optimizer``'s step (the step a stored block is at)."""
         self.offloader.step_of = lambda: int(optimizer.param_groups[0]["step"])
+        self.offloader.optimizer_state = optimizer.state
 
     @property  # the inner engine's: the loop's forward counter reads it
     def replica_count(self) -> int:
@@ -94,6 +96,15 @@ class OffloadEngine(Engine):
         self.update(params, direction, coeff, decay)
 
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:
-        raise NotImplementedError(
-            "offload: stateful updates (Engine.foreach: momentum, Adam moments, HiZOO's Σ) do not stream yet"
-        )
+        """Stateful updates (momentum, Adam moments) now, block by block: each block is brought
+        in with its optimizer state (``Offloader.with_state``), updated, written back. Not deferred:
+        ``fn`` may read values of the caller's loop that change after it returns."""
+        resident = [(pid, p) for pid, p in params if not self.offloader.is_offloaded(p)]
+        if resident:
+            self.inner.foreach(resident, direction, fn)
+        by_block: dict[int, list] = {}
+        for pid, p in params:
+            if self.offloader.is_offloaded(p):
+                by_block.setdefault(self.offloader.block_of[id(p)], []).append((pid, p))
+        for i, entries in sorted(by_block.items()):
+            self.offloader.with_state(i, lambda entries=entries: self.inner.foreach(entries, direction, fn))

@@ -37,6 +37,9 @@ from ..engine import Direction
 from .blocks import block_parameters, check_private, find_blocks
 from .store import BlockStore
 
+#: store keys of optimizer state: ``state.<parameter name>::<state key>`` beside the weights
+STATE, SEP = "state.", "::"
+
 #: ``(pid, parameter)`` pairs, as the engines take them
 Entries = list[tuple[int, torch.Tensor]]
 
@@ -81,6 +84,10 @@ class Offloader:
         #: the optimizer's current step (``bind``): the stamp of a deferred update
         self.step_of: Callable[[], int] = lambda: 0
         self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
+        #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
+        #: only while the block is resident
+        self.optimizer_state: dict | None = None
+        self._extras: list[dict[str, torch.Tensor]] = [{} for _ in self.blocks]
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-write")
         self._prefetched: dict[int, Future] = {}
@@ -110,6 +117,7 @@ class Offloader:
     def _release(self, i: int) -> None:
         for _, p in self.params[i]:
             p.data = placeholder(p)
+        self._extras[i] = {}
         self.resident[i] = False
 
     def _read(self, i: int, writing: Future | None) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
@@ -144,6 +152,7 @@ class Offloader:
             if event is not None:
                 t.record_stream(torch.cuda.current_stream(self.device))  # made on the side stream
             p.data = t
+        self._extras[i] = {name: t for name, t in tensors.items() if name.startswith(STATE)}
         self.resident[i] = True
         self._apply_pending(i)
         following = i + 1
@@ -156,6 +165,7 @@ class Offloader:
     def _store_and_release(self, i: int) -> None:
         if self.dirty[i]:
             tensors = {name: p.data for name, p in self.params[i]}  # never modified again: released below
+            tensors.update(self._extras[i])
             self._writing[i] = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
             self._prefetched.pop(i, None)  # a read started before this write would be stale
             self.dirty[i] = False
@@ -184,6 +194,28 @@ class Offloader:
             self.stamps[i] = update.step
         self.pending[i] = []
         self.dirty[i] = True
+
+    @torch.no_grad()
+    def with_state(self, i: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a stateful update of block i's parameters) with the block resident and its
+        parameters' optimizer state (``self.optimizer_state[p]``) loaded from the store, then
+        write weights and state back and release both: the state streams with its block (one
+        more read and write of the block per step than a deferred update)."""
+        if self.optimizer_state is None:
+            raise RuntimeError("offload: a stateful update but no optimizer state bound (OffloadEngine.bind)")
+        self._arrive(self.blocks[i], ())
+        for name, p in self.params[i]:
+            for key, value in self._extras[i].items():
+                if key.startswith(f"{STATE}{name}{SEP}"):
+                    self.optimizer_state[p][key.rsplit(SEP, 1)[1]] = value
+        fn()
+        self._extras[i] = {}
+        for name, p in self.params[i]:
+            state = self.optimizer_state.get(p, {})
+            for key in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
+                self._extras[i][f"{STATE}{name}{SEP}{key}"] = state.pop(key)
+        self.stamps[i], self.dirty[i] = self.step_of(), True
+        self._store_and_release(i)
 
     def is_offloaded(self, p: torch.Tensor) -> bool:
         return id(p) in self.block_of
@@ -214,6 +246,8 @@ class Offloader:
         out = {name: p.detach() for name, p in named if id(p) not in block_ids}
         for i in range(len(self.blocks)):
             for name, t in self.store.read(i).items():
+                if name.startswith(STATE):
+                    continue
                 out[f"{self.prefix}.{i}.{name}"] = t.clone() if not self.store.fresh_reads else t
         return out
 

@@ -25,14 +25,25 @@ from .store import BlockStore, CpuStore, DiskStore
 MODES = ("none", "cpu", "disk")
 
 #: methods whose step streams with the results it has in memory (tests/offload/test_methods.py):
-#: their state is scalars or per-matrix factors, their updates go through ``Engine.update``
-METHODS = ("mezo", "lozo", "lezo", "subzero", "fzoo", "tezo", "zo_sgd_cons", "zo_sgd_sign", "forward_gradient")
+#: updates through ``Engine.update`` are deferred, through ``Engine.foreach`` (momentum, Adam
+#: moments) applied at once with the block's state streamed beside it
+METHODS = (
+    "mezo",
+    "lozo",
+    "lezo",
+    "subzero",
+    "fzoo",
+    "tezo",
+    "zo_sgd_cons",
+    "zo_sgd_sign",
+    "forward_gradient",
+    "zo_sgd_momentum",
+    "zo_adam",
+)
 
 #: why the others do not stream yet (the refusal names it)
 NOT_YET = {
-    "hizoo": "its parameter-sized Σ",
-    "zo_adam": "its parameter-sized Adam moments",
-    "zo_sgd_momentum": "its parameter-sized momentum",
+    "hizoo": "its parameter-sized Σ, which the perturbation itself reads in every forward",
     "mezo_svrg": "its parameter-sized anchor weights and gradient",
     "dizo": "its projection rounds, which read the weights outside a forward",
     "sparse_mezo": "its masks, computed from the weights outside a forward",
@@ -152,9 +163,6 @@ def bind(optimizer: Any, method: str) -> None:
         return
     mode = "disk" if isinstance(engine.offloader.store, DiskStore) else "cpu"
     reason = refusal(method, mode)
-    buffers: int = getattr(optimizer, "state_buffers_per_param", 0)
-    if reason is None and buffers > 0:
-        reason = f"optimizer={method} cannot run with offload={mode} yet: its parameter-sized state does not stream"
     if reason:
         raise ConfigError(reason)
     engine.bind(optimizer)
