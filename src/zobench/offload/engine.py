@@ -15,6 +15,7 @@ back with it (``Offloader.with_state``): the state streams with its block.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from ..engine import Direction, Engine
@@ -107,4 +108,4 @@ class OffloadEngine(Engine):
             if self.offloader.is_offloaded(p):
                 by_block.setdefault(self.offloader.block_of[id(p)], []).append((pid, p))
         for i, entries in sorted(by_block.items()):
-            self.offloader.with_state(i, lambda entries=entries: self.inner.foreach(entries, direction, fn))
+            self.offloader.with_state(i, functools.partial(self.inner.foreach, entries, direction, fn))
