@@ -38,7 +38,6 @@ def _status(key: str) -> int:
 
 def measure(model_name: str, mode: str, steps: int, batch: int, length: int, dtype: str | None, folder: Path) -> dict:
     """One mode in this process (see the module docstring)."""
-    from ..offload import OffloadEngine
     from ..offload.setup import load_model as load_offloaded
 
     model_cfg = model_config(model_name)
@@ -53,6 +52,14 @@ def measure(model_name: str, mode: str, steps: int, batch: int, length: int, dty
     else:
         model, _ = load_offloaded(cfg, torch.device("cpu"), folder)
     load_s = time.perf_counter() - started
+    out = {"model": model_name, "mode": mode, "dtype": str(model_cfg["dtype"]), "batch": [batch, length]}
+    return {**out, "load_s": round(load_s, 2), **_steps(model, steps, batch, length)}
+
+
+def _steps(model, steps: int, batch: int, length: int) -> dict:
+    """MeZO steps of ``model`` (offloaded or not) on one fixed batch: times and memory."""
+    from ..offload import OffloadEngine
+
     engine: Engine = VirtualEngine(model)
     offloader = getattr(model, "zobench_offloader", None)
     if offloader is not None:
@@ -80,13 +87,8 @@ def measure(model_name: str, mode: str, steps: int, batch: int, length: int, dty
         if offloader is not None:
             offloader.wait()
         times.append(time.perf_counter() - started)
-    out = {
-        "model": model_name,
-        "mode": mode,
-        "dtype": str(model_cfg["dtype"]),
-        "batch": [batch, length],
+    out: dict = {
         "steps": steps,
-        "load_s": round(load_s, 2),
         "step_s": round(sum(times) / len(times), 3),
         "step_s_each": [round(t, 3) for t in times],
         "peak_rss_mib": round(_status("VmHWM") / 2**20, 1),

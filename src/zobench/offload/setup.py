@@ -150,6 +150,12 @@ def load_model(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[nn
     return model, tokenizer
 
 
+def load_for_run(cfg: DictConfig, device: torch.device, run_dir: Path, load_in_memory) -> tuple[nn.Module, object]:
+    """The run's ``(model, tokenizer)``: offloaded (``load_model``) when ``offload`` asks for it,
+    else ``load_in_memory(cfg, device)``."""
+    return load_model(cfg, device, run_dir) if offloaded(cfg) else load_in_memory(cfg, device)
+
+
 def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
     offloader = getattr(model, "zobench_offloader", None)

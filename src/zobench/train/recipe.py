@@ -34,8 +34,7 @@ from ..dist.evaluation import sharded_evaluate
 from ..engine import mix_seed, trace
 from ..errors import CheckpointError, ConfigError
 from ..models import apply_tuning, build_objective, hf_model, trainable, with_demonstrations
-from ..offload.setup import load_model as load_offloaded
-from ..offload.setup import offloaded
+from ..offload import setup as offload
 from ..tasks import build_splits, load_task
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, PeakMemory, Progress, clock, heartbeat
@@ -115,10 +114,8 @@ class Recipe:
         cfg, family = self.cfg, self.cfg.model.family
         with heartbeat(f"loading model {cfg.model.name}"):
             started = time.perf_counter()
-            offload = offloaded(cfg)  # offload=cpu|disk: the blocks live in a store, streamed (zobench/offload)
-            model, tokenizer = (
-                load_offloaded(cfg, self.device, self.run_dir) if offload else load_model_or_explain(cfg, self.device)
-            )
+            # offload=cpu|disk: the blocks live in a store, streamed through each forward (zobench/offload)
+            model, tokenizer = offload.load_for_run(cfg, self.device, self.run_dir, load_model_or_explain)
         log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
         self.model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), family, seed=cfg.seed)
         # masked LMs have their own length (LM-BFF 128 / 256) where a task serves both families
