@@ -156,6 +156,13 @@ def load_for_run(cfg: DictConfig, device: torch.device, run_dir: Path, load_in_m
     return load_model(cfg, device, run_dir) if offloaded(cfg) else load_in_memory(cfg, device)
 
 
+def flush(model: nn.Module) -> None:
+    """Bring every stored block of an offloaded ``model`` to its latest step (no-op otherwise)."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is not None:
+        offloader.flush()
+
+
 def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
     offloader = getattr(model, "zobench_offloader", None)

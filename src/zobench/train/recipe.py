@@ -355,6 +355,7 @@ class Recipe:
         until run.py has written the summary: a kill before that resumes from the checkpoint,
         which needs the best-dev file it names."""
         cfg, state, completed, dev = self.cfg.train, self.state, status == "completed", self.examples["dev"]
+        offload.flush(self.model)  # offload=cpu|disk: every stored block at the last step's weights
         if self.trajectory is not None:
             self.trajectory.sync()
         if completed and cfg.keep_best and state.best_file and state.best_step != self.steps:
