@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import SMOKE, one_error_line, zobench_in_process
 from zobench.offload import DiskStore
+from zobench.trajectory.log import FILENAME, read
 
 ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1", "train.keep_best=false")
 
@@ -33,6 +34,9 @@ def test_offloaded_runs_end_to_end(tmp_path, monkeypatch, data_dir):
     _, losses, offloaded = _run(tmp_path, monkeypatch, data_dir, "cpu", "offload=cpu")
     assert losses == expected and len(losses) == 3
     assert offloaded["test_accuracy"] == summary["test_accuracy"]
+    # the trajectory log hashes the stored base weights: offload=cpu's are offload=none's
+    hashes = [read(tmp_path / name / FILENAME).header.base_sha256 for name in ("none", "cpu")]
+    assert hashes[0] == hashes[1]
     run_dir, losses, _ = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk")
     store = DiskStore(run_dir / "offload", 2)  # the default place: under the run dir
     assert len(losses) == 3 and [store.step(i) for i in range(2)] == [3, 3]

@@ -163,6 +163,31 @@ def flush(model: nn.Module) -> None:
         offloader.flush()
 
 
+def stored_weights(model: nn.Module, named):
+    """``named`` (``(name, parameter)`` pairs) with the values of offloaded block parameters read
+    from the store, one block at a time (what the trajectory log hashes as the base weights);
+    ``named`` itself when ``model`` is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return named
+    if any(offloader.pending):
+        raise RuntimeError("offload: the stored weights are read with updates pending; flush() first")
+
+    def values():
+        current, tensors = -1, {}
+        for name, p in named:
+            block = offloader.block_of.get(id(p))
+            if block is None:
+                yield name, p
+                continue
+            if block != current:
+                current, tensors = block, offloader.store.read(block)
+            local = next(n for n, q in offloader.params[block] if q is p)
+            yield name, tensors[local]
+
+    return values()
+
+
 def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
     offloader = getattr(model, "zobench_offloader", None)
