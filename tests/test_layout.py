@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("engine",)),
     ("optim, tasks", ("optim", "tasks")),
     ("models", ("models",)),
+    ("offload", ("offload",)),
     ("build", ("build", "resources")),
     ("dist, trajectory", ("dist", "trajectory")),
     ("train", ("train",)),
@@ -267,6 +268,7 @@ SUITES = {
     "bench": {"gpu_check"},  # results/bench/gpu.sh's environment and tables
     "engine": {"imports", "dual_and_replicas", "torch_backend"},  # every backend x mode x dtype
     "integrations": {"examples"},  # examples/ run end to end
+    "offload": {"equivalence", "memory", "methods", "run"},  # every method / mode against in memory
     "optim": {"conformance", "hyperparameters", "reference_steps", "state_dtype"},  # every method
     "tasks": {"prompts"},  # every shipped task's prompts against MeZO's
     "trajectory": {"run_trajectory"},  # a run's log, replay and export together

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..engine.selfcheck import describe
 from ..errors import ConfigError
 from ..models import zo_closure
+from ..offload import setup as offload
 from ..optim import decay_groups
 from ..optim._common import accepts_replicas
 from ..telemetry import ForwardCounter, heartbeat
@@ -122,7 +123,9 @@ def build_learner(cfg: DictConfig, model, named, objective, engine=None):
     else:
         info = describe(engine, model)
     groups = zo_param_groups(optimizer_cls, named, weight_decay)
+    engine = offload.wrap_engine(engine, model)  # offload=cpu|disk: block updates deferred to arrival
     optimizer = build_optimizer(cfg, optimizer_cls, groups, engine=engine, seed=cfg.seed, **opt_cfg)
+    offload.bind(optimizer, cfg.optimizer.name)
     return ZOLearner(optimizer, engine, objective, cfg.objective, f"{info['backend']}/{info['mode']}", info)
 
 

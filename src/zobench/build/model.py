@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..models import apply_tuning, load_model
 from ..models import build_objective as objective_for
 from ..models.loading import default_cache_dir
+from ..offload import setup as offload
 from ..tasks import TaskSpec
 from ..telemetry import clock, heartbeat
 
@@ -61,14 +62,21 @@ def build_model(
     *,
     tune: bool = True,
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    run_dir: Path | None = None,
 ):
     """``(model, tokenizer)``: ``cfg.model`` loaded on ``device`` (eval mode, frozen), then with
     ``tune`` the ``cfg.tuning`` applied (full: every weight trains; LoRA / prefix: a peft wrapper
     seeded by ``cfg.seed``), then ``prepare_model(model)`` (the run's parallel strategy: e.g.
-    sharding the parameters) before any engine or optimizer sees the parameters."""
+    sharding the parameters) before any engine or optimizer sees the parameters. With ``offload``
+    (``cpu`` / ``disk``) and a ``run_dir``, the blocks go into the store (``zobench/offload``; the
+    disk store under ``<run_dir>/offload`` unless ``offload.dir``); without a run dir (replay,
+    export) the model is loaded whole, as the run's base."""
     with heartbeat(f"loading model {cfg.model.name}"):
         started = time.perf_counter()
-        model, tokenizer = load_model_or_explain(cfg, device)
+        if run_dir is not None and offload.offloaded(cfg):
+            model, tokenizer = offload.load_model(cfg, torch.device(device), run_dir, load_model_or_explain)
+        else:
+            model, tokenizer = load_model_or_explain(cfg, device)
     log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
     if tune:
         model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), cfg.model.family, seed=cfg.seed)

@@ -71,13 +71,86 @@ def _demos_from_train(cfg) -> str | None:
     return None
 
 
+#: methods whose step streams with the results it has in memory (tests/offload/test_methods.py):
+#: updates through ``Engine.update`` are deferred, through ``Engine.foreach`` (momentum, Adam
+#: moments) applied at once with the block's state streamed beside it
+OFFLOAD_METHODS = (
+    "mezo",
+    "lozo",
+    "lezo",
+    "subzero",
+    "fzoo",
+    "tezo",
+    "zo_sgd_cons",
+    "zo_sgd_sign",
+    "forward_gradient",
+    "zo_sgd_momentum",
+    "zo_adam",
+)
+#: why the others do not stream yet (the refusal names it)
+OFFLOAD_NOT_YET = {
+    "hizoo": "its parameter-sized Σ, which the perturbation itself reads in every forward",
+    "mezo_svrg": "its parameter-sized anchor weights and gradient",
+    "dizo": "its projection rounds, which read the weights outside a forward",
+    "sparse_mezo": "its masks, computed from the weights outside a forward",
+}
+
+
+def offload_refusal(method: str, mode: str) -> str | None:
+    """The one-line reason ``optimizer=method`` cannot run with ``offload=mode``, or None."""
+    if mode == "none" or method in OFFLOAD_METHODS:
+        return None
+    why = OFFLOAD_NOT_YET.get(method, "it is not among the methods checked to stream")
+    return (
+        f"optimizer={method} cannot run with offload={mode} yet: {why} does not stream; "
+        f"allowed: {', '.join(OFFLOAD_METHODS)}"
+    )
+
+
+#: what offload=cpu|disk cannot give yet: (key, the value refused, the value to set)
+_OFFLOAD_WHOLE_MODEL = (
+    ("train.keep_best", True, "false"),
+    ("train.checkpoint", "weights", "trajectory"),
+    ("train.save_final", True, "false"),
+)
+
+
+def _offload(cfg) -> str | None:
+    """``offload=cpu|disk`` streams full-parameter ZO steps of the methods that stream, on the
+    virtual engine, never holding the whole model (docs/offload.md)."""
+    mode = _value(cfg, "offload.mode")
+    if mode in (None, "none"):
+        return None
+    name = str(_value(cfg, "optimizer.name"))
+    if _value(cfg, "optimizer.first_order") or name == "linear_probe":
+        return f"offload={mode} streams zeroth-order steps; optimizer={name} needs the whole model (offload=none)"
+    refused = offload_refusal(name, mode)
+    if refused:
+        return refused
+    if _value(cfg, "engine.mode") != "virtual":
+        return f"offload={mode} needs engine.mode=virtual (got engine.mode={_value(cfg, 'engine.mode')})"
+    if _value(cfg, "tuning.name") not in (None, "full"):
+        tuning = _value(cfg, "tuning.name")
+        return f"offload={mode} streams full-parameter tuning only; got tuning={tuning} (use tuning=full)"
+    if _value(cfg, "model.device_map"):
+        return f"offload={mode} and model.device_map place the model two ways; set model.device_map=null"
+    for key, bad, allowed in _OFFLOAD_WHOLE_MODEL:
+        if _value(cfg, key) == bad:
+            return (
+                f"{key}={str(bad).lower()} reads the whole model's weights, which offload={mode} does not "
+                f"provide yet; set {key}={allowed}"
+            )
+    return None
+
+
 #: (the keys a rule reads, the rule): a rule runs when every key it reads passed its own check
 RUN_RULES: tuple[tuple[tuple[str, ...], Callable], ...] = (
     (("train.eval_every_passes", "train.forward_budget"), _passes_need_budget),
     (("icl.demos", "data.num_train"), _demos_from_train),
     (("engine.fused_linear", "engine.backend", "engine.mode"), _fused_linear),
+    (("offload.mode", "offload.dir", "optimizer.name", "engine.mode", "tuning.name", "model.device_map"), _offload),
 )
-BENCH_RULES = RUN_RULES[2:]
+BENCH_RULES = RUN_RULES[2:3]  # engine.fused_linear
 
 
 def broken(cfg, bad: set[str], rules=RUN_RULES) -> list[str]:

@@ -80,10 +80,20 @@ RESUMABLE_KEYS = (
 )
 
 
+def check_folder_name(name: str, value: Any) -> None:
+    """A folder key that may be null: a non-empty path when set."""
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{name}={value!r}: expected a folder or null")
+
+
 def check_dtype_list(name: str, value: Any) -> None:
     """``bench.numerics_dtypes``: a list of dtype names."""
     if not OmegaConf.is_list(value) or any(d not in DTYPE_NAMES for d in value):
         raise ConfigError(f"{name}={value!r}: expected a list of {', '.join(DTYPE_NAMES)}")
+
+
+# offload (zobench/offload): where a run's transformer blocks live between their forwards
+OFFLOAD_MODES = ("none", "cpu", "disk")
 
 
 def key(default: Any = MISSING, **meta: Any) -> Any:
@@ -139,6 +149,13 @@ class DistConfig:
     mode: str = key(choices=DIST_MODES)
     backend: str = key(choices=DIST_BACKENDS)
     timeout_s: float = key(above=0, below=1e7, expected="seconds, a number > 0")
+
+
+@dataclass
+class OffloadConfig:
+    mode: str = key(choices=OFFLOAD_MODES)
+    dir: Any = key(None, check=check_folder_name)  # offload=disk: the block files' folder (null: <run dir>/offload)
+    prefetch: bool = key(True)  # read block i+1 while block i computes
 
 
 @dataclass
@@ -201,6 +218,7 @@ class RunConfig:
     engine: EngineConfig = group(EngineConfig)
     logger: LoggerConfig = group(LoggerConfig)
     dist: DistConfig | None = None  # absent: one process (dist/)
+    offload: OffloadConfig = group(OffloadConfig)
 
 
 @dataclass

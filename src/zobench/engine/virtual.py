@@ -111,8 +111,9 @@ class VirtualEngine(Engine):
     def perturb(self, params: ZOParams, direction: Direction, scale: float) -> None:
         self._require_owned(params)
         self._active = {id(p): (pid, direction, scale) for pid, p in params}
-        self._streamed = {id(p) for _, p in params if self.streams(p)}
-        self._tied_cache = {}
+        # which weights stream is decided when their module runs (``_value_frame``): an
+        # offloaded block's weights are only there then (zobench/offload)
+        self._streamed, self._tied_cache = set(), {}
 
     def restore(self, params: ZOParams) -> None:
         self._active, self._streamed, self._tied_cache = {}, set(), {}
@@ -149,7 +150,8 @@ class VirtualEngine(Engine):
         frame, streams = _Frame(), False
         for p in module.parameters(recurse=False):
             entry = self._active.get(id(p))
-            if entry is not None and id(p) in self._streamed:
+            if entry is not None and (id(p) in self._streamed or self.streams(p)):
+                self._streamed.add(id(p))
                 streams = True
             elif entry is not None and id(p) not in self._swapped:
                 frame.saved.append((p, p.data))

@@ -220,13 +220,14 @@ def load_tokenizer(cfg, cache_dir: str | None = None):
     return tokenizer
 
 
-def _random_model(cfg, auto, tokenizer, dtype: torch.dtype, device):
-    """A seeded random initialisation of ``cfg["architecture"]`` with ``tokenizer``'s vocabulary."""
+def random_config(cfg, tokenizer):
+    """The transformers config of a ``source: random`` model (its ``architecture``, the
+    tokenizer's vocabulary and special tokens)."""
     import transformers
 
     arch = dict(cfg["architecture"])
     model_type = arch.pop("model_type")
-    config = transformers.AutoConfig.for_model(
+    return transformers.AutoConfig.for_model(
         model_type,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -234,6 +235,11 @@ def _random_model(cfg, auto, tokenizer, dtype: torch.dtype, device):
         eos_token_id=tokenizer.eos_token_id,
         **arch,
     )
+
+
+def _random_model(cfg, auto, tokenizer, dtype: torch.dtype, device):
+    """A seeded random initialisation of ``cfg["architecture"]`` with ``tokenizer``'s vocabulary."""
+    config = random_config(cfg, tokenizer)
     # seeding the global RNG is acceptable here: it happens once, before any ZO stream exists
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     # built where it will run: a 30B model initialised on the CPU takes minutes, on a GPU
@@ -257,6 +263,32 @@ def _pretrained_model(cfg, auto, dtype: torch.dtype, device, cache_dir: str):
     if source == "gguf_package":
         return auto.from_pretrained(path, config=_gguf_config(path), **kwargs)
     return _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
+
+
+def checkpoint_dir(cfg, cache_dir: str | None = None) -> Path:
+    """The local folder of a checkpoint model's safetensors (a converted GGUF package, or the
+    hub snapshot of ``hub_id``): what ``zobench.offload`` reads block by block."""
+    if cfg["source"] == "gguf_package":
+        return _gguf_cache(cfg, cache_dir or default_cache_dir())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                cfg["hub_id"], allow_patterns=["*.json", "*.safetensors"], local_files_only=not hub_available()
+            )
+        )
+    except Exception as err:  # any failure to get the files: one line
+        raise HubUnavailableError(
+            f"model={cfg['name']}: {cfg['hub_id']} could not be fetched: {err}; {OFFLINE_HELP}"
+        ) from err
+
+
+def checkpoint_config(cfg, path: Path):
+    """The transformers config of the checkpoint in ``path`` (a GGUF one without its quantizer)."""
+    import transformers
+
+    return _gguf_config(path) if cfg["source"] == "gguf_package" else transformers.AutoConfig.from_pretrained(path)
 
 
 def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = None):

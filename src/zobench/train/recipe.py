@@ -42,6 +42,7 @@ from ..dist.strategy import Single, Strategy
 from ..engine import mix_seed, trace
 from ..errors import CheckpointError
 from ..models import hf_model, trainable
+from ..offload import setup as offload
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, NullLogger, PeakMemory, Progress, Sink, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
@@ -103,7 +104,9 @@ class Recipe:
     def setup_model(self) -> None:
         """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it."""
         cfg = self.cfg
-        self.model, tokenizer = build_model(cfg, self.device, prepare_model=self.strategy.prepare_model)
+        self.model, tokenizer = build_model(
+            cfg, self.device, prepare_model=self.strategy.prepare_model, run_dir=self.run_dir
+        )
         self.objective = build_objective(cfg, self.spec, self.model, tokenizer, self.device)
         self.examples = encode_examples(cfg, self.spec, self.splits, self.objective)
         self.counter = ForwardCounter(hf_model(self.model))  # one call per forward, whatever the wrapper
@@ -298,6 +301,7 @@ class Recipe:
         until run.py has written the summary: a kill before that resumes from the checkpoint,
         which needs the best-dev file it names."""
         state, completed, dev = self.state, status == "completed", self.examples["dev"]
+        offload.flush(self.model)  # offload=cpu|disk: every stored block at the last step's weights
         if self.trajectory is not None:
             self.trajectory.sync()
         tested_step = self.load_tested_weights() if completed else None

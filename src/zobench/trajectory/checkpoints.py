@@ -24,6 +24,7 @@ from ..build import Components, build_learner
 from ..checkpoint import copy_into
 from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
+from ..offload.setup import stored_weights
 from . import log as trajlog
 from .replay import check_base, config_sha256, replay_into
 
@@ -51,7 +52,7 @@ class RunTrajectory:
         self.model = model
         header = trajlog.Header(
             config_sha256=config_sha256(cfg),
-            base_sha256=trajlog.weights_sha256(named),
+            base_sha256=trajlog.weights_sha256(stored_weights(model, named)),  # offloaded: from the store
             optimizer=str(cfg.optimizer.name),
             engine=learner.engine_name,
             replicas=bool(learner.replicas),
@@ -66,7 +67,7 @@ class RunTrajectory:
                 f"{self.path.parent / 'checkpoint'} to start the run afresh"
             )
         self.log, self.writer = trajlog.open_for_append(self.path, resume_step)
-        check_base(self.log.header, named, self.path)
+        check_base(self.log.header, stored_weights(model, named), self.path)
         if self.log.header.config_sha256 != header.config_sha256:
             raise CheckpointError(f"{self.path} belongs to another config; use another hydra.run.dir")
 

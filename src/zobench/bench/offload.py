@@ -1,0 +1,136 @@
+"""Offloaded MeZO steps: step time and peak memory for ``offload`` none / cpu / disk, one mode
+per process (so each peak is its own), on one fixed batch of random token ids.
+
+    python -m zobench.bench.offload --model smollm2-135m --modes none cpu disk --out results/bench/offload/smollm2.json
+
+Per mode: the mean wall time of ``--steps`` MeZO steps after one warm-up step (the mirrored ±
+pair in one forward of the doubled batch, ``engine=torch`` virtual), the peak RSS (``VmHWM``: it
+includes page-cache pages of mapped files) and the largest anonymous RSS sampled at every loss
+evaluation (``RssAnon``: the memory the offload bound is about), and for ``disk`` the bytes one
+step reads and writes (one read + one write of every block) over the step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ..build import build_model
+from ..engine import Engine, VirtualEngine
+from ..models.loading import default_cache_dir, model_config
+from ..offload import OffloadEngine
+from ..optim import MeZO
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(model_name: str, mode: str, steps: int, batch: int, length: int, dtype: str | None, folder: Path) -> dict:
+    """One mode in this process (see the module docstring)."""
+    model_cfg = model_config(model_name)
+    if dtype:
+        model_cfg["dtype"] = dtype
+    cfg = OmegaConf.create(
+        {"model": model_cfg, "cache_dir": default_cache_dir(), "offload": {"mode": mode, "dir": str(folder)}}
+    )
+    started = time.perf_counter()
+    model, _ = build_model(cfg, "cpu", tune=False, run_dir=folder)  # the run's loading path, store in folder
+    load_s = time.perf_counter() - started
+    out = {"model": model_name, "mode": mode, "dtype": str(model_cfg["dtype"]), "batch": [batch, length]}
+    return {**out, "load_s": round(load_s, 2), **_steps(model, steps, batch, length)}
+
+
+def _steps(model, steps: int, batch: int, length: int) -> dict:
+    """MeZO steps of ``model`` (offloaded or not) on one fixed batch: times and memory."""
+    engine: Engine = VirtualEngine(model)
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is not None:
+        engine = OffloadEngine(engine, offloader)
+    opt = MeZO(model.parameters(), lr=1e-6, eps=1e-3, engine=engine)
+    if isinstance(engine, OffloadEngine):
+        engine.bind(opt)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    anon = [0]
+
+    def closure(replicas: int = 1):
+        x = ids.repeat(replicas, 1)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        anon[0] = max(anon[0], _status("RssAnon"))
+        losses = nll.reshape(replicas, -1).mean(-1)
+        return losses if replicas > 1 else losses[0]
+
+    opt.step(closure)  # warm-up
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        opt.step(closure)
+        if offloader is not None:
+            offloader.wait()
+        times.append(time.perf_counter() - started)
+    out: dict = {
+        "steps": steps,
+        "step_s": round(sum(times) / len(times), 3),
+        "step_s_each": [round(t, 3) for t in times],
+        "peak_rss_mib": round(_status("VmHWM") / 2**20, 1),
+        "peak_anon_rss_mib": round(anon[0] / 2**20, 1),
+    }
+    if offloader is not None:
+        store = offloader.store
+        block_bytes = sum(store.nbytes(i) for i in range(len(store)))
+        out["blocks"] = len(store)
+        out["block_bytes"] = block_bytes
+        out["io_per_step_bytes"] = 2 * block_bytes  # one read and one write of every block
+        offloader.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--modes", nargs="+", default=["none", "cpu", "disk"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--dtype", default=None, help="override model.dtype")
+    parser.add_argument("--dir", default=None, help="where offload=disk puts its blocks (default: a temp folder)")
+    parser.add_argument("--out", default=None, help="write the JSON results here")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    args = parser.parse_args(argv)
+    if args.one:
+        folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="zobench-offload-"))
+        result = measure(args.model, args.one, args.steps, args.batch, args.length, args.dtype, folder)
+        print(json.dumps(result))
+        return
+    results = []
+    for mode in args.modes:  # one process per mode: its peak is its own
+        argv_one = [sys.executable, "-m", "zobench.bench.offload", "--one", mode, "--model", args.model]
+        argv_one += ["--steps", str(args.steps), "--batch", str(args.batch), "--length", str(args.length)]
+        argv_one += (["--dtype", args.dtype] if args.dtype else []) + (["--dir", args.dir] if args.dir else [])
+        done = subprocess.run(argv_one, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"zobench: error: offload={mode} failed: {done.stderr.strip().splitlines()[-1:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        command = "python -m zobench.bench.offload " + " ".join(sys.argv[1:])
+        Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Offloaded models: blocks go into the store without the whole model ever being in memory.
+
+* ``init_random_into``: a ``*-random`` model (``source: random``). The model is built on the
+  meta device (no memory); the resident modules and one template block are built for real from a
+  one-block copy of the config (their buffers, e.g. rotary frequencies, come from there); then
+  block by block: allocate, initialise with the model's own ``_init_weights`` under a per-block
+  seed (``init_seed``, block index), write to the store, release. Peak: the resident layers + one
+  block. (The weights differ from ``offload=none``'s, which draws all blocks from one stream.)
+* ``load_checkpoint_into``: safetensors checkpoints (a converted GGUF, a hub snapshot, a local
+  folder) read tensor by tensor with ``safetensors.safe_open``: resident weights into the model,
+  each block's into the store, one block in memory at a time.
+* ``evict_into``: a model already in memory (``offload=cpu``, where host RAM holds the model by
+  definition): its blocks written to the store and released; the weights equal ``offload=none``'s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import mix_seed
+from .blocks import find_blocks
+from .executor import placeholder
+from .store import BlockStore
+
+
+def _materialise_resident(model: nn.Module, shell: nn.Module, blocks: nn.ModuleList) -> None:
+    """Give ``model``'s non-block parameters and buffers the values (and memory) of ``shell``'s,
+    a one-block model of the same config built for real; the blocks stay on meta."""
+    block_ids = {id(m) for m in blocks.modules()}
+    shell_state = dict(shell.named_parameters(remove_duplicate=False)) | dict(shell.named_buffers())
+    for name, module in model.named_modules():
+        if id(module) in block_ids:
+            continue
+        for key, value in list(module._parameters.items()):
+            if value is not None:  # a meta tensor cannot take CPU data: a new Parameter
+                real = shell_state[f"{name}.{key}" if name else key].detach()
+                module._parameters[key] = nn.Parameter(real, requires_grad=False)
+        for key, value in list(module._buffers.items()):
+            if value is not None:
+                module._buffers[key] = shell_state[f"{name}.{key}" if name else key].detach()
+
+
+def _copy_buffers(block: nn.Module, template: nn.Module) -> None:
+    """A block's buffers (non-trainable constants) from the template block: identical in every layer."""
+    for name, buffer in template.named_buffers():
+        owner, _, key = name.rpartition(".")
+        target = block.get_submodule(owner) if owner else block
+        target._buffers[key] = buffer.clone()
+
+
+def _shell_blocks(shell: nn.Module) -> nn.ModuleList:
+    """The one-block model's block list (``find_blocks`` needs two blocks to see a list)."""
+    for module in shell.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == 1 and any(True for _ in module.parameters()):
+            return module
+    raise ValueError("offload: the one-block model has no block list")
+
+
+def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
+    """``config``'s model with real resident layers and its blocks on meta (no memory), and the
+    one-block model's block (the template of the blocks' buffers)."""
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=dtype)
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = 1  # every causal/masked LM config of transformers names its depth so
+    shell = auto.from_config(small, dtype=dtype)
+    _, blocks = find_blocks(model)
+    _materialise_resident(model, shell, blocks)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model, _shell_blocks(shell)[0]
+
+
+def _fill_blocks(model: nn.Module, template: nn.Module, store: BlockStore, fill: Callable[[int, nn.Module], None]):
+    """Block by block: allocate it, ``fill(index, block)`` its weights, write it, release it."""
+    _, blocks = find_blocks(model)
+    for index, block in enumerate(blocks):
+        block.to_empty(device="cpu")
+        _copy_buffers(block, template)
+        with torch.no_grad():
+            fill(index, block)
+        store.write(index, {name: p.detach() for name, p in block.named_parameters()}, 0)
+        for _, p in block.named_parameters():
+            p.data = placeholder(p)
+    model.eval()
+    model.requires_grad_(False)
+
+
+def init_random_into(auto, config, dtype: torch.dtype, store_factory: Callable[[int], BlockStore], init_seed: int):
+    """A random model with its blocks in a new store: ``(model, store)`` (module docstring)."""
+    torch.manual_seed(init_seed)  # the resident layers: as load_model seeds them
+    model, template = _skeleton(auto, config, dtype)
+    store = store_factory(config.num_hidden_layers)
+
+    def init(index: int, block: nn.Module) -> None:
+        torch.manual_seed(mix_seed(init_seed, index, 1))  # per block: any block can be redrawn alone
+        for module in block.modules():
+            model._init_weights(module)
+
+    _fill_blocks(model, template, store, init)
+    return model, store
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder (sharded: the index's files)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{path}: no model.safetensors (offload reads safetensors checkpoints)")
+
+
+def load_checkpoint_into(auto, config, dtype: torch.dtype, path: Path, store_factory: Callable[[int], BlockStore]):
+    """A checkpoint's model with its blocks in a new store, read lazily: ``(model, store)``."""
+    from safetensors import safe_open
+
+    model, template = _skeleton(auto, config, dtype)
+    prefix, _ = find_blocks(model)
+    store = store_factory(config.num_hidden_layers)
+    handles = [safe_open(str(f), framework="pt", device="cpu") for f in checkpoint_files(path)]
+    where = {key: h for h in handles for key in h.keys()}
+    resolve = _key_resolver(where)
+
+    def read(name: str) -> torch.Tensor:
+        key = resolve(name)
+        if key is None:
+            raise KeyError(f"{path}: the checkpoint has no {name}")
+        return where[key].get_tensor(key)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # resident: a tied head may be absent (saved once)
+            if not name.startswith(prefix + ".") and resolve(name) is not None:
+                p.copy_(read(name))
+
+    def fill(index: int, block: nn.Module) -> None:
+        for name, p in block.named_parameters():
+            p.copy_(read(f"{prefix}.{index}.{name}"))
+
+    _fill_blocks(model, template, store, fill)
+    return model, store
+
+
+def _key_resolver(where: dict) -> Callable[[str], str | None]:
+    """A parameter name -> the checkpoint key holding it (checkpoints saved from the base model
+    lack the ``model.`` prefix of the LM class, or carry one more)."""
+
+    def resolve(name: str) -> str | None:
+        for key in (name, name.split(".", 1)[-1], f"model.{name}"):
+            if key in where:
+                return key
+        return None
+
+    return resolve
+
+
+def evict_into(model: nn.Module, store_factory: Callable[[int], BlockStore]) -> BlockStore:
+    """Write an in-memory model's blocks into a new store and release them."""
+    _, blocks = find_blocks(model)
+    store = store_factory(len(blocks))
+    for index, block in enumerate(blocks):
+        store.write(index, {name: p.detach() for name, p in block.named_parameters()}, 0)
+        for _, p in block.named_parameters():
+            p.data = placeholder(p)
+    return store

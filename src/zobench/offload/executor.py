@@ -1,0 +1,268 @@
+"""The streaming executor: each block's weights are resident only while the block runs.
+
+``Offloader(model, store, device)`` takes the model's blocks (``blocks.find_blocks``) out of
+memory: every block parameter's ``.data`` becomes an empty placeholder (the ``nn.Parameter``
+objects stay, so optimizers and the virtual engine keep tracking them by identity) and the
+weights live in ``store``. Two hooks on each block:
+
+* forward pre-hook (registered first, so it runs before any hook of the block's modules, the
+  virtual engine's θ + s·z swap included): take block i's tensors (prefetched, or read now), put
+  them in the parameters, apply the block's pending updates (see below), and start reading block
+  i+1 on the reader thread: while block i computes, block i+1 is read from disk and, on CUDA,
+  copied to the device on a side stream from pinned host memory; the compute stream waits for
+  that copy's event before the block uses it.
+* forward hook: if the block's weights changed since they were stored (an update was applied),
+  hand them to the writer thread (the store's ``write``, stamped with the step of the last
+  applied update); put the placeholders back.
+
+Deferred update (ZO2, Wang et al. 2025, zo2/model/base.py): the optimizer's update
+θ ← (1 - decay)·θ + coeff·z of a block is not applied when the optimizer asks (the block is not
+resident then) but recorded as ``(params, direction, coeff, decay, step)`` and applied by the
+engine's own ``update``, with the same arithmetic as in memory, when the block next arrives:
+the next step's forward. A step of MeZO then reads each block once and writes it once. Anything
+that needs the weights outside a forward (a checkpoint, an export, the end of a run) calls
+``flush()`` first, which brings every block with pending updates to its latest step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..engine import Direction
+from .blocks import block_parameters, check_private, find_blocks
+from .store import BlockStore
+
+#: store keys of optimizer state: ``state.<parameter name>::<state key>`` beside the weights
+STATE, SEP = "state.", "::"
+
+#: ``(pid, parameter)`` pairs, as the engines take them
+Entries = list[tuple[int, torch.Tensor]]
+
+
+@dataclass
+class PendingUpdate:
+    """θ ← (1 - decay)·θ + coeff·z over ``entries`` (one block's share of an engine update)."""
+
+    entries: Entries
+    direction: Direction
+    coeff: float
+    decay: float
+    step: int
+
+
+class Offloader:
+    """Streams the blocks of ``model`` through ``device`` from ``store`` (module docstring).
+
+    Args:
+        model: the model (its non-block parameters stay where they are).
+        store: holds every block's weights; ``populate`` fills it from the model if it is empty.
+        device: where blocks compute.
+        prefetch: read block i+1 while block i computes (False: read on arrival, for debugging).
+    """
+
+    def __init__(self, model: nn.Module, store: BlockStore, device: torch.device | str = "cpu", prefetch: bool = True):
+        self.model = model
+        self.prefix, self.blocks = find_blocks(model)
+        check_private(model, self.blocks)
+        if len(store) != len(self.blocks):
+            raise ValueError(f"offload store holds {len(store)} blocks; the model has {len(self.blocks)}")
+        self.store, self.device, self.prefetch = store, torch.device(device), prefetch
+        self.params = [block_parameters(block) for block in self.blocks]
+        self.index = {id(block): i for i, block in enumerate(self.blocks)}
+        self.block_of = {id(p): i for i, named in enumerate(self.params) for _, p in named}
+        self.pending: list[list[PendingUpdate]] = [[] for _ in self.blocks]
+        self.stamps = [0] * len(self.blocks)  # the step of the weights each block holds (or will on arrival)
+        self.dirty = [False] * len(self.blocks)
+        self.resident = [False] * len(self.blocks)
+        #: applies a pending update to resident weights: the inner engine's ``update`` (``OffloadEngine``)
+        self.apply: Callable[[Entries, Direction, float, float], None] | None = None
+        #: the optimizer's current step (``bind``): the stamp of a deferred update
+        self.step_of: Callable[[], int] = lambda: 0
+        self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
+        #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
+        #: only while the block is resident
+        self.optimizer_state: dict | None = None
+        self._extras: list[dict[str, torch.Tensor]] = [{} for _ in self.blocks]
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-write")
+        self._prefetched: dict[int, Future] = {}
+        self._writing: dict[int, Future] = {}
+        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._handles = []
+        for block in self.blocks:
+            self._handles.append(block.register_forward_pre_hook(self._arrive, prepend=True))
+            self._handles.append(block.register_forward_hook(self._leave, always_call=True))
+
+    # -- moving blocks in and out ----------------------------------------------------------------
+    def evict(self, step: int = 0) -> None:
+        """Write every block's current weights to the store (stamped ``step``) and release them:
+        how a model built in memory becomes an offloaded one."""
+        for i, named in enumerate(self.params):
+            self.store.write(i, {name: p.detach() for name, p in named}, step)
+            self.stamps[i] = step
+            self._release(i)
+
+    def adopt(self) -> None:
+        """Use the blocks already in the store (written by ``build.py`` or a previous run): the
+        model's block parameters are released (they may be placeholders already)."""
+        for i in range(len(self.blocks)):
+            self.stamps[i] = self.store.step(i)
+            self._release(i)
+
+    def _release(self, i: int) -> None:
+        for _, p in self.params[i]:
+            p.data = placeholder(p)
+        self._extras[i] = {}
+        self.resident[i] = False
+
+    def _read(self, i: int, writing: Future | None) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+        """On the reader thread: block i's tensors on the device (after its last write lands)."""
+        if writing is not None:
+            writing.result()
+        tensors = self.store.read(i)
+        if self._side is not None:
+            with torch.cuda.stream(self._side):
+                moved = {n: t.to(self.device, non_blocking=True) for n, t in tensors.items()}
+                event = torch.cuda.Event()
+                event.record(self._side)
+            return moved, event
+        if not self.store.fresh_reads:  # the store's own buffers: the block works on a copy
+            tensors = {n: t.clone() for n, t in tensors.items()}
+        return tensors, None
+
+    def _fetch(self, i: int) -> Future:
+        future = self._prefetched.pop(i, None)
+        return future if future is not None else self._reader.submit(self._read, i, self._writing.get(i))
+
+    def _arrive(self, module: nn.Module, args) -> None:
+        i = self.index[id(module)]
+        if self.resident[i]:
+            return
+        tensors, event = self._fetch(i).result()
+        self.reads += 1
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        for name, p in self.params[i]:
+            t = tensors[name]
+            if event is not None:
+                t.record_stream(torch.cuda.current_stream(self.device))  # made on the side stream
+            p.data = t
+        self._extras[i] = {name: t for name, t in tensors.items() if name.startswith(STATE)}
+        self.resident[i] = True
+        self._apply_pending(i)
+        following = i + 1
+        if self.prefetch and following < len(self.blocks) and following not in self._prefetched:
+            self._prefetched[following] = self._reader.submit(self._read, following, self._writing.get(following))
+
+    def _leave(self, module: nn.Module, args, output) -> None:
+        self._store_and_release(self.index[id(module)])
+
+    def _store_and_release(self, i: int) -> None:
+        if self.dirty[i]:
+            tensors = {name: p.data for name, p in self.params[i]}  # never modified again: released below
+            tensors.update(self._extras[i])
+            self._writing[i] = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
+            self._prefetched.pop(i, None)  # a read started before this write would be stale
+            self.dirty[i] = False
+            self.writes += 1
+        self._release(i)
+
+    # -- deferred updates ------------------------------------------------------------------------
+    def defer(self, entries: Entries, direction: Direction, coeff: float, decay: float) -> None:
+        """Record an engine update of ``entries`` (block parameters), split by block."""
+        by_block: dict[int, Entries] = {}
+        for pid, p in entries:
+            by_block.setdefault(self.block_of[id(p)], []).append((pid, p))
+        step = self.step_of()
+        for i, share in by_block.items():
+            if self.resident[i]:
+                raise RuntimeError(f"offload: an update of block {i} arrived while it was in use")
+            self.pending[i].append(PendingUpdate(share, direction, coeff, decay, step))
+
+    def _apply_pending(self, i: int) -> None:
+        if not self.pending[i]:
+            return
+        if self.apply is None:
+            raise RuntimeError("offload: pending updates but no engine to apply them (OffloadEngine)")
+        for update in self.pending[i]:
+            self.apply(update.entries, update.direction, update.coeff, update.decay)
+            self.stamps[i] = update.step
+        self.pending[i] = []
+        self.dirty[i] = True
+
+    @torch.no_grad()
+    def with_state(self, i: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a stateful update of block i's parameters) with the block resident and its
+        parameters' optimizer state (``self.optimizer_state[p]``) loaded from the store, then
+        write weights and state back and release both: the state streams with its block (one
+        more read and write of the block per step than a deferred update)."""
+        if self.optimizer_state is None:
+            raise RuntimeError("offload: a stateful update but no optimizer state bound (OffloadEngine.bind)")
+        self._arrive(self.blocks[i], ())
+        for name, p in self.params[i]:
+            for key, value in self._extras[i].items():
+                if key.startswith(f"{STATE}{name}{SEP}"):
+                    self.optimizer_state[p][key.rsplit(SEP, 1)[1]] = value
+        fn()
+        self._extras[i] = {}
+        for name, p in self.params[i]:
+            state = self.optimizer_state.get(p, {})
+            for key in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
+                self._extras[i][f"{STATE}{name}{SEP}{key}"] = state.pop(key)
+        self.stamps[i], self.dirty[i] = self.step_of(), True
+        self._store_and_release(i)
+
+    def is_offloaded(self, p: torch.Tensor) -> bool:
+        return id(p) in self.block_of
+
+    # -- whole-model views -----------------------------------------------------------------------
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply every pending update and write the blocks back: the store then holds the
+        model's current weights, every block at its latest step."""
+        for i in range(len(self.blocks)):
+            if self.pending[i]:
+                self._arrive(self.blocks[i], ())
+                self._store_and_release(i)
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until every write has landed (and surface a failed one)."""
+        for future in list(self._writing.values()):
+            future.result()
+        self._writing.clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights by qualified name (CPU copies for the blocks): for export and
+        checkpoints; flushes first."""
+        self.flush()
+        block_ids = {id(p) for named in self.params for _, p in named}
+        named = self.model.named_parameters(remove_duplicate=True)
+        out = {name: p.detach() for name, p in named if id(p) not in block_ids}
+        for i in range(len(self.blocks)):
+            for name, t in self.store.read(i).items():
+                if name.startswith(STATE):
+                    continue
+                out[f"{self.prefix}.{i}.{name}"] = t.clone() if not self.store.fresh_reads else t
+        return out
+
+    def close(self) -> None:
+        """Finish the writes, stop the threads and remove the hooks."""
+        self.wait()
+        self._reader.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def placeholder(p: torch.Tensor) -> torch.Tensor:
+    """What a released parameter holds: one zero expanded to ``p``'s shape (one element of
+    memory). Shape, dtype and device stay right for whoever inspects them (``decay_groups``
+    splits by ``ndim``); an in-place write into it fails (its elements share one location)."""
+    return torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)

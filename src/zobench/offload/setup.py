@@ -1,0 +1,129 @@
+"""What a run needs to go offloaded: the config check, the model, the wrapped engine.
+
+``offloaded(cfg)``: whether the config asks for it (its rules: ``config/rules.py::_offload``;
+the method lists beside them). ``load_model(cfg, device, run_dir, load_whole)``: ``(model, tokenizer)``
+with the model's blocks in the store (an ``Offloader`` attached as ``model.zobench_offloader``).
+``wrap_engine(engine, model)`` / ``bind(optimizer)``: the engine with deferred block updates, and
+the method check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..config.rules import OFFLOAD_METHODS as METHODS
+from ..config.rules import OFFLOAD_NOT_YET as NOT_YET
+from ..config.rules import offload_refusal as refusal
+from ..config.schema import OFFLOAD_MODES as MODES
+from ..engine import Engine
+from ..errors import ConfigError
+from ..models import loading
+from .engine import OffloadEngine
+from .executor import Offloader
+from .store import BlockStore, CpuStore, DiskStore
+
+__all__ = ["METHODS", "MODES", "NOT_YET", "refusal"]  # the config's lists, read here by the tests
+
+
+def mode_of(cfg: DictConfig) -> str:
+    return str(OmegaConf.select(cfg, "offload.mode", default="none"))
+
+
+def offloaded(cfg: DictConfig) -> bool:
+    return mode_of(cfg) != "none"
+
+
+def store_factory(cfg: DictConfig, run_dir: Path, device: torch.device):
+    """``count -> BlockStore`` for ``offload.mode`` (disk: ``offload.dir`` or <run dir>/offload)."""
+    mode = mode_of(cfg)
+    if mode == "cpu":
+        return lambda count: CpuStore(count, pin=device.type == "cuda")
+    folder = OmegaConf.select(cfg, "offload.dir", default=None)
+    root = Path(folder).expanduser() if folder else Path(run_dir) / "offload"
+    return lambda count: DiskStore(root, count)
+
+
+def load_model(cfg: DictConfig, device: torch.device, run_dir: Path, load_whole) -> tuple[nn.Module, object]:
+    """``(model, tokenizer)`` with the blocks in the store ``cfg.offload`` names: ``*-random``
+    models block by block, converted/hub safetensors read lazily, for ``offload=disk``; for
+    ``offload=cpu`` the model is loaded as usual (host RAM holds it by definition) and its blocks
+    moved into pinned host buffers, so its weights equal ``offload=none``'s bit for bit."""
+    from . import build
+
+    factory = store_factory(cfg, run_dir, torch.device(device))
+    model_cfg = cfg.model
+    store: BlockStore
+    if mode_of(cfg) == "cpu":
+        model, tokenizer = load_whole(cfg, "cpu")  # the factory's loader (build/model.py)
+        store = build.evict_into(model, factory)
+    else:
+        auto = loading._auto_class(model_cfg.get("family", "causal"))
+        dtype = loading.torch_dtype(model_cfg["dtype"])
+        tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
+        if model_cfg["source"] == "random":
+            config = loading.random_config(model_cfg, tokenizer)
+            model, store = build.init_random_into(auto, config, dtype, factory, int(model_cfg.get("init_seed", 0)))
+        else:
+            path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
+            config = loading.checkpoint_config(model_cfg, path)
+            model, store = build.load_checkpoint_into(auto, config, dtype, path, factory)
+    model.to(device)  # the resident layers (the blocks hold one-element placeholders)
+    offloader = Offloader(model, store, device, prefetch=bool(OmegaConf.select(cfg, "offload.prefetch", default=True)))
+    offloader.adopt()
+    model.zobench_offloader = offloader  # what wrap_engine finds (nn.Module keeps plain attributes)
+    return model, tokenizer
+
+
+def flush(model: nn.Module) -> None:
+    """Bring every stored block of an offloaded ``model`` to its latest step (no-op otherwise)."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is not None:
+        offloader.flush()
+
+
+def stored_weights(model: nn.Module, named):
+    """``named`` (``(name, parameter)`` pairs) with the values of offloaded block parameters read
+    from the store, one block at a time (what the trajectory log hashes as the base weights);
+    ``named`` itself when ``model`` is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return named
+    if any(offloader.pending):
+        raise RuntimeError("offload: the stored weights are read with updates pending; flush() first")
+
+    def values():
+        current, tensors = -1, {}
+        for name, p in named:
+            block = offloader.block_of.get(id(p))
+            if block is None:
+                yield name, p
+                continue
+            if block != current:
+                current, tensors = block, offloader.store.read(block)
+            local = next(n for n, q in offloader.params[block] if q is p)
+            yield name, tensors[local]
+
+    return values()
+
+
+def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
+    """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
+    offloader = getattr(model, "zobench_offloader", None)
+    return engine if offloader is None else OffloadEngine(engine, offloader)
+
+
+def bind(optimizer: Any, method: str) -> None:
+    """Refuse a method that does not stream (one line), stamp deferred updates with its step."""
+    engine = optimizer.engine
+    if not isinstance(engine, OffloadEngine):
+        return
+    mode = "disk" if isinstance(engine.offloader.store, DiskStore) else "cpu"
+    reason = refusal(method, mode)
+    if reason:
+        raise ConfigError(reason)
+    engine.bind(optimizer)

@@ -1,0 +1,19 @@
+"""``python -m zobench.bench.offload``: one mode measured in process on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from zobench.bench.offload import measure
+
+
+@pytest.mark.parametrize("mode", ["none", "disk"])
+def test_measure_reports_time_memory_and_traffic(mode, tmp_path):
+    result = measure("tiny-llama", mode, steps=1, batch=1, length=4, dtype=None, folder=tmp_path)
+    assert result["mode"] == mode and result["step_s"] > 0 and len(result["step_s_each"]) == 1
+    assert 0 < result["peak_anon_rss_mib"] <= result["peak_rss_mib"]
+    if mode == "disk":  # one read and one write of every block per step
+        assert result["blocks"] == 2 and result["io_per_step_bytes"] == 2 * result["block_bytes"] > 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["block-00000.safetensors", "block-00001.safetensors"]
+    else:
+        assert "blocks" not in result

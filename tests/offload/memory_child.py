@@ -1,0 +1,80 @@
+"""Run by test_memory.py in a subprocess: an offloaded model several times larger than an
+RLIMIT_AS budget is built (block by block into a disk store) and trained for two MeZO steps
+under that limit; then the same model built whole in memory must fail under it.
+
+argv: store folder, budget in MiB. Prints ``ok <peak growth MiB>`` or raises.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+import transformers
+
+from zobench.engine import VirtualEngine
+from zobench.offload import DiskStore, OffloadEngine, Offloader
+from zobench.offload.build import init_random_into
+from zobench.optim import MeZO
+
+CONFIG = dict(
+    model_type="llama",
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=48,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=128,
+    tie_word_embeddings=True,
+)
+
+
+def vm_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def main(root: str, budget_mib: int) -> None:
+    torch.set_num_threads(1)
+    kwargs = dict(CONFIG)
+    config = transformers.AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    auto = transformers.AutoModelForCausalLM
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():  # warm up the allocator and kernels on a small model (not counted)
+        small = transformers.AutoConfig.for_model("llama", **{**kwargs, "num_hidden_layers": 1})
+        auto.from_config(small)(input_ids=ids)
+    limit = vm_bytes() + budget_mib * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    model, store = init_random_into(auto, config, torch.float32, lambda n: DiskStore(root, n), init_seed=0)
+    model_bytes = sum(store.nbytes(i) for i in range(len(store)))
+    assert model_bytes > 3 * budget_mib * 2**20, (model_bytes, budget_mib)
+    offloader = Offloader(model, store)
+    offloader.adopt()
+    engine = OffloadEngine(VirtualEngine(model), offloader)
+    opt = MeZO(model.parameters(), lr=1e-3, eps=1e-3, engine=engine)
+    engine.bind(opt)
+
+    def closure(replicas: int = 1):
+        logits = model(input_ids=ids.repeat(replicas, 1)).logits
+        losses = logits.logsumexp(-1).reshape(replicas, -1).mean(-1)
+        return losses if replicas > 1 else losses[0]
+
+    for _ in range(2):
+        opt.step(closure)
+    offloader.flush()
+    assert [store.step(i) for i in range(len(store))] == [2] * len(store)
+    offloader.close()
+    try:  # the control: the same model whole in memory does not fit the limit
+        auto.from_config(config)
+    except (MemoryError, RuntimeError):
+        print(f"ok {model_bytes / 2**20:.0f}")
+        return
+    raise AssertionError("the whole model fit in the limit: the limit does not bound anything")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,55 @@
+"""``python -m zobench ... offload=...`` end to end (in process): cpu gives offload=none's losses
+and test metric, disk completes with every stored block at the last step; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import SMOKE, one_error_line, zobench_in_process
+from zobench.offload import DiskStore
+from zobench.trajectory.log import FILENAME, read
+
+ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1", "train.keep_best=false")
+
+
+def _run(tmp_path, monkeypatch, data_dir, name: str, *extra):
+    run_dir = tmp_path / name
+    result = zobench_in_process(
+        *ARGS, f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", *extra, monkeypatch=monkeypatch
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return (
+        run_dir,
+        [r["loss"] for r in rows if r.get("event") == "train"],
+        json.loads((run_dir / "summary.json").read_text()),
+    )
+
+
+@pytest.mark.slow
+def test_offloaded_runs_end_to_end(tmp_path, monkeypatch, data_dir):
+    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none")
+    _, losses, offloaded = _run(tmp_path, monkeypatch, data_dir, "cpu", "offload=cpu")
+    assert losses == expected and len(losses) == 3
+    assert offloaded["test_accuracy"] == summary["test_accuracy"]
+    # the trajectory log hashes the stored base weights: offload=cpu's are offload=none's
+    hashes = [read(tmp_path / name / FILENAME).header.base_sha256 for name in ("none", "cpu")]
+    assert hashes[0] == hashes[1]
+    run_dir, losses, _ = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk")
+    store = DiskStore(run_dir / "offload", 2)  # the default place: under the run dir
+    assert len(losses) == 3 and [store.step(i) for i in range(2)] == [3, 3]
+
+
+def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
+    result = zobench_in_process(
+        *ARGS,
+        "offload=disk",
+        "optimizer=hizoo",
+        f"data.dir={data_dir}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        monkeypatch=monkeypatch,
+    )
+    one_error_line(result, "optimizer=hizoo cannot run with offload=disk yet")
+    assert not (tmp_path / "r" / "offload").exists()
