@@ -1,8 +1,9 @@
 """Kill a run at every file-system write of its checkpoints and of its finishing sequence, restart
 it, and check the dir ends as an uninterrupted run does (tests/test_resume.py runs this).
 
-``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights [points]]``
-(``train.checkpoint``, default weights). The process imports zobench
+``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights|offload [points]]``
+(``train.checkpoint``, default weights; ``offload``: a trajectory run with ``offload=disk``, whose
+final weights are the store's block files, every write of a step's write-back a crash point). The process imports zobench
 once and forks one child per crash point (a fork is cheap; a fresh interpreter per point would
 take minutes), on a small copy of the SST-2 mirror. The parent never runs a torch operation, so
 the children's thread pools start clean. Writes counted (each is a crash point, the kill lands
@@ -83,7 +84,11 @@ def _stable(run_dir: Path) -> dict:
         {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
-    final = (run_dir / "final/trainable.safetensors").read_bytes().hex()
+    final_file = run_dir / "final/trainable.safetensors"
+    if final_file.is_file():
+        final = final_file.read_bytes().hex()
+    else:  # offload=disk: the store's block files (weights and step stamps) are the final weights
+        final = "".join(p.read_bytes().hex() for p in sorted((run_dir / "offload").glob("block-*.safetensors")))
     return {
         "summary": summary,
         "metrics": metrics,
@@ -117,8 +122,11 @@ def main(out: Path, data_dir: str, work: Path, mode: str = "weights") -> None:
         "train.eval_every=1",
         "train.checkpoint_every=2",
         "train.log_every=1",
-        "train.save_final=true",
-        f"train.checkpoint={mode}",
+        *(
+            ("train.save_final=true", f"train.checkpoint={mode}")
+            if mode != "offload"
+            else ("offload=disk", "train.save_final=false", "train.keep_best=false", "train.checkpoint=trajectory")
+        ),
         f"data.dir={mirror.parent}",
     )
     reference, count_file = work / "reference", work / "count"

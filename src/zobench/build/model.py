@@ -63,6 +63,7 @@ def build_model(
     tune: bool = True,
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     run_dir: Path | None = None,
+    resume: int | None = None,
 ):
     """``(model, tokenizer)``: ``cfg.model`` loaded on ``device`` (eval mode, frozen), then with
     ``tune`` the ``cfg.tuning`` applied (full: every weight trains; LoRA / prefix: a peft wrapper
@@ -70,11 +71,12 @@ def build_model(
     sharding the parameters) before any engine or optimizer sees the parameters. With ``offload``
     (``cpu`` / ``disk``) and a ``run_dir``, the blocks go into the store (``zobench/offload``; the
     disk store under ``<run_dir>/offload`` unless ``offload.dir``); without a run dir (replay,
-    export) the model is loaded whole, as the run's base."""
+    export) the model is loaded whole, as the run's base. ``resume``: the step of the checkpoint
+    the run resumes from (``offload=disk`` then keeps the store the run trained)."""
     with heartbeat(f"loading model {cfg.model.name}"):
         started = time.perf_counter()
         if run_dir is not None and offload.offloaded(cfg):
-            model, tokenizer = offload.load_model(cfg, torch.device(device), run_dir, load_model_or_explain)
+            model, tokenizer = offload.load_model(cfg, torch.device(device), run_dir, load_model_or_explain, resume)
         else:
             model, tokenizer = load_model_or_explain(cfg, device)
     log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))

@@ -78,23 +78,30 @@ def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
     return model, _shell_blocks(shell)[0]
 
 
-def _fill_blocks(model: nn.Module, template: nn.Module, store: BlockStore, fill: Callable[[int, nn.Module], None]):
-    """Block by block: allocate it, ``fill(index, block)`` its weights, write it, release it."""
+def _fill_blocks(
+    model: nn.Module, template: nn.Module, store: BlockStore, fill: Callable[[int, nn.Module], None] | None
+):
+    """Block by block: allocate it, ``fill(index, block)`` its weights, write it, release it.
+    ``fill=None``: the store holds the blocks already (a resume): buffers and placeholders only."""
     _, blocks = find_blocks(model)
     for index, block in enumerate(blocks):
         block.to_empty(device="cpu")
         _copy_buffers(block, template)
-        with torch.no_grad():
-            fill(index, block)
-        store.write(index, {name: p.detach() for name, p in block.named_parameters()}, 0)
+        if fill is not None:
+            with torch.no_grad():
+                fill(index, block)
+            store.write(index, {name: p.detach() for name, p in block.named_parameters()}, 0)
         for _, p in block.named_parameters():
             p.data = placeholder(p)
     model.eval()
     model.requires_grad_(False)
 
 
-def init_random_into(auto, config, dtype: torch.dtype, store_factory: Callable[[int], BlockStore], init_seed: int):
-    """A random model with its blocks in a new store: ``(model, store)`` (module docstring)."""
+def init_random_into(
+    auto, config, dtype: torch.dtype, store_factory: Callable[[int], BlockStore], init_seed: int, fill: bool = True
+):
+    """A random model with its blocks in a new store: ``(model, store)`` (module docstring);
+    ``fill=False``: the store's blocks are kept (a resume), only the resident layers are drawn."""
     torch.manual_seed(init_seed)  # the resident layers: as load_model seeds them
     model, template = _skeleton(auto, config, dtype)
     store = store_factory(config.num_hidden_layers)
@@ -104,7 +111,7 @@ def init_random_into(auto, config, dtype: torch.dtype, store_factory: Callable[[
         for module in block.modules():
             model._init_weights(module)
 
-    _fill_blocks(model, template, store, init)
+    _fill_blocks(model, template, store, init if fill else None)
     return model, store
 
 
@@ -119,8 +126,11 @@ def checkpoint_files(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no model.safetensors (offload reads safetensors checkpoints)")
 
 
-def load_checkpoint_into(auto, config, dtype: torch.dtype, path: Path, store_factory: Callable[[int], BlockStore]):
-    """A checkpoint's model with its blocks in a new store, read lazily: ``(model, store)``."""
+def load_checkpoint_into(
+    auto, config, dtype: torch.dtype, path: Path, store_factory: Callable[[int], BlockStore], fill: bool = True
+):
+    """A checkpoint's model with its blocks in a new store, read lazily: ``(model, store)``;
+    ``fill=False``: the store's blocks are kept (a resume), only the resident weights are read."""
     from safetensors import safe_open
 
     model, template = _skeleton(auto, config, dtype)
@@ -141,11 +151,11 @@ def load_checkpoint_into(auto, config, dtype: torch.dtype, path: Path, store_fac
             if not name.startswith(prefix + ".") and resolve(name) is not None:
                 p.copy_(read(name))
 
-    def fill(index: int, block: nn.Module) -> None:
+    def fill_block(index: int, block: nn.Module) -> None:
         for name, p in block.named_parameters():
             p.copy_(read(f"{prefix}.{index}.{name}"))
 
-    _fill_blocks(model, template, store, fill)
+    _fill_blocks(model, template, store, fill_block if fill else None)
     return model, store
 
 

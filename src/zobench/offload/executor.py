@@ -77,12 +77,17 @@ class Offloader:
         self.block_of = {id(p): i for i, named in enumerate(self.params) for _, p in named}
         self.pending: list[list[PendingUpdate]] = [[] for _ in self.blocks]
         self.stamps = [0] * len(self.blocks)  # the step of the weights each block holds (or will on arrival)
+        #: the step each block's stored weights were at when adopted: a replay (a resume) skips the
+        #: updates of steps <= it, which the block holds already (store.py, crash consistency)
+        self.floor = [0] * len(self.blocks)
         self.dirty = [False] * len(self.blocks)
         self.resident = [False] * len(self.blocks)
         #: applies a pending update to resident weights: the inner engine's ``update`` (``OffloadEngine``)
         self.apply: Callable[[Entries, Direction, float, float], None] | None = None
         #: the optimizer's current step (``bind``): the stamp of a deferred update
         self.step_of: Callable[[], int] = lambda: 0
+        #: ``load_model(resume=step)``: the checkpoint step the store is to be restored to (setup.resume_store)
+        self.resume_step: int | None = None
         self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
         #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
         #: only while the block is resident
@@ -111,7 +116,7 @@ class Offloader:
         """Use the blocks already in the store (written by ``build.py`` or a previous run): the
         model's block parameters are released (they may be placeholders already)."""
         for i in range(len(self.blocks)):
-            self.stamps[i] = self.store.step(i)
+            self.stamps[i] = self.floor[i] = self.store.step(i)
             self._release(i)
 
     def _release(self, i: int) -> None:
@@ -180,6 +185,8 @@ class Offloader:
             by_block.setdefault(self.block_of[id(p)], []).append((pid, p))
         step = self.step_of()
         for i, share in by_block.items():
+            if step <= self.floor[i]:  # a replayed step the stored block holds already
+                continue
             if self.resident[i]:
                 raise RuntimeError(f"offload: an update of block {i} arrived while it was in use")
             self.pending[i].append(PendingUpdate(share, direction, coeff, decay, step))
@@ -203,6 +210,8 @@ class Offloader:
         more read and write of the block per step than a deferred update)."""
         if self.optimizer_state is None:
             raise RuntimeError("offload: a stateful update but no optimizer state bound (OffloadEngine.bind)")
+        if self.step_of() <= self.floor[i]:  # a replayed step the stored block (and its state) holds already
+            return
         self._arrive(self.blocks[i], ())
         for name, p in self.params[i]:
             for key, value in self._extras[i].items():

@@ -9,8 +9,9 @@ the method check.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -48,11 +49,15 @@ def store_factory(cfg: DictConfig, run_dir: Path, device: torch.device):
     return lambda count: DiskStore(root, count)
 
 
-def load_model(cfg: DictConfig, device: torch.device, run_dir: Path, load_whole) -> tuple[nn.Module, object]:
+def load_model(
+    cfg: DictConfig, device: torch.device, run_dir: Path, load_whole, resume: int | None = None
+) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` with the blocks in the store ``cfg.offload`` names: ``*-random``
     models block by block, converted/hub safetensors read lazily, for ``offload=disk``; for
     ``offload=cpu`` the model is loaded as usual (host RAM holds it by definition) and its blocks
-    moved into pinned host buffers, so its weights equal ``offload=none``'s bit for bit."""
+    moved into pinned host buffers, so its weights equal ``offload=none``'s bit for bit.
+    ``resume`` (the checkpoint's step): ``offload=disk`` keeps the store, which the run trained
+    (only the resident layers come from the source); ``resume_store`` brings it to that step."""
     from . import build
 
     factory = store_factory(cfg, run_dir, torch.device(device))
@@ -65,16 +70,21 @@ def load_model(cfg: DictConfig, device: torch.device, run_dir: Path, load_whole)
         auto = loading._auto_class(model_cfg.get("family", "causal"))
         dtype = loading.torch_dtype(model_cfg["dtype"])
         tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
+        fill = resume is None
         if model_cfg["source"] == "random":
             config = loading.random_config(model_cfg, tokenizer)
-            model, store = build.init_random_into(auto, config, dtype, factory, int(model_cfg.get("init_seed", 0)))
+            seed = int(model_cfg.get("init_seed", 0))
+            model, store = build.init_random_into(auto, config, dtype, factory, seed, fill=fill)
         else:
             path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
             config = loading.checkpoint_config(model_cfg, path)
-            model, store = build.load_checkpoint_into(auto, config, dtype, path, factory)
+            model, store = build.load_checkpoint_into(auto, config, dtype, path, factory, fill=fill)
     model.to(device)  # the resident layers (the blocks hold one-element placeholders)
     offloader = Offloader(model, store, device, prefetch=bool(OmegaConf.select(cfg, "offload.prefetch", default=True)))
-    offloader.adopt()
+    if isinstance(store, DiskStore) and resume is not None:
+        offloader.resume_step = resume  # resume_store restores the blocks before adopting them
+    else:
+        offloader.adopt()
     model.zobench_offloader = offloader  # what wrap_engine finds (nn.Module keeps plain attributes)
     return model, tokenizer
 
@@ -84,6 +94,51 @@ def flush(model: nn.Module) -> None:
     offloader = getattr(model, "zobench_offloader", None)
     if offloader is not None:
         offloader.flush()
+
+
+def pin_folder(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` pins the disk store: inside the run's checkpoint folder, which
+    the run removes with the checkpoints once its summary is written."""
+    return Path(run_dir) / "checkpoint" / f"offload-{step:09d}"
+
+
+def disk_offloader(model: nn.Module) -> Offloader | None:
+    offloader = getattr(model, "zobench_offloader", None)
+    return offloader if offloader is not None and isinstance(offloader.store, DiskStore) else None
+
+
+def pin(model: nn.Module, run_dir: Path, step: int, base_sha256: str) -> None:
+    """Before checkpoint ``step`` is written: pin an ``offload=disk`` store's files (its writes
+    landed first) as that checkpoint's state (``DiskStore.pin``); no-op otherwise."""
+    offloader = disk_offloader(model)
+    if offloader is not None:
+        offloader.wait()
+        cast(DiskStore, offloader.store).pin(pin_folder(run_dir, step), step, base_sha256)
+
+
+def unpin_others(model: nn.Module, run_dir: Path, step: int) -> None:
+    """After checkpoint ``step`` is written: remove the pins of older checkpoints."""
+    if disk_offloader(model) is None:
+        return
+    keep = pin_folder(run_dir, step)
+    for old in keep.parent.glob("offload-*"):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_store(model: nn.Module, run_dir: Path, base_sha256: str) -> bool:
+    """An ``offload=disk`` model loaded to resume (``load_model(resume=step)``): its store
+    brought back to the checkpoint's step (``DiskStore.restore``: a block ahead of it from the
+    pin; the pin must carry the log's ``base_sha256``) and adopted, each block skipping, in the
+    replay, the updates it holds. Returns whether it did (False: not such a model)."""
+    offloader = disk_offloader(model)
+    step = getattr(offloader, "resume_step", None)
+    if offloader is None or step is None:
+        return False
+    cast(DiskStore, offloader.store).restore(pin_folder(run_dir, step), step, base_sha256)
+    offloader.adopt()
+    offloader.resume_step = None
+    return True
 
 
 def stored_weights(model: nn.Module, named):

@@ -13,11 +13,22 @@ move to its device; ``write`` replaces block i's tensors and stamp together.
   its step in the file's metadata. A write goes to a temporary file in the same folder, is
   fsync'ed, then renamed over the old one (``os.replace`` is atomic on POSIX), so a kill leaves
   each block whole at either its old or its new step, never a torn file.
+
+Crash consistency of ``offload=disk`` (``pin`` / ``restore``): the store is the run's state, and
+training overwrites it, so a checkpoint of step c pins it: ``pin`` hard-links every block file
+(no copy: a later write replaces the name, the pinned link keeps the old file) into a folder of
+the checkpoint, with ``store.json`` naming the step and the run's base-weights hash. Every pinned
+block is at a step <= c (c - 1 where step c's update was still deferred). A resume at c
+``restore``s each block from its current file when that is at a step <= c, else from the pin: a
+block a kill left ahead of c (written by a step after the checkpoint) cannot be brought back
+exactly, its pinned version can; the missing updates s_b + 1 .. c come from the trajectory log.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +36,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..errors import CheckpointError
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -119,8 +132,73 @@ class DiskStore(BlockStore):
         os.replace(tmp, target)
 
     def step(self, index: int) -> int:
-        with safe_open(str(self.path(index)), framework="pt", device="cpu") as f:
-            return int((f.metadata() or {}).get("step", 0))
+        return _stamp(self.path(index))
 
     def nbytes(self, index: int) -> int:
         return self.path(index).stat().st_size
+
+    # -- crash consistency (module docstring) ----------------------------------------------------
+    def pin(self, folder: Path, step: int, base_sha256: str) -> None:
+        """Pin the store's files as the state of checkpoint ``step`` in ``folder`` (built aside,
+        renamed into place whole). A folder already there is the same step's: kept as it is."""
+        folder = Path(folder)
+        if (folder / PIN_MANIFEST).is_file():
+            return
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        stamps = []
+        for i in range(self.count):
+            _link_or_copy(self.path(i), tmp / self.path(i).name)
+            stamps.append(_stamp(tmp / self.path(i).name))
+        manifest = {"step": int(step), "base_sha256": base_sha256, "stamps": stamps}
+        (tmp / PIN_MANIFEST).write_text(json.dumps(manifest))
+        os.replace(tmp, folder)
+
+    def restore(self, folder: Path, step: int, base_sha256: str) -> list[int]:
+        """Bring the store back to checkpoint ``step`` pinned in ``folder``: each block from its
+        current file if at a step <= ``step``, else from the pin; returns the blocks' steps.
+        Refuses (one line) a pin of another run or step, or a block no version of which is <= ``step``."""
+        folder, manifest = Path(folder), Path(folder) / PIN_MANIFEST
+        pinned = json.loads(manifest.read_text()) if manifest.is_file() else None
+        if pinned is not None and (pinned.get("step") != step or pinned.get("base_sha256") != base_sha256):
+            raise CheckpointError(
+                f"{manifest}: the offload store was pinned by another run or step (step {pinned.get('step')}, "
+                f"checkpoint step {step}); delete {folder.parent} to start the run afresh"
+            )
+        stamps = []
+        for i in range(self.count):
+            current = self.step(i) if self.path(i).is_file() else None
+            if current is None or current > step:
+                if pinned is None or pinned["stamps"][i] > step:
+                    found = "missing" if current is None else f"at step {current}"
+                    raise CheckpointError(
+                        f"{self.path(i)}: offload block {i} is {found}, and no pinned copy at a step <= {step} "
+                        f"(the checkpoint's) is in {folder}: the store cannot be brought to step {step}; "
+                        f"delete {folder.parent} to start the run afresh"
+                    )
+                link = self.path(i).with_name(f".{self.path(i).name}.restore")
+                _link_or_copy(folder / self.path(i).name, link)
+                os.replace(link, self.path(i))
+                current = self.step(i)
+            stamps.append(current)
+        return stamps
+
+
+#: the pin folder's record: ``{"step", "base_sha256", "stamps"}``
+PIN_MANIFEST = "store.json"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy where the file system has none)."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _stamp(path: Path) -> int:
+    """The step recorded in a block file's metadata."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return int((f.metadata() or {}).get("step", 0))

@@ -83,7 +83,7 @@ class Recipe:
         """Everything before the first step; ``checkpoint``: ``load_checkpoint``'s, or None."""
         torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (backprop enables it per step)
         self.setup_data()
-        self.setup_model()
+        self.setup_model(None if checkpoint is None else checkpoint.step)
         self.setup_learner()
         self.restore(checkpoint)
         self.first_step = self.state.step
@@ -101,11 +101,12 @@ class Recipe:
         """The task's train / dev / test examples under the paper's protocol (``data.*``)."""
         self.spec, self.splits = build_task(self.cfg)
 
-    def setup_model(self) -> None:
-        """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it."""
+    def setup_model(self, resume: int | None = None) -> None:
+        """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it
+        (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
         cfg = self.cfg
         self.model, tokenizer = build_model(
-            cfg, self.device, prepare_model=self.strategy.prepare_model, run_dir=self.run_dir
+            cfg, self.device, prepare_model=self.strategy.prepare_model, run_dir=self.run_dir, resume=resume
         )
         self.objective = build_objective(cfg, self.spec, self.model, tokenizer, self.device)
         self.examples = encode_examples(cfg, self.spec, self.splits, self.objective)
@@ -252,7 +253,10 @@ class Recipe:
         tensors = dict(self.named) if weights else {}
         self.strategy.check(self.named, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
         if self.strategy.leader:
+            if self.trajectory is not None:  # offload=disk: the store as this checkpoint's state
+                offload.pin(self.model, self.run_dir, state.step, self.trajectory.log.header.base_sha256)
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
+            offload.unpin_others(self.model, self.run_dir, state.step)
             remove_stale_best(self.best_dir, keep=state.best_file)
         guard.note_checkpoint(self.checkpoint_mode, state.step)
 

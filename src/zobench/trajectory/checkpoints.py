@@ -9,7 +9,9 @@ exact: first-order baselines and linear probing always checkpoint weights) a che
 ``loop.json`` and no tensors: ``trainable.safetensors`` and ``optimizer.pt`` are empty, a few
 bytes. Resuming replays the log from the base weights to the checkpoint's step with the run's
 own optimizer, which then holds exactly the state (moments, Hessian diagonal, step counter) of
-the uninterrupted run. ``train.keep_best`` keeps the best-dev step number instead of a weight
+the uninterrupted run. With ``offload=disk`` the blocks come from the store the run trained
+(pinned by each checkpoint), and the replay applies to each block only the updates it lacks.
+``train.keep_best`` keeps the best-dev step number instead of a weight
 copy; the test evaluation of that state resets the weights to the base and replays up to it.
 """
 
@@ -24,7 +26,7 @@ from ..build import Components, build_learner
 from ..checkpoint import copy_into
 from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
-from ..offload.setup import stored_weights
+from ..offload.setup import resume_store, stored_weights
 from . import log as trajlog
 from .replay import check_base, config_sha256, replay_into
 
@@ -50,14 +52,14 @@ class RunTrajectory:
     def __init__(self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None) -> None:
         self.cfg, self.path, self.learner, self.named = cfg, Path(run_dir) / trajlog.FILENAME, learner, named
         self.model = model
-        header = trajlog.Header(
-            config_sha256=config_sha256(cfg),
-            base_sha256=trajlog.weights_sha256(stored_weights(model, named)),  # offloaded: from the store
-            optimizer=str(cfg.optimizer.name),
-            engine=learner.engine_name,
-            replicas=bool(learner.replicas),
-        )
         if resume_step is None:
+            header = trajlog.Header(
+                config_sha256=config_sha256(cfg),
+                base_sha256=trajlog.weights_sha256(stored_weights(model, named)),  # offloaded: from the store
+                optimizer=str(cfg.optimizer.name),
+                engine=learner.engine_name,
+                replicas=bool(learner.replicas),
+            )
             self.writer = trajlog.create(self.path, header)
             self.log = trajlog.read(self.path)
             return
@@ -67,8 +69,11 @@ class RunTrajectory:
                 f"{self.path.parent / 'checkpoint'} to start the run afresh"
             )
         self.log, self.writer = trajlog.open_for_append(self.path, resume_step)
-        check_base(self.log.header, stored_weights(model, named), self.path)
-        if self.log.header.config_sha256 != header.config_sha256:
+        # offload=disk: the store is the run's state, not the base: brought to the checkpoint's
+        # step from its pin, which carries the log's base hash (offload/store.py)
+        if not resume_store(model, Path(run_dir), self.log.header.base_sha256):
+            check_base(self.log.header, stored_weights(model, named), self.path)
+        if self.log.header.config_sha256 != config_sha256(cfg):
             raise CheckpointError(f"{self.path} belongs to another config; use another hydra.run.dir")
 
     def append(self, step: int, calls: list) -> None:
