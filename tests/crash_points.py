@@ -3,15 +3,15 @@ it, and check the dir ends as an uninterrupted run does (tests/test_resume.py ru
 
 ``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights|offload [points]]``
 (``train.checkpoint``, default weights; ``offload``: a trajectory run with ``offload=disk``, whose
-final weights are the store's block files, every write of a step's write-back a crash point). The process imports zobench
-once and forks one child per crash point (a fork is cheap; a fresh interpreter per point would
-take minutes), on a small copy of the SST-2 mirror. The parent never runs a torch operation, so
-the children's thread pools start clean. Writes counted (each is a crash point, the kill lands
-just before it): ``os.replace``, ``os.rename``, ``os.unlink``, ``shutil.rmtree``, safetensors
-``save_file`` and ``torch.save`` (an fsync is not one: without a power loss, a kill before it
-leaves what a kill after the write before it leaves). A kill is ``os._exit`` (no handler, no
-finally: what SIGKILL does). The points are independent: JOBS worker processes (one per core, at
-most 4) visit them in parallel, each its share in turn.
+final weights are the store's block files, every write of a step's write-back a crash point). The
+process imports zobench once and forks one child per crash point (a fork is cheap; a fresh
+interpreter per point would take minutes), on a small copy of the SST-2 mirror. The parent never
+runs a torch operation, so the children's thread pools start clean. Writes counted (each is a crash
+point, the kill lands just before it): ``os.replace``, ``os.rename``, ``os.unlink``,
+``shutil.rmtree``, safetensors ``save_file`` and ``torch.save`` (an fsync is not one: without a
+power loss, a kill before it leaves what a kill after the write before it leaves). A kill is
+``os._exit`` (no handler, no finally: what SIGKILL does). The points are independent: JOBS worker
+processes (one per core, at most 4) visit them in parallel, each its share in turn.
 """
 
 from __future__ import annotations

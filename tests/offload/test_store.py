@@ -3,13 +3,17 @@ write per block per step."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from tests.helpers import tiny_model
 from zobench.engine import VirtualEngine
+from zobench.errors import CheckpointError
 from zobench.offload import CpuStore, DiskStore, OffloadEngine, Offloader, find_blocks
 from zobench.offload import setup as offload_setup
+from zobench.offload.store import PIN_MANIFEST
 from zobench.optim import MeZO
 
 
@@ -90,3 +94,43 @@ def test_optimizer_state_streams_with_its_block(tmp_path):
     resident = next(p for p in model.parameters() if id(p) not in offloader.block_of)
     assert torch.is_tensor(opt.state[resident]["momentum"])  # the resident layers' stays in memory
     offloader.close()
+
+
+def _disk_store(root, stamps):
+    store = DiskStore(root, len(stamps))
+    for i, step in enumerate(stamps):
+        store.write(i, {"w": torch.full((2,), float(step))}, step)
+    return store
+
+
+def test_pin_and_restore_bring_every_block_back_to_the_checkpoint(tmp_path):
+    """A checkpoint of step 2 pins blocks at steps 1 and 2 (the hard links keep them); later
+    writes put blocks ahead of it; a resume takes each block from its current file when it is at
+    a step <= 2, else from the pin, and returns the steps the replay starts the blocks from."""
+    store = _disk_store(tmp_path / "store", [1, 2, 2])
+    folder = tmp_path / "run" / "checkpoint" / "offload-000000002"
+    store.pin(folder, 2, "base")
+    store.write(0, {"w": torch.full((2,), 2.0)}, 2)  # the deferred update of step 2 landed: still <= 2
+    store.write(1, {"w": torch.full((2,), 3.0)}, 3)  # written by step 4's forward, then a kill
+    assert store.restore(folder, 2, "base") == [2, 2, 2]
+    assert [float(store.read(i)["w"][0]) for i in range(3)] == [2.0, 2.0, 2.0]
+    store.pin(folder, 2, "base")  # the same step pinned again: the pin stays what it was
+    assert json.loads((folder / PIN_MANIFEST).read_text())["stamps"] == [1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("pinned", "message"),
+    [
+        (None, r"block-00001.safetensors: offload block 1 is at step 3, and no pinned copy .* cannot be brought"),
+        ((2, "other"), r"store.json: the offload store was pinned by another run or step"),
+        ((1, "base"), r"store.json: the offload store was pinned by another run or step \(step 1, checkpoint step 2"),
+    ],
+)
+def test_a_store_that_cannot_reach_the_checkpoint_is_refused(tmp_path, pinned, message):
+    store = _disk_store(tmp_path / "store", [2, 2])
+    folder = tmp_path / "checkpoint" / "offload-000000002"
+    if pinned is not None:
+        store.pin(folder, *pinned)
+    store.write(1, {"w": torch.zeros(2)}, 3)
+    with pytest.raises(CheckpointError, match=message):
+        store.restore(folder, 2, "base")

@@ -185,7 +185,7 @@ class Offloader:
             by_block.setdefault(self.block_of[id(p)], []).append((pid, p))
         step = self.step_of()
         for i, share in by_block.items():
-            if step <= self.floor[i]:  # a replayed step the stored block holds already
+            if 0 < self.floor[i] and step <= self.floor[i]:  # a replayed step the stored block holds already
                 continue
             if self.resident[i]:
                 raise RuntimeError(f"offload: an update of block {i} arrived while it was in use")
@@ -210,7 +210,7 @@ class Offloader:
         more read and write of the block per step than a deferred update)."""
         if self.optimizer_state is None:
             raise RuntimeError("offload: a stateful update but no optimizer state bound (OffloadEngine.bind)")
-        if self.step_of() <= self.floor[i]:  # a replayed step the stored block (and its state) holds already
+        if 0 < self.floor[i] and self.step_of() <= self.floor[i]:  # replayed: the stored block and state hold it
             return
         self._arrive(self.blocks[i], ())
         for name, p in self.params[i]:
