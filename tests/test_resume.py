@@ -265,7 +265,8 @@ def test_damaged_checkpoint_side_files_are_one_clear_error(tmp_path, damage):
         load_checkpoint(root)
 
 
-@pytest.mark.parametrize(("mode", "least"), [("weights", 25), ("trajectory", 15)])  # trajectory: no best files
+# trajectory: no best files; offload: offload=disk, each step's write-back of the store's blocks too
+@pytest.mark.parametrize(("mode", "least"), [("weights", 25), ("trajectory", 15), ("offload", 40)])
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 33 crash points x 2 tiny runs of ~4 CPU-seconds each: ~5 CPU-minutes
 def test_every_write_of_checkpoints_and_finishing_survives_a_kill(tmp_path, data_dir, mode, least):
