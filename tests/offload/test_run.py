@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.helpers import SMOKE, one_error_line, zobench_in_process
+from zobench.checkpoint import load_tensors
 from zobench.offload import DiskStore
+from zobench.trajectory.export import export
 from zobench.trajectory.log import FILENAME, read
+from zobench.trajectory.replay import replay
 
 ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1", "train.keep_best=false")
 
@@ -30,16 +34,29 @@ def _run(tmp_path, monkeypatch, data_dir, name: str, *extra):
 
 @pytest.mark.slow
 def test_offloaded_runs_end_to_end(tmp_path, monkeypatch, data_dir):
-    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none")
+    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none", "train.save_final=true")
     _, losses, offloaded = _run(tmp_path, monkeypatch, data_dir, "cpu", "offload=cpu")
     assert losses == expected and len(losses) == 3
     assert offloaded["test_accuracy"] == summary["test_accuracy"]
     # the trajectory log hashes the stored base weights: offload=cpu's are offload=none's
     hashes = [read(tmp_path / name / FILENAME).header.base_sha256 for name in ("none", "cpu")]
     assert hashes[0] == hashes[1]
+    # replay / export of an offload=cpu run: its base is the model loaded whole, as offload=none's,
+    # and its replayed last step is the weights offload=none trained (equal to cpu's, bit for bit)
+    trained = load_tensors(tmp_path / "none" / "final" / "trainable.safetensors")
+    replayed = dict(replay(tmp_path / "cpu", "last").named)
+    assert replayed.keys() == trained.keys() and all(torch.equal(replayed[k], v) for k, v in trained.items())
+    out = export(tmp_path / "cpu", tmp_path / "exported", step="last")
+    assert (out / "README.md").is_file() and any(out.glob("*.safetensors"))
     run_dir, losses, _ = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk")
     store = DiskStore(run_dir / "offload", 2)  # the default place: under the run dir
     assert len(losses) == 3 and [store.step(i) for i in range(2)] == [3, 3]
+    # replay of an offload=disk *-random run: its base drawn block by block as the run drew it
+    replayed = dict(replay(run_dir, "last").named)
+    for i in range(2):
+        for name, t in store.read(i).items():
+            assert torch.equal(replayed[f"model.layers.{i}.{name}"], t), name
+    assert export(run_dir, tmp_path / "exported-disk", step="last").is_dir()
 
 
 def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):

@@ -9,6 +9,7 @@
 * ``load_checkpoint_into``: safetensors checkpoints (a converted GGUF, a hub snapshot, a local
   folder) read tensor by tensor with ``safetensors.safe_open``: resident weights into the model,
   each block's into the store, one block in memory at a time.
+* ``materialise``: the inverse of ``evict_into``, a stored model whole in memory again.
 * ``evict_into``: a model already in memory (``offload=cpu``, where host RAM holds the model by
   definition): its blocks written to the store and released; the weights equal ``offload=none``'s.
 """
@@ -181,3 +182,14 @@ def evict_into(model: nn.Module, store_factory: Callable[[int], BlockStore]) -> 
         for _, p in block.named_parameters():
             p.data = placeholder(p)
     return store
+
+
+def materialise(model: nn.Module, store: BlockStore) -> nn.Module:
+    """The inverse of ``evict_into``: every block's weights from ``store`` put back in the model's
+    parameters (the whole model in memory: replay and export of an ``offload=disk`` run)."""
+    _, blocks = find_blocks(model)
+    for index, block in enumerate(blocks):
+        tensors = store.read(index)
+        for name, p in block.named_parameters():
+            p.data = tensors[name].clone() if not store.fresh_reads else tensors[name]
+    return model

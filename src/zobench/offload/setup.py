@@ -89,6 +89,26 @@ def load_model(
     return model, tokenizer
 
 
+def load_base(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, object] | None:
+    """The base model of an ``offload=disk`` run of a ``*-random`` model, whole in memory: its
+    blocks drawn with the per-block seeds of ``build.init_random_into`` (offload=none draws
+    others), so ``zobench.replay`` / ``export`` rebuild the weights the run started from (its
+    log's base hash). None for any other run: their base is the model loaded whole (offload=cpu
+    moves that model's blocks; offload=disk reads a checkpoint's tensors as they are)."""
+    from . import build
+
+    model_cfg = cfg.model
+    if mode_of(cfg) != "disk" or model_cfg["source"] != "random":
+        return None
+    auto = loading._auto_class(model_cfg.get("family", "causal"))
+    tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
+    config = loading.random_config(model_cfg, tokenizer)
+    factory = lambda count: CpuStore(count, pin=False)  # noqa: E731 - the store of one build
+    dtype, seed = loading.torch_dtype(model_cfg["dtype"]), int(model_cfg.get("init_seed", 0))
+    model, store = build.init_random_into(auto, config, dtype, factory, seed)
+    return build.materialise(model, store).to(device), tokenizer
+
+
 def flush(model: nn.Module) -> None:
     """Bring every stored block of an offloaded ``model`` to its latest step (no-op otherwise)."""
     offloader = getattr(model, "zobench_offloader", None)
