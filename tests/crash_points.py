@@ -1,7 +1,7 @@
 """Kill a run at every file-system write of its checkpoints and of its finishing sequence, restart
 it, and check the dir ends as an uninterrupted run does (tests/test_resume.py runs this).
 
-``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights|offload [points]]``
+``python -m tests.crash_points <out.json> <data dir> <work dir> [trajectory|weights|offload[:method] [points]]``
 (``train.checkpoint``, default weights; ``offload``: a trajectory run with ``offload=disk``, whose
 final weights are the store's block files, every write of a step's write-back a crash point). The
 process imports zobench once and forks one child per crash point (a fork is cheap; a fresh
@@ -111,6 +111,7 @@ def main(out: Path, data_dir: str, work: Path, mode: str = "weights") -> None:
     importlib.import_module("transformers.models.llama.modeling_llama")
     load_tokenizer(model_config("tiny-llama"))
 
+    mode, _, method = mode.partition(":")  # offload:<optimizer>: another method than SMOKE's
     mirror = work / "data" / "sst2"  # SMOKE samples 32 + 16 train rows and 24 test rows
     mirror.mkdir(parents=True)
     for name, rows in (("train.jsonl", 64), ("validation.jsonl", 32)):
@@ -129,6 +130,7 @@ def main(out: Path, data_dir: str, work: Path, mode: str = "weights") -> None:
             if mode != "offload"
             else ("offload=disk", "train.save_final=false", "train.keep_best=false", "train.checkpoint=trajectory")
         ),
+        *((f"optimizer={method}",) if method else ()),
         f"data.dir={mirror.parent}",
     )
     reference, count_file = work / "reference", work / "count"

@@ -87,7 +87,11 @@ def test_every_method_streams_or_is_refused_by_name():
     [
         (["offload.mode=tape"], r"^offload.mode='tape': allowed none, cpu, disk"),
         (["offload=disk", "offload.dir=''"], r"^offload.dir='': expected a folder or null"),
-        (["offload=cpu"], r"^train.keep_best=true reads the whole model's weights"),
+        (["offload=cpu"], r"^train.keep_best=true tests the best-dev step's weights, .* offload=cpu never holds"),
+        (
+            ["offload=disk", "train.keep_best=false", "train.checkpoint=weights"],
+            r"^train.checkpoint=weights copies the whole model's weights .*; set train.checkpoint=trajectory$",
+        ),
         (["offload=cpu", "train.keep_best=false", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
         (["offload=disk", "train.keep_best=false", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
     ],

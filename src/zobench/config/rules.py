@@ -107,11 +107,29 @@ def offload_refusal(method: str, mode: str) -> str | None:
     )
 
 
-#: what offload=cpu|disk cannot give yet: (key, the value refused, the value to set)
+#: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set)
 _OFFLOAD_WHOLE_MODEL = (
-    ("train.keep_best", True, "false"),
-    ("train.checkpoint", "weights", "trajectory"),
-    ("train.save_final", True, "false"),
+    (
+        "train.keep_best",
+        True,
+        "tests the best-dev step's weights, rebuilt by replay on the whole base model, which "
+        "offload={mode} never holds (its store keeps only the last step)",
+        "false (the test evaluates the last step)",
+    ),
+    (
+        "train.checkpoint",
+        "weights",
+        "copies the whole model's weights at every checkpoint; offload={mode} checkpoints its "
+        "trajectory (offload=disk pins the store's block files)",
+        "trajectory",
+    ),
+    (
+        "train.save_final",
+        True,
+        "writes the whole model's weights to final/; offload={mode}'s are in its store "
+        "(python -m zobench.export writes a loadable copy)",
+        "false",
+    ),
 )
 
 
@@ -134,12 +152,9 @@ def _offload(cfg) -> str | None:
         return f"offload={mode} streams full-parameter tuning only; got tuning={tuning} (use tuning=full)"
     if _value(cfg, "model.device_map"):
         return f"offload={mode} and model.device_map place the model two ways; set model.device_map=null"
-    for key, bad, allowed in _OFFLOAD_WHOLE_MODEL:
+    for key, bad, why, allowed in _OFFLOAD_WHOLE_MODEL:
         if _value(cfg, key) == bad:
-            return (
-                f"{key}={str(bad).lower()} reads the whole model's weights, which offload={mode} does not "
-                f"provide yet; set {key}={allowed}"
-            )
+            return f"{key}={str(bad).lower()} {why.format(mode=mode)}; set {key}={allowed}"
     return None
 
 
