@@ -148,6 +148,8 @@ class Offloader:
         i = self.index[id(module)]
         if self.resident[i]:
             return
+        if self.resume_step is not None:  # the blocks are not the checkpoint's yet: nothing may read them
+            raise RuntimeError("offload: a block was read before the store was restored (setup.resume_store)")
         tensors, event = self._fetch(i).result()
         self.reads += 1
         if event is not None:
