@@ -114,8 +114,9 @@ def test_pin_and_restore_bring_every_block_back_to_the_checkpoint(tmp_path):
     store.write(1, {"w": torch.full((2,), 3.0)}, 3)  # written by step 4's forward, then a kill
     assert store.restore(folder, 2, "base") == [2, 2, 2]
     assert [float(store.read(i)["w"][0]) for i in range(3)] == [2.0, 2.0, 2.0]
-    store.pin(folder, 2, "base")  # the same step pinned again: the pin stays what it was
     assert json.loads((folder / PIN_MANIFEST).read_text())["stamps"] == [1, 2, 2]
+    store.pin(folder, 2, "base")  # a pin left by a killed attempt: replaced by the store's files now
+    assert json.loads((folder / PIN_MANIFEST).read_text())["stamps"] == [2, 2, 2]
 
 
 @pytest.mark.parametrize(

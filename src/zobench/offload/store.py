@@ -140,10 +140,10 @@ class DiskStore(BlockStore):
     # -- crash consistency (module docstring) ----------------------------------------------------
     def pin(self, folder: Path, step: int, base_sha256: str) -> None:
         """Pin the store's files as the state of checkpoint ``step`` in ``folder`` (built aside,
-        renamed into place whole). A folder already there is the same step's: kept as it is."""
+        renamed into place whole). A folder already there is replaced: it is left by an attempt
+        killed before its checkpoint was written (so no checkpoint names it), possibly of
+        another config."""
         folder = Path(folder)
-        if (folder / PIN_MANIFEST).is_file():
-            return
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -153,6 +153,8 @@ class DiskStore(BlockStore):
             stamps.append(_stamp(tmp / self.path(i).name))
         manifest = {"step": int(step), "base_sha256": base_sha256, "stamps": stamps}
         (tmp / PIN_MANIFEST).write_text(json.dumps(manifest))
+        if folder.exists():
+            shutil.rmtree(folder)
         os.replace(tmp, folder)
 
     def restore(self, folder: Path, step: int, base_sha256: str) -> list[int]:
