@@ -26,6 +26,7 @@ that needs the weights outside a forward (a checkpoint, an export, the end of a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ class Offloader:
         #: the optimizer's current step (``bind``): the stamp of a deferred update
         self.step_of: Callable[[], int] = lambda: 0
         self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
+        #: seconds the computing thread waited on storage (a read not yet landed, ``wait``): the
+        #: step's time minus this is its compute (the benchmark's bound)
+        self.stalled_s = 0.0
         #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
         #: only while the block is resident
         self.optimizer_state: dict | None = None
@@ -143,7 +147,9 @@ class Offloader:
         i = self.index[id(module)]
         if self.resident[i]:
             return
+        waited = time.perf_counter()
         tensors, event = self._fetch(i).result()
+        self.stalled_s += time.perf_counter() - waited
         self.reads += 1
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
@@ -233,8 +239,10 @@ class Offloader:
 
     def wait(self) -> None:
         """Block until every write has landed (and surface a failed one)."""
+        waited = time.perf_counter()
         for future in list(self._writing.values()):
             future.result()
+        self.stalled_s += time.perf_counter() - waited
         self._writing.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
