@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
+from ..engine.sharded import local_tensor
 from .registry import register
 
 #: ``closure()`` -> the batch loss; a closure of the batched contract also takes ``replicas=N``
@@ -245,8 +246,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         """A parameter-sized buffer in ``self.state`` (so ``state_dict`` saves it), zero-initialised."""
         state = self.state[p]
         if key not in state:
-            # contiguous whatever p's layout: ``Piece.of`` slices it flat
-            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+            # contiguous whatever p's layout: ``Piece.of`` slices it flat; an FSDP2-sharded p
+            # (dist.mode=sharded) keeps this rank's shard only
+            state[key] = torch.zeros_like(local_tensor(p), dtype=dtype, memory_format=torch.contiguous_format)
         return state[key]
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -1,0 +1,155 @@
+"""``dist.mode=sharded``: one model over several ranks, its parameters sharded with FSDP2.
+
+Each transformer block (the classes a Hugging Face model names in ``_no_split_modules``, else the
+children of its ``ModuleList``s) and the root are wrapped by ``torch.distributed.fsdp.fully_shard``
+(dim-0 shards, ``reshard_after_forward=True`` everywhere, the root included: a block's gathered
+weights live only during its forward, so every forward gathers the shards as the engine left
+them). Each rank holds 1/W of the weights and of the method's parameter-sized state (``ZOOptimizer.
+_param_state``: local shards), and computes its shard of the global batch, reduced as in data
+parallel (``data.ShardedObjective``: one float64 all-reduce per evaluation). The ZO step moves
+only the local shards (``engine/sharded.py``: z by global element index, so a sharded run equals
+a one-process in-place run bit for bit, whatever W).
+
+Communication per evaluation: FSDP's all-gathers (each rank receives the (W-1)/W of every
+parameter it does not hold, frozen ones included), and the scalar all-reduce; there is no
+gradient reduce-scatter in ZO. ``summary`` reports both in ``comm_bytes_per_step``.
+
+Evaluation runs every example on every rank: each forward is a collective (the all-gathers), so
+the ranks must make the same forward calls, which the batch split of ``evaluation.py`` (batch c
+on rank c mod W; generation of another length per rank) does not guarantee.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ..errors import ConfigError
+from .context import DistContext
+from .data import ShardedObjective, SyncedStop
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one, outermost first: instances of the classes any submodule
+    lists in ``_no_split_modules`` (Hugging Face's transformer blocks, accelerate's and FSDP's
+    wrapping unit), else the children of every ``nn.ModuleList``."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    found = [m for m in model.modules() if type(m).__name__ in names]
+    if not found:
+        found = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
+    inner = {id(sub) for m in found for sub in m.modules() if sub is not m}
+    return [m for m in found if id(m) not in inner]
+
+
+def shard_model(model: nn.Module, world_size: int) -> nn.Module:
+    """``fully_shard`` every block and the root on a 1-D mesh of ``world_size`` ranks (the
+    model's device type); returns the model, its parameters now DTensors."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    first = next(model.parameters(), None)
+    device = first.device.type if first is not None else "cpu"
+    mesh = init_device_mesh(device, (world_size,))
+    for block in blocks(model):
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    # the root too: FSDP2's default keeps the root's weights gathered after a forward, and the next
+    # forward would not see the engine's moves on the shards
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    return model
+
+
+def gather_bytes(model: nn.Module, world_size: int) -> int:
+    """Bytes one rank receives in the all-gathers of one forward: the (W-1)/W of every
+    parameter (trained or frozen) that it does not hold, summed over the parameters."""
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+    return total * (world_size - 1) // world_size
+
+
+def full_weights(named) -> dict[str, torch.Tensor]:
+    """``{name: whole tensor}`` of ``named`` ((name, parameter) pairs), gathered on every rank
+    (collective: every rank calls it). What a checkpoint of one copy of the weights holds."""
+    from ..engine.sharded import is_sharded
+
+    return {name: (p.full_tensor() if is_sharded(p) else p).detach().clone() for name, p in named}
+
+
+class Sharded:
+    """The ``sharded`` strategy of the recipe (the interface of ``dist/strategy.py``)."""
+
+    name = "sharded"
+
+    def __init__(self, ctx: DistContext) -> None:
+        if ctx.world_size < 2:
+            raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
+        self.ctx = ctx
+        self.counter = None
+        self.gathered_per_forward = 0
+
+    @property
+    def leader(self) -> bool:
+        return self.ctx.leader
+
+    def agreed_stop(self, stop):
+        return SyncedStop(stop)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """After tuning, before the engine: the model sharded (module docstring)."""
+        model = shard_model(model, self.ctx.world_size)
+        self.gathered_per_forward = gather_bytes(model, self.ctx.world_size)
+        return model
+
+    def attach(self, learner, stop, counter) -> None:
+        """The learner's objective data parallel over the ranks; only ZO learners on the sharded
+        engine (first-order baselines all-reduce gradients: not this mode)."""
+        from ..engine.sharded import ShardedEngine
+        from ..train.learners import ZOLearner
+
+        if not isinstance(learner, ZOLearner):
+            raise ConfigError(
+                "dist.mode=sharded runs ZO methods; a first-order baseline runs in one process "
+                "(launch it without torchrun / Slurm tasks)"
+            )
+        if not isinstance(learner.optimizer.engine, ShardedEngine):
+            raise ConfigError(
+                f"dist.mode=sharded: the engine is {type(learner.optimizer.engine).__name__}; "
+                "set engine.mode=inplace engine.backend=torch (each rank moves its own shards)"
+            )
+        self.counter = counter
+        learner.objective = ShardedObjective(learner.objective, self.ctx, stop, counter)
+
+    def evaluate(self, objective, examples, batch_size: int, counter=None) -> dict:
+        """Every example on every rank (module docstring): the single-process metric, bit for bit."""
+        return objective.evaluate(examples, batch_size)
+
+    def checkpoint_mode(self, requested: str) -> str:
+        return "weights"
+
+    def check_resumable(self, checkpoint, run_dir) -> None:
+        from .hooks import refuse_weightless
+
+        refuse_weightless(checkpoint, run_dir)
+
+    def check(self, named, where: str) -> None:
+        """No replica check: the ranks hold different shards by design (nothing to compare)."""
+
+    def summary(self, state, steps: int, first_step: int) -> dict:
+        ctx = self.ctx
+        peaks = torch.tensor([state.train_peak, state.inference_peak or 0], dtype=torch.int64)
+        peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
+        steps_here = max(state.step - first_step, 1)
+        forwards = (self.counter["train"] if self.counter is not None else 0) / steps_here
+        scalars = ctx.sent.get("train", 0) / steps_here
+        return {
+            "world_size": ctx.world_size,
+            "dist_mode": self.name,
+            "dist_backend": ctx.backend,
+            "comm_bytes_per_step": scalars + forwards * self.gathered_per_forward,
+            "comm_allgather_bytes_per_step": forwards * self.gathered_per_forward,
+            "peak_memory_bytes": int(peaks[0]) if steps else int(peaks[1]),
+            "inference_peak_memory_bytes": int(peaks[1]),
+        }
