@@ -1,0 +1,146 @@
+"""``dist.mode=sharded`` with real processes (Gloo, CPU): ZO steps on FSDP2-sharded parameters over
+2 ranks equal one process's in-place steps bit for bit (losses, every rank's local shards against
+the same rows of the one-process weights, the methods' state shards), for MeZO (Gaussian and
+Rademacher), HiZOO, ZO-Adam and FZOO, uneven row counts included; each rank holds half the
+parameter bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from tests.test_dist import free_port
+
+#: method -> (optimizer class path, hyperparameters): each exercises another update path
+METHODS = {
+    "mezo": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, weight_decay=0.1)),
+    "mezo_rademacher": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, distribution="rademacher")),
+    "hizoo": ("zobench.optim.hizoo.HiZOO", dict(lr=1e-2, eps=1e-2, hessian_smooth=0.5)),
+    "zo_adam": ("zobench.optim.zo_adam.ZOAdam", dict(lr=1e-2, eps=1e-2)),
+    "fzoo": ("zobench.optim.fzoo.FZOO", dict(lr=1e-2, eps=1e-2, num_directions=4)),
+}
+STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"]}
+STEPS = 3
+
+
+class Tiny(nn.Module):
+    """Uneven row counts (37, 5, 6, 3 rows over 2 ranks); the embedding is drawn in chunks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(37, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 5), nn.Linear(5, 6)])
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        h = self.embed(ids).mean(1)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.head(h)
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 37, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+
+
+def train(method: str, model: nn.Module, engine) -> list[float]:
+    from zobench.train.learners import import_target
+
+    path, hyper = METHODS[method]
+    optimizer = import_target(path)(list(model.parameters()), engine=engine, seed=5, **hyper)
+    ids, labels = batch()
+
+    def closure():
+        return nn.functional.cross_entropy(model(ids), labels)
+
+    losses = [float(optimizer.step(closure)) for _ in range(STEPS)]
+    return losses, optimizer
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from zobench.dist.sharded import shard_model
+    from zobench.engine import directions
+    from zobench.engine.sharded import ShardedEngine, global_offset
+
+    directions.Z_CHUNK = 32  # the embedding's z in several chunks: the sequential draw is exercised
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    with torch.no_grad():
+        for method in METHODS:
+            model = shard_model(Tiny(), world)
+            losses, optimizer = train(method, model, ShardedEngine())
+            named = list(model.named_parameters())
+            results[method] = {
+                "losses": losses,
+                "shards": {n: (global_offset(p), p.to_local().clone()) for n, p in named},
+                "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
+                "bytes": sum(p.to_local().numel() * p.element_size() for _, p in named),
+            }
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    from zobench.engine import InPlaceEngine, directions
+
+    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
+    try:
+        results = {}
+        with torch.no_grad():
+            for method in METHODS:
+                model = Tiny()
+                losses, optimizer = train(method, model, InPlaceEngine())
+                named = list(model.named_parameters())
+                results[method] = {
+                    "losses": losses,
+                    "weights": {n: p.detach().clone() for n, p in named},
+                    "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
+                    "bytes": sum(p.numel() * p.element_size() for _, p in named),
+                }
+        return results
+    finally:
+        directions.Z_CHUNK = saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_sharded_ranks_equal_one_process_bit_for_bit(method, two_ranks, one_process):
+    one = one_process[method]
+    for rank in two_ranks:
+        mine = rank[method]
+        assert mine["losses"] == one["losses"]  # the same floats: the gathered weights are one process's
+        for name, (offset, shard) in mine["shards"].items():
+            whole = one["weights"][name].reshape(-1)
+            assert torch.equal(shard.reshape(-1), whole[offset : offset + shard.numel()]), name
+            for key, buffer in mine["state"][name].items():
+                ref = one["state"][name][key].reshape(-1)
+                assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()]), (name, key)
+    # the shards cover every element once: together they are the whole model
+    assert sum(r[method]["bytes"] for r in two_ranks) == one["bytes"]
+    assert one["losses"][0] != one["losses"][-1]  # the steps moved the weights
+
+
+@pytest.mark.slow
+def test_each_rank_holds_about_half_the_parameter_bytes(two_ranks, one_process):
+    whole = one_process["mezo"]["bytes"]
+    for rank in two_ranks:
+        assert 0.4 * whole <= rank["mezo"]["bytes"] <= 0.6 * whole
