@@ -220,8 +220,12 @@ def copy_into(named, tensors: dict, where: Path) -> None:
     missing = [name for name, _ in named if name not in tensors]
     if missing:
         raise CheckpointError(f"{where} lacks parameters {missing[:3]}: it belongs to another model or tuning")
-    for name, p in named:
-        p.data.copy_(tensors[name])
+    from .engine.sharded import is_sharded, shard_of
+
+    with torch.no_grad():
+        for name, p in named:
+            # dist.mode=sharded: the whole tensor's rows this rank holds (any world size wrote it)
+            (p.to_local() if is_sharded(p) else p.data).copy_(shard_of(p, tensors[name]))
 
 
 def best_name(step: int) -> str:

@@ -144,3 +144,27 @@ def test_each_rank_holds_about_half_the_parameter_bytes(two_ranks, one_process):
     whole = one_process["mezo"]["bytes"]
     for rank in two_ranks:
         assert 0.4 * whole <= rank["mezo"]["bytes"] <= 0.6 * whole
+
+
+# -- the mode end to end (zobench.run under 2 spawned ranks) -------------------------------------------
+SHARDED = ("dist.mode=sharded", "engine.backend=torch", "engine.mode=inplace", "train.save_final=true")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [("optimizer=mezo",), ("optimizer=zo_adam", "tuning=lora")], ids=["mezo", "lora"])
+def test_sharded_runs_equal_one_process_run(extra, tmp_path):
+    from tests.test_dist import BASE, final_weights, run_ranks, run_single, train_losses
+
+    overrides = [*BASE, *SHARDED, *extra]
+    ranks = run_ranks(2, [(overrides, tmp_path / "two")], tmp_path / "out")
+    one = run_single([o for o in overrides if not o.startswith("dist.")], tmp_path / "one")
+    two = ranks[0][0]["summary"]
+    assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
+    assert two["test_accuracy"] == one["test_accuracy"] and two["world_size"] == 2
+    whole, ref = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
+    assert whole.keys() == ref.keys()
+    for name in ref:  # one copy of the whole weights, gathered from the shards
+        torch.testing.assert_close(whole[name], ref[name], rtol=1e-5, atol=1e-6)
+    # FSDP's all-gathers dominate: at least (W-1)/W of the model's bytes per forward
+    assert two["comm_allgather_bytes_per_step"] > 0
+    assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"]

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "data", "directions")
+MODES = ("auto", "data", "directions", "sharded")
 BACKENDS = ("auto", "gloo", "nccl")
 
 

@@ -27,7 +27,8 @@ def batches(examples: Sequence, batch_size: int) -> list[list[int]]:
 def sharded_evaluate(objective, examples: Sequence, batch_size: int, ctx: DistContext, counter=None) -> dict:
     """``objective.evaluate(examples, batch_size)`` with the batches split over the ranks. The
     ``eval`` forward passes of ``counter`` (a ``ForwardCounter``) become the total over ranks."""
-    if not ctx.active or not hasattr(objective, "example_scores") or not examples:
+    # dist.mode=sharded: every forward all-gathers, so every rank evaluates every batch (dist/sharded.py)
+    if not ctx.active or ctx.mode == "sharded" or not hasattr(objective, "example_scores") or not examples:
         return objective.evaluate(examples, batch_size)
     before = counter["eval"] if counter is not None else 0
     mine = {}

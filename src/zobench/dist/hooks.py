@@ -23,8 +23,55 @@ from .guard import check_replicas
 
 def attach(recipe) -> None:
     recipe.dist = current()
+    recipe.sharded = None  # dist.mode=sharded: the Sharded strategy (dist/sharded.py)
+    if recipe.cfg.get("dist", {}).get("mode") == "sharded" and not recipe.dist.active:
+        raise ConfigError(
+            "dist.mode=sharded needs several ranks (torchrun --nproc-per-node N, or Slurm tasks); "
+            "this run is one process: drop dist.mode=sharded"
+        )
     if recipe.dist.active:
         recipe.stop = SyncedStop(recipe.stop)
+    if recipe.dist.active and recipe.dist.mode == "sharded":
+        from .sharded import Sharded
+
+        recipe.sharded = Sharded(recipe.dist)
+
+
+def prepare_model(recipe) -> None:
+    """After tuning, before the learner: ``dist.mode=sharded`` shards the model (FSDP2); its
+    engine is the in-place one on shards (``engine/sharded.py``), so the config must ask for it."""
+    if recipe.sharded is None:
+        return
+    engine = recipe.cfg.engine
+    if engine.mode != "inplace" or engine.backend not in ("torch", "auto"):
+        raise ConfigError(
+            f"dist.mode=sharded moves each rank's shards in place with the torch engine; got "
+            f"engine.backend={engine.backend} engine.mode={engine.mode}: set engine.backend=torch engine.mode=inplace"
+        )
+    from ..models.tuning import trainable
+
+    recipe.model = recipe.sharded.prepare_model(recipe.model)
+    recipe.named = trainable(recipe.model)
+
+
+def whole(recipe) -> list:
+    """``recipe.named`` as whole tensors (sharded: gathered; a collective every rank calls)."""
+    if recipe.sharded is None:
+        return recipe.named
+    from .sharded import full_weights
+
+    return list(full_weights(recipe.named).items())
+
+
+def whole_state(recipe) -> dict:
+    """The optimizer's ``state_dict`` with every parameter-sized state shard gathered (sharded),
+    so a checkpoint resumes on any number of ranks (collective)."""
+    state = recipe.learner.optimizer.state_dict()
+    if recipe.sharded is None:
+        return state
+    from .sharded import full_state
+
+    return full_state(recipe.learner.optimizer, state)
 
 
 def attach_learner(recipe) -> None:
@@ -40,6 +87,13 @@ def attach_learner(recipe) -> None:
             f"optimizer={recipe.cfg.optimizer.name} is a first-order baseline: it runs in one process "
             f"(this run has {ctx.world_size} ranks); launch it without torchrun / Slurm tasks"
         )
+    if recipe.sharded is not None:
+        from ..engine.sharded import ShardedEngine
+
+        # the in-place engine build_learner made holds nothing yet: the same moves, on shards
+        recipe.learner.engine = recipe.learner.optimizer.engine = ShardedEngine()
+        recipe.sharded.attach(recipe.learner, recipe.stop, recipe.counter)
+        return
     if ctx.mode == "directions":
         from .directions import split_directions
 
@@ -66,6 +120,8 @@ def writes(recipe) -> bool:
 
 
 def check(recipe, where: str) -> None:
+    if recipe.sharded is not None:
+        return recipe.sharded.check(recipe.named, where)
     check_replicas(recipe.named, recipe.dist, where)
 
 
@@ -74,6 +130,8 @@ def summary(recipe) -> dict:
     ctx = recipe.dist
     if not ctx.active:
         return {}
+    if recipe.sharded is not None:
+        return recipe.sharded.summary(recipe.state, recipe.steps, recipe.first_step)
     state = recipe.state
     peaks = torch.tensor([state.train_peak, state.inference_peak or 0], dtype=torch.int64)
     peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")

@@ -78,6 +78,29 @@ def full_weights(named) -> dict[str, torch.Tensor]:
     return {name: (p.full_tensor() if is_sharded(p) else p).detach().clone() for name, p in named}
 
 
+def full_state(optimizer, state: dict) -> dict:
+    """``state`` (``optimizer.state_dict()``) with each parameter-sized local shard (HiZOO's Σ,
+    ZO-Adam's m and v) replaced by the whole tensor (collective: every rank calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    from ..engine.sharded import is_sharded, local_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out = {**state, "state": dict(state["state"])}
+    for index, p in enumerate(params):
+        entry = state["state"].get(index)
+        if not is_sharded(p) or not isinstance(entry, dict):
+            continue
+        shape = local_tensor(p).shape
+        out["state"][index] = {
+            key: DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
+            if isinstance(value, torch.Tensor) and value.shape == shape
+            else value
+            for key, value in entry.items()
+        }
+    return out
+
+
 class Sharded:
     """The ``sharded`` strategy of the recipe (the interface of ``dist/strategy.py``)."""
 

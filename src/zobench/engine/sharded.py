@@ -68,6 +68,16 @@ def global_offset(p: torch.Tensor) -> int:
     return int(offset[0]) * (math.prod(p.shape[1:]) if p.dim() > 1 else 1)
 
 
+def shard_of(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """The elements of ``whole`` (a tensor shaped like the whole of ``p``) that this rank's shard
+    of ``p`` holds, shaped like the shard; ``whole`` itself for a plain ``p``."""
+    if not is_sharded(p):
+        return whole
+    local = p.to_local()
+    start = global_offset(p)
+    return whole.reshape(-1)[start : start + local.numel()].view(local.shape)
+
+
 def z_range(
     direction: Direction, pid: int, shape: Sequence[int], device, start: int, stop: int, size: int | None = None
 ) -> Iterator[tuple[int, int, torch.Tensor]]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
-from ..engine.sharded import local_tensor
+from ..engine.sharded import is_sharded, local_tensor, shard_of
 from .registry import register
 
 #: ``closure()`` -> the batch loss; a closure of the batched contract also takes ``replicas=N``
@@ -266,6 +266,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for index, p in zip(saved, (p for group in self.param_groups for p in group["params"])):
             for key, value in tensors.get(index, {}).items():
+                if is_sharded(p) and value.shape == p.shape:  # dist.mode=sharded: this rank's rows
+                    value = shard_of(p, value)
                 self.state[p][key] = value.to(device=p.device, copy=True)
 
     def _record(self, **scalars: float) -> None:

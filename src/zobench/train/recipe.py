@@ -67,6 +67,7 @@ class Recipe:
         torch.set_grad_enabled(False)  # zeroth order: no autograd in the loop (backprop enables it per step)
         self.setup_data()
         self.setup_model()
+        dist.prepare_model(self)  # dist.mode=sharded: FSDP2 shards, before the engine
         self.setup_learner()
         self.restore(checkpoint)
         dist.attach_learner(self)  # multi-rank: each rank evaluates its shard (or its directions)
@@ -285,8 +286,8 @@ class Recipe:
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
             if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
-                writes = dist.writes(self)  # rank 0 writes, the others read it
-                state.best_file = save_best(self.named, self.best_dir, state.step) if writes else best_name(state.step)
+                writes, named = dist.writes(self), dist.whole(self)  # rank 0 writes, the others read it
+                state.best_file = save_best(named, self.best_dir, state.step) if writes else best_name(state.step)
 
     def save(self) -> None:
         """A checkpoint of the weights, the optimizer state and ``LoopState``."""
@@ -301,8 +302,8 @@ class Recipe:
         if self.trajectory is not None:
             self.trajectory.sync()  # and the steps it will replay
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
-        optimizer_state = self.learner.optimizer.state_dict() if weights else {}
-        tensors = dict(self.named) if weights else {}
+        optimizer_state = dist.whole_state(self) if weights else {}
+        tensors = dict(dist.whole(self)) if weights else {}  # sharded: gathered on every rank
         dist.check(self, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
         if dist.writes(self):
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
@@ -364,8 +365,9 @@ class Recipe:
         tested = self.evaluate("test", tested_step) if completed else {self.metric: None}
         if completed:
             dist.check(self, "end of the run")
+        named = dist.whole(self) if completed and cfg.save_final else []  # sharded: a collective
         if completed and cfg.save_final and dist.writes(self):
-            save_tensors(self.named, self.run_dir / "final" / "trainable.safetensors")
+            save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
