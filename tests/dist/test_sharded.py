@@ -87,6 +87,17 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
                 "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
                 "bytes": sum(p.to_local().numel() * p.element_size() for _, p in named),
             }
+    # a model of 403 MB in float32, built on the meta device and materialised shard by shard:
+    # what each rank holds (no rank ever holds the whole model)
+    with torch.device("meta"):
+        big = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(6)])
+    shard_model(big, world, device="cpu")
+    big.to_empty(device="cpu")
+    results["big"] = {
+        "whole": sum(p.numel() * p.element_size() for p in big.parameters()),
+        "local": sum(p.to_local().numel() * p.element_size() for p in big.parameters()),
+        "storage": sum(p.to_local().untyped_storage().nbytes() for p in big.parameters()),
+    }
     torch.save(results, Path(out) / f"rank{rank}.pt")
     tdist.destroy_process_group()
 
@@ -144,6 +155,59 @@ def test_each_rank_holds_about_half_the_parameter_bytes(two_ranks, one_process):
     whole = one_process["mezo"]["bytes"]
     for rank in two_ranks:
         assert 0.4 * whole <= rank["mezo"]["bytes"] <= 0.6 * whole
+        big = rank["big"]  # 403 MB of Linear layers: each rank allocates half of it
+        assert big["whole"] > 400e6 and big["local"] == big["whole"] // 2
+        assert big["storage"] <= 0.51 * big["whole"]
+
+
+def test_sharded_is_refused_on_one_rank_and_with_a_virtual_engine(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from zobench.dist import hooks
+    from zobench.dist.context import DistContext
+    from zobench.dist.sharded import Sharded
+    from zobench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dist.mode=sharded needs several ranks"):
+        Sharded(DistContext())
+    recipe = SimpleNamespace(cfg=OmegaConf.create({"dist": {"mode": "sharded"}}), stop=None)
+    with pytest.raises(ConfigError, match="dist.mode=sharded needs several ranks .* drop dist.mode=sharded"):
+        hooks.attach(recipe)
+    recipe = SimpleNamespace(
+        cfg=OmegaConf.create({"engine": {"backend": "torch", "mode": "virtual"}}),
+        sharded=Sharded(DistContext(rank=0, world_size=2)),
+    )
+    with pytest.raises(ConfigError, match="engine.mode=virtual: set engine.backend=torch engine.mode=inplace"):
+        hooks.prepare_model(recipe)
+
+
+def test_sharded_refuses_a_first_order_learner_and_another_engine():
+    from types import SimpleNamespace
+
+    from zobench.dist.context import DistContext
+    from zobench.dist.sharded import Sharded
+    from zobench.engine import InPlaceEngine
+    from zobench.errors import ConfigError
+    from zobench.train.learners import ZOLearner
+
+    strategy = Sharded(DistContext(rank=0, world_size=2))
+    with pytest.raises(ConfigError, match="first-order baseline runs in one process"):
+        strategy.attach(SimpleNamespace(), None, None)
+    learner = ZOLearner.__new__(ZOLearner)
+    learner.optimizer = SimpleNamespace(engine=InPlaceEngine())
+    with pytest.raises(ConfigError, match="the engine is InPlaceEngine"):
+        strategy.attach(learner, None, None)
+
+
+def test_blocks_are_the_outermost_no_split_modules_else_module_list_children():
+    model = Tiny()
+    from zobench.dist.sharded import blocks
+
+    assert blocks(model) == list(model.layers)
+    model._no_split_modules = ["Linear"]
+    assert blocks(model) == [*model.layers, model.head]
 
 
 # -- the mode end to end (zobench.run under 2 spawned ranks) -------------------------------------------

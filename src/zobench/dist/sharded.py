@@ -44,14 +44,15 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in found if id(m) not in inner]
 
 
-def shard_model(model: nn.Module, world_size: int) -> nn.Module:
-    """``fully_shard`` every block and the root on a 1-D mesh of ``world_size`` ranks (the
-    model's device type); returns the model, its parameters now DTensors."""
+def shard_model(model: nn.Module, world_size: int, device: str | None = None) -> nn.Module:
+    """``fully_shard`` every block and the root on a 1-D mesh of ``world_size`` ranks on
+    ``device`` (default: the model's device type; a model built on the meta device names the one
+    its shards will be materialised on); returns the model, its parameters now DTensors."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     first = next(model.parameters(), None)
-    device = first.device.type if first is not None else "cpu"
+    device = device or (first.device.type if first is not None else "cpu")
     mesh = init_device_mesh(device, (world_size,))
     for block in blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
