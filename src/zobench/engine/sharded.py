@@ -32,16 +32,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from ..errors import ConfigError
 from . import directions as _directions
 from .base import ZOParams
-from .directions import Direction, Piece, _Z_SOURCE, mix_seed
+from .directions import _Z_SOURCE, Direction, Piece, mix_seed
 from .inplace import InPlaceEngine
 from .philox import rademacher_z
 from .provider import TorchProvider
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def is_sharded(p: torch.Tensor) -> bool:
@@ -53,7 +57,7 @@ def is_sharded(p: torch.Tensor) -> bool:
 
 def local_tensor(p: torch.Tensor) -> torch.Tensor:
     """This rank's shard of ``p`` (a view of the storage FSDP2 gathers from), or ``p`` itself."""
-    return p.to_local() if is_sharded(p) else p
+    return cast("DTensor", p).to_local() if is_sharded(p) else p
 
 
 def global_offset(p: torch.Tensor) -> int:
@@ -62,9 +66,10 @@ def global_offset(p: torch.Tensor) -> int:
         return 0
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    d = cast("DTensor", p)
+    shape, offset = compute_local_shape_and_global_offset(d.shape, d.device_mesh, d.placements)
     if any(o for o in offset[1:]):
-        raise ConfigError(f"dist.mode=sharded: a parameter sharded on {p.placements}; only dim 0 (Shard(0)) is")
+        raise ConfigError(f"dist.mode=sharded: a parameter sharded on {d.placements}; only dim 0 (Shard(0)) is")
     return int(offset[0]) * (math.prod(p.shape[1:]) if p.dim() > 1 else 1)
 
 
@@ -73,7 +78,7 @@ def shard_of(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     of ``p`` holds, shaped like the shard; ``whole`` itself for a plain ``p``."""
     if not is_sharded(p):
         return whole
-    local = p.to_local()
+    local = local_tensor(p)
     start = global_offset(p)
     return whole.reshape(-1)[start : start + local.numel()].view(local.shape)
 

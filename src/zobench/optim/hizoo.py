@@ -118,7 +118,8 @@ class HiZOO(ZOOptimizer):
         state = self.state[p]
         if "hessian" not in state:
             # dist.mode=sharded: this rank's shard of Σ only (``Piece.of`` / ``transform`` slice it locally)
-            state["hessian"] = torch.ones_like(local_tensor(p), dtype=torch.float32, memory_format=torch.contiguous_format)
+            local = local_tensor(p)
+            state["hessian"] = torch.ones_like(local, dtype=torch.float32, memory_format=torch.contiguous_format)
         return state["hessian"]
 
     @torch.no_grad()
