@@ -55,12 +55,13 @@ def prepare_model(recipe) -> None:
 
 
 def whole(recipe) -> list:
-    """``recipe.named`` as whole tensors (sharded: gathered; a collective every rank calls)."""
+    """``recipe.named`` as whole tensors (sharded: gathered to rank 0, the writer; nothing on the
+    others; a collective every rank calls)."""
     if recipe.sharded is None:
         return recipe.named
     from .sharded import full_weights
 
-    return list(full_weights(recipe.named).items())
+    return list(full_weights(recipe.named, recipe.dist.leader).items())
 
 
 def whole_state(recipe) -> dict:
@@ -71,7 +72,7 @@ def whole_state(recipe) -> dict:
         return state
     from .sharded import full_state
 
-    return full_state(recipe.learner.optimizer, state)
+    return full_state(recipe.learner.optimizer, state, recipe.dist.leader)
 
 
 def attach_learner(recipe) -> None:

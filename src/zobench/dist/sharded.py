@@ -71,17 +71,26 @@ def gather_bytes(model: nn.Module, world_size: int) -> int:
     return total * (world_size - 1) // world_size
 
 
-def full_weights(named) -> dict[str, torch.Tensor]:
-    """``{name: whole tensor}`` of ``named`` ((name, parameter) pairs), gathered on every rank
-    (collective: every rank calls it). What a checkpoint of one copy of the weights holds."""
+def full_weights(named, keep: bool) -> dict[str, torch.Tensor]:
+    """``{name: whole tensor}`` of ``named`` ((name, parameter) pairs) on the CPU of the rank
+    that ``keep``s them (rank 0, which writes), ``{}`` on the others. A collective every rank
+    calls; one parameter is gathered at a time, so a rank's device never holds more than its
+    shards and one whole parameter (rank 0's host memory holds the trained weights)."""
     from ..engine.sharded import is_sharded
 
-    return {name: (p.full_tensor() if is_sharded(p) else p).detach().clone() for name, p in named}
+    out = {}
+    for name, p in named:
+        whole = p.full_tensor() if is_sharded(p) else p.detach()
+        if keep:
+            out[name] = whole.detach().to("cpu", copy=True)
+        del whole
+    return out
 
 
-def full_state(optimizer, state: dict) -> dict:
+def full_state(optimizer, state: dict, keep: bool) -> dict:
     """``state`` (``optimizer.state_dict()``) with each parameter-sized local shard (HiZOO's Σ,
-    ZO-Adam's m and v) replaced by the whole tensor (collective: every rank calls it)."""
+    ZO-Adam's m and v) replaced by the whole tensor, on the CPU of the rank that ``keep``s it
+    (collective: every rank calls it; one tensor gathered at a time, as ``full_weights``)."""
     from torch.distributed.tensor import DTensor
 
     from ..engine.sharded import is_sharded, local_tensor
@@ -93,12 +102,14 @@ def full_state(optimizer, state: dict) -> dict:
         if not is_sharded(p) or not isinstance(entry, dict):
             continue
         shape = local_tensor(p).shape
-        out["state"][index] = {
-            key: DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
-            if isinstance(value, torch.Tensor) and value.shape == shape
-            else value
-            for key, value in entry.items()
-        }
+        whole = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.shape == shape:
+                mesh, placements = p.device_mesh, p.placements
+                value = DTensor.from_local(value, mesh, placements, shape=p.shape, stride=p.stride()).full_tensor()
+                value = value.to("cpu", copy=True) if keep else None
+            whole[key] = value
+        out["state"][index] = whole
     return out
 
 
