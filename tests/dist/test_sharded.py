@@ -23,8 +23,11 @@ METHODS = {
     "hizoo": ("zobench.optim.hizoo.HiZOO", dict(lr=1e-2, eps=1e-2, hessian_smooth=0.5)),
     "zo_adam": ("zobench.optim.zo_adam.ZOAdam", dict(lr=1e-2, eps=1e-2)),
     "fzoo": ("zobench.optim.fzoo.FZOO", dict(lr=1e-2, eps=1e-2, num_directions=4)),
+    "zo_sgd_momentum": ("zobench.optim.zo_sgd_momentum.ZOSGDMomentum", dict(lr=1e-2, eps=1e-2)),
+    "zo_sgd_sign": ("zobench.optim.zo_sgd_sign.ZOSGDSign", dict(lr=1e-2, eps=1e-2, sign="elementwise", base="adamw")),
+    "zo_sgd_cons": ("zobench.optim.zo_sgd_cons.ZOSGDCons", dict(lr=1e-2, eps=1e-2)),
 }
-STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"]}
+STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"], "zo_sgd_momentum": ["momentum"], "zo_sgd_sign": ["exp_avg", "exp_avg_sq"]}
 STEPS = 3
 
 
@@ -195,9 +198,15 @@ def test_sharded_refuses_a_first_order_learner_and_another_engine():
     strategy = Sharded(DistContext(rank=0, world_size=2))
     with pytest.raises(ConfigError, match="first-order baseline runs in one process"):
         strategy.attach(SimpleNamespace(), None, None)
+    from zobench.optim.mezo import MeZO
+    from zobench.optim.sparse_mezo import SparseMeZO
+
     learner = ZOLearner.__new__(ZOLearner)
-    learner.optimizer = SimpleNamespace(engine=InPlaceEngine())
+    learner.optimizer = MeZO([torch.zeros(2, requires_grad=True)], engine=InPlaceEngine())
     with pytest.raises(ConfigError, match="the engine is InPlaceEngine"):
+        strategy.attach(learner, None, None)
+    learner.optimizer = SparseMeZO.__new__(SparseMeZO)  # its class is what is refused
+    with pytest.raises(ConfigError, match="optimizer=sparse_mezo is not written for sharded parameters; allowed mezo"):
         strategy.attach(learner, None, None)
 
 

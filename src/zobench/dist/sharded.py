@@ -113,6 +113,14 @@ def full_state(optimizer, state: dict, keep: bool) -> dict:
     return out
 
 
+#: the methods (``optim/<name>.py``) whose steps are elementwise in z and θ, so a shard's update is
+#: the same elements' one-process update (tests/dist/test_sharded.py checks each, bit for bit);
+#: refused: low-rank z (lozo, subzero, tezo), whole-tensor statistics of θ (sparse_mezo's
+#: magnitude quantile, dizo's projections, lezo's names), forward_gradient (dual: virtual engine)
+#: and mezo_svrg (its anchor state), not yet written for shards
+METHODS = ("mezo", "hizoo", "fzoo", "zo_adam", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_cons")
+
+
 class Sharded:
     """The ``sharded`` strategy of the recipe (the interface of ``dist/strategy.py``)."""
 
@@ -148,6 +156,12 @@ class Sharded:
             raise ConfigError(
                 "dist.mode=sharded runs ZO methods; a first-order baseline runs in one process "
                 "(launch it without torchrun / Slurm tasks)"
+            )
+        method = type(learner.optimizer).__module__.rsplit(".", 1)[-1]
+        if method not in METHODS:
+            raise ConfigError(
+                f"dist.mode=sharded: optimizer={method} is not written for sharded parameters; allowed "
+                f"{', '.join(METHODS)} (or dist.mode=data)"
             )
         if not isinstance(learner.optimizer.engine, ShardedEngine):
             raise ConfigError(
