@@ -34,7 +34,7 @@ def attach(recipe) -> None:
     if recipe.dist.active and recipe.dist.mode == "sharded":
         from .sharded import Sharded
 
-        recipe.sharded = Sharded(recipe.dist)
+        recipe.sharded = Sharded(recipe.dist, recipe.cfg.dist.get("shard_size"))
 
 
 def prepare_model(recipe) -> None:

@@ -59,6 +59,9 @@ def validate_dist(cfg) -> None:
         raise ConfigError(f"dist.mode={node.get('mode')!r}: allowed {', '.join(MODES)}")
     if node.get("backend") not in BACKENDS:
         raise ConfigError(f"dist.backend={node.get('backend')!r}: allowed {', '.join(BACKENDS)}")
+    size = node.get("shard_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"dist.shard_size={size!r}: expected null (every rank) or ranks per shard group, >= 1")
     timeout = node.get("timeout_s")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e7:
         raise ConfigError(f"dist.timeout_s={timeout!r}: expected seconds, a number > 0")

@@ -44,16 +44,28 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in found if id(m) not in inner]
 
 
-def shard_model(model: nn.Module, world_size: int, device: str | None = None) -> nn.Module:
-    """``fully_shard`` every block and the root on a 1-D mesh of ``world_size`` ranks on
-    ``device`` (default: the model's device type; a model built on the meta device names the one
-    its shards will be materialised on); returns the model, its parameters now DTensors."""
+def shard_model(
+    model: nn.Module, world_size: int, device: str | None = None, shard_size: int | None = None
+) -> nn.Module:
+    """``fully_shard`` every block and the root on a mesh of ``world_size`` ranks on ``device``
+    (default: the model's device type; a model built on the meta device names the one its shards
+    will be materialised on); returns the model, its parameters now DTensors. ``shard_size`` S
+    (< W): a 2-D ``(replicate, shard)`` mesh of W/S × S (HSDP): ranks i·S .. i·S + S - 1 shard
+    one copy of the model, and ranks with the same r mod S hold the same rows, so with S = GPUs
+    per node a node shards the model and the nodes replicate it; the ZO update keeps the
+    replicas identical as data parallel does (the same scalars, the same z)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     first = next(model.parameters(), None)
     device = device or (first.device.type if first is not None else "cpu")
-    mesh = init_device_mesh(device, (world_size,))
+    size = world_size if shard_size is None else int(shard_size)
+    if size < 1 or world_size % size:
+        raise ConfigError(f"dist.shard_size={shard_size}: must divide the number of ranks ({world_size})")
+    if size == world_size:
+        mesh = init_device_mesh(device, (world_size,))
+    else:
+        mesh = init_device_mesh(device, (world_size // size, size), mesh_dim_names=("replicate", "shard"))
     for block in blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     # the root too: FSDP2's default keeps the root's weights gathered after a forward, and the next
@@ -62,13 +74,13 @@ def shard_model(model: nn.Module, world_size: int, device: str | None = None) ->
     return model
 
 
-def gather_bytes(model: nn.Module, world_size: int) -> int:
-    """Bytes one rank receives in the all-gathers of one forward: the (W-1)/W of every
-    parameter (trained or frozen) that it does not hold, summed over the parameters."""
+def gather_bytes(model: nn.Module, shard_size: int) -> int:
+    """Bytes one rank receives in the all-gathers of one forward: the (S-1)/S of every
+    parameter (trained or frozen) that it does not hold (S ranks per shard group)."""
     total = 0
     for p in model.parameters():
         total += p.numel() * p.element_size()
-    return total * (world_size - 1) // world_size
+    return total * (shard_size - 1) // shard_size
 
 
 def full_weights(named, keep: bool) -> dict[str, torch.Tensor]:
@@ -126,11 +138,11 @@ class Sharded:
 
     name = "sharded"
 
-    def __init__(self, ctx: DistContext) -> None:
+    def __init__(self, ctx: DistContext, shard_size: int | None = None) -> None:
         if ctx.world_size < 2:
             raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
-        self.ctx = ctx
-        self.counter = None
+        self.ctx, self.shard_size = ctx, ctx.world_size if shard_size is None else int(shard_size)
+        self.counter, self.first_forwards = None, 0
         self.gathered_per_forward = 0
 
     @property
@@ -142,8 +154,8 @@ class Sharded:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """After tuning, before the engine: the model sharded (module docstring)."""
-        model = shard_model(model, self.ctx.world_size)
-        self.gathered_per_forward = gather_bytes(model, self.ctx.world_size)
+        model = shard_model(model, self.ctx.world_size, shard_size=self.shard_size)
+        self.gathered_per_forward = gather_bytes(model, self.shard_size)
         return model
 
     def attach(self, learner, stop, counter) -> None:
@@ -168,7 +180,7 @@ class Sharded:
                 f"dist.mode=sharded: the engine is {type(learner.optimizer.engine).__name__}; "
                 "set engine.mode=inplace engine.backend=torch (each rank moves its own shards)"
             )
-        self.counter = counter
+        self.counter, self.first_forwards = counter, (counter["train"] if counter is not None else 0)
         learner.objective = ShardedObjective(learner.objective, self.ctx, stop, counter)
 
     def evaluate(self, objective, examples, batch_size: int, counter=None) -> dict:
@@ -191,11 +203,13 @@ class Sharded:
         peaks = torch.tensor([state.train_peak, state.inference_peak or 0], dtype=torch.int64)
         peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
         steps_here = max(state.step - first_step, 1)
-        forwards = (self.counter["train"] if self.counter is not None else 0) / steps_here
+        # this process's forwards (a resumed run's counter starts at the checkpoint's count)
+        forwards = (self.counter["train"] - self.first_forwards if self.counter is not None else 0) / steps_here
         scalars = ctx.sent.get("train", 0) / steps_here
         return {
             "world_size": ctx.world_size,
             "dist_mode": self.name,
+            "dist_shard_size": self.shard_size,
             "dist_backend": ctx.backend,
             "comm_bytes_per_step": scalars + forwards * self.gathered_per_forward,
             "comm_allgather_bytes_per_step": forwards * self.gathered_per_forward,
