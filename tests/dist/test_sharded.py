@@ -238,6 +238,13 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     assert whole.keys() == ref.keys()
     for name in ref:  # one copy of the whole weights, gathered from the shards
         torch.testing.assert_close(whole[name], ref[name], rtol=1e-5, atol=1e-6)
+    # rank 0's trajectory log replays in one process to the sharded run's weights, bit for bit
+    from zobench.trajectory.replay import replay
+
+    replayed = dict(replay(tmp_path / "two", "last").named)
+    assert two["trajectory"]["records"] == 5
+    for name, tensor in whole.items():
+        assert torch.equal(replayed[name].detach().cpu(), tensor), name
     # FSDP's all-gathers: half of every weight (frozen ones included) per forward, 2 forwards a step
     assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"] > 0
     if "tuning=lora" not in extra:  # every weight trained: the final file holds them all
@@ -260,7 +267,6 @@ def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tm
 
     args = [*SMOKE, "optimizer=zo_adam", "train.steps=12", "train.eval_every=12", "train.checkpoint_every=3"]
     args += ["train.save_final=true", "train.log_every=1", "engine.backend=torch", "engine.mode=inplace"]
-    args += ["train.checkpoint=weights"]  # a sharded run writes no trajectory log: one process resumes its weights
     reference = run_single(args, tmp_path / "reference")
     killed = tmp_path / "killed"
     proc = torchrun(2, *args, "dist.mode=sharded", f"hydra.run.dir={killed}", cwd=tmp_path)

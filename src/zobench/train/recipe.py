@@ -168,16 +168,20 @@ class Recipe:
         at the position they were saved at."""
         zo = isinstance(self.learner, ZOLearner)
         self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
-        if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data parallel: global losses)
-            self.checkpoint_mode, zo = "weights", zo and self.dist.leader and self.dist.mode == "data"
+        base = self.named  # what the log's header hashes
+        if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data / sharded: global losses)
+            logs = zo and self.dist.mode in ("data", "sharded")
+            self.checkpoint_mode, zo = "weights", logs and self.dist.leader
             dist.refuse_weightless(checkpoint, self.run_dir)
+            base = dist.whole(self) if logs else base  # sharded: every rank gathers, rank 0 gets the weights
         if zo and checkpoint is not None and self.checkpoint_mode == "weights":
             # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
             zo = not guard.log_of_another_engine(self.run_dir, self.learner, int(checkpoint[0]["step"]))
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
             # before a checkpoint's weights are loaded: the log's header hashes the base weights
             step = None if checkpoint is None else int(checkpoint[0]["step"])
-            self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, self.named, step)
+            self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, base, step)
+            self.trajectory.named = self.named  # the run's parameters (a sharded run's gathered copy is dropped)
         elif zo:  # a weight checkpoint of a zobench that wrote no log: resumed without one
             log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", self.run_dir)
         if checkpoint is not None:
