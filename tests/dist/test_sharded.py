@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.test_dist import free_port
+from tests.helpers import free_port
 
 #: method -> (optimizer class path, hyperparameters): each exercises another update path
 METHODS = {
@@ -226,7 +226,7 @@ SHARDED = ("dist.mode=sharded", "engine.backend=torch", "engine.mode=inplace", "
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [("optimizer=mezo",), ("optimizer=zo_adam", "tuning=lora")], ids=["mezo", "lora"])
 def test_sharded_runs_equal_one_process_run(extra, tmp_path):
-    from tests.test_dist import BASE, final_weights, run_ranks, run_single, train_losses
+    from tests.helpers import BASE, final_weights, run_ranks, run_single, train_losses
 
     overrides = [*BASE, *SHARDED, *extra]
     ranks = run_ranks(2, [(overrides, tmp_path / "two")], tmp_path / "out")
@@ -262,8 +262,7 @@ def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tm
     import signal
     import time
 
-    from tests.helpers import SMOKE
-    from tests.test_dist import final_weights, run_single, torchrun, wait_for_step
+    from tests.helpers import SMOKE, final_weights, run_single, torchrun, wait_for_step
 
     args = [*SMOKE, "optimizer=zo_adam", "train.steps=12", "train.eval_every=12", "train.checkpoint_every=3"]
     args += ["train.save_final=true", "train.log_every=1", "engine.backend=torch", "engine.mode=inplace"]

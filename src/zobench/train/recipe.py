@@ -168,18 +168,16 @@ class Recipe:
         at the position they were saved at."""
         zo = isinstance(self.learner, ZOLearner)
         self.checkpoint_mode = checkpoint_mode(self.cfg, zo)
-        base = self.named  # what the log's header hashes
-        if self.dist.active:  # several ranks checkpoint weights; rank 0 alone logs (data / sharded: global losses)
-            logs = zo and self.dist.mode in ("data", "sharded")
+        logs = zo and self.dist.active and self.dist.mode in ("data", "sharded")  # rank 0 logs the global losses
+        base = dist.whole(self) if logs else self.named  # the log hashes these; sharded: all gather, for rank 0
+        if self.dist.active:  # several ranks checkpoint weights
             self.checkpoint_mode, zo = "weights", logs and self.dist.leader
             dist.refuse_weightless(checkpoint, self.run_dir)
-            base = dist.whole(self) if logs else base  # sharded: every rank gathers, rank 0 gets the weights
         if zo and checkpoint is not None and self.checkpoint_mode == "weights":
             # resumed on another engine (engine=torch after the Triton one): the log stops at the checkpoint
             zo = not guard.log_of_another_engine(self.run_dir, self.learner, int(checkpoint[0]["step"]))
         if zo and (checkpoint is None or self.checkpoint_mode == "trajectory" or has_log(self.run_dir)):
-            # before a checkpoint's weights are loaded: the log's header hashes the base weights
-            step = None if checkpoint is None else int(checkpoint[0]["step"])
+            step = None if checkpoint is None else int(checkpoint[0]["step"])  # before its weights are loaded
             self.trajectory = RunTrajectory(self.cfg, self.run_dir, self.learner, self.model, base, step)
             self.trajectory.named = self.named  # the run's parameters (a sharded run's gathered copy is dropped)
         elif zo:  # a weight checkpoint of a zobench that wrote no log: resumed without one
