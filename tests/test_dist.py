@@ -332,7 +332,7 @@ def test_guard_names_the_first_parameter_that_differs_between_ranks():
         ("dist.mode", "both", "dist.mode='both': allowed auto, data, directions, sharded"),
         ("dist.backend", "mpi", "dist.backend='mpi': allowed auto, gloo, nccl"),
         ("dist.timeout_s", "0", "dist.timeout_s=0: expected seconds, a number > 0"),
-        ("dist.shard_size", "0", "dist.shard_size=0: expected null (every rank) or ranks per shard group, >= 1"),
+        ("dist.shard_size", "0", "dist.shard_size=0: expected an integer >= 1"),
     ],
 )
 def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkeypatch):

@@ -336,8 +336,8 @@ def test_bench_out_and_a_device_this_machine_lacks_are_one_line(tmp_path):
     """bench.out is checked with the bench's config; replay and export check --device (or the
     run's own device) before loading a model: not torch's error blaming the model cache."""
     from tests.helpers import compose_config
+    from zobench.config import validate_bench
     from zobench.trajectory.replay import run_device
-    from zobench.validation import validate_bench
 
     (tmp_path / "file").write_text("")
     cfg = compose_config("bench", "model=tiny-llama", f"bench.out={tmp_path / 'file' / 'b'}")

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from tests.helpers import compose_experiment as _compose
 from tests.helpers import experiment_grid as _grid
 from tests.helpers import experiment_sweep as _sweep
+from zobench.config import validate
 from zobench.resources import conf_dir
-from zobench.validation import validate
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 PAPER = [e for e in EXPERIMENTS if not e.endswith("_smoke")]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,16 +32,6 @@ from .sweeps import register_resolvers
 
 GROUPS = ("model", "task", "optimizer", "tuning", "engine", "logger", "experiment")
 EXIT_BAD_INPUT = 2
-# keys the code reads when present but no shipped config sets: a `+key=value` may add these
-# (any other unknown key added with `+` would be ignored, so it is refused)
-ADDABLE = (
-    "model.device_map",
-    "model.init_seed",
-    "task.masked_max_length",
-    "tuning.target_modules",
-    "tuning.init_by_real_act",
-    "logger.api_key",
-)
 _HYDRA_FLAGS = (
     "-h",
     "--help",
@@ -59,7 +50,9 @@ _HYDRA_VALUED = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--confi
 
 
 def fail(message: str) -> None:
-    print(f"zobench: error: {message}", file=sys.stderr)
+    """Exit 2 with one ``zobench: error:`` line per problem (``ConfigErrors``: one per bad key)."""
+    for line in str(message).splitlines() or [""]:
+        print(f"zobench: error: {line}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -82,9 +75,12 @@ def _keys(tree, prefix: str = "", leaves: bool = False) -> list[str]:
 
 
 def _addable(key: str, tree: dict) -> bool:
-    """A key that may be added with ``+``: one of ADDABLE, or a keyword argument the chosen
-    optimizer's constructor takes (``+optimizer.num_directions=4`` where the yaml omits it)."""
-    if key in ADDABLE:
+    """A key that may be added with ``+``: an optional field of the config schema
+    (``zobench.config.addable_keys``), or a keyword argument the chosen optimizer's constructor
+    takes (``+optimizer.num_directions=4`` where the yaml omits it: the optimizer group is open)."""
+    from .config import addable_keys
+
+    if key in addable_keys():
         return True
     if key.startswith("optimizer.") and key.count(".") == 1:
         import importlib
@@ -100,8 +96,9 @@ def _addable(key: str, tree: dict) -> bool:
 
 
 def _check_keys(overrides: list[str], multirun: bool, config_name: str = "config") -> None:
-    """Every overridden key must exist in the composed config (or be ADDABLE with ``+``): a typo
-    gets the closest valid keys (difflib), not Hydra's multi-line error or, with ``+``, silence."""
+    """Every overridden key must exist in the config the group choices alone compose to (or be
+    addable with ``+``): a typo gets the closest valid keys (difflib), not Hydra's multi-line error
+    or, with ``+``, silence. For sweeps, and when ``_compose_once`` found something wrong."""
     import difflib
 
     from hydra import compose, initialize_config_dir
@@ -118,11 +115,11 @@ def _check_keys(overrides: list[str], multirun: bool, config_name: str = "config
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             tree = OmegaConf.to_container(compose(config_name=config_name, overrides=groups), resolve=False)
     except (HydraException, OmegaConfBaseException):
-        return  # a bad group choice is reported by the full check below, in Hydra's words
+        return  # a bad group choice is reported by the caller, in Hydra's words
     valid = _keys(tree)
     for arg in overrides:
         prefix, key, value = _split_override(arg)
-        if key in GROUPS or "/" in key or key.startswith("hydra.") or "~" in prefix or key in valid:
+        if _skipped(key, prefix) or key in valid:
             continue
         if prefix.startswith("+") and isinstance(tree, dict) and _addable(key, tree):
             continue
@@ -189,19 +186,38 @@ def precheck(args: list[str], config_name: str = "config") -> None:
             for option in value.split(",") if multirun else [value]:
                 if option not in ("null", "") and option not in allowed:
                     fail(f"{key}={option}: no such option; allowed: {', '.join(allowed) or 'none yet'}")
-    _check_keys(overrides, multirun, config_name)
-    if multirun:
-        return  # sweep syntax (a=1,2) does not compose as one config; each job is checked by run()
+    if multirun:  # sweep syntax (a=1,2) does not compose as one config; each job is checked by run()
+        _check_keys(overrides, multirun, config_name)
+        return
+    _compose_once(overrides, config_name)
+
+
+def _compose_once(overrides: list[str], config_name: str) -> None:
+    """The one composition before Hydra's own: a config that composes and adds only addable keys
+    passes; otherwise ``_check_keys`` (which composes the group choices alone) names an unknown
+    key with the closest valid ones, and any other failure is Hydra's first line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            compose(config_name=config_name, overrides=overrides)
+            tree = OmegaConf.to_container(compose(config_name=config_name, overrides=overrides), resolve=False)
     except (HydraException, OmegaConfBaseException) as err:
+        _check_keys(overrides, False, config_name)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         fail(f"{first} (overrides: {' '.join(overrides)})")
+        return
+    added = [_split_override(arg) for arg in overrides if arg.startswith("+")]
+    # an added key that is no key of the schema's: named with the keys the groups alone have
+    if any(not _skipped(key, prefix) and not _addable(key, cast(dict, tree)) for prefix, key, _ in added):
+        _check_keys(overrides, False, config_name)
+
+
+def _skipped(key: str, prefix: str) -> bool:
+    """Overrides the key check leaves to Hydra: group choices, ``hydra.*``, removals."""
+    return key in GROUPS or "/" in key or key.startswith("hydra.") or "~" in prefix
 
 
 def _size(num_bytes) -> str:
@@ -236,13 +252,11 @@ def closing_line(summary: dict, run_dir: Path) -> str:
 
 def _app(cfg: DictConfig) -> None:
     from .checkpoint import write_error_line
-    from .models.loading import check_sources
     from .run import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        check_sources(cfg)  # a model or dataset that cannot be fetched: fail before any log or W&B run exists
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir)  # validates the config, then checks its sources, then runs
     except ConfigError as err:
         if cfg.get("debug", False) is True:
             raise

@@ -18,3 +18,12 @@ class CheckpointError(ConfigError):
 
 class MissingPackageError(ConfigError, ModuleNotFoundError):
     """A package the chosen config needs is not installed; the message says how to install it."""
+
+
+class ConfigErrors(ConfigError):
+    """Several bad keys of one config, found in one pass: one line each (``lines``), joined by
+    newlines in the message; the command line prints each as its own ``zobench: error:`` line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)

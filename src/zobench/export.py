@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", default="best", help="best (default: the tested state), last or a step number")
     parser.add_argument("--device", default=None, help="default: the run's device (exact on the same kind)")
     args = parser.parse_args(argv)
+    from .config import check_output_folder, output_error
     from .trajectory.export import export
-    from .validation import check_output_folder, output_error
 
     try:  # where it will write and on what, before the model is loaded and replayed
         out = check_output_folder("the output folder", args.out)

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: the run's device (exact on the same kind)")
     args = parser.parse_args(argv)
     from .checkpoint import save_tensors
+    from .config import check_output_folder, output_error
     from .trajectory.replay import replay
-    from .validation import check_output_folder, output_error
 
     started = time.perf_counter()
     try:  # where it will write and on what, before the seconds a replay takes

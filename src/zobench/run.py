@@ -27,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .checkpoint import fsync_dir, load_checkpoint, write_json_atomic, write_text_atomic
+from .config import RESUMABLE_KEYS, validate
 from .dist import rundir
 from .engine import mix_seed
 from .errors import CheckpointError
 from .lock import RunDirLock
+from .models import loading
 from .provenance import git_sha
 from .redaction import redact, redact_hydra_files
 from .signals import STOP_SIGNALS, StopRequest
@@ -39,7 +41,6 @@ from .telemetry import JsonlLogger, WandbLogger
 from .train.recipe import Recipe
 from .train.setup import resolve_device
 from .train.setup import schedule as _schedule
-from .validation import RESUMABLE_KEYS, validate
 
 # names other modules and tests import from here (bench: resolve_device; tests/optim: _schedule)
 __all__ = ["STOP_SIGNALS", "BatchStream", "StopRequest", "_schedule", "redact", "resolve_device", "run"]
@@ -65,7 +66,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Execute (or resume) one run into ``run_dir``; returns the summary (also in summary.json).
     One process at a time per run dir (``RunDirLock``): a second one is refused with one line."""
     started = time.perf_counter()
-    validate(cfg)
+    validate(cfg)  # once per run: every bad key, one line each
+    loading.check_sources(cfg)  # a model or dataset that cannot be fetched: before any log or W&B run
     run_dir = Path(run_dir)
     ctx = rundir.start(cfg)  # torchrun / Slurm tasks: join the process group (dist/)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml holds, checks compare

@@ -182,8 +182,8 @@ def test_the_bench_cli_refuses_bad_overrides_in_one_line_before_hydra(override, 
     ],
 )
 def test_the_bench_config_is_validated_before_any_work(override, message):
+    from zobench.config import validate_bench
     from zobench.errors import ConfigError
-    from zobench.validation import validate_bench
 
     validate_bench(compose_config("bench", "model=tiny-llama"))  # the shipped defaults pass
     with pytest.raises(ConfigError, match=re.escape(message)):

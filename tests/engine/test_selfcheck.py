@@ -149,7 +149,7 @@ def test_the_command_checks_each_model_and_dtype_and_prints_one_json_line_each(c
 
 def test_the_engine_guard_keys_are_validated():
     from tests.helpers import compose_run
-    from zobench.validation import validate
+    from zobench.config import validate
 
     for override, message in (
         ("engine.self_check=sometimes", "engine.self_check='sometimes': allowed auto, true, false"),

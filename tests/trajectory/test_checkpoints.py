@@ -81,8 +81,8 @@ def test_checkpoint_mode_is_trajectory_only_for_zo_learners():
 
 
 def test_a_bad_checkpoint_mode_is_a_config_error_naming_the_key():
+    from zobench.config import validate
     from zobench.errors import ConfigError
-    from zobench.validation import validate
 
     with pytest.raises(ConfigError, match="train.checkpoint='tensors': allowed trajectory, weights"):
         validate(compose_run(*SMOKE, "train.checkpoint=tensors", "data.dir=/tmp"))

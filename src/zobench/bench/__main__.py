@@ -34,7 +34,7 @@ def _app(cfg: DictConfig) -> None:
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / f"{name}.md").write_text(markdown(result, command))
     except OSError as err:
-        from ..validation import output_error
+        from ..config import output_error
 
         fail(output_error("bench.out", err))
     print(markdown(result, command))

@@ -25,6 +25,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from ..config import validate_bench
 from ..engine import build_engine
 from ..errors import ConfigError
 from ..models import CandidateScorer, load_model, torch_dtype
@@ -32,7 +33,6 @@ from ..optim import MeZO, decay_groups
 from ..run import resolve_device
 from ..tasks import build_splits, load_task
 from ..telemetry import PeakMemory
-from ..validation import validate_bench
 from .baseline import AuthorsMeZO, pairwise_loss
 from .page import markdown  # noqa: F401  (python -m zobench.bench writes it beside the JSON)
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from ..config import check_output_folder
 from ..engine import build_engine, directions, trace
 from ..errors import ConfigError
 from ..models import CandidateScorer, load_model
 from ..resources import conf_dir
 from ..tasks import build_splits, load_task
-from ..validation import check_output_folder
 from .harness import zo_optimizer
 from .summaries import rademacher_readme
 

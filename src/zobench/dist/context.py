@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
+from ..config.schema import DIST_BACKENDS, DIST_MODES
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "data", "directions", "sharded")
-BACKENDS = ("auto", "gloo", "nccl")
+MODES = DIST_MODES  # dist.mode, dist.backend: the config's choices
+BACKENDS = DIST_BACKENDS
 
 
 @dataclass

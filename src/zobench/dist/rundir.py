@@ -24,6 +24,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
 
+from ..config import validate_dist
 from ..errors import ConfigError
 from .context import DistContext, current, launch_env, setup
 
@@ -48,28 +49,9 @@ class NullLogger:
         pass
 
 
-def validate_dist(cfg) -> None:
-    """``dist.*``: mode, backend and the collective timeout (one-line errors)."""
-    from .context import BACKENDS, MODES
-
-    node = cfg.get("dist")
-    if node is None:
-        return
-    if node.get("mode") not in MODES:
-        raise ConfigError(f"dist.mode={node.get('mode')!r}: allowed {', '.join(MODES)}")
-    if node.get("backend") not in BACKENDS:
-        raise ConfigError(f"dist.backend={node.get('backend')!r}: allowed {', '.join(BACKENDS)}")
-    size = node.get("shard_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ConfigError(f"dist.shard_size={size!r}: expected null (every rank) or ranks per shard group, >= 1")
-    timeout = node.get("timeout_s")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e7:
-        raise ConfigError(f"dist.timeout_s={timeout!r}: expected seconds, a number > 0")
-
-
 def start(cfg) -> DistContext:
     """The run's context (joining the process group if the launcher started several ranks)."""
-    validate_dist(cfg)
+    validate_dist(cfg)  # before joining: this runs from a Hydra callback, ahead of config.validate
     return setup(cfg.dist) if cfg.get("dist") is not None else current()
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import check_value, rules
+from ..config.schema import ENGINE_BACKENDS as BACKENDS
+from ..config.schema import ENGINE_MODES as MODES
 from ..errors import ConfigError, MissingPackageError
 from . import trace
 from .base import Engine, ZOParams
@@ -20,9 +23,6 @@ from .directions import DISTRIBUTIONS, Direction, Piece, mix_seed
 from .inplace import InPlaceEngine
 from .provider import Provider, TorchProvider
 from .virtual import VirtualEngine
-
-BACKENDS = ("auto", "torch", "triton")
-MODES = ("inplace", "virtual")
 
 __all__ = [
     "BACKENDS",
@@ -70,19 +70,15 @@ def build_engine(
     ``paired`` (``engine.paired``): virtual mode evaluates SPSA's ± pair in one batched forward;
     ``fused_linear`` (``engine.fused_linear``, Triton virtual mode only): linear layers perturb
     their weight tiles inside the matmul, embeddings gather perturbed rows (``triton/fused.py``)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"engine.backend={backend!r}: allowed {', '.join(BACKENDS)}")
-    if mode not in MODES:
-        raise ConfigError(f"engine.mode={mode!r}: allowed {', '.join(MODES)}")
+    check_value("engine.backend", backend)
+    check_value("engine.mode", mode)
     if mode == "virtual" and model is None:
         raise ValueError("engine.mode=virtual needs the model whose modules it hooks")
     resolved = resolve_backend(backend, model)
     trace.install(model)  # ZOBENCH_TRACE / ZOBENCH_WATCHDOG: name the phase and module of a stall
-    if fused_linear and (resolved != "triton" or mode != "virtual"):
-        raise ConfigError(
-            f"engine.fused_linear=true needs the Triton backend in virtual mode; got "
-            f"engine.backend={backend} (resolved: {resolved}), engine.mode={mode}"
-        )
+    refused = rules.fused_linear(backend, mode, resolved) if fused_linear else None
+    if refused:
+        raise ConfigError(refused)
     if resolved == "triton":
         return _build_triton(mode, model, paired, fused_linear)
     if mode == "inplace":

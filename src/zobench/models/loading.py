@@ -34,21 +34,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..config import check_value
+from ..config.schema import DTYPE_NAMES
 from ..errors import ConfigError, DataNotFoundError, MissingPackageError
 from ..resources import conf_dir
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
-SOURCES = ("hub", "gguf_package", "random")
-FAMILIES = ("causal", "masked")
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}  # model.dtype's choices
 
 
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -122,11 +115,9 @@ def check_sources(cfg) -> None:
     """Before a run starts: every hub model and hub dataset it needs is reachable or cached;
     otherwise one :class:`HubUnavailableError` naming it and the ways out (in seconds). A config
     that is wrong anyway is reported as such first (validation, a task without prompts for the
-    model's family), whatever the hub."""
+    model's family), whatever the hub: ``run.run`` calls this after ``config.validate``."""
     from ..tasks import load_task
-    from ..validation import validate
 
-    validate(cfg)
     spec = load_task(cfg.task.name)
     if cfg.model.family not in spec.families:
         raise ConfigError(
@@ -159,16 +150,14 @@ def _from_hub(loader, hub_id: str, what: str, **kwargs):
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"model.dtype={name!r}: allowed {', '.join(DTYPES)}")
+    check_value("model.dtype", name)
     return DTYPES[name]
 
 
 def _auto_class(family: str):
     import transformers
 
-    if family not in FAMILIES:
-        raise ConfigError(f"model.family={family!r}: allowed {', '.join(FAMILIES)}")
+    check_value("model.family", family)
     return transformers.AutoModelForCausalLM if family == "causal" else transformers.AutoModelForMaskedLM
 
 
@@ -282,8 +271,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
     """
     cache_dir = cache_dir or default_cache_dir()
     source = cfg["source"]
-    if source not in SOURCES:
-        raise ConfigError(f"model.source={source!r}: allowed {', '.join(SOURCES)}")
+    check_value("model.source", source)
     dtype = torch_dtype(cfg["dtype"])
     auto = _auto_class(cfg.get("family", "causal"))
     tokenizer = load_tokenizer(cfg, cache_dir)

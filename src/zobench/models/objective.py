@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ..config.schema import ZO_OBJECTIVES as ZO_OBJECTIVES  # objective: the config's choices
 from ..errors import ConfigError
 from ..tasks import Rendered
 from .causal import CandidateScorer
 from .generation import GenerationObjective
 from .masked import MaskedScorer
-
-ZO_OBJECTIVES = ("loss", "accuracy", "f1")
 
 
 def build_objective(spec, family: str, model, tokenizer, max_length: int, device):

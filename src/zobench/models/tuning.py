@@ -23,17 +23,17 @@ import warnings
 import torch
 from torch import nn
 
+from ..config import check_value
+from ..config.schema import TUNINGS as TUNINGS  # tuning.name: the config's choices
 from ..errors import ConfigError
 
-TUNINGS = ("full", "lora", "prefix")
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "query", "value")
 
 
 def apply_tuning(model: nn.Module, cfg, family: str, seed: int = 0) -> nn.Module:
     """The model to train under ``cfg`` (a ``conf/tuning/*.yaml`` mapping); may wrap it in peft."""
     name = cfg["name"]
-    if name not in TUNINGS:
-        raise ConfigError(f"tuning={name!r}: allowed {', '.join(TUNINGS)}")
+    check_value("tuning.name", name)
     if name == "full":
         model.requires_grad_(True)
         return model

@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..config import check_output_folder, output_error
 from ..errors import ConfigError
-from ..validation import check_output_folder, output_error
 from . import available_tables, make_report
 
 EXIT_BAD_INPUT = 2

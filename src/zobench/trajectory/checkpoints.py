@@ -20,13 +20,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
 from . import log as trajlog
 from .replay import build_base, check_base, config_sha256, fresh_learner, replay_into
 
 logger = logging.getLogger(__name__)
 
-MODES = ("trajectory", "weights")
+MODES = CHECKPOINT_MODES  # train.checkpoint: the config's choices
 
 
 def checkpoint_mode(cfg: DictConfig, zo: bool) -> str:

@@ -128,8 +128,8 @@ def build_base(cfg: DictConfig, device: torch.device):
 def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.device:
     """``--device``, else the run's own device, checked against this machine first: a device it
     lacks is one line, not torch's error from inside the model load."""
+    from ..config import check_device
     from ..train.setup import resolve_device
-    from ..validation import check_device
 
     if device:
         check_device("--device", device, sep=" ")

@@ -66,9 +66,9 @@ def _check_config(overrides: list[str], fail) -> str | None:
 
     from hydra import compose, initialize_config_dir
 
+    from ...config import validate
     from ...resources import conf_dir
     from ...train.setup import resolve_device
-    from ...validation import validate
     from ..triton import TritonInPlaceEngine, TritonVirtualEngine
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
