@@ -184,6 +184,9 @@ def test_sharded_is_refused_on_one_rank_and_with_a_virtual_engine(tmp_path):
     )
     with pytest.raises(ConfigError, match="engine.mode=virtual: set engine.backend=torch engine.mode=inplace"):
         hooks.prepare_model(recipe)
+    recipe.cfg = OmegaConf.create({"engine": {"backend": "auto", "mode": "inplace"}})
+    with pytest.raises(ConfigError, match="got engine.backend=auto engine.mode=inplace"):
+        hooks.prepare_model(recipe)
 
 
 def test_sharded_refuses_a_first_order_learner_and_another_engine():

@@ -43,7 +43,7 @@ def prepare_model(recipe) -> None:
     if recipe.sharded is None:
         return
     engine = recipe.cfg.engine
-    if engine.mode != "inplace" or engine.backend not in ("torch", "auto"):
+    if engine.mode != "inplace" or engine.backend != "torch":  # auto could pick Triton's, which this is not
         raise ConfigError(
             f"dist.mode=sharded moves each rank's shards in place with the torch engine; got "
             f"engine.backend={engine.backend} engine.mode={engine.mode}: set engine.backend=torch engine.mode=inplace"
