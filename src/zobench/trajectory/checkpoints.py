@@ -46,12 +46,17 @@ class RunTrajectory:
     """The log of this run (``<run dir>/trajectory.bin``): opened at setup, before any weight of
     a checkpoint is loaded, so the base weights can be hashed and checked."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None) -> None:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None, base=None
+    ) -> None:
+        """``base``: ``named``'s whole tensors, which the header hashes (a sharded run's gathered
+        copy, dropped after; default ``named`` itself)."""
         self.cfg, self.path, self.learner, self.named = cfg, Path(run_dir) / trajlog.FILENAME, learner, named
         self.model = model
+        base = named if base is None else base
         header = trajlog.Header(
             config_sha256=config_sha256(cfg),
-            base_sha256=trajlog.weights_sha256(named),
+            base_sha256=trajlog.weights_sha256(base),
             optimizer=str(cfg.optimizer.name),
             engine=learner.engine_name,
             replicas=bool(learner.replicas),
@@ -66,7 +71,7 @@ class RunTrajectory:
                 f"{self.path.parent / 'checkpoint'} to start the run afresh"
             )
         self.log, self.writer = trajlog.open_for_append(self.path, resume_step)
-        check_base(self.log.header, named, self.path)
+        check_base(self.log.header, base, self.path)
         if self.log.header.config_sha256 != header.config_sha256:
             raise CheckpointError(f"{self.path} belongs to another config; use another hydra.run.dir")
 
