@@ -181,7 +181,7 @@ class ShardedEngine(InPlaceEngine):
 
     @torch.no_grad()
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:
-        with self._timed():
+        with self.timed(), self.provider.z_scope():
             for pid, p in params:
                 for piece in local_pieces(p, pid, direction):
                     fn(pid, p, piece)
