@@ -131,9 +131,10 @@ def disk_bandwidth(folder: Path, nbytes: int | None = None) -> tuple[float, floa
 
 
 def _bounds(step_s: float, stall_s: float, block_bytes: int, store) -> dict:
-    """The two bounds of the offload goal (step ≤ 1.25 × max(storage, compute); results/bench/offload): storage = one read
-    and one write of every block at the disk's measured bandwidth (disk stores); compute = the
-    step's time on the computing thread minus its waits on storage (``Offloader.stalled_s``)."""
+    """The two bounds of the offload goal (results/bench/offload: step ≤ 1.25 × max(storage,
+    compute)): storage = one read and one write of every block at the disk's measured bandwidth
+    (disk stores); compute = the step's time on the computing thread minus its waits on storage
+    (``Offloader.stalled_s``)."""
     out: dict = {"stall_s": round(stall_s, 3), "compute_s": round(step_s - stall_s, 3)}
     root = getattr(store, "root", None)
     if root is not None:
