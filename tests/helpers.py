@@ -11,12 +11,14 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
@@ -377,3 +379,79 @@ def weight_shapes(cfg) -> list[tuple[int, ...]]:
 
 
 CONFIGS = sorted(CONF.glob("*.yaml"))
+
+
+# -- multi-rank runs (Gloo, real processes): tests/test_dist.py, tests/dist/ --------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
+    """One rank of spawned runs: torchrun's environment, then ``zobench.run.run`` of each
+    ``(overrides, run_dir)`` job in turn (one interpreter start for several runs)."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from zobench.dist import current
+    from zobench.run import run
+
+    results = []
+    for overrides, run_dir in jobs:
+        current().sent.clear()
+        summary = run(compose_run(*overrides), Path(run_dir))
+        results.append({"summary": summary, "sent": dict(current().sent)})
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:
+    """``(overrides, run_dir)`` jobs run one after the other by ``world`` spawned ranks; per rank,
+    each job's summary and bytes sent per phase."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(list(overrides), str(run_dir)) for overrides, run_dir in jobs]
+    mp.spawn(_rank, args=(world, free_port(), jobs, str(out)), nprocs=world, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def run_single(overrides: list, run_dir: Path) -> dict:
+    from zobench.run import run
+
+    return run(compose_run(*overrides), run_dir)
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in lines if e["event"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "trainable.safetensors"))
+
+
+BASE = (*SMOKE, "train.batch_size=16", "train.steps=5", "train.log_every=1", "train.eval_every=5")
+
+
+def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:
+    """``torchrun --standalone --nproc-per-node <nproc> -m zobench <args>`` (one thread per rank),
+    started in ``cwd`` with the source tree under test first on the path."""
+    data = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()  # cwd changes
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ZOBENCH_DATA_DIR": str(data)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.Popen(
+        [*cmd, "-m", "zobench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
+    """The pid of rank 1 (torchrun's second child) once ``metrics`` holds the train event of ``step``."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and f'"step": {step},' in metrics.read_text():
+            children = sorted(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+            return children[1]
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")

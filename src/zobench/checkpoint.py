@@ -250,8 +250,15 @@ def copy_into(named, tensors: dict, where: Path) -> None:
     missing = [name for name, _ in named if name not in tensors]
     if missing:
         raise CheckpointError(f"{where} lacks parameters {missing[:3]}: it belongs to another model or tuning")
-    for name, p in named:
-        p.data.copy_(tensors[name])
+    from torch.distributed.tensor import DTensor, distribute_tensor  # loaded on first use (import time)
+
+    with torch.no_grad():
+        for name, p in named:
+            if isinstance(p, DTensor):  # dist.mode=sharded: the rows this rank holds (any world size wrote it)
+                local = distribute_tensor(tensors[name], p.device_mesh, p.placements, src_data_rank=None)
+                p.to_local().copy_(local.to_local())
+            else:
+                p.data.copy_(tensors[name])
 
 
 def best_name(step: int) -> str:

@@ -70,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ctx = rundir.joined(cfg)  # torchrun / Slurm tasks: the process group (dist/)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what config.yaml holds, checks compare
     rundir.check_same_config(ctx, config)
-    strategy = strategy_for(ctx, str(cfg.optimizer.name))
+    strategy = strategy_for(ctx, str(cfg.optimizer.name), cfg.get("dist"))
     lock = RunDirLock(run_dir) if strategy.leader else contextlib.nullcontext()
     with rundir.Handshake(ctx) as word, lock:
         done, checkpoint = _open(config, cfg, run_dir) if strategy.leader else (None, None)

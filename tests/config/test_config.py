@@ -57,7 +57,7 @@ def test_dist_alone_is_checked_before_a_rank_joins():
     with pytest.raises(ConfigError) as err:
         config.validate_dist(cfg)
     assert err.value.lines == [
-        "dist.mode='both': allowed auto, data, directions",
+        "dist.mode='both': allowed auto, data, directions, sharded",
         "dist.timeout_s=0: expected seconds, a number > 0",
     ]
     config.validate_dist(compose_run("~dist"))  # no dist node: one process

@@ -8,9 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,64 +15,22 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import REPO, SMOKE, compose_run
+from tests.helpers import (
+    BASE,
+    SMOKE,
+    compose_run,
+    final_weights,
+    free_port,
+    run_ranks,
+    run_single,
+    torchrun,
+    train_losses,
+    wait_for_step,
+)
 from zobench.dist.context import DistContext, launch_env
 from zobench.dist.data import ShardedObjective, global_mean, shard
 from zobench.dist.evaluation import combine
 from zobench.tasks.batches import eval_batches as batches
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
-    """One rank of spawned runs: torchrun's environment, then ``zobench.run.run`` of each
-    ``(overrides, run_dir)`` job in turn (one interpreter start for several runs)."""
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    torch.set_num_threads(1)
-    from zobench.dist import current
-    from zobench.run import run
-
-    results = []
-    for overrides, run_dir in jobs:
-        current().sent.clear()
-        summary = run(compose_run(*overrides), Path(run_dir))
-        results.append({"summary": summary, "sent": dict(current().sent)})
-    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
-
-
-def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:
-    """``(overrides, run_dir)`` jobs run one after the other by ``world`` spawned ranks; per rank,
-    each job's summary and bytes sent per phase."""
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(list(overrides), str(run_dir)) for overrides, run_dir in jobs]
-    mp.spawn(_rank, args=(world, free_port(), jobs, str(out)), nprocs=world, join=True)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-
-
-def run_single(overrides: list, run_dir: Path) -> dict:
-    from zobench.run import run
-
-    return run(compose_run(*overrides), run_dir)
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [e["loss"] for e in lines if e["event"] == "train"]
-
-
-def final_weights(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "final" / "trainable.safetensors"))
-
-
-BASE = (*SMOKE, "train.batch_size=16", "train.steps=5", "train.log_every=1", "train.eval_every=5")
 
 
 # -- fast: the logic in one process ----------------------------------------------------------------
@@ -288,17 +243,6 @@ def test_ranks_started_with_different_configs_all_stop_at_start_naming_the_keys(
     assert not (tmp_path / "run").exists()  # refused before rank 0 made the run dir
 
 
-def torchrun(nproc: int, *args, cwd: Path, timeout: int = 240) -> subprocess.Popen:
-    """``torchrun --standalone --nproc-per-node <nproc> -m zobench <args>`` (one thread per rank),
-    started in ``cwd`` with the source tree under test first on the path."""
-    data = Path(os.environ.get("ZOBENCH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()  # cwd changes
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ZOBENCH_DATA_DIR": str(data)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.Popen(
-        [*cmd, "-m", "zobench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 @pytest.mark.slow
 def test_torchrun_cli_writes_one_run_dir_from_rank_0(tmp_path):
     """No hydra.run.dir: rank 0's time-stamped dir is every rank's; Hydra's files and the log come
@@ -364,17 +308,6 @@ def test_a_stop_signal_to_one_rank_stops_both_at_one_step_and_resumes(tmp_path):
     assert f"resumed from step {stopped['steps']}" in (run_dir / "__main__.log").read_text()
 
 
-def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
-    """The pid of rank 1 (torchrun's second child) once ``metrics`` holds the train event of ``step``."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file() and f'"step": {step},' in metrics.read_text():
-            children = sorted(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
-            return children[1]
-        time.sleep(0.01)
-    raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-
-
 def test_guard_names_the_first_parameter_that_differs_between_ranks():
     from zobench.dist.guard import ReplicaMismatch, check_replicas
 
@@ -397,9 +330,10 @@ def test_guard_names_the_first_parameter_that_differs_between_ranks():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("dist.mode", "both", "dist.mode='both': allowed auto, data, directions"),
+        ("dist.mode", "both", "dist.mode='both': allowed auto, data, directions, sharded"),
         ("dist.backend", "mpi", "dist.backend='mpi': allowed auto, gloo, nccl"),
         ("dist.timeout_s", "0", "dist.timeout_s=0: expected seconds, a number > 0"),
+        ("dist.shard_size", "0", "dist.shard_size=0: expected an integer >= 1"),
     ],
 )
 def test_bad_dist_keys_are_one_line_errors(key, value, message, tmp_path, monkeypatch):
@@ -510,6 +444,9 @@ def test_the_single_strategy_is_the_plain_call_everywhere():
     strategy.attach(learner, stop, None)
     assert learner.objective is objective and learner.optimizer._direction_share is None
     assert strategy.summary(LoopState(step=3), 3, 0) == {}
+    named = list(model.named_parameters())  # what the leader writes: the parameters themselves
+    assert strategy.whole(named) is named
+    assert strategy.whole_state(learner.optimizer).keys() == learner.optimizer.state_dict().keys()
 
     class Evaluates:
         def evaluate(self, examples, batch_size):

@@ -37,7 +37,8 @@ SETUPS = {  # name -> (ranks, threads per rank)
 }
 
 
-def measure(ranks: int, threads: int, run_dir: Path) -> dict:
+def measure(ranks: int, threads: int, run_dir: Path, args: list | None = None) -> dict:
+    """One run of ``args`` (default ``ARGS``) on ``ranks`` x ``threads``: its step and test times."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
@@ -47,7 +48,8 @@ def measure(ranks: int, threads: int, run_dir: Path) -> dict:
     if ranks > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
         launch += ["-m", "zobench"]
-    subprocess.run([*launch, *ARGS, f"hydra.run.dir={run_dir}"], env=env, check=True, capture_output=True)
+    args = ARGS if args is None else args
+    subprocess.run([*launch, *args, f"hydra.run.dir={run_dir}"], env=env, check=True, capture_output=True)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [e["wall_s"] for e in events if e["event"] == "train"]
     evals = {e["split"]: e["wall_s"] for e in events if e["event"] == "eval"}

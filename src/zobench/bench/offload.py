@@ -6,14 +6,17 @@ per process (so each peak is its own), on one fixed batch of random token ids.
 Per mode: the mean wall time of ``--steps`` MeZO steps after one warm-up step (the mirrored ±
 pair in one forward of the doubled batch, ``engine=torch`` virtual), the peak RSS (``VmHWM``: it
 includes page-cache pages of mapped files) and the largest anonymous RSS sampled at every loss
-evaluation (``RssAnon``: the memory the offload bound is about), and for ``disk`` the bytes one
-step reads and writes (one read + one write of every block) over the step time.
+evaluation (``RssAnon``: the memory the offload bound is about), the bytes one step reads and
+writes (one read + one write of every block), the compute bound (the step minus its waits on
+storage) and, for ``disk``, the storage bound (those bytes at the disk bandwidth measured in the
+store's folder after the steps) and the step's ratio to the larger bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -75,12 +78,13 @@ def _steps(model, steps: int, batch: int, length: int) -> dict:
         return losses if replicas > 1 else losses[0]
 
     opt.step(closure)  # warm-up
-    times = []
+    times, stalls = [], []
     for _ in range(steps):
-        started = time.perf_counter()
+        started, stalled = time.perf_counter(), offloader.stalled_s if offloader is not None else 0.0
         opt.step(closure)
         if offloader is not None:
             offloader.wait()
+            stalls.append(offloader.stalled_s - stalled)
         times.append(time.perf_counter() - started)
     out: dict = {
         "steps": steps,
@@ -95,7 +99,49 @@ def _steps(model, steps: int, batch: int, length: int) -> dict:
         out["blocks"] = len(store)
         out["block_bytes"] = block_bytes
         out["io_per_step_bytes"] = 2 * block_bytes  # one read and one write of every block
+        out.update(_bounds(out["step_s"], sum(stalls) / len(stalls), block_bytes, store))
         offloader.close()
+    return out
+
+
+#: bytes written and read back to measure the store's disk (larger than its write cache)
+BANDWIDTH_BYTES = 2 << 30
+
+
+def disk_bandwidth(folder: Path, nbytes: int | None = None) -> tuple[float, float]:
+    """(write, read) bytes/s of ``folder``'s disk: ``nbytes`` written and fsynced, dropped from
+    the page cache (``POSIX_FADV_DONTNEED``), read back; the file is removed."""
+    nbytes = nbytes or BANDWIDTH_BYTES
+    path, chunk = Path(folder) / ".bandwidth", os.urandom(min(64 << 20, nbytes))
+    started = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(nbytes // len(chunk)):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    write = nbytes / (time.perf_counter() - started)
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        started = time.perf_counter()
+        while f.read(len(chunk)):
+            pass
+    read = nbytes / (time.perf_counter() - started)
+    path.unlink()
+    return write, read
+
+
+def _bounds(step_s: float, stall_s: float, block_bytes: int, store) -> dict:
+    """The two bounds of the offload goal (results/bench/offload: step ≤ 1.25 × max(storage,
+    compute)): storage = one read and one write of every block at the disk's measured bandwidth
+    (disk stores); compute = the step's time on the computing thread minus its waits on storage
+    (``Offloader.stalled_s``)."""
+    out: dict = {"stall_s": round(stall_s, 3), "compute_s": round(step_s - stall_s, 3)}
+    root = getattr(store, "root", None)
+    if root is not None:
+        write, read = disk_bandwidth(Path(root))
+        storage = block_bytes / read + block_bytes / write
+        out.update(disk_write_mb_s=round(write / 1e6), disk_read_mb_s=round(read / 1e6), storage_s=round(storage, 6))
+        out["step_over_bound"] = round(step_s / max(storage, out["compute_s"]), 3)
     return out
 
 

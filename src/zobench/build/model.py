@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..models import apply_tuning, load_model
 from ..models import build_objective as objective_for
 from ..models.loading import default_cache_dir
+from ..models.objective import check_objective
 from ..offload import setup as offload
 from ..tasks import TaskSpec
 from ..telemetry import clock, heartbeat
@@ -101,8 +102,5 @@ def build_objective(cfg: DictConfig, spec: TaskSpec, model, tokenizer, device: t
     verbalizers or generation, ``models/objective.py``); ``objective=`` must be ``loss`` or the
     task's metric."""
     objective = objective_for(spec, cfg.model.family, model, tokenizer, objective_length(cfg), device)
-    if cfg.get("objective", "loss") not in ("loss", objective.metric):
-        raise ConfigError(
-            f"objective={cfg.objective}: task metric is {objective.metric}; allowed loss, {objective.metric}"
-        )
+    check_objective(str(cfg.get("objective", "loss")), objective.metric)
     return objective

@@ -17,8 +17,9 @@ from typing import Any, cast
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
-from ..engine import build_engine
+from ..engine import build_engine, trace
 from ..engine.selfcheck import checked_engine
+from ..engine.sharded import ShardedEngine, is_sharded
 from ..errors import ConfigError
 from ..optim import decay_groups
 
@@ -43,13 +44,30 @@ def resolve_target(target: str, key: str, kind: str = "class") -> Any:
 def engine_for(engine_cfg: Mapping, model, backend: str | None = None):
     """The engine an ``engine`` node asks for (``backend``, ``mode``, ``paired``,
     ``fused_linear``) on ``model``, without the self-check; ``backend`` overrides the node's (the
-    self-check's fallback builds ``torch``, on which ``fused_linear`` does not apply)."""
+    self-check's fallback builds ``torch``, on which ``fused_linear`` does not apply). A model
+    whose parameters the strategy sharded (``dist.mode=sharded``) gets ``sharded_engine``'s."""
+    if model is not None and any(is_sharded(p) for p in model.parameters()):
+        return sharded_engine(engine_cfg, model)
     chosen = str(backend or engine_cfg["backend"])
     fused = bool(engine_cfg.get("fused_linear", False))
     if backend is not None:
         fused = fused and backend != "torch"
     paired = bool(engine_cfg.get("paired", True))
     return build_engine(chosen, str(engine_cfg.get("mode", "inplace")), model, paired=paired, fused_linear=fused)
+
+
+def sharded_engine(engine_cfg: Mapping, model) -> ShardedEngine:
+    """The in-place torch engine on each rank's shards (``engine/sharded.py``: the same moves, by
+    global element index, as one in-place process); the node must ask for that engine (``auto``
+    could resolve to Triton's, which does not move shards)."""
+    backend, mode = engine_cfg["backend"], engine_cfg.get("mode", "inplace")
+    if mode != "inplace" or backend != "torch":
+        raise ConfigError(
+            f"dist.mode=sharded moves each rank's shards in place with the torch engine; got "
+            f"engine.backend={backend} engine.mode={mode}: set engine.backend=torch engine.mode=inplace"
+        )
+    trace.install(model)  # ZOBENCH_TRACE / ZOBENCH_WATCHDOG, as build_engine does
+    return ShardedEngine()
 
 
 def build_checked_engine(cfg: DictConfig, model, named, distribution: str):

@@ -55,7 +55,7 @@ DIVERGENCE_POLICIES = ("stop", "skip")
 CHECKPOINT_MODES = ("trajectory", "weights")  # trajectory/checkpoints.py
 ENGINE_BACKENDS = ("auto", "torch", "triton")
 ENGINE_MODES = ("inplace", "virtual")
-DIST_MODES = ("auto", "data", "directions")
+DIST_MODES = ("auto", "data", "directions", "sharded")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 # keys that may change between a checkpoint and its resume (they do not change the numbers)
@@ -149,6 +149,8 @@ class DistConfig:
     mode: str = key(choices=DIST_MODES)
     backend: str = key(choices=DIST_BACKENDS)
     timeout_s: float = key(above=0, below=1e7, expected="seconds, a number > 0")
+    # dist.mode=sharded: ranks per shard group (null: every rank), the groups replicate (HSDP)
+    shard_size: int | None = key(None, min=1)
 
 
 @dataclass

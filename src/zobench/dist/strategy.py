@@ -2,15 +2,16 @@
 ``Single`` (one process: every method is a no-op or the plain call), ``DataParallel``
 (``dist.mode=data``: each rank evaluates its shard of the global batch, ``data.py``) and
 ``DirectionParallel`` (``dist.mode=directions``: each rank evaluates its share of a step's
-directions on the whole batch, ``directions.py``). ``strategy_for(ctx)`` picks one from the
+directions on the whole batch, ``directions.py``) and ``Sharded`` (``dist.mode=sharded``: FSDP2,
+1/N of the model per rank, ``sharded.py``). ``strategy_for(ctx)`` picks one from the
 process's ``DistContext``; the recipe calls the methods of ``Strategy`` and holds no branch on
 the number of ranks (docs/design.md "Distributed").
 
 The methods, in the order a run calls them:
 
 * ``agreed_stop(stop)``: the stop request every rank agrees on (``data.SyncedStop``);
-* ``prepare_model(model)``: the model after tuning, before the engine is built on it (every
-  strategy here keeps the whole model on each rank: the identity);
+* ``prepare_model(model)``: the model after tuning, before the engine is built on it (the
+  identity, except ``Sharded``'s ``fully_shard``: the factory then builds the sharded engine);
 * ``checkpoint_mode(requested)`` / ``check_resumable(checkpoint, run_dir)``: several ranks
   checkpoint weights (a trajectory checkpoint is resumed in one process, where it is replayed);
 * ``keeps_log()``: whether this rank's closure values are the whole step's (its trajectory log);
@@ -19,7 +20,10 @@ The methods, in the order a run calls them:
   are refused on several ranks;
 * ``evaluate(objective, examples, batch_size, counter)``: a dev / test evaluation (sharded);
 * ``check(named, where)``: the replicas' consistency guard (``guard.py``);
-* ``summary(state, steps, first_step)``: the multi-rank summary keys ({} in one process).
+* ``summary(state, steps, first_step)``: the multi-rank summary keys ({} in one process);
+* ``whole(named)`` / ``whole_state(optimizer)``: the weights and the optimizer state as whole
+  tensors, for what the leader writes (checkpoints, ``best/``, ``final/``, the log's base hash):
+  the parameters themselves, except ``Sharded``'s gather (a collective every rank calls).
 
 ``leader`` is the rank that writes the run dir (rank 0; the one process of a single run).
 """
@@ -36,9 +40,11 @@ from ..errors import CheckpointError, ConfigError
 from ..optim import ZOOptimizer
 from .context import DistContext
 from .data import ShardedObjective, SyncedStop
+from ..engine.sharded import ShardedEngine
 from .directions import DirectionShare, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
+from .sharded import METHODS, full_state, full_weights, gather_bytes, shard_model
 
 
 class Strategy:
@@ -84,6 +90,14 @@ class Strategy:
 
     def summary(self, state, steps: int, first_step: int) -> dict:
         return {}
+
+    def whole(self, named: list) -> list:
+        """``named`` ((name, parameter) pairs) as whole tensors, on the leader."""
+        return named
+
+    def whole_state(self, optimizer) -> dict:
+        """``optimizer.state_dict()`` with whole parameter-sized tensors, on the leader."""
+        return optimizer.state_dict()
 
 
 class Single(Strategy):
@@ -165,9 +179,88 @@ class DirectionParallel(_Ranks):
             learner.optimizer.share_directions(DirectionShare(self.ctx, stop, counter))
 
 
-def strategy_for(ctx: DistContext, method: str = "") -> Strategy:
+class Sharded(_Ranks):
+    """``dist.mode=sharded`` (``sharded.py``): the parameters FSDP2-sharded (``prepare_model``; the
+    factory then builds ``engine.sharded.ShardedEngine``, which moves each rank's own rows), the
+    losses data parallel as ``DataParallel``'s, every dev / test example on every rank (each
+    forward is a collective: the ranks must make the same calls), the weights and state gathered
+    for what rank 0 writes. Rank 0 logs the trajectory (its header hashes the gathered weights)."""
+
+    name = "sharded"
+
+    def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
+        super().__init__(ctx, method)
+        if self.ctx.world_size < 2:
+            raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
+        self.shard_size = self.ctx.world_size if shard_size is None else int(shard_size)
+        self.counter, self.first_forwards, self.gathered_per_forward = None, 0, 0
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``fully_shard`` per block and the root (``sharded.shard_model``), after tuning."""
+        model = shard_model(model, self.ctx.world_size, shard_size=self.shard_size)
+        self.gathered_per_forward = gather_bytes(model, self.shard_size)
+        return model
+
+    def keeps_log(self) -> bool:
+        return self.ctx.leader
+
+    def attach(self, learner, stop, counter) -> None:
+        """The objective data parallel; only the methods written for shards (``sharded.METHODS``)
+        on the sharded engine."""
+        super().attach(learner, stop, counter)  # first-order baselines refused
+        if learner is None:
+            return
+        method = type(learner.optimizer).__module__.rsplit(".", 1)[-1]
+        if method not in METHODS:
+            raise ConfigError(
+                f"dist.mode=sharded: optimizer={method} is not written for sharded parameters; allowed "
+                f"{', '.join(METHODS)} (or dist.mode=data)"
+            )
+        if not isinstance(learner.optimizer.engine, ShardedEngine):
+            raise ConfigError(
+                f"dist.mode=sharded: the engine is {type(learner.optimizer.engine).__name__}; "
+                "set engine.mode=inplace engine.backend=torch (each rank moves its own shards)"
+            )
+        self.counter, self.first_forwards = counter, (counter["train"] if counter is not None else 0)
+        learner.objective = ShardedObjective(learner.objective, self.ctx, stop, counter)
+
+    def evaluate(self, objective, examples, batch_size: int, counter=None) -> dict:
+        """Every example on every rank: the one-process metric, bit for bit."""
+        return objective.evaluate(examples, batch_size)
+
+    def check(self, named, where: str) -> None:
+        """No replica check: the ranks hold different shards by design."""
+
+    def summary(self, state, steps: int, first_step: int) -> dict:
+        """``_Ranks``'s, with FSDP's all-gathers (every forward of this process, frozen weights
+        included) added to ``comm_bytes_per_step``."""
+        out = super().summary(state, steps, first_step)
+        forwards = (self.counter["train"] - self.first_forwards) if self.counter is not None else 0
+        gathered = forwards / max(state.step - first_step, 1) * self.gathered_per_forward
+        out["comm_bytes_per_step"] += gathered
+        return {**out, "comm_allgather_bytes_per_step": gathered, "dist_shard_size": self.shard_size}
+
+    def whole(self, named: list) -> list:
+        """The whole weights gathered to rank 0's CPU ([] on the others; a collective)."""
+        return list(full_weights(named, self.ctx.leader).items())
+
+    def whole_state(self, optimizer) -> dict:
+        """The state's local shards gathered to rank 0's CPU (a collective): resumable on any N."""
+        return full_state(optimizer, optimizer.state_dict(), self.ctx.leader)
+
+
+def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
     """The strategy of a process in ``ctx`` (``dist.mode``; one process: ``Single``); ``method``:
-    the ``optimizer=`` name its errors give."""
+    the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``;
+    ``dist.mode=sharded`` in one process is refused: nothing to shard over)."""
+    dist_cfg = dist_cfg if dist_cfg is not None else {}
     if not ctx.active:
+        if dist_cfg.get("mode") == "sharded":
+            raise ConfigError(
+                "dist.mode=sharded needs several ranks (torchrun --nproc-per-node N, or Slurm tasks); "
+                "this run is one process: drop dist.mode=sharded"
+            )
         return Single(ctx, method)
+    if ctx.mode == "sharded":
+        return Sharded(ctx, method, dist_cfg.get("shard_size"))
     return {"data": DataParallel, "directions": DirectionParallel}[ctx.mode](ctx, method)

@@ -78,12 +78,17 @@ def zo_closure(objective, batch, which: str):
     return lambda: zo_loss(objective, batch, which)
 
 
+def check_objective(which: str, metric: str) -> None:
+    """``objective=``: the task loss, or the task's own metric (its minus is minimised)."""
+    if which not in ("loss", metric):
+        raise ConfigError(f"objective={which}: task metric is {metric}; allowed loss, {metric}")
+
+
 def zo_loss(objective, batch, which: str):
     """The scalar a ZO method minimises: the task loss, or minus the batch accuracy / F1."""
     import torch
 
     if which == "loss":
         return objective.loss(batch)
-    if which != objective.metric:
-        raise ConfigError(f"objective={which}: task metric is {objective.metric}; allowed loss, {objective.metric}")
+    check_objective(which, objective.metric)
     return torch.tensor(-objective.batch_metric(batch))

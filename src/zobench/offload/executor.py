@@ -26,6 +26,7 @@ that needs the weights outside a forward (a checkpoint, an export, the end of a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ class Offloader:
         #: ``load_model(resume=step)``: the checkpoint step the store is to be restored to (setup.resume_store)
         self.resume_step: int | None = None
         self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
+        #: seconds the computing thread waited on storage (a read not yet landed, ``wait``): the
+        #: step's time minus this is its compute (the benchmark's bound)
+        self.stalled_s = 0.0
         #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
         #: only while the block is resident
         self.optimizer_state: dict | None = None
@@ -150,7 +154,9 @@ class Offloader:
             return
         if self.resume_step is not None:  # the blocks are not the checkpoint's yet: nothing may read them
             raise RuntimeError("offload: a block was read before the store was restored (setup.resume_store)")
+        waited = time.perf_counter()
         tensors, event = self._fetch(i).result()
+        self.stalled_s += time.perf_counter() - waited
         self.reads += 1
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
@@ -244,8 +250,10 @@ class Offloader:
 
     def wait(self) -> None:
         """Block until every write has landed (and surface a failed one)."""
+        waited = time.perf_counter()
         for future in list(self._writing.values()):
             future.result()
+        self.stalled_s += time.perf_counter() - waited
         self._writing.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..engine import Direction, Engine, InPlaceEngine, mix_seed
+from ..engine.sharded import is_sharded, local_tensor, shard_of
 from .registry import register
 
 #: ``closure()`` -> the batch loss; a closure of the batched contract also takes ``replicas=N``
@@ -252,8 +253,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         """A parameter-sized buffer in ``self.state`` (so ``state_dict`` saves it), zero-initialised."""
         state = self.state[p]
         if key not in state:
-            # contiguous whatever p's layout: ``Piece.of`` slices it flat
-            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+            # contiguous whatever p's layout: ``Piece.of`` slices it flat; an FSDP2-sharded p
+            # (dist.mode=sharded) keeps this rank's shard only
+            state[key] = torch.zeros_like(local_tensor(p), dtype=dtype, memory_format=torch.contiguous_format)
         return state[key]
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -271,6 +273,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for index, p in zip(saved, (p for group in self.param_groups for p in group["params"])):
             for key, value in tensors.get(index, {}).items():
+                if is_sharded(p) and value.shape == p.shape:  # dist.mode=sharded: this rank's rows
+                    value = shard_of(p, value)
                 self.state[p][key] = value.to(device=p.device, copy=True)
 
     def _record(self, **scalars: float) -> None:

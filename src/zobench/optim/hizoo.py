@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Direction, Engine
+from ..engine.sharded import local_tensor
 from ._common import Closure, ZOOptimizer
 
 #: ``rule`` -> the code it transcribes
@@ -116,7 +117,9 @@ class HiZOO(ZOOptimizer):
     def _sigma(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
         if "hessian" not in state:
-            state["hessian"] = torch.ones_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+            # dist.mode=sharded: this rank's shard of Σ only (``Piece.of`` / ``transform`` slice it locally)
+            local = local_tensor(p)
+            state["hessian"] = torch.ones_like(local, dtype=torch.float32, memory_format=torch.contiguous_format)
         return state["hessian"]
 
     @torch.no_grad()

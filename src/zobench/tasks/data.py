@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..config import check_value
+from ..config.schema import BAD_ROW_POLICIES, PROTOCOLS
 from .checks import check_not_empty
-from .rows import BAD_ROW_POLICIES, row_problem
+from .rows import row_problem
 from .sampling import KSHOT_SEEDS, kshot_dir, kshot_splits, mezo_splits, sample_subset
 from .source import Source, load_split
 from .spec import TaskSpec
@@ -27,8 +28,6 @@ __all__ = [
     "row_problem",
     "sample_subset",
 ]
-
-PROTOCOLS = ("mezo", "kshot")
 
 
 @dataclass
@@ -77,7 +76,8 @@ def build_splits(
     elif protocol == "kshot":
         train, dev, test = kshot_splits(source, num_eval, seed, k)
     else:
-        raise ConfigError(f"data.protocol={protocol!r}: allowed {', '.join(PROTOCOLS)}")
+        check_value("data.protocol", protocol)  # the schema's choice and line
+        raise AssertionError(protocol)  # unreachable: check_value raised
     splits = Splits(train=train, dev=dev, test=test, skipped_rows=source.skipped)
     folder = kshot_dir(data_dir, spec.name, k, seed) if protocol == "kshot" and data_dir is not None else None
     check_not_empty(spec, splits, data_dir, protocol, num_dev, folder)

@@ -9,13 +9,12 @@ import json
 import logging
 from pathlib import Path
 
+from ..config import check_value
 from ..errors import ConfigError, DataNotFoundError
 from .jsonl import follow_link_stub, lines, parse_line
 from .spec import TaskSpec
 
 log = logging.getLogger(__name__)
-
-BAD_ROW_POLICIES = ("error", "skip")
 
 
 def _path_value(row: dict, path: str):
@@ -130,8 +129,7 @@ def read_jsonl(
     or with ``on_bad_row="skip"`` is left out, counted in ``skipped[file]`` and warned about once
     per file."""
     path = _existing(path, what)
-    if on_bad_row not in BAD_ROW_POLICIES:
-        raise ConfigError(f"data.on_bad_row={on_bad_row!r}: allowed {', '.join(BAD_ROW_POLICIES)}")
+    check_value("data.on_bad_row", on_bad_row)  # the schema's choice and line
     rows, bad = [], []
     for number, raw in lines(path):
         row, problem = _problem(spec, raw, number)

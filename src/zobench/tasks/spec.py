@@ -44,9 +44,10 @@ import jinja2
 import jinja2.meta
 import yaml
 
+from ..config.schema import MODEL_FAMILIES
 from ..errors import ConfigError
 
-FAMILIES = ("causal", "masked")
+FAMILIES = MODEL_FAMILIES  # a task has prompts for some of the model families
 OBJECTIVES = ("classification", "lm", "generation")
 METRICS = ("accuracy", "f1")
 MASK = "<mask>"

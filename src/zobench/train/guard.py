@@ -63,18 +63,19 @@ def log_of_another_engine(run_dir: Path, learner, step: int) -> bool:
     return True
 
 
-def open_log(cfg, run_dir: Path, learner, model, named, step: int | None, mode: str) -> RunTrajectory | None:
+def open_log(cfg, run_dir: Path, learner, model, named, step: int | None, mode: str, base=None) -> RunTrajectory | None:
     """The trajectory log of a ZO run (one that keeps a log) starting, or resuming at ``step``
     from a ``mode`` checkpoint: opened before the checkpoint's weights are loaded (its header
-    hashes the base weights). A weights checkpoint resumes without one when the run dir has no
-    log (an older zobench wrote none) or its log is another engine's (then cut at ``step``)."""
+    hashes the base weights: ``base``, the whole tensors of ``named``, default ``named``). A
+    weights checkpoint resumes without one when the run dir has no log (an older zobench wrote
+    none) or its log is another engine's (then cut at ``step``)."""
     if step is not None and mode == "weights":
         if log_of_another_engine(run_dir, learner, step):
             return None
         if not has_log(run_dir):
             log.warning("%s has no trajectory.bin: this run resumes without a trajectory log", run_dir)
             return None
-    return RunTrajectory(cfg, run_dir, learner, model, named, step)
+    return RunTrajectory(cfg, run_dir, learner, model, named, step, base)
 
 
 def skip_divergent(policy: str, state, info: dict) -> bool:

@@ -134,10 +134,13 @@ class Recipe:
         requested = checkpoint_mode(self.cfg, isinstance(self.learner, ZOLearner))
         self.checkpoint_mode = self.strategy.checkpoint_mode(requested)  # several ranks: weights
         self.strategy.check_resumable(checkpoint, self.run_dir)
-        if isinstance(self.learner, ZOLearner) and self.strategy.keeps_log():  # the closure values are the step's
+        zo = isinstance(self.learner, ZOLearner)
+        base = self.strategy.whole(self.named) if zo else []  # what the log's header hashes (sharded: a gather)
+        if zo and self.strategy.keeps_log():  # the closure values are the step's
             step = None if checkpoint is None else checkpoint.step
             where = (self.cfg, self.run_dir, self.learner, self.model, self.named)
-            self.trajectory = guard.open_log(*where, step, self.checkpoint_mode)
+            self.trajectory = guard.open_log(*where, step, self.checkpoint_mode, base)
+        del base
         if checkpoint is not None:
             self.load(checkpoint)
         if self.strategy.leader:
@@ -236,8 +239,8 @@ class Recipe:
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
             if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
-                leader = self.strategy.leader  # rank 0 writes, the others read it
-                state.best_file = save_best(self.named, self.best_dir, state.step) if leader else best_name(state.step)
+                leader, named = self.strategy.leader, self.strategy.whole(self.named)  # rank 0 writes, others read
+                state.best_file = save_best(named, self.best_dir, state.step) if leader else best_name(state.step)
 
     def save(self) -> None:
         """A checkpoint of the weights, the optimizer state and ``LoopState``."""
@@ -249,8 +252,8 @@ class Recipe:
             self.trajectory.sync()  # and the steps it will replay
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
         assert self.learner is not None, "only a run that takes steps checkpoints"
-        optimizer_state = self.learner.optimizer.state_dict() if weights else {}
-        tensors = dict(self.named) if weights else {}
+        optimizer_state = self.strategy.whole_state(self.learner.optimizer) if weights else {}
+        tensors = dict(self.strategy.whole(self.named)) if weights else {}  # sharded: gathered for rank 0
         self.strategy.check(self.named, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
         if self.strategy.leader:
             if self.trajectory is not None:  # offload=disk: the store as this checkpoint's state
@@ -312,8 +315,9 @@ class Recipe:
         tested = self.evaluate("test", tested_step) if tested_step is not None else {self.metric: None}
         if completed:
             self.strategy.check(self.named, "end of the run")
+            named = self.strategy.whole(self.named) if self.cfg.train.save_final else []  # sharded: a gather
             if self.cfg.train.save_final and self.strategy.leader:
-                save_tensors(self.named, self.run_dir / "final" / "trainable.safetensors")
+                save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,

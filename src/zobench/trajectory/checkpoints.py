@@ -49,13 +49,20 @@ class RunTrajectory:
     """The log of this run (``<run dir>/trajectory.bin``): opened at setup, before any weight of
     a checkpoint is loaded, so the base weights can be hashed and checked."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None) -> None:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None, base=None
+    ) -> None:
+        """``base``: ``named``'s whole tensors, which the header hashes (a sharded run's gathered
+        copy, dropped after; default ``named`` itself)."""
         self.cfg, self.path, self.learner, self.named = cfg, Path(run_dir) / trajlog.FILENAME, learner, named
         self.model = model
+        # what the header hashes: a sharded run's gathered copy, an offloaded run's stored blocks
+        # (read block by block, once per use: never all in memory)
+        weights = (lambda: stored_weights(model, named)) if base is None else (lambda: base)
         if resume_step is None:
             header = trajlog.Header(
                 config_sha256=config_sha256(cfg),
-                base_sha256=trajlog.weights_sha256(stored_weights(model, named)),  # offloaded: from the store
+                base_sha256=trajlog.weights_sha256(weights()),
                 optimizer=str(cfg.optimizer.name),
                 engine=learner.engine_name,
                 replicas=bool(learner.replicas),
@@ -72,7 +79,7 @@ class RunTrajectory:
         # offload=disk: the store is the run's state, not the base: brought to the checkpoint's
         # step from its pin, which carries the log's base hash (offload/store.py)
         if not resume_store(model, Path(run_dir), self.log.header.base_sha256):
-            check_base(self.log.header, stored_weights(model, named), self.path)
+            check_base(self.log.header, weights(), self.path)
         if self.log.header.config_sha256 != config_sha256(cfg):
             raise CheckpointError(f"{self.path} belongs to another config; use another hydra.run.dir")
 

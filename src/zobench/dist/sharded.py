@@ -1,0 +1,129 @@
+"""``dist.mode=sharded``: one model over several ranks, its parameters sharded with FSDP2 (the
+mechanics; the recipe's strategy is ``strategy.Sharded``).
+
+Each transformer block (the classes a Hugging Face model names in ``_no_split_modules``, else the
+children of its ``ModuleList``s) and the root are wrapped by ``torch.distributed.fsdp.fully_shard``
+(dim-0 shards, ``reshard_after_forward=True`` everywhere, the root included: a block's gathered
+weights live only during its forward, so every forward gathers the shards as the engine left
+them). Each rank holds 1/W of the weights and of the method's parameter-sized state (``ZOOptimizer.
+_param_state``: local shards), and computes its shard of the global batch, reduced as in data
+parallel (``data.ShardedObjective``: one float64 all-reduce per evaluation). The ZO step moves
+only the local shards (``engine/sharded.py``: z by global element index, so a sharded run equals
+a one-process in-place run bit for bit, whatever W).
+
+Communication per evaluation: FSDP's all-gathers (each rank receives the (W-1)/W of every
+parameter it does not hold, frozen ones included), and the scalar all-reduce; there is no
+gradient reduce-scatter in ZO. ``summary`` reports both in ``comm_bytes_per_step``.
+
+Evaluation runs every example on every rank: each forward is a collective (the all-gathers), so
+the ranks must make the same forward calls, which the batch split of ``evaluation.py`` (batch c
+on rank c mod W; generation of another length per rank) does not guarantee.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ..engine.sharded import is_sharded, local_tensor
+from ..errors import ConfigError
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one, outermost first: instances of the classes any submodule
+    lists in ``_no_split_modules`` (Hugging Face's transformer blocks, accelerate's and FSDP's
+    wrapping unit), else the children of every ``nn.ModuleList``."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    found = [m for m in model.modules() if type(m).__name__ in names]
+    if not found:
+        found = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
+    inner = {id(sub) for m in found for sub in m.modules() if sub is not m}
+    return [m for m in found if id(m) not in inner]
+
+
+def shard_model(
+    model: nn.Module, world_size: int, device: str | None = None, shard_size: int | None = None
+) -> nn.Module:
+    """``fully_shard`` every block and the root on a mesh of ``world_size`` ranks on ``device``
+    (default: the model's device type; a model built on the meta device names the one its shards
+    will be materialised on); returns the model, its parameters now DTensors. ``shard_size`` S
+    (< W): a 2-D ``(replicate, shard)`` mesh of W/S × S (HSDP): ranks i·S .. i·S + S - 1 shard
+    one copy of the model, and ranks with the same r mod S hold the same rows, so with S = GPUs
+    per node a node shards the model and the nodes replicate it; the ZO update keeps the
+    replicas identical as data parallel does (the same scalars, the same z)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    first = next(model.parameters(), None)
+    device = device or (first.device.type if first is not None else "cpu")
+    size = world_size if shard_size is None else int(shard_size)
+    if size < 1 or world_size % size:
+        raise ConfigError(f"dist.shard_size={shard_size}: must divide the number of ranks ({world_size})")
+    if size == world_size:
+        mesh = init_device_mesh(device, (world_size,))
+    else:
+        mesh = init_device_mesh(device, (world_size // size, size), mesh_dim_names=("replicate", "shard"))
+    for block in blocks(model):
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    # the root too: FSDP2's default keeps the root's weights gathered after a forward, and the next
+    # forward would not see the engine's moves on the shards
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    return model
+
+
+def gather_bytes(model: nn.Module, shard_size: int) -> int:
+    """Bytes one rank receives in the all-gathers of one forward: the (S-1)/S of every
+    parameter (trained or frozen) that it does not hold (S ranks per shard group)."""
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+    return total * (shard_size - 1) // shard_size
+
+
+def full_weights(named, keep: bool) -> dict[str, torch.Tensor]:
+    """``{name: whole tensor}`` of ``named`` ((name, parameter) pairs) on the CPU of the rank
+    that ``keep``s them (rank 0, which writes), ``{}`` on the others. A collective every rank
+    calls; one parameter is gathered at a time, so a rank's device never holds more than its
+    shards and one whole parameter (rank 0's host memory holds the trained weights)."""
+    out = {}
+    for name, p in named:
+        whole = p.full_tensor() if is_sharded(p) else p.detach()
+        if keep:
+            out[name] = whole.detach().to("cpu", copy=True)
+        del whole
+    return out
+
+
+def full_state(optimizer, state: dict, keep: bool) -> dict:
+    """``state`` (``optimizer.state_dict()``) with each parameter-sized local shard (HiZOO's Σ,
+    ZO-Adam's m and v) replaced by the whole tensor, on the CPU of the rank that ``keep``s it
+    (collective: every rank calls it; one tensor gathered at a time, as ``full_weights``)."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out = {**state, "state": dict(state["state"])}
+    for index, p in enumerate(params):
+        entry = state["state"].get(index)
+        if not is_sharded(p) or not isinstance(entry, dict):
+            continue
+        shape = local_tensor(p).shape
+        whole = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.shape == shape:
+                mesh, placements = p.device_mesh, p.placements
+                value = DTensor.from_local(value, mesh, placements, shape=p.shape, stride=p.stride()).full_tensor()
+                value = value.to("cpu", copy=True) if keep else None
+            whole[key] = value
+        out["state"][index] = whole
+    return out
+
+
+#: the methods (``optim/<name>.py``) whose steps are elementwise in z and θ, so a shard's update is
+#: the same elements' one-process update (tests/dist/test_sharded.py checks each, bit for bit);
+#: refused: low-rank z (lozo, subzero, tezo), whole-tensor statistics of θ (sparse_mezo's
+#: magnitude quantile, dizo's projections, lezo's names), forward_gradient (dual: virtual engine)
+#: and mezo_svrg (its anchor state), not yet written for shards
+METHODS = ("mezo", "hizoo", "fzoo", "zo_adam", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_cons")

@@ -1,0 +1,328 @@
+"""``dist.mode=sharded`` with real processes (Gloo, CPU): ZO steps on FSDP2-sharded parameters over
+2 ranks equal one process's in-place steps bit for bit (losses, every rank's local shards against
+the same rows of the one-process weights, the methods' state shards), for MeZO (Gaussian and
+Rademacher), HiZOO, ZO-Adam and FZOO, uneven row counts included; each rank holds half the
+parameter bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from tests.helpers import free_port
+
+#: method -> (optimizer class path, hyperparameters): each exercises another update path
+METHODS = {
+    "mezo": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, weight_decay=0.1)),
+    "mezo_rademacher": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, distribution="rademacher")),
+    "hizoo": ("zobench.optim.hizoo.HiZOO", dict(lr=1e-2, eps=1e-2, hessian_smooth=0.5)),
+    "zo_adam": ("zobench.optim.zo_adam.ZOAdam", dict(lr=1e-2, eps=1e-2)),
+    "fzoo": ("zobench.optim.fzoo.FZOO", dict(lr=1e-2, eps=1e-2, num_directions=4)),
+    "zo_sgd_momentum": ("zobench.optim.zo_sgd_momentum.ZOSGDMomentum", dict(lr=1e-2, eps=1e-2)),
+    "zo_sgd_sign": ("zobench.optim.zo_sgd_sign.ZOSGDSign", dict(lr=1e-2, eps=1e-2, sign="elementwise", base="adamw")),
+    "zo_sgd_cons": ("zobench.optim.zo_sgd_cons.ZOSGDCons", dict(lr=1e-2, eps=1e-2)),
+}
+STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"], "zo_sgd_momentum": ["momentum"], "zo_sgd_sign": ["exp_avg", "exp_avg_sq"]}
+STEPS = 3
+
+
+class Tiny(nn.Module):
+    """Uneven row counts (37, 5, 6, 3 rows over 2 ranks); the embedding is drawn in chunks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(37, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 5), nn.Linear(5, 6)])
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        h = self.embed(ids).mean(1)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.head(h)
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 37, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+
+
+def train(method: str, model: nn.Module, engine) -> list[float]:
+    from zobench.build import resolve_target
+
+    path, hyper = METHODS[method]
+    optimizer = resolve_target(path, "optimizer._target_")(list(model.parameters()), engine=engine, seed=5, **hyper)
+    ids, labels = batch()
+
+    def closure():
+        return nn.functional.cross_entropy(model(ids), labels)
+
+    losses = [float(optimizer.step(closure)) for _ in range(STEPS)]
+    return losses, optimizer
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from zobench.dist.sharded import shard_model
+    from zobench.engine import directions
+    from zobench.engine.sharded import ShardedEngine, global_offset
+
+    directions.Z_CHUNK = 32  # the embedding's z in several chunks: the sequential draw is exercised
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    with torch.no_grad():
+        for method in METHODS:
+            model = shard_model(Tiny(), world)
+            losses, optimizer = train(method, model, ShardedEngine())
+            named = list(model.named_parameters())
+            results[method] = {
+                "losses": losses,
+                "shards": {n: (global_offset(p), p.to_local().clone()) for n, p in named},
+                "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
+                "bytes": sum(p.to_local().numel() * p.element_size() for _, p in named),
+            }
+    # a model of 403 MB in float32, built on the meta device and materialised shard by shard:
+    # what each rank holds (no rank ever holds the whole model)
+    with torch.device("meta"):
+        big = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(6)])
+    shard_model(big, world, device="cpu")
+    big.to_empty(device="cpu")
+    results["big"] = {
+        "whole": sum(p.numel() * p.element_size() for p in big.parameters()),
+        "local": sum(p.to_local().numel() * p.element_size() for p in big.parameters()),
+        "storage": sum(p.to_local().untyped_storage().nbytes() for p in big.parameters()),
+    }
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    from zobench.engine import InPlaceEngine, directions
+
+    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
+    try:
+        results = {}
+        with torch.no_grad():
+            for method in METHODS:
+                model = Tiny()
+                losses, optimizer = train(method, model, InPlaceEngine())
+                named = list(model.named_parameters())
+                results[method] = {
+                    "losses": losses,
+                    "weights": {n: p.detach().clone() for n, p in named},
+                    "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
+                    "bytes": sum(p.numel() * p.element_size() for _, p in named),
+                }
+        return results
+    finally:
+        directions.Z_CHUNK = saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_sharded_ranks_equal_one_process_bit_for_bit(method, two_ranks, one_process):
+    one = one_process[method]
+    for rank in two_ranks:
+        mine = rank[method]
+        assert mine["losses"] == one["losses"]  # the same floats: the gathered weights are one process's
+        for name, (offset, shard) in mine["shards"].items():
+            whole = one["weights"][name].reshape(-1)
+            assert torch.equal(shard.reshape(-1), whole[offset : offset + shard.numel()]), name
+            for key, buffer in mine["state"][name].items():
+                ref = one["state"][name][key].reshape(-1)
+                assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()]), (name, key)
+    # the shards cover every element once: together they are the whole model
+    assert sum(r[method]["bytes"] for r in two_ranks) == one["bytes"]
+    assert one["losses"][0] != one["losses"][-1]  # the steps moved the weights
+
+
+@pytest.mark.slow
+def test_each_rank_holds_about_half_the_parameter_bytes(two_ranks, one_process):
+    whole = one_process["mezo"]["bytes"]
+    for rank in two_ranks:
+        assert 0.4 * whole <= rank["mezo"]["bytes"] <= 0.6 * whole
+        big = rank["big"]  # 403 MB of Linear layers: each rank allocates half of it
+        assert big["whole"] > 400e6 and big["local"] == big["whole"] // 2
+        assert big["storage"] <= 0.51 * big["whole"]
+
+
+def test_sharded_is_refused_on_one_rank_and_with_another_engine():
+    from zobench.build.optimizers import sharded_engine
+    from zobench.dist.context import DistContext
+    from zobench.dist.strategy import Sharded, Single, strategy_for
+    from zobench.engine.sharded import ShardedEngine
+    from zobench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dist.mode=sharded needs several ranks"):
+        Sharded(DistContext())
+    with pytest.raises(ConfigError, match="dist.mode=sharded needs several ranks .* drop dist.mode=sharded"):
+        strategy_for(DistContext(), "mezo", {"mode": "sharded"})
+    assert isinstance(strategy_for(DistContext(), "mezo", {"mode": "data"}), Single)  # one process: dist ignored
+    assert isinstance(strategy_for(DistContext(rank=0, world_size=2, mode="sharded"), "mezo"), Sharded)
+    with pytest.raises(ConfigError, match="engine.mode=virtual: set engine.backend=torch engine.mode=inplace"):
+        sharded_engine({"backend": "torch", "mode": "virtual"}, Tiny())
+    with pytest.raises(ConfigError, match="got engine.backend=auto engine.mode=inplace"):
+        sharded_engine({"backend": "auto", "mode": "inplace"}, Tiny())
+    assert isinstance(sharded_engine({"backend": "torch", "mode": "inplace"}, Tiny()), ShardedEngine)
+
+
+def test_sharded_refuses_a_first_order_learner_and_another_engine():
+    from types import SimpleNamespace
+
+    from zobench.dist.context import DistContext
+    from zobench.dist.strategy import Sharded
+    from zobench.engine import InPlaceEngine
+    from zobench.errors import ConfigError
+    from zobench.train.learners import ZOLearner
+
+    first_order = SimpleNamespace(optimizer=torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1))
+    with pytest.raises(ConfigError, match="optimizer=sgd is a first-order baseline: it runs in one process"):
+        Sharded(DistContext(rank=0, world_size=2), "sgd").attach(first_order, None, None)
+    strategy = Sharded(DistContext(rank=0, world_size=2), "mezo")
+    from zobench.optim.mezo import MeZO
+    from zobench.optim.sparse_mezo import SparseMeZO
+
+    learner = ZOLearner.__new__(ZOLearner)
+    learner.optimizer = MeZO([torch.zeros(2, requires_grad=True)], engine=InPlaceEngine())
+    with pytest.raises(ConfigError, match="the engine is InPlaceEngine"):
+        strategy.attach(learner, None, None)
+    learner.optimizer = SparseMeZO.__new__(SparseMeZO)  # its class is what is refused
+    with pytest.raises(ConfigError, match="optimizer=sparse_mezo is not written for sharded parameters; allowed mezo"):
+        strategy.attach(learner, None, None)
+
+
+def test_blocks_are_the_outermost_no_split_modules_else_module_list_children():
+    model = Tiny()
+    from zobench.dist.sharded import blocks
+
+    assert blocks(model) == list(model.layers)
+    model._no_split_modules = ["Linear"]
+    assert blocks(model) == [*model.layers, model.head]
+
+
+# -- the mode end to end (zobench.run under 2 spawned ranks) -------------------------------------------
+SHARDED = ("dist.mode=sharded", "engine.backend=torch", "engine.mode=inplace", "train.save_final=true")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [("optimizer=mezo",), ("optimizer=zo_adam", "tuning=lora")], ids=["mezo", "lora"])
+def test_sharded_runs_equal_one_process_run(extra, tmp_path):
+    from tests.helpers import BASE, final_weights, run_ranks, run_single, train_losses
+
+    overrides = [*BASE, *SHARDED, *extra]
+    ranks = run_ranks(2, [(overrides, tmp_path / "two")], tmp_path / "out")
+    one = run_single([o for o in overrides if not o.startswith("dist.")], tmp_path / "one")
+    two = ranks[0][0]["summary"]
+    assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
+    assert two["test_accuracy"] == one["test_accuracy"] and two["world_size"] == 2
+    whole, ref = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
+    assert whole.keys() == ref.keys()
+    for name in ref:  # one copy of the whole weights, gathered from the shards
+        torch.testing.assert_close(whole[name], ref[name], rtol=1e-5, atol=1e-6)
+    # rank 0's trajectory log replays in one process to the sharded run's weights, bit for bit
+    from zobench.trajectory.replay import replay
+
+    replayed = dict(replay(tmp_path / "two", "last").named)
+    assert two["trajectory"]["records"] == 5
+    for name, tensor in whole.items():
+        assert torch.equal(replayed[name].detach().cpu(), tensor), name
+    # FSDP's all-gathers: half of every weight (frozen ones included) per forward, 2 forwards a step
+    assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"] > 0
+    if "tuning=lora" not in extra:  # every weight trained: the final file holds them all
+        model_bytes = sum(t.numel() * t.element_size() for t in whole.values())
+        assert two["comm_allgather_bytes_per_step"] == 2 * model_bytes // 2
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tmp_path):
+    """SIGKILL of rank 1 of a sharded ZO-Adam run: both exit in bounded time; the checkpoint (whole
+    weights and moments, gathered) resumes under the same command and in one process, each to
+    the uninterrupted one-process in-place run's weights."""
+    import json
+    import shutil
+    import signal
+    import time
+
+    from tests.helpers import SMOKE, final_weights, run_single, torchrun, wait_for_step
+
+    args = [*SMOKE, "optimizer=zo_adam", "train.steps=12", "train.eval_every=12", "train.checkpoint_every=3"]
+    args += ["train.save_final=true", "train.log_every=1", "engine.backend=torch", "engine.mode=inplace"]
+    reference = run_single(args, tmp_path / "reference")
+    killed = tmp_path / "killed"
+    proc = torchrun(2, *args, "dist.mode=sharded", f"hydra.run.dir={killed}", cwd=tmp_path)
+    victim = wait_for_step(proc, killed / "metrics.jsonl", step=7)
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
+    shutil.copytree(killed, tmp_path / "one_rank")
+    again = torchrun(2, *args, "dist.mode=sharded", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    run_single(args, tmp_path / "one_rank")
+    expected = final_weights(tmp_path / "reference")
+    for run_dir in (killed, tmp_path / "one_rank"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
+        weights = final_weights(run_dir)
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def _hsdp_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from zobench.dist.sharded import shard_model
+    from zobench.engine.sharded import ShardedEngine, global_offset
+
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    with torch.no_grad():
+        for method in ("mezo", "zo_adam"):
+            model = shard_model(Tiny(), world, shard_size=2)
+            losses, optimizer = train(method, model, ShardedEngine())
+            named = list(model.named_parameters())
+            results[method] = {
+                "losses": losses,
+                "shards": {n: (global_offset(p), p.to_local().clone()) for n, p in named},
+                "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
+            }
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_hsdp_two_replicas_of_two_shards_equal_one_process(tmp_path, one_process):
+    """4 ranks, ``shard_size=2`` (a (2, 2) mesh): ranks 0, 1 and ranks 2, 3 each shard one copy;
+    ranks 0 and 2 (1 and 3) hold the same rows, bit-identical to one process's."""
+    mp.spawn(_hsdp_rank, args=(4, free_port(), str(tmp_path)), nprocs=4, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+    for method in ("mezo", "zo_adam"):
+        one = one_process[method]
+        for r, rank in enumerate(ranks):
+            assert rank[method]["losses"] == one["losses"]
+            for name, (offset, shard) in rank[method]["shards"].items():
+                assert torch.equal(shard.reshape(-1), one["weights"][name].reshape(-1)[offset : offset + shard.numel()])
+                assert offset == ranks[r % 2][method]["shards"][name][0]  # the replica of rank r mod 2
+                for key, buffer in rank[method]["state"][name].items():
+                    ref = one["state"][name][key].reshape(-1)
+                    assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()])
