@@ -57,8 +57,10 @@ class RunTrajectory:
         self.cfg, self.path, self.learner, self.named = cfg, Path(run_dir) / trajlog.FILENAME, learner, named
         self.model = model
         # what the header hashes: a sharded run's gathered copy, an offloaded run's stored blocks
-        # (read block by block, once per use: never all in memory)
-        weights = (lambda: stored_weights(model, named)) if base is None else (lambda: base)
+        # (read block by block, once per use: never all in memory); one process passes ``named``
+        # itself as ``base``, whose offloaded blocks are placeholders: read from the store too
+        whole = named if base is None else base
+        weights = lambda: stored_weights(model, whole)  # noqa: E731 - read anew at each use
         if resume_step is None:
             header = trajlog.Header(
                 config_sha256=config_sha256(cfg),
