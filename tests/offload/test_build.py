@@ -43,6 +43,37 @@ def test_checkpoint_read_lazily_into_the_store_equals_the_model(family, tmp_path
     offloader.close()
 
 
+@pytest.mark.parametrize("saved_as", ["lm_head.weight", "missing"])
+def test_a_tied_weight_saved_under_its_other_name_is_read_or_refused(saved_as, tmp_path):
+    """SmolLM2's GGUF conversion saves its tied embedding once, as ``lm_head.weight``: it must be
+    read under that name (it was once skipped, leaving the embedding random); a checkpoint with
+    neither name is refused, naming both."""
+    from safetensors.torch import load_file, save_file
+
+    reference = tiny_model("llama")  # tie_word_embeddings
+    reference.save_pretrained(tmp_path / "ckpt")
+    file = tmp_path / "ckpt" / "model.safetensors"
+    tensors = load_file(file)
+    embedding = tensors.pop("model.embed_tokens.weight")
+    tensors.pop("lm_head.weight", None)
+    if saved_as != "missing":
+        tensors[saved_as] = embedding
+    save_file(tensors, file, metadata={"format": "pt"})
+    build = lambda: load_checkpoint_into(  # noqa: E731
+        transformers.AutoModelForCausalLM, _config("llama"), torch.float32, tmp_path / "ckpt", CpuStore
+    )
+    if saved_as == "missing":
+        with pytest.raises(KeyError, match="model.embed_tokens.weight / lm_head.weight"):
+            build()
+        return
+    model, store = build()
+    offloader = Offloader(model, store)
+    offloader.adopt()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_logits(model, ids), _logits(reference, ids))
+    offloader.close()
+
+
 def store_blocks(model):
     from zobench.offload import find_blocks
 

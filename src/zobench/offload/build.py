@@ -148,9 +148,12 @@ def load_checkpoint_into(
         return where[key].get_tensor(key)
 
     with torch.no_grad():
-        for name, p in model.named_parameters():  # resident: a tied head may be absent (saved once)
-            if not name.startswith(prefix + ".") and resolve(name) is not None:
-                p.copy_(read(name))
+        for names, p in _resident_parameters(model, prefix):
+            # a tied weight is saved once, under any of its names (SmolLM2's GGUF: lm_head.weight only)
+            found = next((name for name in names if resolve(name) is not None), None)
+            if found is None:
+                raise KeyError(f"{path}: the checkpoint has no {' / '.join(names)}")
+            p.copy_(read(found))
 
     def fill_block(index: int, block: nn.Module) -> None:
         for name, p in block.named_parameters():
@@ -158,6 +161,16 @@ def load_checkpoint_into(
 
     _fill_blocks(model, template, store, fill_block if fill else None)
     return model, store
+
+
+def _resident_parameters(model: nn.Module, prefix: str) -> list[tuple[list[str], nn.Parameter]]:
+    """The parameters outside the blocks, each with every name it has (a tied embedding / head
+    is one parameter with two names)."""
+    names: dict[int, tuple[list[str], nn.Parameter]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if not name.startswith(prefix + "."):
+            names.setdefault(id(p), ([], p))[0].append(name)
+    return list(names.values())
 
 
 def _key_resolver(where: dict) -> Callable[[str], str | None]:
