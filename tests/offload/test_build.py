@@ -112,3 +112,24 @@ def test_evict_into_keeps_the_weights(tmp_path):
     offloader.adopt()
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
     assert torch.equal(_logits(model, ids), _logits(reference, ids))
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "random"])
+def test_a_resume_build_keeps_the_store_and_draws_only_the_resident_layers(source, tmp_path):
+    """``fill=False`` (a resumed offload=disk run): the store's blocks, trained by the run, are not
+    overwritten by the source's; the resident layers are the source's, as in the first build."""
+    family, factory = "llama", lambda n: DiskStore(tmp_path / "store", n)
+    if source == "checkpoint":
+        tiny_model(family).save_pretrained(tmp_path / "ckpt")
+        args = (transformers.AutoModelForCausalLM, _config(family), torch.float32, tmp_path / "ckpt", factory)
+        build = lambda fill: load_checkpoint_into(*args, fill=fill)  # noqa: E731
+    else:
+        args = (transformers.AutoModelForCausalLM, _config(family), torch.float32, factory, 3)
+        build = lambda fill: init_random_into(*args, fill=fill)  # noqa: E731
+    first, store = build(True)
+    store.write(0, {name: t + 1 for name, t in store.read(0).items()}, 5)  # the run's step 5
+    trained = store.read(0)
+    again, store = build(False)
+    assert store.step(0) == 5 and all(torch.equal(store.read(0)[k], v) for k, v in trained.items())
+    resident = [(n, p) for n, p in again.named_parameters() if ".layers." not in n]
+    assert resident and all(torch.equal(p, dict(first.named_parameters())[n]) for n, p in resident)
