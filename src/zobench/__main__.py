@@ -274,6 +274,8 @@ def _app(cfg: DictConfig) -> None:
         raise
     from .dist import current
 
+    if summary.get("signal") == "SIGINT":  # stopped by Ctrl-C and exiting: another is not a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if current().leader:  # one closing line per run, not one per rank
         print(closing_line(summary, run_dir), flush=True)
     if summary.get("status") == "interrupted":

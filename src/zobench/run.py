@@ -119,15 +119,23 @@ def _execute(
     try:
         if leader and cfg.logger.name == "wandb":
             loggers.append(WandbLogger(cfg.logger, run_dir, config, name=run_dir.name))
+        # a repeated stop signal is noted until the summary is written (not a KeyboardInterrupt in it)
         with StopRequest() as stop:
             recipe = Recipe(cfg, run_dir, loggers, stop, wall, strategy=strategy, metrics=metrics)
             recipe.setup(checkpoint)
             summary.update(recipe.finish(recipe.train()))
+            _write_summary(run_dir, summary, wall(), loggers, leader)
     except BaseException as err:  # record why, then let the error surface
         summary.update(error=f"{type(err).__name__}: {err}", wall_s=wall())
         _record_failure(run_dir / "summary.json", summary, metrics, loggers, leader)
         raise
-    summary["wall_s"] = wall()
+    return summary
+
+
+def _write_summary(run_dir: Path, summary: dict, wall_s: float, loggers: list[Sink], leader: bool) -> None:
+    """The loggers' summaries and finish (metrics.jsonl fsynced first), then summary.json (the
+    leader's), then the clean-up of a completed run."""
+    summary["wall_s"] = wall_s
     for logger in loggers:
         logger.summary(summary)
         logger.finish()  # metrics.jsonl fsynced before the summary that vouches for it
@@ -135,7 +143,6 @@ def _execute(
         write_json_atomic(run_dir / "summary.json", summary)
         if summary["status"] == "completed":  # checkpoint and best state are not needed once the summary is safe
             _clean_up_finished(run_dir)
-    return summary
 
 
 def _record_failure(path: Path, summary: dict, metrics: Sink, loggers: list[Sink], leader: bool) -> None:
