@@ -32,3 +32,12 @@ def data_dir() -> Path:
     if not (DATA_DIR / "sst2" / "train.jsonl").is_file():
         pytest.fail(f"local data mirror not found at {DATA_DIR}; set ZOBENCH_DATA_DIR")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _autograd_mode_restored():
+    """A test that builds components or runs a recipe in process turns autograd off (zeroth
+    order, process-wide); the next test in the same worker starts with the mode it had."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)

@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
@@ -120,7 +121,8 @@ def _execute(
         if leader and cfg.logger.name == "wandb":
             loggers.append(WandbLogger(cfg.logger, run_dir, config, name=run_dir.name))
         # a repeated stop signal is noted until the summary is written (not a KeyboardInterrupt in it)
-        with StopRequest() as stop:
+        # no_grad: the recipe turns autograd off for the run; the caller's mode comes back after it
+        with StopRequest() as stop, torch.no_grad():
             recipe = Recipe(cfg, run_dir, loggers, stop, wall, strategy=strategy, metrics=metrics)
             recipe.setup(checkpoint)
             summary.update(recipe.finish(recipe.train()))

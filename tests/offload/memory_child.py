@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 
 import torch
 import transformers
@@ -47,6 +48,9 @@ def main(root: str, budget_mib: int) -> None:
     with torch.no_grad():  # warm up the allocator and kernels on a small model (not counted)
         small = transformers.AutoConfig.for_model("llama", **{**kwargs, "num_hidden_layers": 1})
         auto.from_config(small)(input_ids=ids)
+    # the store's reader / writer threads start later: their stacks (8 MiB of address space each
+    # by default) would count against the limit, not the model's memory
+    threading.stack_size(1 << 20)
     limit = vm_bytes() + budget_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     model, store = init_random_into(auto, config, torch.float32, lambda n: DiskStore(root, n), init_seed=0)

@@ -94,6 +94,7 @@ class Components:
         """The parts of ``cfg`` on ``device``: with ``data`` the task, splits, objective and
         encoded examples; with ``learner`` the engine and optimizer (at step 0, with the objective
         when there is one). ``prepare_model``: see the module docstring."""
+        torch.set_grad_enabled(False)  # zeroth order: no autograd (a backprop learner enables it per step)
         spec, splits = build_task(cfg) if data else (None, None)
         model, tokenizer = build_model(cfg, device, prepare_model=prepare_model)
         parts = cls(model, tokenizer, trainable(model), spec, splits)
