@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -455,3 +456,31 @@ def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> int:
             return children[1]
         time.sleep(0.01)
     raise AssertionError(f"step {step} never came: {proc.poll()} {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+
+
+def kill_a_rank_and_resume(tmp_path: Path, args: list, ranked: list, step: int) -> tuple[dict, dict]:
+    """SIGKILL one of 2 torchrun ranks at ``step``: every rank exits within 60 s, leaving a
+    checkpoint and no final/; the same command (``args`` + ``ranked``) on 2 ranks and ``args`` in
+    one process, each from a copy of the dir, then finish with the uninterrupted one-process run's
+    test metric and final weights. Returns (that reference's summary, the one-process resume's)."""
+    reference = run_single(args, tmp_path / "reference")
+    killed = tmp_path / "killed"
+    proc = torchrun(2, *args, *ranked, f"hydra.run.dir={killed}", cwd=tmp_path)
+    victim = wait_for_step(proc, killed / "metrics.jsonl", step=step)
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
+    shutil.copytree(killed, tmp_path / "one_rank")
+    again = torchrun(2, *args, *ranked, f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    alone = run_single(args, tmp_path / "one_rank")
+    expected = final_weights(tmp_path / "reference")
+    for run_dir in (killed, tmp_path / "one_rank"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
+        weights = final_weights(run_dir)
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+    return reference, alone

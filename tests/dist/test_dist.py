@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers import (
+    kill_a_rank_and_resume,
     BASE,
     SMOKE,
     compose_run,
@@ -265,26 +266,7 @@ def test_a_killed_rank_stops_every_rank_and_the_run_resumes_on_2_or_1_ranks(tmp_
     (2 ranks) and a single process, each from a copy of the dir, finish with the uninterrupted
     single-process run's result."""
     args = [*SMOKE, "train.steps=40", "train.eval_every=20", "train.checkpoint_every=5", "train.save_final=true"]
-    reference = run_single([*args, "train.log_every=1"], tmp_path / "reference")
-    killed = tmp_path / "killed"
-    proc = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
-    victim = wait_for_step(proc, killed / "metrics.jsonl", step=12)
-    started = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0 and time.monotonic() - started < 60
-    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
-    shutil.copytree(killed, tmp_path / "one_rank")
-    again = torchrun(2, *args, "train.log_every=1", f"hydra.run.dir={killed}", cwd=tmp_path)
-    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
-    alone = run_single([*args, "train.log_every=1"], tmp_path / "one_rank")
-    expected = final_weights(tmp_path / "reference")
-    for run_dir in (killed, tmp_path / "one_rank"):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
-        weights = final_weights(run_dir)
-        for name in expected:
-            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+    _, alone = kill_a_rank_and_resume(tmp_path, [*args, "train.log_every=1"], [], step=12)
     assert alone["steps"] == 40
 
 

@@ -255,35 +255,11 @@ def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tm
     """SIGKILL of rank 1 of a sharded ZO-Adam run: both exit in bounded time; the checkpoint (whole
     weights and moments, gathered) resumes under the same command and in one process, each to
     the uninterrupted one-process in-place run's weights."""
-    import json
-    import shutil
-    import signal
-    import time
-
-    from tests.helpers import SMOKE, final_weights, run_single, torchrun, wait_for_step
+    from tests.helpers import SMOKE, kill_a_rank_and_resume
 
     args = [*SMOKE, "optimizer=zo_adam", "train.steps=12", "train.eval_every=12", "train.checkpoint_every=3"]
     args += ["train.save_final=true", "train.log_every=1", "engine.backend=torch", "engine.mode=inplace"]
-    reference = run_single(args, tmp_path / "reference")
-    killed = tmp_path / "killed"
-    proc = torchrun(2, *args, "dist.mode=sharded", f"hydra.run.dir={killed}", cwd=tmp_path)
-    victim = wait_for_step(proc, killed / "metrics.jsonl", step=7)
-    started = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0 and time.monotonic() - started < 60
-    assert (killed / "checkpoint" / "latest").is_file() and not (killed / "final").exists()
-    shutil.copytree(killed, tmp_path / "one_rank")
-    again = torchrun(2, *args, "dist.mode=sharded", f"hydra.run.dir={killed}", cwd=tmp_path)
-    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
-    run_single(args, tmp_path / "one_rank")
-    expected = final_weights(tmp_path / "reference")
-    for run_dir in (killed, tmp_path / "one_rank"):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["test_accuracy"] == reference["test_accuracy"]
-        weights = final_weights(run_dir)
-        for name in expected:
-            torch.testing.assert_close(weights[name], expected[name], rtol=1e-4, atol=1e-6)
+    kill_a_rank_and_resume(tmp_path, args, ["dist.mode=sharded"], step=7)
 
 
 def _hsdp_rank(rank: int, world: int, port: int, out: str) -> None:
