@@ -1,0 +1,134 @@
+"""Direction parallelism composed with sharding (``dist.mode=directions dist.shard_size=S``), with
+real processes (Gloo, CPU): 4 ranks as a (2, 2) mesh, each row of 2 ranks one FSDP2-sharded copy,
+the 2 rows splitting MeZO's q and FZOO's N directions, equal one in-place process bit for bit
+(losses, every rank's shards); and full replicas on an in-place engine (``dist.mode=directions``,
+S = 1), which replay the other ranks' moves so that they end on the one-process bits too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from tests.dist.test_sharded import Tiny, batch
+from tests.helpers import free_port
+
+#: method -> (optimizer class path, hyperparameters): q and N not multiples of the 2 groups
+SPLIT = {
+    "mezo": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, num_directions=3, weight_decay=0.1)),
+    "mezo_one_sided": ("zobench.optim.mezo.MeZO", dict(lr=1e-2, eps=1e-2, num_directions=3, one_sided=True)),
+    "fzoo": ("zobench.optim.fzoo.FZOO", dict(lr=1e-2, eps=1e-2, num_directions=5)),
+}
+STEPS = 3
+
+
+def train(method: str, model: nn.Module, engine, share=None, replay=None):
+    """``STEPS`` steps on the whole batch; the losses and the forwards this process made."""
+    from zobench.build import resolve_target
+
+    path, hyper = SPLIT[method]
+    optimizer = resolve_target(path, "optimizer._target_")(list(model.parameters()), engine=engine, seed=5, **hyper)
+    optimizer.share_directions(share)
+    ids, labels = batch()
+    forwards = [0]
+
+    def closure():
+        if replay is not None and replay.active:  # what ``directions.Replayable`` answers
+            return torch.zeros(())
+        forwards[0] += 1
+        return nn.functional.cross_entropy(model(ids), labels)
+
+    return [float(optimizer.step(closure)) for _ in range(STEPS)], forwards[0]
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from zobench.dist.context import DistContext
+    from zobench.dist.directions import DirectionShare, Replay
+    from zobench.dist.sharded import shard_model
+    from zobench.engine import InPlaceEngine, directions
+    from zobench.engine.sharded import ShardedEngine, global_offset
+
+    directions.Z_CHUNK = 32
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    ctx = DistContext(rank=rank, world_size=world, mode="directions", backend="gloo")
+    results = {}
+    with torch.no_grad():
+        for method in SPLIT:
+            replay = Replay()
+            model = shard_model(Tiny(), world, shard_size=2)
+            share = DirectionShare(ctx, shard_size=2, replay=replay)
+            losses, forwards = train(method, model, ShardedEngine(), share, replay)
+            shards = {n: (global_offset(p), p.to_local().clone()) for n, p in model.named_parameters()}
+            results[method] = {"losses": losses, "forwards": forwards, "shards": shards}
+            replay = Replay()  # full replicas on the in-place engine: every rank a group of its own
+            model = Tiny()
+            losses, forwards = train(method, model, InPlaceEngine(), DirectionShare(ctx, replay=replay), replay)
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+            results[f"{method}/replicas"] = {"losses": losses, "forwards": forwards, "weights": weights}
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded_directions")
+    mp.spawn(_rank, args=(4, free_port(), str(out)), nprocs=4, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    from zobench.engine import InPlaceEngine, directions
+
+    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
+    try:
+        results = {}
+        with torch.no_grad():
+            for method in SPLIT:
+                model = Tiny()
+                losses, forwards = train(method, model, InPlaceEngine())
+                weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+                results[method] = {"losses": losses, "forwards": forwards, "weights": weights}
+        return results
+    finally:
+        directions.Z_CHUNK = saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(SPLIT))
+def test_two_groups_of_two_shards_split_the_directions_and_equal_one_process(method, four_ranks, one_process):
+    one = one_process[method]
+    assert one["losses"][0] != one["losses"][-1]  # the steps moved the weights
+    for rank in four_ranks:
+        mine = rank[method]
+        assert mine["losses"] == one["losses"]  # the same floats: every group ends on one process's bits
+        for name, (offset, shard) in mine["shards"].items():
+            whole = one["weights"][name].reshape(-1)
+            assert torch.equal(shard.reshape(-1), whole[offset : offset + shard.numel()]), name
+    # the rows split the directions: together they made the one-process forwards, once each
+    # (ℓ0, FZOO's and one-sided MeZO's, on every row)
+    rows = [four_ranks[0][method]["forwards"], four_ranks[2][method]["forwards"]]
+    assert four_ranks[1][method]["forwards"] == rows[0] and four_ranks[3][method]["forwards"] == rows[1]
+    shared = STEPS if method != "mezo" else 0
+    assert sum(rows) - shared == one["forwards"] and 0 < rows[0] < rows[1] < one["forwards"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(SPLIT))
+def test_full_replicas_on_an_in_place_engine_replay_the_others_moves(method, four_ranks, one_process):
+    """Without the replay, a rank would evaluate its first direction on θ without the rounding of
+    the directions before it, and the replicas would drift apart by ulps."""
+    one = one_process[method]
+    for rank in four_ranks:
+        mine = rank[f"{method}/replicas"]
+        assert mine["losses"] == one["losses"]
+        for name, tensor in mine["weights"].items():
+            assert torch.equal(tensor, one["weights"][name]), name
