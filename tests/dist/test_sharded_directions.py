@@ -132,3 +132,66 @@ def test_full_replicas_on_an_in_place_engine_replay_the_others_moves(method, fou
         assert mine["losses"] == one["losses"]
         for name, tensor in mine["weights"].items():
             assert torch.equal(tensor, one["weights"][name]), name
+
+
+@pytest.mark.slow
+def test_a_run_of_two_groups_of_two_shards_equals_one_process_run(tmp_path):
+    """``zobench.run`` on 4 ranks with ``dist.mode=directions dist.shard_size=2`` (FZOO, N = 4): each
+    row computes its halves of the batch (losses reduced over the row), the rows split the
+    directions; the losses, test accuracy and the final weights (gathered by rank 0) are the
+    one-process in-place run's, the rows pass the replicas' guard, and the summary counts the
+    one-process forwards and this rank's all-gathers."""
+    from tests.helpers import BASE, final_weights, run_ranks, run_single, train_losses
+
+    overrides = [*BASE, "optimizer=fzoo", "optimizer.num_directions=4", "engine.backend=torch", "engine.mode=inplace"]
+    overrides += ["train.save_final=true"]
+    dist = ["dist.mode=directions", "dist.shard_size=2"]
+    ranks = run_ranks(4, [([*overrides, *dist], tmp_path / "four")], tmp_path / "out")
+    one = run_single(overrides, tmp_path / "one")
+    four = ranks[0][0]["summary"]
+    assert four["world_size"] == 4 and four["dist_mode"] == "directions" and four["dist_direction_groups"] == 2
+    assert train_losses(tmp_path / "four") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
+    assert four["test_accuracy"] == one["test_accuracy"] and four["forward_passes"] == one["forward_passes"]
+    whole, ref = final_weights(tmp_path / "four"), final_weights(tmp_path / "one")
+    for name in ref:
+        torch.testing.assert_close(whole[name], ref[name], rtol=1e-5, atol=1e-6)
+    # a row's forwards: ℓ0 and 2 of the 4 directions, 3 a step; half of every weight gathered each
+    model_bytes = sum(t.numel() * t.element_size() for t in whole.values())
+    assert four["comm_allgather_bytes_per_step"] == 3 * model_bytes // 2
+    assert "trajectory" not in four or not four["trajectory"]  # a row's closure values are its share
+
+
+def test_shard_size_is_refused_where_it_cannot_apply():
+    from zobench.dist.context import DistContext
+    from zobench.dist.strategy import DirectionParallel, ShardedDirections, strategy_for
+    from zobench.errors import ConfigError
+
+    four = DistContext(rank=0, world_size=4, mode="directions")
+    assert isinstance(strategy_for(four, "fzoo", {"shard_size": 2}), ShardedDirections)
+    assert isinstance(strategy_for(four, "fzoo", {"shard_size": None}), DirectionParallel)
+    for size in (4, 3):  # one group of every rank; not a divisor
+        with pytest.raises(
+            ConfigError, match=f"dist.shard_size={size} with dist.mode=directions: .* is dist.mode=sharded"
+        ):
+            strategy_for(four, "fzoo", {"shard_size": size})
+    data = DistContext(rank=0, world_size=4, mode="data")
+    with pytest.raises(ConfigError, match="dist.shard_size=2 with dist.mode=data: a shard size applies to dist.mode"):
+        strategy_for(data, "mezo", {"shard_size": 2})
+
+
+def test_sharded_directions_refuses_a_method_with_one_direction():
+    from types import SimpleNamespace
+
+    from zobench.dist.context import DistContext
+    from zobench.dist.strategy import ShardedDirections
+    from zobench.engine.sharded import ShardedEngine
+    from zobench.errors import ConfigError
+    from zobench.optim.hizoo import HiZOO
+
+    strategy = ShardedDirections(DistContext(rank=0, world_size=4, mode="directions"), "hizoo", 2)
+    strategy.rows = object()  # as prepare_model leaves it (the objective is not built: refused before)
+    learner = SimpleNamespace(
+        optimizer=HiZOO([torch.zeros(2, requires_grad=True)], engine=ShardedEngine()), objective=None
+    )
+    with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO evaluates one direction per step"):
+        strategy.attach(learner, None, None)

@@ -306,11 +306,12 @@ class ShardedDirections(Sharded):
     def attach(self, learner, stop, counter) -> None:
         """Sharded's checks; the objective reduced over the row and replayable; the optimizer's
         directions shared between the rows."""
+        if learner is not None and isinstance(learner.optimizer, ZOOptimizer):  # before anything is wrapped
+            require_split(learner.optimizer)
         self.replay = Replay()
         super().attach(learner, stop, counter)
         if learner is None:
             return
-        require_split(learner.optimizer)
         self.share = DirectionShare(self.ctx, stop, counter, self.shard_size, self.replay)
         learner.optimizer.share_directions(self.share)
 
