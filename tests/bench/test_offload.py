@@ -23,3 +23,37 @@ def test_measure_reports_time_memory_and_traffic(mode, tmp_path, monkeypatch):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["block-00000.safetensors", "block-00001.safetensors"]
     else:
         assert "blocks" not in result
+
+
+def test_device_cuda_is_one_line_on_a_machine_without_cuda(monkeypatch, capsys):
+    from zobench.bench import offload
+
+    monkeypatch.setattr(offload.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        offload.main(["--device", "cuda", "--model", "tiny-llama", "--modes", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith("zobench: error: --device cuda: this machine has no CUDA device")
+    offload.check_device("cpu")  # the default needs nothing
+    with pytest.raises(SystemExit) as stop:  # argparse's own refusal of another device
+        offload.main(["--device", "gpu"])
+    assert stop.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_each_offloaded_mode_gets_its_ratio_to_the_in_memory_step():
+    from zobench.bench.offload import add_ratios
+
+    results = [{"mode": "none", "step_s": 2.0}, {"mode": "cpu", "step_s": 2.5}, {"mode": "disk", "step_s": 7.0}]
+    add_ratios(results)
+    assert [r.get("step_over_none") for r in results] == [None, 1.25, 3.5]
+    alone = [{"mode": "cpu", "step_s": 2.5}]  # nothing to compare with: no ratio
+    add_ratios(alone)
+    assert "step_over_none" not in alone[0]
+
+
+def test_the_cpu_device_reports_no_gpu_keys(tmp_path):
+    """``--device cpu`` (the default) is the path measured on this machine: no GPU key appears,
+    and the device is recorded."""
+    result = measure("tiny-llama", "cpu", steps=1, batch=1, length=4, dtype=None, folder=tmp_path, device="cpu")
+    assert result["device"] == "cpu" and result["step_s"] > 0
+    assert not [key for key in result if "gpu" in key]

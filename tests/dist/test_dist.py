@@ -483,8 +483,19 @@ def test_the_direction_parallel_strategy_gives_the_optimizer_its_share():
     strategy.attach(learner, None, None)
     share = learner.optimizer._direction_share
     assert isinstance(share, DirectionShare) and share.ctx is strategy.ctx
-    assert learner.objective is objective  # each rank evaluates its directions on the whole batch
+    # each rank evaluates its directions on the whole batch; on the in-place engine (θ ± εz written
+    # into the weights) it replays the others' moves, the objective answering 0 without a forward
+    assert learner.objective.inner is objective and share.replay is learner.objective.replay
+    with share.replay():
+        assert float(learner.objective.loss([1.0, 2.0])) == 0.0
+    assert float(learner.objective.loss([1.0, 2.0])) == float(objective.loss([1.0, 2.0]))
     assert "share_directions" not in vars(learner.optimizer)  # a declared seam, not a patched method
+    from zobench.engine import VirtualEngine
+
+    learner = _zo_learner()
+    objective, learner.optimizer.engine = learner.objective, VirtualEngine(torch.nn.Linear(1, 1))
+    strategy.attach(learner, None, None)  # the virtual engine writes nothing: nothing to replay
+    assert learner.objective is objective and learner.optimizer._direction_share.replay is None
 
 
 class WordRanks(DistContext):
