@@ -57,3 +57,23 @@ def test_the_cpu_device_reports_no_gpu_keys(tmp_path):
     result = measure("tiny-llama", "cpu", steps=1, batch=1, length=4, dtype=None, folder=tmp_path, device="cpu")
     assert result["device"] == "cpu" and result["step_s"] > 0
     assert not [key for key in result if "gpu" in key]
+
+
+def test_the_2_gpu_benchmark_skips_in_one_line_with_fewer_gpus(monkeypatch, capsys, tmp_path):
+    """``python -m zobench.bench.sharded --device cuda`` with 0 or 1 visible GPUs: one line naming
+    what it needs and what this machine has, exit 77 (gpu.sh: ``skipped``), nothing written."""
+    from zobench.bench import sharded
+
+    for count in (0, 1):
+        monkeypatch.setattr(sharded, "gpus_visible", lambda count=count: count)
+        assert sharded.main([str(tmp_path / "out"), "--device", "cuda", "--model", "opt-1.3b-random"]) == sharded.SKIP
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"zobench.bench.sharded: skipped: sharded vs data on 2 GPUs needs 2 visible CUDA devices, "
+            f"this machine has {count}"
+        ]
+    assert not (tmp_path / "out").exists()
+    # the overrides of both runs: the model and device asked for, the in-place torch engine
+    args = sharded.run_args("opt-1.3b-random", "cuda")
+    assert args[0] == "model=opt-1.3b-random" and "device=cuda" in args and "engine.mode=inplace" in args
+    assert not [a for a in args[1:] if a.startswith("model=")]
