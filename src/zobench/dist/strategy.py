@@ -2,10 +2,11 @@
 ``Single`` (one process: every method is a no-op or the plain call), ``DataParallel``
 (``dist.mode=data``: each rank evaluates its shard of the global batch, ``data.py``) and
 ``DirectionParallel`` (``dist.mode=directions``: each rank evaluates its share of a step's
-directions on the whole batch, ``directions.py``) and ``Sharded`` (``dist.mode=sharded``: FSDP2,
-1/N of the model per rank, ``sharded.py``). ``strategy_for(ctx)`` picks one from the
-process's ``DistContext``; the recipe calls the methods of ``Strategy`` and holds no branch on
-the number of ranks (docs/design.md "Distributed").
+directions on the whole batch, ``directions.py``), ``Sharded`` (``dist.mode=sharded``: FSDP2,
+1/N of the model per rank, ``sharded.py``) and ``ShardedDirections`` (``dist.mode=directions
+dist.shard_size=S``: rows of S ranks, one sharded replica each, split the directions).
+``strategy_for(ctx)`` picks one from the process's ``DistContext``; the recipe calls the methods
+of ``Strategy`` and holds no branch on the number of ranks (docs/design.md "Distributed").
 
 The methods, in the order a run calls them:
 
