@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         argv_one += (["--dtype", args.dtype] if args.dtype else []) + (["--dir", args.dir] if args.dir else [])
         done = subprocess.run(argv_one, capture_output=True, text=True, check=False)
         if done.returncode:
+            print(done.stderr[-6000:], file=sys.stderr)  # the measuring process's own account (a first GPU run)
             raise SystemExit(f"zobench: error: offload={mode} failed: {done.stderr.strip().splitlines()[-1:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)

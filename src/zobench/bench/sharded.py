@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -75,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in SETUPS.items():
             run_dir = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            figures[name] = measure(RANKS, 1, run_dir, [*run_args(args.model, args.device), *extra])
+            try:
+                figures[name] = measure(RANKS, 1, run_dir, [*run_args(args.model, args.device), *extra])
+            except subprocess.CalledProcessError as err:  # the ranks' own output says why (a first GPU run)
+                print(str(err.stderr or "")[-6000:], file=sys.stderr)
+                print(
+                    f"zobench: error: zobench.bench.sharded: the {name} run failed (exit {err.returncode})",
+                    file=sys.stderr,
+                )
+                return 1
             summary = json.loads((run_dir / "summary.json").read_text())
             figures[name]["peak_memory_bytes"] = summary["peak_memory_bytes"]
             figures[name]["allgather_bytes_per_step"] = summary.get("comm_allgather_bytes_per_step", 0)
