@@ -73,11 +73,17 @@ def measure(
     load_s = time.perf_counter() - started
     out: dict = {"model": model_name, "mode": mode, "dtype": str(model_cfg["dtype"]), "batch": [batch, length]}
     out.update(device=device, load_s=round(load_s, 2))
+    _progress(f"offload={mode}: {model_name} built in {load_s:.1f} s")
     if device == "cuda":
         out["load_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["resident_gpu_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         torch.cuda.reset_peak_memory_stats()  # the steps' own peak from here
     return {**out, **_steps(model, steps, batch, length, device)}
+
+
+def _progress(message: str) -> None:
+    """One line on stderr as the measurement goes (stdout carries the result's JSON only)."""
+    print(f"zobench.bench.offload: {message}", file=sys.stderr, flush=True)
 
 
 def check_device(device: str) -> None:
@@ -120,6 +126,7 @@ def _steps(model, steps: int, batch: int, length: int, device: str = "cpu") -> d
 
     opt.step(closure)  # warm-up
     _sync(device)
+    _progress("warm-up step done")
     times, stalls = [], []
     for _ in range(steps):
         started, stalled = time.perf_counter(), offloader.stalled_s if offloader is not None else 0.0
@@ -129,6 +136,7 @@ def _steps(model, steps: int, batch: int, length: int, device: str = "cpu") -> d
             stalls.append(offloader.stalled_s - stalled)
         _sync(device)
         times.append(time.perf_counter() - started)
+        _progress(f"step {len(times)}: {times[-1]:.3f} s")
     out: dict = {
         "steps": steps,
         "step_s": round(sum(times) / len(times), 3),
@@ -224,10 +232,14 @@ def main(argv: list[str] | None = None) -> None:
         argv_one += ["--steps", str(args.steps), "--batch", str(args.batch), "--length", str(args.length)]
         argv_one += ["--device", args.device]
         argv_one += (["--dtype", args.dtype] if args.dtype else []) + (["--dir", args.dir] if args.dir else [])
-        done = subprocess.run(argv_one, capture_output=True, text=True, check=False)
+        # its stderr (progress, and a failure's own account) goes straight to ours: a log cut by a
+        # timeout (results/bench/gpu.sh) still says how far the run got
+        done = subprocess.run(argv_one, stdout=subprocess.PIPE, text=True, check=False)
         if done.returncode:
-            print(done.stderr[-6000:], file=sys.stderr)  # the measuring process's own account (a first GPU run)
-            raise SystemExit(f"zobench: error: offload={mode} failed: {done.stderr.strip().splitlines()[-1:]}")
+            print(
+                f"zobench: error: offload={mode} failed (exit {done.returncode}; its messages above)", file=sys.stderr
+            )
+            raise SystemExit(1)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     add_ratios(results)
