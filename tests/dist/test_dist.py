@@ -211,6 +211,11 @@ def test_direction_mode_refuses_a_one_direction_method():
     learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
     with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
         DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
+    from zobench.optim import MeZO
+
+    learner = SimpleNamespace(optimizer=MeZO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))  # q = 1
+    with pytest.raises(ConfigError, match="optimizer.num_directions=1 is one direction per step, nothing to split"):
+        DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
 
 
 def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: str) -> None:

@@ -193,5 +193,10 @@ def test_sharded_directions_refuses_a_method_with_one_direction():
     learner = SimpleNamespace(
         optimizer=HiZOO([torch.zeros(2, requires_grad=True)], engine=ShardedEngine()), objective=None
     )
-    with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO evaluates one direction per step"):
+    with pytest.raises(ConfigError, match="HiZOO evaluates one direction per step; .* use dist.mode=sharded"):
+        strategy.attach(learner, None, None)
+    from zobench.optim.mezo import MeZO
+
+    learner.optimizer = MeZO([torch.zeros(2, requires_grad=True)], engine=ShardedEngine())  # q = 1
+    with pytest.raises(ConfigError, match="optimizer.num_directions=1 is one direction per step"):
         strategy.attach(learner, None, None)

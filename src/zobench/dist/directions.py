@@ -45,12 +45,20 @@ def share(count: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank * count // world_size, (rank + 1) * count // world_size))
 
 
-def require_split(optimizer) -> None:
-    """Refuse, in one line, a method whose step evaluates one direction (nothing to split)."""
+def require_split(optimizer, instead: str = "dist.mode=data") -> None:
+    """Refuse, in one line, a method whose step evaluates one direction (nothing to split): one
+    that does not split its directions, or MeZO with ``num_directions=1`` (one rank would do the
+    step's work while the others wait). ``instead``: the mode the line suggests."""
     if not getattr(optimizer, "splits_directions", False):
         raise ConfigError(
             f"dist.mode=directions: {type(optimizer).__name__} evaluates one direction per step; "
-            "allowed with fzoo and mezo (num_directions > 1); use dist.mode=data"
+            f"allowed with fzoo and mezo (num_directions > 1); use {instead}"
+        )
+    count = optimizer.param_groups[0].get("num_directions", 2) if optimizer.param_groups else 2
+    if int(count) < 2:
+        raise ConfigError(
+            f"dist.mode=directions: optimizer.num_directions={count} is one direction per step, nothing to "
+            f"split over the ranks; set optimizer.num_directions > 1 or use {instead}"
         )
 
 

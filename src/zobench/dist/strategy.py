@@ -308,7 +308,7 @@ class ShardedDirections(Sharded):
         """Sharded's checks; the objective reduced over the row and replayable; the optimizer's
         directions shared between the rows."""
         if learner is not None and isinstance(learner.optimizer, ZOOptimizer):  # before anything is wrapped
-            require_split(learner.optimizer)
+            require_split(learner.optimizer, "dist.mode=sharded (its dist.shard_size groups split the batch)")
         self.replay = Replay()
         super().attach(learner, stop, counter)
         if learner is None:
