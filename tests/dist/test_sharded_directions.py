@@ -14,7 +14,6 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.dist.test_sharded import Tiny, batch
 from tests.helpers import free_port
 
 #: method -> (optimizer class path, hyperparameters): q and N not multiples of the 2 groups
@@ -24,6 +23,28 @@ SPLIT = {
     "fzoo": ("zobench.optim.fzoo.FZOO", dict(lr=1e-2, eps=1e-2, num_directions=5)),
 }
 STEPS = 3
+
+
+class Tiny(nn.Module):
+    """Rows that 2 ranks split unevenly (41, 7, 5, 3); the embedding's z drawn in chunks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(41, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 7), nn.Linear(7, 5)])
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids):
+        h = self.embed(ids).mean(1)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.head(h)
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 41, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
 
 
 def train(method: str, model: nn.Module, engine, share=None, replay=None):

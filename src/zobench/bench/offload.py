@@ -18,7 +18,7 @@ host memory and are copied to the GPU on a side CUDA stream while the block befo
 also the peak GPU memory (``torch.cuda.max_memory_allocated``) of the load and of the steps, and
 the GPU memory resident between steps; every step ends with ``torch.cuda.synchronize``. With
 ``none`` among the modes, each other mode's ``step_over_none``: its step over the in-GPU step of
-the same model (issue 29's goal for ``cpu``: at most 1.3). A machine without CUDA refuses
+the same model (the goal for ``cpu``: at most 1.3, results/bench/offload/README.md). A machine without CUDA refuses
 ``--device cuda`` in one line (exit 2).
 """
 
@@ -124,19 +124,7 @@ def _steps(model, steps: int, batch: int, length: int, device: str = "cpu") -> d
         losses = nll.reshape(replicas, -1).mean(-1)
         return losses if replicas > 1 else losses[0]
 
-    opt.step(closure)  # warm-up
-    _sync(device)
-    _progress("warm-up step done")
-    times, stalls = [], []
-    for _ in range(steps):
-        started, stalled = time.perf_counter(), offloader.stalled_s if offloader is not None else 0.0
-        opt.step(closure)
-        if offloader is not None:
-            offloader.wait()
-            stalls.append(offloader.stalled_s - stalled)
-        _sync(device)
-        times.append(time.perf_counter() - started)
-        _progress(f"step {len(times)}: {times[-1]:.3f} s")
+    times, stalls = _timed_steps(opt, closure, steps, offloader, device)
     out: dict = {
         "steps": steps,
         "step_s": round(sum(times) / len(times), 3),
@@ -155,6 +143,25 @@ def _steps(model, steps: int, batch: int, length: int, device: str = "cpu") -> d
         out.update(_bounds(out["step_s"], sum(stalls) / len(stalls), block_bytes, store))
         offloader.close()
     return out
+
+
+def _timed_steps(opt, closure, steps: int, offloader, device: str) -> tuple[list[float], list[float]]:
+    """(wall seconds, seconds waiting on storage) of each of ``steps`` steps after one warm-up;
+    each step's time includes its writes landing (``Offloader.wait``) and the GPU's queue."""
+    opt.step(closure)  # warm-up
+    _sync(device)
+    _progress("warm-up step done")
+    times, stalls = [], []
+    for _ in range(steps):
+        started, stalled = time.perf_counter(), offloader.stalled_s if offloader is not None else 0.0
+        opt.step(closure)
+        if offloader is not None:
+            offloader.wait()
+            stalls.append(offloader.stalled_s - stalled)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+        _progress(f"step {len(times)}: {times[-1]:.3f} s")
+    return times, stalls
 
 
 #: bytes written and read back to measure the store's disk (larger than its write cache)

@@ -150,6 +150,36 @@ def sharded_rows(name: str, data: dict) -> list[str]:
     return rows
 
 
+def other_tables(folder: Path) -> list[str]:
+    """The README's lines for the folder's offload and 2-GPU results (none without them)."""
+    offload, sharded = load_other(folder)
+    lines: list[str] = []
+    if offload:
+        lines += [
+            "",
+            "Offload (`python -m zobench.bench.offload --device cuda`; goal for `cpu`: step ≤ 1.3× `none`'s):",
+            "",
+            "| run | model | dtype | offload | batch | load (s) | step (s) | step vs none | peak GPU, steps (MiB) | "
+            "resident GPU (MiB) | peak anon RSS (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, data in offload.items():
+            lines += offload_rows(name, data)
+    if sharded:
+        lines += [
+            "",
+            "2 GPUs, `dist.mode=sharded` vs `data` (`python -m zobench.bench.sharded --device cuda`; goal: "
+            "sharded's per-rank peak ≤ 0.6× data's):",
+            "",
+            "| run | model | setup | step (s, median) | bytes / step | of which all-gathers | peak per rank (MiB) | "
+            "test acc |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, data in sharded.items():
+            lines += sharded_rows(name, data)
+    return lines
+
+
 def _json_object(path: Path) -> dict:
     """``path``'s JSON object, or ValueError naming the file (not JSON, or not an object)."""
     try:
@@ -211,30 +241,7 @@ def render(folder: Path) -> str:
     order = [run["name"] for run in runs if run.get("name") in results]
     order += [name for name in results if name not in order]
     lines += [benchmark_row(name, results[name]) for name in order]
-    offload, sharded = load_other(folder)
-    if offload:
-        lines += [
-            "",
-            "Offload (`python -m zobench.bench.offload --device cuda`; goal for `cpu`: step ≤ 1.3× `none`'s):",
-            "",
-            "| run | model | dtype | offload | batch | load (s) | step (s) | step vs none | peak GPU, steps (MiB) | "
-            "resident GPU (MiB) | peak anon RSS (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, data in offload.items():
-            lines += offload_rows(name, data)
-    if sharded:
-        lines += [
-            "",
-            "2 GPUs, `dist.mode=sharded` vs `data` (`python -m zobench.bench.sharded --device cuda`; goal: "
-            "sharded's per-rank peak ≤ 0.6× data's):",
-            "",
-            "| run | model | setup | step (s, median) | bytes / step | of which all-gathers | peak per rank (MiB) | "
-            "test acc |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, data in sharded.items():
-            lines += sharded_rows(name, data)
+    lines += other_tables(folder)
     if runs:
         lines += ["", "| run | status | seconds | timeout (s) | log |", "|---|---|---|---|---|"]
         for run in runs:

@@ -152,29 +152,8 @@ def gather_directions(
     the single-process count (``others[0]`` adds them up). The ranks of a group hold the same
     results (their losses were reduced over the group); the gather reads each group's first rank."""
     groups, group = ctx.world_size // shard_size, ctx.rank // shard_size
-    lo, hi = group * count // groups, (group + 1) * count // groups
-    if replay is not None and lo > 0:
-        with replay():
-            evaluate(list(range(lo)))
-    before = counter["train"] if counter is not None else 0
-    results = evaluate(list(range(lo, hi))) if hi > lo else []
-    passes = (counter["train"] - before) if counter is not None else 0
-    if replay is not None and hi < count:
-        with replay():
-            evaluate(list(range(hi, count)))
-    width = len(_row(results[0])) if results else 0
-    width = int(ctx.all_reduce(torch.tensor([width], dtype=torch.int64), op=tdist.ReduceOp.MAX, phase="train")[0])
-    most = -(-count // groups)
-    packed = torch.zeros(most * width + 2, dtype=torch.float64)  # results, passes, stop flag
-    packed[-2] = float(passes)
-    for i, result in enumerate(results):
-        packed[i * width : (i + 1) * width] = torch.tensor(_row(result), dtype=torch.float64)
-    packed[-1] = float(stop.local_signum or 0) if stop is not None else 0.0
-    packed = packed.to(ctx.device())  # NCCL gathers CUDA tensors
-    parts = [torch.empty_like(packed) for _ in range(ctx.world_size)]
-    tdist.all_gather(parts, packed)
-    ctx.count("train", packed)
-    parts = [part.cpu() for part in parts]
+    results, passes = _evaluate_share(count, evaluate, group, groups, counter, replay)
+    width, parts = _exchange(ctx, results, passes, -(-count // groups), stop)
     if counter is not None:  # the other groups' passes, as the rank in this rank's place counted them
         place = ctx.rank % shard_size
         added = sum(int(parts[r][-2]) for r in range(place, ctx.world_size, shard_size) if r // shard_size != group)
@@ -191,6 +170,39 @@ def gather_directions(
             row = part[i * width : (i + 1) * width].tolist()
             gathered.append(row[0] if width == 1 else tuple(row))  # FZOO: ℓ_i; MeZO: (g, ℓ+, ℓ-)
     return gathered
+
+
+def _evaluate_share(count: int, evaluate, group: int, groups: int, counter, replay) -> tuple[list, int]:
+    """(results, forward passes) of group ``group``'s share of ``count`` directions; with
+    ``replay``, the directions before and after the share are evaluated with the forward skipped."""
+    lo, hi = group * count // groups, (group + 1) * count // groups
+    if replay is not None and lo > 0:
+        with replay():
+            evaluate(list(range(lo)))
+    before = counter["train"] if counter is not None else 0
+    results = evaluate(list(range(lo, hi))) if hi > lo else []
+    passes = (counter["train"] - before) if counter is not None else 0
+    if replay is not None and hi < count:
+        with replay():
+            evaluate(list(range(hi, count)))
+    return results, passes
+
+
+def _exchange(ctx: DistContext, results: list, passes: int, most: int, stop) -> tuple[int, list[torch.Tensor]]:
+    """(values per result, every rank's packed row): this rank's ``results`` (at most ``most``),
+    its forward ``passes`` and its stop flag, all-gathered in float64 (the losses travel exactly)."""
+    width = len(_row(results[0])) if results else 0
+    width = int(ctx.all_reduce(torch.tensor([width], dtype=torch.int64), op=tdist.ReduceOp.MAX, phase="train")[0])
+    packed = torch.zeros(most * width + 2, dtype=torch.float64)  # results, passes, stop flag
+    packed[-2] = float(passes)
+    for i, result in enumerate(results):
+        packed[i * width : (i + 1) * width] = torch.tensor(_row(result), dtype=torch.float64)
+    packed[-1] = float(stop.local_signum or 0) if stop is not None else 0.0
+    packed = packed.to(ctx.device())  # NCCL gathers CUDA tensors
+    parts = [torch.empty_like(packed) for _ in range(ctx.world_size)]
+    tdist.all_gather(parts, packed)
+    ctx.count("train", packed)
+    return width, [part.cpu() for part in parts]
 
 
 def _row(result) -> tuple:
