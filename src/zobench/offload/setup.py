@@ -53,9 +53,11 @@ def load_model(
     cfg: DictConfig, device: torch.device, run_dir: Path, load_whole, resume: int | None = None
 ) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` with the blocks in the store ``cfg.offload`` names: ``*-random``
-    models block by block, converted/hub safetensors read lazily, for ``offload=disk``; for
-    ``offload=cpu`` the model is loaded as usual (host RAM holds it by definition) and its blocks
-    moved into pinned host buffers, so its weights equal ``offload=none``'s bit for bit.
+    models block by block (the weights ``offload=none`` draws with the same seed, on the device
+    it draws them on: ``build.init_random_into``); converted/hub safetensors read lazily for
+    ``offload=disk``; for ``offload=cpu`` a checkpoint is loaded as usual (host RAM holds it by
+    definition) and its blocks moved into pinned host buffers. Either way the weights equal
+    ``offload=none``'s bit for bit.
     ``resume`` (the checkpoint's step): ``offload=disk`` keeps the store, which the run trained
     (only the resident layers come from the source); ``resume_store`` brings it to that step."""
     from . import build
@@ -63,7 +65,7 @@ def load_model(
     factory = store_factory(cfg, run_dir, torch.device(device))
     model_cfg = cfg.model
     store: BlockStore
-    if mode_of(cfg) == "cpu":
+    if mode_of(cfg) == "cpu" and model_cfg["source"] != "random":
         model, tokenizer = load_whole(cfg, "cpu")  # the factory's loader (build/model.py)
         store = build.evict_into(model, factory)
     else:
@@ -74,7 +76,9 @@ def load_model(
         if model_cfg["source"] == "random":
             config = loading.random_config(model_cfg, tokenizer)
             seed = int(model_cfg.get("init_seed", 0))
-            model, store = build.init_random_into(auto, config, dtype, factory, seed, fill=fill)
+            # drawn where offload=none draws them (models/loading.py::_random_model): the same weights
+            where = device if torch.device(device).type == "cuda" else "cpu"
+            model, store = build.init_random_into(auto, config, dtype, factory, seed, fill=fill, device=where)
         else:
             path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
             config = loading.checkpoint_config(model_cfg, path)
@@ -87,26 +91,6 @@ def load_model(
         offloader.adopt()
     model.zobench_offloader = offloader  # what wrap_engine finds (nn.Module keeps plain attributes)
     return model, tokenizer
-
-
-def load_base(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, object] | None:
-    """The base model of an ``offload=disk`` run of a ``*-random`` model, whole in memory: its
-    blocks drawn with the per-block seeds of ``build.init_random_into`` (offload=none draws
-    others), so ``zobench.replay`` / ``export`` rebuild the weights the run started from (its
-    log's base hash). None for any other run: their base is the model loaded whole (offload=cpu
-    moves that model's blocks; offload=disk reads a checkpoint's tensors as they are)."""
-    from . import build
-
-    model_cfg = cfg.model
-    if mode_of(cfg) != "disk" or model_cfg["source"] != "random":
-        return None
-    auto = loading._auto_class(model_cfg.get("family", "causal"))
-    tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
-    config = loading.random_config(model_cfg, tokenizer)
-    factory = lambda count: CpuStore(count, pin=False)  # noqa: E731 - the store of one build
-    dtype, seed = loading.torch_dtype(model_cfg["dtype"]), int(model_cfg.get("init_seed", 0))
-    model, store = build.init_random_into(auto, config, dtype, factory, seed)
-    return build.materialise(model, store).to(device), tokenizer
 
 
 def flush(model: nn.Module) -> None:
