@@ -158,6 +158,10 @@ def _offload(cfg) -> str | None:
     return None
 
 
+#: the offload rule by name: whether a config streams (a streamed replay checks the run's config)
+offload_problem = _offload
+
+
 #: (the keys a rule reads, the rule): a rule runs when every key it reads passed its own check
 RUN_RULES: tuple[tuple[tuple[str, ...], Callable], ...] = (
     (("train.eval_every_passes", "train.forward_budget"), _passes_need_budget),

@@ -173,7 +173,9 @@ def stored_weights(model: nn.Module, named):
 def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
     offloader = getattr(model, "zobench_offloader", None)
-    return engine if offloader is None else OffloadEngine(engine, offloader)
+    if offloader is None or isinstance(engine, OffloadEngine):  # a rebuild's optimizer reuses the run's
+        return engine
+    return OffloadEngine(engine, offloader)
 
 
 def bind(optimizer: Any, method: str) -> None:
