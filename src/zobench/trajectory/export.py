@@ -30,9 +30,7 @@ from .replay import Replayed, read_summary, replay
 from .stream import replay_streamed, wants_stream
 
 
-def export(
-    run_dir: Path, out: Path, step: int | str = "best", device: str | None = None, stream: str = "auto"
-) -> Path:
+def export(run_dir: Path, out: Path, step: int | str = "best", device: str | None = None, stream: str = "auto") -> Path:
     """Write the model of ``run_dir`` at ``step`` to ``out`` (a new or empty folder); ``stream``:
     ``auto`` (block by block for a run that was offloaded), ``on`` or ``off``."""
     run_dir, out = Path(run_dir), Path(out)

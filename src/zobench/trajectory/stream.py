@@ -31,7 +31,16 @@ from ..errors import CheckpointError, ConfigError
 from ..models import trainable
 from ..offload.setup import offloaded, stored_weights
 from .log import FILENAME, read
-from .replay import Replayed, check_base, check_config, check_whole, load_run_config, replay_into, resolve_step, run_device
+from .replay import (
+    Replayed,
+    check_base,
+    check_config,
+    check_whole,
+    load_run_config,
+    replay_into,
+    resolve_step,
+    run_device,
+)
 
 #: ``--stream``: auto (stream a run that was offloaded), on, off
 STREAM_CHOICES = ("auto", "on", "off")
