@@ -87,7 +87,6 @@ def test_every_method_streams_or_is_refused_by_name():
     [
         (["offload.mode=tape"], r"^offload.mode='tape': allowed none, cpu, disk"),
         (["offload=disk", "offload.dir=''"], r"^offload.dir='': expected a folder or null"),
-        (["offload=cpu"], r"^train.keep_best=true tests the best-dev step's weights, .* offload=cpu never holds"),
         (
             ["offload=disk", "train.keep_best=false", "train.checkpoint=weights"],
             r"^train.checkpoint=weights copies the whole model's weights .*; set train.checkpoint=trajectory$",
@@ -100,6 +99,14 @@ def test_bad_offload_configs_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         validate(compose_run(*overrides))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["cpu", "disk"])
+def test_keep_best_and_save_final_are_allowed_with_offload(mode):
+    """Both rebuild / write block by block (tests/offload/test_run.py): the defaults validate."""
+    cfg = compose_run(f"offload={mode}", "train.save_final=true")
+    assert cfg.train.keep_best
+    validate(cfg)
 
 
 def test_offload_none_is_the_default():

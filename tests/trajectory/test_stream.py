@@ -15,7 +15,7 @@ from zobench.offload import DiskStore
 from zobench.trajectory.export import export
 from zobench.trajectory.replay import replay
 
-ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1", "train.keep_best=false")
+ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1")
 
 
 @pytest.fixture(scope="module")

@@ -107,28 +107,16 @@ def offload_refusal(method: str, mode: str) -> str | None:
     )
 
 
-#: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set)
+#: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set).
+#: ``train.keep_best`` rebuilds the best-dev step block by block (``offload.reset_to_base``) and
+#: ``train.save_final`` writes a sharded checkpoint block by block (``offload/export.py``)
 _OFFLOAD_WHOLE_MODEL = (
-    (
-        "train.keep_best",
-        True,
-        "tests the best-dev step's weights, rebuilt by replay on the whole base model, which "
-        "offload={mode} never holds (its store keeps only the last step)",
-        "false (the test evaluates the last step)",
-    ),
     (
         "train.checkpoint",
         "weights",
-        "copies the whole model's weights at every checkpoint; offload={mode} checkpoints its "
-        "trajectory (offload=disk pins the store's block files)",
+        "copies the whole model's weights and optimizer state at every checkpoint; offload={mode} "
+        "checkpoints its trajectory (offload=disk pins the store's block files, offload=cpu replays the log)",
         "trajectory",
-    ),
-    (
-        "train.save_final",
-        True,
-        "writes the whole model's weights to final/; offload={mode}'s are in its store "
-        "(python -m zobench.export writes a loadable copy)",
-        "false",
     ),
 )
 

@@ -9,6 +9,7 @@ the method check.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, cast
@@ -91,6 +92,57 @@ def load_model(
         offloader.adopt()
     model.zobench_offloader = offloader  # what wrap_engine finds (nn.Module keeps plain attributes)
     return model, tokenizer
+
+
+def reset_to_base(cfg: DictConfig, model: nn.Module, device: torch.device) -> None:
+    """An offloaded ``model`` back at its base weights, in its own store and parameters (the
+    rebuild of a best-dev step, ``train.keep_best``: the log then replays to it). The blocks are
+    written again from the source block by block (``*-random``: the same draws; a checkpoint:
+    read lazily) over the store's, stamped step 0, and the resident layers copied from the side
+    build; pending updates are dropped. Never the whole model in memory: the side build holds the
+    resident layers (twice, briefly: its one-block shell) and one block. ``offload=disk`` stays
+    crash-consistent: a block at step 0 is older than any checkpoint, and a resume replays it."""
+    from . import build
+
+    offloader = cast(Offloader, model.zobench_offloader)
+    offloader.wait()
+    offloader.pending = [[] for _ in offloader.blocks]
+    model_cfg, store = cfg.model, offloader.store
+    auto = loading._auto_class(model_cfg.get("family", "causal"))
+    dtype = loading.torch_dtype(model_cfg["dtype"])
+    if model_cfg["source"] == "random":
+        config = loading.random_config(model_cfg, loading.load_tokenizer(model_cfg, cfg.cache_dir))
+        where = device if torch.device(device).type == "cuda" else "cpu"
+        seed = int(model_cfg.get("init_seed", 0))
+        side, _ = build.init_random_into(auto, config, dtype, lambda count: store, seed, device=where)
+    else:
+        path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
+        config = loading.checkpoint_config(model_cfg, path)
+        side, _ = build.load_checkpoint_into(auto, config, dtype, path, lambda count: store)
+    base = dict(side.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not offloader.is_offloaded(p):
+                p.copy_(base[name])
+    offloader.adopt()
+
+
+def save_final(model: nn.Module, folder: Path) -> None:
+    """``train.save_final`` of an offloaded model: its weights (the tested ones) as a sharded
+    Hugging Face checkpoint in ``folder`` (``offload/export.py``), written under a temporary name
+    and renamed into place (a folder there is whole), one block in memory at a time."""
+    from .export import save_sharded
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_sharded(model, cast(Offloader, model.zobench_offloader), tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)  # a restarted finish's earlier copy
+    os.replace(tmp, folder)
 
 
 def flush(model: nn.Module) -> None:

@@ -317,7 +317,10 @@ class Recipe:
             self.strategy.check(self.named, "end of the run")
             named = self.strategy.whole(self.named) if self.cfg.train.save_final else []  # sharded: a gather
             if self.cfg.train.save_final and self.strategy.leader:
-                save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
+                if offload.offloaded(self.cfg):  # a sharded checkpoint, block by block (from_pretrained loads it)
+                    offload.save_final(self.model, self.run_dir / "final")
+                else:
+                    save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
