@@ -87,10 +87,6 @@ def test_every_method_streams_or_is_refused_by_name():
     [
         (["offload.mode=tape"], r"^offload.mode='tape': allowed none, cpu, disk"),
         (["offload=disk", "offload.dir=''"], r"^offload.dir='': expected a folder or null"),
-        (
-            ["offload=disk", "train.keep_best=false", "train.checkpoint=weights"],
-            r"^train.checkpoint=weights copies the whole model's weights .*; set train.checkpoint=trajectory$",
-        ),
         (["offload=cpu", "train.keep_best=false", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
         (["offload=disk", "train.keep_best=false", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
     ],
@@ -102,9 +98,9 @@ def test_bad_offload_configs_are_one_line_errors(overrides, message):
 
 
 @pytest.mark.parametrize("mode", ["cpu", "disk"])
-def test_keep_best_and_save_final_are_allowed_with_offload(mode):
-    """Both rebuild / write block by block (tests/offload/test_run.py): the defaults validate."""
-    cfg = compose_run(f"offload={mode}", "train.save_final=true")
+def test_keep_best_save_final_and_weights_checkpoints_are_allowed_with_offload(mode):
+    """They rebuild / write block by block (tests/offload/test_run.py): the defaults validate."""
+    cfg = compose_run(f"offload={mode}", "train.save_final=true", "train.checkpoint=weights")
     assert cfg.train.keep_best
     validate(cfg)
 

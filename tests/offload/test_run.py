@@ -89,3 +89,47 @@ def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
     )
     one_error_line(result, "optimizer=hizoo cannot run with offload=disk yet")
     assert not (tmp_path / "r" / "offload").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "mode"), [("mezo", "disk"), ("zo_adam", "cpu")])
+def test_weights_checkpoint_of_an_offloaded_run_resumes_as_offload_none(method, mode, tmp_path, data_dir, caplog):
+    """``train.checkpoint=weights`` with offload: the checkpoint holds the resident layers and the
+    optimizer state, its pin folder the blocks flushed to its step (offload=cpu: written there);
+    a run stopped by a signal mid-way and resumed (no replay) ends as the uninterrupted
+    offload=none run: metrics, best step, test metric, final weights. ZO-Adam: its moments stream
+    in the block files, so they are in the pin too."""
+    from tests.helpers import compose_run, signal_at_loss_call, stable
+    from zobench.run import run
+
+    args = (
+        *SMOKE,
+        f"optimizer={method}",
+        "train.steps=5",
+        "train.eval_every=1",
+        "train.log_every=1",
+        "train.save_final=true",
+        "train.checkpoint=weights",
+        "train.checkpoint_every=0",  # only the signal's checkpoint
+        f"data.dir={data_dir}",
+    )
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    expected = run(compose_run(*args), reference)
+    with pytest.MonkeyPatch.context() as patch:
+        signal_at_loss_call(patch, 4)
+        stopped = run(compose_run(*args, f"offload={mode}"), resumed)
+    assert stopped["status"] == "interrupted" and 1 <= stopped["steps"] < 5, stopped
+    pinned = resumed / "checkpoint" / f"offload-{stopped['steps']:09d}"
+    assert sorted(p.name for p in pinned.iterdir()) == [
+        "block-00000.safetensors",
+        "block-00001.safetensors",
+        "store.json",
+    ]
+    with caplog.at_level("INFO", logger="zobench"):
+        summary = run(compose_run(*args, f"offload={mode}"), resumed)
+    assert f"resumed from step {stopped['steps']}" in caplog.text
+    assert summary["status"] == "completed" and summary["best_step"] == expected["best_step"]
+    assert summary["test_accuracy"] == expected["test_accuracy"]
+    assert stable(resumed / "metrics.jsonl") == stable(reference / "metrics.jsonl")
+    _same_result(summary, expected, reference / "final", resumed / "final")
+    assert not (resumed / "checkpoint").exists()

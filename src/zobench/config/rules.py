@@ -107,23 +107,10 @@ def offload_refusal(method: str, mode: str) -> str | None:
     )
 
 
-#: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set).
-#: ``train.keep_best`` rebuilds the best-dev step block by block (``offload.reset_to_base``) and
-#: ``train.save_final`` writes a sharded checkpoint block by block (``offload/export.py``)
-_OFFLOAD_WHOLE_MODEL = (
-    (
-        "train.checkpoint",
-        "weights",
-        "copies the whole model's weights and optimizer state at every checkpoint; offload={mode} "
-        "checkpoints its trajectory (offload=disk pins the store's block files, offload=cpu replays the log)",
-        "trajectory",
-    ),
-)
-
-
 def _offload(cfg) -> str | None:
     """``offload=cpu|disk`` streams full-parameter ZO steps of the methods that stream, on the
-    virtual engine, never holding the whole model (docs/offload.md)."""
+    virtual engine, never holding the whole model (docs/offload.md). ``train.keep_best``,
+    ``train.save_final`` and ``train.checkpoint=weights`` stream too (block by block)."""
     mode = _value(cfg, "offload.mode")
     if mode in (None, "none"):
         return None
@@ -140,9 +127,6 @@ def _offload(cfg) -> str | None:
         return f"offload={mode} streams full-parameter tuning only; got tuning={tuning} (use tuning=full)"
     if _value(cfg, "model.device_map"):
         return f"offload={mode} and model.device_map place the model two ways; set model.device_map=null"
-    for key, bad, why, allowed in _OFFLOAD_WHOLE_MODEL:
-        if _value(cfg, key) == bad:
-            return f"{key}={str(bad).lower()} {why.format(mode=mode)}; set {key}={allowed}"
     return None
 
 

@@ -9,6 +9,7 @@ the method check.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,11 +24,11 @@ from ..config.rules import OFFLOAD_NOT_YET as NOT_YET
 from ..config.rules import offload_refusal as refusal
 from ..config.schema import OFFLOAD_MODES as MODES
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import loading
 from .engine import OffloadEngine
 from .executor import Offloader
-from .store import BlockStore, CpuStore, DiskStore
+from .store import PIN_MANIFEST, BlockStore, CpuStore, DiskStore
 
 __all__ = ["METHODS", "MODES", "NOT_YET", "refusal"]  # the config's lists, read here by the tests
 
@@ -73,7 +74,7 @@ def load_model(
         auto = loading._auto_class(model_cfg.get("family", "causal"))
         dtype = loading.torch_dtype(model_cfg["dtype"])
         tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
-        fill = resume is None
+        fill = resume is None or mode_of(cfg) == "cpu"  # a host store died with the process
         if model_cfg["source"] == "random":
             config = loading.random_config(model_cfg, tokenizer)
             seed = int(model_cfg.get("init_seed", 0))
@@ -163,18 +164,74 @@ def disk_offloader(model: nn.Module) -> Offloader | None:
     return offloader if offloader is not None and isinstance(offloader.store, DiskStore) else None
 
 
-def pin(model: nn.Module, run_dir: Path, step: int, base_sha256: str) -> None:
+def pin(model: nn.Module, run_dir: Path, step: int, base_sha256: str, weights: bool = False) -> None:
     """Before checkpoint ``step`` is written: pin an ``offload=disk`` store's files (its writes
-    landed first) as that checkpoint's state (``DiskStore.pin``); no-op otherwise."""
-    offloader = disk_offloader(model)
-    if offloader is not None:
-        offloader.wait()
-        cast(DiskStore, offloader.store).pin(pin_folder(run_dir, step), step, base_sha256)
+    landed first) as that checkpoint's state (``DiskStore.pin``). ``weights`` (a
+    ``train.checkpoint=weights`` checkpoint, which a resume does not replay): the blocks are
+    flushed to ``step`` first, and an ``offload=cpu`` store, lost with the process, is written to
+    the same folder as block files (``pin_copy``). No-op for a model that is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return
+    if weights:
+        offloader.flush()
+    offloader.wait()
+    if isinstance(offloader.store, DiskStore):
+        offloader.store.pin(pin_folder(run_dir, step), step, base_sha256)
+    elif weights:
+        pin_copy(offloader.store, pin_folder(run_dir, step), step, base_sha256)
+
+
+def pin_copy(store: BlockStore, folder: Path, step: int, base_sha256: str) -> None:
+    """``store``'s blocks (optimizer state included) written as a pin folder: block files and the
+    manifest, built aside and renamed into place (what ``DiskStore.pin`` links, copied)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = DiskStore(tmp, len(store))
+    for i in range(len(store)):
+        files.write(i, store.read(i), store.step(i))
+    manifest = {"step": int(step), "base_sha256": base_sha256, "stamps": [store.step(i) for i in range(len(store))]}
+    (tmp / PIN_MANIFEST).write_text(json.dumps(manifest))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def restore_weights(model: nn.Module, run_dir: Path, step: int) -> None:
+    """Resume from weights checkpoint ``step``: every block exactly at ``step`` from its pin
+    (``offload=disk``: the current file where it is at ``step``, else the pinned one;
+    ``offload=cpu``: the pinned block files read into the host store), then adopted. No-op for a
+    model that is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return
+    folder = pin_folder(run_dir, step)
+    manifest = folder / PIN_MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(
+            f"{manifest} is missing: the weights checkpoint of step {step} keeps its offloaded blocks there; "
+            f"delete {folder.parent} to start the run afresh"
+        )
+    base = json.loads(manifest.read_text()).get("base_sha256", "")
+    if isinstance(offloader.store, DiskStore):
+        offloader.store.restore(folder, step, base, exact=True)
+    else:
+        pinned = DiskStore(folder, len(offloader.store))
+        for i in range(len(pinned)):
+            offloader.store.write(i, pinned.read(i), pinned.step(i))
+    offloader.resume_step = None
+    offloader.adopt()
+
+
+def resident(model: nn.Module, named):
+    """``named`` without the offloaded block parameters (what a weights checkpoint copies:
+    the blocks are in its pin folder); ``named`` itself when ``model`` is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    return named if offloader is None else [(n, p) for n, p in named if not offloader.is_offloaded(p)]
 
 
 def unpin_others(model: nn.Module, run_dir: Path, step: int) -> None:
     """After checkpoint ``step`` is written: remove the pins of older checkpoints."""
-    if disk_offloader(model) is None:
+    if getattr(model, "zobench_offloader", None) is None:
         return
     keep = pin_folder(run_dir, step)
     for old in keep.parent.glob("offload-*"):
@@ -232,7 +289,7 @@ def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
 
 def bind(optimizer: Any, method: str) -> None:
     """Refuse a method that does not stream (one line), stamp deferred updates with its step."""
-    engine = optimizer.engine
+    engine = getattr(optimizer, "engine", None)  # a first-order optimizer has none
     if not isinstance(engine, OffloadEngine):
         return
     mode = "disk" if isinstance(engine.offloader.store, DiskStore) else "cpu"
