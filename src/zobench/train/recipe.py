@@ -367,7 +367,9 @@ class Recipe:
             return state.step
         if state.best_step != self.steps and state.best_file:
             copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
-        elif state.best_step != self.steps and (self.checkpoint_mode == "trajectory" or offload.offloaded(self.cfg)):
+        elif state.best_step != self.steps and self.trajectory is not None and self.checkpoint_mode == "trajectory":
+            self.trajectory.rebuild(state.best_step, self.device)
+        elif state.best_step != self.steps and offload.offloaded(self.cfg):  # weights checkpoints: no best/ copy
             if self.trajectory is None:  # a weights checkpoint resumed without a log (another engine's)
                 raise CheckpointError(
                     f"train.keep_best: the best-dev step {state.best_step} of this offloaded run is rebuilt from "
