@@ -77,7 +77,7 @@ def test_every_method_streams_or_is_refused_by_name():
 
     assert set(offload.METHODS) | set(offload.NOT_YET) == set(methods())
     for name in offload.NOT_YET:
-        cfg = compose_run(f"optimizer={name}", "offload=disk", "train.keep_best=false")
+        cfg = compose_run(f"optimizer={name}", "offload=disk")
         with pytest.raises(ConfigError, match=rf"^optimizer={name} cannot run with offload=disk yet: .*$"):
             validate(cfg)
 
@@ -87,8 +87,8 @@ def test_every_method_streams_or_is_refused_by_name():
     [
         (["offload.mode=tape"], r"^offload.mode='tape': allowed none, cpu, disk"),
         (["offload=disk", "offload.dir=''"], r"^offload.dir='': expected a folder or null"),
-        (["offload=cpu", "train.keep_best=false", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
-        (["offload=disk", "train.keep_best=false", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
+        (["offload=cpu", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
+        (["offload=disk", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
     ],
 )
 def test_bad_offload_configs_are_one_line_errors(overrides, message):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import random_init
 from .blocks import find_blocks
 from .executor import placeholder
 from .store import BlockStore
@@ -67,8 +68,6 @@ def _skeleton(auto, config, dtype: torch.dtype, device="cpu", shell_ops: list | 
     """``config``'s model with real resident layers and its blocks on meta (no memory), and the
     one-block model's block (the template of the blocks' buffers). ``shell_ops``: a list that
     receives the ops of the one-block model's initialisation (``random_init.record``)."""
-    from . import random_init
-
     with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype)
     small = copy.deepcopy(config)
@@ -77,7 +76,7 @@ def _skeleton(auto, config, dtype: torch.dtype, device="cpu", shell_ops: list | 
         if shell_ops is None:
             shell = auto.from_config(small, dtype=dtype)
         else:
-            shell, ops = random_init.record(lambda: auto.from_config(small, dtype=dtype))
+            shell, ops = random_init.record(lambda: auto.from_config(small, dtype=dtype), _shell_blocks)
             shell_ops.extend(ops)
     _, blocks = find_blocks(model)
     _materialise_resident(model, shell, blocks)
@@ -127,8 +126,6 @@ def init_random_into(
     ``offload=none`` draws with the same seed on ``device`` (``random_init``: its one-block
     trace replayed block by block); ``fill=False``: the store's blocks are kept (a resume), only
     the resident layers are drawn (the blocks' draws advance the RNG on scratch tensors)."""
-    from . import random_init
-
     ops: list = []
     model, template = _skeleton(auto, config, dtype, device, shell_ops=ops)
     prefix, blocks = find_blocks(model)

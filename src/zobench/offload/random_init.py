@@ -105,20 +105,20 @@ class _Recorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def record(build: Callable[[], nn.Module]) -> tuple[nn.Module, list[Op]]:
-    """``build()`` (the shell) and the ops its construction and initialisation ran."""
+def record(
+    build: Callable[[], nn.Module], blocks_of: Callable[[nn.Module], nn.ModuleList]
+) -> tuple[nn.Module, list[Op]]:
+    """``build()`` (the shell) and the ops its construction and initialisation ran;
+    ``blocks_of(shell)``: its one-block list."""
     recorder = _Recorder()
     with recorder:
         shell = build()
-    _classify(shell, recorder.ops)
+    _classify(shell, blocks_of(shell), recorder.ops)
     return shell, recorder.ops
 
 
-def _classify(shell: nn.Module, ops: list[Op]) -> None:
+def _classify(shell: nn.Module, blocks: nn.ModuleList, ops: list[Op]) -> None:
     """Name what each op writes: a block parameter (by its name in the block), a resident one, or other."""
-    from .build import _shell_blocks
-
-    blocks = _shell_blocks(shell)
     prefix = next(name for name, module in shell.named_modules() if module is blocks)
     owner: dict[int, tuple] = {}
     for name, p in shell.named_parameters(remove_duplicate=False):
@@ -219,7 +219,8 @@ def replay(
                     f"offload: the random initialisation writes {key[-1]} from a computed tensor ({op.name}), "
                     "which cannot be replayed block by block; use offload=cpu"
                 )
-            _, offset, size, stride, _, _ = op.view  # type: ignore[misc]
+            assert op.view is not None, "a parameter write is in place"  # _key is None otherwise
+            _, offset, size, stride, _, _ = op.view
             op.func(target.as_strided(size, stride, offset), *op.args, **op.kwargs)
         if op.where[0] == "block" and last_op[op.block] == i:
             if op.block not in open_blocks:  # only scratch draws: its weights were never written
