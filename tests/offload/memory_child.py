@@ -1,6 +1,9 @@
 """Run by test_memory.py in a subprocess: an offloaded model several times larger than an
 RLIMIT_AS budget is built (block by block into a disk store) and trained for two MeZO steps
-under that limit; then the same model built whole in memory must fail under it.
+under that limit; the two steps are replayed from their recorded closure values into a second
+store built from the same seed, as ``zobench.replay`` streams (``trajectory/stream.py``: deferred
+updates, one flush), and written as a sharded checkpoint (``offload/export.py``), still under the
+limit, equal to the trained blocks; then the same model built whole in memory must fail under it.
 
 argv: store folder, budget in MiB. Prints ``ok <peak growth MiB>`` or raises.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import resource
 import sys
 import threading
+from pathlib import Path
 
 import torch
 import transformers
@@ -17,7 +21,9 @@ import transformers
 from zobench.engine import VirtualEngine
 from zobench.offload import DiskStore, OffloadEngine, Offloader
 from zobench.offload.build import init_random_into
+from zobench.offload.export import save_sharded
 from zobench.optim import MeZO
+from zobench.trajectory.tape import ReplayTape, Tape, replay_steps
 
 CONFIG = dict(
     model_type="llama",
@@ -67,17 +73,38 @@ def main(root: str, budget_mib: int) -> None:
         losses = logits.logsumexp(-1).reshape(replicas, -1).mean(-1)
         return losses if replicas > 1 else losses[0]
 
-    for _ in range(2):
-        opt.step(closure)
+    tape, steps = Tape(), []
+    for step in (1, 2):
+        tape.start()
+        opt.step(tape.wrap(closure, replicas=True))
+        steps.append((step, tape.calls))
     offloader.flush()
     assert [store.step(i) for i in range(len(store))] == [2] * len(store)
     offloader.close()
+    replay_streamed(auto, config, root, steps)
+    for i in range(len(store)):  # the replayed blocks are the trained ones, bit for bit
+        trained, replayed = store.read(i), DiskStore(f"{root}-replay", len(store)).read(i)
+        assert all(torch.equal(replayed[name], t) for name, t in trained.items()), i
     try:  # the control: the same model whole in memory does not fit the limit
         auto.from_config(config)
     except (MemoryError, RuntimeError):
         print(f"ok {model_bytes / 2**20:.0f}")
         return
     raise AssertionError("the whole model fit in the limit: the limit does not bound anything")
+
+
+def replay_streamed(auto, config, root: str, steps) -> None:
+    """The base drawn again into a second store, the recorded steps replayed through a fresh MeZO
+    on the offload engine (every block update deferred), flushed, written sharded."""
+    model, store = init_random_into(auto, config, torch.float32, lambda n: DiskStore(f"{root}-replay", n), init_seed=0)
+    offloader = Offloader(model, store)
+    offloader.adopt()
+    engine = OffloadEngine(VirtualEngine(model), offloader)
+    opt = MeZO(model.parameters(), lr=1e-3, eps=1e-3, engine=engine)
+    engine.bind(opt)
+    replay_steps(opt, ReplayTape(True), steps, 1)
+    save_sharded(model, offloader, Path(f"{root}-sharded"))
+    offloader.close()
 
 
 if __name__ == "__main__":

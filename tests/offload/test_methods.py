@@ -77,7 +77,7 @@ def test_every_method_streams_or_is_refused_by_name():
 
     assert set(offload.METHODS) | set(offload.NOT_YET) == set(methods())
     for name in offload.NOT_YET:
-        cfg = compose_run(f"optimizer={name}", "offload=disk", "train.keep_best=false")
+        cfg = compose_run(f"optimizer={name}", "offload=disk")
         with pytest.raises(ConfigError, match=rf"^optimizer={name} cannot run with offload=disk yet: .*$"):
             validate(cfg)
 
@@ -87,19 +87,22 @@ def test_every_method_streams_or_is_refused_by_name():
     [
         (["offload.mode=tape"], r"^offload.mode='tape': allowed none, cpu, disk"),
         (["offload=disk", "offload.dir=''"], r"^offload.dir='': expected a folder or null"),
-        (["offload=cpu"], r"^train.keep_best=true tests the best-dev step's weights, .* offload=cpu never holds"),
-        (
-            ["offload=disk", "train.keep_best=false", "train.checkpoint=weights"],
-            r"^train.checkpoint=weights copies the whole model's weights .*; set train.checkpoint=trajectory$",
-        ),
-        (["offload=cpu", "train.keep_best=false", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
-        (["offload=disk", "train.keep_best=false", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
+        (["offload=cpu", "engine.mode=inplace"], r"^offload=cpu needs engine.mode=virtual"),
+        (["offload=disk", "tuning=lora"], r"^offload=disk streams full-parameter tuning"),
     ],
 )
 def test_bad_offload_configs_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         validate(compose_run(*overrides))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["cpu", "disk"])
+def test_keep_best_save_final_and_weights_checkpoints_are_allowed_with_offload(mode):
+    """They rebuild / write block by block (tests/offload/test_run.py): the defaults validate."""
+    cfg = compose_run(f"offload={mode}", "train.save_final=true", "train.checkpoint=weights")
+    assert cfg.train.keep_best
+    validate(cfg)
 
 
 def test_offload_none_is_the_default():

@@ -1,5 +1,7 @@
-"""``python -m zobench ... offload=...`` end to end (in process): cpu gives offload=none's losses
-and test metric, disk completes with every stored block at the last step; bad input is one line."""
+"""``python -m zobench ... offload=...`` end to end (in process): cpu and disk give offload=none's
+losses, best-dev step, test metric (of the best step, rebuilt block by block: ``train.keep_best``)
+and saved weights (``train.save_final``: a sharded checkpoint written block by block); bad input
+is one line."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from tests.helpers import SMOKE, one_error_line, zobench_in_process
 from zobench.checkpoint import load_tensors
@@ -15,7 +18,9 @@ from zobench.trajectory.export import export
 from zobench.trajectory.log import FILENAME, read
 from zobench.trajectory.replay import replay
 
-ARGS = (*SMOKE, "train.steps=3", "train.eval_every=3", "train.log_every=1", "train.keep_best=false")
+# dev evaluations every step, keep_best (the default) and save_final: the best-dev step (1 on this
+# data) is before the last, so the test evaluation rebuilds it
+ARGS = (*SMOKE, "train.steps=3", "train.eval_every=1", "train.log_every=1", "train.save_final=true")
 
 
 def _run(tmp_path, monkeypatch, data_dir, name: str, *extra):
@@ -34,29 +39,43 @@ def _run(tmp_path, monkeypatch, data_dir, name: str, *extra):
 
 @pytest.mark.slow
 def test_offloaded_runs_end_to_end(tmp_path, monkeypatch, data_dir):
-    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none", "train.save_final=true")
+    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none")
+    assert summary["best_step"] == summary["tested_step"] < 3  # the rebuild is what is tested
     _, losses, offloaded = _run(tmp_path, monkeypatch, data_dir, "cpu", "offload=cpu")
     assert losses == expected and len(losses) == 3
-    assert offloaded["test_accuracy"] == summary["test_accuracy"]
+    _same_result(offloaded, summary, tmp_path / "none" / "final", tmp_path / "cpu" / "final")
     # the trajectory log hashes the stored base weights: offload=cpu's are offload=none's
     hashes = [read(tmp_path / name / FILENAME).header.base_sha256 for name in ("none", "cpu")]
     assert hashes[0] == hashes[1]
     # replay / export of an offload=cpu run: its base is the model loaded whole, as offload=none's,
     # and its replayed last step is the weights offload=none trained (equal to cpu's, bit for bit)
-    trained = load_tensors(tmp_path / "none" / "final" / "trainable.safetensors")
-    replayed = dict(replay(tmp_path / "cpu", "last").named)
-    assert replayed.keys() == trained.keys() and all(torch.equal(replayed[k], v) for k, v in trained.items())
+    tested = load_tensors(tmp_path / "none" / "final" / "trainable.safetensors")
+    replayed = dict(replay(tmp_path / "cpu", "best").named)
+    assert replayed.keys() == tested.keys() and all(torch.equal(replayed[k], v) for k, v in tested.items())
     out = export(tmp_path / "cpu", tmp_path / "exported", step="last")
     assert (out / "README.md").is_file() and any(out.glob("*.safetensors"))
-    run_dir, losses, _ = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk")
+    run_dir, losses, offloaded = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk")
+    assert losses == expected
+    _same_result(offloaded, summary, tmp_path / "none" / "final", run_dir / "final")
     store = DiskStore(run_dir / "offload", 2)  # the default place: under the run dir
-    assert len(losses) == 3 and [store.step(i) for i in range(2)] == [3, 3]
-    # replay of an offload=disk *-random run: its base drawn block by block as the run drew it
-    replayed = dict(replay(run_dir, "last").named)
+    # the store holds the tested (best) step's blocks: the test evaluation's rebuild wrote them
+    assert [store.step(i) for i in range(2)] == [summary["best_step"]] * 2
+    replayed = dict(replay(run_dir, "best").named)  # whole, from offload=none's base
     for i in range(2):
         for name, t in store.read(i).items():
             assert torch.equal(replayed[f"model.layers.{i}.{name}"], t), name
     assert export(run_dir, tmp_path / "exported-disk", step="last").is_dir()
+
+
+def _same_result(offloaded: dict, summary: dict, none_final, final) -> None:
+    """An offloaded run's best step, test metric and ``final/`` (a sharded checkpoint) are
+    offload=none's (``final/trainable.safetensors``)."""
+    assert (offloaded["best_step"], offloaded["tested_step"]) == (summary["best_step"], summary["tested_step"])
+    assert offloaded["test_accuracy"] == summary["test_accuracy"]
+    assert (final / "model.safetensors.index.json").is_file() and not (final / "trainable.safetensors").exists()
+    saved = dict(transformers.AutoModelForCausalLM.from_pretrained(final).named_parameters())
+    tested = load_tensors(none_final / "trainable.safetensors")
+    assert tested.keys() <= saved.keys() and all(torch.equal(saved[k], v) for k, v in tested.items())
 
 
 def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
@@ -70,3 +89,47 @@ def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
     )
     one_error_line(result, "optimizer=hizoo cannot run with offload=disk yet")
     assert not (tmp_path / "r" / "offload").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "mode"), [("mezo", "disk"), ("zo_adam", "cpu")])
+def test_weights_checkpoint_of_an_offloaded_run_resumes_as_offload_none(method, mode, tmp_path, data_dir, caplog):
+    """``train.checkpoint=weights`` with offload: the checkpoint holds the resident layers and the
+    optimizer state, its pin folder the blocks flushed to its step (offload=cpu: written there);
+    a run stopped by a signal mid-way and resumed (no replay) ends as the uninterrupted
+    offload=none run: metrics, best step, test metric, final weights. ZO-Adam: its moments stream
+    in the block files, so they are in the pin too."""
+    from tests.helpers import compose_run, signal_at_loss_call, stable
+    from zobench.run import run
+
+    args = (
+        *SMOKE,
+        f"optimizer={method}",
+        "train.steps=5",
+        "train.eval_every=1",
+        "train.log_every=1",
+        "train.save_final=true",
+        "train.checkpoint=weights",
+        "train.checkpoint_every=0",  # only the signal's checkpoint
+        f"data.dir={data_dir}",
+    )
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    expected = run(compose_run(*args), reference)
+    with pytest.MonkeyPatch.context() as patch:
+        signal_at_loss_call(patch, 4)
+        stopped = run(compose_run(*args, f"offload={mode}"), resumed)
+    assert stopped["status"] == "interrupted" and 1 <= stopped["steps"] < 5, stopped
+    pinned = resumed / "checkpoint" / f"offload-{stopped['steps']:09d}"
+    assert sorted(p.name for p in pinned.iterdir()) == [
+        "block-00000.safetensors",
+        "block-00001.safetensors",
+        "store.json",
+    ]
+    with caplog.at_level("INFO", logger="zobench"):
+        summary = run(compose_run(*args, f"offload={mode}"), resumed)
+    assert f"resumed from step {stopped['steps']}" in caplog.text
+    assert summary["status"] == "completed" and summary["best_step"] == expected["best_step"]
+    assert summary["test_accuracy"] == expected["test_accuracy"]
+    assert stable(resumed / "metrics.jsonl") == stable(reference / "metrics.jsonl")
+    _same_result(summary, expected, reference / "final", resumed / "final")
+    assert not (resumed / "checkpoint").exists()

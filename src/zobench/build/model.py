@@ -72,15 +72,15 @@ def build_model(
     sharding the parameters) before any engine or optimizer sees the parameters. With ``offload``
     (``cpu`` / ``disk``) and a ``run_dir``, the blocks go into the store (``zobench/offload``; the
     disk store under ``<run_dir>/offload`` unless ``offload.dir``); without a run dir (replay,
-    export) the model is loaded whole, as the run's base (``offload.load_base``: an
-    ``offload=disk`` ``*-random`` run's per-block draws). ``resume``: the step of the checkpoint
+    export) the model is loaded whole, as the run's base (``zobench.trajectory.stream`` replays
+    an offloaded run without it). ``resume``: the step of the checkpoint
     the run resumes from (``offload=disk`` then keeps the store the run trained)."""
     with heartbeat(f"loading model {cfg.model.name}"):
         started = time.perf_counter()
         if run_dir is not None and offload.offloaded(cfg):
             model, tokenizer = offload.load_model(cfg, torch.device(device), run_dir, load_model_or_explain, resume)
-        else:  # an offload=disk run's base is built as the run built it (replay, export)
-            model, tokenizer = offload.load_base(cfg, torch.device(device)) or load_model_or_explain(cfg, device)
+        else:  # an offloaded run's base is offload=none's (a *-random model: the same draws)
+            model, tokenizer = load_model_or_explain(cfg, device)
     log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
     if tune:
         model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), cfg.model.family, seed=cfg.seed)

@@ -107,35 +107,10 @@ def offload_refusal(method: str, mode: str) -> str | None:
     )
 
 
-#: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set)
-_OFFLOAD_WHOLE_MODEL = (
-    (
-        "train.keep_best",
-        True,
-        "tests the best-dev step's weights, rebuilt by replay on the whole base model, which "
-        "offload={mode} never holds (its store keeps only the last step)",
-        "false (the test evaluates the last step)",
-    ),
-    (
-        "train.checkpoint",
-        "weights",
-        "copies the whole model's weights at every checkpoint; offload={mode} checkpoints its "
-        "trajectory (offload=disk pins the store's block files)",
-        "trajectory",
-    ),
-    (
-        "train.save_final",
-        True,
-        "writes the whole model's weights to final/; offload={mode}'s are in its store "
-        "(python -m zobench.export writes a loadable copy)",
-        "false",
-    ),
-)
-
-
 def _offload(cfg) -> str | None:
     """``offload=cpu|disk`` streams full-parameter ZO steps of the methods that stream, on the
-    virtual engine, never holding the whole model (docs/offload.md)."""
+    virtual engine, never holding the whole model (docs/offload.md). ``train.keep_best``,
+    ``train.save_final`` and ``train.checkpoint=weights`` stream too (block by block)."""
     mode = _value(cfg, "offload.mode")
     if mode in (None, "none"):
         return None
@@ -152,10 +127,11 @@ def _offload(cfg) -> str | None:
         return f"offload={mode} streams full-parameter tuning only; got tuning={tuning} (use tuning=full)"
     if _value(cfg, "model.device_map"):
         return f"offload={mode} and model.device_map place the model two ways; set model.device_map=null"
-    for key, bad, why, allowed in _OFFLOAD_WHOLE_MODEL:
-        if _value(cfg, key) == bad:
-            return f"{key}={str(bad).lower()} {why.format(mode=mode)}; set {key}={allowed}"
     return None
+
+
+#: the offload rule by name: whether a config streams (a streamed replay checks the run's config)
+offload_problem = _offload
 
 
 #: (the keys a rule reads, the rule): a rule runs when every key it reads passed its own check

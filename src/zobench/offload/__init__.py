@@ -14,8 +14,12 @@ Design (docs/offload.md has the long form):
 * ``OffloadEngine`` (``engine.py``): the config's engine (virtual mode) evaluates the resident
   block unchanged; its updates of blocks are deferred to the block's next arrival (ZO2's
   deferred update), so a MeZO step reads and writes each block once.
-* ``build.py``: ``*-random`` models initialised block by block into the store, checkpoints read
-  lazily (``safetensors.safe_open``) into it, in-memory models moved into it.
+* ``build.py``: ``*-random`` models initialised block by block into the store (with
+  ``offload=none``'s draws: ``random_init.py`` replays the one-block model's initialisation trace
+  per block), checkpoints read lazily (``safetensors.safe_open``) into it, in-memory models moved
+  into it.
+* ``export.py``: an offloaded model written as a sharded Hugging Face checkpoint block by block
+  (``train.save_final``, the streamed ``zobench.replay`` / ``export``: ``trajectory/stream.py``).
 
 Methods that stream: ``config.rules.OFFLOAD_METHODS`` (their momentum / Adam state streams with its block);
 the others are refused in one line (``OFFLOAD_NOT_YET``).

@@ -3,9 +3,9 @@
 * ``init_random_into``: a ``*-random`` model (``source: random``). The model is built on the
   meta device (no memory); the resident modules and one template block are built for real from a
   one-block copy of the config (their buffers, e.g. rotary frequencies, come from there); then
-  block by block: allocate, initialise with the model's own ``_init_weights`` under a per-block
-  seed (``init_seed``, block index), write to the store, release. Peak: the resident layers + one
-  block. (The weights differ from ``offload=none``'s, which draws all blocks from one stream.)
+  block by block: allocate, draw (``random_init``), write to the store, release. Peak: the resident layers + one
+  block. The weights are ``offload=none``'s for the same seed: ``random_init`` replays the
+  one-block model's initialisation trace block by block.
 * ``load_checkpoint_into``: safetensors checkpoints (a converted GGUF, a hub snapshot, a local
   folder) read tensor by tensor with ``safetensors.safe_open``: resident weights into the model,
   each block's into the store, one block in memory at a time.
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import mix_seed
+from . import random_init
 from .blocks import find_blocks
 from .executor import placeholder
 from .store import BlockStore
@@ -64,14 +64,20 @@ def _shell_blocks(shell: nn.Module) -> nn.ModuleList:
     raise ValueError("offload: the one-block model has no block list")
 
 
-def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
+def _skeleton(auto, config, dtype: torch.dtype, device="cpu", shell_ops: list | None = None) -> tuple[Any, nn.Module]:
     """``config``'s model with real resident layers and its blocks on meta (no memory), and the
-    one-block model's block (the template of the blocks' buffers)."""
+    one-block model's block (the template of the blocks' buffers). ``shell_ops``: a list that
+    receives the ops of the one-block model's initialisation (``random_init.record``)."""
     with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype)
     small = copy.deepcopy(config)
     small.num_hidden_layers = 1  # every causal/masked LM config of transformers names its depth so
-    shell = auto.from_config(small, dtype=dtype)
+    with torch.device(device):
+        if shell_ops is None:
+            shell = auto.from_config(small, dtype=dtype)
+        else:
+            shell, ops = random_init.record(lambda: auto.from_config(small, dtype=dtype), _shell_blocks)
+            shell_ops.extend(ops)
     _, blocks = find_blocks(model)
     _materialise_resident(model, shell, blocks)
     if getattr(config, "tie_word_embeddings", False):
@@ -86,33 +92,68 @@ def _fill_blocks(
     ``fill=None``: the store holds the blocks already (a resume): buffers and placeholders only."""
     _, blocks = find_blocks(model)
     for index, block in enumerate(blocks):
-        block.to_empty(device="cpu")
-        _copy_buffers(block, template)
+        _allocate(block, template)
         if fill is not None:
             with torch.no_grad():
                 fill(index, block)
             store.write(index, {name: p.detach() for name, p in block.named_parameters()}, 0)
-        for _, p in block.named_parameters():
-            p.data = placeholder(p)
+        _release(block)
     model.eval()
     model.requires_grad_(False)
 
 
+def _allocate(block: nn.Module, template: nn.Module, device="cpu") -> None:
+    block.to_empty(device=device)
+    _copy_buffers(block, template)
+
+
+def _release(block: nn.Module) -> None:
+    """The block's weights dropped for placeholders on the CPU (``model.to(device)`` moves them)."""
+    for _, p in block.named_parameters():
+        p.data = torch.zeros((), dtype=p.dtype).expand(p.shape)
+
+
 def init_random_into(
-    auto, config, dtype: torch.dtype, store_factory: Callable[[int], BlockStore], init_seed: int, fill: bool = True
+    auto,
+    config,
+    dtype: torch.dtype,
+    store_factory: Callable[[int], BlockStore],
+    init_seed: int,
+    fill: bool = True,
+    device="cpu",
 ):
-    """A random model with its blocks in a new store: ``(model, store)`` (module docstring);
-    ``fill=False``: the store's blocks are kept (a resume), only the resident layers are drawn."""
-    torch.manual_seed(init_seed)  # the resident layers: as load_model seeds them
-    model, template = _skeleton(auto, config, dtype)
+    """A random model with its blocks in a new store: ``(model, store)``, the weights
+    ``offload=none`` draws with the same seed on ``device`` (``random_init``: its one-block
+    trace replayed block by block); ``fill=False``: the store's blocks are kept (a resume), only
+    the resident layers are drawn (the blocks' draws advance the RNG on scratch tensors)."""
+    ops: list = []
+    model, template = _skeleton(auto, config, dtype, device, shell_ops=ops)
+    prefix, blocks = find_blocks(model)
     store = store_factory(config.num_hidden_layers)
+    named = model.named_parameters(remove_duplicate=False)
+    resident = {name: p.data for name, p in named if not name.startswith(prefix + ".")}
 
-    def init(index: int, block: nn.Module) -> None:
-        torch.manual_seed(mix_seed(init_seed, index, 1))  # per block: any block can be redrawn alone
-        for module in block.modules():
-            model._init_weights(module)
+    def open_block(index: int) -> dict[str, torch.Tensor]:
+        _allocate(blocks[index], template, device)
+        return {name: p.data for name, p in blocks[index].named_parameters()}
 
-    _fill_blocks(model, template, store, init if fill else None)
+    def close_block(index: int) -> None:
+        store.write(index, {name: p.detach() for name, p in blocks[index].named_parameters()}, 0)
+        _release(blocks[index])
+
+    expanded = random_init.expand(ops, len(blocks))
+    if not fill:  # every block op only advances the RNG
+        expanded = [random_init.advance_only(op) for op in expanded]
+    torch.manual_seed(init_seed)  # as models/loading.py::_random_model seeds offload=none's draws
+    with torch.no_grad():
+        random_init.replay(expanded, resident, open_block, close_block, device)
+    if not fill:  # buffers and placeholders (the store holds the weights)
+        for block in blocks:
+            _allocate(block, template)
+            _release(block)
+    model.to("cpu")
+    model.eval()
+    model.requires_grad_(False)
     return model, store
 
 

@@ -9,6 +9,8 @@ the method check.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, cast
@@ -22,11 +24,11 @@ from ..config.rules import OFFLOAD_NOT_YET as NOT_YET
 from ..config.rules import offload_refusal as refusal
 from ..config.schema import OFFLOAD_MODES as MODES
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import loading
 from .engine import OffloadEngine
 from .executor import Offloader
-from .store import BlockStore, CpuStore, DiskStore
+from .store import PIN_MANIFEST, BlockStore, CpuStore, DiskStore
 
 __all__ = ["METHODS", "MODES", "NOT_YET", "refusal"]  # the config's lists, read here by the tests
 
@@ -53,9 +55,11 @@ def load_model(
     cfg: DictConfig, device: torch.device, run_dir: Path, load_whole, resume: int | None = None
 ) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` with the blocks in the store ``cfg.offload`` names: ``*-random``
-    models block by block, converted/hub safetensors read lazily, for ``offload=disk``; for
-    ``offload=cpu`` the model is loaded as usual (host RAM holds it by definition) and its blocks
-    moved into pinned host buffers, so its weights equal ``offload=none``'s bit for bit.
+    models block by block (the weights ``offload=none`` draws with the same seed, on the device
+    it draws them on: ``build.init_random_into``); converted/hub safetensors read lazily for
+    ``offload=disk``; for ``offload=cpu`` a checkpoint is loaded as usual (host RAM holds it by
+    definition) and its blocks moved into pinned host buffers. Either way the weights equal
+    ``offload=none``'s bit for bit.
     ``resume`` (the checkpoint's step): ``offload=disk`` keeps the store, which the run trained
     (only the resident layers come from the source); ``resume_store`` brings it to that step."""
     from . import build
@@ -63,18 +67,20 @@ def load_model(
     factory = store_factory(cfg, run_dir, torch.device(device))
     model_cfg = cfg.model
     store: BlockStore
-    if mode_of(cfg) == "cpu":
+    if mode_of(cfg) == "cpu" and model_cfg["source"] != "random":
         model, tokenizer = load_whole(cfg, "cpu")  # the factory's loader (build/model.py)
         store = build.evict_into(model, factory)
     else:
         auto = loading._auto_class(model_cfg.get("family", "causal"))
         dtype = loading.torch_dtype(model_cfg["dtype"])
         tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
-        fill = resume is None
+        fill = resume is None or mode_of(cfg) == "cpu"  # a host store died with the process
         if model_cfg["source"] == "random":
             config = loading.random_config(model_cfg, tokenizer)
             seed = int(model_cfg.get("init_seed", 0))
-            model, store = build.init_random_into(auto, config, dtype, factory, seed, fill=fill)
+            # drawn where offload=none draws them (models/loading.py::_random_model): the same weights
+            where = device if torch.device(device).type == "cuda" else "cpu"
+            model, store = build.init_random_into(auto, config, dtype, factory, seed, fill=fill, device=where)
         else:
             path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
             config = loading.checkpoint_config(model_cfg, path)
@@ -89,24 +95,55 @@ def load_model(
     return model, tokenizer
 
 
-def load_base(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, object] | None:
-    """The base model of an ``offload=disk`` run of a ``*-random`` model, whole in memory: its
-    blocks drawn with the per-block seeds of ``build.init_random_into`` (offload=none draws
-    others), so ``zobench.replay`` / ``export`` rebuild the weights the run started from (its
-    log's base hash). None for any other run: their base is the model loaded whole (offload=cpu
-    moves that model's blocks; offload=disk reads a checkpoint's tensors as they are)."""
+def reset_to_base(cfg: DictConfig, model: nn.Module, device: torch.device) -> None:
+    """An offloaded ``model`` back at its base weights, in its own store and parameters (the
+    rebuild of a best-dev step, ``train.keep_best``: the log then replays to it). The blocks are
+    written again from the source block by block (``*-random``: the same draws; a checkpoint:
+    read lazily) over the store's, stamped step 0, and the resident layers copied from the side
+    build; pending updates are dropped. Never the whole model in memory: the side build holds the
+    resident layers (twice, briefly: its one-block shell) and one block. ``offload=disk`` stays
+    crash-consistent: a block at step 0 is older than any checkpoint, and a resume replays it."""
     from . import build
 
-    model_cfg = cfg.model
-    if mode_of(cfg) != "disk" or model_cfg["source"] != "random":
-        return None
+    offloader = cast(Offloader, model.zobench_offloader)
+    offloader.wait()
+    offloader.pending = [[] for _ in offloader.blocks]
+    model_cfg, store = cfg.model, offloader.store
     auto = loading._auto_class(model_cfg.get("family", "causal"))
-    tokenizer = loading.load_tokenizer(model_cfg, cfg.cache_dir)
-    config = loading.random_config(model_cfg, tokenizer)
-    factory = lambda count: CpuStore(count, pin=False)  # noqa: E731 - the store of one build
-    dtype, seed = loading.torch_dtype(model_cfg["dtype"]), int(model_cfg.get("init_seed", 0))
-    model, store = build.init_random_into(auto, config, dtype, factory, seed)
-    return build.materialise(model, store).to(device), tokenizer
+    dtype = loading.torch_dtype(model_cfg["dtype"])
+    if model_cfg["source"] == "random":
+        config = loading.random_config(model_cfg, loading.load_tokenizer(model_cfg, cfg.cache_dir))
+        where = device if torch.device(device).type == "cuda" else "cpu"
+        seed = int(model_cfg.get("init_seed", 0))
+        side, _ = build.init_random_into(auto, config, dtype, lambda count: store, seed, device=where)
+    else:
+        path = loading.checkpoint_dir(model_cfg, cfg.cache_dir)
+        config = loading.checkpoint_config(model_cfg, path)
+        side, _ = build.load_checkpoint_into(auto, config, dtype, path, lambda count: store)
+    base = dict(side.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not offloader.is_offloaded(p):
+                p.copy_(base[name])
+    offloader.adopt()
+
+
+def save_final(model: nn.Module, folder: Path) -> None:
+    """``train.save_final`` of an offloaded model: its weights (the tested ones) as a sharded
+    Hugging Face checkpoint in ``folder`` (``offload/export.py``), written under a temporary name
+    and renamed into place (a folder there is whole), one block in memory at a time."""
+    from .export import save_sharded
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_sharded(model, cast(Offloader, model.zobench_offloader), tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)  # a restarted finish's earlier copy
+    os.replace(tmp, folder)
 
 
 def flush(model: nn.Module) -> None:
@@ -127,18 +164,74 @@ def disk_offloader(model: nn.Module) -> Offloader | None:
     return offloader if offloader is not None and isinstance(offloader.store, DiskStore) else None
 
 
-def pin(model: nn.Module, run_dir: Path, step: int, base_sha256: str) -> None:
+def pin(model: nn.Module, run_dir: Path, step: int, base_sha256: str, weights: bool = False) -> None:
     """Before checkpoint ``step`` is written: pin an ``offload=disk`` store's files (its writes
-    landed first) as that checkpoint's state (``DiskStore.pin``); no-op otherwise."""
-    offloader = disk_offloader(model)
-    if offloader is not None:
-        offloader.wait()
-        cast(DiskStore, offloader.store).pin(pin_folder(run_dir, step), step, base_sha256)
+    landed first) as that checkpoint's state (``DiskStore.pin``). ``weights`` (a
+    ``train.checkpoint=weights`` checkpoint, which a resume does not replay): the blocks are
+    flushed to ``step`` first, and an ``offload=cpu`` store, lost with the process, is written to
+    the same folder as block files (``pin_copy``). No-op for a model that is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return
+    if weights:
+        offloader.flush()
+    offloader.wait()
+    if isinstance(offloader.store, DiskStore):
+        offloader.store.pin(pin_folder(run_dir, step), step, base_sha256)
+    elif weights:
+        pin_copy(offloader.store, pin_folder(run_dir, step), step, base_sha256)
+
+
+def pin_copy(store: BlockStore, folder: Path, step: int, base_sha256: str) -> None:
+    """``store``'s blocks (optimizer state included) written as a pin folder: block files and the
+    manifest, built aside and renamed into place (what ``DiskStore.pin`` links, copied)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = DiskStore(tmp, len(store))
+    for i in range(len(store)):
+        files.write(i, store.read(i), store.step(i))
+    manifest = {"step": int(step), "base_sha256": base_sha256, "stamps": [store.step(i) for i in range(len(store))]}
+    (tmp / PIN_MANIFEST).write_text(json.dumps(manifest))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def restore_weights(model: nn.Module, run_dir: Path, step: int) -> None:
+    """Resume from weights checkpoint ``step``: every block exactly at ``step`` from its pin
+    (``offload=disk``: the current file where it is at ``step``, else the pinned one;
+    ``offload=cpu``: the pinned block files read into the host store), then adopted. No-op for a
+    model that is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    if offloader is None:
+        return
+    folder = pin_folder(run_dir, step)
+    manifest = folder / PIN_MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(
+            f"{manifest} is missing: the weights checkpoint of step {step} keeps its offloaded blocks there; "
+            f"delete {folder.parent} to start the run afresh"
+        )
+    base = json.loads(manifest.read_text()).get("base_sha256", "")
+    if isinstance(offloader.store, DiskStore):
+        offloader.store.restore(folder, step, base, exact=True)
+    else:
+        pinned = DiskStore(folder, len(offloader.store))
+        for i in range(len(pinned)):
+            offloader.store.write(i, pinned.read(i), pinned.step(i))
+    offloader.resume_step = None
+    offloader.adopt()
+
+
+def resident(model: nn.Module, named):
+    """``named`` without the offloaded block parameters (what a weights checkpoint copies:
+    the blocks are in its pin folder); ``named`` itself when ``model`` is not offloaded."""
+    offloader = getattr(model, "zobench_offloader", None)
+    return named if offloader is None else [(n, p) for n, p in named if not offloader.is_offloaded(p)]
 
 
 def unpin_others(model: nn.Module, run_dir: Path, step: int) -> None:
     """After checkpoint ``step`` is written: remove the pins of older checkpoints."""
-    if disk_offloader(model) is None:
+    if getattr(model, "zobench_offloader", None) is None:
         return
     keep = pin_folder(run_dir, step)
     for old in keep.parent.glob("offload-*"):
@@ -189,12 +282,14 @@ def stored_weights(model: nn.Module, named):
 def wrap_engine(engine: Engine, model: nn.Module) -> Engine:
     """``engine`` with deferred block updates if ``model`` is offloaded, else ``engine`` itself."""
     offloader = getattr(model, "zobench_offloader", None)
-    return engine if offloader is None else OffloadEngine(engine, offloader)
+    if offloader is None or isinstance(engine, OffloadEngine):  # a rebuild's optimizer reuses the run's
+        return engine
+    return OffloadEngine(engine, offloader)
 
 
 def bind(optimizer: Any, method: str) -> None:
     """Refuse a method that does not stream (one line), stamp deferred updates with its step."""
-    engine = optimizer.engine
+    engine = getattr(optimizer, "engine", None)  # a first-order optimizer has none
     if not isinstance(engine, OffloadEngine):
         return
     mode = "disk" if isinstance(engine.offloader.store, DiskStore) else "cpu"

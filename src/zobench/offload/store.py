@@ -157,9 +157,10 @@ class DiskStore(BlockStore):
             shutil.rmtree(folder)
         os.replace(tmp, folder)
 
-    def restore(self, folder: Path, step: int, base_sha256: str) -> list[int]:
+    def restore(self, folder: Path, step: int, base_sha256: str, exact: bool = False) -> list[int]:
         """Bring the store back to checkpoint ``step`` pinned in ``folder``: each block from its
-        current file if at a step <= ``step``, else from the pin; returns the blocks' steps.
+        current file if at a step <= ``step`` (``exact``: == ``step``, a weights checkpoint, which
+        replays nothing), else from the pin; returns the blocks' steps.
         Refuses (one line) a pin of another run or step, or a block no version of which is <= ``step``."""
         folder, manifest = Path(folder), Path(folder) / PIN_MANIFEST
         pinned = json.loads(manifest.read_text()) if manifest.is_file() else None
@@ -171,11 +172,12 @@ class DiskStore(BlockStore):
         stamps = []
         for i in range(self.count):
             current = self.step(i) if self.path(i).is_file() else None
-            if current is None or current > step:
-                if pinned is None or pinned["stamps"][i] > step:
+            if current is None or current > step or (exact and current != step):
+                if pinned is None or pinned["stamps"][i] > step or (exact and pinned["stamps"][i] != step):
                     found = "missing" if current is None else f"at step {current}"
+                    at = "step" if exact else "a step <="
                     raise CheckpointError(
-                        f"{self.path(i)}: offload block {i} is {found}, and no pinned copy at a step <= {step} "
+                        f"{self.path(i)}: offload block {i} is {found}, and no pinned copy at {at} {step} "
                         f"(the checkpoint's) is in {folder}: the store cannot be brought to step {step}; "
                         f"delete {folder.parent} to start the run afresh"
                     )

@@ -161,8 +161,11 @@ class Recipe:
             self.trajectory.replay_to(self.state.step)  # weights and optimizer state, no forward pass
         else:
             assert self.learner is not None, "a checkpoint is written by a run that takes steps"
-            copy_into(self.named, checkpoint.tensors, self.run_dir / "checkpoint")
+            copy_into(offload.resident(self.model, self.named), checkpoint.tensors, self.run_dir / "checkpoint")
+            offload.restore_weights(self.model, self.run_dir, self.state.step)  # offloaded: the pinned blocks
             self.learner.optimizer.load_state_dict(checkpoint.optimizer_state)
+            # load_state_dict replaces optimizer.state: the offloader streams block state into the new one
+            offload.bind(self.learner.optimizer, str(self.cfg.optimizer.name))
         self.counter.counts.update(self.state.counts)
         log.info("resumed from step %d", self.state.step)
         guard.note_checkpoint(self.checkpoint_mode, self.state.step)
@@ -238,7 +241,9 @@ class Recipe:
         value = self.evaluate("dev", state.step)[self.metric]
         if state.best_dev is None or value > state.best_dev:
             state.best_dev, state.best_step = value, state.step
-            if self.cfg.train.keep_best and state.step != self.steps and self.checkpoint_mode == "weights":
+            # offloaded: no whole copy; the test evaluation rebuilds the step from the log
+            copy = self.checkpoint_mode == "weights" and not offload.offloaded(self.cfg)
+            if self.cfg.train.keep_best and state.step != self.steps and copy:
                 leader, named = self.strategy.leader, self.strategy.whole(self.named)  # rank 0 writes, others read
                 state.best_file = save_best(named, self.best_dir, state.step) if leader else best_name(state.step)
 
@@ -253,11 +258,13 @@ class Recipe:
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
         assert self.learner is not None, "only a run that takes steps checkpoints"
         optimizer_state = self.strategy.whole_state(self.learner.optimizer) if weights else {}
-        tensors = dict(self.strategy.whole(self.named)) if weights else {}  # sharded: gathered for rank 0
+        # sharded: gathered for rank 0; offloaded: the resident layers (the blocks go to the pin below)
+        tensors = dict(self.strategy.whole(offload.resident(self.model, self.named))) if weights else {}
         self.strategy.check(self.named, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
         if self.strategy.leader:
-            if self.trajectory is not None:  # offload=disk: the store as this checkpoint's state
-                offload.pin(self.model, self.run_dir, state.step, self.trajectory.log.header.base_sha256)
+            if self.trajectory is not None or weights:  # offloaded: the store as this checkpoint's state
+                base = self.trajectory.log.header.base_sha256 if self.trajectory is not None else ""
+                offload.pin(self.model, self.run_dir, state.step, base, weights=weights)
             save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             offload.unpin_others(self.model, self.run_dir, state.step)
             remove_stale_best(self.best_dir, keep=state.best_file)
@@ -317,7 +324,10 @@ class Recipe:
             self.strategy.check(self.named, "end of the run")
             named = self.strategy.whole(self.named) if self.cfg.train.save_final else []  # sharded: a gather
             if self.cfg.train.save_final and self.strategy.leader:
-                save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
+                if offload.offloaded(self.cfg):  # a sharded checkpoint, block by block (from_pretrained loads it)
+                    offload.save_final(self.model, self.run_dir / "final")
+                else:
+                    save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
@@ -358,5 +368,12 @@ class Recipe:
         if state.best_step != self.steps and state.best_file:
             copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
         elif state.best_step != self.steps and self.trajectory is not None and self.checkpoint_mode == "trajectory":
+            self.trajectory.rebuild(state.best_step, self.device)
+        elif state.best_step != self.steps and offload.offloaded(self.cfg):  # weights checkpoints: no best/ copy
+            if self.trajectory is None:  # a weights checkpoint resumed without a log (another engine's)
+                raise CheckpointError(
+                    f"train.keep_best: the best-dev step {state.best_step} of this offloaded run is rebuilt from "
+                    f"{self.run_dir / 'trajectory.bin'}, which this resume could not extend; set train.keep_best=false"
+                )
             self.trajectory.rebuild(state.best_step, self.device)
         return state.best_step

@@ -26,7 +26,7 @@ from ..build import Components, build_learner
 from ..checkpoint import copy_into
 from ..config.schema import CHECKPOINT_MODES
 from ..errors import CheckpointError
-from ..offload.setup import resume_store, stored_weights
+from ..offload.setup import reset_to_base, resume_store, stored_weights
 from . import log as trajlog
 from .replay import check_base, config_sha256, replay_into
 
@@ -108,8 +108,17 @@ class RunTrajectory:
 
     def rebuild(self, step: int, device) -> None:
         """The weights at ``step`` in the run's parameters, from the base weights (loaded once
-        more: the model briefly exists twice) through a fresh optimizer on the run's engine."""
-
+        more: the model briefly exists twice) through a fresh optimizer on the run's engine. An
+        offloaded model is reset to its base block by block in its own store instead
+        (``offload.reset_to_base``), and replayed with deferred updates: never whole in memory."""
+        if getattr(self.model, "zobench_offloader", None) is not None:
+            reset_to_base(self.cfg, self.model, device)
+            check_base(self.log.header, stored_weights(self.model, self.named), self.path)
+            learner = build_learner(self.cfg, self.model, self.named, None, engine=self.learner.engine)
+            self.replay_to(step, learner.optimizer)
+            self.model.zobench_offloader.flush()  # every block at ``step`` in the store
+            logger.info("rebuilt the weights of step %d from the trajectory, block by block", step)
+            return
         base = Components.build(self.cfg, device, data=False, learner=False)
         check_base(self.log.header, base.named, self.path)
         copy_into(self.named, dict(base.named), self.path)

@@ -9,6 +9,11 @@ for: ``best`` (the best-dev step, the one the run tested), ``last`` or a step nu
 
 The folder is written under a temporary name and renamed when complete, so a folder at ``out``
 is always a whole export.
+
+A run that was offloaded (``offload=cpu|disk``; or any full-tuning run with ``stream="on"``)
+is replayed block by block (``stream.py``) and written as a sharded checkpoint one block at a
+time (``offload/export.py``): the model is never whole in memory, and the folder loads with
+``from_pretrained`` as the whole-model export does, to the same tensors.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from pathlib import Path
 from ..build import Components
 from ..checkpoint import copy_into, load_tensors
 from ..errors import ConfigError
+from ..offload.export import save_sharded
 from .log import FILENAME
 from .replay import Replayed, read_summary, replay
+from .stream import replay_streamed, wants_stream
 
 
-def export(run_dir: Path, out: Path, step: int | str = "best", device: str | None = None) -> Path:
-    """Write the model of ``run_dir`` at ``step`` to ``out`` (a new or empty folder)."""
+def export(run_dir: Path, out: Path, step: int | str = "best", device: str | None = None, stream: str = "auto") -> Path:
+    """Write the model of ``run_dir`` at ``step`` to ``out`` (a new or empty folder); ``stream``:
+    ``auto`` (block by block for a run that was offloaded), ``on`` or ``off``."""
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not an empty folder; choose a new output folder")
@@ -32,17 +40,28 @@ def export(run_dir: Path, out: Path, step: int | str = "best", device: str | Non
     if step == "best" and summary.get("best_step") is None:
         step = "last"  # no dev set: the run tested its last step
     has_log = (run_dir / FILENAME).is_file() or not (run_dir / "final" / "trainable.safetensors").is_file()
-    replayed = replay(run_dir, step, device=device) if has_log else from_final(run_dir, summary, step, device)
-    tmp = out.with_name(f".{out.name}.tmp")
+    streamed = has_log and wants_stream(run_dir, stream)
+    tmp, work = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.work")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    shutil.rmtree(work, ignore_errors=True)
     try:
-        replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
+        if streamed:
+            replayed = replay_streamed(run_dir, step, work, device=device)
+        else:
+            replayed = replay(run_dir, step, device=device) if has_log else from_final(run_dir, summary, step, device)
+        tmp.mkdir(parents=True)
+        if streamed:
+            save_sharded(replayed.model, replayed.model.zobench_offloader, tmp)
+            replayed.model.zobench_offloader.close()
+        else:
+            replayed.model.save_pretrained(tmp)  # a PeftModel saves its adapter only
         replayed.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(replayed, summary))
     except BaseException:  # a full disk: nothing half-written is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
