@@ -52,6 +52,8 @@ class Strategy:
     each multi-rank strategy overrides those it changes."""
 
     name = "single"
+    #: the factory builds the model on meta and ``prepare_model`` fills it (``build/by_shards.py``)
+    loads_by_shards = False
 
     def __init__(self, ctx: DistContext | None = None, method: str = "") -> None:
         """``method``: the ``optimizer=`` name, for the one line that refuses a learner."""
@@ -187,6 +189,7 @@ class Sharded(_Ranks):
     for what rank 0 writes. Rank 0 logs the trajectory (its header hashes the gathered weights)."""
 
     name = "sharded"
+    loads_by_shards = True
 
     def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
         super().__init__(ctx, method)
@@ -194,11 +197,19 @@ class Sharded(_Ranks):
             raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
         self.shard_size = self.ctx.world_size if shard_size is None else int(shard_size)
         self.counter, self.first_forwards, self.gathered_per_forward = None, 0, 0
+        self.loaded_bytes, self.param_bytes = 0, 0  # this rank's parameter bytes as loaded (its shards), the model's
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``fully_shard`` per block and the root (``sharded.shard_model``), after tuning."""
-        model = shard_model(model, self.ctx.world_size, shard_size=self.shard_size)
+        """``fully_shard`` per block and the root (``sharded.shard_model``), after tuning; a model
+        built on meta (``build/by_shards.py``) then gets its local shards, each from its source."""
+        source = getattr(model, "zobench_source", None)
+        device = source.device.type if source is not None else None
+        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size)
+        if source is not None:
+            source.materialise(model)
+            self.loaded_bytes = source.loaded_bytes
         self.gathered_per_forward = gather_bytes(model, self.shard_size)
+        self.param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         return model
 
     def keeps_log(self) -> bool:
@@ -238,7 +249,16 @@ class Sharded(_Ranks):
         forwards = (self.counter["train"] - self.first_forwards) if self.counter is not None else 0
         gathered = forwards / max(state.step - first_step, 1) * self.gathered_per_forward
         out["comm_bytes_per_step"] += gathered
-        return {**out, "comm_allgather_bytes_per_step": gathered, "dist_shard_size": self.shard_size}
+        loaded = torch.tensor([self.loaded_bytes], dtype=torch.int64)
+        loaded = self.ctx.all_reduce(loaded, op=tdist.ReduceOp.MAX, phase="summary")
+        return {
+            **out,
+            "comm_allgather_bytes_per_step": gathered,
+            "dist_shard_size": self.shard_size,
+            # the parameter bytes the largest rank allocated at load (its shards), of the model's
+            "loaded_param_bytes_per_rank": int(loaded[0]),
+            "param_bytes": self.param_bytes,
+        }
 
     def whole(self, named: list) -> list:
         """The whole weights gathered to rank 0's CPU ([] on the others; a collective)."""

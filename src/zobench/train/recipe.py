@@ -106,7 +106,12 @@ class Recipe:
         (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
         cfg = self.cfg
         self.model, tokenizer = build_model(
-            cfg, self.device, prepare_model=self.strategy.prepare_model, run_dir=self.run_dir, resume=resume
+            cfg,
+            self.device,
+            prepare_model=self.strategy.prepare_model,
+            run_dir=self.run_dir,
+            resume=resume,
+            by_shards=self.strategy.loads_by_shards,
         )
         self.objective = build_objective(cfg, self.spec, self.model, tokenizer, self.device)
         self.examples = encode_examples(cfg, self.spec, self.splits, self.objective)

@@ -1,0 +1,134 @@
+"""A model loaded by shards (``dist.mode=sharded``): no rank ever holds more than its 1/W of the
+weights plus one whole tensor.
+
+``load_meta(cfg, device)`` builds the model on the meta device (``models.meta.Recorder``; no
+memory) and returns it with a ``Source`` of every tensor's value: a ``*-random`` model's taped
+initialisation (the in-memory build's values, bit for bit, the same seed's stream), or a
+safetensors checkpoint's tensor (a converted GGUF, a hub snapshot), read by rows with
+``safe_open(...).get_slice`` (the reader offload's ``load_checkpoint_into`` uses: its file list and
+key resolver). The tuning (LoRA / prefix) is applied on meta under the same recorder, so its
+adapters replay to the values ``apply_tuning``'s seed gives them. After ``fully_shard`` on meta,
+``Source.materialise(model)`` allocates the local shards (``to_empty``) and fills each from its
+source, one parameter at a time: a random tensor is replayed whole and sliced (one tensor in
+memory), a checkpoint tensor is read by the rank's rows only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine.sharded import global_offset, local_tensor
+from ..models import loading
+from ..models.meta import Op, Recorder, Tape
+from ..offload.build import _key_resolver, checkpoint_files
+
+
+def _meta_random(model_cfg, tokenizer, auto, dtype: torch.dtype) -> nn.Module:
+    """``loading._random_model``'s model on meta: the same seed, the same stream."""
+    config = loading.random_config(model_cfg, tokenizer)
+    torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+    return auto.from_config(config, dtype=dtype)
+
+
+def _meta_checkpoint(model_cfg, path: Path, auto, dtype: torch.dtype) -> nn.Module:
+    """The checkpoint's architecture on meta, its init skipped (its weights come from the files)."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = auto.from_config(loading.checkpoint_config(model_cfg, path), dtype=dtype)
+    model.tie_weights()
+    return model
+
+
+def load_meta(cfg, device: torch.device | str, tune):
+    """``(model, tokenizer)``: ``cfg.model`` built on meta and ``tune(model)`` applied under one
+    recorder; ``model.zobench_source`` (a ``Source``) holds how each tensor gets its value."""
+    model_cfg = cfg.model
+    cache_dir = cfg.get("cache_dir") or loading.default_cache_dir()
+    loading.check_value("model.source", model_cfg["source"])
+    auto = loading._auto_class(model_cfg.get("family", "causal"))
+    dtype = loading.torch_dtype(model_cfg["dtype"])
+    tokenizer = loading.load_tokenizer(model_cfg, cache_dir)
+    path = None if model_cfg["source"] == "random" else loading.checkpoint_dir(model_cfg, cache_dir)
+    device = torch.device(device)
+    with Recorder(device if device.type == "cuda" else "cpu") as tape:
+        if path is None:
+            model = _meta_random(model_cfg, tokenizer, auto, dtype)
+        else:
+            model = _meta_checkpoint(model_cfg, path, auto, dtype)
+        model.eval()
+        model.requires_grad_(False)
+        base_names = _all_names(model)
+        model = tune(model)
+    model.zobench_source = Source(tape, model, base_names, path, device)
+    return model, tokenizer
+
+
+def _all_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter (a tied embedding / head is one parameter with two)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
+class Source:
+    """Where each of a meta model's tensors gets its value (module docstring)."""
+
+    def __init__(self, tape: Tape, model: nn.Module, base_names: dict, path: Path | None, device) -> None:
+        self.tape, self.path, self.device = tape, path, torch.device(device)
+        self.loaded_bytes = 0  # what this rank allocated for its parameters (its shards)
+        self.params: dict[str, tuple[list[str], list[Op], torch.Tensor]] = {}
+        for name, p in model.named_parameters():
+            # a base weight of a checkpoint: from the files under its names before tuning; else replayed
+            names = base_names.get(id(p), []) if path is not None else []
+            self.params[name] = (names, tape.ops_of(p), p)
+        self.buffers = {n: (tape.ops_of(b), b) if b.is_meta else b.clone() for n, b in model.named_buffers()}
+
+    def materialise(self, model: nn.Module) -> nn.Module:
+        """Allocate ``model``'s (sharded) parameters on the device and fill each from its source."""
+        model.to_empty(device=self.device)
+        reader = _Reader(self.path) if self.path is not None else None
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                names, ops, like = self.params[name]
+                local = local_tensor(p)
+                if names:
+                    local.copy_(reader.rows(names, global_offset(p), local))
+                else:
+                    whole = self.tape.replay(ops, like)
+                    start = global_offset(p)
+                    local.copy_(whole.reshape(-1)[start : start + local.numel()].view(local.shape))
+                    del whole
+                self.loaded_bytes += local.numel() * local.element_size()
+            for name, buffer in model.named_buffers():
+                value = self.buffers[name]
+                buffer.copy_(self.tape.replay(*value) if isinstance(value, tuple) else value)
+        return model
+
+
+class _Reader:
+    """A safetensors checkpoint read by rows (``safe_open(...).get_slice``), lazily."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        handles = [safe_open(str(f), framework="pt", device="cpu") for f in checkpoint_files(path)]
+        self.path, self.where = path, {key: h for h in handles for key in h.keys()}
+        self.resolve = _key_resolver(self.where)
+
+    def rows(self, names: list[str], offset: int, local: torch.Tensor) -> torch.Tensor:
+        """The rows of the tensor saved under any of ``names`` that ``local`` holds (its first
+        element at global flat index ``offset``): only those rows are read."""
+        key = next((k for k in map(self.resolve, names) if k is not None), None)
+        if key is None:
+            raise KeyError(f"{self.path}: the checkpoint has no {' / '.join(names)}")
+        if local.numel() == 0:
+            return local
+        cols = math.prod(local.shape[1:]) if local.dim() > 1 else 1
+        start = offset // cols
+        return self.where[key].get_slice(key)[start : start + local.shape[0]].view(local.shape)
