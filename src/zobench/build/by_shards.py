@@ -27,19 +27,19 @@ from ..models.meta import Op, Recorder, Tape
 from ..offload.build import _key_resolver, checkpoint_files
 
 
-def _meta_random(model_cfg, tokenizer, auto, dtype: torch.dtype) -> nn.Module:
-    """``loading._random_model``'s model on meta: the same seed, the same stream."""
-    config = loading.random_config(model_cfg, tokenizer)
-    torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+def meta_random(config, seed: int, auto, dtype: torch.dtype) -> nn.Module:
+    """``loading._random_model``'s model (under a ``Recorder``: on meta): the same seed, the same stream."""
+    torch.manual_seed(seed)
     return auto.from_config(config, dtype=dtype)
 
 
-def _meta_checkpoint(model_cfg, path: Path, auto, dtype: torch.dtype) -> nn.Module:
-    """The checkpoint's architecture on meta, its init skipped (its weights come from the files)."""
+def meta_checkpoint(config, auto, dtype: torch.dtype) -> nn.Module:
+    """A checkpoint's architecture (under a ``Recorder``: on meta), its init skipped (its weights
+    come from the files)."""
     from transformers.initialization import no_init_weights
 
     with no_init_weights():
-        model = auto.from_config(loading.checkpoint_config(model_cfg, path), dtype=dtype)
+        model = auto.from_config(config, dtype=dtype)
     model.tie_weights()
     return model
 
@@ -57,18 +57,19 @@ def load_meta(cfg, device: torch.device | str, tune):
     device = torch.device(device)
     with Recorder(device if device.type == "cuda" else "cpu") as tape:
         if path is None:
-            model = _meta_random(model_cfg, tokenizer, auto, dtype)
+            config = loading.random_config(model_cfg, tokenizer)
+            model = meta_random(config, int(model_cfg.get("init_seed", 0)), auto, dtype)
         else:
-            model = _meta_checkpoint(model_cfg, path, auto, dtype)
+            model = meta_checkpoint(loading.checkpoint_config(model_cfg, path), auto, dtype)
         model.eval()
         model.requires_grad_(False)
-        base_names = _all_names(model)
+        base_names = all_names(model)
         model = tune(model)
     model.zobench_source = Source(tape, model, base_names, path, device)
     return model, tokenizer
 
 
-def _all_names(model: nn.Module) -> dict[int, list[str]]:
+def all_names(model: nn.Module) -> dict[int, list[str]]:
     """Every name of each parameter (a tied embedding / head is one parameter with two)."""
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
