@@ -44,7 +44,11 @@ def _load(config, path: Path | None, world: int):
 
     auto = transformers.AutoModelForCausalLM
     with Recorder() as tape:
-        model = meta_random(config, 3, auto, torch.float32) if path is None else meta_checkpoint(config, auto, torch.float32)
+        model = (
+            meta_random(config, 3, auto, torch.float32)
+            if path is None
+            else meta_checkpoint(config, auto, torch.float32)
+        )
     source = Source(tape, model, all_names(model), path, "cpu")
     shard_model(model, world, device="cpu")
     return source.materialise(model), source

@@ -97,14 +97,13 @@ class Source:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 names, ops, like = self.params[name]
-                local = local_tensor(p)
-                if names:
-                    local.copy_(reader.rows(names, global_offset(p), local))
-                else:
-                    whole = self.tape.replay(ops, like)
-                    start = global_offset(p)
-                    local.copy_(whole.reshape(-1)[start : start + local.numel()].view(local.shape))
-                    del whole
+                local, start = local_tensor(p), global_offset(p)
+                if names and reader is not None:  # a checkpoint's weight: this rank's rows only
+                    local.copy_(reader.rows(names, start, local))
+                else:  # replayed whole (one tensor in memory), then sliced
+                    local.copy_(
+                        self.tape.replay(ops, like).reshape(-1)[start : start + local.numel()].view(local.shape)
+                    )
                 self.loaded_bytes += local.numel() * local.element_size()
             for name, buffer in model.named_buffers():
                 value = self.buffers[name]

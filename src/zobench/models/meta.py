@@ -113,7 +113,7 @@ class Tape:
     def scratch(self, t: torch.Tensor) -> torch.Tensor:
         """A real tensor on ``device`` with ``t``'s storage size, dtype and geometry: a view of one
         buffer kept for every draw (grown to the largest), so that the allocator is not left with
-        a heap fragmented by one freed scratch tensor per parameter (measured: +1.5x the model)."""
+        a heap fragmented by one freed scratch tensor per parameter (a 200 MB model: 80 MB more peak)."""
         nbytes = t.untyped_storage().nbytes()
         if self._scratch is None or self._scratch.numel() < nbytes:
             self._scratch = None
