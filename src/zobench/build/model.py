@@ -79,11 +79,9 @@ def build_model(
     the run resumes from (``offload=disk`` then keeps the store the run trained). ``by_shards``
     (``dist.mode=sharded``): the model and its tuning built on meta (``by_shards.load_meta``),
     ``prepare_model`` then shards it and fills each rank's shards: no rank holds the whole model."""
-    tuning = OmegaConf.to_container(cfg.tuning, resolve=True)
     if by_shards:
         with heartbeat(f"loading model {cfg.model.name} by shards"):
-            tuned = (lambda m: apply_tuning(m, tuning, cfg.model.family, seed=cfg.seed)) if tune else (lambda m: m)
-            model, tokenizer = load_meta(cfg, device, tuned)
+            model, tokenizer = load_meta(cfg, device, lambda m: _tuned(cfg, m) if tune else m)
             return (prepare_model(model) if prepare_model is not None else model), tokenizer
     with heartbeat(f"loading model {cfg.model.name}"):
         started = time.perf_counter()
@@ -93,10 +91,15 @@ def build_model(
             model, tokenizer = offload.load_base(cfg, torch.device(device)) or load_model_or_explain(cfg, device)
     log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
     if tune:
-        model = apply_tuning(model, tuning, cfg.model.family, seed=cfg.seed)
+        model = _tuned(cfg, model)
     if prepare_model is not None:
         model = prepare_model(model)
     return model, tokenizer
+
+
+def _tuned(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with ``cfg.tuning`` applied (LoRA / prefix seeded by ``cfg.seed``)."""
+    return apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), cfg.model.family, seed=cfg.seed)
 
 
 def objective_length(cfg: DictConfig) -> int:
