@@ -44,7 +44,7 @@ from ..engine.sharded import ShardedEngine
 from .directions import DirectionShare, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import METHODS, full_state, full_weights, gather_bytes, shard_model
+from .sharded import METHODS, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
 
 
 class Strategy:
@@ -205,6 +205,8 @@ class Sharded(_Ranks):
         built on meta (``build/by_shards.py``) then gets its local shards, each from its source."""
         source = getattr(model, "zobench_source", None)
         device = source.device.type if source is not None else None
+        if (device or next(model.parameters()).device.type) == "cpu":
+            return_freed_buffers()
         model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size)
         if source is not None:
             source.materialise(model)
