@@ -94,7 +94,7 @@ def check_dtype_list(name: str, value: Any) -> None:
 
 def check_no_device_map(name: str, value: Any) -> None:
     """``model.device_map`` (accelerate's layer placement, in one process) is gone: its layers ran
-    one GPU after another and the ones it offloads cannot be perturbed in place (issue 30)."""
+    one GPU after another and the ones it offloads cannot be perturbed in place."""
     if value is not None:
         raise ConfigError(
             f"{name}={value!r}: removed; for a model larger than one GPU use dist.mode=sharded (torchrun "
