@@ -112,3 +112,20 @@ def test_each_rank_loads_half_the_weights_and_never_the_whole_model(loaded):
         assert big["whole"] > 190e6 and abs(big["loaded"] - big["whole"] / 2) <= 0.01 * big["whole"]
         # the whole model in memory would be >= 1.0x; by shards: half + one whole tensor replayed
         assert big["peak_rise"] < 0.7 * big["whole"], big  # measured: 0.54
+
+
+def test_a_checkpoint_without_safetensors_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A ``pytorch_model.bin`` (a pickle) cannot be read by rows: one line before anything is built."""
+    from tests.helpers import compose_run
+    from zobench.build.by_shards import load_meta
+    from zobench.errors import DataNotFoundError
+    from zobench.models import loading
+
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    monkeypatch.setattr(loading, "checkpoint_dir", lambda cfg, cache_dir=None: tmp_path)
+    monkeypatch.setattr(loading, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded first"))
+    cfg = compose_run("model=smollm2-135m")
+    with pytest.raises(
+        DataNotFoundError, match=r"model=smollm2-135m: .* holds no model.safetensors; dist.mode=sharded"
+    ):
+        load_meta(cfg, "cpu", lambda m: pytest.fail("built"))

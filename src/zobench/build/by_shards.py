@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..engine.sharded import global_offset, local_tensor
+from ..errors import DataNotFoundError
 from ..models import loading
 from ..models.meta import Op, Recorder, Tape
 from ..offload.build import _key_resolver, checkpoint_files
@@ -52,8 +53,10 @@ def load_meta(cfg, device: torch.device | str, tune):
     loading.check_value("model.source", model_cfg["source"])
     auto = loading._auto_class(model_cfg.get("family", "causal"))
     dtype = loading.torch_dtype(model_cfg["dtype"])
-    tokenizer = loading.load_tokenizer(model_cfg, cache_dir)
     path = None if model_cfg["source"] == "random" else loading.checkpoint_dir(model_cfg, cache_dir)
+    if path is not None:
+        _check_safetensors(model_cfg["name"], path)
+    tokenizer = loading.load_tokenizer(model_cfg, cache_dir)
     device = torch.device(device)
     with Recorder(device if device.type == "cuda" else "cpu") as tape:
         if path is None:
@@ -67,6 +70,18 @@ def load_meta(cfg, device: torch.device | str, tune):
         model = tune(model)
     model.zobench_source = Source(tape, model, base_names, path, device)
     return model, tokenizer
+
+
+def _check_safetensors(name: str, path: Path) -> None:
+    """One line, before anything is built, for a checkpoint without safetensors files (a
+    ``pytorch_model.bin`` is a pickle: it cannot be read by rows)."""
+    try:
+        checkpoint_files(path)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(
+            f"model={name}: {path} holds no model.safetensors; dist.mode=sharded reads each rank's rows "
+            "from safetensors files: convert the checkpoint to safetensors once, or use dist.mode=data"
+        ) from err
 
 
 def all_names(model: nn.Module) -> dict[int, list[str]]:
