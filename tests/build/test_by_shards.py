@@ -38,14 +38,15 @@ def _hwm() -> int:
 
 def _load(config, path: Path | None, world: int):
     """The model by shards: on meta, sharded, then filled (random: seed 3's init; else ``path``)."""
-    from zobench.build.by_shards import Source, all_names, meta_checkpoint, meta_random
+    from zobench.build.by_shards import Source, all_names, meta_checkpoint
     from zobench.dist.sharded import shard_model
     from zobench.models.meta import Recorder
 
     auto = transformers.AutoModelForCausalLM
     with Recorder() as tape:
+        torch.manual_seed(3)  # tiny_model's seed
         model = (
-            meta_random(config, 3, auto, torch.float32)
+            auto.from_config(config, dtype=torch.float32)
             if path is None
             else meta_checkpoint(config, auto, torch.float32)
         )

@@ -28,12 +28,6 @@ from ..models.meta import Op, Recorder, Tape
 from ..offload.build import _key_resolver, checkpoint_files
 
 
-def meta_random(config, seed: int, auto, dtype: torch.dtype) -> nn.Module:
-    """``loading._random_model``'s model (under a ``Recorder``: on meta): the same seed, the same stream."""
-    torch.manual_seed(seed)
-    return auto.from_config(config, dtype=dtype)
-
-
 def meta_checkpoint(config, auto, dtype: torch.dtype) -> nn.Module:
     """A checkpoint's architecture (under a ``Recorder``: on meta), its init skipped (its weights
     come from the files)."""
@@ -59,9 +53,8 @@ def load_meta(cfg, device: torch.device | str, tune):
     tokenizer = loading.load_tokenizer(model_cfg, cache_dir)
     device = torch.device(device)
     with Recorder(device if device.type == "cuda" else "cpu") as tape:
-        if path is None:
-            config = loading.random_config(model_cfg, tokenizer)
-            model = meta_random(config, int(model_cfg.get("init_seed", 0)), auto, dtype)
+        if path is None:  # the one-process builder itself: its seed, its stream (on meta)
+            model = loading._random_model(model_cfg, auto, tokenizer, dtype, device)
         else:
             model = meta_checkpoint(loading.checkpoint_config(model_cfg, path), auto, dtype)
         model.eval()
