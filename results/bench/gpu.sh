@@ -9,12 +9,23 @@
 #    dtypes below, each feature on: the Triton kernels against the torch reference on every shape
 #    class; its log holds one JSON line with the check's own seconds (the target: under 1 s);
 # 3. the compiled-kernel tests (tests/engine/test_triton_cuda.py);
-# 4. the benchmark (python -m zobench.bench) of the default path (engine=auto: the Triton virtual
+# 4. sharded vs data on 2 GPUs (issue 30; python -m zobench.bench.sharded --device cuda, torchrun,
+#    NCCL) on OPT-1.3B-random: step time, bytes per step, per-rank peak GPU memory. Skipped, in one
+#    line and a few seconds, where fewer than 2 GPUs are visible (exit 77: status "skipped");
+# 5. the offload benchmark (issue 29; python -m zobench.bench.offload --device cuda): OPT-13B-random
+#    fp16 in GPU memory and with offload=cpu (blocks in pinned host memory streamed to the GPU on a
+#    side stream): step time, the ratio (goal <= 1.3x) and peak GPU memory; OPT-30B-random fp16
+#    with offload=cpu (60 GB of blocks in host memory): peak GPU memory and step time;
+# 6. the benchmark (python -m zobench.bench) of the default path (engine=auto: the Triton virtual
 #    engine, paired) against the authors' MeZO step on OPT-1.3B-random and OPT-30B-random (the
 #    largest OPT config; 60 GB of fp16 weights), fused vs unfused GEMM on both, paired vs
 #    unpaired and bf16 on OPT-1.3B.
-# Every run has its own timeout (and the whole check a budget: a run gets at most what is left,
-# and is skipped when too little is), so one hang cannot eat the lease; ZOBENCH_WATCHDOG makes a
+# The plan is in order of importance. Every run has its own timeout (and the whole check a budget:
+# a run gets at most what is left, and is skipped when too little is), so one hang cannot eat the
+# lease; the runs of 2-4 and OPT-13B's of 5 fit the budget even if every one of them times out,
+# OPT-30B's gets the time they leave (offload=cpu draws a *-random model's blocks on the CPU, one
+# generator: minutes for 60 GB) and the benchmarks of 6 what is left after it (--dry-run says which
+# runs are sure to start and which run only if time is left); ZOBENCH_WATCHDOG makes a
 # stalled run print its phase, module and stacks into its log before it is killed (a training
 # run's step that stalls also ends it: engine.watchdog_s). Everything
 # lands in one folder (default results/bench/gpu): runs.jsonl, <run>.json / .md / .log, and
@@ -45,13 +56,17 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# the plan: one run per line, "name<TAB>timeout seconds<TAB>command"
+# the plan: one run per line, "name<TAB>timeout seconds<TAB>command", the most important first
 default_plan() {
     local B="$PYTHON -m zobench.bench device=cuda bench.warmup=1 bench.repeats=5 bench.out=$OUT"
     local C="$PYTHON -m zobench.engine.selfcheck device=cuda logger=none"
+    local O="$PYTHON -m zobench.bench.offload --device cuda --dtype float16 --steps 3 --batch 16 --length 256"
     printf '%s\t%s\t%s\n' \
         selfcheck 30 "$C --models opt-1.3b-random,opt-30b-random --dtypes float16,bfloat16,float32 engine.fused_linear=true" \
         cuda_tests 90 "$PYTHON -m pytest -q -n 0 -p no:cacheprovider tests/engine/test_triton_cuda.py" \
+        sharded_vs_data_2gpu 140 "$PYTHON -m zobench.bench.sharded $OUT --device cuda --model opt-1.3b-random --name sharded_vs_data_2gpu" \
+        offload_opt-13b_fp16 240 "$O --model opt-13b-random --modes none cpu --out $OUT/offload_opt-13b_fp16.json" \
+        offload_opt-30b_fp16_cpu 400 "$O --model opt-30b-random --modes cpu --out $OUT/offload_opt-30b_fp16_cpu.json" \
         opt-1.3b_fp16_default 60 "$B bench.name=opt-1.3b_fp16_default model=opt-1.3b-random" \
         opt-1.3b_fp16_fused 45 "$B bench.name=opt-1.3b_fp16_fused model=opt-1.3b-random engine.fused_linear=true bench.baseline=false" \
         opt-1.3b_fp16_unpaired 45 "$B bench.name=opt-1.3b_fp16_unpaired model=opt-1.3b-random engine.paired=false bench.baseline=false" \
@@ -78,13 +93,20 @@ if [ "$DRY" = 0 ] && [ "$NO_ENV" = 0 ]; then
     timeout 30 "$PYTHON" -m zobench.bench.report env "$OUT" || echo "gpu.sh: environment.json not written" >&2
 fi
 
+WORST=0  # the dry run: when each run would end if every run before it took its whole timeout
 while IFS=$'\t' read -r name limit command; do
     [ -n "$name" ] || continue
     [[ $limit =~ ^[0-9]+$ ]] || die "plan: run '$name' has timeout '$limit', not whole seconds"
     left=$(( BUDGET - (SECONDS - START) - RESERVE ))
     t=$(( limit < left ? limit : left ))
     if [ "$DRY" = 1 ]; then
-        echo "[dry-run] $name (timeout ${limit} s): $command"
+        WORST=$(( WORST + limit ))
+        if [ "$WORST" -le $(( BUDGET - RESERVE )) ]; then
+            when="starts even if every run before it times out: ends by ${WORST} s of ${BUDGET}"
+        else
+            when="runs only if time is left"
+        fi
+        echo "[dry-run] $name (timeout ${limit} s; $when): $command"
         record "$name" dry-run "" 0 "$limit" "$command"
         continue
     fi
@@ -100,6 +122,7 @@ while IFS=$'\t' read -r name limit command; do
     rc=$?
     case $rc in
         0) status=ok ;;
+        77) status=skipped ;;  # the run does not apply here (e.g. a 2-GPU run on one GPU): its log says why
         124|137) status=timeout ;;
         *) status=failed ;;
     esac

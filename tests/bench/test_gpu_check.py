@@ -45,7 +45,7 @@ def test_dry_run_lists_the_whole_plan_within_nine_minutes(tmp_path):
     assert {r["status"] for r in runs} == {"dry-run"} and not list(tmp_path.glob("*.log"))  # nothing ran
     commands = {r["name"]: r["command"] for r in runs}
     assert "tests/engine/test_triton_cuda.py" in commands["cuda_tests"]
-    benches = {name: c for name, c in commands.items() if "zobench.bench" in c}
+    benches = {name: c for name, c in commands.items() if "zobench.bench " in c}
     for name, command in benches.items():  # each writes <run>.json into the check's folder, on the GPU
         assert f"bench.out={tmp_path}" in command and f"bench.name={name}" in command and "device=cuda" in command
     text = " ".join(benches.values())
@@ -53,7 +53,32 @@ def test_dry_run_lists_the_whole_plan_within_nine_minutes(tmp_path):
         assert any(model in c and "baseline=false" not in c and "engine." not in c for c in benches.values())
         assert any(model in c and "engine.fused_linear=true" in c for c in benches.values())
     assert "engine.paired=false" in text
-    assert sum(r["timeout_s"] for r in runs) + 10 <= 540  # the budget holds even if every run times out
+    # issue 29: OPT-13B in GPU memory and offloaded (the ratio), OPT-30B offloaded, fp16, on the GPU
+    offload = {name: c for name, c in commands.items() if "zobench.bench.offload" in c}
+    assert set(offload) == {"offload_opt-13b_fp16", "offload_opt-30b_fp16_cpu"}
+    for name, command in offload.items():
+        assert (
+            "--device cuda" in command and "--dtype float16" in command and f"--out {tmp_path}/{name}.json" in command
+        )
+    assert "--model opt-13b-random --modes none cpu" in offload["offload_opt-13b_fp16"]
+    assert "--model opt-30b-random --modes cpu" in offload["offload_opt-30b_fp16_cpu"]
+    # issue 30: sharded vs data on 2 GPUs, its files in the check's folder
+    two = commands["sharded_vs_data_2gpu"]
+    assert f"zobench.bench.sharded {tmp_path} --device cuda" in two and "--name sharded_vs_data_2gpu" in two
+    # the budget: the plan in order of importance, its first runs sure to start even if every run
+    # before them times out (10 s kept for the table); the rest run only with time left
+    sure, used = [], 10
+    for run in runs:
+        used += run["timeout_s"]
+        if used > 540:
+            break
+        sure.append(run["name"])
+    assert sure == ["selfcheck", "cuda_tests", "sharded_vs_data_2gpu", "offload_opt-13b_fp16"]
+    assert runs[len(sure)]["name"] == "offload_opt-30b_fp16_cpu"  # the first to get the time they leave
+    said = {
+        line.split()[1]: "starts even if every run before it times out" in line for line in done.stdout.splitlines()
+    }
+    assert [name for name, yes in said.items() if yes] == sure and len(said) == len(runs)
 
 
 @pytest.mark.slow
@@ -73,6 +98,19 @@ def test_a_hanging_run_is_killed_with_its_children_and_the_next_run_goes_on(tmp_
     assert runs["broken"]["status"] == "failed" and runs["broken"]["rc"] == 1
     assert not _alive(int(pid_file.read_text()))  # the hang's own child is gone too
     assert "| hang | timeout |" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_that_does_not_apply_here_exits_77_and_is_recorded_skipped(tmp_path):
+    plan = tmp_path / "plan.tsv"
+    plan.write_text("two_gpus\t10\tbash -c 'echo skipped: 2 GPUs needed >&2; exit 77'\nnext\t10\ttrue\n")
+    done = _run("--plan", plan, "--out", tmp_path / "out", "--no-env")
+    assert done.returncode == 0, done.stderr
+    runs = {r["name"]: r for r in _runs(tmp_path / "out")}
+    assert runs["two_gpus"]["status"] == "skipped" and runs["two_gpus"]["rc"] == 77
+    assert (tmp_path / "out" / "two_gpus.log").read_text() == "skipped: 2 GPUs needed\n"  # the why, in its log
+    assert runs["next"]["status"] == "ok"
+    assert "| two_gpus | skipped |" in (tmp_path / "out" / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -176,6 +214,42 @@ def test_the_table_is_regenerated_from_the_files(tmp_path):
     assert "| opt-30b_fp16_default | timeout | 140 | 140 | [log](opt-30b_fp16_default.log) |" in text
     assert "Timed out: opt-30b_fp16_default" in text
     assert report.render(tmp_path / "gpu") == text  # deterministic: the same files, the same table
+
+
+def test_the_offload_and_2_gpu_tables_are_made_from_their_files(tmp_path):
+    _fixture(tmp_path / "gpu")
+    mode = {"model": "opt-13b-random", "dtype": "float16", "batch": [16, 256], "load_s": 30.2, "peak_anon_rss_mib": 900}
+    results = [
+        {**mode, "mode": "none", "step_s": 1.0, "peak_gpu_mib": 30000.0, "resident_gpu_mib": 24800.0},
+        {
+            **mode,
+            "mode": "cpu",
+            "step_s": 1.2,
+            "peak_gpu_mib": 4100.0,
+            "resident_gpu_mib": 700.0,
+            "step_over_none": 1.2,
+        },
+    ]
+    offload = {"command": "python -m zobench.bench.offload --device cuda", "results": results}
+    (tmp_path / "gpu" / "offload_opt-13b_fp16.json").write_text(json.dumps(offload))
+    setup = {"step_s": 0.5, "comm_bytes_per_step": 48.0, "test_accuracy": 0.5, "forward_passes": 10}
+    sharded = {
+        "bench": "sharded",
+        "model": "opt-1.3b-random",
+        "data, 2 ranks": {**setup, "peak_memory_bytes": 4 << 30, "allgather_bytes_per_step": 0},
+        "sharded, 2 ranks": {**setup, "peak_memory_bytes": 2 << 30, "allgather_bytes_per_step": 5.2e9},
+    }
+    (tmp_path / "gpu" / "sharded_vs_data_2gpu.json").write_text(json.dumps(sharded))
+    assert report.main(["table", str(tmp_path / "gpu")]) == 0
+    lines = (tmp_path / "gpu" / "README.md").read_text().splitlines()
+    cpu = next(line for line in lines if line.startswith("| offload_opt-13b_fp16 | opt-13b-random | float16 | cpu"))
+    assert "| 16×256 | 30.2 | 1.200 | 1.20× | 4100 | 700 | 900 |" in cpu
+    none = next(line for line in lines if line.startswith("| offload_opt-13b_fp16 | opt-13b-random | float16 | none"))
+    assert "| 1.000 |  | 30000 |" in none
+    two = next(line for line in lines if line.startswith("| sharded_vs_data_2gpu | opt-1.3b-random | sharded, 2 ranks"))
+    assert "| 0.500 | 4.800e+01 | 5.200e+09 | 2048 | 0.5000 |" in two
+    assert any(line.startswith("| sharded_vs_data_2gpu | opt-1.3b-random | data, 2 ranks") for line in lines)
+    assert any(line.startswith("| [opt-1.3b_fp16_default]") for line in lines)  # the benchmarks' table as before
 
 
 def test_table_errors_are_one_line(tmp_path, capsys):

@@ -211,6 +211,11 @@ def test_direction_mode_refuses_a_one_direction_method():
     learner = SimpleNamespace(optimizer=HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
     with pytest.raises(ConfigError, match="dist.mode=directions: HiZOO"):
         DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
+    from zobench.optim import MeZO
+
+    learner = SimpleNamespace(optimizer=MeZO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))  # q = 1
+    with pytest.raises(ConfigError, match="optimizer.num_directions=1 is one direction per step, nothing to split"):
+        DirectionParallel(DistContext(rank=0, world_size=2, mode="directions")).attach(learner, None, None)
 
 
 def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
@@ -484,8 +489,19 @@ def test_the_direction_parallel_strategy_gives_the_optimizer_its_share():
     strategy.attach(learner, None, None)
     share = learner.optimizer._direction_share
     assert isinstance(share, DirectionShare) and share.ctx is strategy.ctx
-    assert learner.objective is objective  # each rank evaluates its directions on the whole batch
+    # each rank evaluates its directions on the whole batch; on the in-place engine (θ ± εz written
+    # into the weights) it replays the others' moves, the objective answering 0 without a forward
+    assert learner.objective.inner is objective and share.replay is learner.objective.replay
+    with share.replay():
+        assert float(learner.objective.loss([1.0, 2.0])) == 0.0
+    assert float(learner.objective.loss([1.0, 2.0])) == float(objective.loss([1.0, 2.0]))
     assert "share_directions" not in vars(learner.optimizer)  # a declared seam, not a patched method
+    from zobench.engine import VirtualEngine
+
+    learner = _zo_learner()
+    objective, learner.optimizer.engine = learner.objective, VirtualEngine(torch.nn.Linear(1, 1))
+    strategy.attach(learner, None, None)  # the virtual engine writes nothing: nothing to replay
+    assert learner.objective is objective and learner.optimizer._direction_share.replay is None
 
 
 class WordRanks(DistContext):

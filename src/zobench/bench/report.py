@@ -3,9 +3,12 @@
 The folder holds ``environment.json`` (device, driver, torch / CUDA / Triton versions, commit:
 ``python -m zobench.bench.report env DIR``), ``runs.jsonl`` (one line per planned run: its
 command, exit status, seconds, timeout, and whether it finished, failed, timed out or was
-skipped for lack of time) and one ``<run>.json`` / ``.md`` pair per finished benchmark
-(``python -m zobench.bench``). ``python -m zobench.bench.report table DIR`` writes
-``DIR/README.md`` from them: the table is regenerated from the files, never typed in.
+skipped for lack of time or because it does not apply there) and one ``<run>.json`` / ``.md``
+pair per finished benchmark (``python -m zobench.bench``), one ``<run>.json`` per offload
+benchmark (``python -m zobench.bench.offload --device cuda``: ``{"command", "results": [one per
+mode]}``) and per 2-GPU benchmark (``python -m zobench.bench.sharded --device cuda``: ``"bench":
+"sharded"``). ``python -m zobench.bench.report table DIR`` writes ``DIR/README.md`` from them:
+the tables are regenerated from the files, never typed in.
 
 Standard library only at import (the GPU check calls it between runs, and the tests call it
 without torch); ``environment`` imports torch when it runs.
@@ -84,6 +87,99 @@ def load(folder: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     return env, runs, results
 
 
+def load_other(folder: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(offload results, 2-GPU sharded results) by run name: the folder's JSON files of
+    ``zobench.bench.offload`` (a ``results`` list of modes) and ``zobench.bench.sharded``."""
+    offload, sharded = {}, {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "environment.json":
+            continue
+        try:
+            data = _json_object(path)
+        except ValueError:  # named by ``load`` already
+            continue
+        if isinstance(data.get("results"), list) and all(isinstance(r, dict) and "mode" in r for r in data["results"]):
+            offload[path.stem] = data
+        elif data.get("bench") == "sharded":
+            sharded[path.stem] = data
+    return offload, sharded
+
+
+def _mib(value) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
+def offload_rows(name: str, data: dict) -> list[str]:
+    """One row per mode of an offload benchmark."""
+    rows = []
+    for r in data["results"]:
+        ratio = r.get("step_over_none")
+        cells = [
+            f"| {name}",
+            r["model"],
+            r["dtype"],
+            r["mode"],
+            "×".join(str(n) for n in r.get("batch", [])),
+            f"{r['load_s']:.1f}",
+            _seconds(r["step_s"]),
+            f"{ratio:.2f}×" if ratio is not None else "",
+            _mib(r.get("peak_gpu_mib")),
+            _mib(r.get("resident_gpu_mib")),
+            _mib(r.get("peak_anon_rss_mib")),
+        ]
+        rows.append(" | ".join(cells) + " |")
+    return rows
+
+
+def sharded_rows(name: str, data: dict) -> list[str]:
+    """One row per setup (data, sharded) of a 2-GPU benchmark."""
+    rows = []
+    for setup, f in data.items():
+        if isinstance(f, dict) and "step_s" in f:
+            cells = [
+                f"| {name}",
+                data.get("model", ""),
+                setup,
+                _seconds(f["step_s"]),
+                f"{f['comm_bytes_per_step']:.3e}",
+                f"{f.get('allgather_bytes_per_step', 0):.3e}",
+                _mib(f["peak_memory_bytes"] / MB),
+                f"{f['test_accuracy']:.4f}",
+            ]
+            rows.append(" | ".join(cells) + " |")
+    return rows
+
+
+def other_tables(folder: Path) -> list[str]:
+    """The README's lines for the folder's offload and 2-GPU results (none without them)."""
+    offload, sharded = load_other(folder)
+    lines: list[str] = []
+    if offload:
+        lines += [
+            "",
+            "Offload (`python -m zobench.bench.offload --device cuda`; goal for `cpu`: step ≤ 1.3× `none`'s):",
+            "",
+            "| run | model | dtype | offload | batch | load (s) | step (s) | step vs none | peak GPU, steps (MiB) | "
+            "resident GPU (MiB) | peak anon RSS (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, data in offload.items():
+            lines += offload_rows(name, data)
+    if sharded:
+        lines += [
+            "",
+            "2 GPUs, `dist.mode=sharded` vs `data` (`python -m zobench.bench.sharded --device cuda`; goal: "
+            "sharded's per-rank peak ≤ 0.6× data's):",
+            "",
+            "| run | model | setup | step (s, median) | bytes / step | of which all-gathers | peak per rank (MiB) | "
+            "test acc |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, data in sharded.items():
+            lines += sharded_rows(name, data)
+    return lines
+
+
 def _json_object(path: Path) -> dict:
     """``path``'s JSON object, or ValueError naming the file (not JSON, or not an object)."""
     try:
@@ -145,6 +241,7 @@ def render(folder: Path) -> str:
     order = [run["name"] for run in runs if run.get("name") in results]
     order += [name for name in results if name not in order]
     lines += [benchmark_row(name, results[name]) for name in order]
+    lines += other_tables(folder)
     if runs:
         lines += ["", "| run | status | seconds | timeout (s) | log |", "|---|---|---|---|---|"]
         for run in runs:

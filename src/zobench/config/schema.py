@@ -160,7 +160,8 @@ class DistConfig:
     mode: str = key(choices=DIST_MODES)
     backend: str = key(choices=DIST_BACKENDS)
     timeout_s: float = key(above=0, below=1e7, expected="seconds, a number > 0")
-    # dist.mode=sharded: ranks per shard group (null: every rank), the groups replicate (HSDP)
+    # dist.mode=sharded: ranks per shard group (null: every rank), the groups replicate (HSDP);
+    # dist.mode=directions: ranks per sharded replica, the replicas split the directions
     shard_size: int | None = key(None, min=1)
 
 

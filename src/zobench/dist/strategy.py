@@ -2,10 +2,11 @@
 ``Single`` (one process: every method is a no-op or the plain call), ``DataParallel``
 (``dist.mode=data``: each rank evaluates its shard of the global batch, ``data.py``) and
 ``DirectionParallel`` (``dist.mode=directions``: each rank evaluates its share of a step's
-directions on the whole batch, ``directions.py``) and ``Sharded`` (``dist.mode=sharded``: FSDP2,
-1/N of the model per rank, ``sharded.py``). ``strategy_for(ctx)`` picks one from the
-process's ``DistContext``; the recipe calls the methods of ``Strategy`` and holds no branch on
-the number of ranks (docs/design.md "Distributed").
+directions on the whole batch, ``directions.py``), ``Sharded`` (``dist.mode=sharded``: FSDP2,
+1/N of the model per rank, ``sharded.py``) and ``ShardedDirections`` (``dist.mode=directions
+dist.shard_size=S``: rows of S ranks, one sharded replica each, split the directions).
+``strategy_for(ctx)`` picks one from the process's ``DistContext``; the recipe calls the methods
+of ``Strategy`` and holds no branch on the number of ranks (docs/design.md "Distributed").
 
 The methods, in the order a run calls them:
 
@@ -31,20 +32,25 @@ The methods, in the order a run calls them:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as tdist
 
 from ..checkpoint import Checkpoint
+from ..engine.inplace import InPlaceEngine
+from ..engine.sharded import ShardedEngine, is_sharded, local_tensor
 from ..errors import CheckpointError, ConfigError
 from ..optim import ZOOptimizer
 from .context import DistContext
 from .data import ShardedObjective, SyncedStop
-from ..engine.sharded import ShardedEngine
-from .directions import DirectionShare, require_split
+from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
 from .sharded import METHODS, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 class Strategy:
@@ -179,7 +185,11 @@ class DirectionParallel(_Ranks):
         super().attach(learner, stop, counter)
         if learner is not None:
             require_split(learner.optimizer)
-            learner.optimizer.share_directions(DirectionShare(self.ctx, stop, counter))
+            replay = None
+            if isinstance(learner.optimizer.engine, InPlaceEngine):  # it writes θ ± εz: replay the others' moves
+                replay = Replay()
+                learner.objective = Replayable(learner.objective, replay)
+            learner.optimizer.share_directions(DirectionShare(self.ctx, stop, counter, replay=replay))
 
 
 class Sharded(_Ranks):
@@ -236,7 +246,15 @@ class Sharded(_Ranks):
                 "set engine.mode=inplace engine.backend=torch (each rank moves its own shards)"
             )
         self.counter, self.first_forwards = counter, (counter["train"] if counter is not None else 0)
-        learner.objective = ShardedObjective(learner.objective, self.ctx, stop, counter)
+        learner.objective = self.objective(learner.objective, stop, counter)
+
+    def objective(self, objective, stop, counter):
+        """The learner's objective, each rank computing its shard of the batch (data parallel)."""
+        return ShardedObjective(objective, self.ctx, stop, counter)
+
+    def own_forwards(self) -> int:
+        """The forward passes this process made in training since it started (the all-gathers)."""
+        return (self.counter["train"] - self.first_forwards) if self.counter is not None else 0
 
     def evaluate(self, objective, examples, batch_size: int, counter=None) -> dict:
         """Every example on every rank: the one-process metric, bit for bit."""
@@ -249,7 +267,7 @@ class Sharded(_Ranks):
         """``_Ranks``'s, with FSDP's all-gathers (every forward of this process, frozen weights
         included) added to ``comm_bytes_per_step``."""
         out = super().summary(state, steps, first_step)
-        forwards = (self.counter["train"] - self.first_forwards) if self.counter is not None else 0
+        forwards = self.own_forwards()
         gathered = forwards / max(state.step - first_step, 1) * self.gathered_per_forward
         out["comm_bytes_per_step"] += gathered
         loaded = torch.tensor([self.loaded_bytes], dtype=torch.int64)
@@ -272,6 +290,75 @@ class Sharded(_Ranks):
         return full_state(optimizer, optimizer.state_dict(), self.ctx.leader)
 
 
+class ShardedDirections(Sharded):
+    """``dist.mode=directions dist.shard_size=S`` (S < W, S | W): direction parallelism over
+    sharded replicas (``directions.py``, "Composed with sharding"). The W ranks form a (W/S, S)
+    mesh (``sharded.shard_model``, as HSDP's): each row of S ranks holds one FSDP2-sharded copy
+    and computes its shards of the batch, the losses reduced over the row (``GroupContext``); the
+    W/S rows split the step's directions (FZOO's N, MeZO's q) and replay each other's engine moves,
+    so every row ends the step on the single-process bits and no weight moves between rows. Only
+    methods that split their directions (``require_split``) and run on shards (``sharded.METHODS``);
+    no rank logs a trajectory (a row's closure values are its share)."""
+
+    name = "directions"
+
+    def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
+        super().__init__(ctx, method, shard_size)
+        size, world = self.shard_size, self.ctx.world_size
+        if size >= world or world % size:
+            raise ConfigError(
+                f"dist.shard_size={shard_size} with dist.mode=directions: the ranks ({world}) must form at "
+                f"least 2 groups of shard_size (a divisor of {world} below it) that split the directions; "
+                "one group of every rank is dist.mode=sharded"
+            )
+        self.share: DirectionShare | None = None
+        self.rows: GroupContext | None = None  # the shard group of this rank (a row of the mesh)
+        self.columns: GroupContext | None = None  # the ranks holding the same rows of the weights
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Sharded's ``fully_shard`` on the (W/S, S) mesh, and the contexts of its two dimensions."""
+        model = super().prepare_model(model)
+        mesh = next(cast("DTensor", p) for p in model.parameters() if is_sharded(p)).device_mesh
+        size, rank = self.shard_size, self.ctx.rank
+        self.rows = GroupContext(self.ctx, mesh.get_group("shard"), rank % size, size)
+        self.columns = GroupContext(self.ctx, mesh.get_group("replicate"), rank // size, self.ctx.world_size // size)
+        return model
+
+    def keeps_log(self) -> bool:
+        return False
+
+    def attach(self, learner, stop, counter) -> None:
+        """Sharded's checks; the objective reduced over the row and replayable; the optimizer's
+        directions shared between the rows."""
+        if learner is not None and isinstance(learner.optimizer, ZOOptimizer):  # before anything is wrapped
+            require_split(learner.optimizer, "dist.mode=sharded (its dist.shard_size groups split the batch)")
+        self.replay = Replay()
+        super().attach(learner, stop, counter)
+        if learner is None:
+            return
+        self.share = DirectionShare(self.ctx, stop, counter, self.shard_size, self.replay)
+        learner.optimizer.share_directions(self.share)
+
+    def objective(self, objective, stop, counter):
+        """Each rank computes its shard of the batch, reduced over its row; replayable."""
+        if self.rows is None:
+            raise RuntimeError("ShardedDirections: attach before prepare_model")
+        return Replayable(ShardedObjective(objective, self.rows, stop, counter), self.replay)
+
+    def own_forwards(self) -> int:
+        """Sharded's count less the other rows' passes the share added (the summary's all-gathers)."""
+        return super().own_forwards() - (self.share.others[0] if self.share is not None else 0)
+
+    def check(self, named, where: str) -> None:
+        """The rows must hold the same shards: the replicas' guard over each column of the mesh."""
+        if self.columns is not None:
+            check_replicas([(name, local_tensor(p)) for name, p in named], self.columns, where)
+
+    def summary(self, state, steps: int, first_step: int) -> dict:
+        groups = self.ctx.world_size // self.shard_size
+        return {**super().summary(state, steps, first_step), "dist_direction_groups": groups}
+
+
 def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
     """The strategy of a process in ``ctx`` (``dist.mode``; one process: ``Single``); ``method``:
     the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``;
@@ -284,6 +371,15 @@ def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
                 "this run is one process: drop dist.mode=sharded"
             )
         return Single(ctx, method)
+    shard_size = dist_cfg.get("shard_size")
     if ctx.mode == "sharded":
-        return Sharded(ctx, method, dist_cfg.get("shard_size"))
+        return Sharded(ctx, method, shard_size)
+    if ctx.mode == "directions" and shard_size is not None:
+        return ShardedDirections(ctx, method, shard_size)
+    if shard_size is not None:
+        raise ConfigError(
+            f"dist.shard_size={shard_size} with dist.mode={ctx.mode}: a shard size applies to dist.mode=sharded "
+            "(HSDP) and dist.mode=directions (groups of shard_size ranks, one sharded replica each); "
+            "drop it or change dist.mode"
+        )
     return {"data": DataParallel, "directions": DirectionParallel}[ctx.mode](ctx, method)
