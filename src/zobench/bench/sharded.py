@@ -5,7 +5,9 @@ engine sharded runs on; data parallel on the same engine, so the two runs take t
 (``comm_bytes_per_step``; sharded: FSDP's all-gathers ``comm_allgather_bytes_per_step`` plus the
 loss all-reduce), the largest rank's peak memory during training (``peak_memory_bytes``: on CPU
 the peak RSS, VmHWM reset after loading; on CUDA ``torch.cuda.max_memory_allocated``), the test
-accuracy. Writes ``<out>/<name>.json`` and ``<out>/<name>_table.md`` (default out:
+accuracy; the largest rank's peak while loading the model (``load_peak_memory_bytes``, from the
+start of the load; sharded loads by shards, ``build/by_shards.py``) and the parameter bytes it
+allocated (``loaded_param_bytes_per_rank``). Writes ``<out>/<name>.json`` and ``<out>/<name>_table.md`` (default out:
 results/bench/distributed, whose sharded.sh is the command; default name: ``sharded``).
 
 ``--device cuda`` (results/bench/gpu.sh's 2-GPU line): the same two runs on 2 GPUs, NCCL
@@ -50,11 +52,14 @@ def run_args(model: str, device: str) -> list[str]:
 def table(figures: dict) -> str:
     rows = [
         f"| {n} | {f['step_s']:.3f} | {f['comm_bytes_per_step']:.3e} | {f['allgather_bytes_per_step']:.3e} | "
-        f"{f['peak_memory_bytes'] / 2**20:.0f} | {f['test_accuracy']:.4f} |"
+        f"{f['peak_memory_bytes'] / 2**20:.0f} | {f['load_peak_memory_bytes'] / 2**20:.0f} | {f['test_accuracy']:.4f} |"
         for n, f in figures.items()
     ]
-    header = "| setup | step (s, median) | bytes / step | of which all-gathers | peak per rank (MiB) | test acc |"
-    return "\n".join([header, "|---|---|---|---|---|---|", *rows]) + "\n"
+    header = (
+        "| setup | step (s, median) | bytes / step | of which all-gathers | train peak per rank (MiB) | "
+        "load peak per rank (MiB) | test acc |"
+    )
+    return "\n".join([header, "|---|---|---|---|---|---|---|", *rows]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             summary = json.loads((run_dir / "summary.json").read_text())
             figures[name]["peak_memory_bytes"] = summary["peak_memory_bytes"]
+            figures[name]["load_peak_memory_bytes"] = summary["load_peak_memory_bytes"]
+            figures[name]["loaded_param_bytes_per_rank"] = summary.get("loaded_param_bytes_per_rank")
             figures[name]["allgather_bytes_per_step"] = summary.get("comm_allgather_bytes_per_step", 0)
             print(name, figures[name], flush=True)
-    ratio = figures["sharded, 2 ranks"]["peak_memory_bytes"] / figures["data, 2 ranks"]["peak_memory_bytes"]
+    sharded, data = figures["sharded, 2 ranks"], figures["data, 2 ranks"]
     report = {
         "bench": "sharded",
         "command": "python -m zobench.bench.sharded " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "steps": STEPS,
         "load_average_1min_at_end": os.getloadavg()[0],
-        "peak_ratio_sharded_over_data": ratio,
+        "peak_ratio_sharded_over_data": sharded["peak_memory_bytes"] / data["peak_memory_bytes"],
+        "load_peak_ratio_sharded_over_data": sharded["load_peak_memory_bytes"] / data["load_peak_memory_bytes"],
         **figures,
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")

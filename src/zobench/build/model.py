@@ -20,6 +20,7 @@ from ..models.objective import check_objective
 from ..offload import setup as offload
 from ..tasks import TaskSpec
 from ..telemetry import clock, heartbeat
+from .by_shards import load_meta
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def build_model(
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     run_dir: Path | None = None,
     resume: int | None = None,
+    by_shards: bool = False,
 ):
     """``(model, tokenizer)``: ``cfg.model`` loaded on ``device`` (eval mode, frozen), then with
     ``tune`` the ``cfg.tuning`` applied (full: every weight trains; LoRA / prefix: a peft wrapper
@@ -74,7 +76,13 @@ def build_model(
     disk store under ``<run_dir>/offload`` unless ``offload.dir``); without a run dir (replay,
     export) the model is loaded whole, as the run's base (``zobench.trajectory.stream`` replays
     an offloaded run without it). ``resume``: the step of the checkpoint
-    the run resumes from (``offload=disk`` then keeps the store the run trained)."""
+    the run resumes from (``offload=disk`` then keeps the store the run trained). ``by_shards``
+    (``dist.mode=sharded``): the model and its tuning built on meta (``by_shards.load_meta``),
+    ``prepare_model`` then shards it and fills each rank's shards: no rank holds the whole model."""
+    if by_shards:
+        with heartbeat(f"loading model {cfg.model.name} by shards"):
+            model, tokenizer = load_meta(cfg, device, lambda m: _tuned(cfg, m) if tune else m)
+            return (prepare_model(model) if prepare_model is not None else model), tokenizer
     with heartbeat(f"loading model {cfg.model.name}"):
         started = time.perf_counter()
         if run_dir is not None and offload.offloaded(cfg):
@@ -83,10 +91,15 @@ def build_model(
             model, tokenizer = load_model_or_explain(cfg, device)
     log.info("loaded model %s in %s", cfg.model.name, clock(time.perf_counter() - started))
     if tune:
-        model = apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), cfg.model.family, seed=cfg.seed)
+        model = _tuned(cfg, model)
     if prepare_model is not None:
         model = prepare_model(model)
     return model, tokenizer
+
+
+def _tuned(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with ``cfg.tuning`` applied (LoRA / prefix seeded by ``cfg.seed``)."""
+    return apply_tuning(model, OmegaConf.to_container(cfg.tuning, resolve=True), cfg.model.family, seed=cfg.seed)
 
 
 def objective_length(cfg: DictConfig) -> int:

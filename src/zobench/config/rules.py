@@ -125,8 +125,6 @@ def _offload(cfg) -> str | None:
     if _value(cfg, "tuning.name") not in (None, "full"):
         tuning = _value(cfg, "tuning.name")
         return f"offload={mode} streams full-parameter tuning only; got tuning={tuning} (use tuning=full)"
-    if _value(cfg, "model.device_map"):
-        return f"offload={mode} and model.device_map place the model two ways; set model.device_map=null"
     return None
 
 
@@ -139,7 +137,7 @@ RUN_RULES: tuple[tuple[tuple[str, ...], Callable], ...] = (
     (("train.eval_every_passes", "train.forward_budget"), _passes_need_budget),
     (("icl.demos", "data.num_train"), _demos_from_train),
     (("engine.fused_linear", "engine.backend", "engine.mode"), _fused_linear),
-    (("offload.mode", "offload.dir", "optimizer.name", "engine.mode", "tuning.name", "model.device_map"), _offload),
+    (("offload.mode", "offload.dir", "optimizer.name", "engine.mode", "tuning.name"), _offload),
 )
 BENCH_RULES = RUN_RULES[2:3]  # engine.fused_linear
 

@@ -92,6 +92,17 @@ def check_dtype_list(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r}: expected a list of {', '.join(DTYPE_NAMES)}")
 
 
+def check_no_device_map(name: str, value: Any) -> None:
+    """``model.device_map`` (accelerate's layer placement, in one process) is gone: its layers ran
+    one GPU after another and the ones it offloads cannot be perturbed in place."""
+    if value is not None:
+        raise ConfigError(
+            f"{name}={value!r}: removed; for a model larger than one GPU use dist.mode=sharded (torchrun "
+            "--nproc-per-node N: 1/N of the weights per GPU) or offload=cpu|disk on one GPU (README, "
+            "'Multi-GPU and multi-node'); set model.device_map=null"
+        )
+
+
 # offload (zobench/offload): where a run's transformer blocks live between their forwards
 OFFLOAD_MODES = ("none", "cpu", "disk")
 
@@ -172,7 +183,7 @@ class ModelConfig:
     family: str = key(choices=MODEL_FAMILIES)
     dtype: str = key(choices=tuple(DTYPE_NAMES))
     source: str = key(choices=MODEL_SOURCES)
-    device_map: Any = key(None)  # accelerate's device_map ("auto", a dict): a model too big for one device
+    device_map: Any = key(None, check=check_no_device_map)  # removed: only null (sharded / offload instead)
     init_seed: int | None = key(None, **SEED)  # source=random: the seed of the random weights
 
 

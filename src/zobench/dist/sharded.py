@@ -74,6 +74,24 @@ def shard_model(
     return model
 
 
+#: glibc's M_MMAP_THRESHOLD (malloc.h) and the size from which buffers are mapped and unmapped
+M_MMAP_THRESHOLD, MAPPED_FROM = -3, 1 << 20
+
+
+def return_freed_buffers() -> None:
+    """Make glibc map every buffer of 1 MiB or more on its own, so that freeing it returns it to
+    the OS. By default glibc raises its mapping threshold to the largest buffer freed so far, after
+    which FSDP's per-block all-gather buffers come from the heap and stay in the process when
+    freed: on CPU (Gloo) the RSS of a sharded SmolLM2-135M forward then rose by 1.1 GB (2x the
+    model), with it by 0.3 GB. CUDA memory has its own allocator: called for CPU runs only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MAPPED_FROM)
+    except (OSError, AttributeError):  # not glibc: nothing to set
+        pass
+
+
 def gather_bytes(model: nn.Module, shard_size: int) -> int:
     """Bytes one rank receives in the all-gathers of one forward: the (S-1)/S of every
     parameter (trained or frozen) that it does not hold (S ranks per shard group)."""

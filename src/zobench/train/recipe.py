@@ -73,6 +73,7 @@ class Recipe:
         self.device = resolve_device(cfg.device)
         self.state = LoopState()
         self.first_step = 0  # the step this process starts from (after restore)
+        self.load_peak = 0  # peak memory while the model was loaded (setup_model)
         self.best_dir = self.run_dir / "best"
         self.learner: ZOLearner | BackpropLearner | None = None  # None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
@@ -86,6 +87,7 @@ class Recipe:
         self.setup_model(None if checkpoint is None else checkpoint.step)
         self.setup_learner()
         self.restore(checkpoint)
+        self.state.load_peak = self.load_peak
         self.first_step = self.state.step
         self.strategy.attach(self.learner, self.stop, self.counter)  # each rank: its shard (or directions)
         self.measure_inference_peak()
@@ -105,13 +107,19 @@ class Recipe:
         """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it
         (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
         cfg = self.cfg
+        self.memory = PeakMemory(self.device)  # from here: the load's peak
         self.model, tokenizer = build_model(
-            cfg, self.device, prepare_model=self.strategy.prepare_model, run_dir=self.run_dir, resume=resume
+            cfg,
+            self.device,
+            prepare_model=self.strategy.prepare_model,
+            run_dir=self.run_dir,
+            resume=resume,
+            by_shards=self.strategy.loads_by_shards,
         )
         self.objective = build_objective(cfg, self.spec, self.model, tokenizer, self.device)
         self.examples = encode_examples(cfg, self.spec, self.splits, self.objective)
         self.counter = ForwardCounter(hf_model(self.model))  # one call per forward, whatever the wrapper
-        self.memory = PeakMemory(self.device)
+        self.load_peak = self.memory.peak()
         self.named = trainable(self.model)
 
     def setup_learner(self) -> None:
@@ -344,6 +352,7 @@ class Recipe:
             **{f"num_{name}": len(rows) for name, rows in self.examples.items()},
             "peak_memory_bytes": state.train_peak if self.steps else state.inference_peak,
             "inference_peak_memory_bytes": state.inference_peak,
+            "load_peak_memory_bytes": state.load_peak,
             "peak_memory_source": self.memory.source,
             "device": str(self.device),
             "engine": self.learner.engine_name if self.learner else "none",

@@ -20,6 +20,8 @@ class LoopState:
         best_file: ``best/<file>`` holding that state (``train.keep_best``), or None.
         train_peak: peak memory of the training steps so far (bytes).
         inference_peak: peak memory of one inference-only batch (bytes), measured once.
+        load_peak: peak memory while this process loaded the model (bytes; set by each process
+            after its restore: a resumed run's is its own load's).
         skipped_steps: steps whose update was dropped (``train.on_divergence=skip``).
         metrics_offset: bytes of ``metrics.jsonl`` written when the checkpoint was taken (a resumed
             run cuts the file back there and replays the events after it).
@@ -35,6 +37,7 @@ class LoopState:
     best_file: str | None = None
     train_peak: int = 0
     inference_peak: int | None = None
+    load_peak: int = 0
     skipped_steps: int = 0
     metrics_offset: int = 0
     elapsed: float = 0.0
