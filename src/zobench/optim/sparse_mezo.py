@@ -103,5 +103,12 @@ class SparseMeZO(ZOOptimizer):
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         sparsity = self._shared("sparsity")
-        thresholds = {pid: magnitude_threshold(p, sparsity) for pid, p in self._all_params if p.ndim >= 2}
+        thresholds: dict[int, float] = {}
+
+        def measure(entries) -> None:
+            for pid, p in entries:
+                thresholds[pid] = magnitude_threshold(p, sparsity)
+
+        # Engine.visit: offloaded, block by block with each block resident (one read of the model)
+        self.engine.visit([(pid, p) for pid, p in self._all_params if p.ndim >= 2], measure, writes=False)
         return self._spsa_sgd(closure, MaskedDirection(self.direction(step).seed, thresholds=thresholds))
