@@ -158,6 +158,34 @@ def test_replayed_resume_of_a_streamed_method_equals_in_memory(case, tmp_path):
     assert all(torch.equal(weights[n], t) for n, t in trained.items()), case
 
 
+#: reads and writes of every block per step (steps 1..3, ``OVERRIDES``' hyperparameters), as
+#: docs/offload.md counts them: HiZOO ℓ0 + the ± pair + a stateful update per param group
+#: (decay, no decay); Sparse-MeZO the thresholds' read + the pair; MeZO-SVRG (q = 2, an anchor
+#: of 2 batches) the anchor's batches + θ̄ ← θ, the inner pair at θ and at θ̄; DiZO (κ = 2, 2
+#: iterations) θ0 at step 1, the round at step 2: distances + 2 per iteration + the rescale
+PASSES = {
+    "hizoo": [(4, 2), (4, 2), (4, 2)],
+    "sparse_mezo": [(2, 0), (2, 1), (2, 1)],
+    "mezo_svrg": [(3, 1), (2, 1), (3, 2)],
+    "dizo": [(2, 1), (1 + 1 + 2 * 2 * 1 + 1, 1 + 1 + 2 * 2 * 1 + 1), (1, 0)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PASSES))
+def test_passes_over_storage_per_step(case):
+    model = tiny_model("llama")
+    offloader = Offloader(model, CpuStore(2, pin=False))
+    offloader.evict()
+    opt = _optimizer(case, model, OffloadEngine(VirtualEngine(model), offloader))
+    counted = []
+    for s in range(STEPS):
+        reads, writes = offloader.reads, offloader.writes
+        opt.step(_closure(model, s))
+        counted.append(((offloader.reads - reads) / 2, (offloader.writes - writes) / 2))
+    offloader.close()
+    assert counted == PASSES[case]
+
+
 def test_every_method_streams():
     import zobench.optim  # noqa: F401  (registers the methods)
 

@@ -17,8 +17,10 @@ Design (docs/offload.md has the long form):
 * ``build.py``: ``*-random`` models initialised block by block into the store, checkpoints read
   lazily (``safetensors.safe_open``) into it, in-memory models moved into it.
 
-Methods that stream: ``config.rules.OFFLOAD_METHODS`` (their momentum / Adam state streams with its block);
-the others are refused in one line (``OFFLOAD_NOT_YET``).
+Methods that stream: ``config.rules.OFFLOAD_METHODS``, every method of the registry (their
+parameter-sized state, momentum, Adam moments, HiZOO's Σ, MeZO-SVRG's θ̄, DiZO's θ0, streams with
+its block); a method not listed is refused in one line. Passes over storage per step, per
+method: docs/offload.md.
 """
 
 from __future__ import annotations

@@ -19,6 +19,13 @@ average (``forward_passes_per_step`` is that average; ``forward_passes(steps)`` 
 the loop uses for ``train.forward_budget``). State: θ0 of the projected matrices only
 (``state_buffers_per_param = 1`` for those; other parameters keep none).
 
+Offloaded (``offload=cpu|disk``): θ0 is stored beside its block (taken at step 1 by an
+``Engine.visit``: one more read and write); a round reads the distances t_l block by block
+(``Engine.visit``), evaluates with the blocks rewritten while resident (``Engine.transformed``,
+inexact: the inverse map is applied at the block's next arrival, so the drift is the in-memory
+one bit for bit) and rescales (``Engine.visit``). A step costs MeZO's read and write of every
+block; a round's step 2·``projection_iters`` + 3 of each (docs/offload.md).
+
 Projected matrices: parameters whose name contains one of ``projected`` (default: the
 attention key / value weights, as the reference projects OPT's k_proj and v_proj, l.899-906, plus
 ``lora_`` factors, the reference's LoRA case, l.901); parameters given without names: every

@@ -23,6 +23,10 @@ paper's plots is therefore about half of zobench's forward passes (exactly: per 
 State: θ̄, one parameter-sized buffer (``state_buffers_per_param = 1``); g is one SPSA
 direction, so it is kept as two numbers, the anchor step's seed and its projected gradient, and
 regenerated like any z. Evaluating at θ̄ swaps θ and θ̄ in place, a piece at a time (exact).
+Offloaded (``offload=cpu|disk``): θ̄ is stored beside its block; θ̄ ← θ is an ``Engine.visit``
+(a read and a write of every block), the evaluation at θ̄ an exact ``Engine.transformed`` (the
+swap made while each block is resident). Passes over storage: anchor ⌈n/|B|⌉ + 1 reads and 1 write
+(2 when the previous step's update is applied), inner 2 reads and 1 write (docs/offload.md).
 
 Deviations from the authors' code (each a fault docs/algorithms.md lists under "MeZO-SVRG"):
 

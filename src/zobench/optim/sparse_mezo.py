@@ -9,7 +9,9 @@ out), m_l = 1[|θ_l| ≤ h_l], ẑ = m ⊙ z; vectors (biases, norms) are pertur
 2 forward passes per step. The mask is recomputed from the current θ whenever z is drawn (one
 threshold per matrix per step is all that is kept), so memory stays at inference. That needs
 the unperturbed θ at every draw: ``engine.mode=virtual`` (in-place perturbation would compute
-the mask of θ+εz). See docs/algorithms.md, "Sparse-MeZO".
+the mask of θ+εz). The thresholds are taken through ``Engine.visit``: offloaded
+(``offload=cpu|disk``) block by block, one read of every block (and the write of the previous
+step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md). See docs/algorithms.md, "Sparse-MeZO".
 """
 
 from __future__ import annotations
