@@ -29,8 +29,8 @@ the update's z is drawn from (``random_seed``, l.637-639).
 (``state_buffers_per_param = 1``). Offloaded (``offload=cpu|disk``), Σ is stored beside its block
 and lent with it on every arrival (the perturbation reads it in the forward); a step costs 4
 reads and 2 writes of every block and its Σ: ℓ0, the ± pair (one mirrored call), and the update
-of Σ and θ (``Engine.foreach``, once per param group) (docs/offload.md). The reference defaults and the known faults of the authors'
-code: docs/algorithms.md, "HiZOO".
+of Σ and θ (``Engine.foreach``, once per param group) (docs/offload.md).
+The reference defaults and the known faults of the authors' code: docs/algorithms.md, "HiZOO".
 
 Deviations from the authors' code:
 

@@ -11,7 +11,8 @@ threshold per matrix per step is all that is kept), so memory stays at inference
 the unperturbed θ at every draw: ``engine.mode=virtual`` (in-place perturbation would compute
 the mask of θ+εz). The thresholds are taken through ``Engine.visit``: offloaded
 (``offload=cpu|disk``) block by block, one read of every block (and the write of the previous
-step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md). See docs/algorithms.md, "Sparse-MeZO".
+step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md).
+See docs/algorithms.md, "Sparse-MeZO".
 """
 
 from __future__ import annotations
