@@ -251,8 +251,8 @@ class Offloader:
         if self.optimizer_state is None:
             return taken
         for name, p in self.params[i]:
-            state = self.optimizer_state.get(p)
-            for key in [k for k, v in (state or {}).items() if isinstance(v, torch.Tensor)]:
+            state = self.optimizer_state.get(p) or {}  # .get: no entry made for a block never lent state
+            for key in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
                 taken[f"{STATE}{name}{SEP}{key}"] = state.pop(key)
         return taken
 
