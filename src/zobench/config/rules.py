@@ -104,11 +104,9 @@ def offload_refusal(method: str, mode: str) -> str | None:
     """The one-line reason ``optimizer=method`` cannot run with ``offload=mode``, or None."""
     if mode == "none" or method in OFFLOAD_METHODS:
         return None
-    why = OFFLOAD_NOT_YET.get(method, "it is not among the methods checked to stream")
-    return (
-        f"optimizer={method} cannot run with offload={mode} yet: {why} does not stream; "
-        f"allowed: {', '.join(OFFLOAD_METHODS)}"
-    )
+    why = OFFLOAD_NOT_YET.get(method)
+    why = f"{why} does not stream" if why else "it is not among the methods checked to stream"
+    return f"optimizer={method} cannot run with offload={mode} yet: {why}; allowed: {', '.join(OFFLOAD_METHODS)}"
 
 
 #: what offload=cpu|disk cannot give yet: (key, the value refused, why, the value to set)
