@@ -48,7 +48,7 @@ def _hyperparameters(case: str) -> dict:
 
 
 def _closure(model, seed: int):
-    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(seed)).to(model.device)
 
     def closure(replicas: int = 1):
         logits = model(input_ids=ids.repeat(replicas, 1)).logits.float()
@@ -76,14 +76,14 @@ def _optimizer(case: str, model, engine):
     return opt
 
 
-def _run(case: str, dtype: torch.dtype, store=None):
+def _run(case: str, dtype: torch.dtype, store=None, device: str = "cpu"):
     """Losses of ``STEPS`` steps and the final weights of ``case`` on a tiny Llama, in memory
-    (``store`` None) or streamed from ``store``."""
-    model = tiny_model("llama", dtype)
+    (``store`` None) or streamed from ``store``, computing on ``device``."""
+    model = tiny_model("llama", dtype).to(device)
     engine = VirtualEngine(model)
     offloader = None
     if store is not None:
-        offloader = Offloader(model, store)
+        offloader = Offloader(model, store, device)
         offloader.evict()
         engine = OffloadEngine(engine, offloader)
     opt = _optimizer(case, model, engine)
@@ -111,6 +111,19 @@ def test_streamed_method_equals_in_memory(case, dtype, kind, tmp_path):  # mezo'
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[n], t) for n, t in reference.items()), case
     assert len(set(expected)) > 1  # the steps moved the weights
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["cpu", "disk"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", ["hizoo", "mezo_svrg", "dizo", "sparse_mezo", "zo_adam"])
+def test_streamed_to_the_gpu_equals_in_gpu(case, dtype, kind, tmp_path):
+    """The state streams to the GPU with its block (side stream, pinned host buffers)."""
+    expected, reference = _run(case, dtype, device="cuda")
+    store = CpuStore(2, pin=True) if kind == "cpu" else DiskStore(tmp_path / "store", 2)
+    losses, weights = _run(case, dtype, store, device="cuda")
+    assert losses == expected
+    assert all(torch.equal(weights[n].cuda(), t) for n, t in reference.items()), case
 
 
 def _recorded(case: str, model):

@@ -200,11 +200,10 @@ class Offloader:
         self.reads += 1
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
+            for t in tensors.values():  # made on the side stream, used on this one (the state too)
+                t.record_stream(torch.cuda.current_stream(self.device))
         for name, p in self.params[i]:
-            t = tensors[name]
-            if event is not None:
-                t.record_stream(torch.cuda.current_stream(self.device))  # made on the side stream
-            p.data = t
+            p.data = tensors[name]
         self._extras[i] = {name: t for name, t in tensors.items() if name.startswith(STATE)}
         self.resident[i] = True
         self._lend_state(i)
