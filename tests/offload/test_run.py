@@ -1,7 +1,7 @@
 """``python -m zobench ... offload=...`` end to end (in process): cpu and disk give offload=none's
 losses, best-dev step, test metric (of the best step, rebuilt block by block: ``train.keep_best``)
-and saved weights (``train.save_final``: a sharded checkpoint written block by block); bad input
-is one line."""
+and saved weights (``train.save_final``: a sharded checkpoint written block by block); the methods
+that draw their own batches (DiZO, MeZO-SVRG) stream end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from tests.helpers import SMOKE, one_error_line, zobench_in_process
+from tests.helpers import SMOKE, zobench_in_process
 from zobench.checkpoint import load_tensors
 from zobench.offload import DiskStore
 from zobench.trajectory.export import export
@@ -78,19 +78,6 @@ def _same_result(offloaded: dict, summary: dict, none_final, final) -> None:
     assert tested.keys() <= saved.keys() and all(torch.equal(saved[k], v) for k, v in tested.items())
 
 
-def test_refused_method_is_one_error_line(tmp_path, monkeypatch, data_dir):
-    result = zobench_in_process(
-        *ARGS,
-        "offload=disk",
-        "optimizer=hizoo",
-        f"data.dir={data_dir}",
-        f"hydra.run.dir={tmp_path / 'r'}",
-        monkeypatch=monkeypatch,
-    )
-    one_error_line(result, "optimizer=hizoo cannot run with offload=disk yet")
-    assert not (tmp_path / "r" / "offload").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "mode"), [("mezo", "disk"), ("zo_adam", "cpu")])
 def test_weights_checkpoint_of_an_offloaded_run_resumes_as_offload_none(method, mode, tmp_path, data_dir, caplog):
@@ -133,3 +120,28 @@ def test_weights_checkpoint_of_an_offloaded_run_resumes_as_offload_none(method, 
     assert stable(resumed / "metrics.jsonl") == stable(reference / "metrics.jsonl")
     _same_result(summary, expected, reference / "final", resumed / "final")
     assert not (resumed / "checkpoint").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dizo", "mezo_svrg"])
+def test_method_with_extra_batches_runs_offloaded_end_to_end(method, tmp_path, monkeypatch, data_dir):
+    """DiZO's projection round and MeZO-SVRG's anchor draw their own batches from the loop
+    (``bind_data``) and rewrite the evaluated weights (``Engine.transformed``): streamed from
+    host memory, the run's losses and test metric are offload=none's; from disk (DiZO) it
+    completes with every block, and its θ0 beside it, at the tested step (``keep_best`` rebuilt
+    the best-dev step in the store)."""
+    extra = (
+        [f"optimizer={method}", "optimizer.interval=2", "optimizer.projection_iters=1"]
+        if method == "dizo"
+        else [f"optimizer={method}", "optimizer.anchor_examples=4"]
+    )
+    _, expected, summary = _run(tmp_path, monkeypatch, data_dir, "none", *extra)
+    _, losses, streamed = _run(tmp_path, monkeypatch, data_dir, "cpu", "offload=cpu", *extra)
+    assert losses == expected and len(losses) == 3
+    assert streamed["test_accuracy"] == summary["test_accuracy"]
+    if method == "dizo":
+        run_dir, losses, stored = _run(tmp_path, monkeypatch, data_dir, "disk", "offload=disk", *extra)
+        store = DiskStore(run_dir / "offload", 2)
+        assert losses == expected and stored["test_accuracy"] == summary["test_accuracy"]
+        assert [store.step(i) for i in range(2)] == [stored["tested_step"]] * 2
+        assert any(name.endswith("::theta0") for name in store.read(0))

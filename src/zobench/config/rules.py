@@ -72,8 +72,12 @@ def _demos_from_train(cfg) -> str | None:
 
 
 #: methods whose step streams with the results it has in memory (tests/offload/test_methods.py):
-#: updates through ``Engine.update`` are deferred, through ``Engine.foreach`` (momentum, Adam
-#: moments) applied at once with the block's state streamed beside it
+#: the methods checked to stream (tests/offload/test_methods.py: bit-equal to in memory).
+#: Updates through ``Engine.update`` are deferred; through ``Engine.foreach`` (momentum, Adam
+#: moments, HiZOO's Σ) and ``Engine.visit`` (Sparse-MeZO's thresholds, MeZO-SVRG's θ̄, DiZO's
+#: distances) applied at once, block by block, with the block's state streamed beside it;
+#: ``Engine.transformed`` (MeZO-SVRG at θ̄, DiZO's rescaled evaluations) while a block is resident.
+#: Passes over storage per step: docs/offload.md.
 OFFLOAD_METHODS = (
     "mezo",
     "lozo",
@@ -86,25 +90,23 @@ OFFLOAD_METHODS = (
     "forward_gradient",
     "zo_sgd_momentum",
     "zo_adam",
+    "hizoo",
+    "mezo_svrg",
+    "dizo",
+    "sparse_mezo",
 )
-#: why the others do not stream yet (the refusal names it)
-OFFLOAD_NOT_YET = {
-    "hizoo": "its parameter-sized Σ, which the perturbation itself reads in every forward",
-    "mezo_svrg": "its parameter-sized anchor weights and gradient",
-    "dizo": "its projection rounds, which read the weights outside a forward",
-    "sparse_mezo": "its masks, computed from the weights outside a forward",
-}
+#: why a registered method does not stream (the refusal names it); none today: a new method is
+#: refused until it is added to OFFLOAD_METHODS with its equivalence test
+OFFLOAD_NOT_YET: dict[str, str] = {}
 
 
 def offload_refusal(method: str, mode: str) -> str | None:
     """The one-line reason ``optimizer=method`` cannot run with ``offload=mode``, or None."""
     if mode == "none" or method in OFFLOAD_METHODS:
         return None
-    why = OFFLOAD_NOT_YET.get(method, "it is not among the methods checked to stream")
-    return (
-        f"optimizer={method} cannot run with offload={mode} yet: {why} does not stream; "
-        f"allowed: {', '.join(OFFLOAD_METHODS)}"
-    )
+    why = OFFLOAD_NOT_YET.get(method)
+    why = f"{why} does not stream" if why else "it is not among the methods checked to stream"
+    return f"optimizer={method} cannot run with offload={mode} yet: {why}; allowed: {', '.join(OFFLOAD_METHODS)}"
 
 
 def _offload(cfg) -> str | None:

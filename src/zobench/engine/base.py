@@ -159,6 +159,30 @@ class Engine(ABC):
                 if work is not p:
                     p.copy_(work)
 
+    @torch.no_grad()
+    def visit(self, params: ZOParams, fn, writes: bool = True) -> None:
+        """``fn(entries)`` with the weights of ``params`` (``(pid, p)`` pairs) readable, and
+        writable in place, with their optimizer state: the primitive of methods that read or
+        rewrite whole weights outside a forward (Sparse-MeZO's magnitude thresholds, MeZO-SVRG's
+        θ̄ ← θ, DiZO's distances to θ0 and its rescale). Here ``fn(params)`` at once; an
+        offloading engine calls it on each block's share with the block resident (``writes``:
+        ``fn`` changes weights or state, which must then be stored)."""
+        fn(list(params))
+
+    @contextmanager
+    def transformed(self, params: ZOParams, enter, leave, exact: bool):
+        """Context manager: evaluations inside it see the weights of ``params`` as
+        ``enter(entries)`` rewrites them in place; ``leave(entries)`` puts them back when it
+        closes (``exact``: bit for bit, e.g. a swap; else with a rounding drift the method
+        accepts, e.g. DiZO's rescale and its inverse). Here at once around the block; an
+        offloading engine applies them to each block while it is resident for a forward."""
+        entries = list(params)
+        enter(entries)
+        try:
+            yield
+        finally:
+            leave(entries)
+
     def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
         """``restore(params)`` then ``update(...)``; backends that move weights fuse the two."""
         self.restore(params)

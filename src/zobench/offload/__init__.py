@@ -21,8 +21,10 @@ Design (docs/offload.md has the long form):
 * ``export.py``: an offloaded model written as a sharded Hugging Face checkpoint block by block
   (``train.save_final``, the streamed ``zobench.replay`` / ``export``: ``trajectory/stream.py``).
 
-Methods that stream: ``config.rules.OFFLOAD_METHODS`` (their momentum / Adam state streams with its block);
-the others are refused in one line (``OFFLOAD_NOT_YET``).
+Methods that stream: ``config.rules.OFFLOAD_METHODS``, every method of the registry (their
+parameter-sized state, momentum, Adam moments, HiZOO's Σ, MeZO-SVRG's θ̄, DiZO's θ0, streams with
+its block); a method not listed is refused in one line. Passes over storage per step, per
+method: docs/offload.md.
 """
 
 from __future__ import annotations

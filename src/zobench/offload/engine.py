@@ -8,15 +8,19 @@ updated now by the inner engine; block parameters get a ``PendingUpdate`` that t
 applies with the inner engine's ``update`` when the block next arrives, the same arithmetic on
 the same bits as in memory.
 
-``foreach`` (the stateful methods' primitive: momentum, Adam moments) runs at once, block by
-block, each block brought in with its parameters' optimizer state from the store and written
-back with it (``Offloader.with_state``): the state streams with its block.
+``foreach`` (the stateful methods' primitive: momentum, Adam moments, HiZOO's Σ) and ``visit``
+(whole-weight reads and rewrites: Sparse-MeZO, MeZO-SVRG, DiZO) run at once, block by block, each
+block brought in with its parameters' optimizer state from the store and written back with it
+(``Offloader.with_state``): the state streams with its block. ``transformed`` (MeZO-SVRG's
+evaluation at θ̄, DiZO's rescaled evaluations) rewrites each block while it is resident for the
+forward (``Offloader.begin_transform``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 from ..engine import Direction, Engine
 from ..engine.base import ZOParams
@@ -95,6 +99,41 @@ class OffloadEngine(Engine):
     def restore_and_update(self, params: ZOParams, direction: Direction, coeff: float, decay: float = 0.0) -> None:
         self.inner.restore(params)
         self.update(params, direction, coeff, decay)
+
+    def _split(self, params: ZOParams) -> tuple[list, dict[int, list]]:
+        """``(resident entries, {block: its entries})`` of ``params``."""
+        resident = [(pid, p) for pid, p in params if not self.offloader.is_offloaded(p)]
+        by_block: dict[int, list] = {}
+        for pid, p in params:
+            if self.offloader.is_offloaded(p):
+                by_block.setdefault(self.offloader.block_of[id(p)], []).append((pid, p))
+        return resident, dict(sorted(by_block.items()))
+
+    def visit(self, params: ZOParams, fn, writes: bool = True) -> None:
+        """``fn`` on the resident parameters now, then on each block's share with the block and
+        its state resident (``Offloader.with_state``): a read of every block it touches, and a
+        write where ``writes`` (or a pending update was applied)."""
+        resident, by_block = self._split(params)
+        if resident:
+            self.inner.visit(resident, fn, writes)
+        for i, entries in by_block.items():
+            self.offloader.with_state(i, functools.partial(fn, entries), update=False, writes=writes)
+
+    @contextmanager
+    def transformed(self, params: ZOParams, enter, leave, exact: bool):
+        """The resident parameters rewritten now; each block's share while the block is resident
+        for a forward (``Offloader.begin_transform``: an exact rewrite undone as the block leaves,
+        an inexact one's inverse queued for its next arrival)."""
+        resident, by_block = self._split(params)
+        if resident:
+            enter(resident)
+        self.offloader.begin_transform(by_block, enter, leave, exact)
+        try:
+            yield
+        finally:
+            self.offloader.end_transform()
+            if resident:
+                leave(resident)
 
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:
         """Stateful updates (momentum, Adam moments) now, block by block: each block is brought

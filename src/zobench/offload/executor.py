@@ -22,6 +22,23 @@ engine's own ``update``, with the same arithmetic as in memory, when the block n
 the next step's forward. A step of MeZO then reads each block once and writes it once. Anything
 that needs the weights outside a forward (a checkpoint, an export, the end of a run) calls
 ``flush()`` first, which brings every block with pending updates to its latest step.
+
+Optimizer state (``STATE`` keys beside the weights: momentum, Adam moments, HiZOO's Σ, MeZO-SVRG's
+θ̄, DiZO's θ0) is lent to the optimizer (``optimizer.state[p]``) while its block is resident, on
+every arrival (the forward's too: HiZOO's perturbation reads Σ), and taken back when it leaves
+(written with the block when the block changed). Three ways a method works on a block outside
+the deferred update, each with the block and its state resident:
+
+* ``with_state(i, fn)``: a stateful update now (``Engine.foreach``: momentum, Adam, HiZOO), or a
+  whole-weight read / rewrite (``Engine.visit``: Sparse-MeZO's thresholds, SVRG's θ̄ ← θ, DiZO's
+  distances): one read, and a write if the block changed.
+* ``Transform`` (``Engine.transformed``): evaluations that see the weights rewritten in place
+  (SVRG: θ̄ swapped in; DiZO: Δ rescaled). Applied when the block arrives for a forward; an exact
+  one (a swap) is undone when it leaves (nothing written), an inexact one (DiZO's rescale and its
+  inverse, a few ulps of drift as in memory) leaves the block rewritten in the store and queues
+  its inverse as a ``PendingCall``, applied at the next arrival before anything else: the drift
+  is the in-memory one, bit for bit, however many forwards the evaluation runs (none, in a
+  replay: then the rewrite and its inverse are both queued).
 """
 
 from __future__ import annotations
@@ -56,6 +73,27 @@ class PendingUpdate:
     step: int
 
 
+@dataclass
+class PendingCall:
+    """``fn(entries)`` on the resident block, in order with its pending updates (a ``Transform``'s
+    inverse, or the rewrite and the inverse of an evaluation the block missed)."""
+
+    entries: Entries
+    fn: Callable[[Entries], None]
+
+
+@dataclass
+class Transform:
+    """An evaluation's in-place rewrite of block weights (``Engine.transformed``): ``enter`` then,
+    after the forward, ``leave``; ``exact``: ``leave`` restores the bits (module docstring)."""
+
+    entries: dict[int, Entries]
+    enter: Callable[[Entries], None]
+    leave: Callable[[Entries], None]
+    exact: bool
+    entered: set[int]
+
+
 class Offloader:
     """Streams the blocks of ``model`` through ``device`` from ``store`` (module docstring).
 
@@ -76,7 +114,9 @@ class Offloader:
         self.params = [block_parameters(block) for block in self.blocks]
         self.index = {id(block): i for i, block in enumerate(self.blocks)}
         self.block_of = {id(p): i for i, named in enumerate(self.params) for _, p in named}
-        self.pending: list[list[PendingUpdate]] = [[] for _ in self.blocks]
+        self.pending: list[list[PendingUpdate | PendingCall]] = [[] for _ in self.blocks]
+        #: the rewrite of the evaluation under way (``begin_transform``), None outside one
+        self.transform: Transform | None = None
         self.stamps = [0] * len(self.blocks)  # the step of the weights each block holds (or will on arrival)
         #: the step each block's stored weights were at when adopted: a replay (a resume) skips the
         #: updates of steps <= it, which the block holds already (store.py, crash consistency)
@@ -104,7 +144,7 @@ class Offloader:
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._handles = []
         for block in self.blocks:
-            self._handles.append(block.register_forward_pre_hook(self._arrive, prepend=True))
+            self._handles.append(block.register_forward_pre_hook(self._arrive_for_forward, prepend=True))
             self._handles.append(block.register_forward_hook(self._leave, always_call=True))
 
     # -- moving blocks in and out ----------------------------------------------------------------
@@ -160,25 +200,67 @@ class Offloader:
         self.reads += 1
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
+            for t in tensors.values():  # made on the side stream, used on this one (the state too)
+                t.record_stream(torch.cuda.current_stream(self.device))
         for name, p in self.params[i]:
-            t = tensors[name]
-            if event is not None:
-                t.record_stream(torch.cuda.current_stream(self.device))  # made on the side stream
-            p.data = t
+            p.data = tensors[name]
         self._extras[i] = {name: t for name, t in tensors.items() if name.startswith(STATE)}
         self.resident[i] = True
+        self._lend_state(i)
         self._apply_pending(i)
         following = i + 1
         if self.prefetch and following < len(self.blocks) and following not in self._prefetched:
             self._prefetched[following] = self._reader.submit(self._read, following, self._writing.get(following))
 
+    def _arrive_for_forward(self, module: nn.Module, args) -> None:
+        i = self.index[id(module)]
+        was_resident = self.resident[i]
+        self._arrive(module, args)
+        transform = self.transform
+        if was_resident or transform is None or i not in transform.entries:
+            return
+        if transform.exact or i not in transform.entered:  # inexact: the store holds it rewritten already
+            transform.enter(transform.entries[i])
+        transform.entered.add(i)
+
     def _leave(self, module: nn.Module, args, output) -> None:
-        self._store_and_release(self.index[id(module)])
+        i = self.index[id(module)]
+        transform = self.transform
+        if transform is not None and i in transform.entries:
+            if transform.exact:
+                transform.leave(transform.entries[i])
+            else:  # kept rewritten until the evaluation ends (end_transform queues the inverse)
+                self.dirty[i] = True
+        self._store_and_release(i)
+
+    def _lend_state(self, i: int) -> None:
+        """The block's stored optimizer state into ``optimizer_state[p]`` while it is resident."""
+        if self.optimizer_state is None:
+            return
+        for name, p in self.params[i]:
+            prefix = f"{STATE}{name}{SEP}"
+            for key, value in self._extras[i].items():
+                if key.startswith(prefix):
+                    self.optimizer_state[p][key[len(prefix) :]] = value
+
+    def _take_state(self, i: int) -> dict[str, torch.Tensor]:
+        """The block's optimizer state tensors out of ``optimizer_state``, by store key (what
+        ``_lend_state`` lent, updated in place, and what the optimizer created meanwhile)."""
+        taken: dict[str, torch.Tensor] = {}
+        if self.optimizer_state is None:
+            return taken
+        for name, p in self.params[i]:
+            state = self.optimizer_state.get(p) or {}  # .get: no entry made for a block never lent state
+            for key in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
+                taken[f"{STATE}{name}{SEP}{key}"] = state.pop(key)
+        return taken
 
     def _store_and_release(self, i: int) -> None:
+        state = self._take_state(i)
         if self.dirty[i]:
             tensors = {name: p.data for name, p in self.params[i]}  # never modified again: released below
             tensors.update(self._extras[i])
+            tensors.update(state)
             self._writing[i] = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
             self._prefetched.pop(i, None)  # a read started before this write would be stale
             self.dirty[i] = False
@@ -205,34 +287,56 @@ class Offloader:
         if self.apply is None:
             raise RuntimeError("offload: pending updates but no engine to apply them (OffloadEngine)")
         for update in self.pending[i]:
+            if isinstance(update, PendingCall):
+                update.fn(update.entries)
+                continue
             self.apply(update.entries, update.direction, update.coeff, update.decay)
             self.stamps[i] = update.step
         self.pending[i] = []
         self.dirty[i] = True
 
+    def _replayed(self, i: int) -> bool:
+        """Whether block i holds the current step already (a resume's replay: store.py)."""
+        return 0 < self.floor[i] and self.step_of() <= self.floor[i]
+
     @torch.no_grad()
-    def with_state(self, i: int, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (a stateful update of block i's parameters) with the block resident and its
-        parameters' optimizer state (``self.optimizer_state[p]``) loaded from the store, then
-        write weights and state back and release both: the state streams with its block (one
-        more read and write of the block per step than a deferred update)."""
+    def with_state(self, i: int, fn: Callable[[], None], update: bool = True, writes: bool = True) -> None:
+        """Run ``fn`` with block i resident and its parameters' optimizer state
+        (``self.optimizer_state[p]``) loaded from the store, then write weights and state back
+        (``writes``; else only if a pending update was applied) and release both: the state
+        streams with its block (one more read, and write, of the block than a deferred update).
+        ``update``: ``fn`` is the step's update (the block is then at the current step); else a
+        read or a rewrite that leaves the block at its step (``Engine.visit``)."""
         if self.optimizer_state is None:
             raise RuntimeError("offload: a stateful update but no optimizer state bound (OffloadEngine.bind)")
-        if 0 < self.floor[i] and self.step_of() <= self.floor[i]:  # replayed: the stored block and state hold it
+        if self._replayed(i):  # the stored block and state hold it
             return
         self._arrive(self.blocks[i], ())
-        for name, p in self.params[i]:
-            for key, value in self._extras[i].items():
-                if key.startswith(f"{STATE}{name}{SEP}"):
-                    self.optimizer_state[p][key.rsplit(SEP, 1)[1]] = value
         fn()
-        self._extras[i] = {}
-        for name, p in self.params[i]:
-            state = self.optimizer_state.get(p, {})
-            for key in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
-                self._extras[i][f"{STATE}{name}{SEP}{key}"] = state.pop(key)
-        self.stamps[i], self.dirty[i] = self.step_of(), True
+        if update:
+            self.stamps[i] = self.step_of()
+        self.dirty[i] = self.dirty[i] or writes
         self._store_and_release(i)
+
+    # -- rewritten evaluations (``Engine.transformed``) ------------------------------------------
+    def begin_transform(self, entries: dict[int, Entries], enter, leave, exact: bool) -> None:
+        """The next forwards (until ``end_transform``) see block i's ``entries`` as ``enter`` leaves them."""
+        if self.transform is not None:
+            raise RuntimeError("offload: a rewritten evaluation inside another")
+        self.transform = Transform(entries, enter, leave, exact, set())
+
+    def end_transform(self) -> None:
+        """The evaluation is over: an inexact rewrite's inverse is queued on the blocks it
+        rewrote, and rewrite + inverse on those it missed (no forward reached them: a replay)."""
+        transform, self.transform = self.transform, None
+        if transform is None or transform.exact:
+            return
+        for i, entries in transform.entries.items():
+            if i in transform.entered:
+                self.pending[i].append(PendingCall(entries, transform.leave))
+            elif not self._replayed(i):
+                self.pending[i].append(PendingCall(entries, transform.enter))
+                self.pending[i].append(PendingCall(entries, transform.leave))
 
     def is_offloaded(self, p: torch.Tensor) -> bool:
         return id(p) in self.block_of

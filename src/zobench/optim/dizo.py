@@ -19,6 +19,13 @@ average (``forward_passes_per_step`` is that average; ``forward_passes(steps)`` 
 the loop uses for ``train.forward_budget``). State: θ0 of the projected matrices only
 (``state_buffers_per_param = 1`` for those; other parameters keep none).
 
+Offloaded (``offload=cpu|disk``): θ0 is stored beside its block (taken at step 1 by an
+``Engine.visit``: one more read and write); a round reads the distances t_l block by block
+(``Engine.visit``), evaluates with the blocks rewritten while resident (``Engine.transformed``,
+inexact: the inverse map is applied at the block's next arrival, so the drift is the in-memory
+one bit for bit) and rescales (``Engine.visit``). A step costs MeZO's read and write of every
+block; a round's step 2·``projection_iters`` + 3 of each (docs/offload.md).
+
 Projected matrices: parameters whose name contains one of ``projected`` (default: the
 attention key / value weights, as the reference projects OPT's k_proj and v_proj, l.899-906, plus
 ``lora_`` factors, the reference's LoRA case, l.901); parameters given without names: every
@@ -134,6 +141,7 @@ class DiZO(MeZO):
         self.forward_passes_per_step = 2 + 2 * int(projection_iters) / int(interval)
         self._projected = self._select_projected(tuple(projected))  # (pid, p) of the projected matrices
         self._sample = None  # the loop's fresh-batch closures (bind_data)
+        self._anchored = False  # θ0 taken (first step of this instance; a loaded state keeps its own)
 
     def _select_projected(self, patterns: tuple[str, ...]) -> list:
         """(pid, p) of the parameters whose name contains one of ``patterns`` (without names: the
@@ -164,10 +172,15 @@ class DiZO(MeZO):
             state["theta0"] = p.detach().clone(memory_format=torch.contiguous_format)
         return state["theta0"]
 
+    def _set_anchors(self, entries) -> None:
+        for _, p in entries:
+            self._anchor(p)
+
     @torch.no_grad()
     def step(self, closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
-        for _, p in self._projected:  # θ0 before the first update
-            self._anchor(p)
+        if not self._anchored:  # θ0 before the first update (offloaded: into each block's stored state)
+            self.engine.visit(self._projected, self._set_anchors)
+            self._anchored = True
         loss = super().step(closure)
         step = self.param_groups[0]["step"]
         if step % self._shared("interval") == 0 and self._projected:
@@ -176,8 +189,8 @@ class DiZO(MeZO):
 
     def _projection_round(self, closure, step: int) -> None:
         eps_p, s, tau = self._shared("projection_eps"), self._shared("projection_lr"), self._shared("clip_range")
-        layers = [(p, self._anchor(p)) for _, p in self._projected]
-        t = [_distance(p, theta0) for p, theta0 in layers]
+        layers = self._projected
+        t = self._distances(layers)
         gamma = list(t)
         for it in range(self._shared("projection_iters")):
             evaluate = self._sample() if self._sample is not None else closure
@@ -191,23 +204,49 @@ class DiZO(MeZO):
                 continue  # a non-finite evaluation leaves γ as it is
             gamma = [min(max(g - s * tl * grad * zl, (1 - tau) * tl), (1 + tau) * tl) for g, tl, zl in zip(gamma, t, z)]
         # θ_l ← θ0_l + γ_l Δ_l / (‖Δ_l‖ + 1e-8), the norm of the current Δ (reference l.300-310)
-        for (p, theta0), g in zip(layers, gamma):
-            norm = _distance(p, theta0)
-            if norm > 0:
-                p.sub_(theta0).mul_(g / (norm + 1e-8)).add_(theta0)
+        final = {pid: g for (pid, _), g in zip(layers, gamma)}
+
+        def rescale(entries) -> None:
+            for pid, p in entries:
+                theta0 = self._anchor(p)
+                norm = _distance(p, theta0)
+                if norm > 0:
+                    p.sub_(theta0).mul_(final[pid] / (norm + 1e-8)).add_(theta0)
+
+        self.engine.visit(layers, rescale)
         self._record(**self.last_step_info, projection_scale=sum(gamma) / max(sum(t), 1e-30))
 
-    @staticmethod
-    def _evaluate_scaled(closure, layers, t, gamma) -> float:
+    def _distances(self, layers) -> list[float]:
+        """t_l = ‖θ_l - θ0_l‖_F of every projected matrix (``Engine.visit``: offloaded, block by
+        block). A block a resume's replay skips (it holds this round already) reads 0: its γ is
+        then never applied."""
+        found: dict[int, float] = {}
+
+        def measure(entries) -> None:
+            for pid, p in entries:
+                found[pid] = _distance(p, self._anchor(p))
+
+        self.engine.visit(layers, measure, writes=False)
+        return [found.get(pid, 0.0) for pid, _ in layers]
+
+    def _evaluate_scaled(self, closure, layers, t, gamma) -> float:
         """L with every projected θ_l = θ0_l + γ_l Δ_l / (t_l + 1e-8), written in place and put
-        back by the inverse map (reference l.273-296); matrices with Δ = 0 are left alone."""
-        ratios = [g / (tl + 1e-8) for g, tl in zip(gamma, t)]
-        for (p, theta0), tl, r in zip(layers, t, ratios):
-            if tl > 0:
-                p.sub_(theta0).mul_(r).add_(theta0)
-        try:
+        back by the inverse map (reference l.273-296); matrices with Δ = 0 are left alone.
+        ``Engine.transformed`` (inexact: the inverse drifts by ulps, as in the reference):
+        offloaded, each block is rewritten while resident for the forward."""
+        ratios = {pid: g / (tl + 1e-8) for (pid, _), g, tl in zip(layers, gamma, t) if tl > 0}
+
+        def enter(entries) -> None:
+            for pid, p in entries:
+                if pid in ratios:
+                    theta0 = self._anchor(p)
+                    p.sub_(theta0).mul_(ratios[pid]).add_(theta0)
+
+        def leave(entries) -> None:
+            for pid, p in entries:
+                if pid in ratios:
+                    theta0 = self._anchor(p)
+                    p.sub_(theta0).div_(ratios[pid]).add_(theta0)
+
+        with self.engine.transformed(layers, enter, leave, exact=False):
             return float(closure())
-        finally:
-            for (p, theta0), tl, r in zip(layers, t, ratios):
-                if tl > 0:
-                    p.sub_(theta0).div_(r).add_(theta0)

@@ -26,8 +26,11 @@ perturbation (l.628, l.632, l.635: NameError as written); it is read as the step
 the update's z is drawn from (``random_seed``, l.637-639).
 
 3 forward passes per step. State: Σ, one float32 buffer per parameter
-(``state_buffers_per_param = 1``). The reference defaults and the known faults of the authors'
-code: docs/algorithms.md, "HiZOO".
+(``state_buffers_per_param = 1``). Offloaded (``offload=cpu|disk``), Σ is stored beside its block
+and lent with it on every arrival (the perturbation reads it in the forward); a step costs 4
+reads and 2 writes of every block and its Σ: ℓ0, the ± pair (one mirrored call), and the update
+of Σ and θ (``Engine.foreach``, once per param group) (docs/offload.md).
+The reference defaults and the known faults of the authors' code: docs/algorithms.md, "HiZOO".
 
 Deviations from the authors' code:
 

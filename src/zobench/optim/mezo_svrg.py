@@ -23,6 +23,10 @@ paper's plots is therefore about half of zobench's forward passes (exactly: per 
 State: θ̄, one parameter-sized buffer (``state_buffers_per_param = 1``); g is one SPSA
 direction, so it is kept as two numbers, the anchor step's seed and its projected gradient, and
 regenerated like any z. Evaluating at θ̄ swaps θ and θ̄ in place, a piece at a time (exact).
+Offloaded (``offload=cpu|disk``): θ̄ is stored beside its block; θ̄ ← θ is an ``Engine.visit``
+(a read and a write of every block), the evaluation at θ̄ an exact ``Engine.transformed`` (the
+swap made while each block is resident). Passes over storage: anchor ⌈n/|B|⌉ + 1 reads and 1 write
+(2 when the previous step's update is applied), inner 2 reads and 1 write (docs/offload.md).
 
 Deviations from the authors' code (each a fault docs/algorithms.md lists under "MeZO-SVRG"):
 
@@ -160,8 +164,7 @@ class MeZOSVRG(ZOOptimizer):
         if not math.isfinite(g):  # no anchor from a non-finite estimate: the next step retries
             self.state.pop("svrg", None)
             return torch.tensor((loss_plus + loss_minus) / 2)
-        for _, p in self._all_params:  # θ̄ ← θ, before the anchor's own update
-            self._theta_bar(p).copy_(p)
+        self.engine.visit(self._all_params, self._set_anchor)  # θ̄ ← θ, before the anchor's own update
         self.state["svrg"] = {"anchor_step": step, "anchor_grad": g}
         for group, params in zip(self.param_groups, self._group_params):
             lr = group["anchor_lr"]
@@ -191,14 +194,18 @@ class MeZOSVRG(ZOOptimizer):
                 self.engine.update(params, anchor_dir, coeff=-lr * anchor["anchor_grad"])
         return torch.tensor((loss_plus + loss_minus) / 2)
 
-    def _at_anchor(self, closure: Closure, direction: Direction, eps: float) -> float:
-        """ĝ_B(θ̄; z): the same batch and the same z, evaluated with θ̄ swapped into the weights."""
-        for _, p in self._all_params:
+    def _set_anchor(self, entries) -> None:
+        for _, p in entries:
+            self._theta_bar(p).copy_(p)
+
+    def _swap_anchor(self, entries) -> None:
+        for _, p in entries:
             _swap(p, self._theta_bar(p))
-        try:
+
+    def _at_anchor(self, closure: Closure, direction: Direction, eps: float) -> float:
+        """ĝ_B(θ̄; z): the same batch and the same z, evaluated with θ̄ swapped into the weights
+        (``Engine.transformed``: offloaded, each block's θ̄ swapped in while it is resident)."""
+        with self.engine.transformed(self._all_params, self._swap_anchor, self._swap_anchor, exact=True):
             g, _, _ = self._two_sided(closure, direction, eps)
             self.engine.restore(self._all_params)
-        finally:
-            for _, p in self._all_params:
-                _swap(p, self._theta_bar(p))
         return g

@@ -9,7 +9,10 @@ out), m_l = 1[|θ_l| ≤ h_l], ẑ = m ⊙ z; vectors (biases, norms) are pertur
 2 forward passes per step. The mask is recomputed from the current θ whenever z is drawn (one
 threshold per matrix per step is all that is kept), so memory stays at inference. That needs
 the unperturbed θ at every draw: ``engine.mode=virtual`` (in-place perturbation would compute
-the mask of θ+εz). See docs/algorithms.md, "Sparse-MeZO".
+the mask of θ+εz). The thresholds are taken through ``Engine.visit``: offloaded
+(``offload=cpu|disk``) block by block, one read of every block (and the write of the previous
+step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md).
+See docs/algorithms.md, "Sparse-MeZO".
 """
 
 from __future__ import annotations
@@ -103,5 +106,12 @@ class SparseMeZO(ZOOptimizer):
     def step(self, closure: Closure) -> torch.Tensor:  # type: ignore[override]  # a ZO step needs its closure (optional in torch.optim)
         step = self._advance()
         sparsity = self._shared("sparsity")
-        thresholds = {pid: magnitude_threshold(p, sparsity) for pid, p in self._all_params if p.ndim >= 2}
+        thresholds: dict[int, float] = {}
+
+        def measure(entries) -> None:
+            for pid, p in entries:
+                thresholds[pid] = magnitude_threshold(p, sparsity)
+
+        # Engine.visit: offloaded, block by block with each block resident (one read of the model)
+        self.engine.visit([(pid, p) for pid, p in self._all_params if p.ndim >= 2], measure, writes=False)
         return self._spsa_sgd(closure, MaskedDirection(self.direction(step).seed, thresholds=thresholds))
