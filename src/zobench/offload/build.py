@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import random_init
+from ..models.meta import Recorder, Tape
 from .blocks import find_blocks
 from .executor import placeholder
 from .store import BlockStore
@@ -109,8 +109,11 @@ def _allocate(block: nn.Module, template: nn.Module, device="cpu") -> None:
 
 def _release(block: nn.Module) -> None:
     """The block's weights dropped for placeholders on the CPU (``model.to(device)`` moves them)."""
-    for _, p in block.named_parameters():
-        p.data = torch.zeros((), dtype=p.dtype).expand(p.shape)
+    for module in block.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:  # a new Parameter: a meta one cannot take CPU data
+                placeholder = torch.zeros((), dtype=p.dtype).expand(p.shape)
+                module._parameters[key] = nn.Parameter(placeholder, requires_grad=p.requires_grad)
 
 
 def init_random_into(
@@ -123,38 +126,51 @@ def init_random_into(
     device="cpu",
 ):
     """A random model with its blocks in a new store: ``(model, store)``, the weights
-    ``offload=none`` draws with the same seed on ``device`` (``random_init``: its one-block
-    trace replayed block by block); ``fill=False``: the store's blocks are kept (a resume), only
-    the resident layers are drawn (the blocks' draws advance the RNG on scratch tensors)."""
-    ops: list = []
-    model, template = _skeleton(auto, config, dtype, device, shell_ops=ops)
-    prefix, blocks = find_blocks(model)
-    store = store_factory(config.num_hidden_layers)
-    named = model.named_parameters(remove_duplicate=False)
-    resident = {name: p.data for name, p in named if not name.startswith(prefix + ".")}
-
-    def open_block(index: int) -> dict[str, torch.Tensor]:
-        _allocate(blocks[index], template, device)
-        return {name: p.data for name, p in blocks[index].named_parameters()}
-
-    def close_block(index: int) -> None:
-        store.write(index, {name: p.detach() for name, p in blocks[index].named_parameters()}, 0)
-        _release(blocks[index])
-
-    expanded = random_init.expand(ops, len(blocks))
-    if not fill:  # every block op only advances the RNG
-        expanded = [random_init.advance_only(op) for op in expanded]
+    ``offload=none`` draws with the same seed on ``device`` (``models/loading.py::_random_model``).
+    The model is built on meta under ``models.meta.Recorder`` (each tensor's writes taped, the
+    generator advanced as the in-memory build advances it), then every resident tensor is
+    replayed, and block by block each block's (written to the store, released): one block in
+    memory. ``fill=False``: the store's blocks are kept (a resume), only the resident layers are
+    replayed."""
     torch.manual_seed(init_seed)  # as models/loading.py::_random_model seeds offload=none's draws
+    with Recorder(device) as tape:
+        model = auto.from_config(config, dtype=dtype)
+    _, blocks = find_blocks(model)
+    store = store_factory(config.num_hidden_layers)
+    block_ids = {id(m) for m in blocks.modules()}
     with torch.no_grad():
-        random_init.replay(expanded, resident, open_block, close_block, device)
-    if not fill:  # buffers and placeholders (the store holds the weights)
-        for block in blocks:
-            _allocate(block, template)
+        _replay_into(tape, [m for m in model.modules() if id(m) not in block_ids], parameters=True)
+        for index, block in enumerate(blocks):
+            _replay_into(tape, list(block.modules()), parameters=False)  # its buffers
+            if fill:
+                weights = {name: tape.replay(tape.ops_of(p), p) for name, p in block.named_parameters()}
+                store.write(index, weights, 0)
+                del weights
             _release(block)
     model.to("cpu")
     model.eval()
     model.requires_grad_(False)
     return model, store
+
+
+def _replay_into(tape: Tape, modules: list[nn.Module], parameters: bool) -> None:
+    """``modules``' meta buffers (and with ``parameters``, their meta parameters) replaced by
+    their taped values; a tensor shared by two modules (a tied embedding / head) stays shared."""
+    done: dict[int, torch.Tensor] = {}  # by id of the meta tensor (kept alive by its module)
+
+    def real(t: torch.Tensor, parameter: bool) -> torch.Tensor:
+        if id(t) not in done:
+            value = tape.replay(tape.ops_of(t), t)
+            done[id(t)] = nn.Parameter(value, requires_grad=False) if parameter else value
+        return done[id(t)]
+
+    for module in modules:
+        for key, value in list(module._parameters.items()) if parameters else []:
+            if value is not None and value.is_meta:  # a meta tensor cannot take real data: a new Parameter
+                module._parameters[key] = real(value, parameter=True)
+        for key, value in list(module._buffers.items()):
+            if value is not None and value.is_meta:  # torch.tensor / arange buffers are real already
+                module._buffers[key] = real(value, parameter=False)
 
 
 def checkpoint_files(path: Path) -> list[Path]:
