@@ -1,11 +1,11 @@
 """Offloaded models: blocks go into the store without the whole model ever being in memory.
 
-* ``init_random_into``: a ``*-random`` model (``source: random``). The model is built on the
-  meta device (no memory); the resident modules and one template block are built for real from a
-  one-block copy of the config (their buffers, e.g. rotary frequencies, come from there); then
-  block by block: allocate, draw (``random_init``), write to the store, release. Peak: the resident layers + one
-  block. The weights are ``offload=none``'s for the same seed: ``random_init`` replays the
-  one-block model's initialisation trace block by block.
+* ``init_random_into``: a ``*-random`` model (``source: random``), built on the meta device under
+  ``models.meta.Recorder`` (no memory; every tensor's writes taped with the generator state
+  before each draw), then its resident tensors replayed and, block by block, each block's
+  replayed, written to the store and released. Peak: the resident layers + one block. The
+  weights are ``offload=none``'s for the same seed, bit for bit (the same tape that
+  ``dist.mode=sharded`` loads by shards with, ``build/by_shards.py``).
 * ``load_checkpoint_into``: safetensors checkpoints (a converted GGUF, a hub snapshot, a local
   folder) read tensor by tensor with ``safetensors.safe_open``: resident weights into the model,
   each block's into the store, one block in memory at a time.
@@ -64,20 +64,14 @@ def _shell_blocks(shell: nn.Module) -> nn.ModuleList:
     raise ValueError("offload: the one-block model has no block list")
 
 
-def _skeleton(auto, config, dtype: torch.dtype, device="cpu", shell_ops: list | None = None) -> tuple[Any, nn.Module]:
+def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
     """``config``'s model with real resident layers and its blocks on meta (no memory), and the
-    one-block model's block (the template of the blocks' buffers). ``shell_ops``: a list that
-    receives the ops of the one-block model's initialisation (``random_init.record``)."""
+    one-block model's block (the template of the blocks' buffers)."""
     with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype)
     small = copy.deepcopy(config)
     small.num_hidden_layers = 1  # every causal/masked LM config of transformers names its depth so
-    with torch.device(device):
-        if shell_ops is None:
-            shell = auto.from_config(small, dtype=dtype)
-        else:
-            shell, ops = random_init.record(lambda: auto.from_config(small, dtype=dtype), _shell_blocks)
-            shell_ops.extend(ops)
+    shell = auto.from_config(small, dtype=dtype)
     _, blocks = find_blocks(model)
     _materialise_resident(model, shell, blocks)
     if getattr(config, "tie_word_embeddings", False):
@@ -102,8 +96,8 @@ def _fill_blocks(
     model.requires_grad_(False)
 
 
-def _allocate(block: nn.Module, template: nn.Module, device="cpu") -> None:
-    block.to_empty(device=device)
+def _allocate(block: nn.Module, template: nn.Module) -> None:
+    block.to_empty(device="cpu")
     _copy_buffers(block, template)
 
 
