@@ -20,7 +20,7 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -150,21 +150,21 @@ def init_random_into(
 def _replay_into(tape: Tape, modules: list[nn.Module], parameters: bool) -> None:
     """``modules``' meta buffers (and with ``parameters``, their meta parameters) replaced by
     their taped values; a tensor shared by two modules (a tied embedding / head) stays shared."""
-    done: dict[int, torch.Tensor] = {}  # by id of the meta tensor (kept alive by its module)
+    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the meta tensor: kept, its id its own; value)
 
     def real(t: torch.Tensor, parameter: bool) -> torch.Tensor:
         if id(t) not in done:
             value = tape.replay(tape.ops_of(t), t)
-            done[id(t)] = nn.Parameter(value, requires_grad=False) if parameter else value
-        return done[id(t)]
+            done[id(t)] = (t, nn.Parameter(value, requires_grad=False) if parameter else value)
+        return done[id(t)][1]
 
     for module in modules:
-        for key, value in list(module._parameters.items()) if parameters else []:
-            if value is not None and value.is_meta:  # a meta tensor cannot take real data: a new Parameter
-                module._parameters[key] = real(value, parameter=True)
-        for key, value in list(module._buffers.items()):
-            if value is not None and value.is_meta:  # torch.tensor / arange buffers are real already
-                module._buffers[key] = real(value, parameter=False)
+        for key, p in list(module._parameters.items()) if parameters else []:
+            if p is not None and p.is_meta:  # a meta tensor cannot take real data: a new Parameter
+                module._parameters[key] = cast(nn.Parameter, real(p, parameter=True))
+        for key, b in list(module._buffers.items()):
+            if b is not None and b.is_meta:  # torch.tensor / arange buffers are real already
+                module._buffers[key] = real(b, parameter=False)
 
 
 def checkpoint_files(path: Path) -> list[Path]:
