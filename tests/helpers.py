@@ -202,6 +202,26 @@ class ShardTiny(nn.Module):
         return self.head(h)
 
 
+def spawn_ranks(target, world: int, out: Path) -> list[dict]:
+    """``target(rank, world, port, out)`` on ``world`` spawned processes (each saves
+    ``out/rank<r>.pt``): every rank's saved results, in rank order."""
+    mp.spawn(target, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(world)]
+
+
+@contextlib.contextmanager
+def z_chunk(size: int):
+    """``directions.Z_CHUNK`` at ``size`` inside (as the spawned ranks set it): ``ShardTiny``'s
+    embedding's z drawn in several chunks, the sequential draw exercised."""
+    from zobench.engine import directions
+
+    saved, directions.Z_CHUNK = directions.Z_CHUNK, size
+    try:
+        yield
+    finally:
+        directions.Z_CHUNK = saved
+
+
 def shard_batch(vocab: int):
     """``ShardTiny``'s fixed batch: 6 sequences of 4 token ids below ``vocab``, 6 labels of 3."""
     gen = torch.Generator().manual_seed(1)

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import ShardTiny, free_port, shard_batch
+from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): each exercises another update path
 METHODS = {
@@ -90,32 +90,26 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded")
-    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return spawn_ranks(_rank, 2, tmp_path_factory.mktemp("sharded"))
 
 
 @pytest.fixture(scope="module")
 def one_process():
-    from zobench.engine import InPlaceEngine, directions
+    from zobench.engine import InPlaceEngine
 
-    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
-    try:
-        results = {}
-        with torch.no_grad():
-            for method in METHODS:
-                model = Tiny()
-                losses, optimizer = train(method, model, InPlaceEngine())
-                named = list(model.named_parameters())
-                results[method] = {
-                    "losses": losses,
-                    "weights": {n: p.detach().clone() for n, p in named},
-                    "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
-                    "bytes": sum(p.numel() * p.element_size() for _, p in named),
-                }
-        return results
-    finally:
-        directions.Z_CHUNK = saved
+    results = {}
+    with z_chunk(32), torch.no_grad():
+        for method in METHODS:
+            model = Tiny()
+            losses, optimizer = train(method, model, InPlaceEngine())
+            named = list(model.named_parameters())
+            results[method] = {
+                "losses": losses,
+                "weights": {n: p.detach().clone() for n, p in named},
+                "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
+                "bytes": sum(p.numel() * p.element_size() for _, p in named),
+            }
+    return results
 
 
 @pytest.mark.slow

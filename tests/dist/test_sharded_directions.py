@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import ShardTiny, free_port, shard_batch
+from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): q and N not multiples of the 2 groups
 SPLIT = {
@@ -83,27 +83,21 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded_directions")
-    mp.spawn(_rank, args=(4, free_port(), str(out)), nprocs=4, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+    return spawn_ranks(_rank, 4, tmp_path_factory.mktemp("sharded_directions"))
 
 
 @pytest.fixture(scope="module")
 def one_process():
-    from zobench.engine import InPlaceEngine, directions
+    from zobench.engine import InPlaceEngine
 
-    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
-    try:
-        results = {}
-        with torch.no_grad():
-            for method in SPLIT:
-                model = Tiny()
-                losses, forwards = train(method, model, InPlaceEngine())
-                weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-                results[method] = {"losses": losses, "forwards": forwards, "weights": weights}
-        return results
-    finally:
-        directions.Z_CHUNK = saved
+    results = {}
+    with z_chunk(32), torch.no_grad():
+        for method in SPLIT:
+            model = Tiny()
+            losses, forwards = train(method, model, InPlaceEngine())
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+            results[method] = {"losses": losses, "forwards": forwards, "weights": weights}
+    return results
 
 
 @pytest.mark.slow
