@@ -184,6 +184,50 @@ class Quadratic(nn.Module):
         return 0.5 * (self.a * (self.x - self.target) ** 2).sum()
 
 
+class ShardTiny(nn.Module):
+    """An embedding of ``vocab`` rows, two linear layers of ``widths`` rows and a 3-row head: row
+    counts 2 ranks split unevenly (``dist.mode=sharded``); the embedding's z is drawn in chunks."""
+
+    def __init__(self, vocab: int, widths: tuple[int, int]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(vocab, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, widths[0]), nn.Linear(widths[0], widths[1])])
+        self.head = nn.Linear(widths[1], 3)
+
+    def forward(self, ids):
+        h = self.embed(ids).mean(1)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return self.head(h)
+
+
+def spawn_ranks(target, world: int, out: Path) -> list[dict]:
+    """``target(rank, world, port, out)`` on ``world`` spawned processes (each saves
+    ``out/rank<r>.pt``): every rank's saved results, in rank order."""
+    mp.spawn(target, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(world)]
+
+
+@contextlib.contextmanager
+def z_chunk(size: int):
+    """``directions.Z_CHUNK`` at ``size`` inside (as the spawned ranks set it): ``ShardTiny``'s
+    embedding's z drawn in several chunks, the sequential draw exercised."""
+    from zobench.engine import directions
+
+    saved, directions.Z_CHUNK = directions.Z_CHUNK, size
+    try:
+        yield
+    finally:
+        directions.Z_CHUNK = saved
+
+
+def shard_batch(vocab: int):
+    """``ShardTiny``'s fixed batch: 6 sequences of 4 token ids below ``vocab``, 6 labels of 3."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, vocab, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+
+
 # -- engine reference losses -----------------------------------------------------------------------
 def loss_of(model, ids):
     """A smooth scalar of a causal LM's logits (the engines' tests compare it, not a task loss)."""

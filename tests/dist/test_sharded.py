@@ -6,6 +6,7 @@ parameter bytes."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import free_port
+from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): each exercises another update path
 METHODS = {
@@ -31,26 +32,8 @@ STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"], "zo_sgd_mom
 STEPS = 3
 
 
-class Tiny(nn.Module):
-    """Uneven row counts (37, 5, 6, 3 rows over 2 ranks); the embedding is drawn in chunks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(37, 8)
-        self.layers = nn.ModuleList([nn.Linear(8, 5), nn.Linear(5, 6)])
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, ids):
-        h = self.embed(ids).mean(1)
-        for layer in self.layers:
-            h = torch.tanh(layer(h))
-        return self.head(h)
-
-
-def batch():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randint(0, 37, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+Tiny = functools.partial(ShardTiny, 37, (5, 6))  # 37, 5, 6 and 3 rows: uneven over 2 ranks
+batch = functools.partial(shard_batch, 37)
 
 
 def train(method: str, model: nn.Module, engine) -> list[float]:
@@ -107,32 +90,26 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded")
-    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return spawn_ranks(_rank, 2, tmp_path_factory.mktemp("sharded"))
 
 
 @pytest.fixture(scope="module")
 def one_process():
-    from zobench.engine import InPlaceEngine, directions
+    from zobench.engine import InPlaceEngine
 
-    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
-    try:
-        results = {}
-        with torch.no_grad():
-            for method in METHODS:
-                model = Tiny()
-                losses, optimizer = train(method, model, InPlaceEngine())
-                named = list(model.named_parameters())
-                results[method] = {
-                    "losses": losses,
-                    "weights": {n: p.detach().clone() for n, p in named},
-                    "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
-                    "bytes": sum(p.numel() * p.element_size() for _, p in named),
-                }
-        return results
-    finally:
-        directions.Z_CHUNK = saved
+    results = {}
+    with z_chunk(32), torch.no_grad():
+        for method in METHODS:
+            model = Tiny()
+            losses, optimizer = train(method, model, InPlaceEngine())
+            named = list(model.named_parameters())
+            results[method] = {
+                "losses": losses,
+                "weights": {n: p.detach().clone() for n, p in named},
+                "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
+                "bytes": sum(p.numel() * p.element_size() for _, p in named),
+            }
+    return results
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ S = 1), which replay the other ranks' moves so that they end on the one-process 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import free_port
+from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): q and N not multiples of the 2 groups
 SPLIT = {
@@ -25,26 +26,8 @@ SPLIT = {
 STEPS = 3
 
 
-class Tiny(nn.Module):
-    """Rows that 2 ranks split unevenly (41, 7, 5, 3); the embedding's z drawn in chunks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(41, 8)
-        self.layers = nn.ModuleList([nn.Linear(8, 7), nn.Linear(7, 5)])
-        self.head = nn.Linear(5, 3)
-
-    def forward(self, ids):
-        h = self.embed(ids).mean(1)
-        for layer in self.layers:
-            h = torch.tanh(layer(h))
-        return self.head(h)
-
-
-def batch():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randint(0, 41, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+Tiny = functools.partial(ShardTiny, 41, (7, 5))  # 41, 7, 5 and 3 rows: uneven over 2 ranks
+batch = functools.partial(shard_batch, 41)
 
 
 def train(method: str, model: nn.Module, engine, share=None, replay=None):
@@ -100,27 +83,21 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded_directions")
-    mp.spawn(_rank, args=(4, free_port(), str(out)), nprocs=4, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+    return spawn_ranks(_rank, 4, tmp_path_factory.mktemp("sharded_directions"))
 
 
 @pytest.fixture(scope="module")
 def one_process():
-    from zobench.engine import InPlaceEngine, directions
+    from zobench.engine import InPlaceEngine
 
-    saved, directions.Z_CHUNK = directions.Z_CHUNK, 32
-    try:
-        results = {}
-        with torch.no_grad():
-            for method in SPLIT:
-                model = Tiny()
-                losses, forwards = train(method, model, InPlaceEngine())
-                weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-                results[method] = {"losses": losses, "forwards": forwards, "weights": weights}
-        return results
-    finally:
-        directions.Z_CHUNK = saved
+    results = {}
+    with z_chunk(32), torch.no_grad():
+        for method in SPLIT:
+            model = Tiny()
+            losses, forwards = train(method, model, InPlaceEngine())
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+            results[method] = {"losses": losses, "forwards": forwards, "weights": weights}
+    return results
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import transformers
 
 from tests.helpers import TINY_ARCHS
 from zobench.errors import ConfigError
+from zobench.models import meta
 from zobench.models.meta import Recorder
 
 
@@ -61,3 +62,21 @@ def test_a_random_tensor_drawn_from_a_meta_one_is_refused():
     """An out-of-place draw (its value is no write on a recorded tensor): one line, not wrong weights."""
     with Recorder(), pytest.raises(ConfigError, match="cannot be replayed"):
         torch.bernoulli(torch.full((4,), 0.5))
+
+
+def test_a_replay_runs_only_the_ops_from_the_last_whole_overwrite():
+    """A constructor's draw that a later whole draw overwrites is not drawn again at replay (the
+    recorded state restores the generator for the later one); a partial write after it is kept."""
+    torch.manual_seed(4)
+    expected = torch.empty(4, 3).uniform_()
+    expected.normal_()
+    expected[1].zero_()
+    torch.manual_seed(4)
+    with Recorder() as tape:
+        t = torch.empty(4, 3)
+        t.uniform_()
+        t.normal_()
+        t[1].zero_()
+    live = meta._live(tape.ops_of(t), t.numel())
+    assert [op.func._schema.name for op in live] == ["aten::normal_", "aten::zero_"]
+    assert torch.equal(tape.replay(tape.ops_of(t), t), expected)

@@ -78,6 +78,34 @@ def _geometry(t: torch.Tensor) -> tuple:
     return tuple(t.shape), tuple(t.stride()), t.storage_offset()
 
 
+#: in-place ops that write every element they are given, whatever its value was
+_OVERWRITES = frozenset(
+    {"normal_", "uniform_", "fill_", "zero_", "copy_", "random_", "bernoulli_", "exponential_", "cauchy_"}
+    | {"geometric_", "log_normal_"}
+)
+
+
+def _whole(geometry: tuple, elements: int) -> bool:
+    """Whether a view of this (size, stride, offset) is every element of a storage of ``elements``."""
+    size, stride, offset = geometry
+    expected = 1
+    for n, s in reversed(list(zip(size, stride, strict=True))):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return offset == 0 and expected == elements
+
+
+def _live(ops: list[Op], elements: int) -> list[Op]:
+    """``ops`` from the last one that overwrites the whole storage (of ``elements``) on."""
+    for i in range(len(ops) - 1, 0, -1):
+        op = ops[i]
+        name = op.func._schema.name.split("::")[-1] if op.kind == "inplace" else ""
+        if (op.kind != "inplace" or name in _OVERWRITES) and _whole(op.geometry, elements):
+            return ops[i:]
+    return ops
+
+
 class Tape:
     """The ops recorded per meta storage, and their replay on ``device``."""
 
@@ -130,12 +158,15 @@ class Tape:
 
     def replay(self, ops: list[Op], like: torch.Tensor) -> torch.Tensor:
         """A real tensor shaped like ``like`` (a meta tensor) holding what ``ops`` wrote: the
-        in-memory build's value. The generator is left as it was."""
+        in-memory build's value. The generator is left as it was. Only the ops from the last
+        that writes the whole storage run (``_live``): what it overwrites cannot show, and each
+        random op restores its own generator state (a constructor's Kaiming draw that
+        ``_init_weights`` redraws is never drawn again)."""
         size = like.untyped_storage().nbytes() // like.element_size()
         base = torch.empty(size, dtype=like.dtype, device=self.device)
         kept = self._generator_state()
         try:
-            for op in ops:
+            for op in _live(ops, size):
                 view = base.as_strided(*op.geometry)
                 if op.state is not None:
                     self._set_generator_state(op.state)

@@ -15,8 +15,8 @@ Design (docs/offload.md has the long form):
   block unchanged; its updates of blocks are deferred to the block's next arrival (ZO2's
   deferred update), so a MeZO step reads and writes each block once.
 * ``build.py``: ``*-random`` models initialised block by block into the store (with
-  ``offload=none``'s draws: ``random_init.py`` replays the one-block model's initialisation trace
-  per block), checkpoints read lazily (``safetensors.safe_open``) into it, in-memory models moved
+  ``offload=none``'s draws: built on meta under ``models.meta.Recorder``, each block's tapes
+  replayed in turn), checkpoints read lazily (``safetensors.safe_open``) into it, in-memory models moved
   into it.
 * ``export.py``: an offloaded model written as a sharded Hugging Face checkpoint block by block
   (``train.save_final``, the streamed ``zobench.replay`` / ``export``: ``trajectory/stream.py``).

@@ -1,11 +1,11 @@
 """Offloaded models: blocks go into the store without the whole model ever being in memory.
 
-* ``init_random_into``: a ``*-random`` model (``source: random``). The model is built on the
-  meta device (no memory); the resident modules and one template block are built for real from a
-  one-block copy of the config (their buffers, e.g. rotary frequencies, come from there); then
-  block by block: allocate, draw (``random_init``), write to the store, release. Peak: the resident layers + one
-  block. The weights are ``offload=none``'s for the same seed: ``random_init`` replays the
-  one-block model's initialisation trace block by block.
+* ``init_random_into``: a ``*-random`` model (``source: random``), built on the meta device under
+  ``models.meta.Recorder`` (no memory; every tensor's writes taped with the generator state
+  before each draw), then its resident tensors replayed and, block by block, each block's
+  replayed, written to the store and released. Peak: the resident layers + one block. The
+  weights are ``offload=none``'s for the same seed, bit for bit (the same tape that
+  ``dist.mode=sharded`` loads by shards with, ``build/by_shards.py``).
 * ``load_checkpoint_into``: safetensors checkpoints (a converted GGUF, a hub snapshot, a local
   folder) read tensor by tensor with ``safetensors.safe_open``: resident weights into the model,
   each block's into the store, one block in memory at a time.
@@ -20,12 +20,12 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from . import random_init
+from ..models.meta import Recorder, Tape
 from .blocks import find_blocks
 from .executor import placeholder
 from .store import BlockStore
@@ -64,20 +64,14 @@ def _shell_blocks(shell: nn.Module) -> nn.ModuleList:
     raise ValueError("offload: the one-block model has no block list")
 
 
-def _skeleton(auto, config, dtype: torch.dtype, device="cpu", shell_ops: list | None = None) -> tuple[Any, nn.Module]:
+def _skeleton(auto, config, dtype: torch.dtype) -> tuple[Any, nn.Module]:
     """``config``'s model with real resident layers and its blocks on meta (no memory), and the
-    one-block model's block (the template of the blocks' buffers). ``shell_ops``: a list that
-    receives the ops of the one-block model's initialisation (``random_init.record``)."""
+    one-block model's block (the template of the blocks' buffers)."""
     with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype)
     small = copy.deepcopy(config)
     small.num_hidden_layers = 1  # every causal/masked LM config of transformers names its depth so
-    with torch.device(device):
-        if shell_ops is None:
-            shell = auto.from_config(small, dtype=dtype)
-        else:
-            shell, ops = random_init.record(lambda: auto.from_config(small, dtype=dtype), _shell_blocks)
-            shell_ops.extend(ops)
+    shell = auto.from_config(small, dtype=dtype)
     _, blocks = find_blocks(model)
     _materialise_resident(model, shell, blocks)
     if getattr(config, "tie_word_embeddings", False):
@@ -102,15 +96,18 @@ def _fill_blocks(
     model.requires_grad_(False)
 
 
-def _allocate(block: nn.Module, template: nn.Module, device="cpu") -> None:
-    block.to_empty(device=device)
+def _allocate(block: nn.Module, template: nn.Module) -> None:
+    block.to_empty(device="cpu")
     _copy_buffers(block, template)
 
 
 def _release(block: nn.Module) -> None:
     """The block's weights dropped for placeholders on the CPU (``model.to(device)`` moves them)."""
-    for _, p in block.named_parameters():
-        p.data = torch.zeros((), dtype=p.dtype).expand(p.shape)
+    for module in block.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:  # a new Parameter: a meta one cannot take CPU data
+                placeholder = torch.zeros((), dtype=p.dtype).expand(p.shape)
+                module._parameters[key] = nn.Parameter(placeholder, requires_grad=p.requires_grad)
 
 
 def init_random_into(
@@ -123,38 +120,51 @@ def init_random_into(
     device="cpu",
 ):
     """A random model with its blocks in a new store: ``(model, store)``, the weights
-    ``offload=none`` draws with the same seed on ``device`` (``random_init``: its one-block
-    trace replayed block by block); ``fill=False``: the store's blocks are kept (a resume), only
-    the resident layers are drawn (the blocks' draws advance the RNG on scratch tensors)."""
-    ops: list = []
-    model, template = _skeleton(auto, config, dtype, device, shell_ops=ops)
-    prefix, blocks = find_blocks(model)
-    store = store_factory(config.num_hidden_layers)
-    named = model.named_parameters(remove_duplicate=False)
-    resident = {name: p.data for name, p in named if not name.startswith(prefix + ".")}
-
-    def open_block(index: int) -> dict[str, torch.Tensor]:
-        _allocate(blocks[index], template, device)
-        return {name: p.data for name, p in blocks[index].named_parameters()}
-
-    def close_block(index: int) -> None:
-        store.write(index, {name: p.detach() for name, p in blocks[index].named_parameters()}, 0)
-        _release(blocks[index])
-
-    expanded = random_init.expand(ops, len(blocks))
-    if not fill:  # every block op only advances the RNG
-        expanded = [random_init.advance_only(op) for op in expanded]
+    ``offload=none`` draws with the same seed on ``device`` (``models/loading.py::_random_model``).
+    The model is built on meta under ``models.meta.Recorder`` (each tensor's writes taped, the
+    generator advanced as the in-memory build advances it), then every resident tensor is
+    replayed, and block by block each block's (written to the store, released): one block in
+    memory. ``fill=False``: the store's blocks are kept (a resume), only the resident layers are
+    replayed."""
     torch.manual_seed(init_seed)  # as models/loading.py::_random_model seeds offload=none's draws
+    with Recorder(device) as tape:
+        model = auto.from_config(config, dtype=dtype)
+    _, blocks = find_blocks(model)
+    store = store_factory(config.num_hidden_layers)
+    block_ids = {id(m) for m in blocks.modules()}
     with torch.no_grad():
-        random_init.replay(expanded, resident, open_block, close_block, device)
-    if not fill:  # buffers and placeholders (the store holds the weights)
-        for block in blocks:
-            _allocate(block, template)
+        _replay_into(tape, [m for m in model.modules() if id(m) not in block_ids], parameters=True)
+        for index, block in enumerate(blocks):
+            _replay_into(tape, list(block.modules()), parameters=False)  # its buffers
+            if fill:
+                weights = {name: tape.replay(tape.ops_of(p), p) for name, p in block.named_parameters()}
+                store.write(index, weights, 0)
+                del weights
             _release(block)
     model.to("cpu")
     model.eval()
     model.requires_grad_(False)
     return model, store
+
+
+def _replay_into(tape: Tape, modules: list[nn.Module], parameters: bool) -> None:
+    """``modules``' meta buffers (and with ``parameters``, their meta parameters) replaced by
+    their taped values; a tensor shared by two modules (a tied embedding / head) stays shared."""
+    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the meta tensor: kept, its id its own; value)
+
+    def real(t: torch.Tensor, parameter: bool) -> torch.Tensor:
+        if id(t) not in done:
+            value = tape.replay(tape.ops_of(t), t)
+            done[id(t)] = (t, nn.Parameter(value, requires_grad=False) if parameter else value)
+        return done[id(t)][1]
+
+    for module in modules:
+        for key, p in list(module._parameters.items()) if parameters else []:
+            if p is not None and p.is_meta:  # a meta tensor cannot take real data: a new Parameter
+                module._parameters[key] = cast(nn.Parameter, real(p, parameter=True))
+        for key, b in list(module._buffers.items()):
+            if b is not None and b.is_meta:  # torch.tensor / arange buffers are real already
+                module._buffers[key] = real(b, parameter=False)
 
 
 def checkpoint_files(path: Path) -> list[Path]:

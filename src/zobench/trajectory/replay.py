@@ -114,24 +114,35 @@ def run_device(cfg: DictConfig, device: str | None, run_dir: Path) -> torch.devi
     return resolve_device(device or cfg.device)
 
 
-def replay(run_dir: Path, step: int | str | None = None, device: str | None = None) -> Replayed:
-    """The weights of the run in ``run_dir`` after ``step`` (None or ``last``: the log's last
-    step; ``best``: summary.json's ``best_step``), rebuilt from the base model and the log."""
-    run_dir = Path(run_dir)
+def open_run(run_dir: Path, step: int | str | None) -> tuple[DictConfig, Trajectory, int]:
+    """``(config, log, step)`` of the run in ``run_dir``: its log whole up to ``step`` and written
+    by that config, ``step`` resolved (``resolve_step``)."""
     cfg = load_run_config(run_dir)
     log = read(run_dir / FILENAME)
     check_whole(run_dir, log, "last" if step is None else step)
     check_config(log.header, cfg, run_dir / "config.yaml")
-    target = resolve_step(run_dir, log, step)
+    return cfg, log, resolve_step(run_dir, log, step)
+
+
+def check_engine(run_dir: Path, header: Header, engine: str) -> None:
+    """The replay's engine is the run's: another backend draws other z."""
+    if engine != header.engine:
+        raise CheckpointError(
+            f"{run_dir / FILENAME}: the run used engine {header.engine}, this replay gets {engine} "
+            "(z differs between backends); replay on the device kind the run trained on"
+        )
+
+
+def replay(run_dir: Path, step: int | str | None = None, device: str | None = None) -> Replayed:
+    """The weights of the run in ``run_dir`` after ``step`` (None or ``last``: the log's last
+    step; ``best``: summary.json's ``best_step``), rebuilt from the base model and the log."""
+    run_dir = Path(run_dir)
+    cfg, log, target = open_run(run_dir, step)
     base = Components.build(cfg, run_device(cfg, device, run_dir), data=False, learner=False)
     model, tokenizer, named = base.model, base.tokenizer, base.named
     check_base(log.header, named, run_dir / FILENAME)
     learner = build_learner(cfg, model, named, None)  # the run's optimizer at step 0, no objective
-    if learner.engine_name != log.header.engine:
-        raise CheckpointError(
-            f"{run_dir / FILENAME}: the run used engine {log.header.engine}, this replay gets {learner.engine_name} "
-            "(z differs between backends); replay on the device kind the run trained on"
-        )
+    check_engine(run_dir, log.header, learner.engine_name)
     replay_into(learner.optimizer, log, target, int(cfg.train.batch_size))
     return Replayed(model, tokenizer, named, cfg, target)
 

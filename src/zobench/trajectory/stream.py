@@ -27,20 +27,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..build import build_learner
 from ..build.model import build_model
 from ..config.rules import offload_problem
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..models import trainable
 from ..offload.setup import offloaded, stored_weights
-from .log import FILENAME, read
-from .replay import (
-    Replayed,
-    check_base,
-    check_config,
-    check_whole,
-    load_run_config,
-    replay_into,
-    resolve_step,
-    run_device,
-)
+from .log import FILENAME
+from .replay import Replayed, check_base, check_engine, load_run_config, open_run, replay_into, run_device
 
 #: ``--stream``: auto (stream a run that was offloaded), on, off
 STREAM_CHOICES = ("auto", "on", "off")
@@ -71,21 +62,13 @@ def replay_streamed(run_dir: Path, step: int | str | None, work: Path, device: s
     offloaded (``model.zobench_offloader``, flushed: its store holds the step's blocks); the
     caller closes it and removes ``work``."""
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    log = read(run_dir / FILENAME)
-    check_whole(run_dir, log, "last" if step is None else step)
-    check_config(log.header, cfg, run_dir / "config.yaml")
-    target = resolve_step(run_dir, log, step)
+    cfg, log, target = open_run(run_dir, step)
     streamed = streamed_config(cfg, work)
     model, tokenizer = build_model(streamed, run_device(cfg, device, run_dir), run_dir=Path(work))
     named = trainable(model)
     check_base(log.header, stored_weights(model, named), run_dir / FILENAME)
     learner = build_learner(streamed, model, named, None)
-    if learner.engine_name != log.header.engine:
-        raise CheckpointError(
-            f"{run_dir / FILENAME}: the run used engine {log.header.engine}, this replay gets {learner.engine_name} "
-            "(z differs between backends); replay on the device kind the run trained on"
-        )
+    check_engine(run_dir, log.header, learner.engine_name)
     replay_into(learner.optimizer, log, target, int(cfg.train.batch_size))
     model.zobench_offloader.flush()
     return Replayed(model, tokenizer, named, cfg, target)

@@ -1,5 +1,6 @@
 """A ``*-random`` model draws the same weights whatever ``offload`` (issue 29): the offloaded
-build replays offload=none's initialisation block by block (``offload/random_init.py``)."""
+build replays offload=none's initialisation block by block (``offload/build.py``: the
+model built on meta under ``models.meta.Recorder``, each block's tapes replayed in turn)."""
 
 from __future__ import annotations
 
