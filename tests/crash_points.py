@@ -23,7 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
-VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes", "git_sha"}
+from tests import helpers
+
+VOLATILE = helpers.VOLATILE | {"git_sha"}  # a restart may run another commit
 JOBS = max(1, min(4, len(os.sched_getaffinity(0))))  # crash points visited in parallel
 
 

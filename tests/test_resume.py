@@ -13,17 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import SMOKE, compose_run
+from tests.helpers import SMOKE, VOLATILE, compose_run
+from tests.helpers import run_until as _run_until
+from tests.helpers import smoke_cli as _cli
+from tests.helpers import stable as _stable
 from zobench.checkpoint import load_checkpoint, save_checkpoint
 from zobench.errors import CheckpointError
 from zobench.run import run
-
-VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes"}  # timing and RSS, not numbers
-
-
-from tests.helpers import run_until as _run_until  # noqa: E402
-from tests.helpers import smoke_cli as _cli  # noqa: E402
-from tests.helpers import stable as _stable  # noqa: E402
 
 
 @pytest.fixture(scope="module")

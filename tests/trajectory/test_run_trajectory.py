@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import SMOKE, compose_run, stable
+from tests.helpers import SMOKE, VOLATILE, compose_run, stable
 from zobench.errors import CheckpointError
 from zobench.run import run
 from zobench.trajectory.export import export
@@ -149,9 +149,8 @@ def test_a_trajectory_checkpoint_resumes_bit_identically(runs, data_dir, tmp_pat
     assert (ckpt / "trainable.safetensors").stat().st_size < 100 and (ckpt / "optimizer.pt").stat().st_size < 2000
     (tmp_path / "run" / "summary.json").unlink()
     resumed = run(compose_run(*args), tmp_path / "run")
-    volatile = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes", "load_peak_memory_bytes"}
-    assert {k: v for k, v in resumed.items() if k not in volatile} == {
-        k: v for k, v in reference.items() if k not in volatile
+    assert {k: v for k, v in resumed.items() if k not in VOLATILE} == {
+        k: v for k, v in reference.items() if k not in VOLATILE
     }
     for name in ("trajectory.bin", "final/trainable.safetensors"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
