@@ -203,7 +203,6 @@ def test_every_method_streams():
     import zobench.optim  # noqa: F401  (registers the methods)
 
     assert set(offload.METHODS) == set(methods())
-    assert not offload.NOT_YET
 
 
 def test_a_method_not_checked_to_stream_is_refused_by_name(monkeypatch):

@@ -95,17 +95,15 @@ OFFLOAD_METHODS = (
     "dizo",
     "sparse_mezo",
 )
-#: why a registered method does not stream (the refusal names it); none today: a new method is
-#: refused until it is added to OFFLOAD_METHODS with its equivalence test
-OFFLOAD_NOT_YET: dict[str, str] = {}
 
 
 def offload_refusal(method: str, mode: str) -> str | None:
-    """The one-line reason ``optimizer=method`` cannot run with ``offload=mode``, or None."""
+    """The one-line reason ``optimizer=method`` cannot run with ``offload=mode``, or None: every
+    registered method streams today; a new one is refused until it is added to
+    ``OFFLOAD_METHODS`` with its equivalence test."""
     if mode == "none" or method in OFFLOAD_METHODS:
         return None
-    why = OFFLOAD_NOT_YET.get(method)
-    why = f"{why} does not stream" if why else "it is not among the methods checked to stream"
+    why = "it is not among the methods checked to stream"
     return f"optimizer={method} cannot run with offload={mode} yet: {why}; allowed: {', '.join(OFFLOAD_METHODS)}"
 
 

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..config.rules import OFFLOAD_METHODS as METHODS
-from ..config.rules import OFFLOAD_NOT_YET as NOT_YET
 from ..config.rules import offload_refusal as refusal
 from ..config.schema import OFFLOAD_MODES as MODES
 from ..engine import Engine
@@ -30,7 +29,7 @@ from .engine import OffloadEngine
 from .executor import Offloader
 from .store import PIN_MANIFEST, BlockStore, CpuStore, DiskStore
 
-__all__ = ["METHODS", "MODES", "NOT_YET", "refusal"]  # the config's lists, read here by the tests
+__all__ = ["METHODS", "MODES", "refusal"]  # the config's lists, read here by the tests
 
 
 def mode_of(cfg: DictConfig) -> str:
