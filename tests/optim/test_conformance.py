@@ -331,7 +331,7 @@ def test_hizoo_hessian_really_moves_and_stays_float32():
     assert opt.last_step_info["curvature"] > 0
 
 
-def test_sparse_mezo_perturbs_only_small_weights_and_needs_exact_perturbation():
+def test_sparse_mezo_perturbs_only_small_weights_and_in_place_keeps_the_steps_mask():
     model = nn.Linear(10, 10, bias=False)
     opt = _make("sparse_mezo", model, sparsity=0.75)
     before = model.weight.detach().clone()
@@ -339,8 +339,15 @@ def test_sparse_mezo_perturbs_only_small_weights_and_needs_exact_perturbation():
     moved = model.weight != before
     threshold = before.abs().flatten().kthvalue(25).values
     assert moved.sum() == 25 and (before[moved].abs() <= threshold).all()
-    with pytest.raises(ValueError, match="needs engine.mode=virtual"):
-        SparseMeZO(model.parameters(), lr=0.1)
+    # in place (the default engine): θ + εẑ is in the weights while ẑ is drawn again, so the mask
+    # is the one taken before the first move: the same 25 weights move, by the virtual step's amount
+    virtual = model.weight.detach().clone()
+    model.weight.data.copy_(before)
+    SparseMeZO(model.parameters(), lr=0.02, eps=1e-3, sparsity=0.75, seed=1).step(
+        lambda: model(torch.ones(1, 10)).pow(2).sum()
+    )
+    assert torch.equal(model.weight != before, moved)
+    torch.testing.assert_close(model.weight.detach(), virtual, rtol=0, atol=1e-5)
 
 
 def test_fzoo_step_is_normalised_by_the_loss_spread():

@@ -83,6 +83,23 @@ def shard_of(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     return whole.reshape(-1)[start : start + local.numel()].view(local.shape)
 
 
+def gathered(p: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole tensor of ``local`` (a tensor laid out like this rank's shard of ``p``; default
+    the shard itself), assembled from every rank's shard (``DTensor.full_tensor``: a collective,
+    which every rank calls for the same parameters in the same order); ``local`` (or ``p``) itself
+    for a plain ``p``. How a method's whole-tensor statistic (Sparse-MeZO's magnitude quantile,
+    DiZO's distance to θ0) gets one process's bits: computed on the whole tensor, one parameter at
+    a time, not from partial sums reduced in another order."""
+    if not is_sharded(p):
+        return p if local is None else local
+    d = cast("DTensor", p)
+    if local is None:
+        return d.full_tensor()
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, d.device_mesh, d.placements, shape=d.shape, stride=d.stride()).full_tensor()
+
+
 def z_range(
     direction: Direction, pid: int, shape: Sequence[int], device, start: int, stop: int, size: int | None = None
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -96,13 +113,20 @@ def z_range(
     below it) are drawn and dropped. Elsewhere (CUDA's Gaussian; a backend's own z) the whole z
     is drawn and sliced."""
     n, size = math.prod(shape), _directions.Z_CHUNK if size is None else int(size)
+    if type(direction).sample is not Direction.sample:
+        blocks = getattr(direction, "whole_blocks", None)
+        found = blocks(pid, _shaped(shape, device)) if blocks is not None else None
+        if found is None and blocks is None:
+            raise ConfigError(
+                f"dist.mode=sharded: {type(direction).__name__} draws a whole parameter's z at once and has "
+                "no whole_blocks; allowed: elementwise z or fixed blocks of it (engine/sharded.py z_range)"
+            )
+        if found is not None:
+            yield from _block_range(found, start, stop)
+            return
+        # None from whole_blocks: this parameter's z is the plain one, elementwise (below)
     if stop <= start:
         return
-    if type(direction).sample is not Direction.sample:
-        raise ConfigError(
-            f"dist.mode=sharded: {type(direction).__name__} draws a whole parameter's z at once (a low-rank "
-            "direction); allowed: methods whose z is elementwise (mezo, hizoo, fzoo, zo_adam, ...)"
-        )
     if direction.distribution == "rademacher" and _Z_SOURCE.get() is None:
         key = mix_seed(direction.seed, pid)
         for s in range(start, stop, size):
@@ -129,6 +153,19 @@ def z_range(
         lo, hi = max(done, start), min(end, stop)
         yield lo, hi, z[lo - done : hi - done]
         done = end
+
+
+def _block_range(blocks, start: int, stop: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The elements [start, stop) of a z given as fixed blocks ``(s, e, compute)`` in order, with
+    ``compute()`` the flat z[s:e] (``LowRankDirection.whole_blocks``): each block overlapping the
+    range is computed as one process computes it (the same product of the same factors: the
+    same bits) and sliced; the others are never computed."""
+    for s, e, compute in blocks:
+        if s >= stop:
+            break
+        if e > start:
+            lo, hi = max(s, start), min(e, stop)
+            yield lo, hi, compute()[lo - s : hi - s]
 
 
 def _shaped(shape: Sequence[int], device) -> torch.Tensor:

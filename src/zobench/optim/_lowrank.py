@@ -41,12 +41,25 @@ class LowRankDirection(Direction):
 
     def _blocks(self, pid: int, like: torch.Tensor):
         assert self.factors is not None  # sample / chunks fall back to Direction's z without factors
+        for start, stop, compute in self.whole_blocks(pid, like) or ():
+            yield start, stop, compute()
+
+    def whole_blocks(self, pid: int, like: torch.Tensor):
+        """``(start, stop, compute)`` over the flat elements of the whole ``like`` (a tensor of the
+        whole parameter's shape; its values are not read), ``compute()`` giving the flat Z there
+        as ``sample`` computes it; None where Z is the plain elementwise z (not a matrix). The
+        factors are made now (once per call, as ``chunks`` makes them once per sweep), the blocks'
+        products only when computed: how ``dist.mode=sharded`` forms just the rows of its shard
+        (``engine/sharded.py`` ``z_range``; every rank makes the small factors, r·(m + n) numbers)."""
+        if like.ndim != 2 or self.factors is None:
+            return None
         a, b = self.factors(pid, like)
         rows, cols = like.shape if self.matrix_shape is None else self.matrix_shape(pid, like)
         step = row_block(cols, 64)  # a multiple of 64 elements: see TorchProvider.blocks
-        for first in range(0, rows, step):
-            stop = min(rows, first + step)
-            yield first * cols, stop * cols, a[first:stop] @ b.T
+        return [
+            (first * cols, min(rows, first + step) * cols, lambda f=first: (a[f : f + step] @ b.T).reshape(-1))
+            for first in range(0, rows, step)
+        ]
 
     def sample(self, pid: int, like: torch.Tensor) -> torch.Tensor:
         if like.ndim != 2 or self.factors is None:
@@ -57,8 +70,7 @@ class LowRankDirection(Direction):
         if like.ndim != 2 or self.factors is None or not like.is_contiguous():
             yield from super().chunks(pid, like, size)
             return
-        for start, stop, block in self._blocks(pid, like):
-            yield start, stop, block.reshape(-1)
+        yield from self._blocks(pid, like)
 
 
 def rank_for(like: torch.Tensor, rank: int) -> int:

@@ -56,6 +56,7 @@ import math
 import torch
 
 from ..engine import Engine, directions, mix_seed
+from ..engine.sharded import gathered, local_tensor
 from ._common import check_hyperparameters
 from .mezo import MeZO
 
@@ -65,13 +66,22 @@ DEFAULT_PROJECTED = ("k_proj.weight", "v_proj.weight", "self.key.weight", "self.
 
 
 def _distance(p: torch.Tensor, theta0: torch.Tensor) -> float:
-    """‖p - θ0‖_F, a Z_CHUNK-element piece at a time (no matrix-sized temporary)."""
-    a, b = p.reshape(-1), theta0.reshape(-1)
-    total = 0.0
+    """‖p - θ0‖_F, a Z_CHUNK-element piece at a time (no matrix-sized temporary). An
+    FSDP2-sharded p (``dist.mode=sharded``; θ0 its local shard): the differences of the local
+    rows (elementwise, one process's bits) are gathered whole (a collective, one matrix at a
+    time) and summed in one process's pieces and order, so every rank gets one process's t_l."""
+    if local_tensor(p) is not p:
+        diff = gathered(p, local_tensor(p).float() - theta0.float()).reshape(-1)
+        return math.sqrt(sum(_square_sums(diff, None)))
+    return math.sqrt(sum(_square_sums(p.reshape(-1), theta0.reshape(-1))))
+
+
+def _square_sums(a: torch.Tensor, b: torch.Tensor | None):
+    """Σ (a - b)² over each Z_CHUNK piece in order, in float64 (b None: a is the difference)."""
     for start in range(0, a.numel(), directions.Z_CHUNK):
         stop = start + directions.Z_CHUNK
-        total += float((a[start:stop].float() - b[start:stop].float()).square().sum(dtype=torch.float64))
-    return math.sqrt(total)
+        diff = a[start:stop].float() if b is None else a[start:stop].float() - b[start:stop].float()
+        yield float(diff.square().sum(dtype=torch.float64))
 
 
 class DiZO(MeZO):
@@ -168,8 +178,8 @@ class DiZO(MeZO):
     def _anchor(self, p: torch.Tensor) -> torch.Tensor:
         """θ0 of a projected matrix: its value at the first step (the pre-trained weights)."""
         state = self.state[p]
-        if "theta0" not in state:
-            state["theta0"] = p.detach().clone(memory_format=torch.contiguous_format)
+        if "theta0" not in state:  # sharded (dist.mode=sharded): this rank's rows only
+            state["theta0"] = local_tensor(p).detach().clone(memory_format=torch.contiguous_format)
         return state["theta0"]
 
     def _set_anchors(self, entries) -> None:
@@ -210,8 +220,8 @@ class DiZO(MeZO):
             for pid, p in entries:
                 theta0 = self._anchor(p)
                 norm = _distance(p, theta0)
-                if norm > 0:
-                    p.sub_(theta0).mul_(final[pid] / (norm + 1e-8)).add_(theta0)
+                if norm > 0:  # elementwise: a sharded p rescales its own rows
+                    local_tensor(p).sub_(theta0).mul_(final[pid] / (norm + 1e-8)).add_(theta0)
 
         self.engine.visit(layers, rescale)
         self._record(**self.last_step_info, projection_scale=sum(gamma) / max(sum(t), 1e-30))
@@ -240,13 +250,13 @@ class DiZO(MeZO):
             for pid, p in entries:
                 if pid in ratios:
                     theta0 = self._anchor(p)
-                    p.sub_(theta0).mul_(ratios[pid]).add_(theta0)
+                    local_tensor(p).sub_(theta0).mul_(ratios[pid]).add_(theta0)
 
         def leave(entries) -> None:
             for pid, p in entries:
                 if pid in ratios:
                     theta0 = self._anchor(p)
-                    p.sub_(theta0).div_(ratios[pid]).add_(theta0)
+                    local_tensor(p).sub_(theta0).div_(ratios[pid]).add_(theta0)
 
         with self.engine.transformed(layers, enter, leave, exact=False):
             return float(closure())

@@ -47,6 +47,7 @@ import math
 import torch
 
 from ..engine import Direction, Engine, directions
+from ..engine.sharded import local_tensor
 from ._common import Closure, ZOOptimizer, accepts_replicas
 
 
@@ -195,12 +196,14 @@ class MeZOSVRG(ZOOptimizer):
         return torch.tensor((loss_plus + loss_minus) / 2)
 
     def _set_anchor(self, entries) -> None:
+        # elementwise: an FSDP2-sharded p (dist.mode=sharded) copies and swaps its own rows with
+        # its shard of θ̄ (``_param_state``), the bits one process moves there
         for _, p in entries:
-            self._theta_bar(p).copy_(p)
+            self._theta_bar(p).copy_(local_tensor(p))
 
     def _swap_anchor(self, entries) -> None:
         for _, p in entries:
-            _swap(p, self._theta_bar(p))
+            _swap(local_tensor(p), self._theta_bar(p))
 
     def _at_anchor(self, closure: Closure, direction: Direction, eps: float) -> float:
         """ĝ_B(θ̄; z): the same batch and the same z, evaluated with θ̄ swapped into the weights

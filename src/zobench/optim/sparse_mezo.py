@@ -8,8 +8,12 @@ out), m_l = 1[|θ_l| ≤ h_l], ẑ = m ⊙ z; vectors (biases, norms) are pertur
 
 2 forward passes per step. The mask is recomputed from the current θ whenever z is drawn (one
 threshold per matrix per step is all that is kept), so memory stays at inference. That needs
-the unperturbed θ at every draw: ``engine.mode=virtual`` (in-place perturbation would compute
-the mask of θ+εz). The thresholds are taken through ``Engine.visit``: offloaded
+the unperturbed θ at every draw: ``engine.mode=virtual``. An in-place engine (``engine.mode=
+inplace``; ``dist.mode=sharded``, whose ranks move their shards in place) would compute the mask
+of θ+εz, so there the step takes the mask once from the unperturbed θ and keeps it for the step:
+1 byte per matrix element (a quarter of fp32 weights; a rank's shards only when sharded).
+Sharded, each matrix's threshold is taken on the whole matrix, gathered one at a time (a
+quantile of partial counts would need another algorithm; this gives one process's bits). The thresholds are taken through ``Engine.visit``: offloaded
 (``offload=cpu|disk``) block by block, one read of every block (and the write of the previous
 step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md).
 See docs/algorithms.md, "Sparse-MeZO".
@@ -23,16 +27,23 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine import Direction, Engine, InPlaceEngine, directions
+from ..engine.sharded import gathered, local_tensor
 from ._common import Closure, ZOOptimizer
 
 
 @dataclass(frozen=True, eq=False)
 class MaskedDirection(Direction):
-    """ẑ = 1[|θ| ≤ h] ⊙ z with the per-parameter thresholds h of this step."""
+    """ẑ = 1[|θ| ≤ h] ⊙ z with the per-parameter thresholds h of this step; ``masks``
+    (in-place engines): the flat masks 1[|θ| ≤ h] of the unperturbed θ, taken before the first
+    move (elements indexed as ``like``'s: a rank's shard when sharded)."""
 
     thresholds: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
 
     def transform(self, pid: int, like: torch.Tensor, start: int, stop: int, z: torch.Tensor) -> torch.Tensor:
+        mask = self.masks.get(pid)
+        if mask is not None:
+            return z.mul_(mask[start:stop])
         h = self.thresholds.get(pid)
         # the mask of these elements only, from the unperturbed θ (virtual mode): nothing stored
         return z if h is None else z.mul_(like.reshape(-1)[start:stop].abs() <= h)
@@ -77,7 +88,8 @@ class SparseMeZO(ZOOptimizer):
         sparsity: s in [0, 1), the fraction of each matrix's weights (the largest |θ|) left out.
         weight_decay: λ (decay groups only).
         seed: base seed of this optimizer's direction stream.
-        engine: a ``VirtualEngine`` (required: the mask is taken from the unperturbed weights).
+        engine: a ``VirtualEngine`` (the mask of every draw taken from the unperturbed weights),
+            or an in-place one (the step's mask kept, 1 byte per matrix element).
     """
 
     forward_passes_per_step = 2
@@ -93,11 +105,6 @@ class SparseMeZO(ZOOptimizer):
         seed: int = 0,
         engine: Engine | None = None,
     ) -> None:
-        if engine is None or isinstance(engine, InPlaceEngine):
-            raise ValueError(
-                "Sparse-MeZO recomputes its mask from the unperturbed weights: it needs "
-                "engine.mode=virtual (VirtualEngine)"
-            )
         super().__init__(
             params, dict(lr=lr, eps=eps, sparsity=sparsity, weight_decay=weight_decay), engine=engine, seed=seed
         )
@@ -108,10 +115,17 @@ class SparseMeZO(ZOOptimizer):
         sparsity = self._shared("sparsity")
         thresholds: dict[int, float] = {}
 
+        masks: dict[int, torch.Tensor] = {}
+        keep = isinstance(self.engine, InPlaceEngine)  # it moves θ: the mask must be taken now
+
         def measure(entries) -> None:
             for pid, p in entries:
-                thresholds[pid] = magnitude_threshold(p, sparsity)
+                # sharded: the whole matrix, gathered (a collective, same order on every rank)
+                thresholds[pid] = magnitude_threshold(gathered(p), sparsity)
+                if keep:
+                    masks[pid] = local_tensor(p).detach().reshape(-1).abs() <= thresholds[pid]
 
         # Engine.visit: offloaded, block by block with each block resident (one read of the model)
         self.engine.visit([(pid, p) for pid, p in self._all_params if p.ndim >= 2], measure, writes=False)
-        return self._spsa_sgd(closure, MaskedDirection(self.direction(step).seed, thresholds=thresholds))
+        direction = MaskedDirection(self.direction(step).seed, thresholds=thresholds, masks=masks)
+        return self._spsa_sgd(closure, direction)
