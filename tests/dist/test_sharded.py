@@ -27,8 +27,32 @@ METHODS = {
     "zo_sgd_momentum": ("zobench.optim.zo_sgd_momentum.ZOSGDMomentum", dict(lr=1e-2, eps=1e-2)),
     "zo_sgd_sign": ("zobench.optim.zo_sgd_sign.ZOSGDSign", dict(lr=1e-2, eps=1e-2, sign="elementwise", base="adamw")),
     "zo_sgd_cons": ("zobench.optim.zo_sgd_cons.ZOSGDCons", dict(lr=1e-2, eps=1e-2)),
+    # low-rank z: each rank forms only the row blocks of its shard from the small factors
+    "lozo": ("zobench.optim.lozo.LOZO", dict(lr=1e-2, eps=1e-2, rank=2, lazy_steps=2)),
+    "subzero": ("zobench.optim.subzero.SubZero", dict(lr=1e-2, eps=1e-2, rank=2, refresh_steps=2)),
+    "tezo": ("zobench.optim.tezo.TeZO", dict(lr=1e-2, eps=1e-2, rank=2, variant="adam")),
+    "lezo": ("zobench.optim.lezo.LeZO", dict(lr=1e-2, eps=1e-2, n_drop=1)),  # layers.0 or layers.1 left out
+    # whole-tensor statistics on the gathered matrix: Sparse-MeZO's quantile, DiZO's distances (a round at step 2)
+    "sparse_mezo": ("zobench.optim.sparse_mezo.SparseMeZO", dict(lr=1e-2, eps=1e-2, sparsity=0.5)),
+    "dizo": (
+        "zobench.optim.dizo.DiZO",
+        dict(lr=1e-2, eps=1e-2, interval=2, projection_iters=2, projection_eps=0.1, projected=("layers.",)),
+    ),
+    "mezo_svrg": ("zobench.optim.mezo_svrg.MeZOSVRG", dict(lr=1e-2, eps=1e-2, q=2)),  # anchor, inner, anchor
 }
-STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"], "zo_sgd_momentum": ["momentum"], "zo_sgd_sign": ["exp_avg", "exp_avg_sq"]}
+STATE = {
+    "hizoo": ["hessian"],
+    "zo_adam": ["exp_avg", "exp_avg_sq"],
+    "zo_sgd_momentum": ["momentum"],
+    "zo_sgd_sign": ["exp_avg", "exp_avg_sq"],
+    "dizo": ["theta0"],
+    "mezo_svrg": ["theta_bar"],
+}
+
+
+def shard_state(optimizer, p, method: str) -> dict:
+    """The parameter-sized state of ``p`` (a rank's shard when sharded) under ``STATE[method]``."""
+    return {k: optimizer.state[p][k].clone() for k in STATE.get(method, []) if k in optimizer.state[p]}
 STEPS = 3
 
 
@@ -40,7 +64,10 @@ def train(method: str, model: nn.Module, engine) -> list[float]:
     from zobench.build import resolve_target
 
     path, hyper = METHODS[method]
-    optimizer = resolve_target(path, "optimizer._target_")(list(model.parameters()), engine=engine, seed=5, **hyper)
+    cls = resolve_target(path, "optimizer._target_")
+    # methods that read names (LeZO's blocks, SubZero's adapters, DiZO's projected) get (name, p)
+    params = list(model.named_parameters() if getattr(cls, "takes_names", False) else model.parameters())
+    optimizer = cls(params, engine=engine, seed=5, **hyper)
     ids, labels = batch()
 
     def closure():
@@ -70,7 +97,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             results[method] = {
                 "losses": losses,
                 "shards": {n: (global_offset(p), p.to_local().clone()) for n, p in named},
-                "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
+                "state": {n: shard_state(optimizer, p, method) for n, p in named},
                 "bytes": sum(p.to_local().numel() * p.element_size() for _, p in named),
             }
     # a model of 403 MB in float32, built on the meta device and materialised shard by shard:
@@ -106,7 +133,7 @@ def one_process():
             results[method] = {
                 "losses": losses,
                 "weights": {n: p.detach().clone() for n, p in named},
-                "state": {n: {k: optimizer.state[p][k] for k in STATE.get(method, [])} for n, p in named},
+                "state": {n: shard_state(optimizer, p, method) for n, p in named},
                 "bytes": sum(p.numel() * p.element_size() for _, p in named),
             }
     return results
@@ -122,6 +149,7 @@ def test_two_sharded_ranks_equal_one_process_bit_for_bit(method, two_ranks, one_
         for name, (offset, shard) in mine["shards"].items():
             whole = one["weights"][name].reshape(-1)
             assert torch.equal(shard.reshape(-1), whole[offset : offset + shard.numel()]), name
+            assert mine["state"][name].keys() == one["state"][name].keys()
             for key, buffer in mine["state"][name].items():
                 ref = one["state"][name][key].reshape(-1)
                 assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()]), (name, key)
@@ -173,16 +201,28 @@ def test_sharded_refuses_a_first_order_learner_and_another_engine():
     with pytest.raises(ConfigError, match="optimizer=sgd is a first-order baseline: it runs in one process"):
         Sharded(DistContext(rank=0, world_size=2), "sgd").attach(first_order, None, None)
     strategy = Sharded(DistContext(rank=0, world_size=2), "mezo")
+    from zobench.optim.forward_gradient import ForwardGradient
     from zobench.optim.mezo import MeZO
-    from zobench.optim.sparse_mezo import SparseMeZO
 
     learner = ZOLearner.__new__(ZOLearner)
     learner.optimizer = MeZO([torch.zeros(2, requires_grad=True)], engine=InPlaceEngine())
     with pytest.raises(ConfigError, match="the engine is InPlaceEngine"):
         strategy.attach(learner, None, None)
-    learner.optimizer = SparseMeZO.__new__(SparseMeZO)  # its class is what is refused
-    with pytest.raises(ConfigError, match="optimizer=sparse_mezo is not written for sharded parameters; allowed mezo"):
+    learner.optimizer = ForwardGradient.__new__(ForwardGradient)  # its class is what is refused
+    with pytest.raises(ConfigError, match="optimizer=forward_gradient does not run on sharded .* dist.mode=data"):
         strategy.attach(learner, None, None)
+
+
+def test_every_zo_method_runs_sharded_or_is_refused_with_its_reason():
+    """A new method must be added to ``sharded.METHODS`` with its case in ``METHODS`` here (the
+    bit-for-bit test), or to ``sharded.REFUSED`` with why."""
+    from zobench.dist.sharded import METHODS as RUN
+    from zobench.dist.sharded import REFUSED
+    from zobench.optim.registry import methods
+
+    zo = {name for name, cls in methods().items() if cls.__module__.startswith("zobench.optim.")}
+    assert zo == set(RUN) | set(REFUSED) and not set(RUN) & set(REFUSED)
+    assert set(RUN) == {m.split("_rademacher")[0] for m in METHODS}
 
 
 def test_blocks_are_the_outermost_no_split_modules_else_module_list_children():

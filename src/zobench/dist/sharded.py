@@ -139,9 +139,35 @@ def full_state(optimizer, state: dict, keep: bool) -> dict:
     return out
 
 
-#: the methods (``optim/<name>.py``) whose steps are elementwise in z and θ, so a shard's update is
-#: the same elements' one-process update (tests/dist/test_sharded.py checks each, bit for bit);
-#: refused: low-rank z (lozo, subzero, tezo), whole-tensor statistics of θ (sparse_mezo's
-#: magnitude quantile, dizo's projections, lezo's names), forward_gradient (dual: virtual engine)
-#: and mezo_svrg (its anchor state), not yet written for shards
-METHODS = ("mezo", "hizoo", "fzoo", "zo_adam", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_cons")
+#: the methods (``optim/<name>.py``) that run on shards, each rank holding its rows of the weights
+#: and of the parameter-sized state, bit for bit one in-place process's steps (tests/dist/
+#: test_sharded.py checks each): elementwise z and updates on the local rows; low-rank z (lozo,
+#: subzero, tezo) formed from the small factors, which every rank makes, one block of rows at a
+#: time, only the blocks of its rows (``LowRankDirection.whole_blocks``); whole-tensor statistics
+#: (sparse_mezo's magnitude quantile, dizo's distances to θ0) on the matrix gathered whole, one at a
+#: time (``engine.sharded.gathered``); lezo's blocks by name (FSDP2 keeps the names)
+METHODS = (
+    "mezo",
+    "hizoo",
+    "fzoo",
+    "zo_adam",
+    "zo_sgd_momentum",
+    "zo_sgd_sign",
+    "zo_sgd_cons",
+    "lozo",
+    "subzero",
+    "tezo",
+    "lezo",
+    "sparse_mezo",
+    "dizo",
+    "mezo_svrg",
+)
+
+#: the ZO methods that do not run on shards: why, and what to run instead
+REFUSED = {
+    "forward_gradient": (
+        "it takes ∇L·z by forward-mode AD on the virtual engine's dual parameters, and dist.mode=sharded "
+        "moves each rank's shards in place (no dual forward through FSDP2's gathered blocks); run it "
+        "with dist.mode=data, or offload=cpu for a model larger than one GPU"
+    ),
+}

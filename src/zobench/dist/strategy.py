@@ -47,7 +47,7 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import METHODS, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
+from .sharded import METHODS, REFUSED, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -235,6 +235,8 @@ class Sharded(_Ranks):
         if learner is None:
             return
         method = type(learner.optimizer).__module__.rsplit(".", 1)[-1]
+        if method in REFUSED:
+            raise ConfigError(f"dist.mode=sharded: optimizer={method} does not run on sharded parameters: {REFUSED[method]}")
         if method not in METHODS:
             raise ConfigError(
                 f"dist.mode=sharded: optimizer={method} is not written for sharded parameters; allowed "
