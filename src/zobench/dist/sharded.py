@@ -166,8 +166,8 @@ METHODS = (
 #: the ZO methods that do not run on shards: why, and what to run instead
 REFUSED = {
     "forward_gradient": (
-        "it takes ∇L·z by forward-mode AD on the virtual engine's dual parameters, and dist.mode=sharded "
-        "moves each rank's shards in place (no dual forward through FSDP2's gathered blocks); run it "
-        "with dist.mode=data, or offload=cpu for a model larger than one GPU"
+        "it takes ∇L·z by forward-mode AD on the virtual engine's dual parameters (engine.mode=virtual), "
+        "and dist.mode=sharded moves each rank's shards in place with no dual forward through FSDP2's "
+        "gathered blocks (not written); run it in one process, with offload=cpu for a model larger than one GPU"
     ),
 }
