@@ -39,6 +39,8 @@ METHODS = {
         dict(lr=1e-2, eps=1e-2, interval=2, projection_iters=2, projection_eps=0.1, projected=("layers.",)),
     ),
     "mezo_svrg": ("zobench.optim.mezo_svrg.MeZOSVRG", dict(lr=1e-2, eps=1e-2, q=2)),  # anchor, inner, anchor
+    # forward-mode AD: each module's gathered weights made dual (θ, whole z) in its forward
+    "forward_gradient": ("zobench.optim.forward_gradient.ForwardGradient", dict(lr=1e-2)),
 }
 STATE = {
     "hizoo": ["hessian"],
@@ -92,7 +94,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     with torch.no_grad():
         for method in METHODS:
             model = shard_model(Tiny(), world)
-            losses, optimizer = train(method, model, ShardedEngine())
+            losses, optimizer = train(method, model, ShardedEngine(model))
             named = list(model.named_parameters())
             results[method] = {
                 "losses": losses,
@@ -122,13 +124,15 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process():
-    from zobench.engine import InPlaceEngine
+    from zobench.engine import InPlaceEngine, VirtualEngine
 
     results = {}
     with z_chunk(32), torch.no_grad():
         for method in METHODS:
             model = Tiny()
-            losses, optimizer = train(method, model, InPlaceEngine())
+            # the dual forward is the virtual engine's in one process (no weight is moved for it)
+            engine = VirtualEngine(model) if method == "forward_gradient" else InPlaceEngine()
+            losses, optimizer = train(method, model, engine)
             named = list(model.named_parameters())
             results[method] = {
                 "losses": losses,
@@ -188,7 +192,7 @@ def test_sharded_is_refused_on_one_rank_and_with_another_engine():
     assert isinstance(sharded_engine({"backend": "torch", "mode": "inplace"}, Tiny()), ShardedEngine)
 
 
-def test_sharded_refuses_a_first_order_learner_and_another_engine():
+def test_sharded_refuses_a_first_order_learner_and_another_engine(monkeypatch):
     from types import SimpleNamespace
 
     from zobench.dist.context import DistContext
@@ -208,6 +212,9 @@ def test_sharded_refuses_a_first_order_learner_and_another_engine():
     learner.optimizer = MeZO([torch.zeros(2, requires_grad=True)], engine=InPlaceEngine())
     with pytest.raises(ConfigError, match="the engine is InPlaceEngine"):
         strategy.attach(learner, None, None)
+    from zobench.dist import sharded
+
+    monkeypatch.setitem(sharded.REFUSED, "forward_gradient", "why; run it in one process, offload=cpu")
     learner.optimizer = ForwardGradient.__new__(ForwardGradient)  # its class is what is refused
     with pytest.raises(ConfigError, match="optimizer=forward_gradient does not run on sharded .* offload=cpu"):
         strategy.attach(learner, None, None)

@@ -67,7 +67,7 @@ def sharded_engine(engine_cfg: Mapping, model) -> ShardedEngine:
             f"engine.backend={backend} engine.mode={mode}: set engine.backend=torch engine.mode=inplace"
         )
     trace.install(model)  # ZOBENCH_TRACE / ZOBENCH_WATCHDOG, as build_engine does
-    return ShardedEngine()
+    return ShardedEngine(model)  # the model: forward gradient's dual forward (ShardedEngine.dual)
 
 
 def build_checked_engine(cfg: DictConfig, model, named, distribution: str):

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ..errors import ConfigError
 from .context import DistContext
@@ -42,15 +43,24 @@ def global_mean(ctx: DistContext, local: torch.Tensor, count: float, stop, phase
     """The mean over every rank's shard of ``local`` (a scalar or a vector of R per-replica means
     over ``count`` units), in ``local``'s dtype and device; ``stop`` (a ``SyncedStop``) learns
     whether any rank was asked to stop."""
-    values = local.detach().reshape(-1).to("cpu", torch.float64)
+    # a forward-mode dual loss (forward gradient: ∇L·z as its tangent) reduces its tangent too
+    primal, tangent = fwAD.unpack_dual(local)
+    values = primal.detach().reshape(-1).to("cpu", torch.float64)
     flag = float(stop.local_signum or 0) if stop is not None else 0.0
-    packed = torch.cat([values * count, torch.tensor([float(count), flag], dtype=torch.float64)])
+    parts = [values * count]
+    if tangent is not None:
+        parts.append(tangent.detach().reshape(-1).to("cpu", torch.float64) * count)
+    packed = torch.cat([*parts, torch.tensor([float(count), flag], dtype=torch.float64)])
     # the stop flag is summed: any nonzero total means some rank received a signal
     reduced = ctx.all_reduce(packed, phase=phase)
     if stop is not None and reduced[-1] > 0:
         stop.agree(int(flag) or stop.first_signum(reduced[-1]))
-    mean = reduced[:-2] / reduced[-2]
-    return mean.to(local.dtype).to(local.device).reshape(local.shape)
+    n = values.numel()
+    mean = (reduced[:n] / reduced[-2]).to(local.dtype).to(local.device).reshape(local.shape)
+    if tangent is None:
+        return mean
+    slope = (reduced[n : 2 * n] / reduced[-2]).to(local.dtype).to(local.device).reshape(local.shape)
+    return fwAD.make_dual(mean, slope)
 
 
 class ShardedObjective:

@@ -145,7 +145,8 @@ def full_state(optimizer, state: dict, keep: bool) -> dict:
 #: subzero, tezo) formed from the small factors, which every rank makes, one block of rows at a
 #: time, only the blocks of its rows (``LowRankDirection.whole_blocks``); whole-tensor statistics
 #: (sparse_mezo's magnitude quantile, dizo's distances to θ0) on the matrix gathered whole, one at a
-#: time (``engine.sharded.gathered``); lezo's blocks by name (FSDP2 keeps the names)
+#: time (``engine.sharded.gathered``); lezo's blocks by name (FSDP2 keeps the names); forward_gradient's
+#: dual (θ, z) put on each module's gathered weights in its forward (``ShardedEngine.dual``)
 METHODS = (
     "mezo",
     "hizoo",
@@ -161,13 +162,9 @@ METHODS = (
     "sparse_mezo",
     "dizo",
     "mezo_svrg",
+    "forward_gradient",
 )
 
-#: the ZO methods that do not run on shards: why, and what to run instead
-REFUSED = {
-    "forward_gradient": (
-        "it takes ∇L·z by forward-mode AD on the virtual engine's dual parameters (engine.mode=virtual), "
-        "and dist.mode=sharded moves each rank's shards in place with no dual forward through FSDP2's "
-        "gathered blocks (not written); run it in one process, with offload=cpu for a model larger than one GPU"
-    ),
-}
+#: the ZO methods that do not run on shards: name -> why, and what to run instead (none today;
+#: forward_gradient's dual forward runs on FSDP2's gathered blocks, ``ShardedEngine.dual``)
+REFUSED: dict[str, str] = {}

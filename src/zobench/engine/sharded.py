@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -213,8 +214,57 @@ class ShardedEngine(InPlaceEngine):
     all-gathers assemble θ + s·z. ``foreach`` hands stateful updates the local pieces, whose
     ``Piece.of`` slices a state buffer kept as a local shard (``ZOOptimizer._param_state``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
         super().__init__(ShardedProvider())
+        self.model = model
+        self.supports_dual = model is not None  # forward gradient: ``dual`` needs the modules
+
+    @contextmanager
+    def dual(self, params: ZOParams, direction: Direction):
+        """Forwards inside see every parameter of ``params`` as the dual tensor (θ, z) of its WHOLE
+        value: a forward pre-hook on each module owning one (run after FSDP2's, which gathered the
+        block: FSDP prepends its own) puts ``make_dual(gathered θ, whole z)`` in the slot, and a
+        post-hook (before FSDP's reshard) puts the gathered parameter back. z of the whole
+        parameter, drawn by every rank (the virtual engine's ``dual`` draws the same z: one
+        process's tangent bits); no weight is written."""
+        import torch.autograd.forward_ad as fwAD
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if self.model is None:
+            raise NotImplementedError("ShardedEngine.dual needs the model (ShardedEngine(model))")
+        ids = {id(p): pid for pid, p in params}
+        slots: dict[int, list[tuple[str, int]]] = {}
+        for module in self.model.modules():  # the slots hold the sharded parameters between forwards
+            for name, p in module._parameters.items():
+                if p is not None and id(p) in ids:
+                    slots.setdefault(id(module), []).append((name, ids[id(p)]))
+        held: dict[int, list[tuple[str, torch.Tensor]]] = {}
+
+        def enter(module, args):
+            frame = []
+            for name, pid in slots.get(id(module), []):
+                whole = module._parameters[name]  # FSDP2's gathered (unsharded) parameter
+                assert whole is not None
+                z = self.provider.sample(whole, pid, direction)  # the whole parameter's z
+                module._parameters[name] = fwAD.make_dual(whole.detach(), z.to(whole.dtype))  # type: ignore[assignment]
+                frame.append((name, whole))
+            held[id(module)] = frame
+
+        def leave(module, args, output):
+            for name, whole in held.pop(id(module), []):
+                module._parameters[name] = whole  # type: ignore[assignment]
+
+        handles = []
+        for module in self.model.modules():
+            if id(module) in slots:
+                handles.append(module.register_forward_pre_hook(enter))
+                handles.append(module.register_forward_hook(leave, prepend=True))
+        try:
+            with fwAD.dual_level(), sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def foreach(self, params: ZOParams, direction: Direction, fn) -> None:

@@ -13,8 +13,9 @@ inplace``; ``dist.mode=sharded``, whose ranks move their shards in place) would 
 of θ+εz, so there the step takes the mask once from the unperturbed θ and keeps it for the step:
 1 byte per matrix element (a quarter of fp32 weights; a rank's shards only when sharded).
 Sharded, each matrix's threshold is taken on the whole matrix, gathered one at a time (a
-quantile of partial counts would need another algorithm; this gives one process's bits). The thresholds are taken through ``Engine.visit``: offloaded
-(``offload=cpu|disk``) block by block, one read of every block (and the write of the previous
+quantile of partial counts would need another algorithm; this gives one process's bits).
+The thresholds are taken through ``Engine.visit``: offloaded (``offload=cpu|disk``) block by
+block, one read of every block (and the write of the previous
 step's update) before the pair's read, 2 reads and 1 write per step (docs/offload.md).
 See docs/algorithms.md, "Sparse-MeZO".
 """
