@@ -36,17 +36,21 @@ Tiny = functools.partial(ShardTiny, 37, (5, 6))  # 37, 5, 6 and 3 rows: uneven o
 batch = functools.partial(shard_batch, 37)
 
 
-def train(method: str, model: nn.Module, engine) -> list[float]:
+def fresh_optimizer(method: str, model: nn.Module, engine):
     from zobench.build import resolve_target
 
     path, hyper = METHODS[method]
-    optimizer = resolve_target(path, "optimizer._target_")(list(model.parameters()), engine=engine, seed=5, **hyper)
+    return resolve_target(path, "optimizer._target_")(list(model.parameters()), engine=engine, seed=5, **hyper)
+
+
+def one_step(optimizer, model: nn.Module) -> float:
     ids, labels = batch()
+    return float(optimizer.step(lambda: nn.functional.cross_entropy(model(ids), labels)))
 
-    def closure():
-        return nn.functional.cross_entropy(model(ids), labels)
 
-    losses = [float(optimizer.step(closure)) for _ in range(STEPS)]
+def train(method: str, model: nn.Module, engine) -> list[float]:
+    optimizer = fresh_optimizer(method, model, engine)
+    losses = [one_step(optimizer, model) for _ in range(STEPS)]
     return losses, optimizer
 
 
@@ -282,3 +286,149 @@ def test_hsdp_two_replicas_of_two_shards_equal_one_process(tmp_path, one_process
                 for key, buffer in rank[method]["state"][name].items():
                     ref = one["state"][name][key].reshape(-1)
                     assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()])
+
+
+# -- checkpoints, best/ and final/ without a whole copy on any rank ------------------------------------
+CKPT_METHODS = ("zo_adam", "hizoo")  # parameter-sized state: DCP writes each rank's rows of it
+
+
+def _vm(key: str) -> int:
+    """This process's ``VmRSS`` / ``VmHWM`` (peak RSS since the last ``clear_refs``), bytes."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Per method: the streamed base hash, STEPS steps, a DCP checkpoint and a streamed weights
+    file; a fresh sharded model resumed from the checkpoint takes one more step beside the
+    original. Then a 403 MB model: the peak RSS of the hash, a checkpoint and a weights file."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.dist.context import DistContext
+    from zobench.dist.sharded import shard_model, streamed_sha256
+    from zobench.dist.strategy import Sharded
+    from zobench.engine import directions
+    from zobench.engine.sharded import ShardedEngine
+
+    directions.Z_CHUNK = 32
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    strategy = Sharded(DistContext(rank=rank, world_size=world, mode="sharded"), "zo_adam")
+    root, results = Path(out), {}
+    with torch.no_grad():
+        for method in CKPT_METHODS:
+            model = shard_model(Tiny(), world)
+            named = list(model.named_parameters())
+            base = streamed_sha256(named, rank == 0)
+            losses, optimizer = train(method, model, ShardedEngine())
+            strategy.save_checkpoint(root / method / "checkpoint", STEPS, named, optimizer, {"step": STEPS})
+            strategy.write_weights(named, root / method / "final.safetensors")
+            resumed = shard_model(Tiny(), world)  # the initial weights, then the checkpoint's
+            again_named = list(resumed.named_parameters())
+            again = fresh_optimizer(method, resumed, ShardedEngine())
+            checkpoint = load_checkpoint(root / method / "checkpoint")
+            again.load_state_dict(load_distributed(checkpoint, again_named, list(resumed.parameters())))
+            extra = [one_step(optimizer, model), one_step(again, resumed)]
+            results[method] = {
+                "base": base,
+                "losses": losses,
+                "extra": extra,
+                "same": all(torch.equal(p.to_local(), q.to_local()) for (_n, p), (_m, q) in zip(named, again_named)),
+            }
+        # 403 MB of float32 weights (6 x 16.8M, each weight 67 MB): no rank holds more than its
+        # shards and one whole parameter while hashing, checkpointing and writing a weights file
+        with torch.device("meta"):
+            big = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(6)])
+        shard_model(big, world, device="cpu")
+        big.to_empty(device="cpu")
+        for p in big.parameters():
+            p.to_local().normal_()
+        big_named = list(big.named_parameters())
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here
+        before = _vm("VmRSS")
+        streamed_sha256(big_named, rank == 0)
+        mezo = fresh_optimizer("mezo", big, ShardedEngine())
+        strategy.save_checkpoint(root / "big" / "checkpoint", 1, big_named, mezo, {"step": 1})
+        strategy.write_weights(big_named, root / "big" / "final.safetensors")
+        results["big"] = {"rise": _vm("VmHWM") - before, "whole": sum(p.numel() * 4 for p in big.parameters())}
+    torch.save(results, root / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def saved_on_two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved")
+    return out, spawn_ranks(_save_and_resume_rank, 2, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", CKPT_METHODS)
+def test_a_dcp_checkpoint_of_two_ranks_resumes_on_two_ranks_and_in_one_process(method, saved_on_two_ranks, one_process):
+    """Each rank wrote its shards of the weights and of the method's state (DCP): two fresh ranks
+    and one process (no process group) read them back, and the next step equals the
+    uninterrupted run's, bit for bit; the streamed base hash is one process's; the weights file
+    rank 0 streamed is one process's weights."""
+    from safetensors.torch import load_file
+
+    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.engine import InPlaceEngine
+    from zobench.trajectory.log import weights_sha256
+
+    out, ranks = saved_on_two_ranks
+    for rank in ranks:
+        assert rank[method]["same"] and rank[method]["losses"] == one_process[method]["losses"]
+        assert rank[method]["extra"][0] == rank[method]["extra"][1]  # resumed on 2 ranks: the same step
+    assert ranks[0][method]["base"] == weights_sha256(list(Tiny().named_parameters())) and ranks[1][method]["base"] == ""
+    checkpoint = load_checkpoint(out / method / "checkpoint")
+    assert checkpoint.has_weights and not checkpoint.tensors and checkpoint.distributed.name == "weights"
+    assert sorted(f.name for f in checkpoint.distributed.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    with z_chunk(32), torch.no_grad():
+        model = Tiny()
+        optimizer = fresh_optimizer(method, model, InPlaceEngine())
+        named = list(model.named_parameters())
+        optimizer.load_state_dict(load_distributed(checkpoint, named, list(model.parameters())))
+        for name, p in named:
+            assert torch.equal(p, one_process[method]["weights"][name]), name
+            for key, value in one_process[method]["state"][name].items():
+                assert torch.equal(optimizer.state[p][key], value), (name, key)
+        assert one_step(optimizer, model) == ranks[0][method]["extra"][0]  # resumed in one process
+    final = load_file(str(out / method / "final.safetensors"))
+    assert final.keys() == one_process[method]["weights"].keys()
+    for name, tensor in final.items():
+        assert torch.equal(tensor, one_process[method]["weights"][name]), name
+
+
+@pytest.mark.slow
+def test_no_rank_holds_more_than_its_shards_and_one_parameter_while_saving(saved_on_two_ranks):
+    """403 MB of weights over 2 ranks (each holds 201 MB): the streamed hash, a DCP checkpoint and
+    rank 0's streamed weights file raise no rank's peak RSS by more than a few whole parameters
+    (67 MB each); gathering the model (as before) raised rank 0's by the whole 403 MB."""
+    out, ranks = saved_on_two_ranks
+    for rank in ranks:
+        big = rank["big"]
+        assert big["whole"] > 400e6 and big["rise"] < 0.4 * big["whole"], big
+    from safetensors import safe_open
+
+    with safe_open(str(out / "big" / "final.safetensors"), framework="pt") as f:
+        assert len(list(f.keys())) == 12 and f.get_slice("0.weight").get_shape() == [4096, 4096]
+
+
+@pytest.mark.slow
+def test_a_damaged_dcp_checkpoint_is_refused_in_one_line(saved_on_two_ranks, tmp_path):
+    import shutil
+
+    from zobench.checkpoint import load_checkpoint
+    from zobench.errors import CheckpointError
+
+    out, _ = saved_on_two_ranks
+    root = tmp_path / "checkpoint"
+    shutil.copytree(out / "zo_adam" / "checkpoint", root)
+    folder = root / (root / "latest").read_text().strip()
+    shard = folder / "weights" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"weights/__1_0.distcp is corrupted .* delete .*checkpoint"):
+        load_checkpoint(root)

@@ -22,9 +22,12 @@ The methods, in the order a run calls them:
 * ``evaluate(objective, examples, batch_size, counter)``: a dev / test evaluation (sharded);
 * ``check(named, where)``: the replicas' consistency guard (``guard.py``);
 * ``summary(state, steps, first_step)``: the multi-rank summary keys ({} in one process);
-* ``whole(named)`` / ``whole_state(optimizer)``: the weights and the optimizer state as whole
-  tensors, for what the leader writes (checkpoints, ``best/``, ``final/``, the log's base hash):
-  the parameters themselves, except ``Sharded``'s gather (a collective every rank calls).
+* ``base_sha256(named)``: the log header's hash of the base weights, or None where the log
+  hashes the parameters itself (``Sharded``: streamed, one gathered parameter at a time);
+* ``save_checkpoint(root, step, named, optimizer, loop)`` / ``write_weights(named, path)``: a
+  weights checkpoint, and a safetensors file of the weights (``best/``, ``final/``): the leader
+  writes the parameters, except ``Sharded``'s collectives, where no rank holds the whole model
+  (a DCP checkpoint of each rank's shards; a file streamed one gathered parameter at a time).
 
 ``leader`` is the rank that writes the run dir (rank 0; the one process of a single run).
 """
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.distributed as tdist
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, save_checkpoint, save_distributed, save_streamed, save_tensors
 from ..engine.inplace import InPlaceEngine
 from ..engine.sharded import ShardedEngine, is_sharded, local_tensor
 from ..errors import CheckpointError, ConfigError
@@ -47,7 +50,16 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import METHODS, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
+from .sharded import (
+    METHODS,
+    distributed_state,
+    gather_bytes,
+    gathered,
+    return_freed_buffers,
+    shard_model,
+    specs,
+    streamed_sha256,
+)
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -99,13 +111,21 @@ class Strategy:
     def summary(self, state, steps: int, first_step: int) -> dict:
         return {}
 
-    def whole(self, named: list) -> list:
-        """``named`` ((name, parameter) pairs) as whole tensors, on the leader."""
-        return named
+    def base_sha256(self, named: list) -> str | None:
+        """The trajectory header's hash of ``named``'s weights; None: the log hashes them itself."""
+        return None
 
-    def whole_state(self, optimizer) -> dict:
-        """``optimizer.state_dict()`` with whole parameter-sized tensors, on the leader."""
-        return optimizer.state_dict()
+    def save_checkpoint(self, root: Path, step: int, named: list, optimizer, loop: dict) -> None:
+        """A checkpoint at ``step`` under ``root``: ``named``'s weights and ``optimizer``'s state
+        (a trajectory checkpoint: ``named`` empty, ``optimizer`` None), and ``loop``."""
+        if self.leader:
+            state = optimizer.state_dict() if optimizer is not None else {}
+            save_checkpoint(root, step, dict(named), state, loop)
+
+    def write_weights(self, named: list, path: Path) -> None:
+        """``named``'s weights to the safetensors file ``path`` (``best/``, ``final/``)."""
+        if self.leader:
+            save_tensors(named, path)
 
 
 class Single(Strategy):
@@ -196,8 +216,9 @@ class Sharded(_Ranks):
     """``dist.mode=sharded`` (``sharded.py``): the parameters FSDP2-sharded (``prepare_model``; the
     factory then builds ``engine.sharded.ShardedEngine``, which moves each rank's own rows), the
     losses data parallel as ``DataParallel``'s, every dev / test example on every rank (each
-    forward is a collective: the ranks must make the same calls), the weights and state gathered
-    for what rank 0 writes. Rank 0 logs the trajectory (its header hashes the gathered weights)."""
+    forward is a collective: the ranks must make the same calls), checkpoints written by every
+    rank (its shards, DCP), ``best/`` and ``final/`` by rank 0 one gathered parameter at a time.
+    Rank 0 logs the trajectory (its header hashes the weights streamed the same way)."""
 
     name = "sharded"
     loads_by_shards = True
@@ -281,13 +302,30 @@ class Sharded(_Ranks):
             "param_bytes": self.param_bytes,
         }
 
-    def whole(self, named: list) -> list:
-        """The whole weights gathered to rank 0's CPU ([] on the others; a collective)."""
-        return list(full_weights(named, self.ctx.leader).items())
+    def base_sha256(self, named: list) -> str | None:
+        """The base weights' digest on rank 0, the one a one-process run writes ('' on the others),
+        gathered one parameter at a time (a collective: ``sharded.streamed_sha256``)."""
+        return streamed_sha256(named, self.ctx.leader)
 
-    def whole_state(self, optimizer) -> dict:
-        """The state's local shards gathered to rank 0's CPU (a collective): resumable on any N."""
-        return full_state(optimizer, optimizer.state_dict(), self.ctx.leader)
+    def save_checkpoint(self, root: Path, step: int, named: list, optimizer, loop: dict) -> None:
+        """Each rank writes its shards of the weights and of the parameter-sized state (DCP,
+        ``checkpoint.save_distributed``; a collective): resumable on any number of ranks, one
+        process included. A trajectory checkpoint (one process resumes it) as the leader's."""
+        if optimizer is None:
+            super().save_checkpoint(root, step, named, optimizer, loop)
+            return
+        tensors, rest = distributed_state(named, optimizer)
+        save_distributed(root, step, tensors, rest, loop)
+
+    def write_weights(self, named: list, path: Path) -> None:
+        """Rank 0 writes the whole weights to ``path``, gathered one parameter at a time and
+        appended to the file as it comes (``checkpoint.save_streamed``; a collective)."""
+        stream = (tensor for _, tensor in gathered(named, self.ctx.leader))
+        if self.leader:
+            save_streamed(specs(named), stream, path)
+        else:
+            for _ in stream:
+                pass
 
 
 class ShardedDirections(Sharded):
