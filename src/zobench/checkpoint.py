@@ -18,7 +18,8 @@ manifest lists the sha256 of every file of ``weights/`` too, each rank hashing t
 
 Beside it, ``<run dir>/best/step-<step>.safetensors`` holds the best-dev weights a checkpoint
 refers to (``LoopState.best_file``), and ``<run dir>/final/trainable.safetensors`` the tested ones
-(``train.save_final``).
+(``train.save_final``); a sharded run streams both one parameter at a time (``save_streamed``)
+and reads ``best/`` back by rows (``read_into``).
 
 A checkpoint directory is first written under a temporary name, every file fsynced, and renamed
 when complete, and ``latest`` moves only after that; a kill (or power loss) at any moment leaves

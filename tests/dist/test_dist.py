@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,12 +15,12 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers import (
-    kill_a_rank_and_resume,
     BASE,
     SMOKE,
     compose_run,
     final_weights,
     free_port,
+    kill_a_rank_and_resume,
     run_ranks,
     run_single,
     torchrun,

@@ -28,7 +28,12 @@ METHODS = {
     "zo_sgd_sign": ("zobench.optim.zo_sgd_sign.ZOSGDSign", dict(lr=1e-2, eps=1e-2, sign="elementwise", base="adamw")),
     "zo_sgd_cons": ("zobench.optim.zo_sgd_cons.ZOSGDCons", dict(lr=1e-2, eps=1e-2)),
 }
-STATE = {"hizoo": ["hessian"], "zo_adam": ["exp_avg", "exp_avg_sq"], "zo_sgd_momentum": ["momentum"], "zo_sgd_sign": ["exp_avg", "exp_avg_sq"]}
+STATE = {
+    "hizoo": ["hessian"],
+    "zo_adam": ["exp_avg", "exp_avg_sq"],
+    "zo_sgd_momentum": ["momentum"],
+    "zo_sgd_sign": ["exp_avg", "exp_avg_sq"],
+}
 STEPS = 3
 
 
@@ -237,7 +242,7 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
 @pytest.mark.slow
 def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tmp_path):
     """SIGKILL of rank 1 of a sharded ZO-Adam run: both exit in bounded time; the checkpoint (whole
-    weights and moments, gathered) resumes under the same command and in one process, each to
+    weights and moments, each rank's shards: DCP) resumes under the same command and in one process, each to
     the uninterrupted one-process in-place run's weights."""
     from tests.helpers import SMOKE, kill_a_rank_and_resume
 
@@ -352,7 +357,11 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
         mezo = fresh_optimizer("mezo", big, ShardedEngine())
         strategy.save_checkpoint(root / "big" / "checkpoint", 1, big_named, mezo, {"step": 1})
         strategy.write_weights(big_named, root / "big" / "final.safetensors")
-        results["big"] = {"rise": _vm("VmHWM") - before, "whole": sum(p.numel() * 4 for p in big.parameters())}
+        results["big"] = {
+            "rise": _vm("VmHWM") - before,
+            "whole": sum(p.numel() * 4 for p in big.parameters()),
+            "largest": max(p.numel() * 4 for p in big.parameters()),
+        }
     torch.save(results, root / f"rank{rank}.pt")
     tdist.destroy_process_group()
 
@@ -380,7 +389,9 @@ def test_a_dcp_checkpoint_of_two_ranks_resumes_on_two_ranks_and_in_one_process(m
     for rank in ranks:
         assert rank[method]["same"] and rank[method]["losses"] == one_process[method]["losses"]
         assert rank[method]["extra"][0] == rank[method]["extra"][1]  # resumed on 2 ranks: the same step
-    assert ranks[0][method]["base"] == weights_sha256(list(Tiny().named_parameters())) and ranks[1][method]["base"] == ""
+    assert (
+        ranks[0][method]["base"] == weights_sha256(list(Tiny().named_parameters())) and ranks[1][method]["base"] == ""
+    )
     checkpoint = load_checkpoint(out / method / "checkpoint")
     assert checkpoint.has_weights and not checkpoint.tensors and checkpoint.distributed.name == "weights"
     assert sorted(f.name for f in checkpoint.distributed.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
@@ -403,12 +414,13 @@ def test_a_dcp_checkpoint_of_two_ranks_resumes_on_two_ranks_and_in_one_process(m
 @pytest.mark.slow
 def test_no_rank_holds_more_than_its_shards_and_one_parameter_while_saving(saved_on_two_ranks):
     """403 MB of weights over 2 ranks (each holds 201 MB): the streamed hash, a DCP checkpoint and
-    rank 0's streamed weights file raise no rank's peak RSS by more than a few whole parameters
-    (67 MB each); gathering the model (as before) raised rank 0's by the whole 403 MB."""
+    rank 0's streamed weights file raise no rank's peak RSS by more than one whole parameter
+    (67 MB) and the all-gather's receive buffer of it, plus slack (measured: 134 MB on each
+    rank); gathering the model, as before, raised rank 0's by the whole 403 MB."""
     out, ranks = saved_on_two_ranks
     for rank in ranks:
         big = rank["big"]
-        assert big["whole"] > 400e6 and big["rise"] < 0.4 * big["whole"], big
+        assert big["whole"] > 400e6 and big["rise"] <= 2 * big["largest"] + 32e6 < big["whole"] / 2, big
     from safetensors import safe_open
 
     with safe_open(str(out / "big" / "final.safetensors"), framework="pt") as f:
