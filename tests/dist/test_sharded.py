@@ -208,7 +208,12 @@ SHARDED = ("dist.mode=sharded", "engine.backend=torch", "engine.mode=inplace", "
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [("optimizer=mezo",), ("optimizer=zo_adam", "tuning=lora")], ids=["mezo", "lora"])
+@pytest.mark.parametrize(
+    "extra",
+    # mezo: dev at steps 2, 4, 5: best/ written mid-run (streamed by rank 0), read back by rows
+    [("optimizer=mezo", "train.eval_every=2"), ("optimizer=zo_adam", "tuning=lora")],
+    ids=["mezo", "lora"],
+)
 def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     from tests.helpers import BASE, final_weights, run_ranks, run_single, train_losses
 
@@ -218,6 +223,7 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     two = ranks[0][0]["summary"]
     assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
     assert two["test_accuracy"] == one["test_accuracy"] and two["world_size"] == 2
+    assert two["tested_step"] == one["tested_step"] and two["best_step"] == one["best_step"]
     whole, ref = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
     assert whole.keys() == ref.keys()
     for name in ref:  # one copy of the whole weights, gathered from the shards
@@ -225,7 +231,7 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     # rank 0's trajectory log replays in one process to the sharded run's weights, bit for bit
     from zobench.trajectory.replay import replay
 
-    replayed = dict(replay(tmp_path / "two", "last").named)
+    replayed = dict(replay(tmp_path / "two", two["tested_step"]).named)  # final/ holds the tested step
     assert two["trajectory"]["records"] == 5
     for name, tensor in whole.items():
         assert torch.equal(replayed[name].detach().cpu(), tensor), name
@@ -241,9 +247,9 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_sharded_rank_stops_both_and_the_run_resumes_on_2_ranks_or_1(tmp_path):
-    """SIGKILL of rank 1 of a sharded ZO-Adam run: both exit in bounded time; the checkpoint (whole
-    weights and moments, each rank's shards: DCP) resumes under the same command and in one process, each to
-    the uninterrupted one-process in-place run's weights."""
+    """SIGKILL of rank 1 of a sharded ZO-Adam run: both exit in bounded time; the checkpoint (each
+    rank's shards of the weights and moments: DCP) resumes under the same command and in one
+    process, each to the uninterrupted one-process in-place run's weights."""
     from tests.helpers import SMOKE, kill_a_rank_and_resume
 
     args = [*SMOKE, "optimizer=zo_adam", "train.steps=12", "train.eval_every=12", "train.checkpoint_every=3"]
@@ -311,7 +317,7 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
-    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.checkpoint import load_checkpoint, load_distributed, read_into
     from zobench.dist.context import DistContext
     from zobench.dist.sharded import shard_model, streamed_sha256
     from zobench.dist.strategy import Sharded
@@ -330,6 +336,9 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
             losses, optimizer = train(method, model, ShardedEngine())
             strategy.save_checkpoint(root / method / "checkpoint", STEPS, named, optimizer, {"step": STEPS})
             strategy.write_weights(named, root / method / "final.safetensors")
+            read = shard_model(Tiny(), world)  # best/'s way back: each rank reads its rows of the file
+            read_into(list(read.named_parameters()), root / method / "final.safetensors")
+            read_back = all(torch.equal(p.to_local(), q.to_local()) for (_, p), q in zip(named, read.parameters()))
             resumed = shard_model(Tiny(), world)  # the initial weights, then the checkpoint's
             again_named = list(resumed.named_parameters())
             again = fresh_optimizer(method, resumed, ShardedEngine())
@@ -340,6 +349,7 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
                 "base": base,
                 "losses": losses,
                 "extra": extra,
+                "read_back": read_back,
                 "same": all(torch.equal(p.to_local(), q.to_local()) for (_n, p), (_m, q) in zip(named, again_named)),
             }
         # 403 MB of float32 weights (6 x 16.8M, each weight 67 MB): no rank holds more than its
@@ -387,7 +397,11 @@ def test_a_dcp_checkpoint_of_two_ranks_resumes_on_two_ranks_and_in_one_process(m
 
     out, ranks = saved_on_two_ranks
     for rank in ranks:
-        assert rank[method]["same"] and rank[method]["losses"] == one_process[method]["losses"]
+        assert (
+            rank[method]["same"]
+            and rank[method]["read_back"]
+            and rank[method]["losses"] == one_process[method]["losses"]
+        )
         assert rank[method]["extra"][0] == rank[method]["extra"][1]  # resumed on 2 ranks: the same step
     assert (
         ranks[0][method]["base"] == weights_sha256(list(Tiny().named_parameters())) and ranks[1][method]["base"] == ""

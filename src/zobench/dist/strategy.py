@@ -319,13 +319,15 @@ class Sharded(_Ranks):
 
     def write_weights(self, named: list, path: Path) -> None:
         """Rank 0 writes the whole weights to ``path``, gathered one parameter at a time and
-        appended to the file as it comes (``checkpoint.save_streamed``; a collective)."""
+        appended to the file as it comes (``checkpoint.save_streamed``; a collective that returns
+        on every rank once the file is in place: any rank may read it next)."""
         stream = (tensor for _, tensor in gathered(named, self.ctx.leader))
         if self.leader:
             save_streamed(specs(named), stream, path)
         else:
             for _ in stream:
                 pass
+        tdist.barrier()
 
 
 class ShardedDirections(Sharded):
