@@ -243,6 +243,12 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     if "tuning=lora" not in extra:  # every weight trained: the final file holds them all
         model_bytes = sum(t.numel() * t.element_size() for t in whole.values())
         assert two["comm_allgather_bytes_per_step"] == 2 * model_bytes // 2
+        import transformers  # final/ loads as a Hugging Face model: the one-process final's weights
+
+        loaded = dict(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final").named_parameters())
+        assert all(torch.equal(loaded[name], tensor) for name, tensor in whole.items())
+    else:  # adapters only: no model to load
+        assert not (tmp_path / "two" / "final" / "model.safetensors.index.json").exists()
 
 
 @pytest.mark.slow

@@ -331,8 +331,8 @@ class Recipe:
             if self.cfg.train.save_final and offload.offloaded(self.cfg):
                 if self.strategy.leader:  # a sharded checkpoint, block by block (from_pretrained loads it)
                     offload.save_final(self.model, self.run_dir / "final")
-            elif self.cfg.train.save_final:  # sharded: streamed by rank 0, one gathered parameter at a time
-                self.strategy.write_weights(self.named, self.run_dir / "final" / "trainable.safetensors")
+            elif self.cfg.train.save_final:
+                self.save_final(self.run_dir / "final")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
@@ -362,6 +362,20 @@ class Recipe:
             result["trajectory"] = self.trajectory.seal()
         result.update(self.strategy.summary(state, self.steps, self.first_step))
         return result
+
+    def save_final(self, folder: Path) -> None:
+        """``train.save_final``: the tested weights to ``folder / trainable.safetensors`` (sharded:
+        streamed by rank 0, one gathered parameter at a time); a full fine-tune's also load with
+        ``from_pretrained(folder)``: beside the file, transformers' index (every tensor in it)
+        and the model's config (``offload.export.save_index``)."""
+        from ..offload.export import save_index
+
+        self.strategy.write_weights(self.named, folder / "trainable.safetensors")
+        model = hf_model(self.model)
+        names = [name for name, _ in self.named]
+        if self.strategy.leader and names == [name for name, _ in model.named_parameters()]:
+            total = sum(p.numel() * p.element_size() for _, p in self.named)
+            save_index(folder, dict.fromkeys(names, "trainable.safetensors"), total, model)
 
     def load_tested_weights(self) -> int:
         """The weights the test evaluates, in the parameters; returns their step. With
