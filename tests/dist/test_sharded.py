@@ -268,16 +268,21 @@ def _hsdp_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
+    from zobench.dist.context import DistContext
     from zobench.dist.sharded import shard_model
+    from zobench.dist.strategy import Sharded
     from zobench.engine.sharded import ShardedEngine, global_offset
 
     tdist.init_process_group("gloo", rank=rank, world_size=world)
+    strategy = Sharded(DistContext(rank=rank, world_size=world, mode="sharded"), "zo_adam", shard_size=2)
     results = {}
     with torch.no_grad():
         for method in ("mezo", "zo_adam"):
             model = shard_model(Tiny(), world, shard_size=2)
             losses, optimizer = train(method, model, ShardedEngine())
             named = list(model.named_parameters())
+            # a DCP checkpoint of the (2, 2) mesh: the replicas' rows written once
+            strategy.save_checkpoint(Path(out) / method, STEPS, named, optimizer, {"step": STEPS})
             results[method] = {
                 "losses": losses,
                 "shards": {n: (global_offset(p), p.to_local().clone()) for n, p in named},
@@ -303,6 +308,19 @@ def test_hsdp_two_replicas_of_two_shards_equal_one_process(tmp_path, one_process
                 for key, buffer in rank[method]["state"][name].items():
                     ref = one["state"][name][key].reshape(-1)
                     assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()])
+    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.engine import InPlaceEngine
+
+    checkpoint = load_checkpoint(tmp_path / "zo_adam")  # read in one process: the whole model and state
+    with torch.no_grad():
+        model = Tiny()
+        optimizer = fresh_optimizer("zo_adam", model, InPlaceEngine())
+        optimizer.load_state_dict(
+            load_distributed(checkpoint, list(model.named_parameters()), list(model.parameters()))
+        )
+        for name, p in model.named_parameters():
+            assert torch.equal(p, one_process["zo_adam"]["weights"][name])
+            assert all(torch.equal(optimizer.state[p][k], v) for k, v in one_process["zo_adam"]["state"][name].items())
 
 
 # -- checkpoints, best/ and final/ without a whole copy on any rank ------------------------------------
