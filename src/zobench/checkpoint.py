@@ -13,8 +13,9 @@ A ``dist.mode=sharded`` run's ``ckpt-<step>/`` holds ``weights/`` instead of
 its own shards of the weights and of the parameter-sized optimizer state (``__<rank>_<n>.distcp``,
 ``.metadata``: no rank gathers the model), and ``optimizer.pt`` holds the rest of the state dict
 (``DCP_KEYS`` lists the state tensors that are in ``weights/``). DCP reshards on load, so the
-checkpoint resumes on any number of ranks, one process included (``load_distributed``); the
-manifest lists the sha256 of every file of ``weights/`` too, each rank hashing the files it wrote.
+checkpoint resumes on any number of ranks, one process included; the
+manifest lists the sha256 of every file of ``weights/`` too, each rank hashing the files it wrote
+(``dist/checkpoints.py`` writes and reads it).
 
 Beside it, ``<run dir>/best/step-<step>.safetensors`` holds the best-dev weights a checkpoint
 refers to (``LoopState.best_file``), and ``<run dir>/final/trainable.safetensors`` the tested ones
@@ -41,7 +42,6 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -154,10 +154,10 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
     for file in HASHED[:2]:
         fsync_file(tmp / file)
-    return _publish(root, tmp, name, {f: sha256(tmp / f) for f in HASHED})
+    return publish(root, tmp, name, {f: sha256(tmp / f) for f in HASHED})
 
 
-def _publish(root: Path, tmp: Path, name: str, digests: dict[str, str]) -> Path:
+def publish(root: Path, tmp: Path, name: str, digests: dict[str, str]) -> Path:
     """The manifest (``digests``) written last into ``tmp``, ``tmp`` renamed to ``root/name``,
     ``latest`` moved to it, older checkpoints removed."""
     write_text_atomic(tmp / MANIFEST, json.dumps({"sha256": digests}, indent=1))
@@ -171,45 +171,6 @@ def _publish(root: Path, tmp: Path, name: str, digests: dict[str, str]) -> Path:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def save_distributed(root: Path, step: int, tensors: dict, optimizer_state: dict, loop: dict) -> Path | None:
-    """A sharded run's checkpoint (module docstring), a collective every rank calls: ``tensors``
-    (``{key: DTensor or tensor}``: the weights and the parameter-sized optimizer state, each rank
-    holding its shards) go to ``weights/`` through ``torch.distributed.checkpoint.save``, each
-    rank writing its own; rank 0 writes ``optimizer_state`` (the state dict without those tensors)
-    and ``loop``, and publishes the folder as ``save_checkpoint`` does (temp name, manifest last,
-    rename, ``latest``). Returns the folder on rank 0, None on the others."""
-    import torch.distributed as tdist
-    import torch.distributed.checkpoint as dcp
-
-    rank = tdist.get_rank()
-    name = f"ckpt-{step:09d}"
-    tmp = root / f".{name}.tmp"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / WEIGHTS).mkdir(parents=True)
-    tdist.barrier()  # the folder exists before any rank writes into it
-    with writing(tmp / WEIGHTS):
-        dcp.save(tensors, checkpoint_id=tmp / WEIGHTS)  # its writer fsyncs each file it writes
-    # each rank reads back (hashes) the files it wrote: no rank reads the whole model
-    mine = {f"{WEIGHTS}/{f.name}": sha256(f) for f in sorted((tmp / WEIGHTS).glob(f"__{rank}_*"))}
-    every: list = [None] * tdist.get_world_size()
-    tdist.all_gather_object(every, mine)
-    folder = None
-    if rank == 0:
-        with writing(tmp / "optimizer.pt"):
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
-        for file in (f"{WEIGHTS}/.metadata", "optimizer.pt"):
-            fsync_file(tmp / file)
-        fsync_dir(tmp / WEIGHTS)
-        digests = {k: v for part in every for k, v in part.items()}
-        digests.update({f: sha256(tmp / f) for f in (f"{WEIGHTS}/.metadata", "optimizer.pt", "loop.json")})
-        folder = _publish(root, tmp, name, digests)
-    tdist.barrier()  # every rank goes on with the checkpoint published
-    return folder
 
 
 @dataclass(frozen=True)
@@ -267,55 +228,17 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
     except CheckpointError:
         raise
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
-        raise _unreadable(current, root, err) from err
+        raise unreadable(current, root, err) from err
     return Checkpoint(loop, tensors, optimizer_state, distributed)
 
 
-def _unreadable(path: Path, root: Path, err: Exception) -> CheckpointError:
+def unreadable(path: Path, root: Path, err: Exception) -> CheckpointError:
     """The one line for a checkpoint file (or DCP folder) that cannot be read."""
     lines = str(err).strip().splitlines()
     return CheckpointError(
         f"checkpoint {path} is unreadable ({type(err).__name__}: {lines[0] if lines else ''}); "
         f"delete {root} to start the run afresh"
     )
-
-
-def load_distributed(checkpoint: Checkpoint, named, params: list) -> dict:
-    """Read a sharded checkpoint (``checkpoint.distributed``) into the parameters of ``named``,
-    a DTensor its own rows and a plain tensor the whole (on any number of ranks, one process
-    without a process group included: DCP reshards on load); returns the optimizer state dict
-    with its parameter-sized tensors filled (this rank's rows for a sharded one of ``params``, the
-    optimizer's parameters in ``state_dict`` order), for ``optimizer.load_state_dict``."""
-    import torch.distributed.checkpoint as dcp
-
-    folder = cast(Path, checkpoint.distributed)
-    state = checkpoint.optimizer_state
-    keys = state.get(DCP_KEYS, [])
-    template = {f"weights/{name}": p.detach() for name, p in named}
-    for index, key, dtype in keys:
-        template[f"optimizer/{index}/{key}"] = _empty_like_param(params[index], getattr(torch, dtype))
-    try:
-        with torch.no_grad():
-            dcp.load(template, checkpoint_id=folder)
-    except Exception as err:  # noqa: BLE001 - a DCP folder it cannot read: one line naming it
-        raise _unreadable(folder, folder.parent.parent, err) from err
-    out = {k: v for k, v in state.items() if k != DCP_KEYS}
-    out["state"] = {i: dict(entry) if isinstance(entry, dict) else entry for i, entry in state["state"].items()}
-    for index, key, _ in keys:
-        value = template[f"optimizer/{index}/{key}"]
-        out["state"][index][key] = value.to_local() if hasattr(value, "to_local") else value
-    return out
-
-
-def _empty_like_param(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """What DCP reads a parameter-sized state tensor into: this rank's rows of ``p``'s shape (a
-    DTensor on ``p``'s mesh) for a sharded ``p``, else the whole shape."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(p, DTensor):
-        local = torch.empty(p.to_local().shape, dtype=dtype, device=p.to_local().device)
-        return DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-    return torch.empty(p.shape, dtype=dtype, device=p.device)
 
 
 def _verify(folder: Path) -> None:

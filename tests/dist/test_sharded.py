@@ -308,7 +308,8 @@ def test_hsdp_two_replicas_of_two_shards_equal_one_process(tmp_path, one_process
                 for key, buffer in rank[method]["state"][name].items():
                     ref = one["state"][name][key].reshape(-1)
                     assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()])
-    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.checkpoint import load_checkpoint
+    from zobench.dist.checkpoints import load_distributed
     from zobench.engine import InPlaceEngine
 
     checkpoint = load_checkpoint(tmp_path / "zo_adam")  # read in one process: the whole model and state
@@ -341,9 +342,11 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
-    from zobench.checkpoint import load_checkpoint, load_distributed, read_into
+    from zobench.checkpoint import load_checkpoint, read_into
+    from zobench.dist.checkpoints import load_distributed
     from zobench.dist.context import DistContext
-    from zobench.dist.sharded import shard_model, streamed_sha256
+    from zobench.dist.checkpoints import streamed_sha256
+    from zobench.dist.sharded import shard_model
     from zobench.dist.strategy import Sharded
     from zobench.engine import directions
     from zobench.engine.sharded import ShardedEngine
@@ -415,7 +418,8 @@ def test_a_dcp_checkpoint_of_two_ranks_resumes_on_two_ranks_and_in_one_process(m
     rank 0 streamed is one process's weights."""
     from safetensors.torch import load_file
 
-    from zobench.checkpoint import load_checkpoint, load_distributed
+    from zobench.checkpoint import load_checkpoint
+    from zobench.dist.checkpoints import load_distributed
     from zobench.engine import InPlaceEngine
     from zobench.trajectory.log import weights_sha256
 

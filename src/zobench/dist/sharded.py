@@ -22,18 +22,12 @@ on rank c mod W; generation of another length per rank) does not guarantee.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
-
 import torch
 import torch.distributed as tdist
 from torch import nn
 
 from ..engine.sharded import is_sharded, local_tensor
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from torch.distributed.tensor import DTensor
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -105,70 +99,6 @@ def gather_bytes(model: nn.Module, shard_size: int) -> int:
     for p in model.parameters():
         total += p.numel() * p.element_size()
     return total * (shard_size - 1) // shard_size
-
-
-def gathered(named, keep: bool) -> Iterator[tuple[str, torch.Tensor | None]]:
-    """``(name, whole tensor)`` for each of ``named`` ((name, parameter) pairs), one at a time, on
-    the rank that ``keep``s them (``(name, None)`` on the others). A collective: every rank runs
-    the iteration to its end, in the same order; each whole tensor is dropped before the next is
-    gathered, so no rank ever holds more than its shards and one whole parameter."""
-    for name, p in named:
-        whole = cast("DTensor", p).full_tensor() if is_sharded(p) else p.detach()
-        yield name, (whole if keep else None)
-        del whole
-
-
-def specs(named) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    """``(name, dtype, whole shape)`` of each of ``named``: a file's header, without a gather."""
-    return [(name, p.dtype, tuple(p.shape)) for name, p in named]
-
-
-def streamed_sha256(named, keep: bool) -> str:
-    """``trajectory.log.weights_sha256`` of the whole tensors of ``named`` on the rank that
-    ``keep``s it ('' on the others), gathered one parameter at a time (a collective): the digest
-    a one-process run of the same weights writes in its log header, bit for bit (the same
-    function over the same names and bytes)."""
-    from ..trajectory.log import weights_sha256
-
-    stream = gathered(named, keep)
-    if keep:
-        return weights_sha256(cast("Iterator[tuple[str, torch.Tensor]]", stream))
-    for _ in stream:
-        pass
-    return ""
-
-
-def distributed_state(named, optimizer) -> tuple[dict, dict]:
-    """What a sharded checkpoint holds (``checkpoint.save_distributed``): ``(tensors, rest)``.
-    ``tensors``: ``weights/<name>`` (each parameter as it is: a DTensor of its shards) and
-    ``optimizer/<index>/<key>`` (each parameter-sized local shard of the optimizer state:
-    HiZOO's Σ, ZO-Adam's m and v, ... wrapped as a DTensor on its parameter's mesh and
-    placements, so DCP writes each rank's rows and reshards them on load); ``rest``: the state
-    dict without those tensors, with ``checkpoint.DCP_KEYS``: ``[(index, key, dtype)]``."""
-    from torch.distributed.tensor import DTensor
-
-    from ..checkpoint import DCP_KEYS
-
-    tensors: dict = {f"weights/{name}": p.detach() for name, p in named}
-    state = optimizer.state_dict()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    rest = {**state, "state": dict(state["state"]), DCP_KEYS: []}
-    for index, p in enumerate(params):
-        entry = state["state"].get(index)
-        if not isinstance(entry, dict):
-            continue
-        shape, kept = local_tensor(p).shape, {}
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape == shape:
-                if is_sharded(p):
-                    d = cast("DTensor", p)
-                    value = DTensor.from_local(value, d.device_mesh, d.placements, shape=d.shape, stride=d.stride())
-                tensors[f"optimizer/{index}/{key}"] = value
-                rest[DCP_KEYS].append((index, key, str(value.dtype).removeprefix("torch.")))
-                value = None
-            kept[key] = value
-        rest["state"][index] = kept
-    return tensors, rest
 
 
 #: the methods (``optim/<name>.py``) whose steps are elementwise in z and θ, so a shard's update is

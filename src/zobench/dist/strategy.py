@@ -22,12 +22,9 @@ The methods, in the order a run calls them:
 * ``evaluate(objective, examples, batch_size, counter)``: a dev / test evaluation (sharded);
 * ``check(named, where)``: the replicas' consistency guard (``guard.py``);
 * ``summary(state, steps, first_step)``: the multi-rank summary keys ({} in one process);
-* ``base_sha256(named)``: the log header's hash of the base weights, or None where the log
-  hashes the parameters itself (``Sharded``: streamed, one gathered parameter at a time);
-* ``save_checkpoint(root, step, named, optimizer, loop)`` / ``write_weights(named, path)``: a
-  weights checkpoint, and a safetensors file of the weights (``best/``, ``final/``): the leader
-  writes the parameters, except ``Sharded``'s collectives, where no rank holds the whole model
-  (a DCP checkpoint of each rank's shards; a file streamed one gathered parameter at a time).
+* ``base_sha256(named)`` (the log header's digest; None: the log hashes the parameters),
+  ``save_checkpoint(...)``, ``write_weights(named, path)`` (``best/``, ``final/``): the leader
+  writes; ``Sharded``'s are collectives where no rank holds the model (``checkpoints.py``).
 
 ``leader`` is the rank that writes the run dir (rank 0; the one process of a single run).
 """
@@ -40,7 +37,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.distributed as tdist
 
-from ..checkpoint import Checkpoint, save_checkpoint, save_distributed, save_streamed, save_tensors
+from ..checkpoint import Checkpoint, save_checkpoint, save_tensors
 from ..engine.inplace import InPlaceEngine
 from ..engine.sharded import ShardedEngine, is_sharded, local_tensor
 from ..errors import CheckpointError, ConfigError
@@ -50,16 +47,8 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import (
-    METHODS,
-    distributed_state,
-    gather_bytes,
-    gathered,
-    return_freed_buffers,
-    shard_model,
-    specs,
-    streamed_sha256,
-)
+from .checkpoints import distributed_state, save_distributed, streamed_sha256, write_streamed
+from .sharded import METHODS, gather_bytes, return_freed_buffers, shard_model
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -303,31 +292,16 @@ class Sharded(_Ranks):
         }
 
     def base_sha256(self, named: list) -> str | None:
-        """The base weights' digest on rank 0, the one a one-process run writes ('' on the others),
-        gathered one parameter at a time (a collective: ``sharded.streamed_sha256``)."""
-        return streamed_sha256(named, self.ctx.leader)
+        """Rank 0's digest, one process's, streamed (a collective: ``checkpoints.streamed_sha256``)."""
+        return streamed_sha256(named, self.leader)
 
     def save_checkpoint(self, root: Path, step: int, named: list, optimizer, loop: dict) -> None:
-        """Each rank writes its shards of the weights and of the parameter-sized state (DCP,
-        ``checkpoint.save_distributed``; a collective): resumable on any number of ranks, one
-        process included. A trajectory checkpoint (one process resumes it) as the leader's."""
-        if optimizer is None:
-            super().save_checkpoint(root, step, named, optimizer, loop)
-            return
-        tensors, rest = distributed_state(named, optimizer)
-        save_distributed(root, step, tensors, rest, loop)
+        """Each rank writes its shards (DCP, a collective: ``checkpoints.save_distributed``)."""
+        save_distributed(root, step, *distributed_state(named, optimizer), loop)
 
     def write_weights(self, named: list, path: Path) -> None:
-        """Rank 0 writes the whole weights to ``path``, gathered one parameter at a time and
-        appended to the file as it comes (``checkpoint.save_streamed``; a collective that returns
-        on every rank once the file is in place: any rank may read it next)."""
-        stream = (tensor for _, tensor in gathered(named, self.ctx.leader))
-        if self.leader:
-            save_streamed(specs(named), stream, path)
-        else:
-            for _ in stream:
-                pass
-        tdist.barrier()
+        """Rank 0 streams the file (a collective: ``checkpoints.write_streamed``)."""
+        write_streamed(named, path, self.leader)
 
 
 class ShardedDirections(Sharded):

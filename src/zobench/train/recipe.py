@@ -28,12 +28,14 @@ from ..build import (
     fit_linear_probe,
     is_linear_probe,
 )
-from ..checkpoint import Checkpoint, best_name, copy_into, load_distributed, read_into, remove_stale_best
+from ..checkpoint import Checkpoint, best_name, copy_into, read_into, remove_stale_best
+from ..dist.checkpoints import load_distributed
 from ..dist.strategy import Single, Strategy
 from ..engine import mix_seed, trace
 from ..errors import CheckpointError
 from ..models import hf_model, trainable
 from ..offload import setup as offload
+from ..offload.export import save_index
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, NullLogger, PeakMemory, Progress, Sink, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
@@ -368,8 +370,6 @@ class Recipe:
         streamed by rank 0, one gathered parameter at a time); a full fine-tune's also load with
         ``from_pretrained(folder)``: beside the file, transformers' index (every tensor in it)
         and the model's config (``offload.export.save_index``)."""
-        from ..offload.export import save_index
-
         self.strategy.write_weights(self.named, folder / "trainable.safetensors")
         model = hf_model(self.model)
         names = [name for name, _ in self.named]
