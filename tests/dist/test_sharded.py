@@ -486,3 +486,9 @@ def test_a_damaged_dcp_checkpoint_is_refused_in_one_line(saved_on_two_ranks, tmp
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"weights/__1_0.distcp is corrupted .* delete .*checkpoint"):
         load_checkpoint(root)
+    from zobench.dist.checkpoints import load_distributed
+
+    other = ShardTiny(37, (5, 7))  # another model: its shapes are not the checkpoint's
+    whole = load_checkpoint(out / "zo_adam" / "checkpoint")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*weights is unreadable \(\w+: .*\); delete"):
+        load_distributed(whole, list(other.named_parameters()), list(other.parameters()))

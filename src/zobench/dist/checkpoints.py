@@ -21,6 +21,7 @@ from typing import cast
 import torch
 import torch.distributed as tdist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
 from ..checkpoint import (
@@ -126,7 +127,10 @@ def save_distributed(root: Path, step: int, tensors: dict, optimizer_state: dict
         (tmp / WEIGHTS).mkdir(parents=True)
     tdist.barrier()  # the folder exists before any rank writes into it
     with writing(tmp / WEIGHTS):
-        dcp.save(tensors, checkpoint_id=tmp / WEIGHTS)  # its writer fsyncs each file it writes
+        try:
+            dcp.save(tensors, checkpoint_id=tmp / WEIGHTS)  # its writer fsyncs each file it writes
+        except CheckpointException as err:  # a full disk: the OSError, for the one-line write error
+            raise cause(err) from err
     # each rank reads back (hashes) the files it wrote: no rank reads the whole model
     mine = {f"{WEIGHTS}/{f.name}": sha256(f) for f in sorted((tmp / WEIGHTS).glob(f"__{rank}_*"))}
     every: list = [None] * tdist.get_world_size()
@@ -160,15 +164,23 @@ def load_distributed(checkpoint: Checkpoint, named, params: list) -> dict:
         template[f"optimizer/{index}/{key}"] = _empty_like_param(params[index], getattr(torch, dtype))
     try:
         with torch.no_grad():
-            dcp.load(template, checkpoint_id=folder)
-    except Exception as err:  # noqa: BLE001 - a DCP folder it cannot read: one line naming it
-        raise unreadable(folder, folder.parent.parent, err) from err
+            # one process (no process group): DCP reads every shard into the whole tensors
+            dcp.load(template, checkpoint_id=folder, no_dist=not tdist.is_initialized())
+    except (Exception, CheckpointException) as err:  # a DCP folder it cannot read: one line naming it
+        raise unreadable(folder, folder.parent.parent, cause(err)) from err
     out = {k: v for k, v in state.items() if k != DCP_KEYS}
     out["state"] = {i: dict(entry) if isinstance(entry, dict) else entry for i, entry in state["state"].items()}
     for index, key, _ in keys:
         value = template[f"optimizer/{index}/{key}"]
         out["state"][index][key] = value.to_local() if hasattr(value, "to_local") else value
     return out
+
+
+def cause(err: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's ``CheckpointException`` (a ``BaseException``
+    that gathers every rank's failure with its traceback), else ``err``."""
+    failures = getattr(err, "failures", None) or {}
+    return next((failure[0] for failure in failures.values()), err)
 
 
 def _empty_like_param(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
