@@ -232,7 +232,7 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
     return Checkpoint(loop, tensors, optimizer_state, distributed)
 
 
-def unreadable(path: Path, root: Path, err: Exception) -> CheckpointError:
+def unreadable(path: Path, root: Path, err: BaseException) -> CheckpointError:
     """The one line for a checkpoint file (or DCP folder) that cannot be read."""
     lines = str(err).strip().splitlines()
     return CheckpointError(
