@@ -284,6 +284,7 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"] > 0
     # loaded by shards (build/by_shards.py): each rank allocated half the parameters, never the whole
     assert two["load_peak_memory_bytes"] > 0 and one["load_peak_memory_bytes"] > 0
+    assert 0 < two["pre_load_memory_bytes"] < two["peak_memory_bytes"]  # the process before the model
     if "dist.root=replicated" in extra:  # the embeddings, head and final norm whole on each rank
         root = sum(t.numel() * t.element_size() for n, t in whole.items() if ".layers." not in n)
         assert two["loaded_param_bytes_per_rank"] == (two["param_bytes"] - root) // 2 + root

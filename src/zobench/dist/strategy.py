@@ -141,7 +141,8 @@ class _Ranks(Strategy):
     def summary(self, state, steps: int, first_step: int) -> dict:
         """``first_step``: the step this process started from (its bytes sent are since then)."""
         ctx = self.ctx
-        peaks = torch.tensor([state.train_peak, state.inference_peak or 0, state.load_peak], dtype=torch.int64)
+        peaks = [state.train_peak, state.inference_peak or 0, state.load_peak, state.pre_load]
+        peaks = torch.tensor(peaks, dtype=torch.int64)
         peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
         per_step = ctx.sent.get("train", 0) / max(state.step - first_step, 1)
         return {
@@ -153,6 +154,7 @@ class _Ranks(Strategy):
             "peak_memory_bytes": int(peaks[0]) if steps else int(peaks[1]),
             "inference_peak_memory_bytes": int(peaks[1]),
             "load_peak_memory_bytes": int(peaks[2]),
+            "pre_load_memory_bytes": int(peaks[3]),
         }
 
 
