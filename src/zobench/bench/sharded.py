@@ -1,20 +1,22 @@
 """``python -m zobench.bench.sharded [out]``: ``dist.mode=sharded`` against ``dist.mode=data`` on 2
-ranks (torchrun), the root sharded and replicated (``dist.root``): SmolLM2-135M, SST-2, global batch 16, MeZO on the in-place torch engine (the one
-engine sharded runs on; data parallel on the same engine, so the two runs take the same steps),
-``BENCH_STEPS`` (5) steps. Per setup: median step time (steps 3..), the bytes per step
-(``comm_bytes_per_step``; sharded: FSDP's all-gathers ``comm_allgather_bytes_per_step`` plus the
-loss all-reduce), the largest rank's peak memory during training (``peak_memory_bytes``: on CPU
-the peak RSS, VmHWM reset after loading; on CUDA ``torch.cuda.max_memory_allocated``), the test
-accuracy; what the process held before loading its model (``pre_load_memory_bytes``) and the
-train peak above it (the model's share); the largest rank's peak while loading the model (``load_peak_memory_bytes``, from the
-start of the load; sharded loads by shards, ``build/by_shards.py``) and the parameter bytes it
-allocated (``loaded_param_bytes_per_rank``). Writes ``<out>/<name>.json`` and ``<out>/<name>_table.md`` (default out:
-results/bench/distributed, whose sharded.sh is the command; default name: ``sharded``).
+ranks (torchrun), the root sharded and replicated (``dist.root``): SmolLM2-135M, SST-2, global batch
+16, MeZO on the in-place torch engine (the one engine sharded runs on; data parallel on the same
+engine, so the two runs take the same steps), ``BENCH_STEPS`` (5) steps. Per setup: median step time
+(steps 3..), the bytes per step (``comm_bytes_per_step``; sharded: FSDP's all-gathers
+``comm_allgather_bytes_per_step`` plus the loss all-reduce), the largest rank's peak memory during
+training (``peak_memory_bytes``: on CPU the peak RSS, VmHWM reset after loading; on CUDA
+``torch.cuda.max_memory_allocated``), the test accuracy; what the process held before loading its
+model (``pre_load_memory_bytes``) and the train peak above it (the model's share); the largest
+rank's peak while loading the model (``load_peak_memory_bytes``, from the start of the load; sharded
+loads by shards, ``build/by_shards.py``) and the parameter bytes it allocated
+(``loaded_param_bytes_per_rank``). Writes ``<out>/<name>.json`` and ``<out>/<name>_table.md``
+(default out: results/bench/distributed, whose sharded.sh is the command; default name:
+``sharded``).
 
 ``--device cuda`` (results/bench/gpu.sh's 2-GPU line): the same two runs on 2 GPUs, NCCL
-(``dist.backend=auto``), one rank per GPU, ``--model`` (e.g. ``opt-1.3b-random``). With fewer
-than 2 visible CUDA devices it prints one ``skipped`` line and exits with ``SKIP`` (77), which
-gpu.sh records as ``skipped``; nothing is written.
+(``dist.backend=auto``), one rank per GPU, ``--model`` (e.g. ``opt-1.3b-random``). With fewer than 2
+visible CUDA devices it prints one ``skipped`` line and exits with ``SKIP`` (77), which gpu.sh
+records as ``skipped``; nothing is written.
 """
 
 from __future__ import annotations
