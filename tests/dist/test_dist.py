@@ -463,7 +463,7 @@ def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
     leader.attach(learner, stop, None)
     assert isinstance(learner.objective, ShardedObjective) and learner.objective.inner is inner
     assert float(learner.objective.loss([1, 2, 3, 4])) == 1.5  # rank 0's shard [1, 2], mirrored
-    state = LoopState(step=5, train_peak=7, inference_peak=3, load_peak=9)
+    state = LoopState(step=5, train_peak=7, inference_peak=3, load_peak=9, pre_load=2)
     summary = leader.summary(state, steps=5, first_step=1)
     assert summary == {
         "world_size": 2,
@@ -473,6 +473,7 @@ def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
         "peak_memory_bytes": 7,
         "inference_peak_memory_bytes": 3,
         "load_peak_memory_bytes": 9,
+        "pre_load_memory_bytes": 2,
     }
 
 

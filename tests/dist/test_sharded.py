@@ -35,6 +35,7 @@ STATE = {
     "zo_sgd_sign": ["exp_avg", "exp_avg_sq"],
 }
 STEPS = 3
+ROOT_REPLICATED = ("mezo", "hizoo")  # dist.root=replicated: stateless and with parameter-sized state
 
 
 Tiny = functools.partial(ShardTiny, 37, (5, 6))  # 37, 5, 6 and 3 rows: uneven over 2 ranks
@@ -82,6 +83,21 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
                 "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
                 "bytes": sum(p.to_local().numel() * p.element_size() for _, p in named),
             }
+    # dist.root=replicated: the embedding and the head (the root's own parameters) whole on each rank
+    from zobench.dist.sharded import gather_bytes
+    from zobench.engine.sharded import is_sharded, local_tensor
+
+    for method in ROOT_REPLICATED:
+        model = shard_model(Tiny(), world, root="replicated")
+        losses, optimizer = train(method, model, ShardedEngine())
+        named = list(model.named_parameters())
+        results[f"replicated_{method}"] = {
+            "losses": losses,
+            "shards": {n: (global_offset(p), local_tensor(p).clone()) for n, p in named},
+            "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
+            "sharded": {n: is_sharded(p) for n, p in named},
+            "gathered": gather_bytes(model, world),
+        }
     # a model of 403 MB in float32, built on the meta device and materialised shard by shard:
     # what each rank holds (no rank ever holds the whole model)
     with torch.device("meta"):
@@ -149,6 +165,46 @@ def test_each_rank_holds_about_half_the_parameter_bytes(two_ranks, one_process):
         assert big["storage"] <= 0.51 * big["whole"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ROOT_REPLICATED)
+def test_a_replicated_root_is_whole_on_every_rank_and_equals_one_process(method, two_ranks, one_process):
+    """``dist.root=replicated``: the embedding and head stay whole plain tensors on both ranks (the
+    same bits, state included), the blocks are sharded, the steps are one process's, and only the
+    blocks count as gathered."""
+    one = one_process[method]
+    root = {"embed.weight", "head.weight", "head.bias"}
+    for rank in two_ranks:
+        mine = rank[f"replicated_{method}"]
+        assert mine["losses"] == one["losses"]
+        assert {n for n, sharded in mine["sharded"].items() if not sharded} == root
+        for name, (offset, shard) in mine["shards"].items():
+            whole = one["weights"][name].reshape(-1)
+            if name in root:
+                assert offset == 0 and shard.numel() == whole.numel(), name
+            assert torch.equal(shard.reshape(-1), whole[offset : offset + shard.numel()]), name
+            for key, buffer in mine["state"][name].items():
+                ref = one["state"][name][key].reshape(-1)
+                assert torch.equal(buffer.reshape(-1), ref[offset : offset + buffer.numel()]), (name, key)
+        blocks = sum(w.numel() * w.element_size() for n, w in one["weights"].items() if n not in root)
+        assert mine["gathered"] == blocks // 2
+
+
+def test_a_root_placement_is_refused_outside_sharded_mode():
+    from zobench.dist.context import DistContext
+    from zobench.dist.strategy import Sharded, strategy_for
+    from zobench.errors import ConfigError
+
+    sharded = strategy_for(DistContext(rank=0, world_size=2, mode="sharded"), "mezo", {"root": "replicated"})
+    assert isinstance(sharded, Sharded) and sharded.root == "replicated"
+    for mode in ("data", "directions"):
+        with pytest.raises(ConfigError, match=f"dist.root=replicated with dist.mode={mode}: .* applies to dist.mode=sharded"):
+            strategy_for(DistContext(rank=0, world_size=2, mode=mode), "mezo", {"root": "replicated"})
+    with pytest.raises(ConfigError, match="dist.root=whole: expected one of sharded, replicated"):
+        from zobench.dist.sharded import shard_model
+
+        shard_model(Tiny(), 2, root="whole")
+
+
 def test_sharded_is_refused_on_one_rank_and_with_another_engine():
     from zobench.build.optimizers import sharded_engine
     from zobench.dist.context import DistContext
@@ -211,8 +267,12 @@ SHARDED = ("dist.mode=sharded", "engine.backend=torch", "engine.mode=inplace", "
 @pytest.mark.parametrize(
     "extra",
     # mezo: dev at steps 2, 4, 5: best/ written mid-run (streamed by rank 0), read back by rows
-    [("optimizer=mezo", "train.eval_every=2"), ("optimizer=zo_adam", "tuning=lora")],
-    ids=["mezo", "lora"],
+    [
+        ("optimizer=mezo", "train.eval_every=2"),
+        ("optimizer=zo_adam", "tuning=lora"),
+        ("optimizer=hizoo", "dist.root=replicated"),
+    ],
+    ids=["mezo", "lora", "root_replicated"],
 )
 def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     from tests.helpers import BASE, final_weights, run_ranks, run_single, train_losses
@@ -238,8 +298,15 @@ def test_sharded_runs_equal_one_process_run(extra, tmp_path):
     # FSDP's all-gathers: half of every weight (frozen ones included) per forward, 2 forwards a step
     assert two["comm_bytes_per_step"] > two["comm_allgather_bytes_per_step"] > 0
     # loaded by shards (build/by_shards.py): each rank allocated half the parameters, never the whole
-    assert abs(two["loaded_param_bytes_per_rank"] - two["param_bytes"] / 2) <= 0.01 * two["param_bytes"]
     assert two["load_peak_memory_bytes"] > 0 and one["load_peak_memory_bytes"] > 0
+    assert 0 < two["pre_load_memory_bytes"] < two["peak_memory_bytes"]  # the process before the model
+    if "dist.root=replicated" in extra:  # the embeddings, head and final norm whole on each rank
+        root = sum(t.numel() * t.element_size() for n, t in whole.items() if ".layers." not in n)
+        assert two["loaded_param_bytes_per_rank"] == (two["param_bytes"] - root) // 2 + root
+        # HiZOO's 3 forwards a step, each gathering the other half of the blocks only
+        assert two["comm_allgather_bytes_per_step"] == 3 * ((two["param_bytes"] - root) // 2)
+        return
+    assert abs(two["loaded_param_bytes_per_rank"] - two["param_bytes"] / 2) <= 0.01 * two["param_bytes"]
     if "tuning=lora" not in extra:  # every weight trained: the final file holds them all
         model_bytes = sum(t.numel() * t.element_size() for t in whole.values())
         assert two["comm_allgather_bytes_per_step"] == 2 * model_bytes // 2

@@ -131,7 +131,8 @@ def test_the_recipe_is_set_up_by_its_own_methods_and_the_strategy_it_is_given(tm
     recipe.setup(None)
     assert recipe.stop is stop and recipe.strategy is strategy and recipe.metrics is metrics
     changed = {name for name, value in before.items() if vars(recipe)[name] is not value}
-    assert changed == {"learner", "load_peak", "stream", "trajectory"}  # setup_model's, setup_learner's, restore's own
+    # setup_model's, setup_learner's, restore's own
+    assert changed == {"learner", "load_peak", "pre_load", "stream", "trajectory"}
     assert not set(vars(recipe)) & set(dir(Recipe))  # no method replaced on the instance
     learner = recipe.learner
     assert isinstance(learner, ZOLearner) and learner.objective is recipe.objective

@@ -150,7 +150,8 @@ class _Ranks(Strategy):
     def summary(self, state, steps: int, first_step: int) -> dict:
         """``first_step``: the step this process started from (its bytes sent are since then)."""
         ctx = self.ctx
-        peaks = torch.tensor([state.train_peak, state.inference_peak or 0, state.load_peak], dtype=torch.int64)
+        peaks = [state.train_peak, state.inference_peak or 0, state.load_peak, state.pre_load]
+        peaks = torch.tensor(peaks, dtype=torch.int64)
         peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
         per_step = ctx.sent.get("train", 0) / max(state.step - first_step, 1)
         return {
@@ -162,6 +163,7 @@ class _Ranks(Strategy):
             "peak_memory_bytes": int(peaks[0]) if steps else int(peaks[1]),
             "inference_peak_memory_bytes": int(peaks[1]),
             "load_peak_memory_bytes": int(peaks[2]),
+            "pre_load_memory_bytes": int(peaks[3]),
         }
 
 
@@ -212,11 +214,14 @@ class Sharded(_Ranks):
     name = "sharded"
     loads_by_shards = True
 
-    def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
+    def __init__(
+        self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None, root: str = "sharded"
+    ) -> None:
         super().__init__(ctx, method)
         if self.ctx.world_size < 2:
             raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
         self.shard_size = self.ctx.world_size if shard_size is None else int(shard_size)
+        self.root = root  # dist.root: the parameters outside every block sharded or whole on every rank
         self.counter, self.first_forwards, self.gathered_per_forward = None, 0, 0
         self.loaded_bytes, self.param_bytes = 0, 0  # this rank's parameter bytes as loaded (its shards), the model's
 
@@ -227,7 +232,7 @@ class Sharded(_Ranks):
         device = source.device.type if source is not None else None
         if (device or next(model.parameters()).device.type) == "cpu":
             return_freed_buffers()
-        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size)
+        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size, root=self.root)
         if source is not None:
             source.materialise(model)
             self.loaded_bytes = source.loaded_bytes
@@ -375,8 +380,8 @@ class ShardedDirections(Sharded):
 
 def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
     """The strategy of a process in ``ctx`` (``dist.mode``; one process: ``Single``); ``method``:
-    the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``;
-    ``dist.mode=sharded`` in one process is refused: nothing to shard over)."""
+    the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``,
+    ``root``; ``dist.mode=sharded`` in one process is refused: nothing to shard over)."""
     dist_cfg = dist_cfg if dist_cfg is not None else {}
     if not ctx.active:
         if dist_cfg.get("mode") == "sharded":
@@ -385,9 +390,14 @@ def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
                 "this run is one process: drop dist.mode=sharded"
             )
         return Single(ctx, method)
-    shard_size = dist_cfg.get("shard_size")
+    shard_size, root = dist_cfg.get("shard_size"), dist_cfg.get("root", "sharded")
+    if root != "sharded" and ctx.mode != "sharded":
+        raise ConfigError(
+            f"dist.root={root} with dist.mode={ctx.mode}: the root's placement applies to dist.mode=sharded; "
+            "drop it or set dist.mode=sharded"
+        )
     if ctx.mode == "sharded":
-        return Sharded(ctx, method, shard_size)
+        return Sharded(ctx, method, shard_size, root)
     if ctx.mode == "directions" and shard_size is not None:
         return ShardedDirections(ctx, method, shard_size)
     if shard_size is not None:

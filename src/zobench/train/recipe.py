@@ -66,7 +66,7 @@ class Recipe:
         self.device = resolve_device(cfg.device)
         self.state = LoopState()
         self.first_step = 0  # the step this process starts from (after restore)
-        self.load_peak = 0  # peak memory while the model was loaded (setup_model)
+        self.load_peak, self.pre_load = 0, 0  # peak memory while the model was loaded, and before (setup_model)
         self.best_dir = self.run_dir / "best"
         self.learner: ZOLearner | BackpropLearner | None = None  # None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
@@ -80,7 +80,7 @@ class Recipe:
         self.setup_model(None if checkpoint is None else checkpoint.step)
         self.setup_learner()
         self.restore(checkpoint)
-        self.state.load_peak = self.load_peak
+        self.state.load_peak, self.state.pre_load = self.load_peak, self.pre_load
         self.first_step = self.state.step
         self.strategy.attach(self.learner, self.stop, self.counter)  # each rank: its shard (or directions)
         self.measure_inference_peak()
@@ -101,6 +101,7 @@ class Recipe:
         (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
         cfg = self.cfg
         self.memory = PeakMemory(self.device)  # from here: the load's peak
+        self.pre_load = self.memory.resident()  # what the process held before the model
         self.model, tokenizer = build_model(
             cfg,
             self.device,
@@ -352,6 +353,7 @@ class Recipe:
             "peak_memory_bytes": state.train_peak if self.steps else state.inference_peak,
             "inference_peak_memory_bytes": state.inference_peak,
             "load_peak_memory_bytes": state.load_peak,
+            "pre_load_memory_bytes": state.pre_load,
             "peak_memory_source": self.memory.source,
             "device": str(self.device),
             "engine": self.learner.engine_name if self.learner else "none",
