@@ -446,6 +446,21 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
                 "read_back": read_back,
                 "same": all(torch.equal(p.to_local(), q.to_local()) for (_n, p), (_m, q) in zip(named, again_named)),
             }
+        # dist.root=replicated: the embedding and head are plain whole tensors in the DCP checkpoint
+        from zobench.engine.sharded import local_tensor
+
+        model = shard_model(Tiny(), world, root="replicated")
+        named = list(model.named_parameters())
+        _, optimizer = train("hizoo", model, ShardedEngine())
+        strategy.save_checkpoint(root / "replicated" / "checkpoint", STEPS, named, optimizer, {"step": STEPS})
+        resumed = shard_model(Tiny(), world, root="replicated")
+        again_named, again = list(resumed.named_parameters()), fresh_optimizer("hizoo", resumed, ShardedEngine())
+        checkpoint = load_checkpoint(root / "replicated" / "checkpoint")
+        again.load_state_dict(load_distributed(checkpoint, again_named, list(resumed.parameters())))
+        results["replicated"] = {
+            "same": all(torch.equal(local_tensor(p), local_tensor(q)) for (_n, p), (_m, q) in zip(named, again_named)),
+            "extra": [one_step(optimizer, model), one_step(again, resumed)],
+        }
         # 403 MB of float32 weights (6 x 16.8M, each weight 67 MB): no rank holds more than its
         # shards and one whole parameter while hashing, checkpointing and writing a weights file
         with torch.device("meta"):
@@ -559,3 +574,29 @@ def test_a_damaged_dcp_checkpoint_is_refused_in_one_line(saved_on_two_ranks, tmp
     whole = load_checkpoint(out / "zo_adam" / "checkpoint")
     with pytest.raises(CheckpointError, match=r"checkpoint .*weights is unreadable \(\w+: .*\); delete"):
         load_distributed(whole, list(other.named_parameters()), list(other.parameters()))
+
+
+@pytest.mark.slow
+def test_a_dcp_checkpoint_with_a_replicated_root_resumes_on_two_ranks_and_in_one_process(
+    saved_on_two_ranks, one_process
+):
+    """``dist.root=replicated`` (HiZOO: Σ of the root whole on each rank): the checkpoint holds the
+    root once, two fresh ranks and one process read it back, and the next step is the sharded
+    root's (the same math) on both."""
+    from zobench.checkpoint import load_checkpoint
+    from zobench.dist.checkpoints import load_distributed
+    from zobench.engine import InPlaceEngine
+
+    out, ranks = saved_on_two_ranks
+    for rank in ranks:
+        assert rank["replicated"]["same"]
+        assert rank["replicated"]["extra"] == [ranks[0]["hizoo"]["extra"][0]] * 2
+    checkpoint = load_checkpoint(out / "replicated" / "checkpoint")
+    with z_chunk(32), torch.no_grad():
+        model = Tiny()
+        optimizer = fresh_optimizer("hizoo", model, InPlaceEngine())
+        named = list(model.named_parameters())
+        optimizer.load_state_dict(load_distributed(checkpoint, named, list(model.parameters())))
+        for name, p in named:
+            assert torch.equal(p, one_process["hizoo"]["weights"][name]), name
+        assert one_step(optimizer, model) == ranks[0]["hizoo"]["extra"][0]
