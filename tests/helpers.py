@@ -310,7 +310,13 @@ def one_error_line(result, message: str = "") -> str:
 
 # -- runs stopped by a signal ----------------------------------------------------------------------
 #: summary keys that measure time or memory (RSS), not numbers: a resumed run may differ there
-VOLATILE = {"wall_s", "peak_memory_bytes", "inference_peak_memory_bytes", "load_peak_memory_bytes"}
+VOLATILE = {
+    "wall_s",
+    "peak_memory_bytes",
+    "inference_peak_memory_bytes",
+    "load_peak_memory_bytes",
+    "pre_load_memory_bytes",
+}
 
 
 def smoke_cli(run_dir, data_dir, *extra) -> list[str]:

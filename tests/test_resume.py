@@ -297,15 +297,15 @@ def test_a_completed_dir_with_leftovers_is_cleaned_and_stays_completed(tmp_path,
 
 def _stop_after_a_checkpoint(monkeypatch):
     """The run dies (as a kill would) right after writing its first checkpoint."""
-    import zobench.train.recipe as recipe
+    import zobench.dist.strategy as writer  # the recipe's strategy calls save_checkpoint
 
-    save = recipe.save_checkpoint
+    save = writer.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save(*args, **kwargs)
         raise SystemExit(9)
 
-    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(writer, "save_checkpoint", save_then_die)
 
 
 @pytest.mark.slow

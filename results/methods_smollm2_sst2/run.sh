@@ -69,6 +69,7 @@ sparse_mezo_lr1e-4|optimizer=sparse_mezo optimizer.lr=1e-4 $zo
 tezo_lr1.25e-5|optimizer=tezo optimizer.lr=1.25e-5 $zo
 tezo_lr3.75e-6|optimizer=tezo optimizer.lr=3.75e-6 $zo
 tezo_m_lr1.25e-6|optimizer=tezo optimizer.variant=momentum optimizer.lr=1.25e-6 $zo
+tezo_m_lr3.75e-6|optimizer=tezo optimizer.variant=momentum optimizer.lr=3.75e-6 $zo
 tezo_adam_lr3.5e-5|optimizer=tezo optimizer.variant=adam optimizer.lr=3.5e-5 $zo
 tezo_adam_lr3.5e-4|optimizer=tezo optimizer.variant=adam optimizer.lr=3.5e-4 $zo
 lozo_lr5e-5|optimizer=lozo optimizer.lr=5e-5 $zo

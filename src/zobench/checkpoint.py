@@ -8,9 +8,19 @@ Layout under ``<run dir>/checkpoint/``:
   ``manifest.json`` (the sha256 of the other three), written last.
 * ``latest``: the name of the newest complete checkpoint, replaced atomically (temp + rename).
 
+A ``dist.mode=sharded`` run's ``ckpt-<step>/`` holds ``weights/`` instead of
+``trainable.safetensors``: a ``torch.distributed.checkpoint`` (DCP) folder, where each rank wrote
+its own shards of the weights and of the parameter-sized optimizer state (``__<rank>_<n>.distcp``,
+``.metadata``: no rank gathers the model), and ``optimizer.pt`` holds the rest of the state dict
+(``DCP_KEYS`` lists the state tensors that are in ``weights/``). DCP reshards on load, so the
+checkpoint resumes on any number of ranks, one process included; the
+manifest lists the sha256 of every file of ``weights/`` too, each rank hashing the files it wrote
+(``dist/checkpoints.py`` writes and reads it).
+
 Beside it, ``<run dir>/best/step-<step>.safetensors`` holds the best-dev weights a checkpoint
 refers to (``LoopState.best_file``), and ``<run dir>/final/trainable.safetensors`` the tested ones
-(``train.save_final``).
+(``train.save_final``); a sharded run streams both one parameter at a time (``save_streamed``)
+and reads ``best/`` back by rows (``read_into``).
 
 A checkpoint directory is first written under a temporary name, every file fsynced, and renamed
 when complete, and ``latest`` moves only after that; a kill (or power loss) at any moment leaves
@@ -26,6 +36,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -39,6 +50,8 @@ from .errors import CheckpointError
 POINTER = "latest"
 MANIFEST = "manifest.json"
 HASHED = ("trainable.safetensors", "optimizer.pt", "loop.json")
+#: a sharded checkpoint's DCP folder, and the key of ``optimizer.pt`` listing the state tensors in it
+WEIGHTS, DCP_KEYS = "weights", "zobench_dcp_keys"
 
 
 # a write that failed for want of room or permission: the run stops with one line (__main__)
@@ -141,7 +154,13 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], opt
     write_text_atomic(tmp / "loop.json", json.dumps(loop, indent=1))
     for file in HASHED[:2]:
         fsync_file(tmp / file)
-    write_text_atomic(tmp / MANIFEST, json.dumps({"sha256": {f: sha256(tmp / f) for f in HASHED}}, indent=1))
+    return publish(root, tmp, name, {f: sha256(tmp / f) for f in HASHED})
+
+
+def publish(root: Path, tmp: Path, name: str, digests: dict[str, str]) -> Path:
+    """The manifest (``digests``) written last into ``tmp``, ``tmp`` renamed to ``root/name``,
+    ``latest`` moved to it, older checkpoints removed."""
+    write_text_atomic(tmp / MANIFEST, json.dumps({"sha256": digests}, indent=1))
     final = root / name
     if final.exists():  # the same step checkpointed again after a resume
         shutil.rmtree(final)
@@ -163,6 +182,9 @@ class Checkpoint:
     state: dict
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer_state: dict = field(default_factory=dict)
+    #: a sharded run's checkpoint: its ``weights/`` DCP folder (``tensors`` is then empty and
+    #: ``optimizer_state`` lacks the tensors ``DCP_KEYS`` lists: ``load_distributed`` reads both)
+    distributed: Path | None = None
 
     @property
     def step(self) -> int:
@@ -180,7 +202,7 @@ class Checkpoint:
 
     @property
     def has_weights(self) -> bool:
-        return bool(self.tensors)
+        return bool(self.tensors) or self.distributed is not None
 
 
 def load_checkpoint(root: Path) -> Checkpoint | None:
@@ -196,17 +218,27 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
         _verify(folder)
         current = folder / "loop.json"
         loop = json.loads(current.read_text())
-        current = folder / "trainable.safetensors"
-        tensors = load_file(str(current))
+        distributed = folder / WEIGHTS if (folder / WEIGHTS).is_dir() else None
+        tensors = {}
+        if distributed is None:  # a sharded run's weights are read into the shards (load_distributed)
+            current = folder / "trainable.safetensors"
+            tensors = load_file(str(current))
         current = folder / "optimizer.pt"
         optimizer_state = torch.load(current, weights_only=True)
     except CheckpointError:
         raise
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
-        raise CheckpointError(
-            f"checkpoint {current} is unreadable ({type(err).__name__}: {err}); delete {root} to start the run afresh"
-        ) from err
-    return Checkpoint(loop, tensors, optimizer_state)
+        raise unreadable(current, root, err) from err
+    return Checkpoint(loop, tensors, optimizer_state, distributed)
+
+
+def unreadable(path: Path, root: Path, err: BaseException) -> CheckpointError:
+    """The one line for a checkpoint file (or DCP folder) that cannot be read."""
+    lines = str(err).strip().splitlines()
+    return CheckpointError(
+        f"checkpoint {path} is unreadable ({type(err).__name__}: {lines[0] if lines else ''}); "
+        f"delete {root} to start the run afresh"
+    )
 
 
 def _verify(folder: Path) -> None:
@@ -236,6 +268,67 @@ def save_tensors(named, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_streamed(specs: list, tensors, path: Path) -> None:
+    """A safetensors file written one tensor at a time (never the whole set in memory), whole or
+    not at all: ``specs`` ``[(name, dtype, shape)]`` make the header (the format's: an 8-byte
+    little-endian length, the JSON of every tensor's dtype, shape and byte range, space-padded to
+    a multiple of 8), then ``tensors`` (an iterable of the tensors, in ``specs``' order, on any
+    device) are appended as they come. ``safetensors.torch.load_file`` / ``safe_open`` and
+    ``from_pretrained`` read it as one ``save_file`` wrote."""
+    import struct
+
+    from safetensors.torch import _TYPES  # the format's dtype names, the library's own table
+
+    names = {dtype: name for name, dtype in _TYPES.items()}
+    header: dict = {"__metadata__": {"format": "pt"}}
+    start = 0
+    for name, dtype, shape in specs:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [start, start + size]}
+        start += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path), tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for (name, dtype, shape), t in zip(specs, tensors, strict=True):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}, its header says {dtype} {shape}")
+            f.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_into(named, path: Path) -> None:
+    """The tensors of the safetensors file ``path`` into the parameters of ``named``, each
+    DTensor (``dist.mode=sharded``) reading only its own rows (``safe_open``'s slices): no rank
+    reads the whole file into memory."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    try:
+        with safe_open(str(path), framework="pt") as f, torch.no_grad():
+            keys = set(f.keys())
+            missing = [name for name, _ in named if name not in keys]
+            if missing:
+                raise CheckpointError(f"{path} lacks parameters {missing[:3]}: it belongs to another model or tuning")
+            for name, p in named:
+                if isinstance(p, DTensor):
+                    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+                    rows = f.get_slice(name)[offset[0] : offset[0] + shape[0]] if shape[0] else None
+                    if rows is not None:
+                        p.to_local().copy_(rows.reshape(shape))
+                else:
+                    p.data.copy_(f.get_tensor(name))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+
+
 def load_tensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -262,15 +355,9 @@ def copy_into(named, tensors: dict, where: Path) -> None:
 
 
 def best_name(step: int) -> str:
-    """The file of the best-dev state reached at ``step`` (under ``best/``)."""
+    """The file of the best-dev state reached at ``step`` (under ``best/``): one file per step,
+    so a checkpoint always names a file that exists."""
     return f"step-{step:09d}.safetensors"
-
-
-def save_best(named, best_dir: Path, step: int) -> str:
-    """The best-dev state, one file per step, so a checkpoint always names a file that exists."""
-    name = best_name(step)
-    save_tensors(named, best_dir / name)
-    return name
 
 
 def remove_stale_best(best_dir: Path, keep: str | None) -> None:

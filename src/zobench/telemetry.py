@@ -113,6 +113,16 @@ class PeakMemory:
         elif self.source == "vmhwm":
             self._clear_refs()
 
+    def resident(self) -> int:
+        """The memory held now: CUDA's allocated bytes, or the process's RSS (``VmRSS``)."""
+        if self.source == "cuda_max_allocated":
+            return int(torch.cuda.memory_allocated(self.device))
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def peak(self) -> int:
         if self.source == "cuda_max_allocated":
             torch.cuda.synchronize(self.device)

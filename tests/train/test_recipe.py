@@ -70,12 +70,12 @@ def test_a_run_without_a_terminal_logs_progress_evaluations_and_the_model_load(t
     """What a Slurm log shows: a progress line every train.log_every steps, a heartbeat during a
     long evaluation, each evaluation's result, the model load; and a checkpoint's loop.json is
     exactly a LoopState."""
+    import zobench.dist.strategy as writer  # the recipe's strategy calls save_checkpoint
     import zobench.telemetry
-    import zobench.train.recipe as recipe
     from zobench.run import run
 
-    saved, save = [], recipe.save_checkpoint
-    monkeypatch.setattr(recipe, "save_checkpoint", lambda *a: saved.append(a[-1]) or save(*a))
+    saved, save = [], writer.save_checkpoint
+    monkeypatch.setattr(writer, "save_checkpoint", lambda *a: saved.append(a[-1]) or save(*a))
     monkeypatch.setattr(zobench.telemetry, "HEARTBEAT_S", 0.001)  # every evaluation is "long"
     args = ("train.steps=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4")
     with caplog.at_level(logging.INFO, logger="zobench"):
@@ -131,7 +131,8 @@ def test_the_recipe_is_set_up_by_its_own_methods_and_the_strategy_it_is_given(tm
     recipe.setup(None)
     assert recipe.stop is stop and recipe.strategy is strategy and recipe.metrics is metrics
     changed = {name for name, value in before.items() if vars(recipe)[name] is not value}
-    assert changed == {"learner", "load_peak", "stream", "trajectory"}  # setup_model's, setup_learner's, restore's own
+    # setup_model's, setup_learner's, restore's own
+    assert changed == {"learner", "load_peak", "pre_load", "stream", "trajectory"}
     assert not set(vars(recipe)) & set(dir(Recipe))  # no method replaced on the instance
     learner = recipe.learner
     assert isinstance(learner, ZOLearner) and learner.objective is recipe.objective

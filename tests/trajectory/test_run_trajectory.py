@@ -131,17 +131,17 @@ def test_export_of_a_lora_run_is_a_peft_adapter_with_the_same_logits(runs, tmp_p
 
 @pytest.mark.slow
 def test_a_trajectory_checkpoint_resumes_bit_identically(runs, data_dir, tmp_path, monkeypatch):
-    import zobench.train.recipe as recipe
+    import zobench.dist.strategy as writer  # the recipe's strategy calls save_checkpoint
 
     args = (*SMOKE, *RUN, "train.checkpoint_every=3", "optimizer=zo_adam", "optimizer.lr=1e-3", f"data.dir={data_dir}")
     reference = run(compose_run(*args), tmp_path / "reference")
-    save = recipe.save_checkpoint
+    save = writer.save_checkpoint
 
     def save_then_die(*a, **k):
         save(*a, **k)
         raise SystemExit(9)
 
-    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(writer, "save_checkpoint", save_then_die)
     with pytest.raises(SystemExit):
         run(compose_run(*args), tmp_path / "run")
     monkeypatch.undo()

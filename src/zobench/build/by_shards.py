@@ -85,6 +85,23 @@ def all_names(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
+def shared_places(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """The (module, attribute) places of every parameter held in several (a tied embedding / head)."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                places.setdefault(id(p), []).append((module, name))
+    return [where for where in places.values() if len(where) > 1]
+
+
+def retie(ties: list[list[tuple[nn.Module, str]]]) -> None:
+    """Make each group of ``shared_places`` one parameter again (the first place's)."""
+    for (first, name), *others in ties:
+        for module, attribute in others:
+            module._parameters[attribute] = first._parameters[name]
+
+
 class Source:
     """Where each of a meta model's tensors gets its value (module docstring)."""
 
@@ -100,7 +117,9 @@ class Source:
 
     def materialise(self, model: nn.Module) -> nn.Module:
         """Allocate ``model``'s (sharded) parameters on the device and fill each from its source."""
+        ties = shared_places(model)
         model.to_empty(device=self.device)
+        retie(ties)  # to_empty gives each module its own new tensor; dist.root=replicated's tied head is plain
         reader = _Reader(self.path) if self.path is not None else None
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -56,6 +56,8 @@ CHECKPOINT_MODES = ("trajectory", "weights")  # trajectory/checkpoints.py
 ENGINE_BACKENDS = ("auto", "torch", "triton")
 ENGINE_MODES = ("inplace", "virtual")
 DIST_MODES = ("auto", "data", "directions", "sharded")
+#: dist.root: where the parameters outside every block live (dist/sharded.py::shard_model)
+ROOT_PLACEMENTS = ("sharded", "replicated")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 # keys that may change between a checkpoint and its resume (they do not change the numbers)
@@ -163,6 +165,9 @@ class DistConfig:
     # dist.mode=sharded: ranks per shard group (null: every rank), the groups replicate (HSDP);
     # dist.mode=directions: ranks per sharded replica, the replicas split the directions
     shard_size: int | None = key(None, min=1)
+    # dist.mode=sharded / directions with shard_size: the root's own parameters (outside every
+    # block) FSDP2-sharded with the rest, or kept whole on every rank (dist/sharded.py)
+    root: str = key("sharded", choices=ROOT_PLACEMENTS)
 
 
 @dataclass

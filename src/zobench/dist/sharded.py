@@ -26,6 +26,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from ..config.schema import ROOT_PLACEMENTS
 from ..engine.sharded import is_sharded, local_tensor
 from ..errors import ConfigError
 
@@ -45,7 +46,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(
-    model: nn.Module, world_size: int, device: str | None = None, shard_size: int | None = None
+    model: nn.Module, world_size: int, device: str | None = None, shard_size: int | None = None, root: str = "sharded"
 ) -> nn.Module:
     """``fully_shard`` every block and the root on a mesh of ``world_size`` ranks on ``device``
     (default: the model's device type; a model built on the meta device names the one its shards
@@ -53,10 +54,21 @@ def shard_model(
     (< W): a 2-D ``(replicate, shard)`` mesh of W/S × S (HSDP): ranks i·S .. i·S + S - 1 shard
     one copy of the model, and ranks with the same r mod S hold the same rows, so with S = GPUs
     per node a node shards the model and the nodes replicate it; the ZO update keeps the
-    replicas identical as data parallel does (the same scalars, the same z)."""
+    replicas identical as data parallel does (the same scalars, the same z).
+
+    ``root`` (``dist.root``): where the root's own parameters (those of no block: the embeddings,
+    a tied LM head, the final norm) live. ``sharded``: FSDP2's root unit, 1/W per rank; the unit
+    is gathered for the whole forward (embeddings at its start, the head at its end), and the
+    gather holds its all-gather output and the unsharded copy at once, so a rank's peak holds the
+    root's 1/W + 2× its size. ``replicated``: left whole on every rank (FSDP2's
+    ``ignored_params``), moved by every rank with the same z and scalars as data parallel does:
+    the peak holds 1× and no forward gathers it; the method's state of those parameters is whole
+    on every rank too (results/bench/distributed measures both)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    if root not in ROOT_PLACEMENTS:
+        raise ConfigError(f"dist.root={root}: expected one of {', '.join(ROOT_PLACEMENTS)}")
     first = next(model.parameters(), None)
     device = device or (first.device.type if first is not None else "cpu")
     size = world_size if shard_size is None else int(shard_size)
@@ -66,11 +78,14 @@ def shard_model(
         mesh = init_device_mesh(device, (world_size,))
     else:
         mesh = init_device_mesh(device, (world_size // size, size), mesh_dim_names=("replicate", "shard"))
-    for block in blocks(model):
+    units = blocks(model)
+    for block in units:
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    in_blocks = {id(p) for block in units for p in block.parameters()}
+    own = {p for p in model.parameters() if id(p) not in in_blocks} if root == "replicated" else None
     # the root too: FSDP2's default keeps the root's weights gathered after a forward, and the next
     # forward would not see the engine's moves on the shards
-    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True, ignored_params=own)
     return model
 
 
@@ -93,50 +108,13 @@ def return_freed_buffers() -> None:
 
 
 def gather_bytes(model: nn.Module, shard_size: int) -> int:
-    """Bytes one rank receives in the all-gathers of one forward: the (S-1)/S of every
+    """Bytes one rank receives in the all-gathers of one forward: the (S-1)/S of every sharded
     parameter (trained or frozen) that it does not hold (S ranks per shard group)."""
     total = 0
     for p in model.parameters():
-        total += p.numel() * p.element_size()
+        if is_sharded(p):  # dist.root=replicated: the root's own parameters are never gathered
+            total += p.numel() * p.element_size()
     return total * (shard_size - 1) // shard_size
-
-
-def full_weights(named, keep: bool) -> dict[str, torch.Tensor]:
-    """``{name: whole tensor}`` of ``named`` ((name, parameter) pairs) on the CPU of the rank
-    that ``keep``s them (rank 0, which writes), ``{}`` on the others. A collective every rank
-    calls; one parameter is gathered at a time, so a rank's device never holds more than its
-    shards and one whole parameter (rank 0's host memory holds the trained weights)."""
-    out = {}
-    for name, p in named:
-        whole = p.full_tensor() if is_sharded(p) else p.detach()
-        if keep:
-            out[name] = whole.detach().to("cpu", copy=True)
-        del whole
-    return out
-
-
-def full_state(optimizer, state: dict, keep: bool) -> dict:
-    """``state`` (``optimizer.state_dict()``) with each parameter-sized local shard (HiZOO's Σ,
-    ZO-Adam's m and v) replaced by the whole tensor, on the CPU of the rank that ``keep``s it
-    (collective: every rank calls it; one tensor gathered at a time, as ``full_weights``)."""
-    from torch.distributed.tensor import DTensor
-
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    out = {**state, "state": dict(state["state"])}
-    for index, p in enumerate(params):
-        entry = state["state"].get(index)
-        if not is_sharded(p) or not isinstance(entry, dict):
-            continue
-        shape = local_tensor(p).shape
-        whole = {}
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor) and value.shape == shape:
-                mesh, placements = p.device_mesh, p.placements
-                value = DTensor.from_local(value, mesh, placements, shape=p.shape, stride=p.stride()).full_tensor()
-                value = value.to("cpu", copy=True) if keep else None
-            whole[key] = value
-        out["state"][index] = whole
-    return out
 
 
 #: the methods (``optim/<name>.py``) that run on shards, each rank holding its rows of the weights

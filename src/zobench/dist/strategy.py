@@ -22,9 +22,9 @@ The methods, in the order a run calls them:
 * ``evaluate(objective, examples, batch_size, counter)``: a dev / test evaluation (sharded);
 * ``check(named, where)``: the replicas' consistency guard (``guard.py``);
 * ``summary(state, steps, first_step)``: the multi-rank summary keys ({} in one process);
-* ``whole(named)`` / ``whole_state(optimizer)``: the weights and the optimizer state as whole
-  tensors, for what the leader writes (checkpoints, ``best/``, ``final/``, the log's base hash):
-  the parameters themselves, except ``Sharded``'s gather (a collective every rank calls).
+* ``base_sha256(named)`` (the log header's digest; None: the log hashes the parameters),
+  ``save_checkpoint(...)``, ``write_weights(named, path)`` (``best/``, ``final/``): the leader
+  writes; ``Sharded``'s are collectives where no rank holds the model (``checkpoints.py``).
 
 ``leader`` is the rank that writes the run dir (rank 0; the one process of a single run).
 """
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.distributed as tdist
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, save_checkpoint, save_tensors
 from ..engine.inplace import InPlaceEngine
 from ..engine.sharded import ShardedEngine, is_sharded, local_tensor
 from ..errors import CheckpointError, ConfigError
@@ -47,7 +47,8 @@ from .data import ShardedObjective, SyncedStop
 from .directions import DirectionShare, GroupContext, Replay, Replayable, require_split
 from .evaluation import sharded_evaluate
 from .guard import check_replicas
-from .sharded import METHODS, REFUSED, full_state, full_weights, gather_bytes, return_freed_buffers, shard_model
+from .checkpoints import distributed_state, save_distributed, streamed_sha256, write_streamed
+from .sharded import METHODS, REFUSED, gather_bytes, return_freed_buffers, shard_model
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -99,13 +100,21 @@ class Strategy:
     def summary(self, state, steps: int, first_step: int) -> dict:
         return {}
 
-    def whole(self, named: list) -> list:
-        """``named`` ((name, parameter) pairs) as whole tensors, on the leader."""
-        return named
+    def base_sha256(self, named: list) -> str | None:
+        """The trajectory header's hash of ``named``'s weights; None: the log hashes them itself."""
+        return None
 
-    def whole_state(self, optimizer) -> dict:
-        """``optimizer.state_dict()`` with whole parameter-sized tensors, on the leader."""
-        return optimizer.state_dict()
+    def save_checkpoint(self, root: Path, step: int, named: list, optimizer, loop: dict) -> None:
+        """A checkpoint at ``step`` under ``root``: ``named``'s weights and ``optimizer``'s state
+        (a trajectory checkpoint: ``named`` empty, ``optimizer`` None), and ``loop``."""
+        if self.leader:
+            state = optimizer.state_dict() if optimizer is not None else {}
+            save_checkpoint(root, step, dict(named), state, loop)
+
+    def write_weights(self, named: list, path: Path) -> None:
+        """``named``'s weights to the safetensors file ``path`` (``best/``, ``final/``)."""
+        if self.leader:
+            save_tensors(named, path)
 
 
 class Single(Strategy):
@@ -141,7 +150,8 @@ class _Ranks(Strategy):
     def summary(self, state, steps: int, first_step: int) -> dict:
         """``first_step``: the step this process started from (its bytes sent are since then)."""
         ctx = self.ctx
-        peaks = torch.tensor([state.train_peak, state.inference_peak or 0, state.load_peak], dtype=torch.int64)
+        peaks = [state.train_peak, state.inference_peak or 0, state.load_peak, state.pre_load]
+        peaks = torch.tensor(peaks, dtype=torch.int64)
         peaks = ctx.all_reduce(peaks, op=tdist.ReduceOp.MAX, phase="summary")
         per_step = ctx.sent.get("train", 0) / max(state.step - first_step, 1)
         return {
@@ -153,6 +163,7 @@ class _Ranks(Strategy):
             "peak_memory_bytes": int(peaks[0]) if steps else int(peaks[1]),
             "inference_peak_memory_bytes": int(peaks[1]),
             "load_peak_memory_bytes": int(peaks[2]),
+            "pre_load_memory_bytes": int(peaks[3]),
         }
 
 
@@ -196,17 +207,21 @@ class Sharded(_Ranks):
     """``dist.mode=sharded`` (``sharded.py``): the parameters FSDP2-sharded (``prepare_model``; the
     factory then builds ``engine.sharded.ShardedEngine``, which moves each rank's own rows), the
     losses data parallel as ``DataParallel``'s, every dev / test example on every rank (each
-    forward is a collective: the ranks must make the same calls), the weights and state gathered
-    for what rank 0 writes. Rank 0 logs the trajectory (its header hashes the gathered weights)."""
+    forward is a collective: the ranks must make the same calls), checkpoints written by every
+    rank (its shards, DCP), ``best/`` and ``final/`` by rank 0 one gathered parameter at a time.
+    Rank 0 logs the trajectory (its header hashes the weights streamed the same way)."""
 
     name = "sharded"
     loads_by_shards = True
 
-    def __init__(self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None) -> None:
+    def __init__(
+        self, ctx: DistContext | None = None, method: str = "", shard_size: int | None = None, root: str = "sharded"
+    ) -> None:
         super().__init__(ctx, method)
         if self.ctx.world_size < 2:
             raise ConfigError("dist.mode=sharded needs several ranks (torchrun / Slurm tasks); this run has one")
         self.shard_size = self.ctx.world_size if shard_size is None else int(shard_size)
+        self.root = root  # dist.root: the parameters outside every block sharded or whole on every rank
         self.counter, self.first_forwards, self.gathered_per_forward = None, 0, 0
         self.loaded_bytes, self.param_bytes = 0, 0  # this rank's parameter bytes as loaded (its shards), the model's
 
@@ -217,7 +232,7 @@ class Sharded(_Ranks):
         device = source.device.type if source is not None else None
         if (device or next(model.parameters()).device.type) == "cpu":
             return_freed_buffers()
-        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size)
+        model = shard_model(model, self.ctx.world_size, device=device, shard_size=self.shard_size, root=self.root)
         if source is not None:
             source.materialise(model)
             self.loaded_bytes = source.loaded_bytes
@@ -283,13 +298,17 @@ class Sharded(_Ranks):
             "param_bytes": self.param_bytes,
         }
 
-    def whole(self, named: list) -> list:
-        """The whole weights gathered to rank 0's CPU ([] on the others; a collective)."""
-        return list(full_weights(named, self.ctx.leader).items())
+    def base_sha256(self, named: list) -> str | None:
+        """Rank 0's digest, one process's, streamed (a collective: ``checkpoints.streamed_sha256``)."""
+        return streamed_sha256(named, self.leader)
 
-    def whole_state(self, optimizer) -> dict:
-        """The state's local shards gathered to rank 0's CPU (a collective): resumable on any N."""
-        return full_state(optimizer, optimizer.state_dict(), self.ctx.leader)
+    def save_checkpoint(self, root: Path, step: int, named: list, optimizer, loop: dict) -> None:
+        """Each rank writes its shards (DCP, a collective: ``checkpoints.save_distributed``)."""
+        save_distributed(root, step, *distributed_state(named, optimizer), loop)
+
+    def write_weights(self, named: list, path: Path) -> None:
+        """Rank 0 streams the file (a collective: ``checkpoints.write_streamed``)."""
+        write_streamed(named, path, self.leader)
 
 
 class ShardedDirections(Sharded):
@@ -363,8 +382,8 @@ class ShardedDirections(Sharded):
 
 def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
     """The strategy of a process in ``ctx`` (``dist.mode``; one process: ``Single``); ``method``:
-    the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``;
-    ``dist.mode=sharded`` in one process is refused: nothing to shard over)."""
+    the ``optimizer=`` name its errors give; ``dist_cfg``: the ``dist`` node (``shard_size``,
+    ``root``; ``dist.mode=sharded`` in one process is refused: nothing to shard over)."""
     dist_cfg = dist_cfg if dist_cfg is not None else {}
     if not ctx.active:
         if dist_cfg.get("mode") == "sharded":
@@ -373,9 +392,14 @@ def strategy_for(ctx: DistContext, method: str = "", dist_cfg=None) -> Strategy:
                 "this run is one process: drop dist.mode=sharded"
             )
         return Single(ctx, method)
-    shard_size = dist_cfg.get("shard_size")
+    shard_size, root = dist_cfg.get("shard_size"), dist_cfg.get("root", "sharded")
+    if root != "sharded" and ctx.mode != "sharded":
+        raise ConfigError(
+            f"dist.root={root} with dist.mode={ctx.mode}: the root's placement applies to dist.mode=sharded; "
+            "drop it or set dist.mode=sharded"
+        )
     if ctx.mode == "sharded":
-        return Sharded(ctx, method, shard_size)
+        return Sharded(ctx, method, shard_size, root)
     if ctx.mode == "directions" and shard_size is not None:
         return ShardedDirections(ctx, method, shard_size)
     if shard_size is not None:

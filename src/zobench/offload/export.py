@@ -75,6 +75,14 @@ def save_sharded(model: nn.Module, offloader: Offloader, folder: Path) -> Path:
             save_file(tensors, str(folder / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, name))
         total += sum(t.numel() * t.element_size() for t in tensors.values())
+    save_index(folder, weight_map, total, model)
+    return folder
+
+
+def save_index(folder: Path, weight_map: dict[str, str], total: int, model: nn.Module) -> None:
+    """``model.safetensors.index.json`` (``weight_map``: each tensor's file, ``total``: their
+    bytes) and ``model``'s ``config.json`` (and ``generation_config.json`` for a generative model)
+    in ``folder``: what ``from_pretrained`` reads to load the safetensors files there."""
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     config = getattr(model, "config", None)
@@ -83,4 +91,3 @@ def save_sharded(model: nn.Module, offloader: Offloader, folder: Path) -> Path:
     generation = getattr(model, "generation_config", None)
     if generation is not None and getattr(model, "can_generate", lambda: False)():
         generation.save_pretrained(folder)
-    return folder

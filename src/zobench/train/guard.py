@@ -63,10 +63,13 @@ def log_of_another_engine(run_dir: Path, learner, step: int) -> bool:
     return True
 
 
-def open_log(cfg, run_dir: Path, learner, model, named, step: int | None, mode: str, base=None) -> RunTrajectory | None:
+def open_log(
+    cfg, run_dir: Path, learner, model, named, step: int | None, mode: str, base: str | None = None
+) -> RunTrajectory | None:
     """The trajectory log of a ZO run (one that keeps a log) starting, or resuming at ``step``
     from a ``mode`` checkpoint: opened before the checkpoint's weights are loaded (its header
-    hashes the base weights: ``base``, the whole tensors of ``named``, default ``named``). A
+    hashes the base weights: ``base``, their digest where the strategy computed it (a sharded
+    run's, streamed), else that of ``named``). A
     weights checkpoint resumes without one when the run dir has no log (an older zobench wrote
     none) or its log is another engine's (then cut at ``step``)."""
     if step is not None and mode == "weights":

@@ -28,21 +28,14 @@ from ..build import (
     fit_linear_probe,
     is_linear_probe,
 )
-from ..checkpoint import (
-    Checkpoint,
-    best_name,
-    copy_into,
-    load_tensors,
-    remove_stale_best,
-    save_best,
-    save_checkpoint,
-    save_tensors,
-)
+from ..checkpoint import Checkpoint, best_name, copy_into, read_into, remove_stale_best
+from ..dist.checkpoints import load_distributed
 from ..dist.strategy import Single, Strategy
 from ..engine import mix_seed, trace
 from ..errors import CheckpointError
 from ..models import hf_model, trainable
 from ..offload import setup as offload
+from ..offload.export import save_index
 from ..tasks.batches import BatchStream
 from ..telemetry import ForwardCounter, NullLogger, PeakMemory, Progress, Sink, clock, heartbeat
 from ..trajectory.checkpoints import RunTrajectory, checkpoint_mode
@@ -73,7 +66,7 @@ class Recipe:
         self.device = resolve_device(cfg.device)
         self.state = LoopState()
         self.first_step = 0  # the step this process starts from (after restore)
-        self.load_peak = 0  # peak memory while the model was loaded (setup_model)
+        self.load_peak, self.pre_load = 0, 0  # peak memory while the model was loaded, and before (setup_model)
         self.best_dir = self.run_dir / "best"
         self.learner: ZOLearner | BackpropLearner | None = None  # None: linear probing takes no steps
         self.stream: BatchStream | None = None  # zero-shot / ICL evaluations may have no training examples
@@ -87,7 +80,7 @@ class Recipe:
         self.setup_model(None if checkpoint is None else checkpoint.step)
         self.setup_learner()
         self.restore(checkpoint)
-        self.state.load_peak = self.load_peak
+        self.state.load_peak, self.state.pre_load = self.load_peak, self.pre_load
         self.first_step = self.state.step
         self.strategy.attach(self.learner, self.stop, self.counter)  # each rank: its shard (or directions)
         self.measure_inference_peak()
@@ -108,6 +101,7 @@ class Recipe:
         (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
         cfg = self.cfg
         self.memory = PeakMemory(self.device)  # from here: the load's peak
+        self.pre_load = self.memory.resident()  # what the process held before the model
         self.model, tokenizer = build_model(
             cfg,
             self.device,
@@ -143,12 +137,12 @@ class Recipe:
         self.checkpoint_mode = self.strategy.checkpoint_mode(requested)  # several ranks: weights
         self.strategy.check_resumable(checkpoint, self.run_dir)
         zo = isinstance(self.learner, ZOLearner)
-        base = self.strategy.whole(self.named) if zo else []  # what the log's header hashes (sharded: a gather)
+        # the log header's hash of the base weights (sharded: streamed, a collective every rank calls)
+        base = self.strategy.base_sha256(self.named) if zo else None
         if zo and self.strategy.keeps_log():  # the closure values are the step's
             step = None if checkpoint is None else checkpoint.step
             where = (self.cfg, self.run_dir, self.learner, self.model, self.named)
             self.trajectory = guard.open_log(*where, step, self.checkpoint_mode, base)
-        del base
         if checkpoint is not None:
             self.load(checkpoint)
         if self.strategy.leader:
@@ -169,9 +163,15 @@ class Recipe:
             self.trajectory.replay_to(self.state.step)  # weights and optimizer state, no forward pass
         else:
             assert self.learner is not None, "a checkpoint is written by a run that takes steps"
-            copy_into(offload.resident(self.model, self.named), checkpoint.tensors, self.run_dir / "checkpoint")
+            resident, optimizer = offload.resident(self.model, self.named), self.learner.optimizer
+            if checkpoint.distributed is not None:  # a sharded run's (DCP): each rank reads its rows
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                optimizer_state = load_distributed(checkpoint, resident, params)
+            else:
+                copy_into(resident, checkpoint.tensors, self.run_dir / "checkpoint")
+                optimizer_state = checkpoint.optimizer_state
             offload.restore_weights(self.model, self.run_dir, self.state.step)  # offloaded: the pinned blocks
-            self.learner.optimizer.load_state_dict(checkpoint.optimizer_state)
+            optimizer.load_state_dict(optimizer_state)
             # load_state_dict replaces optimizer.state: the offloader streams block state into the new one
             offload.bind(self.learner.optimizer, str(self.cfg.optimizer.name))
         self.counter.counts.update(self.state.counts)
@@ -252,8 +252,8 @@ class Recipe:
             # offloaded: no whole copy; the test evaluation rebuilds the step from the log
             copy = self.checkpoint_mode == "weights" and not offload.offloaded(self.cfg)
             if self.cfg.train.keep_best and state.step != self.steps and copy:
-                leader, named = self.strategy.leader, self.strategy.whole(self.named)  # rank 0 writes, others read
-                state.best_file = save_best(named, self.best_dir, state.step) if leader else best_name(state.step)
+                state.best_file = best_name(state.step)  # the leader writes it (sharded: streamed, a collective)
+                self.strategy.write_weights(self.named, self.best_dir / state.best_file)
 
     def save(self) -> None:
         """A checkpoint of the weights, the optimizer state and ``LoopState``."""
@@ -265,15 +265,16 @@ class Recipe:
             self.trajectory.sync()  # and the steps it will replay
         weights = self.checkpoint_mode == "weights"  # trajectory: resume replays the log instead
         assert self.learner is not None, "only a run that takes steps checkpoints"
-        optimizer_state = self.strategy.whole_state(self.learner.optimizer) if weights else {}
-        # sharded: gathered for rank 0; offloaded: the resident layers (the blocks go to the pin below)
-        tensors = dict(self.strategy.whole(offload.resident(self.model, self.named))) if weights else {}
+        # offloaded: the resident layers (the blocks go to the pin below)
+        named = offload.resident(self.model, self.named) if weights else []
         self.strategy.check(self.named, f"checkpoint at step {state.step}")  # the ranks' weights must be one copy
+        if self.strategy.leader and (self.trajectory is not None or weights):  # offloaded: the store as its state
+            base = self.trajectory.log.header.base_sha256 if self.trajectory is not None else ""
+            offload.pin(self.model, self.run_dir, state.step, base, weights=weights)
+        optimizer = self.learner.optimizer if weights else None
+        # sharded: each rank writes its shards (a collective); else the leader writes the whole
+        self.strategy.save_checkpoint(self.run_dir / "checkpoint", state.step, named, optimizer, state.to_dict())
         if self.strategy.leader:
-            if self.trajectory is not None or weights:  # offloaded: the store as this checkpoint's state
-                base = self.trajectory.log.header.base_sha256 if self.trajectory is not None else ""
-                offload.pin(self.model, self.run_dir, state.step, base, weights=weights)
-            save_checkpoint(self.run_dir / "checkpoint", state.step, tensors, optimizer_state, state.to_dict())
             offload.unpin_others(self.model, self.run_dir, state.step)
             remove_stale_best(self.best_dir, keep=state.best_file)
         guard.note_checkpoint(self.checkpoint_mode, state.step)
@@ -330,12 +331,11 @@ class Recipe:
         tested = self.evaluate("test", tested_step) if tested_step is not None else {self.metric: None}
         if completed:
             self.strategy.check(self.named, "end of the run")
-            named = self.strategy.whole(self.named) if self.cfg.train.save_final else []  # sharded: a gather
-            if self.cfg.train.save_final and self.strategy.leader:
-                if offload.offloaded(self.cfg):  # a sharded checkpoint, block by block (from_pretrained loads it)
+            if self.cfg.train.save_final and offload.offloaded(self.cfg):
+                if self.strategy.leader:  # a sharded checkpoint, block by block (from_pretrained loads it)
                     offload.save_final(self.model, self.run_dir / "final")
-                else:
-                    save_tensors(named, self.run_dir / "final" / "trainable.safetensors")
+            elif self.cfg.train.save_final:
+                self.save_final(self.run_dir / "final")
         result = {
             "task_version": self.spec.version,
             "steps": state.step,
@@ -353,6 +353,7 @@ class Recipe:
             "peak_memory_bytes": state.train_peak if self.steps else state.inference_peak,
             "inference_peak_memory_bytes": state.inference_peak,
             "load_peak_memory_bytes": state.load_peak,
+            "pre_load_memory_bytes": state.pre_load,
             "peak_memory_source": self.memory.source,
             "device": str(self.device),
             "engine": self.learner.engine_name if self.learner else "none",
@@ -366,6 +367,18 @@ class Recipe:
         result.update(self.strategy.summary(state, self.steps, self.first_step))
         return result
 
+    def save_final(self, folder: Path) -> None:
+        """``train.save_final``: the tested weights to ``folder / trainable.safetensors`` (sharded:
+        streamed by rank 0, one gathered parameter at a time); a full fine-tune's also load with
+        ``from_pretrained(folder)``: beside the file, transformers' index (every tensor in it)
+        and the model's config (``offload.export.save_index``)."""
+        self.strategy.write_weights(self.named, folder / "trainable.safetensors")
+        model = hf_model(self.model)
+        names = [name for name, _ in self.named]
+        if self.strategy.leader and names == [name for name, _ in model.named_parameters()]:
+            total = sum(p.numel() * p.element_size() for _, p in self.named)
+            save_index(folder, dict.fromkeys(names, "trainable.safetensors"), total, model)
+
     def load_tested_weights(self) -> int:
         """The weights the test evaluates, in the parameters; returns their step. With
         ``train.keep_best`` and a dev set, the best-dev state: in memory when it is the last
@@ -375,7 +388,7 @@ class Recipe:
         if not (self.cfg.train.keep_best and self.examples["dev"]):
             return state.step
         if state.best_step != self.steps and state.best_file:
-            copy_into(self.named, load_tensors(self.best_dir / state.best_file), self.best_dir)
+            read_into(self.named, self.best_dir / state.best_file)  # sharded: each rank its rows
         elif state.best_step != self.steps and self.trajectory is not None and self.checkpoint_mode == "trajectory":
             self.trajectory.rebuild(state.best_step, self.device)
         elif state.best_step != self.steps and offload.offloaded(self.cfg):  # weights checkpoints: no best/ copy

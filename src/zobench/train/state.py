@@ -22,6 +22,8 @@ class LoopState:
         inference_peak: peak memory of one inference-only batch (bytes), measured once.
         load_peak: peak memory while this process loaded the model (bytes; set by each process
             after its restore: a resumed run's is its own load's).
+        pre_load: memory the process held when the load began (bytes: on CPU the RSS of the
+            interpreter, libraries and data; set as load_peak is): peaks minus it are the model's.
         skipped_steps: steps whose update was dropped (``train.on_divergence=skip``).
         metrics_offset: bytes of ``metrics.jsonl`` written when the checkpoint was taken (a resumed
             run cuts the file back there and replays the events after it).
@@ -38,6 +40,7 @@ class LoopState:
     train_peak: int = 0
     inference_peak: int | None = None
     load_peak: int = 0
+    pre_load: int = 0
     skipped_steps: int = 0
     metrics_offset: int = 0
     elapsed: float = 0.0

@@ -52,19 +52,19 @@ class RunTrajectory:
     def __init__(
         self, cfg: DictConfig, run_dir: Path, learner, model, named, resume_step: int | None, base=None
     ) -> None:
-        """``base``: ``named``'s whole tensors, which the header hashes (a sharded run's gathered
-        copy, dropped after; default ``named`` itself)."""
+        """``base``: the digest of the base weights, where the strategy computed it (a sharded
+        run's, ``trajlog.weights_sha256`` streamed over the gathered parameters one at a time:
+        the digest of one process's ``named``); None: the header hashes ``named``."""
         self.cfg, self.path, self.learner, self.named = cfg, Path(run_dir) / trajlog.FILENAME, learner, named
         self.model = model
-        # what the header hashes: a sharded run's gathered copy, an offloaded run's stored blocks
-        # (read block by block, once per use: never all in memory); one process passes ``named``
-        # itself as ``base``, whose offloaded blocks are placeholders: read from the store too
-        whole = named if base is None else base
-        weights = lambda: stored_weights(model, whole)  # noqa: E731 - read anew at each use
+        # what the header hashes: an offloaded run's stored blocks (read block by block, once per
+        # use: never all in memory; its ``named`` holds placeholders), else ``named``
+        weights = lambda: stored_weights(model, named)  # noqa: E731 - read anew at each use
+        digest = lambda: base if base is not None else trajlog.weights_sha256(weights())  # noqa: E731
         if resume_step is None:
             header = trajlog.Header(
                 config_sha256=config_sha256(cfg),
-                base_sha256=trajlog.weights_sha256(weights()),
+                base_sha256=digest(),
                 optimizer=str(cfg.optimizer.name),
                 engine=learner.engine_name,
                 replicas=bool(learner.replicas),
@@ -81,7 +81,7 @@ class RunTrajectory:
         # offload=disk: the store is the run's state, not the base: brought to the checkpoint's
         # step from its pin, which carries the log's base hash (offload/store.py)
         if not resume_store(model, Path(run_dir), self.log.header.base_sha256):
-            check_base(self.log.header, weights(), self.path)
+            check_base(self.log.header, digest(), self.path)
         if self.log.header.config_sha256 != config_sha256(cfg):
             raise CheckpointError(f"{self.path} belongs to another config; use another hydra.run.dir")
 

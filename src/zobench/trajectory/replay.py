@@ -57,8 +57,9 @@ def _resolved(cfg: DictConfig, key: str):
 
 
 def check_base(header: Header, named, where: Path) -> None:
-    """Refuse base weights other than those the run started from."""
-    found = weights_sha256(named)
+    """Refuse base weights other than those the run started from (``named``: (name, tensor)
+    pairs, or their ``weights_sha256`` digest)."""
+    found = named if isinstance(named, str) else weights_sha256(named)
     if found != header.base_sha256:
         raise CheckpointError(
             f"{where}: the base model's trainable weights differ from those the run started from "
