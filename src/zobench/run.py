@@ -33,7 +33,8 @@ from .checkpoint import Checkpoint, fsync_dir, load_checkpoint, write_json_atomi
 from .config import RESUMABLE_KEYS, validate
 from .configdiff import differences
 from .dist import rundir
-from .dist.strategy import Strategy, strategy_for
+from .dist.choice import strategy_for
+from .dist.strategy import Strategy
 from .engine import mix_seed
 from .errors import CheckpointError
 from .lock import RunDirLock

@@ -370,7 +370,7 @@ def test_a_launcher_environment_that_cannot_be_is_one_line(env, extra, message, 
 
 
 def test_a_first_order_baseline_is_refused_on_several_ranks():
-    from zobench.dist.strategy import strategy_for
+    from zobench.dist.choice import strategy_for
     from zobench.errors import ConfigError
     from zobench.train.learners import BackpropLearner
 
@@ -418,7 +418,8 @@ def _zo_learner():
 
 
 def test_the_single_strategy_is_the_plain_call_everywhere():
-    from zobench.dist.strategy import Single, strategy_for
+    from zobench.dist.strategy import Single
+    from zobench.dist.choice import strategy_for
     from zobench.train.state import LoopState
 
     strategy = strategy_for(DistContext(), "mezo")
@@ -445,7 +446,8 @@ def test_the_single_strategy_is_the_plain_call_everywhere():
 
 def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
     from zobench.dist.data import SyncedStop
-    from zobench.dist.strategy import DataParallel, strategy_for
+    from zobench.dist.strategy import DataParallel
+    from zobench.dist.choice import strategy_for
     from zobench.train.state import LoopState
 
     leader, follower = strategy_for(MirrorRanks(0), "mezo"), strategy_for(MirrorRanks(1), "mezo")
@@ -479,7 +481,8 @@ def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
 
 def test_the_direction_parallel_strategy_gives_the_optimizer_its_share():
     from zobench.dist.directions import DirectionShare
-    from zobench.dist.strategy import DirectionParallel, strategy_for
+    from zobench.dist.strategy import DirectionParallel
+    from zobench.dist.choice import strategy_for
 
     strategy = strategy_for(MirrorRanks(0, mode="directions"), "mezo")
     assert type(strategy) is DirectionParallel and strategy.name == "directions" and not strategy.keeps_log()

@@ -218,7 +218,8 @@ def test_a_replicated_root_is_whole_on_every_rank_and_equals_one_process(method,
 
 def test_a_root_placement_is_refused_outside_sharded_mode():
     from zobench.dist.context import DistContext
-    from zobench.dist.strategy import Sharded, strategy_for
+    from zobench.dist.sharded_strategy import Sharded
+    from zobench.dist.choice import strategy_for
     from zobench.errors import ConfigError
 
     sharded = strategy_for(DistContext(rank=0, world_size=2, mode="sharded"), "mezo", {"root": "replicated"})
@@ -235,7 +236,9 @@ def test_a_root_placement_is_refused_outside_sharded_mode():
 def test_sharded_is_refused_on_one_rank_and_with_another_engine():
     from zobench.build.optimizers import sharded_engine
     from zobench.dist.context import DistContext
-    from zobench.dist.strategy import Sharded, Single, strategy_for
+    from zobench.dist.strategy import Single
+    from zobench.dist.sharded_strategy import Sharded
+    from zobench.dist.choice import strategy_for
     from zobench.engine.sharded import ShardedEngine
     from zobench.errors import ConfigError
 
@@ -256,7 +259,7 @@ def test_sharded_refuses_a_first_order_learner_and_another_engine(monkeypatch):
     from types import SimpleNamespace
 
     from zobench.dist.context import DistContext
-    from zobench.dist.strategy import Sharded
+    from zobench.dist.sharded_strategy import Sharded
     from zobench.engine import InPlaceEngine
     from zobench.errors import ConfigError
     from zobench.train.learners import ZOLearner
@@ -380,7 +383,7 @@ def _hsdp_rank(rank: int, world: int, port: int, out: str) -> None:
 
     from zobench.dist.context import DistContext
     from zobench.dist.sharded import shard_model
-    from zobench.dist.strategy import Sharded
+    from zobench.dist.sharded_strategy import Sharded
     from zobench.engine.sharded import ShardedEngine, global_offset
 
     tdist.init_process_group("gloo", rank=rank, world_size=world)
@@ -457,7 +460,7 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
     from zobench.dist.context import DistContext
     from zobench.dist.checkpoints import streamed_sha256
     from zobench.dist.sharded import shard_model
-    from zobench.dist.strategy import Sharded
+    from zobench.dist.sharded_strategy import Sharded
     from zobench.engine import directions
     from zobench.engine.sharded import ShardedEngine
 

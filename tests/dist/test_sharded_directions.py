@@ -161,7 +161,9 @@ def test_a_run_of_two_groups_of_two_shards_equals_one_process_run(tmp_path):
 
 def test_shard_size_is_refused_where_it_cannot_apply():
     from zobench.dist.context import DistContext
-    from zobench.dist.strategy import DirectionParallel, ShardedDirections, strategy_for
+    from zobench.dist.strategy import DirectionParallel
+    from zobench.dist.sharded_strategy import ShardedDirections
+    from zobench.dist.choice import strategy_for
     from zobench.errors import ConfigError
 
     four = DistContext(rank=0, world_size=4, mode="directions")
@@ -181,7 +183,7 @@ def test_sharded_directions_refuses_a_method_with_one_direction():
     from types import SimpleNamespace
 
     from zobench.dist.context import DistContext
-    from zobench.dist.strategy import ShardedDirections
+    from zobench.dist.sharded_strategy import ShardedDirections
     from zobench.engine.sharded import ShardedEngine
     from zobench.errors import ConfigError
     from zobench.optim.hizoo import HiZOO

@@ -38,15 +38,19 @@ def test_a_range_is_empty_when_it_holds_no_element():
     assert list(z_range(Direction(1), 0, (10, 4), "cpu", 8, 8)) == []
 
 
-def test_a_low_rank_direction_is_refused_in_one_line():
+def test_a_whole_tensor_direction_without_fixed_blocks_is_refused_in_one_line():
+    """A direction that draws a parameter's z at once and cannot give it by fixed blocks (the
+    low-rank ones can: ``whole_blocks``) cannot be sliced to a shard."""
     from zobench.errors import ConfigError
-    from zobench.optim._lowrank import LowRankDirection
 
-    direction = LowRankDirection.__new__(LowRankDirection)
-    object.__setattr__(direction, "seed", 1)
-    object.__setattr__(direction, "distribution", "gaussian")
-    with pytest.raises(ConfigError, match="dist.mode=sharded: .*low-rank"):
-        list(z_range(direction, 0, (4, 4), "cpu", 0, 16))
+    class Whole(Direction):
+        def sample(self, pid, like):
+            return torch.ones_like(like)
+
+    with pytest.raises(
+        ConfigError, match="dist.mode=sharded: Whole draws a whole parameter's z at once and has no whole_blocks"
+    ):
+        list(z_range(Whole(1), 0, (4, 4), "cpu", 0, 16))
 
 
 def test_plain_z_of_a_transformed_direction_is_the_untransformed_one():

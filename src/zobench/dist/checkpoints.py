@@ -40,6 +40,7 @@ from ..checkpoint import (
 from ..engine.sharded import is_sharded, local_tensor
 from ..trajectory.log import weights_sha256
 
+
 def gathered(named, keep: bool) -> Iterator[tuple[str, torch.Tensor | None]]:
     """``(name, whole tensor)`` for each of ``named`` ((name, parameter) pairs), one at a time, on
     the rank that ``keep``s them (``(name, None)`` on the others). A collective: every rank runs

@@ -22,7 +22,7 @@ order, with the objective answering 0 without a forward (``Replay``): 3 sweeps o
 direction of the others, no forward pass, no collective. The virtual engine writes nothing and
 replays nothing.
 
-Composed with sharding (``dist.mode=directions dist.shard_size=S``, ``strategy.ShardedDirections``):
+Composed with sharding (``dist.mode=directions dist.shard_size=S``, ``sharded_strategy.ShardedDirections``):
 a (W/S, S) device mesh whose S ranks of a row hold one FSDP2-sharded replica (``sharded.py``) and
 compute its shards of the batch (the losses reduced over the row only: ``GroupContext``), and
 whose W/S rows split the directions as above (row g plays the part of rank g). The sharded engine

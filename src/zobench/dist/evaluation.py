@@ -19,7 +19,6 @@ from ..tasks.batches import eval_batches
 from .context import DistContext
 
 
-
 def sharded_evaluate(objective, examples: Sequence, batch_size: int, ctx: DistContext, counter=None) -> dict:
     """``objective.evaluate(examples, batch_size)`` with the batches split over the ranks. The
     ``eval`` forward passes of ``counter`` (a ``ForwardCounter``) become the total over ranks."""

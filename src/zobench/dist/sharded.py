@@ -1,5 +1,5 @@
 """``dist.mode=sharded``: one model over several ranks, its parameters sharded with FSDP2 (the
-mechanics; the recipe's strategy is ``strategy.Sharded``).
+mechanics; the recipe's strategy is ``sharded_strategy.Sharded``).
 
 Each transformer block (the classes a Hugging Face model names in ``_no_split_modules``, else the
 children of its ``ModuleList``s) and the root are wrapped by ``torch.distributed.fsdp.fully_shard``
@@ -22,12 +22,10 @@ on rank c mod W; generation of another length per rank) does not guarantee.
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as tdist
 from torch import nn
 
 from ..config.schema import ROOT_PLACEMENTS
-from ..engine.sharded import is_sharded, local_tensor
+from ..engine.sharded import is_sharded
 from ..errors import ConfigError
 
 

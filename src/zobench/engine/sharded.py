@@ -101,6 +101,18 @@ def gathered(p: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor
     return DTensor.from_local(local, d.device_mesh, d.placements, shape=d.shape, stride=d.stride()).full_tensor()
 
 
+def _fixed_blocks(direction: Direction, pid: int, shape: Sequence[int], device):
+    """A low-rank direction's z of parameter ``pid`` as its fixed blocks (``whole_blocks``), or
+    None where that parameter's z is elementwise; one-line error for a direction without them."""
+    blocks = getattr(direction, "whole_blocks", None)
+    if blocks is None:
+        raise ConfigError(
+            f"dist.mode=sharded: {type(direction).__name__} draws a whole parameter's z at once and has "
+            "no whole_blocks; allowed: elementwise z or fixed blocks of it (engine/sharded.py z_range)"
+        )
+    return blocks(pid, _shaped(shape, device))
+
+
 def z_range(
     direction: Direction, pid: int, shape: Sequence[int], device, start: int, stop: int, size: int | None = None
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -114,18 +126,10 @@ def z_range(
     below it) are drawn and dropped. Elsewhere (CUDA's Gaussian; a backend's own z) the whole z
     is drawn and sliced."""
     n, size = math.prod(shape), _directions.Z_CHUNK if size is None else int(size)
-    if type(direction).sample is not Direction.sample:
-        blocks = getattr(direction, "whole_blocks", None)
-        found = blocks(pid, _shaped(shape, device)) if blocks is not None else None
-        if found is None and blocks is None:
-            raise ConfigError(
-                f"dist.mode=sharded: {type(direction).__name__} draws a whole parameter's z at once and has "
-                "no whole_blocks; allowed: elementwise z or fixed blocks of it (engine/sharded.py z_range)"
-            )
-        if found is not None:
-            yield from _block_range(found, start, stop)
-            return
-        # None from whole_blocks: this parameter's z is the plain one, elementwise (below)
+    found = _fixed_blocks(direction, pid, shape, device) if type(direction).sample is not Direction.sample else None
+    if found is not None:  # a low-rank z; None: this parameter's z is the plain one, elementwise (below)
+        yield from _block_range(found, start, stop)
+        return
     if stop <= start:
         return
     if direction.distribution == "rademacher" and _Z_SOURCE.get() is None:
@@ -246,13 +250,14 @@ class ShardedEngine(InPlaceEngine):
                 whole = module._parameters[name]  # FSDP2's gathered (unsharded) parameter
                 assert whole is not None
                 z = self.provider.sample(whole, pid, direction)  # the whole parameter's z
-                module._parameters[name] = fwAD.make_dual(whole.detach(), z.to(whole.dtype))  # type: ignore[assignment]
+                dual = fwAD.make_dual(whole.detach(), z.to(whole.dtype))
+                module._parameters[name] = dual  # type: ignore[assignment]  # a dual tensor the forward only reads
                 frame.append((name, whole))
             held[id(module)] = frame
 
         def leave(module, args, output):
             for name, whole in held.pop(id(module), []):
-                module._parameters[name] = whole  # type: ignore[assignment]
+                module._parameters[name] = whole  # type: ignore[assignment]  # FSDP2's gathered tensor, back
 
         handles = []
         for module in self.model.modules():

@@ -99,9 +99,8 @@ class Recipe:
     def setup_model(self, resume: int | None = None) -> None:
         """Model, tuning (full / LoRA / prefix), objective, and the examples encoded for it
         (``resume``: the checkpoint's step; an ``offload=disk`` store is then the run's)."""
-        cfg = self.cfg
         self.memory = PeakMemory(self.device)  # from here: the load's peak
-        self.pre_load = self.memory.resident()  # what the process held before the model
+        self.pre_load, cfg = self.memory.resident(), self.cfg  # what the process held before the model
         self.model, tokenizer = build_model(
             cfg,
             self.device,
