@@ -298,6 +298,16 @@ def test_tests_mirror_the_package(folder):
     assert not strays, f"tests/{folder}/ holds tests of no module of src/zobench/{folder}/: {strays}"
 
 
+def test_pytest_collects_every_test_folder(pytestconfig):
+    """No test package is skipped by ``norecursedirs`` (pytest's default skips ``build`` and
+    ``dist``, the names of two packages tests/ mirrors: their tests once never ran in the suite)."""
+    import fnmatch
+
+    patterns = pytestconfig.getini("norecursedirs")
+    skipped = [f for f in _test_packages() if any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert not skipped, f"pyproject.toml's norecursedirs skips tests/{skipped}"
+
+
 def test_top_level_tests_are_of_top_level_modules():
     names = {p.stem for p in SRC.glob("*.py")} | {p.name for p in SRC.iterdir() if p.is_dir()} | {"config"}
     strays = [
