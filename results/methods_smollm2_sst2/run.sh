@@ -62,6 +62,7 @@ zo_sgd_sign_lr3e-4|optimizer=zo_sgd_sign optimizer.lr=3e-4 $zo
 zo_sgd_sign_elementwise_lr1e-4|optimizer=zo_sgd_sign optimizer.sign=elementwise optimizer.lr=1e-4 $zo
 zo_sgd_sign_elementwise_lr3e-5|optimizer=zo_sgd_sign optimizer.sign=elementwise optimizer.lr=3e-5 $zo
 zo_sgd_cons_lr1e-4|optimizer=zo_sgd_cons optimizer.lr=1e-4 $zo
+zo_sgd_cons_lr3e-5|optimizer=zo_sgd_cons optimizer.lr=3e-5 $zo
 zo_adam_lr1e-4|optimizer=zo_adam optimizer.lr=1e-4 $zo
 zo_adam_lr1e-3|optimizer=zo_adam optimizer.lr=1e-3 $zo
 sparse_mezo_lr3e-4|optimizer=sparse_mezo optimizer.lr=3e-4 $zo
