@@ -37,7 +37,7 @@ from ..checkpoint import (
     write_text_atomic,
     writing,
 )
-from ..engine.sharded import is_sharded, local_tensor
+from ..engine.sharded import is_sharded, local_tensor, shards_like
 from ..trajectory.log import weights_sha256
 
 
@@ -88,9 +88,7 @@ def distributed_state(named, optimizer) -> tuple[dict, dict]:
         shape, kept = local_tensor(p).shape, {}
         for key, value in entry.items():
             if isinstance(value, torch.Tensor) and value.dim() and value.shape == shape:
-                if is_sharded(p):
-                    d = cast(DTensor, p)
-                    value = DTensor.from_local(value, d.device_mesh, d.placements, shape=d.shape, stride=d.stride())
+                value = shards_like(p, value)
                 tensors[f"optimizer/{index}/{key}"] = value
                 rest[DCP_KEYS].append((index, key, str(value.dtype).removeprefix("torch.")))
                 value = None
@@ -187,7 +185,5 @@ def cause(err: BaseException) -> BaseException:
 def _empty_like_param(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """What DCP reads a parameter-sized state tensor into: this rank's rows of ``p``'s shape (a
     DTensor on ``p``'s mesh) for a sharded ``p``, else the whole shape."""
-    if isinstance(p, DTensor):
-        local = torch.empty(p.to_local().shape, dtype=dtype, device=p.to_local().device)
-        return DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-    return torch.empty(p.shape, dtype=dtype, device=p.device)
+    local = local_tensor(p)
+    return shards_like(p, torch.empty(local.shape, dtype=dtype, device=local.device))

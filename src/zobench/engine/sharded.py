@@ -84,6 +84,18 @@ def shard_of(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     return whole.reshape(-1)[start : start + local.numel()].view(local.shape)
 
 
+def shards_like(p: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """``local`` (a tensor laid out like this rank's shard of ``p``: a method's state, a buffer to
+    read into) as a DTensor on ``p``'s mesh and placements, so a collective or DCP sees it as
+    ``p``'s rows; ``local`` itself for a plain ``p``."""
+    if not is_sharded(p):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    d = cast("DTensor", p)
+    return DTensor.from_local(local, d.device_mesh, d.placements, shape=d.shape, stride=d.stride())
+
+
 def gathered(p: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
     """The whole tensor of ``local`` (a tensor laid out like this rank's shard of ``p``; default
     the shard itself), assembled from every rank's shard (``DTensor.full_tensor``: a collective,
@@ -93,12 +105,7 @@ def gathered(p: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor
     a time, not from partial sums reduced in another order."""
     if not is_sharded(p):
         return p if local is None else local
-    d = cast("DTensor", p)
-    if local is None:
-        return d.full_tensor()
-    from torch.distributed.tensor import DTensor
-
-    return DTensor.from_local(local, d.device_mesh, d.placements, shape=d.shape, stride=d.stride()).full_tensor()
+    return cast("DTensor", p if local is None else shards_like(p, local)).full_tensor()
 
 
 def _fixed_blocks(direction: Direction, pid: int, shape: Sequence[int], device):
