@@ -434,10 +434,31 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 
 
 # -- multi-rank runs (Gloo, real processes): tests/test_dist.py, tests/dist/ --------------------------
+# Each pytest-xdist worker draws its ports from its own block of 1000 below Linux's ephemeral range
+# (32768-60999). A port the kernel handed out (bind to port 0) and that was closed again is in that
+# range, where every Gloo listener and connection of the other worker's ranks takes its port too: it
+# could be taken between this check and the store's bind, and a rank of one test then connected to
+# another test's group (CI, round 14: rank 1 of two concurrent sharded tests aborted with SIGABRT).
+_PORT_BLOCK = 1000
+_port_offsets = itertools.count(os.getpid() % _PORT_BLOCK)  # two pytest sessions at once start apart
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port no socket holds now, for a spawned group's store (``MASTER_PORT``): the next free
+    one of this xdist worker's block (26000 + 1000 × worker), never one the kernel hands out nor
+    the default of a Slurm job step (``dist/context.py``: 20000 + job id, ids from 1 in
+    tests/test_slurm.py)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 26000 + (int(worker) % 6 if worker.isdigit() else 0) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_port_offsets) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # held by a live socket (or in TIME_WAIT): the next one
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port in {base}..{base + _PORT_BLOCK - 1}")
 
 
 def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
@@ -38,12 +40,6 @@ pytestmark = [
         not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the one-node test cluster runs its daemons as root"
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalCluster:
@@ -74,8 +70,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.socket},cred_expire=10
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={root / "state"}
 SlurmdSpoolDir={root / "spool"}
 SlurmctldPidFile={root / "slurmctld.pid"}

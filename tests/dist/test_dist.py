@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -47,7 +48,22 @@ def test_launch_env_reads_torchrun_and_slurm_and_is_none_for_one_process():
     slurm = launch_env(
         {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "20007", "MASTER_ADDR": "n1"}
     )
-    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"], slurm["master_port"]) == (3, 4, 1, 20007)
+    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"], slurm["master_port"]) == (3, 4, 1, 28007)
+    # the default port of any job id stays below Linux's ephemeral range (32768-60999), where the
+    # kernel hands out the ports of Gloo's listeners and connections
+    jobs = ({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_ID": str(j)} for j in range(0, 10**6, 997))
+    ports = {launch_env(job)["master_port"] for job in jobs}
+    assert min(ports) >= 20000 and max(ports) < 32768
+
+
+def test_free_port_is_free_and_below_the_ephemeral_range_in_this_workers_block():
+    ports = [free_port() for _ in range(5)]
+    assert len(set(ports)) == 5 and all(26000 <= p < 32000 for p in ports)
+    block = {p // 1000 for p in ports}  # one xdist worker's block (a wrap-around stays in it)
+    assert len(block) == 1
+    with socket.socket() as held:  # a port a socket holds is never returned
+        held.bind(("127.0.0.1", ports[-1] + 1 if ports[-1] % 1000 != 999 else ports[-1] - 999))
+        assert held.getsockname()[1] not in [free_port() for _ in range(3)]
 
 
 class FakeRanks(DistContext):

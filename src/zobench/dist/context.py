@@ -126,8 +126,9 @@ def launch_env(env=None) -> dict | None:
             "world_size": _int_env(env, "SLURM_NTASKS"),
             "local_rank": _int_env(env, "SLURM_LOCALID", 0),
             "master_addr": env.get("MASTER_ADDR") or _first_slurm_node(env),
-            # a port per job, the same on every task; 20000..39999 stays below Linux's ephemeral range
-            "master_port": _int_env(env, "MASTER_PORT", 20000 + job % 20000),
+            # a port per job, the same on every task; 20000..31999 stays below Linux's ephemeral
+            # range (32768-60999), where Gloo's listeners and connections take theirs
+            "master_port": _int_env(env, "MASTER_PORT", 20000 + job % 12000),
         }
         return _checked(found, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_PORT"))
     return None
