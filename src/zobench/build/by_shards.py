@@ -24,8 +24,8 @@ from torch import nn
 from ..engine.sharded import global_offset, local_tensor
 from ..errors import DataNotFoundError
 from ..models import loading
+from ..models.checkpoint_files import checkpoint_files, key_resolver
 from ..models.meta import Op, Recorder, Tape
-from ..offload.build import _key_resolver, checkpoint_files
 
 
 def meta_checkpoint(config, auto, dtype: torch.dtype) -> nn.Module:
@@ -151,7 +151,7 @@ class _Reader:
         for file in checkpoint_files(path):
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 self.where.update(dict.fromkeys(handle.keys(), file))
-        self.resolve = _key_resolver(self.where)
+        self.resolve = key_resolver(self.where)
 
     def rows(self, names: list[str], offset: int, local: torch.Tensor) -> torch.Tensor:
         """The rows of the tensor saved under any of ``names`` that ``local`` holds (its first

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +24,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..models.checkpoint_files import checkpoint_files, key_resolver
 from ..models.meta import Recorder, Tape
 from .blocks import find_blocks
 from .executor import placeholder
@@ -167,17 +167,6 @@ def _replay_into(tape: Tape, modules: list[nn.Module], parameters: bool) -> None
                 module._buffers[key] = real(b, parameter=False)
 
 
-def checkpoint_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder (sharded: the index's files)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(f"{path}: no model.safetensors (offload reads safetensors checkpoints)")
-
-
 def load_checkpoint_into(
     auto, config, dtype: torch.dtype, path: Path, store_factory: Callable[[int], BlockStore], fill: bool = True
 ):
@@ -190,7 +179,7 @@ def load_checkpoint_into(
     store = store_factory(config.num_hidden_layers)
     handles = [safe_open(str(f), framework="pt", device="cpu") for f in checkpoint_files(path)]
     where = {key: h for h in handles for key in h.keys()}
-    resolve = _key_resolver(where)
+    resolve = key_resolver(where)
 
     def read(name: str) -> torch.Tensor:
         key = resolve(name)
@@ -222,19 +211,6 @@ def _resident_parameters(model: nn.Module, prefix: str) -> list[tuple[list[str],
         if not name.startswith(prefix + "."):
             names.setdefault(id(p), ([], p))[0].append(name)
     return list(names.values())
-
-
-def _key_resolver(where: dict) -> Callable[[str], str | None]:
-    """A parameter name -> the checkpoint key holding it (checkpoints saved from the base model
-    lack the ``model.`` prefix of the LM class, or carry one more)."""
-
-    def resolve(name: str) -> str | None:
-        for key in (name, name.split(".", 1)[-1], f"model.{name}"):
-            if key in where:
-                return key
-        return None
-
-    return resolve
 
 
 def evict_into(model: nn.Module, store_factory: Callable[[int], BlockStore]) -> BlockStore:
