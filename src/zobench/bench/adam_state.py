@@ -24,11 +24,14 @@ import argparse
 import json
 import math
 import multiprocessing
+import sys
 from pathlib import Path
 
 import torch
 
 from ..build import Components
+from ..errors import ConfigError
+from ..report.files import read_json_object, read_jsonl
 from ..trajectory.log import FILENAME, read
 from ..trajectory.replay import check_base, check_config, load_run_config
 from ..trajectory.tape import ReplayTape, replay_steps
@@ -57,14 +60,14 @@ def _moments(optimizer, step: int) -> dict:
 
 
 def _metrics(run_dir: Path) -> dict:
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = read_jsonl(run_dir / "metrics.jsonl")
     train = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
     evals = {(e["split"], e["step"]): e["accuracy"] for e in events if e["event"] == "eval"}
     return {"train_loss": train, "dev_curve": {s: a for (k, s), a in evals.items() if k == "dev"}, **_test(run_dir)}
 
 
 def _test(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json_object(run_dir / "summary.json")
     return {key: summary.get(key) for key in ("dev_accuracy", "test_accuracy", "best_step", "status")}
 
 
@@ -110,8 +113,17 @@ def simulate(projected_grads: list[float], beta2: float = 0.999, seed: int = 0, 
 
 
 def _projected_grads(run_dir: Path) -> list[float]:
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = read_jsonl(run_dir / "metrics.jsonl")
     return [e["projected_grad"] for e in events if e["event"] == "train" and math.isfinite(e["projected_grad"])]
+
+
+def _measure_side_by_side(runs: list[Path]) -> dict:
+    """``measure`` of each run dir, in a process each (side by side), checked before any replays."""
+    for run_dir in runs:  # a bad run dir fails in seconds, not after the others' replays
+        check_config(read(run_dir / FILENAME).header, load_run_config(run_dir), run_dir / "config.yaml")
+        _metrics(run_dir)
+    with multiprocessing.get_context("spawn").Pool(len(runs)) as pool:
+        return dict(zip(map(str, runs), pool.map(measure, runs)))
 
 
 def main() -> None:
@@ -119,8 +131,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with multiprocessing.get_context("spawn").Pool(len(args.runs)) as pool:  # the runs replay side by side
-        result = dict(zip(map(str, args.runs), pool.map(measure, args.runs)))
+    try:
+        result = _measure_side_by_side(args.runs)
+    except ConfigError as err:  # a run dir that is not one, a damaged or changed file: one line, exit 2
+        print(f"zobench: error: {err}", file=sys.stderr)
+        sys.exit(2)
     fp32, bf16 = (next(r for r in result.values() if r["state_dtype"] == d) for d in ("float32", "bfloat16"))
     result["bf16_over_fp32"] = {
         step: {key: bf16["steps"][step][key] / fp32["steps"][step][key] for key in RATIOS}

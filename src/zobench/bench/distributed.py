@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..report.files import read_json_object, read_jsonl
+
 REPO = Path(__file__).resolve().parents[3]
 STEPS = int(os.environ.get("BENCH_STEPS", 8))
 ARGS = [
@@ -50,10 +52,10 @@ def measure(ranks: int, threads: int, run_dir: Path, args: list | None = None) -
         launch += ["-m", "zobench"]
     args = ARGS if args is None else args
     subprocess.run([*launch, *args, f"hydra.run.dir={run_dir}"], env=env, check=True, capture_output=True)
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = read_jsonl(run_dir / "metrics.jsonl")
     train = [e["wall_s"] for e in events if e["event"] == "train"]
     evals = {e["split"]: e["wall_s"] for e in events if e["event"] == "eval"}
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json_object(run_dir / "summary.json")
     return {
         "step_s": statistics.median(b - a for a, b in zip(train[1:], train[2:])),  # steps 3.. (warm)
         "test_eval_s": evals["test"] - evals["dev"],  # 64 examples, right after the last dev evaluation

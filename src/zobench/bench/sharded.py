@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..report.files import read_json_object
 from .distributed import ARGS as BASE
 from .distributed import REPO, STEPS, measure
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = read_json_object(run_dir / "summary.json")
             figures[name]["peak_memory_bytes"] = summary["peak_memory_bytes"]
             figures[name]["load_peak_memory_bytes"] = summary["load_peak_memory_bytes"]
             figures[name]["pre_load_memory_bytes"] = summary["pre_load_memory_bytes"]

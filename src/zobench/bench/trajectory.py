@@ -21,6 +21,7 @@ import torch
 
 from ..build import Components
 from ..checkpoint import save_checkpoint
+from ..report.files import read_jsonl
 from ..resources import conf_dir
 from ..run import run
 from ..trajectory import read
@@ -46,7 +47,7 @@ def main(work: Path, out: Path, steps: int = STEPS, replayed: int = REPLAYED) ->
         cfg = compose(config_name="config", overrides=overrides)
     run_dir = work / "run"
     summary = run(cfg, run_dir)
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = read_jsonl(run_dir / "metrics.jsonl")
     train = [e for e in events if e["event"] == "train"]
     step_s = (train[-1]["wall_s"] - train[0]["wall_s"]) / (train[-1]["step"] - train[0]["step"])
     log = read(run_dir / "trajectory.bin")
