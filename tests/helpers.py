@@ -477,6 +477,25 @@ def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
         summary = run(compose_run(*overrides), Path(run_dir))
         results.append({"summary": summary, "sent": dict(current().sent)})
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    finish_rank()
+
+
+def finish_rank() -> None:
+    """End a spawned rank once its results are saved: past a last barrier, leave the process group
+    and exit at once (``os._exit(0)``), skipping the interpreter's teardown. A spawned process
+    exits through ``sys.exit``, and in the teardown's destruction of the C++ objects Gloo's threads
+    aborted a rank now and then under load, after its work was done and saved ("terminate called
+    without an active exception": SIGABRT, and the test failed; CI, round 14). These tests are of
+    the ranks' numbers and files; the product's own exit (``dist/context.py``'s atexit) is the
+    torchrun tests' (tests/dist/test_dist.py)."""
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.barrier()  # every rank has saved its results
+        tdist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:

@@ -308,6 +308,24 @@ def test_pytest_collects_every_test_folder(pytestconfig):
     assert not skipped, f"pyproject.toml's norecursedirs skips tests/{skipped}"
 
 
+def test_ruff_checks_every_source_and_test_folder():
+    """ruff's default ``exclude`` skips every folder named ``dist`` (src/zobench/dist and
+    tests/dist were once never linted nor format-checked): every package and test package is in
+    the files ``ruff check .`` reads (``--show-files``), as .ci/run runs it."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    shown = subprocess.run([ruff, "check", "--show-files", "."], cwd=ROOT, capture_output=True, text=True)
+    files = {Path(line.strip()).resolve() for line in shown.stdout.splitlines() if line.strip().endswith(".py")}
+    folders = [SRC / p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()]
+    folders += [ROOT / "tests" / name for name in _test_packages()]
+    unchecked = [str(f.relative_to(ROOT)) for f in folders if (f / "__init__.py").resolve() not in files]
+    assert not unchecked, f"ruff check . skips {unchecked}: pyproject.toml's [tool.ruff] exclude"
+
+
 def test_top_level_tests_are_of_top_level_modules():
     names = {p.stem for p in SRC.glob("*.py")} | {p.name for p in SRC.iterdir() if p.is_dir()} | {"config"}
     strays = [

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import transformers
 
-from tests.helpers import TINY_ARCHS, free_port, tiny_model
+from tests.helpers import TINY_ARCHS, finish_rank, free_port, tiny_model
 
 #: a 200 MB float32 Llama (16 blocks of 9.4 MB, a 49 MB tied embedding): the memory check
 BIG = dict(
@@ -79,7 +79,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     whole = sum(p.numel() * p.element_size() for p in model.parameters())
     results["big"] = {"whole": whole, "loaded": source.loaded_bytes, "peak_rise": _hwm() - before}
     torch.save(results, Path(out) / f"rank{rank}.pt")
-    tdist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.fixture(scope="module")

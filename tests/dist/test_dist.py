@@ -20,6 +20,7 @@ from tests.helpers import (
     SMOKE,
     compose_run,
     final_weights,
+    finish_rank,
     free_port,
     kill_a_rank_and_resume,
     run_ranks,
@@ -248,6 +249,7 @@ def _rank_with_its_own_lr(rank: int, world: int, port: int, run_dir: str, out: s
     except ConfigError as err:
         message = str(err)
     Path(out, f"rank{rank}.txt").write_text(message)
+    finish_rank()
 
 
 @pytest.mark.slow
@@ -434,8 +436,8 @@ def _zo_learner():
 
 
 def test_the_single_strategy_is_the_plain_call_everywhere():
-    from zobench.dist.strategy import Single
     from zobench.dist.choice import strategy_for
+    from zobench.dist.strategy import Single
     from zobench.train.state import LoopState
 
     strategy = strategy_for(DistContext(), "mezo")
@@ -461,9 +463,9 @@ def test_the_single_strategy_is_the_plain_call_everywhere():
 
 
 def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
+    from zobench.dist.choice import strategy_for
     from zobench.dist.data import SyncedStop
     from zobench.dist.strategy import DataParallel
-    from zobench.dist.choice import strategy_for
     from zobench.train.state import LoopState
 
     leader, follower = strategy_for(MirrorRanks(0), "mezo"), strategy_for(MirrorRanks(1), "mezo")
@@ -496,9 +498,9 @@ def test_the_data_parallel_strategy_shards_the_objective_and_agrees_on_stop():
 
 
 def test_the_direction_parallel_strategy_gives_the_optimizer_its_share():
+    from zobench.dist.choice import strategy_for
     from zobench.dist.directions import DirectionShare
     from zobench.dist.strategy import DirectionParallel
-    from zobench.dist.choice import strategy_for
 
     strategy = strategy_for(MirrorRanks(0, mode="directions"), "mezo")
     assert type(strategy) is DirectionParallel and strategy.name == "directions" and not strategy.keeps_log()

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
+from tests.helpers import ShardTiny, finish_rank, free_port, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): each exercises another update path
 METHODS = {
@@ -55,6 +55,8 @@ STATE = {
 def shard_state(optimizer, p, method: str) -> dict:
     """The parameter-sized state of ``p`` (a rank's shard when sharded) under ``STATE[method]``."""
     return {k: optimizer.state[p][k].clone() for k in STATE.get(method, []) if k in optimizer.state[p]}
+
+
 STEPS = 3
 ROOT_REPLICATED = ("mezo", "hizoo")  # dist.root=replicated: stateless and with parameter-sized state
 
@@ -134,7 +136,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         "storage": sum(p.to_local().untyped_storage().nbytes() for p in big.parameters()),
     }
     torch.save(results, Path(out) / f"rank{rank}.pt")
-    tdist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.fixture(scope="module")
@@ -217,15 +219,17 @@ def test_a_replicated_root_is_whole_on_every_rank_and_equals_one_process(method,
 
 
 def test_a_root_placement_is_refused_outside_sharded_mode():
+    from zobench.dist.choice import strategy_for
     from zobench.dist.context import DistContext
     from zobench.dist.sharded_strategy import Sharded
-    from zobench.dist.choice import strategy_for
     from zobench.errors import ConfigError
 
     sharded = strategy_for(DistContext(rank=0, world_size=2, mode="sharded"), "mezo", {"root": "replicated"})
     assert isinstance(sharded, Sharded) and sharded.root == "replicated"
     for mode in ("data", "directions"):
-        with pytest.raises(ConfigError, match=f"dist.root=replicated with dist.mode={mode}: .* applies to dist.mode=sharded"):
+        with pytest.raises(
+            ConfigError, match=f"dist.root=replicated with dist.mode={mode}: .* applies to dist.mode=sharded"
+        ):
             strategy_for(DistContext(rank=0, world_size=2, mode=mode), "mezo", {"root": "replicated"})
     with pytest.raises(ConfigError, match="dist.root=whole: expected one of sharded, replicated"):
         from zobench.dist.sharded import shard_model
@@ -235,10 +239,10 @@ def test_a_root_placement_is_refused_outside_sharded_mode():
 
 def test_sharded_is_refused_on_one_rank_and_with_another_engine():
     from zobench.build.optimizers import sharded_engine
-    from zobench.dist.context import DistContext
-    from zobench.dist.strategy import Single
-    from zobench.dist.sharded_strategy import Sharded
     from zobench.dist.choice import strategy_for
+    from zobench.dist.context import DistContext
+    from zobench.dist.sharded_strategy import Sharded
+    from zobench.dist.strategy import Single
     from zobench.engine.sharded import ShardedEngine
     from zobench.errors import ConfigError
 
@@ -402,7 +406,7 @@ def _hsdp_rank(rank: int, world: int, port: int, out: str) -> None:
                 "state": {n: {k: optimizer.state[p][k].clone() for k in STATE.get(method, [])} for n, p in named},
             }
     torch.save(results, Path(out) / f"rank{rank}.pt")
-    tdist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.mark.slow
@@ -456,9 +460,8 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as tdist
 
     from zobench.checkpoint import load_checkpoint, read_into
-    from zobench.dist.checkpoints import load_distributed
+    from zobench.dist.checkpoints import load_distributed, streamed_sha256
     from zobench.dist.context import DistContext
-    from zobench.dist.checkpoints import streamed_sha256
     from zobench.dist.sharded import shard_model
     from zobench.dist.sharded_strategy import Sharded
     from zobench.engine import directions
@@ -528,7 +531,7 @@ def _save_and_resume_rank(rank: int, world: int, port: int, out: str) -> None:
             "largest": max(p.numel() * 4 for p in big.parameters()),
         }
     torch.save(results, root / f"rank{rank}.pt")
-    tdist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.fixture(scope="module")

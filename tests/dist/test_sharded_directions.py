@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import ShardTiny, free_port, shard_batch, spawn_ranks, z_chunk
+from tests.helpers import ShardTiny, finish_rank, shard_batch, spawn_ranks, z_chunk
 
 #: method -> (optimizer class path, hyperparameters): q and N not multiples of the 2 groups
 SPLIT = {
@@ -78,7 +77,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             weights = {n: p.detach().clone() for n, p in model.named_parameters()}
             results[f"{method}/replicas"] = {"losses": losses, "forwards": forwards, "weights": weights}
     torch.save(results, Path(out) / f"rank{rank}.pt")
-    tdist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +159,10 @@ def test_a_run_of_two_groups_of_two_shards_equals_one_process_run(tmp_path):
 
 
 def test_shard_size_is_refused_where_it_cannot_apply():
-    from zobench.dist.context import DistContext
-    from zobench.dist.strategy import DirectionParallel
-    from zobench.dist.sharded_strategy import ShardedDirections
     from zobench.dist.choice import strategy_for
+    from zobench.dist.context import DistContext
+    from zobench.dist.sharded_strategy import ShardedDirections
+    from zobench.dist.strategy import DirectionParallel
     from zobench.errors import ConfigError
 
     four = DistContext(rank=0, world_size=4, mode="directions")

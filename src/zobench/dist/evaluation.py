@@ -4,8 +4,9 @@ once over all of them, equal to the single-process value bit for bit.
 The single-process evaluation (``models/causal.py::evaluate_accuracy``, ``GenerationObjective.
 evaluate``) and this one cut batches with the same function, ``tasks/batches.py::eval_batches``
 (length-sorted, runs of ``train.eval_batch_size``); one process averages a per-example value
-(accuracy 1/0; SQuAD F1 and EM) in that order. Here batch c goes to rank ``c mod W``, so every batch holds the same examples, padded the same way, as in one
-process (the same predictions, to the bit); each rank returns its batches' per-example values
+(accuracy 1/0; SQuAD F1 and EM) in that order. Here batch c goes to rank ``c mod W``, so every
+batch holds the same examples, padded the same way, as in one process (the same predictions, to
+the bit); each rank returns its batches' per-example values
 (``objective.example_scores``), ``all_gather_object`` brings them to every rank (a few floats per
 example), and the sum is taken in the single-process order: the same floating-point result.
 Objectives without ``example_scores`` (the linear probe) evaluate everything on every rank.
