@@ -437,8 +437,9 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 # Each pytest-xdist worker draws its ports from its own block of 1000 below Linux's ephemeral range
 # (32768-60999). A port the kernel handed out (bind to port 0) and that was closed again is in that
 # range, where every Gloo listener and connection of the other worker's ranks takes its port too: it
-# could be taken between this check and the store's bind, and a rank of one test then connected to
-# another test's group (CI, round 14: rank 1 of two concurrent sharded tests aborted with SIGABRT).
+# could be taken between this check and the store's bind, and a rank of one test then reach another
+# test's group: one of the two causes that fit CI's round-14 failure (rank 1 of two concurrent
+# sharded tests aborted with SIGABRT; not reproduced here), ``finish_rank`` is the other.
 _PORT_BLOCK = 1000
 _port_offsets = itertools.count(os.getpid() % _PORT_BLOCK)  # two pytest sessions at once start apart
 
@@ -484,8 +485,9 @@ def finish_rank() -> None:
     """End a spawned rank once its results are saved: past a last barrier, leave the process group
     and exit at once (``os._exit(0)``), skipping the interpreter's teardown. A spawned process
     exits through ``sys.exit``, and in the teardown's destruction of the C++ objects Gloo's threads
-    aborted a rank now and then under load, after its work was done and saved ("terminate called
-    without an active exception": SIGABRT, and the test failed; CI, round 14). These tests are of
+    aborted a CLI rank now and then under load, after its work was done and saved ("terminate
+    called without an active exception": SIGABRT; seen in round 14, and one of the two causes that
+    fit that round's CI failure, ``free_port`` the other). These tests are of
     the ranks' numbers and files; the product's own exit (``dist/context.py``'s atexit) is the
     torchrun tests' (tests/dist/test_dist.py)."""
     import torch.distributed as tdist
