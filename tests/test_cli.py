@@ -200,3 +200,29 @@ def test_the_sweep_table_names_a_damaged_summary_and_lists_the_rest(tmp_path):
         (tmp_path / name / "summary.json").write_text(text)
     rows = [line.split()[0] for line in summary_table(tmp_path)[1:]]
     assert rows == ["unreadable", "unreadable", "completed"]
+
+
+def test_a_rank_ends_past_the_teardown_and_one_process_returns(tmp_path, monkeypatch):
+    """``end_rank``: with a process group, leave it (after a barrier when the runs finished),
+    flush and ``os._exit`` with the code (Gloo aborted ranks in the interpreter's teardown); with
+    none, return (Python's own exit)."""
+    import os
+
+    import torch.distributed as tdist
+
+    from zobench.__main__ import end_rank
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    end_rank(0, finished=True)  # one process: no group, returns
+    for code, finished, expected in [(0, True, 0), (2, False, 2), (None, False, 0), (143, False, 143)]:
+        store = tdist.FileStore(str(tmp_path / f"store{code}"), 1)
+        tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        with pytest.raises(Exited) as exited:
+            end_rank(code, finished=finished)
+        assert exited.value.args == (expected,) and not tdist.is_initialized()

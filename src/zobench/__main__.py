@@ -314,7 +314,39 @@ def main() -> None:
         fail(str(err))
     sys.argv[1:] = hide_secret_overrides(sys.argv[1:])  # before Hydra writes or prints any of it
     precheck(sys.argv[1:])
-    hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)()
+    app = hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_app)
+    try:
+        app()
+    except SystemExit as stop:  # bad input (2), a stop signal (128 + signal), Hydra's own exit
+        end_rank(stop.code, finished=False)
+        raise
+    end_rank(0, finished=True)
+
+
+def end_rank(code: int | str | None, finished: bool) -> None:
+    """A rank of a multi-rank launch (torchrun, srun) ends here: it leaves the process group (after
+    a barrier when every rank ``finished`` its runs), flushes its logs and exits with ``code`` at
+    once (``os._exit``), past the interpreter's teardown, where Gloo's threads, destroyed with the
+    last references to the group, aborted a rank now and then after a completed run ("terminate
+    called without an active exception": SIGABRT, and torchrun reported the job failed; seen on 2
+    cores under load, tests/dist/test_dist.py). One process (no group) returns: Python exits as
+    usual. A sweep's Slurm job never comes here (submitit's process calls the app)."""
+    if "torch.distributed" not in sys.modules:  # --help, --cfg, an error before any run
+        return
+    import logging
+    import os
+
+    from .dist.context import leave
+
+    if not leave(barrier=finished):
+        return
+    if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()  # Hydra's log file (what atexit would have flushed)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -215,10 +215,9 @@ def setup(dist_cfg, env=None) -> DistContext:
                 f"{found['master_addr']}:{found['master_port']} ({first}); check MASTER_ADDR / MASTER_PORT "
                 "and that every rank was started"
             ) from err
-        # leave the group before the interpreter tears down: Gloo's threads destroyed during the
-        # exit's static destruction aborted a rank now and then ("terminate called without an
-        # active exception", SIGABRT after a completed run: tests/dist/test_dist.py under load)
-        atexit.register(_leave)
+        # leave the group before the interpreter tears down (a run started through the API; the
+        # command line exits past the teardown instead: ``zobench.__main__.end_rank``)
+        atexit.register(leave)
     mode = "data" if dist_cfg.mode == "auto" else str(dist_cfg.mode)
     _CURRENT = DistContext(found["rank"], found["world_size"], found["local_rank"], mode, backend)
     if not _CURRENT.leader:  # the run's log is rank 0's; the others speak up for problems only
@@ -226,10 +225,15 @@ def setup(dist_cfg, env=None) -> DistContext:
     return _CURRENT
 
 
-def _leave() -> None:
-    """Destroy the process group at exit (registered by ``setup``); nothing if it is gone."""
-    if tdist.is_initialized():
-        tdist.destroy_process_group()
+def leave(barrier: bool = False) -> bool:
+    """Destroy the process group (at exit: registered by ``setup``), after a barrier if asked
+    (every rank done with the store rank 0 serves); False if there was none."""
+    if not tdist.is_initialized():
+        return False
+    if barrier:
+        tdist.barrier()
+    tdist.destroy_process_group()
+    return True
 
 
 def reset() -> None:
