@@ -482,22 +482,14 @@ def _rank(rank: int, world: int, port: int, jobs: list, out: str) -> None:
 
 
 def finish_rank() -> None:
-    """End a spawned rank once its results are saved: past a last barrier, leave the process group
-    and exit at once (``os._exit(0)``), skipping the interpreter's teardown. A spawned process
-    exits through ``sys.exit``, and in the teardown's destruction of the C++ objects Gloo's threads
-    aborted a CLI rank now and then under load, after its work was done and saved ("terminate
-    called without an active exception": SIGABRT; seen in round 14, and one of the two causes that
-    fit that round's CI failure, ``free_port`` the other). These tests are of
-    the ranks' numbers and files; the product's own exit (``dist/context.py``'s atexit) is the
-    torchrun tests' (tests/dist/test_dist.py)."""
-    import torch.distributed as tdist
+    """End a spawned rank once its results are saved as a rank of ``python -m zobench`` ends
+    (``__main__.end_rank``): barrier, leave the process group, ``os._exit(0)``, skipping the
+    interpreter's teardown, where Gloo's threads aborted a finished rank now and then under load
+    ("terminate called without an active exception": SIGABRT; one of the two causes that fit
+    round 14's CI failure, ``free_port`` the other). A rank without a group returns."""
+    from zobench.__main__ import end_rank
 
-    if tdist.is_initialized():
-        tdist.barrier()  # every rank has saved its results
-        tdist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_rank(0, finished=True)  # every rank has saved its results: barrier, leave, os._exit(0)
 
 
 def run_ranks(world: int, jobs: list, out: Path) -> list[list[dict]]:

@@ -239,6 +239,5 @@ def leave(barrier: bool = False) -> bool:
 def reset() -> None:
     """Leave the process group (tests, and the end of a run)."""
     global _CURRENT
-    if tdist.is_initialized():
-        tdist.destroy_process_group()
+    leave()
     _CURRENT = DistContext()

@@ -56,7 +56,7 @@ import math
 import torch
 
 from ..engine import Engine, directions, mix_seed
-from ..engine.sharded import gathered, local_tensor
+from ..engine.sharded import gathered, is_sharded, local_tensor
 from ._common import check_hyperparameters
 from .mezo import MeZO
 
@@ -70,7 +70,7 @@ def _distance(p: torch.Tensor, theta0: torch.Tensor) -> float:
     FSDP2-sharded p (``dist.mode=sharded``; θ0 its local shard): the differences of the local
     rows (elementwise, one process's bits) are gathered whole (a collective, one matrix at a
     time) and summed in one process's pieces and order, so every rank gets one process's t_l."""
-    if local_tensor(p) is not p:
+    if is_sharded(p):
         diff = gathered(p, local_tensor(p).float() - theta0.float()).reshape(-1)
         return math.sqrt(sum(_square_sums(diff, None)))
     return math.sqrt(sum(_square_sums(p.reshape(-1), theta0.reshape(-1))))
