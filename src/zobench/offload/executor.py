@@ -13,7 +13,10 @@ weights live in ``store``. Two hooks on each block:
   that copy's event before the block uses it.
 * forward hook: if the block's weights changed since they were stored (an update was applied),
   hand them to the writer thread (the store's ``write``, stamped with the step of the last
-  applied update); put the placeholders back.
+  applied update), once the previous block's write has landed; put the placeholders back.
+
+In memory at once: the block computing, the next one read ahead and one block being written (a
+writer slower than the compute waits the compute, instead of queueing the whole model).
 
 Deferred update (ZO2, Wang et al. 2025, zo2/model/base.py): the optimizer's update
 θ ← (1 - decay)·θ + coeff·z of a block is not applied when the optimizer asks (the block is not
@@ -141,6 +144,7 @@ class Offloader:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-write")
         self._prefetched: dict[int, Future] = {}
         self._writing: dict[int, Future] = {}
+        self._last_write: Future | None = None  # the write in flight (``_wait_for_last_write``)
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._handles = []
         for block in self.blocks:
@@ -261,11 +265,23 @@ class Offloader:
             tensors = {name: p.data for name, p in self.params[i]}  # never modified again: released below
             tensors.update(self._extras[i])
             tensors.update(state)
-            self._writing[i] = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
+            self._wait_for_last_write()
+            self._writing[i] = self._last_write = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
             self._prefetched.pop(i, None)  # a read started before this write would be stale
             self.dirty[i] = False
             self.writes += 1
         self._release(i)
+
+    def _wait_for_last_write(self) -> None:
+        """One write in flight at a time: a block handed to the writer holds its memory until it
+        lands, so a writer slower than the blocks leave (a flush, which computes nothing; a slow
+        disk under a fast device) would otherwise queue every block in memory."""
+        if self._last_write is None:
+            return
+        waited = time.perf_counter()
+        self._last_write.result()
+        self.stalled_s += time.perf_counter() - waited
+        self._last_write = None
 
     # -- deferred updates ------------------------------------------------------------------------
     def defer(self, entries: Entries, direction: Direction, coeff: float, decay: float) -> None:
@@ -359,6 +375,7 @@ class Offloader:
             future.result()
         self.stalled_s += time.perf_counter() - waited
         self._writing.clear()
+        self._last_write = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights by qualified name (CPU copies for the blocks): for export and
