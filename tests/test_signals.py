@@ -58,3 +58,39 @@ def test_a_second_signal_while_stopping_is_noted_not_acted_on(signum):
         signal.raise_signal(signum)  # Python's handler would raise KeyboardInterrupt here
         assert stop.signum == signum
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on exit
+
+
+def _requeue_killed_by(returncode, cmd=("scontrol", "requeue", "7")):
+    import subprocess
+
+    def handler(signum, frame):  # submitit's: checkpoint, then check_call(["scontrol", "requeue", job])
+        raise subprocess.CalledProcessError(returncode, list(cmd))
+
+    return handler
+
+
+def test_requeue_ended_by_its_own_sigterm_counts_as_requeued(monkeypatch, caplog):
+    """Slurm signals every process of a requeued job's step, ``scontrol`` too when it has not
+    exited yet: the job is requeued, so it must exit without an error result (which the sweep
+    would report as a failed run)."""
+    previous = signal.signal(signal.SIGUSR2, _requeue_killed_by(-signal.SIGTERM))
+    try:
+        entry._hand_over(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert "requeued" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "returncode, cmd",
+    [(1, ("scontrol", "requeue", "7")), (-signal.SIGKILL, ("scontrol", "requeue", "7")), (-15, ("sbatch", "x"))],
+)
+def test_other_requeue_failures_still_raise(returncode, cmd):
+    import subprocess
+
+    previous = signal.signal(signal.SIGUSR2, _requeue_killed_by(returncode, cmd))
+    try:
+        with pytest.raises(subprocess.CalledProcessError):
+            entry._hand_over(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -16,6 +16,7 @@ end-of-sweep table: ``zobench.sweeps``.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -300,10 +301,31 @@ def _hand_over(signum: int) -> None:
     """Give a stop signal to the handler that was installed before the run's own, now that the
     checkpoint is written: under submitit that is its SIGUSR2 handler, which dumps the job
     (hydra-submitit-launcher's ``checkpoint`` resubmits the same job, hence the same run dir),
-    calls ``scontrol requeue`` and exits. Without one (SIG_DFL / SIG_IGN) nothing happens here."""
+    calls ``scontrol requeue`` and exits. Without one (SIG_DFL / SIG_IGN) nothing happens here.
+
+    ``scontrol requeue`` runs inside the job, and Slurm ends a requeued job by signalling every
+    process of its step, that ``scontrol`` too when it has not exited yet (seen on 2 loaded cores,
+    tests/test_slurm.py): submitit's ``check_call`` then raises, the job would write an error
+    result and the sweep would report the run failed while Slurm starts it again. Killed by
+    SIGTERM, the requeue went through: the job exits without a result, as submitit's does."""
+    import subprocess
+
     handler = signal.getsignal(signum)
-    if callable(handler) and handler is not signal.default_int_handler:  # not Python's KeyboardInterrupt
+    if not callable(handler) or handler is signal.default_int_handler:  # not Python's KeyboardInterrupt
+        return
+    try:
         handler(signum, None)
+    except subprocess.CalledProcessError as err:
+        if not (_is_requeue(err.cmd) and err.returncode == -signal.SIGTERM):
+            raise
+        logging.getLogger(__name__).warning(
+            "scontrol requeue was ended by the requeue's own SIGTERM: the job is requeued and resumes"
+        )
+
+
+def _is_requeue(cmd) -> bool:
+    """``scontrol requeue <job>``, as submitit's Slurm environment runs it."""
+    return isinstance(cmd, (list, tuple)) and list(cmd[:2]) == ["scontrol", "requeue"]
 
 
 def main() -> None:
@@ -333,7 +355,6 @@ def end_rank(code: int | str | None, finished: bool) -> None:
     usual. A sweep's Slurm job never comes here (submitit's process calls the app)."""
     if "torch.distributed" not in sys.modules:  # --help, --cfg, an error before any run
         return
-    import logging
     import os
 
     from .dist.context import leave
