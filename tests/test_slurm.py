@@ -5,7 +5,8 @@ hydra-submitit-launcher (``hydra/launcher=local_slurm``).
 * a 2-job smoke sweep completes both run dirs;
 * a job cancelled with ``scancel`` (SIGTERM) after a checkpoint and submitted again resumes from it;
 * a job sent submitit's preemption signal (SIGUSR2) checkpoints, is requeued by submitit and
-  resumes in the same run dir without anyone resubmitting it.
+  resumes in the same run dir without anyone resubmitting it, also when the requeue's SIGTERM
+  reaches submitit's ``scontrol requeue`` before it exits.
 
 Needs root (the daemons run as root here) and the Slurm and munge binaries; skipped otherwise.
 """
@@ -202,9 +203,10 @@ def smoke_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def submit(cluster: LocalCluster, argv: list[str], cwd: Path) -> subprocess.Popen:
-    """The Hydra multirun process: it submits the jobs and waits for them (as a user would)."""
-    env = {**cluster.env, "PYTHONPATH": str(REPO / "src")}
+def submit(cluster: LocalCluster, argv: list[str], cwd: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    """The Hydra multirun process: it submits the jobs and waits for them (as a user would);
+    its environment, ``extra_env`` included, is the jobs' (sbatch exports it)."""
+    env = {**cluster.env, "PYTHONPATH": str(REPO / "src"), **(extra_env or {})}
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -313,7 +315,22 @@ def test_a_two_task_job_is_one_run_of_two_ranks(cluster, tmp_path, data_dir):
     assert result["status"] == "completed" and result["world_size"] == 2 and result["forward_passes"] == 8
 
 
-def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir):
+def lingering_scontrol(folder: Path) -> dict:
+    """An ``scontrol`` first on PATH whose ``requeue`` lingers after the real one has requeued the
+    job: Slurm's SIGTERM to the requeued job's step then reaches it, as it did on CI's loaded cores
+    (submitit's ``check_call`` raises; the job must still count as requeued)."""
+    folder.mkdir()
+    wrapper = folder / "scontrol"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = requeue ]; then {shutil.which("scontrol")} "$@" && exec sleep 60; fi\n'
+        f'exec {shutil.which("scontrol")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("requeue", ["prompt", "outlived"])
+def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, data_dir, requeue):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / (SMOKE_RUN + "train.eval_every=100,train.steps=100")
     argv = smoke_sweep(
@@ -324,7 +341,8 @@ def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, da
         "train.eval_every=100",
         "train.log_every=5",
     )
-    proc = submit(cluster, argv, tmp_path)
+    extra_env = lingering_scontrol(tmp_path / "bin") if requeue == "outlived" else {}
+    proc = submit(cluster, argv, tmp_path, extra_env)
     wait_for(
         lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0,
         180,
@@ -341,3 +359,5 @@ def test_preempted_job_is_requeued_by_submitit_and_resumes(cluster, tmp_path, da
     log = (run_dir / "__main__.log").read_text()
     assert "received SIGUSR2: checkpointing after this step" in log
     assert "resumed from step" in log, log[-2000:]
+    if requeue == "outlived":
+        assert "scontrol requeue was ended by the requeue's own SIGTERM" in log, log[-2000:]
