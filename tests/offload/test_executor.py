@@ -63,3 +63,26 @@ def test_a_flush_waits_for_a_slow_writer_instead_of_queueing_every_block():
     assert handed == 1
     assert [store.step(i) for i in range(LAYERS)] == [1] * LAYERS
     offloader.close()
+
+
+def test_a_flush_reads_only_the_blocks_it_updates_and_holds_none_ahead():
+    """Blocks without pending updates are neither read nor held: before, a flush read block i+1
+    ahead of every block i it updated, and kept it whenever block i+1 had nothing pending."""
+    model = _model()
+    store = GatedStore(LAYERS)
+    offloader = Offloader(model, store)
+    offloader.evict()
+    engine = OffloadEngine(VirtualEngine(model), offloader)
+    opt = MeZO(model.parameters(), lr=1e-2, eps=1e-2, engine=engine, seed=0)
+    engine.bind(opt)
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    opt.step(lambda: model(input_ids=ids).logits.logsumexp(-1).mean())
+    for i in range(1, LAYERS, 2):  # as after an update of some blocks only (LeZO's layers)
+        offloader.pending[i] = []
+    read = []
+    original = store.read
+    store.read = lambda i: read.append(i) or original(i)
+    offloader.flush()
+    assert sorted(read) == list(range(0, LAYERS, 2))
+    assert offloader._prefetched == {}
+    offloader.close()

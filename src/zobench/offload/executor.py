@@ -192,7 +192,8 @@ class Offloader:
         future = self._prefetched.pop(i, None)
         return future if future is not None else self._reader.submit(self._read, i, self._writing.get(i))
 
-    def _arrive(self, module: nn.Module, args) -> None:
+    def _arrive(self, module: nn.Module, args, ahead: int | None = None) -> None:
+        """Block ``module``'s tensors in; then read block ``ahead`` (default: the next one) ahead."""
         i = self.index[id(module)]
         if self.resident[i]:
             return
@@ -212,9 +213,15 @@ class Offloader:
         self.resident[i] = True
         self._lend_state(i)
         self._apply_pending(i)
-        following = i + 1
-        if self.prefetch and following < len(self.blocks) and following not in self._prefetched:
-            self._prefetched[following] = self._reader.submit(self._read, following, self._writing.get(following))
+        self._read_ahead(i + 1 if ahead is None else ahead)
+
+    def _read_ahead(self, i: int) -> None:
+        """Start reading block i on the reader thread. One block is held read ahead: one read
+        ahead and never used (the next block to arrive was another) is dropped."""
+        if not self.prefetch or i >= len(self.blocks) or i in self._prefetched:
+            return
+        self._prefetched.clear()
+        self._prefetched[i] = self._reader.submit(self._read, i, self._writing.get(i))
 
     def _arrive_for_forward(self, module: nn.Module, args) -> None:
         i = self.index[id(module)]
@@ -362,10 +369,10 @@ class Offloader:
     def flush(self) -> None:
         """Apply every pending update and write the blocks back: the store then holds the
         model's current weights, every block at its latest step."""
-        for i in range(len(self.blocks)):
-            if self.pending[i]:
-                self._arrive(self.blocks[i], ())
-                self._store_and_release(i)
+        due = [i for i in range(len(self.blocks)) if self.pending[i]]
+        for i, ahead in zip(due, due[1:] + [len(self.blocks)]):  # read ahead the next block due
+            self._arrive(self.blocks[i], (), ahead)
+            self._store_and_release(i)
         self.wait()
 
     def wait(self) -> None:
