@@ -6,17 +6,16 @@ objects stay, so optimizers and the virtual engine keep tracking them by identit
 weights live in ``store``. Two hooks on each block:
 
 * forward pre-hook (registered first, so it runs before any hook of the block's modules, the
-  virtual engine's θ + s·z swap included): take block i's tensors (prefetched, or read now), put
+  virtual engine's θ + s·z swap included): take block i's tensors (read ahead, or read now), put
   them in the parameters, apply the block's pending updates (see below), and start reading block
   i+1 on the reader thread: while block i computes, block i+1 is read from disk and, on CUDA,
-  copied to the device on a side stream from pinned host memory; the compute stream waits for
-  that copy's event before the block uses it.
+  copied to the device on a side stream from pinned host memory.
 * forward hook: if the block's weights changed since they were stored (an update was applied),
   hand them to the writer thread (the store's ``write``, stamped with the step of the last
-  applied update), once the previous block's write has landed; put the placeholders back.
+  applied update); put the placeholders back.
 
-In memory at once: the block computing, the next one read ahead and one block being written (a
-writer slower than the compute waits the compute, instead of queueing the whole model).
+The threads are ``transfer.BlockTransfer``'s: in memory at once are the block computing, one read
+ahead and one being written (a slower writer makes the step wait; it does not queue blocks).
 
 Deferred update (ZO2, Wang et al. 2025, zo2/model/base.py): the optimizer's update
 θ ← (1 - decay)·θ + coeff·z of a block is not applied when the optimizer asks (the block is not
@@ -46,9 +45,7 @@ the deferred update, each with the block and its state resident:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +54,7 @@ from torch import nn
 from ..engine import Direction
 from .blocks import block_parameters, check_private, find_blocks
 from .store import BlockStore
+from .transfer import BlockTransfer
 
 #: store keys of optimizer state: ``state.<parameter name>::<state key>`` beside the weights
 STATE, SEP = "state.", "::"
@@ -113,7 +111,7 @@ class Offloader:
         check_private(model, self.blocks)
         if len(store) != len(self.blocks):
             raise ValueError(f"offload store holds {len(store)} blocks; the model has {len(self.blocks)}")
-        self.store, self.device, self.prefetch = store, torch.device(device), prefetch
+        self.store, self.device = store, torch.device(device)
         self.params = [block_parameters(block) for block in self.blocks]
         self.index = {id(block): i for i, block in enumerate(self.blocks)}
         self.block_of = {id(p): i for i, named in enumerate(self.params) for _, p in named}
@@ -133,19 +131,12 @@ class Offloader:
         #: ``load_model(resume=step)``: the checkpoint step the store is to be restored to (setup.resume_store)
         self.resume_step: int | None = None
         self.reads = self.writes = 0  # counts, for the benchmark's bytes per step
-        #: seconds the computing thread waited on storage (a read not yet landed, ``wait``): the
-        #: step's time minus this is its compute (the benchmark's bound)
-        self.stalled_s = 0.0
+        #: the reads (one block ahead) and writes (one in flight) on their threads (transfer.py)
+        self.transfer = BlockTransfer(store, self.device, prefetch)
         #: the optimizer state a block's parameters carry (``STATE`` keys in the store), in memory
         #: only while the block is resident
         self.optimizer_state: dict | None = None
         self._extras: list[dict[str, torch.Tensor]] = [{} for _ in self.blocks]
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-read")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-write")
-        self._prefetched: dict[int, Future] = {}
-        self._writing: dict[int, Future] = {}
-        self._last_write: Future | None = None  # the write in flight (``_wait_for_last_write``)
-        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._handles = []
         for block in self.blocks:
             self._handles.append(block.register_forward_pre_hook(self._arrive_for_forward, prepend=True))
@@ -173,25 +164,6 @@ class Offloader:
         self._extras[i] = {}
         self.resident[i] = False
 
-    def _read(self, i: int, writing: Future | None) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
-        """On the reader thread: block i's tensors on the device (after its last write lands)."""
-        if writing is not None:
-            writing.result()
-        tensors = self.store.read(i)
-        if self._side is not None:
-            with torch.cuda.stream(self._side):
-                moved = {n: t.to(self.device, non_blocking=True) for n, t in tensors.items()}
-                event = torch.cuda.Event()
-                event.record(self._side)
-            return moved, event
-        if not self.store.fresh_reads:  # the store's own buffers: the block works on a copy
-            tensors = {n: t.clone() for n, t in tensors.items()}
-        return tensors, None
-
-    def _fetch(self, i: int) -> Future:
-        future = self._prefetched.pop(i, None)
-        return future if future is not None else self._reader.submit(self._read, i, self._writing.get(i))
-
     def _arrive(self, module: nn.Module, args, ahead: int | None = None) -> None:
         """Block ``module``'s tensors in; then read block ``ahead`` (default: the next one) ahead."""
         i = self.index[id(module)]
@@ -199,29 +171,15 @@ class Offloader:
             return
         if self.resume_step is not None:  # the blocks are not the checkpoint's yet: nothing may read them
             raise RuntimeError("offload: a block was read before the store was restored (setup.resume_store)")
-        waited = time.perf_counter()
-        tensors, event = self._fetch(i).result()
-        self.stalled_s += time.perf_counter() - waited
+        tensors = self.transfer.take(i)
         self.reads += 1
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
-            for t in tensors.values():  # made on the side stream, used on this one (the state too)
-                t.record_stream(torch.cuda.current_stream(self.device))
         for name, p in self.params[i]:
             p.data = tensors[name]
         self._extras[i] = {name: t for name, t in tensors.items() if name.startswith(STATE)}
         self.resident[i] = True
         self._lend_state(i)
         self._apply_pending(i)
-        self._read_ahead(i + 1 if ahead is None else ahead)
-
-    def _read_ahead(self, i: int) -> None:
-        """Start reading block i on the reader thread. One block is held read ahead: one read
-        ahead and never used (the next block to arrive was another) is dropped."""
-        if not self.prefetch or i >= len(self.blocks) or i in self._prefetched:
-            return
-        self._prefetched.clear()
-        self._prefetched[i] = self._reader.submit(self._read, i, self._writing.get(i))
+        self.transfer.read_ahead(i + 1 if ahead is None else ahead)
 
     def _arrive_for_forward(self, module: nn.Module, args) -> None:
         i = self.index[id(module)]
@@ -272,23 +230,10 @@ class Offloader:
             tensors = {name: p.data for name, p in self.params[i]}  # never modified again: released below
             tensors.update(self._extras[i])
             tensors.update(state)
-            self._wait_for_last_write()
-            self._writing[i] = self._last_write = self._writer.submit(self.store.write, i, tensors, self.stamps[i])
-            self._prefetched.pop(i, None)  # a read started before this write would be stale
+            self.transfer.write(i, tensors, self.stamps[i])
             self.dirty[i] = False
             self.writes += 1
         self._release(i)
-
-    def _wait_for_last_write(self) -> None:
-        """One write in flight at a time: a block handed to the writer holds its memory until it
-        lands, so a writer slower than the blocks leave (a flush, which computes nothing; a slow
-        disk under a fast device) would otherwise queue every block in memory."""
-        if self._last_write is None:
-            return
-        waited = time.perf_counter()
-        self._last_write.result()
-        self.stalled_s += time.perf_counter() - waited
-        self._last_write = None
 
     # -- deferred updates ------------------------------------------------------------------------
     def defer(self, entries: Entries, direction: Direction, coeff: float, decay: float) -> None:
@@ -377,12 +322,13 @@ class Offloader:
 
     def wait(self) -> None:
         """Block until every write has landed (and surface a failed one)."""
-        waited = time.perf_counter()
-        for future in list(self._writing.values()):
-            future.result()
-        self.stalled_s += time.perf_counter() - waited
-        self._writing.clear()
-        self._last_write = None
+        self.transfer.wait()
+
+    @property
+    def stalled_s(self) -> float:
+        """Seconds the computing thread waited on storage: the step's time minus this is its
+        compute (the benchmark's bound)."""
+        return self.transfer.stalled_s
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights by qualified name (CPU copies for the blocks): for export and
@@ -400,9 +346,7 @@ class Offloader:
 
     def close(self) -> None:
         """Finish the writes, stop the threads and remove the hooks."""
-        self.wait()
-        self._reader.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        self.transfer.close()
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -1,4 +1,5 @@
-"""The streaming executor's memory bound: one block write in flight, however slow the store."""
+"""Block reads and writes (transfer.py) as the executor drives them: one write in flight however
+slow the store, one block read ahead, and a flush reads only the blocks it updates."""
 
 from __future__ import annotations
 
@@ -84,5 +85,5 @@ def test_a_flush_reads_only_the_blocks_it_updates_and_holds_none_ahead():
     store.read = lambda i: read.append(i) or original(i)
     offloader.flush()
     assert sorted(read) == list(range(0, LAYERS, 2))
-    assert offloader._prefetched == {}
+    assert offloader.transfer.ahead == {}
     offloader.close()
