@@ -125,20 +125,21 @@ def _completed_dir(run_dir: Path, *overrides) -> dict:
         (["task=rte"], "task.name: 'sst2' -> 'rte'"),
     ],
 )
-def test_a_completed_run_dir_refuses_another_config_naming_the_keys(tmp_path, changed, named):
-    _completed_dir(tmp_path / "run", "train.steps=2")
+def test_a_completed_run_dir_refuses_another_config_naming_the_keys(tmp_path, data_dir, changed, named):
+    _completed_dir(tmp_path / "run", "train.steps=2", f"data.dir={data_dir}")
     with pytest.raises(CheckpointError) as err:
-        run(compose_run(*SMOKE, "train.steps=2", *changed), tmp_path / "run")
+        run(compose_run(*SMOKE, "train.steps=2", f"data.dir={data_dir}", *changed), tmp_path / "run")
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'run'} holds a completed run of a different config (") and named in message
     assert "hydra.run.dir=<new dir>" in message and "\n" not in message
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_accuracy"] == 0.75  # left as it was
 
 
-def test_a_completed_run_dir_answers_its_own_config_whatever_the_logging_keys(tmp_path):
-    summary = _completed_dir(tmp_path / "run", "train.steps=2")
+def test_a_completed_run_dir_answers_its_own_config_whatever_the_logging_keys(tmp_path, data_dir):
+    summary = _completed_dir(tmp_path / "run", "train.steps=2", f"data.dir={data_dir}")
     # where it logs and how often (the keys a resume may change too) do not change the result
-    again = run(compose_run(*SMOKE, "train.steps=2", "train.log_every=7", "logger=wandb"), tmp_path / "run")
+    smoke = (*SMOKE, "train.steps=2", f"data.dir={data_dir}")
+    again = run(compose_run(*smoke, "train.log_every=7", "logger=wandb"), tmp_path / "run")
     assert again == summary
 
 
