@@ -37,9 +37,8 @@ def _model():
     return transformers.AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
 
 
-def test_a_flush_waits_for_a_slow_writer_instead_of_queueing_every_block():
-    """CI saw it: a replay's flush (every block pending, nothing to compute) handed all 48 blocks
-    of tests/offload/test_memory.py's model to a writer slowed by fsync, and ran out of memory."""
+def _stepped_once() -> tuple[GatedStore, Offloader]:
+    """An offloaded model after one MeZO step: every block's update deferred (pending)."""
     model = _model()
     store = GatedStore(LAYERS)
     offloader = Offloader(model, store)
@@ -48,7 +47,14 @@ def test_a_flush_waits_for_a_slow_writer_instead_of_queueing_every_block():
     opt = MeZO(model.parameters(), lr=1e-2, eps=1e-2, engine=engine, seed=0)
     engine.bind(opt)
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
-    opt.step(lambda: model(input_ids=ids).logits.logsumexp(-1).mean())  # every block's update deferred
+    opt.step(lambda: model(input_ids=ids).logits.logsumexp(-1).mean())
+    return store, offloader
+
+
+def test_a_flush_waits_for_a_slow_writer_instead_of_queueing_every_block():
+    """CI saw it: a replay's flush (every block pending, nothing to compute) handed all 48 blocks
+    of tests/offload/test_memory.py's model to a writer slowed by fsync, and ran out of memory."""
+    store, offloader = _stepped_once()
     assert all(offloader.pending[i] for i in range(LAYERS))
     store.gate.clear()
     before = offloader.writes
@@ -69,15 +75,7 @@ def test_a_flush_waits_for_a_slow_writer_instead_of_queueing_every_block():
 def test_a_flush_reads_only_the_blocks_it_updates_and_holds_none_ahead():
     """Blocks without pending updates are neither read nor held: before, a flush read block i+1
     ahead of every block i it updated, and kept it whenever block i+1 had nothing pending."""
-    model = _model()
-    store = GatedStore(LAYERS)
-    offloader = Offloader(model, store)
-    offloader.evict()
-    engine = OffloadEngine(VirtualEngine(model), offloader)
-    opt = MeZO(model.parameters(), lr=1e-2, eps=1e-2, engine=engine, seed=0)
-    engine.bind(opt)
-    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
-    opt.step(lambda: model(input_ids=ids).logits.logsumexp(-1).mean())
+    store, offloader = _stepped_once()
     for i in range(1, LAYERS, 2):  # as after an update of some blocks only (LeZO's layers)
         offloader.pending[i] = []
     read = []
