@@ -4,15 +4,18 @@ under that limit; the two steps are replayed from their recorded closure values 
 store built from the same seed, as ``zobench.replay`` streams (``trajectory/stream.py``: deferred
 updates, one flush), and written as a sharded checkpoint (``offload/export.py``), still under the
 limit, equal to the trained blocks; then the same model built whole in memory must fail under it.
+The disk is made slower than the compute (``slow_disk``): the bound must not depend on its speed.
 
 argv: store folder, budget in MiB. Prints ``ok <peak growth MiB>`` or raises.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -45,8 +48,22 @@ def vm_bytes() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")
 
 
+def slow_disk(seconds: float = 0.05) -> None:
+    """Every fsync (the disk store's, one per block written) takes ``seconds`` longer: the writer
+    is slower than the blocks leave, as on CI's machine, where a flush once queued the whole model
+    in memory (``offload/transfer.py`` bounds it to one write in flight)."""
+    fsync = os.fsync
+
+    def slow(fd):
+        time.sleep(seconds)
+        return fsync(fd)
+
+    os.fsync = slow
+
+
 def main(root: str, budget_mib: int) -> None:
     torch.set_num_threads(1)
+    slow_disk()
     kwargs = dict(CONFIG)
     config = transformers.AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
     auto = transformers.AutoModelForCausalLM
