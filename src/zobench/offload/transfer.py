@@ -38,10 +38,10 @@ class BlockTransfer:
         self.store, self.device, self.prefetch = store, device, prefetch
         #: seconds the caller waited on storage (a read not yet landed, a write in the way)
         self.stalled_s = 0.0
-        #: the block read ahead (at most one entry) and the writes not yet waited for, by block
+        #: the block read ahead (at most one entry)
         self.ahead: dict[int, Future] = {}
-        self.writing: dict[int, Future] = {}
-        self._last_write: Future | None = None
+        #: the last write handed over and its block: every earlier one has landed (``write``)
+        self._last_write: tuple[int, Future] | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="zobench-offload-write")
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -50,7 +50,7 @@ class BlockTransfer:
         """Block i's tensors, ready for the compute stream: the block read ahead, or read now."""
         future = self.ahead.pop(i, None)
         if future is None:
-            future = self._reader.submit(self._read, i, self.writing.get(i))
+            future = self._reader.submit(self._read, i, self._writing(i))
         tensors, event = self._waited(future)
         if event is not None:
             stream = torch.cuda.current_stream(self.device)
@@ -64,22 +64,26 @@ class BlockTransfer:
         if not self.prefetch or i >= len(self.store) or i in self.ahead:
             return
         self.ahead.clear()
-        self.ahead[i] = self._reader.submit(self._read, i, self.writing.get(i))
+        self.ahead[i] = self._reader.submit(self._read, i, self._writing(i))
 
     def write(self, i: int, tensors: Tensors, step: int) -> None:
         """Hand block i's ``tensors`` (not modified afterwards) to the writer, stamped ``step``,
         once the previous write has landed."""
-        if self._last_write is not None:
-            self._waited(self._last_write)
-        self.writing[i] = self._last_write = self._writer.submit(self.store.write, i, tensors, step)
+        self.wait()
+        self._last_write = (i, self._writer.submit(self.store.write, i, tensors, step))
         self.ahead.pop(i, None)  # a read started before this write would be stale
 
     def wait(self) -> None:
         """Block until every write has landed (and surface a failed one)."""
-        for future in list(self.writing.values()):
-            self._waited(future)
-        self.writing.clear()
-        self._last_write = None
+        if self._last_write is not None:
+            self._waited(self._last_write[1])
+            self._last_write = None
+
+    def _writing(self, i: int) -> Future | None:
+        """Block i's write not yet landed, which a read of block i must wait for (else None)."""
+        if self._last_write is not None and self._last_write[0] == i:
+            return self._last_write[1]
+        return None
 
     def close(self) -> None:
         """Finish the writes and stop both threads."""
